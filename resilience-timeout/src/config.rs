@@ -1,0 +1,155 @@
+//! [`TimeoutConfig`]: the timeout section of a config file.
+
+use crate::{HttpDeadline, ResponseBodyTimeoutLayer, TimeoutLayer, duration};
+use serde::{Deserialize, Serialize};
+use std::{fmt, time::Duration};
+
+/// The timeout settings that `sidecar-lite` reads from its config file, for library users to
+/// load from the very same section.
+///
+/// ```toml
+/// timeout = "2s"                # required: the whole call, all attempts included
+/// deadline_margin = "5ms"       # taken off the time the next hop is told
+/// propagate_deadline = true     # honour and forward grpc-timeout / x-request-timeout-ms
+/// # body_idle_timeout = "10s"   # each response body frame within this (default: none)
+/// # body_timeout = "60s"        # the whole response body within this (default: none)
+/// ```
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct TimeoutConfig {
+    /// How long a request may take. Required: there is no safe default for every service.
+    #[serde(with = "duration")]
+    pub timeout: Duration,
+    /// Taken off the remaining time that the next hop is told. Default 5 ms: time for this hop
+    /// to send the request on.
+    #[serde(default = "default_margin", with = "duration")]
+    pub deadline_margin: Duration,
+    /// Whether incoming deadlines shorten ours and the remaining time is sent on. Default
+    /// `true`: a caller that has given up should not keep the callee busy.
+    #[serde(default = "default_true")]
+    pub propagate_deadline: bool,
+    /// Each response body frame must arrive within this. Default: none, because streaming
+    /// responses (server-sent events, gRPC streams) may rightly be idle for long.
+    #[serde(
+        default,
+        with = "duration::option",
+        skip_serializing_if = "Option::is_none"
+    )]
+    pub body_idle_timeout: Option<Duration>,
+    /// The whole response body must arrive within this. Default: none, for the same reason.
+    #[serde(
+        default,
+        with = "duration::option",
+        skip_serializing_if = "Option::is_none"
+    )]
+    pub body_timeout: Option<Duration>,
+}
+
+fn default_margin() -> Duration {
+    HttpDeadline::DEFAULT_MARGIN
+}
+
+fn default_true() -> bool {
+    true
+}
+
+impl TimeoutConfig {
+    /// A config with `timeout` and every other setting at its default.
+    #[must_use]
+    pub fn new(timeout: Duration) -> Self {
+        Self {
+            timeout,
+            deadline_margin: default_margin(),
+            propagate_deadline: true,
+            body_idle_timeout: None,
+            body_timeout: None,
+        }
+    }
+
+    /// Checks the settings, naming the first field that is wrong and its value.
+    pub fn validate(&self) -> Result<(), ConfigError> {
+        let positive = |field: &'static str, value: Duration| {
+            if value.is_zero() {
+                Err(ConfigError::new(field, value, "must be greater than zero"))
+            } else {
+                Ok(())
+            }
+        };
+        positive("timeout", self.timeout)?;
+        if let Some(idle) = self.body_idle_timeout {
+            positive("body_idle_timeout", idle)?;
+        }
+        if let Some(total) = self.body_timeout {
+            positive("body_timeout", total)?;
+        }
+        if self.deadline_margin >= self.timeout {
+            return Err(ConfigError::new(
+                "deadline_margin",
+                self.deadline_margin,
+                "must be less than `timeout`",
+            ));
+        }
+        Ok(())
+    }
+
+    /// The request timeout layer these settings describe, after [`validate`](Self::validate).
+    pub fn layer(&self) -> Result<TimeoutLayer<HttpDeadline>, ConfigError> {
+        self.validate()?;
+        let policy = HttpDeadline::new()
+            .margin(self.deadline_margin)
+            .propagate(self.propagate_deadline);
+        Ok(TimeoutLayer::new(self.timeout).with_policy(policy))
+    }
+
+    /// The response-body timeout layer these settings describe, if any body limit is set.
+    pub fn body_layer(&self) -> Result<Option<ResponseBodyTimeoutLayer>, ConfigError> {
+        self.validate()?;
+        if self.body_idle_timeout.is_none() && self.body_timeout.is_none() {
+            return Ok(None);
+        }
+        let mut layer = ResponseBodyTimeoutLayer::new();
+        if let Some(idle) = self.body_idle_timeout {
+            layer = layer.idle(idle);
+        }
+        if let Some(total) = self.body_timeout {
+            layer = layer.total(total);
+        }
+        Ok(Some(layer))
+    }
+}
+
+/// A setting with a value that is not allowed.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct ConfigError {
+    field: &'static str,
+    value: String,
+    reason: &'static str,
+}
+
+impl ConfigError {
+    fn new(field: &'static str, value: Duration, reason: &'static str) -> Self {
+        Self {
+            field,
+            value: duration::format(value),
+            reason,
+        }
+    }
+
+    /// The name of the field that is wrong.
+    #[must_use]
+    pub fn field(&self) -> &'static str {
+        self.field
+    }
+}
+
+impl fmt::Display for ConfigError {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        write!(
+            f,
+            "invalid `{}` = \"{}\": {}",
+            self.field, self.value, self.reason
+        )
+    }
+}
+
+impl std::error::Error for ConfigError {}

@@ -1,0 +1,247 @@
+//! Deadline propagation over HTTP: `grpc-timeout` parsing and formatting, honouring incoming
+//! deadlines, failing at once when they have passed, and the time remaining across hops.
+#![cfg(feature = "http")]
+
+use http::{HeaderValue, Request};
+use resilience_timeout::{
+    Deadline, Elapsed, HttpDeadline, REQUEST_TIMEOUT_MS, TimeoutLayer,
+    grpc_timeout::{self, GRPC_TIMEOUT},
+};
+use std::time::Duration;
+use tokio::time::{self, Instant};
+use tokio_test::{assert_pending, assert_ready, assert_ready_ok, task};
+use tower::{Layer, ServiceExt};
+use tower_test::mock;
+
+type Req = Request<()>;
+
+fn header(value: &str) -> HeaderValue {
+    HeaderValue::from_str(value).unwrap()
+}
+
+#[test]
+fn grpc_timeout_parses_every_unit() {
+    let cases = [
+        ("3H", Duration::from_secs(3 * 3600)),
+        ("7M", Duration::from_secs(7 * 60)),
+        ("12S", Duration::from_secs(12)),
+        ("250m", Duration::from_millis(250)),
+        ("1500u", Duration::from_micros(1500)),
+        ("99999999n", Duration::from_nanos(99_999_999)),
+        ("0m", Duration::ZERO),
+    ];
+    for (text, expected) in cases {
+        let parsed = grpc_timeout::parse(&header(text));
+        assert_eq!(parsed, Some(expected), "{text}");
+        // Whatever unit the formatter picks, it reads back as the same duration.
+        let formatted = grpc_timeout::format(expected);
+        assert_eq!(
+            grpc_timeout::parse(&formatted),
+            Some(expected),
+            "{text} -> {formatted:?}"
+        );
+    }
+}
+
+#[test]
+fn grpc_timeout_formats_in_the_finest_unit_that_fits_eight_digits() {
+    let cases = [
+        (Duration::from_nanos(99_999_999), "99999999n"),
+        (Duration::from_millis(100), "100000u"),
+        (Duration::from_secs(2), "2000000u"),
+        (Duration::from_secs(100), "100000m"),
+        (Duration::from_secs(200_000), "200000S"),
+        (Duration::from_secs(3_000_000_000), "50000000M"),
+        (Duration::from_secs(6_000_000_000), "1666666H"),
+        (Duration::MAX, "99999999H"),
+        // Rounding is down, never up: the next hop must not think it has more time than it has.
+        (Duration::from_nanos(123_456_789), "123456u"),
+    ];
+    for (timeout, expected) in cases {
+        assert_eq!(grpc_timeout::format(timeout), expected, "{timeout:?}");
+    }
+}
+
+#[test]
+fn malformed_grpc_timeouts_are_ignored() {
+    for bad in [
+        "",
+        "S",
+        "123",
+        "123456789S",
+        "12s",
+        "12x",
+        "-5S",
+        "+5S",
+        " 5S",
+        "5S ",
+        "1.5S",
+    ] {
+        assert_eq!(grpc_timeout::parse(&header(bad)), None, "{bad:?}");
+    }
+    let non_ascii = HeaderValue::from_bytes(b"1\xb5S").unwrap();
+    assert_eq!(grpc_timeout::parse(&non_ascii), None);
+    let non_ascii_unit = HeaderValue::from_bytes(b"15\xb5").unwrap();
+    assert_eq!(grpc_timeout::parse(&non_ascii_unit), None);
+}
+
+fn grpc_request(timeout: Option<&str>) -> Req {
+    let mut builder = Request::builder().header("content-type", "application/grpc");
+    if let Some(timeout) = timeout {
+        builder = builder.header(GRPC_TIMEOUT, timeout);
+    }
+    builder.body(()).unwrap()
+}
+
+fn layer(timeout: Duration) -> TimeoutLayer<HttpDeadline> {
+    TimeoutLayer::new(timeout).with_policy(HttpDeadline::new().margin(Duration::from_millis(10)))
+}
+
+#[tokio::test(start_paused = true)]
+async fn an_incoming_deadline_shorter_than_ours_wins_and_is_sent_on() {
+    let (mut svc, mut handle) = mock::spawn_layer::<Req, (), _>(layer(Duration::from_secs(2)));
+    assert_ready_ok!(svc.poll_ready());
+    let start = Instant::now();
+    let mut response = task::spawn(svc.call(grpc_request(Some("500m"))));
+
+    let (sent, _send) = handle.next_request().await.unwrap();
+    // 500 ms remain; the next hop is told 490 ms, after our 10 ms margin.
+    assert_eq!(sent.headers()[GRPC_TIMEOUT], "490000u");
+    assert_eq!(
+        Deadline::of(&sent),
+        Some(start + Duration::from_millis(500))
+    );
+
+    time::advance(Duration::from_millis(499)).await;
+    assert_pending!(response.poll());
+    time::advance(Duration::from_millis(1)).await;
+    let err = assert_ready!(response.poll()).unwrap_err();
+    assert_eq!(
+        err.downcast_ref::<Elapsed>().unwrap().after(),
+        Duration::from_millis(500)
+    );
+}
+
+#[tokio::test(start_paused = true)]
+async fn our_timeout_wins_when_it_is_shorter() {
+    let (mut svc, mut handle) = mock::spawn_layer::<Req, (), _>(layer(Duration::from_millis(300)));
+    assert_ready_ok!(svc.poll_ready());
+    let mut response = task::spawn(svc.call(grpc_request(Some("5S"))));
+    let (sent, _send) = handle.next_request().await.unwrap();
+    assert_eq!(sent.headers()[GRPC_TIMEOUT], "290000u");
+    time::advance(Duration::from_millis(300)).await;
+    assert!(assert_ready!(response.poll()).unwrap_err().is::<Elapsed>());
+}
+
+#[tokio::test(start_paused = true)]
+async fn a_grpc_request_without_a_deadline_gets_one() {
+    let (mut svc, mut handle) = mock::spawn_layer::<Req, (), _>(layer(Duration::from_secs(1)));
+    assert_ready_ok!(svc.poll_ready());
+    let _response = svc.call(grpc_request(None));
+    let (sent, _send) = handle.next_request().await.unwrap();
+    assert_eq!(sent.headers()[GRPC_TIMEOUT], "990000u");
+}
+
+#[tokio::test(start_paused = true)]
+async fn plain_http_uses_the_millisecond_header_and_is_left_alone_without_it() {
+    let (mut svc, mut handle) = mock::spawn_layer::<Req, (), _>(layer(Duration::from_secs(1)));
+    assert_ready_ok!(svc.poll_ready());
+    let with = Request::builder()
+        .header(REQUEST_TIMEOUT_MS, "400")
+        .body(())
+        .unwrap();
+    let _response = svc.call(with);
+    let (sent, _send) = handle.next_request().await.unwrap();
+    assert_eq!(sent.headers()[REQUEST_TIMEOUT_MS], "390");
+
+    assert_ready_ok!(svc.poll_ready());
+    let _response = svc.call(Request::new(()));
+    let (sent, _send) = handle.next_request().await.unwrap();
+    assert!(
+        sent.headers().is_empty(),
+        "no header invented for plain HTTP: {:?}",
+        sent.headers()
+    );
+    assert!(
+        Deadline::of(&sent).is_some(),
+        "the deadline is still recorded for inner layers"
+    );
+}
+
+#[tokio::test(start_paused = true)]
+async fn a_deadline_that_has_passed_fails_without_calling_the_inner_service() {
+    let (mut svc, mut handle) = mock::spawn_layer::<Req, (), _>(layer(Duration::from_secs(1)));
+    assert_ready_ok!(svc.poll_ready());
+    let mut response = task::spawn(svc.call(grpc_request(Some("0n"))));
+    let err = assert_ready!(response.poll()).unwrap_err();
+    assert_eq!(
+        err.downcast_ref::<Elapsed>().unwrap().after(),
+        Duration::ZERO
+    );
+    assert_pending!(task::spawn(handle.next_request()).poll());
+
+    // The same for a deadline recorded by an outer layer that has since passed.
+    let mut expired = Request::new(());
+    expired.extensions_mut().insert(Deadline(Instant::now()));
+    assert_ready_ok!(svc.poll_ready());
+    let mut response = task::spawn(svc.call(expired));
+    assert!(assert_ready!(response.poll()).unwrap_err().is::<Elapsed>());
+    assert_pending!(task::spawn(handle.next_request()).poll());
+}
+
+#[tokio::test(start_paused = true)]
+async fn malformed_deadline_headers_are_ignored_not_errors() {
+    for bad in ["", "123456789S", "5x", "-1S"] {
+        let (mut svc, mut handle) = mock::spawn_layer::<Req, (), _>(layer(Duration::from_secs(1)));
+        assert_ready_ok!(svc.poll_ready());
+        let mut response = task::spawn(svc.call(grpc_request(Some(bad))));
+        let (sent, send) = handle.next_request().await.expect("the request is sent");
+        // Our own timeout applies, and the bad header is replaced by a good one.
+        assert_eq!(sent.headers()[GRPC_TIMEOUT], "990000u", "{bad:?}");
+        send.send_response(());
+        assert_ready_ok!(response.poll());
+    }
+}
+
+#[tokio::test(start_paused = true)]
+async fn the_remaining_time_shrinks_across_two_hops() {
+    // Hop A: 2 s configured, the caller allows 1 s. Hop B: 5 s configured. Each keeps 10 ms.
+    let (hop_b, mut upstream) = mock::pair::<Req, ()>();
+    let hop_b = layer(Duration::from_secs(5)).layer(hop_b);
+    let hop_a = layer(Duration::from_secs(2)).layer(tower::service_fn(move |req: Req| {
+        let hop_b = hop_b.clone();
+        async move {
+            // 200 ms on the wire between the hops; only the headers travel.
+            time::sleep(Duration::from_millis(200)).await;
+            let (parts, body) = req.into_parts();
+            let mut forwarded = Request::new(body);
+            *forwarded.headers_mut() = parts.headers;
+            hop_b.oneshot(forwarded).await
+        }
+    }));
+
+    let call = tokio::spawn(hop_a.oneshot(grpc_request(Some("1S"))));
+    let (at_upstream, send) = upstream.next_request().await.unwrap();
+    // A sent 990 ms; B received it 200 ms later and sent on 980 ms.
+    assert_eq!(at_upstream.headers()[GRPC_TIMEOUT], "980000u");
+    send.send_response(());
+    call.await.unwrap().expect("the call completes in time");
+}
+
+#[tokio::test(start_paused = true)]
+async fn an_inner_timeout_never_outlives_the_outer_deadline() {
+    let (svc, mut handle) = mock::pair::<Req, ()>();
+    // Outer: 300 ms total. Inner: 1 s per try. The inner must give up at 300 ms too.
+    let svc = layer(Duration::from_millis(300))
+        .layer(layer(Duration::from_secs(1)).named("per-try").layer(svc));
+    let start = Instant::now();
+    let call = tokio::spawn(svc.oneshot(Request::new(())));
+    let (sent, _send) = handle.next_request().await.unwrap();
+    assert_eq!(
+        Deadline::of(&sent),
+        Some(start + Duration::from_millis(300))
+    );
+    let err = call.await.unwrap().unwrap_err();
+    assert!(err.is::<Elapsed>());
+    assert_eq!(start.elapsed(), Duration::from_millis(300));
+}
