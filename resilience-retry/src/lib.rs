@@ -1,5 +1,77 @@
-//! Retries for tower services that are safe to turn on everywhere: exponential backoff with
-//! jitter, a retry budget that bounds amplification, replay of request bodies up to a cap, and
-//! `Retry-After`.
+//! Retries for [tower] services that are safe to turn on everywhere.
 //!
-//! This crate is being built; see the workspace README for its status.
+//! - **Bounded**: at most `attempts` tries (3 by default, counting the first), and a retry
+//!   [`Budget`] shared by every clone of the layer: retries may not exceed `ratio` x requests
+//!   over a window, plus a small reserve, so a failing upstream sees at most
+//!   `1 + ratio` times its normal traffic, never a retry storm.
+//! - **Spread out**: exponential [`Backoff`] with full, equal or decorrelated [`Jitter`].
+//! - **Deadline-aware**: no retry starts that could not finish its backoff before the request's
+//!   deadline (a [`resilience_timeout::Deadline`] set by a total timeout outside).
+//! - **Cheap on success**: one clone of the inner service and one reference count per call,
+//!   and nothing else until an attempt fails.
+//!
+//! ```
+//! use resilience_retry::{Backoff, RetryIf, RetryLayer};
+//! use std::sync::atomic::{AtomicU32, Ordering};
+//! use std::time::Duration;
+//! use tower::{ServiceBuilder, ServiceExt, service_fn};
+//!
+//! # #[tokio::main(flavor = "current_thread", start_paused = true)]
+//! # async fn main() -> Result<(), Box<dyn std::error::Error>> {
+//! // Busy on the first call, fine after that.
+//! static CALLS: AtomicU32 = AtomicU32::new(0);
+//! let flaky = service_fn(|name: &'static str| async move {
+//!     match CALLS.fetch_add(1, Ordering::SeqCst) {
+//!         0 => Err("busy"),
+//!         _ => Ok(format!("hello, {name}")),
+//!     }
+//! });
+//!
+//! let service = ServiceBuilder::new()
+//!     .layer(
+//!         RetryLayer::new(RetryIf::new(|result: &Result<String, &str>| result.is_err()))
+//!             .attempts(3)?
+//!             .backoff(Backoff::new(Duration::from_millis(10), Duration::from_secs(1))?),
+//!     )
+//!     .service(flaky);
+//!
+//! assert_eq!(service.oneshot("world").await?, "hello, world");
+//! assert_eq!(CALLS.load(Ordering::SeqCst), 2);
+//! # Ok(())
+//! # }
+//! ```
+//!
+//! # HTTP (feature `http`)
+//!
+//! [`HttpPolicy`] retries `http::Request<B>` with any body: conditions by name (`5xx`,
+//! `gateway-error`, `connect-failure`, `reset`, `retriable-status-codes`, gRPC codes), only
+//! idempotent methods unless configured otherwise, `Retry-After` honoured, an attempt header on
+//! every retry, and request bodies replayed up to a cap (64 KiB by default) without ever being
+//! collected whole.
+//!
+//! # Metrics
+//!
+//! `resilience_retry_attempts_total{layer, outcome}` counts retries (`outcome="retried"`) and
+//! retries given up (`attempts_exhausted`, `deadline`, `budget_exhausted`, `not_replayable`);
+//! `resilience_retry_budget_exhausted_total{layer}` counts budget refusals. Each retry emits a
+//! debug-level tracing event with the attempt number and the reason.
+//!
+//! [tower]: https://docs.rs/tower
+
+#![cfg_attr(docsrs, feature(doc_cfg))]
+
+mod backoff;
+mod budget;
+mod error;
+mod future;
+mod layer;
+mod policy;
+mod service;
+
+pub use backoff::{Backoff, Jitter, RandomSource, ThreadRandom};
+pub use budget::Budget;
+pub use error::ConfigError;
+pub use future::ResponseFuture;
+pub use layer::RetryLayer;
+pub use policy::{Action, Policy, Reason, Replay, RetryIf};
+pub use service::Retry;

@@ -1,0 +1,179 @@
+//! The retry budget: retries may not exceed a ratio of requests, over a sliding window.
+
+use crate::ConfigError;
+use std::{sync::Mutex, time::Duration};
+use tokio::time::Instant;
+
+/// Fixed-point unit: one retry costs `UNIT`; each request deposits `ratio * UNIT`. With a
+/// million units to a retry, every ratio with up to six decimals is exact (tower's `TpsBudget`
+/// truncates `1 / ratio` and so over-allows: ratio 0.6 allows one retry per request, tower
+/// issue 857).
+const UNIT: i64 = 1_000_000;
+/// The window is kept in this many buckets; deposits and withdrawals expire a bucket at a time.
+const BUCKETS: usize = 10;
+
+/// Bounds retries to `ratio` x requests over a `ttl` window, plus `min_per_second` x `ttl`.
+///
+/// This is the Finagle and Linkerd retry budget: every request deposits `ratio` of a retry,
+/// every retry withdraws one, and both expire after `ttl`; a reserve of
+/// `min_per_second * ttl` retries lets a service with little traffic retry at all. Shared by
+/// every clone of a [`RetryLayer`](crate::RetryLayer) and every service it builds, so the
+/// bound holds across all of them. The defaults are Linkerd's: 0.2, 10 per second, 10 s.
+#[derive(Debug)]
+pub struct Budget {
+    deposit: i64,
+    reserve: i64,
+    ratio: f64,
+    min_per_second: u32,
+    ttl: Duration,
+    bucket_nanos: u128,
+    window: Mutex<Window>,
+}
+
+#[derive(Debug)]
+struct Window {
+    start: Instant,
+    /// The index of the newest bucket, counted in bucket widths since `start`.
+    newest: u64,
+    /// Deposits minus withdrawals, in units, per bucket (a ring indexed by epoch).
+    balance: [i64; BUCKETS],
+}
+
+impl Default for Budget {
+    fn default() -> Self {
+        Self::new(0.2, 10, Duration::from_secs(10)).expect("the defaults are valid")
+    }
+}
+
+impl Budget {
+    /// A budget allowing `ratio` retries per request (0 to 1000) plus `min_per_second` retries
+    /// per second, over a window of `ttl` (1 ms to 60 s).
+    pub fn new(ratio: f64, min_per_second: u32, ttl: Duration) -> Result<Self, ConfigError> {
+        if !(0.0..=1000.0).contains(&ratio) {
+            return Err(ConfigError::new(
+                "budget.ratio",
+                ratio,
+                "must be between 0 and 1000",
+            ));
+        }
+        if ttl < Duration::from_millis(1) || ttl > Duration::from_secs(60) {
+            return Err(ConfigError::new(
+                "budget.ttl",
+                format!("{ttl:?}"),
+                "must be between 1ms and 60s",
+            ));
+        }
+        // Exact in integers: min_per_second * ttl (in ms) / 1000 retries, times UNIT.
+        let reserve = i64::from(min_per_second) * ttl.as_millis() as i64 * (UNIT / 1000);
+        Ok(Self {
+            deposit: (ratio * UNIT as f64).round() as i64,
+            reserve,
+            ratio,
+            min_per_second,
+            ttl,
+            bucket_nanos: (ttl.as_nanos() / BUCKETS as u128).max(1),
+            window: Mutex::new(Window {
+                start: Instant::now(),
+                newest: 0,
+                balance: [0; BUCKETS],
+            }),
+        })
+    }
+
+    /// The ratio of retries to requests.
+    #[must_use]
+    pub fn ratio(&self) -> f64 {
+        self.ratio
+    }
+
+    /// The retries per second allowed whatever the traffic.
+    #[must_use]
+    pub fn min_per_second(&self) -> u32 {
+        self.min_per_second
+    }
+
+    /// The window over which deposits and withdrawals count.
+    #[must_use]
+    pub fn ttl(&self) -> Duration {
+        self.ttl
+    }
+
+    /// Records a request: it earns `ratio` of a retry.
+    pub fn deposit(&self) {
+        let now = Instant::now();
+        self.with_window(now, |window, newest| window.balance[newest] += self.deposit);
+    }
+
+    /// Takes one retry from the budget; `false` when there is none left.
+    pub fn withdraw(&self) -> bool {
+        let now = Instant::now();
+        self.with_window(now, |window, newest| {
+            let balance = self.reserve + window.balance.iter().sum::<i64>();
+            if balance >= UNIT {
+                window.balance[newest] -= UNIT;
+                true
+            } else {
+                false
+            }
+        })
+    }
+
+    /// The whole retries that could be taken now.
+    #[must_use]
+    pub fn available(&self) -> u64 {
+        self.with_window(Instant::now(), |window, _| {
+            let balance = self.reserve + window.balance.iter().sum::<i64>();
+            u64::try_from(balance / UNIT).unwrap_or(0)
+        })
+    }
+
+    fn with_window<T>(&self, now: Instant, f: impl FnOnce(&mut Window, usize) -> T) -> T {
+        // A poisoned lock only means another thread panicked mid-update of plain integers;
+        // the numbers are still usable.
+        let mut window = self
+            .window
+            .lock()
+            .unwrap_or_else(std::sync::PoisonError::into_inner);
+        let epoch =
+            (now.saturating_duration_since(window.start).as_nanos() / self.bucket_nanos) as u64;
+        if epoch > window.newest {
+            // Expire every bucket that has left the window, at most all of them.
+            let expired = (epoch - window.newest).min(BUCKETS as u64);
+            for step in 1..=expired {
+                let index = ((window.newest + step) % BUCKETS as u64) as usize;
+                window.balance[index] = 0;
+            }
+            window.newest = epoch;
+        }
+        let newest = (window.newest % BUCKETS as u64) as usize;
+        f(&mut window, newest)
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn bad_settings_are_rejected_naming_the_field() {
+        let ttl = Duration::from_secs(10);
+        assert_eq!(
+            Budget::new(-0.1, 0, ttl).unwrap_err().field(),
+            "budget.ratio"
+        );
+        assert_eq!(
+            Budget::new(f64::NAN, 0, ttl).unwrap_err().field(),
+            "budget.ratio"
+        );
+        assert_eq!(
+            Budget::new(0.2, 0, Duration::ZERO).unwrap_err().field(),
+            "budget.ttl"
+        );
+        assert_eq!(
+            Budget::new(0.2, 0, Duration::from_secs(61))
+                .unwrap_err()
+                .field(),
+            "budget.ttl"
+        );
+    }
+}

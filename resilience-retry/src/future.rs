@@ -1,0 +1,225 @@
+//! The response future of [`Retry`](crate::Retry).
+
+use crate::{
+    Policy, Replay,
+    layer::Settings,
+    policy::{Action, Reason},
+};
+use pin_project_lite::pin_project;
+use std::{
+    future::Future,
+    pin::Pin,
+    sync::Arc,
+    task::{Context, Poll, ready},
+    time::Duration,
+};
+use tokio::time::{Instant, Sleep, sleep};
+use tower_service::Service;
+
+pin_project! {
+    /// Completes with the outcome of the last attempt.
+    pub struct ResponseFuture<S, P, Req>
+    where
+        P: Replay<Req>,
+        S: Service<<P as Replay<Req>>::Request>,
+    {
+        #[pin]
+        state: State<S::Future>,
+        service: S,
+        settings: Arc<Settings<P>>,
+        // The copy of the request kept for replay; `None` when it cannot be retried.
+        kept: Option<<P as Replay<Req>>::Request>,
+        // The request of the next attempt, made before the last outcome is given up.
+        next: Option<<P as Replay<Req>>::Request>,
+        attempt: u32,
+        delay: Duration,
+    }
+}
+
+pin_project! {
+    #[project = StateProj]
+    enum State<F> {
+        Calling { #[pin] future: F },
+        BackingOff { #[pin] sleep: Sleep },
+        WaitingReady,
+    }
+}
+
+impl<S, P, Req> ResponseFuture<S, P, Req>
+where
+    P: Replay<Req>,
+    S: Service<<P as Replay<Req>>::Request>,
+{
+    pub(crate) fn new(
+        future: S::Future,
+        service: S,
+        settings: Arc<Settings<P>>,
+        kept: Option<<P as Replay<Req>>::Request>,
+    ) -> Self {
+        Self {
+            state: State::Calling { future },
+            service,
+            settings,
+            kept,
+            next: None,
+            attempt: 1,
+            delay: Duration::ZERO,
+        }
+    }
+}
+
+/// Why a retry that the policy wanted is not made.
+#[derive(Clone, Copy)]
+enum GiveUp {
+    Attempts,
+    Deadline,
+    Budget,
+    NotReplayable,
+}
+
+impl GiveUp {
+    fn label(self) -> &'static str {
+        match self {
+            Self::Attempts => "attempts_exhausted",
+            Self::Deadline => "deadline",
+            Self::Budget => "budget_exhausted",
+            Self::NotReplayable => "not_replayable",
+        }
+    }
+}
+
+impl<S, P, Req> Future for ResponseFuture<S, P, Req>
+where
+    P: Replay<Req>,
+    S: Service<<P as Replay<Req>>::Request>,
+    P: Policy<<P as Replay<Req>>::Request, S::Response, S::Error>,
+{
+    type Output = Result<S::Response, S::Error>;
+
+    fn poll(self: Pin<&mut Self>, cx: &mut Context<'_>) -> Poll<Self::Output> {
+        let mut this = self.project();
+        loop {
+            match this.state.as_mut().project() {
+                StateProj::Calling { future } => {
+                    let result = ready!(future.poll(cx));
+                    let Some(kept) = this.kept.as_ref() else {
+                        return Poll::Ready(result);
+                    };
+                    let reason = match this.settings.policy.classify(kept, &result) {
+                        Action::Return => return Poll::Ready(result),
+                        Action::Retry(reason) => reason,
+                    };
+                    let settings = &**this.settings;
+                    let (next, delay) =
+                        match plan_retry(settings, kept, reason, *this.attempt, *this.delay) {
+                            Ok(planned) => planned,
+                            Err(give_up) => {
+                                record_give_up(settings, give_up, reason, *this.attempt);
+                                return Poll::Ready(result);
+                            }
+                        };
+                    // The failed outcome is dropped here, releasing its connection before the
+                    // backoff.
+                    drop(result);
+                    *this.attempt += 1;
+                    *this.delay = delay;
+                    *this.next = Some(next);
+                    record_retry(settings, reason, *this.attempt, delay);
+                    if delay.is_zero() {
+                        this.state.set(State::WaitingReady);
+                    } else {
+                        this.state.set(State::BackingOff {
+                            sleep: sleep(delay),
+                        });
+                    }
+                }
+                StateProj::BackingOff { sleep } => {
+                    ready!(sleep.poll(cx));
+                    this.state.set(State::WaitingReady);
+                }
+                StateProj::WaitingReady => {
+                    ready!(this.service.poll_ready(cx))?;
+                    let next = this
+                        .next
+                        .take()
+                        .expect("a retry is planned before waiting for readiness");
+                    let future = this.service.call(next);
+                    this.state.set(State::Calling { future });
+                }
+            }
+        }
+    }
+}
+
+/// Checks every limit on one more attempt, cheapest first, and takes from the budget last so
+/// that a retry refused for another reason costs nothing.
+/// Returns the next attempt's request and the delay before it.
+fn plan_retry<P, Req>(
+    settings: &Settings<P>,
+    kept: &P::Request,
+    reason: Reason,
+    attempt: u32,
+    previous_delay: Duration,
+) -> Result<(P::Request, Duration), GiveUp>
+where
+    P: Replay<Req>,
+{
+    if attempt >= settings.max_attempts {
+        return Err(GiveUp::Attempts);
+    }
+    let delay = reason
+        .retry_after
+        .unwrap_or_else(|| settings.backoff.delay(attempt - 1, previous_delay));
+    if let Some(deadline) = settings.policy.deadline(kept)
+        && Instant::now() + delay >= deadline
+    {
+        return Err(GiveUp::Deadline);
+    }
+    let next = settings
+        .policy
+        .replay(kept, attempt + 1)
+        .ok_or(GiveUp::NotReplayable)?;
+    if !settings.budget.withdraw() {
+        return Err(GiveUp::Budget);
+    }
+    Ok((next, delay))
+}
+
+fn record_retry<P>(settings: &Settings<P>, reason: Reason, attempt: u32, delay: Duration) {
+    metrics::counter!(
+        "resilience_retry_attempts_total",
+        "layer" => settings.name.clone(),
+        "outcome" => "retried",
+    )
+    .increment(1);
+    tracing::debug!(
+        layer = %settings.name,
+        attempt,
+        reason = reason.name,
+        ?delay,
+        "retrying request"
+    );
+}
+
+fn record_give_up<P>(settings: &Settings<P>, give_up: GiveUp, reason: Reason, attempt: u32) {
+    metrics::counter!(
+        "resilience_retry_attempts_total",
+        "layer" => settings.name.clone(),
+        "outcome" => give_up.label(),
+    )
+    .increment(1);
+    if let GiveUp::Budget = give_up {
+        metrics::counter!(
+            "resilience_retry_budget_exhausted_total",
+            "layer" => settings.name.clone(),
+        )
+        .increment(1);
+    }
+    tracing::debug!(
+        layer = %settings.name,
+        attempt,
+        reason = reason.name,
+        outcome = give_up.label(),
+        "not retrying"
+    );
+}
