@@ -49,6 +49,11 @@
 //! every retry, and request bodies replayed up to a cap (64 KiB by default) without ever being
 //! collected whole.
 //!
+//! # Config (feature `serde`)
+//!
+//! [`RetryConfig`] is the retry section of a `sidecar-lite` config file; library users load
+//! the same section and call [`RetryConfig::layer`].
+//!
 //! # Metrics
 //!
 //! `resilience_retry_attempts_total{layer, outcome}` counts retries (`outcome="retried"`) and
@@ -68,6 +73,18 @@ mod layer;
 mod policy;
 mod service;
 
+#[cfg(feature = "http")]
+mod conditions;
+#[cfg(feature = "http")]
+mod http_policy;
+#[cfg(feature = "http")]
+mod replay;
+#[cfg(feature = "http")]
+pub mod retry_after;
+
+#[cfg(feature = "serde")]
+mod config;
+
 pub use backoff::{Backoff, Jitter, RandomSource, ThreadRandom};
 pub use budget::Budget;
 pub use error::ConfigError;
@@ -75,3 +92,13 @@ pub use future::ResponseFuture;
 pub use layer::RetryLayer;
 pub use policy::{Action, Policy, Reason, Replay, RetryIf};
 pub use service::Retry;
+
+#[cfg(feature = "http")]
+pub use conditions::{CONNECT_FAILURE, Condition, GrpcCode, GrpcTrailers, RetryClass, RetryOn};
+#[cfg(feature = "http")]
+pub use http_policy::{DEFAULT_MAX_RETRY_AFTER, HttpPolicy, IDEMPOTENCY_KEY, RETRY_ATTEMPT};
+#[cfg(feature = "http")]
+pub use replay::{DEFAULT_MAX_REPLAY_BODY, NotReplayable, ReplayBody};
+
+#[cfg(feature = "serde")]
+pub use config::{BackoffConfig, BudgetConfig, RetryConfig};

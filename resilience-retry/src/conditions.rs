@@ -1,0 +1,339 @@
+//! [`RetryOn`]: which HTTP and gRPC outcomes are retried, by name, as a
+//! [`tower_http::classify`] classifier.
+
+use crate::{ConfigError, Reason};
+use http::{HeaderMap, Response, StatusCode, header::CONTENT_TYPE};
+use std::{any::Any, error::Error, fmt, io, str::FromStr};
+use tower_http::classify::{ClassifiedResponse, ClassifyEos, ClassifyResponse};
+
+/// The reason name for a request that never reached the server: retried for any method.
+pub const CONNECT_FAILURE: &str = "connect-failure";
+
+/// How a classifier judges a failed outcome, as its `tower_http::classify` failure class.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum RetryClass {
+    /// Worth another attempt, for this reason.
+    Retryable(Reason),
+    /// A failure that another attempt would not mend.
+    NotRetryable,
+}
+
+/// A retry condition, by the name used in config files (Envoy's `retry_on` vocabulary).
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Hash)]
+pub enum Condition {
+    /// `5xx`: any 5xx response, or a per-try timeout.
+    ServerError,
+    /// `gateway-error`: 502, 503 or 504, or a per-try timeout.
+    GatewayError,
+    /// `connect-failure`: the connection could not be made; the request was never sent.
+    ConnectFailure,
+    /// `reset`: the connection was reset or closed before a response arrived.
+    Reset,
+    /// `retriable-status-codes`: the statuses listed in [`RetryOn::status_codes`].
+    RetriableStatusCodes,
+    /// A gRPC status, read from the `grpc-status` header of a response.
+    Grpc(GrpcCode),
+}
+
+/// The gRPC status codes that may be retried.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Hash)]
+pub enum GrpcCode {
+    /// `cancelled` (1).
+    Cancelled = 1,
+    /// `deadline-exceeded` (4).
+    DeadlineExceeded = 4,
+    /// `resource-exhausted` (8).
+    ResourceExhausted = 8,
+    /// `internal` (13).
+    Internal = 13,
+    /// `unavailable` (14).
+    Unavailable = 14,
+}
+
+const NAMES: [(&str, Condition); 10] = [
+    ("5xx", Condition::ServerError),
+    ("gateway-error", Condition::GatewayError),
+    (CONNECT_FAILURE, Condition::ConnectFailure),
+    ("reset", Condition::Reset),
+    ("retriable-status-codes", Condition::RetriableStatusCodes),
+    ("cancelled", Condition::Grpc(GrpcCode::Cancelled)),
+    (
+        "deadline-exceeded",
+        Condition::Grpc(GrpcCode::DeadlineExceeded),
+    ),
+    (
+        "resource-exhausted",
+        Condition::Grpc(GrpcCode::ResourceExhausted),
+    ),
+    ("internal", Condition::Grpc(GrpcCode::Internal)),
+    ("unavailable", Condition::Grpc(GrpcCode::Unavailable)),
+];
+
+impl Condition {
+    /// The condition's name in config files.
+    #[must_use]
+    pub fn name(self) -> &'static str {
+        NAMES
+            .iter()
+            .find(|(_, c)| *c == self)
+            .map_or("unknown", |(name, _)| name)
+    }
+
+    fn bit(self) -> u16 {
+        1 << NAMES.iter().position(|(_, c)| *c == self).unwrap_or(0)
+    }
+}
+
+impl FromStr for Condition {
+    type Err = ConfigError;
+
+    fn from_str(name: &str) -> Result<Self, Self::Err> {
+        NAMES
+            .iter()
+            .find(|(n, _)| *n == name)
+            .map(|(_, c)| *c)
+            .ok_or_else(|| {
+                ConfigError::new(
+                    "on",
+                    format!("\"{name}\""),
+                    "unknown retry condition; expected one of 5xx, gateway-error, \
+                     connect-failure, reset, retriable-status-codes, cancelled, \
+                     deadline-exceeded, resource-exhausted, internal, unavailable",
+                )
+            })
+    }
+}
+
+impl fmt::Display for Condition {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        f.write_str(self.name())
+    }
+}
+
+/// The set of conditions under which an HTTP request is retried.
+///
+/// The default is Envoy's safe trio: `connect-failure`, `reset` and `gateway-error`.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct RetryOn {
+    conditions: u16,
+    status_codes: Vec<StatusCode>,
+}
+
+impl Default for RetryOn {
+    fn default() -> Self {
+        Self::none()
+            .with(Condition::ConnectFailure)
+            .with(Condition::Reset)
+            .with(Condition::GatewayError)
+    }
+}
+
+impl RetryOn {
+    /// No conditions: nothing is retried.
+    #[must_use]
+    pub fn none() -> Self {
+        Self {
+            conditions: 0,
+            status_codes: Vec::new(),
+        }
+    }
+
+    /// The conditions named, as in a config file: `["5xx", "unavailable"]`.
+    pub fn from_names<S: AsRef<str>>(names: &[S]) -> Result<Self, ConfigError> {
+        names
+            .iter()
+            .try_fold(Self::none(), |on, name| Ok(on.with(name.as_ref().parse()?)))
+    }
+
+    /// Adds a condition.
+    #[must_use]
+    pub fn with(mut self, condition: Condition) -> Self {
+        self.conditions |= condition.bit();
+        self
+    }
+
+    /// Sets the statuses retried under `retriable-status-codes` (and adds that condition).
+    #[must_use]
+    pub fn status_codes(mut self, codes: impl IntoIterator<Item = StatusCode>) -> Self {
+        self.status_codes = codes.into_iter().collect();
+        self.with(Condition::RetriableStatusCodes)
+    }
+
+    /// Whether `condition` is in the set.
+    #[must_use]
+    pub fn contains(&self, condition: Condition) -> bool {
+        self.conditions & condition.bit() != 0
+    }
+
+    /// The conditions in the set, in their canonical order.
+    pub fn conditions(&self) -> impl Iterator<Item = Condition> + '_ {
+        NAMES.iter().map(|(_, c)| *c).filter(|c| self.contains(*c))
+    }
+
+    /// The statuses retried under `retriable-status-codes`.
+    #[must_use]
+    pub fn retriable_status_codes(&self) -> &[StatusCode] {
+        &self.status_codes
+    }
+
+    fn retryable(&self, condition: Condition) -> RetryClass {
+        if self.contains(condition) {
+            RetryClass::Retryable(Reason::new(condition.name()))
+        } else {
+            RetryClass::NotRetryable
+        }
+    }
+
+    fn classify_status(&self, status: StatusCode) -> Result<(), RetryClass> {
+        let gateway = matches!(status.as_u16(), 502..=504);
+        if gateway && self.contains(Condition::GatewayError) {
+            return Err(self.retryable(Condition::GatewayError));
+        }
+        if status.is_server_error() && self.contains(Condition::ServerError) {
+            return Err(self.retryable(Condition::ServerError));
+        }
+        if self.contains(Condition::RetriableStatusCodes) && self.status_codes.contains(&status) {
+            return Err(self.retryable(Condition::RetriableStatusCodes));
+        }
+        if status.is_server_error() || status == StatusCode::TOO_MANY_REQUESTS {
+            return Err(RetryClass::NotRetryable);
+        }
+        Ok(())
+    }
+
+    fn classify_grpc(&self, headers: &HeaderMap) -> Option<Result<(), RetryClass>> {
+        let code = headers
+            .get("grpc-status")?
+            .to_str()
+            .ok()?
+            .trim()
+            .parse::<i32>()
+            .ok()?;
+        if code == 0 {
+            return Some(Ok(()));
+        }
+        let retryable = NAMES.iter().find_map(|(_, c)| match c {
+            Condition::Grpc(g) if *g as i32 == code && self.contains(*c) => Some(*c),
+            _ => None,
+        });
+        Some(Err(match retryable {
+            Some(condition) => self.retryable(condition),
+            None => RetryClass::NotRetryable,
+        }))
+    }
+
+    /// Classifies an error from the inner service by walking its chain of sources: a failed
+    /// connect, a reset or closed connection, or a per-try timeout.
+    fn classify_any_error(&self, error: &(dyn Error + 'static)) -> RetryClass {
+        let mut next = Some(error);
+        while let Some(error) = next {
+            if let Some(condition) = error_condition(error) {
+                return match condition {
+                    // A per-try timeout is the gateway-error family, as in Envoy.
+                    Condition::GatewayError if !self.contains(Condition::GatewayError) => {
+                        self.retryable(Condition::ServerError)
+                    }
+                    condition => self.retryable(condition),
+                };
+            }
+            next = error.source();
+        }
+        RetryClass::NotRetryable
+    }
+}
+
+fn error_condition(error: &(dyn Error + 'static)) -> Option<Condition> {
+    if let Some(err) = error.downcast_ref::<hyper_util::client::legacy::Error>()
+        && err.is_connect()
+    {
+        return Some(Condition::ConnectFailure);
+    }
+    if let Some(err) = error.downcast_ref::<io::Error>() {
+        return match err.kind() {
+            io::ErrorKind::ConnectionRefused => Some(Condition::ConnectFailure),
+            io::ErrorKind::ConnectionReset
+            | io::ErrorKind::ConnectionAborted
+            | io::ErrorKind::BrokenPipe
+            | io::ErrorKind::UnexpectedEof => Some(Condition::Reset),
+            _ => None,
+        };
+    }
+    if let Some(err) = error.downcast_ref::<hyper::Error>()
+        && (err.is_incomplete_message() || err.is_closed() || err.is_canceled())
+    {
+        return Some(Condition::Reset);
+    }
+    if error.is::<resilience_timeout::Elapsed>() {
+        return Some(Condition::GatewayError);
+    }
+    None
+}
+
+fn is_grpc<B>(response: &Response<B>) -> bool {
+    response
+        .headers()
+        .get(CONTENT_TYPE)
+        .is_some_and(|ct| ct.as_bytes().starts_with(b"application/grpc"))
+}
+
+impl ClassifyResponse for RetryOn {
+    type FailureClass = RetryClass;
+    type ClassifyEos = GrpcTrailers;
+
+    fn classify_response<B>(
+        self,
+        response: &Response<B>,
+    ) -> ClassifiedResponse<RetryClass, GrpcTrailers> {
+        if is_grpc(response) {
+            return match self.classify_grpc(response.headers()) {
+                Some(result) => ClassifiedResponse::Ready(result),
+                // The status comes in the trailers, after the body.
+                None => ClassifiedResponse::RequiresEos(GrpcTrailers { on: self }),
+            };
+        }
+        ClassifiedResponse::Ready(self.classify_status(response.status()))
+    }
+
+    fn classify_error<E: fmt::Display + 'static>(self, error: &E) -> RetryClass {
+        match as_error(error) {
+            Some(error) => self.classify_any_error(error),
+            None => RetryClass::NotRetryable,
+        }
+    }
+}
+
+/// The error behind a generic `E`, when it is one of the error types services return.
+fn as_error<E: 'static>(error: &E) -> Option<&(dyn Error + 'static)> {
+    let any = error as &dyn Any;
+    if let Some(boxed) = any.downcast_ref::<Box<dyn Error + Send + Sync>>() {
+        return Some(&**boxed);
+    }
+    if let Some(err) = any.downcast_ref::<hyper_util::client::legacy::Error>() {
+        return Some(err);
+    }
+    if let Some(err) = any.downcast_ref::<hyper::Error>() {
+        return Some(err);
+    }
+    any.downcast_ref::<io::Error>()
+        .map(|e| e as &(dyn Error + 'static))
+}
+
+/// Classifies a gRPC response by the `grpc-status` in its trailers.
+#[derive(Debug, Clone)]
+pub struct GrpcTrailers {
+    on: RetryOn,
+}
+
+impl ClassifyEos for GrpcTrailers {
+    type FailureClass = RetryClass;
+
+    fn classify_eos(self, trailers: Option<&HeaderMap>) -> Result<(), RetryClass> {
+        trailers
+            .and_then(|t| self.on.classify_grpc(t))
+            .unwrap_or(Ok(()))
+    }
+
+    fn classify_error<E: fmt::Display + 'static>(self, error: &E) -> RetryClass {
+        self.on.classify_error(error)
+    }
+}

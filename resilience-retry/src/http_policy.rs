@@ -1,0 +1,207 @@
+//! [`HttpPolicy`]: what is retried for `http::Request<B>`, and how its body is replayed.
+
+use crate::{
+    Action, Policy, Reason, Replay, ReplayBody, RetryClass, RetryOn, conditions::CONNECT_FAILURE,
+    replay::DEFAULT_MAX_REPLAY_BODY, retry_after,
+};
+use http::{HeaderName, HeaderValue, Method, Request, Response, StatusCode, header::RETRY_AFTER};
+use http_body::Body;
+use std::{fmt, time::Duration, time::SystemTime};
+use tokio::time::Instant;
+use tower_http::classify::{ClassifiedResponse, ClassifyResponse};
+
+/// The header on every retried attempt, carrying its number: `x-retry-attempt: 2` on the
+/// first retry. The first attempt goes without it, so an upstream can tell retries apart.
+pub const RETRY_ATTEMPT: HeaderName = HeaderName::from_static("x-retry-attempt");
+
+/// Marks a request as safe to repeat whatever its method (IETF draft
+/// `draft-ietf-httpapi-idempotency-key-header`).
+pub const IDEMPOTENCY_KEY: HeaderName = HeaderName::from_static("idempotency-key");
+
+/// The default cap on a `Retry-After` delay that is honoured.
+pub const DEFAULT_MAX_RETRY_AFTER: Duration = Duration::from_secs(10);
+
+/// Retries HTTP requests: outcomes judged by a [`tower_http::classify`] classifier ([`RetryOn`]
+/// by default), idempotent methods only unless told otherwise, `Retry-After` honoured up to a
+/// cap, bodies replayed up to a cap.
+///
+/// - A request whose method is not idempotent (RFC 9110: GET, HEAD, OPTIONS, TRACE, PUT and
+///   DELETE are) and that carries no `Idempotency-Key` is retried only after a connect
+///   failure, when it provably never reached the server.
+/// - A 429 or 503 with `Retry-After` waits that long instead of the backoff; if the delay is
+///   over the cap (or past the deadline), the response is returned at once.
+/// - Each retry carries [`RETRY_ATTEMPT`].
+#[derive(Clone)]
+pub struct HttpPolicy<C = RetryOn> {
+    classifier: C,
+    any_method: bool,
+    max_replay_body: usize,
+    max_retry_after: Duration,
+    wall_clock: fn() -> SystemTime,
+}
+
+impl<C: fmt::Debug> fmt::Debug for HttpPolicy<C> {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        f.debug_struct("HttpPolicy")
+            .field("classifier", &self.classifier)
+            .field("any_method", &self.any_method)
+            .field("max_replay_body", &self.max_replay_body)
+            .field("max_retry_after", &self.max_retry_after)
+            .finish_non_exhaustive()
+    }
+}
+
+impl Default for HttpPolicy {
+    fn default() -> Self {
+        Self::new(RetryOn::default())
+    }
+}
+
+#[allow(clippy::disallowed_methods)]
+fn system_clock() -> SystemTime {
+    // Retry-After may be an HTTP date: comparing it needs the wall clock, read only then.
+    SystemTime::now()
+}
+
+impl<C> HttpPolicy<C> {
+    /// A policy judging outcomes with `classifier`, with the defaults: idempotent methods
+    /// only, 64 KiB of body kept for replay, `Retry-After` honoured up to 10 s.
+    pub fn new(classifier: C) -> Self {
+        Self {
+            classifier,
+            any_method: false,
+            max_replay_body: DEFAULT_MAX_REPLAY_BODY,
+            max_retry_after: DEFAULT_MAX_RETRY_AFTER,
+            wall_clock: system_clock,
+        }
+    }
+
+    /// Retries any method, not only idempotent ones. Only for upstreams known to tolerate it.
+    #[must_use]
+    pub fn retry_any_method(mut self, any: bool) -> Self {
+        self.any_method = any;
+        self
+    }
+
+    /// Sets how many bytes of a request body are kept for replay; a larger body goes once.
+    #[must_use]
+    pub fn max_replay_body(mut self, bytes: usize) -> Self {
+        self.max_replay_body = bytes;
+        self
+    }
+
+    /// Sets the longest `Retry-After` delay that is waited out.
+    #[must_use]
+    pub fn max_retry_after(mut self, max: Duration) -> Self {
+        self.max_retry_after = max;
+        self
+    }
+
+    /// Replaces the wall clock used for `Retry-After` dates, for tests.
+    #[must_use]
+    pub fn wall_clock(mut self, clock: fn() -> SystemTime) -> Self {
+        self.wall_clock = clock;
+        self
+    }
+
+    fn is_idempotent<B>(&self, req: &Request<B>) -> bool {
+        self.any_method
+            || matches!(
+                *req.method(),
+                Method::GET
+                    | Method::HEAD
+                    | Method::OPTIONS
+                    | Method::TRACE
+                    | Method::PUT
+                    | Method::DELETE
+            )
+            || req.headers().contains_key(IDEMPOTENCY_KEY)
+    }
+
+    /// Applies the method rule and `Retry-After` to a retryable outcome.
+    fn decide<B, R>(
+        &self,
+        kept: &Request<B>,
+        class: RetryClass,
+        response: Option<&Response<R>>,
+    ) -> Action {
+        let RetryClass::Retryable(mut reason) = class else {
+            return Action::Return;
+        };
+        if reason.name != CONNECT_FAILURE && !self.is_idempotent(kept) {
+            return Action::Return;
+        }
+        if let Some(response) = response
+            && matches!(
+                response.status(),
+                StatusCode::TOO_MANY_REQUESTS | StatusCode::SERVICE_UNAVAILABLE
+            )
+            && let Some(value) = response.headers().get(RETRY_AFTER)
+        {
+            match retry_after::parse(value, (self.wall_clock)()) {
+                Some(delay) if delay > self.max_retry_after => return Action::Return,
+                Some(delay) => reason.retry_after = Some(delay),
+                None => tracing::debug!(?value, "ignoring malformed retry-after header"),
+            }
+        }
+        Action::Retry(reason)
+    }
+}
+
+impl<C, B: Body> Replay<Request<B>> for HttpPolicy<C> {
+    type Request = Request<ReplayBody<B>>;
+
+    fn prepare(&self, req: Request<B>) -> (Self::Request, Option<Self::Request>) {
+        let (parts, body) = req.into_parts();
+        let (first, copy) = ReplayBody::new(body, self.max_replay_body);
+        let kept = copy.map(|body| Request::from_parts(parts.clone(), body));
+        (Request::from_parts(parts, first), kept)
+    }
+
+    fn replay(&self, kept: &Self::Request, attempt: u32) -> Option<Self::Request> {
+        let body = kept.body().replay()?;
+        let mut req = Request::new(body);
+        *req.method_mut() = kept.method().clone();
+        *req.uri_mut() = kept.uri().clone();
+        *req.version_mut() = kept.version();
+        *req.headers_mut() = kept.headers().clone();
+        *req.extensions_mut() = kept.extensions().clone();
+        req.headers_mut()
+            .insert(RETRY_ATTEMPT, HeaderValue::from(attempt));
+        Some(req)
+    }
+
+    fn deadline(&self, kept: &Self::Request) -> Option<Instant> {
+        resilience_timeout::Deadline::of(kept)
+    }
+}
+
+impl<C, B, R, E> Policy<Request<B>, Response<R>, E> for HttpPolicy<C>
+where
+    C: ClassifyResponse<FailureClass = RetryClass> + Clone,
+    E: fmt::Display + 'static,
+{
+    fn classify(&self, kept: &Request<B>, result: &Result<Response<R>, E>) -> Action {
+        match result {
+            Ok(response) => match self.classifier.clone().classify_response(response) {
+                ClassifiedResponse::Ready(Ok(())) => Action::Return,
+                ClassifiedResponse::Ready(Err(class)) => self.decide(kept, class, Some(response)),
+                // A status in trailers is known only after the body has streamed to the
+                // caller; by then it is too late to retry.
+                ClassifiedResponse::RequiresEos(_) => Action::Return,
+            },
+            Err(error) => {
+                let class = self.classifier.clone().classify_error(error);
+                self.decide::<B, R>(kept, class, None)
+            }
+        }
+    }
+}
+
+impl Reason {
+    /// Whether the attempt provably never reached the server.
+    #[must_use]
+    pub fn never_sent(&self) -> bool {
+        self.name == CONNECT_FAILURE
+    }
+}

@@ -1,0 +1,558 @@
+//! The HTTP policy: conditions by name, idempotency, Retry-After, deadlines, attempt header,
+//! and the amplification bound against an upstream that always fails.
+#![cfg(feature = "http")]
+
+use bytes::Bytes;
+use http::{Method, Request, Response, StatusCode};
+use http_body_util::{BodyExt, Empty, Full};
+use resilience_retry::{
+    Backoff, Budget, Condition, HttpPolicy, Jitter, RETRY_ATTEMPT, RetryLayer, RetryOn,
+};
+use resilience_timeout::Deadline;
+use std::{
+    collections::VecDeque,
+    io,
+    sync::{Arc, Mutex},
+    time::{Duration, SystemTime},
+};
+use tokio::time::Instant;
+use tower::{BoxError, Layer, Service, ServiceExt, service_fn};
+
+const MS: Duration = Duration::from_millis(1);
+
+/// What the upstream answers, in order; the last answer repeats.
+#[derive(Clone)]
+enum Answer {
+    Status(u16),
+    WithHeader(u16, &'static str, &'static str),
+    Refused,
+    Reset,
+}
+
+/// What the upstream saw of one attempt.
+#[derive(Debug, Clone)]
+struct Seen {
+    at: Instant,
+    method: Method,
+    attempt: Option<String>,
+}
+
+type Log = Arc<Mutex<Vec<Seen>>>;
+
+fn upstream(
+    answers: Vec<Answer>,
+) -> (
+    impl Service<
+        Request<resilience_retry::ReplayBody<Empty<Bytes>>>,
+        Response = Response<String>,
+        Error = BoxError,
+        Future: Send,
+    > + Clone,
+    Log,
+) {
+    let log: Log = Arc::default();
+    let seen = log.clone();
+    let answers = Arc::new(Mutex::new(VecDeque::from(answers)));
+    let svc = service_fn(move |req: Request<_>| {
+        seen.lock().unwrap().push(Seen {
+            at: Instant::now(),
+            method: req.method().clone(),
+            attempt: req
+                .headers()
+                .get(RETRY_ATTEMPT)
+                .map(|v| v.to_str().unwrap().to_owned()),
+        });
+        let mut answers = answers.lock().unwrap();
+        let answer = if answers.len() > 1 {
+            answers.pop_front().unwrap()
+        } else {
+            answers[0].clone()
+        };
+        async move {
+            match answer {
+                Answer::Status(code) => Ok(status(code)),
+                Answer::WithHeader(code, name, value) => {
+                    let mut res = status(code);
+                    res.headers_mut().insert(name, value.parse().unwrap());
+                    Ok(res)
+                }
+                Answer::Refused => Err(io::Error::from(io::ErrorKind::ConnectionRefused).into()),
+                Answer::Reset => Err(io::Error::from(io::ErrorKind::ConnectionReset).into()),
+            }
+        }
+    });
+    (svc, log)
+}
+
+fn status(code: u16) -> Response<String> {
+    let mut res = Response::new(String::new());
+    *res.status_mut() = StatusCode::from_u16(code).unwrap();
+    res
+}
+
+fn request(method: Method) -> Request<Empty<Bytes>> {
+    Request::builder()
+        .method(method)
+        .uri("http://orders/")
+        .body(Empty::new())
+        .unwrap()
+}
+
+fn layer(policy: HttpPolicy) -> RetryLayer<HttpPolicy> {
+    RetryLayer::new(policy)
+        .backoff(
+            Backoff::new(10 * MS, 100 * MS)
+                .unwrap()
+                .jitter(Jitter::None),
+        )
+        .budget(Arc::new(
+            Budget::new(0.2, 100, Duration::from_secs(10)).unwrap(),
+        ))
+}
+
+async fn run(
+    policy: HttpPolicy,
+    answers: Vec<Answer>,
+    req: Request<Empty<Bytes>>,
+) -> (u16, Vec<Seen>) {
+    let (inner, log) = upstream(answers);
+    let response = layer(policy).layer(inner).oneshot(req).await;
+    let code = match response {
+        Ok(res) => res.status().as_u16(),
+        Err(_) => 0,
+    };
+    let seen = log.lock().unwrap().clone();
+    (code, seen)
+}
+
+#[tokio::test(start_paused = true)]
+async fn a_gateway_error_on_get_is_retried_with_the_attempt_header() {
+    let (code, seen) = run(
+        HttpPolicy::default(),
+        vec![
+            Answer::Status(503),
+            Answer::Status(502),
+            Answer::Status(200),
+        ],
+        request(Method::GET),
+    )
+    .await;
+    assert_eq!(code, 200);
+    let attempts: Vec<_> = seen.iter().map(|s| s.attempt.clone()).collect();
+    assert_eq!(attempts, [None, Some("2".into()), Some("3".into())]);
+}
+
+#[tokio::test(start_paused = true)]
+async fn a_post_without_idempotency_key_that_gets_503_reaches_the_upstream_once() {
+    let (code, seen) = run(
+        HttpPolicy::default(),
+        vec![Answer::Status(503)],
+        request(Method::POST),
+    )
+    .await;
+    assert_eq!(code, 503);
+    assert_eq!(seen.len(), 1);
+}
+
+#[tokio::test(start_paused = true)]
+async fn a_post_with_an_idempotency_key_is_retried() {
+    let mut req = request(Method::POST);
+    req.headers_mut()
+        .insert("idempotency-key", "order-42".parse().unwrap());
+    let (code, seen) = run(
+        HttpPolicy::default(),
+        vec![Answer::Status(503), Answer::Status(201)],
+        req,
+    )
+    .await;
+    assert_eq!(code, 201);
+    assert_eq!(seen.len(), 2);
+    assert!(seen.iter().all(|s| s.method == Method::POST));
+}
+
+#[tokio::test(start_paused = true)]
+async fn any_method_is_retried_after_a_connect_failure_but_not_after_a_reset() {
+    let (code, seen) = run(
+        HttpPolicy::default(),
+        vec![Answer::Refused, Answer::Status(201)],
+        request(Method::POST),
+    )
+    .await;
+    assert_eq!(
+        (code, seen.len()),
+        (201, 2),
+        "never reached the server: safe to resend"
+    );
+
+    let (code, seen) = run(
+        HttpPolicy::default(),
+        vec![Answer::Reset, Answer::Status(201)],
+        request(Method::POST),
+    )
+    .await;
+    assert_eq!(
+        (code, seen.len()),
+        (0, 1),
+        "a reset POST may have been processed"
+    );
+
+    let (code, seen) = run(
+        HttpPolicy::default(),
+        vec![Answer::Reset, Answer::Status(200)],
+        request(Method::GET),
+    )
+    .await;
+    assert_eq!((code, seen.len()), (200, 2));
+}
+
+#[tokio::test(start_paused = true)]
+async fn conditions_by_name() {
+    // Default: 500 is not a gateway error.
+    let (code, seen) = run(
+        HttpPolicy::default(),
+        vec![Answer::Status(500), Answer::Status(200)],
+        request(Method::GET),
+    )
+    .await;
+    assert_eq!((code, seen.len()), (500, 1));
+
+    let five_xx = HttpPolicy::new(RetryOn::none().with(Condition::ServerError));
+    let (code, seen) = run(
+        five_xx,
+        vec![Answer::Status(500), Answer::Status(200)],
+        request(Method::GET),
+    )
+    .await;
+    assert_eq!((code, seen.len()), (200, 2));
+
+    let conflicts = HttpPolicy::new(RetryOn::none().status_codes([StatusCode::CONFLICT]));
+    let (code, seen) = run(
+        conflicts.clone(),
+        vec![Answer::Status(409), Answer::Status(200)],
+        request(Method::GET),
+    )
+    .await;
+    assert_eq!((code, seen.len()), (200, 2));
+    let (code, seen) = run(
+        conflicts,
+        vec![Answer::Status(503), Answer::Status(200)],
+        request(Method::GET),
+    )
+    .await;
+    assert_eq!((code, seen.len()), (503, 1), "only the listed statuses");
+
+    let none = HttpPolicy::new(RetryOn::none());
+    let (code, seen) = run(
+        none,
+        vec![Answer::Refused, Answer::Status(200)],
+        request(Method::GET),
+    )
+    .await;
+    assert_eq!((code, seen.len()), (0, 1));
+
+    assert_eq!(
+        RetryOn::from_names(&["5xx", "bogus"])
+            .unwrap_err()
+            .to_string()
+            .split(':')
+            .next(),
+        Some("invalid `on` = \"bogus\"")
+    );
+}
+
+#[tokio::test(start_paused = true)]
+async fn grpc_status_in_headers_is_classified_by_code() {
+    let grpc = |code: &'static str| Answer::WithHeader(200, "grpc-status", code);
+    let policy =
+        HttpPolicy::new(RetryOn::from_names(&["unavailable", "resource-exhausted"]).unwrap());
+    let grpc_request = || {
+        let mut req = request(Method::POST);
+        req.headers_mut()
+            .insert("content-type", "application/grpc".parse().unwrap());
+        req.headers_mut()
+            .insert("idempotency-key", "call-1".parse().unwrap());
+        req
+    };
+    // The upstream answers as a gRPC server: content-type application/grpc.
+    let (inner, log) = upstream(vec![grpc("14"), grpc("0")]);
+    let inner = inner.map_response(|mut res: Response<String>| {
+        res.headers_mut()
+            .insert("content-type", "application/grpc".parse().unwrap());
+        res
+    });
+    let res = layer(policy.clone())
+        .layer(inner)
+        .oneshot(grpc_request())
+        .await
+        .unwrap();
+    assert_eq!(res.headers()["grpc-status"], "0");
+    assert_eq!(log.lock().unwrap().len(), 2, "unavailable (14) is retried");
+
+    let (inner, log) = upstream(vec![grpc("3"), grpc("0")]);
+    let inner = inner.map_response(|mut res: Response<String>| {
+        res.headers_mut()
+            .insert("content-type", "application/grpc".parse().unwrap());
+        res
+    });
+    let res = layer(policy)
+        .layer(inner)
+        .oneshot(grpc_request())
+        .await
+        .unwrap();
+    assert_eq!(res.headers()["grpc-status"], "3");
+    assert_eq!(log.lock().unwrap().len(), 1, "invalid-argument (3) is not");
+}
+
+#[tokio::test(start_paused = true)]
+async fn retry_after_sets_the_delay_and_a_long_one_returns_at_once() {
+    let start = Instant::now();
+    let (code, seen) = run(
+        HttpPolicy::default(),
+        vec![
+            Answer::WithHeader(503, "retry-after", "2"),
+            Answer::Status(200),
+        ],
+        request(Method::GET),
+    )
+    .await;
+    assert_eq!(code, 200);
+    assert_eq!(seen[1].at - start, Duration::from_secs(2));
+
+    let (code, seen) = run(
+        HttpPolicy::default().max_retry_after(Duration::from_secs(5)),
+        vec![
+            Answer::WithHeader(503, "retry-after", "60"),
+            Answer::Status(200),
+        ],
+        request(Method::GET),
+    )
+    .await;
+    assert_eq!((code, seen.len()), (503, 1));
+
+    // An HTTP date, against an injected wall clock.
+    fn clock() -> SystemTime {
+        httpdate::parse_http_date("Sun, 06 Nov 1994 08:49:37 GMT").unwrap()
+    }
+    let start = Instant::now();
+    let (code, seen) = run(
+        HttpPolicy::default().wall_clock(clock),
+        vec![
+            Answer::WithHeader(503, "retry-after", "Sun, 06 Nov 1994 08:49:40 GMT"),
+            Answer::Status(200),
+        ],
+        request(Method::GET),
+    )
+    .await;
+    assert_eq!(code, 200);
+    assert_eq!(seen[1].at - start, Duration::from_secs(3));
+
+    // Malformed: ignored, the backoff applies (10 ms, no jitter).
+    let start = Instant::now();
+    let (code, seen) = run(
+        HttpPolicy::default(),
+        vec![
+            Answer::WithHeader(503, "retry-after", "soon"),
+            Answer::Status(200),
+        ],
+        request(Method::GET),
+    )
+    .await;
+    assert_eq!(code, 200);
+    assert_eq!(seen[1].at - start, 10 * MS);
+}
+
+#[tokio::test(start_paused = true)]
+async fn no_retry_starts_that_would_end_after_the_deadline() {
+    let mut req = request(Method::GET);
+    req.extensions_mut()
+        .insert(Deadline(Instant::now() + 5 * MS));
+    let (code, seen) = run(
+        HttpPolicy::default(),
+        vec![Answer::Status(503), Answer::Status(200)],
+        req,
+    )
+    .await;
+    assert_eq!(
+        (code, seen.len()),
+        (503, 1),
+        "a 10 ms backoff cannot fit in 5 ms"
+    );
+
+    let mut req = request(Method::GET);
+    req.extensions_mut()
+        .insert(Deadline(Instant::now() + 50 * MS));
+    let (code, seen) = run(
+        HttpPolicy::default(),
+        vec![Answer::Status(503), Answer::Status(200)],
+        req,
+    )
+    .await;
+    assert_eq!((code, seen.len()), (200, 2));
+
+    // Retry-After beyond the deadline: returned at once.
+    let mut req = request(Method::GET);
+    req.extensions_mut()
+        .insert(Deadline(Instant::now() + Duration::from_secs(1)));
+    let (code, seen) = run(
+        HttpPolicy::default(),
+        vec![
+            Answer::WithHeader(503, "retry-after", "3"),
+            Answer::Status(200),
+        ],
+        req,
+    )
+    .await;
+    assert_eq!((code, seen.len()), (503, 1));
+}
+
+#[tokio::test(start_paused = true)]
+async fn a_thousand_requests_against_a_failing_upstream_stay_within_the_budget() {
+    let (inner, log) = upstream(vec![Answer::Status(503)]);
+    let budget = Arc::new(Budget::new(0.2, 0, Duration::from_secs(10)).unwrap());
+    let svc = RetryLayer::new(HttpPolicy::default())
+        .budget(budget)
+        .layer(inner);
+    for _ in 0..1000 {
+        let res = svc.clone().oneshot(request(Method::GET)).await.unwrap();
+        assert_eq!(res.status(), 503);
+    }
+    let calls = log.lock().unwrap().len();
+    println!("1000 requests, budget ratio 0.2, min 0/s: {calls} calls reached the upstream");
+    assert!(calls <= 1200, "{calls}");
+    assert_eq!(calls, 1200, "the budget is spent exactly");
+}
+
+#[tokio::test(start_paused = true)]
+async fn bodies_of_every_kind_are_replayed_intact() {
+    use futures::stream;
+    use http_body::Frame;
+    use http_body_util::StreamBody;
+
+    type Chunks = Vec<Result<Frame<Bytes>, io::Error>>;
+
+    async fn replayed<B>(body: B, cap: usize) -> (Vec<(Bytes, Option<http::HeaderMap>)>, u16)
+    where
+        B: http_body::Body<Data = Bytes> + Send + 'static,
+        B::Error: Into<BoxError>,
+    {
+        let seen = Arc::new(Mutex::new(Vec::new()));
+        let log = seen.clone();
+        let inner = service_fn(move |req: Request<resilience_retry::ReplayBody<B>>| {
+            let log = log.clone();
+            async move {
+                let collected = req.into_body().collect().await?;
+                let trailers = collected.trailers().cloned();
+                let mut log = log.lock().unwrap();
+                log.push((collected.to_bytes(), trailers));
+                let code = if log.len() == 1 { 503 } else { 200 };
+                Ok::<_, BoxError>(status(code))
+            }
+        });
+        let policy = HttpPolicy::default().max_replay_body(cap);
+        let req = Request::builder()
+            .method(Method::PUT)
+            .uri("http://orders/")
+            .body(body)
+            .unwrap();
+        let res = layer(policy).layer(inner).oneshot(req).await.unwrap();
+        let seen = seen.lock().unwrap().clone();
+        (seen, res.status().as_u16())
+    }
+
+    let chunked = |chunks: &[&'static str], trailers: Option<http::HeaderMap>| {
+        let mut frames: Chunks = chunks
+            .iter()
+            .map(|c| Ok(Frame::data(Bytes::from_static(c.as_bytes()))))
+            .collect();
+        if let Some(t) = trailers {
+            frames.push(Ok(Frame::trailers(t)));
+        }
+        StreamBody::new(stream::iter(frames))
+    };
+
+    // Chunked, unknown length, under the cap.
+    let (seen, code) = replayed(chunked(&["ab", "cd", "ef"], None), 1024).await;
+    assert_eq!(code, 200);
+    assert_eq!(
+        seen.iter().map(|s| s.0.clone()).collect::<Vec<_>>(),
+        ["abcdef", "abcdef"]
+    );
+
+    // Sized.
+    let (seen, code) = replayed(Full::new(Bytes::from_static(b"sized body")), 1024).await;
+    assert_eq!(code, 200);
+    assert_eq!(
+        seen.iter().map(|s| s.0.clone()).collect::<Vec<_>>(),
+        ["sized body", "sized body"]
+    );
+
+    // Empty.
+    let (seen, code) = replayed(Empty::<Bytes>::new(), 1024).await;
+    assert_eq!((code, seen.len()), (200, 2));
+    assert!(seen.iter().all(|s| s.0.is_empty()));
+
+    // With trailers.
+    let mut trailers = http::HeaderMap::new();
+    trailers.insert("x-checksum", "abc123".parse().unwrap());
+    let (seen, code) = replayed(chunked(&["ab", "cd"], Some(trailers.clone())), 1024).await;
+    assert_eq!(code, 200);
+    for (body, got) in &seen {
+        assert_eq!(body, "abcd");
+        assert_eq!(got.as_ref(), Some(&trailers));
+    }
+
+    // Chunked over the cap: streams once, intact, and is not retried.
+    let (seen, code) = replayed(chunked(&["0123456789", "0123456789", "tail"], None), 16).await;
+    assert_eq!((code, seen.len()), (503, 1));
+    assert_eq!(seen[0].0, "01234567890123456789tail");
+
+    // Known length over the cap: never kept, not retried.
+    let (seen, code) = replayed(Full::new(Bytes::from(vec![b'x'; 100])), 16).await;
+    assert_eq!((code, seen.len()), (503, 1));
+    assert_eq!(seen[0].0.len(), 100);
+}
+
+#[tokio::test(start_paused = true)]
+async fn a_retry_replays_what_was_read_and_then_streams_the_rest() {
+    use futures::{SinkExt, channel::mpsc};
+    use http_body::Frame;
+    use http_body_util::StreamBody;
+
+    // The caller's body arrives in three chunks; the first attempt reads one chunk and answers
+    // 503 at once, as a server that rejects early does.
+    let (mut tx, rx) = mpsc::channel::<Result<Frame<Bytes>, io::Error>>(4);
+    let seen = Arc::new(Mutex::new(Vec::new()));
+    let log = seen.clone();
+    let inner = service_fn(
+        move |req: Request<resilience_retry::ReplayBody<StreamBody<mpsc::Receiver<_>>>>| {
+            let log = log.clone();
+            async move {
+                let first_attempt = req.headers().get(RETRY_ATTEMPT).is_none();
+                let mut body = req.into_body();
+                if first_attempt {
+                    let chunk = body.frame().await.unwrap()?.into_data().unwrap();
+                    log.lock().unwrap().push(chunk);
+                    return Ok::<_, BoxError>(status(503));
+                }
+                let all = body.collect().await?.to_bytes();
+                log.lock().unwrap().push(all);
+                Ok(status(200))
+            }
+        },
+    );
+    let req = Request::builder()
+        .method(Method::PUT)
+        .uri("http://orders/")
+        .body(StreamBody::new(rx))
+        .unwrap();
+    let call = tokio::spawn(layer(HttpPolicy::default()).layer(inner).oneshot(req));
+    for chunk in ["one,", "two,", "three"] {
+        tx.send(Ok(Frame::data(Bytes::from_static(chunk.as_bytes()))))
+            .await
+            .unwrap();
+    }
+    drop(tx);
+    let res = call.await.unwrap().unwrap();
+    assert_eq!(res.status(), 200);
+    assert_eq!(*seen.lock().unwrap(), ["one,", "one,two,three"]);
+}
