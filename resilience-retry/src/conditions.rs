@@ -1,7 +1,10 @@
 //! [`RetryOn`]: which HTTP and gRPC outcomes are retried, by name, as a
 //! [`tower_http::classify`] classifier.
 
-use crate::{ConfigError, Reason};
+use crate::{
+    ConfigError, Reason,
+    grpc_trailers::{TrailersGrpcStatus, grpc_status},
+};
 use http::{HeaderMap, Response, StatusCode, header::CONTENT_TYPE};
 use std::{any::Any, error::Error, fmt, io, str::FromStr};
 use tower_http::classify::{ClassifiedResponse, ClassifyEos, ClassifyResponse};
@@ -202,24 +205,21 @@ impl RetryOn {
     }
 
     fn classify_grpc(&self, headers: &HeaderMap) -> Option<Result<(), RetryClass>> {
-        let code = headers
-            .get("grpc-status")?
-            .to_str()
-            .ok()?
-            .trim()
-            .parse::<i32>()
-            .ok()?;
+        grpc_status(headers).map(|code| self.classify_grpc_code(code))
+    }
+
+    fn classify_grpc_code(&self, code: i32) -> Result<(), RetryClass> {
         if code == 0 {
-            return Some(Ok(()));
+            return Ok(());
         }
         let retryable = NAMES.iter().find_map(|(_, c)| match c {
             Condition::Grpc(g) if *g as i32 == code && self.contains(*c) => Some(*c),
             _ => None,
         });
-        Some(Err(match retryable {
+        Err(match retryable {
             Some(condition) => self.retryable(condition),
             None => RetryClass::NotRetryable,
-        }))
+        })
     }
 
     /// Classifies an error from the inner service by walking its chain of sources: a failed
@@ -285,8 +285,14 @@ impl ClassifyResponse for RetryOn {
         response: &Response<B>,
     ) -> ClassifiedResponse<RetryClass, GrpcTrailers> {
         if is_grpc(response) {
-            return match self.classify_grpc(response.headers()) {
-                Some(result) => ClassifiedResponse::Ready(result),
+            let status = grpc_status(response.headers()).or_else(|| {
+                response
+                    .extensions()
+                    .get::<TrailersGrpcStatus>()
+                    .map(|s| s.0)
+            });
+            return match status {
+                Some(code) => ClassifiedResponse::Ready(self.classify_grpc_code(code)),
                 // The status comes in the trailers, after the body.
                 None => ClassifiedResponse::RequiresEos(GrpcTrailers { on: self }),
             };

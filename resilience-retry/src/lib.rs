@@ -47,7 +47,8 @@
 //! `gateway-error`, `connect-failure`, `reset`, `retriable-status-codes`, gRPC codes), only
 //! idempotent methods unless configured otherwise, `Retry-After` honoured, an attempt header on
 //! every retry, and request bodies replayed up to a cap (64 KiB by default) without ever being
-//! collected whole.
+//! collected whole. A gRPC status is read from the response head or, with
+//! [`PeekGrpcTrailersLayer`] inside the retry layer, from trailers that follow the head at once.
 //!
 //! # Config (feature `serde`)
 //!
@@ -76,6 +77,8 @@ mod service;
 #[cfg(feature = "http")]
 mod conditions;
 #[cfg(feature = "http")]
+mod grpc_trailers;
+#[cfg(feature = "http")]
 mod http_policy;
 #[cfg(feature = "http")]
 mod replay;
@@ -95,6 +98,10 @@ pub use service::Retry;
 
 #[cfg(feature = "http")]
 pub use conditions::{CONNECT_FAILURE, Condition, GrpcCode, GrpcTrailers, RetryClass, RetryOn};
+#[cfg(feature = "http")]
+pub use grpc_trailers::{
+    PeekFuture, PeekGrpcTrailers, PeekGrpcTrailersLayer, PeekedBody, TrailersGrpcStatus,
+};
 #[cfg(feature = "http")]
 pub use http_policy::{DEFAULT_MAX_RETRY_AFTER, HttpPolicy, IDEMPOTENCY_KEY, RETRY_ATTEMPT};
 #[cfg(feature = "http")]

@@ -556,3 +556,90 @@ async fn a_retry_replays_what_was_read_and_then_streams_the_rest() {
     assert_eq!(res.status(), 200);
     assert_eq!(*seen.lock().unwrap(), ["one,", "one,two,three"]);
 }
+
+#[tokio::test(start_paused = true)]
+async fn a_grpc_status_in_trailers_right_behind_the_head_is_retried() {
+    use futures::stream;
+    use http_body::Frame;
+    use http_body_util::StreamBody;
+    use resilience_retry::PeekGrpcTrailersLayer;
+    use tower::ServiceBuilder;
+
+    type Frames = stream::Iter<std::vec::IntoIter<Result<Frame<Bytes>, io::Error>>>;
+
+    let calls = Arc::new(Mutex::new(0));
+    let counter = calls.clone();
+    let grpc_server = service_fn(move |_req: Request<_>| {
+        let mut n = counter.lock().unwrap();
+        *n += 1;
+        // First call: unavailable (14), then ok (0); each in trailers after the head.
+        let code = if *n == 1 { "14" } else { "0" };
+        let mut trailers = http::HeaderMap::new();
+        trailers.insert("grpc-status", code.parse().unwrap());
+        let frames: Vec<Result<Frame<Bytes>, io::Error>> = vec![Ok(Frame::trailers(trailers))];
+        let mut res = Response::new(StreamBody::new(stream::iter(frames)));
+        res.headers_mut()
+            .insert("content-type", "application/grpc".parse().unwrap());
+        async move { Ok::<Response<StreamBody<Frames>>, BoxError>(res) }
+    });
+    let policy = HttpPolicy::new(RetryOn::from_names(&["unavailable"]).unwrap());
+    let svc = ServiceBuilder::new()
+        .layer(layer(policy))
+        .layer(PeekGrpcTrailersLayer::new())
+        .service(grpc_server);
+
+    let mut req = request(Method::POST);
+    req.headers_mut()
+        .insert("content-type", "application/grpc".parse().unwrap());
+    req.headers_mut()
+        .insert("idempotency-key", "call-7".parse().unwrap());
+    let res = svc.oneshot(req).await.unwrap();
+    assert_eq!(
+        *calls.lock().unwrap(),
+        2,
+        "unavailable in trailers is retried"
+    );
+    // The caller still gets the trailers of the final attempt.
+    let trailers = res
+        .into_body()
+        .collect()
+        .await
+        .unwrap()
+        .trailers()
+        .cloned()
+        .unwrap();
+    assert_eq!(trailers["grpc-status"], "0");
+}
+
+#[tokio::test(start_paused = true)]
+async fn a_streaming_grpc_response_is_not_held_back_by_the_peek() {
+    use futures::channel::mpsc;
+    use http_body::Frame;
+    use http_body_util::StreamBody;
+    use resilience_retry::PeekGrpcTrailersLayer;
+
+    let (tx, rx) = mpsc::channel::<Result<Frame<Bytes>, io::Error>>(1);
+    let mut rx = Some(rx);
+    let svc = PeekGrpcTrailersLayer::new().layer(service_fn(move |_: ()| {
+        let mut res = Response::new(StreamBody::new(rx.take().unwrap()));
+        res.headers_mut()
+            .insert("content-type", "application/grpc".parse().unwrap());
+        async move { Ok::<_, BoxError>(res) }
+    }));
+    // No frame is ready: the response comes back at once, with nothing peeked.
+    let res = svc.oneshot(()).await.unwrap();
+    assert!(
+        res.extensions()
+            .get::<resilience_retry::TrailersGrpcStatus>()
+            .is_none()
+    );
+    drop(tx);
+    assert!(
+        res.into_body()
+            .collect()
+            .await
+            .unwrap()
+            .trailers()
+            .is_none()
+    );
+}
