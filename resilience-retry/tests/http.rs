@@ -643,3 +643,33 @@ async fn a_streaming_grpc_response_is_not_held_back_by_the_peek() {
             .is_none()
     );
 }
+
+#[tokio::test(start_paused = true)]
+async fn with_a_total_timeout_outside_retrying_stops_when_the_backoff_would_pass_the_deadline() {
+    use resilience_timeout::{HttpDeadline, TimeoutLayer};
+    use tower::ServiceBuilder;
+
+    let (inner, log) = upstream(vec![Answer::Status(503)]);
+    let svc = ServiceBuilder::new()
+        .layer(
+            TimeoutLayer::new(100 * MS)
+                .with_policy(HttpDeadline::new())
+                .named("total"),
+        )
+        .layer(
+            RetryLayer::new(HttpPolicy::default())
+                .attempts(10)
+                .unwrap()
+                .backoff(Backoff::new(40 * MS, 40 * MS).unwrap().jitter(Jitter::None)),
+        )
+        .service(inner);
+    let start = Instant::now();
+    let res = svc.oneshot(request(Method::GET)).await;
+    // Attempts at 0, 40 and 80 ms; a fourth would start at 120 ms, past the 100 ms deadline,
+    // so the third 503 is returned at 80 ms rather than a timeout at 100 ms.
+    let res = res.expect("the last response, not a timeout");
+    assert_eq!(res.status(), 503);
+    assert_eq!(start.elapsed(), 80 * MS);
+    let offsets: Vec<_> = log.lock().unwrap().iter().map(|s| s.at - start).collect();
+    assert_eq!(offsets, [Duration::ZERO, 40 * MS, 80 * MS]);
+}
