@@ -1,0 +1,83 @@
+//! [`IdentityConfig`]: the `[identity]` section of a config file.
+
+use crate::{
+    Credentials, Identity, MaterialError, MaterialPaths, MtlsAcceptor, MtlsConnector, Rotation,
+    client::ConnectorBuilder, server::AcceptorBuilder,
+};
+use resilience_timeout::duration;
+use serde::{Deserialize, Serialize};
+use std::{path::PathBuf, time::Duration};
+
+/// Where our certificate material lives and how it is used, as `sidecar-lite` reads it from
+/// its config file; library users load the very same section.
+///
+/// ```toml
+/// cert = "certs/orders.pem"        # required: our chain, leaf first
+/// key = "certs/orders-key.pem"     # required: PKCS#8, PKCS#1 or SEC1 PEM
+/// trust = "certs/ca.pem"           # required: the CAs that peers' certificates chain to
+/// tls12 = false                    # also accept and offer TLS 1.2 (default: TLS 1.3 only)
+/// reload_interval = "10s"          # re-read the files this often besides watching them
+/// ```
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct IdentityConfig {
+    /// Our certificate chain in PEM, leaf first.
+    pub cert: PathBuf,
+    /// Our private key in PEM.
+    pub key: PathBuf,
+    /// The trust bundle for peers, in PEM.
+    pub trust: PathBuf,
+    /// Whether TLS 1.2 is allowed besides TLS 1.3. Default `false`.
+    #[serde(default)]
+    pub tls12: bool,
+    /// How often the files are re-read besides the file watch. Default 10 s.
+    #[serde(default = "default_reload_interval", with = "duration")]
+    pub reload_interval: Duration,
+}
+
+fn default_reload_interval() -> Duration {
+    Duration::from_secs(10)
+}
+
+impl IdentityConfig {
+    /// A config for the three files, with the other settings at their defaults.
+    pub fn new(
+        cert: impl Into<PathBuf>,
+        key: impl Into<PathBuf>,
+        trust: impl Into<PathBuf>,
+    ) -> Self {
+        Self {
+            cert: cert.into(),
+            key: key.into(),
+            trust: trust.into(),
+            tls12: false,
+            reload_interval: default_reload_interval(),
+        }
+    }
+
+    /// The three paths.
+    #[must_use]
+    pub fn paths(&self) -> MaterialPaths {
+        MaterialPaths::new(&self.cert, &self.key, &self.trust)
+    }
+
+    /// Loads and checks the material.
+    pub fn load(&self) -> Result<Credentials, MaterialError> {
+        Credentials::load(&self.paths())
+    }
+
+    /// Rotation for these files; start it with [`Rotation::spawn`].
+    pub fn rotation(&self) -> Rotation {
+        Rotation::new(self.paths()).poll_interval(self.reload_interval)
+    }
+
+    /// An acceptor builder with these settings.
+    pub fn acceptor(&self, credentials: &Credentials) -> AcceptorBuilder {
+        MtlsAcceptor::builder(credentials).tls12(self.tls12)
+    }
+
+    /// A connector builder with these settings, for servers with the `expected` identity.
+    pub fn connector(&self, credentials: &Credentials, expected: Identity) -> ConnectorBuilder {
+        MtlsConnector::builder(credentials, expected).tls12(self.tls12)
+    }
+}

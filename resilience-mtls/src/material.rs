@@ -1,0 +1,305 @@
+//! [`Material`]: our certificate chain, private key and the trust bundle for peers, loaded from
+//! PEM files and checked before use.
+
+use crate::{Identity, MaterialError, clock::wall_clock, provider};
+use rustls::{
+    RootCertStore, server::WebPkiClientVerifier, server::danger::ClientCertVerifier,
+    sign::CertifiedKey,
+};
+use rustls_pki_types::{CertificateDer, PrivateKeyDer, pem::PemObject};
+use std::{
+    fmt,
+    path::{Path, PathBuf},
+    sync::Arc,
+    time::{Duration, SystemTime, UNIX_EPOCH},
+};
+use x509_parser::time::ASN1Time;
+
+/// Where the certificate chain, its private key and the trust bundle live.
+#[derive(Debug, Clone, PartialEq, Eq, Hash)]
+pub struct MaterialPaths {
+    /// Our certificate chain in PEM, leaf first, then any intermediate CAs.
+    pub cert: PathBuf,
+    /// The leaf certificate's private key in PEM: PKCS#8, PKCS#1 (RSA) or SEC1 (EC).
+    pub key: PathBuf,
+    /// The CA certificates that peers' certificates must chain to, in PEM.
+    pub trust: PathBuf,
+}
+
+impl MaterialPaths {
+    /// The three paths.
+    pub fn new(
+        cert: impl Into<PathBuf>,
+        key: impl Into<PathBuf>,
+        trust: impl Into<PathBuf>,
+    ) -> Self {
+        Self {
+            cert: cert.into(),
+            key: key.into(),
+            trust: trust.into(),
+        }
+    }
+}
+
+/// A checked set of certificate material: a chain whose leaf carries an [`Identity`], a private
+/// key that matches it, and a trust bundle.
+///
+/// Loading checks, and names the file at fault when it fails: that each file exists and holds
+/// PEM of the right kind, that the key is supported (RSA, ECDSA P-256/P-384, Ed25519) and belongs
+/// to the certificate, that the leaf names an identity, and that it is valid now.
+#[derive(Clone)]
+pub struct Material {
+    certified_key: Arc<CertifiedKey>,
+    roots: Arc<RootCertStore>,
+    client_verifier: Arc<dyn ClientCertVerifier>,
+    identity: Identity,
+    not_before: SystemTime,
+    not_after: SystemTime,
+}
+
+impl fmt::Debug for Material {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        f.debug_struct("Material")
+            .field("identity", &self.identity)
+            .field("chain_len", &self.certified_key.cert.len())
+            .field("trust_anchors", &self.roots.len())
+            .field("not_before", &self.not_before)
+            .field("not_after", &self.not_after)
+            .finish_non_exhaustive()
+    }
+}
+
+impl Material {
+    /// Loads and checks the material in `paths`, valid now.
+    pub fn load(paths: &MaterialPaths) -> Result<Self, MaterialError> {
+        Self::load_at(paths, wall_clock())
+    }
+
+    /// Loads and checks the material in `paths`, valid at `now`.
+    pub fn load_at(paths: &MaterialPaths, now: SystemTime) -> Result<Self, MaterialError> {
+        let files = MaterialFiles::read(paths)?;
+        Self::from_files(&files, paths, now)
+    }
+
+    /// Checks material given as PEM text rather than files, valid at `now`. Errors name the
+    /// inputs `<cert>`, `<key>` and `<trust>`.
+    pub fn from_pem(
+        cert: impl AsRef<[u8]>,
+        key: impl AsRef<[u8]>,
+        trust: impl AsRef<[u8]>,
+        now: SystemTime,
+    ) -> Result<Self, MaterialError> {
+        let files = MaterialFiles {
+            cert: cert.as_ref().to_vec(),
+            key: key.as_ref().to_vec(),
+            trust: trust.as_ref().to_vec(),
+        };
+        let paths = MaterialPaths::new("<cert>", "<key>", "<trust>");
+        Self::from_files(&files, &paths, now)
+    }
+
+    pub(crate) fn from_files(
+        files: &MaterialFiles,
+        paths: &MaterialPaths,
+        now: SystemTime,
+    ) -> Result<Self, MaterialError> {
+        let chain = certificates(&files.cert, &paths.cert)?;
+        let key = private_key(&files.key, &paths.key)?;
+        let trust = certificates(&files.trust, &paths.trust)?;
+
+        let (_, leaf) = x509_parser::parse_x509_certificate(chain[0].as_ref()).map_err(|e| {
+            MaterialError::BadPem {
+                path: paths.cert.clone(),
+                detail: format!("the first certificate cannot be parsed: {e}"),
+            }
+        })?;
+        let validity = leaf.validity();
+        let not_before = system_time(validity.not_before);
+        let not_after = system_time(validity.not_after);
+        if now > not_after {
+            return Err(MaterialError::Expired {
+                path: paths.cert.clone(),
+                not_after: validity.not_after.to_string(),
+            });
+        }
+        if now < not_before {
+            return Err(MaterialError::NotYetValid {
+                path: paths.cert.clone(),
+                not_before: validity.not_before.to_string(),
+            });
+        }
+        let identity = Identity::from_x509(&leaf).map_err(|source| MaterialError::Identity {
+            path: paths.cert.clone(),
+            source,
+        })?;
+
+        let provider = provider();
+        let signing_key = provider.key_provider.load_private_key(key).map_err(|e| {
+            MaterialError::UnsupportedKey {
+                path: paths.key.clone(),
+                detail: e.to_string(),
+            }
+        })?;
+        let certified_key = CertifiedKey::new(chain, signing_key);
+        match certified_key.keys_match() {
+            Ok(()) | Err(rustls::Error::InconsistentKeys(rustls::InconsistentKeys::Unknown)) => {}
+            Err(_) => {
+                return Err(MaterialError::KeyMismatch {
+                    cert: paths.cert.clone(),
+                    key: paths.key.clone(),
+                });
+            }
+        }
+
+        let mut roots = RootCertStore::empty();
+        for (i, cert) in trust.into_iter().enumerate() {
+            roots.add(cert).map_err(|e| MaterialError::Trust {
+                path: paths.trust.clone(),
+                detail: format!("certificate {} is not a usable trust anchor: {e}", i + 1),
+            })?;
+        }
+        let roots = Arc::new(roots);
+        let client_verifier = WebPkiClientVerifier::builder_with_provider(roots.clone(), provider)
+            .build()
+            .map_err(|e| MaterialError::Trust {
+                path: paths.trust.clone(),
+                detail: e.to_string(),
+            })?;
+
+        Ok(Self {
+            certified_key: Arc::new(certified_key),
+            roots,
+            client_verifier,
+            identity,
+            not_before,
+            not_after,
+        })
+    }
+
+    /// The identity that our leaf certificate carries.
+    #[must_use]
+    pub fn identity(&self) -> &Identity {
+        &self.identity
+    }
+
+    /// Our certificate chain, leaf first.
+    #[must_use]
+    pub fn chain(&self) -> &[CertificateDer<'static>] {
+        &self.certified_key.cert
+    }
+
+    /// The chain and signing key, as rustls takes them.
+    #[must_use]
+    pub fn certified_key(&self) -> &Arc<CertifiedKey> {
+        &self.certified_key
+    }
+
+    /// The trust anchors that peers' certificates must chain to.
+    #[must_use]
+    pub fn roots(&self) -> &Arc<RootCertStore> {
+        &self.roots
+    }
+
+    pub(crate) fn client_verifier(&self) -> &Arc<dyn ClientCertVerifier> {
+        &self.client_verifier
+    }
+
+    /// When our leaf certificate becomes valid.
+    #[must_use]
+    pub fn not_before(&self) -> SystemTime {
+        self.not_before
+    }
+
+    /// When our leaf certificate expires.
+    #[must_use]
+    pub fn not_after(&self) -> SystemTime {
+        self.not_after
+    }
+
+    /// How long until our leaf certificate expires, seen at `now` (zero once it has).
+    #[must_use]
+    pub fn expires_in(&self, now: SystemTime) -> Duration {
+        self.not_after.duration_since(now).unwrap_or_default()
+    }
+
+    /// The share of the leaf certificate's lifetime that is left at `now`, from 1.0 (just
+    /// issued) to 0.0 (expired).
+    #[must_use]
+    pub fn lifetime_left(&self, now: SystemTime) -> f64 {
+        let total = self
+            .not_after
+            .duration_since(self.not_before)
+            .unwrap_or_default();
+        if total.is_zero() {
+            return 0.0;
+        }
+        (self.expires_in(now).as_secs_f64() / total.as_secs_f64()).clamp(0.0, 1.0)
+    }
+}
+
+/// The raw contents of the three files, compared by the rotation task to see what changed.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub(crate) struct MaterialFiles {
+    pub(crate) cert: Vec<u8>,
+    pub(crate) key: Vec<u8>,
+    pub(crate) trust: Vec<u8>,
+}
+
+impl MaterialFiles {
+    pub(crate) fn read(paths: &MaterialPaths) -> Result<Self, MaterialError> {
+        Ok(Self {
+            cert: read(&paths.cert)?,
+            key: read(&paths.key)?,
+            trust: read(&paths.trust)?,
+        })
+    }
+}
+
+fn read(path: &Path) -> Result<Vec<u8>, MaterialError> {
+    std::fs::read(path).map_err(|source| MaterialError::Read {
+        path: path.to_owned(),
+        source,
+    })
+}
+
+fn certificates(pem: &[u8], path: &Path) -> Result<Vec<CertificateDer<'static>>, MaterialError> {
+    let certs = CertificateDer::pem_slice_iter(pem)
+        .collect::<Result<Vec<_>, _>>()
+        .map_err(|e| MaterialError::BadPem {
+            path: path.to_owned(),
+            detail: e.to_string(),
+        })?;
+    if certs.is_empty() {
+        return Err(MaterialError::NoCertificate {
+            path: path.to_owned(),
+        });
+    }
+    for (i, cert) in certs.iter().enumerate() {
+        x509_parser::parse_x509_certificate(cert.as_ref()).map_err(|e| MaterialError::BadPem {
+            path: path.to_owned(),
+            detail: format!("certificate {} is not valid DER: {e}", i + 1),
+        })?;
+    }
+    Ok(certs)
+}
+
+fn private_key(pem: &[u8], path: &Path) -> Result<PrivateKeyDer<'static>, MaterialError> {
+    PrivateKeyDer::from_pem_slice(pem).map_err(|e| match e {
+        rustls_pki_types::pem::Error::NoItemsFound => MaterialError::NoKey {
+            path: path.to_owned(),
+        },
+        other => MaterialError::BadPem {
+            path: path.to_owned(),
+            detail: other.to_string(),
+        },
+    })
+}
+
+fn system_time(time: ASN1Time) -> SystemTime {
+    let secs = time.timestamp();
+    if secs >= 0 {
+        UNIX_EPOCH + Duration::from_secs(secs.unsigned_abs())
+    } else {
+        UNIX_EPOCH - Duration::from_secs(secs.unsigned_abs())
+    }
+}

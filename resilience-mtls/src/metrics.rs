@@ -1,0 +1,44 @@
+//! The metrics this crate records, through the `metrics` facade.
+//!
+//! | name | kind | labels |
+//! | --- | --- | --- |
+//! | `resilience_mtls_handshakes_total` | counter | `side` (`server`, `client`), `result` (`ok`, `error`), `reason` (a [`FailureReason`], or `full` / `resumed` when ok) |
+//! | `resilience_mtls_cert_expiry_seconds` | gauge | `identity`: seconds until our certificate expires |
+//! | `resilience_mtls_reloads_total` | counter | `result` (`ok`, `error`) |
+//! | `resilience_mtls_denied_total` | counter | none: requests refused by [`Authorize`](crate::Authorize) |
+
+use crate::{FailureReason, Material};
+use std::time::SystemTime;
+
+/// Counter: TLS handshakes by side, result and reason.
+pub const HANDSHAKES: &str = "resilience_mtls_handshakes_total";
+/// Gauge: seconds until our certificate expires.
+pub const CERT_EXPIRY: &str = "resilience_mtls_cert_expiry_seconds";
+/// Counter: reloads of certificate material by result.
+pub const RELOADS: &str = "resilience_mtls_reloads_total";
+/// Counter: requests refused by the authorization layer.
+pub const DENIED: &str = "resilience_mtls_denied_total";
+
+pub(crate) fn handshake_ok(side: &'static str, resumed: bool) {
+    let kind = if resumed { "resumed" } else { "full" };
+    metrics::counter!(HANDSHAKES, "side" => side, "result" => "ok", "reason" => kind).increment(1);
+}
+
+pub(crate) fn handshake_failed(side: &'static str, reason: FailureReason) {
+    metrics::counter!(HANDSHAKES, "side" => side, "result" => "error", "reason" => reason.as_str())
+        .increment(1);
+}
+
+pub(crate) fn cert_expiry(material: &Material, now: SystemTime) {
+    metrics::gauge!(CERT_EXPIRY, "identity" => material.identity().to_string())
+        .set(material.expires_in(now).as_secs_f64());
+}
+
+pub(crate) fn reload(ok: bool) {
+    let result = if ok { "ok" } else { "error" };
+    metrics::counter!(RELOADS, "result" => result).increment(1);
+}
+
+pub(crate) fn denied() {
+    metrics::counter!(DENIED).increment(1);
+}

@@ -1,0 +1,116 @@
+//! Authorization by peer identity, through a real hyper server and client over mutual TLS.
+
+mod common;
+
+use common::{HttpServer, client, credentials, get, spiffe};
+use http::StatusCode;
+use resilience_mtls::{
+    AllowList, AuthorizeLayer, Identity, MtlsAcceptor, MtlsConnector, SIDECAR_ERROR, TlsInfo,
+    dev_ca::DevCa,
+};
+use std::convert::Infallible;
+use tower::{ServiceExt, service_fn};
+
+fn allow() -> AllowList {
+    AllowList::parse([
+        "spiffe://example.org/ns/shop/sa/frontend",
+        "spiffe://example.org/ns/ops/sa/*",
+    ])
+    .unwrap()
+}
+
+#[tokio::test]
+async fn listed_identities_are_served_and_others_get_403() {
+    let ca = DevCa::new("example.org").unwrap();
+    let server = HttpServer::spawn(
+        MtlsAcceptor::new(&credentials(&ca, "ns/shop/sa/orders")),
+        Some(allow()),
+    )
+    .await;
+
+    for (caller, allowed) in [
+        ("ns/shop/sa/frontend", true),
+        ("ns/ops/sa/deployer", true),
+        ("ns/shop/sa/inventory", false),
+        ("ns/ops/sa/deployer/extra", false),
+    ] {
+        let connector = MtlsConnector::new(&credentials(&ca, caller), spiffe("ns/shop/sa/orders"));
+        let (parts, body) = get(&client(connector), &server.url()).await.unwrap();
+        if allowed {
+            assert_eq!(parts.status, StatusCode::OK, "{caller}");
+            assert_eq!(body, spiffe(caller).to_string(), "{caller}");
+            assert!(!parts.headers.contains_key(SIDECAR_ERROR));
+            let info = parts.extensions.get::<TlsInfo>().expect("tls info");
+            assert_eq!(info.peer_identity(), Some(&spiffe("ns/shop/sa/orders")));
+        } else {
+            assert_eq!(parts.status, StatusCode::FORBIDDEN, "{caller}");
+            assert_eq!(parts.headers[SIDECAR_ERROR], "unauthorized", "{caller}");
+            assert!(
+                String::from_utf8_lossy(&body).starts_with("forbidden"),
+                "{body:?}"
+            );
+        }
+    }
+}
+
+#[tokio::test]
+async fn h2_and_http1_are_both_served_through_alpn() {
+    let ca = DevCa::new("example.org").unwrap();
+    let server = HttpServer::spawn(
+        MtlsAcceptor::new(&credentials(&ca, "ns/shop/sa/orders")),
+        Some(allow()),
+    )
+    .await;
+    let creds = credentials(&ca, "ns/shop/sa/frontend");
+    for (alpn, version) in [
+        (&b"h2"[..], http::Version::HTTP_2),
+        (&b"http/1.1"[..], http::Version::HTTP_11),
+    ] {
+        let connector = MtlsConnector::builder(&creds, spiffe("ns/shop/sa/orders"))
+            .alpn([alpn])
+            .build();
+        let (parts, _) = get(&client(connector), &server.url()).await.unwrap();
+        assert_eq!(parts.status, StatusCode::OK);
+        assert_eq!(parts.version, version);
+    }
+}
+
+#[tokio::test]
+async fn anonymous_requests_are_denied_unless_allowed() {
+    let svc = |allow: AllowList| {
+        tower::ServiceBuilder::new()
+            .layer(AuthorizeLayer::new(allow))
+            .service(service_fn(|_: http::Request<()>| async {
+                Ok::<_, Infallible>(http::Response::new(http_body_util::Full::new(
+                    bytes::Bytes::from_static(b"ok"),
+                )))
+            }))
+    };
+    let response = svc(allow()).oneshot(http::Request::new(())).await.unwrap();
+    assert_eq!(response.status(), StatusCode::FORBIDDEN);
+    assert_eq!(response.headers()[SIDECAR_ERROR], "unauthorized");
+
+    let response = svc(allow().allow_anonymous(true))
+        .oneshot(http::Request::new(()))
+        .await
+        .unwrap();
+    assert_eq!(response.status(), StatusCode::OK);
+
+    let mut req = http::Request::new(());
+    req.extensions_mut()
+        .insert::<Identity>(spiffe("ns/ops/sa/anyone"));
+    let response = svc(allow()).oneshot(req).await.unwrap();
+    assert_eq!(response.status(), StatusCode::OK);
+}
+
+#[tokio::test]
+async fn an_identity_cannot_be_forged_into_a_plaintext_request() {
+    // AddPeerIdentity removes an identity that an inner layer did not put there.
+    let inner = service_fn(|req: http::Request<()>| async move {
+        Ok::<_, Infallible>(req.extensions().get::<Identity>().cloned())
+    });
+    let svc = resilience_mtls::AddPeerIdentity::new(inner, None);
+    let mut req = http::Request::new(());
+    req.extensions_mut().insert::<Identity>(spiffe("forged"));
+    assert_eq!(svc.oneshot(req).await.unwrap(), None);
+}
