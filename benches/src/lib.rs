@@ -43,3 +43,53 @@ where
         })
     });
 }
+
+/// Measures one ready-and-call round trip through clones of `svc` on `threads` threads at once,
+/// each thread on its own single-threaded runtime, all sharing whatever the clones share (a
+/// circuit breaker's state, say). The figure is the wall time from the first thread's start to
+/// the last thread's end, for each thread making `iters` calls: the per-call cost under
+/// contention.
+// Criterion measures wall time; this is the benchmark's clock, not library code.
+#[allow(clippy::disallowed_types, clippy::disallowed_methods)]
+pub fn bench_calls_threaded<S>(
+    group: &mut BenchmarkGroup<'_, WallTime>,
+    name: &str,
+    threads: usize,
+    svc: S,
+) where
+    S: Service<u64> + Clone + Send + 'static,
+    S::Error: Debug,
+{
+    group.bench_function(name, |b| {
+        b.iter_custom(|iters| {
+            let barrier = std::sync::Barrier::new(threads);
+            std::thread::scope(|scope| {
+                let workers: Vec<_> = (0..threads)
+                    .map(|_| {
+                        let mut svc = svc.clone();
+                        let barrier = &barrier;
+                        scope.spawn(move || {
+                            let rt = runtime();
+                            barrier.wait();
+                            let start = std::time::Instant::now();
+                            rt.block_on(async {
+                                for i in 0..iters {
+                                    let ready = svc.ready().await.expect("ready");
+                                    black_box(ready.call(i).await.expect("response"));
+                                }
+                            });
+                            (start, std::time::Instant::now())
+                        })
+                    })
+                    .collect();
+                let spans: Vec<_> = workers
+                    .into_iter()
+                    .map(|w| w.join().expect("a benchmark thread"))
+                    .collect();
+                let start = spans.iter().map(|s| s.0).min().expect("one thread or more");
+                let end = spans.iter().map(|s| s.1).max().expect("one thread or more");
+                end - start
+            })
+        })
+    });
+}

@@ -1,4 +1,14 @@
 //! `sidecar-lite`: a small proxy that runs beside an application and stacks the resilience
 //! middleware crates (timeout, retry, circuit breaker, mutual TLS) from one config file.
 //!
-//! This crate is being built; see the workspace README for its status.
+//! The flow of the code follows the flow of a request: [`config`] (parse and validate, nothing
+//! else) feeds [`stack`] (the only place that assembles layers, public so library mode calls
+//! the same functions), which [`proxy`] serves on its listeners; [`run`] ties them together
+//! for the binary.
+
+pub mod admin;
+pub mod certs;
+pub mod config;
+pub mod proxy;
+pub mod run;
+pub mod stack;

@@ -1,0 +1,67 @@
+//! [`Classify`]: which responses count as failures. An `Err` from the inner service always does.
+
+use http::Response;
+use tower_http::classify::{ClassifiedResponse, ClassifyResponse};
+
+/// Decides whether a response counts as a failure for the breaker. An `Err` from the inner
+/// service is always a failure and never reaches the classifier.
+///
+/// Every [`tower_http::classify::ClassifyResponse`] classifies `http::Response`s:
+/// [`ServerErrorsAsFailures`](tower_http::classify::ServerErrorsAsFailures) (5xx) and
+/// [`GrpcErrorsAsFailures`](tower_http::classify::GrpcErrorsAsFailures) (a `grpc-status` other
+/// than OK in the response head, the trailers-only form that gRPC uses for errors). A response
+/// that such a classifier can only judge at the end of its body counts as a success: the
+/// breaker judges the response head. [`ErrorsAsFailures`], the default, works for any response
+/// type; [`classify_fn`] turns a closure into a classifier.
+pub trait Classify<Res>: Clone {
+    /// Whether `response` counts as a failure.
+    fn is_failure(&self, response: &Res) -> bool;
+}
+
+/// The default classifier: every response is a success, every `Err` a failure.
+#[derive(Debug, Clone, Copy, Default)]
+pub struct ErrorsAsFailures;
+
+impl<Res> Classify<Res> for ErrorsAsFailures {
+    #[inline]
+    fn is_failure(&self, _: &Res) -> bool {
+        false
+    }
+}
+
+impl<C, B> Classify<Response<B>> for C
+where
+    C: ClassifyResponse + Clone,
+{
+    fn is_failure(&self, response: &Response<B>) -> bool {
+        matches!(
+            self.clone().classify_response(response),
+            ClassifiedResponse::Ready(Err(_))
+        )
+    }
+}
+
+/// A classifier made from a closure; see [`classify_fn`].
+#[derive(Clone, Copy)]
+pub struct ClassifyFn<F>(F);
+
+impl<F> std::fmt::Debug for ClassifyFn<F> {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.write_str("ClassifyFn")
+    }
+}
+
+/// A classifier that calls `f` on each response: `true` means failure.
+pub fn classify_fn<F>(f: F) -> ClassifyFn<F> {
+    ClassifyFn(f)
+}
+
+impl<F, Res> Classify<Res> for ClassifyFn<F>
+where
+    F: Fn(&Res) -> bool + Clone,
+{
+    #[inline]
+    fn is_failure(&self, response: &Res) -> bool {
+        (self.0)(response)
+    }
+}

@@ -1,0 +1,111 @@
+//! Error types.
+
+use crate::State;
+use std::{error::Error, fmt, time::Duration};
+use tokio::time::Instant;
+
+/// The boxed error type that every layer in this crate returns.
+pub type BoxError = Box<dyn Error + Send + Sync>;
+
+/// The breaker did not let the call through.
+///
+/// Returned (boxed, as [`BoxError`]) by [`CircuitBreaker`](crate::CircuitBreaker) in fail-fast
+/// mode; check for it with `err.is::<BreakerOpen>()`. The inner service was not called.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub struct BreakerOpen {
+    state: State,
+    next_probe: Option<Instant>,
+    retry_after: Option<Duration>,
+}
+
+impl BreakerOpen {
+    pub(crate) fn new(state: State, next_probe: Option<Instant>, now: Instant) -> Self {
+        Self {
+            state,
+            next_probe,
+            retry_after: next_probe.map(|at| at.saturating_duration_since(now)),
+        }
+    }
+
+    /// The state that rejected the call: [`State::Open`], [`State::HalfOpen`] (every probe
+    /// permit taken) or [`State::ForcedOpen`].
+    #[must_use]
+    pub const fn state(&self) -> State {
+        self.state
+    }
+
+    /// When the breaker lets the next probe through: the end of the open period. `None` when
+    /// that is not known in advance: the breaker is forced open, or half-open with every probe
+    /// in flight (it decides when they finish).
+    #[must_use]
+    pub const fn next_probe(&self) -> Option<Instant> {
+        self.next_probe
+    }
+
+    /// How long from the rejection until [`next_probe`](Self::next_probe), if known.
+    #[must_use]
+    pub const fn retry_after(&self) -> Option<Duration> {
+        self.retry_after
+    }
+}
+
+impl fmt::Display for BreakerOpen {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        match (self.state, self.retry_after) {
+            (State::ForcedOpen, _) => f.write_str("circuit breaker is forced open"),
+            (State::HalfOpen, _) => {
+                f.write_str("circuit breaker is half-open and every probe is in flight")
+            }
+            (_, Some(after)) => write!(f, "circuit breaker is open; next probe in {after:?}"),
+            (_, None) => f.write_str("circuit breaker is open"),
+        }
+    }
+}
+
+impl Error for BreakerOpen {}
+
+/// A setting with a value that is not allowed.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct ConfigError {
+    field: &'static str,
+    value: String,
+    reason: &'static str,
+}
+
+impl ConfigError {
+    pub(crate) fn new(field: &'static str, value: impl fmt::Display, reason: &'static str) -> Self {
+        Self {
+            field,
+            value: value.to_string(),
+            reason,
+        }
+    }
+
+    pub(crate) fn duration(field: &'static str, value: Duration, reason: &'static str) -> Self {
+        Self::new(field, format!("{value:?}"), reason)
+    }
+
+    /// The name of the field that is wrong.
+    #[must_use]
+    pub fn field(&self) -> &'static str {
+        self.field
+    }
+
+    /// The value that was given, as text.
+    #[must_use]
+    pub fn value(&self) -> &str {
+        &self.value
+    }
+}
+
+impl fmt::Display for ConfigError {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        write!(
+            f,
+            "invalid `{}` = {}: {}",
+            self.field, self.value, self.reason
+        )
+    }
+}
+
+impl Error for ConfigError {}

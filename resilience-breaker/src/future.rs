@@ -1,0 +1,148 @@
+//! The response future of [`CircuitBreaker`](crate::CircuitBreaker).
+
+use crate::{BoxError, BreakerHandle, BreakerOpen, Classify, Outcome, Permit};
+use pin_project_lite::pin_project;
+use std::{
+    fmt,
+    future::Future,
+    pin::Pin,
+    task::{Context, Poll, ready},
+};
+use tokio::time::Instant;
+
+pin_project! {
+    /// Completes with the inner response, recording its outcome in the breaker; or at once with
+    /// [`BreakerOpen`] when the breaker rejected the call.
+    ///
+    /// Dropping the future before it completes hands a half-open probe permit back, so that a
+    /// cancelled probe cannot wedge the breaker half-open.
+    #[derive(Debug)]
+    pub struct ResponseFuture<F, C> {
+        #[pin]
+        kind: Kind<F>,
+        call: Option<Call<C>>,
+    }
+}
+
+pin_project! {
+    #[project = KindProj]
+    #[derive(Debug)]
+    enum Kind<F> {
+        Called {
+            #[pin]
+            inner: F,
+        },
+        Rejected {
+            error: Option<BreakerOpen>,
+        },
+    }
+}
+
+/// A permit that is released if the call it was for never finishes.
+pub(crate) struct PermitGuard {
+    breaker: BreakerHandle,
+    permit: Option<Permit>,
+}
+
+impl PermitGuard {
+    pub(crate) fn new(breaker: BreakerHandle, permit: Permit) -> Self {
+        Self {
+            breaker,
+            permit: Some(permit),
+        }
+    }
+
+    pub(crate) fn breaker(&self) -> &BreakerHandle {
+        &self.breaker
+    }
+
+    fn record(mut self, outcome: Outcome) {
+        if let Some(permit) = self.permit.take() {
+            self.breaker.record(permit, outcome);
+        }
+    }
+}
+
+impl Drop for PermitGuard {
+    fn drop(&mut self) {
+        if let Some(permit) = self.permit.take() {
+            self.breaker.release(permit);
+        }
+    }
+}
+
+impl fmt::Debug for PermitGuard {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        f.debug_struct("PermitGuard")
+            .field("permit", &self.permit)
+            .finish_non_exhaustive()
+    }
+}
+
+/// What the future needs to record the outcome.
+#[derive(Debug)]
+pub(crate) struct Call<C> {
+    guard: PermitGuard,
+    started: Option<Instant>,
+    classifier: C,
+}
+
+impl<F, C> ResponseFuture<F, C> {
+    pub(crate) fn called(inner: F, guard: PermitGuard, classifier: C) -> Self {
+        let started = guard.breaker().needs_clock().then(Instant::now);
+        Self {
+            kind: Kind::Called { inner },
+            call: Some(Call {
+                guard,
+                started,
+                classifier,
+            }),
+        }
+    }
+
+    pub(crate) fn rejected(error: BreakerOpen) -> Self {
+        Self {
+            kind: Kind::Rejected { error: Some(error) },
+            call: None,
+        }
+    }
+}
+
+impl<F, C, T, E> Future for ResponseFuture<F, C>
+where
+    F: Future<Output = Result<T, E>>,
+    E: Into<BoxError>,
+    C: Classify<T>,
+{
+    type Output = Result<T, BoxError>;
+
+    #[inline]
+    fn poll(self: Pin<&mut Self>, cx: &mut Context<'_>) -> Poll<Self::Output> {
+        let this = self.project();
+        match this.kind.project() {
+            KindProj::Called { inner } => {
+                let result = ready!(inner.poll(cx));
+                if let Some(call) = this.call.take() {
+                    let failed = match &result {
+                        Ok(response) => call.classifier.is_failure(response),
+                        Err(_) => true,
+                    };
+                    let elapsed = call
+                        .started
+                        .map(|started| started.elapsed())
+                        .unwrap_or_default();
+                    call.guard.record(if failed {
+                        Outcome::failure(elapsed)
+                    } else {
+                        Outcome::success(elapsed)
+                    });
+                }
+                Poll::Ready(result.map_err(Into::into))
+            }
+            KindProj::Rejected { error } => Poll::Ready(Err(error
+                .take()
+                .expect("circuit breaker ResponseFuture polled after completion")
+                .into())),
+        }
+    }
+}

@@ -1,0 +1,244 @@
+//! [`BreakerHandle`]: one circuit breaker, shared by the services that use it, to observe and
+//! control.
+
+use crate::{Counts, Outcome, Permit, Policy, State, StateMachine, Transition, error::BreakerOpen};
+use metrics::{Counter, Gauge, Label, SharedString};
+use std::{fmt, sync::Arc};
+use tokio::{
+    sync::{Notify, broadcast},
+    time::Instant,
+};
+
+const EVENTS: usize = 64;
+
+/// One circuit breaker: its [`StateMachine`], name, metrics and subscribers.
+///
+/// Cloning a handle is cheap and every clone refers to the same breaker. Services built by a
+/// [`CircuitBreakerLayer`](crate::CircuitBreakerLayer) share one; get it with
+/// [`CircuitBreaker::handle`](crate::CircuitBreaker::handle), or make one first and give it to
+/// [`CircuitBreakerLayer::shared`](crate::CircuitBreakerLayer::shared).
+///
+/// Metrics: the gauge `resilience_breaker_state{name}` (0 closed, 1 open, 2 half-open), the
+/// counters `resilience_breaker_calls_total{name,outcome}` (outcome `success`, `failure`,
+/// `slow_success` or `slow_failure`) and `resilience_breaker_rejected_total{name}`. Each
+/// transition is also logged as an info-level tracing event.
+#[derive(Clone)]
+pub struct BreakerHandle {
+    inner: Arc<Shared>,
+}
+
+struct Shared {
+    machine: StateMachine,
+    name: SharedString,
+    events: broadcast::Sender<Transition>,
+    notify: Arc<Notify>,
+    state_gauge: Gauge,
+    success: Counter,
+    failure: Counter,
+    slow_success: Counter,
+    slow_failure: Counter,
+    rejected: Counter,
+}
+
+impl fmt::Debug for BreakerHandle {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        f.debug_struct("BreakerHandle")
+            .field("name", &self.inner.name)
+            .field("state", &self.state())
+            .finish_non_exhaustive()
+    }
+}
+
+impl BreakerHandle {
+    /// A new, closed breaker named `name` in metrics and logs.
+    ///
+    /// The metric handles are registered now, with the recorder installed now.
+    ///
+    /// # Panics
+    ///
+    /// If the policy is not valid; see [`Policy::validate`].
+    pub fn new(name: impl Into<SharedString>, policy: Policy) -> Self {
+        Self::with_labels(name.into(), Vec::new(), policy)
+    }
+
+    pub(crate) fn with_labels(name: SharedString, extra: Vec<Label>, policy: Policy) -> Self {
+        let mut labels = vec![Label::new("name", name.clone())];
+        labels.extend(extra);
+        let with = |outcome: &'static str| {
+            let mut l = labels.clone();
+            l.push(Label::from_static_parts("outcome", outcome));
+            metrics::counter!("resilience_breaker_calls_total", l)
+        };
+        let shared = Shared {
+            machine: StateMachine::new(policy, Instant::now()),
+            events: broadcast::channel(EVENTS).0,
+            notify: Arc::new(Notify::new()),
+            state_gauge: metrics::gauge!("resilience_breaker_state", labels.clone()),
+            success: with("success"),
+            failure: with("failure"),
+            slow_success: with("slow_success"),
+            slow_failure: with("slow_failure"),
+            rejected: metrics::counter!("resilience_breaker_rejected_total", labels),
+            name,
+        };
+        shared.state_gauge.set(State::Closed.gauge());
+        Self {
+            inner: Arc::new(shared),
+        }
+    }
+
+    /// The breaker's name.
+    #[must_use]
+    pub fn name(&self) -> &str {
+        &self.inner.name
+    }
+
+    /// The state machine, to drive by hand.
+    #[must_use]
+    pub fn machine(&self) -> &StateMachine {
+        &self.inner.machine
+    }
+
+    /// The current state.
+    #[must_use]
+    pub fn state(&self) -> State {
+        self.inner.machine.state()
+    }
+
+    /// The calls in the sliding window now.
+    #[must_use]
+    pub fn counts(&self) -> Counts {
+        self.inner.machine.counts(Instant::now())
+    }
+
+    /// Failures in a row in the Closed state.
+    #[must_use]
+    pub fn consecutive_failures(&self) -> u32 {
+        self.inner.machine.consecutive_failures()
+    }
+
+    /// When an Open breaker lets the next probe through; `None` in other states.
+    #[must_use]
+    pub fn next_probe(&self) -> Option<Instant> {
+        (self.state() == State::Open).then(|| self.inner.machine.open_until())
+    }
+
+    /// Rejects every call until [`force_closed`](Self::force_closed) or [`reset`](Self::reset).
+    pub fn force_open(&self) {
+        self.publish(self.inner.machine.force_open(Instant::now()));
+    }
+
+    /// Closes the breaker now with an empty window; nothing happens if it is already Closed.
+    pub fn force_closed(&self) {
+        self.publish(self.inner.machine.force_closed(Instant::now()));
+    }
+
+    /// Lets every call through and records nothing, until closed or reset.
+    pub fn disable(&self) {
+        self.publish(self.inner.machine.disable(Instant::now()));
+    }
+
+    /// Lets every call through and records it, but never trips.
+    pub fn metrics_only(&self) {
+        self.publish(self.inner.machine.metrics_only(Instant::now()));
+    }
+
+    /// Back to a new breaker: Closed, empty window, no backoff.
+    pub fn reset(&self) {
+        self.publish(self.inner.machine.reset(Instant::now()));
+    }
+
+    /// A receiver of every transition from now on. A receiver that falls more than 64
+    /// transitions behind misses the oldest (see [`broadcast::error::RecvError::Lagged`]).
+    #[must_use]
+    pub fn subscribe(&self) -> broadcast::Receiver<Transition> {
+        self.inner.events.subscribe()
+    }
+
+    pub(crate) fn notify(&self) -> &Arc<Notify> {
+        &self.inner.notify
+    }
+
+    #[inline]
+    pub(crate) fn acquire(&self) -> Result<Permit, BreakerOpen> {
+        let (result, transition) = self.inner.machine.acquire_with(Instant::now);
+        self.publish(transition);
+        if result.is_err() {
+            self.inner.rejected.increment(1);
+        }
+        result
+    }
+
+    /// [`acquire`](Self::acquire) without counting a rejection (a re-check).
+    pub(crate) fn acquire_quietly(&self) -> Result<Permit, BreakerOpen> {
+        let (result, transition) = self.inner.machine.acquire_with(Instant::now);
+        self.publish(transition);
+        result
+    }
+
+    /// Whether the service must time each call.
+    #[inline]
+    pub(crate) fn needs_clock(&self) -> bool {
+        self.inner.machine.needs_clock()
+    }
+
+    #[inline]
+    pub(crate) fn record(&self, permit: Permit, outcome: Outcome) {
+        if permit.is_tracked() {
+            match (outcome.is_failure(), self.inner.machine.is_slow(&outcome)) {
+                (false, false) => &self.inner.success,
+                (true, false) => &self.inner.failure,
+                (false, true) => &self.inner.slow_success,
+                (true, true) => &self.inner.slow_failure,
+            }
+            .increment(1);
+        }
+        let probe = permit.is_probe();
+        let transition = self
+            .inner
+            .machine
+            .record_with(permit, outcome, Instant::now);
+        self.publish(transition);
+        if probe {
+            self.inner.notify.notify_waiters();
+        }
+    }
+
+    pub(crate) fn release(&self, permit: Permit) {
+        if permit.is_probe() {
+            self.inner.machine.release(permit);
+            self.inner.notify.notify_waiters();
+        }
+    }
+
+    #[inline]
+    fn publish(&self, transition: Option<Transition>) {
+        if let Some(t) = transition {
+            self.publish_cold(t);
+        }
+    }
+
+    #[cold]
+    fn publish_cold(&self, t: Transition) {
+        let inner = &*self.inner;
+        inner.state_gauge.set(t.to.gauge());
+        match t.open_until {
+            Some(until) => tracing::info!(
+                breaker = %inner.name,
+                from = %t.from,
+                to = %t.to,
+                open_for = ?until.saturating_duration_since(t.at),
+                "circuit breaker state changed"
+            ),
+            None => tracing::info!(
+                breaker = %inner.name,
+                from = %t.from,
+                to = %t.to,
+                "circuit breaker state changed"
+            ),
+        }
+        // No subscribers is fine.
+        let _ = inner.events.send(t);
+        inner.notify.notify_waiters();
+    }
+}

@@ -1,0 +1,97 @@
+//! [`CircuitBreakerLayer`].
+
+use crate::{BreakerHandle, CircuitBreaker, ErrorsAsFailures, Mode, Policy};
+use metrics::SharedString;
+use tower_layer::Layer;
+
+/// Wraps services in a [`CircuitBreaker`].
+///
+/// By default each service the layer makes gets a breaker of its own (clones of that service
+/// share it); [`shared`](Self::shared) makes every service use one given breaker instead.
+/// Cloning the layer clones a policy, a name and a classifier.
+#[derive(Debug, Clone)]
+#[must_use]
+pub struct CircuitBreakerLayer<C = ErrorsAsFailures> {
+    policy: Policy,
+    name: SharedString,
+    mode: Mode,
+    classifier: C,
+    shared: Option<BreakerHandle>,
+}
+
+impl CircuitBreakerLayer {
+    /// A fail-fast layer with `policy`, in which only `Err`s count as failures.
+    ///
+    /// The policy is checked when the layer makes a service: [`Layer::layer`] panics if it is
+    /// not valid (see [`Policy::validate`]; the `serde` feature's `BreakerConfig::layer` validates first).
+    pub fn new(policy: Policy) -> Self {
+        Self {
+            policy,
+            name: SharedString::const_str("breaker"),
+            mode: Mode::FailFast,
+            classifier: ErrorsAsFailures,
+            shared: None,
+        }
+    }
+
+    /// A fail-fast layer whose services all use `breaker`.
+    pub fn shared(breaker: BreakerHandle) -> Self {
+        Self {
+            policy: breaker.machine().policy().clone(),
+            name: SharedString::from(breaker.name().to_owned()),
+            mode: Mode::FailFast,
+            classifier: ErrorsAsFailures,
+            shared: Some(breaker),
+        }
+    }
+}
+
+impl<C> CircuitBreakerLayer<C> {
+    /// Names the breakers in metrics and logs, for example the upstream's name.
+    pub fn named(mut self, name: impl Into<SharedString>) -> Self {
+        self.name = name.into();
+        self
+    }
+
+    /// Sets the mode: [`Mode::FailFast`] (the default) or [`Mode::BackPressure`].
+    pub fn mode(mut self, mode: Mode) -> Self {
+        self.mode = mode;
+        self
+    }
+
+    /// Sets [`Mode::BackPressure`]: unready while open, for use under a balancer.
+    pub fn back_pressure(self) -> Self {
+        self.mode(Mode::BackPressure)
+    }
+
+    /// Replaces the classifier, for example with
+    /// [`ServerErrorsAsFailures`](tower_http::classify::ServerErrorsAsFailures).
+    pub fn classify<D>(self, classifier: D) -> CircuitBreakerLayer<D> {
+        CircuitBreakerLayer {
+            policy: self.policy,
+            name: self.name,
+            mode: self.mode,
+            classifier,
+            shared: self.shared,
+        }
+    }
+
+    /// The policy.
+    pub fn policy(&self) -> &Policy {
+        &self.policy
+    }
+}
+
+impl<S, C: Clone> Layer<S> for CircuitBreakerLayer<C> {
+    type Service = CircuitBreaker<S, C>;
+
+    fn layer(&self, inner: S) -> Self::Service {
+        let breaker = self
+            .shared
+            .clone()
+            .unwrap_or_else(|| BreakerHandle::new(self.name.clone(), self.policy.clone()));
+        CircuitBreaker::new(inner, breaker)
+            .classify(self.classifier.clone())
+            .mode(self.mode)
+    }
+}

@@ -1,0 +1,61 @@
+//! The HTTP edge: a rejection becomes `503` with `Retry-After` and `x-sidecar-error`.
+#![cfg(feature = "http")]
+
+use bytes::Bytes;
+use http::{Response, StatusCode, header::RETRY_AFTER};
+use http_body_util::{BodyExt, Full};
+use resilience_breaker::{CircuitBreakerLayer, Policy, SIDECAR_ERROR, UnavailableLayer};
+use std::time::Duration;
+use tokio::time;
+use tower::{BoxError, ServiceBuilder, ServiceExt, service_fn};
+use tower_http::classify::ServerErrorsAsFailures;
+
+#[tokio::test(start_paused = true)]
+async fn an_open_breaker_answers_503_with_retry_after() {
+    let upstream = service_fn(|_: ()| async {
+        Ok::<_, BoxError>(
+            Response::builder()
+                .status(500)
+                .body(Full::new(Bytes::from_static(b"upstream")))
+                .unwrap(),
+        )
+    });
+    let policy = Policy::consecutive_failures(1)
+        .open_for(Duration::from_millis(2500))
+        .jitter(0.0);
+    let svc = ServiceBuilder::new()
+        .layer(UnavailableLayer::new())
+        .layer(CircuitBreakerLayer::new(policy).classify(ServerErrorsAsFailures::new()))
+        .service(upstream);
+
+    // The upstream's own 500 passes through (and trips the breaker).
+    let response = svc.clone().oneshot(()).await.unwrap();
+    assert_eq!(response.status(), StatusCode::INTERNAL_SERVER_ERROR);
+    assert!(response.headers().get(SIDECAR_ERROR).is_none());
+
+    let response = svc.clone().oneshot(()).await.unwrap();
+    assert_eq!(response.status(), StatusCode::SERVICE_UNAVAILABLE);
+    assert_eq!(response.headers()[SIDECAR_ERROR], "breaker-open");
+    // 2.5 s rounds up to 3.
+    assert_eq!(response.headers()[RETRY_AFTER], "3");
+    let body = response.into_body().collect().await.unwrap().to_bytes();
+    assert_eq!(body, "service unavailable: the circuit breaker is open\n");
+
+    time::advance(Duration::from_millis(2400)).await;
+    let response = svc.clone().oneshot(()).await.unwrap();
+    assert_eq!(
+        response.headers()[RETRY_AFTER],
+        "1",
+        "never below one second"
+    );
+}
+
+#[tokio::test(start_paused = true)]
+async fn other_errors_pass_through() {
+    let upstream = service_fn(|_: ()| async { Err::<Response<()>, BoxError>("refused".into()) });
+    let svc = ServiceBuilder::new()
+        .layer(UnavailableLayer::new())
+        .layer(CircuitBreakerLayer::new(Policy::default()))
+        .service(upstream);
+    assert_eq!(svc.oneshot(()).await.unwrap_err().to_string(), "refused");
+}

@@ -1,0 +1,246 @@
+//! The admin server, on its own listener (loopback by default): metrics, health, the effective
+//! config, breaker states, drain, and a status page.
+//!
+//! | endpoint | what |
+//! | --- | --- |
+//! | `GET /metrics` | Prometheus text format |
+//! | `GET /live` | 200 while the process runs |
+//! | `GET /ready` | 200 once every listener is bound and the identity loaded; 503 when draining |
+//! | `GET /config` | the effective config, every default filled in, as TOML |
+//! | `GET /breakers` | each endpoint breaker's state and window counts, as JSON |
+//! | `POST /drain` | stop taking traffic and drain (loopback callers only) |
+//! | `GET /` | a status page that refreshes itself |
+
+use crate::{
+    config::Config,
+    proxy::{
+        body::{ProxyBody, boxed, sidecar_response},
+        server::ClientAddr,
+    },
+};
+use arc_swap::ArcSwap;
+use bytes::Bytes;
+use http::{HeaderValue, Method, Request, Response, StatusCode, header::CONTENT_TYPE};
+use http_body_util::Full;
+use hyper::body::Incoming;
+use metrics_exporter_prometheus::PrometheusHandle;
+use resilience_breaker::{BreakerHandle, State};
+use std::{
+    convert::Infallible,
+    fmt::Write as _,
+    future::Future,
+    net::SocketAddr,
+    sync::{
+        Arc,
+        atomic::{AtomicBool, Ordering},
+    },
+    time::Duration,
+};
+use tokio::{net::TcpListener, sync::watch};
+
+mod page;
+mod process;
+
+/// What the admin server reports on and controls.
+#[derive(Debug)]
+pub struct AdminState {
+    /// Set once the sidecar serves: listeners bound, identity loaded, config valid.
+    pub ready: AtomicBool,
+    /// What is being served now; replaced whole on each reload.
+    pub serving: ArcSwap<Serving>,
+    /// The Prometheus recorder's handle, when one is installed.
+    pub metrics: Option<PrometheusHandle>,
+    /// Asks the sidecar to drain.
+    pub drain: watch::Sender<bool>,
+}
+
+/// The config being served and what was built from it.
+#[derive(Debug)]
+pub struct Serving {
+    /// The effective config.
+    pub config: Config,
+    /// Each outbound route's endpoint breakers.
+    pub breakers: Vec<RouteBreaker>,
+    /// The listeners, by name.
+    pub listeners: Vec<(String, SocketAddr)>,
+}
+
+/// One endpoint's breaker on one route.
+#[derive(Debug, Clone)]
+pub struct RouteBreaker {
+    /// The route.
+    pub route: String,
+    /// The endpoint.
+    pub endpoint: SocketAddr,
+    /// Its breaker.
+    pub handle: BreakerHandle,
+}
+
+impl AdminState {
+    /// Whether the sidecar is draining.
+    pub fn draining(&self) -> bool {
+        *self.drain.borrow()
+    }
+}
+
+/// Serves the admin endpoints on `listener` until `shutdown`.
+pub async fn serve(
+    listener: TcpListener,
+    state: Arc<AdminState>,
+    shutdown: impl Future<Output = ()>,
+) {
+    let service = tower::service_fn(move |req: Request<Incoming>| {
+        let state = state.clone();
+        async move { Ok::<_, Infallible>(route(&state, &req)) }
+    });
+    crate::proxy::server::serve(
+        "admin".into(),
+        listener,
+        None,
+        service,
+        shutdown,
+        Duration::from_secs(1),
+    )
+    .await;
+}
+
+fn route<B>(state: &AdminState, req: &Request<B>) -> Response<ProxyBody> {
+    match (req.method(), req.uri().path()) {
+        (&Method::GET, "/live") => text(StatusCode::OK, "text/plain", "live\n".into()),
+        (&Method::GET, "/ready") => {
+            if state.draining() {
+                text(
+                    StatusCode::SERVICE_UNAVAILABLE,
+                    "text/plain",
+                    "draining\n".into(),
+                )
+            } else if state.ready.load(Ordering::Acquire) {
+                text(StatusCode::OK, "text/plain", "ready\n".into())
+            } else {
+                text(
+                    StatusCode::SERVICE_UNAVAILABLE,
+                    "text/plain",
+                    "starting\n".into(),
+                )
+            }
+        }
+        (&Method::GET, "/metrics") => text(
+            StatusCode::OK,
+            "text/plain; version=0.0.4",
+            metrics_text(state),
+        ),
+        (&Method::GET, "/config") => text(
+            StatusCode::OK,
+            "application/toml",
+            state.serving.load().config.to_toml(),
+        ),
+        (&Method::GET, "/breakers") => {
+            text(StatusCode::OK, "application/json", breakers_json(state))
+        }
+        (&Method::POST, "/drain") => {
+            let loopback = req
+                .extensions()
+                .get::<ClientAddr>()
+                .is_some_and(|addr| addr.0.ip().is_loopback());
+            if !loopback {
+                return sidecar_response(
+                    StatusCode::FORBIDDEN,
+                    "unauthorized",
+                    "forbidden: drain is accepted from loopback only",
+                );
+            }
+            tracing::info!("drain requested through the admin server");
+            let _ = state.drain.send(true);
+            text(StatusCode::ACCEPTED, "text/plain", "draining\n".into())
+        }
+        (&Method::GET, "/") => text(
+            StatusCode::OK,
+            "text/html; charset=utf-8",
+            page::render(state),
+        ),
+        (_, "/live" | "/ready" | "/metrics" | "/config" | "/breakers" | "/drain" | "/") => {
+            sidecar_response(
+                StatusCode::METHOD_NOT_ALLOWED,
+                "method-not-allowed",
+                "method not allowed on this admin endpoint",
+            )
+        }
+        _ => sidecar_response(StatusCode::NOT_FOUND, "not-found", "no such admin endpoint"),
+    }
+}
+
+fn text(status: StatusCode, content_type: &'static str, body: String) -> Response<ProxyBody> {
+    let mut response = Response::new(boxed(Full::new(Bytes::from(body))));
+    *response.status_mut() = status;
+    response
+        .headers_mut()
+        .insert(CONTENT_TYPE, HeaderValue::from_static(content_type));
+    response
+}
+
+/// The Prometheus text: everything recorded, after bringing the process gauges up to date.
+/// Breaker states are `resilience_breaker_state{name="<route>/<endpoint>"}`, kept by the
+/// breakers themselves.
+fn metrics_text(state: &AdminState) -> String {
+    process::record();
+    match &state.metrics {
+        Some(handle) => {
+            // Upkeep (draining histogram buffers) on each scrape is enough for a sidecar.
+            handle.run_upkeep();
+            handle.render()
+        }
+        None => "# no metrics recorder is installed in this process\n".to_owned(),
+    }
+}
+
+pub(crate) fn state_name(state: State) -> &'static str {
+    match state {
+        State::Closed => "closed",
+        State::Open => "open",
+        State::HalfOpen => "half-open",
+        State::ForcedOpen => "forced-open",
+        State::Disabled => "disabled",
+        State::MetricsOnly => "metrics-only",
+    }
+}
+
+fn breakers_json(state: &AdminState) -> String {
+    let mut out = String::from("[");
+    for (i, breaker) in state.serving.load().breakers.iter().enumerate() {
+        let counts = breaker.handle.counts();
+        if i > 0 {
+            out.push(',');
+        }
+        let _ = write!(
+            out,
+            "\n  {{\"route\": {}, \"endpoint\": \"{}\", \"state\": \"{}\", \"calls\": {}, \"failures\": {}, \"slow\": {}, \"failure_rate\": {:.4}}}",
+            json_string(&breaker.route),
+            breaker.endpoint,
+            state_name(breaker.handle.state()),
+            counts.calls,
+            counts.failures,
+            counts.slow,
+            counts.failure_rate(),
+        );
+    }
+    out.push_str("\n]\n");
+    out
+}
+
+/// A JSON string literal.
+pub(crate) fn json_string(text: &str) -> String {
+    let mut out = String::with_capacity(text.len() + 2);
+    out.push('"');
+    for c in text.chars() {
+        match c {
+            '"' => out.push_str("\\\""),
+            '\\' => out.push_str("\\\\"),
+            c if (c as u32) < 0x20 => {
+                let _ = write!(out, "\\u{:04x}", c as u32);
+            }
+            c => out.push(c),
+        }
+    }
+    out.push('"');
+    out
+}

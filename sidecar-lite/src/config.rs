@@ -1,0 +1,480 @@
+//! The config file: parsed and validated here, and nothing else.
+//!
+//! Every section that a middleware crate also reads (`timeout`, `retry`, `breaker`,
+//! `identity`) deserializes into that crate's own config type, so library users load the very
+//! same TOML. See `examples/sidecar.toml` for every key with its default.
+
+use resilience_breaker::BreakerConfig;
+pub use resilience_mtls::MtlsMode;
+use resilience_mtls::{IdentityConfig, IdentityPattern};
+use resilience_retry::RetryConfig;
+use resilience_timeout::TimeoutConfig;
+use serde::{Deserialize, Deserializer, Serialize};
+use std::{collections::HashSet, fmt, net::SocketAddr, path::Path, str::FromStr, time::Duration};
+
+/// The whole config file.
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct Config {
+    /// The admin server.
+    #[serde(default)]
+    pub admin: AdminConfig,
+    /// Our workload identity: certificate, key and trust bundle. Needed for mTLS.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub identity: Option<IdentityConfig>,
+    /// Traffic from other sidecars to our app.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub inbound: Option<InboundConfig>,
+    /// Traffic from our app to remote services, one route each.
+    #[serde(default)]
+    pub outbound: Vec<OutboundConfig>,
+    /// Logging.
+    #[serde(default)]
+    pub log: LogConfig,
+    /// The async runtime.
+    #[serde(default)]
+    pub runtime: RuntimeConfig,
+}
+
+/// `[admin]`.
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct AdminConfig {
+    /// Where the admin server listens. Default `127.0.0.1:15000`: loopback only, because it
+    /// can drain the proxy.
+    #[serde(default = "default_admin_listen")]
+    pub listen: SocketAddr,
+}
+
+impl Default for AdminConfig {
+    fn default() -> Self {
+        Self {
+            listen: default_admin_listen(),
+        }
+    }
+}
+
+fn default_admin_listen() -> SocketAddr {
+    SocketAddr::from(([127, 0, 0, 1], 15000))
+}
+
+/// `[inbound]`: other sidecars to our app.
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct InboundConfig {
+    /// Where peers connect. Required.
+    pub listen: SocketAddr,
+    /// Our app. Required.
+    pub app: SocketAddr,
+    /// `strict` (default), `permissive` or `disabled`.
+    #[serde(default)]
+    pub mtls: MtlsMode,
+    /// Peer identities allowed in: exact, or with `*` for one path segment. Default: none,
+    /// so nobody is let in until the operator says who may call.
+    #[serde(default)]
+    pub allow: Vec<String>,
+    /// The timeout for each request to the app. Default 15 s.
+    #[serde(default = "default_timeout")]
+    pub timeout: TimeoutSetting,
+    /// Requests in flight at once; beyond it, 503 at once. Default 1024.
+    #[serde(default = "default_concurrency")]
+    pub max_concurrent_requests: usize,
+    /// How to speak to the app: `auto` (HTTP/2 for gRPC, HTTP/1.1 otherwise; the default),
+    /// `http1` or `http2` (h2c with prior knowledge).
+    #[serde(default)]
+    pub app_protocol: AppProtocol,
+}
+
+/// The protocol spoken to the local app.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Default, Serialize, Deserialize)]
+#[serde(rename_all = "lowercase")]
+pub enum AppProtocol {
+    /// HTTP/2 (h2c) for gRPC requests, HTTP/1.1 for the rest.
+    #[default]
+    Auto,
+    /// HTTP/1.1 always.
+    Http1,
+    /// HTTP/2 with prior knowledge always.
+    Http2,
+}
+
+/// `[[outbound]]`: our app to one remote service.
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct OutboundConfig {
+    /// The route's name, in metrics and logs. Required and unique.
+    pub name: String,
+    /// Where our app sends its plain HTTP for this service. Required.
+    pub listen: SocketAddr,
+    /// The peers' inbound listeners, `host:port`. Required, at least one.
+    pub endpoints: Vec<SocketAddr>,
+    /// The identity the peers must present. Required with `[identity]`; without `[identity]`
+    /// the route speaks plaintext.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub server_identity: Option<String>,
+    /// The total timeout, all attempts included: `"2s"`, or a table with the keys of
+    /// `resilience_timeout::TimeoutConfig`. Default 15 s.
+    #[serde(default = "default_timeout")]
+    pub timeout: TimeoutSetting,
+    /// Retries: the keys of `resilience_retry::RetryConfig`.
+    #[serde(default)]
+    pub retry: RetryConfig,
+    /// The circuit breaker of each endpoint: the keys of `resilience_breaker::BreakerConfig`.
+    #[serde(default)]
+    pub breaker: BreakerConfig,
+    /// Requests in flight at once; beyond it, 503 at once. Default 1024.
+    #[serde(default = "default_concurrency")]
+    pub max_concurrent_requests: usize,
+}
+
+/// `[log]`.
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct LogConfig {
+    /// A `RUST_LOG`-style filter; `RUST_LOG` itself wins when set. Default `info`.
+    #[serde(default = "default_log_filter")]
+    pub filter: String,
+    /// `text` (default) or `json`.
+    #[serde(default)]
+    pub format: LogFormat,
+}
+
+impl Default for LogConfig {
+    fn default() -> Self {
+        Self {
+            filter: default_log_filter(),
+            format: LogFormat::default(),
+        }
+    }
+}
+
+fn default_log_filter() -> String {
+    "info".to_owned()
+}
+
+/// The log format.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Default, Serialize, Deserialize)]
+#[serde(rename_all = "lowercase")]
+pub enum LogFormat {
+    /// Human-readable lines.
+    #[default]
+    Text,
+    /// One JSON object per line.
+    Json,
+}
+
+/// `[runtime]`.
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct RuntimeConfig {
+    /// Worker threads. Default: one per core.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub worker_threads: Option<usize>,
+    /// On SIGTERM or SIGINT, how long in-flight requests may take to finish. Default 30 s,
+    /// Kubernetes' default termination grace period.
+    #[serde(default = "default_drain_grace", with = "resilience_timeout::duration")]
+    pub drain_grace: Duration,
+}
+
+impl Default for RuntimeConfig {
+    fn default() -> Self {
+        Self {
+            worker_threads: None,
+            drain_grace: default_drain_grace(),
+        }
+    }
+}
+
+fn default_drain_grace() -> Duration {
+    Duration::from_secs(30)
+}
+
+/// A timeout written as `"2s"` or as a full `resilience_timeout::TimeoutConfig` table.
+#[derive(Debug, Clone, PartialEq, Eq, Serialize)]
+#[serde(transparent)]
+pub struct TimeoutSetting(pub TimeoutConfig);
+
+impl<'de> Deserialize<'de> for TimeoutSetting {
+    fn deserialize<D: Deserializer<'de>>(deserializer: D) -> Result<Self, D::Error> {
+        // A string is the short form; anything else must be the full table.
+        match toml::Value::deserialize(deserializer)? {
+            toml::Value::String(text) => resilience_timeout::duration::parse(&text)
+                .map(|d| Self(TimeoutConfig::new(d)))
+                .map_err(serde::de::Error::custom),
+            other => other
+                .try_into::<TimeoutConfig>()
+                .map(Self)
+                .map_err(serde::de::Error::custom),
+        }
+    }
+}
+
+fn default_timeout() -> TimeoutSetting {
+    TimeoutSetting(TimeoutConfig::new(Duration::from_secs(15)))
+}
+
+fn default_concurrency() -> usize {
+    1024
+}
+
+/// A problem in the config file: where (the field's path and, when found, its line) and what.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct ConfigError {
+    /// The field, as a path: `outbound[0].retry.attempts`.
+    pub field: String,
+    /// The line in the file, 1-based, when known.
+    pub line: Option<usize>,
+    /// What is wrong.
+    pub message: String,
+}
+
+impl fmt::Display for ConfigError {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        match self.line {
+            Some(line) => write!(f, "line {line}: `{}`: {}", self.field, self.message),
+            None => write!(f, "`{}`: {}", self.field, self.message),
+        }
+    }
+}
+
+impl std::error::Error for ConfigError {}
+
+/// Everything wrong with a config file.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct ConfigErrors {
+    /// The file, when read from one.
+    pub file: Option<String>,
+    /// The problems, in file order as far as known.
+    pub errors: Vec<ConfigError>,
+}
+
+impl fmt::Display for ConfigErrors {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        let file = self.file.as_deref().unwrap_or("config");
+        for (i, error) in self.errors.iter().enumerate() {
+            if i > 0 {
+                writeln!(f)?;
+            }
+            write!(f, "{file}: {error}")?;
+        }
+        Ok(())
+    }
+}
+
+impl std::error::Error for ConfigErrors {}
+
+impl Config {
+    /// Reads, parses and validates a config file.
+    pub fn load(path: &Path) -> Result<Self, ConfigErrors> {
+        let file = Some(path.display().to_string());
+        let text = std::fs::read_to_string(path).map_err(|e| ConfigErrors {
+            file: file.clone(),
+            errors: vec![ConfigError {
+                field: "(file)".to_owned(),
+                line: None,
+                message: format!("cannot read the file: {e}"),
+            }],
+        })?;
+        Self::parse(&text).map_err(|mut errors| {
+            errors.file = file;
+            errors
+        })
+    }
+
+    /// Parses and validates config text.
+    pub fn parse(text: &str) -> Result<Self, ConfigErrors> {
+        let config: Config = toml::from_str(text).map_err(|e| ConfigErrors {
+            file: None,
+            errors: vec![parse_error(text, &e)],
+        })?;
+        let errors: Vec<ConfigError> = config
+            .problems()
+            .into_iter()
+            .map(|(field, message)| ConfigError {
+                line: locate(text, &field),
+                field,
+                message,
+            })
+            .collect();
+        if errors.is_empty() {
+            Ok(config)
+        } else {
+            Err(ConfigErrors { file: None, errors })
+        }
+    }
+
+    /// Every semantic problem, as (field path, message).
+    fn problems(&self) -> Vec<(String, String)> {
+        let mut problems = Vec::new();
+        let mut listeners = HashSet::new();
+        let mut listen = |field: String, addr: SocketAddr, problems: &mut Vec<(String, String)>| {
+            // Port 0 asks the system for a free port: never a clash.
+            if addr.port() != 0 && !listeners.insert(addr) {
+                problems.push((field, format!("{addr} is already used by another listener")));
+            }
+        };
+        listen("admin.listen".into(), self.admin.listen, &mut problems);
+
+        if let Some(inbound) = &self.inbound {
+            listen("inbound.listen".into(), inbound.listen, &mut problems);
+            if inbound.mtls != MtlsMode::Disabled && self.identity.is_none() {
+                problems.push((
+                    "inbound.mtls".into(),
+                    "needs an [identity] section (or set mtls = \"disabled\")".into(),
+                ));
+            }
+            for (i, pattern) in inbound.allow.iter().enumerate() {
+                if let Err(e) = IdentityPattern::from_str(pattern) {
+                    problems.push((format!("inbound.allow[{i}]"), format!("\"{pattern}\": {e}")));
+                }
+            }
+            timeout_problems("inbound.timeout", &inbound.timeout, &mut problems);
+            if inbound.max_concurrent_requests == 0 {
+                problems.push((
+                    "inbound.max_concurrent_requests".into(),
+                    "must be at least 1".into(),
+                ));
+            }
+        }
+
+        let mut names = HashSet::new();
+        for (i, route) in self.outbound.iter().enumerate() {
+            let at = |key: &str| format!("outbound[{i}].{key}");
+            if route.name.trim().is_empty() {
+                problems.push((at("name"), "must not be empty".into()));
+            } else if !names.insert(route.name.as_str()) {
+                problems.push((
+                    at("name"),
+                    format!("\"{}\" is used by another route", route.name),
+                ));
+            }
+            listen(at("listen"), route.listen, &mut problems);
+            if route.endpoints.is_empty() {
+                problems.push((at("endpoints"), "needs at least one endpoint".into()));
+            }
+            match (&route.server_identity, &self.identity) {
+                (Some(id), Some(_)) => {
+                    if let Err(e) = resilience_mtls::Identity::from_str(id) {
+                        problems.push((at("server_identity"), format!("\"{id}\": {e}")));
+                    }
+                }
+                (Some(_), None) => problems.push((
+                    at("server_identity"),
+                    "needs an [identity] section to speak mTLS".into(),
+                )),
+                (None, Some(_)) => problems.push((
+                    at("server_identity"),
+                    "is required with [identity]: the peers' certificates are checked against it"
+                        .into(),
+                )),
+                (None, None) => {}
+            }
+            timeout_problems(&at("timeout"), &route.timeout, &mut problems);
+            if let Err(e) = route.retry.validate() {
+                problems.push((at(&format!("retry.{}", e.field())), e.to_string()));
+            }
+            if let Err(e) = route.breaker.validate() {
+                problems.push((at(&format!("breaker.{}", e.field())), e.to_string()));
+            }
+            if route.max_concurrent_requests == 0 {
+                problems.push((at("max_concurrent_requests"), "must be at least 1".into()));
+            }
+        }
+        if self.runtime.worker_threads == Some(0) {
+            problems.push(("runtime.worker_threads".into(), "must be at least 1".into()));
+        }
+        if let Err(e) = tracing_subscriber::EnvFilter::try_new(&self.log.filter) {
+            problems.push(("log.filter".into(), format!("\"{}\": {e}", self.log.filter)));
+        }
+        problems
+    }
+
+    /// The effective config, every default filled in, as TOML.
+    #[must_use]
+    pub fn to_toml(&self) -> String {
+        toml::to_string_pretty(self).unwrap_or_else(|e| format!("# cannot print the config: {e}\n"))
+    }
+}
+
+fn timeout_problems(field: &str, timeout: &TimeoutSetting, problems: &mut Vec<(String, String)>) {
+    if let Err(e) = timeout.0.validate() {
+        problems.push((format!("{field}.{}", e.field()), e.to_string()));
+    }
+}
+
+/// A TOML syntax or type error, with its line and the key it concerns.
+fn parse_error(text: &str, error: &toml::de::Error) -> ConfigError {
+    let line = error
+        .span()
+        .map(|span| text[..span.start.min(text.len())].matches('\n').count() + 1);
+    let field = line
+        .and_then(|n| text.lines().nth(n - 1))
+        .and_then(|l| l.split('=').next())
+        .map(|k| k.trim().trim_matches(['[', ']']).to_owned())
+        .filter(|k| !k.is_empty())
+        .unwrap_or_else(|| "(syntax)".to_owned());
+    ConfigError {
+        field,
+        line,
+        message: error.message().to_owned(),
+    }
+}
+
+/// The line where `field` (a path like `outbound[1].retry.backoff.base`) is set, found by
+/// walking table headers and keys; else the header of the nearest enclosing table.
+fn locate(text: &str, field: &str) -> Option<usize> {
+    let within = |path: &str| field == path || field.starts_with(&format!("{path}."));
+    let mut enclosing = None;
+    let mut table: Vec<String> = Vec::new();
+    let mut array_counts = std::collections::HashMap::<String, usize>::new();
+    for (n, raw) in text.lines().enumerate() {
+        let line = raw.split('#').next().unwrap_or("").trim();
+        if let Some(name) = line.strip_prefix("[[").and_then(|l| l.strip_suffix("]]")) {
+            let name = name.trim().to_owned();
+            let count = array_counts.entry(name.clone()).or_insert(0);
+            table = vec![format!("{name}[{count}]")];
+            *count += 1;
+        } else if let Some(name) = line.strip_prefix('[').and_then(|l| l.strip_suffix(']')) {
+            // A sub-table of the latest array element keeps its index: [outbound.retry].
+            let mut segments: Vec<String> = name.trim().split('.').map(str::to_owned).collect();
+            if let Some(first) = table.first()
+                && first.split('[').next() == Some(segments[0].as_str())
+            {
+                segments[0] = first.clone();
+            }
+            table = segments;
+        } else if let Some((key, _)) = line.split_once('=') {
+            let mut path = table.clone();
+            path.push(key.trim().to_owned());
+            // The exact key, or an inline table holding it (backoff = { base = ... }).
+            if within(&path.join(".")) {
+                return Some(n + 1);
+            }
+            continue;
+        } else {
+            continue;
+        }
+        // The deepest table that holds the field: [outbound.breaker] over [[outbound]].
+        if within(&table.join(".")) && enclosing.is_none_or(|(depth, _)| table.len() > depth) {
+            enclosing = Some((table.len(), n + 1));
+        }
+    }
+    enclosing.map(|(_, line)| line)
+}
+
+#[cfg(test)]
+mod tests {
+    use super::locate;
+
+    #[test]
+    fn fields_are_located_by_table_and_key() {
+        let text = "[admin]\nlisten = \"127.0.0.1:1\"\n\n[[outbound]]\nname = \"a\"\n\n[[outbound]]\nname = \"b\"\nretry = { attempts = 0 }\n\n[outbound.breaker]\nfailure_rate = 2.0\n";
+        assert_eq!(locate(text, "admin.listen"), Some(2));
+        assert_eq!(locate(text, "outbound[1].name"), Some(8));
+        assert_eq!(locate(text, "outbound[1].retry.attempts"), Some(9));
+        assert_eq!(locate(text, "outbound[1].breaker.failure_rate"), Some(12));
+        // A key left at its default: the enclosing table's header.
+        assert_eq!(locate(text, "outbound[1].breaker.window"), Some(11));
+        assert_eq!(locate(text, "inbound.listen"), None);
+    }
+}

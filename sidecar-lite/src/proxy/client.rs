@@ -1,0 +1,86 @@
+//! Upstream clients: pooled hyper-util clients that dial one fixed address, in plaintext or
+//! over mTLS.
+
+use bytes::Bytes;
+use http::Uri;
+use http_body::Body;
+use hyper_util::{
+    client::legacy::{Client, connect::Connection},
+    rt::{TokioExecutor, TokioIo},
+};
+use resilience_mtls::{ConnectorBuilder, MtlsConnector};
+use resilience_timeout::BoxError;
+use std::{
+    future::Future,
+    io,
+    net::SocketAddr,
+    pin::Pin,
+    task::{Context, Poll},
+    time::Duration,
+};
+use tokio::net::TcpStream;
+use tower::Service;
+
+/// How long a pooled connection may sit idle before it is closed.
+const POOL_IDLE_TIMEOUT: Duration = Duration::from_secs(90);
+
+/// A connector that dials one address whatever the request's URI says, so that the URI can
+/// keep the caller's authority (Host and `:authority` are preserved end to end).
+#[derive(Debug, Clone, Copy)]
+pub struct FixedConnector {
+    addr: SocketAddr,
+}
+
+impl FixedConnector {
+    /// Dials `addr`.
+    #[must_use]
+    pub fn new(addr: SocketAddr) -> Self {
+        Self { addr }
+    }
+}
+
+impl Service<Uri> for FixedConnector {
+    type Response = TokioIo<TcpStream>;
+    type Error = io::Error;
+    type Future = Pin<Box<dyn Future<Output = io::Result<Self::Response>> + Send>>;
+
+    fn poll_ready(&mut self, _: &mut Context<'_>) -> Poll<Result<(), Self::Error>> {
+        Poll::Ready(Ok(()))
+    }
+
+    fn call(&mut self, _: Uri) -> Self::Future {
+        let addr = self.addr;
+        // Boxed: one allocation per new connection, not per request.
+        Box::pin(async move {
+            let stream = TcpStream::connect(addr).await?;
+            stream.set_nodelay(true)?;
+            Ok(TokioIo::new(stream))
+        })
+    }
+}
+
+/// A pooled client that speaks HTTP/1.1, or HTTP/2 when `http2_only` (h2c with prior knowledge
+/// in plaintext; over TLS, HTTP/2 is chosen by ALPN whatever this says).
+pub fn client<C, B>(connector: C, http2_only: bool) -> Client<C, B>
+where
+    C: Service<Uri> + Clone + Send + Sync + 'static,
+    C::Response: Connection + hyper::rt::Read + hyper::rt::Write + Send + Unpin + 'static,
+    C::Future: Send + Unpin + 'static,
+    C::Error: Into<BoxError>,
+    B: Body<Data = Bytes> + Send + 'static,
+    B::Error: Into<BoxError>,
+{
+    Client::builder(TokioExecutor::new())
+        .pool_idle_timeout(POOL_IDLE_TIMEOUT)
+        .http2_only(http2_only)
+        .build(connector)
+}
+
+/// A connector that dials `addr` and speaks mTLS with the settings of `builder`, checking the
+/// peer's identity.
+pub fn mtls_connector(
+    builder: &ConnectorBuilder,
+    addr: SocketAddr,
+) -> MtlsConnector<FixedConnector> {
+    builder.clone().wrap(FixedConnector::new(addr))
+}

@@ -1,0 +1,131 @@
+//! The edge of each listener: the rules every forwarded request and response follows, around a
+//! stack from [`crate::stack`], with errors turned into flagged responses.
+
+use super::{
+    body::ProxyBody,
+    errors::error_response,
+    headers::{append_forwarded_for, ensure_traceparent, strip_hop_by_hop},
+    server::ClientAddr,
+};
+use crate::stack::SharedStack;
+use http::{HeaderValue, Request, Response, Uri, Version, header::HOST, uri::Authority};
+use hyper::body::Incoming;
+use metrics::{Counter, Histogram};
+use resilience_timeout::SIDECAR_ERROR;
+use std::{convert::Infallible, future::Future, pin::Pin, sync::Arc};
+use tokio::time::Instant;
+use tower::{Service, ServiceExt};
+
+/// The edge service of one listener.
+pub type EdgeFuture = Pin<Box<dyn Future<Output = Result<Response<ProxyBody>, Infallible>> + Send>>;
+
+/// Wraps the current `stack` with the proxy's request and response rules; never fails: errors become
+/// responses with `x-sidecar-error`.
+pub fn edge(
+    listener: Arc<str>,
+    stack: SharedStack,
+) -> impl Service<
+    Request<Incoming>,
+    Response = Response<ProxyBody>,
+    Error = Infallible,
+    Future = EdgeFuture,
+> + Clone
++ Send
++ 'static {
+    let metrics = Arc::new(EdgeMetrics::new(&listener));
+    tower::service_fn(move |mut req: Request<Incoming>| {
+        // The stack of the moment: a reload swaps it without touching requests in flight.
+        let stack = stack.current();
+        let listener = listener.clone();
+        let metrics = metrics.clone();
+        Box::pin(async move {
+            let start = Instant::now();
+            prepare_request(&mut req);
+            let method = req.method().clone();
+            let mut response = match stack.oneshot(req).await {
+                Ok(response) => response,
+                Err(error) => {
+                    let response = error_response(&error);
+                    tracing::debug!(listener = &*listener, %method, status = %response.status(), %error, "answered by the proxy");
+                    response
+                }
+            };
+            strip_hop_by_hop(response.headers_mut());
+            metrics.record(&response, start);
+            Ok(response)
+        }) as EdgeFuture
+    })
+}
+
+/// Per-listener request metrics, registered once so each request only bumps handles.
+struct EdgeMetrics {
+    by_class: [Counter; 5],
+    duration: Histogram,
+}
+
+impl EdgeMetrics {
+    fn new(listener: &str) -> Self {
+        let class = |c: &'static str| metrics::counter!("sidecar_requests_total", "listener" => listener.to_owned(), "class" => c);
+        Self {
+            by_class: [
+                class("1xx"),
+                class("2xx"),
+                class("3xx"),
+                class("4xx"),
+                class("5xx"),
+            ],
+            duration: metrics::histogram!(
+                "sidecar_request_duration_seconds",
+                "listener" => listener.to_owned()
+            ),
+        }
+    }
+
+    fn record<B>(&self, response: &Response<B>, start: Instant) {
+        let class = usize::from(response.status().as_u16() / 100).clamp(1, 5) - 1;
+        self.by_class[class].increment(1);
+        self.duration.record(start.elapsed().as_secs_f64());
+        if let Some(flag) = response
+            .headers()
+            .get(SIDECAR_ERROR)
+            .and_then(|v| v.to_str().ok())
+        {
+            metrics::counter!("sidecar_local_responses_total", "reason" => flag.to_owned())
+                .increment(1);
+        }
+    }
+}
+
+/// Applies the forwarding rules: hop-by-hop headers out, `x-forwarded-for` and `traceparent`
+/// in, and an absolute URI that keeps the caller's authority.
+fn prepare_request<B>(req: &mut Request<B>) {
+    let authority = req.uri().authority().cloned().or_else(|| {
+        req.headers()
+            .get(HOST)
+            .and_then(|h| h.to_str().ok())
+            .and_then(|h| h.parse::<Authority>().ok())
+    });
+    strip_hop_by_hop(req.headers_mut());
+    if let Some(ClientAddr(addr)) = req.extensions().get::<ClientAddr>().copied() {
+        append_forwarded_for(req.headers_mut(), addr.ip());
+    }
+    ensure_traceparent(req.headers_mut());
+    if let Some(authority) = authority {
+        let mut parts = req.uri().clone().into_parts();
+        parts.scheme = Some(http::uri::Scheme::HTTP);
+        parts.authority = Some(authority.clone());
+        if parts.path_and_query.is_none() {
+            parts.path_and_query = Some(http::uri::PathAndQuery::from_static("/"));
+        }
+        if let Ok(uri) = Uri::from_parts(parts) {
+            *req.uri_mut() = uri;
+        }
+        if !req.headers().contains_key(HOST)
+            && let Ok(host) = HeaderValue::from_str(authority.as_str())
+        {
+            req.headers_mut().insert(HOST, host);
+        }
+    }
+    // The next hop's protocol is chosen by ALPN (between sidecars) or by the app client.
+    *req.version_mut() = Version::HTTP_11;
+}

@@ -1,0 +1,166 @@
+//! Request and response header rules of a forwarding proxy (RFC 9110 section 7.6, W3C Trace
+//! Context): hop-by-hop headers stripped, `x-forwarded-for` appended, `traceparent` kept or
+//! created.
+
+use http::{
+    HeaderMap, HeaderName, HeaderValue,
+    header::{CONNECTION, TE, TRAILER, TRANSFER_ENCODING, UPGRADE},
+};
+use std::net::IpAddr;
+
+/// `x-forwarded-for`: the chain of client addresses.
+pub const X_FORWARDED_FOR: HeaderName = HeaderName::from_static("x-forwarded-for");
+/// W3C Trace Context.
+pub const TRACEPARENT: HeaderName = HeaderName::from_static("traceparent");
+
+/// Hop-by-hop headers that are never forwarded, besides those named in `Connection`.
+const HOP_BY_HOP: [&str; 5] = [
+    "keep-alive",
+    "proxy-connection",
+    "proxy-authenticate",
+    "proxy-authorization",
+    "http2-settings",
+];
+
+/// Removes the headers that belong to one connection only. `te: trailers` is kept: gRPC needs
+/// it end to end.
+pub fn strip_hop_by_hop(headers: &mut HeaderMap) {
+    let named: Vec<HeaderName> = headers
+        .get_all(CONNECTION)
+        .iter()
+        .filter_map(|v| v.to_str().ok())
+        .flat_map(|v| v.split(','))
+        .filter_map(|name| HeaderName::from_bytes(name.trim().as_bytes()).ok())
+        .collect();
+    for name in named {
+        if name != TE {
+            headers.remove(name);
+        }
+    }
+    for name in [CONNECTION, TRANSFER_ENCODING, UPGRADE, TRAILER] {
+        headers.remove(name);
+    }
+    for name in HOP_BY_HOP {
+        headers.remove(name);
+    }
+    let trailers_only = headers
+        .get(TE)
+        .is_none_or(|te| te.as_bytes().eq_ignore_ascii_case(b"trailers"));
+    if !trailers_only {
+        headers.insert(TE, HeaderValue::from_static("trailers"));
+    }
+}
+
+/// Appends the client's address to `x-forwarded-for`.
+pub fn append_forwarded_for(headers: &mut HeaderMap, client: IpAddr) {
+    let value = match headers.get(X_FORWARDED_FOR).and_then(|v| v.to_str().ok()) {
+        Some(existing) if !existing.trim().is_empty() => format!("{existing}, {client}"),
+        _ => client.to_string(),
+    };
+    if let Ok(value) = HeaderValue::try_from(value) {
+        headers.insert(X_FORWARDED_FOR, value);
+    }
+}
+
+/// Keeps a valid `traceparent`, or replaces a missing or malformed one with a new trace,
+/// sampled. Returns the trace id.
+pub fn ensure_traceparent(headers: &mut HeaderMap) -> String {
+    if let Some(value) = headers.get(TRACEPARENT).and_then(|v| v.to_str().ok())
+        && let Some(trace_id) = valid_traceparent(value)
+    {
+        return trace_id.to_owned();
+    }
+    let trace_id = format!("{:032x}", rand::random::<u128>().max(1));
+    let span_id = format!("{:016x}", rand::random::<u64>().max(1));
+    let value = format!("00-{trace_id}-{span_id}-01");
+    headers.insert(
+        TRACEPARENT,
+        HeaderValue::try_from(value).expect("hex digits and dashes are a valid header value"),
+    );
+    trace_id
+}
+
+/// The trace id of a well-formed version-00 `traceparent`.
+fn valid_traceparent(value: &str) -> Option<&str> {
+    let mut parts = value.trim().split('-');
+    let (version, trace, span, flags) =
+        (parts.next()?, parts.next()?, parts.next()?, parts.next()?);
+    let hex = |s: &str, len| {
+        s.len() == len
+            && s.bytes()
+                .all(|b| b.is_ascii_hexdigit() && !b.is_ascii_uppercase())
+    };
+    let valid = hex(version, 2)
+        && version != "ff"
+        && hex(trace, 32)
+        && trace.bytes().any(|b| b != b'0')
+        && hex(span, 16)
+        && span.bytes().any(|b| b != b'0')
+        && hex(flags, 2)
+        && (version != "00" || parts.next().is_none());
+    valid.then_some(trace)
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn hop_by_hop_headers_are_stripped_and_te_trailers_kept() {
+        let mut headers = HeaderMap::new();
+        headers.insert(CONNECTION, "keep-alive, x-secret".parse().unwrap());
+        headers.insert("keep-alive", "timeout=5".parse().unwrap());
+        headers.insert("x-secret", "1".parse().unwrap());
+        headers.insert(TRANSFER_ENCODING, "chunked".parse().unwrap());
+        headers.insert(UPGRADE, "websocket".parse().unwrap());
+        headers.insert("proxy-authorization", "basic x".parse().unwrap());
+        headers.insert(TE, "trailers".parse().unwrap());
+        headers.insert("x-kept", "yes".parse().unwrap());
+        strip_hop_by_hop(&mut headers);
+        let mut names: Vec<_> = headers.keys().map(|k| k.as_str().to_owned()).collect();
+        names.sort();
+        assert_eq!(names, ["te", "x-kept"]);
+    }
+
+    #[test]
+    fn forwarded_for_is_appended() {
+        let mut headers = HeaderMap::new();
+        append_forwarded_for(&mut headers, "10.1.2.3".parse().unwrap());
+        assert_eq!(headers[X_FORWARDED_FOR], "10.1.2.3");
+        append_forwarded_for(&mut headers, "::1".parse().unwrap());
+        assert_eq!(headers[X_FORWARDED_FOR], "10.1.2.3, ::1");
+    }
+
+    #[test]
+    fn a_valid_traceparent_is_kept_and_a_bad_one_replaced() {
+        let good = "00-4bf92f3577b34da6a3ce929d0e0e4736-00f067aa0ba902b7-01";
+        let mut headers = HeaderMap::new();
+        headers.insert(TRACEPARENT, good.parse().unwrap());
+        assert_eq!(
+            ensure_traceparent(&mut headers),
+            "4bf92f3577b34da6a3ce929d0e0e4736"
+        );
+        assert_eq!(headers[TRACEPARENT], good);
+
+        for bad in [
+            "",
+            "00-00000000000000000000000000000000-00f067aa0ba902b7-01",
+            "00-4BF92F3577B34DA6A3CE929D0E0E4736-00f067aa0ba902b7-01",
+            "ff-4bf92f3577b34da6a3ce929d0e0e4736-00f067aa0ba902b7-01",
+            "00-4bf92f3577b34da6a3ce929d0e0e4736-00f067aa0ba902b7",
+        ] {
+            let mut headers = HeaderMap::new();
+            headers.insert(TRACEPARENT, bad.parse().unwrap());
+            let trace = ensure_traceparent(&mut headers);
+            let value = headers[TRACEPARENT].to_str().unwrap().to_owned();
+            assert_eq!(
+                valid_traceparent(&value),
+                Some(trace.as_str()),
+                "{bad:?} -> {value}"
+            );
+        }
+        let mut headers = HeaderMap::new();
+        ensure_traceparent(&mut headers);
+        assert!(valid_traceparent(headers[TRACEPARENT].to_str().unwrap()).is_some());
+    }
+}

@@ -1,0 +1,168 @@
+//! Listeners: accept connections (in plaintext or mTLS), serve HTTP/1.1 and HTTP/2 on them,
+//! and shut down gracefully.
+
+use super::body::ProxyBody;
+use http::{Request, Response};
+use hyper::body::Incoming;
+use hyper_util::{
+    rt::{TokioExecutor, TokioIo, TokioTimer},
+    server::{
+        conn::auto,
+        graceful::{GracefulShutdown, Watcher},
+    },
+};
+use resilience_mtls::{Identity, MtlsAcceptor};
+use std::{convert::Infallible, future::Future, net::SocketAddr, sync::Arc, time::Duration};
+use tokio::{
+    io::{AsyncRead, AsyncWrite},
+    net::TcpListener,
+};
+use tower::{Service, ServiceExt};
+
+/// The address of the client at the other end of the connection, as a request extension.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub struct ClientAddr(pub SocketAddr);
+
+/// Serves `service` on every connection accepted from `listener` until `shutdown` completes,
+/// then waits up to `grace` for the connections in flight to finish.
+pub async fn serve<S>(
+    name: Arc<str>,
+    listener: TcpListener,
+    acceptor: Option<MtlsAcceptor>,
+    service: S,
+    shutdown: impl Future<Output = ()>,
+    grace: Duration,
+) where
+    S: Service<Request<Incoming>, Response = Response<ProxyBody>, Error = Infallible>
+        + Clone
+        + Send
+        + 'static,
+    S::Future: Send + 'static,
+{
+    let graceful = GracefulShutdown::new();
+    let builder = hardened_builder();
+    tokio::pin!(shutdown);
+    loop {
+        let (tcp, remote) = tokio::select! {
+            accepted = listener.accept() => match accepted {
+                Ok(accepted) => accepted,
+                Err(error) => {
+                    // Out of file descriptors and the like: back off briefly, keep serving.
+                    tracing::warn!(listener = &*name, %error, "accept failed");
+                    tokio::time::sleep(Duration::from_millis(50)).await;
+                    continue;
+                }
+            },
+            () = &mut shutdown => break,
+        };
+        let _ = tcp.set_nodelay(true);
+        let service = service.clone();
+        let acceptor = acceptor.clone();
+        let builder = builder.clone();
+        let watcher = graceful.watcher();
+        let name = name.clone();
+        tokio::spawn(async move {
+            match acceptor {
+                None => serve_connection(name, remote, tcp, None, service, builder, watcher).await,
+                Some(acceptor) => match acceptor.accept(tcp).await {
+                    Ok(stream) => {
+                        let peer = stream.peer_identity().cloned();
+                        serve_connection(name, remote, stream, peer, service, builder, watcher)
+                            .await;
+                    }
+                    Err(error) => {
+                        tracing::debug!(listener = &*name, %remote, %error, "handshake failed");
+                    }
+                },
+            }
+        });
+    }
+    tracing::info!(listener = &*name, "draining connections");
+    if tokio::time::timeout(grace, graceful.shutdown())
+        .await
+        .is_err()
+    {
+        tracing::warn!(
+            listener = &*name,
+            ?grace,
+            "grace period over; closing the rest"
+        );
+    }
+}
+
+/// Limits that keep one bad client from hurting the others.
+pub mod limits {
+    use std::time::Duration;
+
+    /// Time to send the whole request head (slowloris).
+    pub const HEADER_READ_TIMEOUT: Duration = Duration::from_secs(10);
+    /// Headers per request; more get `431`.
+    pub const MAX_HEADERS: usize = 100;
+    /// Bytes buffered for a request head; more get `431`.
+    pub const MAX_HEAD_BYTES: usize = 64 * 1024;
+    /// Concurrent HTTP/2 streams per connection.
+    pub const MAX_CONCURRENT_STREAMS: u32 = 256;
+    /// Bytes of one HTTP/2 header list.
+    pub const MAX_HEADER_LIST_BYTES: u32 = 64 * 1024;
+    /// Streams a client may reset before the server has accepted them (HTTP/2 rapid reset,
+    /// CVE-2023-44487); beyond it the connection is closed.
+    pub const MAX_PENDING_RESETS: usize = 20;
+    /// Idle HTTP/2 connections are pinged this often, and closed if the ping is not answered
+    /// within the same time.
+    pub const KEEP_ALIVE_INTERVAL: Duration = Duration::from_secs(30);
+}
+
+/// An HTTP/1.1 and HTTP/2 server builder with the [`limits`] applied.
+fn hardened_builder() -> auto::Builder<TokioExecutor> {
+    let mut builder = auto::Builder::new(TokioExecutor::new());
+    builder
+        .http1()
+        .timer(TokioTimer::new())
+        .header_read_timeout(limits::HEADER_READ_TIMEOUT)
+        .max_headers(limits::MAX_HEADERS)
+        .max_buf_size(limits::MAX_HEAD_BYTES)
+        .keep_alive(true);
+    builder
+        .http2()
+        .timer(TokioTimer::new())
+        .max_concurrent_streams(limits::MAX_CONCURRENT_STREAMS)
+        .max_header_list_size(limits::MAX_HEADER_LIST_BYTES)
+        .max_pending_accept_reset_streams(limits::MAX_PENDING_RESETS)
+        .keep_alive_interval(limits::KEEP_ALIVE_INTERVAL)
+        .keep_alive_timeout(limits::KEEP_ALIVE_INTERVAL);
+    builder
+}
+
+/// Serves one accepted connection, plaintext or TLS, until it closes or the drain ends it.
+async fn serve_connection<IO, S>(
+    name: Arc<str>,
+    remote: SocketAddr,
+    io: IO,
+    peer: Option<Identity>,
+    service: S,
+    builder: auto::Builder<TokioExecutor>,
+    watcher: Watcher,
+) where
+    IO: AsyncRead + AsyncWrite + Unpin + Send + 'static,
+    S: Service<Request<Incoming>, Response = Response<ProxyBody>, Error = Infallible>
+        + Clone
+        + Send
+        + 'static,
+    S::Future: Send + 'static,
+{
+    let per_request = hyper::service::service_fn(move |mut req: Request<Incoming>| {
+        req.extensions_mut().insert(ClientAddr(remote));
+        if let Some(peer) = &peer {
+            req.extensions_mut().insert(peer.clone());
+        }
+        service.clone().oneshot(req)
+    });
+    let open = metrics::gauge!("sidecar_connections_open", "listener" => name.to_string());
+    open.increment(1.0);
+    let connection = builder.serve_connection(TokioIo::new(io), per_request);
+    let result = watcher.watch(connection.into_owned()).await;
+    open.decrement(1.0);
+    if let Err(error) = result {
+        tracing::debug!(listener = &*name, %remote, %error, "connection ended with an error");
+    }
+}

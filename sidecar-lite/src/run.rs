@@ -1,0 +1,401 @@
+//! Runs a validated config: credentials, listeners, stacks, the admin server, hot reload, and
+//! a graceful stop.
+//!
+//! Each listener serves through a [`SharedStack`], cloned per request: a reload
+//! builds every new stack first (a bad config changes nothing), then swaps them in. Requests in
+//! flight finish on the stack they started on; live connections pick up the new stack with
+//! their next request. Listeners whose address changed, or whose route is gone, drain; new
+//! ones are bound.
+
+use crate::{
+    admin::{AdminState, RouteBreaker, Serving},
+    config::Config,
+    proxy::{forward::edge, server::serve},
+    stack::{self, SharedStack, StackService},
+};
+use arc_swap::ArcSwap;
+use hyper::body::Incoming;
+use metrics_exporter_prometheus::PrometheusHandle;
+use resilience_mtls::{Credentials, Identity, MtlsMode, RotationHandle};
+use resilience_timeout::BoxError;
+use std::{
+    collections::HashMap,
+    net::SocketAddr,
+    path::PathBuf,
+    str::FromStr,
+    sync::{Arc, atomic::Ordering},
+    time::Duration,
+};
+use tokio::{net::TcpListener, sync::watch, task::JoinSet};
+
+/// How often the config file is checked for changes.
+const CONFIG_POLL: Duration = Duration::from_secs(1);
+
+/// The addresses the sidecar listens on (useful with port 0 in tests).
+#[derive(Debug, Clone, Default)]
+pub struct Bound {
+    /// The inbound listener, if any.
+    pub inbound: Option<SocketAddr>,
+    /// Each outbound route's listener, by route name.
+    pub outbound: Vec<(String, SocketAddr)>,
+    /// The admin listener.
+    pub admin: Option<SocketAddr>,
+}
+
+/// A running sidecar: reload it with [`Sidecar::reload`], stop it with [`Sidecar::stop`], or
+/// drop it to stop at once.
+#[derive(Debug)]
+pub struct Sidecar {
+    /// Where it listens.
+    pub bound: Bound,
+    config: Config,
+    admin: Arc<AdminState>,
+    listeners: HashMap<String, Listener>,
+    credentials: Option<Credentials>,
+    tasks: JoinSet<()>,
+    _rotation: Option<RotationHandle>,
+}
+
+/// One serving listener: its address, its swappable stack, and its own stop switch.
+#[derive(Debug)]
+struct Listener {
+    addr: SocketAddr,
+    stack: SharedStack,
+    stop: watch::Sender<bool>,
+}
+
+/// A stack built for one listener, not yet serving.
+struct Planned {
+    key: String,
+    listen: SocketAddr,
+    stack: StackService<Incoming>,
+    mtls: Option<MtlsMode>,
+    breakers: Vec<RouteBreaker>,
+}
+
+impl Sidecar {
+    /// Binds every listener and starts serving. Fails before serving anything if a listener
+    /// cannot be bound or the identity cannot be loaded. `metrics` is the handle of the
+    /// Prometheus recorder that the binary installs, for `/metrics`.
+    pub async fn start(
+        config: &Config,
+        metrics: Option<PrometheusHandle>,
+    ) -> Result<Self, BoxError> {
+        let credentials = match &config.identity {
+            Some(identity) => Some(identity.load().map_err(|e| format!("[identity]: {e}"))?),
+            None => None,
+        };
+        let rotation = match (&config.identity, &credentials) {
+            (Some(identity), Some(credentials)) => Some(identity.rotation().spawn(credentials)),
+            _ => None,
+        };
+        let admin_listener = bind("admin", config.admin.listen).await?;
+        let admin_addr = admin_listener.local_addr()?;
+        let (drain, _) = watch::channel(false);
+        let admin = Arc::new(AdminState {
+            ready: false.into(),
+            serving: ArcSwap::from_pointee(Serving {
+                config: config.clone(),
+                breakers: Vec::new(),
+                listeners: Vec::new(),
+            }),
+            metrics,
+            drain,
+        });
+        let mut sidecar = Self {
+            bound: Bound {
+                admin: Some(admin_addr),
+                ..Bound::default()
+            },
+            config: config.clone(),
+            admin: admin.clone(),
+            listeners: HashMap::new(),
+            credentials,
+            tasks: JoinSet::new(),
+            _rotation: rotation,
+        };
+        let planned = sidecar.plan(config)?;
+        sidecar.apply(config.clone(), planned).await?;
+        // The admin server outlives the drain, so probes see `/ready` turn false; it stops
+        // when the process ends.
+        tokio::spawn(crate::admin::serve(
+            admin_listener,
+            admin.clone(),
+            std::future::pending(),
+        ));
+        admin.ready.store(true, Ordering::Release);
+        tracing::info!(bound = ?sidecar.bound, "sidecar-lite is serving");
+        Ok(sidecar)
+    }
+
+    /// Applies a new config: every stack is built first, so an invalid config changes
+    /// nothing; then stacks are swapped, new listeners bound and removed ones drained. The
+    /// identity files are watched on their own; a changed `[identity]` section needs a
+    /// restart and is refused here.
+    pub async fn reload(&mut self, config: &Config) -> Result<(), BoxError> {
+        if config.identity != self.config.identity {
+            return Err("[identity] changed: restart to use other certificate files".into());
+        }
+        if config.admin != self.config.admin || config.runtime != self.config.runtime {
+            return Err("[admin] or [runtime] changed: restart to apply".into());
+        }
+        let planned = self.plan(config)?;
+        self.apply(config.clone(), planned).await
+    }
+
+    /// Builds the stack of every listener in `config`.
+    fn plan(&self, config: &Config) -> Result<Vec<Planned>, BoxError> {
+        let mut planned = Vec::new();
+        if let Some(inbound) = &config.inbound {
+            if inbound.mtls != MtlsMode::Disabled && self.credentials.is_none() {
+                return Err("[inbound] mtls needs an [identity] section".into());
+            }
+            planned.push(Planned {
+                key: "inbound".to_owned(),
+                listen: inbound.listen,
+                stack: stack::inbound(inbound)?,
+                mtls: Some(inbound.mtls),
+                breakers: Vec::new(),
+            });
+        }
+        for route in &config.outbound {
+            let tls = match (&config.identity, &self.credentials, &route.server_identity) {
+                (Some(identity), Some(credentials), Some(expected)) => {
+                    let expected = Identity::from_str(expected)
+                        .map_err(|e| format!("outbound `{}` server_identity: {e}", route.name))?;
+                    Some(identity.connector(credentials, expected))
+                }
+                _ => None,
+            };
+            let outbound = stack::outbound(route, tls.as_ref())
+                .map_err(|e| format!("outbound `{}`: {e}", route.name))?;
+            planned.push(Planned {
+                key: format!("outbound/{}", route.name),
+                listen: route.listen,
+                stack: outbound.service,
+                mtls: None,
+                breakers: outbound
+                    .breakers
+                    .into_iter()
+                    .map(|(endpoint, handle)| RouteBreaker {
+                        route: route.name.clone(),
+                        endpoint,
+                        handle,
+                    })
+                    .collect(),
+            });
+        }
+        Ok(planned)
+    }
+
+    /// Swaps in planned stacks, binds what is new, drains what is gone.
+    async fn apply(&mut self, config: Config, planned: Vec<Planned>) -> Result<(), BoxError> {
+        // Bind every new listener before changing anything, so a busy port fails the whole
+        // reload rather than half of it.
+        let mut fresh = HashMap::new();
+        for plan in &planned {
+            let unchanged = self
+                .listeners
+                .get(&plan.key)
+                .is_some_and(|l| l.addr == plan.listen || plan.listen.port() == 0);
+            if !unchanged {
+                fresh.insert(plan.key.clone(), bind(&plan.key, plan.listen).await?);
+            }
+        }
+        let keep: Vec<&str> = planned.iter().map(|p| p.key.as_str()).collect();
+        let gone: Vec<String> = self
+            .listeners
+            .keys()
+            .filter(|k| !keep.contains(&k.as_str()) || fresh.contains_key(*k))
+            .cloned()
+            .collect();
+        for key in gone {
+            if let Some(listener) = self.listeners.remove(&key) {
+                tracing::info!(listener = key, addr = %listener.addr, "draining a listener no longer configured");
+                let _ = listener.stop.send(true);
+            }
+        }
+
+        let mut breakers = Vec::new();
+        for plan in planned {
+            breakers.extend(plan.breakers);
+            match fresh.remove(&plan.key) {
+                None => {
+                    if let Some(listener) = self.listeners.get(&plan.key) {
+                        listener.stack.replace(plan.stack);
+                    }
+                }
+                Some(tcp) => {
+                    let addr = tcp.local_addr()?;
+                    let acceptor = match (plan.mtls, &self.config.identity, &self.credentials) {
+                        (Some(mode), Some(identity), Some(credentials))
+                            if mode != MtlsMode::Disabled =>
+                        {
+                            Some(identity.acceptor(credentials).mode(mode).build())
+                        }
+                        _ => None,
+                    };
+                    let stack = SharedStack::new(plan.stack);
+                    let (stop, stopped) = watch::channel(false);
+                    let mut drained = self.admin.drain.subscribe();
+                    let shutdown = async move {
+                        let mut stopped = stopped;
+                        tokio::select! {
+                            _ = stopped.wait_for(|s| *s) => {}
+                            _ = drained.wait_for(|d| *d) => {}
+                        }
+                    };
+                    let name: Arc<str> = Arc::from(plan.key.as_str());
+                    let service = edge(name.clone(), stack.clone());
+                    self.tasks.spawn(serve(
+                        name,
+                        tcp,
+                        acceptor,
+                        service,
+                        shutdown,
+                        config.runtime.drain_grace,
+                    ));
+                    self.listeners
+                        .insert(plan.key, Listener { addr, stack, stop });
+                }
+            }
+        }
+
+        self.bound.inbound = self.listeners.get("inbound").map(|l| l.addr);
+        self.bound.outbound = config
+            .outbound
+            .iter()
+            .filter_map(|r| {
+                let key = format!("outbound/{}", r.name);
+                self.listeners.get(&key).map(|l| (r.name.clone(), l.addr))
+            })
+            .collect();
+        let mut listeners: Vec<(String, SocketAddr)> = self
+            .listeners
+            .iter()
+            .map(|(k, l)| (k.clone(), l.addr))
+            .collect();
+        listeners.sort();
+        if let Some(admin) = self.bound.admin {
+            listeners.push(("admin".to_owned(), admin));
+        }
+        self.admin.serving.store(Arc::new(Serving {
+            config: config.clone(),
+            breakers,
+            listeners,
+        }));
+        self.config = config;
+        Ok(())
+    }
+
+    /// Stops accepting, lets in-flight requests finish (up to the drain grace period), and
+    /// returns when every listener has closed.
+    pub async fn stop(mut self) {
+        let _ = self.admin.drain.send(true);
+        while self.tasks.join_next().await.is_some() {}
+    }
+
+    /// Serves until SIGTERM, SIGINT or `POST /drain`, then drains and returns. Reloads `path`
+    /// on SIGHUP and whenever the file changes; an invalid file is logged with its errors and
+    /// the running config kept.
+    pub async fn run_until_signal(mut self, path: PathBuf) {
+        let mut drained = self.admin.drain.subscribe();
+        let mut hangups = hangups();
+        let mut last = std::fs::read(&path).ok();
+        let mut poll = tokio::time::interval(CONFIG_POLL);
+        loop {
+            tokio::select! {
+                () = wait_for_stop() => {
+                    tracing::info!("stop requested; draining");
+                    break;
+                }
+                _ = drained.wait_for(|drain| *drain) => break,
+                Some(()) = next_hangup(&mut hangups) => {
+                    tracing::info!(path = %path.display(), "SIGHUP: reloading the config");
+                    self.reload_from(&path).await;
+                    last = std::fs::read(&path).ok();
+                }
+                _ = poll.tick() => {
+                    let now = std::fs::read(&path).ok();
+                    if now.is_some() && now != last {
+                        tracing::info!(path = %path.display(), "config file changed: reloading");
+                        last = now;
+                        self.reload_from(&path).await;
+                    }
+                }
+            }
+        }
+        self.stop().await;
+    }
+
+    async fn reload_from(&mut self, path: &std::path::Path) {
+        let outcome = match Config::load(path) {
+            Ok(config) => self.reload(&config).await,
+            Err(errors) => Err(errors.into()),
+        };
+        let result = match outcome {
+            Ok(()) => {
+                tracing::info!("config reloaded");
+                "ok"
+            }
+            Err(error) => {
+                tracing::error!(%error, "config not reloaded; serving the previous one");
+                "error"
+            }
+        };
+        metrics::counter!("sidecar_config_reload_total", "result" => result).increment(1);
+    }
+}
+
+async fn bind(name: &str, addr: SocketAddr) -> Result<TcpListener, BoxError> {
+    TcpListener::bind(addr)
+        .await
+        .map_err(|e| format!("cannot listen on {addr} for {name}: {e}").into())
+}
+
+#[cfg(unix)]
+type Hangups = Option<tokio::signal::unix::Signal>;
+#[cfg(not(unix))]
+type Hangups = Option<()>;
+
+fn hangups() -> Hangups {
+    #[cfg(unix)]
+    {
+        tokio::signal::unix::signal(tokio::signal::unix::SignalKind::hangup()).ok()
+    }
+    #[cfg(not(unix))]
+    {
+        None
+    }
+}
+
+async fn next_hangup(hangups: &mut Hangups) -> Option<()> {
+    #[cfg(unix)]
+    if let Some(signal) = hangups {
+        return signal.recv().await;
+    }
+    let _ = hangups;
+    std::future::pending().await
+}
+
+async fn wait_for_stop() {
+    #[cfg(unix)]
+    {
+        use tokio::signal::unix::{SignalKind, signal};
+        match signal(SignalKind::terminate()) {
+            Ok(mut term) => {
+                tokio::select! {
+                    _ = term.recv() => {}
+                    _ = tokio::signal::ctrl_c() => {}
+                }
+            }
+            Err(_) => {
+                let _ = tokio::signal::ctrl_c().await;
+            }
+        }
+    }
+    #[cfg(not(unix))]
+    {
+        let _ = tokio::signal::ctrl_c().await;
+    }
+}

@@ -1,0 +1,306 @@
+//! The only place that assembles layers: one outbound and one inbound stack, built from config
+//! sections. Public, so that library mode calls the very same functions as the proxy.
+//!
+//! Outbound, outermost first (DESIGN.md §3): load shedding over a concurrency limit, the total
+//! timeout (deadline), retries, the per-try timeout, then either one endpoint behind a
+//! fail-fast breaker, or a p2c peak-EWMA balancer over endpoints each behind a back-pressure
+//! breaker (the balancer routes around open ones).
+//!
+//! Inbound: load shedding over a concurrency limit, the timeout, authorization of the peer's
+//! identity, then the pooled client to the app.
+
+use crate::{
+    config::{AppProtocol, InboundConfig, OutboundConfig},
+    proxy::{
+        body::{ProxyBody, boxed},
+        client::{FixedConnector, client, mtls_connector},
+    },
+};
+use bytes::Bytes;
+use http::{Request, Response, header::CONTENT_TYPE};
+use http_body::Body;
+use hyper::body::Incoming;
+use resilience_breaker::{BreakerHandle, Mode, classify_fn};
+use resilience_mtls::{AllowList, AuthorizeLayer, ConnectorBuilder};
+use resilience_retry::{PeekGrpcTrailersLayer, ReplayBody};
+use resilience_timeout::BoxError;
+use std::{
+    fmt,
+    net::SocketAddr,
+    sync::{Arc, Mutex, PoisonError},
+    time::Duration,
+};
+use tower::{
+    Layer, Service, ServiceBuilder, ServiceExt,
+    balance::p2c::Balance,
+    buffer::Buffer,
+    discover::ServiceList,
+    load::{CompleteOnResponse, PeakEwma},
+    util::BoxCloneService,
+};
+
+/// The service a stack ends in: any request body in, a streaming body out, typed errors
+/// (`Elapsed`, `BreakerOpen`, `Overloaded`, connect errors) for the caller to map.
+pub type StackService<B> = BoxCloneService<Request<B>, Response<ProxyBody>, BoxError>;
+
+/// A listener's stack, replaced whole by a reload. The stack is not `Sync` (tower's
+/// concurrency limit and buffer hold boxed futures), so it sits behind a mutex that is held
+/// only to clone it, once per request.
+#[derive(Clone)]
+pub struct SharedStack(Arc<Mutex<StackService<Incoming>>>);
+
+impl SharedStack {
+    /// Shares `stack`.
+    pub fn new(stack: StackService<Incoming>) -> Self {
+        Self(Arc::new(Mutex::new(stack)))
+    }
+
+    /// A clone of the current stack, to serve one request.
+    pub fn current(&self) -> StackService<Incoming> {
+        self.0
+            .lock()
+            .unwrap_or_else(PoisonError::into_inner)
+            .clone()
+    }
+
+    /// Replaces the stack; requests already under way keep theirs.
+    pub fn replace(&self, stack: StackService<Incoming>) {
+        *self.0.lock().unwrap_or_else(PoisonError::into_inner) = stack;
+    }
+}
+
+impl fmt::Debug for SharedStack {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        f.debug_struct("SharedStack").finish_non_exhaustive()
+    }
+}
+
+/// Requests waiting for the balancer when every endpoint is busy; beyond it the route sheds.
+const BALANCER_QUEUE: usize = 1024;
+/// The round-trip time assumed for an endpoint before it has been measured.
+const DEFAULT_RTT: Duration = Duration::from_millis(30);
+/// How quickly peak-EWMA forgets a slow round trip.
+const EWMA_DECAY: Duration = Duration::from_secs(10);
+
+/// A request body the stacks accept: hyper's, or any body of bytes in library mode.
+pub trait StackBody: Body<Data = Bytes, Error: Into<BoxError>> + Send + Unpin + 'static {}
+impl<B: Body<Data = Bytes, Error: Into<BoxError>> + Send + Unpin + 'static> StackBody for B {}
+
+/// One outbound route, assembled: the service, and a handle on each endpoint's breaker.
+pub struct Outbound<B> {
+    /// The route's service.
+    pub service: StackService<B>,
+    /// Each endpoint with its breaker, for the admin server.
+    pub breakers: Vec<(SocketAddr, BreakerHandle)>,
+}
+
+impl<B> fmt::Debug for Outbound<B> {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        f.debug_struct("Outbound")
+            .field("breakers", &self.breakers)
+            .finish_non_exhaustive()
+    }
+}
+
+/// A config section that did not make a stack.
+#[derive(Debug)]
+pub struct StackError {
+    /// The field, as a path: `retry.attempts`.
+    pub field: String,
+    /// What is wrong.
+    pub message: String,
+}
+
+impl fmt::Display for StackError {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        write!(f, "`{}`: {}", self.field, self.message)
+    }
+}
+
+impl std::error::Error for StackError {}
+
+fn field_error(prefix: &str, field: &str, message: impl fmt::Display) -> StackError {
+    StackError {
+        field: format!("{prefix}.{field}"),
+        message: message.to_string(),
+    }
+}
+
+/// Builds the outbound stack of `route`. With `tls`, endpoints are dialled over mTLS and must
+/// present the route's `server_identity`; without, in plaintext. Must run inside a tokio
+/// runtime: the balancer gets a task of its own.
+pub fn outbound<B: StackBody>(
+    route: &OutboundConfig,
+    tls: Option<&ConnectorBuilder>,
+) -> Result<Outbound<B>, StackError> {
+    let breaker_layer = route
+        .breaker
+        .layer()
+        .map_err(|e| field_error("breaker", e.field(), &e))?
+        .classify(classify_fn(is_endpoint_failure));
+    let mut breakers = Vec::new();
+    let endpoint = |addr: SocketAddr, mode: Mode, breakers: &mut Vec<_>| {
+        let client: BoxCloneService<Request<ReplayBody<B>>, Response<Incoming>, BoxError> =
+            match tls {
+                Some(builder) => BoxCloneService::new(
+                    client(mtls_connector(builder, addr), false).map_err(BoxError::from),
+                ),
+                None => BoxCloneService::new(
+                    client(FixedConnector::new(addr), false).map_err(BoxError::from),
+                ),
+            };
+        // One breaker per endpoint, named after both, so its metrics tell endpoints apart.
+        let breaker = breaker_layer
+            .clone()
+            .named(format!("{}/{addr}", route.name))
+            .mode(mode)
+            .layer(client);
+        breakers.push((addr, breaker.handle().clone()));
+        breaker
+    };
+
+    let endpoints: BoxCloneService<Request<ReplayBody<B>>, Response<Incoming>, BoxError> =
+        if let [addr] = route.endpoints[..] {
+            BoxCloneService::new(endpoint(addr, Mode::FailFast, &mut breakers))
+        } else {
+            let services: Vec<_> = route
+                .endpoints
+                .iter()
+                .map(|&addr| {
+                    PeakEwma::new(
+                        endpoint(addr, Mode::BackPressure, &mut breakers),
+                        DEFAULT_RTT,
+                        EWMA_DECAY.as_nanos() as f64,
+                        CompleteOnResponse::default(),
+                    )
+                })
+                .collect();
+            let balance = Balance::new(ServiceList::new(services));
+            BoxCloneService::new(Buffer::new(balance, BALANCER_QUEUE))
+        };
+
+    let total = route
+        .timeout
+        .0
+        .layer()
+        .map_err(|e| field_error("timeout", e.field(), &e))?
+        .named("total");
+    let retry = route
+        .retry
+        .layer()
+        .map_err(|e| field_error("retry", e.field(), &e))?
+        .named(route.name.clone());
+    let service = ServiceBuilder::new()
+        .map_response(|response: Response<_>| response.map(boxed))
+        .load_shed()
+        .concurrency_limit(route.max_concurrent_requests)
+        .layer(total)
+        .layer(retry)
+        .option_layer(route.retry.per_try_timeout_layer())
+        .layer(PeekGrpcTrailersLayer::new())
+        .service(endpoints);
+    Ok(Outbound {
+        service: BoxCloneService::new(service.map_err(BoxError::from)),
+        breakers,
+    })
+}
+
+/// Whether an endpoint's response counts against its breaker: a 5xx, or a gRPC status in the
+/// response head that says the server, not the request, is at fault (unavailable, internal,
+/// deadline exceeded). Connection errors always count.
+fn is_endpoint_failure(response: &Response<Incoming>) -> bool {
+    if response.status().is_server_error() {
+        return true;
+    }
+    matches!(
+        response.headers().get("grpc-status").map(|v| v.as_bytes()),
+        Some(b"4" | b"13" | b"14")
+    )
+}
+
+/// Builds the inbound stack: peers' requests to the app at `inbound.app`.
+pub fn inbound<B: StackBody>(inbound: &InboundConfig) -> Result<StackService<B>, StackError> {
+    let timeout = inbound
+        .timeout
+        .0
+        .layer()
+        .map_err(|e| field_error("timeout", e.field(), &e))?
+        .named("inbound");
+    let allow = AllowList::parse(&inbound.allow).map_err(|e| field_error("inbound", "allow", e))?;
+    let app = AppClient::new(inbound.app, inbound.app_protocol);
+    let service = ServiceBuilder::new()
+        .map_response(|response: Response<_>| response.map(boxed))
+        .load_shed()
+        .concurrency_limit(inbound.max_concurrent_requests)
+        .layer(timeout)
+        .layer(AuthorizeLayer::new(allow))
+        .service(app);
+    Ok(BoxCloneService::new(service.map_err(BoxError::from)))
+}
+
+/// The pooled client to the local app: HTTP/1.1, or HTTP/2 with prior knowledge for gRPC
+/// (or always, as configured).
+struct AppClient<B> {
+    http1: hyper_util::client::legacy::Client<FixedConnector, B>,
+    http2: hyper_util::client::legacy::Client<FixedConnector, B>,
+    protocol: AppProtocol,
+}
+
+impl<B> Clone for AppClient<B> {
+    fn clone(&self) -> Self {
+        Self {
+            http1: self.http1.clone(),
+            http2: self.http2.clone(),
+            protocol: self.protocol,
+        }
+    }
+}
+
+impl<B: StackBody> AppClient<B> {
+    fn new(app: SocketAddr, protocol: AppProtocol) -> Self {
+        Self {
+            http1: client(FixedConnector::new(app), false),
+            http2: client(FixedConnector::new(app), true),
+            protocol,
+        }
+    }
+}
+
+impl<B: StackBody> Service<Request<B>> for AppClient<B> {
+    type Response = Response<Incoming>;
+    type Error = BoxError;
+    type Future = futures::future::MapErr<
+        hyper_util::client::legacy::ResponseFuture,
+        fn(hyper_util::client::legacy::Error) -> BoxError,
+    >;
+
+    fn poll_ready(
+        &mut self,
+        _: &mut std::task::Context<'_>,
+    ) -> std::task::Poll<Result<(), Self::Error>> {
+        // hyper-util's client is always ready: it queues on its own pool.
+        std::task::Poll::Ready(Ok(()))
+    }
+
+    fn call(&mut self, mut req: Request<B>) -> Self::Future {
+        use futures::TryFutureExt;
+        let grpc = req
+            .headers()
+            .get(CONTENT_TYPE)
+            .is_some_and(|ct| ct.as_bytes().starts_with(b"application/grpc"));
+        let http2 = match self.protocol {
+            AppProtocol::Auto => grpc,
+            AppProtocol::Http1 => false,
+            AppProtocol::Http2 => true,
+        };
+        *req.version_mut() = if http2 {
+            http::Version::HTTP_2
+        } else {
+            http::Version::HTTP_11
+        };
+        let client = if http2 { &self.http2 } else { &self.http1 };
+        client
+            .request(req)
+            .map_err(BoxError::from as fn(hyper_util::client::legacy::Error) -> BoxError)
+    }
+}

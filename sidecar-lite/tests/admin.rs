@@ -1,0 +1,159 @@
+//! The admin server: readiness and drain, the effective config, breaker states, metrics and
+//! the status page.
+
+mod common;
+
+use common::*;
+use http::{Method, Request, StatusCode};
+use metrics_exporter_prometheus::{PrometheusBuilder, PrometheusHandle};
+use sidecar_lite::{config::Config, run::Sidecar};
+use std::{net::SocketAddr, sync::OnceLock};
+use tokio::time::timeout;
+
+/// One Prometheus recorder for this test process, as the binary installs one.
+fn recorder() -> PrometheusHandle {
+    static HANDLE: OnceLock<PrometheusHandle> = OnceLock::new();
+    HANDLE
+        .get_or_init(|| PrometheusBuilder::new().install_recorder().unwrap())
+        .clone()
+}
+
+async fn start(failing: SocketAddr, healthy: SocketAddr) -> Sidecar {
+    let text = format!(
+        r#"
+[admin]
+listen = "127.0.0.1:0"
+
+[[outbound]]
+name = "orders"
+listen = "127.0.0.1:0"
+endpoints = ["{failing}", "{healthy}"]
+retry = {{ attempts = 5, backoff = {{ base = "1ms", max = "2ms" }} }}
+breaker = {{ minimum_calls = 4, window = {{ calls = 10 }}, open_for = "30s" }}
+"#
+    );
+    let config = Config::parse(&text).unwrap();
+    Sidecar::start(&config, Some(recorder())).await.unwrap()
+}
+
+async fn admin_get(sidecar: &Sidecar, path: &str) -> (StatusCode, String) {
+    let req = Request::builder()
+        .uri(format!("http://{}{path}", sidecar.bound.admin.unwrap()))
+        .body(full(""))
+        .unwrap();
+    let response = timeout(STEP, http1().request(req)).await.unwrap().unwrap();
+    let status = response.status();
+    (status, text(response).await)
+}
+
+#[tokio::test]
+async fn admin_reports_config_breakers_metrics_and_status() {
+    let (failing, _) = status_app(503).await;
+    let (healthy, _) = status_app(200).await;
+    let sidecar = start(failing, healthy).await;
+
+    assert_eq!(admin_get(&sidecar, "/live").await.0, StatusCode::OK);
+    assert_eq!(
+        admin_get(&sidecar, "/ready").await,
+        (StatusCode::OK, "ready\n".to_owned())
+    );
+
+    let (status, config) = admin_get(&sidecar, "/config").await;
+    assert_eq!(status, StatusCode::OK);
+    assert!(config.contains("name = \"orders\""), "{config}");
+    assert!(
+        config.contains("half_open_probes = 3"),
+        "defaults are filled in: {config}"
+    );
+
+    let (_, breakers) = admin_get(&sidecar, "/breakers").await;
+    assert_eq!(
+        breakers.matches("\"state\": \"closed\"").count(),
+        2,
+        "{breakers}"
+    );
+
+    for i in 0..20 {
+        let req = Request::builder()
+            .uri(format!("http://{}/{i}", outbound_addr(&sidecar)))
+            .body(full(""))
+            .unwrap();
+        let response = timeout(STEP, http1().request(req)).await.unwrap().unwrap();
+        assert_eq!(response.status(), StatusCode::OK);
+    }
+    let (_, breakers) = admin_get(&sidecar, "/breakers").await;
+    assert!(
+        breakers.contains(&format!("\"endpoint\": \"{failing}\", \"state\": \"open\"")),
+        "{breakers}"
+    );
+    assert!(
+        breakers.contains(&format!(
+            "\"endpoint\": \"{healthy}\", \"state\": \"closed\""
+        )),
+        "{breakers}"
+    );
+
+    let (_, metrics) = admin_get(&sidecar, "/metrics").await;
+    assert!(
+        metrics.contains("sidecar_requests_total{listener=\"outbound/orders\",class=\"2xx\"} 20"),
+        "{metrics}"
+    );
+    assert!(
+        metrics.contains(&format!(
+            "resilience_breaker_state{{name=\"orders/{failing}\"}} 1"
+        )),
+        "{metrics}"
+    );
+    assert!(
+        metrics.contains("process_resident_memory_bytes"),
+        "{metrics}"
+    );
+    assert!(
+        metrics.contains("resilience_retry_attempts_total"),
+        "{metrics}"
+    );
+
+    let (status, page) = admin_get(&sidecar, "/").await;
+    assert_eq!(status, StatusCode::OK);
+    assert!(page.contains("<td class=\"open\">open</td>"), "{page}");
+    assert!(page.contains("status: <b>ready</b>"), "{page}");
+
+    assert_eq!(admin_get(&sidecar, "/nope").await.0, StatusCode::NOT_FOUND);
+    sidecar.stop().await;
+}
+
+#[tokio::test]
+async fn post_drain_turns_ready_false_and_stops_the_listeners() {
+    let (app, _) = status_app(200).await;
+    let sidecar = start(app, app).await;
+    let admin = sidecar.bound.admin.unwrap();
+    let outbound = outbound_addr(&sidecar);
+
+    let (status, _) = admin_get(&sidecar, "/ready").await;
+    assert_eq!(status, StatusCode::OK);
+    let req = Request::builder()
+        .method(Method::POST)
+        .uri(format!("http://{admin}/drain"))
+        .body(full(""))
+        .unwrap();
+    let response = timeout(STEP, http1().request(req)).await.unwrap().unwrap();
+    assert_eq!(response.status(), StatusCode::ACCEPTED);
+    assert_eq!(
+        admin_get(&sidecar, "/ready").await,
+        (StatusCode::SERVICE_UNAVAILABLE, "draining\n".to_owned())
+    );
+
+    // The listener closes once drained: new connections are refused within the bound.
+    let refused = async {
+        loop {
+            if tokio::net::TcpStream::connect(outbound).await.is_err() {
+                return;
+            }
+            tokio::time::sleep(std::time::Duration::from_millis(20)).await;
+        }
+    };
+    timeout(STEP, refused)
+        .await
+        .expect("the outbound listener closes");
+    sidecar.stop().await;
+}

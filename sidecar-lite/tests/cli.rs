@@ -1,0 +1,176 @@
+//! The command line: `check` validates and prints the effective config, naming the line and
+//! field of each error; `certs` writes a dev CA and workload certificates.
+
+use std::{path::PathBuf, process::Command};
+
+fn bin() -> Command {
+    Command::new(env!("CARGO_BIN_EXE_sidecar-lite"))
+}
+
+fn temp_dir(test: &str) -> PathBuf {
+    let dir = std::env::temp_dir().join(format!("sidecar-lite-cli-{test}-{}", std::process::id()));
+    std::fs::create_dir_all(&dir).unwrap();
+    dir
+}
+
+fn check(test: &str, text: &str) -> (bool, String, String) {
+    let dir = temp_dir(test);
+    let path = dir.join("sidecar.toml");
+    std::fs::write(&path, text).unwrap();
+    let output = bin()
+        .arg("check")
+        .arg("--config")
+        .arg(&path)
+        .output()
+        .unwrap();
+    let _ = std::fs::remove_dir_all(&dir);
+    (
+        output.status.success(),
+        String::from_utf8_lossy(&output.stdout).into_owned(),
+        String::from_utf8_lossy(&output.stderr).into_owned(),
+    )
+}
+
+#[test]
+fn check_prints_the_effective_config_with_defaults_filled_in() {
+    let (ok, stdout, stderr) = check(
+        "good",
+        "[[outbound]]\nname = \"orders\"\nlisten = \"127.0.0.1:15001\"\nendpoints = [\"127.0.0.1:8080\"]\n",
+    );
+    assert!(ok, "{stderr}");
+    for default in [
+        "listen = \"127.0.0.1:15000\"",
+        "attempts = 3",
+        "on = [\n",
+        "\"gateway-error\"",
+        "max_concurrent_requests = 1024",
+        "timeout = \"15s\"",
+        "ratio = 0.2",
+    ] {
+        assert!(
+            stdout.contains(default),
+            "missing {default:?} in:\n{stdout}"
+        );
+    }
+    assert!(stderr.ends_with(": ok\n"), "{stderr}");
+}
+
+#[test]
+fn check_names_the_line_and_field_of_each_error() {
+    let text = "\
+[admin]
+listen = \"127.0.0.1:15000\"
+
+[[outbound]]
+name = \"orders\"
+listen = \"127.0.0.1:15001\"
+endpoints = [\"127.0.0.1:8080\"]
+
+[outbound.retry]
+attempts = 0
+
+[outbound.breaker]
+failure_rate = 1.5
+";
+    let (ok, _, stderr) = check("semantic", text);
+    assert!(!ok);
+    assert!(
+        stderr.contains("line 10: `outbound[0].retry.attempts`"),
+        "{stderr}"
+    );
+    assert!(
+        stderr.contains("line 13: `outbound[0].breaker.failure_rate`"),
+        "{stderr}"
+    );
+    assert_eq!(stderr.lines().count(), 2, "{stderr}");
+}
+
+#[test]
+fn check_reports_syntax_errors_and_unknown_keys_with_their_line() {
+    let (ok, _, stderr) = check(
+        "unknown",
+        "[admin]\nlisten = \"127.0.0.1:15000\"\nlisen = 1\n",
+    );
+    assert!(!ok);
+    assert!(stderr.contains("line 3"), "{stderr}");
+    assert!(stderr.contains("unknown field `lisen`"), "{stderr}");
+
+    let (ok, _, stderr) = check(
+        "duration",
+        "[[outbound]]\nname = \"a\"\nlisten = \"127.0.0.1:1\"\nendpoints = [\"127.0.0.1:2\"]\ntimeout = \"-2s\"\n",
+    );
+    assert!(!ok);
+    assert!(stderr.contains("line 5"), "{stderr}");
+    assert!(stderr.contains("`-2s`"), "{stderr}");
+
+    let (ok, _, stderr) = check("missing", "[inbound]\nlisten = \"127.0.0.1:1\"\n");
+    assert!(!ok);
+    assert!(stderr.contains("missing field `app`"), "{stderr}");
+}
+
+#[test]
+fn check_requires_an_identity_for_mtls() {
+    let (ok, _, stderr) = check(
+        "mtls",
+        "[inbound]\nlisten = \"127.0.0.1:15006\"\napp = \"127.0.0.1:8080\"\n",
+    );
+    assert!(!ok);
+    assert!(
+        stderr.contains("`inbound.mtls`: needs an [identity] section"),
+        "{stderr}"
+    );
+}
+
+#[test]
+fn certs_writes_a_ca_and_workload_certificates() {
+    let dir = temp_dir("certs");
+    let output = bin()
+        .args(["certs", "--out"])
+        .arg(&dir)
+        .args([
+            "--workload",
+            "ns/shop/sa/orders",
+            "--workload",
+            "ns/shop/sa/frontend",
+        ])
+        .output()
+        .unwrap();
+    assert!(
+        output.status.success(),
+        "{}",
+        String::from_utf8_lossy(&output.stderr)
+    );
+    for file in [
+        "ca.pem",
+        "orders.pem",
+        "orders-key.pem",
+        "frontend.pem",
+        "frontend-key.pem",
+    ] {
+        let text = std::fs::read_to_string(dir.join(file)).unwrap();
+        assert!(text.starts_with("-----BEGIN"), "{file}");
+    }
+    let _ = std::fs::remove_dir_all(&dir);
+}
+
+#[test]
+fn help_explains_the_commands() {
+    let output = bin().arg("--help").output().unwrap();
+    let help = String::from_utf8_lossy(&output.stdout);
+    for word in ["run", "check", "certs", "outbound listener"] {
+        assert!(help.contains(word), "{help}");
+    }
+}
+
+#[test]
+fn the_example_config_documents_valid_keys() {
+    // The identity files do not exist here, but every key must parse and validate.
+    let text = std::fs::read_to_string(concat!(
+        env!("CARGO_MANIFEST_DIR"),
+        "/../examples/sidecar.toml"
+    ))
+    .unwrap();
+    let (ok, stdout, stderr) = check("example", &text);
+    assert!(ok, "{stderr}");
+    assert!(stdout.contains("name = \"payments\""));
+}

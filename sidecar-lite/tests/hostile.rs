@@ -1,0 +1,112 @@
+//! Hostile requests get clear errors, and the listener keeps serving others.
+
+mod common;
+
+use common::*;
+use http::{Request, StatusCode};
+use tokio::{
+    io::{AsyncReadExt, AsyncWriteExt},
+    net::TcpStream,
+    time::timeout,
+};
+
+/// Sends raw bytes and returns the response head's status line.
+async fn raw(addr: std::net::SocketAddr, request: &[u8]) -> String {
+    let mut tcp = TcpStream::connect(addr).await.unwrap();
+    tcp.write_all(request).await.unwrap();
+    let mut buf = vec![0; 4096];
+    let n = timeout(STEP, tcp.read(&mut buf)).await.unwrap().unwrap();
+    String::from_utf8_lossy(&buf[..n])
+        .lines()
+        .next()
+        .unwrap_or("")
+        .to_owned()
+}
+
+async fn route() -> (
+    sidecar_lite::run::Sidecar,
+    std::sync::Arc<std::sync::atomic::AtomicUsize>,
+) {
+    let (app, hits) = echo_app().await;
+    let sidecar = sidecar(&format!(
+        "[[outbound]]\nname = \"orders\"\nlisten = \"127.0.0.1:0\"\nendpoints = [\"{app}\"]\n"
+    ))
+    .await;
+    (sidecar, hits)
+}
+
+/// hyper frames such a request by Transfer-Encoding and drops the Content-Length (RFC 9112
+/// section 6.3), and the request is sent on with framing of our own: the next hop cannot be
+/// made to read it differently. (The issue asks for a 400 here; hyper does not expose the
+/// dropped header, so that is not done yet.)
+#[tokio::test]
+async fn content_length_with_transfer_encoding_is_never_forwarded_ambiguously() {
+    let (app, seen) = common::app(|req: hyper::Request<hyper::body::Incoming>| async move {
+        let cl = req.headers().contains_key("content-length");
+        let te = req.headers().contains_key("transfer-encoding");
+        let body = http_body_util::BodyExt::collect(req.into_body())
+            .await
+            .unwrap()
+            .to_bytes();
+        hyper::Response::new(full(format!("cl={cl} te={te} body={body:?}")))
+    })
+    .await;
+    let sidecar = sidecar(&format!(
+        "[[outbound]]\nname = \"orders\"\nlisten = \"127.0.0.1:0\"\nendpoints = [\"{app}\"]\n"
+    ))
+    .await;
+    let mut tcp = TcpStream::connect(outbound_addr(&sidecar)).await.unwrap();
+    tcp.write_all(b"POST / HTTP/1.1\r\nHost: a\r\nContent-Length: 30\r\nTransfer-Encoding: chunked\r\nConnection: close\r\n\r\n3\r\nabc\r\n0\r\n\r\n")
+        .await
+        .unwrap();
+    let mut response = Vec::new();
+    timeout(STEP, tcp.read_to_end(&mut response))
+        .await
+        .unwrap()
+        .unwrap();
+    let response = String::from_utf8_lossy(&response);
+    assert!(response.starts_with("HTTP/1.1 200"), "{response}");
+    assert!(
+        response.ends_with("body=b\"abc\""),
+        "framed by Transfer-Encoding: {response}"
+    );
+    assert!(
+        !response.contains("cl=true te=true"),
+        "never both: {response}"
+    );
+    assert_eq!(seen.load(std::sync::atomic::Ordering::SeqCst), 1);
+}
+
+#[tokio::test]
+async fn a_huge_header_and_too_many_headers_get_431() {
+    let (sidecar, _) = route().await;
+    let huge = format!(
+        "GET / HTTP/1.1\r\nHost: a\r\nX-Big: {}\r\n\r\n",
+        "a".repeat(100 * 1024)
+    );
+    let status = raw(outbound_addr(&sidecar), huge.as_bytes()).await;
+    assert!(status.starts_with("HTTP/1.1 431"), "{status}");
+
+    let mut many = String::from("GET / HTTP/1.1\r\nHost: a\r\n");
+    for i in 0..150 {
+        many.push_str(&format!("X-H{i}: v\r\n"));
+    }
+    many.push_str("\r\n");
+    let status = raw(outbound_addr(&sidecar), many.as_bytes()).await;
+    assert!(status.starts_with("HTTP/1.1 431"), "{status}");
+
+    // Other clients are still served.
+    let req = Request::builder()
+        .uri(format!("http://{}/fine", outbound_addr(&sidecar)))
+        .body(full(""))
+        .unwrap();
+    let response = timeout(STEP, http1().request(req)).await.unwrap().unwrap();
+    assert_eq!(response.status(), StatusCode::OK);
+}
+
+#[tokio::test]
+async fn a_bad_request_line_gets_400() {
+    let (sidecar, _) = route().await;
+    let status = raw(outbound_addr(&sidecar), b"GARBAGE\r\n\r\n").await;
+    assert!(status.starts_with("HTTP/1.1 400"), "{status}");
+}

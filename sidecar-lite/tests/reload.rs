@@ -1,0 +1,237 @@
+//! Hot reload: new policies apply to the next request, with no failed requests under load; a
+//! broken file keeps the old config serving; the binary reloads when its file changes.
+
+mod common;
+
+use common::*;
+use http::{Request, StatusCode};
+use sidecar_lite::config::Config;
+use std::{
+    net::SocketAddr,
+    process::{Command, Stdio},
+    sync::Arc,
+    sync::atomic::{AtomicUsize, Ordering},
+    time::Duration,
+};
+use tokio::time::timeout;
+
+/// Answers 503 to first attempts and 200 to retries (which carry `x-retry-attempt`).
+async fn first_attempts_fail() -> SocketAddr {
+    app(|req: hyper::Request<hyper::body::Incoming>| async move {
+        let retried = req.headers().contains_key("x-retry-attempt");
+        let mut response = hyper::Response::new(full(if retried { "retried" } else { "first" }));
+        if !retried {
+            *response.status_mut() = StatusCode::SERVICE_UNAVAILABLE;
+        }
+        response
+    })
+    .await
+    .0
+}
+
+fn route(listen: SocketAddr, app: SocketAddr, attempts: u32) -> Config {
+    Config::parse(&format!(
+        "[admin]\nlisten = \"127.0.0.1:0\"\n[[outbound]]\nname = \"orders\"\nlisten = \"{listen}\"\nendpoints = [\"{app}\"]\nretry = {{ attempts = {attempts}, backoff = {{ base = \"1ms\", max = \"1ms\" }} }}\n"
+    ))
+    .unwrap()
+}
+
+async fn status(addr: SocketAddr) -> StatusCode {
+    let req = Request::builder()
+        .uri(format!("http://{addr}/"))
+        .body(full(""))
+        .unwrap();
+    timeout(STEP, http1().request(req))
+        .await
+        .unwrap()
+        .unwrap()
+        .status()
+}
+
+#[tokio::test]
+async fn a_new_retry_policy_applies_to_the_next_request() {
+    let app = first_attempts_fail().await;
+    let start = route("127.0.0.1:0".parse().unwrap(), app, 1);
+    let mut sidecar = sidecar_lite::run::Sidecar::start(&start, None)
+        .await
+        .unwrap();
+    let addr = outbound_addr(&sidecar);
+    assert_eq!(
+        status(addr).await,
+        StatusCode::SERVICE_UNAVAILABLE,
+        "one attempt: no retry"
+    );
+
+    sidecar.reload(&route(addr, app, 2)).await.unwrap();
+    assert_eq!(
+        outbound_addr(&sidecar),
+        addr,
+        "the same listener keeps serving"
+    );
+    assert_eq!(
+        status(addr).await,
+        StatusCode::OK,
+        "two attempts: the retry answers"
+    );
+
+    sidecar.reload(&route(addr, app, 1)).await.unwrap();
+    assert_eq!(status(addr).await, StatusCode::SERVICE_UNAVAILABLE);
+    sidecar.stop().await;
+}
+
+#[tokio::test]
+async fn reloads_under_continuous_load_fail_no_request() {
+    let (app, _) = status_app(200).await;
+    let start = route("127.0.0.1:0".parse().unwrap(), app, 1);
+    let mut sidecar = sidecar_lite::run::Sidecar::start(&start, None)
+        .await
+        .unwrap();
+    let addr = outbound_addr(&sidecar);
+
+    let failed = Arc::new(AtomicUsize::new(0));
+    let done = Arc::new(AtomicUsize::new(0));
+    let mut load = Vec::new();
+    for _ in 0..4 {
+        let (failed, done) = (failed.clone(), done.clone());
+        load.push(tokio::spawn(async move {
+            let client = http1();
+            for _ in 0..100 {
+                let req = Request::builder()
+                    .uri(format!("http://{addr}/"))
+                    .body(full(""))
+                    .unwrap();
+                match timeout(STEP, client.request(req)).await {
+                    Ok(Ok(response)) if response.status() == StatusCode::OK => {}
+                    _ => {
+                        failed.fetch_add(1, Ordering::SeqCst);
+                    }
+                }
+                done.fetch_add(1, Ordering::SeqCst);
+            }
+        }));
+    }
+    for attempts in [2, 3, 1, 2, 3] {
+        sidecar.reload(&route(addr, app, attempts)).await.unwrap();
+        tokio::time::sleep(Duration::from_millis(5)).await;
+    }
+    for task in load {
+        task.await.unwrap();
+    }
+    assert_eq!(done.load(Ordering::SeqCst), 400);
+    assert_eq!(failed.load(Ordering::SeqCst), 0);
+    sidecar.stop().await;
+}
+
+#[tokio::test]
+async fn a_reload_that_cannot_bind_changes_nothing() {
+    let (app, _) = status_app(200).await;
+    let busy = std::net::TcpListener::bind("127.0.0.1:0").unwrap();
+    let start = route("127.0.0.1:0".parse().unwrap(), app, 1);
+    let mut sidecar = sidecar_lite::run::Sidecar::start(&start, None)
+        .await
+        .unwrap();
+    let addr = outbound_addr(&sidecar);
+    let err = sidecar
+        .reload(&route(busy.local_addr().unwrap(), app, 3))
+        .await
+        .unwrap_err();
+    assert!(err.to_string().contains("cannot listen"), "{err}");
+    assert_eq!(outbound_addr(&sidecar), addr);
+    assert_eq!(status(addr).await, StatusCode::OK);
+    sidecar.stop().await;
+}
+
+/// Polls `check` every 50 ms for at most 10 s.
+async fn eventually(mut check: impl AsyncFnMut() -> bool) -> bool {
+    for _ in 0..200 {
+        if check().await {
+            return true;
+        }
+        tokio::time::sleep(Duration::from_millis(50)).await;
+    }
+    false
+}
+
+#[tokio::test]
+async fn the_binary_reloads_its_file_and_keeps_serving_through_a_broken_one() {
+    let (app, _) = status_app(200).await;
+    let ports: Vec<SocketAddr> = (0..3)
+        .map(|_| {
+            std::net::TcpListener::bind("127.0.0.1:0")
+                .unwrap()
+                .local_addr()
+                .unwrap()
+        })
+        .collect();
+    let (admin, first, second) = (ports[0], ports[1], ports[2]);
+    let dir = std::env::temp_dir().join(format!("sidecar-lite-reload-{}", std::process::id()));
+    std::fs::create_dir_all(&dir).unwrap();
+    let path = dir.join("sidecar.toml");
+    let route = move |name: &str, listen: SocketAddr| {
+        format!("[[outbound]]\nname = \"{name}\"\nlisten = \"{listen}\"\nendpoints = [\"{app}\"]\n")
+    };
+    let head = format!("[admin]\nlisten = \"{admin}\"\n[log]\nfilter = \"warn\"\n");
+    std::fs::write(&path, format!("{head}{}", route("one", first))).unwrap();
+
+    let mut child = Stopped(
+        Command::new(env!("CARGO_BIN_EXE_sidecar-lite"))
+            .arg("run")
+            .arg("--config")
+            .arg(&path)
+            .stdout(Stdio::null())
+            .stderr(Stdio::null())
+            .spawn()
+            .unwrap(),
+    );
+    let serving = move |addr: SocketAddr| async move {
+        let req = Request::builder()
+            .uri(format!("http://{addr}/"))
+            .body(full(""))
+            .unwrap();
+        matches!(timeout(Duration::from_secs(1), http1().request(req)).await, Ok(Ok(r)) if r.status() == StatusCode::OK)
+    };
+    assert!(
+        eventually(async || serving(first).await).await,
+        "the first route serves"
+    );
+
+    std::fs::write(
+        &path,
+        format!("{head}{}\n[[outbound]]\nname = ", route("one", first)),
+    )
+    .unwrap();
+    tokio::time::sleep(Duration::from_millis(1500)).await;
+    assert!(
+        serving(first).await,
+        "a broken file keeps the old config serving"
+    );
+
+    std::fs::write(
+        &path,
+        format!("{head}{}{}", route("one", first), route("two", second)),
+    )
+    .unwrap();
+    assert!(
+        eventually(async || serving(second).await).await,
+        "the new route is bound"
+    );
+    assert!(serving(first).await);
+
+    let _ = Command::new("kill")
+        .arg("-TERM")
+        .arg(child.0.id().to_string())
+        .status();
+    let exit = child.0.wait().unwrap();
+    let _ = std::fs::remove_dir_all(&dir);
+    assert!(exit.success(), "SIGTERM ends the process cleanly: {exit:?}");
+}
+
+/// Kills the child if the test fails before stopping it.
+struct Stopped(std::process::Child);
+
+impl Drop for Stopped {
+    fn drop(&mut self) {
+        let _ = self.0.kill();
+        let _ = self.0.wait();
+    }
+}

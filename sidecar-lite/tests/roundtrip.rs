@@ -1,0 +1,278 @@
+//! Round trips on 127.0.0.1: client -> outbound sidecar -> mTLS -> inbound sidecar -> app.
+
+mod common;
+
+use bytes::Bytes;
+use common::*;
+use futures::stream;
+use http::{Method, Request, Response, StatusCode};
+use http_body::Frame;
+use http_body_util::{BodyExt, StreamBody};
+use std::{sync::atomic::Ordering, time::Duration};
+use tokio::time::timeout;
+
+/// An app behind its inbound sidecar, and a client's outbound sidecar in front of both.
+struct Path {
+    outbound: sidecar_lite::run::Sidecar,
+    inbound: sidecar_lite::run::Sidecar,
+    _certs: Certs,
+}
+
+async fn path_to(app: std::net::SocketAddr, test: &str) -> Path {
+    let certs = Certs::new(test);
+    let inbound = inbound_sidecar(&certs, "orders", app, &[spiffe("frontend")], "").await;
+    let outbound = outbound_sidecar(
+        &certs,
+        "frontend",
+        &[inbound.bound.inbound.unwrap()],
+        "orders",
+        "",
+    )
+    .await;
+    Path {
+        outbound,
+        inbound,
+        _certs: certs,
+    }
+}
+
+fn get(path: &Path, uri: &str) -> Request<BoxBody> {
+    Request::builder()
+        .uri(format!("http://{}{uri}", outbound_addr(&path.outbound)))
+        .header("host", "orders.shop")
+        .body(full(""))
+        .unwrap()
+}
+
+#[tokio::test]
+async fn get_goes_through_both_sidecars_with_the_forwarding_headers() {
+    let (app, hits) = echo_app().await;
+    let path = path_to(app, "get").await;
+    let response = timeout(STEP, http1().request(get(&path, "/orders/7")))
+        .await
+        .unwrap()
+        .unwrap();
+    assert_eq!(response.status(), StatusCode::OK);
+    let text = text(response).await;
+    assert!(text.starts_with("GET /orders/7 HTTP/1.1\n"), "{text}");
+    assert!(
+        text.contains("host: orders.shop\n"),
+        "the Host is preserved: {text}"
+    );
+    assert!(
+        text.contains("x-forwarded-for: 127.0.0.1, 127.0.0.1\n"),
+        "{text}"
+    );
+    assert!(
+        text.contains("traceparent: 00-"),
+        "a trace is started: {text}"
+    );
+    assert_eq!(hits.load(Ordering::SeqCst), 1);
+    path.outbound.stop().await;
+    path.inbound.stop().await;
+}
+
+#[tokio::test]
+async fn a_traceparent_from_the_app_is_passed_on() {
+    let (app, _) = echo_app().await;
+    let path = path_to(app, "trace").await;
+    let mut req = get(&path, "/");
+    let trace = "00-4bf92f3577b34da6a3ce929d0e0e4736-00f067aa0ba902b7-01";
+    req.headers_mut()
+        .insert("traceparent", trace.parse().unwrap());
+    let response = timeout(STEP, http1().request(req)).await.unwrap().unwrap();
+    assert!(
+        text(response)
+            .await
+            .contains(&format!("traceparent: {trace}\n"))
+    );
+}
+
+#[tokio::test]
+async fn post_with_a_body_and_a_chunked_streaming_body() {
+    let (app, _) = echo_app().await;
+    let path = path_to(app, "post").await;
+    let req = Request::builder()
+        .method(Method::POST)
+        .uri(format!("http://{}/orders", outbound_addr(&path.outbound)))
+        .body(full("{\"item\":42}"))
+        .unwrap();
+    let response = timeout(STEP, http1().request(req)).await.unwrap().unwrap();
+    let text_body = text(response).await;
+    assert!(text_body.starts_with("POST /orders"), "{text_body}");
+    assert!(text_body.ends_with("body: {\"item\":42}"), "{text_body}");
+
+    let chunks: Vec<Result<Frame<Bytes>, std::io::Error>> = ["one,", "two,", "three"]
+        .into_iter()
+        .map(|c| Ok(Frame::data(Bytes::from_static(c.as_bytes()))))
+        .collect();
+    let body = StreamBody::new(stream::iter(chunks))
+        .map_err(Into::into)
+        .boxed_unsync();
+    let req = Request::builder()
+        .method(Method::PUT)
+        .uri(format!("http://{}/stream", outbound_addr(&path.outbound)))
+        .body(body)
+        .unwrap();
+    let response = timeout(STEP, http1().request(req)).await.unwrap().unwrap();
+    assert!(text(response).await.ends_with("body: one,two,three"));
+}
+
+#[tokio::test]
+async fn http2_from_the_app_with_prior_knowledge() {
+    let (app, _) = echo_app().await;
+    let path = path_to(app, "h2").await;
+    let req = Request::builder()
+        .uri(format!("http://{}/h2", outbound_addr(&path.outbound)))
+        .version(http::Version::HTTP_2)
+        .body(full("over h2c"))
+        .unwrap();
+    let response = timeout(STEP, http2().request(req)).await.unwrap().unwrap();
+    assert_eq!(response.status(), StatusCode::OK);
+    assert_eq!(response.version(), http::Version::HTTP_2);
+    let text = text(response).await;
+    assert!(text.starts_with("GET /h2"), "{text}");
+    assert!(text.ends_with("body: over h2c"), "{text}");
+}
+
+/// A gRPC-like app: replies with `messages` data frames, then trailers with grpc-status 0.
+async fn grpc_app(messages: usize) -> std::net::SocketAddr {
+    app(
+        move |req: hyper::Request<hyper::body::Incoming>| async move {
+            assert_eq!(
+                req.version(),
+                http::Version::HTTP_2,
+                "gRPC reaches the app over h2c"
+            );
+            let _ = req.into_body().collect().await;
+            let mut frames: Vec<Result<Frame<Bytes>, Box<dyn std::error::Error + Send + Sync>>> =
+                (0..messages)
+                    .map(|i| Ok(Frame::data(Bytes::from(format!("message {i};")))))
+                    .collect();
+            let mut trailers = http::HeaderMap::new();
+            trailers.insert("grpc-status", "0".parse().unwrap());
+            frames.push(Ok(Frame::trailers(trailers)));
+            let mut response = Response::new(StreamBody::new(stream::iter(frames)).boxed_unsync());
+            response
+                .headers_mut()
+                .insert("content-type", "application/grpc".parse().unwrap());
+            response
+        },
+    )
+    .await
+    .0
+}
+
+async fn grpc_call(path: &Path) -> (String, Option<http::HeaderMap>) {
+    let req = Request::builder()
+        .method(Method::POST)
+        .uri(format!(
+            "http://{}/shop.Orders/List",
+            outbound_addr(&path.outbound)
+        ))
+        .version(http::Version::HTTP_2)
+        .header("content-type", "application/grpc")
+        .header("te", "trailers")
+        .body(full("request"))
+        .unwrap();
+    let response = timeout(STEP, http2().request(req)).await.unwrap().unwrap();
+    assert_eq!(response.status(), StatusCode::OK);
+    let collected = response.into_body().collect().await.unwrap();
+    let trailers = collected.trailers().cloned();
+    (
+        String::from_utf8_lossy(&collected.to_bytes()).into_owned(),
+        trailers,
+    )
+}
+
+#[tokio::test]
+async fn grpc_unary_and_server_streaming_keep_their_trailers() {
+    for (messages, expected) in [(1, "message 0;"), (3, "message 0;message 1;message 2;")] {
+        let app = grpc_app(messages).await;
+        let path = path_to(app, "grpc").await;
+        let (body, trailers) = grpc_call(&path).await;
+        assert_eq!(body, expected);
+        assert_eq!(trailers.expect("trailers arrive")["grpc-status"], "0");
+    }
+}
+
+#[tokio::test]
+async fn a_slow_app_gives_504_from_the_outbound_sidecar() {
+    let (app, _) = common::app(|_req| async {
+        tokio::time::sleep(Duration::from_secs(5)).await;
+        hyper::Response::new(full("too late"))
+    })
+    .await;
+    let certs = Certs::new("slow");
+    let inbound = inbound_sidecar(&certs, "orders", app, &[spiffe("frontend")], "").await;
+    let outbound = outbound_sidecar(
+        &certs,
+        "frontend",
+        &[inbound.bound.inbound.unwrap()],
+        "orders",
+        "timeout = \"300ms\"",
+    )
+    .await;
+    let req = Request::builder()
+        .uri(format!("http://{}/slow", outbound_addr(&outbound)))
+        .body(full(""))
+        .unwrap();
+    let response = timeout(STEP, http1().request(req)).await.unwrap().unwrap();
+    assert_eq!(response.status(), StatusCode::GATEWAY_TIMEOUT);
+    assert_eq!(response.headers()["x-sidecar-error"], "timeout");
+    assert_eq!(
+        text(response).await,
+        "gateway timeout: the upstream did not answer in time\n"
+    );
+}
+
+#[tokio::test]
+async fn a_peer_not_on_the_allow_list_gets_403() {
+    let (app, hits) = echo_app().await;
+    let certs = Certs::new("authz");
+    let inbound = inbound_sidecar(&certs, "orders", app, &[spiffe("admin")], "").await;
+    let outbound = outbound_sidecar(
+        &certs,
+        "frontend",
+        &[inbound.bound.inbound.unwrap()],
+        "orders",
+        "",
+    )
+    .await;
+    let req = Request::builder()
+        .uri(format!("http://{}/orders", outbound_addr(&outbound)))
+        .body(full(""))
+        .unwrap();
+    let response = timeout(STEP, http1().request(req)).await.unwrap().unwrap();
+    assert_eq!(response.status(), StatusCode::FORBIDDEN);
+    assert_eq!(response.headers()["x-sidecar-error"], "unauthorized");
+    assert_eq!(
+        hits.load(Ordering::SeqCst),
+        0,
+        "the app never sees the request"
+    );
+}
+
+#[tokio::test]
+async fn the_client_rejects_a_server_with_the_wrong_identity() {
+    let (app, hits) = echo_app().await;
+    let certs = Certs::new("wrong-server");
+    let inbound = inbound_sidecar(&certs, "orders", app, &[spiffe("frontend")], "").await;
+    // The route expects "payments", but "orders" answers.
+    let outbound = outbound_sidecar(
+        &certs,
+        "frontend",
+        &[inbound.bound.inbound.unwrap()],
+        "payments",
+        "",
+    )
+    .await;
+    let req = Request::builder()
+        .uri(format!("http://{}/orders", outbound_addr(&outbound)))
+        .body(full(""))
+        .unwrap();
+    let response = timeout(STEP, http1().request(req)).await.unwrap().unwrap();
+    assert_eq!(response.status(), StatusCode::BAD_GATEWAY);
+    assert_eq!(response.headers()["x-sidecar-error"], "connect");
+    assert_eq!(hits.load(Ordering::SeqCst), 0);
+}
