@@ -125,6 +125,42 @@ pub struct OutboundConfig {
     /// Requests in flight at once; beyond it, 503 at once. Default 1024.
     #[serde(default = "default_concurrency")]
     pub max_concurrent_requests: usize,
+    /// Faults to inject, for testing how the app copes. Default: none.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub fault: Option<FaultConfig>,
+}
+
+/// `[outbound.fault]`: abort or delay a share of requests, as Istio's `fault`.
+#[derive(Debug, Clone, PartialEq, Default, Serialize, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct FaultConfig {
+    /// `abort = { percent = 10.0, status = 503 }`: answer that share at once with `status`.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub abort: Option<AbortFault>,
+    /// `delay = { percent = 5.0, duration = "100ms" }`: hold that share before sending it on.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub delay: Option<DelayFault>,
+}
+
+/// An injected abort.
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct AbortFault {
+    /// The share of requests aborted, in percent (0 to 100).
+    pub percent: f64,
+    /// The status they get (200 to 599).
+    pub status: u16,
+}
+
+/// An injected delay.
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct DelayFault {
+    /// The share of requests delayed, in percent (0 to 100).
+    pub percent: f64,
+    /// How long they are held.
+    #[serde(with = "resilience_timeout::duration")]
+    pub duration: Duration,
 }
 
 /// `[log]`.
@@ -378,6 +414,26 @@ impl Config {
             }
             if route.max_concurrent_requests == 0 {
                 problems.push((at("max_concurrent_requests"), "must be at least 1".into()));
+            }
+            if let Some(fault) = &route.fault {
+                let percent = |field: String, value: f64, problems: &mut Vec<(String, String)>| {
+                    if !(0.0..=100.0).contains(&value) {
+                        problems
+                            .push((field, format!("{value} is not a percentage from 0 to 100")));
+                    }
+                };
+                if let Some(abort) = &fault.abort {
+                    percent(at("fault.abort.percent"), abort.percent, &mut problems);
+                    if !(200..=599).contains(&abort.status) {
+                        problems.push((
+                            at("fault.abort.status"),
+                            format!("{} is not a status from 200 to 599", abort.status),
+                        ));
+                    }
+                }
+                if let Some(delay) = &fault.delay {
+                    percent(at("fault.delay.percent"), delay.percent, &mut problems);
+                }
             }
         }
         if self.runtime.worker_threads == Some(0) {

@@ -1,7 +1,9 @@
 //! The only place that assembles layers: one outbound and one inbound stack, built from config
 //! sections. Public, so that library mode calls the very same functions as the proxy.
 //!
-//! Outbound, outermost first (DESIGN.md §3): load shedding over a concurrency limit, the total
+//! Outbound, outermost first (DESIGN.md §3): load shedding over a concurrency limit, injected
+//! faults if configured (before the router, as Envoy's fault filter, so they are not retried),
+//! the total
 //! timeout (deadline), retries, the per-try timeout, then either one endpoint behind a
 //! fail-fast breaker, or a p2c peak-EWMA balancer over endpoints each behind a back-pressure
 //! breaker (the balancer routes around open ones).
@@ -11,6 +13,7 @@
 
 use crate::{
     config::{AppProtocol, InboundConfig, OutboundConfig},
+    fault::FaultLayer,
     proxy::{
         body::{ProxyBody, boxed},
         client::{FixedConnector, client, mtls_connector},
@@ -191,9 +194,10 @@ pub fn outbound<B: StackBody>(
         .map_err(|e| field_error("retry", e.field(), &e))?
         .named(route.name.clone());
     let service = ServiceBuilder::new()
-        .map_response(|response: Response<_>| response.map(boxed))
         .load_shed()
         .concurrency_limit(route.max_concurrent_requests)
+        .option_layer(route.fault.clone().map(FaultLayer::new))
+        .map_response(|response: Response<_>| response.map(boxed))
         .layer(total)
         .layer(retry)
         .option_layer(route.retry.per_try_timeout_layer())
