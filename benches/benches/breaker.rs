@@ -23,6 +23,7 @@ fn ours(window: SlidingWindow) -> CircuitBreakerLayer {
             .open_for(OPEN_FOR)
             .half_open_probes(3),
     )
+    .expect("a valid policy")
 }
 
 fn tower_resilience() -> TrCircuitBreakerLayer {

@@ -156,6 +156,6 @@ impl BreakerConfig {
 
     /// The fail-fast layer these settings describe, after [`validate`](Self::validate).
     pub fn layer(&self) -> Result<CircuitBreakerLayer, ConfigError> {
-        Ok(CircuitBreakerLayer::new(self.policy()?))
+        CircuitBreakerLayer::new(self.policy()?)
     }
 }

@@ -1,7 +1,10 @@
 //! [`BreakerHandle`]: one circuit breaker, shared by the services that use it, to observe and
 //! control.
 
-use crate::{Counts, Outcome, Permit, Policy, State, StateMachine, Transition, error::BreakerOpen};
+use crate::{
+    ConfigError, Counts, Outcome, Permit, Policy, State, StateMachine, Transition,
+    error::BreakerOpen,
+};
 use metrics::{Counter, Gauge, Label, SharedString};
 use std::{fmt, sync::Arc};
 use tokio::{
@@ -54,13 +57,17 @@ impl BreakerHandle {
     ///
     /// The metric handles are registered now, with the recorder installed now.
     ///
-    /// # Panics
+    /// # Errors
     ///
-    /// If the policy is not valid; see [`Policy::validate`].
-    pub fn new(name: impl Into<SharedString>, policy: Policy) -> Self {
-        Self::with_labels(name.into(), Vec::new(), policy)
+    /// If the policy is not valid: the [`ConfigError`] of [`Policy::validate`], which names the
+    /// first field that is wrong and its value.
+    pub fn new(name: impl Into<SharedString>, policy: Policy) -> Result<Self, ConfigError> {
+        policy.validate()?;
+        Ok(Self::with_labels(name.into(), Vec::new(), policy))
     }
 
+    /// [`new`](Self::new) with extra metric labels and a policy that has passed
+    /// [`Policy::validate`].
     pub(crate) fn with_labels(name: SharedString, extra: Vec<Label>, policy: Policy) -> Self {
         let mut labels = vec![Label::new("name", name.clone())];
         labels.extend(extra);
@@ -70,7 +77,7 @@ impl BreakerHandle {
             metrics::counter!("resilience_breaker_calls_total", l)
         };
         let shared = Shared {
-            machine: StateMachine::new(policy, Instant::now()),
+            machine: StateMachine::with_valid_policy(policy, Instant::now()),
             events: broadcast::channel(EVENTS).0,
             notify: Arc::new(Notify::new()),
             state_gauge: metrics::gauge!("resilience_breaker_state", labels.clone()),

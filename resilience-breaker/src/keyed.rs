@@ -2,7 +2,7 @@
 //! demand, bounded in number, idle ones dropped.
 
 use crate::{
-    BoxError, BreakerHandle, Classify, ErrorsAsFailures, Policy, ResponseFuture,
+    BoxError, BreakerHandle, Classify, ConfigError, ErrorsAsFailures, Policy, ResponseFuture,
     future::PermitGuard,
 };
 use http::{Request, header::HOST, uri::Authority};
@@ -110,16 +110,25 @@ impl<Q: Clone + Eq + Hash + Display> BreakerMap<Q> {
     /// An empty map of breakers named `name`, each with `policy`, holding at most `max` (at
     /// least one) and dropping those unused for `idle`.
     ///
-    /// # Panics
+    /// # Errors
     ///
-    /// If the policy is not valid; see [`Policy::validate`].
-    pub fn new(name: impl Into<SharedString>, policy: Policy, max: usize, idle: Duration) -> Self {
-        if let Err(err) = policy.validate() {
-            panic!("circuit breaker policy: {err}");
-        }
+    /// If the policy is not valid: the [`ConfigError`] of [`Policy::validate`], which names the
+    /// first field that is wrong and its value.
+    pub fn new(
+        name: impl Into<SharedString>,
+        policy: Policy,
+        max: usize,
+        idle: Duration,
+    ) -> Result<Self, ConfigError> {
+        policy.validate()?;
+        Ok(Self::with_valid_policy(name.into(), policy, max, idle))
+    }
+
+    /// [`new`](Self::new) with a policy that has passed [`Policy::validate`].
+    fn with_valid_policy(name: SharedString, policy: Policy, max: usize, idle: Duration) -> Self {
         Self {
             inner: Arc::new(MapInner {
-                name: name.into(),
+                name,
                 policy,
                 max: max.max(1),
                 idle,
@@ -249,8 +258,15 @@ impl KeyedCircuitBreakerLayer {
     pub const DEFAULT_IDLE_TIMEOUT: Duration = Duration::from_secs(300);
 
     /// A layer with one breaker per request authority, each with `policy`.
-    pub fn new(policy: Policy) -> Self {
-        Self {
+    ///
+    /// # Errors
+    ///
+    /// If the policy is not valid: the [`ConfigError`] of [`Policy::validate`], which names the
+    /// first field that is wrong and its value. A layer that exists holds a valid policy, so
+    /// making services with it cannot fail.
+    pub fn new(policy: Policy) -> Result<Self, ConfigError> {
+        policy.validate()?;
+        Ok(Self {
             policy,
             name: SharedString::const_str("breaker"),
             key_of: ByAuthority,
@@ -258,7 +274,7 @@ impl KeyedCircuitBreakerLayer {
             max: Self::DEFAULT_MAX_BREAKERS,
             idle: Self::DEFAULT_IDLE_TIMEOUT,
             _key: PhantomData,
-        }
+        })
     }
 }
 
@@ -324,7 +340,13 @@ where
             inner,
             key_of: self.key_of.clone(),
             classifier: self.classifier.clone(),
-            breakers: BreakerMap::new(self.name.clone(), self.policy.clone(), self.max, self.idle),
+            // Validated by `KeyedCircuitBreakerLayer::new`.
+            breakers: BreakerMap::with_valid_policy(
+                self.name.clone(),
+                self.policy.clone(),
+                self.max,
+                self.idle,
+            ),
         }
     }
 }

@@ -1,6 +1,6 @@
 //! [`CircuitBreakerLayer`].
 
-use crate::{BreakerHandle, CircuitBreaker, ErrorsAsFailures, Mode, Policy};
+use crate::{BreakerHandle, CircuitBreaker, ConfigError, ErrorsAsFailures, Mode, Policy};
 use metrics::SharedString;
 use tower_layer::Layer;
 
@@ -22,16 +22,27 @@ pub struct CircuitBreakerLayer<C = ErrorsAsFailures> {
 impl CircuitBreakerLayer {
     /// A fail-fast layer with `policy`, in which only `Err`s count as failures.
     ///
-    /// The policy is checked when the layer makes a service: [`Layer::layer`] panics if it is
-    /// not valid (see [`Policy::validate`]; the `serde` feature's `BreakerConfig::layer` validates first).
-    pub fn new(policy: Policy) -> Self {
-        Self {
+    /// # Errors
+    ///
+    /// If the policy is not valid: the [`ConfigError`] of [`Policy::validate`], which names the
+    /// first field that is wrong and its value. A layer that exists holds a valid policy, so
+    /// making services with it cannot fail.
+    ///
+    /// ```
+    /// use resilience_breaker::{CircuitBreakerLayer, Policy};
+    ///
+    /// let err = CircuitBreakerLayer::new(Policy::default().failure_rate(1.5)).unwrap_err();
+    /// assert_eq!((err.field(), err.value()), ("failure_rate", "1.5"));
+    /// ```
+    pub fn new(policy: Policy) -> Result<Self, ConfigError> {
+        policy.validate()?;
+        Ok(Self {
             policy,
             name: SharedString::const_str("breaker"),
             mode: Mode::FailFast,
             classifier: ErrorsAsFailures,
             shared: None,
-        }
+        })
     }
 
     /// A fail-fast layer whose services all use `breaker`.
@@ -86,10 +97,10 @@ impl<S, C: Clone> Layer<S> for CircuitBreakerLayer<C> {
     type Service = CircuitBreaker<S, C>;
 
     fn layer(&self, inner: S) -> Self::Service {
-        let breaker = self
-            .shared
-            .clone()
-            .unwrap_or_else(|| BreakerHandle::new(self.name.clone(), self.policy.clone()));
+        let breaker = self.shared.clone().unwrap_or_else(|| {
+            // Validated by `new`, or taken from a breaker that was.
+            BreakerHandle::with_labels(self.name.clone(), Vec::new(), self.policy.clone())
+        });
         CircuitBreaker::new(inner, breaker)
             .classify(self.classifier.clone())
             .mode(self.mode)

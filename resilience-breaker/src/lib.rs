@@ -3,12 +3,14 @@
 //! open durations that back off, and one breaker per endpoint.
 //!
 //! ```
-//! use resilience_breaker::{BreakerOpen, CircuitBreakerLayer, Policy, SlidingWindow, State};
+//! use resilience_breaker::{
+//!     BreakerOpen, CircuitBreakerLayer, ConfigError, Policy, SlidingWindow, State,
+//! };
 //! use std::time::Duration;
 //! use tower::{BoxError, Service, ServiceBuilder, ServiceExt, service_fn};
 //!
 //! # #[tokio::main(flavor = "current_thread", start_paused = true)]
-//! # async fn main() {
+//! # async fn main() -> Result<(), ConfigError> {
 //! let failing = service_fn(|_: ()| async { Err::<(), BoxError>("upstream is down".into()) });
 //! let policy = Policy::default()
 //!     .failure_rate(0.5)
@@ -17,7 +19,7 @@
 //!     .open_for(Duration::from_secs(5))
 //!     .jitter(0.0);
 //! let mut service = ServiceBuilder::new()
-//!     .layer(CircuitBreakerLayer::new(policy).named("payments"))
+//!     .layer(CircuitBreakerLayer::new(policy)?.named("payments"))
 //!     .service(failing);
 //!
 //! for _ in 0..5 {
@@ -29,6 +31,7 @@
 //! let err = service.ready().await.unwrap().call(()).await.unwrap_err();
 //! let open = err.downcast_ref::<BreakerOpen>().expect("rejected by the breaker");
 //! assert_eq!(open.retry_after(), Some(Duration::from_secs(5)));
+//! # Ok(())
 //! # }
 //! ```
 //!
@@ -49,6 +52,9 @@
 //!   two [`Mode`]s: fail-fast (`call` fails at once with [`BreakerOpen`], which says when the
 //!   next probe is allowed) or back-pressure (`poll_ready` is pending while open, for use under
 //!   a balancer). A probe whose future is dropped hands its permit back.
+//! - Every constructor that takes a [`Policy`] checks it first ([`Policy::validate`]) and
+//!   returns a [`ConfigError`] naming the field that is wrong and its value, so a breaker never
+//!   runs with a policy that does not make sense, and nothing panics on one.
 //! - [`Classify`] says which responses are failures; an `Err` always is. Any
 //!   [`tower_http::classify::ClassifyResponse`] works for HTTP, for example
 //!   [`ServerErrorsAsFailures`](tower_http::classify::ServerErrorsAsFailures) (5xx) or
@@ -68,19 +74,20 @@
 //! use tower_http::classify::ServerErrorsAsFailures;
 //!
 //! # #[tokio::main(flavor = "current_thread", start_paused = true)]
-//! # async fn main() {
+//! # async fn main() -> Result<(), BoxError> {
 //! let client = service_fn(|_: Request<()>| async { Ok::<_, BoxError>(Response::new(())) });
 //! let client = ServiceBuilder::new()
 //!     .layer(
-//!         KeyedCircuitBreakerLayer::new(Policy::default())
+//!         KeyedCircuitBreakerLayer::new(Policy::default())?
 //!             .classify(ServerErrorsAsFailures::new())
 //!             .max_breakers(256),
 //!     )
 //!     .service(client);
 //!
-//! let request = Request::get("http://10.0.0.7:8080/pay").body(()).unwrap();
-//! client.clone().oneshot(request).await.unwrap();
+//! let request = Request::get("http://10.0.0.7:8080/pay").body(())?;
+//! client.clone().oneshot(request).await?;
 //! assert_eq!(client.breakers().len(), 1); // one breaker, for 10.0.0.7:8080
+//! # Ok(())
 //! # }
 //! ```
 //!

@@ -25,7 +25,9 @@ impl RandomSource for ThreadRandom {
 /// The rules of one circuit breaker, with resilience4j's meanings.
 ///
 /// Start from [`Policy::default`] (or [`Policy::consecutive_failures`]) and change what you need;
-/// every default below is the one `sidecar-lite` uses, with its reason.
+/// every default below is the one `sidecar-lite` uses, with its reason. The setters take any
+/// value; the policy is checked as a whole, by [`validate`](Self::validate), when it goes into
+/// a breaker: every constructor that takes a policy returns its [`ConfigError`].
 ///
 /// ```
 /// use resilience_breaker::{Policy, SlidingWindow};
@@ -155,7 +157,8 @@ impl Policy {
         self
     }
 
-    /// The longest the breaker stays open after repeated re-opens.
+    /// The longest the breaker stays open after repeated re-opens. An open duration longer
+    /// than 30 years (`Duration::MAX`, say) is cut to 30 years, so that it fits the clock.
     pub fn open_for_max(mut self, duration: Duration) -> Self {
         self.open_for_max = duration;
         self
@@ -312,10 +315,11 @@ impl Policy {
             .open_for_multiplier
             .powi(i32::try_from(reopens).unwrap_or(i32::MAX));
         let secs = self.open_for.as_secs_f64() * factor;
-        if !secs.is_finite() || secs >= self.open_for_max.as_secs_f64() {
-            self.open_for_max
-        } else {
-            Duration::from_secs_f64(secs)
+        // Never panics, even for a policy that would not validate (a negative multiplier, say):
+        // whatever is not a duration below the maximum is the maximum.
+        match Duration::try_from_secs_f64(secs) {
+            Ok(duration) if duration < self.open_for_max => duration,
+            _ => self.open_for_max,
         }
     }
 
@@ -324,6 +328,7 @@ impl Policy {
             return duration;
         }
         let r = self.random.next_f64().clamp(0.0, 1.0);
-        duration.mul_f64(1.0 - self.jitter * r)
+        let factor = (1.0 - self.jitter * r).clamp(0.0, 1.0);
+        Duration::try_from_secs_f64(duration.as_secs_f64() * factor).unwrap_or(duration)
     }
 }

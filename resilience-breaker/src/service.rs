@@ -1,7 +1,7 @@
 //! [`CircuitBreaker`].
 
 use crate::{
-    BoxError, BreakerHandle, CircuitBreakerLayer, Classify, ErrorsAsFailures, Policy,
+    BoxError, BreakerHandle, CircuitBreakerLayer, Classify, ConfigError, ErrorsAsFailures, Policy,
     ResponseFuture, future::PermitGuard,
 };
 use std::{
@@ -26,7 +26,8 @@ pub enum Mode {
     /// `poll_ready` is pending while the breaker is open, and wakes when a probe is allowed
     /// (or the breaker is closed by hand). For use under a balancer, which routes around an
     /// unready endpoint. The permit is reserved in `poll_ready` and used by the next `call`; a
-    /// ready service holds it until then, or until it is dropped.
+    /// ready service holds it until then, or until it is dropped. A `call` without a ready
+    /// `poll_ready` is not a panic: the breaker decides then, as in fail-fast mode.
     BackPressure,
 }
 
@@ -106,7 +107,11 @@ impl<S> CircuitBreaker<S> {
     }
 
     /// A [`CircuitBreakerLayer`] with `policy`.
-    pub fn layer(policy: Policy) -> CircuitBreakerLayer {
+    ///
+    /// # Errors
+    ///
+    /// If the policy is not valid; see [`CircuitBreakerLayer::new`].
+    pub fn layer(policy: Policy) -> Result<CircuitBreakerLayer, ConfigError> {
         CircuitBreakerLayer::new(policy)
     }
 }
@@ -213,16 +218,12 @@ where
     fn call(&mut self, req: Req) -> Self::Future {
         let guard = match self.reserved.take() {
             Some(guard) => guard,
-            None => {
-                assert!(
-                    self.mode == Mode::FailFast,
-                    "CircuitBreaker::call without a successful poll_ready"
-                );
-                match self.breaker.acquire() {
-                    Ok(permit) => PermitGuard::new(self.breaker.clone(), permit),
-                    Err(open) => return ResponseFuture::rejected(open),
-                }
-            }
+            // Fail-fast, or back-pressure with no permit reserved (`call` without a ready
+            // `poll_ready`, which breaks the `Service` contract): the breaker decides now.
+            None => match self.breaker.acquire() {
+                Ok(permit) => PermitGuard::new(self.breaker.clone(), permit),
+                Err(open) => return ResponseFuture::rejected(open),
+            },
         };
         ResponseFuture::called(self.inner.call(req), guard, self.classifier.clone())
     }

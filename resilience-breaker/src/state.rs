@@ -6,7 +6,7 @@
 //! mutex, and they re-check the state under it.
 
 use crate::{
-    BreakerOpen, Policy, SlidingWindow,
+    BreakerOpen, ConfigError, Policy, SlidingWindow,
     window::{Counts, Window},
 };
 use std::{
@@ -164,6 +164,10 @@ impl Permit {
     }
 }
 
+/// The longest a breaker stays open by itself, whatever the policy says: 30 years, tokio's own
+/// "far future". A longer open duration (`Duration::MAX`, say) would overflow the clock.
+const LONGEST_OPEN: Duration = Duration::from_secs(30 * 365 * 24 * 60 * 60);
+
 /// The circuit breaker's state machine: [`State`], the sliding window, and the rules of a
 /// [`Policy`].
 ///
@@ -204,13 +208,27 @@ struct Cold {
 impl StateMachine {
     /// A closed breaker with `policy`, created at `now`.
     ///
-    /// # Panics
+    /// # Errors
     ///
-    /// If the policy is not valid; see [`Policy::validate`].
-    pub fn new(policy: Policy, now: Instant) -> Self {
-        if let Err(err) = policy.validate() {
-            panic!("circuit breaker policy: {err}");
-        }
+    /// If the policy is not valid: the [`ConfigError`] of [`Policy::validate`], which names the
+    /// first field that is wrong and its value.
+    ///
+    /// ```
+    /// use resilience_breaker::{Policy, StateMachine};
+    /// use tokio::time::Instant;
+    ///
+    /// let err = StateMachine::new(Policy::default().failure_rate(1.5), Instant::now()).unwrap_err();
+    /// assert_eq!(err.to_string(), "invalid `failure_rate` = 1.5: must be in (0, 1]");
+    /// ```
+    pub fn new(policy: Policy, now: Instant) -> Result<Self, ConfigError> {
+        policy.validate()?;
+        Ok(Self::with_valid_policy(policy, now))
+    }
+
+    /// [`new`](Self::new) with a policy that has passed [`Policy::validate`]: the crate checks
+    /// each policy once, where it comes in, and keeps it unchanged from then on.
+    pub(crate) fn with_valid_policy(policy: Policy, now: Instant) -> Self {
+        debug_assert!(policy.validate().is_ok(), "the policy was validated");
         Self {
             minimum_calls: policy.effective_minimum_calls(),
             window: Window::new(policy.window, now),
@@ -440,7 +458,8 @@ impl StateMachine {
     fn open(&self, cold: &mut Cold, now: Instant) -> Transition {
         let duration = self
             .policy
-            .jittered(self.policy.open_duration(cold.reopens));
+            .jittered(self.policy.open_duration(cold.reopens).min(LONGEST_OPEN));
+        // At most 30 years on: as safe from overflow as tokio's own far future.
         let until = now + duration;
         let nanos = until.saturating_duration_since(self.origin).as_nanos();
         self.state

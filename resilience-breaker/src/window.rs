@@ -266,9 +266,12 @@ impl TimeWindow {
         for bucket in &self.buckets {
             let e = bucket.epoch.load(Relaxed);
             if e != 0 && e <= epoch && e + TIME_BUCKETS as u64 > epoch {
-                counts.calls += bucket.calls.load(Relaxed);
-                counts.failures += bucket.failures.load(Relaxed);
-                counts.slow += bucket.slow.load(Relaxed);
+                // Saturating: a long window under heavy load may hold more than 2^32 calls.
+                counts.calls = counts.calls.saturating_add(bucket.calls.load(Relaxed));
+                counts.failures = counts
+                    .failures
+                    .saturating_add(bucket.failures.load(Relaxed));
+                counts.slow = counts.slow.saturating_add(bucket.slow.load(Relaxed));
             }
         }
         counts

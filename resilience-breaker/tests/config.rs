@@ -134,7 +134,7 @@ fn consecutive_failures_alone_judge_no_rate() {
     let config = parse("consecutive_failures = 3\nminimum_calls = 1").unwrap();
     let policy = config.policy().unwrap();
     let now = tokio::time::Instant::now();
-    let machine = resilience_breaker::StateMachine::new(policy, now);
+    let machine = resilience_breaker::StateMachine::new(policy, now).unwrap();
     // Success, failure: 50 % over 2 calls would trip a rate rule; there is none.
     for failed in [false, true, true] {
         let permit = machine.acquire(now).0.unwrap();

@@ -25,7 +25,11 @@ async fn an_open_breaker_answers_503_with_retry_after() {
         .jitter(0.0);
     let svc = ServiceBuilder::new()
         .layer(UnavailableLayer::new())
-        .layer(CircuitBreakerLayer::new(policy).classify(ServerErrorsAsFailures::new()))
+        .layer(
+            CircuitBreakerLayer::new(policy)
+                .unwrap()
+                .classify(ServerErrorsAsFailures::new()),
+        )
         .service(upstream);
 
     // The upstream's own 500 passes through (and trips the breaker).
@@ -55,7 +59,7 @@ async fn other_errors_pass_through() {
     let upstream = service_fn(|_: ()| async { Err::<Response<()>, BoxError>("refused".into()) });
     let svc = ServiceBuilder::new()
         .layer(UnavailableLayer::new())
-        .layer(CircuitBreakerLayer::new(Policy::default()))
+        .layer(CircuitBreakerLayer::new(Policy::default()).unwrap())
         .service(upstream);
     assert_eq!(svc.oneshot(()).await.unwrap_err().to_string(), "refused");
 }

@@ -37,7 +37,9 @@ fn get(uri: &str) -> Request<()> {
 
 #[tokio::test(start_paused = true)]
 async fn each_authority_has_its_own_breaker() {
-    let svc = KeyedCircuitBreakerLayer::new(policy()).layer(upstream());
+    let svc = KeyedCircuitBreakerLayer::new(policy())
+        .unwrap()
+        .layer(upstream());
     for _ in 0..2 {
         assert!(
             svc.clone()
@@ -68,7 +70,9 @@ async fn each_authority_has_its_own_breaker() {
 
 #[tokio::test(start_paused = true)]
 async fn the_host_header_keys_origin_form_requests() {
-    let svc = KeyedCircuitBreakerLayer::new(policy()).layer(upstream());
+    let svc = KeyedCircuitBreakerLayer::new(policy())
+        .unwrap()
+        .layer(upstream());
     let with_host = || {
         Request::get("/path")
             .header(HOST, "bad.internal")
@@ -94,6 +98,7 @@ async fn the_host_header_keys_origin_form_requests() {
 #[tokio::test(start_paused = true)]
 async fn the_least_recently_used_breaker_makes_room() {
     let svc = KeyedCircuitBreakerLayer::new(policy())
+        .unwrap()
         .max_breakers(2)
         .layer(upstream());
     svc.clone().oneshot(get("http://a/")).await.unwrap();
@@ -116,6 +121,7 @@ async fn the_least_recently_used_breaker_makes_room() {
 #[tokio::test(start_paused = true)]
 async fn idle_breakers_are_dropped() {
     let svc = KeyedCircuitBreakerLayer::new(policy())
+        .unwrap()
         .max_breakers(100)
         .idle_timeout(Duration::from_secs(60))
         .layer(upstream());
@@ -136,6 +142,7 @@ async fn idle_breakers_are_dropped() {
 #[tokio::test(start_paused = true)]
 async fn a_custom_key() {
     let svc = KeyedCircuitBreakerLayer::new(policy())
+        .unwrap()
         .key_by(|req: &Request<()>| req.uri().path().to_owned())
         .layer(upstream());
     svc.clone().oneshot(get("http://x/one")).await.unwrap();

@@ -180,7 +180,7 @@ proptest! {
         let mut model = Model {
             probes: policy.probes(),
             minimum: policy.effective_minimum_calls(),
-            machine: StateMachine::new(policy, now),
+            machine: StateMachine::new(policy, now).unwrap(),
             now,
             held: Vec::new(),
             probes_in_flight: 0,

@@ -57,7 +57,7 @@ const F: Step = Call(true);
 #[test]
 fn the_documented_state_sequence() {
     let t0 = Instant::now();
-    let m = StateMachine::new(config(), t0);
+    let m = StateMachine::new(config(), t0).unwrap();
     let transitions = std::cell::RefCell::new(Vec::new());
     let log = |t: Option<resilience_breaker::Transition>| {
         transitions.borrow_mut().extend(t.map(|t| (t.from, t.to)));

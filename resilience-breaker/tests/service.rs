@@ -71,7 +71,7 @@ async fn trip(svc: &mut Svc, handle: &mut Handle) {
 
 #[tokio::test(start_paused = true)]
 async fn fail_fast_rejects_at_once_without_calling_the_inner_service() {
-    let (mut svc, mut handle) = spawn(CircuitBreakerLayer::new(policy()));
+    let (mut svc, mut handle) = spawn(CircuitBreakerLayer::new(policy()).unwrap());
     trip(&mut svc, &mut handle).await;
 
     time::advance(Duration::from_secs(4)).await;
@@ -95,7 +95,7 @@ async fn fail_fast_rejects_at_once_without_calling_the_inner_service() {
 
 #[tokio::test(start_paused = true)]
 async fn a_failed_probe_reopens_for_longer() {
-    let (mut svc, mut handle) = spawn(CircuitBreakerLayer::new(policy()));
+    let (mut svc, mut handle) = spawn(CircuitBreakerLayer::new(policy()).unwrap());
     trip(&mut svc, &mut handle).await;
     let breaker = svc.get_ref().handle().clone();
     let opened = time::Instant::now();
@@ -112,7 +112,7 @@ async fn a_failed_probe_reopens_for_longer() {
 
 #[tokio::test(start_paused = true)]
 async fn back_pressure_is_unready_while_open_and_wakes_when_a_probe_is_allowed() {
-    let (mut svc, mut handle) = spawn(CircuitBreakerLayer::new(policy()).back_pressure());
+    let (mut svc, mut handle) = spawn(CircuitBreakerLayer::new(policy()).unwrap().back_pressure());
     trip(&mut svc, &mut handle).await;
 
     assert_pending!(svc.poll_ready());
@@ -131,7 +131,7 @@ async fn back_pressure_is_unready_while_open_and_wakes_when_a_probe_is_allowed()
 
 #[tokio::test(start_paused = true)]
 async fn back_pressure_wakes_when_the_breaker_is_closed_by_hand() {
-    let (mut svc, mut handle) = spawn(CircuitBreakerLayer::new(policy()).back_pressure());
+    let (mut svc, mut handle) = spawn(CircuitBreakerLayer::new(policy()).unwrap().back_pressure());
     trip(&mut svc, &mut handle).await;
     assert_pending!(svc.poll_ready());
     svc.get_ref().handle().force_closed();
@@ -141,7 +141,7 @@ async fn back_pressure_wakes_when_the_breaker_is_closed_by_hand() {
 
 #[tokio::test(start_paused = true)]
 async fn back_pressure_waits_for_the_probe_in_flight() {
-    let (mut svc, mut handle) = spawn(CircuitBreakerLayer::new(policy()).back_pressure());
+    let (mut svc, mut handle) = spawn(CircuitBreakerLayer::new(policy()).unwrap().back_pressure());
     trip(&mut svc, &mut handle).await;
     let mut other = mock::Spawn::new(svc.get_ref().clone());
 
@@ -160,7 +160,7 @@ async fn back_pressure_waits_for_the_probe_in_flight() {
 
 #[tokio::test(start_paused = true)]
 async fn a_dropped_probe_hands_its_permit_back() {
-    let (mut svc, mut handle) = spawn(CircuitBreakerLayer::new(policy()));
+    let (mut svc, mut handle) = spawn(CircuitBreakerLayer::new(policy()).unwrap());
     trip(&mut svc, &mut handle).await;
     time::advance(OPEN_FOR).await;
 
@@ -186,7 +186,7 @@ async fn a_dropped_probe_hands_its_permit_back() {
 
 #[tokio::test(start_paused = true)]
 async fn a_dropped_back_pressure_service_hands_its_reserved_probe_back() {
-    let (mut svc, mut handle) = spawn(CircuitBreakerLayer::new(policy()).back_pressure());
+    let (mut svc, mut handle) = spawn(CircuitBreakerLayer::new(policy()).unwrap().back_pressure());
     trip(&mut svc, &mut handle).await;
     let mut other = mock::Spawn::new(svc.get_ref().clone());
     time::advance(OPEN_FOR).await;
@@ -205,7 +205,9 @@ async fn server_errors_count_as_failures_and_client_errors_do_not() {
             Ok::<_, BoxError>(Response::builder().status(code).body(()).unwrap())
         })
     };
-    let layer = CircuitBreakerLayer::new(policy()).classify(ServerErrorsAsFailures::new());
+    let layer = CircuitBreakerLayer::new(policy())
+        .unwrap()
+        .classify(ServerErrorsAsFailures::new());
     let client_errors = layer.layer(status(404));
     for _ in 0..10 {
         let response = client_errors.clone().oneshot(()).await.unwrap();
@@ -234,6 +236,7 @@ async fn a_closure_classifies_and_errors_always_fail() {
         }
     });
     let svc = CircuitBreakerLayer::new(policy().minimum_calls(4))
+        .unwrap()
         .classify(classify_fn(|n: &u32| *n > 100))
         .layer(svc);
     for n in [1, 500, 0, 2] {
@@ -254,7 +257,7 @@ async fn slow_calls_trip_the_breaker_measured_with_tokio_time() {
         .no_failure_rate()
         .minimum_calls(3)
         .slow_calls(0.5, Duration::from_millis(500));
-    let svc = CircuitBreakerLayer::new(policy).layer(slow);
+    let svc = CircuitBreakerLayer::new(policy).unwrap().layer(slow);
     for delay in [499, 500, 100] {
         svc.clone().oneshot(delay).await.unwrap();
     }
@@ -267,9 +270,10 @@ async fn slow_calls_trip_the_breaker_measured_with_tokio_time() {
 
 #[tokio::test(start_paused = true)]
 async fn a_time_window_forgets_failures_as_time_passes() {
-    let (mut svc, mut handle) = spawn(CircuitBreakerLayer::new(
-        policy().window(SlidingWindow::Time(Duration::from_secs(10))),
-    ));
+    let (mut svc, mut handle) = spawn(
+        CircuitBreakerLayer::new(policy().window(SlidingWindow::Time(Duration::from_secs(10))))
+            .unwrap(),
+    );
     assert!(call(&mut svc, &mut handle, "fail", false).await.is_err());
     time::advance(Duration::from_secs(11)).await;
     // The first failure is out of the window: one failure of one call, below the minimum.
@@ -282,7 +286,7 @@ async fn a_time_window_forgets_failures_as_time_passes() {
 
 #[tokio::test(start_paused = true)]
 async fn the_handle_controls_the_breaker_and_reports_transitions() {
-    let breaker = BreakerHandle::new("payments", policy());
+    let breaker = BreakerHandle::new("payments", policy()).unwrap();
     let mut events = breaker.subscribe();
     let (mut svc, mut handle) = spawn(CircuitBreakerLayer::shared(breaker.clone()));
     // Services from the shared layer use the given breaker.
@@ -334,7 +338,7 @@ async fn the_handle_controls_the_breaker_and_reports_transitions() {
 
 #[tokio::test(start_paused = true)]
 async fn clones_share_the_breaker() {
-    let (mut svc, mut handle) = spawn(CircuitBreakerLayer::new(policy()));
+    let (mut svc, mut handle) = spawn(CircuitBreakerLayer::new(policy()).unwrap());
     let clone = svc.get_ref().clone();
     trip(&mut svc, &mut handle).await;
     assert_eq!(clone.handle().state(), State::Open);
@@ -346,7 +350,7 @@ async fn clones_share_the_breaker() {
 #[tokio::test(start_paused = true)]
 async fn the_mode_can_be_set_on_the_service() {
     let (inner, mut handle) = mock::pair::<&str, &str>();
-    let breaker = BreakerHandle::new("direct", policy());
+    let breaker = BreakerHandle::new("direct", policy()).unwrap();
     let mut svc =
         mock::Spawn::new(CircuitBreaker::new(inner, breaker.clone()).mode(Mode::BackPressure));
     breaker.force_open();
@@ -381,6 +385,7 @@ fn metrics_count_calls_by_outcome_rejections_and_the_state() {
                 }
             });
             let svc = CircuitBreakerLayer::new(policy())
+                .unwrap()
                 .named("payments")
                 .layer(svc);
             // success, failure (1 of 2 = 50 %: open), then three rejections.
@@ -444,8 +449,9 @@ async fn grpc_errors_in_the_response_head_count_as_failures() {
             Ok::<_, BoxError>(response.body(()).unwrap())
         })
     };
-    let layer =
-        CircuitBreakerLayer::new(policy().minimum_calls(3)).classify(GrpcErrorsAsFailures::new());
+    let layer = CircuitBreakerLayer::new(policy().minimum_calls(3))
+        .unwrap()
+        .classify(GrpcErrorsAsFailures::new());
     // OK, and a streaming response judged at its end (not seen by the breaker): successes.
     let fine = layer.layer(grpc(Some("0")));
     let streaming = layer.layer(grpc(None));
@@ -497,7 +503,7 @@ impl tracing::Subscriber for Transitions {
 fn each_transition_is_a_tracing_event() {
     let events = std::sync::Arc::new(Transitions::default());
     tracing::subscriber::with_default(events.clone(), || {
-        let breaker = BreakerHandle::new("payments", policy());
+        let breaker = BreakerHandle::new("payments", policy()).unwrap();
         breaker.force_open();
         breaker.reset();
         breaker.reset(); // already closed: no transition, no event

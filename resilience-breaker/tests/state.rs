@@ -69,7 +69,7 @@ fn trip(m: &StateMachine, now: Instant) -> Transition {
 #[test]
 fn no_rate_is_judged_below_minimum_calls() {
     let t0 = Instant::now();
-    let m = StateMachine::new(policy(), t0);
+    let m = StateMachine::new(policy(), t0).unwrap();
     for _ in 0..3 {
         assert_eq!(call(&m, fail(), t0), None);
     }
@@ -81,7 +81,7 @@ fn no_rate_is_judged_below_minimum_calls() {
 #[test]
 fn the_failure_rate_trips_at_exactly_the_threshold() {
     let t0 = Instant::now();
-    let m = StateMachine::new(policy(), t0);
+    let m = StateMachine::new(policy(), t0).unwrap();
     for outcome in [ok(), fail(), ok(), ok(), fail()] {
         assert_eq!(call(&m, outcome, t0), None);
     }
@@ -96,7 +96,7 @@ fn the_failure_rate_trips_at_exactly_the_threshold() {
 #[test]
 fn the_count_window_forgets_old_failures() {
     let t0 = Instant::now();
-    let m = StateMachine::new(policy(), t0);
+    let m = StateMachine::new(policy(), t0).unwrap();
     // A failure then 10 successes: the failure has left the 10-call window.
     call(&m, fail(), t0);
     for _ in 0..10 {
@@ -114,7 +114,7 @@ fn the_count_window_forgets_old_failures() {
 #[test]
 fn the_time_window_judges_only_recent_calls() {
     let t0 = Instant::now();
-    let m = StateMachine::new(policy().window(SlidingWindow::Time(10 * SEC)), t0);
+    let m = StateMachine::new(policy().window(SlidingWindow::Time(10 * SEC)), t0).unwrap();
     // Three failures at t0, then successes 11 s later: the failures are out of the window.
     for _ in 0..3 {
         call(&m, fail(), t0);
@@ -136,7 +136,7 @@ fn the_time_window_judges_only_recent_calls() {
 #[test]
 fn the_time_window_without_enough_recent_calls_never_trips() {
     let t0 = Instant::now();
-    let m = StateMachine::new(policy().window(SlidingWindow::Time(10 * SEC)), t0);
+    let m = StateMachine::new(policy().window(SlidingWindow::Time(10 * SEC)), t0).unwrap();
     // A failure every 4 s: never more than three in any 10 s window, below the minimum of 4.
     for i in 0..20 {
         assert_eq!(call(&m, fail(), t0 + 4 * SEC * i), None);
@@ -147,7 +147,7 @@ fn the_time_window_without_enough_recent_calls_never_trips() {
 #[test]
 fn the_slow_call_rate_trips_even_when_every_call_succeeds() {
     let t0 = Instant::now();
-    let m = StateMachine::new(policy().slow_calls(0.75, Duration::from_millis(200)), t0);
+    let m = StateMachine::new(policy().slow_calls(0.75, Duration::from_millis(200)), t0).unwrap();
     let slow = Outcome::success(Duration::from_millis(200));
     let fast = Outcome::success(Duration::from_millis(199));
     call(&m, fast, t0);
@@ -163,7 +163,7 @@ fn the_slow_call_rate_trips_even_when_every_call_succeeds() {
 #[test]
 fn consecutive_failures_trip_and_a_success_resets_the_run() {
     let t0 = Instant::now();
-    let m = StateMachine::new(Policy::consecutive_failures(3).jitter(0.0), t0);
+    let m = StateMachine::new(Policy::consecutive_failures(3).jitter(0.0), t0).unwrap();
     call(&m, fail(), t0);
     call(&m, fail(), t0);
     call(&m, ok(), t0);
@@ -177,7 +177,7 @@ fn consecutive_failures_trip_and_a_success_resets_the_run() {
 #[test]
 fn open_rejects_until_the_open_duration_has_passed_then_half_opens() {
     let t0 = Instant::now();
-    let m = StateMachine::new(policy(), t0);
+    let m = StateMachine::new(policy(), t0).unwrap();
     trip(&m, t0);
     let err = rejected(&m, t0 + 5 * SEC - MS);
     assert_eq!(err.state(), State::Open);
@@ -199,7 +199,7 @@ fn open_rejects_until_the_open_duration_has_passed_then_half_opens() {
 #[test]
 fn half_open_admits_the_configured_probes_and_closes_when_all_succeed() {
     let t0 = Instant::now();
-    let m = StateMachine::new(policy(), t0);
+    let m = StateMachine::new(policy(), t0).unwrap();
     trip(&m, t0);
     let t1 = t0 + 5 * SEC;
     let a = permit(&m, t1);
@@ -220,7 +220,7 @@ fn half_open_admits_the_configured_probes_and_closes_when_all_succeed() {
 #[test]
 fn a_failed_probe_reopens_at_once_and_the_open_duration_backs_off() {
     let t0 = Instant::now();
-    let m = StateMachine::new(policy(), t0);
+    let m = StateMachine::new(policy(), t0).unwrap();
     trip(&m, t0);
     assert_eq!(m.open_until(), t0 + 5 * SEC);
     // Each failed probe round re-opens for twice as long: 10 s, 20 s, 40 s, then the 60 s cap.
@@ -245,7 +245,7 @@ fn a_failed_probe_reopens_at_once_and_the_open_duration_backs_off() {
 #[test]
 fn a_slow_probe_reopens_when_slow_calls_are_judged() {
     let t0 = Instant::now();
-    let m = StateMachine::new(policy().slow_calls(1.0, SEC), t0);
+    let m = StateMachine::new(policy().slow_calls(1.0, SEC), t0).unwrap();
     trip(&m, t0);
     let t1 = t0 + 5 * SEC;
     let p = permit(&m, t1);
@@ -258,7 +258,7 @@ fn a_slow_probe_reopens_when_slow_calls_are_judged() {
 #[test]
 fn jitter_comes_from_the_injected_source() {
     let t0 = Instant::now();
-    let m = StateMachine::new(policy().jitter(0.2).random_source(Fixed(0.5)), t0);
+    let m = StateMachine::new(policy().jitter(0.2).random_source(Fixed(0.5)), t0).unwrap();
     let t = trip(&m, t0);
     // 5 s less 0.2 * 0.5 of it.
     assert_eq!(t.open_until, Some(t0 + Duration::from_millis(4500)));
@@ -267,7 +267,7 @@ fn jitter_comes_from_the_injected_source() {
 #[test]
 fn a_released_probe_lets_another_through_and_stale_probes_are_ignored() {
     let t0 = Instant::now();
-    let m = StateMachine::new(policy(), t0);
+    let m = StateMachine::new(policy(), t0).unwrap();
     trip(&m, t0);
     let t1 = t0 + 5 * SEC;
     let a = permit(&m, t1);
@@ -280,7 +280,7 @@ fn a_released_probe_lets_another_through_and_stale_probes_are_ignored() {
     assert_eq!(m.record(c, ok(), t1), None);
     assert_eq!(m.state(), State::Open);
     // A call that began while closed and ends while open is ignored too.
-    let m2 = StateMachine::new(policy(), t0);
+    let m2 = StateMachine::new(policy(), t0).unwrap();
     let early = permit(&m2, t0);
     trip(&m2, t0);
     assert_eq!(m2.record(early, fail(), t0), None);
@@ -289,7 +289,7 @@ fn a_released_probe_lets_another_through_and_stale_probes_are_ignored() {
 #[test]
 fn forced_open_rejects_everything_until_closed_by_hand() {
     let t0 = Instant::now();
-    let m = StateMachine::new(policy(), t0);
+    let m = StateMachine::new(policy(), t0).unwrap();
     let t = m.force_open(t0).unwrap();
     assert_eq!((t.from, t.to), (State::Closed, State::ForcedOpen));
     let err = rejected(&m, t0 + 3600 * SEC);
@@ -304,7 +304,7 @@ fn forced_open_rejects_everything_until_closed_by_hand() {
 #[test]
 fn disabled_lets_everything_through_and_records_nothing() {
     let t0 = Instant::now();
-    let m = StateMachine::new(policy(), t0);
+    let m = StateMachine::new(policy(), t0).unwrap();
     m.disable(t0).unwrap();
     for _ in 0..20 {
         let p = permit(&m, t0);
@@ -318,7 +318,7 @@ fn disabled_lets_everything_through_and_records_nothing() {
 #[test]
 fn metrics_only_records_but_never_trips() {
     let t0 = Instant::now();
-    let m = StateMachine::new(policy(), t0);
+    let m = StateMachine::new(policy(), t0).unwrap();
     m.metrics_only(t0).unwrap();
     for _ in 0..20 {
         assert_eq!(call(&m, fail(), t0), None);
@@ -330,7 +330,7 @@ fn metrics_only_records_but_never_trips() {
 #[test]
 fn reset_closes_clears_and_forgets_the_backoff() {
     let t0 = Instant::now();
-    let m = StateMachine::new(policy(), t0);
+    let m = StateMachine::new(policy(), t0).unwrap();
     trip(&m, t0);
     let now = m.open_until();
     let p = permit(&m, now);
@@ -375,9 +375,9 @@ fn invalid_policies_are_rejected_naming_the_field_and_value() {
 fn the_lock_free_windows_are_exact_once_concurrent_calls_have_landed() {
     let t0 = Instant::now();
     // Metrics-only: record everything, never trip.
-    let big = StateMachine::new(policy().window(SlidingWindow::Count(100_000)), t0);
-    let small = StateMachine::new(policy(), t0);
-    let time = StateMachine::new(policy().window(SlidingWindow::Time(60 * SEC)), t0);
+    let big = StateMachine::new(policy().window(SlidingWindow::Count(100_000)), t0).unwrap();
+    let small = StateMachine::new(policy(), t0).unwrap();
+    let time = StateMachine::new(policy().window(SlidingWindow::Time(60 * SEC)), t0).unwrap();
     for m in [&big, &small, &time] {
         m.metrics_only(t0).unwrap();
     }
