@@ -164,7 +164,7 @@ impl IssuedCert {
     /// watcher never sees half a file.
     pub fn write(&self, paths: &MaterialPaths, trust_pem: &str) -> io::Result<()> {
         write_atomic(&paths.cert, self.cert_pem.as_bytes())?;
-        write_atomic(&paths.key, self.key_pem.as_bytes())?;
+        write_private(&paths.key, self.key_pem.as_bytes())?;
         write_atomic(&paths.trust, trust_pem.as_bytes())
     }
 }
@@ -174,6 +174,23 @@ pub fn write_atomic(path: &Path, contents: &[u8]) -> io::Result<()> {
     let mut tmp = path.as_os_str().to_owned();
     tmp.push(".tmp");
     std::fs::write(&tmp, contents)?;
+    std::fs::rename(&tmp, path)
+}
+
+/// Like [`write_atomic`], for a private key: the file is readable by its owner only (mode
+/// 0600 on Unix) from the moment it exists.
+pub fn write_private(path: &Path, contents: &[u8]) -> io::Result<()> {
+    use std::io::Write as _;
+    let mut tmp = path.as_os_str().to_owned();
+    tmp.push(".tmp");
+    let mut options = std::fs::OpenOptions::new();
+    options.write(true).create(true).truncate(true);
+    #[cfg(unix)]
+    std::os::unix::fs::OpenOptionsExt::mode(&mut options, 0o600);
+    let mut file = options.open(&tmp)?;
+    file.write_all(contents)?;
+    file.sync_all()?;
+    drop(file);
     std::fs::rename(&tmp, path)
 }
 

@@ -8,7 +8,7 @@
 //! | `GET /ready` | 200 once every listener is bound and the identity loaded; 503 when draining |
 //! | `GET /config` | the effective config, every default filled in, as TOML |
 //! | `GET /breakers` | each endpoint breaker's state and window counts, as JSON |
-//! | `POST /drain` | stop taking traffic and drain (loopback callers only) |
+//! | `POST /drain` | stop taking traffic and drain (loopback callers only, with the header `x-sidecar-admin: drain`) |
 //! | `GET /` | a status page that refreshes itself |
 
 use crate::{
@@ -39,6 +39,9 @@ use std::{
 use tokio::{net::TcpListener, sync::watch};
 
 mod page;
+
+/// The header `POST /drain` must carry, as `x-sidecar-admin: drain`.
+pub const DRAIN_HEADER: &str = "x-sidecar-admin";
 mod process;
 
 /// What the admin server reports on and controls.
@@ -96,7 +99,7 @@ pub async fn serve(
     crate::proxy::server::serve(
         "admin".into(),
         listener,
-        None,
+        Arc::default(),
         service,
         shutdown,
         Duration::from_secs(1),
@@ -142,6 +145,15 @@ fn route<B>(state: &AdminState, req: &Request<B>) -> Response<ProxyBody> {
                 .extensions()
                 .get::<ClientAddr>()
                 .is_some_and(|addr| addr.0.ip().is_loopback());
+            // A custom header makes the request non-simple: a web page in a browser on this
+            // host cannot send it cross-origin without a preflight we never answer.
+            if req.headers().get(DRAIN_HEADER).map(|v| v.as_bytes()) != Some(b"drain") {
+                return sidecar_response(
+                    StatusCode::BAD_REQUEST,
+                    "bad-request",
+                    "bad request: POST /drain needs the header x-sidecar-admin: drain",
+                );
+            }
             if !loopback {
                 return sidecar_response(
                     StatusCode::FORBIDDEN,
@@ -150,7 +162,7 @@ fn route<B>(state: &AdminState, req: &Request<B>) -> Response<ProxyBody> {
                 );
             }
             tracing::info!("drain requested through the admin server");
-            let _ = state.drain.send(true);
+            state.drain.send_replace(true);
             text(StatusCode::ACCEPTED, "text/plain", "draining\n".into())
         }
         (&Method::GET, "/") => text(

@@ -365,11 +365,8 @@ impl Config {
                 }
             }
             timeout_problems("inbound.timeout", &inbound.timeout, &mut problems);
-            if inbound.max_concurrent_requests == 0 {
-                problems.push((
-                    "inbound.max_concurrent_requests".into(),
-                    "must be at least 1".into(),
-                ));
+            if let Some(problem) = concurrency_problem(inbound.max_concurrent_requests) {
+                problems.push(("inbound.max_concurrent_requests".into(), problem));
             }
         }
 
@@ -412,8 +409,8 @@ impl Config {
             if let Err(e) = route.breaker.validate() {
                 problems.push((at(&format!("breaker.{}", e.field())), e.to_string()));
             }
-            if route.max_concurrent_requests == 0 {
-                problems.push((at("max_concurrent_requests"), "must be at least 1".into()));
+            if let Some(problem) = concurrency_problem(route.max_concurrent_requests) {
+                problems.push((at("max_concurrent_requests"), problem));
             }
             if let Some(fault) = &route.fault {
                 let percent = |field: String, value: f64, problems: &mut Vec<(String, String)>| {
@@ -449,6 +446,18 @@ impl Config {
     #[must_use]
     pub fn to_toml(&self) -> String {
         toml::to_string_pretty(self).unwrap_or_else(|e| format!("# cannot print the config: {e}\n"))
+    }
+}
+
+/// The most requests in flight one listener may allow: far beyond what one process serves,
+/// and far below what the semaphore behind the limit can count.
+const MAX_CONCURRENCY: usize = 1 << 20;
+
+fn concurrency_problem(limit: usize) -> Option<String> {
+    match limit {
+        0 => Some("must be at least 1".into()),
+        n if n > MAX_CONCURRENCY => Some(format!("{n} is over the maximum of {MAX_CONCURRENCY}")),
+        _ => None,
     }
 }
 

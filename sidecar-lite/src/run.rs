@@ -10,10 +10,13 @@
 use crate::{
     admin::{AdminState, RouteBreaker, Serving},
     config::Config,
-    proxy::{forward::edge, server::serve},
+    proxy::{
+        forward::edge,
+        server::{SharedAcceptor, serve},
+    },
     stack::{self, SharedStack, StackService},
 };
-use arc_swap::ArcSwap;
+use arc_swap::{ArcSwap, ArcSwapOption};
 use hyper::body::Incoming;
 use metrics_exporter_prometheus::PrometheusHandle;
 use resilience_mtls::{Credentials, Identity, MtlsMode, RotationHandle};
@@ -56,11 +59,13 @@ pub struct Sidecar {
     _rotation: Option<RotationHandle>,
 }
 
-/// One serving listener: its address, its swappable stack, and its own stop switch.
+/// One serving listener: its address, its swappable stack and TLS acceptor, and its own stop
+/// switch.
 #[derive(Debug)]
 struct Listener {
     addr: SocketAddr,
     stack: SharedStack,
+    acceptor: SharedAcceptor,
     stop: watch::Sender<bool>,
 }
 
@@ -219,22 +224,23 @@ impl Sidecar {
         let mut breakers = Vec::new();
         for plan in planned {
             breakers.extend(plan.breakers);
+            let acceptor = match (plan.mtls, &self.config.identity, &self.credentials) {
+                (Some(mode), Some(identity), Some(credentials)) if mode != MtlsMode::Disabled => {
+                    Some(Arc::new(identity.acceptor(credentials).mode(mode).build()))
+                }
+                _ => None,
+            };
             match fresh.remove(&plan.key) {
                 None => {
                     if let Some(listener) = self.listeners.get(&plan.key) {
+                        // The mTLS mode may have changed too: new connections get the new one.
+                        listener.acceptor.store(acceptor);
                         listener.stack.replace(plan.stack);
                     }
                 }
                 Some(tcp) => {
                     let addr = tcp.local_addr()?;
-                    let acceptor = match (plan.mtls, &self.config.identity, &self.credentials) {
-                        (Some(mode), Some(identity), Some(credentials))
-                            if mode != MtlsMode::Disabled =>
-                        {
-                            Some(identity.acceptor(credentials).mode(mode).build())
-                        }
-                        _ => None,
-                    };
+                    let acceptor: SharedAcceptor = Arc::new(ArcSwapOption::new(acceptor));
                     let stack = SharedStack::new(plan.stack);
                     let (stop, stopped) = watch::channel(false);
                     let mut drained = self.admin.drain.subscribe();
@@ -250,13 +256,18 @@ impl Sidecar {
                     self.tasks.spawn(serve(
                         name,
                         tcp,
-                        acceptor,
+                        acceptor.clone(),
                         service,
                         shutdown,
                         config.runtime.drain_grace,
                     ));
-                    self.listeners
-                        .insert(plan.key, Listener { addr, stack, stop });
+                    let listener = Listener {
+                        addr,
+                        stack,
+                        acceptor,
+                        stop,
+                    };
+                    self.listeners.insert(plan.key, listener);
                 }
             }
         }
@@ -291,7 +302,7 @@ impl Sidecar {
     /// Stops accepting, lets in-flight requests finish (up to the drain grace period), and
     /// returns when every listener has closed.
     pub async fn stop(mut self) {
-        let _ = self.admin.drain.send(true);
+        self.admin.drain.send_replace(true);
         while self.tasks.join_next().await.is_some() {}
     }
 
@@ -300,28 +311,35 @@ impl Sidecar {
     /// the running config kept.
     pub async fn run_until_signal(mut self, path: PathBuf) {
         let mut drained = self.admin.drain.subscribe();
-        let mut hangups = hangups();
+        // Made once, before the loop: a signal stream misses what arrived before it existed.
+        let mut stops = StopSignals::new();
+        let mut hangups = Hangups::new();
         let mut last = std::fs::read(&path).ok();
+        let mut seen = last.clone();
         let mut poll = tokio::time::interval(CONFIG_POLL);
         loop {
             tokio::select! {
-                () = wait_for_stop() => {
+                () = stops.recv() => {
                     tracing::info!("stop requested; draining");
                     break;
                 }
                 _ = drained.wait_for(|drain| *drain) => break,
-                Some(()) = next_hangup(&mut hangups) => {
+                () = hangups.recv() => {
                     tracing::info!(path = %path.display(), "SIGHUP: reloading the config");
                     self.reload_from(&path).await;
                     last = std::fs::read(&path).ok();
+                    seen = last.clone();
                 }
                 _ = poll.tick() => {
+                    // Act on a change only once the file has stayed the same for a whole poll,
+                    // so a file still being written is not read half-way.
                     let now = std::fs::read(&path).ok();
-                    if now.is_some() && now != last {
+                    if now.is_some() && now != last && now == seen {
                         tracing::info!(path = %path.display(), "config file changed: reloading");
-                        last = now;
+                        last = now.clone();
                         self.reload_from(&path).await;
                     }
+                    seen = now;
                 }
             }
         }
@@ -353,49 +371,84 @@ async fn bind(name: &str, addr: SocketAddr) -> Result<TcpListener, BoxError> {
         .map_err(|e| format!("cannot listen on {addr} for {name}: {e}").into())
 }
 
-#[cfg(unix)]
-type Hangups = Option<tokio::signal::unix::Signal>;
-#[cfg(not(unix))]
-type Hangups = Option<()>;
-
-fn hangups() -> Hangups {
+/// SIGTERM and SIGINT, listened to from creation on.
+struct StopSignals {
     #[cfg(unix)]
-    {
-        tokio::signal::unix::signal(tokio::signal::unix::SignalKind::hangup()).ok()
-    }
-    #[cfg(not(unix))]
-    {
-        None
-    }
+    term: Option<tokio::signal::unix::Signal>,
+    #[cfg(unix)]
+    interrupt: Option<tokio::signal::unix::Signal>,
 }
 
-async fn next_hangup(hangups: &mut Hangups) -> Option<()> {
-    #[cfg(unix)]
-    if let Some(signal) = hangups {
-        return signal.recv().await;
-    }
-    let _ = hangups;
-    std::future::pending().await
-}
-
-async fn wait_for_stop() {
-    #[cfg(unix)]
-    {
-        use tokio::signal::unix::{SignalKind, signal};
-        match signal(SignalKind::terminate()) {
-            Ok(mut term) => {
-                tokio::select! {
-                    _ = term.recv() => {}
-                    _ = tokio::signal::ctrl_c() => {}
-                }
-            }
-            Err(_) => {
-                let _ = tokio::signal::ctrl_c().await;
+impl StopSignals {
+    fn new() -> Self {
+        #[cfg(unix)]
+        {
+            use tokio::signal::unix::{SignalKind, signal};
+            Self {
+                term: signal(SignalKind::terminate()).ok(),
+                interrupt: signal(SignalKind::interrupt()).ok(),
             }
         }
+        #[cfg(not(unix))]
+        {
+            Self {}
+        }
     }
-    #[cfg(not(unix))]
-    {
-        let _ = tokio::signal::ctrl_c().await;
+
+    /// The next SIGTERM or SIGINT (Ctrl-C).
+    async fn recv(&mut self) {
+        #[cfg(unix)]
+        {
+            tokio::select! {
+                Some(()) = recv(&mut self.term) => {}
+                Some(()) = recv(&mut self.interrupt) => {}
+            }
+        }
+        #[cfg(not(unix))]
+        {
+            let _ = tokio::signal::ctrl_c().await;
+        }
+    }
+}
+
+/// SIGHUP, listened to from creation on; never on systems without it.
+struct Hangups {
+    #[cfg(unix)]
+    hangup: Option<tokio::signal::unix::Signal>,
+}
+
+impl Hangups {
+    fn new() -> Self {
+        #[cfg(unix)]
+        {
+            use tokio::signal::unix::{SignalKind, signal};
+            Self {
+                hangup: signal(SignalKind::hangup()).ok(),
+            }
+        }
+        #[cfg(not(unix))]
+        {
+            Self {}
+        }
+    }
+
+    /// The next SIGHUP.
+    async fn recv(&mut self) {
+        #[cfg(unix)]
+        {
+            if recv(&mut self.hangup).await.is_some() {
+                return;
+            }
+        }
+        std::future::pending().await
+    }
+}
+
+/// The next signal of a stream, or never if it could not be installed.
+#[cfg(unix)]
+async fn recv(signal: &mut Option<tokio::signal::unix::Signal>) -> Option<()> {
+    match signal {
+        Some(signal) => signal.recv().await,
+        None => std::future::pending().await,
     }
 }

@@ -3,9 +3,8 @@
 //!
 //! Outbound, outermost first (DESIGN.md §3): load shedding over a concurrency limit, injected
 //! faults if configured (before the router, as Envoy's fault filter, so they are not retried),
-//! the total
-//! timeout (deadline), retries, the per-try timeout, then either one endpoint behind a
-//! fail-fast breaker, or a p2c peak-EWMA balancer over endpoints each behind a back-pressure
+//! the total timeout (deadline), retries, the per-try timeout, then either one endpoint behind
+//! a fail-fast breaker, or a p2c peak-EWMA balancer over endpoints each behind a back-pressure
 //! breaker (the balancer routes around open ones).
 //!
 //! Inbound: load shedding over a concurrency limit, the timeout, authorization of the peer's
@@ -26,7 +25,7 @@ use hyper::body::Incoming;
 use resilience_breaker::{BreakerHandle, Mode, classify_fn};
 use resilience_mtls::{AllowList, AuthorizeLayer, ConnectorBuilder};
 use resilience_retry::{PeekGrpcTrailersLayer, ReplayBody};
-use resilience_timeout::BoxError;
+use resilience_timeout::{BoxError, HttpDeadline, TimeoutLayer};
 use std::{
     fmt,
     net::SocketAddr,
@@ -188,6 +187,19 @@ pub fn outbound<B: StackBody>(
         .layer()
         .map_err(|e| field_error("timeout", e.field(), &e))?
         .named("total");
+    // Without a per-try timeout of its own, each attempt still gets one capped by the total
+    // deadline, so the deadline header the next hop sees is refreshed on every attempt.
+    let per_try = route.retry.per_try_timeout_layer().unwrap_or_else(|| {
+        TimeoutLayer::new(route.timeout.0.timeout)
+            .with_policy(HttpDeadline::new().margin(route.timeout.0.deadline_margin))
+            .named("per-try")
+    });
+    let body_timeout = route
+        .timeout
+        .0
+        .body_layer()
+        .map_err(|e| field_error("timeout", e.field(), &e))?
+        .unwrap_or_default();
     let retry = route
         .retry
         .layer()
@@ -198,9 +210,10 @@ pub fn outbound<B: StackBody>(
         .concurrency_limit(route.max_concurrent_requests)
         .option_layer(route.fault.clone().map(FaultLayer::new))
         .map_response(|response: Response<_>| response.map(boxed))
+        .layer(body_timeout)
         .layer(total)
         .layer(retry)
-        .option_layer(route.retry.per_try_timeout_layer())
+        .layer(per_try)
         .layer(PeekGrpcTrailersLayer::new())
         .service(endpoints);
     Ok(Outbound {
@@ -232,10 +245,17 @@ pub fn inbound<B: StackBody>(inbound: &InboundConfig) -> Result<StackService<B>,
         .named("inbound");
     let allow = AllowList::parse(&inbound.allow).map_err(|e| field_error("inbound", "allow", e))?;
     let app = AppClient::new(inbound.app, inbound.app_protocol);
+    let body_timeout = inbound
+        .timeout
+        .0
+        .body_layer()
+        .map_err(|e| field_error("timeout", e.field(), &e))?
+        .unwrap_or_default();
     let service = ServiceBuilder::new()
         .map_response(|response: Response<_>| response.map(boxed))
         .load_shed()
         .concurrency_limit(inbound.max_concurrent_requests)
+        .layer(body_timeout)
         .layer(timeout)
         .layer(AuthorizeLayer::new(allow))
         .service(app);

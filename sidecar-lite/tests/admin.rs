@@ -137,6 +137,19 @@ async fn post_drain_turns_ready_false_and_stops_the_listeners() {
         .body(full(""))
         .unwrap();
     let response = timeout(STEP, http1().request(req)).await.unwrap().unwrap();
+    assert_eq!(
+        response.status(),
+        StatusCode::BAD_REQUEST,
+        "no admin header: refused"
+    );
+    assert_eq!(admin_get(&sidecar, "/ready").await.0, StatusCode::OK);
+    let req = Request::builder()
+        .method(Method::POST)
+        .uri(format!("http://{admin}/drain"))
+        .header("x-sidecar-admin", "drain")
+        .body(full(""))
+        .unwrap();
+    let response = timeout(STEP, http1().request(req)).await.unwrap().unwrap();
     assert_eq!(response.status(), StatusCode::ACCEPTED);
     assert_eq!(
         admin_get(&sidecar, "/ready").await,

@@ -140,6 +140,19 @@ fn certs_writes_a_ca_and_workload_certificates() {
         "{}",
         String::from_utf8_lossy(&output.stderr)
     );
+    #[cfg(unix)]
+    {
+        use std::os::unix::fs::PermissionsExt;
+        let mode = std::fs::metadata(dir.join("orders-key.pem"))
+            .unwrap()
+            .permissions()
+            .mode();
+        assert_eq!(
+            mode & 0o777,
+            0o600,
+            "private keys are readable by their owner only"
+        );
+    }
     for file in [
         "ca.pem",
         "orders.pem",

@@ -110,10 +110,17 @@ async fn reloads_under_continuous_load_fail_no_request() {
             }
         }));
     }
-    for attempts in [2, 3, 1, 2, 3] {
+    // Reload again and again for as long as the load runs (bounded: 2000 reloads at most).
+    let mut reloads = 0;
+    for attempts in [2, 3, 1].into_iter().cycle().take(2000) {
+        if done.load(Ordering::SeqCst) == 400 {
+            break;
+        }
         sidecar.reload(&route(addr, app, attempts)).await.unwrap();
-        tokio::time::sleep(Duration::from_millis(5)).await;
+        reloads += 1;
+        tokio::time::sleep(Duration::from_millis(2)).await;
     }
+    assert!(reloads >= 5, "the load overlapped {reloads} reloads");
     for task in load {
         task.await.unwrap();
     }
@@ -200,7 +207,22 @@ async fn the_binary_reloads_its_file_and_keeps_serving_through_a_broken_one() {
         format!("{head}{}\n[[outbound]]\nname = ", route("one", first)),
     )
     .unwrap();
-    tokio::time::sleep(Duration::from_millis(1500)).await;
+    let rejected = async || {
+        let req = Request::builder()
+            .uri(format!("http://{admin}/metrics"))
+            .body(full(""))
+            .unwrap();
+        match timeout(Duration::from_secs(1), http1().request(req)).await {
+            Ok(Ok(response)) => text(response)
+                .await
+                .contains("sidecar_config_reload_total{result=\"error\"} 1"),
+            _ => false,
+        }
+    };
+    assert!(
+        eventually(rejected).await,
+        "the broken file is read and refused"
+    );
     assert!(
         serving(first).await,
         "a broken file keeps the old config serving"
@@ -221,6 +243,11 @@ async fn the_binary_reloads_its_file_and_keeps_serving_through_a_broken_one() {
         .arg("-TERM")
         .arg(child.0.id().to_string())
         .status();
+    let exited = async || matches!(child.0.try_wait(), Ok(Some(_)));
+    assert!(
+        eventually(exited).await,
+        "SIGTERM stops the process within 10 s"
+    );
     let exit = child.0.wait().unwrap();
     let _ = std::fs::remove_dir_all(&dir);
     assert!(exit.success(), "SIGTERM ends the process cleanly: {exit:?}");
@@ -234,4 +261,43 @@ impl Drop for Stopped {
         let _ = self.0.kill();
         let _ = self.0.wait();
     }
+}
+
+#[tokio::test]
+async fn a_reload_from_permissive_to_strict_mtls_applies_to_new_connections() {
+    let (app, _) = status_app(200).await;
+    let certs = Certs::new("reload-mtls");
+    let identity = certs.identity("orders");
+    let inbound = |mode: &str, listen: SocketAddr| {
+        Config::parse(&format!(
+            "[admin]\nlisten = \"127.0.0.1:0\"\n{identity}\n[inbound]\nlisten = \"{listen}\"\napp = \"{app}\"\nmtls = \"{mode}\"\nallow = [\"{}\"]\n",
+            spiffe("frontend")
+        ))
+        .unwrap()
+    };
+    let start = inbound("permissive", "127.0.0.1:0".parse().unwrap());
+    let mut sidecar = sidecar_lite::run::Sidecar::start(&start, None)
+        .await
+        .unwrap();
+    let addr = sidecar.bound.inbound.unwrap();
+    // Permissive: a plaintext caller is served (as anonymous, so authorization says 403).
+    let plaintext = || async move {
+        let req = Request::builder()
+            .uri(format!("http://{addr}/"))
+            .body(full(""))
+            .unwrap();
+        timeout(STEP, http1().request(req))
+            .await
+            .unwrap()
+            .map(|r| r.status())
+    };
+    assert_eq!(plaintext().await.unwrap(), StatusCode::FORBIDDEN);
+
+    sidecar.reload(&inbound("strict", addr)).await.unwrap();
+    assert_eq!(sidecar.bound.inbound, Some(addr));
+    assert!(
+        plaintext().await.is_err(),
+        "strict: plaintext connections are refused"
+    );
+    sidecar.stop().await;
 }

@@ -1,7 +1,7 @@
 //! The status page: listeners, breaker states and the main counters at a glance, served from
 //! the binary with no external assets, refreshing itself every 2 seconds.
 
-use super::{AdminState, json_string, state_name};
+use super::{AdminState, state_name};
 use std::fmt::Write as _;
 
 pub(super) fn render(state: &AdminState) -> String {
@@ -37,8 +37,8 @@ pub(super) fn render(state: &AdminState) -> String {
         let name = state_name(breaker.handle.state());
         let _ = writeln!(
             html,
-            "<tr data-route={} data-endpoint=\"{}\"><td>{}</td><td>{}</td><td class=\"{name}\">{name}</td><td>{}</td><td>{}</td></tr>",
-            json_string(&breaker.route),
+            "<tr data-route=\"{}\" data-endpoint=\"{}\"><td>{}</td><td>{}</td><td class=\"{name}\">{name}</td><td>{}</td><td>{}</td></tr>",
+            escape(&breaker.route),
             breaker.endpoint,
             escape(&breaker.route),
             breaker.endpoint,

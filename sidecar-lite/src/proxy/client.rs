@@ -21,6 +21,10 @@ use std::{
 use tokio::net::TcpStream;
 use tower::Service;
 
+/// How long a connection attempt may take (Envoy's default `connect_timeout`); past it the
+/// attempt fails as a connect failure, which retries may resend for any method.
+const CONNECT_TIMEOUT: Duration = Duration::from_secs(5);
+
 /// How long a pooled connection may sit idle before it is closed.
 const POOL_IDLE_TIMEOUT: Duration = Duration::from_secs(90);
 
@@ -52,7 +56,9 @@ impl Service<Uri> for FixedConnector {
         let addr = self.addr;
         // Boxed: one allocation per new connection, not per request.
         Box::pin(async move {
-            let stream = TcpStream::connect(addr).await?;
+            let stream = tokio::time::timeout(CONNECT_TIMEOUT, TcpStream::connect(addr))
+                .await
+                .map_err(|_| io::Error::new(io::ErrorKind::TimedOut, "connect timed out"))??;
             stream.set_nodelay(true)?;
             Ok(TokioIo::new(stream))
         })

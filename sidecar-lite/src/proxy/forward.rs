@@ -46,6 +46,7 @@ pub fn edge(
                 Ok(response) => response,
                 Err(error) => {
                     let response = error_response(&error);
+                    metrics.record_local(&response);
                     tracing::debug!(listener = &*listener, %method, status = %response.status(), %error, "answered by the proxy");
                     response
                 }
@@ -85,6 +86,11 @@ impl EdgeMetrics {
         let class = usize::from(response.status().as_u16() / 100).clamp(1, 5) - 1;
         self.by_class[class].increment(1);
         self.duration.record(start.elapsed().as_secs_f64());
+    }
+
+    /// Counts a response the proxy made itself, by its flag. Only ours: a header from upstream
+    /// must not mint label values.
+    fn record_local<B>(&self, response: &Response<B>) {
         if let Some(flag) = response
             .headers()
             .get(SIDECAR_ERROR)
@@ -99,6 +105,7 @@ impl EdgeMetrics {
 /// Applies the forwarding rules: hop-by-hop headers out, `x-forwarded-for` and `traceparent`
 /// in, and an absolute URI that keeps the caller's authority.
 fn prepare_request<B>(req: &mut Request<B>) {
+    let from_uri = req.uri().authority().is_some();
     let authority = req.uri().authority().cloned().or_else(|| {
         req.headers()
             .get(HOST)
@@ -120,7 +127,9 @@ fn prepare_request<B>(req: &mut Request<B>) {
         if let Ok(uri) = Uri::from_parts(parts) {
             *req.uri_mut() = uri;
         }
-        if !req.headers().contains_key(HOST)
+        // RFC 9112 section 3.2.2: a proxy sets Host from an absolute-form target, so Host and
+        // `:authority` never disagree downstream.
+        if (from_uri || !req.headers().contains_key(HOST))
             && let Ok(host) = HeaderValue::from_str(authority.as_str())
         {
             req.headers_mut().insert(HOST, host);

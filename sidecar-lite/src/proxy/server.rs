@@ -2,6 +2,7 @@
 //! and shut down gracefully.
 
 use super::body::ProxyBody;
+use arc_swap::ArcSwapOption;
 use http::{Request, Response};
 use hyper::body::Incoming;
 use hyper_util::{
@@ -16,6 +17,7 @@ use std::{convert::Infallible, future::Future, net::SocketAddr, sync::Arc, time:
 use tokio::{
     io::{AsyncRead, AsyncWrite},
     net::TcpListener,
+    task::JoinSet,
 };
 use tower::{Service, ServiceExt};
 
@@ -23,12 +25,16 @@ use tower::{Service, ServiceExt};
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
 pub struct ClientAddr(pub SocketAddr);
 
+/// The TLS acceptor of a listener, read at each accept: a reload can change the mTLS mode
+/// without rebinding. `None` serves plaintext.
+pub type SharedAcceptor = Arc<ArcSwapOption<MtlsAcceptor>>;
+
 /// Serves `service` on every connection accepted from `listener` until `shutdown` completes,
-/// then waits up to `grace` for the connections in flight to finish.
+/// then waits up to `grace` for the connections in flight to finish, and closes the rest.
 pub async fn serve<S>(
     name: Arc<str>,
     listener: TcpListener,
-    acceptor: Option<MtlsAcceptor>,
+    acceptor: SharedAcceptor,
     service: S,
     shutdown: impl Future<Output = ()>,
     grace: Duration,
@@ -41,6 +47,8 @@ pub async fn serve<S>(
 {
     let graceful = GracefulShutdown::new();
     let builder = hardened_builder();
+    let open = metrics::gauge!("sidecar_connections_open", "listener" => name.to_string());
+    let mut connections = JoinSet::new();
     tokio::pin!(shutdown);
     loop {
         let (tcp, remote) = tokio::select! {
@@ -53,21 +61,25 @@ pub async fn serve<S>(
                     continue;
                 }
             },
+            // Reap finished connections so the set stays as small as what is open.
+            Some(_) = connections.join_next(), if !connections.is_empty() => continue,
             () = &mut shutdown => break,
         };
         let _ = tcp.set_nodelay(true);
         let service = service.clone();
-        let acceptor = acceptor.clone();
+        let acceptor = acceptor.load_full();
         let builder = builder.clone();
         let watcher = graceful.watcher();
         let name = name.clone();
-        tokio::spawn(async move {
+        let open = open.clone();
+        connections.spawn(async move {
+            open.increment(1.0);
             match acceptor {
-                None => serve_connection(name, remote, tcp, None, service, builder, watcher).await,
+                None => serve_connection(&name, remote, tcp, None, service, builder, watcher).await,
                 Some(acceptor) => match acceptor.accept(tcp).await {
                     Ok(stream) => {
                         let peer = stream.peer_identity().cloned();
-                        serve_connection(name, remote, stream, peer, service, builder, watcher)
+                        serve_connection(&name, remote, stream, peer, service, builder, watcher)
                             .await;
                     }
                     Err(error) => {
@@ -75,8 +87,11 @@ pub async fn serve<S>(
                     }
                 },
             }
+            open.decrement(1.0);
         });
     }
+    // Free the address at once, so a reload can bind it again.
+    drop(listener);
     tracing::info!(listener = &*name, "draining connections");
     if tokio::time::timeout(grace, graceful.shutdown())
         .await
@@ -88,6 +103,7 @@ pub async fn serve<S>(
             "grace period over; closing the rest"
         );
     }
+    connections.shutdown().await;
 }
 
 /// Limits that keep one bad client from hurting the others.
@@ -135,7 +151,7 @@ fn hardened_builder() -> auto::Builder<TokioExecutor> {
 
 /// Serves one accepted connection, plaintext or TLS, until it closes or the drain ends it.
 async fn serve_connection<IO, S>(
-    name: Arc<str>,
+    name: &str,
     remote: SocketAddr,
     io: IO,
     peer: Option<Identity>,
@@ -157,12 +173,8 @@ async fn serve_connection<IO, S>(
         }
         service.clone().oneshot(req)
     });
-    let open = metrics::gauge!("sidecar_connections_open", "listener" => name.to_string());
-    open.increment(1.0);
     let connection = builder.serve_connection(TokioIo::new(io), per_request);
-    let result = watcher.watch(connection.into_owned()).await;
-    open.decrement(1.0);
-    if let Err(error) = result {
-        tracing::debug!(listener = &*name, %remote, %error, "connection ended with an error");
+    if let Err(error) = watcher.watch(connection.into_owned()).await {
+        tracing::debug!(listener = name, %remote, %error, "connection ended with an error");
     }
 }
