@@ -13,3 +13,4 @@ pub mod fault;
 pub mod proxy;
 pub mod run;
 pub mod stack;
+pub mod unavailable;

@@ -17,6 +17,7 @@ use crate::{
         body::{ProxyBody, boxed},
         client::{FixedConnector, client, mtls_connector},
     },
+    unavailable::FailWhenAllOpen,
 };
 use bytes::Bytes;
 use http::{Request, Response, header::CONTENT_TYPE};
@@ -178,7 +179,11 @@ pub fn outbound<B: StackBody>(
                 })
                 .collect();
             let balance = Balance::new(ServiceList::new(services));
-            BoxCloneService::new(Buffer::new(balance, BALANCER_QUEUE))
+            let handles = breakers.iter().map(|(_, handle)| handle.clone()).collect();
+            BoxCloneService::new(FailWhenAllOpen::new(
+                Buffer::new(balance, BALANCER_QUEUE),
+                handles,
+            ))
         };
 
     let total = route

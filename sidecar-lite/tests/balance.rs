@@ -72,3 +72,42 @@ async fn a_503_from_one_endpoint_is_retried_onto_another_and_its_breaker_opens()
     );
     sidecar.stop().await;
 }
+
+#[tokio::test]
+async fn when_every_breaker_is_open_requests_fail_fast_with_503() {
+    let (a, a_hits) = status_app(503).await;
+    let (b, b_hits) = status_app(503).await;
+    let sidecar = sidecar(&format!(
+        r#"
+[[outbound]]
+name = "orders"
+listen = "127.0.0.1:0"
+endpoints = ["{a}", "{b}"]
+timeout = "5s"
+retry = {{ attempts = 1 }}
+breaker = {{ minimum_calls = 2, window = {{ calls = 10 }}, open_for = "30s" }}
+"#
+    ))
+    .await;
+    let client = http1();
+    let mut flags = Vec::new();
+    for i in 0..20 {
+        let req = Request::builder()
+            .uri(format!("http://{}/{i}", outbound_addr(&sidecar)))
+            .body(full(""))
+            .unwrap();
+        let response = timeout(STEP, client.request(req)).await.unwrap().unwrap();
+        assert_eq!(response.status(), StatusCode::SERVICE_UNAVAILABLE);
+        flags.push(response.headers().get("x-sidecar-error").cloned());
+    }
+    let upstream = a_hits.load(Ordering::SeqCst) + b_hits.load(Ordering::SeqCst);
+    // Both breakers open after two failures each; the rest are refused by the sidecar at once,
+    // not queued until the 5 s timeout (which would answer 504).
+    assert!(upstream <= 4, "the endpoints saw {upstream} requests");
+    let refused = flags
+        .iter()
+        .filter(|f| f.as_ref().is_some_and(|v| v == "breaker-open"))
+        .count();
+    assert_eq!(refused, 20 - upstream, "{flags:?}");
+    sidecar.stop().await;
+}

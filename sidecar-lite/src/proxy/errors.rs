@@ -2,6 +2,7 @@
 //! `x-sidecar-error` as Envoy flags its own responses.
 
 use super::body::{ProxyBody, sidecar_response};
+use crate::unavailable::NoEndpointAvailable;
 use http::{HeaderValue, Response, StatusCode, header::RETRY_AFTER};
 use resilience_breaker::BreakerOpen;
 use resilience_timeout::{BoxError, Elapsed};
@@ -32,6 +33,13 @@ pub fn error_response(error: &BoxError) -> Response<ProxyBody> {
                 .insert(RETRY_AFTER, HeaderValue::from(seconds.max(1)));
         }
         return response;
+    }
+    if chain().any(|e| e.is::<NoEndpointAvailable>()) {
+        return sidecar_response(
+            StatusCode::SERVICE_UNAVAILABLE,
+            "breaker-open",
+            "service unavailable: every endpoint's circuit breaker is open",
+        );
     }
     if chain().any(|e| e.is::<Overloaded>()) {
         return sidecar_response(
