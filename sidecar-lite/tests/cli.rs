@@ -187,3 +187,20 @@ fn the_example_config_documents_valid_keys() {
     assert!(ok, "{stderr}");
     assert!(stdout.contains("name = \"payments\""));
 }
+
+#[test]
+fn the_kubernetes_configmap_holds_a_valid_config() {
+    let manifest = std::fs::read_to_string(concat!(
+        env!("CARGO_MANIFEST_DIR"),
+        "/../examples/kubernetes/configmap.yaml"
+    ))
+    .unwrap();
+    let (_, block) = manifest.split_once("sidecar.toml: |\n").unwrap();
+    let text: String = block
+        .lines()
+        .map(|line| line.strip_prefix("    ").unwrap_or(line))
+        .map(|line| format!("{line}\n"))
+        .collect();
+    let (ok, _, stderr) = check("configmap", &text);
+    assert!(ok, "{stderr}\n{text}");
+}
