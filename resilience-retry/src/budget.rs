@@ -118,6 +118,14 @@ impl Budget {
         })
     }
 
+    /// Gives back a retry just taken by [`withdraw`](Self::withdraw), when the retry could not
+    /// be made after all. Called at once after the withdrawal, so it lands in the same bucket
+    /// and undoes it exactly.
+    pub(crate) fn refund(&self) {
+        let now = Instant::now();
+        self.with_window(now, |window, newest| window.balance[newest] += UNIT);
+    }
+
     /// The whole retries that could be taken now.
     #[must_use]
     pub fn available(&self) -> u64 {

@@ -6,7 +6,7 @@ use crate::{
     grpc_trailers::{TrailersGrpcStatus, grpc_status},
 };
 use http::{HeaderMap, Response, StatusCode, header::CONTENT_TYPE};
-use std::{any::Any, error::Error, fmt, io, str::FromStr};
+use std::{any::Any, error::Error, fmt, io, str::FromStr, sync::Arc};
 use tower_http::classify::{ClassifiedResponse, ClassifyEos, ClassifyResponse};
 
 /// The reason name for a request that never reached the server: retried for any method.
@@ -28,9 +28,12 @@ pub enum Condition {
     ServerError,
     /// `gateway-error`: 502, 503 or 504, or a per-try timeout.
     GatewayError,
-    /// `connect-failure`: the connection could not be made; the request was never sent.
+    /// `connect-failure`: the request provably never reached the server: the connection
+    /// could not be made, or an HTTP/2 server refused the stream (`REFUSED_STREAM`, or a
+    /// `GOAWAY` that left the stream unprocessed). Retried for any method.
     ConnectFailure,
-    /// `reset`: the connection was reset or closed before a response arrived.
+    /// `reset`: the connection was reset or closed, or an HTTP/2 stream reset, before a
+    /// response arrived.
     Reset,
     /// `retriable-status-codes`: the statuses listed in [`RetryOn::status_codes`].
     RetriableStatusCodes,
@@ -116,10 +119,14 @@ impl fmt::Display for Condition {
 /// The set of conditions under which an HTTP request is retried.
 ///
 /// The default is Envoy's safe trio: `connect-failure`, `reset` and `gateway-error`.
+///
+/// Cloning is cheap (a reference count): `tower_http::classify` takes the classifier by value,
+/// so [`HttpPolicy`](crate::HttpPolicy) clones it for every outcome it judges.
 #[derive(Debug, Clone, PartialEq, Eq)]
 pub struct RetryOn {
     conditions: u16,
-    status_codes: Vec<StatusCode>,
+    // Shared, not a `Vec`: a clone per response must not copy the list.
+    status_codes: Arc<[StatusCode]>,
 }
 
 impl Default for RetryOn {
@@ -137,7 +144,7 @@ impl RetryOn {
     pub fn none() -> Self {
         Self {
             conditions: 0,
-            status_codes: Vec::new(),
+            status_codes: Arc::new([]),
         }
     }
 
@@ -223,7 +230,8 @@ impl RetryOn {
     }
 
     /// Classifies an error from the inner service by walking its chain of sources: a failed
-    /// connect, a reset or closed connection, or a per-try timeout.
+    /// connect, a refused or reset HTTP/2 stream, a reset or closed connection, or a per-try
+    /// timeout.
     fn classify_any_error(&self, error: &(dyn Error + 'static)) -> RetryClass {
         let mut next = Some(error);
         while let Some(error) = next {
@@ -263,10 +271,34 @@ fn error_condition(error: &(dyn Error + 'static)) -> Option<Condition> {
     {
         return Some(Condition::Reset);
     }
+    if let Some(err) = error.downcast_ref::<h2::Error>() {
+        return h2_condition(err);
+    }
     if error.is::<resilience_timeout::Elapsed>() {
         return Some(Condition::GatewayError);
     }
     None
+}
+
+/// An HTTP/2 error, as hyper carries it in its source chain.
+///
+/// `REFUSED_STREAM` (RFC 9113 §8.7) and a GOAWAY from the server (which h2 reports only to
+/// streams above the GOAWAY's last stream ID, or opened after it) both guarantee that the
+/// server did not process the request: as good as a connect failure, safe to resend for any
+/// method (gRPC A6 "transparent retries"). Any other stream reset may have been processed.
+fn h2_condition(err: &h2::Error) -> Option<Condition> {
+    if err.reason() == Some(h2::Reason::REFUSED_STREAM) || (err.is_go_away() && err.is_remote()) {
+        return Some(Condition::ConnectFailure);
+    }
+    err.is_reset().then_some(Condition::Reset)
+}
+
+/// Whether `reason` is a gRPC status condition (`unavailable`, `cancelled`...): one that a
+/// gRPC server reports when it declined the call.
+pub(crate) fn is_grpc_reason(reason: &Reason) -> bool {
+    NAMES
+        .iter()
+        .any(|(name, c)| matches!(c, Condition::Grpc(_)) && *name == reason.name)
 }
 
 fn is_grpc<B>(response: &Response<B>) -> bool {

@@ -151,8 +151,11 @@ where
     }
 }
 
-/// Checks every limit on one more attempt, cheapest first, and takes from the budget last so
-/// that a retry refused for another reason costs nothing.
+/// Checks every limit on one more attempt, cheapest first, and makes the next attempt's
+/// request last, once the retry is certain: making it may retire the previous attempt's
+/// request (a [`ReplayBody`](crate::ReplayBody) copy stops reading), which must not happen when
+/// that attempt's response is returned after all. A retry refused because the request cannot
+/// be replayed gives back what it took from the budget, so it costs nothing.
 /// Returns the next attempt's request and the delay before it.
 fn plan_retry<P, Req>(
     settings: &Settings<P>,
@@ -170,18 +173,23 @@ where
     let delay = reason
         .retry_after
         .unwrap_or_else(|| settings.backoff.delay(attempt - 1, previous_delay));
-    if let Some(deadline) = settings.policy.deadline(kept)
-        && Instant::now() + delay >= deadline
-    {
-        return Err(GiveUp::Deadline);
+    if let Some(deadline) = settings.policy.deadline(kept) {
+        // A delay too large to add to the clock (a huge backoff cap or `Retry-After` cap) ends
+        // past any deadline; `Instant + Duration` would panic on it.
+        let past_deadline = Instant::now()
+            .checked_add(delay)
+            .is_none_or(|start| start >= deadline);
+        if past_deadline {
+            return Err(GiveUp::Deadline);
+        }
     }
-    let next = settings
-        .policy
-        .replay(kept, attempt + 1)
-        .ok_or(GiveUp::NotReplayable)?;
     if !settings.budget.withdraw() {
         return Err(GiveUp::Budget);
     }
+    let Some(next) = settings.policy.replay(kept, attempt + 1) else {
+        settings.budget.refund();
+        return Err(GiveUp::NotReplayable);
+    };
     Ok((next, delay))
 }
 

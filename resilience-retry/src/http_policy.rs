@@ -1,10 +1,15 @@
 //! [`HttpPolicy`]: what is retried for `http::Request<B>`, and how its body is replayed.
 
 use crate::{
-    Action, Policy, Reason, Replay, ReplayBody, RetryClass, RetryOn, conditions::CONNECT_FAILURE,
-    replay::DEFAULT_MAX_REPLAY_BODY, retry_after,
+    Action, Policy, Reason, Replay, ReplayBody, RetryClass, RetryOn,
+    conditions::{CONNECT_FAILURE, is_grpc_reason},
+    replay::DEFAULT_MAX_REPLAY_BODY,
+    retry_after,
 };
-use http::{HeaderName, HeaderValue, Method, Request, Response, StatusCode, header::RETRY_AFTER};
+use http::{
+    HeaderName, HeaderValue, Method, Request, Response, StatusCode,
+    header::{CONTENT_TYPE, RETRY_AFTER},
+};
 use http_body::Body;
 use std::{fmt, time::Duration, time::SystemTime};
 use tokio::time::Instant;
@@ -27,10 +32,52 @@ pub const DEFAULT_MAX_RETRY_AFTER: Duration = Duration::from_secs(10);
 ///
 /// - A request whose method is not idempotent (RFC 9110: GET, HEAD, OPTIONS, TRACE, PUT and
 ///   DELETE are) and that carries no `Idempotency-Key` is retried only after a connect
-///   failure, when it provably never reached the server.
+///   failure, when it provably never reached the server (including an HTTP/2
+///   `REFUSED_STREAM`).
+/// - A gRPC call (a request whose `content-type` starts with `application/grpc`; every gRPC
+///   call is a POST) is also retried on a gRPC status condition that was configured
+///   (`unavailable`, `resource-exhausted`, `cancelled`, `deadline-exceeded`, `internal`),
+///   whatever its method: listing a status says the server declined the call with it, as in
+///   gRPC's retry design (A6) and Envoy's `retry-grpc-on`. Other outcomes of a gRPC call
+///   (`5xx`, `reset`...) follow the method rule.
 /// - A 429 or 503 with `Retry-After` waits that long instead of the backoff; if the delay is
 ///   over the cap (or past the deadline), the response is returned at once.
 /// - Each retry carries [`RETRY_ATTEMPT`].
+///
+/// # Deadlines
+///
+/// No retry starts that could not finish its backoff before the request's
+/// [`Deadline`](resilience_timeout::Deadline), set by a total timeout outside. With the
+/// [`HttpDeadline`](resilience_timeout::HttpDeadline) policy that timeout also writes the time
+/// left into the request's deadline header (`grpc-timeout`, or `x-request-timeout-ms`), but
+/// only once, before the first attempt: each retry repeats the same headers, so from the
+/// second attempt on the upstream is told more time than is left. The header is refreshed on
+/// each attempt only when an [`HttpDeadline`](resilience_timeout::HttpDeadline) timeout layer
+/// sits inside the retry layer, as the per-try timeout. We recommend one there (a per-try
+/// timeout is wise anyway):
+///
+/// ```
+/// use resilience_retry::{HttpPolicy, RetryLayer};
+/// use resilience_timeout::{HttpDeadline, TimeoutLayer};
+/// use std::time::Duration;
+/// use tower::ServiceBuilder;
+///
+/// let layers = ServiceBuilder::new()
+///     // Total: caps every attempt and backoff, and sets the deadline.
+///     .layer(
+///         TimeoutLayer::new(Duration::from_secs(2))
+///             .with_policy(HttpDeadline::new())
+///             .named("total"),
+///     )
+///     .layer(RetryLayer::new(HttpPolicy::default()))
+///     // Per-try: caps one attempt, and rewrites the deadline header with the time left.
+///     .layer(
+///         TimeoutLayer::new(Duration::from_millis(500))
+///             .with_policy(HttpDeadline::new())
+///             .named("per-try"),
+///     );
+/// # let _ = layers;
+/// ```
 #[derive(Clone)]
 pub struct HttpPolicy<C = RetryOn> {
     classifier: C,
@@ -104,6 +151,13 @@ impl<C> HttpPolicy<C> {
         self
     }
 
+    /// Whether a gRPC status condition may retry `req`: it must be a gRPC call.
+    fn is_grpc_call<B>(req: &Request<B>) -> bool {
+        req.headers()
+            .get(CONTENT_TYPE)
+            .is_some_and(|ct| ct.as_bytes().starts_with(b"application/grpc"))
+    }
+
     fn is_idempotent<B>(&self, req: &Request<B>) -> bool {
         self.any_method
             || matches!(
@@ -128,7 +182,11 @@ impl<C> HttpPolicy<C> {
         let RetryClass::Retryable(mut reason) = class else {
             return Action::Return;
         };
-        if reason.name != CONNECT_FAILURE && !self.is_idempotent(kept) {
+        // A connect failure never reached the server; a listed gRPC status on a gRPC call
+        // means the server declined it. Anything else may have been processed.
+        let safe_for_any_method =
+            reason.name == CONNECT_FAILURE || (is_grpc_reason(&reason) && Self::is_grpc_call(kept));
+        if !safe_for_any_method && !self.is_idempotent(kept) {
             return Action::Return;
         }
         if let Some(response) = response

@@ -50,6 +50,20 @@
 //! collected whole. A gRPC status is read from the response head or, with
 //! [`PeekGrpcTrailersLayer`] inside the retry layer, from trailers that follow the head at once.
 //!
+//! A gRPC call is a POST, so it is not idempotent by method; a gRPC status condition that was
+//! configured (`unavailable`, `resource-exhausted`...) still retries it when the request's
+//! `content-type` is `application/grpc*`, because the server declined the call with that
+//! status (gRPC A6, Envoy's `retry-grpc-on`). Requests that provably never reached the server
+//! (a failed connect, an HTTP/2 `REFUSED_STREAM` or `GOAWAY`) are retried whatever their
+//! method.
+//!
+//! **Deadline headers.** A total timeout with
+//! [`HttpDeadline`](resilience_timeout::HttpDeadline) outside the retry layer writes the time
+//! left (`grpc-timeout` / `x-request-timeout-ms`) into the request once, before the first
+//! attempt; retries repeat that header, so it overstates the time left. It is refreshed on
+//! each attempt only if an `HttpDeadline` timeout layer sits *inside* the retry layer, as the
+//! per-try timeout. We recommend that stack; see [`HttpPolicy`] for an example.
+//!
 //! # Config (feature `serde`)
 //!
 //! [`RetryConfig`] is the retry section of a `sidecar-lite` config file; library users load

@@ -9,7 +9,7 @@ use std::{
     fmt,
     pin::Pin,
     sync::{Arc, Mutex, MutexGuard, PoisonError},
-    task::{Context, Poll},
+    task::{Context, Poll, Waker},
 };
 
 /// The default cap on the body kept for replay: 64 KiB, as Linkerd.
@@ -24,6 +24,12 @@ pin_project! {
     /// pass the cap they are dropped and the body can no longer be replayed: it goes once,
     /// streaming. A body whose declared length is over the cap is never kept at all, and an
     /// empty body costs nothing.
+    ///
+    /// Only the newest copy reads: [`replay`](Self::replay) retires every copy handed out
+    /// before it, and a retired copy fails with [`NotReplayable`] when polled. An HTTP client
+    /// may go on writing the previous attempt's body after an early response; if that copy
+    /// kept reading the original it would steal frames and wakeups from the retry, and could
+    /// push the kept bytes over the cap halfway through the retry.
     pub struct ReplayBody<B> {
         #[pin]
         kind: Kind<B>,
@@ -35,7 +41,14 @@ pin_project! {
     enum Kind<B> {
         Empty,
         Once { #[pin] body: B },
-        Shared { shared: Arc<Mutex<Shared<B>>>, position: usize, sent_trailers: bool, hint: SizeHint },
+        Shared {
+            shared: Arc<Mutex<Shared<B>>>,
+            // The copy's generation: it may be polled only while this is the shared one.
+            generation: u64,
+            position: usize,
+            sent_trailers: bool,
+            hint: SizeHint,
+        },
     }
 }
 
@@ -51,6 +64,12 @@ struct Shared<B> {
     /// The kept frames were dropped (over the cap, or the body failed): no more replays.
     spoiled: bool,
     trailers: Option<HeaderMap>,
+    /// The generation of the newest copy, the only one allowed to read; bumped by each replay.
+    generation: u64,
+    /// The waker of the copy that last found the original pending. Only the current generation
+    /// polls the original, so one slot is enough; a replay wakes it so that the retired copy
+    /// learns at once that it failed instead of waiting forever on a body it may not read.
+    waiting: Option<Waker>,
 }
 
 impl<B: Body> ReplayBody<B> {
@@ -77,9 +96,12 @@ impl<B: Body> ReplayBody<B> {
             cap,
             spoiled: false,
             trailers: None,
+            generation: 0,
+            waiting: None,
         }));
-        let copy = Self::shared(shared.clone(), hint);
-        (Self::shared(shared, hint), Some(copy))
+        // Both start at generation 0: the kept copy is never polled, only replayed.
+        let copy = Self::shared(shared.clone(), 0, hint);
+        (Self::shared(shared, 0, hint), Some(copy))
     }
 }
 
@@ -88,10 +110,11 @@ impl<B> ReplayBody<B> {
         Self { kind: Kind::Empty }
     }
 
-    fn shared(shared: Arc<Mutex<Shared<B>>>, hint: SizeHint) -> Self {
+    fn shared(shared: Arc<Mutex<Shared<B>>>, generation: u64, hint: SizeHint) -> Self {
         Self {
             kind: Kind::Shared {
                 shared,
+                generation,
                 position: 0,
                 sent_trailers: false,
                 hint,
@@ -101,13 +124,28 @@ impl<B> ReplayBody<B> {
 
     /// A copy that replays the body from the start, or `None` when it can no longer be
     /// replayed (over the cap, or the original failed).
+    ///
+    /// The new copy becomes the only one that reads: every copy made before it (the previous
+    /// attempt's included) fails with [`NotReplayable`] from then on. Any copy may be replayed,
+    /// retired or not; the retry layer replays the copy it keeps and never polls.
     #[must_use]
     pub fn replay(&self) -> Option<Self> {
         match &self.kind {
             Kind::Empty => Some(Self::empty()),
             Kind::Once { .. } => None,
             Kind::Shared { shared, hint, .. } => {
-                (!lock(shared).spoiled).then(|| Self::shared(shared.clone(), *hint))
+                let mut state = lock(shared);
+                if state.spoiled {
+                    return None;
+                }
+                state.generation += 1;
+                let generation = state.generation;
+                let retired = state.waiting.take();
+                drop(state);
+                if let Some(waker) = retired {
+                    waker.wake();
+                }
+                Some(Self::shared(shared.clone(), generation, *hint))
             }
         }
     }
@@ -140,11 +178,16 @@ where
             }),
             KindProj::Shared {
                 shared,
+                generation,
                 position,
                 sent_trailers,
                 ..
             } => {
                 let mut state = lock(shared);
+                if *generation != state.generation {
+                    // A later attempt owns the original now; this attempt was given up.
+                    return Poll::Ready(Some(Err(NotReplayable.into())));
+                }
                 if *position < state.read {
                     // Replaying: this copy is behind the original.
                     let Some(data) = state.kept.get(*position).cloned() else {
@@ -165,7 +208,13 @@ where
                     return Poll::Ready(None);
                 };
                 match body.as_mut().poll_frame(cx) {
-                    Poll::Pending => Poll::Pending,
+                    Poll::Pending => {
+                        match &mut state.waiting {
+                            Some(waker) => waker.clone_from(cx.waker()),
+                            None => state.waiting = Some(cx.waker().clone()),
+                        }
+                        Poll::Pending
+                    }
                     Poll::Ready(None) => {
                         state.body = None;
                         Poll::Ready(None)
@@ -202,12 +251,16 @@ where
             Kind::Once { body } => body.is_end_stream(),
             Kind::Shared {
                 shared,
+                generation,
                 position,
                 sent_trailers,
                 ..
             } => {
                 let state = lock(shared);
-                *position >= state.read
+                // A retired copy is never at its end: ending it cleanly would send a
+                // truncated body as if it were whole. Polling it yields the error.
+                *generation == state.generation
+                    && *position >= state.read
                     && state.body.is_none()
                     && (state.trailers.is_none() || *sent_trailers)
             }
@@ -255,8 +308,9 @@ impl<B> fmt::Debug for ReplayBody<B> {
     }
 }
 
-/// A replayed body reached data that was not kept. The retry layer never replays a body that
-/// is over its cap, so this means a copy was polled after the original was spoiled.
+/// A copy of a [`ReplayBody`] cannot go on: a later [`replay`](ReplayBody::replay) retired it
+/// (the attempt it belonged to was given up), or it reached data that was not kept because
+/// the original was spoiled.
 #[derive(Debug, Clone, Copy)]
 pub struct NotReplayable;
 

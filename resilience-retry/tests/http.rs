@@ -27,6 +27,25 @@ enum Answer {
     WithHeader(u16, &'static str, &'static str),
     Refused,
     Reset,
+    /// An HTTP/2 error, in the source chain of the error as hyper returns it.
+    H2(h2::Reason),
+}
+
+/// Stands in for `hyper::Error`, which cannot be built outside hyper: an error whose source is
+/// the `h2::Error`, as hyper's is.
+#[derive(Debug)]
+struct Http2Error(h2::Error);
+
+impl std::fmt::Display for Http2Error {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.write_str("http2 error")
+    }
+}
+
+impl std::error::Error for Http2Error {
+    fn source(&self) -> Option<&(dyn std::error::Error + 'static)> {
+        Some(&self.0)
+    }
 }
 
 /// What the upstream saw of one attempt.
@@ -78,6 +97,7 @@ fn upstream(
                 }
                 Answer::Refused => Err(io::Error::from(io::ErrorKind::ConnectionRefused).into()),
                 Answer::Reset => Err(io::Error::from(io::ErrorKind::ConnectionReset).into()),
+                Answer::H2(reason) => Err(Http2Error(h2::Error::from(reason)).into()),
             }
         }
     });
@@ -269,8 +289,7 @@ async fn grpc_status_in_headers_is_classified_by_code() {
         let mut req = request(Method::POST);
         req.headers_mut()
             .insert("content-type", "application/grpc".parse().unwrap());
-        req.headers_mut()
-            .insert("idempotency-key", "call-1".parse().unwrap());
+        // No Idempotency-Key: a gRPC call is a POST, retried on a listed gRPC status.
         req
     };
     // The upstream answers as a gRPC server: content-type application/grpc.
@@ -591,8 +610,6 @@ async fn a_grpc_status_in_trailers_right_behind_the_head_is_retried() {
     let mut req = request(Method::POST);
     req.headers_mut()
         .insert("content-type", "application/grpc".parse().unwrap());
-    req.headers_mut()
-        .insert("idempotency-key", "call-7".parse().unwrap());
     let res = svc.oneshot(req).await.unwrap();
     assert_eq!(
         *calls.lock().unwrap(),
@@ -672,4 +689,359 @@ async fn with_a_total_timeout_outside_retrying_stops_when_the_backoff_would_pass
     assert_eq!(start.elapsed(), 80 * MS);
     let offsets: Vec<_> = log.lock().unwrap().iter().map(|s| s.at - start).collect();
     assert_eq!(offsets, [Duration::ZERO, 40 * MS, 80 * MS]);
+}
+
+#[tokio::test(start_paused = true)]
+async fn an_http2_refused_stream_is_retried_for_any_method() {
+    // hyper reports REFUSED_STREAM as a `hyper::Error` whose source is the `h2::Error`.
+    let (code, seen) = run(
+        HttpPolicy::default(),
+        vec![Answer::H2(h2::Reason::REFUSED_STREAM), Answer::Status(201)],
+        request(Method::POST),
+    )
+    .await;
+    assert_eq!(
+        (code, seen.len()),
+        (201, 2),
+        "a refused stream was never processed: safe to resend a POST"
+    );
+
+    // Another HTTP/2 error of the same shape is no proof of anything.
+    let (code, seen) = run(
+        HttpPolicy::default(),
+        vec![Answer::H2(h2::Reason::INTERNAL_ERROR), Answer::Status(201)],
+        request(Method::POST),
+    )
+    .await;
+    assert_eq!((code, seen.len()), (0, 1));
+
+    // Under `connect-failure`: a policy without it does not retry a refused stream.
+    let (code, seen) = run(
+        HttpPolicy::new(RetryOn::none().with(Condition::Reset)),
+        vec![Answer::H2(h2::Reason::REFUSED_STREAM), Answer::Status(200)],
+        request(Method::GET),
+    )
+    .await;
+    assert_eq!((code, seen.len()), (0, 1));
+}
+
+#[tokio::test(start_paused = true)]
+async fn a_huge_delay_gives_up_at_the_deadline_instead_of_overflowing() {
+    // A backoff whose cap is `Duration::MAX`: the first retry waits 1 ms, the second the
+    // cap. `Instant::now() + Duration::MAX` would panic.
+    let (inner, log) = upstream(vec![Answer::Status(503)]);
+    let svc = RetryLayer::new(HttpPolicy::default())
+        .attempts(5)
+        .unwrap()
+        .backoff(
+            Backoff::new(MS, Duration::MAX)
+                .unwrap()
+                .multiplier(1e30)
+                .unwrap()
+                .jitter(Jitter::None),
+        )
+        .layer(inner);
+    let mut req = request(Method::GET);
+    req.extensions_mut()
+        .insert(Deadline(Instant::now() + Duration::from_secs(1)));
+    let res = svc.oneshot(req).await.unwrap();
+    assert_eq!(res.status(), 503);
+    assert_eq!(
+        log.lock().unwrap().len(),
+        2,
+        "the second retry is past any deadline"
+    );
+
+    // The same through `Retry-After`, with no cap on it.
+    let mut req = request(Method::GET);
+    req.extensions_mut()
+        .insert(Deadline(Instant::now() + Duration::from_secs(1)));
+    let (code, seen) = run(
+        HttpPolicy::default().max_retry_after(Duration::MAX),
+        vec![
+            Answer::WithHeader(503, "retry-after", "18446744073709551615"),
+            Answer::Status(200),
+        ],
+        req,
+    )
+    .await;
+    assert_eq!((code, seen.len()), (503, 1));
+}
+
+#[tokio::test(start_paused = true)]
+async fn a_grpc_call_is_retried_on_a_listed_grpc_status_without_an_idempotency_key() {
+    let policy = HttpPolicy::new(RetryOn::from_names(&["unavailable", "reset"]).unwrap());
+    let grpc_upstream = |answers| {
+        let (inner, log) = upstream(answers);
+        let inner = inner.map_response(|mut res: Response<String>| {
+            res.headers_mut()
+                .insert("content-type", "application/grpc".parse().unwrap());
+            res
+        });
+        (inner, log)
+    };
+    let call = |content_type: &'static str| {
+        let mut req = request(Method::POST);
+        req.headers_mut()
+            .insert("content-type", content_type.parse().unwrap());
+        req
+    };
+    let unavailable = || Answer::WithHeader(200, "grpc-status", "14");
+    let ok = || Answer::WithHeader(200, "grpc-status", "0");
+
+    // A gRPC call (any `application/grpc*` content type): unavailable is retried.
+    for content_type in ["application/grpc", "application/grpc+proto"] {
+        let (inner, log) = grpc_upstream(vec![unavailable(), ok()]);
+        let res = layer(policy.clone())
+            .layer(inner)
+            .oneshot(call(content_type))
+            .await
+            .unwrap();
+        assert_eq!(res.headers()["grpc-status"], "0", "{content_type}");
+        let seen = log.lock().unwrap();
+        assert_eq!(seen.len(), 2, "{content_type}");
+        assert!(seen.iter().all(|s| s.method == Method::POST));
+    }
+
+    // Only the gRPC conditions are waived: a reset gRPC call may have been processed.
+    let (inner, log) = grpc_upstream(vec![Answer::Reset, ok()]);
+    let res = layer(policy.clone())
+        .layer(inner)
+        .oneshot(call("application/grpc"))
+        .await;
+    assert!(res.is_err());
+    assert_eq!(log.lock().unwrap().len(), 1);
+
+    // A POST that is not a gRPC call gets no such pass, whatever the response says.
+    let (inner, log) = grpc_upstream(vec![unavailable(), ok()]);
+    let res = layer(policy)
+        .layer(inner)
+        .oneshot(call("application/json"))
+        .await
+        .unwrap();
+    assert_eq!(res.headers()["grpc-status"], "14");
+    assert_eq!(log.lock().unwrap().len(), 1);
+}
+
+#[test]
+fn cloning_retry_on_shares_its_status_codes() {
+    // `tower_http::classify` takes the classifier by value, so the policy clones it for
+    // every response; the clone must not copy the list.
+    let on = RetryOn::none().status_codes([StatusCode::CONFLICT, StatusCode::TOO_MANY_REQUESTS]);
+    let clone = on.clone();
+    assert_eq!(clone, on);
+    assert!(std::ptr::eq(
+        on.retriable_status_codes(),
+        clone.retriable_status_codes()
+    ));
+}
+
+#[tokio::test(start_paused = true)]
+async fn a_replay_retires_the_previous_attempts_body() {
+    use futures::channel::mpsc;
+    use http_body::{Body, Frame};
+    use http_body_util::StreamBody;
+    use resilience_retry::{NotReplayable, ReplayBody};
+    use tokio_test::{assert_pending, assert_ready, task};
+
+    let data = |s: &'static str| Ok(Frame::data(Bytes::from_static(s.as_bytes())));
+    let (mut tx, rx) = mpsc::channel::<Result<Frame<Bytes>, io::Error>>(8);
+    // A cap that "one," fills exactly: one more byte read spoils the replay.
+    let (mut first, kept) = ReplayBody::new(StreamBody::new(rx), 4);
+    let kept = kept.expect("a chunked body under the cap is kept");
+
+    // The first attempt reads a chunk and waits for more; the server has answered early.
+    tx.try_send(data("one,")).unwrap();
+    let chunk = first.frame().await.unwrap().unwrap();
+    assert_eq!(chunk.into_data().unwrap(), "one,");
+    let mut old = task::spawn(first.frame());
+    assert_pending!(old.poll());
+
+    // The retry starts. The client may still be writing the old request.
+    let mut retry = kept.replay().expect("still under the cap");
+    assert!(old.is_woken(), "the retired copy learns at once");
+    let err = assert_ready!(old.poll()).unwrap().unwrap_err();
+    assert!(err.is::<NotReplayable>(), "{err}");
+    drop(old);
+
+    // Polled again with more data there, the old copy still fails and reads nothing, so it
+    // neither takes the retry's frames nor spoils the kept bytes.
+    tx.try_send(data("two,")).unwrap();
+    let err = first.frame().await.unwrap().unwrap_err();
+    assert!(err.is::<NotReplayable>(), "{err}");
+    assert!(
+        !first.is_end_stream(),
+        "a retired copy never ends as if complete"
+    );
+
+    // The retry replays what was kept and streams the rest, intact.
+    tx.try_send(data("three")).unwrap();
+    drop(tx);
+    let all = (&mut retry).collect().await.unwrap().to_bytes();
+    assert_eq!(all, "one,two,three");
+    assert!(retry.is_end_stream());
+}
+
+#[tokio::test(start_paused = true)]
+async fn a_response_returned_without_a_retry_leaves_its_request_body_streaming() {
+    use futures::channel::mpsc;
+    use http_body::Frame;
+    use http_body_util::StreamBody;
+    use resilience_retry::ReplayBody;
+
+    type Streamed = ReplayBody<StreamBody<mpsc::Receiver<Result<Frame<Bytes>, io::Error>>>>;
+
+    // The upstream answers 503 at once and keeps the request body, as a client still writing
+    // it does. With no budget left the 503 is returned, and the body must still stream.
+    let (mut tx, rx) = mpsc::channel::<Result<Frame<Bytes>, io::Error>>(8);
+    let bodies: Arc<Mutex<Vec<Streamed>>> = Arc::default();
+    let kept = bodies.clone();
+    let inner = service_fn(move |req: Request<Streamed>| {
+        kept.lock().unwrap().push(req.into_body());
+        async { Ok::<_, BoxError>(status(503)) }
+    });
+    let svc = RetryLayer::new(HttpPolicy::default())
+        .budget(Arc::new(
+            Budget::new(0.0, 0, Duration::from_secs(10)).unwrap(),
+        ))
+        .layer(inner);
+    let req = Request::builder()
+        .method(Method::PUT)
+        .uri("http://orders/")
+        .body(StreamBody::new(rx))
+        .unwrap();
+    let res = svc.oneshot(req).await.unwrap();
+    assert_eq!(res.status(), 503);
+
+    let body = bodies.lock().unwrap().pop().expect("one attempt");
+    for chunk in ["still ", "streaming"] {
+        tx.try_send(Ok(Frame::data(Bytes::from_static(chunk.as_bytes()))))
+            .unwrap();
+    }
+    drop(tx);
+    assert_eq!(body.collect().await.unwrap().to_bytes(), "still streaming");
+}
+
+#[tokio::test(start_paused = true)]
+async fn a_retry_refused_as_not_replayable_costs_no_budget() {
+    use futures::stream;
+    use http_body::Frame;
+    use http_body_util::StreamBody;
+
+    // A chunked body over the cap: spoiled by the first attempt, so it cannot be replayed.
+    let frames: Vec<Result<Frame<Bytes>, io::Error>> = ["0123456789", "0123456789"]
+        .iter()
+        .map(|c| Ok(Frame::data(Bytes::from_static(c.as_bytes()))))
+        .collect();
+    let inner = service_fn(|req: Request<resilience_retry::ReplayBody<_>>| async move {
+        req.into_body().collect().await?;
+        Ok::<_, BoxError>(status(503))
+    });
+    let layer = RetryLayer::new(HttpPolicy::default().max_replay_body(16)).budget(Arc::new(
+        Budget::new(0.0, 1, Duration::from_secs(1)).unwrap(),
+    ));
+    let budget = layer.get_budget().clone();
+    assert_eq!(budget.available(), 1);
+    let req = Request::builder()
+        .method(Method::PUT)
+        .uri("http://orders/")
+        .body(StreamBody::new(stream::iter(frames)))
+        .unwrap();
+    let res = layer.layer(inner).oneshot(req).await.unwrap();
+    assert_eq!(res.status(), 503);
+    assert_eq!(
+        budget.available(),
+        1,
+        "the retry that was not made was not paid for"
+    );
+}
+
+/// What an in-memory HTTP/2 server does to the one call it gets.
+#[derive(Clone, Copy)]
+enum Http2Server {
+    /// Resets the stream with this reason.
+    ResetStream(h2::Reason),
+    /// Sends GOAWAY at once and closes, before the call is made.
+    GoAway,
+}
+
+/// The real `h2::Error` a client gets from `server`, over an in-memory connection.
+async fn real_h2_error(server: Http2Server) -> h2::Error {
+    let (client_io, server_io) = tokio::io::duplex(64 * 1024);
+    tokio::spawn(async move {
+        let mut conn = h2::server::handshake(server_io).await.unwrap();
+        match server {
+            Http2Server::ResetStream(reason) => {
+                let (_req, mut respond) = conn.accept().await.unwrap().unwrap();
+                respond.send_reset(reason);
+            }
+            Http2Server::GoAway => conn.abrupt_shutdown(h2::Reason::NO_ERROR),
+        }
+        // Drive the connection until the client is done with it.
+        while let Some(Ok(_)) = conn.accept().await {}
+    });
+    let (client, conn) = h2::client::handshake(client_io).await.unwrap();
+    let conn = tokio::spawn(conn);
+    let call = || {
+        Request::post("http://orders/")
+            .body(())
+            .expect("a valid request")
+    };
+    match server {
+        Http2Server::ResetStream(_) => {
+            let mut client = client.ready().await.unwrap();
+            let (response, _) = client.send_request(call(), true).unwrap();
+            response.await.unwrap_err()
+        }
+        Http2Server::GoAway => {
+            // The connection ends once the GOAWAY has been read and the server has closed
+            // (writing to the closed pipe may fail too; the GOAWAY has been read by then).
+            let _ = conn.await.unwrap();
+            match client.ready().await {
+                Err(err) => err,
+                Ok(mut client) => client.send_request(call(), true).unwrap_err(),
+            }
+        }
+    }
+}
+
+#[tokio::test]
+async fn real_http2_errors_are_classified() {
+    use resilience_retry::{Action, Policy};
+
+    fn classify(method: Method, err: h2::Error) -> Action {
+        let err: BoxError = Http2Error(err).into();
+        Policy::<_, Response<String>, BoxError>::classify(
+            &HttpPolicy::default(),
+            &request(method),
+            &Err(err),
+        )
+    }
+    let retried = |action: Action| match action {
+        Action::Retry(reason) => Some(reason.name),
+        Action::Return => None,
+    };
+
+    let refused = real_h2_error(Http2Server::ResetStream(h2::Reason::REFUSED_STREAM)).await;
+    assert!(refused.is_reset() && refused.is_remote(), "{refused}");
+    assert_eq!(
+        retried(classify(Method::POST, refused)),
+        Some("connect-failure")
+    );
+
+    let go_away = real_h2_error(Http2Server::GoAway).await;
+    assert!(go_away.is_go_away() && go_away.is_remote(), "{go_away}");
+    assert_eq!(
+        retried(classify(Method::POST, go_away)),
+        Some("connect-failure"),
+        "a stream the server never took is safe to resend"
+    );
+
+    let reset = || real_h2_error(Http2Server::ResetStream(h2::Reason::INTERNAL_ERROR));
+    assert_eq!(retried(classify(Method::GET, reset().await)), Some("reset"));
+    assert_eq!(
+        retried(classify(Method::POST, reset().await)),
+        None,
+        "a reset POST may have been processed"
+    );
 }

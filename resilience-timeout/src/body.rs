@@ -17,7 +17,11 @@ use tower_layer::Layer;
 use tower_service::Service;
 
 /// Bounds how long a response body may take: each frame within an idle timeout, the whole body
-/// within a total timeout. Both clocks start when the response head arrives.
+/// within a total timeout.
+///
+/// The total clock starts when the response head arrives. The idle clock measures only the
+/// upstream: it starts when the reader asks for a frame that is not there yet, so a reader
+/// that is slow to ask (back-pressure) never makes the upstream look idle.
 ///
 /// A body that runs out of time ends with a [`BodyTimeout`] error in its stream; the response
 /// head has already been sent, so there is no status to change.
@@ -40,7 +44,8 @@ impl ResponseBodyTimeoutLayer {
         Self::default()
     }
 
-    /// Each body frame must arrive within `idle` of the previous one (or of the response head).
+    /// Each body frame must arrive within `idle` of the reader asking for it and finding none
+    /// ready; time the reader spends before asking does not count.
     pub fn idle(mut self, idle: Duration) -> Self {
         self.limits.idle = Some(idle);
         self
@@ -141,6 +146,8 @@ pin_project! {
         idle: Option<Duration>,
         #[pin]
         idle_sleep: Option<Sleep>,
+        // Whether the reader is waiting on the upstream: the idle clock runs only then.
+        waiting: bool,
         total: Option<Duration>,
         #[pin]
         total_sleep: Option<Sleep>,
@@ -153,6 +160,7 @@ impl<B> TimeoutBody<B> {
             inner,
             idle: limits.idle,
             idle_sleep: limits.idle.map(sleep),
+            waiting: false,
             total: limits.total,
             total_sleep: limits.total.map(sleep),
         }
@@ -171,7 +179,7 @@ where
         self: Pin<&mut Self>,
         cx: &mut Context<'_>,
     ) -> Poll<Option<Result<Frame<Self::Data>, Self::Error>>> {
-        let mut this = self.project();
+        let this = self.project();
         // The total limit first: a body that always has a frame ready must still end on time.
         if let (Some(total), Some(sleep)) = (this.total, this.total_sleep.as_pin_mut())
             && sleep.poll(cx).is_ready()
@@ -179,15 +187,19 @@ where
             return Poll::Ready(Some(Err(BodyTimeout::total(*total).into())));
         }
         if let Poll::Ready(frame) = this.inner.poll_frame(cx) {
-            if let (Some(idle), Some(sleep)) = (this.idle, this.idle_sleep.as_mut().as_pin_mut()) {
-                sleep.reset(Instant::now() + *idle);
-            }
+            *this.waiting = false;
             return Poll::Ready(frame.map(|f| f.map_err(Into::into)));
         }
-        if let (Some(idle), Some(sleep)) = (this.idle, this.idle_sleep.as_pin_mut())
-            && sleep.poll(cx).is_ready()
-        {
-            return Poll::Ready(Some(Err(BodyTimeout::idle(*idle).into())));
+        if let (Some(idle), Some(mut sleep)) = (this.idle, this.idle_sleep.as_pin_mut()) {
+            if !*this.waiting {
+                // The upstream is behind from now on. Until this poll the reader was busy
+                // (or had just begun), and time it spent is not the upstream's idleness.
+                *this.waiting = true;
+                sleep.as_mut().reset(Instant::now() + *idle);
+            }
+            if sleep.poll(cx).is_ready() {
+                return Poll::Ready(Some(Err(BodyTimeout::idle(*idle).into())));
+            }
         }
         Poll::Pending
     }

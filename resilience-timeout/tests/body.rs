@@ -98,3 +98,48 @@ async fn a_complete_body_ends_normally() {
     drop(tx);
     assert_eq!(body.collect().await.unwrap().to_bytes(), "all");
 }
+
+#[tokio::test(start_paused = true)]
+async fn a_slow_reader_does_not_make_the_upstream_look_idle() {
+    use tokio_test::{assert_pending, assert_ready, task};
+
+    let idle = Duration::from_millis(100);
+    let layer = ResponseBodyTimeoutLayer::new().idle(idle);
+    let (mut tx, mut body) = respond_with_channel(layer).await;
+
+    tx.try_send(data("a")).unwrap();
+    let frame = body.frame().await.unwrap().unwrap();
+    assert_eq!(frame.into_data().unwrap(), "a");
+
+    // The reader is busy (back-pressure) for twice the idle limit before it asks again, and
+    // the next frame is not there yet when it does.
+    time::advance(2 * idle).await;
+    let mut next = task::spawn(body.frame());
+    assert_pending!(
+        next.poll(),
+        "the upstream gets its full idle limit from now"
+    );
+
+    // The frame comes within the idle limit of that poll: no timeout.
+    time::advance(idle / 2).await;
+    tx.try_send(data("b")).unwrap();
+    assert!(next.is_woken());
+    let frame = assert_ready!(next.poll()).unwrap().unwrap();
+    assert_eq!(frame.into_data().unwrap(), "b");
+    drop(next);
+
+    // A slow reader does not switch the idle limit off: an upstream that then stays silent
+    // for the limit still fails.
+    time::advance(2 * idle).await;
+    let mut next = task::spawn(body.frame());
+    assert_pending!(next.poll());
+    time::advance(idle - Duration::from_millis(1)).await;
+    assert_pending!(next.poll());
+    time::advance(Duration::from_millis(1)).await;
+    let err = assert_ready!(next.poll()).unwrap().unwrap_err();
+    let timeout = err
+        .downcast_ref::<BodyTimeout>()
+        .expect("a typed BodyTimeout");
+    assert!(timeout.is_idle());
+    drop(tx);
+}
