@@ -12,7 +12,7 @@
 //! | `GET /` | a status page that refreshes itself |
 
 use crate::{
-    config::Config,
+    config::{Config, LimitsConfig},
     proxy::{
         body::{ProxyBody, boxed, sidecar_response},
         server::ClientAddr,
@@ -103,6 +103,7 @@ pub async fn serve(
         service,
         shutdown,
         Duration::from_secs(1),
+        LimitsConfig::default(),
     )
     .await;
 }

@@ -34,6 +34,66 @@ pub struct Config {
     /// The async runtime.
     #[serde(default)]
     pub runtime: RuntimeConfig,
+    /// Limits on each client connection, for every listener.
+    #[serde(default)]
+    pub limits: LimitsConfig,
+}
+
+/// `[limits]`: what one client may ask of a listener, so a bad one cannot hurt the others.
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct LimitsConfig {
+    /// Time to send a whole request head, and to start the next one on a kept-alive
+    /// connection (slowloris, idle keep-alive). Default 10 s.
+    #[serde(
+        default = "default_header_read_timeout",
+        with = "resilience_timeout::duration"
+    )]
+    pub header_read_timeout: Duration,
+    /// Headers per request; more get 431. Default 100.
+    #[serde(default = "default_max_headers")]
+    pub max_headers: usize,
+    /// Bytes of a request head (HTTP/1.1) or header list (HTTP/2); more get 431. Default 64 KiB.
+    #[serde(default = "default_max_head_bytes")]
+    pub max_head_bytes: usize,
+    /// Open connections per listener; more are closed at once. Default 10000.
+    #[serde(default = "default_max_connections")]
+    pub max_connections: usize,
+    /// Concurrent HTTP/2 streams per connection. Default 256.
+    #[serde(default = "default_max_streams")]
+    pub http2_max_concurrent_streams: u32,
+}
+
+impl Default for LimitsConfig {
+    fn default() -> Self {
+        Self {
+            header_read_timeout: default_header_read_timeout(),
+            max_headers: default_max_headers(),
+            max_head_bytes: default_max_head_bytes(),
+            max_connections: default_max_connections(),
+            http2_max_concurrent_streams: default_max_streams(),
+        }
+    }
+}
+
+fn default_header_read_timeout() -> Duration {
+    Duration::from_secs(10)
+}
+
+fn default_max_headers() -> usize {
+    100
+}
+
+fn default_max_head_bytes() -> usize {
+    64 * 1024
+}
+
+fn default_max_connections() -> usize {
+    10_000
+}
+
+fn default_max_streams() -> u32 {
+    256
 }
 
 /// `[admin]`.
@@ -432,6 +492,27 @@ impl Config {
                     percent(at("fault.delay.percent"), delay.percent, &mut problems);
                 }
             }
+        }
+        let limits = &self.limits;
+        for (field, value, min) in [
+            ("limits.max_headers", limits.max_headers, 1),
+            ("limits.max_head_bytes", limits.max_head_bytes, 8192),
+            ("limits.max_connections", limits.max_connections, 1),
+            (
+                "limits.http2_max_concurrent_streams",
+                limits.http2_max_concurrent_streams as usize,
+                1,
+            ),
+        ] {
+            if value < min {
+                problems.push((
+                    field.into(),
+                    format!("{value} is below the minimum of {min}"),
+                ));
+            }
+        }
+        if limits.max_head_bytes > u32::MAX as usize {
+            problems.push(("limits.max_head_bytes".into(), "must fit in 32 bits".into()));
         }
         if self.runtime.worker_threads == Some(0) {
             problems.push(("runtime.worker_threads".into(), "must be at least 1".into()));

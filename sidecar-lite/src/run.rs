@@ -141,8 +141,11 @@ impl Sidecar {
         if config.identity != self.config.identity {
             return Err("[identity] changed: restart to use other certificate files".into());
         }
-        if config.admin != self.config.admin || config.runtime != self.config.runtime {
-            return Err("[admin] or [runtime] changed: restart to apply".into());
+        if config.admin != self.config.admin
+            || config.runtime != self.config.runtime
+            || config.limits != self.config.limits
+        {
+            return Err("[admin], [runtime] or [limits] changed: restart to apply".into());
         }
         let planned = self.plan(config)?;
         self.apply(config.clone(), planned).await
@@ -260,6 +263,7 @@ impl Sidecar {
                         service,
                         shutdown,
                         config.runtime.drain_grace,
+                        config.limits.clone(),
                     ));
                     let listener = Listener {
                         addr,

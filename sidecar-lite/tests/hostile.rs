@@ -110,3 +110,59 @@ async fn a_bad_request_line_gets_400() {
     let status = raw(outbound_addr(&sidecar), b"GARBAGE\r\n\r\n").await;
     assert!(status.starts_with("HTTP/1.1 400"), "{status}");
 }
+
+#[tokio::test]
+async fn a_client_sending_its_head_slowly_is_disconnected_and_others_are_served() {
+    let (app, _) = echo_app().await;
+    let sidecar = sidecar(&format!(
+        "[limits]\nheader_read_timeout = \"300ms\"\n[[outbound]]\nname = \"orders\"\nlisten = \"127.0.0.1:0\"\nendpoints = [\"{app}\"]\n"
+    ))
+    .await;
+    let addr = outbound_addr(&sidecar);
+    let mut slow = TcpStream::connect(addr).await.unwrap();
+    slow.write_all(b"GET / HTTP/1.1\r\nHost: a\r\nX-Slow: ")
+        .await
+        .unwrap();
+    // The head never completes: the sidecar closes the connection (with or without a 408).
+    let mut rest = Vec::new();
+    let closed = timeout(STEP, slow.read_to_end(&mut rest)).await;
+    assert!(closed.is_ok(), "the slow client is disconnected");
+    let text = String::from_utf8_lossy(&rest);
+    assert!(
+        text.is_empty() || text.starts_with("HTTP/1.1 408"),
+        "{text}"
+    );
+
+    let req = Request::builder()
+        .uri(format!("http://{addr}/"))
+        .body(full(""))
+        .unwrap();
+    let response = timeout(STEP, http1().request(req)).await.unwrap().unwrap();
+    assert_eq!(response.status(), StatusCode::OK);
+}
+
+#[tokio::test]
+async fn connections_beyond_the_limit_are_closed_at_once() {
+    let (app, _) = echo_app().await;
+    let sidecar = sidecar(&format!(
+        "[limits]\nmax_connections = 2\n[[outbound]]\nname = \"orders\"\nlisten = \"127.0.0.1:0\"\nendpoints = [\"{app}\"]\n"
+    ))
+    .await;
+    let addr = outbound_addr(&sidecar);
+    // Two idle connections take the two places.
+    let held: Vec<TcpStream> = vec![
+        TcpStream::connect(addr).await.unwrap(),
+        TcpStream::connect(addr).await.unwrap(),
+    ];
+    // The listener accepts in arrival order, so the third is over the limit whenever it is
+    // accepted.
+    let mut third = TcpStream::connect(addr).await.unwrap();
+    let _ = third.write_all(b"GET / HTTP/1.1\r\nHost: a\r\n\r\n").await;
+    let mut buf = Vec::new();
+    let read = timeout(STEP, third.read_to_end(&mut buf)).await.unwrap();
+    assert!(
+        read.is_err() || buf.is_empty(),
+        "the third connection is closed unanswered"
+    );
+    drop(held);
+}

@@ -2,6 +2,7 @@
 //! and shut down gracefully.
 
 use super::body::ProxyBody;
+use crate::config::LimitsConfig;
 use arc_swap::ArcSwapOption;
 use http::{Request, Response};
 use hyper::body::Incoming;
@@ -38,6 +39,7 @@ pub async fn serve<S>(
     service: S,
     shutdown: impl Future<Output = ()>,
     grace: Duration,
+    limits: LimitsConfig,
 ) where
     S: Service<Request<Incoming>, Response = Response<ProxyBody>, Error = Infallible>
         + Clone
@@ -46,7 +48,7 @@ pub async fn serve<S>(
     S::Future: Send + 'static,
 {
     let graceful = GracefulShutdown::new();
-    let builder = hardened_builder();
+    let builder = hardened_builder(&limits);
     let open = metrics::gauge!("sidecar_connections_open", "listener" => name.to_string());
     let mut connections = JoinSet::new();
     tokio::pin!(shutdown);
@@ -65,6 +67,14 @@ pub async fn serve<S>(
             Some(_) = connections.join_next(), if !connections.is_empty() => continue,
             () = &mut shutdown => break,
         };
+        if connections.len() >= limits.max_connections {
+            // Over the limit: close at once rather than queue; the client may retry elsewhere.
+            metrics::counter!("sidecar_connections_refused_total", "listener" => name.to_string())
+                .increment(1);
+            tracing::debug!(listener = &*name, %remote, "connection limit reached; closing");
+            drop(tcp);
+            continue;
+        }
         let _ = tcp.set_nodelay(true);
         let service = service.clone();
         let acceptor = acceptor.load_full();
@@ -106,46 +116,31 @@ pub async fn serve<S>(
     connections.shutdown().await;
 }
 
-/// Limits that keep one bad client from hurting the others.
-pub mod limits {
-    use std::time::Duration;
+/// Streams a client may reset before the server has accepted them (HTTP/2 rapid reset,
+/// CVE-2023-44487); beyond it the connection is closed.
+const MAX_PENDING_RESETS: usize = 20;
+/// Idle HTTP/2 connections are pinged this often, and closed if the ping is not answered
+/// within the same time.
+const KEEP_ALIVE_INTERVAL: Duration = Duration::from_secs(30);
 
-    /// Time to send the whole request head (slowloris).
-    pub const HEADER_READ_TIMEOUT: Duration = Duration::from_secs(10);
-    /// Headers per request; more get `431`.
-    pub const MAX_HEADERS: usize = 100;
-    /// Bytes buffered for a request head; more get `431`.
-    pub const MAX_HEAD_BYTES: usize = 64 * 1024;
-    /// Concurrent HTTP/2 streams per connection.
-    pub const MAX_CONCURRENT_STREAMS: u32 = 256;
-    /// Bytes of one HTTP/2 header list.
-    pub const MAX_HEADER_LIST_BYTES: u32 = 64 * 1024;
-    /// Streams a client may reset before the server has accepted them (HTTP/2 rapid reset,
-    /// CVE-2023-44487); beyond it the connection is closed.
-    pub const MAX_PENDING_RESETS: usize = 20;
-    /// Idle HTTP/2 connections are pinged this often, and closed if the ping is not answered
-    /// within the same time.
-    pub const KEEP_ALIVE_INTERVAL: Duration = Duration::from_secs(30);
-}
-
-/// An HTTP/1.1 and HTTP/2 server builder with the [`limits`] applied.
-fn hardened_builder() -> auto::Builder<TokioExecutor> {
+/// An HTTP/1.1 and HTTP/2 server builder with `limits` applied.
+fn hardened_builder(limits: &LimitsConfig) -> auto::Builder<TokioExecutor> {
     let mut builder = auto::Builder::new(TokioExecutor::new());
     builder
         .http1()
         .timer(TokioTimer::new())
-        .header_read_timeout(limits::HEADER_READ_TIMEOUT)
-        .max_headers(limits::MAX_HEADERS)
-        .max_buf_size(limits::MAX_HEAD_BYTES)
+        .header_read_timeout(limits.header_read_timeout)
+        .max_headers(limits.max_headers)
+        .max_buf_size(limits.max_head_bytes)
         .keep_alive(true);
     builder
         .http2()
         .timer(TokioTimer::new())
-        .max_concurrent_streams(limits::MAX_CONCURRENT_STREAMS)
-        .max_header_list_size(limits::MAX_HEADER_LIST_BYTES)
-        .max_pending_accept_reset_streams(limits::MAX_PENDING_RESETS)
-        .keep_alive_interval(limits::KEEP_ALIVE_INTERVAL)
-        .keep_alive_timeout(limits::KEEP_ALIVE_INTERVAL);
+        .max_concurrent_streams(limits.http2_max_concurrent_streams)
+        .max_header_list_size(u32::try_from(limits.max_head_bytes).unwrap_or(u32::MAX))
+        .max_pending_accept_reset_streams(MAX_PENDING_RESETS)
+        .keep_alive_interval(KEEP_ALIVE_INTERVAL)
+        .keep_alive_timeout(KEEP_ALIVE_INTERVAL);
     builder
 }
 
