@@ -2,6 +2,8 @@
 //!
 //! Run them with `cargo bench -p benches`; see the workspace README for the figures.
 
+pub mod process;
+
 use criterion::{BenchmarkGroup, measurement::WallTime};
 use std::{convert::Infallible, fmt::Debug, hint::black_box};
 use tokio::runtime::Runtime;

@@ -1,0 +1,551 @@
+#!/usr/bin/env python3
+"""The load harness: sidecar-lite beside nginx and HAProxy, in one run, on loopback.
+
+Run it from the workspace root (one command; it installs what is missing):
+
+    python3 benches/load/run.py            # or: benches/load/run.py --quick
+
+It installs wrk, nginx and HAProxy from Debian's packages when missing, builds the release
+binaries it needs (sidecar-lite, the flaky upstream, the fixed-rate load generator), starts an
+upstream (the flaky upstream with no faults), and measures each target at 1 and at 2 worker
+threads:
+
+  direct          the load generator calls the upstream
+  sidecar-1hop    one sidecar-lite, plaintext: an outbound route to the upstream
+  sidecar-mtls    two sidecar-lite: outbound -> mTLS -> inbound -> upstream
+  nginx           nginx as a plain reverse proxy (keep-alive to the upstream)
+  haproxy         HAProxy as a plain reverse proxy (keep-alive to the upstream)
+
+Each gets: saturation req/s with 32 connections (wrk); p50, p99 and p99.9 at a fixed
+5000 req/s (benches' `loadgen`, wrk2-style, without coordinated omission); CPU seconds per
+1000 requests during saturation and RSS of the proxy processes (from /proc/PID). Every
+measurement runs 3 times, interleaved across targets; the table gives medians with min and
+max, and ratios to direct and to HAProxy. It writes benches/load/results/latest.{md,json,svg}.
+
+It stays on 127.0.0.1, stops only the processes it started (by PID), and is bounded in time.
+"""
+
+import argparse
+import json
+import os
+import re
+import shutil
+import signal
+import socket
+import statistics
+import subprocess
+import sys
+import tempfile
+import time
+from pathlib import Path
+
+ROOT = Path(__file__).resolve().parents[2]
+RELEASE = Path(os.environ.get("CARGO_TARGET_DIR", ROOT / "target")) / "release"
+RESULTS = ROOT / "benches" / "load" / "results"
+TARGETS = ["direct", "sidecar-1hop", "sidecar-mtls", "nginx", "haproxy"]
+CLK_TCK = os.sysconf("SC_CLK_TCK")
+PAGE = os.sysconf("SC_PAGE_SIZE")
+DEADLINE_S = 290  # the whole run, tools and builds excluded
+
+
+def log(msg):
+    print(f"[load] {msg}", file=sys.stderr, flush=True)
+
+
+# ---------------------------------------------------------------- tools and builds
+
+
+def ensure_tools():
+    wanted = {"wrk": "wrk", "nginx": "nginx-light", "haproxy": "haproxy"}
+    missing = [pkg for tool, pkg in wanted.items() if shutil.which(tool) is None]
+    if missing:
+        log(f"installing {' '.join(missing)} from Debian's packages")
+        env = dict(os.environ, DEBIAN_FRONTEND="noninteractive")
+        subprocess.run(["apt-get", "update", "-qq"], check=True, env=env)
+        subprocess.run(["apt-get", "install", "-y", "-qq", *missing], check=True, env=env)
+    for tool in wanted:
+        if shutil.which(tool) is None:
+            sys.exit(f"{tool} is still missing after the install")
+
+
+def build():
+    log("building release binaries (sidecar-lite, flaky-upstream, loadgen)")
+    subprocess.run(
+        ["cargo", "build", "--release", "-p", "sidecar-lite", "-p", "example-flaky-upstream",
+         "-p", "benches", "--bin", "sidecar-lite", "--bin", "flaky-upstream", "--bin", "loadgen"],
+        cwd=ROOT, check=True)
+
+
+# ---------------------------------------------------------------- processes
+
+
+def free_port():
+    with socket.socket() as s:
+        s.bind(("127.0.0.1", 0))
+        return s.getsockname()[1]
+
+
+class Proc:
+    """A process this harness started; stopped by its PID, never by name."""
+
+    started = []
+
+    def __init__(self, name, argv, **kw):
+        self.name = name
+        self.popen = subprocess.Popen(argv, stdin=subprocess.DEVNULL, **kw)
+        Proc.started.append(self)
+
+    @property
+    def pid(self):
+        return self.popen.pid
+
+    def pids(self):
+        """This process and its children (nginx's workers)."""
+        pids = [self.pid]
+        try:
+            for task in os.listdir(f"/proc/{self.pid}/task"):
+                with open(f"/proc/{self.pid}/task/{task}/children") as f:
+                    pids += [int(p) for p in f.read().split()]
+        except OSError:
+            pass
+        return pids
+
+    def stop(self):
+        if self.popen.poll() is None:
+            os.kill(self.pid, signal.SIGTERM)
+            try:
+                self.popen.wait(timeout=5)
+            except subprocess.TimeoutExpired:
+                os.kill(self.pid, signal.SIGKILL)
+                self.popen.wait()
+        if self in Proc.started:
+            Proc.started.remove(self)
+
+
+def stop_all():
+    for proc in list(reversed(Proc.started)):
+        proc.stop()
+
+
+def wait_port(port, proc, timeout=10.0):
+    end = time.monotonic() + timeout
+    while time.monotonic() < end:
+        if proc.popen.poll() is not None:
+            sys.exit(f"{proc.name} exited at start with {proc.popen.returncode}")
+        try:
+            with socket.create_connection(("127.0.0.1", port), timeout=0.2):
+                return
+        except OSError:
+            time.sleep(0.05)
+    sys.exit(f"{proc.name} did not listen on {port} within {timeout}s")
+
+
+def wait_http_ok(port, path="/", timeout=10.0, what="a target", proc=None):
+    end = time.monotonic() + timeout
+    while time.monotonic() < end:
+        if proc is not None and proc.popen.poll() is not None:
+            sys.exit(f"{what} exited at start with {proc.popen.returncode}")
+        try:
+            with socket.create_connection(("127.0.0.1", port), timeout=1) as s:
+                s.sendall(f"GET {path} HTTP/1.1\r\nhost: load\r\nconnection: close\r\n\r\n".encode())
+                if s.recv(64).startswith(b"HTTP/1.1 200"):
+                    return
+        except OSError:
+            pass
+        time.sleep(0.05)
+    sys.exit(f"{what}: 127.0.0.1:{port}{path} did not answer 200 within {timeout}s")
+
+
+def cpu_seconds(pids):
+    total = 0
+    for pid in pids:
+        try:
+            with open(f"/proc/{pid}/stat") as f:
+                fields = f.read().rsplit(")", 1)[1].split()
+            total += int(fields[11]) + int(fields[12])  # utime, stime
+        except OSError:
+            pass
+    return total / CLK_TCK
+
+
+def memory_kib(pids, key):
+    total = 0
+    for pid in pids:
+        try:
+            with open(f"/proc/{pid}/status") as f:
+                for line in f:
+                    if line.startswith(key + ":"):
+                        total += int(line.split()[1])
+        except OSError:
+            pass
+    return total
+
+
+# ---------------------------------------------------------------- targets
+
+
+def sidecar_config(tmp, name, threads, body):
+    admin = free_port()
+    text = (f"[admin]\nlisten = \"127.0.0.1:{admin}\"\n\n[runtime]\nworker_threads = {threads}\n\n"
+            f"[log]\nfilter = \"error\"\n\n{body}")
+    path = tmp / f"{name}-{threads}.toml"
+    path.write_text(text)
+    return path, admin
+
+
+def identity(tmp, name):
+    return (f"[identity]\ncert = \"{tmp}/{name}.pem\"\nkey = \"{tmp}/{name}-key.pem\"\n"
+            f"trust = \"{tmp}/ca.pem\"\n\n")
+
+
+def start_sidecar(tmp, name, threads, body):
+    path, admin = sidecar_config(tmp, name, threads, body)
+    proc = Proc(f"{name}-{threads}", [str(RELEASE / "sidecar-lite"), "run", "--config", str(path)],
+                stdout=subprocess.DEVNULL, env=dict(os.environ, RUST_LOG="error"))
+    wait_http_ok(admin, "/ready", what=proc.name, proc=proc)
+    return proc
+
+
+def route(listen, endpoint, mtls):
+    server = "server_identity = \"spiffe://example.org/ns/load/sa/app\"\n" if mtls else ""
+    return (f"[[outbound]]\nname = \"app\"\nlisten = \"127.0.0.1:{listen}\"\n"
+            f"endpoints = [\"127.0.0.1:{endpoint}\"]\n{server}timeout = \"5s\"\n"
+            f"max_concurrent_requests = 4096\n")
+
+
+def start_targets(tmp, threads, upstream):
+    """Every target at `threads` workers: name -> (port, [procs whose CPU and RSS count])."""
+    targets = {"direct": (upstream, [])}
+
+    port = free_port()
+    one = start_sidecar(tmp, "sidecar-1hop", threads, route(port, upstream, False))
+    targets["sidecar-1hop"] = (port, [one])
+
+    inbound_port = free_port()
+    inbound = start_sidecar(
+        tmp, "sidecar-inbound", threads,
+        identity(tmp, "app") + f"[inbound]\nlisten = \"127.0.0.1:{inbound_port}\"\n"
+        f"app = \"127.0.0.1:{upstream}\"\nmtls = \"strict\"\nmax_concurrent_requests = 4096\n"
+        "allow = [\"spiffe://example.org/ns/load/sa/client\"]\n")
+    port = free_port()
+    outbound = start_sidecar(tmp, "sidecar-outbound", threads,
+                             identity(tmp, "client") + route(port, inbound_port, True))
+    targets["sidecar-mtls"] = (port, [outbound, inbound])
+
+    port = free_port()
+    conf = tmp / f"nginx-{threads}.conf"
+    conf.write_text(f"""
+daemon off;
+master_process on;
+worker_processes {threads};
+pid {tmp}/nginx-{threads}.pid;
+error_log {tmp}/nginx-{threads}-error.log error;
+events {{ worker_connections 4096; }}
+http {{
+    access_log off;
+    client_body_temp_path {tmp}/nginx-body;
+    proxy_temp_path {tmp}/nginx-proxy;
+    fastcgi_temp_path {tmp}/nginx-fastcgi;
+    uwsgi_temp_path {tmp}/nginx-uwsgi;
+    scgi_temp_path {tmp}/nginx-scgi;
+    keepalive_requests 1000000;
+    upstream app {{ server 127.0.0.1:{upstream}; keepalive 256; keepalive_requests 1000000; }}
+    server {{
+        listen 127.0.0.1:{port};
+        location / {{
+            proxy_pass http://app;
+            proxy_http_version 1.1;
+            proxy_set_header Connection "";
+        }}
+    }}
+}}
+""")
+    nginx = Proc(f"nginx-{threads}", ["nginx", "-p", str(tmp), "-c", str(conf)],
+                 stdout=subprocess.DEVNULL)
+    wait_http_ok(port, what="nginx", proc=nginx)
+    targets["nginx"] = (port, [nginx])
+
+    port = free_port()
+    conf = tmp / f"haproxy-{threads}.cfg"
+    conf.write_text(f"""
+global
+    nbthread {threads}
+    maxconn 4096
+defaults
+    mode http
+    timeout connect 5s
+    timeout client 30s
+    timeout server 30s
+    option http-keep-alive
+    http-reuse always
+frontend in
+    bind 127.0.0.1:{port}
+    default_backend app
+backend app
+    server app 127.0.0.1:{upstream}
+""")
+    haproxy = Proc(f"haproxy-{threads}", ["haproxy", "-f", str(conf), "-db"],
+                   stdout=subprocess.DEVNULL, stderr=subprocess.PIPE)
+    wait_http_ok(port, what="haproxy", proc=haproxy)
+    targets["haproxy"] = (port, [haproxy])
+    return targets
+
+
+# ---------------------------------------------------------------- measurements
+
+
+def wrk(port, connections, seconds):
+    out = subprocess.run(
+        ["wrk", "-t1", f"-c{connections}", f"-d{seconds}s", "--timeout", "5s",
+         f"http://127.0.0.1:{port}/"],
+        capture_output=True, text=True, timeout=seconds + 30).stdout
+    rps = float(re.search(r"Requests/sec:\s+([\d.]+)", out).group(1))
+    total = int(re.search(r"(\d+) requests in", out).group(1))
+    errors = 0
+    non2xx = re.search(r"Non-2xx or 3xx responses:\s+(\d+)", out)
+    if non2xx:
+        errors += int(non2xx.group(1))
+    socket_errors = re.search(r"Socket errors: connect (\d+), read (\d+), write (\d+), timeout (\d+)", out)
+    if socket_errors:
+        errors += sum(int(n) for n in socket_errors.groups())
+    return rps, total, errors
+
+
+def fixed_rate(port, rate, seconds):
+    out = subprocess.run(
+        [str(RELEASE / "loadgen"), "--addr", f"127.0.0.1:{port}", "--rate", str(rate),
+         "--connections", "32", "--seconds", str(seconds), "--warmup", "0.5"],
+        capture_output=True, text=True, timeout=seconds + 30)
+    if out.returncode != 0:
+        sys.exit(f"loadgen failed: {out.stderr}")
+    return json.loads(out.stdout)
+
+
+def measure(targets, args, started):
+    runs = {name: [] for name in targets}
+    for rep in range(args.reps):
+        for name, (port, procs) in targets.items():  # interleaved: every target once per rep
+            if time.monotonic() - started > DEADLINE_S:
+                log("time is up; stopping the measurements early")
+                return runs
+            pids = [p for proc in procs for p in proc.pids()]
+            cpu0 = cpu_seconds(pids)
+            rps, total, errors = wrk(port, 32, args.saturation_seconds)
+            cpu = cpu_seconds(pids) - cpu0
+            fixed = fixed_rate(port, args.rate, args.rate_seconds)
+            runs[name].append({
+                "rps": rps, "requests": total, "errors": errors + fixed["errors"],
+                "cpu_per_1000": cpu / total * 1000 if procs and total else None,
+                "p50": fixed["p50_us"], "p99": fixed["p99_us"], "p999": fixed["p999_us"],
+                "achieved": fixed["achieved_rps"],
+            })
+            log(f"rep {rep + 1} {name:13s} {rps:9.0f} req/s  p50 {fixed['p50_us']:7.1f} us  "
+                f"p99 {fixed['p99_us']:7.1f} us  p99.9 {fixed['p999_us']:7.1f} us")
+    return runs
+
+
+def rss_at_256(targets):
+    """RSS of each proxy while 256 connections are open, then its peak."""
+    out = {}
+    for name, (port, procs) in targets.items():
+        if not procs:
+            continue
+        pids = [p for proc in procs for p in proc.pids()]
+        proc = subprocess.Popen(["wrk", "-t1", "-c256", "-d2s", f"http://127.0.0.1:{port}/"],
+                                stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL)
+        time.sleep(1.5)
+        during = memory_kib(pids, "VmRSS")
+        proc.wait(timeout=30)
+        out[name] = {"rss_256_kib": during, "peak_kib": memory_kib(pids, "VmHWM")}
+    return out
+
+
+# ---------------------------------------------------------------- report
+
+
+def summary(values):
+    values = [v for v in values if v is not None]
+    if not values:
+        return None
+    return {"median": statistics.median(values), "min": min(values), "max": max(values)}
+
+
+def fmt(s, digits=0):
+    if s is None:
+        return "-"
+    return f"{s['median']:.{digits}f} ({s['min']:.{digits}f}-{s['max']:.{digits}f})"
+
+
+def ratio(a, b):
+    if a is None or b is None or not b["median"]:
+        return "-"
+    return f"{a['median'] / b['median']:.2f}x"
+
+
+def report(results, machine):
+    lines = [f"Measured {machine['date']} on {machine['cpu']} ({machine['cores']} cores), "
+             f"loopback, HTTP/1.1; wrk {machine['wrk']}, {machine['nginx']}, {machine['haproxy']}.",
+             "Medians of 3 interleaved runs (min-max). Saturation: wrk, 1 thread, 32 connections. "
+             "Latency: fixed 5000 req/s over 32 connections. RSS in MiB (all processes of the "
+             "target; two for sidecar-mtls).", ""]
+    for threads, data in results.items():
+        lines += [f"### {threads} worker thread{'s' if threads != '1' else ''} per proxy", "",
+                  "| target | req/s | vs direct | vs HAProxy | p50 us | p99 us | p99.9 us | p99 vs HAProxy "
+                  "| CPU s/1000 req | vs HAProxy | RSS idle | RSS 256 conns | peak RSS |",
+                  "| --- | --- | --- | --- | --- | --- | --- | --- | --- | --- | --- | --- | --- |"]
+        stats = data["stats"]
+        for name in TARGETS:
+            if name not in stats:
+                continue
+            s, h, d = stats[name], stats.get("haproxy"), stats["direct"]
+            mem = data["memory"].get(name, {})
+            mib = lambda kib: f"{kib / 1024:.1f}" if kib else "-"
+            lines.append(
+                f"| {name} | {fmt(s['rps'])} | {ratio(s['rps'], d['rps'])} | {ratio(s['rps'], h['rps'])} "
+                f"| {fmt(s['p50'], 1)} | {fmt(s['p99'], 1)} | {fmt(s['p999'], 1)} | {ratio(s['p99'], h['p99'])} "
+                f"| {fmt(s['cpu_per_1000'], 3)} | {ratio(s['cpu_per_1000'], h['cpu_per_1000'])} "
+                f"| {mib(mem.get('idle_kib'))} | {mib(mem.get('rss_256_kib'))} | {mib(mem.get('peak_kib'))} |")
+        errors = sum(r["errors"] for rs in data["runs"].values() for r in rs)
+        lines.append("")
+        lines.append(f"Failed requests in these runs (non-2xx, socket errors, loadgen failures): {errors}.")
+        one, mtls = stats.get("sidecar-1hop"), stats.get("sidecar-mtls")
+        if one and mtls:
+            lines.append("")
+            lines.append(f"Two-sidecar mTLS / one-hop plaintext req/s: {ratio(mtls['rps'], one['rps'])}. "
+                         f"Added p99 over direct: sidecar-1hop "
+                         f"{one['p99']['median'] - stats['direct']['p99']['median']:.1f} us, HAProxy "
+                         f"{stats['haproxy']['p99']['median'] - stats['direct']['p99']['median']:.1f} us, nginx "
+                         f"{stats['nginx']['p99']['median'] - stats['direct']['p99']['median']:.1f} us.")
+        lines.append("")
+    return "\n".join(lines)
+
+
+def svg_chart(results):
+    """Grouped bars: p50, p99, p99.9 at 5000 req/s per target, one panel per thread count."""
+    colors = {"p50": "#4e79a7", "p99": "#f28e2b", "p999": "#e15759"}
+    labels = {"p50": "p50", "p99": "p99", "p999": "p99.9"}
+    panels = list(results.items())
+    width, panel_h, left, top = 760, 260, 70, 50
+    height = top + panel_h * len(panels) + 40
+    top_value = max(results[t]["stats"][n][k]["median"]
+                    for t in results for n in results[t]["stats"] for k in colors)
+    scale_max = 10 ** len(str(int(top_value)))
+    out = [f'<svg xmlns="http://www.w3.org/2000/svg" width="{width}" height="{height}" '
+           f'font-family="sans-serif" font-size="12">',
+           f'<rect width="{width}" height="{height}" fill="white"/>',
+           f'<text x="{width / 2}" y="20" text-anchor="middle" font-size="15">Latency at 5000 req/s '
+           f'(median of 3 runs, microseconds, log scale)</text>']
+    for i, (key, label) in enumerate(labels.items()):
+        out.append(f'<rect x="{left + i * 80}" y="30" width="12" height="12" fill="{colors[key]}"/>'
+                   f'<text x="{left + i * 80 + 16}" y="40">{label}</text>')
+    import math
+    lo = 10.0
+    for p, (threads, data) in enumerate(panels):
+        y0 = top + p * panel_h + 20
+        plot_h = panel_h - 60
+        ypos = lambda v: y0 + plot_h - plot_h * (math.log10(max(v, lo)) - math.log10(lo)) / (
+            math.log10(scale_max) - math.log10(lo))
+        out.append(f'<text x="{left}" y="{y0 - 4}" font-weight="bold">{threads} worker thread(s) per proxy</text>')
+        tick = lo
+        while tick <= scale_max:
+            y = ypos(tick)
+            out.append(f'<line x1="{left}" x2="{width - 20}" y1="{y:.1f}" y2="{y:.1f}" stroke="#ddd"/>'
+                       f'<text x="{left - 6}" y="{y + 4:.1f}" text-anchor="end">{tick:g}</text>')
+            tick *= 10
+        names = [n for n in TARGETS if n in data["stats"]]
+        group_w = (width - left - 20) / len(names)
+        for g, name in enumerate(names):
+            gx = left + g * group_w
+            for b, key in enumerate(colors):
+                v = data["stats"][name][key]["median"]
+                bx = gx + 12 + b * (group_w - 24) / 3
+                bw = (group_w - 24) / 3 - 4
+                y = ypos(v)
+                out.append(f'<rect x="{bx:.1f}" y="{y:.1f}" width="{bw:.1f}" height="{y0 + plot_h - y:.1f}" '
+                           f'fill="{colors[key]}"><title>{name} {labels[key]}: {v:.1f} us</title></rect>'
+                           f'<text x="{bx + bw / 2:.1f}" y="{y - 3:.1f}" text-anchor="middle" font-size="9">{v:.0f}</text>')
+            out.append(f'<text x="{gx + group_w / 2:.1f}" y="{y0 + plot_h + 16}" text-anchor="middle">{name}</text>')
+    out.append("</svg>")
+    return "\n".join(out)
+
+
+def machine_info():
+    cpu = "unknown CPU"
+    try:
+        with open("/proc/cpuinfo") as f:
+            for line in f:
+                if line.startswith("model name"):
+                    cpu = line.split(":", 1)[1].strip()
+                    break
+    except OSError:
+        pass
+    version = lambda argv: (subprocess.run(argv, capture_output=True, text=True).stderr
+                            + subprocess.run(argv, capture_output=True, text=True).stdout).strip().splitlines()[0]
+    return {"date": time.strftime("%Y-%m-%d %H:%M UTC", time.gmtime()), "cpu": cpu,
+            "cores": os.cpu_count(),
+            "wrk": version(["wrk", "-v"]).split()[1] if version(["wrk", "-v"]).startswith("wrk") else "?",
+            "nginx": version(["nginx", "-v"]).replace("nginx version: ", ""),
+            "haproxy": " ".join(version(["haproxy", "-v"]).split()[:3])}
+
+
+def main():
+    parser = argparse.ArgumentParser(description=__doc__.split("\n")[0])
+    parser.add_argument("--threads", default="1,2", help="worker threads per proxy, comma-separated")
+    parser.add_argument("--reps", type=int, default=3)
+    parser.add_argument("--saturation-seconds", type=int, default=2)
+    parser.add_argument("--rate", type=int, default=5000)
+    parser.add_argument("--rate-seconds", type=float, default=2.5)
+    parser.add_argument("--skip-build", action="store_true", help="use the binaries in target/release")
+    parser.add_argument("--quick", action="store_true", help="1 thread count, 1 rep, 1 s each: a smoke test")
+    args = parser.parse_args()
+    if args.quick:
+        args.threads, args.reps, args.saturation_seconds, args.rate_seconds = "1", 1, 1, 1.0
+
+    ensure_tools()
+    if not args.skip_build:
+        build()
+    started = time.monotonic()
+    tmp = Path(tempfile.mkdtemp(prefix="sidecar-load-"))
+    signal.signal(signal.SIGTERM, lambda *_: sys.exit(1))
+    try:
+        subprocess.run([str(RELEASE / "sidecar-lite"), "certs", "--out", str(tmp),
+                        "--workload", "ns/load/sa/app", "--workload", "ns/load/sa/client"],
+                       check=True, stdout=subprocess.DEVNULL)
+        upstream_port = free_port()
+        upstream = Proc("upstream", [str(RELEASE / "flaky-upstream"), "--listen",
+                                     f"127.0.0.1:{upstream_port}", "--worker-threads", "1"],
+                        stdout=subprocess.DEVNULL)
+        wait_http_ok(upstream_port, what="the upstream", proc=upstream)
+        results = {}
+        for threads in args.threads.split(","):
+            log(f"starting every target with {threads} worker thread(s)")
+            targets = start_targets(tmp, int(threads), upstream_port)
+            time.sleep(0.5)
+            idle = {name: memory_kib([p for proc in procs for p in proc.pids()], "VmRSS")
+                    for name, (_, procs) in targets.items() if procs}
+            runs = measure(targets, args, started)
+            memory = rss_at_256(targets)
+            for name, kib in idle.items():
+                memory.setdefault(name, {})["idle_kib"] = kib
+            stats = {name: {key: summary([r[key] for r in rs])
+                            for key in ("rps", "p50", "p99", "p999", "cpu_per_1000")}
+                     for name, rs in runs.items() if rs}
+            results[threads] = {"runs": runs, "stats": stats, "memory": memory}
+            for name, (_, procs) in targets.items():
+                for proc in procs:
+                    proc.stop()
+        machine = machine_info()
+        table = report(results, machine)
+        RESULTS.mkdir(parents=True, exist_ok=True)
+        (RESULTS / "latest.md").write_text(table + "\n")
+        (RESULTS / "latest.json").write_text(json.dumps({"machine": machine, "results": results}, indent=1))
+        (RESULTS / "latest.svg").write_text(svg_chart(results))
+        print(table)
+        log(f"wrote {RESULTS}/latest.md, latest.json, latest.svg in {time.monotonic() - started:.0f} s")
+    finally:
+        stop_all()
+        shutil.rmtree(tmp, ignore_errors=True)
+
+
+if __name__ == "__main__":
+    main()
