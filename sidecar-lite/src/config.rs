@@ -133,6 +133,10 @@ pub struct InboundConfig {
     /// so nobody is let in until the operator says who may call.
     #[serde(default)]
     pub allow: Vec<String>,
+    /// Admit callers without an identity: plaintext callers in `permissive` or `disabled`
+    /// mode. Default `false`.
+    #[serde(default)]
+    pub allow_anonymous: bool,
     /// The timeout for each request to the app. Default 15 s.
     #[serde(default = "default_timeout")]
     pub timeout: TimeoutSetting,

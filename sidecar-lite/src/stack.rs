@@ -248,7 +248,9 @@ pub fn inbound<B: StackBody>(inbound: &InboundConfig) -> Result<StackService<B>,
         .layer()
         .map_err(|e| field_error("timeout", e.field(), &e))?
         .named("inbound");
-    let allow = AllowList::parse(&inbound.allow).map_err(|e| field_error("inbound", "allow", e))?;
+    let allow = AllowList::parse(&inbound.allow)
+        .map_err(|e| field_error("inbound", "allow", e))?
+        .allow_anonymous(inbound.allow_anonymous);
     let app = AppClient::new(inbound.app, inbound.app_protocol);
     let body_timeout = inbound
         .timeout

@@ -276,3 +276,24 @@ async fn the_client_rejects_a_server_with_the_wrong_identity() {
     assert_eq!(response.headers()["x-sidecar-error"], "connect");
     assert_eq!(hits.load(Ordering::SeqCst), 0);
 }
+
+#[tokio::test]
+async fn plaintext_callers_are_served_only_when_anonymous_callers_are_allowed() {
+    let (app, hits) = echo_app().await;
+    let inbound = |anonymous: bool| {
+        format!(
+            "[inbound]\nlisten = \"127.0.0.1:0\"\napp = \"{app}\"\nmtls = \"disabled\"\nallow_anonymous = {anonymous}\n"
+        )
+    };
+    for (anonymous, expected) in [(false, StatusCode::FORBIDDEN), (true, StatusCode::OK)] {
+        let sidecar = sidecar(&inbound(anonymous)).await;
+        let req = Request::builder()
+            .uri(format!("http://{}/plain", sidecar.bound.inbound.unwrap()))
+            .body(full(""))
+            .unwrap();
+        let response = timeout(STEP, http1().request(req)).await.unwrap().unwrap();
+        assert_eq!(response.status(), expected, "allow_anonymous = {anonymous}");
+        sidecar.stop().await;
+    }
+    assert_eq!(hits.load(Ordering::SeqCst), 1);
+}
