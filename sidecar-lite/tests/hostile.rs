@@ -166,3 +166,59 @@ async fn connections_beyond_the_limit_are_closed_at_once() {
     );
     drop(held);
 }
+
+#[tokio::test]
+async fn beyond_the_concurrency_limit_requests_get_503_at_once() {
+    let (app, hits) = common::app(|_req| async {
+        tokio::time::sleep(std::time::Duration::from_millis(500)).await;
+        hyper::Response::new(full("slow"))
+    })
+    .await;
+    let sidecar = sidecar(&format!(
+        "[[outbound]]\nname = \"orders\"\nlisten = \"127.0.0.1:0\"\nendpoints = [\"{app}\"]\nmax_concurrent_requests = 2\n"
+    ))
+    .await;
+    let addr = outbound_addr(&sidecar);
+    let slow: Vec<_> = (0..2)
+        .map(|i| {
+            tokio::spawn(async move {
+                let req = Request::builder()
+                    .uri(format!("http://{addr}/{i}"))
+                    .body(full(""))
+                    .unwrap();
+                timeout(STEP, http1().request(req))
+                    .await
+                    .unwrap()
+                    .unwrap()
+                    .status()
+            })
+        })
+        .collect();
+    // Both slow requests hold their places once the app has them (bounded wait).
+    for _ in 0..200 {
+        if hits.load(std::sync::atomic::Ordering::SeqCst) == 2 {
+            break;
+        }
+        tokio::time::sleep(std::time::Duration::from_millis(5)).await;
+    }
+    assert_eq!(hits.load(std::sync::atomic::Ordering::SeqCst), 2);
+    let req = Request::builder()
+        .uri(format!("http://{addr}/third"))
+        .body(full(""))
+        .unwrap();
+    let response = timeout(STEP, http1().request(req)).await.unwrap().unwrap();
+    assert_eq!(response.status(), StatusCode::SERVICE_UNAVAILABLE);
+    assert_eq!(response.headers()["x-sidecar-error"], "overloaded");
+    for call in slow {
+        assert_eq!(
+            call.await.unwrap(),
+            StatusCode::OK,
+            "the admitted requests finish"
+        );
+    }
+    assert_eq!(
+        hits.load(std::sync::atomic::Ordering::SeqCst),
+        2,
+        "the third never reached the app"
+    );
+}
