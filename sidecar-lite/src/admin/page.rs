@@ -46,6 +46,16 @@ pub(super) fn render(state: &AdminState) -> String {
             counts.failures,
         );
     }
+    html.push_str("</table>\n<h2>Requests</h2><table id=\"requests\"><tr><th>listener</th><th>class</th><th>count</th></tr>\n");
+    for (listener, class, count) in request_counts(state) {
+        let _ = writeln!(
+            html,
+            "<tr data-listener=\"{0}\" data-class=\"{1}\"><td>{0}</td><td>{1}</td><td>{2}</td></tr>",
+            escape(&listener),
+            escape(&class),
+            count
+        );
+    }
     html.push_str("</table>\n<p><a href=\"/metrics\">metrics</a> · <a href=\"/config\">config</a> · <a href=\"/breakers\">breakers</a></p>\n</body></html>\n");
     html
 }
@@ -55,4 +65,30 @@ fn escape(text: &str) -> String {
         .replace('<', "&lt;")
         .replace('>', "&gt;")
         .replace('"', "&quot;")
+}
+
+/// `sidecar_requests_total` by listener and status class, read from the recorder's own
+/// rendering, so the page shows exactly what `/metrics` says.
+fn request_counts(state: &AdminState) -> Vec<(String, String, u64)> {
+    let Some(handle) = &state.metrics else {
+        return Vec::new();
+    };
+    let mut counts: Vec<(String, String, u64)> = handle
+        .render()
+        .lines()
+        .filter_map(|line| line.strip_prefix("sidecar_requests_total{"))
+        .filter_map(|rest| {
+            let (labels, value) = rest.split_once("} ")?;
+            let label = |name: &str| {
+                labels
+                    .split(',')
+                    .find_map(|l| l.strip_prefix(name)?.strip_prefix("=\""))
+                    .map(|v| v.trim_end_matches('"').to_owned())
+            };
+            let count = value.trim().parse::<f64>().ok()? as u64;
+            (count > 0).then_some((label("listener")?, label("class")?, count))
+        })
+        .collect();
+    counts.sort();
+    counts
 }
