@@ -5,7 +5,10 @@
 //! that races with an update may miss it, which only shifts a trip decision by one call.
 
 use std::{
-    sync::atomic::{AtomicU8, AtomicU32, AtomicU64, Ordering::Relaxed},
+    sync::atomic::{
+        AtomicU8, AtomicU32, AtomicU64,
+        Ordering::{AcqRel, Acquire, Relaxed, Release},
+    },
     time::Duration,
 };
 use tokio::time::Instant;
@@ -198,6 +201,11 @@ fn adjust(counter: &AtomicU32, was: bool, is: bool) {
     }
 }
 
+/// A bucket's epoch while its first call of a new epoch empties it.
+const RESETTING: u64 = u64::MAX;
+/// How many times a call looks again at a bucket being emptied before giving up.
+const RESET_WAIT: u32 = 100_000;
+
 /// Buckets of outcomes, each covering a tenth of the window.
 #[derive(Debug)]
 pub(crate) struct TimeWindow {
@@ -227,31 +235,53 @@ impl TimeWindow {
 
     fn epoch(&self, now: Instant) -> u64 {
         let since = now.saturating_duration_since(self.origin).as_nanos();
-        u64::try_from(since / u128::from(self.bucket_nanos)).unwrap_or(u64::MAX - 1) + 1
+        // Capped below RESETTING, which no real epoch may equal.
+        u64::try_from(since / u128::from(self.bucket_nanos))
+            .unwrap_or(u64::MAX)
+            .min(RESETTING - 2)
+            + 1
     }
 
     fn record(&self, now: Instant, failed: bool, slow: bool) -> Counts {
         let epoch = self.epoch(now);
         let bucket = &self.buckets[(epoch % TIME_BUCKETS as u64) as usize];
-        let seen = bucket.epoch.load(Relaxed);
-        if seen < epoch
-            && bucket
-                .epoch
-                .compare_exchange(seen, epoch, Relaxed, Relaxed)
-                .is_ok()
-        {
-            // This call is the first of a new bucket: the old contents left the window.
-            bucket.calls.store(0, Relaxed);
-            bucket.failures.store(0, Relaxed);
-            bucket.slow.store(0, Relaxed);
-        }
-        if bucket.epoch.load(Relaxed) == epoch {
-            bucket.calls.fetch_add(1, Relaxed);
-            if failed {
-                bucket.failures.fetch_add(1, Relaxed);
+        // The first call of a new epoch empties the bucket. It marks the bucket RESETTING while
+        // it does, so no call of the new epoch can count itself in and then be wiped out; the
+        // others wait for the epoch to be published. Bounded: a call that waits too long (its
+        // resetter descheduled) is dropped, as one outcome among many.
+        for spin in 0..RESET_WAIT {
+            let seen = bucket.epoch.load(Acquire);
+            if seen == epoch {
+                bucket.calls.fetch_add(1, Relaxed);
+                if failed {
+                    bucket.failures.fetch_add(1, Relaxed);
+                }
+                if slow {
+                    bucket.slow.fetch_add(1, Relaxed);
+                }
+                break;
             }
-            if slow {
-                bucket.slow.fetch_add(1, Relaxed);
+            if seen == RESETTING {
+                if spin < 64 {
+                    std::hint::spin_loop();
+                } else {
+                    std::thread::yield_now();
+                }
+                continue;
+            }
+            if seen > epoch {
+                // The bucket already belongs to a later epoch: this call is too late to count.
+                break;
+            }
+            if bucket
+                .epoch
+                .compare_exchange(seen, RESETTING, AcqRel, Acquire)
+                .is_ok()
+            {
+                bucket.calls.store(0, Relaxed);
+                bucket.failures.store(0, Relaxed);
+                bucket.slow.store(0, Relaxed);
+                bucket.epoch.store(epoch, Release);
             }
         }
         self.sum(epoch)
