@@ -1,7 +1,13 @@
 //! The retry budget: retries may not exceed a ratio of requests, over a sliding window.
 
 use crate::ConfigError;
-use std::{sync::Mutex, time::Duration};
+use std::{
+    sync::{
+        Mutex,
+        atomic::{AtomicI64, AtomicU64, Ordering},
+    },
+    time::Duration,
+};
 use tokio::time::Instant;
 
 /// Fixed-point unit: one retry costs `UNIT`; each request deposits `ratio * UNIT`. With a
@@ -27,16 +33,14 @@ pub struct Budget {
     min_per_second: u32,
     ttl: Duration,
     bucket_nanos: u128,
-    window: Mutex<Window>,
-}
-
-#[derive(Debug)]
-struct Window {
     start: Instant,
     /// The index of the newest bucket, counted in bucket widths since `start`.
-    newest: u64,
+    newest: AtomicU64,
     /// Deposits minus withdrawals, in units, per bucket (a ring indexed by epoch).
-    balance: [i64; BUCKETS],
+    balance: [AtomicI64; BUCKETS],
+    /// Serializes withdrawals and the expiry of old buckets. Deposits, one per request, take
+    /// no lock while their bucket is current.
+    expiry: Mutex<()>,
 }
 
 impl Default for Budget {
@@ -72,11 +76,10 @@ impl Budget {
             min_per_second,
             ttl,
             bucket_nanos: (ttl.as_nanos() / BUCKETS as u128).max(1),
-            window: Mutex::new(Window {
-                start: Instant::now(),
-                newest: 0,
-                balance: [0; BUCKETS],
-            }),
+            start: Instant::now(),
+            newest: AtomicU64::new(0),
+            balance: std::array::from_fn(|_| AtomicI64::new(0)),
+            expiry: Mutex::new(()),
         })
     }
 
@@ -98,64 +101,83 @@ impl Budget {
         self.ttl
     }
 
-    /// Records a request: it earns `ratio` of a retry.
+    /// Records a request: it earns `ratio` of a retry. Lock-free unless a bucket expires.
     pub fn deposit(&self) {
-        let now = Instant::now();
-        self.with_window(now, |window, newest| window.balance[newest] += self.deposit);
+        let epoch = self.epoch(Instant::now());
+        if epoch == self.newest.load(Ordering::Acquire) {
+            self.balance[slot(epoch)].fetch_add(self.deposit, Ordering::AcqRel);
+        } else {
+            let _expiry = self.lock();
+            let newest = self.expire(epoch);
+            self.balance[slot(newest)].fetch_add(self.deposit, Ordering::AcqRel);
+        }
     }
 
     /// Takes one retry from the budget; `false` when there is none left.
     pub fn withdraw(&self) -> bool {
-        let now = Instant::now();
-        self.with_window(now, |window, newest| {
-            let balance = self.reserve + window.balance.iter().sum::<i64>();
-            if balance >= UNIT {
-                window.balance[newest] -= UNIT;
-                true
-            } else {
-                false
-            }
-        })
+        let _expiry = self.lock();
+        let newest = self.expire(self.epoch(Instant::now()));
+        // Under the lock no other withdrawal can spend the same balance; deposits racing with
+        // this sum only add to it.
+        if self.reserve + self.sum() >= UNIT {
+            self.balance[slot(newest)].fetch_sub(UNIT, Ordering::AcqRel);
+            true
+        } else {
+            false
+        }
     }
 
     /// Gives back a retry just taken by [`withdraw`](Self::withdraw), when the retry could not
     /// be made after all. Called at once after the withdrawal, so it lands in the same bucket
     /// and undoes it exactly.
     pub(crate) fn refund(&self) {
-        let now = Instant::now();
-        self.with_window(now, |window, newest| window.balance[newest] += UNIT);
+        let _expiry = self.lock();
+        let newest = self.expire(self.epoch(Instant::now()));
+        self.balance[slot(newest)].fetch_add(UNIT, Ordering::AcqRel);
     }
 
     /// The whole retries that could be taken now.
     #[must_use]
     pub fn available(&self) -> u64 {
-        self.with_window(Instant::now(), |window, _| {
-            let balance = self.reserve + window.balance.iter().sum::<i64>();
-            u64::try_from(balance / UNIT).unwrap_or(0)
-        })
+        let _expiry = self.lock();
+        self.expire(self.epoch(Instant::now()));
+        u64::try_from((self.reserve + self.sum()) / UNIT).unwrap_or(0)
     }
 
-    fn with_window<T>(&self, now: Instant, f: impl FnOnce(&mut Window, usize) -> T) -> T {
-        // A poisoned lock only means another thread panicked mid-update of plain integers;
-        // the numbers are still usable.
-        let mut window = self
-            .window
-            .lock()
-            .unwrap_or_else(std::sync::PoisonError::into_inner);
-        let epoch =
-            (now.saturating_duration_since(window.start).as_nanos() / self.bucket_nanos) as u64;
-        if epoch > window.newest {
-            // Expire every bucket that has left the window, at most all of them.
-            let expired = (epoch - window.newest).min(BUCKETS as u64);
-            for step in 1..=expired {
-                let index = ((window.newest + step) % BUCKETS as u64) as usize;
-                window.balance[index] = 0;
-            }
-            window.newest = epoch;
-        }
-        let newest = (window.newest % BUCKETS as u64) as usize;
-        f(&mut window, newest)
+    fn epoch(&self, now: Instant) -> u64 {
+        (now.saturating_duration_since(self.start).as_nanos() / self.bucket_nanos) as u64
     }
+
+    fn sum(&self) -> i64 {
+        self.balance.iter().map(|b| b.load(Ordering::Acquire)).sum()
+    }
+
+    fn lock(&self) -> std::sync::MutexGuard<'_, ()> {
+        // The guard protects no data of its own: a poisoned lock is as good as a clean one.
+        self.expiry
+            .lock()
+            .unwrap_or_else(std::sync::PoisonError::into_inner)
+    }
+
+    /// Empties every bucket that has left the window by `epoch`, with the lock held, and
+    /// returns the newest epoch.
+    fn expire(&self, epoch: u64) -> u64 {
+        let newest = self.newest.load(Ordering::Acquire);
+        if epoch <= newest {
+            return newest;
+        }
+        let expired = (epoch - newest).min(BUCKETS as u64);
+        for step in 1..=expired {
+            self.balance[slot(newest + step)].store(0, Ordering::Release);
+        }
+        self.newest.store(epoch, Ordering::Release);
+        epoch
+    }
+}
+
+/// The bucket of an epoch in the ring.
+fn slot(epoch: u64) -> usize {
+    (epoch % BUCKETS as u64) as usize
 }
 
 #[cfg(test)]

@@ -134,3 +134,37 @@ proptest! {
         })?;
     }
 }
+
+#[test]
+fn threads_sharing_a_budget_never_spend_more_than_it_holds() {
+    let budget = std::sync::Arc::new(Budget::new(0.5, 0, TTL).unwrap());
+    let spawn = |work: fn(&Budget) -> u32| {
+        (0..4)
+            .map(|_| {
+                let budget = budget.clone();
+                std::thread::spawn(move || work(&budget))
+            })
+            .collect::<Vec<_>>()
+    };
+    let deposits = spawn(|b| {
+        for _ in 0..10_000 {
+            b.deposit();
+        }
+        0
+    });
+    for thread in deposits {
+        thread.join().unwrap();
+    }
+    // Every lock-free deposit counted: 40 000 requests at 0.5.
+    assert_eq!(budget.available(), 20_000);
+    let withdrawals = spawn(|b| {
+        let mut taken = 0;
+        while b.withdraw() {
+            taken += 1;
+        }
+        taken
+    });
+    let taken: u32 = withdrawals.into_iter().map(|t| t.join().unwrap()).sum();
+    assert_eq!(taken, 20_000, "no retry is spent twice");
+    assert_eq!(budget.available(), 0);
+}
