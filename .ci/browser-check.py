@@ -23,7 +23,9 @@ import urllib.error
 import urllib.request
 
 ROOT = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
-BINARY = os.path.join(ROOT, "target", "debug", "sidecar-lite")
+# The tests built the binary wherever cargo puts its output.
+TARGET = os.environ.get("CARGO_TARGET_DIR") or os.path.join(ROOT, "target")
+BINARY = os.path.join(TARGET, "debug", "sidecar-lite")
 SCREENSHOT = os.path.join(ROOT, "target", "status-page.png")
 CHROMIUM_FLAGS = [
     "--headless", "--no-sandbox", "--disable-gpu", "--disable-quic", "--no-first-run",
@@ -153,6 +155,7 @@ def check(admin, listen, dead, healthy, tmp):
     if shown == 0:
         fail("no request counters on the page")
 
+    os.makedirs(os.path.dirname(SCREENSHOT), exist_ok=True)
     shot = subprocess.run(
         ["chromium", *CHROMIUM_FLAGS, f"--user-data-dir={profile}", "--window-size=1000,700",
          f"--screenshot={SCREENSHOT}", f"{base}/"],
