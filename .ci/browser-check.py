@@ -71,14 +71,19 @@ def main():
     threading.Thread(target=upstream.serve_forever, daemon=True).start()
     healthy = f"127.0.0.1:{upstream.server_address[1]}"
     dead = f"127.0.0.1:{free_port()}"  # nothing listens: connects are refused
-    admin, listen = free_port(), free_port()
+    admin, listen, broken = free_port(), free_port(), free_port()
+    # One endpoint per route, so which breaker opens does not depend on the balancer.
     config = f"""
 [admin]
 listen = "127.0.0.1:{admin}"
 [[outbound]]
 name = "orders"
 listen = "127.0.0.1:{listen}"
-endpoints = ["{dead}", "{healthy}"]
+endpoints = ["{healthy}"]
+[[outbound]]
+name = "broken"
+listen = "127.0.0.1:{broken}"
+endpoints = ["{dead}"]
 retry = {{ attempts = 4, backoff = {{ base = "1ms", max = "2ms" }} }}
 breaker = {{ minimum_calls = 2, window = {{ calls = 10 }}, open_for = "60s" }}
 [log]
@@ -90,7 +95,7 @@ filter = "warn"
             f.write(config)
         sidecar = subprocess.Popen([BINARY, "run", "--config", path])
         try:
-            check(admin, listen, dead, healthy, tmp)
+            check(admin, listen, broken, dead, healthy, tmp)
         finally:
             sidecar.terminate()
             try:
@@ -101,7 +106,7 @@ filter = "warn"
     print("browser check passed")
 
 
-def check(admin, listen, dead, healthy, tmp):
+def check(admin, listen, broken, dead, healthy, tmp):
     base = f"http://127.0.0.1:{admin}"
     for _ in range(100):  # at most 10 s
         try:
@@ -115,6 +120,10 @@ def check(admin, listen, dead, healthy, tmp):
     statuses = [get(f"http://127.0.0.1:{listen}/item/{i}")[0] for i in range(30)]
     if statuses.count(200) != 30:
         fail(f"traffic through the sidecar failed: {statuses}")
+    # Refused connects open the broken route's breaker within its first request's attempts.
+    status = get(f"http://127.0.0.1:{broken}/")[0]
+    if status not in (502, 503):
+        fail(f"the broken route answered {status}")
 
     breakers = json.loads(get(f"{base}/breakers")[1])
     states = {b["endpoint"]: b["state"] for b in breakers}
@@ -138,7 +147,7 @@ def check(admin, listen, dead, healthy, tmp):
         row = re.search(rf'data-endpoint="{re.escape(endpoint)}">.*?<td class="([a-z-]+)">', dom)
         if not row or row.group(1) != state:
             fail(f"the page shows {row and row.group(1)} for {endpoint}, /breakers says {state}")
-        gauge = re.search(rf'resilience_breaker_state{{name="orders/{re.escape(endpoint)}"}} (\d+)', metrics)
+        gauge = re.search(rf'resilience_breaker_state{{name="[a-z]+/{re.escape(endpoint)}"}} (\d+)', metrics)
         expected = {"closed": "0", "open": "1", "half-open": "2"}[state]
         if not gauge or gauge.group(1) != expected:
             fail(f"/metrics breaker gauge for {endpoint} is {gauge and gauge.group(1)}")

@@ -27,7 +27,13 @@ listen = "127.0.0.1:0"
 [[outbound]]
 name = "orders"
 listen = "127.0.0.1:0"
-endpoints = ["{failing}", "{healthy}"]
+endpoints = ["{healthy}"]
+
+# One endpoint per route, so which breaker opens does not depend on the balancer's choices.
+[[outbound]]
+name = "broken"
+listen = "127.0.0.1:0"
+endpoints = ["{failing}"]
 retry = {{ attempts = 5, backoff = {{ base = "1ms", max = "2ms" }} }}
 breaker = {{ minimum_calls = 4, window = {{ calls = 10 }}, open_for = "30s" }}
 "#
@@ -81,6 +87,15 @@ async fn admin_reports_config_breakers_metrics_and_status() {
         let response = timeout(STEP, http1().request(req)).await.unwrap().unwrap();
         assert_eq!(response.status(), StatusCode::OK);
     }
+    // The broken route's first request: four 503s open its breaker, the fifth attempt is
+    // refused by it.
+    let broken = sidecar.bound.outbound[1].1;
+    let req = Request::builder()
+        .uri(format!("http://{broken}/"))
+        .body(full(""))
+        .unwrap();
+    let response = timeout(STEP, http1().request(req)).await.unwrap().unwrap();
+    assert_eq!(response.status(), StatusCode::SERVICE_UNAVAILABLE);
     let (_, breakers) = admin_get(&sidecar, "/breakers").await;
     assert!(
         breakers.contains(&format!("\"endpoint\": \"{failing}\", \"state\": \"open\"")),
@@ -100,7 +115,7 @@ async fn admin_reports_config_breakers_metrics_and_status() {
     );
     assert!(
         metrics.contains(&format!(
-            "resilience_breaker_state{{name=\"orders/{failing}\"}} 1"
+            "resilience_breaker_state{{name=\"broken/{failing}\"}} 1"
         )),
         "{metrics}"
     );
