@@ -7,12 +7,8 @@
 //!   process, which calls the app;
 //! - `sidecar/mtls`: the client calls its outbound sidecar-lite process in plain HTTP, which
 //!   speaks mTLS to the peer's inbound sidecar-lite process, which calls the app;
-//! - `library/plaintext`: the stack in process, calling the app itself in plaintext;
-//! - `sidecar/plaintext`: the outbound sidecar-lite process, calling the app itself in
-//!   plaintext (one hop).
-//!
-//! Without mTLS there is no inbound sidecar: an inbound listener with `mtls = "disabled"` has
-//! only anonymous peers, and its allow-list cannot admit them, so it answers 403.
+//! - `library/plaintext` and `sidecar/plaintext`: the same two paths without mTLS, to the peer's
+//!   inbound sidecar-lite with `mtls = "disabled"` and `allow_anonymous = true`.
 //!
 //! The peer's side is the same in the `library` and `sidecar` modes of each kind, so their
 //! difference is exactly the outbound sidecar's hop. The
@@ -69,18 +65,34 @@ fn head(admin: SocketAddr) -> String {
     )
 }
 
-/// The peer's inbound sidecar in front of `app`: strict mTLS, allowing `client`.
-fn inbound(binary: &Path, dir: &Path, app: SocketAddr) -> (SidecarProcess, SocketAddr) {
+/// The peer's inbound sidecar in front of `app`: strict mTLS allowing `client`, or plaintext
+/// admitting anonymous callers.
+fn inbound(binary: &Path, dir: &Path, app: SocketAddr, mtls: bool) -> (SidecarProcess, SocketAddr) {
     let [listen, admin] = free_addrs(2)[..] else {
         unreachable!()
     };
+    let (identity, security) = if mtls {
+        (
+            identity_section(dir, "app"),
+            format!("mtls = \"strict\"\nallow = [\"spiffe://{TRUST_DOMAIN}/ns/bench/sa/client\"]"),
+        )
+    } else {
+        (
+            String::new(),
+            "mtls = \"disabled\"\nallow_anonymous = true".to_owned(),
+        )
+    };
     let config = format!(
-        "{}{}\n[inbound]\nlisten = \"{listen}\"\napp = \"{app}\"\nmtls = \"strict\"\nallow = [\"spiffe://{TRUST_DOMAIN}/ns/bench/sa/client\"]\n",
+        "{}{identity}\n[inbound]\nlisten = \"{listen}\"\napp = \"{app}\"\n{security}\n",
         head(admin),
-        identity_section(dir, "app")
     );
+    let name = if mtls {
+        "inbound-mtls"
+    } else {
+        "inbound-plain"
+    };
     (
-        SidecarProcess::start(binary, dir, "inbound", &config, admin),
+        SidecarProcess::start(binary, dir, name, &config, admin),
         listen,
     )
 }
@@ -170,9 +182,10 @@ fn modes(c: &mut Criterion) {
         .block_on(Upstream::start(Faults::default()))
         .expect("the app");
 
-    let (_inbound, inbound_mtls) = inbound(&binary, &dir.0, app.addr());
+    let (_inbound_mtls, inbound_mtls) = inbound(&binary, &dir.0, app.addr(), true);
+    let (_inbound_plain, inbound_plain) = inbound(&binary, &dir.0, app.addr(), false);
     let (_outbound_mtls, outbound_mtls) = outbound(&binary, &dir.0, inbound_mtls, true);
-    let (_outbound_plain, outbound_plain) = outbound(&binary, &dir.0, app.addr(), false);
+    let (_outbound_plain, outbound_plain) = outbound(&binary, &dir.0, inbound_plain, false);
 
     // The client side: one thread, as a caller's request handler would run.
     let rt: Runtime = tokio::runtime::Builder::new_current_thread()
@@ -182,7 +195,7 @@ fn modes(c: &mut Criterion) {
     let (library_mtls, library_plain) = rt.block_on(async {
         (
             library(&dir.0, inbound_mtls, true),
-            library(&dir.0, app.addr(), false),
+            library(&dir.0, inbound_plain, false),
         )
     });
     let http: Client<HttpConnector, Empty<Bytes>> =
