@@ -10,6 +10,10 @@ use std::{
 };
 use tokio::time::Instant;
 
+/// A retry taken from a [`Budget`], by the epoch of the bucket it came from.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub(crate) struct Withdrawal(u64);
+
 /// Fixed-point unit: one retry costs `UNIT`; each request deposits `ratio * UNIT`. With a
 /// million units to a retry, every ratio with up to six decimals is exact (tower's `TpsBudget`
 /// truncates `1 / ratio` and so over-allows: ratio 0.6 allows one retry per request, tower
@@ -115,25 +119,32 @@ impl Budget {
 
     /// Takes one retry from the budget; `false` when there is none left.
     pub fn withdraw(&self) -> bool {
+        self.take().is_some()
+    }
+
+    /// Takes one retry, returning where it was taken from, so that it can be given back.
+    pub(crate) fn take(&self) -> Option<Withdrawal> {
         let _expiry = self.lock();
         let newest = self.expire(self.epoch(Instant::now()));
         // Under the lock no other withdrawal can spend the same balance; deposits racing with
         // this sum only add to it.
         if self.reserve + self.sum() >= UNIT {
             self.balance[slot(newest)].fetch_sub(UNIT, Ordering::AcqRel);
-            true
+            Some(Withdrawal(newest))
         } else {
-            false
+            None
         }
     }
 
-    /// Gives back a retry just taken by [`withdraw`](Self::withdraw), when the retry could not
-    /// be made after all. Called at once after the withdrawal, so it lands in the same bucket
-    /// and undoes it exactly.
-    pub(crate) fn refund(&self) {
+    /// Gives back a retry taken by [`take`](Self::take) that was not made after all, into the
+    /// bucket it came from; if that bucket has expired, the withdrawal has expired with it
+    /// and there is nothing to give back.
+    pub(crate) fn refund(&self, withdrawal: Withdrawal) {
         let _expiry = self.lock();
         let newest = self.expire(self.epoch(Instant::now()));
-        self.balance[slot(newest)].fetch_add(UNIT, Ordering::AcqRel);
+        if withdrawal.0 + BUCKETS as u64 > newest {
+            self.balance[slot(withdrawal.0)].fetch_add(UNIT, Ordering::AcqRel);
+        }
     }
 
     /// The whole retries that could be taken now.

@@ -341,7 +341,7 @@ impl ClassifyResponse for RetryOn {
 }
 
 /// The error behind a generic `E`, when it is one of the error types services return.
-fn as_error<E: 'static>(error: &E) -> Option<&(dyn Error + 'static)> {
+pub(crate) fn as_error<E: 'static>(error: &E) -> Option<&(dyn Error + 'static)> {
     let any = error as &dyn Any;
     if let Some(boxed) = any.downcast_ref::<Box<dyn Error + Send + Sync>>() {
         return Some(&**boxed);

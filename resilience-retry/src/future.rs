@@ -2,6 +2,7 @@
 
 use crate::{
     Policy, Replay,
+    budget::Withdrawal,
     layer::Settings,
     policy::{Action, Reason},
 };
@@ -33,6 +34,8 @@ pin_project! {
         next: Option<<P as Replay<Req>>::Request>,
         attempt: u32,
         delay: Duration,
+        // The budget taken by the attempt under way, if it is a retry.
+        withdrawal: Option<Withdrawal>,
     }
 }
 
@@ -64,6 +67,7 @@ where
             next: None,
             attempt: 1,
             delay: Duration::ZERO,
+            withdrawal: None,
         }
     }
 }
@@ -105,12 +109,18 @@ where
                     let Some(kept) = this.kept.as_ref() else {
                         return Poll::Ready(result);
                     };
+                    if let Some(withdrawal) = this.withdrawal.take()
+                        && this.settings.policy.refused_locally(&result)
+                    {
+                        // This retry never left the process: it costs no budget.
+                        this.settings.budget.refund(withdrawal);
+                    }
                     let reason = match this.settings.policy.classify(kept, &result) {
                         Action::Return => return Poll::Ready(result),
                         Action::Retry(reason) => reason,
                     };
                     let settings = &**this.settings;
-                    let (next, delay) =
+                    let (next, delay, withdrawal) =
                         match plan_retry(settings, kept, reason, *this.attempt, *this.delay) {
                             Ok(planned) => planned,
                             Err(give_up) => {
@@ -124,6 +134,7 @@ where
                     *this.attempt += 1;
                     *this.delay = delay;
                     *this.next = Some(next);
+                    *this.withdrawal = Some(withdrawal);
                     record_retry(settings, reason, *this.attempt, delay);
                     if delay.is_zero() {
                         this.state.set(State::WaitingReady);
@@ -163,7 +174,7 @@ fn plan_retry<P, Req>(
     reason: Reason,
     attempt: u32,
     previous_delay: Duration,
-) -> Result<(P::Request, Duration), GiveUp>
+) -> Result<(P::Request, Duration, Withdrawal), GiveUp>
 where
     P: Replay<Req>,
 {
@@ -183,14 +194,14 @@ where
             return Err(GiveUp::Deadline);
         }
     }
-    if !settings.budget.withdraw() {
+    let Some(withdrawal) = settings.budget.take() else {
         return Err(GiveUp::Budget);
-    }
+    };
     let Some(next) = settings.policy.replay(kept, attempt + 1) else {
-        settings.budget.refund();
+        settings.budget.refund(withdrawal);
         return Err(GiveUp::NotReplayable);
     };
-    Ok((next, delay))
+    Ok((next, delay, withdrawal))
 }
 
 fn record_retry<P>(settings: &Settings<P>, reason: Reason, attempt: u32, delay: Duration) {

@@ -2,7 +2,7 @@
 
 use crate::{
     Action, Policy, Reason, Replay, ReplayBody, RetryClass, RetryOn,
-    conditions::{CONNECT_FAILURE, is_grpc_reason},
+    conditions::{CONNECT_FAILURE, as_error, is_grpc_reason},
     replay::DEFAULT_MAX_REPLAY_BODY,
     retry_after,
 };
@@ -11,7 +11,7 @@ use http::{
     header::{CONTENT_TYPE, RETRY_AFTER},
 };
 use http_body::Body;
-use std::{fmt, time::Duration, time::SystemTime};
+use std::{error::Error, fmt, time::Duration, time::SystemTime};
 use tokio::time::Instant;
 use tower_http::classify::{ClassifiedResponse, ClassifyResponse};
 
@@ -85,6 +85,7 @@ pub struct HttpPolicy<C = RetryOn> {
     max_replay_body: usize,
     max_retry_after: Duration,
     wall_clock: fn() -> SystemTime,
+    refused_locally: fn(&(dyn Error + 'static)) -> bool,
 }
 
 impl<C: fmt::Debug> fmt::Debug for HttpPolicy<C> {
@@ -120,7 +121,17 @@ impl<C> HttpPolicy<C> {
             max_replay_body: DEFAULT_MAX_REPLAY_BODY,
             max_retry_after: DEFAULT_MAX_RETRY_AFTER,
             wall_clock: system_clock,
+            refused_locally: |_| false,
         }
+    }
+
+    /// Tells which errors mean an attempt was refused inside this process before it was sent
+    /// (an open circuit breaker below the retry layer, say): a retry refused so gives its
+    /// budget back. `is_refusal` is asked of each error in the chain of sources.
+    #[must_use]
+    pub fn refused_locally(mut self, is_refusal: fn(&(dyn Error + 'static)) -> bool) -> Self {
+        self.refused_locally = is_refusal;
+        self
     }
 
     /// Retries any method, not only idempotent ones. Only for upstreams known to tolerate it.
@@ -253,6 +264,20 @@ where
                 self.decide::<B, R>(kept, class, None)
             }
         }
+    }
+
+    fn refused_locally(&self, result: &Result<Response<R>, E>) -> bool {
+        let Err(error) = result else {
+            return false;
+        };
+        let mut next = as_error(error);
+        while let Some(error) = next {
+            if (self.refused_locally)(error) {
+                return true;
+            }
+            next = error.source();
+        }
+        false
     }
 }
 

@@ -83,6 +83,23 @@ impl<P> RetryLayer<P> {
         self.edit(|s| s.name = name)
     }
 
+    /// Changes the policy, keeping every other setting (and the shared budget).
+    pub fn map_policy<Q>(self, f: impl FnOnce(P) -> Q) -> RetryLayer<Q>
+    where
+        P: Clone,
+    {
+        let settings = Arc::unwrap_or_clone(self.settings);
+        RetryLayer {
+            settings: Arc::new(Settings {
+                policy: f(settings.policy),
+                max_attempts: settings.max_attempts,
+                backoff: settings.backoff,
+                budget: settings.budget,
+                name: settings.name,
+            }),
+        }
+    }
+
     /// The budget this layer's services share.
     #[must_use]
     pub fn get_budget(&self) -> &Arc<Budget> {

@@ -64,6 +64,14 @@ pub trait Policy<Req, Res, E> {
     /// Whether to retry `result`; `kept` is the copy of the request made by
     /// [`Replay::prepare`].
     fn classify(&self, kept: &Req, result: &Result<Res, E>) -> Action;
+
+    /// Whether `result` says the attempt was refused inside this process before it was sent
+    /// (an open circuit breaker, say). A retry refused this way gives its budget back: a
+    /// breaker's rejection must not spend retry budget. Default: never.
+    fn refused_locally(&self, result: &Result<Res, E>) -> bool {
+        let _ = result;
+        false
+    }
 }
 
 /// Retries any cloneable request whose outcome `predicate` says is worth retrying.

@@ -17,13 +17,13 @@ use crate::{
         body::{ProxyBody, boxed},
         client::{FixedConnector, client, mtls_connector},
     },
-    unavailable::FailWhenAllOpen,
+    unavailable::{FailWhenAllOpen, NoEndpointAvailable},
 };
 use bytes::Bytes;
 use http::{Request, Response, header::CONTENT_TYPE};
 use http_body::Body;
 use hyper::body::Incoming;
-use resilience_breaker::{BreakerHandle, Mode, classify_fn};
+use resilience_breaker::{BreakerHandle, BreakerOpen, Mode, classify_fn};
 use resilience_mtls::{AllowList, AuthorizeLayer, ConnectorBuilder};
 use resilience_retry::{PeekGrpcTrailersLayer, ReplayBody};
 use resilience_timeout::{BoxError, HttpDeadline, TimeoutLayer};
@@ -209,7 +209,8 @@ pub fn outbound<B: StackBody>(
         .retry
         .layer()
         .map_err(|e| field_error("retry", e.field(), &e))?
-        .named(route.name.clone());
+        .named(route.name.clone())
+        .map_policy(|policy| policy.refused_locally(is_refused_locally));
     let service = ServiceBuilder::new()
         .load_shed()
         .concurrency_limit(route.max_concurrent_requests)
@@ -238,6 +239,12 @@ fn is_endpoint_failure(response: &Response<Incoming>) -> bool {
         response.headers().get("grpc-status").map(|v| v.as_bytes()),
         Some(b"4" | b"13" | b"14")
     )
+}
+
+/// Whether an error says a retry was refused inside this process, by an endpoint's breaker,
+/// before it was sent: such a retry gives its budget back (DESIGN.md §3).
+fn is_refused_locally(error: &(dyn std::error::Error + 'static)) -> bool {
+    error.is::<BreakerOpen>() || error.is::<NoEndpointAvailable>()
 }
 
 /// Builds the inbound stack: peers' requests to the app at `inbound.app`.
