@@ -184,20 +184,24 @@ where
     let delay = reason
         .retry_after
         .unwrap_or_else(|| settings.backoff.delay(attempt - 1, previous_delay));
-    if let Some(deadline) = settings.policy.deadline(kept) {
-        // A delay too large to add to the clock (a huge backoff cap or `Retry-After` cap) ends
-        // past any deadline; `Instant + Duration` would panic on it.
-        let past_deadline = Instant::now()
-            .checked_add(delay)
-            .is_none_or(|start| start >= deadline);
-        if past_deadline {
-            return Err(GiveUp::Deadline);
-        }
+    // A delay too large to add to the clock (a huge backoff cap or `Retry-After` cap) ends
+    // past any deadline; `Instant + Duration` would panic on it.
+    let now = Instant::now();
+    let send_at = now.checked_add(delay);
+    if let Some(deadline) = settings.policy.deadline(kept)
+        && send_at.is_none_or(|start| start >= deadline)
+    {
+        return Err(GiveUp::Deadline);
     }
     let Some(withdrawal) = settings.budget.take() else {
         return Err(GiveUp::Budget);
     };
-    let Some(next) = settings.policy.replay(kept, attempt + 1) else {
+    // Without a deadline, the send time only matters to a policy as a hint; overflow means
+    // "far away", for which now is as good an answer as any.
+    let Some(next) = settings
+        .policy
+        .replay(kept, attempt + 1, send_at.unwrap_or(now))
+    else {
         settings.budget.refund(withdrawal);
         return Err(GiveUp::NotReplayable);
     };

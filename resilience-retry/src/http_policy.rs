@@ -11,6 +11,7 @@ use http::{
     header::{CONTENT_TYPE, RETRY_AFTER},
 };
 use http_body::Body;
+use resilience_timeout::HttpDeadline;
 use std::{error::Error, fmt, time::Duration, time::SystemTime};
 use tokio::time::Instant;
 use tower_http::classify::{ClassifiedResponse, ClassifyResponse};
@@ -47,37 +48,11 @@ pub const DEFAULT_MAX_RETRY_AFTER: Duration = Duration::from_secs(10);
 /// # Deadlines
 ///
 /// No retry starts that could not finish its backoff before the request's
-/// [`Deadline`](resilience_timeout::Deadline), set by a total timeout outside. With the
-/// [`HttpDeadline`](resilience_timeout::HttpDeadline) policy that timeout also writes the time
-/// left into the request's deadline header (`grpc-timeout`, or `x-request-timeout-ms`), but
-/// only once, before the first attempt: each retry repeats the same headers, so from the
-/// second attempt on the upstream is told more time than is left. The header is refreshed on
-/// each attempt only when an [`HttpDeadline`](resilience_timeout::HttpDeadline) timeout layer
-/// sits inside the retry layer, as the per-try timeout. We recommend one there (a per-try
-/// timeout is wise anyway):
-///
-/// ```
-/// use resilience_retry::{HttpPolicy, RetryLayer};
-/// use resilience_timeout::{HttpDeadline, TimeoutLayer};
-/// use std::time::Duration;
-/// use tower::ServiceBuilder;
-///
-/// let layers = ServiceBuilder::new()
-///     // Total: caps every attempt and backoff, and sets the deadline.
-///     .layer(
-///         TimeoutLayer::new(Duration::from_secs(2))
-///             .with_policy(HttpDeadline::new())
-///             .named("total"),
-///     )
-///     .layer(RetryLayer::new(HttpPolicy::default()))
-///     // Per-try: caps one attempt, and rewrites the deadline header with the time left.
-///     .layer(
-///         TimeoutLayer::new(Duration::from_millis(500))
-///             .with_policy(HttpDeadline::new())
-///             .named("per-try"),
-///     );
-/// # let _ = layers;
-/// ```
+/// [`Deadline`](resilience_timeout::Deadline), set by a total timeout outside with the
+/// [`HttpDeadline`](resilience_timeout::HttpDeadline) policy. That timeout writes the time left
+/// into the request's deadline header (`grpc-timeout` or `x-request-timeout-ms`) before the
+/// first attempt; each retry rewrites it with the time left then, so the upstream is never told
+/// more time than there is.
 #[derive(Clone)]
 pub struct HttpPolicy<C = RetryOn> {
     classifier: C,
@@ -227,7 +202,12 @@ impl<C, B: Body> Replay<Request<B>> for HttpPolicy<C> {
         (Request::from_parts(parts, first), kept)
     }
 
-    fn replay(&self, kept: &Self::Request, attempt: u32) -> Option<Self::Request> {
+    fn replay(
+        &self,
+        kept: &Self::Request,
+        attempt: u32,
+        send_at: Instant,
+    ) -> Option<Self::Request> {
         let body = kept.body().replay()?;
         let mut req = Request::new(body);
         *req.method_mut() = kept.method().clone();
@@ -237,6 +217,12 @@ impl<C, B: Body> Replay<Request<B>> for HttpPolicy<C> {
         *req.extensions_mut() = kept.extensions().clone();
         req.headers_mut()
             .insert(RETRY_ATTEMPT, HeaderValue::from(attempt));
+        // The deadline header in the kept copy was written before the first attempt: tell the
+        // upstream the time left when this retry is sent, as the total timeout would.
+        if let Some(deadline) = resilience_timeout::Deadline::of(&req) {
+            let left = deadline.saturating_duration_since(send_at);
+            HttpDeadline::new().rewrite(&mut req, left);
+        }
         Some(req)
     }
 

@@ -59,10 +59,8 @@
 //!
 //! **Deadline headers.** A total timeout with
 //! [`HttpDeadline`](resilience_timeout::HttpDeadline) outside the retry layer writes the time
-//! left (`grpc-timeout` / `x-request-timeout-ms`) into the request once, before the first
-//! attempt; retries repeat that header, so it overstates the time left. It is refreshed on
-//! each attempt only if an `HttpDeadline` timeout layer sits *inside* the retry layer, as the
-//! per-try timeout. We recommend that stack; see [`HttpPolicy`] for an example.
+//! left (`grpc-timeout` / `x-request-timeout-ms`) into the request; each retry rewrites it
+//! with the time left when the retry is sent.
 //!
 //! # Config (feature `serde`)
 //!

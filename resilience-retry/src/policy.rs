@@ -47,9 +47,10 @@ pub trait Replay<Req> {
     /// be retried at all, a copy kept for replay.
     fn prepare(&self, req: Req) -> (Self::Request, Option<Self::Request>);
 
-    /// A fresh copy of `kept` for attempt number `attempt` (2 for the first retry), or `None`
-    /// when it can no longer be replayed.
-    fn replay(&self, kept: &Self::Request, attempt: u32) -> Option<Self::Request>;
+    /// A fresh copy of `kept` for attempt number `attempt` (2 for the first retry), to be sent
+    /// at `send_at` (after its backoff), or `None` when it can no longer be replayed.
+    fn replay(&self, kept: &Self::Request, attempt: u32, send_at: Instant)
+    -> Option<Self::Request>;
 
     /// The instant by which the request must be done, if it has one: no retry is started that
     /// could not finish its backoff before it.
@@ -120,7 +121,7 @@ impl<F, Req: Clone> Replay<Req> for RetryIf<F, Req> {
         (req.clone(), Some(req))
     }
 
-    fn replay(&self, kept: &Req, _attempt: u32) -> Option<Req> {
+    fn replay(&self, kept: &Req, _attempt: u32, _send_at: Instant) -> Option<Req> {
         Some(kept.clone())
     }
 }

@@ -1092,3 +1092,41 @@ async fn a_retry_refused_inside_the_process_gives_its_budget_back() {
         assert_eq!(budget.available(), left, "recognised refusal: {recognised}");
     }
 }
+
+#[tokio::test(start_paused = true)]
+async fn each_retry_tells_the_upstream_the_time_left_then() {
+    use resilience_timeout::{HttpDeadline, TimeoutLayer};
+    use tower::ServiceBuilder;
+
+    let told = Arc::new(Mutex::new(Vec::new()));
+    let log = told.clone();
+    let upstream = service_fn(
+        move |req: Request<resilience_retry::ReplayBody<Empty<Bytes>>>| {
+            log.lock().unwrap().push(
+                req.headers()["x-request-timeout-ms"]
+                    .to_str()
+                    .unwrap()
+                    .to_owned(),
+            );
+            async move {
+                // Each attempt takes 100 ms and fails.
+                tokio::time::sleep(100 * MS).await;
+                Ok::<_, BoxError>(status(503))
+            }
+        },
+    );
+    let svc = ServiceBuilder::new()
+        .layer(TimeoutLayer::new(Duration::from_secs(1)).with_policy(HttpDeadline::new()))
+        .layer(
+            RetryLayer::new(HttpPolicy::default())
+                .backoff(Backoff::new(10 * MS, 10 * MS).unwrap().jitter(Jitter::None)),
+        )
+        .service(upstream);
+    let mut req = request(Method::GET);
+    req.headers_mut()
+        .insert("x-request-timeout-ms", "1000".parse().unwrap());
+    let res = svc.oneshot(req).await.unwrap();
+    assert_eq!(res.status(), 503);
+    // 1000 ms less the 5 ms margin; then 110 ms and 220 ms later (attempt + backoff).
+    assert_eq!(*told.lock().unwrap(), ["995", "885", "775"]);
+}

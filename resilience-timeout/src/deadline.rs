@@ -104,25 +104,44 @@ impl<B> TimeoutPolicy<Request<B>> for HttpDeadline {
 
         let remaining = deadline - now;
         if self.propagate {
-            let name = match header {
-                Some((name, _)) => Some(name),
-                None if is_grpc(req.headers()) => Some(GRPC_TIMEOUT),
-                None => None,
-            };
-            if let Some(name) = name {
-                let left = remaining.saturating_sub(self.margin);
-                let value = if name == GRPC_TIMEOUT {
-                    grpc_timeout::format(left)
-                } else {
-                    HeaderValue::from(u64::try_from(left.as_millis()).unwrap_or(u64::MAX))
-                };
-                req.headers_mut().insert(name, value);
-            }
+            self.tell(req, header.map(|(name, _)| name), remaining);
         }
         Verdict::Until {
             deadline,
             budget: remaining,
         }
+    }
+}
+
+impl HttpDeadline {
+    /// Rewrites the deadline header of `req` with `remaining` less the margin: the header it
+    /// carries (`grpc-timeout`, else `x-request-timeout-ms`), or `grpc-timeout` for a gRPC
+    /// request without one. A retry layer calls it so that each retry tells the next hop the
+    /// time left when it is sent. Does nothing when propagation is off.
+    pub fn rewrite<B>(&self, req: &mut Request<B>, remaining: Duration) {
+        if self.propagate {
+            let present = [GRPC_TIMEOUT, REQUEST_TIMEOUT_MS]
+                .into_iter()
+                .find(|name| req.headers().contains_key(name));
+            self.tell(req, present, remaining);
+        }
+    }
+
+    /// Writes `remaining` less the margin into `header`, or `grpc-timeout` for a gRPC request
+    /// that came without a deadline header.
+    fn tell<B>(&self, req: &mut Request<B>, header: Option<HeaderName>, remaining: Duration) {
+        let name = match header {
+            Some(name) => name,
+            None if is_grpc(req.headers()) => GRPC_TIMEOUT,
+            None => return,
+        };
+        let left = remaining.saturating_sub(self.margin);
+        let value = if name == GRPC_TIMEOUT {
+            grpc_timeout::format(left)
+        } else {
+            HeaderValue::from(u64::try_from(left.as_millis()).unwrap_or(u64::MAX))
+        };
+        req.headers_mut().insert(name, value);
     }
 }
 

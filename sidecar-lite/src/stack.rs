@@ -26,7 +26,7 @@ use hyper::body::Incoming;
 use resilience_breaker::{BreakerHandle, BreakerOpen, Mode, classify_fn};
 use resilience_mtls::{AllowList, AuthorizeLayer, ConnectorBuilder};
 use resilience_retry::{PeekGrpcTrailersLayer, ReplayBody};
-use resilience_timeout::{BoxError, HttpDeadline, TimeoutLayer};
+use resilience_timeout::BoxError;
 use std::{
     fmt,
     net::SocketAddr,
@@ -192,13 +192,6 @@ pub fn outbound<B: StackBody>(
         .layer()
         .map_err(|e| field_error("timeout", e.field(), &e))?
         .named("total");
-    // Without a per-try timeout of its own, each attempt still gets one capped by the total
-    // deadline, so the deadline header the next hop sees is refreshed on every attempt.
-    let per_try = route.retry.per_try_timeout_layer().unwrap_or_else(|| {
-        TimeoutLayer::new(route.timeout.0.timeout)
-            .with_policy(HttpDeadline::new().margin(route.timeout.0.deadline_margin))
-            .named("per-try")
-    });
     let body_timeout = route
         .timeout
         .0
@@ -219,7 +212,7 @@ pub fn outbound<B: StackBody>(
         .layer(body_timeout)
         .layer(total)
         .layer(retry)
-        .layer(per_try)
+        .option_layer(route.retry.per_try_timeout_layer())
         .layer(PeekGrpcTrailersLayer::new())
         .service(endpoints);
     Ok(Outbound {

@@ -34,12 +34,7 @@ async fn stopping_during_100_slow_requests_lets_all_of_them_complete() {
         })
         .collect();
     // Wait until every request has reached the app (bounded), then stop.
-    for _ in 0..200 {
-        if hits.load(Ordering::SeqCst) == IN_FLIGHT {
-            break;
-        }
-        tokio::time::sleep(Duration::from_millis(10)).await;
-    }
+    eventually(async || hits.load(Ordering::SeqCst) == IN_FLIGHT).await;
     assert_eq!(
         hits.load(Ordering::SeqCst),
         IN_FLIGHT,

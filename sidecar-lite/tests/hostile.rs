@@ -195,12 +195,7 @@ async fn beyond_the_concurrency_limit_requests_get_503_at_once() {
         })
         .collect();
     // Both slow requests hold their places once the app has them (bounded wait).
-    for _ in 0..200 {
-        if hits.load(std::sync::atomic::Ordering::SeqCst) == 2 {
-            break;
-        }
-        tokio::time::sleep(std::time::Duration::from_millis(5)).await;
-    }
+    eventually(async || hits.load(std::sync::atomic::Ordering::SeqCst) == 2).await;
     assert_eq!(hits.load(std::sync::atomic::Ordering::SeqCst), 2);
     let req = Request::builder()
         .uri(format!("http://{addr}/third"))

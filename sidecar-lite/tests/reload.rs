@@ -148,17 +148,6 @@ async fn a_reload_that_cannot_bind_changes_nothing() {
     sidecar.stop().await;
 }
 
-/// Polls `check` every 50 ms for at most 10 s.
-async fn eventually(mut check: impl AsyncFnMut() -> bool) -> bool {
-    for _ in 0..200 {
-        if check().await {
-            return true;
-        }
-        tokio::time::sleep(Duration::from_millis(50)).await;
-    }
-    false
-}
-
 #[tokio::test]
 async fn the_binary_reloads_its_file_and_keeps_serving_through_a_broken_one() {
     let (app, _) = status_app(200).await;

@@ -225,5 +225,16 @@ pub async fn text(response: Response<Incoming>) -> String {
     String::from_utf8_lossy(&body).into_owned()
 }
 
+/// Polls `check` every 10 ms until it holds, for at most [`STEP`]; whether it came to hold.
+pub async fn eventually(mut check: impl AsyncFnMut() -> bool) -> bool {
+    for _ in 0..(STEP.as_millis() / 10) {
+        if check().await {
+            return true;
+        }
+        tokio::time::sleep(Duration::from_millis(10)).await;
+    }
+    false
+}
+
 /// A bound on how long any one test step may wait.
 pub const STEP: Duration = Duration::from_secs(10);
