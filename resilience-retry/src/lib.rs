@@ -80,7 +80,6 @@
 
 mod backoff;
 mod budget;
-mod error;
 mod future;
 mod layer;
 mod policy;
@@ -102,10 +101,10 @@ mod config;
 
 pub use backoff::{Backoff, Jitter, RandomSource, ThreadRandom};
 pub use budget::Budget;
-pub use error::ConfigError;
 pub use future::ResponseFuture;
 pub use layer::RetryLayer;
 pub use policy::{Action, Policy, Reason, Replay, RetryIf};
+pub use resilience_timeout::ConfigError;
 pub use service::Retry;
 
 #[cfg(feature = "http")]

@@ -1,8 +1,8 @@
 //! [`TimeoutConfig`]: the timeout section of a config file.
 
-use crate::{HttpDeadline, ResponseBodyTimeoutLayer, TimeoutLayer, duration};
+use crate::{ConfigError, HttpDeadline, ResponseBodyTimeoutLayer, TimeoutLayer, duration};
 use serde::{Deserialize, Serialize};
-use std::{fmt, time::Duration};
+use std::time::Duration;
 
 /// The timeout settings that `sidecar-lite` reads from its config file, for library users to
 /// load from the very same section.
@@ -70,7 +70,7 @@ impl TimeoutConfig {
     pub fn validate(&self) -> Result<(), ConfigError> {
         let positive = |field: &'static str, value: Duration| {
             if value.is_zero() {
-                Err(ConfigError::new(field, value, "must be greater than zero"))
+                Err(duration_error(field, value, "must be greater than zero"))
             } else {
                 Ok(())
             }
@@ -83,7 +83,7 @@ impl TimeoutConfig {
             positive("body_timeout", total)?;
         }
         if self.deadline_margin >= self.timeout {
-            return Err(ConfigError::new(
+            return Err(duration_error(
                 "deadline_margin",
                 self.deadline_margin,
                 "must be less than `timeout`",
@@ -118,38 +118,7 @@ impl TimeoutConfig {
     }
 }
 
-/// A setting with a value that is not allowed.
-#[derive(Debug, Clone, PartialEq, Eq)]
-pub struct ConfigError {
-    field: &'static str,
-    value: String,
-    reason: &'static str,
+/// A duration setting that is not allowed, its value quoted as it is written in the file.
+fn duration_error(field: &'static str, value: Duration, reason: &'static str) -> ConfigError {
+    ConfigError::new(field, format!("\"{}\"", duration::format(value)), reason)
 }
-
-impl ConfigError {
-    fn new(field: &'static str, value: Duration, reason: &'static str) -> Self {
-        Self {
-            field,
-            value: duration::format(value),
-            reason,
-        }
-    }
-
-    /// The name of the field that is wrong.
-    #[must_use]
-    pub fn field(&self) -> &'static str {
-        self.field
-    }
-}
-
-impl fmt::Display for ConfigError {
-    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
-        write!(
-            f,
-            "invalid `{}` = \"{}\": {}",
-            self.field, self.value, self.reason
-        )
-    }
-}
-
-impl std::error::Error for ConfigError {}

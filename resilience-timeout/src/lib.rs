@@ -101,7 +101,7 @@ mod config;
 #[cfg(feature = "serde")]
 pub mod duration;
 
-pub use error::{BoxError, Elapsed};
+pub use error::{BoxError, ConfigError, Elapsed};
 pub use future::ResponseFuture;
 pub use layer::TimeoutLayer;
 pub use policy::{Fixed, TimeoutPolicy, Verdict};
@@ -120,4 +120,4 @@ pub use gateway::{
 };
 
 #[cfg(feature = "serde")]
-pub use config::{ConfigError, TimeoutConfig};
+pub use config::TimeoutConfig;
