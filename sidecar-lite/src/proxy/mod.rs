@@ -5,5 +5,6 @@ pub mod body;
 pub mod client;
 pub mod errors;
 pub mod forward;
+pub mod framing;
 pub mod headers;
 pub mod server;

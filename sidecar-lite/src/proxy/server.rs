@@ -1,10 +1,13 @@
 //! Listeners: accept connections (in plaintext or mTLS), serve HTTP/1.1 and HTTP/2 on them,
 //! and shut down gracefully.
 
-use super::body::ProxyBody;
+use super::{
+    body::{ProxyBody, sidecar_response},
+    framing::{Framing, FramingGuard},
+};
 use crate::config::LimitsConfig;
 use arc_swap::ArcSwapOption;
-use http::{Request, Response};
+use http::{HeaderValue, Request, Response, StatusCode, header::CONNECTION};
 use hyper::body::Incoming;
 use hyper_util::{
     rt::{TokioExecutor, TokioIo, TokioTimer},
@@ -48,7 +51,7 @@ pub async fn serve<S>(
     S::Future: Send + 'static,
 {
     let graceful = GracefulShutdown::new();
-    let builder = hardened_builder(&limits);
+    let settings = Arc::new(ConnectionSettings::new(&limits));
     let open = metrics::gauge!("sidecar_connections_open", "listener" => name.to_string());
     let mut connections = JoinSet::new();
     tokio::pin!(shutdown);
@@ -78,18 +81,20 @@ pub async fn serve<S>(
         let _ = tcp.set_nodelay(true);
         let service = service.clone();
         let acceptor = acceptor.load_full();
-        let builder = builder.clone();
+        let settings = settings.clone();
         let watcher = graceful.watcher();
         let name = name.clone();
         let open = open.clone();
         connections.spawn(async move {
             open.increment(1.0);
             match acceptor {
-                None => serve_connection(&name, remote, tcp, None, service, builder, watcher).await,
+                None => {
+                    serve_connection(&name, remote, tcp, None, service, &settings, watcher).await
+                }
                 Some(acceptor) => match acceptor.accept(tcp).await {
                     Ok(stream) => {
                         let peer = stream.peer_identity().cloned();
-                        serve_connection(&name, remote, stream, peer, service, builder, watcher)
+                        serve_connection(&name, remote, stream, peer, service, &settings, watcher)
                             .await;
                     }
                     Err(error) => {
@@ -123,6 +128,23 @@ const MAX_PENDING_RESETS: usize = 20;
 /// within the same time.
 const KEEP_ALIVE_INTERVAL: Duration = Duration::from_secs(30);
 
+/// How every connection of a listener is served.
+struct ConnectionSettings {
+    builder: auto::Builder<TokioExecutor>,
+    max_head_bytes: usize,
+    max_headers: usize,
+}
+
+impl ConnectionSettings {
+    fn new(limits: &LimitsConfig) -> Self {
+        Self {
+            builder: hardened_builder(limits),
+            max_head_bytes: limits.max_head_bytes,
+            max_headers: limits.max_headers,
+        }
+    }
+}
+
 /// An HTTP/1.1 and HTTP/2 server builder with `limits` applied.
 fn hardened_builder(limits: &LimitsConfig) -> auto::Builder<TokioExecutor> {
     let mut builder = auto::Builder::new(TokioExecutor::new());
@@ -151,7 +173,7 @@ async fn serve_connection<IO, S>(
     io: IO,
     peer: Option<Identity>,
     service: S,
-    builder: auto::Builder<TokioExecutor>,
+    settings: &ConnectionSettings,
     watcher: Watcher,
 ) where
     IO: AsyncRead + AsyncWrite + Unpin + Send + 'static,
@@ -161,15 +183,55 @@ async fn serve_connection<IO, S>(
         + 'static,
     S::Future: Send + 'static,
 {
+    let framing = Arc::new(Framing::default());
+    let io = FramingGuard::new(
+        io,
+        framing.clone(),
+        settings.max_head_bytes,
+        settings.max_headers,
+    );
+    let listener: Arc<str> = name.into();
     let per_request = hyper::service::service_fn(move |mut req: Request<Incoming>| {
+        let rejected = framing
+            .next_is_ambiguous()
+            .then(|| ambiguous_framing(&listener, remote));
         req.extensions_mut().insert(ClientAddr(remote));
         if let Some(peer) = &peer {
             req.extensions_mut().insert(peer.clone());
         }
-        service.clone().oneshot(req)
+        let service = service.clone();
+        async move {
+            match rejected {
+                Some(response) => Ok(response),
+                None => service.oneshot(req).await,
+            }
+        }
     });
-    let connection = builder.serve_connection(TokioIo::new(io), per_request);
+    let connection = settings
+        .builder
+        .serve_connection(TokioIo::new(io), per_request);
     if let Err(error) = watcher.watch(connection.into_owned()).await {
         tracing::debug!(listener = name, %remote, %error, "connection ended with an error");
     }
+}
+
+/// The answer to a request carrying both `Content-Length` and `Transfer-Encoding`: never
+/// forwarded, and hyper closes the connection after it.
+fn ambiguous_framing(listener: &str, remote: SocketAddr) -> Response<ProxyBody> {
+    metrics::counter!("sidecar_requests_rejected_total", "listener" => listener.to_owned(), "reason" => "ambiguous-framing")
+        .increment(1);
+    tracing::debug!(
+        listener,
+        %remote,
+        "request with both Content-Length and Transfer-Encoding; answered 400"
+    );
+    let mut response = sidecar_response(
+        StatusCode::BAD_REQUEST,
+        "bad-request",
+        "bad request: both Content-Length and Transfer-Encoding (RFC 9112 section 6.3)",
+    );
+    response
+        .headers_mut()
+        .insert(CONNECTION, HeaderValue::from_static("close"));
+    response
 }

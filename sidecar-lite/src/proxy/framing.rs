@@ -1,0 +1,471 @@
+//! Request framing, followed beside hyper to catch request smuggling.
+//!
+//! A request carrying both `Content-Length` and `Transfer-Encoding` is how request smuggling
+//! starts (RFC 9112 section 6.3): two hops that frame it differently disagree on where the next
+//! request begins. hyper frames it by `Transfer-Encoding`, closes the connection after it and
+//! drops the `Content-Length` before the service sees the request, so the service cannot tell.
+//! [`FramingGuard`] wraps a connection and follows the framing of its HTTP/1 requests as hyper
+//! reads them (heads, sized and chunked bodies), and marks the first request that carries both;
+//! the server answers that one with 400 instead of forwarding it.
+//!
+//! Whatever the guard cannot follow (HTTP/2, an upgrade, a head hyper will reject anyway) ends
+//! its watch: hyper's own checks still apply, the guard only ever adds a rejection.
+
+use std::{
+    io,
+    pin::Pin,
+    sync::{
+        Arc,
+        atomic::{AtomicU64, Ordering},
+    },
+    task::{Context, Poll, ready},
+};
+use tokio::io::{AsyncRead, AsyncWrite, ReadBuf};
+
+/// What a connection's guard and its service share: which request, counted from 1, carries
+/// ambiguous framing, and how many requests the service has taken so far.
+#[derive(Debug, Default)]
+pub struct Framing {
+    ambiguous: AtomicU64,
+    served: AtomicU64,
+}
+
+impl Framing {
+    /// Counts a request the service takes, and tells whether it is the ambiguous one. HTTP/1
+    /// requests reach the service in the order their heads arrived, and the guard has read a
+    /// head before hyper parses it, so the two counts line up.
+    pub fn next_is_ambiguous(&self) -> bool {
+        let position = self.served.fetch_add(1, Ordering::Relaxed) + 1;
+        position == self.ambiguous.load(Ordering::Relaxed)
+    }
+}
+
+/// A connection whose request framing is followed as hyper reads it.
+#[derive(Debug)]
+pub struct FramingGuard<IO> {
+    io: IO,
+    scanner: Scanner,
+    framing: Arc<Framing>,
+}
+
+impl<IO> FramingGuard<IO> {
+    /// Guards `io`; heads larger than `max_head_bytes` or with more than `max_headers` headers
+    /// are left to hyper, which rejects them.
+    pub fn new(io: IO, framing: Arc<Framing>, max_head_bytes: usize, max_headers: usize) -> Self {
+        Self {
+            io,
+            scanner: Scanner::new(max_head_bytes, max_headers),
+            framing,
+        }
+    }
+}
+
+impl<IO: AsyncRead + Unpin> AsyncRead for FramingGuard<IO> {
+    fn poll_read(
+        self: Pin<&mut Self>,
+        cx: &mut Context<'_>,
+        buf: &mut ReadBuf<'_>,
+    ) -> Poll<io::Result<()>> {
+        let this = self.get_mut();
+        let before = buf.filled().len();
+        ready!(Pin::new(&mut this.io).poll_read(cx, buf))?;
+        if !this.scanner.is_done()
+            && let Some(position) = this.scanner.feed(&buf.filled()[before..])
+        {
+            this.framing.ambiguous.store(position, Ordering::Relaxed);
+        }
+        Poll::Ready(Ok(()))
+    }
+}
+
+impl<IO: AsyncWrite + Unpin> AsyncWrite for FramingGuard<IO> {
+    fn poll_write(
+        self: Pin<&mut Self>,
+        cx: &mut Context<'_>,
+        buf: &[u8],
+    ) -> Poll<io::Result<usize>> {
+        Pin::new(&mut self.get_mut().io).poll_write(cx, buf)
+    }
+
+    fn poll_write_vectored(
+        self: Pin<&mut Self>,
+        cx: &mut Context<'_>,
+        bufs: &[io::IoSlice<'_>],
+    ) -> Poll<io::Result<usize>> {
+        Pin::new(&mut self.get_mut().io).poll_write_vectored(cx, bufs)
+    }
+
+    fn is_write_vectored(&self) -> bool {
+        self.io.is_write_vectored()
+    }
+
+    fn poll_flush(self: Pin<&mut Self>, cx: &mut Context<'_>) -> Poll<io::Result<()>> {
+        Pin::new(&mut self.get_mut().io).poll_flush(cx)
+    }
+
+    fn poll_shutdown(self: Pin<&mut Self>, cx: &mut Context<'_>) -> Poll<io::Result<()>> {
+        Pin::new(&mut self.get_mut().io).poll_shutdown(cx)
+    }
+}
+
+/// Where the scanner is in the byte stream of requests.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+enum State {
+    /// Reading a request head.
+    Head,
+    /// Reading a chunk-size line.
+    ChunkSize,
+    /// Reading the trailer section after the last chunk.
+    Trailers,
+    /// Passing over `left` bytes of body, then reading `then`.
+    Skip { left: u64, then: Line },
+    /// No longer following: hyper handles the rest on its own.
+    Done,
+}
+
+/// The line-oriented states a skip returns to.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+enum Line {
+    Head,
+    ChunkSize,
+}
+
+/// The outcome of reading one head, chunk-size line or trailer section.
+enum Step {
+    /// Consumed this many bytes, and moved on.
+    Consumed(usize),
+    /// Needs more bytes.
+    Partial,
+}
+
+/// Follows the framing of HTTP/1 requests through the bytes read from a connection.
+#[derive(Debug)]
+struct Scanner {
+    state: State,
+    /// The start of a head, chunk-size line or trailer section split across reads.
+    pending: Vec<u8>,
+    /// Request heads seen so far.
+    heads: u64,
+    max_head_bytes: usize,
+    max_headers: usize,
+}
+
+impl Scanner {
+    fn new(max_head_bytes: usize, max_headers: usize) -> Self {
+        Self {
+            state: State::Head,
+            pending: Vec::new(),
+            heads: 0,
+            max_head_bytes,
+            max_headers,
+        }
+    }
+
+    fn is_done(&self) -> bool {
+        self.state == State::Done
+    }
+
+    /// Follows `input`, the next bytes of the connection. Returns the position of a request
+    /// that carries both framing headers, when this input completes its head.
+    fn feed(&mut self, mut input: &[u8]) -> Option<u64> {
+        while !input.is_empty() {
+            match self.state {
+                State::Done => return None,
+                State::Skip { left, then } => {
+                    let take = left.min(input.len() as u64);
+                    input = &input[take as usize..];
+                    self.state = match left - take {
+                        0 => then.into(),
+                        left => State::Skip { left, then },
+                    };
+                }
+                State::Head | State::ChunkSize | State::Trailers if self.pending.is_empty() => {
+                    match self.step(input) {
+                        Ok(Step::Consumed(n)) => input = &input[n..],
+                        Ok(Step::Partial) => return self.keep(input),
+                        Err(found) => return found,
+                    }
+                }
+                State::Head | State::ChunkSize | State::Trailers => {
+                    let mut joined = std::mem::take(&mut self.pending);
+                    joined.extend_from_slice(input);
+                    return match self.step(&joined) {
+                        // The pending bytes are gone now, so this recurses at most once.
+                        Ok(Step::Consumed(n)) => self.feed(&joined[n..]),
+                        Ok(Step::Partial) => self.keep(&joined),
+                        Err(found) => found,
+                    };
+                }
+            }
+        }
+        None
+    }
+
+    /// Keeps the start of an unfinished head or line, up to the head limit.
+    fn keep(&mut self, partial: &[u8]) -> Option<u64> {
+        if partial.len() > self.max_head_bytes {
+            self.stop();
+        } else {
+            self.pending.clear();
+            self.pending.extend_from_slice(partial);
+        }
+        None
+    }
+
+    fn stop(&mut self) {
+        self.state = State::Done;
+        self.pending = Vec::new();
+    }
+
+    /// Reads one head, chunk-size line or trailer section at the start of `bytes`. `Err`
+    /// means the watch is over, with the position of an ambiguous request if that ended it.
+    fn step(&mut self, bytes: &[u8]) -> Result<Step, Option<u64>> {
+        match self.state {
+            State::Head => {
+                let mut headers = vec![httparse::EMPTY_HEADER; self.max_headers];
+                let mut request = httparse::Request::new(&mut headers);
+                match request.parse(bytes) {
+                    Ok(httparse::Status::Complete(n)) => {
+                        self.heads += 1;
+                        let next = body_of(&request);
+                        self.enter(next)?;
+                        Ok(Step::Consumed(n))
+                    }
+                    Ok(httparse::Status::Partial) => Ok(Step::Partial),
+                    // HTTP/2's preface, too many headers, bad bytes: hyper's to handle.
+                    Err(_) => {
+                        self.stop();
+                        Err(None)
+                    }
+                }
+            }
+            State::ChunkSize => match httparse::parse_chunk_size(bytes) {
+                Ok(httparse::Status::Complete((n, 0))) => {
+                    self.state = State::Trailers;
+                    Ok(Step::Consumed(n))
+                }
+                Ok(httparse::Status::Complete((n, size))) => {
+                    // The chunk, then the CRLF that ends it.
+                    self.state = State::Skip {
+                        left: size.saturating_add(2),
+                        then: Line::ChunkSize,
+                    };
+                    Ok(Step::Consumed(n))
+                }
+                Ok(httparse::Status::Partial) => Ok(Step::Partial),
+                Err(_) => {
+                    self.stop();
+                    Err(None)
+                }
+            },
+            State::Trailers => {
+                if bytes.starts_with(b"\r\n") {
+                    self.state = State::Head;
+                    return Ok(Step::Consumed(2));
+                }
+                let mut headers = vec![httparse::EMPTY_HEADER; self.max_headers];
+                match httparse::parse_headers(bytes, &mut headers) {
+                    Ok(httparse::Status::Complete((n, _))) => {
+                        self.state = State::Head;
+                        Ok(Step::Consumed(n))
+                    }
+                    Ok(httparse::Status::Partial) => Ok(Step::Partial),
+                    Err(_) => {
+                        self.stop();
+                        Err(None)
+                    }
+                }
+            }
+            State::Skip { .. } | State::Done => Ok(Step::Consumed(0)),
+        }
+    }
+
+    /// Moves past a head whose body is `body`.
+    fn enter(&mut self, body: Body) -> Result<(), Option<u64>> {
+        self.state = match body {
+            Body::None => State::Head,
+            Body::Sized(0) => State::Head,
+            Body::Sized(left) => State::Skip {
+                left,
+                then: Line::Head,
+            },
+            Body::Chunked => State::ChunkSize,
+            Body::Ambiguous => {
+                self.stop();
+                return Err(Some(self.heads));
+            }
+            Body::Unknown => {
+                self.stop();
+                return Err(None);
+            }
+        };
+        Ok(())
+    }
+}
+
+impl From<Line> for State {
+    fn from(line: Line) -> Self {
+        match line {
+            Line::Head => State::Head,
+            Line::ChunkSize => State::ChunkSize,
+        }
+    }
+}
+
+/// How a request's body is framed, as hyper frames it.
+#[derive(Debug, PartialEq, Eq)]
+enum Body {
+    None,
+    Sized(u64),
+    Chunked,
+    /// Both `Content-Length` and `Transfer-Encoding`.
+    Ambiguous,
+    /// Past this request the bytes are not HTTP/1 requests (an upgrade or CONNECT), or hyper
+    /// rejects the head (a bad length, a final encoding other than chunked).
+    Unknown,
+}
+
+fn body_of(request: &httparse::Request<'_, '_>) -> Body {
+    let mut length = None;
+    let mut chunked = None;
+    for header in request.headers.iter() {
+        if header.name.eq_ignore_ascii_case("content-length") {
+            match (parse_length(header.value), length) {
+                (Some(n), None) => length = Some(n),
+                (Some(n), Some(m)) if n == m => {}
+                _ => return Body::Unknown,
+            }
+        } else if header.name.eq_ignore_ascii_case("transfer-encoding") {
+            // As hyper reads it: the last encoding of the last line must be chunked.
+            chunked = Some(
+                header
+                    .value
+                    .rsplit(|&b| b == b',')
+                    .next()
+                    .is_some_and(|last| last.trim_ascii().eq_ignore_ascii_case(b"chunked")),
+            );
+        } else if header.name.eq_ignore_ascii_case("upgrade") {
+            return Body::Unknown;
+        }
+    }
+    if request
+        .method
+        .is_some_and(|m| m.eq_ignore_ascii_case("CONNECT"))
+    {
+        return Body::Unknown;
+    }
+    match (length, chunked) {
+        (Some(_), Some(_)) => Body::Ambiguous,
+        (_, Some(true)) => Body::Chunked,
+        (_, Some(false)) => Body::Unknown,
+        (Some(n), None) => Body::Sized(n),
+        (None, None) => Body::None,
+    }
+}
+
+fn parse_length(value: &[u8]) -> Option<u64> {
+    let digits = value.trim_ascii();
+    if digits.is_empty() || !digits.iter().all(u8::is_ascii_digit) {
+        return None;
+    }
+    std::str::from_utf8(digits).ok()?.parse().ok()
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn scanner() -> Scanner {
+        Scanner::new(64 * 1024, 100)
+    }
+
+    /// Feeds `bytes` in pieces of `piece` bytes; returns the first ambiguous position.
+    fn feed_in_pieces(scanner: &mut Scanner, bytes: &[u8], piece: usize) -> Option<u64> {
+        bytes
+            .chunks(piece)
+            .fold(None, |found, chunk| found.or(scanner.feed(chunk)))
+    }
+
+    const KEEP_ALIVE: &[u8] = b"GET /a HTTP/1.1\r\nHost: a\r\n\r\n\
+        POST /b HTTP/1.1\r\nHost: a\r\nContent-Length: 5\r\n\r\nhello\
+        POST /c HTTP/1.1\r\nHost: a\r\nTransfer-Encoding: chunked\r\n\r\n\
+        3\r\nabc\r\n10;ext=1\r\n0123456789abcdef\r\n0\r\nTrailer: x\r\n\r\n";
+
+    const SMUGGLED: &[u8] =
+        b"POST /d HTTP/1.1\r\nHost: a\r\nTransfer-Encoding: chunked\r\nContent-Length: 4\r\n\r\n0\r\n\r\n";
+
+    #[test]
+    fn follows_sized_and_chunked_bodies_to_the_ambiguous_request_at_any_split() {
+        let stream = [KEEP_ALIVE, SMUGGLED].concat();
+        for piece in [1, 2, 3, 7, 64, stream.len()] {
+            let mut scanner = scanner();
+            assert_eq!(
+                feed_in_pieces(&mut scanner, &stream, piece),
+                Some(4),
+                "pieces of {piece}"
+            );
+            assert!(scanner.is_done());
+        }
+    }
+
+    #[test]
+    fn a_body_that_looks_like_a_smuggled_request_is_not_one() {
+        let body = SMUGGLED;
+        let mut stream = format!(
+            "POST / HTTP/1.1\r\nHost: a\r\nContent-Length: {}\r\n\r\n",
+            body.len()
+        )
+        .into_bytes();
+        stream.extend_from_slice(body);
+        stream.extend_from_slice(b"GET / HTTP/1.1\r\nHost: a\r\n\r\n");
+        let mut scanner = scanner();
+        assert_eq!(scanner.feed(&stream), None);
+        assert_eq!(scanner.heads, 2);
+        assert_eq!(scanner.state, State::Head);
+    }
+
+    #[test]
+    fn either_header_order_and_any_case_is_ambiguous() {
+        for head in [
+            "POST / HTTP/1.1\r\ncontent-length: 3\r\ntransfer-encoding: chunked\r\n\r\n",
+            "POST / HTTP/1.1\r\nTRANSFER-ENCODING: gzip, chunked\r\nContent-Length: 3\r\n\r\n",
+        ] {
+            assert_eq!(scanner().feed(head.as_bytes()), Some(1), "{head}");
+        }
+    }
+
+    #[test]
+    fn hands_over_to_hyper_for_what_it_does_not_follow() {
+        for stream in [
+            &b"PRI * HTTP/2.0\r\n\r\nSM\r\n\r\n"[..],
+            b"GET / HTTP/1.1\r\nUpgrade: websocket\r\nConnection: upgrade\r\n\r\n",
+            b"CONNECT a:443 HTTP/1.1\r\nHost: a:443\r\n\r\n",
+            b"POST / HTTP/1.1\r\nContent-Length: 1\r\nContent-Length: 2\r\n\r\n",
+            b"POST / HTTP/1.1\r\nTransfer-Encoding: gzip\r\n\r\n",
+            b"GARBAGE\r\n\r\n",
+        ] {
+            let mut scanner = scanner();
+            assert_eq!(scanner.feed(stream), None);
+            assert!(scanner.is_done(), "{}", String::from_utf8_lossy(stream));
+        }
+    }
+
+    #[test]
+    fn a_head_over_the_limit_is_left_to_hyper() {
+        let mut scanner = Scanner::new(32, 100);
+        assert_eq!(
+            scanner.feed(b"GET / HTTP/1.1\r\nX-Long: 0123456789012345678901234567890\r\n"),
+            None
+        );
+        assert!(scanner.is_done());
+        assert!(scanner.pending.is_empty(), "nothing kept after the watch");
+    }
+
+    #[test]
+    fn the_service_count_matches_the_ambiguous_position() {
+        let framing = Framing::default();
+        framing.ambiguous.store(3, Ordering::Relaxed);
+        let verdicts: Vec<_> = (0..4).map(|_| framing.next_is_ambiguous()).collect();
+        assert_eq!(verdicts, [false, false, true, false]);
+    }
+}
