@@ -37,6 +37,7 @@ import subprocess
 import sys
 import tempfile
 import time
+import urllib.request
 from pathlib import Path
 
 ROOT = Path(__file__).resolve().parents[2]
@@ -90,8 +91,9 @@ class Proc:
 
     started = []
 
-    def __init__(self, name, argv, **kw):
+    def __init__(self, name, argv, admin=None, **kw):
         self.name = name
+        self.admin = admin  # sidecar-lite's admin port, for /metrics
         self.popen = subprocess.Popen(argv, stdin=subprocess.DEVNULL, **kw)
         Proc.started.append(self)
 
@@ -201,7 +203,7 @@ def identity(tmp, name):
 def start_sidecar(tmp, name, threads, body):
     path, admin = sidecar_config(tmp, name, threads, body)
     proc = Proc(f"{name}-{threads}", [str(RELEASE / "sidecar-lite"), "run", "--config", str(path)],
-                stdout=subprocess.DEVNULL, env=dict(os.environ, RUST_LOG="error"))
+                admin=admin, stdout=subprocess.DEVNULL, env=dict(os.environ, RUST_LOG="error"))
     wait_http_ok(admin, "/ready", what=proc.name, proc=proc)
     return proc
 
@@ -344,6 +346,22 @@ def measure(targets, args, started):
     return runs
 
 
+def metrics_rss_kib(procs):
+    """RSS as the sidecars report it on their admin /metrics, summed; None for other proxies."""
+    admins = [proc.admin for proc in procs if proc.admin]
+    if not admins:
+        return None
+    total = 0
+    for admin in admins:
+        with urllib.request.urlopen(f"http://127.0.0.1:{admin}/metrics", timeout=5) as r:
+            text = r.read().decode()
+        found = re.search(r"^process_resident_memory_bytes (\S+)$", text, re.M)
+        if not found:
+            raise RuntimeError(f"no process_resident_memory_bytes on :{admin}/metrics")
+        total += float(found.group(1))
+    return int(total / 1024)
+
+
 def rss_at_256(targets):
     """RSS of each proxy while 256 connections are open, then its peak."""
     out = {}
@@ -355,8 +373,10 @@ def rss_at_256(targets):
                                 stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL)
         time.sleep(1.5)
         during = memory_kib(pids, "VmRSS")
+        reported = metrics_rss_kib(procs)
         proc.wait(timeout=30)
-        out[name] = {"rss_256_kib": during, "peak_kib": memory_kib(pids, "VmHWM")}
+        out[name] = {"rss_256_kib": during, "peak_kib": memory_kib(pids, "VmHWM"),
+                     "metrics_256_kib": reported}
     return out
 
 
@@ -382,24 +402,47 @@ def ratio(a, b):
     return f"{a['median'] / b['median']:.2f}x"
 
 
+def mib(kib):
+    return f"{kib / 1024:.1f}" if kib else "-"
+
+
+def memory_table(memory):
+    """RSS in MiB, from /proc and as the sidecars report it on /metrics."""
+    lines = ["| target | RSS idle | idle, /metrics | RSS 256 conns | 256 conns, /metrics | peak RSS |",
+             "| --- | --- | --- | --- | --- | --- |"]
+    for name in TARGETS:
+        mem = memory.get(name)
+        if mem:
+            lines.append(f"| {name} | {mib(mem.get('idle_kib'))} | {mib(mem.get('metrics_idle_kib'))} "
+                         f"| {mib(mem.get('rss_256_kib'))} | {mib(mem.get('metrics_256_kib'))} "
+                         f"| {mib(mem.get('peak_kib'))} |")
+    return lines
+
+
 def report(results, machine):
     lines = [f"Measured {machine['date']} on {machine['cpu']} ({machine['cores']} cores), "
              f"loopback, HTTP/1.1; wrk {machine['wrk']}, {machine['nginx']}, {machine['haproxy']}.",
              "Medians of 3 interleaved runs (min-max). Saturation: wrk, 1 thread, 32 connections. "
              "Latency: fixed 5000 req/s over 32 connections. RSS in MiB (all processes of the "
              "target; two for sidecar-mtls).", ""]
+    if not any(data["stats"] for data in results.values()):
+        lines[1] = ("RSS in MiB of all processes of each target (two for sidecar-mtls): idle, and while "
+                    "wrk holds 256 connections (1 thread, 2 s); from /proc and from each sidecar's "
+                    "/metrics (process_resident_memory_bytes).")
     for threads, data in results.items():
         lines += [f"### {threads} worker thread{'s' if threads != '1' else ''} per proxy", "",
                   "| target | req/s | vs direct | vs HAProxy | p50 us | p99 us | p99.9 us | p99 vs HAProxy "
                   "| CPU s/1000 req | vs HAProxy | RSS idle | RSS 256 conns | peak RSS |",
                   "| --- | --- | --- | --- | --- | --- | --- | --- | --- | --- | --- | --- | --- |"]
         stats = data["stats"]
+        if not stats:
+            lines[-2:] = memory_table(data["memory"]) + [""]
+            continue
         for name in TARGETS:
             if name not in stats:
                 continue
             s, h, d = stats[name], stats.get("haproxy"), stats["direct"]
             mem = data["memory"].get(name, {})
-            mib = lambda kib: f"{kib / 1024:.1f}" if kib else "-"
             lines.append(
                 f"| {name} | {fmt(s['rps'])} | {ratio(s['rps'], d['rps'])} | {ratio(s['rps'], h['rps'])} "
                 f"| {fmt(s['p50'], 1)} | {fmt(s['p99'], 1)} | {fmt(s['p999'], 1)} | {ratio(s['p99'], h['p99'])} "
@@ -497,6 +540,8 @@ def main():
     parser.add_argument("--rate-seconds", type=float, default=2.5)
     parser.add_argument("--skip-build", action="store_true", help="use the binaries in target/release")
     parser.add_argument("--quick", action="store_true", help="1 thread count, 1 rep, 1 s each: a smoke test")
+    parser.add_argument("--memory-only", action="store_true",
+                        help="only RSS idle and under 256 connections, from /proc and from /metrics")
     args = parser.parse_args()
     if args.quick:
         args.threads, args.reps, args.saturation_seconds, args.rate_seconds = "1", 1, 1, 1.0
@@ -521,12 +566,13 @@ def main():
             log(f"starting every target with {threads} worker thread(s)")
             targets = start_targets(tmp, int(threads), upstream_port)
             time.sleep(0.5)
-            idle = {name: memory_kib([p for proc in procs for p in proc.pids()], "VmRSS")
+            idle = {name: (memory_kib([p for proc in procs for p in proc.pids()], "VmRSS"),
+                           metrics_rss_kib(procs))
                     for name, (_, procs) in targets.items() if procs}
-            runs = measure(targets, args, started)
+            runs = {} if args.memory_only else measure(targets, args, started)
             memory = rss_at_256(targets)
-            for name, kib in idle.items():
-                memory.setdefault(name, {})["idle_kib"] = kib
+            for name, (kib, reported) in idle.items():
+                memory.setdefault(name, {}).update(idle_kib=kib, metrics_idle_kib=reported)
             stats = {name: {key: summary([r[key] for r in rs])
                             for key in ("rps", "p50", "p99", "p999", "cpu_per_1000")}
                      for name, rs in runs.items() if rs}
@@ -537,11 +583,13 @@ def main():
         machine = machine_info()
         table = report(results, machine)
         RESULTS.mkdir(parents=True, exist_ok=True)
-        (RESULTS / "latest.md").write_text(table + "\n")
-        (RESULTS / "latest.json").write_text(json.dumps({"machine": machine, "results": results}, indent=1))
-        (RESULTS / "latest.svg").write_text(svg_chart(results))
+        stem = "memory" if args.memory_only else "latest"
+        (RESULTS / f"{stem}.md").write_text(table + "\n")
+        (RESULTS / f"{stem}.json").write_text(json.dumps({"machine": machine, "results": results}, indent=1))
+        if not args.memory_only:
+            (RESULTS / "latest.svg").write_text(svg_chart(results))
         print(table)
-        log(f"wrote {RESULTS}/latest.md, latest.json, latest.svg in {time.monotonic() - started:.0f} s")
+        log(f"wrote {RESULTS}/{stem}.* in {time.monotonic() - started:.0f} s")
     finally:
         stop_all()
         shutil.rmtree(tmp, ignore_errors=True)

@@ -1,6 +1,12 @@
 //! What the upstream has done so far, counted as it happens.
 
-use std::sync::atomic::{AtomicU64, Ordering::Relaxed};
+use std::{
+    collections::HashSet,
+    sync::{
+        Mutex, PoisonError,
+        atomic::{AtomicU64, Ordering::Relaxed},
+    },
+};
 
 /// Live counters, shared by every connection of one upstream.
 #[derive(Debug, Default)]
@@ -10,6 +16,11 @@ pub struct Counters {
     pub(crate) ok: AtomicU64,
     pub(crate) errors: AtomicU64,
     pub(crate) resets: AtomicU64,
+    pub(crate) mid_body_resets: AtomicU64,
+    pub(crate) posts: AtomicU64,
+    pub(crate) duplicate_ids: AtomicU64,
+    /// Every `x-request-id` seen, to count a request that arrives twice.
+    pub(crate) seen_ids: Mutex<HashSet<Box<[u8]>>>,
     pub(crate) hangs: AtomicU64,
     pub(crate) slow_bodies: AtomicU64,
     pub(crate) invalid_http: AtomicU64,
@@ -29,6 +40,12 @@ pub struct Snapshot {
     pub errors: u64,
     /// Connections reset instead of answering.
     pub resets: u64,
+    /// Connections reset half-way through a response body.
+    pub mid_body_resets: u64,
+    /// Requests with the POST method.
+    pub posts: u64,
+    /// Requests whose `x-request-id` had been seen before: one request sent twice.
+    pub duplicate_ids: u64,
     /// Requests left unanswered.
     pub hangs: u64,
     /// Requests answered with a body one byte at a time.
@@ -48,6 +65,9 @@ impl Counters {
             ok: self.ok.load(Relaxed),
             errors: self.errors.load(Relaxed),
             resets: self.resets.load(Relaxed),
+            mid_body_resets: self.mid_body_resets.load(Relaxed),
+            posts: self.posts.load(Relaxed),
+            duplicate_ids: self.duplicate_ids.load(Relaxed),
             hangs: self.hangs.load(Relaxed),
             slow_bodies: self.slow_bodies.load(Relaxed),
             invalid_http: self.invalid_http.load(Relaxed),
@@ -57,5 +77,17 @@ impl Counters {
 
     pub(crate) fn bump(counter: &AtomicU64) -> u64 {
         counter.fetch_add(1, Relaxed) + 1
+    }
+
+    /// Records a request's id; counts it as a duplicate if it came before.
+    pub(crate) fn see_id(&self, id: &[u8]) {
+        let fresh = self
+            .seen_ids
+            .lock()
+            .unwrap_or_else(PoisonError::into_inner)
+            .insert(id.into());
+        if !fresh {
+            Self::bump(&self.duplicate_ids);
+        }
     }
 }

@@ -8,12 +8,17 @@ use std::time::Duration;
 /// (counting from 1) is picked when `floor(n * r)` grows, so after `N` requests exactly
 /// `floor(N * r)` have been picked, spread evenly. `0.25` picks requests 4, 8, 12...; `0.5`
 /// picks 2, 4, 6...; `1.0` picks all. Tests can assert the counts; demos still look flaky.
+///
+/// [`Rate::bursts`] picks runs of consecutive requests instead: the first `length` of every
+/// `period`.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
 pub struct Rate {
     /// The share as a fraction, so that the arithmetic is exact: `every(3)` is 1/3, not
     /// 0.333333.
     numerator: u64,
     denominator: u64,
+    /// Whether the picked requests come in one run per period rather than spread evenly.
+    bursty: bool,
 }
 
 const MILLION: u64 = 1_000_000;
@@ -29,11 +34,13 @@ impl Rate {
     pub const NEVER: Self = Self {
         numerator: 0,
         denominator: 1,
+        bursty: false,
     };
     /// Every request.
     pub const ALWAYS: Self = Self {
         numerator: 1,
         denominator: 1,
+        bursty: false,
     };
 
     /// A share between 0 and 1 (clamped), to the nearest millionth.
@@ -42,6 +49,22 @@ impl Rate {
         Self {
             numerator: (share.clamp(0.0, 1.0) * MILLION as f64).round() as u64,
             denominator: MILLION,
+            bursty: false,
+        }
+    }
+
+    /// Bursts: requests `1..=length` of every `period` (so `bursts(3, 10)` picks 1, 2, 3, 11,
+    /// 12, 13...), as an upstream that fails for a while, then recovers, again and again.
+    /// `length` is capped at `period`; a `period` of 0 means never.
+    #[must_use]
+    pub fn bursts(length: u64, period: u64) -> Self {
+        if period == 0 {
+            return Self::NEVER;
+        }
+        Self {
+            numerator: length.min(period),
+            denominator: period,
+            bursty: true,
         }
     }
 
@@ -54,6 +77,7 @@ impl Rate {
             Self {
                 numerator: 1,
                 denominator: n,
+                bursty: false,
             }
         }
     }
@@ -64,9 +88,14 @@ impl Rate {
         self.numerator as f64 / self.denominator as f64
     }
 
-    /// How many of the first `n` requests are picked: `floor(n * share)`.
+    /// How many of the first `n` requests are picked: `floor(n * share)` (for bursts, every
+    /// full period's run and as much of the current one as has come).
     #[must_use]
     pub fn picked_among(self, n: u64) -> u64 {
+        if self.bursty {
+            return n / self.denominator * self.numerator
+                + (n % self.denominator).min(self.numerator);
+        }
         // u128: no overflow even for u64::MAX requests at a share of a million millionths.
         (u128::from(n) * u128::from(self.numerator) / u128::from(self.denominator)) as u64
     }
@@ -81,7 +110,7 @@ impl Rate {
 /// Everything the upstream can do wrong. The default does nothing wrong: a fast `200 OK`.
 ///
 /// When several faults pick the same request, the first in this order wins: reset, invalid
-/// HTTP, hang, error status, slow body. Latency applies to every request that gets an answer.
+/// HTTP, hang, error status, reset mid-body, slow body. Latency applies to every request that gets an answer.
 #[derive(Debug, Clone, PartialEq)]
 pub struct Faults {
     /// Requests answered with [`Faults::error_status`].
@@ -93,6 +122,9 @@ pub struct Faults {
     /// Requests whose connection is reset (TCP RST, no response): the whole connection, so
     /// over HTTP/2 every stream on it fails with the picked one.
     pub reset_rate: Rate,
+    /// Requests whose connection is reset in the middle of the response: the head and the
+    /// first half of the body go out, then a TCP RST.
+    pub reset_mid_body_rate: Rate,
     /// Requests never answered: the upstream holds them until [`Faults::hang_for`] passes,
     /// the client goes away, or the upstream stops.
     pub hang_rate: Rate,
@@ -119,6 +151,7 @@ impl Default for Faults {
             error_status: StatusCode::SERVICE_UNAVAILABLE,
             latency: Duration::ZERO,
             reset_rate: Rate::NEVER,
+            reset_mid_body_rate: Rate::NEVER,
             hang_rate: Rate::NEVER,
             hang_for: Duration::from_secs(60),
             slow_body_rate: Rate::NEVER,
@@ -137,6 +170,7 @@ pub(crate) enum Fate {
     InvalidHttp,
     Hang,
     Error,
+    ResetMidBody,
     SlowBody,
     Ok,
 }
@@ -152,6 +186,8 @@ impl Faults {
             Fate::Hang
         } else if self.error_rate.picks(n) {
             Fate::Error
+        } else if self.reset_mid_body_rate.picks(n) {
+            Fate::ResetMidBody
         } else if self.slow_body_rate.picks(n) {
             Fate::SlowBody
         } else {
@@ -181,6 +217,22 @@ mod tests {
             assert_eq!(picked(rate, 10_000).len() as u64, rate.picked_among(10_000));
             assert_eq!(rate.picked_among(10_000), (10_000.0 * share).round() as u64);
         }
+    }
+
+    #[test]
+    fn bursts_pick_runs_of_consecutive_requests() {
+        assert_eq!(
+            picked(Rate::bursts(3, 10), 23),
+            [1, 2, 3, 11, 12, 13, 21, 22, 23]
+        );
+        assert_eq!(Rate::bursts(3, 10).picked_among(25), 9);
+        assert_eq!(
+            picked(Rate::bursts(5, 2), 3),
+            [1, 2, 3],
+            "a run as long as its period"
+        );
+        assert!(picked(Rate::bursts(3, 0), 10).is_empty());
+        assert!((Rate::bursts(1, 4).share() - 0.25).abs() < f64::EPSILON);
     }
 
     #[test]

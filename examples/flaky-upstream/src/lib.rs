@@ -1,6 +1,8 @@
 //! A flaky HTTP upstream: it answers HTTP/1.1 and h2c on 127.0.0.1, and fails on purpose, on
-//! an exact schedule: error statuses, latency, connection resets, hung requests, bodies sent
-//! one byte at a time, bytes that are not HTTP, and keep-alive connections closed while idle.
+//! an exact schedule: error statuses (spread or in bursts), latency, connection resets (before
+//! the answer or half-way through its body), hung requests, bodies sent one byte at a time,
+//! bytes that are not HTTP, and keep-alive connections closed while idle. The faults can be
+//! changed while it runs ([`Upstream::set_faults`]), and it counts what it did.
 //! Demos, tests and benchmarks of the other packages share it.
 //!
 //! Run it (every flag: `--help`):
@@ -38,4 +40,4 @@ mod server;
 
 pub use counters::{Counters, Snapshot};
 pub use faults::{Faults, Rate};
-pub use server::{Body, INVALID_HTTP, REQUEST_NUMBER, Upstream};
+pub use server::{Body, INVALID_HTTP, REQUEST_ID, REQUEST_NUMBER, Upstream};

@@ -36,6 +36,16 @@ struct Cli {
     /// Share of requests whose connection is reset (TCP RST).
     #[arg(long, default_value_t = 0.0)]
     reset_rate: f64,
+    /// Share of requests whose connection is reset half-way through the response body.
+    #[arg(long, default_value_t = 0.0)]
+    reset_mid_body_rate: f64,
+    /// Injected errors come in bursts of this many requests out of every --error-period
+    /// (instead of --error-rate spread evenly).
+    #[arg(long, requires = "error_period")]
+    error_burst: Option<u64>,
+    /// The period of --error-burst, in requests.
+    #[arg(long, requires = "error_burst")]
+    error_period: Option<u64>,
     /// Share of requests never answered (held for --hang-for, then the connection closes).
     #[arg(long, default_value_t = 0.0)]
     hang_rate: f64,
@@ -69,10 +79,14 @@ fn main() -> ExitCode {
         return ExitCode::from(2);
     };
     let faults = Faults {
-        error_rate: Rate::new(cli.error_rate),
+        error_rate: match (cli.error_burst, cli.error_period) {
+            (Some(length), Some(period)) => Rate::bursts(length, period),
+            _ => Rate::new(cli.error_rate),
+        },
         error_status,
         latency: cli.latency,
         reset_rate: Rate::new(cli.reset_rate),
+        reset_mid_body_rate: Rate::new(cli.reset_mid_body_rate),
         hang_rate: Rate::new(cli.hang_rate),
         hang_for: cli.hang_for,
         slow_body_rate: Rate::new(cli.slow_body_rate),

@@ -6,9 +6,10 @@ use crate::{
     counters::{Counters, Snapshot},
     faults::{Fate, Faults},
 };
+use arc_swap::ArcSwap;
 use bytes::Bytes;
-use futures::stream;
-use http::{HeaderValue, Request, Response};
+use futures::{StreamExt, stream};
+use http::{HeaderValue, Method, Request, Response, header::CONTENT_LENGTH};
 use http_body_util::{BodyExt, Full, StreamBody, combinators::UnsyncBoxBody};
 use hyper::body::{Frame, Incoming};
 use hyper_util::{
@@ -38,6 +39,10 @@ pub type Body = UnsyncBoxBody<Bytes, Infallible>;
 /// The header that numbers each answered request (from 1), in the order received.
 pub const REQUEST_NUMBER: &str = "x-flaky-request";
 
+/// The header a client may set to a unique id per request: the upstream counts an id it sees
+/// twice ([`Snapshot::duplicate_ids`]), so a test can prove that no request was sent twice.
+pub const REQUEST_ID: &str = "x-request-id";
+
 /// What an injected invalid response looks like: not a status line at all.
 pub const INVALID_HTTP: &[u8] = b"FLAKY/0.0 not-http\r\n\x00\x01garbage\r\n\r\n";
 
@@ -45,6 +50,7 @@ pub const INVALID_HTTP: &[u8] = b"FLAKY/0.0 not-http\r\n\x00\x01garbage\r\n\r\n"
 #[derive(Debug)]
 pub struct Upstream {
     addr: SocketAddr,
+    shared: Arc<Shared>,
     counters: Arc<Counters>,
     stop: watch::Sender<bool>,
     accept: JoinHandle<()>,
@@ -63,18 +69,27 @@ impl Upstream {
         let counters = Arc::new(Counters::default());
         let (stop, stopped) = watch::channel(false);
         let shared = Arc::new(Shared {
-            ok_body: ok_body(faults.body_bytes),
-            faults,
+            behaviour: ArcSwap::from_pointee(Behaviour::new(faults)),
             counters: counters.clone(),
             stopped: stopped.clone(),
         });
-        let accept = tokio::spawn(accept_loop(listener, shared, stopped));
+        let accept = tokio::spawn(accept_loop(listener, shared.clone(), stopped));
         Ok(Self {
             addr,
+            shared,
             counters,
             stop,
             accept,
         })
+    }
+
+    /// Changes what the upstream does wrong from the next request on (the schedule keeps
+    /// counting): an upstream that starts failing, or recovers. A new `close_idle_after`
+    /// applies to new connections.
+    pub fn set_faults(&self, faults: Faults) {
+        self.shared
+            .behaviour
+            .store(Arc::new(Behaviour::new(faults)));
     }
 
     /// Where it listens.
@@ -103,10 +118,32 @@ impl Drop for Upstream {
 }
 
 struct Shared {
-    faults: Faults,
-    ok_body: Bytes,
+    behaviour: ArcSwap<Behaviour>,
     counters: Arc<Counters>,
     stopped: watch::Receiver<bool>,
+}
+
+impl std::fmt::Debug for Shared {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.debug_struct("Shared")
+            .field("faults", &self.behaviour.load().faults)
+            .finish_non_exhaustive()
+    }
+}
+
+/// The faults, and the body they make for a good answer.
+struct Behaviour {
+    faults: Faults,
+    ok_body: Bytes,
+}
+
+impl Behaviour {
+    fn new(faults: Faults) -> Self {
+        Self {
+            ok_body: ok_body(faults.body_bytes),
+            faults,
+        }
+    }
 }
 
 fn ok_body(bytes: usize) -> Bytes {
@@ -209,7 +246,7 @@ async fn connection(tcp: TcpStream, shared: Arc<Shared>) {
     let conn = builder.serve_connection(TokioIo::new(tcp), service);
     tokio::pin!(conn);
     let mut stopped = shared.stopped.clone();
-    let idle_limit = shared.faults.close_idle_after;
+    let idle_limit = shared.behaviour.load().faults.close_idle_after;
     loop {
         let idle_deadline = idle_limit.map(|limit| {
             if activity.in_flight.load(Ordering::SeqCst) > 0 {
@@ -267,8 +304,15 @@ async fn respond(
     in_flight: InFlight,
 ) -> Result<Response<Body>, Infallible> {
     let counters = &shared.counters;
-    let faults = &shared.faults;
+    let behaviour = shared.behaviour.load_full();
+    let faults = &behaviour.faults;
     let n = Counters::bump(&counters.requests);
+    if req.method() == Method::POST {
+        Counters::bump(&counters.posts);
+    }
+    if let Some(id) = req.headers().get(REQUEST_ID) {
+        counters.see_id(id.as_bytes());
+    }
     let fate = faults.fate(n);
     let below_http = match fate {
         Fate::Reset => Some((&counters.resets, SocketAction::Reset)),
@@ -303,14 +347,24 @@ async fn respond(
         Fate::SlowBody => {
             Counters::bump(&counters.slow_bodies);
             Response::new(trickle(
-                shared.ok_body.clone(),
+                behaviour.ok_body.clone(),
                 faults.slow_byte_interval,
                 in_flight,
             ))
         }
+        Fate::ResetMidBody => {
+            Counters::bump(&counters.mid_body_resets);
+            let mut response =
+                Response::new(cut_short(behaviour.ok_body.clone(), actions, in_flight));
+            // The length promised is the whole body's, so the cut is visible to the client.
+            response
+                .headers_mut()
+                .insert(CONTENT_LENGTH, HeaderValue::from(behaviour.ok_body.len()));
+            response
+        }
         _ => {
             Counters::bump(&counters.ok);
-            Response::new(whole(shared.ok_body.clone()))
+            Response::new(whole(behaviour.ok_body.clone()))
         }
     };
     response
@@ -318,6 +372,28 @@ async fn respond(
         .insert(REQUEST_NUMBER, HeaderValue::from(n));
     Ok(response)
 }
+
+/// The first half of `bytes`, then a reset of the connection.
+fn cut_short(
+    bytes: Bytes,
+    actions: mpsc::UnboundedSender<SocketAction>,
+    in_flight: InFlight,
+) -> Body {
+    let half = bytes.slice(..bytes.len() / 2);
+    let first = stream::once(async move { Ok::<_, Infallible>(Frame::data(half)) });
+    let then_reset = stream::once(async move {
+        let _in_flight = in_flight;
+        // hyper writes out what it has while the body is pending: give it that moment, so
+        // the head and the half body are on the wire before the reset.
+        tokio::time::sleep(MID_BODY_PAUSE).await;
+        let _ = actions.send(SocketAction::Reset);
+        std::future::pending::<Result<Frame<Bytes>, Infallible>>().await
+    });
+    StreamBody::new(first.chain(then_reset)).boxed_unsync()
+}
+
+/// How long a response cut short waits between its half body and the reset.
+const MID_BODY_PAUSE: Duration = Duration::from_millis(50);
 
 fn whole(bytes: Bytes) -> Body {
     Full::new(bytes).boxed_unsync()

@@ -256,3 +256,76 @@ async fn dropping_the_upstream_closes_its_connections() {
         "no longer listening"
     );
 }
+
+#[tokio::test]
+async fn a_reset_mid_body_sends_the_head_and_half_the_body_then_resets() {
+    let upstream = Upstream::start(Faults {
+        reset_mid_body_rate: Rate::ALWAYS,
+        body_bytes: 100,
+        ..Faults::default()
+    })
+    .await
+    .unwrap();
+    let mut tcp = TcpStream::connect(upstream.addr()).await.unwrap();
+    tcp.write_all(b"GET / HTTP/1.1\r\nhost: flaky\r\n\r\n")
+        .await
+        .unwrap();
+    let mut bytes = Vec::new();
+    let mut chunk = [0u8; 512];
+    let ended = loop {
+        match timeout(STEP, tcp.read(&mut chunk)).await.unwrap() {
+            Ok(0) => break "closed",
+            Ok(n) => bytes.extend_from_slice(&chunk[..n]),
+            Err(e) if e.kind() == std::io::ErrorKind::ConnectionReset => break "reset",
+            Err(e) => panic!("{e}"),
+        }
+    };
+    assert_eq!(ended, "reset", "a TCP reset, not a clean close");
+    let text = String::from_utf8_lossy(&bytes);
+    assert!(text.starts_with("HTTP/1.1 200"), "{text}");
+    assert!(text.contains("content-length: 100"), "{text}");
+    let body = &text[text.find("\r\n\r\n").unwrap() + 4..];
+    assert_eq!(body.len(), 50, "half the promised body: {body:?}");
+    assert_eq!(upstream.counters().mid_body_resets, 1);
+}
+
+#[tokio::test]
+async fn bursts_of_errors_and_faults_changed_while_running() {
+    let upstream = Upstream::start(Faults {
+        error_rate: Rate::bursts(2, 4),
+        ..Faults::default()
+    })
+    .await
+    .unwrap();
+    let client = http1();
+    let mut statuses = Vec::new();
+    for n in 0..10 {
+        if n == 8 {
+            upstream.set_faults(Faults::default());
+        }
+        let response = timeout(STEP, client.request(get(upstream.addr())))
+            .await
+            .unwrap()
+            .unwrap();
+        statuses.push(response.status().as_u16());
+    }
+    assert_eq!(statuses, [503, 503, 200, 200, 503, 503, 200, 200, 200, 200]);
+}
+
+#[tokio::test]
+async fn posts_and_request_ids_seen_twice_are_counted() {
+    let upstream = Upstream::start(Faults::default()).await.unwrap();
+    let client = http1();
+    for (method, id) in [("POST", "a"), ("POST", "b"), ("GET", "a"), ("PUT", "c")] {
+        let req = Request::builder()
+            .method(method)
+            .uri(format!("http://{}/", upstream.addr()))
+            .header(example_flaky_upstream::REQUEST_ID, id)
+            .body(Empty::new())
+            .unwrap();
+        let response = timeout(STEP, client.request(req)).await.unwrap().unwrap();
+        assert_eq!(response.status(), StatusCode::OK);
+    }
+    let counters = upstream.counters();
+    assert_eq!((counters.posts, counters.duplicate_ids), (2, 1));
+}
