@@ -3,9 +3,12 @@
 //!
 //! Outbound, outermost first (DESIGN.md §3): load shedding over a concurrency limit, injected
 //! faults if configured (before the router, as Envoy's fault filter, so they are not retried),
-//! the total timeout (deadline), retries, the per-try timeout, then either one endpoint behind
-//! a fail-fast breaker, or a p2c peak-EWMA balancer over endpoints each behind a back-pressure
-//! breaker (the balancer routes around open ones).
+//! the total timeout (deadline), retries, then either one endpoint behind a fail-fast breaker,
+//! or a p2c peak-EWMA balancer over endpoints each behind a back-pressure breaker (the balancer
+//! routes around open ones). The per-try timeout sits inside each endpoint's breaker: an
+//! attempt that times out counts against the endpoint that hung, so its breaker opens and the
+//! balancer routes around it (a timeout outside would drop the call before the breaker saw
+//! how it ended).
 //!
 //! Inbound: load shedding over a concurrency limit, the timeout, authorization of the peer's
 //! identity, then the pooled client to the app.
@@ -141,6 +144,7 @@ pub fn outbound<B: StackBody>(
         .layer()
         .map_err(|e| field_error("breaker", e.field(), &e))?
         .classify(classify_fn(is_endpoint_failure));
+    let per_try = route.retry.per_try_timeout_layer();
     let mut breakers = Vec::new();
     let endpoint = |addr: SocketAddr, mode: Mode, breakers: &mut Vec<_>| {
         let client: BoxCloneService<Request<ReplayBody<B>>, Response<Incoming>, BoxError> =
@@ -152,6 +156,9 @@ pub fn outbound<B: StackBody>(
                     client(FixedConnector::new(addr), false).map_err(BoxError::from),
                 ),
             };
+        let client = ServiceBuilder::new()
+            .option_layer(per_try.clone())
+            .service(client);
         // One breaker per endpoint, named after both, so its metrics tell endpoints apart.
         let breaker = breaker_layer
             .clone()
@@ -212,7 +219,6 @@ pub fn outbound<B: StackBody>(
         .layer(body_timeout)
         .layer(total)
         .layer(retry)
-        .option_layer(route.retry.per_try_timeout_layer())
         .layer(PeekGrpcTrailersLayer::new())
         .service(endpoints);
     Ok(Outbound {

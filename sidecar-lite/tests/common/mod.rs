@@ -2,6 +2,9 @@
 //! started in process, and HTTP/1.1 and HTTP/2 clients.
 #![allow(dead_code, unreachable_pub)]
 
+pub mod load;
+pub mod process;
+
 use bytes::Bytes;
 use http::{Request, Response, StatusCode};
 use http_body_util::{BodyExt, Full, combinators::UnsyncBoxBody};
