@@ -214,3 +214,178 @@ async fn beyond_the_concurrency_limit_requests_get_503_at_once() {
         "the third never reached the app"
     );
 }
+
+/// A request the listener must refuse, and a well-behaved client served right after.
+async fn refused_then_others_served(addr: std::net::SocketAddr, request: &[u8], expected: &str) {
+    let status = raw(addr, request).await;
+    assert!(
+        status.starts_with(expected),
+        "{}: {status}",
+        String::from_utf8_lossy(request)
+    );
+    let req = Request::builder()
+        .uri(format!("http://{addr}/fine"))
+        .body(full(""))
+        .unwrap();
+    let response = timeout(STEP, http1().request(req)).await.unwrap().unwrap();
+    assert_eq!(response.status(), StatusCode::OK);
+}
+
+#[tokio::test]
+async fn invalid_header_bytes_and_conflicting_lengths_get_400() {
+    let (sidecar, hits) = route().await;
+    let addr = outbound_addr(&sidecar);
+    for request in [
+        &b"GET / HTTP/1.1\r\nHost: a\r\nX-Bad: a\x00b\r\n\r\n"[..],
+        b"GET / HTTP/1.1\r\nHost: a\r\nX Bad: space in the name\r\n\r\n",
+        b"GET / HTTP/1.1\r\nHost: a\r\n\x01X: control byte in the name\r\n\r\n",
+        b"POST / HTTP/1.1\r\nHost: a\r\nContent-Length: 3\r\nContent-Length: 4\r\n\r\nabcd",
+        b"POST / HTTP/1.1\r\nHost: a\r\nContent-Length: -1\r\n\r\n",
+        b"POST / HTTP/1.1\r\nHost: a\r\nTransfer-Encoding: gzip\r\n\r\n",
+    ] {
+        refused_then_others_served(addr, request, "HTTP/1.1 400").await;
+    }
+    assert_eq!(
+        hits.load(std::sync::atomic::Ordering::SeqCst),
+        6,
+        "only the well-behaved requests reached the app"
+    );
+}
+
+/// Two identical lengths are one length (RFC 9110 section 8.6): served, once.
+#[tokio::test]
+async fn a_repeated_identical_content_length_is_one_length() {
+    let (sidecar, hits) = route().await;
+    let status = raw(
+        outbound_addr(&sidecar),
+        b"POST / HTTP/1.1\r\nHost: a\r\nContent-Length: 3\r\nContent-Length: 3\r\n\r\nabc",
+    )
+    .await;
+    assert!(status.starts_with("HTTP/1.1 200"), "{status}");
+    assert_eq!(hits.load(std::sync::atomic::Ordering::SeqCst), 1);
+}
+
+/// An HTTP/2 frame: length, type, flags, stream, payload.
+fn h2_frame(kind: u8, flags: u8, stream: u32, payload: &[u8]) -> Vec<u8> {
+    let mut frame = (payload.len() as u32).to_be_bytes()[1..].to_vec();
+    frame.extend_from_slice(&[kind, flags]);
+    frame.extend_from_slice(&stream.to_be_bytes());
+    frame.extend_from_slice(payload);
+    frame
+}
+
+/// The client preface and an empty SETTINGS frame.
+fn h2_preface() -> Vec<u8> {
+    let mut start = b"PRI * HTTP/2.0\r\n\r\nSM\r\n\r\n".to_vec();
+    start.extend(h2_frame(0x4, 0, 0, &[]));
+    start
+}
+
+/// The error code of the GOAWAY frame among the frames the server sent, if any.
+fn h2_goaway_code(mut bytes: &[u8]) -> Option<u32> {
+    while bytes.len() >= 9 {
+        let length = u32::from_be_bytes([0, bytes[0], bytes[1], bytes[2]]) as usize;
+        let payload = bytes.get(9..9 + length)?;
+        if bytes[3] == 0x7 {
+            return Some(u32::from_be_bytes(payload.get(4..8)?.try_into().ok()?));
+        }
+        bytes = &bytes[9 + length..];
+    }
+    None
+}
+
+/// Writes `frame` up to `max` times, until the server stops reading; then reads what the
+/// server sent until it closes. Returns the frames written and the bytes read.
+async fn h2_flood(tcp: &mut TcpStream, frame: &[u8], max: usize) -> (usize, Vec<u8>) {
+    let mut sent = 0;
+    while sent < max {
+        match timeout(STEP, tcp.write_all(frame)).await {
+            Ok(Ok(())) => sent += 1,
+            Ok(Err(_)) => break,
+            Err(_) => panic!("the server neither reads nor closes"),
+        }
+    }
+    let mut answer = Vec::new();
+    let _ = timeout(STEP, tcp.read_to_end(&mut answer)).await;
+    (sent, answer)
+}
+
+const ENHANCE_YOUR_CALM: u32 = 0xb;
+
+/// HTTP/2 rapid reset (CVE-2023-44487): a client that opens streams and resets them at once
+/// gets a GOAWAY (ENHANCE_YOUR_CALM), and costs the app nothing.
+#[tokio::test]
+async fn http2_rapid_reset_gets_goaway_and_others_are_served() {
+    let (sidecar, hits) = route().await;
+    let addr = outbound_addr(&sidecar);
+    let mut tcp = TcpStream::connect(addr).await.unwrap();
+    tcp.write_all(&h2_preface()).await.unwrap();
+    // HEADERS (GET http / , authority "a"; END_STREAM | END_HEADERS), then RST_STREAM
+    // (CANCEL), on streams 1, 3, 5...
+    const STREAMS: u32 = 20_000;
+    let mut flood = Vec::new();
+    for stream in (1..2 * STREAMS).step_by(2) {
+        flood.extend(h2_frame(
+            0x1,
+            0x5,
+            stream,
+            &[0x82, 0x86, 0x84, 0x01, 0x01, b'a'],
+        ));
+        flood.extend(h2_frame(0x3, 0, stream, &8u32.to_be_bytes()));
+    }
+    let (sent, answer) = h2_flood(&mut tcp, &flood, 1).await;
+    let reached = hits.load(std::sync::atomic::Ordering::SeqCst);
+    assert_eq!(
+        h2_goaway_code(&answer),
+        Some(ENHANCE_YOUR_CALM),
+        "{sent} floods; answer {answer:?}"
+    );
+    assert!(
+        reached < 100,
+        "{reached} of {STREAMS} reset streams reached the app"
+    );
+
+    let req = Request::builder()
+        .uri(format!("http://{addr}/fine"))
+        .body(full(""))
+        .unwrap();
+    let response = timeout(STEP, http2().request(req)).await.unwrap().unwrap();
+    assert_eq!(response.status(), StatusCode::OK);
+}
+
+/// HTTP/2 CONTINUATION flood (CVE-2024-27316 and kin): a header block that never ends is cut
+/// off at the header list limit with a GOAWAY, and never reaches the app.
+#[tokio::test]
+async fn http2_continuation_flood_is_cut_off() {
+    let (sidecar, hits) = route().await;
+    let addr = outbound_addr(&sidecar);
+    let mut tcp = TcpStream::connect(addr).await.unwrap();
+    let mut start = h2_preface();
+    // HEADERS without END_HEADERS (GET http /), then literal headers in CONTINUATIONs.
+    start.extend(h2_frame(0x1, 0x1, 1, &[0x82, 0x86, 0x84]));
+    tcp.write_all(&start).await.unwrap();
+    // Each CONTINUATION adds a literal header "x-flood: aaa..." (never indexed).
+    let mut block = vec![0x00, 7];
+    block.extend_from_slice(b"x-flood");
+    block.push(100);
+    block.extend_from_slice(&[b'a'; 100]);
+    // 100 000 frames would be 11 MB of headers; the limit is 64 KiB.
+    const FRAMES: usize = 100_000;
+    let (sent, answer) = h2_flood(&mut tcp, &h2_frame(0x9, 0, 1, &block), FRAMES).await;
+    assert!(
+        h2_goaway_code(&answer).is_some(),
+        "a GOAWAY after {sent} CONTINUATION frames: {answer:?}"
+    );
+    assert!(
+        sent < FRAMES,
+        "the connection was cut off, after {sent} frames"
+    );
+    assert_eq!(hits.load(std::sync::atomic::Ordering::SeqCst), 0);
+
+    let req = Request::builder()
+        .uri(format!("http://{addr}/fine"))
+        .body(full(""))
+        .unwrap();
+    let response = timeout(STEP, http2().request(req)).await.unwrap().unwrap();
+    assert_eq!(response.status(), StatusCode::OK);
+}

@@ -375,10 +375,19 @@ async fn certificates_rotated_during_load_fail_no_request() {
     let (length, period) = run_and_period();
     let rotations = (length.as_millis() / period.as_millis()) as usize;
     let load = tokio::spawn(load::run(outbound_listen, Plan::new(4, length)));
-    for _ in 0..rotations {
+    for i in 0..rotations {
         tokio::time::sleep(period).await;
         certs.identity("server");
-        certs.identity("client");
+        if i % 3 == 1 {
+            // A broken file in the middle: refused, the old certificate kept.
+            std::fs::write(
+                certs.dir.join("client.pem"),
+                "-----BEGIN CERTIFICATE-----\ngarbage\n",
+            )
+            .unwrap();
+        } else {
+            certs.identity("client");
+        }
     }
     let run = load.await.unwrap();
     let reloads = "resilience_mtls_reloads_total{result=\"ok\"}";
@@ -386,10 +395,19 @@ async fn certificates_rotated_during_load_fail_no_request() {
         inbound.metric(reloads).await.unwrap_or(0.0),
         outbound.metric(reloads).await.unwrap_or(0.0),
     );
+    let refused = outbound
+        .metric("resilience_mtls_reloads_total{result=\"error\"}")
+        .await
+        .unwrap_or(0.0);
     println!(
         "scenario 5, certificates rotated every {period:?} for {length:?}: {}\n  {rotations} \
-         rotations; reloads taken: inbound {inbound_reloads}, outbound {outbound_reloads}",
+         rotations, every third of the client's a broken file; reloads taken: inbound \
+         {inbound_reloads}, outbound {outbound_reloads}; broken files refused: {refused}",
         run.summary()
+    );
+    assert!(
+        refused >= 1.0,
+        "the broken certificate was read and refused"
     );
     assert!(
         run.failures().is_empty(),
