@@ -2,7 +2,7 @@
 
 mod common;
 
-use common::*;
+use common::{process, *};
 use http::{Request, StatusCode};
 use std::{sync::atomic::Ordering, time::Duration};
 use tokio::time::timeout;
@@ -55,4 +55,55 @@ async fn stopping_during_100_slow_requests_lets_all_of_them_complete() {
         tokio::net::TcpStream::connect(addr).await.is_err(),
         "no new connections after the drain"
     );
+}
+
+/// The binary, stopped by a real SIGTERM while 100 slow requests are in flight (half of them
+/// streams of one HTTP/2 connection): every one completes, and the process exits 0.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn sigterm_to_the_binary_during_100_slow_requests_lets_all_of_them_complete() {
+    let (app, hits) = app(|_req| async {
+        tokio::time::sleep(Duration::from_millis(500)).await;
+        hyper::Response::new(full("slow but fine"))
+    })
+    .await;
+    let listen = process::free_addr();
+    let mut sidecar = process::SidecarProcess::start(
+        "sigterm",
+        &format!(
+            "[[outbound]]\nname = \"orders\"\nlisten = \"{listen}\"\nendpoints = [\"{app}\"]\n"
+        ),
+    )
+    .await;
+    let h2 = http2();
+    let calls: Vec<_> = (0..IN_FLIGHT)
+        .map(|i| {
+            let client = if i % 2 == 0 { http1() } else { h2.clone() };
+            tokio::spawn(async move {
+                let req = Request::builder()
+                    .uri(format!("http://{listen}/{i}"))
+                    .body(full(""))
+                    .unwrap();
+                let response = timeout(STEP, client.request(req)).await.unwrap().unwrap();
+                (response.status(), text(response).await)
+            })
+        })
+        .collect();
+    eventually(async || hits.load(Ordering::SeqCst) == IN_FLIGHT).await;
+    assert_eq!(
+        hits.load(Ordering::SeqCst),
+        IN_FLIGHT,
+        "all requests are in flight"
+    );
+    sidecar.signal("TERM");
+    assert!(
+        eventually(async || sidecar.get("/ready").await.0 != StatusCode::OK).await,
+        "/ready turns false while draining"
+    );
+    for call in calls {
+        let (status, body) = call.await.unwrap();
+        assert_eq!(status, StatusCode::OK);
+        assert_eq!(body, "slow but fine");
+    }
+    let exit = sidecar.wait_exit().await;
+    assert!(exit.success(), "{exit:?}");
 }
