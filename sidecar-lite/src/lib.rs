@@ -13,4 +13,5 @@ pub mod fault;
 pub mod proxy;
 pub mod run;
 pub mod stack;
+pub mod telemetry;
 pub mod unavailable;

@@ -16,6 +16,7 @@ use crate::{
     proxy::{
         body::{ProxyBody, boxed},
         client::{FixedConnector, client, mtls_connector},
+        span::count_attempt,
     },
     unavailable::{FailWhenAllOpen, NoEndpointAvailable},
 };
@@ -212,6 +213,8 @@ pub fn outbound<B: StackBody>(
         .layer(body_timeout)
         .layer(total)
         .layer(retry)
+        // Each attempt, for the request's span (a no-op without one).
+        .map_request(count_attempt)
         .option_layer(route.retry.per_try_timeout_layer())
         .layer(PeekGrpcTrailersLayer::new())
         .service(endpoints);

@@ -7,3 +7,4 @@ pub mod errors;
 pub mod forward;
 pub mod headers;
 pub mod server;
+pub mod span;
