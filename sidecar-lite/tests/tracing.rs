@@ -411,6 +411,21 @@ async fn sampling_follows_the_callers_flag_and_the_ratio() {
     // Spans are exported in the order they end: the unsampled ones would be here by now.
     assert!(collector.trace(&unsampled).is_empty());
     assert!(collector.trace(&unsampled_root).is_empty());
+
+    // [tracing] is read at start only: a reload that changes it is refused, and changes nothing.
+    let mut sidecar = sidecar;
+    let mut config: Config = Config::parse(&format!(
+        "[admin]\nlisten = \"127.0.0.1:0\"\n[[outbound]]\nname = \"app\"\nlisten = \"{addr}\"\nendpoints = [\"{app}\"]\n{}",
+        collector.section("client", "sampling_ratio = 0.0\nexport_interval = \"10ms\"")
+    ))
+    .unwrap();
+    if let Some(tracing) = &mut config.tracing {
+        tracing.sampling_ratio = 1.0;
+    }
+    let error = sidecar.reload(&config).await.unwrap_err();
+    assert!(error.to_string().contains("[tracing]"), "{error}");
+    let (_, text) = send(addr, "/", None).await;
+    assert_eq!(echoed_traceparent(&text).2, "00", "still at ratio 0");
     sidecar.stop().await;
 }
 
