@@ -143,7 +143,8 @@ impl Sidecar {
     /// Applies a new config: every stack is built first, so an invalid config changes
     /// nothing; then stacks are swapped, new listeners bound and removed ones drained. The
     /// identity files are watched on their own; a changed `[identity]` section needs a
-    /// restart and is refused here.
+    /// restart and is refused here, as are changes to `[admin]`, `[runtime]`, `[limits]` and
+    /// `[tracing]`.
     pub async fn reload(&mut self, config: &Config) -> Result<(), BoxError> {
         if config.identity != self.config.identity {
             return Err("[identity] changed: restart to use other certificate files".into());
