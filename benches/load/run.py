@@ -12,6 +12,8 @@ threads:
 
   direct          the load generator calls the upstream
   sidecar-1hop    one sidecar-lite, plaintext: an outbound route to the upstream
+  sidecar-traced  sidecar-1hop with [tracing] on: every request a sampled span, exported over
+                  OTLP/HTTP to a stand-in collector in this script (accepts and discards)
   sidecar-mtls    two sidecar-lite: outbound -> mTLS -> inbound -> upstream
   nginx           nginx as a plain reverse proxy (keep-alive to the upstream)
   haproxy         HAProxy as a plain reverse proxy (keep-alive to the upstream)
@@ -26,6 +28,7 @@ It stays on 127.0.0.1, stops only the processes it started (by PID), and is boun
 """
 
 import argparse
+import http.server
 import json
 import os
 import re
@@ -36,6 +39,7 @@ import statistics
 import subprocess
 import sys
 import tempfile
+import threading
 import time
 import urllib.request
 from pathlib import Path
@@ -43,7 +47,7 @@ from pathlib import Path
 ROOT = Path(__file__).resolve().parents[2]
 RELEASE = Path(os.environ.get("CARGO_TARGET_DIR", ROOT / "target")) / "release"
 RESULTS = ROOT / "benches" / "load" / "results"
-TARGETS = ["direct", "sidecar-1hop", "sidecar-mtls", "nginx", "haproxy"]
+TARGETS = ["direct", "sidecar-1hop", "sidecar-traced", "sidecar-mtls", "nginx", "haproxy"]
 CLK_TCK = os.sysconf("SC_CLK_TCK")
 PAGE = os.sysconf("SC_PAGE_SIZE")
 DEADLINE_S = 290  # the whole run, tools and builds excluded
@@ -205,7 +209,58 @@ def start_sidecar(tmp, name, threads, body):
     proc = Proc(f"{name}-{threads}", [str(RELEASE / "sidecar-lite"), "run", "--config", str(path)],
                 admin=admin, stdout=subprocess.DEVNULL, env=dict(os.environ, RUST_LOG="error"))
     wait_http_ok(admin, "/ready", what=proc.name, proc=proc)
+    proc.admin = admin
     return proc
+
+
+class OtlpSink:
+    """A stand-in OTLP/HTTP collector on 127.0.0.1: answers every export with 200 (an empty
+    ExportTraceServiceResponse) and counts requests and bytes. It runs in this script, so its
+    CPU is not counted as the sidecar's."""
+
+    def __init__(self):
+        sink = self
+        self.requests = 0
+        self.bytes = 0
+
+        class Handler(http.server.BaseHTTPRequestHandler):
+            protocol_version = "HTTP/1.1"
+
+            def do_POST(self):
+                n = int(self.headers.get("content-length", 0))
+                self.rfile.read(n)
+                sink.requests += 1
+                sink.bytes += n
+                self.send_response(200)
+                self.send_header("content-type", "application/x-protobuf")
+                self.send_header("content-length", "0")
+                self.end_headers()
+
+            def log_message(self, *args):
+                pass
+
+        self.server = http.server.ThreadingHTTPServer(("127.0.0.1", 0), Handler)
+        self.server.daemon_threads = True
+        self.port = self.server.server_address[1]
+        threading.Thread(target=self.server.serve_forever, daemon=True).start()
+
+    def stop(self):
+        self.server.shutdown()
+        self.server.server_close()
+
+
+def span_counts(proc):
+    """The traced sidecar's span counters, from its /metrics."""
+    text = urllib.request.urlopen(f"http://127.0.0.1:{proc.admin}/metrics", timeout=5).read().decode()
+    counts = {"exported": 0, "queue-full": 0, "export-failed": 0}
+    for line in text.splitlines():
+        if line.startswith("sidecar_spans_exported_total"):
+            counts["exported"] += int(float(line.split()[-1]))
+        elif line.startswith("sidecar_spans_dropped_total"):
+            for reason in ("queue-full", "export-failed"):
+                if f'reason="{reason}"' in line:
+                    counts[reason] += int(float(line.split()[-1]))
+    return counts
 
 
 def route(listen, endpoint, mtls):
@@ -215,13 +270,20 @@ def route(listen, endpoint, mtls):
             f"max_concurrent_requests = 4096\n")
 
 
-def start_targets(tmp, threads, upstream):
+def start_targets(tmp, threads, upstream, sink):
     """Every target at `threads` workers: name -> (port, [procs whose CPU and RSS count])."""
     targets = {"direct": (upstream, [])}
 
     port = free_port()
     one = start_sidecar(tmp, "sidecar-1hop", threads, route(port, upstream, False))
     targets["sidecar-1hop"] = (port, [one])
+
+    port = free_port()
+    traced = start_sidecar(
+        tmp, "sidecar-traced", threads,
+        route(port, upstream, False) + f"\n[tracing]\notlp_endpoint = "
+        f"\"http://127.0.0.1:{sink.port}/v1/traces\"\nsampling_ratio = 1.0\n")
+    targets["sidecar-traced"] = (port, [traced])
 
     inbound_port = free_port()
     inbound = start_sidecar(
@@ -452,6 +514,16 @@ def report(results, machine):
         lines.append("")
         lines.append(f"Failed requests in these runs (non-2xx, socket errors, loadgen failures): {errors}.")
         one, mtls = stats.get("sidecar-1hop"), stats.get("sidecar-mtls")
+        traced, spans = stats.get("sidecar-traced"), data.get("spans")
+        if one and traced:
+            lines.append("")
+            lines.append(f"Tracing on (every request sampled and exported) / off, one hop: req/s "
+                         f"{ratio(traced['rps'], one['rps'])}, p99 {ratio(traced['p99'], one['p99'])}, "
+                         f"CPU per request {ratio(traced['cpu_per_1000'], one['cpu_per_1000'])}.")
+            if spans:
+                lines.append(f"Spans of sidecar-traced: {spans['exported']} exported, "
+                             f"{spans['queue-full']} dropped on a full queue, "
+                             f"{spans['export-failed']} in failed exports.")
         if one and mtls:
             lines.append("")
             lines.append(f"Two-sidecar mTLS / one-hop plaintext req/s: {ratio(mtls['rps'], one['rps'])}. "
@@ -556,6 +628,7 @@ def main():
         subprocess.run([str(RELEASE / "sidecar-lite"), "certs", "--out", str(tmp),
                         "--workload", "ns/load/sa/app", "--workload", "ns/load/sa/client"],
                        check=True, stdout=subprocess.DEVNULL)
+        sink = OtlpSink()
         upstream_port = free_port()
         upstream = Proc("upstream", [str(RELEASE / "flaky-upstream"), "--listen",
                                      f"127.0.0.1:{upstream_port}", "--worker-threads", "1"],
@@ -564,7 +637,7 @@ def main():
         results = {}
         for threads in args.threads.split(","):
             log(f"starting every target with {threads} worker thread(s)")
-            targets = start_targets(tmp, int(threads), upstream_port)
+            targets = start_targets(tmp, int(threads), upstream_port, sink)
             time.sleep(0.5)
             idle = {name: (memory_kib([p for proc in procs for p in proc.pids()], "VmRSS"),
                            metrics_rss_kib(procs))
@@ -577,6 +650,11 @@ def main():
                             for key in ("rps", "p50", "p99", "p999", "cpu_per_1000")}
                      for name, rs in runs.items() if rs}
             results[threads] = {"runs": runs, "stats": stats, "memory": memory}
+            traced = targets["sidecar-traced"][1][0]
+            try:
+                results[threads]["spans"] = span_counts(traced)
+            except OSError as e:
+                log(f"cannot read the span counters of sidecar-traced: {e}")
             for name, (_, procs) in targets.items():
                 for proc in procs:
                     proc.stop()

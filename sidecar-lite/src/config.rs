@@ -37,6 +37,119 @@ pub struct Config {
     /// Limits on each client connection, for every listener.
     #[serde(default)]
     pub limits: LimitsConfig,
+    /// Tracing export: a span for each proxied request, sent to an OTLP collector. Off when
+    /// the section is absent.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub tracing: Option<TracingConfig>,
+}
+
+/// `[tracing]`: each proxied request becomes a span (a server span on the inbound listener,
+/// a client span on outbound routes), child of the caller's W3C `traceparent`, exported in
+/// batches over OTLP/HTTP with protobuf. Export never holds a request up: finished spans
+/// wait in a bounded queue, and when it is full they are dropped and counted.
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct TracingConfig {
+    /// The collector's OTLP/HTTP traces URL, `http://host:4318/v1/traces`; a bare
+    /// `http://host:4318` or a path of `/` means `/v1/traces`. Plain HTTP: a collector or
+    /// agent on the same host or network. Required.
+    pub otlp_endpoint: String,
+    /// The `service.name` of the spans. Default `sidecar-lite`.
+    #[serde(default = "default_service_name")]
+    pub service_name: String,
+    /// The share of new traces that are sampled, from 0 to 1. A caller's `traceparent`
+    /// decides for its trace, sampled or not (parent-based sampling). Default 1.0.
+    #[serde(default = "default_sampling_ratio")]
+    pub sampling_ratio: f64,
+    /// Finished spans waiting to be exported; beyond it new spans are dropped and counted in
+    /// `sidecar_spans_dropped_total`. Default 2048.
+    #[serde(default = "default_queue_size")]
+    pub queue_size: usize,
+    /// Spans per export request, at most (and at most `queue_size`). Default 512.
+    #[serde(default = "default_batch_size")]
+    pub batch_size: usize,
+    /// How long a finished span may wait for a full batch before it is sent. Default 5 s.
+    #[serde(
+        default = "default_export_interval",
+        with = "resilience_timeout::duration"
+    )]
+    pub export_interval: Duration,
+    /// Time for one export request, retries included; a batch that does not make it is
+    /// dropped and counted. Default 10 s.
+    #[serde(
+        default = "default_export_timeout",
+        with = "resilience_timeout::duration"
+    )]
+    pub export_timeout: Duration,
+}
+
+impl TracingConfig {
+    /// A section that exports to `otlp_endpoint`, every other key at its default.
+    #[must_use]
+    pub fn new(otlp_endpoint: impl Into<String>) -> Self {
+        Self {
+            otlp_endpoint: otlp_endpoint.into(),
+            service_name: default_service_name(),
+            sampling_ratio: default_sampling_ratio(),
+            queue_size: default_queue_size(),
+            batch_size: default_batch_size(),
+            export_interval: default_export_interval(),
+            export_timeout: default_export_timeout(),
+        }
+    }
+
+    /// The URL spans are posted to: `otlp_endpoint`, with `/v1/traces` when it has no path.
+    pub fn endpoint(&self) -> Result<http::Uri, String> {
+        let uri: http::Uri = self
+            .otlp_endpoint
+            .parse()
+            .map_err(|e| format!("\"{}\" is not a URL: {e}", self.otlp_endpoint))?;
+        match uri.scheme_str() {
+            Some("http") => {}
+            Some("https") => {
+                return Err(format!(
+                    "\"{}\": https is not supported; send to a collector or agent over http",
+                    self.otlp_endpoint
+                ));
+            }
+            _ => {
+                return Err(format!("\"{}\" is not an http:// URL", self.otlp_endpoint));
+            }
+        }
+        if uri.host().is_none_or(str::is_empty) {
+            return Err(format!("\"{}\" has no host", self.otlp_endpoint));
+        }
+        if uri.path() != "/" {
+            return Ok(uri);
+        }
+        let mut parts = uri.into_parts();
+        parts.path_and_query = Some(http::uri::PathAndQuery::from_static("/v1/traces"));
+        http::Uri::from_parts(parts).map_err(|e| e.to_string())
+    }
+}
+
+fn default_service_name() -> String {
+    "sidecar-lite".to_owned()
+}
+
+fn default_sampling_ratio() -> f64 {
+    1.0
+}
+
+fn default_queue_size() -> usize {
+    2048
+}
+
+fn default_batch_size() -> usize {
+    512
+}
+
+fn default_export_interval() -> Duration {
+    Duration::from_secs(5)
+}
+
+fn default_export_timeout() -> Duration {
+    Duration::from_secs(10)
 }
 
 /// `[limits]`: what one client may ask of a listener, so a bad one cannot hurt the others.
@@ -524,6 +637,9 @@ impl Config {
         if let Err(e) = tracing_subscriber::EnvFilter::try_new(&self.log.filter) {
             problems.push(("log.filter".into(), format!("\"{}\": {e}", self.log.filter)));
         }
+        if let Some(tracing) = &self.tracing {
+            tracing_problems(tracing, &mut problems);
+        }
         problems
     }
 
@@ -543,6 +659,43 @@ fn concurrency_problem(limit: usize) -> Option<String> {
         0 => Some("must be at least 1".into()),
         n if n > MAX_CONCURRENCY => Some(format!("{n} is over the maximum of {MAX_CONCURRENCY}")),
         _ => None,
+    }
+}
+
+/// The most spans the export queue may hold.
+const MAX_SPAN_QUEUE: usize = 1 << 20;
+
+fn tracing_problems(tracing: &TracingConfig, problems: &mut Vec<(String, String)>) {
+    if let Err(e) = tracing.endpoint() {
+        problems.push(("tracing.otlp_endpoint".into(), e));
+    }
+    if tracing.service_name.trim().is_empty() {
+        problems.push(("tracing.service_name".into(), "must not be empty".into()));
+    }
+    if !(0.0..=1.0).contains(&tracing.sampling_ratio) {
+        problems.push((
+            "tracing.sampling_ratio".into(),
+            format!("{} is not a ratio from 0 to 1", tracing.sampling_ratio),
+        ));
+    }
+    match tracing.queue_size {
+        0 => problems.push(("tracing.queue_size".into(), "must be at least 1".into())),
+        n if n > MAX_SPAN_QUEUE => problems.push((
+            "tracing.queue_size".into(),
+            format!("{n} is over the maximum of {MAX_SPAN_QUEUE}"),
+        )),
+        _ => {}
+    }
+    if tracing.batch_size == 0 {
+        problems.push(("tracing.batch_size".into(), "must be at least 1".into()));
+    }
+    for (field, value) in [
+        ("tracing.export_interval", tracing.export_interval),
+        ("tracing.export_timeout", tracing.export_timeout),
+    ] {
+        if value.is_zero() {
+            problems.push((field.into(), "must be more than zero".into()));
+        }
     }
 }
 

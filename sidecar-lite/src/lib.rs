@@ -4,7 +4,8 @@
 //! The flow of the code follows the flow of a request: [`config`] (parse and validate, nothing
 //! else) feeds [`stack`] (the only place that assembles layers, public so library mode calls
 //! the same functions), which [`proxy`] serves on its listeners; [`run`] ties them together
-//! for the binary.
+//! for the binary. With `[tracing]`, [`proxy::span`] gives each request a span and
+//! [`telemetry`] exports them.
 
 pub mod admin;
 pub mod certs;
@@ -13,4 +14,5 @@ pub mod fault;
 pub mod proxy;
 pub mod run;
 pub mod stack;
+pub mod telemetry;
 pub mod unavailable;

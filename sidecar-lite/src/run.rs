@@ -13,8 +13,10 @@ use crate::{
     proxy::{
         forward::edge,
         server::{SharedAcceptor, serve},
+        span::{EdgeTracer, SharedTracer},
     },
     stack::{self, SharedStack, StackService},
+    telemetry::Telemetry,
 };
 use arc_swap::{ArcSwap, ArcSwapOption};
 use hyper::body::Incoming;
@@ -56,6 +58,7 @@ pub struct Sidecar {
     listeners: HashMap<String, Listener>,
     credentials: Option<Credentials>,
     tasks: JoinSet<()>,
+    telemetry: Option<Telemetry>,
     _rotation: Option<RotationHandle>,
 }
 
@@ -66,6 +69,7 @@ struct Listener {
     addr: SocketAddr,
     stack: SharedStack,
     acceptor: SharedAcceptor,
+    tracer: Option<SharedTracer>,
     stop: watch::Sender<bool>,
 }
 
@@ -76,6 +80,7 @@ struct Planned {
     stack: StackService<Incoming>,
     mtls: Option<MtlsMode>,
     breakers: Vec<RouteBreaker>,
+    tracer: Option<EdgeTracer>,
 }
 
 impl Sidecar {
@@ -94,6 +99,7 @@ impl Sidecar {
             (Some(identity), Some(credentials)) => Some(identity.rotation().spawn(credentials)),
             _ => None,
         };
+        let telemetry = config.tracing.as_ref().map(Telemetry::start).transpose()?;
         let admin_listener = bind("admin", config.admin.listen).await?;
         let admin_addr = admin_listener.local_addr()?;
         let (drain, _) = watch::channel(false);
@@ -117,6 +123,7 @@ impl Sidecar {
             listeners: HashMap::new(),
             credentials,
             tasks: JoinSet::new(),
+            telemetry,
             _rotation: rotation,
         };
         let planned = sidecar.plan(config)?;
@@ -136,7 +143,8 @@ impl Sidecar {
     /// Applies a new config: every stack is built first, so an invalid config changes
     /// nothing; then stacks are swapped, new listeners bound and removed ones drained. The
     /// identity files are watched on their own; a changed `[identity]` section needs a
-    /// restart and is refused here.
+    /// restart and is refused here, as are changes to `[admin]`, `[runtime]`, `[limits]` and
+    /// `[tracing]`.
     pub async fn reload(&mut self, config: &Config) -> Result<(), BoxError> {
         if config.identity != self.config.identity {
             return Err("[identity] changed: restart to use other certificate files".into());
@@ -147,6 +155,9 @@ impl Sidecar {
         {
             return Err("[admin], [runtime] or [limits] changed: restart to apply".into());
         }
+        if config.tracing != self.config.tracing {
+            return Err("[tracing] changed: restart to apply".into());
+        }
         let planned = self.plan(config)?;
         self.apply(config.clone(), planned).await
     }
@@ -154,6 +165,7 @@ impl Sidecar {
     /// Builds the stack of every listener in `config`.
     fn plan(&self, config: &Config) -> Result<Vec<Planned>, BoxError> {
         let mut planned = Vec::new();
+        let tracer = self.telemetry.as_ref().map(Telemetry::tracer);
         if let Some(inbound) = &config.inbound {
             if inbound.mtls != MtlsMode::Disabled && self.credentials.is_none() {
                 return Err("[inbound] mtls needs an [identity] section".into());
@@ -164,6 +176,7 @@ impl Sidecar {
                 stack: stack::inbound(inbound)?,
                 mtls: Some(inbound.mtls),
                 breakers: Vec::new(),
+                tracer: tracer.map(|t| EdgeTracer::inbound(t.clone(), Arc::from("inbound"))),
             });
         }
         for route in &config.outbound {
@@ -177,8 +190,16 @@ impl Sidecar {
             };
             let outbound = stack::outbound(route, tls.as_ref())
                 .map_err(|e| format!("outbound `{}`: {e}", route.name))?;
+            let key = format!("outbound/{}", route.name);
             planned.push(Planned {
-                key: format!("outbound/{}", route.name),
+                tracer: tracer.map(|t| {
+                    EdgeTracer::outbound(
+                        t.clone(),
+                        Arc::from(key.as_str()),
+                        route.server_identity.as_deref(),
+                    )
+                }),
+                key,
                 listen: route.listen,
                 stack: outbound.service,
                 mtls: None,
@@ -239,6 +260,9 @@ impl Sidecar {
                         // The mTLS mode may have changed too: new connections get the new one.
                         listener.acceptor.store(acceptor);
                         listener.stack.replace(plan.stack);
+                        if let (Some(shared), Some(tracer)) = (&listener.tracer, plan.tracer) {
+                            shared.store(Arc::new(tracer));
+                        }
                     }
                 }
                 Some(tcp) => {
@@ -255,7 +279,10 @@ impl Sidecar {
                         }
                     };
                     let name: Arc<str> = Arc::from(plan.key.as_str());
-                    let service = edge(name.clone(), stack.clone());
+                    let tracer: Option<SharedTracer> = plan
+                        .tracer
+                        .map(|t| Arc::new(arc_swap::ArcSwap::from_pointee(t)));
+                    let service = edge(name.clone(), stack.clone(), tracer.clone());
                     self.tasks.spawn(serve(
                         name,
                         tcp,
@@ -269,6 +296,7 @@ impl Sidecar {
                         addr,
                         stack,
                         acceptor,
+                        tracer,
                         stop,
                     };
                     self.listeners.insert(plan.key, listener);
@@ -304,10 +332,14 @@ impl Sidecar {
     }
 
     /// Stops accepting, lets in-flight requests finish (up to the drain grace period), and
-    /// returns when every listener has closed.
+    /// returns when every listener has closed and the last spans have been exported (up to
+    /// `[tracing] export_timeout`).
     pub async fn stop(mut self) {
         self.admin.drain.send_replace(true);
         while self.tasks.join_next().await.is_some() {}
+        if let Some(telemetry) = self.telemetry.take() {
+            telemetry.shutdown().await;
+        }
     }
 
     /// Serves until SIGTERM, SIGINT or `POST /drain`, then drains and returns. Reloads `path`

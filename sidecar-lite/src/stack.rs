@@ -19,6 +19,7 @@ use crate::{
     proxy::{
         body::{ProxyBody, boxed},
         client::{FixedConnector, client, mtls_connector},
+        span::count_attempt,
     },
     unavailable::{FailWhenAllOpen, NoEndpointAvailable},
 };
@@ -219,6 +220,8 @@ pub fn outbound<B: StackBody>(
         .layer(body_timeout)
         .layer(total)
         .layer(retry)
+        // Each attempt, for the request's span (a no-op without one).
+        .map_request(count_attempt)
         .layer(PeekGrpcTrailersLayer::new())
         .service(endpoints);
     Ok(Outbound {

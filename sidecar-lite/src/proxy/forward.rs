@@ -6,6 +6,7 @@ use super::{
     errors::error_response,
     headers::{append_forwarded_for, ensure_traceparent, strip_hop_by_hop},
     server::ClientAddr,
+    span::SharedTracer,
 };
 use crate::stack::SharedStack;
 use http::{HeaderValue, Request, Response, Uri, Version, header::HOST, uri::Authority};
@@ -20,10 +21,12 @@ use tower::{Service, ServiceExt};
 pub type EdgeFuture = Pin<Box<dyn Future<Output = Result<Response<ProxyBody>, Infallible>> + Send>>;
 
 /// Wraps the current `stack` with the proxy's request and response rules; never fails: errors become
-/// responses with `x-sidecar-error`.
+/// responses with `x-sidecar-error`. With a `tracer`, each request gets a span (see
+/// [`super::span`]); without, nothing of tracing is done but keeping or starting `traceparent`.
 pub fn edge(
     listener: Arc<str>,
     stack: SharedStack,
+    tracer: Option<SharedTracer>,
 ) -> impl Service<
     Request<Incoming>,
     Response = Response<ProxyBody>,
@@ -38,21 +41,32 @@ pub fn edge(
         let stack = stack.current();
         let listener = listener.clone();
         let metrics = metrics.clone();
+        // Started before the request is rewritten: the span reads it as the caller sent it.
+        let span = tracer.as_ref().map(|tracer| tracer.load().start(&mut req));
         Box::pin(async move {
             let start = Instant::now();
-            prepare_request(&mut req);
+            prepare_request(&mut req, span.is_none());
             let method = req.method().clone();
+            let mut local = false;
             let mut response = match stack.oneshot(req).await {
                 Ok(response) => response,
                 Err(error) => {
                     let response = error_response(&error);
                     metrics.record_local(&response);
+                    local = true;
                     tracing::debug!(listener = &*listener, %method, status = %response.status(), %error, "answered by the proxy");
                     response
                 }
             };
             strip_hop_by_hop(response.headers_mut());
             metrics.record(&response, start);
+            if let Some(span) = span {
+                let flag = local
+                    .then(|| response.headers().get(SIDECAR_ERROR))
+                    .flatten()
+                    .and_then(|v| v.to_str().ok());
+                span.finish(&response, flag);
+            }
             Ok(response)
         }) as EdgeFuture
     })
@@ -102,9 +116,9 @@ impl EdgeMetrics {
     }
 }
 
-/// Applies the forwarding rules: hop-by-hop headers out, `x-forwarded-for` and `traceparent`
-/// in, and an absolute URI that keeps the caller's authority.
-fn prepare_request<B>(req: &mut Request<B>) {
+/// Applies the forwarding rules: hop-by-hop headers out, `x-forwarded-for` and (unless a span
+/// has set it) `traceparent` in, and an absolute URI that keeps the caller's authority.
+fn prepare_request<B>(req: &mut Request<B>, ensure_trace: bool) {
     let from_uri = req.uri().authority().is_some();
     let authority = req.uri().authority().cloned().or_else(|| {
         req.headers()
@@ -116,7 +130,9 @@ fn prepare_request<B>(req: &mut Request<B>) {
     if let Some(ClientAddr(addr)) = req.extensions().get::<ClientAddr>().copied() {
         append_forwarded_for(req.headers_mut(), addr.ip());
     }
-    ensure_traceparent(req.headers_mut());
+    if ensure_trace {
+        ensure_traceparent(req.headers_mut());
+    }
     if let Some(authority) = authority {
         let mut parts = req.uri().clone().into_parts();
         parts.scheme = Some(http::uri::Scheme::HTTP);

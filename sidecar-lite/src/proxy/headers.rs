@@ -85,8 +85,25 @@ pub fn ensure_traceparent(headers: &mut HeaderMap) {
     );
 }
 
-/// The trace id of a well-formed version-00 `traceparent`.
-fn valid_traceparent(value: &str) -> Option<&str> {
+/// The parts of a well-formed `traceparent` (W3C Trace Context, version 00 or a later version
+/// read as 00).
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub struct TraceParent<'a> {
+    /// 32 lowercase hex digits, not all zero.
+    pub trace_id: &'a str,
+    /// The caller's span: 16 lowercase hex digits, not all zero.
+    pub parent_id: &'a str,
+    /// The trace flags; bit 0 is "sampled".
+    pub flags: u8,
+}
+
+/// The request's `traceparent`, if it has one that is well formed.
+pub fn traceparent(headers: &HeaderMap) -> Option<TraceParent<'_>> {
+    parse_traceparent(headers.get(TRACEPARENT)?.to_str().ok()?)
+}
+
+/// Parses a `traceparent` value.
+fn parse_traceparent(value: &str) -> Option<TraceParent<'_>> {
     let mut parts = value.trim().split('-');
     let (version, trace, span, flags) =
         (parts.next()?, parts.next()?, parts.next()?, parts.next()?);
@@ -103,7 +120,16 @@ fn valid_traceparent(value: &str) -> Option<&str> {
         && span.bytes().any(|b| b != b'0')
         && hex(flags, 2)
         && (version != "00" || parts.next().is_none());
-    valid.then_some(trace)
+    valid.then(|| TraceParent {
+        trace_id: trace,
+        parent_id: span,
+        flags: u8::from_str_radix(flags, 16).unwrap_or(0),
+    })
+}
+
+/// The trace id of a well-formed `traceparent`.
+fn valid_traceparent(value: &str) -> Option<&str> {
+    parse_traceparent(value).map(|t| t.trace_id)
 }
 
 #[cfg(test)]
@@ -169,5 +195,33 @@ mod tests {
         let mut headers = HeaderMap::new();
         ensure_traceparent(&mut headers);
         assert!(valid_traceparent(headers[TRACEPARENT].to_str().unwrap()).is_some());
+    }
+
+    #[test]
+    fn traceparent_parts_are_read() {
+        let mut headers = HeaderMap::new();
+        assert_eq!(traceparent(&headers), None);
+        headers.insert(
+            TRACEPARENT,
+            "00-4bf92f3577b34da6a3ce929d0e0e4736-00f067aa0ba902b7-00"
+                .parse()
+                .unwrap(),
+        );
+        assert_eq!(
+            traceparent(&headers),
+            Some(TraceParent {
+                trace_id: "4bf92f3577b34da6a3ce929d0e0e4736",
+                parent_id: "00f067aa0ba902b7",
+                flags: 0,
+            })
+        );
+        // A later version may add fields after the flags.
+        headers.insert(
+            TRACEPARENT,
+            "01-4bf92f3577b34da6a3ce929d0e0e4736-00f067aa0ba902b7-03-more"
+                .parse()
+                .unwrap(),
+        );
+        assert_eq!(traceparent(&headers).map(|t| t.flags), Some(3));
     }
 }

@@ -8,3 +8,4 @@ pub mod forward;
 pub mod framing;
 pub mod headers;
 pub mod server;
+pub mod span;

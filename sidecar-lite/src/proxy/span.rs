@@ -1,0 +1,275 @@
+//! The span of each proxied request, when `[tracing]` is on: a server span on the inbound
+//! listener, a client span on outbound routes, with the HTTP semantic-convention attributes.
+//!
+//! The span is the child of the request's `traceparent` (W3C Trace Context), and the request
+//! goes on with a `traceparent` naming the span, so the next hop's span is its child. Sampling
+//! is decided when the span starts (parent-based: a caller's sampled flag is honoured); an
+//! unsampled span records nothing, but its `traceparent` still goes on, flagged unsampled.
+
+use super::{
+    headers::{TRACEPARENT, ensure_traceparent, traceparent},
+    server::ClientAddr,
+};
+use http::{HeaderValue, Method, Request, Response, Version, header::HOST, uri::Authority};
+use opentelemetry::{
+    Context, KeyValue,
+    trace::{
+        Span as _, SpanContext, SpanId, SpanKind, Status, TraceContextExt as _, TraceFlags,
+        TraceId, TraceState, Tracer as _,
+    },
+};
+use opentelemetry_sdk::trace::{SdkTracer, Span};
+use resilience_mtls::Identity;
+use std::sync::{
+    Arc,
+    atomic::{AtomicU32, Ordering},
+};
+
+/// How one listener traces its requests: the tracer, the kind of span, and what the listener
+/// knows of its peers.
+#[derive(Debug, Clone)]
+pub struct EdgeTracer {
+    tracer: SdkTracer,
+    kind: SpanKind,
+    listener: Arc<str>,
+    /// On an outbound route, the identity the peers must present.
+    peer: Option<Arc<str>>,
+}
+
+/// A listener's tracer, replaced by a reload.
+pub type SharedTracer = Arc<arc_swap::ArcSwap<EdgeTracer>>;
+
+impl EdgeTracer {
+    /// Server spans, for the inbound listener. The caller's identity, when it presented one,
+    /// becomes `sidecar.peer.identity`.
+    #[must_use]
+    pub fn inbound(tracer: SdkTracer, listener: Arc<str>) -> Self {
+        Self {
+            tracer,
+            kind: SpanKind::Server,
+            listener,
+            peer: None,
+        }
+    }
+
+    /// Client spans, for an outbound route whose peers must present `server_identity`.
+    #[must_use]
+    pub fn outbound(tracer: SdkTracer, listener: Arc<str>, server_identity: Option<&str>) -> Self {
+        Self {
+            tracer,
+            kind: SpanKind::Client,
+            listener,
+            peer: server_identity.map(Arc::from),
+        }
+    }
+
+    /// Starts the span of `req`, the child of its `traceparent` if it has a valid one, and
+    /// sets `traceparent` to name the new span. Call before the request is rewritten for
+    /// forwarding: it reads the method, path, authority, protocol version and client address.
+    pub fn start<B>(&self, req: &mut Request<B>) -> RequestSpan {
+        let parent = match traceparent(req.headers()) {
+            Some(tp) => match (
+                TraceId::from_hex(tp.trace_id),
+                SpanId::from_hex(tp.parent_id),
+            ) {
+                (Ok(trace_id), Ok(span_id)) => {
+                    Context::new().with_remote_span_context(SpanContext::new(
+                        trace_id,
+                        span_id,
+                        TraceFlags::new(tp.flags),
+                        true,
+                        TraceState::default(),
+                    ))
+                }
+                _ => Context::new(),
+            },
+            None => Context::new(),
+        };
+        let (method, name) = method_attribute(req.method());
+        let mut attributes = Vec::with_capacity(12);
+        attributes.push(KeyValue::new("http.request.method", method));
+        if name == "HTTP" {
+            attributes.push(KeyValue::new(
+                "http.request.method_original",
+                req.method().as_str().to_owned(),
+            ));
+        }
+        attributes.push(KeyValue::new("url.path", req.uri().path().to_owned()));
+        let identity = req.extensions().get::<Identity>();
+        let tls = match self.kind {
+            SpanKind::Server => identity.is_some(),
+            _ => self.peer.is_some(),
+        };
+        attributes.push(KeyValue::new(
+            "url.scheme",
+            if tls { "https" } else { "http" },
+        ));
+        if let Some(authority) = authority(req) {
+            attributes.push(KeyValue::new("server.address", authority.host().to_owned()));
+            if let Some(port) = authority.port_u16() {
+                attributes.push(KeyValue::new("server.port", i64::from(port)));
+            }
+        }
+        if let Some(version) = protocol_version(req.version()) {
+            attributes.push(KeyValue::new("network.protocol.version", version));
+        }
+        if self.kind == SpanKind::Server
+            && let Some(ClientAddr(addr)) = req.extensions().get::<ClientAddr>()
+        {
+            attributes.push(KeyValue::new("client.address", addr.ip().to_string()));
+            attributes.push(KeyValue::new("client.port", i64::from(addr.port())));
+        }
+        let peer = match self.kind {
+            SpanKind::Server => identity.map(|id| id.as_str().to_owned()),
+            _ => self.peer.as_deref().map(str::to_owned),
+        };
+        if let Some(peer) = peer {
+            attributes.push(KeyValue::new("sidecar.peer.identity", peer));
+        }
+        attributes.push(KeyValue::new("sidecar.listener", self.listener.to_string()));
+
+        let span = self
+            .tracer
+            .span_builder(name)
+            .with_kind(self.kind.clone())
+            .with_attributes(attributes)
+            .start_with_context(&self.tracer, &parent);
+        let context = span.span_context();
+        if context.is_valid() {
+            let value = format!(
+                "00-{}-{}-{:02x}",
+                context.trace_id(),
+                context.span_id(),
+                context.trace_flags().to_u8()
+            );
+            if let Ok(value) = HeaderValue::try_from(value) {
+                req.headers_mut().insert(TRACEPARENT, value);
+            }
+        } else {
+            // The provider is shut down: forward as if tracing were off.
+            ensure_traceparent(req.headers_mut());
+        }
+        let attempts = if span.is_recording() && self.kind == SpanKind::Client {
+            let attempts = Attempts::default();
+            req.extensions_mut().insert(attempts.clone());
+            Some(attempts)
+        } else {
+            None
+        };
+        RequestSpan {
+            span,
+            client: self.kind == SpanKind::Client,
+            attempts,
+        }
+    }
+}
+
+/// The span of one request, open until [`RequestSpan::finish`].
+#[derive(Debug)]
+pub struct RequestSpan {
+    span: Span,
+    client: bool,
+    attempts: Option<Attempts>,
+}
+
+impl RequestSpan {
+    /// Ends the span with the response's status. `local_error` is the flag of a response the
+    /// proxy made itself (`x-sidecar-error`), which becomes `error.type` and `sidecar.error`;
+    /// otherwise a 5xx (or any 4xx on a client span) is the error, by its status code.
+    pub fn finish<B>(mut self, response: &Response<B>, local_error: Option<&str>) {
+        if !self.span.is_recording() {
+            return;
+        }
+        let status = response.status();
+        self.span.set_attribute(KeyValue::new(
+            "http.response.status_code",
+            i64::from(status.as_u16()),
+        ));
+        if let Some(attempts) = &self.attempts {
+            let resent = attempts.count().saturating_sub(1);
+            if resent > 0 {
+                self.span.set_attribute(KeyValue::new(
+                    "http.request.resend_count",
+                    i64::from(resent),
+                ));
+            }
+        }
+        let error_type = match local_error {
+            Some(flag) => {
+                self.span
+                    .set_attribute(KeyValue::new("sidecar.error", flag.to_owned()));
+                Some(flag.to_owned())
+            }
+            None if status.is_server_error() || (self.client && status.is_client_error()) => {
+                Some(status.as_str().to_owned())
+            }
+            None => None,
+        };
+        if let Some(error_type) = error_type {
+            self.span
+                .set_status(Status::error(format!("{error_type}: {status}")));
+            self.span
+                .set_attribute(KeyValue::new("error.type", error_type));
+        }
+        self.span.end();
+    }
+}
+
+/// Counts the attempts of one request on an outbound route, as a request extension: the
+/// retry layer copies it onto every attempt, and the stack counts each one below the retry
+/// layer.
+#[derive(Debug, Clone, Default)]
+pub struct Attempts(Arc<AtomicU32>);
+
+impl Attempts {
+    /// Counts one more attempt.
+    pub fn record(&self) {
+        self.0.fetch_add(1, Ordering::Relaxed);
+    }
+
+    /// The attempts so far.
+    #[must_use]
+    pub fn count(&self) -> u32 {
+        self.0.load(Ordering::Relaxed)
+    }
+}
+
+/// Counts an attempt of `req`, if its span asked for attempts to be counted.
+pub fn count_attempt<B>(req: Request<B>) -> Request<B> {
+    if let Some(attempts) = req.extensions().get::<Attempts>() {
+        attempts.record();
+    }
+    req
+}
+
+/// `http.request.method` and the span's name: a known method as it is, any other as
+/// `_OTHER`, named `HTTP`.
+fn method_attribute(method: &Method) -> (&'static str, &'static str) {
+    const KNOWN: [&str; 9] = [
+        "GET", "HEAD", "POST", "PUT", "DELETE", "CONNECT", "OPTIONS", "TRACE", "PATCH",
+    ];
+    KNOWN
+        .iter()
+        .find(|known| **known == method.as_str())
+        .map_or(("_OTHER", "HTTP"), |known| (known, known))
+}
+
+/// The authority the request is for: its URI's, or its Host header's.
+fn authority<B>(req: &Request<B>) -> Option<Authority> {
+    req.uri().authority().cloned().or_else(|| {
+        req.headers()
+            .get(HOST)
+            .and_then(|h| h.to_str().ok())
+            .and_then(|h| h.parse().ok())
+    })
+}
+
+fn protocol_version(version: Version) -> Option<&'static str> {
+    match version {
+        Version::HTTP_10 => Some("1.0"),
+        Version::HTTP_11 => Some("1.1"),
+        Version::HTTP_2 => Some("2"),
+        Version::HTTP_3 => Some("3"),
+        _ => None,
+    }
+}
