@@ -86,17 +86,31 @@ impl AdminState {
     }
 }
 
-/// Serves the admin endpoints on `listener` until `shutdown`.
+/// How often histogram samples are folded into their buckets. The recorder buffers every
+/// sample until then, so without it memory grows with traffic between two scrapes (or forever,
+/// when nothing scrapes); 5 s is the exporter's own default.
+const METRICS_UPKEEP: Duration = Duration::from_secs(5);
+
+/// Serves the admin endpoints on `listener` until `shutdown`, and keeps the metrics recorder's
+/// buffers drained meanwhile.
 pub async fn serve(
     listener: TcpListener,
     state: Arc<AdminState>,
     shutdown: impl Future<Output = ()>,
 ) {
+    let upkeep = state.metrics.clone().map(|handle| async move {
+        let mut every = tokio::time::interval(METRICS_UPKEEP);
+        every.set_missed_tick_behavior(tokio::time::MissedTickBehavior::Delay);
+        loop {
+            every.tick().await;
+            handle.run_upkeep();
+        }
+    });
     let service = tower::service_fn(move |req: Request<Incoming>| {
         let state = state.clone();
         async move { Ok::<_, Infallible>(route(&state, &req)) }
     });
-    crate::proxy::server::serve(
+    let server = crate::proxy::server::serve(
         "admin".into(),
         listener,
         Arc::default(),
@@ -104,8 +118,16 @@ pub async fn serve(
         shutdown,
         Duration::from_secs(1),
         LimitsConfig::default(),
-    )
-    .await;
+    );
+    match upkeep {
+        Some(upkeep) => {
+            tokio::select! {
+                () = server => {}
+                () = upkeep => {}
+            }
+        }
+        None => server.await,
+    }
 }
 
 fn route<B>(state: &AdminState, req: &Request<B>) -> Response<ProxyBody> {
@@ -198,7 +220,7 @@ fn metrics_text(state: &AdminState) -> String {
     process::record();
     match &state.metrics {
         Some(handle) => {
-            // Upkeep (draining histogram buffers) on each scrape is enough for a sidecar.
+            // Fold in what came since the last upkeep, so the scrape is current.
             handle.run_upkeep();
             handle.render()
         }
