@@ -9,6 +9,7 @@
 pub mod admin;
 pub mod certs;
 pub mod config;
+pub mod discovery;
 pub mod fault;
 pub mod proxy;
 pub mod run;
