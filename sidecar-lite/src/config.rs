@@ -860,7 +860,150 @@ fn locate(text: &str, field: &str) -> Option<usize> {
 
 #[cfg(test)]
 mod tests {
-    use super::locate;
+    use super::{Config, Endpoint, locate, parse_endpoints_file};
+    use std::path::PathBuf;
+
+    fn route(endpoints: &str) -> String {
+        format!(
+            "[[outbound]]\nname = \"orders\"\nlisten = \"127.0.0.1:15001\"\nendpoints = [{endpoints}]\n"
+        )
+    }
+
+    /// The single error of `text`, as printed.
+    fn error(text: &str) -> String {
+        let errors = Config::parse(text).unwrap_err();
+        assert_eq!(errors.errors.len(), 1, "{errors}");
+        errors.to_string()
+    }
+
+    #[test]
+    fn endpoints_are_addresses_dns_names_or_files() {
+        let cases = [
+            (
+                "10.0.0.7:15006",
+                Endpoint::Static("10.0.0.7:15006".parse().unwrap()),
+            ),
+            ("[::1]:80", Endpoint::Static("[::1]:80".parse().unwrap())),
+            (
+                "dns:payments.shop.svc.cluster.local:15006",
+                Endpoint::Dns {
+                    name: "payments.shop.svc.cluster.local".into(),
+                    port: 15006,
+                },
+            ),
+            (
+                "dns:payments.:80",
+                Endpoint::Dns {
+                    name: "payments.".into(),
+                    port: 80,
+                },
+            ),
+            (
+                "file:/etc/endpoints.json",
+                Endpoint::File(PathBuf::from("/etc/endpoints.json")),
+            ),
+        ];
+        for (text, endpoint) in cases {
+            assert_eq!(text.parse::<Endpoint>().unwrap(), endpoint, "{text}");
+            assert_eq!(endpoint.to_string(), text);
+        }
+        for (text, problem) in [
+            ("dns:payments.shop.svc", "needs a port: dns:NAME:PORT"),
+            ("dns:payments:0", "is not a port"),
+            ("dns:payments:http", "is not a port"),
+            ("dns::80", "is not a DNS name"),
+            ("dns:pay ments:80", "is not a DNS name"),
+            ("file:", "needs a path"),
+            (
+                "payments:80",
+                "is not an IP:PORT address, dns:NAME:PORT or file:PATH",
+            ),
+        ] {
+            let error = text.parse::<Endpoint>().unwrap_err();
+            assert!(error.contains(problem), "{text}: {error}");
+        }
+    }
+
+    #[test]
+    fn endpoint_errors_name_the_line_and_field() {
+        let text = route("\"dns:payments.shop.svc\"");
+        let message = error(&text);
+        assert!(message.contains("line 4: `endpoints`"), "{message}");
+        assert!(message.contains("needs a port: dns:NAME:PORT"), "{message}");
+
+        let message = error(&route("\"file:/nonexistent/endpoints.txt\""));
+        assert!(
+            message.contains("line 4: `outbound[0].endpoints`: \"file:/nonexistent/endpoints.txt\": cannot read the file"),
+            "{message}"
+        );
+
+        let message = error(&route("\"10.0.0.7:80\", \"dns:payments:80\""));
+        assert!(
+            message.contains(
+                "`outbound[0].endpoints`: \"dns:payments:80\" must be the route's only entry"
+            ),
+            "{message}"
+        );
+
+        let message = error(&format!(
+            "[discovery]\ndns_refresh = \"1ms\"\n{}",
+            route("\"dns:payments:80\"")
+        ));
+        assert!(
+            message.contains("line 2: `discovery.dns_refresh`: 1ms is below the minimum of 10ms"),
+            "{message}"
+        );
+        let message = error(&format!(
+            "[discovery]\nresolver = \"10.0.0.1\"\n{}",
+            route("\"dns:payments:80\"")
+        ));
+        assert!(message.contains("line 2: `resolver`"), "{message}");
+
+        let config = Config::parse(&format!(
+            "[discovery]\nresolver = \"127.0.0.1:5353\"\n{}",
+            route("\"dns:payments:80\"")
+        ))
+        .unwrap();
+        assert_eq!(
+            config.discovery.resolver,
+            Some("127.0.0.1:5353".parse().unwrap())
+        );
+        assert!(
+            config
+                .to_toml()
+                .contains("endpoints = [\"dns:payments:80\"]")
+        );
+    }
+
+    #[test]
+    fn endpoint_files_hold_lines_or_json() {
+        let a = "10.0.0.7:80".parse().unwrap();
+        let b = "[fd00::8]:80".parse().unwrap();
+        for text in [
+            "10.0.0.7:80\n[fd00::8]:80\n",
+            "# pods\n\n  10.0.0.7:80  # first\n[fd00::8]:80",
+            "[\"10.0.0.7:80\", \"[fd00::8]:80\"]",
+            "{\"endpoints\": [\"10.0.0.7:80\", \"[fd00::8]:80\"]}",
+        ] {
+            assert_eq!(parse_endpoints_file(text).unwrap(), vec![a, b], "{text}");
+        }
+        for (text, problem) in [
+            (
+                "10.0.0.7:80\nten.0.0.8:80\n",
+                "line 2: \"ten.0.0.8:80\" is not an IP:PORT address",
+            ),
+            (
+                "[\"10.0.0.7:80\", \"x\"]",
+                "entry 1: \"x\" is not an IP:PORT address",
+            ),
+            ("{\"pods\": []}", "not a JSON array"),
+            ("# nothing yet\n", "lists no endpoint"),
+            ("[]", "lists no endpoint"),
+        ] {
+            let error = parse_endpoints_file(text).unwrap_err();
+            assert!(error.contains(problem), "{text}: {error}");
+        }
+    }
 
     #[test]
     fn fields_are_located_by_table_and_key() {

@@ -369,3 +369,90 @@ impl<S, F: FnMut(SocketAddr) -> (S, BreakerHandle)> Tracker<S, F> {
         }
     }
 }
+
+#[cfg(test)]
+mod tests {
+    use super::{LiveEndpoints, Tracker};
+    use resilience_breaker::{BreakerConfig, BreakerHandle, State};
+    use std::{
+        collections::BTreeSet,
+        net::SocketAddr,
+        sync::{Arc, Mutex},
+    };
+    use tokio::sync::mpsc;
+    use tower::{Layer, discover::Change};
+
+    fn breaker() -> BreakerHandle {
+        BreakerConfig::default()
+            .layer()
+            .unwrap()
+            .layer(())
+            .handle()
+            .clone()
+    }
+
+    fn set(addrs: &[SocketAddr]) -> BTreeSet<SocketAddr> {
+        addrs.iter().copied().collect()
+    }
+
+    #[test]
+    fn only_the_difference_is_sent_and_endpoints_that_stay_are_kept() {
+        let [a, b, c]: [SocketAddr; 3] =
+            ["10.0.0.1:80", "10.0.0.2:80", "10.0.0.3:80"].map(|a| a.parse().unwrap());
+        let made = Arc::new(Mutex::new(Vec::new()));
+        let live = LiveEndpoints::default();
+        let (tx, mut rx) = mpsc::unbounded_channel();
+        let mut tracker = Tracker {
+            route: "orders".to_owned(),
+            live: live.clone(),
+            make: {
+                let made = made.clone();
+                move |addr| {
+                    made.lock().unwrap().push(addr);
+                    (addr, breaker())
+                }
+            },
+            tx,
+        };
+        tracker.apply(set(&[a, b]));
+        // Marks b's breaker, to tell it from a new one.
+        live.snapshot()[&b].force_open();
+        tracker.apply(set(&[b, c]));
+        tracker.apply(set(&[c, b]));
+
+        // b was built once, and keeps its breaker; a's is gone with it.
+        assert_eq!(*made.lock().unwrap(), [a, b, c]);
+        assert_eq!(live.addrs(), [b, c]);
+        assert_eq!(live.snapshot()[&b].state(), State::ForcedOpen);
+        assert_eq!(live.snapshot()[&c].state(), State::Closed);
+        let mut changes = Vec::new();
+        while let Ok(change) = rx.try_recv() {
+            changes.push(match change {
+                Change::Insert(addr, service) => {
+                    assert_eq!(addr, service);
+                    format!("+{addr}")
+                }
+                Change::Remove(addr) => format!("-{addr}"),
+            });
+        }
+        // Additions before removals, so the balancer is never left empty by a change.
+        assert_eq!(
+            changes,
+            [
+                "+10.0.0.1:80",
+                "+10.0.0.2:80",
+                "+10.0.0.3:80",
+                "-10.0.0.1:80"
+            ]
+        );
+    }
+
+    #[test]
+    fn all_open_needs_at_least_one_endpoint() {
+        let live = LiveEndpoints::default();
+        assert!(!live.all(|_| true));
+        live.insert("10.0.0.1:80".parse().unwrap(), breaker());
+        assert!(live.all(|_| true));
+        assert!(!live.all(|_| false));
+    }
+}

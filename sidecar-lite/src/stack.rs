@@ -163,6 +163,17 @@ pub fn outbound<B: StackBody>(
         message,
     };
 
+    let discovered = |source, initial| {
+        let changes = discovery::spawn(
+            &route.name,
+            source,
+            initial,
+            live.clone(),
+            factory.dynamic(),
+        );
+        balanced(changes, &live)
+    };
+
     let endpoints: EndpointService<B> = match &route.endpoints[..] {
         [Endpoint::Static(addr)] => {
             // One endpoint, for good: no balancer, and a breaker that fails fast.
@@ -170,32 +181,18 @@ pub fn outbound<B: StackBody>(
             live.insert(*addr, breaker.handle().clone());
             BoxCloneService::new(breaker)
         }
+        // A set that can change, and grow from one: always the balancer.
         [Endpoint::Dns { name, port }] => {
-            let source = Source::dns(discovery, name, *port).map_err(endpoints_error)?;
-            balanced(
-                discovery::spawn(
-                    &route.name,
-                    source,
-                    Vec::new(),
-                    live.clone(),
-                    factory.dynamic(),
-                ),
-                &live,
-            )
+            let source = Source::dns(discovery, name, *port).map_err(|message| StackError {
+                field: "discovery.resolver".to_owned(),
+                message,
+            })?;
+            discovered(source, Vec::new())
         }
         [Endpoint::File(path)] => {
             let (source, initial) =
                 Source::file(discovery, path.clone()).map_err(endpoints_error)?;
-            balanced(
-                discovery::spawn(
-                    &route.name,
-                    source,
-                    initial,
-                    live.clone(),
-                    factory.dynamic(),
-                ),
-                &live,
-            )
+            discovered(source, initial)
         }
         entries => {
             let mut services = Vec::with_capacity(entries.len());
