@@ -6,7 +6,9 @@
 //! endpoint that stays keeps its service, so its breaker and its peak-EWMA estimate; a new one
 //! is inserted before a gone one is removed, so the balancer is never left empty by a change;
 //! requests already sent to a removed endpoint finish on it. A failed lookup or an unreadable
-//! file keeps the last good set, is logged and counted.
+//! file keeps the last good set, is logged and counted. A route rebuilt by a reload starts with
+//! the set its `dns:` name last resolved to (a `file:` is read at once), so it has endpoints
+//! from its first request even while lookups fail.
 //!
 //! The task lives as long as the stream: when the balancer that holds the stream is dropped
 //! (a reload replaced the route, or the sidecar stopped), the task sees its channel closed and
@@ -31,7 +33,7 @@ use std::{
     net::SocketAddr,
     path::PathBuf,
     pin::Pin,
-    sync::Arc,
+    sync::{Arc, Mutex, PoisonError},
     task::{Context, Poll},
     time::Duration,
 };
@@ -41,6 +43,10 @@ use tower::discover::Change;
 /// A lookup is never repeated sooner than this after the last one, however short the TTL
 /// (unless `dns_refresh` is shorter still).
 const MIN_DNS_REFRESH: Duration = Duration::from_secs(1);
+
+/// The last good set of each `dns:` name (keyed by resolver, name and port), kept across the
+/// reloads that rebuild its route. A handful of entries: one per name ever configured.
+static LAST_GOOD: Mutex<BTreeMap<String, Vec<SocketAddr>>> = Mutex::new(BTreeMap::new());
 
 /// The endpoints a route balances over now, each with its breaker. Discovery updates it as
 /// the set changes, so the admin server and the all-breakers-open check see the current set.
@@ -97,6 +103,8 @@ pub(crate) enum Source {
         name: String,
         port: u16,
         refresh: Duration,
+        /// The key of this name's last good set in [`LAST_GOOD`].
+        key: String,
     },
     /// The addresses listed in a file.
     File {
@@ -109,14 +117,29 @@ pub(crate) enum Source {
 }
 
 impl Source {
-    /// A `dns:` source, asking the resolver of `config`.
-    pub(crate) fn dns(config: &DiscoveryConfig, name: &str, port: u16) -> Result<Self, String> {
-        Ok(Self::Dns {
+    /// A `dns:` source, asking the resolver of `config`, and the set that the same name last
+    /// resolved to in this process (empty if none): a route rebuilt by a reload starts with
+    /// it, so it has endpoints at once, even while lookups fail.
+    pub(crate) fn dns(
+        config: &DiscoveryConfig,
+        name: &str,
+        port: u16,
+    ) -> Result<(Self, Vec<SocketAddr>), String> {
+        let key = format!("{:?}/{name}:{port}", config.resolver);
+        let last_good = LAST_GOOD
+            .lock()
+            .unwrap_or_else(PoisonError::into_inner)
+            .get(&key)
+            .cloned()
+            .unwrap_or_default();
+        let source = Self::Dns {
             resolver: Box::new(resolver(config)?),
             name: name.to_owned(),
             port,
             refresh: config.dns_refresh,
-        })
+            key,
+        };
+        Ok((source, last_good))
     }
 
     /// A `file:` source and the addresses it lists now. The file is read here, so the route
@@ -147,6 +170,7 @@ impl Source {
                 name,
                 port,
                 refresh,
+                key,
             } => {
                 let floor = MIN_DNS_REFRESH.min(*refresh);
                 match resolver.lookup_ip(name.as_str()).await {
@@ -167,6 +191,10 @@ impl Source {
                         let wait = ttl.map_or(*refresh, |ttl| {
                             Duration::from_secs(ttl.into()).clamp(floor, *refresh)
                         });
+                        LAST_GOOD
+                            .lock()
+                            .unwrap_or_else(PoisonError::into_inner)
+                            .insert(key.clone(), addrs.iter().copied().collect());
                         (Some(addrs), wait)
                     }
                     Err(error) => {

@@ -183,11 +183,12 @@ pub fn outbound<B: StackBody>(
         }
         // A set that can change, and grow from one: always the balancer.
         [Endpoint::Dns { name, port }] => {
-            let source = Source::dns(discovery, name, *port).map_err(|message| StackError {
-                field: "discovery.resolver".to_owned(),
-                message,
-            })?;
-            discovered(source, Vec::new())
+            let (source, last_good) =
+                Source::dns(discovery, name, *port).map_err(|message| StackError {
+                    field: "discovery.resolver".to_owned(),
+                    message,
+                })?;
+            discovered(source, last_good)
         }
         [Endpoint::File(path)] => {
             let (source, initial) =

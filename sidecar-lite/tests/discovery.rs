@@ -548,3 +548,35 @@ async fn discovery_stops_when_the_route_is_reloaded_away() {
     );
     sidecar.stop().await;
 }
+
+#[tokio::test]
+async fn a_reload_while_lookups_fail_keeps_the_last_good_set() {
+    let (pod, hits) = status_app(200).await;
+    let dns = Dns::start(Answer::Records(vec![Ipv4Addr::LOCALHOST], 0)).await;
+    let config = |attempts: u32| {
+        Config::parse(&format!(
+            "[admin]\nlisten = \"127.0.0.1:0\"\n[discovery]\nresolver = \"{}\"\ndns_refresh = \"20ms\"\n[[outbound]]\nname = \"dns-down\"\nlisten = \"127.0.0.1:0\"\nendpoints = [\"dns:down.shop.test:{}\"]\ntimeout = \"2s\"\nretry = {{ attempts = {attempts} }}\n",
+            dns.addr,
+            pod.port()
+        ))
+        .unwrap()
+    };
+    let mut sidecar = Sidecar::start(&config(3), Some(recorder())).await.unwrap();
+    assert!(
+        eventually(async || endpoints_in_use(&sidecar, "dns-down").await == list(&[pod])).await
+    );
+
+    // DNS goes down, then the route is rebuilt by a reload: it starts with the set found
+    // before, and serves at once.
+    dns.set(Answer::Fail);
+    let failed = dns.failed.load(Ordering::SeqCst);
+    assert!(eventually(async || dns.failed.load(Ordering::SeqCst) > failed).await);
+    sidecar.reload(&config(2)).await.unwrap();
+    assert_eq!(endpoints_in_use(&sidecar, "dns-down").await, list(&[pod]));
+    let load = Load::start(outbound_addr(&sidecar));
+    assert!(load.more(50).await);
+    let (_, failed, errors) = load.finish().await;
+    assert_eq!(failed, 0, "failed requests: {errors:?}");
+    assert!(hits.load(Ordering::SeqCst) >= 50);
+    sidecar.stop().await;
+}
