@@ -105,6 +105,9 @@ pub(crate) enum Source {
         refresh: Duration,
         /// The key of this name's last good set in [`LAST_GOOD`].
         key: String,
+        /// Whether the last lookup failed: a run of failures is logged once (and each one
+        /// counted).
+        failing: bool,
     },
     /// The addresses listed in a file.
     File {
@@ -138,6 +141,7 @@ impl Source {
             port,
             refresh: config.dns_refresh,
             key,
+            failing: false,
         };
         Ok((source, last_good))
     }
@@ -171,6 +175,7 @@ impl Source {
                 port,
                 refresh,
                 key,
+                failing,
             } => {
                 let floor = MIN_DNS_REFRESH.min(*refresh);
                 match resolver.lookup_ip(name.as_str()).await {
@@ -184,8 +189,11 @@ impl Source {
                             .map(|record| record.ttl)
                             .min();
                         if addrs.is_empty() {
-                            dns_failure(route, name, &"no A or AAAA record");
+                            dns_failure(route, name, failing, &"no A or AAAA record");
                             return (None, floor);
+                        }
+                        if std::mem::take(failing) {
+                            tracing::info!(route, name, "DNS lookups succeed again");
                         }
                         // Again when the records expire, and at least every `refresh`.
                         let wait = ttl.map_or(*refresh, |ttl| {
@@ -198,7 +206,7 @@ impl Source {
                         (Some(addrs), wait)
                     }
                     Err(error) => {
-                        dns_failure(route, name, &error);
+                        dns_failure(route, name, failing, &error);
                         (None, floor)
                     }
                 }
@@ -248,8 +256,12 @@ impl fmt::Debug for Source {
     }
 }
 
-fn dns_failure(route: &str, name: &str, error: &dyn fmt::Display) {
-    tracing::warn!(route, name, %error, "DNS lookup failed; keeping the endpoints found before");
+fn dns_failure(route: &str, name: &str, failing: &mut bool, error: &dyn fmt::Display) {
+    if std::mem::replace(failing, true) {
+        tracing::debug!(route, name, %error, "DNS lookup failed again");
+    } else {
+        tracing::warn!(route, name, %error, "DNS lookup failed; keeping the endpoints found before");
+    }
     metrics::counter!("sidecar_dns_failures_total", "route" => route.to_owned()).increment(1);
 }
 

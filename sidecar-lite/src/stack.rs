@@ -6,7 +6,7 @@
 //! the total timeout (deadline), retries, the per-try timeout, then either one fixed endpoint
 //! behind a fail-fast breaker, or a p2c peak-EWMA balancer over endpoints each behind a
 //! back-pressure breaker (the balancer routes around open ones). A `dns:` or `file:` source
-//! always gets the balancer, fed by [`discovery`](crate::discovery) as its set changes.
+//! always gets the balancer, fed by [`crate::discovery`] as its set changes.
 //!
 //! Inbound: load shedding over a concurrency limit, the timeout, authorization of the peer's
 //! identity, then the pooled client to the app.
