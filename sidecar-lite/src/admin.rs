@@ -6,13 +6,14 @@
 //! | `GET /metrics` | Prometheus text format |
 //! | `GET /live` | 200 while the process runs |
 //! | `GET /ready` | 200 once every listener is bound and the identity loaded; 503 when draining |
-//! | `GET /config` | the effective config, every default filled in, as TOML |
-//! | `GET /breakers` | each endpoint breaker's state and window counts, as JSON |
+//! | `GET /config` | the effective config, every default filled in, as TOML; then each outbound route's endpoints in use now, as comments |
+//! | `GET /breakers` | the breaker of each endpoint in use now: state and window counts, as JSON |
 //! | `POST /drain` | stop taking traffic and drain (loopback callers only, with the header `x-sidecar-admin: drain`) |
 //! | `GET /` | a status page that refreshes itself |
 
 use crate::{
     config::{Config, LimitsConfig},
+    discovery::LiveEndpoints,
     proxy::{
         body::{ProxyBody, boxed, sidecar_response},
         server::ClientAddr,
@@ -62,10 +63,69 @@ pub struct AdminState {
 pub struct Serving {
     /// The effective config.
     pub config: Config,
-    /// Each outbound route's endpoint breakers.
-    pub breakers: Vec<RouteBreaker>,
+    /// Each outbound route's endpoints, as they are now.
+    pub routes: Vec<RouteEndpoints>,
     /// The listeners, by name.
     pub listeners: Vec<(String, SocketAddr)>,
+}
+
+impl Serving {
+    /// Each endpoint's breaker on each route, for the endpoints in use now.
+    #[must_use]
+    pub fn breakers(&self) -> Vec<RouteBreaker> {
+        self.routes
+            .iter()
+            .flat_map(|route| {
+                route
+                    .endpoints
+                    .snapshot()
+                    .iter()
+                    .map(|(endpoint, handle)| RouteBreaker {
+                        route: route.route.clone(),
+                        endpoint: *endpoint,
+                        handle: handle.clone(),
+                    })
+                    .collect::<Vec<_>>()
+            })
+            .collect()
+    }
+
+    /// The effective config as TOML, followed by each outbound route's endpoints in use now
+    /// (found by discovery for `dns:` and `file:` sources), as comments so the text still
+    /// loads as a config.
+    #[must_use]
+    pub fn config_text(&self) -> String {
+        let mut text = self.config.to_toml();
+        if !self.routes.is_empty() {
+            text.push_str(
+                "\n# Endpoints in use now, per outbound route (discovered; not config keys):\n",
+            );
+            for route in &self.routes {
+                let addrs: Vec<String> = route
+                    .endpoints
+                    .addrs()
+                    .iter()
+                    .map(|addr| format!("\"{addr}\""))
+                    .collect();
+                let _ = writeln!(
+                    text,
+                    "# {} = [{}]",
+                    json_string(&route.route),
+                    addrs.join(", ")
+                );
+            }
+        }
+        text
+    }
+}
+
+/// The endpoints of one outbound route.
+#[derive(Debug, Clone)]
+pub struct RouteEndpoints {
+    /// The route.
+    pub route: String,
+    /// Its endpoints now, each with its breaker.
+    pub endpoints: LiveEndpoints,
 }
 
 /// One endpoint's breaker on one route.
@@ -158,7 +218,7 @@ fn route<B>(state: &AdminState, req: &Request<B>) -> Response<ProxyBody> {
         (&Method::GET, "/config") => text(
             StatusCode::OK,
             "application/toml",
-            state.serving.load().config.to_toml(),
+            state.serving.load().config_text(),
         ),
         (&Method::GET, "/breakers") => {
             text(StatusCode::OK, "application/json", breakers_json(state))
@@ -241,7 +301,7 @@ pub(crate) fn state_name(state: State) -> &'static str {
 
 fn breakers_json(state: &AdminState) -> String {
     let mut out = String::from("[");
-    for (i, breaker) in state.serving.load().breakers.iter().enumerate() {
+    for (i, breaker) in state.serving.load().breakers().iter().enumerate() {
         let counts = breaker.handle.counts();
         if i > 0 {
             out.push(',');

@@ -10,7 +10,14 @@ use resilience_mtls::{IdentityConfig, IdentityPattern};
 use resilience_retry::RetryConfig;
 use resilience_timeout::TimeoutConfig;
 use serde::{Deserialize, Deserializer, Serialize};
-use std::{collections::HashSet, fmt, net::SocketAddr, path::Path, str::FromStr, time::Duration};
+use std::{
+    collections::HashSet,
+    fmt,
+    net::SocketAddr,
+    path::{Path, PathBuf},
+    str::FromStr,
+    time::Duration,
+};
 
 /// The whole config file.
 #[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
@@ -41,6 +48,194 @@ pub struct Config {
     /// the section is absent.
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub tracing: Option<TracingConfig>,
+    /// How `dns:` and `file:` endpoints are discovered.
+    #[serde(default)]
+    pub discovery: DiscoveryConfig,
+}
+
+/// `[discovery]`: how the endpoints of `dns:` and `file:` sources are found and refreshed.
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct DiscoveryConfig {
+    /// The DNS server asked for `dns:` endpoints, `IP:PORT` (UDP, then TCP). Default: the
+    /// system's resolver configuration (`/etc/resolv.conf`, with its search domains).
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub resolver: Option<SocketAddr>,
+    /// The longest time between two lookups of a `dns:` name. A name is looked up again
+    /// sooner when its records' TTL runs out, but not more often than once a second (or once
+    /// per `dns_refresh`, if shorter). Default 5 s.
+    #[serde(default = "default_dns_refresh", with = "resilience_timeout::duration")]
+    pub dns_refresh: Duration,
+    /// How often a `file:` source is checked for changes. A change is applied once the file
+    /// reads the same twice in a row, so a file being written is not read half-way.
+    /// Default 1 s.
+    #[serde(default = "default_file_poll", with = "resilience_timeout::duration")]
+    pub file_poll: Duration,
+}
+
+impl Default for DiscoveryConfig {
+    fn default() -> Self {
+        Self {
+            resolver: None,
+            dns_refresh: default_dns_refresh(),
+            file_poll: default_file_poll(),
+        }
+    }
+}
+
+fn default_dns_refresh() -> Duration {
+    Duration::from_secs(5)
+}
+
+fn default_file_poll() -> Duration {
+    Duration::from_secs(1)
+}
+
+/// The shortest `dns_refresh` and `file_poll` accepted: shorter would spin.
+const MIN_DISCOVERY_INTERVAL: Duration = Duration::from_millis(10);
+
+/// One entry of an outbound route's `endpoints`.
+#[derive(Debug, Clone, PartialEq, Eq, Hash)]
+pub enum Endpoint {
+    /// A fixed address: `10.0.0.7:15006`.
+    Static(SocketAddr),
+    /// `dns:NAME:PORT`: every A and AAAA record of `NAME`, each at `PORT`, looked up again
+    /// as `[discovery]` says.
+    Dns {
+        /// The name looked up.
+        name: String,
+        /// The port of every address found.
+        port: u16,
+    },
+    /// `file:PATH`: the addresses listed in a file, re-read when it changes. See
+    /// [`parse_endpoints_file`] for the format.
+    File(PathBuf),
+}
+
+impl Endpoint {
+    /// Whether the set of addresses can change while the route serves.
+    #[must_use]
+    pub fn is_dynamic(&self) -> bool {
+        !matches!(self, Self::Static(_))
+    }
+}
+
+impl fmt::Display for Endpoint {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        match self {
+            Self::Static(addr) => write!(f, "{addr}"),
+            Self::Dns { name, port } => write!(f, "dns:{name}:{port}"),
+            Self::File(path) => write!(f, "file:{}", path.display()),
+        }
+    }
+}
+
+impl FromStr for Endpoint {
+    type Err = String;
+
+    fn from_str(text: &str) -> Result<Self, Self::Err> {
+        if let Some(rest) = text.strip_prefix("dns:") {
+            let Some((name, port)) = rest.rsplit_once(':') else {
+                return Err(format!("\"{text}\" needs a port: dns:NAME:PORT"));
+            };
+            let port = match port.parse::<u16>() {
+                Ok(0) | Err(_) => {
+                    return Err(format!(
+                        "\"{text}\": \"{port}\" is not a port from 1 to 65535 (dns:NAME:PORT)"
+                    ));
+                }
+                Ok(port) => port,
+            };
+            let valid = |label: &str| {
+                !label.is_empty()
+                    && label.len() <= 63
+                    && label
+                        .bytes()
+                        .all(|b| b.is_ascii_alphanumeric() || b == b'-' || b == b'_')
+            };
+            let bare = name.strip_suffix('.').unwrap_or(name);
+            if bare.is_empty() || bare.len() > 253 || !bare.split('.').all(valid) {
+                return Err(format!(
+                    "\"{text}\": \"{name}\" is not a DNS name (dns:NAME:PORT)"
+                ));
+            }
+            Ok(Self::Dns {
+                name: name.to_owned(),
+                port,
+            })
+        } else if let Some(path) = text.strip_prefix("file:") {
+            if path.trim().is_empty() {
+                return Err(format!("\"{text}\" needs a path: file:PATH"));
+            }
+            Ok(Self::File(PathBuf::from(path)))
+        } else {
+            text.parse().map(Self::Static).map_err(|_| {
+                format!("\"{text}\" is not an IP:PORT address, dns:NAME:PORT or file:PATH")
+            })
+        }
+    }
+}
+
+impl Serialize for Endpoint {
+    fn serialize<S: serde::Serializer>(&self, serializer: S) -> Result<S::Ok, S::Error> {
+        serializer.collect_str(self)
+    }
+}
+
+impl<'de> Deserialize<'de> for Endpoint {
+    fn deserialize<D: Deserializer<'de>>(deserializer: D) -> Result<Self, D::Error> {
+        String::deserialize(deserializer)?
+            .parse()
+            .map_err(serde::de::Error::custom)
+    }
+}
+
+/// The addresses in an endpoints file: one `IP:PORT` a line (blank lines and `#` comments
+/// skipped), or a JSON array of `"IP:PORT"` strings, or a JSON object whose `endpoints` key
+/// holds such an array. The problem, with its line, if any entry is not an address; an empty
+/// list is a problem too (it would leave the route with nowhere to send).
+pub fn parse_endpoints_file(text: &str) -> Result<Vec<SocketAddr>, String> {
+    #[derive(Deserialize)]
+    #[serde(untagged)]
+    enum Json {
+        List(Vec<String>),
+        Object { endpoints: Vec<String> },
+    }
+    let trimmed = text.trim_start();
+    let mut addrs = Vec::new();
+    if trimmed.starts_with('[') || trimmed.starts_with('{') {
+        let list = match serde_json::from_str::<Json>(text) {
+            Ok(Json::List(list) | Json::Object { endpoints: list }) => list,
+            Err(e) => {
+                return Err(format!(
+                    "not a JSON array of \"IP:PORT\" strings (or {{\"endpoints\": [...]}}): {e}"
+                ));
+            }
+        };
+        for (i, entry) in list.iter().enumerate() {
+            let addr = entry
+                .trim()
+                .parse()
+                .map_err(|_| format!("entry {i}: \"{entry}\" is not an IP:PORT address"))?;
+            addrs.push(addr);
+        }
+    } else {
+        for (n, line) in text.lines().enumerate() {
+            let line = line.split('#').next().unwrap_or("").trim();
+            if line.is_empty() {
+                continue;
+            }
+            let addr = line
+                .parse()
+                .map_err(|_| format!("line {}: \"{line}\" is not an IP:PORT address", n + 1))?;
+            addrs.push(addr);
+        }
+    }
+    if addrs.is_empty() {
+        return Err("lists no endpoint".to_owned());
+    }
+    Ok(addrs)
+
 }
 
 /// `[tracing]`: each proxied request becomes a span (a server span on the inbound listener,
@@ -283,8 +478,9 @@ pub struct OutboundConfig {
     pub name: String,
     /// Where our app sends its plain HTTP for this service. Required.
     pub listen: SocketAddr,
-    /// The peers' inbound listeners, `host:port`. Required, at least one.
-    pub endpoints: Vec<SocketAddr>,
+    /// The peers' inbound listeners. Required: one or more `IP:PORT` addresses, or one
+    /// discovered source, `dns:NAME:PORT` or `file:PATH` (see [`Endpoint`]).
+    pub endpoints: Vec<Endpoint>,
     /// The identity the peers must present. Required with `[identity]`; without `[identity]`
     /// the route speaks plaintext.
     #[serde(default, skip_serializing_if = "Option::is_none")]
@@ -559,9 +755,7 @@ impl Config {
                 ));
             }
             listen(at("listen"), route.listen, &mut problems);
-            if route.endpoints.is_empty() {
-                problems.push((at("endpoints"), "needs at least one endpoint".into()));
-            }
+            endpoint_problems(&at("endpoints"), &route.endpoints, &mut problems);
             match (&route.server_identity, &self.identity) {
                 (Some(id), Some(_)) => {
                     if let Err(e) = resilience_mtls::Identity::from_str(id) {
@@ -631,6 +825,27 @@ impl Config {
         if limits.max_head_bytes > u32::MAX as usize {
             problems.push(("limits.max_head_bytes".into(), "must fit in 32 bits".into()));
         }
+        for (field, value) in [
+            ("discovery.dns_refresh", self.discovery.dns_refresh),
+            ("discovery.file_poll", self.discovery.file_poll),
+        ] {
+            if value < MIN_DISCOVERY_INTERVAL {
+                problems.push((
+                    field.into(),
+                    format!(
+                        "{} is below the minimum of {}",
+                        resilience_timeout::duration::format(value),
+                        resilience_timeout::duration::format(MIN_DISCOVERY_INTERVAL)
+                    ),
+                ));
+            }
+        }
+        if self.discovery.resolver.is_some_and(|r| r.port() == 0) {
+            problems.push((
+                "discovery.resolver".into(),
+                "needs a port other than 0".into(),
+            ));
+        }
         if self.runtime.worker_threads == Some(0) {
             problems.push(("runtime.worker_threads".into(), "must be at least 1".into()));
         }
@@ -695,6 +910,38 @@ fn tracing_problems(tracing: &TracingConfig, problems: &mut Vec<(String, String)
     ] {
         if value.is_zero() {
             problems.push((field.into(), "must be more than zero".into()));
+        }
+    }
+}
+
+/// A route's `endpoints`: at least one; a `dns:` or `file:` source alone; a file that exists
+/// and lists addresses.
+fn endpoint_problems(field: &str, endpoints: &[Endpoint], problems: &mut Vec<(String, String)>) {
+    if endpoints.is_empty() {
+        problems.push((field.into(), "needs at least one endpoint".into()));
+        return;
+    }
+    if endpoints.len() > 1
+        && let Some(source) = endpoints.iter().find(|e| e.is_dynamic())
+    {
+        problems.push((
+            field.into(),
+            format!("\"{source}\" must be the route's only entry: list either addresses or one dns: or file: source"),
+        ));
+    }
+    for endpoint in endpoints {
+        if let Endpoint::File(path) = endpoint {
+            match std::fs::read_to_string(path) {
+                Ok(text) => {
+                    if let Err(e) = parse_endpoints_file(&text) {
+                        problems.push((field.into(), format!("\"{endpoint}\": {e}")));
+                    }
+                }
+                Err(e) => problems.push((
+                    field.into(),
+                    format!("\"{endpoint}\": cannot read the file: {e}"),
+                )),
+            }
         }
     }
 }
@@ -767,7 +1014,150 @@ fn locate(text: &str, field: &str) -> Option<usize> {
 
 #[cfg(test)]
 mod tests {
-    use super::locate;
+    use super::{Config, Endpoint, locate, parse_endpoints_file};
+    use std::path::PathBuf;
+
+    fn route(endpoints: &str) -> String {
+        format!(
+            "[[outbound]]\nname = \"orders\"\nlisten = \"127.0.0.1:15001\"\nendpoints = [{endpoints}]\n"
+        )
+    }
+
+    /// The single error of `text`, as printed.
+    fn error(text: &str) -> String {
+        let errors = Config::parse(text).unwrap_err();
+        assert_eq!(errors.errors.len(), 1, "{errors}");
+        errors.to_string()
+    }
+
+    #[test]
+    fn endpoints_are_addresses_dns_names_or_files() {
+        let cases = [
+            (
+                "10.0.0.7:15006",
+                Endpoint::Static("10.0.0.7:15006".parse().unwrap()),
+            ),
+            ("[::1]:80", Endpoint::Static("[::1]:80".parse().unwrap())),
+            (
+                "dns:payments.shop.svc.cluster.local:15006",
+                Endpoint::Dns {
+                    name: "payments.shop.svc.cluster.local".into(),
+                    port: 15006,
+                },
+            ),
+            (
+                "dns:payments.:80",
+                Endpoint::Dns {
+                    name: "payments.".into(),
+                    port: 80,
+                },
+            ),
+            (
+                "file:/etc/endpoints.json",
+                Endpoint::File(PathBuf::from("/etc/endpoints.json")),
+            ),
+        ];
+        for (text, endpoint) in cases {
+            assert_eq!(text.parse::<Endpoint>().unwrap(), endpoint, "{text}");
+            assert_eq!(endpoint.to_string(), text);
+        }
+        for (text, problem) in [
+            ("dns:payments.shop.svc", "needs a port: dns:NAME:PORT"),
+            ("dns:payments:0", "is not a port"),
+            ("dns:payments:http", "is not a port"),
+            ("dns::80", "is not a DNS name"),
+            ("dns:pay ments:80", "is not a DNS name"),
+            ("file:", "needs a path"),
+            (
+                "payments:80",
+                "is not an IP:PORT address, dns:NAME:PORT or file:PATH",
+            ),
+        ] {
+            let error = text.parse::<Endpoint>().unwrap_err();
+            assert!(error.contains(problem), "{text}: {error}");
+        }
+    }
+
+    #[test]
+    fn endpoint_errors_name_the_line_and_field() {
+        let text = route("\"dns:payments.shop.svc\"");
+        let message = error(&text);
+        assert!(message.contains("line 4: `endpoints`"), "{message}");
+        assert!(message.contains("needs a port: dns:NAME:PORT"), "{message}");
+
+        let message = error(&route("\"file:/nonexistent/endpoints.txt\""));
+        assert!(
+            message.contains("line 4: `outbound[0].endpoints`: \"file:/nonexistent/endpoints.txt\": cannot read the file"),
+            "{message}"
+        );
+
+        let message = error(&route("\"10.0.0.7:80\", \"dns:payments:80\""));
+        assert!(
+            message.contains(
+                "`outbound[0].endpoints`: \"dns:payments:80\" must be the route's only entry"
+            ),
+            "{message}"
+        );
+
+        let message = error(&format!(
+            "[discovery]\ndns_refresh = \"1ms\"\n{}",
+            route("\"dns:payments:80\"")
+        ));
+        assert!(
+            message.contains("line 2: `discovery.dns_refresh`: 1ms is below the minimum of 10ms"),
+            "{message}"
+        );
+        let message = error(&format!(
+            "[discovery]\nresolver = \"10.0.0.1\"\n{}",
+            route("\"dns:payments:80\"")
+        ));
+        assert!(message.contains("line 2: `resolver`"), "{message}");
+
+        let config = Config::parse(&format!(
+            "[discovery]\nresolver = \"127.0.0.1:5353\"\n{}",
+            route("\"dns:payments:80\"")
+        ))
+        .unwrap();
+        assert_eq!(
+            config.discovery.resolver,
+            Some("127.0.0.1:5353".parse().unwrap())
+        );
+        assert!(
+            config
+                .to_toml()
+                .contains("endpoints = [\"dns:payments:80\"]")
+        );
+    }
+
+    #[test]
+    fn endpoint_files_hold_lines_or_json() {
+        let a = "10.0.0.7:80".parse().unwrap();
+        let b = "[fd00::8]:80".parse().unwrap();
+        for text in [
+            "10.0.0.7:80\n[fd00::8]:80\n",
+            "# pods\n\n  10.0.0.7:80  # first\n[fd00::8]:80",
+            "[\"10.0.0.7:80\", \"[fd00::8]:80\"]",
+            "{\"endpoints\": [\"10.0.0.7:80\", \"[fd00::8]:80\"]}",
+        ] {
+            assert_eq!(parse_endpoints_file(text).unwrap(), vec![a, b], "{text}");
+        }
+        for (text, problem) in [
+            (
+                "10.0.0.7:80\nten.0.0.8:80\n",
+                "line 2: \"ten.0.0.8:80\" is not an IP:PORT address",
+            ),
+            (
+                "[\"10.0.0.7:80\", \"x\"]",
+                "entry 1: \"x\" is not an IP:PORT address",
+            ),
+            ("{\"pods\": []}", "not a JSON array"),
+            ("# nothing yet\n", "lists no endpoint"),
+            ("[]", "lists no endpoint"),
+        ] {
+            let error = parse_endpoints_file(text).unwrap_err();
+            assert!(error.contains(problem), "{text}: {error}");
+        }
+    }
 
     #[test]
     fn fields_are_located_by_table_and_key() {

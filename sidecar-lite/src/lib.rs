@@ -10,6 +10,7 @@
 pub mod admin;
 pub mod certs;
 pub mod config;
+pub mod discovery;
 pub mod fault;
 pub mod proxy;
 pub mod run;

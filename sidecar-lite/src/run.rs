@@ -8,7 +8,7 @@
 //! ones are bound.
 
 use crate::{
-    admin::{AdminState, RouteBreaker, Serving},
+    admin::{AdminState, RouteEndpoints, Serving},
     config::Config,
     proxy::{
         forward::edge,
@@ -79,7 +79,7 @@ struct Planned {
     listen: SocketAddr,
     stack: StackService<Incoming>,
     mtls: Option<MtlsMode>,
-    breakers: Vec<RouteBreaker>,
+    endpoints: Option<RouteEndpoints>,
     tracer: Option<EdgeTracer>,
 }
 
@@ -107,7 +107,7 @@ impl Sidecar {
             ready: false.into(),
             serving: ArcSwap::from_pointee(Serving {
                 config: config.clone(),
-                breakers: Vec::new(),
+                routes: Vec::new(),
                 listeners: Vec::new(),
             }),
             metrics,
@@ -175,7 +175,7 @@ impl Sidecar {
                 listen: inbound.listen,
                 stack: stack::inbound(inbound)?,
                 mtls: Some(inbound.mtls),
-                breakers: Vec::new(),
+                endpoints: None,
                 tracer: tracer.map(|t| EdgeTracer::inbound(t.clone(), Arc::from("inbound"))),
             });
         }
@@ -188,7 +188,7 @@ impl Sidecar {
                 }
                 _ => None,
             };
-            let outbound = stack::outbound(route, tls.as_ref())
+            let outbound = stack::outbound(route, tls.as_ref(), &config.discovery)
                 .map_err(|e| format!("outbound `{}`: {e}", route.name))?;
             let key = format!("outbound/{}", route.name);
             planned.push(Planned {
@@ -203,15 +203,10 @@ impl Sidecar {
                 listen: route.listen,
                 stack: outbound.service,
                 mtls: None,
-                breakers: outbound
-                    .breakers
-                    .into_iter()
-                    .map(|(endpoint, handle)| RouteBreaker {
-                        route: route.name.clone(),
-                        endpoint,
-                        handle,
-                    })
-                    .collect(),
+                endpoints: Some(RouteEndpoints {
+                    route: route.name.clone(),
+                    endpoints: outbound.endpoints,
+                }),
             });
         }
         Ok(planned)
@@ -245,9 +240,9 @@ impl Sidecar {
             }
         }
 
-        let mut breakers = Vec::new();
+        let mut routes = Vec::new();
         for plan in planned {
-            breakers.extend(plan.breakers);
+            routes.extend(plan.endpoints);
             let acceptor = match (plan.mtls, &self.config.identity, &self.credentials) {
                 (Some(mode), Some(identity), Some(credentials)) if mode != MtlsMode::Disabled => {
                     Some(Arc::new(identity.acceptor(credentials).mode(mode).build()))
@@ -324,7 +319,7 @@ impl Sidecar {
         }
         self.admin.serving.store(Arc::new(Serving {
             config: config.clone(),
-            breakers,
+            routes,
             listeners,
         }));
         self.config = config;

@@ -9,12 +9,15 @@
 //! attempt that times out counts against the endpoint that hung, so its breaker opens and the
 //! balancer routes around it (a timeout outside would drop the call before the breaker saw
 //! how it ended).
+//! A `dns:` or `file:` source always gets the balancer, fed by [`crate::discovery`] as its set
+//! changes.
 //!
 //! Inbound: load shedding over a concurrency limit, the timeout, authorization of the peer's
 //! identity, then the pooled client to the app.
 
 use crate::{
-    config::{AppProtocol, InboundConfig, OutboundConfig},
+    config::{AppProtocol, DiscoveryConfig, Endpoint, InboundConfig, OutboundConfig},
+    discovery::{self, LiveEndpoints, Source},
     fault::FaultLayer,
     proxy::{
         body::{ProxyBody, boxed},
@@ -27,12 +30,15 @@ use bytes::Bytes;
 use http::{Request, Response, header::CONTENT_TYPE};
 use http_body::Body;
 use hyper::body::Incoming;
-use resilience_breaker::{BreakerHandle, BreakerOpen, Mode, classify_fn};
+use resilience_breaker::{
+    BreakerHandle, BreakerOpen, CircuitBreaker, CircuitBreakerLayer, ClassifyFn, Mode, classify_fn,
+};
 use resilience_mtls::{AllowList, AuthorizeLayer, ConnectorBuilder};
 use resilience_retry::{PeekGrpcTrailersLayer, ReplayBody};
-use resilience_timeout::BoxError;
+use resilience_timeout::{BoxError, HttpDeadline, TimeoutLayer};
 use std::{
     fmt,
+    marker::PhantomData,
     net::SocketAddr,
     sync::{Arc, Mutex, PoisonError},
     time::Duration,
@@ -41,7 +47,7 @@ use tower::{
     Layer, Service, ServiceBuilder, ServiceExt,
     balance::p2c::Balance,
     buffer::Buffer,
-    discover::ServiceList,
+    discover::{Discover, ServiceList},
     load::{CompleteOnResponse, PeakEwma},
     util::BoxCloneService,
 };
@@ -93,18 +99,19 @@ const EWMA_DECAY: Duration = Duration::from_secs(10);
 pub trait StackBody: Body<Data = Bytes, Error: Into<BoxError>> + Send + Unpin + 'static {}
 impl<B: Body<Data = Bytes, Error: Into<BoxError>> + Send + Unpin + 'static> StackBody for B {}
 
-/// One outbound route, assembled: the service, and a handle on each endpoint's breaker.
+/// One outbound route, assembled: the service, and its endpoints with their breakers.
 pub struct Outbound<B> {
     /// The route's service.
     pub service: StackService<B>,
-    /// Each endpoint with its breaker, for the admin server.
-    pub breakers: Vec<(SocketAddr, BreakerHandle)>,
+    /// The endpoints in use now, each with its breaker, for the admin server. Kept up to date
+    /// by discovery for `dns:` and `file:` sources.
+    pub endpoints: LiveEndpoints,
 }
 
 impl<B> fmt::Debug for Outbound<B> {
     fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
         f.debug_struct("Outbound")
-            .field("breakers", &self.breakers)
+            .field("endpoints", &self.endpoints)
             .finish_non_exhaustive()
     }
 }
@@ -134,65 +141,81 @@ fn field_error(prefix: &str, field: &str, message: impl fmt::Display) -> StackEr
 }
 
 /// Builds the outbound stack of `route`. With `tls`, endpoints are dialled over mTLS and must
-/// present the route's `server_identity`; without, in plaintext. Must run inside a tokio
-/// runtime: the balancer gets a task of its own.
+/// present the route's `server_identity`; without, in plaintext. `discovery` says how `dns:`
+/// and `file:` endpoints are found. Must run inside a tokio runtime: the balancer gets a task
+/// of its own, and so does the discovery of a `dns:` or `file:` source (it ends when the stack
+/// is dropped).
 pub fn outbound<B: StackBody>(
     route: &OutboundConfig,
     tls: Option<&ConnectorBuilder>,
+    discovery: &DiscoveryConfig,
 ) -> Result<Outbound<B>, StackError> {
-    let breaker_layer = route
-        .breaker
-        .layer()
-        .map_err(|e| field_error("breaker", e.field(), &e))?
-        .classify(classify_fn(is_endpoint_failure));
-    let per_try = route.retry.per_try_timeout_layer();
-    let mut breakers = Vec::new();
-    let endpoint = |addr: SocketAddr, mode: Mode, breakers: &mut Vec<_>| {
-        let client: BoxCloneService<Request<ReplayBody<B>>, Response<Incoming>, BoxError> =
-            match tls {
-                Some(builder) => BoxCloneService::new(
-                    client(mtls_connector(builder, addr), false).map_err(BoxError::from),
-                ),
-                None => BoxCloneService::new(
-                    client(FixedConnector::new(addr), false).map_err(BoxError::from),
-                ),
-            };
-        let client = ServiceBuilder::new()
-            .option_layer(per_try.clone())
-            .service(client);
-        // One breaker per endpoint, named after both, so its metrics tell endpoints apart.
-        let breaker = breaker_layer
-            .clone()
-            .named(format!("{}/{addr}", route.name))
-            .mode(mode)
-            .layer(client);
-        breakers.push((addr, breaker.handle().clone()));
-        breaker
+    let factory = EndpointFactory::<B> {
+        route: route.name.clone(),
+        breaker: route
+            .breaker
+            .layer()
+            .map_err(|e| field_error("breaker", e.field(), &e))?
+            .classify(classify_fn(
+                is_endpoint_failure as fn(&Response<Incoming>) -> bool,
+            )),
+        tls: tls.cloned(),
+        per_try: route.retry.per_try_timeout_layer(),
+        body: PhantomData,
+    };
+    let live = LiveEndpoints::default();
+    let endpoints_error = |message: String| StackError {
+        field: "endpoints".to_owned(),
+        message,
     };
 
-    let endpoints: BoxCloneService<Request<ReplayBody<B>>, Response<Incoming>, BoxError> =
-        if let [addr] = route.endpoints[..] {
-            BoxCloneService::new(endpoint(addr, Mode::FailFast, &mut breakers))
-        } else {
-            let services: Vec<_> = route
-                .endpoints
-                .iter()
-                .map(|&addr| {
-                    PeakEwma::new(
-                        endpoint(addr, Mode::BackPressure, &mut breakers),
-                        DEFAULT_RTT,
-                        EWMA_DECAY.as_nanos() as f64,
-                        CompleteOnResponse::default(),
-                    )
-                })
-                .collect();
-            let balance = Balance::new(ServiceList::new(services));
-            let handles = breakers.iter().map(|(_, handle)| handle.clone()).collect();
-            BoxCloneService::new(FailWhenAllOpen::new(
-                Buffer::new(balance, BALANCER_QUEUE),
-                handles,
-            ))
-        };
+    let discovered = |source, initial| {
+        let changes = discovery::spawn(
+            &route.name,
+            source,
+            initial,
+            live.clone(),
+            factory.dynamic(),
+        );
+        balanced(changes, &live)
+    };
+
+    let endpoints: EndpointService<B> = match &route.endpoints[..] {
+        [Endpoint::Static(addr)] => {
+            // One endpoint, for good: no balancer, and a breaker that fails fast.
+            let breaker = factory.make(*addr, Mode::FailFast);
+            live.insert(*addr, breaker.handle().clone());
+            BoxCloneService::new(breaker)
+        }
+        // A set that can change, and grow from one: always the balancer.
+        [Endpoint::Dns { name, port }] => {
+            let (source, last_good) =
+                Source::dns(discovery, name, *port).map_err(|message| StackError {
+                    field: "discovery.resolver".to_owned(),
+                    message,
+                })?;
+            discovered(source, last_good)
+        }
+        [Endpoint::File(path)] => {
+            let (source, initial) =
+                Source::file(discovery, path.clone()).map_err(endpoints_error)?;
+            discovered(source, initial)
+        }
+        entries => {
+            let mut services = Vec::with_capacity(entries.len());
+            for entry in entries {
+                let Endpoint::Static(addr) = entry else {
+                    return Err(endpoints_error(format!(
+                        "\"{entry}\" must be the route's only entry"
+                    )));
+                };
+                let breaker = factory.make(*addr, Mode::BackPressure);
+                live.insert(*addr, breaker.handle().clone());
+                services.push(peak_ewma(breaker));
+            }
+            balanced(ServiceList::new(services), &live)
+        }
+    };
 
     let total = route
         .timeout
@@ -226,8 +249,94 @@ pub fn outbound<B: StackBody>(
         .service(endpoints);
     Ok(Outbound {
         service: BoxCloneService::new(service.map_err(BoxError::from)),
-        breakers,
+        endpoints: live,
     })
+}
+
+/// What an endpoint is sent: a request whose body can be replayed for retries.
+type EndpointRequest<B> = Request<ReplayBody<B>>;
+/// One endpoint's client, type-erased over plaintext and mTLS.
+type EndpointService<B> = BoxCloneService<EndpointRequest<B>, Response<Incoming>, BoxError>;
+/// How an endpoint's breaker tells failures.
+type EndpointClassifier = ClassifyFn<fn(&Response<Incoming>) -> bool>;
+/// One endpoint: its client behind its own breaker.
+type Breaker<B> = CircuitBreaker<EndpointService<B>, EndpointClassifier>;
+/// One endpoint as the balancer sees it: with its load measured.
+type Balanced<B> = PeakEwma<Breaker<B>, CompleteOnResponse>;
+
+/// Builds each endpoint of a route, the same way for fixed and discovered ones.
+struct EndpointFactory<B> {
+    route: String,
+    breaker: CircuitBreakerLayer<EndpointClassifier>,
+    tls: Option<ConnectorBuilder>,
+    /// Inside the breaker, so that an attempt that times out counts against its endpoint.
+    per_try: Option<TimeoutLayer<HttpDeadline>>,
+    body: PhantomData<fn(B)>,
+}
+
+impl<B: StackBody> EndpointFactory<B> {
+    /// The client of `addr` behind its breaker, named `<route>/<addr>` so that its metrics
+    /// tell endpoints apart.
+    fn make(&self, addr: SocketAddr, mode: Mode) -> Breaker<B> {
+        let client: EndpointService<B> = match &self.tls {
+            Some(builder) => BoxCloneService::new(
+                client(mtls_connector(builder, addr), false).map_err(BoxError::from),
+            ),
+            None => BoxCloneService::new(
+                client(FixedConnector::new(addr), false).map_err(BoxError::from),
+            ),
+        };
+        let client = BoxCloneService::new(
+            ServiceBuilder::new()
+                .option_layer(self.per_try.clone())
+                .service(client),
+        );
+        self.breaker
+            .clone()
+            .named(format!("{}/{addr}", self.route))
+            .mode(mode)
+            .layer(client)
+    }
+
+    /// What discovery calls for each new endpoint: its balanced service and its breaker.
+    fn dynamic(&self) -> impl FnMut(SocketAddr) -> (Balanced<B>, BreakerHandle) + Send + 'static {
+        let factory = Self {
+            route: self.route.clone(),
+            breaker: self.breaker.clone(),
+            tls: self.tls.clone(),
+            per_try: self.per_try.clone(),
+            body: PhantomData,
+        };
+        move |addr| {
+            let breaker = factory.make(addr, Mode::BackPressure);
+            let handle = breaker.handle().clone();
+            (peak_ewma(breaker), handle)
+        }
+    }
+}
+
+fn peak_ewma<B>(breaker: Breaker<B>) -> Balanced<B> {
+    PeakEwma::new(
+        breaker,
+        DEFAULT_RTT,
+        EWMA_DECAY.as_nanos() as f64,
+        CompleteOnResponse::default(),
+    )
+}
+
+/// A p2c peak-EWMA balancer over `endpoints`, each behind a back-pressure breaker, with a
+/// queue in front; it fails at once while every breaker in `live` is open.
+fn balanced<B, D>(endpoints: D, live: &LiveEndpoints) -> EndpointService<B>
+where
+    B: StackBody,
+    D: Discover<Service = Balanced<B>> + Unpin + Send + 'static,
+    D::Key: std::hash::Hash + Clone + Send,
+    D::Error: Into<BoxError>,
+{
+    BoxCloneService::new(FailWhenAllOpen::new(
+        Buffer::new(Balance::new(endpoints), BALANCER_QUEUE),
+        live.clone(),
+    ))
 }
 
 /// Whether an endpoint's response counts against its breaker: a 5xx, or a gRPC status in the

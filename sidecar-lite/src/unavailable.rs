@@ -1,7 +1,8 @@
 //! Fails fast when every endpoint of a route has its breaker open, instead of letting requests
 //! queue in front of a balancer that has nothing ready until their timeout.
 
-use resilience_breaker::{BreakerHandle, State};
+use crate::discovery::LiveEndpoints;
+use resilience_breaker::State;
 use resilience_timeout::BoxError;
 use std::{
     error::Error,
@@ -25,25 +26,22 @@ impl fmt::Display for NoEndpointAvailable {
 impl Error for NoEndpointAvailable {}
 
 /// Wraps a balanced set of endpoints: a call fails at once with [`NoEndpointAvailable`] while
-/// every breaker in `breakers` is open.
+/// every breaker of the current endpoints is open.
 #[derive(Debug, Clone)]
 pub struct FailWhenAllOpen<S> {
     inner: S,
-    breakers: Vec<BreakerHandle>,
+    endpoints: LiveEndpoints,
 }
 
 impl<S> FailWhenAllOpen<S> {
-    /// Guards `inner` with the breakers of its endpoints.
-    pub fn new(inner: S, breakers: Vec<BreakerHandle>) -> Self {
-        Self { inner, breakers }
+    /// Guards `inner` with the breakers of its endpoints, as the set changes.
+    pub fn new(inner: S, endpoints: LiveEndpoints) -> Self {
+        Self { inner, endpoints }
     }
 
     fn all_open(&self) -> bool {
-        !self.breakers.is_empty()
-            && self
-                .breakers
-                .iter()
-                .all(|b| matches!(b.state(), State::Open | State::ForcedOpen))
+        self.endpoints
+            .all(|b| matches!(b.state(), State::Open | State::ForcedOpen))
     }
 }
 

@@ -109,6 +109,45 @@ fn check_reports_syntax_errors_and_unknown_keys_with_their_line() {
 }
 
 #[test]
+fn check_names_bad_discovered_endpoints() {
+    let route = |endpoints: &str| {
+        format!("[[outbound]]\nname = \"a\"\nlisten = \"127.0.0.1:1\"\nendpoints = [{endpoints}]\n")
+    };
+    let (ok, _, stderr) = check("dns-port", &route("\"dns:payments.shop.svc\""));
+    assert!(!ok);
+    assert!(
+        stderr
+            .contains("line 4: `endpoints`: \"dns:payments.shop.svc\" needs a port: dns:NAME:PORT"),
+        "{stderr}"
+    );
+
+    let (ok, _, stderr) = check(
+        "file-missing",
+        &route("\"file:/nonexistent/endpoints.txt\""),
+    );
+    assert!(!ok);
+    assert!(
+        stderr.contains("line 4: `outbound[0].endpoints`: \"file:/nonexistent/endpoints.txt\": cannot read the file"),
+        "{stderr}"
+    );
+
+    let dir = temp_dir("file-good");
+    let file = dir.join("endpoints.txt");
+    std::fs::write(&file, "127.0.0.1:8080\n").unwrap();
+    let (ok, stdout, stderr) = check(
+        "file-good",
+        &format!(
+            "[discovery]\nfile_poll = \"2s\"\n{}",
+            route(&format!("\"file:{}\"", file.display()))
+        ),
+    );
+    let _ = std::fs::remove_dir_all(&dir);
+    assert!(ok, "{stderr}");
+    assert!(stdout.contains("file_poll = \"2s\""), "{stdout}");
+    assert!(stdout.contains("dns_refresh = \"5s\""), "{stdout}");
+}
+
+#[test]
 fn check_requires_an_identity_for_mtls() {
     let (ok, _, stderr) = check(
         "mtls",

@@ -90,7 +90,7 @@ impl UpstreamClient {
             }
             _ => (None, None),
         };
-        let outbound = stack::outbound(route, tls.as_ref())?;
+        let outbound = stack::outbound(route, tls.as_ref(), &config.discovery)?;
         Ok(Self {
             service: outbound.service,
             authority: route.name.clone(),

@@ -32,7 +32,7 @@ pub(super) fn render(state: &AdminState) -> String {
         let _ = writeln!(html, "<tr><td>{}</td><td>{addr}</td></tr>", escape(name));
     }
     html.push_str("</table>\n<h2>Breakers</h2><table id=\"breakers\"><tr><th>route</th><th>endpoint</th><th>state</th><th>calls</th><th>failures</th></tr>\n");
-    for breaker in &serving.breakers {
+    for breaker in &serving.breakers() {
         let counts = breaker.handle.counts();
         let name = state_name(breaker.handle.state());
         let _ = writeln!(

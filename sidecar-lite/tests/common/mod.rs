@@ -44,6 +44,15 @@ where
     Fut: Future<Output = Response<BoxBody>> + Send + 'static,
 {
     let listener = TcpListener::bind("127.0.0.1:0").await.unwrap();
+    serve_app(listener, handler)
+}
+
+/// Serves `handler` on a listener already bound (HTTP/1.1 and h2c), counting requests.
+pub fn serve_app<F, Fut>(listener: TcpListener, handler: F) -> (SocketAddr, Arc<AtomicUsize>)
+where
+    F: Fn(Request<Incoming>) -> Fut + Clone + Send + Sync + 'static,
+    Fut: Future<Output = Response<BoxBody>> + Send + 'static,
+{
     let addr = listener.local_addr().unwrap();
     let count = Arc::new(AtomicUsize::new(0));
     let counter = count.clone();

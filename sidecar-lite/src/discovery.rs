@@ -1,0 +1,498 @@
+//! Service discovery for outbound routes: the endpoints of a `dns:NAME:PORT` or `file:PATH`
+//! source, found and refreshed by a task of their own, fed to the balancer as a
+//! [`tower::discover`] stream of changes.
+//!
+//! The task compares each new set with the current one and sends only the difference: an
+//! endpoint that stays keeps its service, so its breaker and its peak-EWMA estimate; a new one
+//! is inserted before a gone one is removed, so the balancer is never left empty by a change;
+//! requests already sent to a removed endpoint finish on it. A failed lookup or an unreadable
+//! file keeps the last good set, is logged and counted. A route rebuilt by a reload starts with
+//! the set its `dns:` name last resolved to (a `file:` is read at once), so it has endpoints
+//! from its first request even while lookups fail.
+//!
+//! The task lives as long as the stream: when the balancer that holds the stream is dropped
+//! (a reload replaced the route, or the sidecar stopped), the task sees its channel closed and
+//! ends, waiting or not.
+//!
+//! Metrics: `sidecar_endpoint_changes_total{route, change="added"|"removed"}`,
+//! `sidecar_dns_failures_total{route}` and `sidecar_endpoint_file_failures_total{route}`.
+
+use crate::config::{DiscoveryConfig, parse_endpoints_file};
+use arc_swap::ArcSwap;
+use futures::Stream;
+use hickory_resolver::{
+    TokioResolver,
+    config::{ConnectionConfig, LookupIpStrategy, NameServerConfig, ResolverConfig, ResolverOpts},
+    net::runtime::TokioRuntimeProvider,
+};
+use resilience_breaker::BreakerHandle;
+use std::{
+    collections::{BTreeMap, BTreeSet},
+    convert::Infallible,
+    fmt,
+    net::SocketAddr,
+    path::PathBuf,
+    pin::Pin,
+    sync::{Arc, Mutex, PoisonError},
+    task::{Context, Poll},
+    time::Duration,
+};
+use tokio::sync::mpsc;
+use tower::discover::Change;
+
+/// A lookup is never repeated sooner than this after the last one, however short the TTL
+/// (unless `dns_refresh` is shorter still).
+const MIN_DNS_REFRESH: Duration = Duration::from_secs(1);
+
+/// The last good set of each `dns:` name (keyed by resolver, name and port), kept across the
+/// reloads that rebuild its route. A handful of entries: one per name ever configured.
+static LAST_GOOD: Mutex<BTreeMap<String, Vec<SocketAddr>>> = Mutex::new(BTreeMap::new());
+
+/// The endpoints a route balances over now, each with its breaker. Discovery updates it as
+/// the set changes, so the admin server and the all-breakers-open check see the current set.
+#[derive(Clone, Default)]
+pub struct LiveEndpoints(Arc<ArcSwap<BTreeMap<SocketAddr, BreakerHandle>>>);
+
+impl LiveEndpoints {
+    /// The endpoints now, each with its breaker, in address order.
+    #[must_use]
+    pub fn snapshot(&self) -> Arc<BTreeMap<SocketAddr, BreakerHandle>> {
+        self.0.load_full()
+    }
+
+    /// The addresses now, in order.
+    #[must_use]
+    pub fn addrs(&self) -> Vec<SocketAddr> {
+        self.0.load().keys().copied().collect()
+    }
+
+    /// Whether there is at least one endpoint and every one's breaker is in `open`.
+    pub(crate) fn all(&self, open: impl Fn(&BreakerHandle) -> bool) -> bool {
+        let endpoints = self.0.load();
+        !endpoints.is_empty() && endpoints.values().all(open)
+    }
+
+    pub(crate) fn insert(&self, addr: SocketAddr, breaker: BreakerHandle) {
+        self.0.rcu(|endpoints| {
+            let mut endpoints = BTreeMap::clone(endpoints);
+            endpoints.insert(addr, breaker.clone());
+            endpoints
+        });
+    }
+
+    fn remove(&self, addr: SocketAddr) {
+        self.0.rcu(|endpoints| {
+            let mut endpoints = BTreeMap::clone(endpoints);
+            endpoints.remove(&addr);
+            endpoints
+        });
+    }
+}
+
+impl fmt::Debug for LiveEndpoints {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        f.debug_map().entries(self.0.load().iter()).finish()
+    }
+}
+
+/// Where a route's endpoints come from, when they can change.
+pub(crate) enum Source {
+    /// Every A and AAAA record of `name`, at `port`.
+    Dns {
+        resolver: Box<TokioResolver>,
+        name: String,
+        port: u16,
+        refresh: Duration,
+        /// The key of this name's last good set in [`LAST_GOOD`].
+        key: String,
+        /// Whether the last lookup failed: a run of failures is logged once (and each one
+        /// counted).
+        failing: bool,
+    },
+    /// The addresses listed in a file.
+    File {
+        path: PathBuf,
+        poll: Duration,
+        /// The content last applied (or found wrong), and the content last read.
+        applied: Vec<u8>,
+        seen: Vec<u8>,
+    },
+}
+
+impl Source {
+    /// A `dns:` source, asking the resolver of `config`, and the set that the same name last
+    /// resolved to in this process (empty if none): a route rebuilt by a reload starts with
+    /// it, so it has endpoints at once, even while lookups fail.
+    pub(crate) fn dns(
+        config: &DiscoveryConfig,
+        name: &str,
+        port: u16,
+    ) -> Result<(Self, Vec<SocketAddr>), String> {
+        let key = format!("{:?}/{name}:{port}", config.resolver);
+        let last_good = LAST_GOOD
+            .lock()
+            .unwrap_or_else(PoisonError::into_inner)
+            .get(&key)
+            .cloned()
+            .unwrap_or_default();
+        let source = Self::Dns {
+            resolver: Box::new(resolver(config)?),
+            name: name.to_owned(),
+            port,
+            refresh: config.dns_refresh,
+            key,
+            failing: false,
+        };
+        Ok((source, last_good))
+    }
+
+    /// A `file:` source and the addresses it lists now. The file is read here, so the route
+    /// starts with its endpoints (or does not start).
+    pub(crate) fn file(
+        config: &DiscoveryConfig,
+        path: PathBuf,
+    ) -> Result<(Self, Vec<SocketAddr>), String> {
+        let content = std::fs::read(&path)
+            .map_err(|e| format!("\"file:{}\": cannot read the file: {e}", path.display()))?;
+        let addrs = parse_endpoints_file(&String::from_utf8_lossy(&content))
+            .map_err(|e| format!("\"file:{}\": {e}", path.display()))?;
+        let source = Self::File {
+            path,
+            poll: config.file_poll,
+            applied: content.clone(),
+            seen: content,
+        };
+        Ok((source, addrs))
+    }
+
+    /// Looks again: the new set if there is one to apply, and how long to wait before the
+    /// next look.
+    async fn refresh(&mut self, route: &str) -> (Option<BTreeSet<SocketAddr>>, Duration) {
+        match self {
+            Self::Dns {
+                resolver,
+                name,
+                port,
+                refresh,
+                key,
+                failing,
+            } => {
+                let floor = MIN_DNS_REFRESH.min(*refresh);
+                match resolver.lookup_ip(name.as_str()).await {
+                    Ok(lookup) => {
+                        let addrs: BTreeSet<SocketAddr> =
+                            lookup.iter().map(|ip| SocketAddr::new(ip, *port)).collect();
+                        let ttl = lookup
+                            .as_lookup()
+                            .answers()
+                            .iter()
+                            .map(|record| record.ttl)
+                            .min();
+                        if addrs.is_empty() {
+                            dns_failure(route, name, failing, &"no A or AAAA record");
+                            return (None, floor);
+                        }
+                        if std::mem::take(failing) {
+                            tracing::info!(route, name, "DNS lookups succeed again");
+                        }
+                        // Again when the records expire, and at least every `refresh`.
+                        let wait = ttl.map_or(*refresh, |ttl| {
+                            Duration::from_secs(ttl.into()).clamp(floor, *refresh)
+                        });
+                        LAST_GOOD
+                            .lock()
+                            .unwrap_or_else(PoisonError::into_inner)
+                            .insert(key.clone(), addrs.iter().copied().collect());
+                        (Some(addrs), wait)
+                    }
+                    Err(error) => {
+                        dns_failure(route, name, failing, &error);
+                        (None, floor)
+                    }
+                }
+            }
+            Self::File {
+                path,
+                poll,
+                applied,
+                seen,
+            } => {
+                let content = match tokio::fs::read(&*path).await {
+                    Ok(content) => content,
+                    Err(error) => {
+                        // Logged and counted once per failure, not once per poll.
+                        if !seen.is_empty() {
+                            file_failure(route, path, &format!("cannot read the file: {error}"));
+                            seen.clear();
+                        }
+                        return (None, *poll);
+                    }
+                };
+                // Applied once it reads the same twice in a row: not while being written.
+                let stable = content == *seen;
+                *seen = content;
+                if !stable || *seen == *applied {
+                    return (None, *poll);
+                }
+                applied.clone_from(seen);
+                match parse_endpoints_file(&String::from_utf8_lossy(applied)) {
+                    Ok(addrs) => (Some(addrs.into_iter().collect()), *poll),
+                    Err(error) => {
+                        file_failure(route, path, &error);
+                        (None, *poll)
+                    }
+                }
+            }
+        }
+    }
+}
+
+impl fmt::Debug for Source {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        match self {
+            Self::Dns { name, port, .. } => write!(f, "dns:{name}:{port}"),
+            Self::File { path, .. } => write!(f, "file:{}", path.display()),
+        }
+    }
+}
+
+fn dns_failure(route: &str, name: &str, failing: &mut bool, error: &dyn fmt::Display) {
+    if std::mem::replace(failing, true) {
+        tracing::debug!(route, name, %error, "DNS lookup failed again");
+    } else {
+        tracing::warn!(route, name, %error, "DNS lookup failed; keeping the endpoints found before");
+    }
+    metrics::counter!("sidecar_dns_failures_total", "route" => route.to_owned()).increment(1);
+}
+
+fn file_failure(route: &str, path: &std::path::Path, error: &str) {
+    tracing::warn!(route, path = %path.display(), error, "endpoints file not used; keeping the endpoints found before");
+    metrics::counter!("sidecar_endpoint_file_failures_total", "route" => route.to_owned())
+        .increment(1);
+}
+
+/// The resolver for `dns:` sources: the server of `config.resolver`, or the system's.
+fn resolver(config: &DiscoveryConfig) -> Result<TokioResolver, String> {
+    let mut builder = match config.resolver {
+        Some(server) => {
+            let connections = [ConnectionConfig::udp(), ConnectionConfig::tcp()]
+                .into_iter()
+                .map(|mut connection| {
+                    connection.port = server.port();
+                    connection
+                })
+                .collect();
+            let name_server = NameServerConfig::new(server.ip(), true, connections);
+            let mut builder = TokioResolver::builder_with_config(
+                ResolverConfig::from_name_servers(vec![name_server]),
+                TokioRuntimeProvider::default(),
+            );
+            *builder.options_mut() = ResolverOpts::default();
+            builder
+        }
+        None => TokioResolver::builder_tokio()
+            .map_err(|e| format!("cannot read the system's resolver configuration: {e}"))?,
+    };
+    // Every address of the name: a headless Service has one per pod, of either family.
+    builder.options_mut().ip_strategy = LookupIpStrategy::Ipv4AndIpv6;
+    builder
+        .build()
+        .map_err(|e| format!("cannot make a DNS resolver: {e}"))
+}
+
+/// A balancer's view of discovery: the changes to its set of endpoints, keyed by address.
+/// Dropping it stops the discovery task.
+pub(crate) struct Discovered<S> {
+    changes: mpsc::UnboundedReceiver<Change<SocketAddr, S>>,
+}
+
+impl<S> Stream for Discovered<S> {
+    type Item = Result<Change<SocketAddr, S>, Infallible>;
+
+    fn poll_next(mut self: Pin<&mut Self>, cx: &mut Context<'_>) -> Poll<Option<Self::Item>> {
+        self.changes.poll_recv(cx).map(|change| change.map(Ok))
+    }
+}
+
+impl<S> fmt::Debug for Discovered<S> {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        f.debug_struct("Discovered").finish_non_exhaustive()
+    }
+}
+
+/// Starts discovering the endpoints of `source` for `route`, beginning with `initial`:
+/// `make` builds the service of each new endpoint (with its breaker, recorded in `live`).
+/// Must run inside a tokio runtime.
+pub(crate) fn spawn<S, F>(
+    route: &str,
+    mut source: Source,
+    initial: Vec<SocketAddr>,
+    live: LiveEndpoints,
+    make: F,
+) -> Discovered<S>
+where
+    S: Send + 'static,
+    F: FnMut(SocketAddr) -> (S, BreakerHandle) + Send + 'static,
+{
+    let (tx, changes) = mpsc::unbounded_channel();
+    let mut tracker = Tracker {
+        route: route.to_owned(),
+        live,
+        make,
+        tx,
+    };
+    tracker.apply(initial.into_iter().collect());
+    tracing::debug!(route, ?source, "discovering endpoints");
+    tokio::spawn(async move {
+        let route = tracker.route.clone();
+        loop {
+            let (found, wait) = tokio::select! {
+                () = tracker.tx.closed() => break,
+                found = source.refresh(&route) => found,
+            };
+            if let Some(addrs) = found {
+                tracker.apply(addrs);
+            }
+            tokio::select! {
+                () = tracker.tx.closed() => break,
+                () = tokio::time::sleep(wait) => {}
+            }
+        }
+        tracing::debug!(route, "route gone: discovery stopped");
+    });
+    Discovered { changes }
+}
+
+/// The discovery task's state: the set the balancer has, and how to change it.
+struct Tracker<S, F> {
+    route: String,
+    live: LiveEndpoints,
+    make: F,
+    tx: mpsc::UnboundedSender<Change<SocketAddr, S>>,
+}
+
+impl<S, F: FnMut(SocketAddr) -> (S, BreakerHandle)> Tracker<S, F> {
+    /// Sends the balancer the difference between its set and `addrs`: additions first.
+    fn apply(&mut self, addrs: BTreeSet<SocketAddr>) {
+        let current = self.live.snapshot();
+        let added: Vec<SocketAddr> = addrs
+            .iter()
+            .filter(|a| !current.contains_key(a))
+            .copied()
+            .collect();
+        let removed: Vec<SocketAddr> = current
+            .keys()
+            .filter(|a| !addrs.contains(a))
+            .copied()
+            .collect();
+        if added.is_empty() && removed.is_empty() {
+            return;
+        }
+        for &addr in &added {
+            let (service, breaker) = (self.make)(addr);
+            self.live.insert(addr, breaker);
+            // A closed channel means the route is gone; the task notices and stops.
+            let _ = self.tx.send(Change::Insert(addr, service));
+        }
+        for &addr in &removed {
+            // Dropping the balancer's service drops the endpoint's breaker with it.
+            self.live.remove(addr);
+            let _ = self.tx.send(Change::Remove(addr));
+        }
+        let route = self.route.clone();
+        tracing::info!(route, ?added, ?removed, now = ?addrs, "endpoints changed");
+        for (change, count) in [("added", added.len()), ("removed", removed.len())] {
+            if count > 0 {
+                metrics::counter!("sidecar_endpoint_changes_total", "route" => route.clone(), "change" => change)
+                    .increment(count as u64);
+            }
+        }
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::{LiveEndpoints, Tracker};
+    use resilience_breaker::{BreakerConfig, BreakerHandle, State};
+    use std::{
+        collections::BTreeSet,
+        net::SocketAddr,
+        sync::{Arc, Mutex},
+    };
+    use tokio::sync::mpsc;
+    use tower::{Layer, discover::Change};
+
+    fn breaker() -> BreakerHandle {
+        BreakerConfig::default()
+            .layer()
+            .unwrap()
+            .layer(())
+            .handle()
+            .clone()
+    }
+
+    fn set(addrs: &[SocketAddr]) -> BTreeSet<SocketAddr> {
+        addrs.iter().copied().collect()
+    }
+
+    #[test]
+    fn only_the_difference_is_sent_and_endpoints_that_stay_are_kept() {
+        let [a, b, c]: [SocketAddr; 3] =
+            ["10.0.0.1:80", "10.0.0.2:80", "10.0.0.3:80"].map(|a| a.parse().unwrap());
+        let made = Arc::new(Mutex::new(Vec::new()));
+        let live = LiveEndpoints::default();
+        let (tx, mut rx) = mpsc::unbounded_channel();
+        let mut tracker = Tracker {
+            route: "orders".to_owned(),
+            live: live.clone(),
+            make: {
+                let made = made.clone();
+                move |addr| {
+                    made.lock().unwrap().push(addr);
+                    (addr, breaker())
+                }
+            },
+            tx,
+        };
+        tracker.apply(set(&[a, b]));
+        // Marks b's breaker, to tell it from a new one.
+        live.snapshot()[&b].force_open();
+        tracker.apply(set(&[b, c]));
+        tracker.apply(set(&[c, b]));
+
+        // b was built once, and keeps its breaker; a's is gone with it.
+        assert_eq!(*made.lock().unwrap(), [a, b, c]);
+        assert_eq!(live.addrs(), [b, c]);
+        assert_eq!(live.snapshot()[&b].state(), State::ForcedOpen);
+        assert_eq!(live.snapshot()[&c].state(), State::Closed);
+        let mut changes = Vec::new();
+        while let Ok(change) = rx.try_recv() {
+            changes.push(match change {
+                Change::Insert(addr, service) => {
+                    assert_eq!(addr, service);
+                    format!("+{addr}")
+                }
+                Change::Remove(addr) => format!("-{addr}"),
+            });
+        }
+        // Additions before removals, so the balancer is never left empty by a change.
+        assert_eq!(
+            changes,
+            [
+                "+10.0.0.1:80",
+                "+10.0.0.2:80",
+                "+10.0.0.3:80",
+                "-10.0.0.1:80"
+            ]
+        );
+    }
+
+    #[test]
+    fn all_open_needs_at_least_one_endpoint() {
+        let live = LiveEndpoints::default();
+        assert!(!live.all(|_| true));
+        live.insert("10.0.0.1:80".parse().unwrap(), breaker());
+        assert!(live.all(|_| true));
+        assert!(!live.all(|_| false));
+    }
+}
