@@ -361,7 +361,7 @@ fn nested() -> impl Strategy<Value = String> {
 }
 
 proptest! {
-    #![proptest_config(config(256))]
+    #![proptest_config(config(1_000))]
 
     #[test]
     fn arbitrary_strings(text in any::<String>()) {
@@ -390,7 +390,7 @@ proptest! {
 }
 
 proptest! {
-    #![proptest_config(config(32))]
+    #![proptest_config(config(64))]
 
     #[test]
     fn deep_nesting(text in nested()) {
