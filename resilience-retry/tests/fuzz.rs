@@ -116,6 +116,8 @@ fn any_now() -> impl Strategy<Value = SystemTime> {
     prop_oneof![
         Just(UNIX_EPOCH),
         Just(UNIX_EPOCH + Duration::from_secs(NOW_SECS)),
+        // The last second a SystemTime holds here (seconds in an i64).
+        Just(UNIX_EPOCH + Duration::from_secs(i64::MAX.unsigned_abs())),
         (0..=LAST_HTTP_DATE, 0u32..1_000_000_000)
             .prop_map(|(s, n)| UNIX_EPOCH + Duration::new(s, n)),
         (0u64..1 << 40).prop_map(|s| UNIX_EPOCH + Duration::from_secs(s)),
@@ -180,6 +182,7 @@ fn retry_after_corpus() {
         UNIX_EPOCH + Duration::new(NOW_SECS, 999_999_999),
         UNIX_EPOCH + Duration::from_secs(LAST_HTTP_DATE),
         UNIX_EPOCH + Duration::from_secs(1 << 40),
+        UNIX_EPOCH + Duration::from_secs(i64::MAX.unsigned_abs()),
         UNIX_EPOCH - Duration::from_secs(1 << 30),
     ];
     let mut dates = 0;
