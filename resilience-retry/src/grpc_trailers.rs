@@ -175,13 +175,50 @@ fn is_grpc(headers: &HeaderMap) -> bool {
         .is_some_and(|ct| ct.as_bytes().starts_with(b"application/grpc"))
 }
 
-/// The `grpc-status` in `headers`, if present and a number.
+/// The `grpc-status` in `headers`, if present and a number as the gRPC specification writes it:
+/// ASCII digits only (`1*DIGIT`). A sign, spaces or other bytes make it malformed, and a
+/// malformed status is never a reason to retry.
 pub(crate) fn grpc_status(headers: &HeaderMap) -> Option<i32> {
-    headers
-        .get("grpc-status")?
-        .to_str()
-        .ok()?
-        .trim()
-        .parse()
-        .ok()
+    let digits = headers.get("grpc-status")?.as_bytes();
+    if digits.is_empty() || !digits.iter().all(u8::is_ascii_digit) {
+        return None;
+    }
+    // ASCII digits are UTF-8; more than fit in an i32 are malformed too.
+    std::str::from_utf8(digits).ok()?.parse().ok()
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use http::HeaderValue;
+
+    fn status(value: &[u8]) -> Option<i32> {
+        let mut headers = HeaderMap::new();
+        headers.insert("grpc-status", HeaderValue::from_bytes(value).unwrap());
+        grpc_status(&headers)
+    }
+
+    #[test]
+    fn grpc_status_is_ascii_digits_only() {
+        assert_eq!(status(b"0"), Some(0));
+        assert_eq!(status(b"14"), Some(14));
+        assert_eq!(status(b"014"), Some(14));
+        // Found by the fuzz harness: `str::parse` took a sign and `trim` took spaces, so
+        // "+14" passed for `unavailable` and retried a gRPC call.
+        for bad in [
+            &b"+14"[..],
+            b"-14",
+            b" 14",
+            b"14 ",
+            b"\t14",
+            b"",
+            b"1 4",
+            b"14x",
+            b"99999999999",
+            b"\xd9\xa1\xd9\xa4",
+        ] {
+            assert_eq!(status(bad), None, "{:?}", String::from_utf8_lossy(bad));
+        }
+        assert_eq!(grpc_status(&HeaderMap::new()), None);
+    }
 }
