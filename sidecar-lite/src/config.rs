@@ -235,7 +235,6 @@ pub fn parse_endpoints_file(text: &str) -> Result<Vec<SocketAddr>, String> {
         return Err("lists no endpoint".to_owned());
     }
     Ok(addrs)
-
 }
 
 /// `[tracing]`: each proxied request becomes a span (a server span on the inbound listener,

@@ -121,8 +121,9 @@ async fn a_failing_upstream_costs_a_bounded_load_fails_fast_and_recovers() {
         failing.count(fast) > failing.sent() / 2,
         "the breaker opened"
     );
-    // Sanity, not a benchmark: failing fast never waits for a backoff or the upstream.
-    assert!(fast_p99 < Duration::from_millis(20), "{fast_p99:?}");
+    // Not a benchmark (the figure is printed; CI machines are shared): failing fast never
+    // waits out the open duration, which would put the p99 at 500 ms.
+    assert!(fast_p99 < OPEN_FOR / 5, "{fast_p99:?}");
 
     // 2. Recovery: traffic resumes once the breaker lets a probe through.
     upstream.set_faults(Faults::default());
@@ -157,8 +158,10 @@ async fn a_failing_upstream_costs_a_bounded_load_fails_fast_and_recovers() {
         counters.posts,
         counters.duplicate_ids
     );
+    // The open duration, one probe, and room for a busy machine; a breaker that never let
+    // a probe through would take STEP.
     assert!(
-        resumed <= OPEN_FOR + Duration::from_millis(250),
+        resumed <= OPEN_FOR * 2,
         "within the open duration and one probe"
     );
     assert!(
