@@ -14,6 +14,8 @@ threads:
   sidecar-1hop    one sidecar-lite, plaintext: an outbound route to the upstream
   sidecar-traced  sidecar-1hop with [tracing] on: every request a sampled span, exported over
                   OTLP/HTTP to a stand-in collector in this script (accepts and discards)
+  sidecar-dead-otlp  sidecar-traced whose collector is down (nothing listens): what a dead
+                  collector costs requests
   sidecar-mtls    two sidecar-lite: outbound -> mTLS -> inbound -> upstream
   nginx           nginx as a plain reverse proxy (keep-alive to the upstream)
   haproxy         HAProxy as a plain reverse proxy (keep-alive to the upstream)
@@ -47,7 +49,8 @@ from pathlib import Path
 ROOT = Path(__file__).resolve().parents[2]
 RELEASE = Path(os.environ.get("CARGO_TARGET_DIR", ROOT / "target")) / "release"
 RESULTS = ROOT / "benches" / "load" / "results"
-TARGETS = ["direct", "sidecar-1hop", "sidecar-traced", "sidecar-mtls", "nginx", "haproxy"]
+TARGETS = ["direct", "sidecar-1hop", "sidecar-traced", "sidecar-dead-otlp", "sidecar-mtls", "nginx",
+           "haproxy"]
 CLK_TCK = os.sysconf("SC_CLK_TCK")
 PAGE = os.sysconf("SC_PAGE_SIZE")
 DEADLINE_S = 290  # the whole run, tools and builds excluded
@@ -284,6 +287,13 @@ def start_targets(tmp, threads, upstream, sink):
         route(port, upstream, False) + f"\n[tracing]\notlp_endpoint = "
         f"\"http://127.0.0.1:{sink.port}/v1/traces\"\nsampling_ratio = 1.0\n")
     targets["sidecar-traced"] = (port, [traced])
+
+    port = free_port()
+    dead = start_sidecar(
+        tmp, "sidecar-dead-otlp", threads,
+        route(port, upstream, False) + f"\n[tracing]\notlp_endpoint = "
+        f"\"http://127.0.0.1:{free_port()}/v1/traces\"\nsampling_ratio = 1.0\n")
+    targets["sidecar-dead-otlp"] = (port, [dead])
 
     inbound_port = free_port()
     inbound = start_sidecar(
@@ -524,6 +534,15 @@ def report(results, machine):
                 lines.append(f"Spans of sidecar-traced: {spans['exported']} exported, "
                              f"{spans['queue-full']} dropped on a full queue, "
                              f"{spans['export-failed']} in failed exports.")
+        dead, dead_spans = stats.get("sidecar-dead-otlp"), data.get("dead_spans")
+        if one and dead:
+            lines.append(f"Collector down / tracing off, one hop: req/s {ratio(dead['rps'], one['rps'])}, "
+                         f"p99 {ratio(dead['p99'], one['p99'])}, CPU per request "
+                         f"{ratio(dead['cpu_per_1000'], one['cpu_per_1000'])}.")
+            if dead_spans:
+                lines.append(f"Spans of sidecar-dead-otlp: {dead_spans['exported']} exported, "
+                             f"{dead_spans['queue-full']} dropped on a full queue, "
+                             f"{dead_spans['export-failed']} in failed exports.")
         if one and mtls:
             lines.append("")
             lines.append(f"Two-sidecar mTLS / one-hop plaintext req/s: {ratio(mtls['rps'], one['rps'])}. "
@@ -650,11 +669,11 @@ def main():
                             for key in ("rps", "p50", "p99", "p999", "cpu_per_1000")}
                      for name, rs in runs.items() if rs}
             results[threads] = {"runs": runs, "stats": stats, "memory": memory}
-            traced = targets["sidecar-traced"][1][0]
-            try:
-                results[threads]["spans"] = span_counts(traced)
-            except OSError as e:
-                log(f"cannot read the span counters of sidecar-traced: {e}")
+            for name, key in (("sidecar-traced", "spans"), ("sidecar-dead-otlp", "dead_spans")):
+                try:
+                    results[threads][key] = span_counts(targets[name][1][0])
+                except OSError as e:
+                    log(f"cannot read the span counters of {name}: {e}")
             for name, (_, procs) in targets.items():
                 for proc in procs:
                     proc.stop()
