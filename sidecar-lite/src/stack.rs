@@ -3,12 +3,14 @@
 //!
 //! Outbound, outermost first (DESIGN.md §3): load shedding over a concurrency limit, injected
 //! faults if configured (before the router, as Envoy's fault filter, so they are not retried),
-//! the total timeout (deadline), retries, then either one endpoint behind a fail-fast breaker,
-//! or a p2c peak-EWMA balancer over endpoints each behind a back-pressure breaker (the balancer
-//! routes around open ones). The per-try timeout sits inside each endpoint's breaker: an
-//! attempt that times out counts against the endpoint that hung, so its breaker opens and the
-//! balancer routes around it (a timeout outside would drop the call before the breaker saw
-//! how it ended).
+//! the total timeout (deadline), retries, the per-try timeout (it covers the wait in the
+//! balancer's queue, too), then either one endpoint behind a fail-fast breaker, or a p2c
+//! peak-EWMA balancer over endpoints each behind a back-pressure breaker (the balancer routes
+//! around open ones). Inside each breaker the same per-try timeout runs again, to the same
+//! deadline (it reads the outer one from the request): polled first, it fires first, so an
+//! attempt that times out on an endpoint counts against that endpoint, its breaker opens and
+//! the balancer routes around it. The outer timeout alone would drop the call before the
+//! breaker saw how it ended.
 //! A `dns:` or `file:` source always gets the balancer, fed by [`crate::discovery`] as its set
 //! changes.
 //!
@@ -245,6 +247,7 @@ pub fn outbound<B: StackBody>(
         .layer(retry)
         // Each attempt, for the request's span (a no-op without one).
         .map_request(count_attempt)
+        .option_layer(route.retry.per_try_timeout_layer())
         .layer(PeekGrpcTrailersLayer::new())
         .service(endpoints);
     Ok(Outbound {
@@ -269,7 +272,8 @@ struct EndpointFactory<B> {
     route: String,
     breaker: CircuitBreakerLayer<EndpointClassifier>,
     tls: Option<ConnectorBuilder>,
-    /// Inside the breaker, so that an attempt that times out counts against its endpoint.
+    /// Inside the breaker, to the outer per-try deadline, so that an attempt that times out
+    /// counts against its endpoint.
     per_try: Option<TimeoutLayer<HttpDeadline>>,
     body: PhantomData<fn(B)>,
 }

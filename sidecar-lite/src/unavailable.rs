@@ -10,6 +10,7 @@ use std::{
     future::{Ready, ready},
     task::{Context, Poll},
 };
+use tokio::time::Instant;
 use tower::Service;
 
 /// Every endpoint of the route is behind an open breaker. Answered with 503 and
@@ -26,22 +27,42 @@ impl fmt::Display for NoEndpointAvailable {
 impl Error for NoEndpointAvailable {}
 
 /// Wraps a balanced set of endpoints: a call fails at once with [`NoEndpointAvailable`] while
-/// every breaker of the current endpoints is open.
-#[derive(Debug, Clone)]
+/// every breaker of the current endpoints is open and none is due a probe.
+#[derive(Debug)]
 pub struct FailWhenAllOpen<S> {
     inner: S,
     endpoints: LiveEndpoints,
+    /// What `poll_ready` decided for the next `call`: the two must agree, as `call` on the
+    /// balancer's buffer without the slot that `poll_ready` reserves would panic.
+    reject: bool,
+}
+
+impl<S: Clone> Clone for FailWhenAllOpen<S> {
+    fn clone(&self) -> Self {
+        Self::new(self.inner.clone(), self.endpoints.clone())
+    }
 }
 
 impl<S> FailWhenAllOpen<S> {
     /// Guards `inner` with the breakers of its endpoints, as the set changes.
     pub fn new(inner: S, endpoints: LiveEndpoints) -> Self {
-        Self { inner, endpoints }
+        Self {
+            inner,
+            endpoints,
+            reject: false,
+        }
     }
 
+    /// Whether no endpoint can take a call now. An Open breaker whose open period is over
+    /// takes the next call as its probe, so it counts as available: a breaker moves to
+    /// half-open only when asked for a call, and rejecting here would never ask it.
     fn all_open(&self) -> bool {
-        self.endpoints
-            .all(|b| matches!(b.state(), State::Open | State::ForcedOpen))
+        let now = Instant::now();
+        self.endpoints.all(|b| match b.state() {
+            State::ForcedOpen => true,
+            State::Open => b.next_probe().is_some_and(|at| at > now),
+            _ => false,
+        })
     }
 }
 
@@ -55,16 +76,89 @@ where
 
     fn poll_ready(&mut self, cx: &mut Context<'_>) -> Poll<Result<(), Self::Error>> {
         // Never wait on the balancer when it has nothing to offer: `call` answers at once.
-        if self.all_open() {
+        self.reject = self.all_open();
+        if self.reject {
             return Poll::Ready(Ok(()));
         }
         self.inner.poll_ready(cx)
     }
 
     fn call(&mut self, req: Req) -> Self::Future {
-        if self.all_open() {
+        if std::mem::take(&mut self.reject) {
             return futures::future::Either::Left(ready(Err(NoEndpointAvailable.into())));
         }
         futures::future::Either::Right(self.inner.call(req))
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use resilience_breaker::{BreakerConfig, BreakerHandle};
+    use std::{net::SocketAddr, time::Duration};
+    use tower::{Layer, ServiceExt, service_fn};
+
+    const OPEN_FOR: Duration = Duration::from_secs(1);
+
+    /// A breaker opened by one failure, for `OPEN_FOR`.
+    async fn opened() -> BreakerHandle {
+        let config: BreakerConfig =
+            toml::from_str("consecutive_failures = 1\nopen_for = \"1s\"\njitter = 0.0").unwrap();
+        let breaker = config.layer().unwrap().layer(service_fn(|()| async {
+            Err::<(), BoxError>("down".into())
+        }));
+        let handle = breaker.handle().clone();
+        assert!(breaker.oneshot(()).await.is_err());
+        assert_eq!(handle.state(), State::Open);
+        handle
+    }
+
+    fn guarded(
+        endpoints: &LiveEndpoints,
+    ) -> FailWhenAllOpen<impl Service<(), Response = &'static str, Error = BoxError>> {
+        FailWhenAllOpen::new(
+            service_fn(|()| async { Ok::<_, BoxError>("served") }),
+            endpoints.clone(),
+        )
+    }
+
+    fn addr(n: u8) -> SocketAddr {
+        SocketAddr::from(([10, 0, 0, n], 80))
+    }
+
+    #[tokio::test(start_paused = true)]
+    async fn fails_fast_while_all_are_open_and_lets_a_probe_through_when_one_is_due() {
+        let endpoints = LiveEndpoints::default();
+        endpoints.insert(addr(1), opened().await);
+        let error = guarded(&endpoints).oneshot(()).await.unwrap_err();
+        assert!(error.is::<NoEndpointAvailable>());
+
+        tokio::time::advance(OPEN_FOR).await;
+        assert_eq!(guarded(&endpoints).oneshot(()).await.unwrap(), "served");
+    }
+
+    #[tokio::test(start_paused = true)]
+    async fn call_keeps_what_poll_ready_decided() {
+        let endpoints = LiveEndpoints::default();
+        endpoints.insert(addr(1), opened().await);
+        let mut service = guarded(&endpoints);
+        std::future::poll_fn(|cx| service.poll_ready(cx))
+            .await
+            .unwrap();
+        // A healthy endpoint arrives between poll_ready and call: the call still fails fast
+        // rather than calling an inner service that was never made ready.
+        endpoints.insert(
+            addr(2),
+            BreakerConfig::default()
+                .layer()
+                .unwrap()
+                .layer(())
+                .handle()
+                .clone(),
+        );
+        let error = service.call(()).await.unwrap_err();
+        assert!(error.is::<NoEndpointAvailable>());
+        // The next round sees the healthy endpoint.
+        assert_eq!(service.oneshot(()).await.unwrap(), "served");
     }
 }

@@ -20,6 +20,7 @@ use sidecar_lite::{config::Config, run::Sidecar};
 use std::{
     net::SocketAddr,
     sync::{Arc, Mutex, OnceLock},
+    time::Duration,
 };
 use tokio::time::timeout;
 
@@ -429,51 +430,83 @@ async fn sampling_follows_the_callers_flag_and_the_ratio() {
     sidecar.stop().await;
 }
 
+/// A collector that is down (nothing listens), or one that takes connections and never
+/// answers: requests are served as if tracing were off, and the lost spans are counted.
 #[tokio::test]
 async fn a_dead_collector_costs_requests_nothing_and_drops_are_counted() {
     let metrics = recorder();
     let (app, hits) = echo_app().await;
-    let dead = {
+    let refused = {
         let listener = std::net::TcpListener::bind("127.0.0.1:0").unwrap();
         listener.local_addr().unwrap()
     };
-    let config = format!(
-        "[admin]\nlisten = \"127.0.0.1:0\"\n\
-         [[outbound]]\nname = \"app\"\nlisten = \"127.0.0.1:0\"\nendpoints = [\"{app}\"]\n\
-         [tracing]\notlp_endpoint = \"http://{dead}\"\nqueue_size = 4\nbatch_size = 2\n\
-         export_interval = \"10ms\"\nexport_timeout = \"2s\"\n"
-    );
-    let sidecar = Sidecar::start(&Config::parse(&config).unwrap(), Some(metrics))
-        .await
-        .unwrap();
+    // Accepts, holds every connection open, never reads or answers.
+    let black_hole = tokio::net::TcpListener::bind("127.0.0.1:0").await.unwrap();
+    let silent = black_hole.local_addr().unwrap();
+    tokio::spawn(async move {
+        let mut held = Vec::new();
+        while let Ok((tcp, _)) = black_hole.accept().await {
+            held.push(tcp);
+        }
+    });
     const REQUESTS: u64 = 20;
-    for _ in 0..REQUESTS {
-        let (status, _) = send(outbound_addr(&sidecar), "/", None).await;
-        assert_eq!(status, StatusCode::OK);
-    }
-    assert_eq!(hits.load(std::sync::atomic::Ordering::SeqCst), 20);
-
-    let admin = sidecar.bound.admin.unwrap();
-    let scrape = async || {
-        let req = Request::builder()
-            .uri(format!("http://{admin}/metrics"))
-            .body(full(""))
+    const QUEUE: u64 = 4;
+    const BATCH: u64 = 2;
+    for (collector, lost_as) in [(refused, "export-failed"), (silent, "queue-full")] {
+        let config = format!(
+            "[admin]\nlisten = \"127.0.0.1:0\"\n\
+             [[outbound]]\nname = \"app\"\nlisten = \"127.0.0.1:0\"\nendpoints = [\"{app}\"]\n\
+             [tracing]\notlp_endpoint = \"http://{collector}\"\nqueue_size = {QUEUE}\n\
+             batch_size = {BATCH}\nexport_interval = \"10ms\"\nexport_timeout = \"60s\"\n"
+        );
+        let sidecar = Sidecar::start(&Config::parse(&config).unwrap(), Some(metrics.clone()))
+            .await
             .unwrap();
-        text(timeout(STEP, http1().request(req)).await.unwrap().unwrap()).await
-    };
-    // Every span is lost, either to the full queue or to a failed export; counters are
-    // shared by the sidecars of this test process, so at least.
-    assert!(
-        eventually(async || {
-            let text = scrape().await;
-            counter(&text, "sidecar_spans_dropped_total", "") >= REQUESTS
-                && counter(&text, "sidecar_spans_dropped_total", "export-failed") >= 1
-        })
-        .await,
-        "{}",
-        scrape().await
-    );
-    sidecar.stop().await;
+        let admin = sidecar.bound.admin.unwrap();
+        let scrape = async || {
+            let req = Request::builder()
+                .uri(format!("http://{admin}/metrics"))
+                .body(full(""))
+                .unwrap();
+            text(timeout(STEP, http1().request(req)).await.unwrap().unwrap()).await
+        };
+        // Counters are shared by the sidecars of this test process: count from here.
+        let dropped =
+            async |reason: &str| counter(&scrape().await, "sidecar_spans_dropped_total", reason);
+        let (before_all, before) = (dropped("").await, dropped(lost_as).await);
+        let served = hits.load(std::sync::atomic::Ordering::SeqCst);
+        for _ in 0..REQUESTS {
+            // An export that blocked a request would hold it for the export timeout (60 s).
+            let (status, _) = timeout(
+                Duration::from_secs(5),
+                send(outbound_addr(&sidecar), "/", None),
+            )
+            .await
+            .expect("a request is not held up by the collector");
+            assert_eq!(status, StatusCode::OK);
+        }
+        assert_eq!(
+            hits.load(std::sync::atomic::Ordering::SeqCst) - served,
+            REQUESTS as usize
+        );
+        // Refused: every span is lost, to failed exports (at least one) or to the queue
+        // filling while they fail. Silent: the exporter waits on its first batch, the queue
+        // fills, and the rest are dropped at once.
+        let (lost, by_reason) = match lost_as {
+            "export-failed" => (REQUESTS, 1),
+            _ => (REQUESTS - QUEUE - BATCH, REQUESTS - QUEUE - BATCH),
+        };
+        assert!(
+            eventually(async || {
+                dropped("").await - before_all >= lost
+                    && dropped(lost_as).await - before >= by_reason
+            })
+            .await,
+            "{lost_as}: {}",
+            scrape().await
+        );
+        drop(sidecar);
+    }
 }
 
 #[test]

@@ -237,15 +237,18 @@ pub async fn text(response: Response<Incoming>) -> String {
     String::from_utf8_lossy(&body).into_owned()
 }
 
-/// Polls `check` every 10 ms until it holds, for at most [`STEP`]; whether it came to hold.
+/// Polls `check` every 10 ms until it holds, for at most [`STEP`] in all (each check bounded
+/// by it too); whether it came to hold.
 pub async fn eventually(mut check: impl AsyncFnMut() -> bool) -> bool {
-    for _ in 0..(STEP.as_millis() / 10) {
-        if check().await {
-            return true;
+    let deadline = tokio::time::Instant::now() + STEP;
+    loop {
+        match tokio::time::timeout_at(deadline, check()).await {
+            Ok(true) => return true,
+            Ok(false) if tokio::time::Instant::now() < deadline => {}
+            _ => return false,
         }
         tokio::time::sleep(Duration::from_millis(10)).await;
     }
-    false
 }
 
 /// A bound on how long any one test step may wait.
