@@ -33,7 +33,10 @@ use std::{
     net::SocketAddr,
     path::PathBuf,
     pin::Pin,
-    sync::{Arc, Mutex, PoisonError},
+    sync::{
+        Arc, Mutex, PoisonError,
+        atomic::{AtomicBool, Ordering},
+    },
     task::{Context, Poll},
     time::Duration,
 };
@@ -51,7 +54,12 @@ static LAST_GOOD: Mutex<BTreeMap<String, Vec<SocketAddr>>> = Mutex::new(BTreeMap
 /// The endpoints a route balances over now, each with its breaker. Discovery updates it as
 /// the set changes, so the admin server and the all-breakers-open check see the current set.
 #[derive(Clone, Default)]
-pub struct LiveEndpoints(Arc<ArcSwap<BTreeMap<SocketAddr, BreakerHandle>>>);
+pub struct LiveEndpoints(
+    Arc<ArcSwap<BTreeMap<SocketAddr, BreakerHandle>>>,
+    /// Whether discovery has looked at least once, so that an empty set means none found
+    /// rather than not looked for yet.
+    Arc<AtomicBool>,
+);
 
 impl LiveEndpoints {
     /// The endpoints now, each with its breaker, in address order.
@@ -64,6 +72,16 @@ impl LiveEndpoints {
     #[must_use]
     pub fn addrs(&self) -> Vec<SocketAddr> {
         self.0.load().keys().copied().collect()
+    }
+
+    /// Whether discovery has looked and found no endpoint at all.
+    pub(crate) fn none_found(&self) -> bool {
+        self.1.load(Ordering::Acquire) && self.0.load().is_empty()
+    }
+
+    /// Discovery has looked once (whatever it found).
+    fn looked(&self) {
+        self.1.store(true, Ordering::Release);
     }
 
     /// Whether there is at least one endpoint and every one's breaker is in `open`.
@@ -350,6 +368,7 @@ where
                 () = tracker.tx.closed() => break,
                 found = source.refresh(&route) => found,
             };
+            tracker.live.looked();
             if let Some(addrs) = found {
                 tracker.apply(addrs);
             }

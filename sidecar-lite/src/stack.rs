@@ -26,7 +26,7 @@ use crate::{
         client::{FixedConnector, client, mtls_connector},
         span::count_attempt,
     },
-    unavailable::{FailWhenAllOpen, NoEndpointAvailable},
+    unavailable::{FailWhenAllOpen, NoEndpointAvailable, NoEndpoints},
 };
 use bytes::Bytes;
 use http::{Request, Response, header::CONTENT_TYPE};
@@ -359,7 +359,7 @@ fn is_endpoint_failure(response: &Response<Incoming>) -> bool {
 /// Whether an error says a retry was refused inside this process, by an endpoint's breaker,
 /// before it was sent: such a retry gives its budget back (DESIGN.md §3).
 fn is_refused_locally(error: &(dyn std::error::Error + 'static)) -> bool {
-    error.is::<BreakerOpen>() || error.is::<NoEndpointAvailable>()
+    error.is::<BreakerOpen>() || error.is::<NoEndpointAvailable>() || error.is::<NoEndpoints>()
 }
 
 /// Builds the inbound stack: peers' requests to the app at `inbound.app`.

@@ -26,15 +26,30 @@ impl fmt::Display for NoEndpointAvailable {
 
 impl Error for NoEndpointAvailable {}
 
+/// Discovery has looked and found no endpoint for the route (a `dns:` name that does not
+/// resolve yet). Answered with 503 and `x-sidecar-error: no-endpoints`.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub struct NoEndpoints;
+
+impl fmt::Display for NoEndpoints {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        f.write_str("discovery found no endpoint for the route")
+    }
+}
+
+impl Error for NoEndpoints {}
+
 /// Wraps a balanced set of endpoints: a call fails at once with [`NoEndpointAvailable`] while
-/// every breaker of the current endpoints is open and none is due a probe.
+/// every breaker of the current endpoints is open and none is due a probe, and with
+/// [`NoEndpoints`] while discovery has found none, instead of waiting in the balancer's queue
+/// until its timeout.
 #[derive(Debug)]
 pub struct FailWhenAllOpen<S> {
     inner: S,
     endpoints: LiveEndpoints,
     /// What `poll_ready` decided for the next `call`: the two must agree, as `call` on the
     /// balancer's buffer without the slot that `poll_ready` reserves would panic.
-    reject: bool,
+    reject: Option<BoxError>,
 }
 
 impl<S: Clone> Clone for FailWhenAllOpen<S> {
@@ -49,7 +64,7 @@ impl<S> FailWhenAllOpen<S> {
         Self {
             inner,
             endpoints,
-            reject: false,
+            reject: None,
         }
     }
 
@@ -76,16 +91,22 @@ where
 
     fn poll_ready(&mut self, cx: &mut Context<'_>) -> Poll<Result<(), Self::Error>> {
         // Never wait on the balancer when it has nothing to offer: `call` answers at once.
-        self.reject = self.all_open();
-        if self.reject {
+        self.reject = if self.endpoints.none_found() {
+            Some(NoEndpoints.into())
+        } else if self.all_open() {
+            Some(NoEndpointAvailable.into())
+        } else {
+            None
+        };
+        if self.reject.is_some() {
             return Poll::Ready(Ok(()));
         }
         self.inner.poll_ready(cx)
     }
 
     fn call(&mut self, req: Req) -> Self::Future {
-        if std::mem::take(&mut self.reject) {
-            return futures::future::Either::Left(ready(Err(NoEndpointAvailable.into())));
+        if let Some(error) = self.reject.take() {
+            return futures::future::Either::Left(ready(Err(error)));
         }
         futures::future::Either::Right(self.inner.call(req))
     }

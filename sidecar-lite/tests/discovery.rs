@@ -22,6 +22,7 @@ use std::{
         Arc, Mutex, OnceLock,
         atomic::{AtomicBool, AtomicUsize, Ordering},
     },
+    time::Duration,
 };
 use tokio::{
     net::{TcpListener, UdpSocket},
@@ -578,5 +579,38 @@ async fn a_reload_while_lookups_fail_keeps_the_last_good_set() {
     let (_, failed, errors) = load.finish().await;
     assert_eq!(failed, 0, "failed requests: {errors:?}");
     assert!(hits.load(Ordering::SeqCst) >= 50);
+    sidecar.stop().await;
+}
+
+/// A name that has never resolved: once discovery has looked, requests get 503
+/// `no-endpoints` at once instead of waiting in the balancer's queue for their timeout.
+#[tokio::test]
+async fn a_name_that_never_resolved_answers_503_at_once() {
+    let dns = Dns::start(Answer::Fail).await;
+    let sidecar = start(&format!(
+        "[admin]\nlisten = \"127.0.0.1:0\"\n[discovery]\nresolver = \"{}\"\ndns_refresh = \"50ms\"\n\
+         [[outbound]]\nname = \"nowhere\"\nlisten = \"127.0.0.1:0\"\n\
+         endpoints = [\"dns:nowhere.shop.test:80\"]\ntimeout = \"60s\"\n",
+        dns.addr
+    ))
+    .await;
+    let addr = outbound_addr(&sidecar);
+    // A request sent before the first answer waits in the queue; each try gives up after a
+    // second, well inside the route's 60 s timeout.
+    let refused_at_once = async || {
+        let req = Request::builder()
+            .uri(format!("http://{addr}/"))
+            .body(full(""))
+            .unwrap();
+        match timeout(Duration::from_secs(1), http1().request(req)).await {
+            Ok(Ok(response)) => {
+                response.status() == StatusCode::SERVICE_UNAVAILABLE
+                    && response.headers()["x-sidecar-error"] == "no-endpoints"
+            }
+            _ => false,
+        }
+    };
+    assert!(eventually(refused_at_once).await);
+    assert!(dns.failed.load(Ordering::SeqCst) >= 1);
     sidecar.stop().await;
 }

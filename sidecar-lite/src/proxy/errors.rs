@@ -2,7 +2,7 @@
 //! `x-sidecar-error` as Envoy flags its own responses.
 
 use super::body::{ProxyBody, sidecar_response};
-use crate::unavailable::NoEndpointAvailable;
+use crate::unavailable::{NoEndpointAvailable, NoEndpoints};
 use http::{HeaderValue, Response, StatusCode, header::RETRY_AFTER};
 use resilience_breaker::BreakerOpen;
 use resilience_timeout::{BoxError, Elapsed};
@@ -39,6 +39,13 @@ pub fn error_response(error: &BoxError) -> Response<ProxyBody> {
             StatusCode::SERVICE_UNAVAILABLE,
             "breaker-open",
             "service unavailable: every endpoint's circuit breaker is open",
+        );
+    }
+    if chain().any(|e| e.is::<NoEndpoints>()) {
+        return sidecar_response(
+            StatusCode::SERVICE_UNAVAILABLE,
+            "no-endpoints",
+            "service unavailable: discovery found no endpoint for this route",
         );
     }
     if chain().any(|e| e.is::<Overloaded>()) {
