@@ -20,6 +20,7 @@
 use crate::config::{DiscoveryConfig, parse_endpoints_file};
 use arc_swap::ArcSwap;
 use futures::Stream;
+use futures::task::AtomicWaker;
 use hickory_resolver::{
     TokioResolver,
     config::{ConnectionConfig, LookupIpStrategy, NameServerConfig, ResolverConfig, ResolverOpts},
@@ -40,7 +41,7 @@ use std::{
     task::{Context, Poll},
     time::Duration,
 };
-use tokio::sync::mpsc;
+use tokio::sync::oneshot;
 use tower::discover::Change;
 
 /// A lookup is never repeated sooner than this after the last one, however short the TTL
@@ -321,14 +322,71 @@ fn resolver(config: &DiscoveryConfig) -> Result<TokioResolver, String> {
 /// A balancer's view of discovery: the changes to its set of endpoints, keyed by address.
 /// Dropping it stops the discovery task.
 pub(crate) struct Discovered<S> {
-    changes: mpsc::UnboundedReceiver<Change<SocketAddr, S>>,
+    changes: Arc<Pending<S>>,
+    /// Dropped with the balancer: the discovery task sees it gone and stops.
+    _route: oneshot::Sender<()>,
 }
 
 impl<S> Stream for Discovered<S> {
     type Item = Result<Change<SocketAddr, S>, Infallible>;
 
-    fn poll_next(mut self: Pin<&mut Self>, cx: &mut Context<'_>) -> Poll<Option<Self::Item>> {
-        self.changes.poll_recv(cx).map(|change| change.map(Ok))
+    fn poll_next(self: Pin<&mut Self>, cx: &mut Context<'_>) -> Poll<Option<Self::Item>> {
+        if let Some(change) = self.changes.take() {
+            return Poll::Ready(Some(Ok(change)));
+        }
+        self.changes.waker.register(cx.waker());
+        // A change sent between the first look and the registration would not wake us.
+        match self.changes.take() {
+            Some(change) => Poll::Ready(Some(Ok(change))),
+            None => Poll::Pending,
+        }
+    }
+}
+
+/// The changes on their way to the balancer, at most one per address (the latest). The
+/// balancer reads them only when it has a request in hand, so on an idle route a change
+/// replaces the one before it for the same address rather than queue behind it: what waits
+/// is bounded by the number of addresses, however often the records flap.
+struct Pending<S> {
+    changes: Mutex<BTreeMap<SocketAddr, Change<SocketAddr, S>>>,
+    waker: AtomicWaker,
+}
+
+impl<S> Default for Pending<S> {
+    fn default() -> Self {
+        Self {
+            changes: Mutex::new(BTreeMap::new()),
+            waker: AtomicWaker::new(),
+        }
+    }
+}
+
+impl<S> Pending<S> {
+    /// Queues `change`, replacing any change of the same address not yet taken. (The
+    /// balancer takes an insert of an address it has as a replacement, and ignores the
+    /// removal of one it does not.)
+    fn send(&self, change: Change<SocketAddr, S>) {
+        let addr = match &change {
+            Change::Insert(addr, _) | Change::Remove(addr) => *addr,
+        };
+        self.changes
+            .lock()
+            .unwrap_or_else(PoisonError::into_inner)
+            .insert(addr, change);
+        self.waker.wake();
+    }
+
+    /// The next change: insertions first, so that the balancer is never left empty.
+    fn take(&self) -> Option<Change<SocketAddr, S>> {
+        let mut changes = self.changes.lock().unwrap_or_else(PoisonError::into_inner);
+        let insert = changes
+            .iter()
+            .find(|(_, change)| matches!(change, Change::Insert(..)))
+            .map(|(addr, _)| *addr);
+        match insert {
+            Some(addr) => changes.remove(&addr),
+            None => changes.pop_first().map(|(_, change)| change),
+        }
     }
 }
 
@@ -352,12 +410,13 @@ where
     S: Send + 'static,
     F: FnMut(SocketAddr) -> (S, BreakerHandle) + Send + 'static,
 {
-    let (tx, changes) = mpsc::unbounded_channel();
+    let changes = Arc::new(Pending::default());
+    let (alive, mut gone) = oneshot::channel::<()>();
     let mut tracker = Tracker {
         route: route.to_owned(),
         live,
         make,
-        tx,
+        tx: changes.clone(),
     };
     tracker.apply(initial.into_iter().collect());
     tracing::debug!(route, ?source, "discovering endpoints");
@@ -365,7 +424,7 @@ where
         let route = tracker.route.clone();
         loop {
             let (found, wait) = tokio::select! {
-                () = tracker.tx.closed() => break,
+                _ = &mut gone => break,
                 found = source.refresh(&route) => found,
             };
             tracker.live.looked();
@@ -373,13 +432,16 @@ where
                 tracker.apply(addrs);
             }
             tokio::select! {
-                () = tracker.tx.closed() => break,
+                _ = &mut gone => break,
                 () = tokio::time::sleep(wait) => {}
             }
         }
         tracing::debug!(route, "route gone: discovery stopped");
     });
-    Discovered { changes }
+    Discovered {
+        changes,
+        _route: alive,
+    }
 }
 
 /// The discovery task's state: the set the balancer has, and how to change it.
@@ -387,7 +449,7 @@ struct Tracker<S, F> {
     route: String,
     live: LiveEndpoints,
     make: F,
-    tx: mpsc::UnboundedSender<Change<SocketAddr, S>>,
+    tx: Arc<Pending<S>>,
 }
 
 impl<S, F: FnMut(SocketAddr) -> (S, BreakerHandle)> Tracker<S, F> {
@@ -410,13 +472,12 @@ impl<S, F: FnMut(SocketAddr) -> (S, BreakerHandle)> Tracker<S, F> {
         for &addr in &added {
             let (service, breaker) = (self.make)(addr);
             self.live.insert(addr, breaker);
-            // A closed channel means the route is gone; the task notices and stops.
-            let _ = self.tx.send(Change::Insert(addr, service));
+            self.tx.send(Change::Insert(addr, service));
         }
         for &addr in &removed {
             // Dropping the balancer's service drops the endpoint's breaker with it.
             self.live.remove(addr);
-            let _ = self.tx.send(Change::Remove(addr));
+            self.tx.send(Change::Remove(addr));
         }
         let route = self.route.clone();
         tracing::info!(route, ?added, ?removed, now = ?addrs, "endpoints changed");
@@ -431,6 +492,7 @@ impl<S, F: FnMut(SocketAddr) -> (S, BreakerHandle)> Tracker<S, F> {
 
 #[cfg(test)]
 mod tests {
+    use super::Pending;
     use super::{LiveEndpoints, Tracker};
     use resilience_breaker::{BreakerConfig, BreakerHandle, State};
     use std::{
@@ -438,7 +500,6 @@ mod tests {
         net::SocketAddr,
         sync::{Arc, Mutex},
     };
-    use tokio::sync::mpsc;
     use tower::{Layer, discover::Change};
 
     fn breaker() -> BreakerHandle {
@@ -460,7 +521,7 @@ mod tests {
             ["10.0.0.1:80", "10.0.0.2:80", "10.0.0.3:80"].map(|a| a.parse().unwrap());
         let made = Arc::new(Mutex::new(Vec::new()));
         let live = LiveEndpoints::default();
-        let (tx, mut rx) = mpsc::unbounded_channel();
+        let pending = Arc::new(Pending::default());
         let mut tracker = Tracker {
             route: "orders".to_owned(),
             live: live.clone(),
@@ -471,7 +532,7 @@ mod tests {
                     (addr, breaker())
                 }
             },
-            tx,
+            tx: pending.clone(),
         };
         tracker.apply(set(&[a, b]));
         // Marks b's breaker, to tell it from a new one.
@@ -485,7 +546,7 @@ mod tests {
         assert_eq!(live.snapshot()[&b].state(), State::ForcedOpen);
         assert_eq!(live.snapshot()[&c].state(), State::Closed);
         let mut changes = Vec::new();
-        while let Ok(change) = rx.try_recv() {
+        while let Some(change) = pending.take() {
             changes.push(match change {
                 Change::Insert(addr, service) => {
                     assert_eq!(addr, service);
@@ -494,16 +555,32 @@ mod tests {
                 Change::Remove(addr) => format!("-{addr}"),
             });
         }
-        // Additions before removals, so the balancer is never left empty by a change.
-        assert_eq!(
-            changes,
-            [
-                "+10.0.0.1:80",
-                "+10.0.0.2:80",
-                "+10.0.0.3:80",
-                "-10.0.0.1:80"
-            ]
-        );
+        // Additions before removals, so the balancer is never left empty by a change; a was
+        // added and removed before the balancer looked, so only its removal is left.
+        assert_eq!(changes, ["+10.0.0.2:80", "+10.0.0.3:80", "-10.0.0.1:80"]);
+    }
+
+    #[test]
+    fn records_flapping_on_an_idle_route_leave_one_change_per_address() {
+        let [a, b]: [SocketAddr; 2] = ["10.0.0.1:80", "10.0.0.2:80"].map(|a| a.parse().unwrap());
+        let pending = Arc::new(Pending::default());
+        let mut tracker = Tracker {
+            route: "orders".to_owned(),
+            live: LiveEndpoints::default(),
+            make: |addr| (addr, breaker()),
+            tx: pending.clone(),
+        };
+        // Nothing reads the changes (no request comes) while the records flap 1000 times,
+        // ending with a alone.
+        let (one, two) = (set(&[a]), set(&[a, b]));
+        for i in 0..=1000 {
+            tracker.apply(if i % 2 == 0 { one.clone() } else { two.clone() });
+        }
+        assert_eq!(pending.changes.lock().unwrap().len(), 2);
+        // The last word for each address: a is in, b was removed.
+        assert!(matches!(pending.take(), Some(Change::Insert(addr, _)) if addr == a));
+        assert!(matches!(pending.take(), Some(Change::Remove(addr)) if addr == b));
+        assert!(pending.take().is_none());
     }
 
     #[test]
