@@ -48,6 +48,11 @@ use tower::discover::Change;
 /// (unless `dns_refresh` is shorter still).
 const MIN_DNS_REFRESH: Duration = Duration::from_secs(1);
 
+/// Answers in a row saying a name has no address before its endpoints are dropped. One such
+/// answer may be a resolver's bad moment; several, a second apart at least, mean the name is
+/// gone.
+const NO_RECORDS_IN_A_ROW: u32 = 3;
+
 /// The last good set of each `dns:` name (keyed by resolver, name and port), kept across the
 /// reloads that rebuild its route. A handful of entries: one per name ever configured.
 static LAST_GOOD: Mutex<BTreeMap<String, Vec<SocketAddr>>> = Mutex::new(BTreeMap::new());
@@ -127,6 +132,9 @@ pub(crate) enum Source {
         /// Whether the last lookup failed: a run of failures is logged once (and each one
         /// counted).
         failing: bool,
+        /// Lookups in a row whose answer was that the name has no address (NXDOMAIN, or no
+        /// A or AAAA record): after [`NO_RECORDS_IN_A_ROW`] the set is emptied.
+        no_records: u32,
     },
     /// The addresses listed in a file.
     File {
@@ -161,6 +169,7 @@ impl Source {
             refresh: config.dns_refresh,
             key,
             failing: false,
+            no_records: 0,
         };
         Ok((source, last_good))
     }
@@ -195,9 +204,34 @@ impl Source {
                 refresh,
                 key,
                 failing,
+                no_records,
             } => {
                 let floor = MIN_DNS_REFRESH.min(*refresh);
-                match resolver.lookup_ip(name.as_str()).await {
+                let lookup = resolver.lookup_ip(name.as_str()).await;
+                let answered_none = match &lookup {
+                    Ok(lookup) => lookup.iter().next().is_none(),
+                    Err(error) => error.is_no_records_found(),
+                };
+                *no_records = if answered_none { *no_records + 1 } else { 0 };
+                if *no_records >= NO_RECORDS_IN_A_ROW {
+                    // The name has no address, answered again and again: it is gone (a
+                    // Service scaled to zero), not a resolver having a bad moment.
+                    if *no_records == NO_RECORDS_IN_A_ROW {
+                        tracing::warn!(
+                            route,
+                            name,
+                            "the name has had no address {NO_RECORDS_IN_A_ROW} lookups in a row; dropping its endpoints"
+                        );
+                    }
+                    metrics::counter!("sidecar_dns_failures_total", "route" => route.to_owned())
+                        .increment(1);
+                    LAST_GOOD
+                        .lock()
+                        .unwrap_or_else(PoisonError::into_inner)
+                        .remove(key.as_str());
+                    return (Some(BTreeSet::new()), floor);
+                }
+                match lookup {
                     Ok(lookup) => {
                         let addrs: BTreeSet<SocketAddr> =
                             lookup.iter().map(|ip| SocketAddr::new(ip, *port)).collect();

@@ -71,13 +71,15 @@ enum Answer {
     Records(Vec<Ipv4Addr>, u32),
     /// SERVFAIL.
     Fail,
+    /// NXDOMAIN: the name does not exist.
+    NoSuchName,
 }
 
 /// A DNS server on 127.0.0.1 (UDP) answering every name from a table the test changes.
 struct Dns {
     addr: SocketAddr,
     answer: Arc<Mutex<Answer>>,
-    /// Queries answered with SERVFAIL.
+    /// Queries answered with SERVFAIL or NXDOMAIN.
     failed: Arc<AtomicUsize>,
     /// A queries answered with records.
     answered: Arc<AtomicUsize>,
@@ -109,6 +111,10 @@ impl Dns {
                 match answer {
                     Answer::Fail => {
                         response.metadata.response_code = ResponseCode::ServFail;
+                        fails.fetch_add(1, Ordering::SeqCst);
+                    }
+                    Answer::NoSuchName => {
+                        response.metadata.response_code = ResponseCode::NXDomain;
                         fails.fetch_add(1, Ordering::SeqCst);
                     }
                     Answer::Records(ips, ttl) => {
@@ -612,5 +618,42 @@ async fn a_name_that_never_resolved_answers_503_at_once() {
     };
     assert!(eventually(refused_at_once).await);
     assert!(dns.failed.load(Ordering::SeqCst) >= 1);
+    sidecar.stop().await;
+}
+
+/// A name that is gone (NXDOMAIN, lookup after lookup, as for a Service scaled to zero): its
+/// endpoints are dropped and requests get 503 `no-endpoints`, while a SERVFAIL keeps them.
+#[tokio::test]
+async fn a_name_that_no_longer_exists_loses_its_endpoints() {
+    let (pod, _) = status_app(200).await;
+    let dns = Dns::start(Answer::Records(vec![Ipv4Addr::LOCALHOST], 0)).await;
+    let sidecar = start(&format!(
+        "[admin]\nlisten = \"127.0.0.1:0\"\n[discovery]\nresolver = \"{}\"\ndns_refresh = \"20ms\"\n\
+         [[outbound]]\nname = \"gone\"\nlisten = \"127.0.0.1:0\"\n\
+         endpoints = [\"dns:gone.shop.test:{}\"]\n",
+        dns.addr,
+        pod.port()
+    ))
+    .await;
+    assert!(eventually(async || endpoints_in_use(&sidecar, "gone").await == list(&[pod])).await);
+
+    dns.set(Answer::NoSuchName);
+    assert!(eventually(async || endpoints_in_use(&sidecar, "gone").await == list(&[])).await);
+    let req = Request::builder()
+        .uri(format!("http://{}/", outbound_addr(&sidecar)))
+        .body(full(""))
+        .unwrap();
+    let response = timeout(STEP, http1().request(req)).await.unwrap().unwrap();
+    assert_eq!(response.status(), StatusCode::SERVICE_UNAVAILABLE);
+    assert_eq!(response.headers()["x-sidecar-error"], "no-endpoints");
+
+    // Back, and a resolver failure after that keeps the set.
+    dns.set(Answer::Records(vec![Ipv4Addr::LOCALHOST], 0));
+    assert!(eventually(async || endpoints_in_use(&sidecar, "gone").await == list(&[pod])).await);
+    dns.set(Answer::Fail);
+    let failed = dns.failed.load(Ordering::SeqCst);
+    // Well past three lookups in a row (a lookup may ask more than once).
+    assert!(eventually(async || dns.failed.load(Ordering::SeqCst) >= failed + 20).await);
+    assert_eq!(endpoints_in_use(&sidecar, "gone").await, list(&[pod]));
     sidecar.stop().await;
 }
