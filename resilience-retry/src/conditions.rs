@@ -33,7 +33,8 @@ pub enum Condition {
     /// `GOAWAY` that left the stream unprocessed). Retried for any method.
     ConnectFailure,
     /// `reset`: the connection was reset or closed, or an HTTP/2 stream reset, before a
-    /// response arrived.
+    /// response arrived, or what arrived was not an HTTP response (as Envoy's `reset` covers
+    /// a protocol error).
     Reset,
     /// `retriable-status-codes`: the statuses listed in [`RetryOn::status_codes`].
     RetriableStatusCodes,
@@ -267,7 +268,7 @@ fn error_condition(error: &(dyn Error + 'static)) -> Option<Condition> {
         };
     }
     if let Some(err) = error.downcast_ref::<hyper::Error>()
-        && (err.is_incomplete_message() || err.is_closed() || err.is_canceled())
+        && (err.is_incomplete_message() || err.is_closed() || err.is_canceled() || err.is_parse())
     {
         return Some(Condition::Reset);
     }

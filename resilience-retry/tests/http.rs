@@ -1046,6 +1046,55 @@ async fn real_http2_errors_are_classified() {
     );
 }
 
+/// An upstream that answers with bytes that are not HTTP: hyper's parse error comes before any
+/// response, so it is a `reset` (retried for idempotent methods, never for a POST).
+#[tokio::test]
+async fn a_response_that_is_not_http_is_a_reset() {
+    use resilience_retry::{Action, Policy};
+    use tokio::io::{AsyncReadExt, AsyncWriteExt};
+
+    let listener = tokio::net::TcpListener::bind("127.0.0.1:0").await.unwrap();
+    let addr = listener.local_addr().unwrap();
+    tokio::spawn(async move {
+        while let Ok((mut tcp, _)) = listener.accept().await {
+            let mut head = [0; 1024];
+            let _ = tcp.read(&mut head).await;
+            let _ = tcp
+                .write_all(b"FLAKY/0.0 not-http\r\n\x00garbage\r\n\r\n")
+                .await;
+        }
+    });
+    let not_http = || async {
+        let tcp = tokio::net::TcpStream::connect(addr).await.unwrap();
+        let (mut sender, connection) =
+            hyper::client::conn::http1::handshake(hyper_util::rt::TokioIo::new(tcp))
+                .await
+                .unwrap();
+        tokio::spawn(connection);
+        let error = sender
+            .send_request(Request::get("/").body(Empty::<Bytes>::new()).unwrap())
+            .await
+            .unwrap_err();
+        assert!(error.is_parse(), "{error:?}");
+        BoxError::from(error)
+    };
+    let classify =
+        |method: Method, error: BoxError| match Policy::<_, Response<String>, BoxError>::classify(
+            &HttpPolicy::default(),
+            &request(method),
+            &Err(error),
+        ) {
+            Action::Retry(reason) => Some(reason.name),
+            Action::Return => None,
+        };
+    assert_eq!(classify(Method::GET, not_http().await), Some("reset"));
+    assert_eq!(
+        classify(Method::POST, not_http().await),
+        None,
+        "a POST may have been processed before the bad answer"
+    );
+}
+
 /// An error a layer below the retry (a circuit breaker, say) returns when it refuses a call.
 #[derive(Debug)]
 struct RefusedHere;

@@ -344,6 +344,72 @@ async fn resets_give_clean_errors_retried_gets_succeed_and_serving_goes_on() {
     );
 }
 
+/// Scenario 4c: an upstream that answers with bytes that are not HTTP, trickles bodies one
+/// byte at a time, and closes idle keep-alive connections under the sidecar's pool.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn invalid_http_slow_bodies_and_idle_closes_upstream_are_survived() {
+    let _turn = ONE_AT_A_TIME.lock().await;
+    let upstream = Upstream::start(Faults {
+        invalid_http_rate: Rate::every(5),
+        slow_body_rate: Rate::every(7),
+        slow_byte_interval: Duration::from_millis(1),
+        body_bytes: 16,
+        close_idle_after: Some(Duration::from_millis(5)),
+        ..Faults::default()
+    })
+    .await
+    .unwrap();
+    let sidecar = sidecar(&route(
+        "misbehaving",
+        &[upstream.addr()],
+        "[outbound.retry]\nattempts = 3\non = [\"reset\", \"connect-failure\"]\n\
+         backoff = { base = \"1ms\", max = \"2ms\" }\nbudget = { ratio = 0.5 }\n",
+    ))
+    .await;
+    // Paced, so that pooled connections sit idle long enough to be closed under the sidecar.
+    let run = load::run(
+        outbound_addr(&sidecar),
+        Plan {
+            post_every: 5,
+            max_requests: 300,
+            pace: Duration::from_millis(10),
+            ..Plan::new(2, STEP)
+        },
+    )
+    .await;
+    let counters = upstream.counters();
+    let posts_502 = run.count(|o| {
+        o.post && o.status == Some(StatusCode::BAD_GATEWAY) && o.flag.as_deref() == Some("upstream")
+    });
+    println!(
+        "scenario 4c, invalid HTTP 1 in 5, bodies trickled 1 in 7, idle connections closed after \
+         5 ms: {}\n  GETs ok {}/{}; POSTs answered 502 (x-sidecar-error: upstream) {posts_502}, \
+         ok {}; upstream: {} invalid answers, {} slow bodies, {} idle closes, POSTs {} (twice: {})",
+        run.summary(),
+        run.count(|o| !o.post && o.ok()),
+        run.count(|o| !o.post),
+        run.count(|o| o.post && o.ok()),
+        counters.invalid_http,
+        counters.slow_bodies,
+        counters.idle_closes,
+        counters.posts,
+        counters.duplicate_ids,
+    );
+    assert!(counters.invalid_http > 0 && counters.slow_bodies > 0 && counters.idle_closes > 0);
+    assert_eq!(
+        run.count(|o| !o.post && o.ok()),
+        run.count(|o| !o.post),
+        "every GET succeeds, on a retry when needed: {}",
+        describe_failures(&run.failures())
+    );
+    assert_eq!(
+        run.count(|o| o.post && !o.ok()),
+        posts_502,
+        "a POST that got bytes that are not HTTP gets a clean 502, nothing else"
+    );
+    assert_eq!(counters.duplicate_ids, 0, "a POST is never resent");
+}
+
 /// Scenario 5: certificates rotated during load, between two sidecars over mTLS.
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn certificates_rotated_during_load_fail_no_request() {
