@@ -1,10 +1,12 @@
-//! [`Classify`]: which responses count as failures. An `Err` from the inner service always does.
+//! [`Classify`]: which responses count as failures, and which errors count at all.
 
+use crate::BoxError;
 use http::Response;
 use tower_http::classify::{ClassifiedResponse, ClassifyResponse};
 
 /// Decides whether a response counts as a failure for the breaker. An `Err` from the inner
-/// service is always a failure and never reaches the classifier.
+/// service is a failure, unless [`counts_error`](Classify::counts_error) says it is not the
+/// endpoint's doing, in which case the call is not recorded at all.
 ///
 /// Every [`tower_http::classify::ClassifyResponse`] classifies `http::Response`s:
 /// [`ServerErrorsAsFailures`](tower_http::classify::ServerErrorsAsFailures) (5xx) and
@@ -16,6 +18,16 @@ use tower_http::classify::{ClassifiedResponse, ClassifyResponse};
 pub trait Classify<Res>: Clone {
     /// Whether `response` counts as a failure.
     fn is_failure(&self, response: &Res) -> bool;
+
+    /// Whether `error` is recorded, as a failure; `false` leaves the call out of the window
+    /// (a half-open probe permit is handed back). By default every error counts. An error
+    /// that says nothing about the endpoint belongs out: a timeout whose time went by before
+    /// the call reached the endpoint, say.
+    #[inline]
+    fn counts_error(&self, error: &BoxError) -> bool {
+        let _ = error;
+        true
+    }
 }
 
 /// The default classifier: every response is a success, every `Err` a failure.

@@ -121,10 +121,14 @@ where
         let this = self.project();
         match this.kind.project() {
             KindProj::Called { inner } => {
-                let result = ready!(inner.poll(cx));
+                let result = ready!(inner.poll(cx)).map_err(Into::into);
                 if let Some(call) = this.call.take() {
                     let failed = match &result {
                         Ok(response) => call.classifier.is_failure(response),
+                        // Not recorded: dropping the call's guard hands its permit back.
+                        Err(error) if !call.classifier.counts_error(error) => {
+                            return Poll::Ready(result);
+                        }
                         Err(_) => true,
                     };
                     let elapsed = call
@@ -137,7 +141,7 @@ where
                         Outcome::success(elapsed)
                     });
                 }
-                Poll::Ready(result.map_err(Into::into))
+                Poll::Ready(result)
             }
             KindProj::Rejected { error } => Poll::Ready(Err(error
                 .take()

@@ -247,6 +247,60 @@ async fn a_closure_classifies_and_errors_always_fail() {
     assert_eq!(svc.handle().state(), State::Open);
 }
 
+/// Fails with "not mine" for errors the endpoint did not cause, which are left out.
+#[derive(Clone)]
+struct SkipsNotMine;
+
+impl resilience_breaker::Classify<u32> for SkipsNotMine {
+    fn is_failure(&self, _: &u32) -> bool {
+        false
+    }
+
+    fn counts_error(&self, error: &BoxError) -> bool {
+        error.to_string() != "not mine"
+    }
+}
+
+#[tokio::test(start_paused = true)]
+async fn errors_the_classifier_leaves_out_are_not_recorded_and_hand_a_probe_back() {
+    let svc = service_fn(|n: u32| async move {
+        match n {
+            0 => Err::<u32, BoxError>("not mine".into()),
+            1 => Err("mine".into()),
+            n => Ok(n),
+        }
+    });
+    let svc = CircuitBreakerLayer::new(policy())
+        .unwrap()
+        .classify(SkipsNotMine)
+        .layer(svc);
+    for n in [0, 0, 0, 2, 1] {
+        let _ = svc.clone().oneshot(n).await;
+    }
+    let counts = svc.handle().counts();
+    assert_eq!(
+        (counts.calls, counts.failures),
+        (2, 1),
+        "the three left out"
+    );
+
+    // Open, then half-open: a probe that ends with an error left out hands its permit back.
+    svc.handle().force_open();
+    svc.handle().reset();
+    let _ = svc.clone().oneshot(1).await;
+    let _ = svc.clone().oneshot(1).await;
+    assert_eq!(svc.handle().state(), State::Open);
+    time::advance(OPEN_FOR).await;
+    assert!(svc.clone().oneshot(0).await.is_err());
+    assert_eq!(
+        svc.handle().state(),
+        State::HalfOpen,
+        "still waiting for a real probe"
+    );
+    assert_eq!(svc.clone().oneshot(5).await.unwrap(), 5);
+    assert_eq!(svc.handle().state(), State::Closed);
+}
+
 #[tokio::test(start_paused = true)]
 async fn slow_calls_trip_the_breaker_measured_with_tokio_time() {
     let slow = service_fn(|delay_ms: u64| async move {

@@ -461,10 +461,11 @@ where
                 _ = &mut gone => break,
                 found = source.refresh(&route) => found,
             };
-            tracker.live.looked();
             if let Some(addrs) = found {
                 tracker.apply(addrs);
             }
+            // After applying what was found, so that an empty set means none found.
+            tracker.live.looked();
             tokio::select! {
                 _ = &mut gone => break,
                 () = tokio::time::sleep(wait) => {}

@@ -33,11 +33,11 @@ use http::{Request, Response, header::CONTENT_TYPE};
 use http_body::Body;
 use hyper::body::Incoming;
 use resilience_breaker::{
-    BreakerHandle, BreakerOpen, CircuitBreaker, CircuitBreakerLayer, ClassifyFn, Mode, classify_fn,
+    BreakerHandle, BreakerOpen, CircuitBreaker, CircuitBreakerLayer, Classify, Mode,
 };
 use resilience_mtls::{AllowList, AuthorizeLayer, ConnectorBuilder};
 use resilience_retry::{PeekGrpcTrailersLayer, ReplayBody};
-use resilience_timeout::{BoxError, HttpDeadline, TimeoutLayer};
+use resilience_timeout::{BoxError, Elapsed, HttpDeadline, TimeoutLayer};
 use std::{
     fmt,
     marker::PhantomData,
@@ -158,11 +158,16 @@ pub fn outbound<B: StackBody>(
             .breaker
             .layer()
             .map_err(|e| field_error("breaker", e.field(), &e))?
-            .classify(classify_fn(
-                is_endpoint_failure as fn(&Response<Incoming>) -> bool,
-            )),
+            .classify(EndpointClassifier {
+                fair_try: route.retry.per_try_timeout.unwrap_or_default() / 2,
+            }),
         tls: tls.cloned(),
-        per_try: route.retry.per_try_timeout_layer(),
+        // The outer per-try timeout has already told the next hop its deadline.
+        per_try: route.retry.per_try_timeout.map(|timeout| {
+            TimeoutLayer::new(timeout)
+                .with_policy(HttpDeadline::new().propagate(false))
+                .named("per-try")
+        }),
         body: PhantomData,
     };
     let live = LiveEndpoints::default();
@@ -260,8 +265,34 @@ pub fn outbound<B: StackBody>(
 type EndpointRequest<B> = Request<ReplayBody<B>>;
 /// One endpoint's client, type-erased over plaintext and mTLS.
 type EndpointService<B> = BoxCloneService<EndpointRequest<B>, Response<Incoming>, BoxError>;
-/// How an endpoint's breaker tells failures.
-type EndpointClassifier = ClassifyFn<fn(&Response<Incoming>) -> bool>;
+/// How an endpoint's breaker tells failures: a 5xx, or a gRPC status in the response head
+/// that says the server, not the request, is at fault (unavailable, internal, deadline
+/// exceeded); and every error but a per-try timeout that left the endpoint less than a fair
+/// try (the attempt's time went by waiting in the balancer's queue, not on the endpoint).
+#[derive(Debug, Clone, Copy)]
+struct EndpointClassifier {
+    /// Half the per-try timeout: an endpoint that had at least this long and did not answer
+    /// hung; one that had less was not given its chance.
+    fair_try: Duration,
+}
+
+impl Classify<Response<Incoming>> for EndpointClassifier {
+    fn is_failure(&self, response: &Response<Incoming>) -> bool {
+        if response.status().is_server_error() {
+            return true;
+        }
+        matches!(
+            response.headers().get("grpc-status").map(|v| v.as_bytes()),
+            Some(b"4" | b"13" | b"14")
+        )
+    }
+
+    fn counts_error(&self, error: &BoxError) -> bool {
+        error
+            .downcast_ref::<Elapsed>()
+            .is_none_or(|elapsed| elapsed.after() >= self.fair_try)
+    }
+}
 /// One endpoint: its client behind its own breaker.
 type Breaker<B> = CircuitBreaker<EndpointService<B>, EndpointClassifier>;
 /// One endpoint as the balancer sees it: with its load measured.
@@ -272,8 +303,8 @@ struct EndpointFactory<B> {
     route: String,
     breaker: CircuitBreakerLayer<EndpointClassifier>,
     tls: Option<ConnectorBuilder>,
-    /// Inside the breaker, to the outer per-try deadline, so that an attempt that times out
-    /// counts against its endpoint.
+    /// Inside the breaker, to the outer per-try deadline (it fires first, being polled
+    /// first), so that an attempt that times out on the endpoint counts against it.
     per_try: Option<TimeoutLayer<HttpDeadline>>,
     body: PhantomData<fn(B)>,
 }
@@ -341,19 +372,6 @@ where
         Buffer::new(Balance::new(endpoints), BALANCER_QUEUE),
         live.clone(),
     ))
-}
-
-/// Whether an endpoint's response counts against its breaker: a 5xx, or a gRPC status in the
-/// response head that says the server, not the request, is at fault (unavailable, internal,
-/// deadline exceeded). Connection errors always count.
-fn is_endpoint_failure(response: &Response<Incoming>) -> bool {
-    if response.status().is_server_error() {
-        return true;
-    }
-    matches!(
-        response.headers().get("grpc-status").map(|v| v.as_bytes()),
-        Some(b"4" | b"13" | b"14")
-    )
 }
 
 /// Whether an error says a retry was refused inside this process, by an endpoint's breaker,
@@ -455,5 +473,33 @@ impl<B: StackBody> Service<Request<B>> for AppClient<B> {
         client
             .request(req)
             .map_err(BoxError::from as fn(hyper_util::client::legacy::Error) -> BoxError)
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    /// The error of a per-try timeout that gave the endpoint `budget`.
+    async fn timed_out_after(budget: Duration) -> BoxError {
+        let never = tower::service_fn(|()| std::future::pending::<Result<(), BoxError>>());
+        TimeoutLayer::new(budget)
+            .layer(never)
+            .oneshot(())
+            .await
+            .unwrap_err()
+    }
+
+    #[tokio::test(start_paused = true)]
+    async fn a_per_try_timeout_counts_against_an_endpoint_only_after_a_fair_try() {
+        let classifier = EndpointClassifier {
+            fair_try: Duration::from_millis(100),
+        };
+        assert!(classifier.counts_error(&timed_out_after(Duration::from_millis(200)).await));
+        assert!(
+            !classifier.counts_error(&timed_out_after(Duration::from_millis(10)).await),
+            "its time went by in the queue"
+        );
+        assert!(classifier.counts_error(&"connection refused".into()));
     }
 }

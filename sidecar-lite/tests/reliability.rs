@@ -56,6 +56,50 @@ const OPEN_FOR: Duration = Duration::from_millis(500);
 const BUDGET_RATIO: f64 = 0.2;
 const BUDGET_MIN_PER_SECOND: f64 = 10.0;
 
+/// Scenario 1, the budget alone: an upstream failing 100 % with 503 behind a breaker that
+/// never opens, so every request may retry: calls reaching it stay within
+/// (1 + ratio) x requests + min-per-second x windows, and retries do happen.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_failing_upstream_gets_at_most_the_retry_budget() {
+    let _turn = ONE_AT_A_TIME.lock().await;
+    let upstream = Upstream::start(Faults {
+        error_rate: Rate::ALWAYS,
+        ..Faults::default()
+    })
+    .await
+    .unwrap();
+    let sidecar = sidecar(&route(
+        "budget",
+        &[upstream.addr()],
+        &format!(
+            "[outbound.retry]\nattempts = 3\non = [\"5xx\"]\n\
+             backoff = {{ base = \"1ms\", max = \"2ms\" }}\n\
+             budget = {{ ratio = {BUDGET_RATIO}, min_per_second = {BUDGET_MIN_PER_SECOND}, ttl = \"1s\" }}\n\
+             [outbound.breaker]\nconsecutive_failures = 1000000000\n"
+        ),
+    ))
+    .await;
+    let (length, _) = run_and_period();
+    let run = load::run(outbound_addr(&sidecar), Plan::new(4, length / 3)).await;
+    let calls = upstream.counters().requests as f64;
+    let requests = run.sent() as f64;
+    let windows = run.elapsed.as_secs_f64().ceil() + 1.0;
+    let bound = (1.0 + BUDGET_RATIO) * requests + BUDGET_MIN_PER_SECOND * windows;
+    println!(
+        "scenario 1, the budget alone: {}\n  calls reaching the upstream {calls} for {requests} \
+         requests: {:.3} per request; bound {bound:.0}",
+        run.summary(),
+        calls / requests
+    );
+    assert!(calls > requests, "retries happened");
+    assert!(calls <= bound, "retries stay within the budget");
+    assert_eq!(
+        run.count(|o| o.status == Some(StatusCode::SERVICE_UNAVAILABLE) && o.error.is_none()),
+        run.sent(),
+        "each request gets the upstream's 503 back"
+    );
+}
+
 /// Scenarios 1 and 2: an upstream failing 100 % with 503, then recovering.
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn a_failing_upstream_costs_a_bounded_load_fails_fast_and_recovers() {
@@ -209,11 +253,12 @@ async fn a_hung_endpoint_is_timed_out_once_then_routed_around() {
     let (length, _) = run_and_period();
     let run = load::run(outbound_addr(&sidecar), Plan::new(4, length)).await;
     let p99 = run.quantile(0.99, |_| true);
+    let slowest = run.quantile(1.0, |_| true);
     let hung_calls = hung.counters().requests;
     println!(
         "scenario 3, one of three endpoints hangs: {}\n  requests that reached the hung \
-         endpoint: {hung_calls}; p99 {p99:.2?} vs per-try timeout {PER_TRY:?} + backoff up to \
-         {BACKOFF_MAX:?}",
+         endpoint: {hung_calls}; p99 {p99:.2?}, slowest {slowest:.2?} vs per-try timeout \
+         {PER_TRY:?} + backoff up to {BACKOFF_MAX:?}",
         run.summary()
     );
     assert!(
@@ -226,8 +271,9 @@ async fn a_hung_endpoint_is_timed_out_once_then_routed_around() {
         hung_calls <= 2 + 4,
         "the balancer routes around the hung endpoint: {hung_calls} calls"
     );
-    // At most one try of a request waits out the per-try timeout: the retry goes elsewhere.
-    assert!(p99 < PER_TRY * 2, "{p99:?}");
+    // At most one try of any request waits out the per-try timeout: the retry goes
+    // elsewhere. (The few that met the hung endpoint are far above the p99.)
+    assert!(slowest < PER_TRY * 2, "slowest {slowest:?}");
 }
 
 /// Scenario 4: connections reset before the answer, and half-way through it.

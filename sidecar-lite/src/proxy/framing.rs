@@ -186,6 +186,12 @@ impl Scanner {
                         Err(found) => return found,
                     }
                 }
+                State::Head | State::ChunkSize | State::Trailers if !input.contains(&b'\n') => {
+                    // No line ends in these bytes: nothing new to parse, only to keep.
+                    let mut joined = std::mem::take(&mut self.pending);
+                    joined.extend_from_slice(input);
+                    return self.keep(&joined);
+                }
                 State::Head | State::ChunkSize | State::Trailers => {
                     let mut joined = std::mem::take(&mut self.pending);
                     joined.extend_from_slice(input);
@@ -239,6 +245,12 @@ impl Scanner {
                     }
                 }
             }
+            // hyper's chunked decoder wants CRLF where httparse also takes a bare LF: where
+            // the two could disagree on where the body ends, stop watching.
+            State::ChunkSize | State::Trailers if ends_a_line_with_bare_lf(bytes, self.state) => {
+                self.stop();
+                Err(None)
+            }
             State::ChunkSize => match httparse::parse_chunk_size(bytes) {
                 Ok(httparse::Status::Complete((n, 0))) => {
                     self.state = State::Trailers;
@@ -276,7 +288,11 @@ impl Scanner {
                     }
                 }
             }
-            State::Skip { .. } | State::Done => Ok(Step::Consumed(0)),
+            // `feed` never asks for these; stopping is the safe answer if it ever did.
+            State::Skip { .. } | State::Done => {
+                self.stop();
+                Err(None)
+            }
         }
     }
 
@@ -326,6 +342,17 @@ enum Body {
 }
 
 fn body_of(request: &httparse::Request<'_, '_>) -> Body {
+    let named = |name: &str| {
+        request
+            .headers
+            .iter()
+            .any(|h| h.name.eq_ignore_ascii_case(name))
+    };
+    // Before anything else: whatever the values or other headers, hyper never reads such a
+    // request as its Content-Length says.
+    if named("content-length") && named("transfer-encoding") {
+        return Body::Ambiguous;
+    }
     let mut length = None;
     let mut chunked = None;
     for header in request.headers.iter() {
@@ -355,12 +382,29 @@ fn body_of(request: &httparse::Request<'_, '_>) -> Body {
         return Body::Unknown;
     }
     match (length, chunked) {
-        (Some(_), Some(_)) => Body::Ambiguous,
         (_, Some(true)) => Body::Chunked,
         (_, Some(false)) => Body::Unknown,
         (Some(n), None) => Body::Sized(n),
         (None, None) => Body::None,
     }
+}
+
+/// Whether the chunk-size line (in `ChunkSize`), or a line of the trailer section up to its
+/// empty line (in `Trailers`), at the start of `bytes` ends in a bare LF. Only those lines:
+/// chunk data and what follows may hold any byte.
+fn ends_a_line_with_bare_lf(bytes: &[u8], state: State) -> bool {
+    let mut rest = bytes;
+    while let Some(end) = rest.iter().position(|&b| b == b'\n') {
+        if end == 0 || rest[end - 1] != b'\r' {
+            return true;
+        }
+        // The chunk-size line, or the empty line that ends the trailers: done.
+        if state == State::ChunkSize || end == 1 {
+            return false;
+        }
+        rest = &rest[end + 1..];
+    }
+    false
 }
 
 fn parse_length(value: &[u8]) -> Option<u64> {
@@ -432,6 +476,48 @@ mod tests {
         ] {
             assert_eq!(scanner().feed(head.as_bytes()), Some(1), "{head}");
         }
+    }
+
+    #[test]
+    fn both_headers_are_ambiguous_whatever_else_the_head_says() {
+        for head in [
+            "POST / HTTP/1.1\r\nTransfer-Encoding: chunked\r\nContent-Length: nonsense\r\n\r\n",
+            "POST / HTTP/1.1\r\nUpgrade: websocket\r\nContent-Length: 3\r\nTransfer-Encoding: chunked\r\n\r\n",
+        ] {
+            assert_eq!(scanner().feed(head.as_bytes()), Some(1), "{head}");
+        }
+    }
+
+    #[test]
+    fn a_bare_lf_in_a_chunked_body_ends_the_watch() {
+        // hyper ends trailers only at CRLF CRLF: the GET below is inside its trailer section,
+        // so the scanner must not count it as a request.
+        let mut scanner = scanner();
+        let stream = b"POST / HTTP/1.1\r\nTransfer-Encoding: chunked\r\n\r\n0\r\n\nGET /x HTTP/1.1\r\nHost: a\r\n\r\n";
+        assert_eq!(scanner.feed(stream), None);
+        assert!(scanner.is_done());
+        assert_eq!(scanner.heads, 1);
+    }
+
+    #[test]
+    fn line_feeds_in_chunk_data_are_data() {
+        let mut scanner = scanner();
+        let stream =
+            b"POST / HTTP/1.1\r\nTransfer-Encoding: chunked\r\n\r\n4\r\na\nb\n\r\n0\r\n\r\n";
+        assert_eq!(scanner.feed(stream), None);
+        assert_eq!((scanner.heads, scanner.state), (1, State::Head));
+        assert_eq!(scanner.feed(SMUGGLED), Some(2), "still watching");
+    }
+
+    #[test]
+    fn a_head_sent_a_byte_at_a_time_is_parsed_once_its_lines_end() {
+        let mut scanner = scanner();
+        let head = b"GET / HTTP/1.1\r\nHost: a\r\nX-Long: 0123456789\r\n\r\n";
+        for byte in head.chunks(1) {
+            assert_eq!(scanner.feed(byte), None);
+        }
+        assert_eq!((scanner.heads, scanner.state), (1, State::Head));
+        assert!(scanner.pending.is_empty());
     }
 
     #[test]
