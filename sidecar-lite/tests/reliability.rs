@@ -10,7 +10,7 @@
 mod common;
 
 use common::{
-    load::{self, Outcome, Plan},
+    load::{self, Load, Outcome, Plan},
     process::{SidecarProcess, free_addr},
     *,
 };
@@ -52,6 +52,30 @@ fn describe_failures(failures: &[&Outcome]) -> String {
         .join("; ")
 }
 
+/// A fault-injecting upstream on 127.0.0.1.
+async fn upstream(faults: Faults) -> Upstream {
+    Upstream::start(faults)
+        .await
+        .expect("an upstream on loopback")
+}
+
+fn assert_none_failed(run: &Load) {
+    assert!(
+        run.failures().is_empty(),
+        "{}",
+        describe_failures(&run.failures())
+    );
+}
+
+/// The most calls a retry budget lets through for `run`: (1 + ratio) x requests, plus the
+/// reserve of min_per_second x ttl for each window of ttl (1 s) the run overlaps, at most
+/// ceil(d) + 1 for a run of d seconds. Also returns that count of windows.
+fn budget_bound(run: &Load) -> (f64, f64) {
+    let windows = run.elapsed.as_secs_f64().ceil() + 1.0;
+    let bound = (1.0 + BUDGET_RATIO) * run.sent() as f64 + BUDGET_MIN_PER_SECOND * windows;
+    (bound, windows)
+}
+
 const OPEN_FOR: Duration = Duration::from_millis(500);
 const BUDGET_RATIO: f64 = 0.2;
 const BUDGET_MIN_PER_SECOND: f64 = 10.0;
@@ -62,12 +86,11 @@ const BUDGET_MIN_PER_SECOND: f64 = 10.0;
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn a_failing_upstream_gets_at_most_the_retry_budget() {
     let _turn = ONE_AT_A_TIME.lock().await;
-    let upstream = Upstream::start(Faults {
+    let upstream = upstream(Faults {
         error_rate: Rate::ALWAYS,
         ..Faults::default()
     })
-    .await
-    .unwrap();
+    .await;
     let sidecar = sidecar(&route(
         "budget",
         &[upstream.addr()],
@@ -83,8 +106,7 @@ async fn a_failing_upstream_gets_at_most_the_retry_budget() {
     let run = load::run(outbound_addr(&sidecar), Plan::new(4, length / 3)).await;
     let calls = upstream.counters().requests as f64;
     let requests = run.sent() as f64;
-    let windows = run.elapsed.as_secs_f64().ceil() + 1.0;
-    let bound = (1.0 + BUDGET_RATIO) * requests + BUDGET_MIN_PER_SECOND * windows;
+    let (bound, _) = budget_bound(&run);
     println!(
         "scenario 1, the budget alone: {}\n  calls reaching the upstream {calls} for {requests} \
          requests: {:.3} per request; bound {bound:.0}",
@@ -104,12 +126,11 @@ async fn a_failing_upstream_gets_at_most_the_retry_budget() {
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn a_failing_upstream_costs_a_bounded_load_fails_fast_and_recovers() {
     let _turn = ONE_AT_A_TIME.lock().await;
-    let upstream = Upstream::start(Faults {
+    let upstream = upstream(Faults {
         error_rate: Rate::ALWAYS,
         ..Faults::default()
     })
-    .await
-    .unwrap();
+    .await;
     let sidecar = sidecar(&route(
         "flaky",
         &[upstream.addr()],
@@ -138,10 +159,7 @@ async fn a_failing_upstream_costs_a_bounded_load_fails_fast_and_recovers() {
     .await;
     let calls = upstream.counters().requests as f64;
     let requests = failing.sent() as f64;
-    // The budget's reserve is min_per_second x ttl per window of ttl (1 s); a run of d
-    // seconds overlaps at most ceil(d) + 1 windows.
-    let windows = failing.elapsed.as_secs_f64().ceil() + 1.0;
-    let bound = (1.0 + BUDGET_RATIO) * requests + BUDGET_MIN_PER_SECOND * windows;
+    let (bound, windows) = budget_bound(&failing);
     let fast = |o: &Outcome| o.flag.as_deref() == Some("breaker-open");
     let fast_p50 = failing.quantile(0.5, fast);
     let fast_p99 = failing.quantile(0.99, fast);
@@ -208,11 +226,7 @@ async fn a_failing_upstream_costs_a_bounded_load_fails_fast_and_recovers() {
         resumed <= OPEN_FOR * 2,
         "within the open duration and one probe"
     );
-    assert!(
-        after.failures().is_empty(),
-        "{}",
-        describe_failures(&after.failures())
-    );
+    assert_none_failed(&after);
     assert_eq!(counters.duplicate_ids, 0, "no POST is sent twice");
     assert_eq!(
         counters.posts as usize, posts_sent_on,
@@ -224,15 +238,14 @@ async fn a_failing_upstream_costs_a_bounded_load_fails_fast_and_recovers() {
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn a_hung_endpoint_is_timed_out_once_then_routed_around() {
     let _turn = ONE_AT_A_TIME.lock().await;
-    let hung = Upstream::start(Faults {
+    let hung = upstream(Faults {
         hang_rate: Rate::ALWAYS,
         ..Faults::default()
     })
-    .await
-    .unwrap();
+    .await;
     let healthy = [
-        Upstream::start(Faults::default()).await.unwrap(),
-        Upstream::start(Faults::default()).await.unwrap(),
+        upstream(Faults::default()).await,
+        upstream(Faults::default()).await,
     ];
     const PER_TRY: Duration = Duration::from_millis(200);
     const BACKOFF_MAX: Duration = Duration::from_millis(20);
@@ -261,11 +274,7 @@ async fn a_hung_endpoint_is_timed_out_once_then_routed_around() {
          {PER_TRY:?} + backoff up to {BACKOFF_MAX:?}",
         run.summary()
     );
-    assert!(
-        run.failures().is_empty(),
-        "{}",
-        describe_failures(&run.failures())
-    );
+    assert_none_failed(&run);
     // Its breaker opens after two timeouts; the four workers may each have one in flight.
     assert!(
         hung_calls <= 2 + 4,
@@ -281,12 +290,11 @@ async fn a_hung_endpoint_is_timed_out_once_then_routed_around() {
 async fn resets_give_clean_errors_retried_gets_succeed_and_serving_goes_on() {
     let _turn = ONE_AT_A_TIME.lock().await;
     // Every fourth request's connection is reset before an answer (requests 4, 8, 12...).
-    let upstream = Upstream::start(Faults {
+    let upstream = upstream(Faults {
         reset_rate: Rate::every(4),
         ..Faults::default()
     })
-    .await
-    .unwrap();
+    .await;
     let sidecar = sidecar(&route(
         "resets",
         &[upstream.addr()],
@@ -383,11 +391,7 @@ async fn resets_give_clean_errors_retried_gets_succeed_and_serving_goes_on() {
         },
     )
     .await;
-    assert!(
-        after.failures().is_empty(),
-        "{}",
-        describe_failures(&after.failures())
-    );
+    assert_none_failed(&after);
 }
 
 /// Scenario 4c: an upstream that answers with bytes that are not HTTP, trickles bodies one
@@ -395,7 +399,7 @@ async fn resets_give_clean_errors_retried_gets_succeed_and_serving_goes_on() {
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn invalid_http_slow_bodies_and_idle_closes_upstream_are_survived() {
     let _turn = ONE_AT_A_TIME.lock().await;
-    let upstream = Upstream::start(Faults {
+    let upstream = upstream(Faults {
         invalid_http_rate: Rate::every(5),
         slow_body_rate: Rate::every(7),
         slow_byte_interval: Duration::from_millis(1),
@@ -403,8 +407,7 @@ async fn invalid_http_slow_bodies_and_idle_closes_upstream_are_survived() {
         close_idle_after: Some(Duration::from_millis(5)),
         ..Faults::default()
     })
-    .await
-    .unwrap();
+    .await;
     let sidecar = sidecar(&route(
         "misbehaving",
         &[upstream.addr()],
@@ -460,7 +463,7 @@ async fn invalid_http_slow_bodies_and_idle_closes_upstream_are_survived() {
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn certificates_rotated_during_load_fail_no_request() {
     let _turn = ONE_AT_A_TIME.lock().await;
-    let upstream = Upstream::start(Faults::default()).await.unwrap();
+    let upstream = upstream(Faults::default()).await;
     let certs = Certs::new("rotation");
     let inbound_listen = free_addr();
     // Files are watched; the 1 s poll is the fallback.
@@ -524,11 +527,7 @@ async fn certificates_rotated_during_load_fail_no_request() {
         refused >= 1.0,
         "the broken certificate was read and refused"
     );
-    assert!(
-        run.failures().is_empty(),
-        "{}",
-        describe_failures(&run.failures())
-    );
+    assert_none_failed(&run);
     assert!(
         inbound_reloads >= 1.0 && outbound_reloads >= 1.0,
         "both sidecars took new certificates"
@@ -539,7 +538,7 @@ async fn certificates_rotated_during_load_fail_no_request() {
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn config_reloaded_during_load_fails_no_request() {
     let _turn = ONE_AT_A_TIME.lock().await;
-    let upstream = Upstream::start(Faults::default()).await.unwrap();
+    let upstream = upstream(Faults::default()).await;
     let listen = free_addr();
     let valid = |attempts: u32| {
         format!(
@@ -576,11 +575,7 @@ async fn config_reloaded_during_load_fails_no_request() {
          alternating: {}\n  reloads applied {ok}, refused {refused}",
         run.summary()
     );
-    assert!(
-        run.failures().is_empty(),
-        "{}",
-        describe_failures(&run.failures())
-    );
+    assert_none_failed(&run);
     assert!(ok >= 1.0 && refused >= 1.0, "both kinds were read");
 }
 
@@ -588,12 +583,11 @@ async fn config_reloaded_during_load_fails_no_request() {
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn sigterm_during_load_completes_every_accepted_request() {
     let _turn = ONE_AT_A_TIME.lock().await;
-    let upstream = Upstream::start(Faults {
+    let upstream = upstream(Faults {
         latency: Duration::from_millis(50),
         ..Faults::default()
     })
-    .await
-    .unwrap();
+    .await;
     let listen = free_addr();
     let mut sidecar = SidecarProcess::start(
         "sigterm-load",
@@ -642,7 +636,7 @@ async fn sigterm_during_load_completes_every_accepted_request() {
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn memory_stays_flat_under_moderate_load() {
     let _turn = ONE_AT_A_TIME.lock().await;
-    let upstream = Upstream::start(Faults::default()).await.unwrap();
+    let upstream = upstream(Faults::default()).await;
     let listen = free_addr();
     let sidecar = SidecarProcess::start(
         "memory",
@@ -678,11 +672,7 @@ async fn memory_stays_flat_under_moderate_load() {
         at_late / 1048576.0,
         growth * 100.0
     );
-    assert!(
-        run.failures().is_empty(),
-        "{}",
-        describe_failures(&run.failures())
-    );
+    assert_none_failed(&run);
     assert!(
         growth.abs() <= 0.10,
         "RSS within 10 %: {:+.1} %",
