@@ -47,6 +47,19 @@ impl BreakerOpen {
     pub const fn retry_after(&self) -> Option<Duration> {
         self.retry_after
     }
+
+    /// [`retry_after`](Self::retry_after) in whole seconds for a `Retry-After` header:
+    /// rounded up, and at least 1, so that a client that waits that long finds a probe
+    /// allowed.
+    #[must_use]
+    pub fn retry_after_secs(&self) -> Option<u64> {
+        self.retry_after.map(|after| {
+            (after
+                .as_secs()
+                .saturating_add(u64::from(after.subsec_nanos() > 0)))
+            .max(1)
+        })
+    }
 }
 
 impl fmt::Display for BreakerOpen {

@@ -133,10 +133,7 @@ where
 }
 
 fn unavailable<B>(open: &BreakerOpen) -> Response<UnavailableBody<B>> {
-    let seconds = open.retry_after().map_or(1, |after| {
-        let whole = after.as_secs() + u64::from(after.subsec_nanos() > 0);
-        whole.max(1)
-    });
+    let seconds = open.retry_after_secs().unwrap_or(1);
     let mut response = Response::new(Either::Right(Full::new(Bytes::from_static(
         BODY.as_bytes(),
     ))));

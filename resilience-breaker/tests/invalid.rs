@@ -153,6 +153,7 @@ fn an_endless_open_duration_opens_for_thirty_years() {
     assert_eq!(t.open_until, Some(t0 + thirty_years));
     let open = m.acquire(t0).0.unwrap_err();
     assert_eq!(open.retry_after(), Some(thirty_years));
+    assert_eq!(open.retry_after_secs(), Some(thirty_years.as_secs()));
 }
 
 #[tokio::test(start_paused = true)]

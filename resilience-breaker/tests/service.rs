@@ -82,6 +82,7 @@ async fn fail_fast_rejects_at_once_without_calling_the_inner_service() {
         .expect("a typed BreakerOpen");
     assert_eq!(open.state(), State::Open);
     assert_eq!(open.retry_after(), Some(Duration::from_secs(6)));
+    assert_eq!(open.retry_after_secs(), Some(6));
     assert_eq!(err.to_string(), "circuit breaker is open; next probe in 6s");
 
     // The next request the inner service sees is the probe, not the rejected one.

@@ -184,6 +184,11 @@ fn open_rejects_until_the_open_duration_has_passed_then_half_opens() {
     assert_eq!(err.next_probe(), Some(t0 + 5 * SEC));
     assert_eq!(err.retry_after(), Some(MS));
     assert_eq!(
+        err.retry_after_secs(),
+        Some(1),
+        "a millisecond rounds up to a second"
+    );
+    assert_eq!(
         err.to_string(),
         "circuit breaker is open; next probe in 1ms"
     );

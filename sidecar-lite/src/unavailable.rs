@@ -72,10 +72,10 @@ impl<S> FailWhenAllOpen<S> {
     /// takes the next call as its probe, so it counts as available: a breaker moves to
     /// half-open only when asked for a call, and rejecting here would never ask it.
     fn all_open(&self) -> bool {
-        let now = Instant::now();
         self.endpoints.all(|b| match b.state() {
             State::ForcedOpen => true,
-            State::Open => b.next_probe().is_some_and(|at| at > now),
+            // The clock is read only for an open breaker, never on the healthy path.
+            State::Open => b.next_probe().is_some_and(|at| at > Instant::now()),
             _ => false,
         })
     }

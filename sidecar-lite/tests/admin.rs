@@ -43,11 +43,7 @@ breaker = {{ minimum_calls = 4, window = {{ calls = 10 }}, open_for = "30s" }}
 }
 
 async fn admin_get(sidecar: &Sidecar, path: &str) -> (StatusCode, String) {
-    let req = Request::builder()
-        .uri(format!("http://{}{path}", sidecar.bound.admin.unwrap()))
-        .body(full(""))
-        .unwrap();
-    let response = timeout(STEP, http1().request(req)).await.unwrap().unwrap();
+    let response = get(format!("http://{}{path}", sidecar.bound.admin.unwrap())).await;
     let status = response.status();
     (status, text(response).await)
 }
@@ -80,21 +76,13 @@ async fn admin_reports_config_breakers_metrics_and_status() {
     );
 
     for i in 0..20 {
-        let req = Request::builder()
-            .uri(format!("http://{}/{i}", outbound_addr(&sidecar)))
-            .body(full(""))
-            .unwrap();
-        let response = timeout(STEP, http1().request(req)).await.unwrap().unwrap();
+        let response = get(format!("http://{}/{i}", outbound_addr(&sidecar))).await;
         assert_eq!(response.status(), StatusCode::OK);
     }
     // The broken route's first request: four 503s open its breaker, the fifth attempt is
     // refused by it.
     let broken = sidecar.bound.outbound[1].1;
-    let req = Request::builder()
-        .uri(format!("http://{broken}/"))
-        .body(full(""))
-        .unwrap();
-    let response = timeout(STEP, http1().request(req)).await.unwrap().unwrap();
+    let response = get(format!("http://{broken}/")).await;
     assert_eq!(response.status(), StatusCode::SERVICE_UNAVAILABLE);
     let (_, breakers) = admin_get(&sidecar, "/breakers").await;
     assert!(

@@ -235,11 +235,7 @@ impl Load {
 }
 
 async fn admin_get(sidecar: &Sidecar, path: &str) -> String {
-    let req = Request::builder()
-        .uri(format!("http://{}{path}", sidecar.bound.admin.unwrap()))
-        .body(full(""))
-        .unwrap();
-    let response = timeout(STEP, http1().request(req)).await.unwrap().unwrap();
+    let response = get(format!("http://{}{path}", sidecar.bound.admin.unwrap())).await;
     assert_eq!(response.status(), StatusCode::OK);
     text(response).await
 }
@@ -639,11 +635,7 @@ async fn a_name_that_no_longer_exists_loses_its_endpoints() {
 
     dns.set(Answer::NoSuchName);
     assert!(eventually(async || endpoints_in_use(&sidecar, "gone").await == list(&[])).await);
-    let req = Request::builder()
-        .uri(format!("http://{}/", outbound_addr(&sidecar)))
-        .body(full(""))
-        .unwrap();
-    let response = timeout(STEP, http1().request(req)).await.unwrap().unwrap();
+    let response = get(format!("http://{}/", outbound_addr(&sidecar))).await;
     assert_eq!(response.status(), StatusCode::SERVICE_UNAVAILABLE);
     assert_eq!(response.headers()["x-sidecar-error"], "no-endpoints");
 

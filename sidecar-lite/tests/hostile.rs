@@ -182,11 +182,7 @@ async fn beyond_the_concurrency_limit_requests_get_503_at_once() {
     // Both slow requests hold their places once the app has them (bounded wait).
     eventually(async || hits.load(std::sync::atomic::Ordering::SeqCst) == 2).await;
     assert_eq!(hits.load(std::sync::atomic::Ordering::SeqCst), 2);
-    let req = Request::builder()
-        .uri(format!("http://{addr}/third"))
-        .body(full(""))
-        .unwrap();
-    let response = timeout(STEP, http1().request(req)).await.unwrap().unwrap();
+    let response = get(format!("http://{addr}/third")).await;
     assert_eq!(response.status(), StatusCode::SERVICE_UNAVAILABLE);
     assert_eq!(response.headers()["x-sidecar-error"], "overloaded");
     for call in slow {

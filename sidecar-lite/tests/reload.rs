@@ -3,12 +3,11 @@
 
 mod common;
 
-use common::*;
+use common::{process, *};
 use http::{Request, StatusCode};
 use sidecar_lite::config::Config;
 use std::{
     net::SocketAddr,
-    process::{Command, Stdio},
     sync::Arc,
     sync::atomic::{AtomicUsize, Ordering},
     time::Duration,
@@ -151,34 +150,11 @@ async fn a_reload_that_cannot_bind_changes_nothing() {
 #[tokio::test]
 async fn the_binary_reloads_its_file_and_keeps_serving_through_a_broken_one() {
     let (app, _) = status_app(200).await;
-    let ports: Vec<SocketAddr> = (0..3)
-        .map(|_| {
-            std::net::TcpListener::bind("127.0.0.1:0")
-                .unwrap()
-                .local_addr()
-                .unwrap()
-        })
-        .collect();
-    let (admin, first, second) = (ports[0], ports[1], ports[2]);
-    let dir = std::env::temp_dir().join(format!("sidecar-lite-reload-{}", std::process::id()));
-    std::fs::create_dir_all(&dir).unwrap();
-    let path = dir.join("sidecar.toml");
+    let (first, second) = (process::free_addr(), process::free_addr());
     let route = move |name: &str, listen: SocketAddr| {
         format!("[[outbound]]\nname = \"{name}\"\nlisten = \"{listen}\"\nendpoints = [\"{app}\"]\n")
     };
-    let head = format!("[admin]\nlisten = \"{admin}\"\n[log]\nfilter = \"warn\"\n");
-    std::fs::write(&path, format!("{head}{}", route("one", first))).unwrap();
-
-    let mut child = Stopped(
-        Command::new(env!("CARGO_BIN_EXE_sidecar-lite"))
-            .arg("run")
-            .arg("--config")
-            .arg(&path)
-            .stdout(Stdio::null())
-            .stderr(Stdio::null())
-            .spawn()
-            .unwrap(),
-    );
+    let mut sidecar = process::SidecarProcess::start("reload", &route("one", first)).await;
     let serving = move |addr: SocketAddr| async move {
         let req = Request::builder()
             .uri(format!("http://{addr}/"))
@@ -191,22 +167,12 @@ async fn the_binary_reloads_its_file_and_keeps_serving_through_a_broken_one() {
         "the first route serves"
     );
 
-    std::fs::write(
-        &path,
-        format!("{head}{}\n[[outbound]]\nname = ", route("one", first)),
-    )
-    .unwrap();
+    sidecar.write_config(&format!("{}\n[[outbound]]\nname = ", route("one", first)));
     let rejected = async || {
-        let req = Request::builder()
-            .uri(format!("http://{admin}/metrics"))
-            .body(full(""))
-            .unwrap();
-        match timeout(Duration::from_secs(1), http1().request(req)).await {
-            Ok(Ok(response)) => text(response)
-                .await
-                .contains("sidecar_config_reload_total{result=\"error\"} 1"),
-            _ => false,
-        }
+        sidecar
+            .metric("sidecar_config_reload_total{result=\"error\"}")
+            .await
+            == Some(1.0)
     };
     assert!(
         eventually(rejected).await,
@@ -217,39 +183,16 @@ async fn the_binary_reloads_its_file_and_keeps_serving_through_a_broken_one() {
         "a broken file keeps the old config serving"
     );
 
-    std::fs::write(
-        &path,
-        format!("{head}{}{}", route("one", first), route("two", second)),
-    )
-    .unwrap();
+    sidecar.write_config(&format!("{}{}", route("one", first), route("two", second)));
     assert!(
         eventually(async || serving(second).await).await,
         "the new route is bound"
     );
     assert!(serving(first).await);
 
-    let _ = Command::new("kill")
-        .arg("-TERM")
-        .arg(child.0.id().to_string())
-        .status();
-    let exited = async || matches!(child.0.try_wait(), Ok(Some(_)));
-    assert!(
-        eventually(exited).await,
-        "SIGTERM stops the process within 10 s"
-    );
-    let exit = child.0.wait().unwrap();
-    let _ = std::fs::remove_dir_all(&dir);
+    sidecar.signal("TERM");
+    let exit = sidecar.wait_exit().await;
     assert!(exit.success(), "SIGTERM ends the process cleanly: {exit:?}");
-}
-
-/// Kills the child if the test fails before stopping it.
-struct Stopped(std::process::Child);
-
-impl Drop for Stopped {
-    fn drop(&mut self) {
-        let _ = self.0.kill();
-        let _ = self.0.wait();
-    }
 }
 
 #[tokio::test]

@@ -36,7 +36,7 @@ async fn path_to(app: std::net::SocketAddr, test: &str) -> Path {
     }
 }
 
-fn get(path: &Path, uri: &str) -> Request<BoxBody> {
+fn request_to(path: &Path, uri: &str) -> Request<BoxBody> {
     Request::builder()
         .uri(format!("http://{}{uri}", outbound_addr(&path.outbound)))
         .header("host", "orders.shop")
@@ -48,7 +48,7 @@ fn get(path: &Path, uri: &str) -> Request<BoxBody> {
 async fn get_goes_through_both_sidecars_with_the_forwarding_headers() {
     let (app, hits) = echo_app().await;
     let path = path_to(app, "get").await;
-    let response = timeout(STEP, http1().request(get(&path, "/orders/7")))
+    let response = timeout(STEP, http1().request(request_to(&path, "/orders/7")))
         .await
         .unwrap()
         .unwrap();
@@ -76,7 +76,7 @@ async fn get_goes_through_both_sidecars_with_the_forwarding_headers() {
 async fn a_traceparent_from_the_app_is_passed_on() {
     let (app, _) = echo_app().await;
     let path = path_to(app, "trace").await;
-    let mut req = get(&path, "/");
+    let mut req = request_to(&path, "/");
     let trace = "00-4bf92f3577b34da6a3ce929d0e0e4736-00f067aa0ba902b7-01";
     req.headers_mut()
         .insert("traceparent", trace.parse().unwrap());
@@ -213,11 +213,7 @@ async fn a_slow_app_gives_504_from_the_outbound_sidecar() {
         "timeout = \"300ms\"",
     )
     .await;
-    let req = Request::builder()
-        .uri(format!("http://{}/slow", outbound_addr(&outbound)))
-        .body(full(""))
-        .unwrap();
-    let response = timeout(STEP, http1().request(req)).await.unwrap().unwrap();
+    let response = get(format!("http://{}/slow", outbound_addr(&outbound))).await;
     assert_eq!(response.status(), StatusCode::GATEWAY_TIMEOUT);
     assert_eq!(response.headers()["x-sidecar-error"], "timeout");
     assert_eq!(
@@ -239,11 +235,7 @@ async fn a_peer_not_on_the_allow_list_gets_403() {
         "",
     )
     .await;
-    let req = Request::builder()
-        .uri(format!("http://{}/orders", outbound_addr(&outbound)))
-        .body(full(""))
-        .unwrap();
-    let response = timeout(STEP, http1().request(req)).await.unwrap().unwrap();
+    let response = get(format!("http://{}/orders", outbound_addr(&outbound))).await;
     assert_eq!(response.status(), StatusCode::FORBIDDEN);
     assert_eq!(response.headers()["x-sidecar-error"], "unauthorized");
     assert_eq!(
@@ -267,11 +259,7 @@ async fn the_client_rejects_a_server_with_the_wrong_identity() {
         "",
     )
     .await;
-    let req = Request::builder()
-        .uri(format!("http://{}/orders", outbound_addr(&outbound)))
-        .body(full(""))
-        .unwrap();
-    let response = timeout(STEP, http1().request(req)).await.unwrap().unwrap();
+    let response = get(format!("http://{}/orders", outbound_addr(&outbound))).await;
     assert_eq!(response.status(), StatusCode::BAD_GATEWAY);
     assert_eq!(response.headers()["x-sidecar-error"], "connect");
     assert_eq!(hits.load(Ordering::SeqCst), 0);
@@ -287,11 +275,7 @@ async fn plaintext_callers_are_served_only_when_anonymous_callers_are_allowed() 
     };
     for (anonymous, expected) in [(false, StatusCode::FORBIDDEN), (true, StatusCode::OK)] {
         let sidecar = sidecar(&inbound(anonymous)).await;
-        let req = Request::builder()
-            .uri(format!("http://{}/plain", sidecar.bound.inbound.unwrap()))
-            .body(full(""))
-            .unwrap();
-        let response = timeout(STEP, http1().request(req)).await.unwrap().unwrap();
+        let response = get(format!("http://{}/plain", sidecar.bound.inbound.unwrap())).await;
         assert_eq!(response.status(), expected, "allow_anonymous = {anonymous}");
         sidecar.stop().await;
     }

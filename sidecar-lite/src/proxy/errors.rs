@@ -25,12 +25,10 @@ pub fn error_response(error: &BoxError) -> Response<ProxyBody> {
             "breaker-open",
             "service unavailable: the circuit breaker is open",
         );
-        if let Some(after) = open.retry_after() {
-            // Whole seconds, rounded up: a client that waits that long finds a probe allowed.
-            let seconds = after.as_secs() + u64::from(after.subsec_nanos() > 0);
+        if let Some(seconds) = open.retry_after_secs() {
             response
                 .headers_mut()
-                .insert(RETRY_AFTER, HeaderValue::from(seconds.max(1)));
+                .insert(RETRY_AFTER, HeaderValue::from(seconds));
         }
         return response;
     }

@@ -228,13 +228,20 @@ impl Scanner {
     fn step(&mut self, bytes: &[u8]) -> Result<Step, Option<u64>> {
         match self.state {
             State::Head => {
-                let mut headers = vec![httparse::EMPTY_HEADER; self.max_headers];
-                let mut request = httparse::Request::new(&mut headers);
-                match request.parse(bytes) {
-                    Ok(httparse::Status::Complete(n)) => {
+                let parsed = with_headers(self.max_headers, |headers| {
+                    let mut request = httparse::Request::new(headers);
+                    match request.parse(bytes) {
+                        Ok(httparse::Status::Complete(n)) => {
+                            Ok(httparse::Status::Complete((n, body_of(&request))))
+                        }
+                        Ok(httparse::Status::Partial) => Ok(httparse::Status::Partial),
+                        Err(e) => Err(e),
+                    }
+                });
+                match parsed {
+                    Ok(httparse::Status::Complete((n, body))) => {
                         self.heads += 1;
-                        let next = body_of(&request);
-                        self.enter(next)?;
+                        self.enter(body)?;
                         Ok(Step::Consumed(n))
                     }
                     Ok(httparse::Status::Partial) => Ok(Step::Partial),
@@ -275,13 +282,20 @@ impl Scanner {
                     self.state = State::Head;
                     return Ok(Step::Consumed(2));
                 }
-                let mut headers = vec![httparse::EMPTY_HEADER; self.max_headers];
-                match httparse::parse_headers(bytes, &mut headers) {
-                    Ok(httparse::Status::Complete((n, _))) => {
+                let parsed =
+                    with_headers(self.max_headers, |headers| {
+                        match httparse::parse_headers(bytes, headers) {
+                            Ok(httparse::Status::Complete((n, _))) => Ok(Some(n)),
+                            Ok(httparse::Status::Partial) => Ok(None),
+                            Err(e) => Err(e),
+                        }
+                    });
+                match parsed {
+                    Ok(Some(n)) => {
                         self.state = State::Head;
                         Ok(Step::Consumed(n))
                     }
-                    Ok(httparse::Status::Partial) => Ok(Step::Partial),
+                    Ok(None) => Ok(Step::Partial),
                     Err(_) => {
                         self.stop();
                         Err(None)
@@ -386,6 +400,20 @@ fn body_of(request: &httparse::Request<'_, '_>) -> Body {
         (_, Some(false)) => Body::Unknown,
         (Some(n), None) => Body::Sized(n),
         (None, None) => Body::None,
+    }
+}
+
+/// Heads with up to this many headers are parsed with the header array on the stack.
+const STACK_HEADERS: usize = 128;
+
+/// Runs `parse` over room for `max` headers: on the stack for the usual limits, so that
+/// following a request's head costs no allocation.
+fn with_headers<'b, R>(max: usize, parse: impl FnOnce(&mut [httparse::Header<'b>]) -> R) -> R {
+    if max <= STACK_HEADERS {
+        let mut headers = [httparse::EMPTY_HEADER; STACK_HEADERS];
+        parse(&mut headers[..max])
+    } else {
+        parse(&mut vec![httparse::EMPTY_HEADER; max])
     }
 }
 

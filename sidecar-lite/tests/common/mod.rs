@@ -27,7 +27,7 @@ use std::{
     },
     time::Duration,
 };
-use tokio::net::TcpListener;
+use tokio::{net::TcpListener, time::timeout};
 
 pub type BoxBody = UnsyncBoxBody<Bytes, Box<dyn std::error::Error + Send + Sync>>;
 
@@ -230,6 +230,15 @@ pub fn http2() -> Client<hyper_util::client::legacy::connect::HttpConnector, Box
     Client::builder(TokioExecutor::new())
         .http2_only(true)
         .build_http()
+}
+
+/// A GET of `uri` over HTTP/1.1, bounded by [`STEP`].
+pub async fn get(uri: String) -> Response<Incoming> {
+    let req = Request::builder().uri(uri).body(full("")).unwrap();
+    timeout(STEP, http1().request(req))
+        .await
+        .expect("an answer within STEP")
+        .expect("a response")
 }
 
 pub async fn text(response: Response<Incoming>) -> String {
