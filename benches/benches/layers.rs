@@ -8,7 +8,7 @@
 //!   retry, per-try timeout, breaker) and tower's equivalent (tower's timeout, retry and
 //!   timeout again, tower-resilience's breaker, since tower has none).
 //! - `layers-http`: `http::Request` in, `http::Response` out; the stack that
-//!   `sidecar_lite::stack::outbound` builds (the very layers, in its order, from a parsed
+//!   `sidecar_lite::outbound` builds (the very layers, in its order, from a parsed
 //!   `[[outbound]]` section), around an in-memory endpoint instead of the pooled client, beside
 //!   tower's equivalent and the bare endpoint. This is the library mode's cost without the
 //!   network.
@@ -24,7 +24,7 @@ use http::{Request, Response, StatusCode};
 use http_body_util::Full;
 use resilience_breaker::{CircuitBreakerLayer, Mode, classify_fn};
 use resilience_retry::{PeekGrpcTrailersLayer, ReplayBody, RetryIf, RetryLayer};
-use sidecar_lite::{config::Config, proxy::body::boxed};
+use sidecar_lite::Config;
 use std::{convert::Infallible, fmt::Debug, future, sync::Arc, time::Duration};
 use tokio::runtime::Runtime;
 use tower::{
@@ -161,6 +161,16 @@ fn our_breaker() -> CircuitBreakerLayer {
     .expect("a valid policy")
 }
 
+/// A body boxed as sidecar-lite's `ProxyBody` is.
+fn boxed<B>(body: B) -> sidecar_lite::ProxyBody
+where
+    B: http_body::Body<Data = Bytes> + Send + 'static,
+    B::Error: Into<BoxError>,
+{
+    use http_body_util::BodyExt;
+    body.map_err(Into::into).boxed_unsync()
+}
+
 fn boxed_error<E: Debug>(error: E) -> BoxError {
     format!("{error:?}").into()
 }
@@ -273,37 +283,36 @@ fn is_gateway_error<B>(response: &Response<B>) -> bool {
     )
 }
 
-/// The stack of `sidecar_lite::stack::outbound` for one endpoint, layer for layer, from the
+/// The stack of `sidecar_lite::outbound` for one endpoint, layer for layer, from the
 /// parsed route; the pooled client is replaced by the in-memory endpoint.
 fn outbound_stack(
     rt: &Runtime,
-) -> BoxCloneService<Request<Full<Bytes>>, Response<sidecar_lite::proxy::body::ProxyBody>, BoxError>
-{
+) -> BoxCloneService<Request<Full<Bytes>>, Response<sidecar_lite::ProxyBody>, BoxError> {
     let config = Config::parse(ROUTE).expect("the bench route parses");
-    let route = &config.outbound[0];
+    let route = config.outbound_route("bench").expect("the bench route");
     let breaker = route
-        .breaker
+        .breaker()
         .layer()
         .expect("a breaker")
-        .named(route.name.clone())
+        .named(route.name().to_owned())
         .mode(Mode::FailFast)
         .classify(classify_fn(|response: &Response<_>| {
             response.status().is_server_error()
         }));
-    let total = route.timeout.0.layer().expect("a timeout").named("total");
+    let total = route.timeout().layer().expect("a timeout").named("total");
     let retry = route
-        .retry
+        .retry()
         .layer()
         .expect("a retry")
-        .named(route.name.clone());
+        .named(route.name().to_owned());
     let _guard = rt.enter();
     let service = ServiceBuilder::new()
         .map_response(|response: Response<_>| response.map(boxed))
         .load_shed()
-        .concurrency_limit(route.max_concurrent_requests)
+        .concurrency_limit(route.max_concurrent_requests())
         .layer(total)
         .layer(retry)
-        .option_layer(route.retry.per_try_timeout_layer())
+        .option_layer(route.retry().per_try_timeout_layer())
         .layer(PeekGrpcTrailersLayer::new())
         .layer(breaker)
         .service(endpoint::<ReplayBody<Full<Bytes>>>());
@@ -314,8 +323,7 @@ fn outbound_stack(
 /// timeouts and retry; tower-resilience's breaker.
 fn tower_http_stack(
     rt: &Runtime,
-) -> BoxCloneService<Request<Full<Bytes>>, Response<sidecar_lite::proxy::body::ProxyBody>, BoxError>
-{
+) -> BoxCloneService<Request<Full<Bytes>>, Response<sidecar_lite::ProxyBody>, BoxError> {
     let failed = |result: &Result<Response<Full<Bytes>>, BoxError>| match result {
         Ok(response) => is_gateway_error(response),
         Err(_) => true,

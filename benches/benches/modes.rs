@@ -2,7 +2,7 @@
 //! to the same upstream app, in one run, as:
 //!
 //! - `direct`: the client calls the app;
-//! - `library/mtls`: the client calls through `sidecar_lite::stack::outbound` in process (the
+//! - `library/mtls`: the client calls through `sidecar_lite::outbound` in process (the
 //!   route of the `example-library-mode` crate), over mTLS to the peer's inbound sidecar-lite
 //!   process, which calls the app;
 //! - `sidecar/mtls`: the client calls its outbound sidecar-lite process in plain HTTP, which
@@ -165,7 +165,7 @@ fn modes(c: &mut Criterion) {
         Err(message) => panic!("{message}"),
     };
     let dir = CertDir(std::env::temp_dir().join(format!("bench-modes-{}", std::process::id())));
-    sidecar_lite::certs::write(
+    resilience_mtls::dev_ca::write_workloads(
         &dir.0,
         TRUST_DOMAIN,
         &["ns/bench/sa/app".into(), "ns/bench/sa/client".into()],

@@ -1,7 +1,9 @@
 //! [`Classify`]: which responses count as failures, and which errors count at all.
 
 use crate::BoxError;
+#[cfg(feature = "http")]
 use http::Response;
+#[cfg(feature = "http")]
 use tower_http::classify::{ClassifiedResponse, ClassifyResponse};
 
 /// Decides whether a response counts as a failure for the breaker. An `Err` from the inner
@@ -41,6 +43,7 @@ impl<Res> Classify<Res> for ErrorsAsFailures {
     }
 }
 
+#[cfg(feature = "http")]
 impl<C, B> Classify<Response<B>> for C
 where
     C: ClassifyResponse + Clone,

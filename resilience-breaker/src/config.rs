@@ -1,7 +1,7 @@
 //! [`BreakerConfig`]: the breaker section of a config file.
 
 use crate::{CircuitBreakerLayer, ConfigError, Policy, SlidingWindow};
-use resilience_timeout::duration;
+use resilience_core::duration;
 use serde::{Deserialize, Serialize};
 use std::time::Duration;
 

@@ -4,12 +4,9 @@ use crate::State;
 use std::{error::Error, fmt, time::Duration};
 use tokio::time::Instant;
 
-/// The boxed error type that every layer in this crate returns.
-pub type BoxError = Box<dyn Error + Send + Sync>;
-
 /// The breaker did not let the call through.
 ///
-/// Returned (boxed, as [`BoxError`]) by [`CircuitBreaker`](crate::CircuitBreaker) in fail-fast
+/// Returned (boxed, as [`BoxError`](crate::BoxError)) by [`CircuitBreaker`](crate::CircuitBreaker) in fail-fast
 /// mode; check for it with `err.is::<BreakerOpen>()`. The inner service was not called.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
 pub struct BreakerOpen {
@@ -53,12 +50,7 @@ impl BreakerOpen {
     /// allowed.
     #[must_use]
     pub fn retry_after_secs(&self) -> Option<u64> {
-        self.retry_after.map(|after| {
-            (after
-                .as_secs()
-                .saturating_add(u64::from(after.subsec_nanos() > 0)))
-            .max(1)
-        })
+        self.retry_after.map(resilience_core::retry_after_secs)
     }
 }
 
@@ -76,49 +68,3 @@ impl fmt::Display for BreakerOpen {
 }
 
 impl Error for BreakerOpen {}
-
-/// A setting with a value that is not allowed.
-#[derive(Debug, Clone, PartialEq, Eq)]
-pub struct ConfigError {
-    field: &'static str,
-    value: String,
-    reason: &'static str,
-}
-
-impl ConfigError {
-    pub(crate) fn new(field: &'static str, value: impl fmt::Display, reason: &'static str) -> Self {
-        Self {
-            field,
-            value: value.to_string(),
-            reason,
-        }
-    }
-
-    pub(crate) fn duration(field: &'static str, value: Duration, reason: &'static str) -> Self {
-        Self::new(field, format!("{value:?}"), reason)
-    }
-
-    /// The name of the field that is wrong.
-    #[must_use]
-    pub fn field(&self) -> &'static str {
-        self.field
-    }
-
-    /// The value that was given, as text.
-    #[must_use]
-    pub fn value(&self) -> &str {
-        &self.value
-    }
-}
-
-impl fmt::Display for ConfigError {
-    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
-        write!(
-            f,
-            "invalid `{}` = {}: {}",
-            self.field, self.value, self.reason
-        )
-    }
-}
-
-impl Error for ConfigError {}

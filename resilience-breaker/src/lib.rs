@@ -55,17 +55,18 @@
 //! - Every constructor that takes a [`Policy`] checks it first ([`Policy::validate`]) and
 //!   returns a [`ConfigError`] naming the field that is wrong and its value, so a breaker never
 //!   runs with a policy that does not make sense, and nothing panics on one.
-//! - [`Classify`] says which responses are failures; an `Err` always is. Any
-//!   [`tower_http::classify::ClassifyResponse`] works for HTTP, for example
+//! - [`Classify`] says which responses are failures; an `Err` always is. With the `http`
+//!   feature, any [`tower_http::classify::ClassifyResponse`] works for HTTP, for example
 //!   [`ServerErrorsAsFailures`](tower_http::classify::ServerErrorsAsFailures) (5xx) or
 //!   [`GrpcErrorsAsFailures`](tower_http::classify::GrpcErrorsAsFailures).
 //! - [`BreakerHandle`] observes and controls a breaker: state, counts, `force_open`,
 //!   `force_closed`, `disable`, `reset`, and [`subscribe`](BreakerHandle::subscribe) to its
 //!   transitions.
-//! - [`KeyedCircuitBreakerLayer`] keeps one breaker per key, by default the request's authority,
+//! - [`KeyedCircuitBreakerLayer`] (feature `http`) keeps one breaker per key, by default the
+//!   request's authority,
 //!   bounded in number (least recently used dropped first) with idle ones dropped.
 //!
-//! # Keyed breakers
+//! # Keyed breakers (feature `http`)
 //!
 //! ```
 //! use http::{Request, Response};
@@ -93,8 +94,9 @@
 //!
 //! # HTTP (feature `http`)
 //!
-//! [`UnavailableLayer`] answers a rejection with `503 Service Unavailable`, `Retry-After` and
-//! `x-sidecar-error: breaker-open` instead of an error.
+//! [`UnavailableLayer`] answers a rejection with `503 Service Unavailable`, `Retry-After` when
+//! the next probe's time is known, and `x-sidecar-error: breaker-open` instead of an error: the
+//! [`LocalReply`](resilience_core::LocalReply) of `resilience-core`, the same as sidecar-lite's.
 //!
 //! # Config (feature `serde`)
 //!
@@ -107,6 +109,9 @@
 //! `resilience_breaker_calls_total{name,outcome}` (`success`, `failure`, `slow_success`,
 //! `slow_failure`) and `resilience_breaker_rejected_total{name}`; keyed breakers add a `key`
 //! label. Each transition is an info-level tracing event.
+//!
+//! How this crate fits with the others: `ARCHITECTURE.md` at the root of the workspace's
+//! repository.
 //!
 //! [tower]: https://docs.rs/tower
 
@@ -122,6 +127,7 @@ mod service;
 mod state;
 mod window;
 
+#[cfg(feature = "http")]
 pub mod keyed;
 
 #[cfg(feature = "http")]
@@ -131,21 +137,23 @@ mod unavailable;
 mod config;
 
 pub use classify::{Classify, ClassifyFn, ErrorsAsFailures, classify_fn};
-pub use error::{BoxError, BreakerOpen, ConfigError};
+pub use error::BreakerOpen;
 pub use future::ResponseFuture;
 pub use handle::BreakerHandle;
 pub use layer::CircuitBreakerLayer;
-pub use policy::{Policy, RandomSource, ThreadRandom};
+pub use policy::Policy;
+pub use resilience_core::{BoxError, ConfigError, RandomSource, ThreadRandom};
 pub use service::{CircuitBreaker, Mode};
 pub use state::{Outcome, Permit, State, StateMachine, Transition};
 pub use window::{Counts, SlidingWindow};
 
+#[cfg(feature = "http")]
 pub use keyed::{BreakerMap, ByAuthority, KeyOf, KeyedCircuitBreaker, KeyedCircuitBreakerLayer};
 
 #[cfg(feature = "http")]
-pub use unavailable::{
-    SIDECAR_ERROR, Unavailable, UnavailableBody, UnavailableFuture, UnavailableLayer,
-};
+pub use resilience_core::SIDECAR_ERROR;
+#[cfg(feature = "http")]
+pub use unavailable::{Unavailable, UnavailableBody, UnavailableFuture, UnavailableLayer};
 
 #[cfg(feature = "serde")]
 pub use config::{BreakerConfig, WindowConfig};

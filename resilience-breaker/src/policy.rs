@@ -1,26 +1,8 @@
 //! [`Policy`]: when a breaker trips, how long it stays open, and how it probes.
 
 use crate::{ConfigError, SlidingWindow};
+use resilience_core::{RandomSource, ThreadRandom};
 use std::{fmt, sync::Arc, time::Duration};
-
-/// A source of random numbers for the jitter of open durations.
-///
-/// The default draws from the thread-local generator of `rand`; tests inject a fixed sequence
-/// so that open durations are exact.
-pub trait RandomSource: Send + Sync + fmt::Debug {
-    /// A number in `[0, 1)`.
-    fn next_f64(&self) -> f64;
-}
-
-/// The default [`RandomSource`]: `rand`'s thread-local generator.
-#[derive(Debug, Clone, Copy, Default)]
-pub struct ThreadRandom;
-
-impl RandomSource for ThreadRandom {
-    fn next_f64(&self) -> f64 {
-        rand::random::<f64>()
-    }
-}
 
 /// The rules of one circuit breaker, with resilience4j's meanings.
 ///
@@ -42,7 +24,7 @@ impl RandomSource for ThreadRandom {
 ///     .half_open_probes(3);
 /// policy.validate().unwrap();
 /// ```
-#[derive(Clone, Debug)]
+#[derive(Clone)]
 #[must_use]
 pub struct Policy {
     pub(crate) failure_rate: Option<f64>,
@@ -57,6 +39,24 @@ pub struct Policy {
     pub(crate) jitter: f64,
     pub(crate) half_open_probes: u32,
     pub(crate) random: Arc<dyn RandomSource>,
+}
+
+impl fmt::Debug for Policy {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        f.debug_struct("Policy")
+            .field("failure_rate", &self.failure_rate)
+            .field("slow_call_rate", &self.slow_call_rate)
+            .field("slow_call_duration", &self.slow_call_duration)
+            .field("window", &self.window)
+            .field("minimum_calls", &self.minimum_calls)
+            .field("consecutive_failures", &self.consecutive_failures)
+            .field("open_for", &self.open_for)
+            .field("open_for_max", &self.open_for_max)
+            .field("open_for_multiplier", &self.open_for_multiplier)
+            .field("jitter", &self.jitter)
+            .field("half_open_probes", &self.half_open_probes)
+            .finish_non_exhaustive()
+    }
 }
 
 impl Default for Policy {

@@ -3,12 +3,10 @@
 
 use crate::{BoxError, BreakerOpen};
 use bytes::Bytes;
-use http::{
-    HeaderName, HeaderValue, Response, StatusCode,
-    header::{CONTENT_TYPE, RETRY_AFTER},
-};
+use http::{HeaderName, Response};
 use http_body_util::{Either, Full};
 use pin_project_lite::pin_project;
+use resilience_core::{LocalReply, Reason, SIDECAR_ERROR};
 use std::{
     future::Future,
     pin::Pin,
@@ -17,26 +15,31 @@ use std::{
 use tower_layer::Layer;
 use tower_service::Service;
 
-/// The header on every response that the proxy makes itself, naming why (the same header as
-/// `resilience_timeout::SIDECAR_ERROR`).
-pub const SIDECAR_ERROR: HeaderName = HeaderName::from_static("x-sidecar-error");
-
-const BODY: &str = "service unavailable: the circuit breaker is open\n";
-
 /// The response body of [`Unavailable`]: the inner body, or the short text of a 503.
 pub type UnavailableBody<B> = Either<B, Full<Bytes>>;
 
 /// Turns [`BreakerOpen`] errors from the inner stack into `503 Service Unavailable` responses.
 ///
-/// The response carries `x-sidecar-error: breaker-open`, `Retry-After` in whole seconds
-/// (rounded up, at least 1; 1 when the breaker cannot tell) and a one-line plain-text body.
+/// The response is the [`LocalReply`] for [`Reason::BreakerOpen`]: `x-sidecar-error:
+/// breaker-open` (or the header given to [`flag_header`](Self::flag_header)), `Retry-After` in
+/// whole seconds (rounded up, at least 1) when the breaker knows when it lets the next probe
+/// through, none when it cannot tell (forced open, every probe in flight), and a one-line
+/// plain-text body.
 /// Other errors pass through unchanged. Put it outside a fail-fast
 /// [`CircuitBreaker`](crate::CircuitBreaker) at an HTTP edge; in library mode keep the typed
 /// error instead.
-#[derive(Debug, Clone, Copy, Default)]
+#[derive(Debug, Clone)]
 #[must_use]
 pub struct UnavailableLayer {
-    _priv: (),
+    flag_header: HeaderName,
+}
+
+impl Default for UnavailableLayer {
+    fn default() -> Self {
+        Self {
+            flag_header: SIDECAR_ERROR,
+        }
+    }
 }
 
 impl UnavailableLayer {
@@ -44,13 +47,22 @@ impl UnavailableLayer {
     pub fn new() -> Self {
         Self::default()
     }
+
+    /// Names the reason in `header` instead of `x-sidecar-error`.
+    pub fn flag_header(mut self, header: HeaderName) -> Self {
+        self.flag_header = header;
+        self
+    }
 }
 
 impl<S> Layer<S> for UnavailableLayer {
     type Service = Unavailable<S>;
 
     fn layer(&self, inner: S) -> Self::Service {
-        Unavailable { inner }
+        Unavailable {
+            inner,
+            flag_header: self.flag_header.clone(),
+        }
     }
 }
 
@@ -58,12 +70,13 @@ impl<S> Layer<S> for UnavailableLayer {
 #[derive(Debug, Clone)]
 pub struct Unavailable<S> {
     inner: S,
+    flag_header: HeaderName,
 }
 
 impl<S> Unavailable<S> {
     /// Wraps `inner`.
     pub fn new(inner: S) -> Self {
-        Self { inner }
+        UnavailableLayer::new().layer(inner)
     }
 
     /// The inner service.
@@ -98,6 +111,7 @@ where
     fn call(&mut self, req: Req) -> Self::Future {
         UnavailableFuture {
             inner: self.inner.call(req),
+            flag_header: Some(self.flag_header.clone()),
         }
     }
 }
@@ -108,6 +122,7 @@ pin_project! {
     pub struct UnavailableFuture<F> {
         #[pin]
         inner: F,
+        flag_header: Option<HeaderName>,
     }
 }
 
@@ -119,31 +134,21 @@ where
     type Output = Result<Response<UnavailableBody<B>>, BoxError>;
 
     fn poll(self: Pin<&mut Self>, cx: &mut Context<'_>) -> Poll<Self::Output> {
-        Poll::Ready(match ready!(self.project().inner.poll(cx)) {
+        let this = self.project();
+        Poll::Ready(match ready!(this.inner.poll(cx)) {
             Ok(response) => Ok(response.map(Either::Left)),
             Err(err) => {
                 let err = err.into();
                 match err.downcast_ref::<BreakerOpen>() {
-                    Some(open) => Ok(unavailable(open)),
+                    Some(open) => {
+                        let reply = LocalReply::new(Reason::BreakerOpen)
+                            .retry_after(open.retry_after())
+                            .flag_header(this.flag_header.take().unwrap_or(SIDECAR_ERROR));
+                        Ok(reply.into_response().map(Either::Right))
+                    }
                     None => Err(err),
                 }
             }
         })
     }
-}
-
-fn unavailable<B>(open: &BreakerOpen) -> Response<UnavailableBody<B>> {
-    let seconds = open.retry_after_secs().unwrap_or(1);
-    let mut response = Response::new(Either::Right(Full::new(Bytes::from_static(
-        BODY.as_bytes(),
-    ))));
-    *response.status_mut() = StatusCode::SERVICE_UNAVAILABLE;
-    let headers = response.headers_mut();
-    headers.insert(SIDECAR_ERROR, HeaderValue::from_static("breaker-open"));
-    headers.insert(RETRY_AFTER, HeaderValue::from(seconds));
-    headers.insert(
-        CONTENT_TYPE,
-        HeaderValue::from_static("text/plain; charset=utf-8"),
-    );
-    response
 }

@@ -27,7 +27,7 @@ fn an_empty_section_is_all_defaults() {
 
 #[test]
 fn the_design_sketch_parses() {
-    // DESIGN.md section 7, [outbound.breaker].
+    // The [outbound.breaker] section of examples/sidecar.toml.
     let config = parse(
         r#"
         failure_rate = 0.5

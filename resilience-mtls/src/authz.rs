@@ -2,9 +2,10 @@
 
 use crate::{AllowList, Identity, metrics};
 use bytes::Bytes;
-use http::{HeaderName, HeaderValue, Request, Response, StatusCode, header::CONTENT_TYPE};
+use http::{HeaderName, Request, Response};
 use http_body_util::{Either, Full};
 use pin_project_lite::pin_project;
+use resilience_core::{LocalReply, Reason, SIDECAR_ERROR};
 use std::{
     future::Future,
     pin::Pin,
@@ -13,11 +14,6 @@ use std::{
 };
 use tower_layer::Layer;
 use tower_service::Service;
-
-/// The header on every response that the proxy makes itself, naming why.
-pub const SIDECAR_ERROR: HeaderName = HeaderName::from_static("x-sidecar-error");
-
-const BODY: &str = "forbidden: the peer identity is not allowed to call this service\n";
 
 /// The response body of [`Authorize`]: the inner body, or the short text of a 403.
 pub type AuthorizeBody<B> = Either<B, Full<Bytes>>;
@@ -28,6 +24,7 @@ pub type AuthorizeBody<B> = Either<B, Full<Bytes>>;
 #[must_use]
 pub struct AuthorizeLayer {
     allow: Arc<AllowList>,
+    flag_header: HeaderName,
 }
 
 impl AuthorizeLayer {
@@ -35,7 +32,14 @@ impl AuthorizeLayer {
     pub fn new(allow: AllowList) -> Self {
         Self {
             allow: Arc::new(allow),
+            flag_header: SIDECAR_ERROR,
         }
+    }
+
+    /// Names the reason of a denial in `header` instead of `x-sidecar-error`.
+    pub fn flag_header(mut self, header: HeaderName) -> Self {
+        self.flag_header = header;
+        self
     }
 }
 
@@ -46,12 +50,14 @@ impl<S> Layer<S> for AuthorizeLayer {
         Authorize {
             inner,
             allow: self.allow.clone(),
+            flag_header: self.flag_header.clone(),
         }
     }
 }
 
 /// Answers requests from peers that are not on the allow-list with `403 Forbidden` and
-/// `x-sidecar-error: unauthorized`, without calling the inner service.
+/// `x-sidecar-error: unauthorized` (the [`LocalReply`] for [`Reason::Unauthorized`]), without
+/// calling the inner service.
 ///
 /// A request without an [`Identity`] extension is anonymous (plaintext in permissive mode) and
 /// is denied unless the list [allows anonymous peers](AllowList::allow_anonymous). Denials are
@@ -60,15 +66,13 @@ impl<S> Layer<S> for AuthorizeLayer {
 pub struct Authorize<S> {
     inner: S,
     allow: Arc<AllowList>,
+    flag_header: HeaderName,
 }
 
 impl<S> Authorize<S> {
     /// Wraps `inner`, admitting the identities in `allow`.
     pub fn new(inner: S, allow: AllowList) -> Self {
-        Self {
-            inner,
-            allow: Arc::new(allow),
-        }
+        AuthorizeLayer::new(allow).layer(inner)
     }
 
     /// The allow-list.
@@ -120,8 +124,11 @@ where
                 path = req.uri().path(),
                 "request denied: peer identity not allowed",
             );
+            let reply = LocalReply::new(Reason::Unauthorized).flag_header(self.flag_header.clone());
             AuthorizeFuture {
-                state: State::Denied,
+                state: State::Denied {
+                    response: Some(reply.into_response()),
+                },
             }
         }
     }
@@ -144,7 +151,9 @@ pin_project! {
             #[pin]
             inner: F,
         },
-        Denied,
+        Denied {
+            response: Option<Response<Full<Bytes>>>,
+        },
     }
 }
 
@@ -159,23 +168,12 @@ where
             StateProj::Allowed { inner } => {
                 Poll::Ready(ready!(inner.poll(cx)).map(|res| res.map(Either::Left)))
             }
-            StateProj::Denied => Poll::Ready(Ok(forbidden())),
+            StateProj::Denied { response } => Poll::Ready(Ok(response
+                .take()
+                .expect("AuthorizeFuture polled after completion")
+                .map(Either::Right))),
         }
     }
-}
-
-fn forbidden<B>() -> Response<AuthorizeBody<B>> {
-    let mut response = Response::new(Either::Right(Full::new(Bytes::from_static(
-        BODY.as_bytes(),
-    ))));
-    *response.status_mut() = StatusCode::FORBIDDEN;
-    let headers = response.headers_mut();
-    headers.insert(SIDECAR_ERROR, HeaderValue::from_static("unauthorized"));
-    headers.insert(
-        CONTENT_TYPE,
-        HeaderValue::from_static("text/plain; charset=utf-8"),
-    );
-    response
 }
 
 /// Puts one connection's peer [`Identity`] into each request's extensions; see

@@ -4,7 +4,7 @@ use crate::{
     Credentials, Identity, MaterialError, MaterialPaths, MtlsAcceptor, MtlsConnector, Rotation,
     client::ConnectorBuilder, server::AcceptorBuilder,
 };
-use resilience_timeout::duration;
+use resilience_core::duration;
 use serde::{Deserialize, Serialize};
 use std::{path::PathBuf, time::Duration};
 

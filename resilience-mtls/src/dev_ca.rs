@@ -20,7 +20,7 @@ use rcgen::{
 };
 use std::{
     fmt, io,
-    path::Path,
+    path::{Path, PathBuf},
     time::{Duration, SystemTime},
 };
 
@@ -192,6 +192,39 @@ pub fn write_private(path: &Path, contents: &[u8]) -> io::Result<()> {
     file.sync_all()?;
     drop(file);
     std::fs::rename(&tmp, path)
+}
+
+/// Creates a CA for `trust_domain` and one certificate per workload path (such as
+/// `ns/shop/sa/orders`), writing `ca.pem`, `<name>.pem` and `<name>-key.pem` into `out`, where
+/// `<name>` is the path's last segment: what `sidecar-lite certs` does. Returns the files
+/// written.
+pub fn write_workloads(
+    out: &Path,
+    trust_domain: &str,
+    workloads: &[String],
+) -> Result<Vec<PathBuf>, crate::BoxError> {
+    std::fs::create_dir_all(out).map_err(|e| format!("cannot create {}: {e}", out.display()))?;
+    let ca = DevCa::new(trust_domain)?;
+    let mut written = vec![out.join("ca.pem")];
+    for workload in workloads {
+        let name = workload
+            .trim_end_matches('/')
+            .rsplit('/')
+            .next()
+            .filter(|n| !n.is_empty())
+            .ok_or_else(|| format!("workload `{workload}` has no name"))?;
+        let paths = MaterialPaths::new(
+            out.join(format!("{name}.pem")),
+            out.join(format!("{name}-key.pem")),
+            out.join("ca.pem"),
+        );
+        ca.workload(workload)?
+            .write(&paths, ca.trust_pem())
+            .map_err(|e| format!("cannot write {}: {e}", paths.cert.display()))?;
+        written.push(paths.cert.clone());
+        written.push(paths.key.clone());
+    }
+    Ok(written)
 }
 
 /// A certificate authority for one SPIFFE trust domain: a root, or an intermediate under one.

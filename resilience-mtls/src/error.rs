@@ -2,9 +2,6 @@
 
 use std::{error::Error, fmt, io, path::PathBuf};
 
-/// The boxed error type that the connector and the rotation task return.
-pub type BoxError = Box<dyn Error + Send + Sync>;
-
 /// A string that is not a valid identity or identity pattern, or a certificate without one.
 #[derive(Debug, Clone, PartialEq, Eq)]
 pub enum IdentityError {

@@ -58,7 +58,9 @@
 //! - [`AddPeerIdentityLayer`] puts the connection's peer identity into each request;
 //!   [`AuthorizeLayer`] answers peers that are not on the allow-list with `403 Forbidden` and
 //!   `x-sidecar-error: unauthorized`.
-//! - [`dev_ca`]: a development CA that issues workload certificates with SPIFFE IDs.
+//! - [`dev_ca`] (feature `dev-ca`): a development CA that issues workload certificates with
+//!   SPIFFE IDs, for tests, examples and `sidecar-lite certs`; off by default, so a service
+//!   does not compile rcgen.
 //! - [`metrics`]: handshakes by result and failure reason, seconds until our certificate
 //!   expires (and a warning log once less than 20 % of its lifetime remains), reloads, denials.
 //!
@@ -70,6 +72,9 @@
 //!
 //! [`IdentityConfig`] is the `[identity]` section of a `sidecar-lite` config file; [`MtlsMode`]
 //! and [`AllowList`] deserialize from the `mtls` and `allow` keys of its `[inbound]` section.
+//!
+//! How this crate fits with the others: `ARCHITECTURE.md` at the root of the workspace's
+//! repository.
 //!
 //! [tower]: https://docs.rs/tower
 //! [hyper]: https://docs.rs/hyper
@@ -90,6 +95,7 @@ mod server;
 mod stream;
 mod verifier;
 
+#[cfg(feature = "dev-ca")]
 pub mod dev_ca;
 pub mod metrics;
 
@@ -99,15 +105,14 @@ mod config;
 pub use allow::AllowList;
 pub use authz::{
     AddPeerIdentity, AddPeerIdentityLayer, Authorize, AuthorizeBody, AuthorizeFuture,
-    AuthorizeLayer, SIDECAR_ERROR,
+    AuthorizeLayer,
 };
 pub use client::{ConnectFuture, ConnectorBuilder, MtlsConnection, MtlsConnector, TlsInfo};
 pub use credentials::Credentials;
-pub use error::{
-    BoxError, FailureReason, HandshakeError, IdentityError, IdentityMismatch, MaterialError,
-};
+pub use error::{FailureReason, HandshakeError, IdentityError, IdentityMismatch, MaterialError};
 pub use identity::{Identity, IdentityPattern, SpiffeId};
 pub use material::{Material, MaterialPaths};
+pub use resilience_core::{BoxError, SIDECAR_ERROR};
 pub use rotation::{Rotation, RotationHandle, RotationStatus};
 pub use server::{AcceptorBuilder, MtlsAcceptor, MtlsMode};
 pub use stream::{MtlsStream, Rewind};

@@ -1,6 +1,7 @@
 //! Exponential backoff with jitter.
 
 use crate::ConfigError;
+use resilience_core::{RandomSource, ThreadRandom};
 use std::{fmt, sync::Arc, time::Duration};
 
 /// How the delay before each retry is randomised (AWS, "Exponential Backoff and Jitter").
@@ -19,28 +20,6 @@ pub enum Jitter {
     Decorrelated,
     /// `cap(n)`, exactly.
     None,
-}
-
-/// A source of uniform random numbers in `[0, 1)`, injectable so that tests are deterministic.
-pub trait RandomSource: Send + Sync + 'static {
-    /// The next number, in `[0, 1)`.
-    fn next_f64(&self) -> f64;
-}
-
-/// The thread-local generator of the `rand` crate.
-#[derive(Debug, Clone, Copy, Default)]
-pub struct ThreadRandom;
-
-impl RandomSource for ThreadRandom {
-    fn next_f64(&self) -> f64 {
-        rand::random::<f64>()
-    }
-}
-
-impl<F: Fn() -> f64 + Send + Sync + 'static> RandomSource for F {
-    fn next_f64(&self) -> f64 {
-        self()
-    }
 }
 
 /// Exponential backoff: `base`, times `multiplier` per retry, capped at `max`, with [`Jitter`].
@@ -65,7 +44,7 @@ impl fmt::Debug for Backoff {
 }
 
 impl Default for Backoff {
-    /// 25 ms doubling up to 250 ms, full jitter: the sidecar's defaults (DESIGN.md).
+    /// 25 ms doubling up to 250 ms, full jitter: the defaults of `examples/sidecar.toml`.
     fn default() -> Self {
         Self {
             base: Duration::from_millis(25),

@@ -5,7 +5,8 @@ use crate::{
     http_policy::DEFAULT_MAX_RETRY_AFTER, replay::DEFAULT_MAX_REPLAY_BODY,
 };
 use http::StatusCode;
-use resilience_timeout::{HttpDeadline, TimeoutLayer, duration};
+use resilience_core::duration;
+use resilience_timeout::{HttpDeadline, TimeoutLayer};
 use serde::{Deserialize, Deserializer, Serialize, Serializer, de::Error as _};
 use std::{sync::Arc, time::Duration};
 

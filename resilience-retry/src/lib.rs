@@ -74,6 +74,9 @@
 //! `resilience_retry_budget_exhausted_total{layer}` counts budget refusals. Each retry emits a
 //! debug-level tracing event with the attempt number and the reason.
 //!
+//! How this crate fits with the others: `ARCHITECTURE.md` at the root of the workspace's
+//! repository.
+//!
 //! [tower]: https://docs.rs/tower
 
 #![cfg_attr(docsrs, feature(doc_cfg))]
@@ -99,12 +102,12 @@ pub mod retry_after;
 #[cfg(feature = "serde")]
 mod config;
 
-pub use backoff::{Backoff, Jitter, RandomSource, ThreadRandom};
+pub use backoff::{Backoff, Jitter};
 pub use budget::Budget;
 pub use future::ResponseFuture;
 pub use layer::RetryLayer;
 pub use policy::{Action, Policy, Reason, Replay, RetryIf};
-pub use resilience_timeout::ConfigError;
+pub use resilience_core::{BoxError, ConfigError, RandomSource, ThreadRandom};
 pub use service::Retry;
 
 #[cfg(feature = "http")]

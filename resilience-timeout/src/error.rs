@@ -2,12 +2,9 @@
 
 use std::{error::Error, fmt, time::Duration};
 
-/// The boxed error type that every layer in this crate returns.
-pub type BoxError = Box<dyn Error + Send + Sync>;
-
 /// The request did not complete before its deadline.
 ///
-/// Returned (boxed, as [`BoxError`]) by [`Timeout`](crate::Timeout); check for it with
+/// Returned (boxed, as [`BoxError`](crate::BoxError)) by [`Timeout`](crate::Timeout); check for it with
 /// `err.is::<Elapsed>()`.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
 pub struct Elapsed {
@@ -38,41 +35,3 @@ impl fmt::Display for Elapsed {
 }
 
 impl Error for Elapsed {}
-
-/// A setting with a value that is not allowed, naming the field and the value. Shared by the
-/// config types of the resilience crates.
-#[derive(Debug, Clone, PartialEq, Eq)]
-pub struct ConfigError {
-    field: &'static str,
-    value: String,
-    reason: &'static str,
-}
-
-impl ConfigError {
-    /// `field` may not be `value`, because `reason` (lowercase, as "must be at least 1").
-    pub fn new(field: &'static str, value: impl fmt::Display, reason: &'static str) -> Self {
-        Self {
-            field,
-            value: value.to_string(),
-            reason,
-        }
-    }
-
-    /// The name of the field that is wrong.
-    #[must_use]
-    pub fn field(&self) -> &'static str {
-        self.field
-    }
-}
-
-impl fmt::Display for ConfigError {
-    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
-        write!(
-            f,
-            "invalid `{}` = {}: {}",
-            self.field, self.value, self.reason
-        )
-    }
-}
-
-impl Error for ConfigError {}

@@ -3,9 +3,10 @@
 
 use crate::{BoxError, Elapsed};
 use bytes::Bytes;
-use http::{HeaderName, HeaderValue, Response, StatusCode, header::CONTENT_TYPE};
+use http::{HeaderName, Response};
 use http_body_util::{Either, Full};
 use pin_project_lite::pin_project;
+use resilience_core::{LocalReply, Reason, SIDECAR_ERROR};
 use std::{
     future::Future,
     pin::Pin,
@@ -14,23 +15,27 @@ use std::{
 use tower_layer::Layer;
 use tower_service::Service;
 
-/// The header on every response that the proxy makes itself, naming why.
-pub const SIDECAR_ERROR: HeaderName = HeaderName::from_static("x-sidecar-error");
-
-const BODY: &str = "gateway timeout: the upstream did not answer in time\n";
-
 /// The response body of [`GatewayTimeout`]: the inner body, or the short text of a 504.
 pub type GatewayTimeoutBody<B> = Either<B, Full<Bytes>>;
 
 /// Turns [`Elapsed`] errors from the inner stack into `504 Gateway Timeout` responses.
 ///
-/// The response carries `x-sidecar-error: timeout` and a one-line plain-text body. Other errors
-/// pass through unchanged. Put it outside a [`Timeout`](crate::Timeout) at an HTTP edge; in
+/// The response is the [`LocalReply`] for [`Reason::Timeout`]: `x-sidecar-error: timeout` (or
+/// the header given to [`flag_header`](Self::flag_header)) and a one-line plain-text body.
+/// Other errors pass through unchanged. Put it outside a [`Timeout`](crate::Timeout) at an HTTP edge; in
 /// library mode keep the typed error instead.
-#[derive(Debug, Clone, Copy, Default)]
+#[derive(Debug, Clone)]
 #[must_use]
 pub struct GatewayTimeoutLayer {
-    _priv: (),
+    flag_header: HeaderName,
+}
+
+impl Default for GatewayTimeoutLayer {
+    fn default() -> Self {
+        Self {
+            flag_header: SIDECAR_ERROR,
+        }
+    }
 }
 
 impl GatewayTimeoutLayer {
@@ -38,13 +43,22 @@ impl GatewayTimeoutLayer {
     pub fn new() -> Self {
         Self::default()
     }
+
+    /// Names the reason in `header` instead of `x-sidecar-error`.
+    pub fn flag_header(mut self, header: HeaderName) -> Self {
+        self.flag_header = header;
+        self
+    }
 }
 
 impl<S> Layer<S> for GatewayTimeoutLayer {
     type Service = GatewayTimeout<S>;
 
     fn layer(&self, inner: S) -> Self::Service {
-        GatewayTimeout { inner }
+        GatewayTimeout {
+            inner,
+            flag_header: self.flag_header.clone(),
+        }
     }
 }
 
@@ -52,12 +66,13 @@ impl<S> Layer<S> for GatewayTimeoutLayer {
 #[derive(Debug, Clone)]
 pub struct GatewayTimeout<S> {
     inner: S,
+    flag_header: HeaderName,
 }
 
 impl<S> GatewayTimeout<S> {
     /// Wraps `inner`.
     pub fn new(inner: S) -> Self {
-        Self { inner }
+        GatewayTimeoutLayer::new().layer(inner)
     }
 
     /// The inner service.
@@ -92,6 +107,7 @@ where
     fn call(&mut self, req: Req) -> Self::Future {
         GatewayTimeoutFuture {
             inner: self.inner.call(req),
+            flag_header: Some(self.flag_header.clone()),
         }
     }
 }
@@ -102,6 +118,7 @@ pin_project! {
     pub struct GatewayTimeoutFuture<F> {
         #[pin]
         inner: F,
+        flag_header: Option<HeaderName>,
     }
 }
 
@@ -113,30 +130,19 @@ where
     type Output = Result<Response<GatewayTimeoutBody<B>>, BoxError>;
 
     fn poll(self: Pin<&mut Self>, cx: &mut Context<'_>) -> Poll<Self::Output> {
-        Poll::Ready(match ready!(self.project().inner.poll(cx)) {
+        let this = self.project();
+        Poll::Ready(match ready!(this.inner.poll(cx)) {
             Ok(response) => Ok(response.map(Either::Left)),
             Err(err) => {
                 let err = err.into();
                 if err.is::<Elapsed>() {
-                    Ok(gateway_timeout())
+                    let reply = LocalReply::new(Reason::Timeout)
+                        .flag_header(this.flag_header.take().unwrap_or(SIDECAR_ERROR));
+                    Ok(reply.into_response().map(Either::Right))
                 } else {
                     Err(err)
                 }
             }
         })
     }
-}
-
-fn gateway_timeout<B>() -> Response<GatewayTimeoutBody<B>> {
-    let mut response = Response::new(Either::Right(Full::new(Bytes::from_static(
-        BODY.as_bytes(),
-    ))));
-    *response.status_mut() = StatusCode::GATEWAY_TIMEOUT;
-    let headers = response.headers_mut();
-    headers.insert(SIDECAR_ERROR, HeaderValue::from_static("timeout"));
-    headers.insert(
-        CONTENT_TYPE,
-        HeaderValue::from_static("text/plain; charset=utf-8"),
-    );
-    response
 }

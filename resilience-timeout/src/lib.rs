@@ -77,6 +77,9 @@
 //! `resilience_timeout_total{layer}` counts timeouts by layer name (see
 //! [`TimeoutLayer::named`]); each timeout also emits a debug-level tracing event.
 //!
+//! How this crate fits with the others: `ARCHITECTURE.md` at the root of the workspace's
+//! repository.
+//!
 //! [tower]: https://docs.rs/tower
 
 #![cfg_attr(docsrs, feature(doc_cfg))]
@@ -99,12 +102,13 @@ pub mod grpc_timeout;
 #[cfg(feature = "serde")]
 mod config;
 #[cfg(feature = "serde")]
-pub mod duration;
+pub use resilience_core::duration;
 
-pub use error::{BoxError, ConfigError, Elapsed};
+pub use error::Elapsed;
 pub use future::ResponseFuture;
 pub use layer::TimeoutLayer;
 pub use policy::{Fixed, TimeoutPolicy, Verdict};
+pub use resilience_core::{BoxError, ConfigError};
 pub use service::Timeout;
 
 #[cfg(feature = "http")]
@@ -115,9 +119,9 @@ pub use body::{
 #[cfg(feature = "http")]
 pub use deadline::{Deadline, HttpDeadline, REQUEST_TIMEOUT_MS};
 #[cfg(feature = "http")]
-pub use gateway::{
-    GatewayTimeout, GatewayTimeoutBody, GatewayTimeoutFuture, GatewayTimeoutLayer, SIDECAR_ERROR,
-};
+pub use gateway::{GatewayTimeout, GatewayTimeoutBody, GatewayTimeoutFuture, GatewayTimeoutLayer};
+#[cfg(feature = "http")]
+pub use resilience_core::SIDECAR_ERROR;
 
 #[cfg(feature = "serde")]
 pub use config::TimeoutConfig;

@@ -1,19 +1,57 @@
 //! `sidecar-lite`: a small proxy that runs beside an application and stacks the resilience
 //! middleware crates (timeout, retry, circuit breaker, mutual TLS) from one config file.
 //!
-//! The flow of the code follows the flow of a request: [`config`] (parse and validate, nothing
-//! else) feeds [`stack`] (the only place that assembles layers, public so library mode calls
-//! the same functions), which [`proxy`] serves on its listeners; [`run`] ties them together
-//! for the binary. With `[tracing]`, [`proxy::span`] gives each request a span and
-//! [`telemetry`] exports them.
+//! The modules read as the path of a request, with no import running back up: `config`
+//! (parse and validate into typed values, nothing else) feeds `proxy` (the edge: listeners,
+//! connections, framing, header rules, spans, local replies), which hands each request to
+//! `stack` (the only place that assembles layers), which ends in `transport` (the clients to
+//! peers and to the app); `run` (lifecycle, signals, reload) and `admin` stand beside them.
+//! `ARCHITECTURE.md` at the root of the repository walks one request through both sidecars.
+//!
+//! What is public is what library users and the binary need:
+//!
+//! - [`Config`] parses and validates a config file; [`OutboundConfig`] and [`InboundConfig`]
+//!   are its routes.
+//! - [`outbound`] and [`inbound`] build the very stacks the sidecar serves, for library mode;
+//!   [`local_reply`] answers their errors as the sidecar does.
+//! - [`Sidecar`] runs a whole config, as the binary does.
+//!
+//! ```no_run
+//! use sidecar_lite::{Config, outbound, local_reply};
+//! use http_body_util::Full;
+//! use bytes::Bytes;
+//! use tower::ServiceExt;
+//!
+//! # #[tokio::main] async fn main() -> Result<(), Box<dyn std::error::Error + Send + Sync>> {
+//! let config = Config::parse(r#"
+//!     [[outbound]]
+//!     name = "payments"
+//!     listen = "127.0.0.1:15001"
+//!     endpoints = ["127.0.0.1:8080"]
+//!     timeout = "2s"
+//!     [outbound.retry]
+//!     attempts = 3
+//! "#)?;
+//! let route = config.outbound_route("payments").expect("the route is in the file");
+//! let stack = outbound::<Full<Bytes>>(&config, route, None)?;
+//! let request = http::Request::get("http://payments/charge").body(Full::default())?;
+//! let response = match stack.oneshot(request).await {
+//!     Ok(response) => response,
+//!     Err(error) => local_reply(&error), // 504 timeout, 503 breaker-open, ...
+//! };
+//! println!("{}", response.status());
+//! # Ok(()) }
+//! ```
 
-pub mod admin;
-pub mod certs;
-pub mod config;
-pub mod discovery;
-pub mod fault;
-pub mod proxy;
-pub mod run;
-pub mod stack;
-pub mod telemetry;
-pub mod unavailable;
+mod admin;
+mod config;
+mod proxy;
+mod run;
+mod stack;
+mod transport;
+
+pub use config::{Config, ConfigErrors, ConfigProblem, InboundConfig, OutboundConfig};
+pub use proxy::local_reply;
+pub use run::{Bound, Sidecar};
+pub use stack::{StackService, inbound, outbound};
+pub use transport::ProxyBody;

@@ -1,11 +1,7 @@
 //! The `sidecar-lite` command line: `run`, `check` and `certs`.
 
 use clap::{Parser, Subcommand};
-use metrics_exporter_prometheus::PrometheusBuilder;
-use sidecar_lite::{
-    config::{Config, LogFormat},
-    run::Sidecar,
-};
+use sidecar_lite::{Config, Sidecar};
 use std::{path::PathBuf, process::ExitCode};
 
 /// A small mTLS sidecar proxy: timeouts, retries, circuit breaking and mutual TLS for the app
@@ -76,51 +72,19 @@ fn main() -> ExitCode {
                     return ExitCode::FAILURE;
                 }
             };
-            init_logging(&config);
-            let mut runtime = tokio::runtime::Builder::new_multi_thread();
-            if let Some(threads) = config.runtime.worker_threads {
-                runtime.worker_threads(threads);
+            match Sidecar::run_process(config, path.clone()) {
+                Ok(()) => ExitCode::SUCCESS,
+                Err(error) => {
+                    eprintln!("{}: {error}", path.display());
+                    ExitCode::FAILURE
+                }
             }
-            let runtime = match runtime.enable_all().build() {
-                Ok(runtime) => runtime,
-                Err(error) => {
-                    eprintln!("cannot start the runtime: {error}");
-                    return ExitCode::FAILURE;
-                }
-            };
-            let buckets = [
-                0.0005, 0.001, 0.0025, 0.005, 0.01, 0.025, 0.05, 0.1, 0.25, 0.5, 1.0, 2.5, 5.0,
-                10.0,
-            ];
-            let recorder = PrometheusBuilder::new()
-                .set_buckets(&buckets)
-                .and_then(PrometheusBuilder::install_recorder);
-            let metrics = match recorder {
-                Ok(handle) => Some(handle),
-                Err(error) => {
-                    tracing::warn!(%error, "metrics are not recorded");
-                    None
-                }
-            };
-            runtime.block_on(async {
-                match Sidecar::start(&config, metrics).await {
-                    Ok(sidecar) => {
-                        sidecar.run_until_signal(path.clone()).await;
-                        ExitCode::SUCCESS
-                    }
-                    Err(error) => {
-                        tracing::error!(%error, "cannot start");
-                        eprintln!("{}: {error}", path.display());
-                        ExitCode::FAILURE
-                    }
-                }
-            })
         }
         Command::Certs {
             out,
             trust_domain,
             workloads,
-        } => match sidecar_lite::certs::write(&out, &trust_domain, &workloads) {
+        } => match resilience_mtls::dev_ca::write_workloads(&out, &trust_domain, &workloads) {
             Ok(written) => {
                 for file in written {
                     println!("{}", file.display());
@@ -132,16 +96,5 @@ fn main() -> ExitCode {
                 ExitCode::FAILURE
             }
         },
-    }
-}
-
-fn init_logging(config: &Config) {
-    use tracing_subscriber::{EnvFilter, fmt};
-    let filter =
-        EnvFilter::try_from_default_env().unwrap_or_else(|_| EnvFilter::new(&config.log.filter));
-    let builder = fmt().with_env_filter(filter).with_writer(std::io::stderr);
-    match config.log.format {
-        LogFormat::Text => builder.init(),
-        LogFormat::Json => builder.json().init(),
     }
 }

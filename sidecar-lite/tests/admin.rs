@@ -6,7 +6,7 @@ mod common;
 use common::*;
 use http::{Method, Request, StatusCode};
 use metrics_exporter_prometheus::{PrometheusBuilder, PrometheusHandle};
-use sidecar_lite::{config::Config, run::Sidecar};
+use sidecar_lite::{Config, Sidecar};
 use std::{net::SocketAddr, sync::OnceLock};
 use tokio::time::timeout;
 

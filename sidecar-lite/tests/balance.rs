@@ -15,7 +15,7 @@ const REQUESTS: usize = 100;
 async fn route_over(
     failing: std::net::SocketAddr,
     healthy: std::net::SocketAddr,
-) -> sidecar_lite::run::Sidecar {
+) -> sidecar_lite::Sidecar {
     sidecar(&format!(
         r#"
 [[outbound]]

@@ -14,7 +14,7 @@ use hickory_resolver::proto::{
 };
 use http::{Request, StatusCode};
 use metrics_exporter_prometheus::{PrometheusBuilder, PrometheusHandle};
-use sidecar_lite::{config::Config, run::Sidecar};
+use sidecar_lite::{Config, Sidecar};
 use std::{
     net::{Ipv4Addr, SocketAddr},
     path::{Path, PathBuf},

@@ -19,7 +19,7 @@
 //! proptest finds belongs in the corpus, with the fix.
 
 use proptest::prelude::*;
-use sidecar_lite::config::Config;
+use sidecar_lite::Config;
 
 /// Cases per property: `FUZZ_CASES` when set, else `short`.
 fn cases(short: u32) -> u32 {

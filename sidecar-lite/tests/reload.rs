@@ -5,7 +5,7 @@ mod common;
 
 use common::{process, *};
 use http::{Request, StatusCode};
-use sidecar_lite::config::Config;
+use sidecar_lite::Config;
 use std::{
     net::SocketAddr,
     sync::Arc,
@@ -51,9 +51,7 @@ async fn status(addr: SocketAddr) -> StatusCode {
 async fn a_new_retry_policy_applies_to_the_next_request() {
     let app = first_attempts_fail().await;
     let start = route("127.0.0.1:0".parse().unwrap(), app, 1);
-    let mut sidecar = sidecar_lite::run::Sidecar::start(&start, None)
-        .await
-        .unwrap();
+    let mut sidecar = sidecar_lite::Sidecar::start(&start, None).await.unwrap();
     let addr = outbound_addr(&sidecar);
     assert_eq!(
         status(addr).await,
@@ -82,9 +80,7 @@ async fn a_new_retry_policy_applies_to_the_next_request() {
 async fn reloads_under_continuous_load_fail_no_request() {
     let (app, _) = status_app(200).await;
     let start = route("127.0.0.1:0".parse().unwrap(), app, 1);
-    let mut sidecar = sidecar_lite::run::Sidecar::start(&start, None)
-        .await
-        .unwrap();
+    let mut sidecar = sidecar_lite::Sidecar::start(&start, None).await.unwrap();
     let addr = outbound_addr(&sidecar);
 
     let failed = Arc::new(AtomicUsize::new(0));
@@ -133,9 +129,7 @@ async fn a_reload_that_cannot_bind_changes_nothing() {
     let (app, _) = status_app(200).await;
     let busy = std::net::TcpListener::bind("127.0.0.1:0").unwrap();
     let start = route("127.0.0.1:0".parse().unwrap(), app, 1);
-    let mut sidecar = sidecar_lite::run::Sidecar::start(&start, None)
-        .await
-        .unwrap();
+    let mut sidecar = sidecar_lite::Sidecar::start(&start, None).await.unwrap();
     let addr = outbound_addr(&sidecar);
     let err = sidecar
         .reload(&route(busy.local_addr().unwrap(), app, 3))
@@ -208,9 +202,7 @@ async fn a_reload_from_permissive_to_strict_mtls_applies_to_new_connections() {
         .unwrap()
     };
     let start = inbound("permissive", "127.0.0.1:0".parse().unwrap());
-    let mut sidecar = sidecar_lite::run::Sidecar::start(&start, None)
-        .await
-        .unwrap();
+    let mut sidecar = sidecar_lite::Sidecar::start(&start, None).await.unwrap();
     let addr = sidecar.bound.inbound.unwrap();
     // Permissive: a plaintext caller is served (as anonymous, so authorization says 403).
     let plaintext = || async move {

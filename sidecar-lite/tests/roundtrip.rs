@@ -13,8 +13,8 @@ use tokio::time::timeout;
 
 /// An app behind its inbound sidecar, and a client's outbound sidecar in front of both.
 struct Path {
-    outbound: sidecar_lite::run::Sidecar,
-    inbound: sidecar_lite::run::Sidecar,
+    outbound: sidecar_lite::Sidecar,
+    inbound: sidecar_lite::Sidecar,
     _certs: Certs,
 }
 

@@ -1,4 +1,4 @@
-//! Library mode: an HTTP service that calls its upstream through `sidecar_lite::stack::outbound`,
+//! Library mode: an HTTP service that calls its upstream through `sidecar_lite::outbound`,
 //! the very function the sidecar builds its outbound routes with, from the very same
 //! `[[outbound]]` TOML section, parsed by sidecar-lite's own config types. The same section
 //! means the same timeouts, retries and breaker in both modes; here there is no extra process
@@ -25,13 +25,9 @@ use hyper_util::{
     rt::{TokioExecutor, TokioIo},
     server::conn::auto,
 };
-use resilience_mtls::{Identity, RotationHandle};
-use sidecar_lite::{
-    config::{Config, OutboundConfig},
-    proxy::{body::ProxyBody, errors::error_response},
-    stack::{self, StackService},
-};
-use std::{convert::Infallible, error::Error, fmt, future::Future, str::FromStr, sync::Arc};
+use resilience_mtls::RotationHandle;
+use sidecar_lite::{Config, OutboundConfig, ProxyBody, StackService, local_reply};
+use std::{convert::Infallible, error::Error, fmt, future::Future, sync::Arc};
 use tokio::net::TcpListener;
 use tower::ServiceExt;
 
@@ -49,9 +45,7 @@ pub type RequestBody = Full<Bytes>;
 pub fn route(text: &str, name: &str) -> Result<(Config, OutboundConfig), BoxError> {
     let config = Config::parse(text)?;
     let route = config
-        .outbound
-        .iter()
-        .find(|route| route.name == name)
+        .outbound_route(name)
         .cloned()
         .ok_or_else(|| format!("no [[outbound]] route named \"{name}\" in the config"))?;
     Ok((config, route))
@@ -81,19 +75,19 @@ impl UpstreamClient {
     /// Certificates are re-read when their files change, as the sidecar's are, for as long as
     /// a clone of this client lives.
     pub fn new(config: &Config, route: &OutboundConfig) -> Result<Self, BoxError> {
-        let (tls, rotation) = match (&config.identity, &route.server_identity) {
+        let (tls, rotation) = match (config.identity(), route.server_identity()) {
             (Some(identity), Some(expected)) => {
                 let credentials = identity.load()?;
-                let connector = identity.connector(&credentials, Identity::from_str(expected)?);
+                let connector = identity.connector(&credentials, expected.clone());
                 let rotation = identity.rotation().spawn(&credentials);
                 (Some(connector), Some(Arc::new(rotation)))
             }
             _ => (None, None),
         };
-        let outbound = stack::outbound(route, tls.as_ref(), &config.discovery)?;
+        let service = sidecar_lite::outbound(config, route, tls.as_ref())?;
         Ok(Self {
-            service: outbound.service,
-            authority: route.name.clone(),
+            service,
+            authority: route.name().to_owned(),
             _rotation: rotation,
         })
     }
@@ -161,7 +155,7 @@ async fn handle(client: UpstreamClient, request: Request<Incoming>) -> Response<
         .to_owned();
     let answer = match client.get(&path).await {
         Ok(response) => response,
-        Err(error) => error_response(&error),
+        Err(error) => local_reply(&error),
     };
     let (parts, body) = answer.into_parts();
     let body = match body.collect().await {

@@ -1,5 +1,5 @@
 //! Library mode as a program: an HTTP service that calls its upstream through
-//! `sidecar_lite::stack::outbound`, built from a sidecar-lite config file's `[[outbound]]`
+//! `sidecar_lite::outbound`, built from a sidecar-lite config file's `[[outbound]]`
 //! section.
 //!
 //! Run it from the workspace root, beside the flaky upstream:

@@ -11,7 +11,7 @@ use hyper_util::{
     rt::TokioExecutor,
 };
 use resilience_mtls::{MaterialPaths, dev_ca::DevCa};
-use sidecar_lite::{config::Config, run::Sidecar};
+use sidecar_lite::{Config, Sidecar};
 use std::{net::SocketAddr, path::PathBuf, time::Duration};
 use tokio::{net::TcpListener, time::timeout};
 
@@ -103,9 +103,9 @@ async fn without_retries_the_503s_reach_the_caller() {
 #[tokio::test]
 async fn the_shipped_config_is_a_valid_route() {
     let (config, route) = route(include_str!("../library.toml"), "upstream").unwrap();
-    assert!(config.identity.is_none());
-    assert_eq!(route.endpoints, ["127.0.0.1:8080".parse().unwrap()]);
-    assert_eq!(route.retry.attempts, 3);
+    assert!(config.identity().is_none());
+    assert_eq!(route.endpoints(), ["127.0.0.1:8080"]);
+    assert_eq!(route.retry().attempts, 3);
     assert!(
         example_library_mode::route(include_str!("../library.toml"), "nope")
             .unwrap_err()

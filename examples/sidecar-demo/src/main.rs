@@ -41,7 +41,7 @@ async fn main() -> Result<(), BoxError> {
     let binary = sidecar_binary()?;
     let dir = PathBuf::from("target/sidecar-demo");
     std::fs::create_dir_all(&dir)?;
-    sidecar_lite::certs::write(
+    resilience_mtls::dev_ca::write_workloads(
         &dir,
         TRUST_DOMAIN,
         &["ns/shop/sa/frontend".into(), "ns/shop/sa/orders".into()],

@@ -1,7 +1,7 @@
 //! The status page: listeners, breaker states and the main counters at a glance, served from
 //! the binary with no external assets, refreshing itself every 2 seconds.
 
-use super::{AdminState, state_name};
+use super::AdminState;
 use std::fmt::Write as _;
 
 pub(super) fn render(state: &AdminState) -> String {
@@ -34,7 +34,7 @@ pub(super) fn render(state: &AdminState) -> String {
     html.push_str("</table>\n<h2>Breakers</h2><table id=\"breakers\"><tr><th>route</th><th>endpoint</th><th>state</th><th>calls</th><th>failures</th></tr>\n");
     for breaker in &serving.breakers() {
         let counts = breaker.handle.counts();
-        let name = state_name(breaker.handle.state());
+        let name = breaker.handle.state().as_str();
         let _ = writeln!(
             html,
             "<tr data-route=\"{}\" data-endpoint=\"{}\"><td>{}</td><td>{}</td><td class=\"{name}\">{name}</td><td>{}</td><td>{}</td></tr>",

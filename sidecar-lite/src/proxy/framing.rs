@@ -25,7 +25,7 @@ use tokio::io::{AsyncRead, AsyncWrite, ReadBuf};
 /// What a connection's guard and its service share: which request, counted from 1, carries
 /// ambiguous framing, and how many requests the service has taken so far.
 #[derive(Debug, Default)]
-pub struct Framing {
+pub(crate) struct Framing {
     ambiguous: AtomicU64,
     served: AtomicU64,
 }
@@ -34,7 +34,7 @@ impl Framing {
     /// Counts a request the service takes, and tells whether it is the ambiguous one. HTTP/1
     /// requests reach the service in the order their heads arrived, and the guard has read a
     /// head before hyper parses it, so the two counts line up.
-    pub fn next_is_ambiguous(&self) -> bool {
+    pub(crate) fn next_is_ambiguous(&self) -> bool {
         let position = self.served.fetch_add(1, Ordering::Relaxed) + 1;
         position == self.ambiguous.load(Ordering::Relaxed)
     }
@@ -42,7 +42,7 @@ impl Framing {
 
 /// A connection whose request framing is followed as hyper reads it.
 #[derive(Debug)]
-pub struct FramingGuard<IO> {
+pub(crate) struct FramingGuard<IO> {
     io: IO,
     scanner: Scanner,
     framing: Arc<Framing>,
@@ -51,7 +51,12 @@ pub struct FramingGuard<IO> {
 impl<IO> FramingGuard<IO> {
     /// Guards `io`; heads larger than `max_head_bytes` or with more than `max_headers` headers
     /// are left to hyper, which rejects them.
-    pub fn new(io: IO, framing: Arc<Framing>, max_head_bytes: usize, max_headers: usize) -> Self {
+    pub(crate) fn new(
+        io: IO,
+        framing: Arc<Framing>,
+        max_head_bytes: usize,
+        max_headers: usize,
+    ) -> Self {
         Self {
             io,
             scanner: Scanner::new(max_head_bytes, max_headers),

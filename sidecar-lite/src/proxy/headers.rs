@@ -9,9 +9,9 @@ use http::{
 use std::net::IpAddr;
 
 /// `x-forwarded-for`: the chain of client addresses.
-pub const X_FORWARDED_FOR: HeaderName = HeaderName::from_static("x-forwarded-for");
+pub(crate) const X_FORWARDED_FOR: HeaderName = HeaderName::from_static("x-forwarded-for");
 /// W3C Trace Context.
-pub const TRACEPARENT: HeaderName = HeaderName::from_static("traceparent");
+pub(crate) const TRACEPARENT: HeaderName = HeaderName::from_static("traceparent");
 
 /// Hop-by-hop headers that are never forwarded, besides those named in `Connection`.
 const HOP_BY_HOP: [&str; 5] = [
@@ -24,7 +24,7 @@ const HOP_BY_HOP: [&str; 5] = [
 
 /// Removes the headers that belong to one connection only. `te: trailers` is kept: gRPC needs
 /// it end to end.
-pub fn strip_hop_by_hop(headers: &mut HeaderMap) {
+pub(crate) fn strip_hop_by_hop(headers: &mut HeaderMap) {
     let named: Vec<HeaderName> = headers
         .get_all(CONNECTION)
         .iter()
@@ -52,7 +52,7 @@ pub fn strip_hop_by_hop(headers: &mut HeaderMap) {
 }
 
 /// Appends the client's address to `x-forwarded-for`, folding any earlier lines into one.
-pub fn append_forwarded_for(headers: &mut HeaderMap, client: IpAddr) {
+pub(crate) fn append_forwarded_for(headers: &mut HeaderMap, client: IpAddr) {
     let mut chain: Vec<&str> = headers
         .get_all(X_FORWARDED_FOR)
         .iter()
@@ -70,7 +70,7 @@ pub fn append_forwarded_for(headers: &mut HeaderMap, client: IpAddr) {
 
 /// Keeps a valid `traceparent`, or replaces a missing or malformed one with a new trace,
 /// sampled.
-pub fn ensure_traceparent(headers: &mut HeaderMap) {
+pub(crate) fn ensure_traceparent(headers: &mut HeaderMap) {
     if let Some(value) = headers.get(TRACEPARENT).and_then(|v| v.to_str().ok())
         && valid_traceparent(value).is_some()
     {
@@ -88,17 +88,17 @@ pub fn ensure_traceparent(headers: &mut HeaderMap) {
 /// The parts of a well-formed `traceparent` (W3C Trace Context, version 00 or a later version
 /// read as 00).
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
-pub struct TraceParent<'a> {
+pub(crate) struct TraceParent<'a> {
     /// 32 lowercase hex digits, not all zero.
-    pub trace_id: &'a str,
+    pub(crate) trace_id: &'a str,
     /// The caller's span: 16 lowercase hex digits, not all zero.
-    pub parent_id: &'a str,
+    pub(crate) parent_id: &'a str,
     /// The trace flags; bit 0 is "sampled".
-    pub flags: u8,
+    pub(crate) flags: u8,
 }
 
 /// The request's `traceparent`, if it has one that is well formed.
-pub fn traceparent(headers: &HeaderMap) -> Option<TraceParent<'_>> {
+pub(crate) fn traceparent(headers: &HeaderMap) -> Option<TraceParent<'_>> {
     parse_traceparent(headers.get(TRACEPARENT)?.to_str().ok()?)
 }
 

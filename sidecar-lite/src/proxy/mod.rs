@@ -1,11 +1,17 @@
-//! The proxy: listeners, the hyper server and client, and the rules every forwarded request
-//! and response follows.
+//! The edge of the proxy: listeners and their connections, the framing guard, the header
+//! rules every forwarded request and response follows, spans, and local replies. Below it,
+//! [`crate::stack`] decides what happens to a request; above it, nothing.
 
-pub mod body;
-pub mod client;
-pub mod errors;
-pub mod forward;
-pub mod framing;
-pub mod headers;
-pub mod server;
-pub mod span;
+mod edge;
+mod framing;
+mod headers;
+mod listener;
+mod local_reply;
+mod span;
+mod state;
+
+pub(crate) use edge::edge;
+pub(crate) use listener::{ClientAddr, serve};
+pub use local_reply::local_reply;
+pub(crate) use span::EdgeTracer;
+pub(crate) use state::{ListenerState, SharedListenerState};

@@ -8,8 +8,9 @@
 
 use super::{
     headers::{TRACEPARENT, ensure_traceparent, traceparent},
-    server::ClientAddr,
+    listener::ClientAddr,
 };
+use crate::stack::Attempts;
 use http::{HeaderValue, Method, Request, Response, Version, header::HOST, uri::Authority};
 use opentelemetry::{
     Context, KeyValue,
@@ -20,15 +21,12 @@ use opentelemetry::{
 };
 use opentelemetry_sdk::trace::{SdkTracer, Span};
 use resilience_mtls::Identity;
-use std::sync::{
-    Arc,
-    atomic::{AtomicU32, Ordering},
-};
+use std::sync::Arc;
 
 /// How one listener traces its requests: the tracer, the kind of span, and what the listener
 /// knows of its peers.
 #[derive(Debug, Clone)]
-pub struct EdgeTracer {
+pub(crate) struct EdgeTracer {
     tracer: SdkTracer,
     kind: SpanKind,
     listener: Arc<str>,
@@ -36,14 +34,11 @@ pub struct EdgeTracer {
     peer: Option<Arc<str>>,
 }
 
-/// A listener's tracer, replaced by a reload.
-pub type SharedTracer = Arc<arc_swap::ArcSwap<EdgeTracer>>;
-
 impl EdgeTracer {
     /// Server spans, for the inbound listener. The caller's identity, when it presented one,
     /// becomes `sidecar.peer.identity`.
     #[must_use]
-    pub fn inbound(tracer: SdkTracer, listener: Arc<str>) -> Self {
+    pub(crate) fn inbound(tracer: SdkTracer, listener: Arc<str>) -> Self {
         Self {
             tracer,
             kind: SpanKind::Server,
@@ -54,7 +49,11 @@ impl EdgeTracer {
 
     /// Client spans, for an outbound route whose peers must present `server_identity`.
     #[must_use]
-    pub fn outbound(tracer: SdkTracer, listener: Arc<str>, server_identity: Option<&str>) -> Self {
+    pub(crate) fn outbound(
+        tracer: SdkTracer,
+        listener: Arc<str>,
+        server_identity: Option<&str>,
+    ) -> Self {
         Self {
             tracer,
             kind: SpanKind::Client,
@@ -66,7 +65,7 @@ impl EdgeTracer {
     /// Starts the span of `req`, the child of its `traceparent` if it has a valid one, and
     /// sets `traceparent` to name the new span. Call before the request is rewritten for
     /// forwarding: it reads the method, path, authority, protocol version and client address.
-    pub fn start<B>(&self, req: &mut Request<B>) -> RequestSpan {
+    pub(crate) fn start<B>(&self, req: &mut Request<B>) -> RequestSpan {
         let parent = match traceparent(req.headers()) {
             Some(tp) => match (
                 TraceId::from_hex(tp.trace_id),
@@ -166,7 +165,7 @@ impl EdgeTracer {
 
 /// The span of one request, open until [`RequestSpan::finish`].
 #[derive(Debug)]
-pub struct RequestSpan {
+pub(crate) struct RequestSpan {
     span: Span,
     client: bool,
     attempts: Option<Attempts>,
@@ -176,7 +175,7 @@ impl RequestSpan {
     /// Ends the span with the response's status. `local_error` is the flag of a response the
     /// proxy made itself (`x-sidecar-error`), which becomes `error.type` and `sidecar.error`;
     /// otherwise a 5xx (or any 4xx on a client span) is the error, by its status code.
-    pub fn finish<B>(mut self, response: &Response<B>, local_error: Option<&str>) {
+    pub(crate) fn finish<B>(mut self, response: &Response<B>, local_error: Option<&str>) {
         if !self.span.is_recording() {
             return;
         }
@@ -213,33 +212,6 @@ impl RequestSpan {
         }
         self.span.end();
     }
-}
-
-/// Counts the attempts of one request on an outbound route, as a request extension: the
-/// retry layer copies it onto every attempt, and the stack counts each one below the retry
-/// layer.
-#[derive(Debug, Clone, Default)]
-pub struct Attempts(Arc<AtomicU32>);
-
-impl Attempts {
-    /// Counts one more attempt.
-    pub fn record(&self) {
-        self.0.fetch_add(1, Ordering::Relaxed);
-    }
-
-    /// The attempts so far.
-    #[must_use]
-    pub fn count(&self) -> u32 {
-        self.0.load(Ordering::Relaxed)
-    }
-}
-
-/// Counts an attempt of `req`, if its span asked for attempts to be counted.
-pub fn count_attempt<B>(req: Request<B>) -> Request<B> {
-    if let Some(attempts) = req.extensions().get::<Attempts>() {
-        attempts.record();
-    }
-    req
 }
 
 /// `http.request.method` and the span's name: a known method as it is, any other as

@@ -15,7 +15,7 @@ use hyper_util::{
     server::conn::auto,
 };
 use resilience_mtls::{MaterialPaths, dev_ca::DevCa};
-use sidecar_lite::{config::Config, run::Sidecar};
+use sidecar_lite::{Config, Sidecar};
 use std::{
     convert::Infallible,
     future::Future,

@@ -2,31 +2,30 @@
 //! stack from [`crate::stack`], with errors turned into flagged responses.
 
 use super::{
-    body::ProxyBody,
-    errors::error_response,
+    ClientAddr, SharedListenerState,
     headers::{append_forwarded_for, ensure_traceparent, strip_hop_by_hop},
-    server::ClientAddr,
-    span::SharedTracer,
+    local_reply::local_reply,
 };
-use crate::stack::SharedStack;
+use crate::transport::ProxyBody;
 use http::{HeaderValue, Request, Response, Uri, Version, header::HOST, uri::Authority};
 use hyper::body::Incoming;
 use metrics::{Counter, Histogram};
-use resilience_timeout::SIDECAR_ERROR;
+use resilience_core::SIDECAR_ERROR;
 use std::{convert::Infallible, future::Future, pin::Pin, sync::Arc};
 use tokio::time::Instant;
 use tower::{Service, ServiceExt};
 
 /// The edge service of one listener.
-pub type EdgeFuture = Pin<Box<dyn Future<Output = Result<Response<ProxyBody>, Infallible>> + Send>>;
+pub(crate) type EdgeFuture =
+    Pin<Box<dyn Future<Output = Result<Response<ProxyBody>, Infallible>> + Send>>;
 
-/// Wraps the current `stack` with the proxy's request and response rules; never fails: errors become
-/// responses with `x-sidecar-error`. With a `tracer`, each request gets a span (see
-/// [`super::span`]); without, nothing of tracing is done but keeping or starting `traceparent`.
-pub fn edge(
+/// Wraps the listener's current stack with the proxy's request and response rules; never
+/// fails: errors become local replies flagged with `x-sidecar-error`. With a tracer in the
+/// listener's state, each request gets a span (see [`super::span`]); without, nothing of
+/// tracing is done but keeping or starting `traceparent`.
+pub(crate) fn edge(
     listener: Arc<str>,
-    stack: SharedStack,
-    tracer: Option<SharedTracer>,
+    state: SharedListenerState,
 ) -> impl Service<
     Request<Incoming>,
     Response = Response<ProxyBody>,
@@ -38,11 +37,13 @@ pub fn edge(
     let metrics = Arc::new(EdgeMetrics::new(&listener));
     tower::service_fn(move |mut req: Request<Incoming>| {
         // The stack of the moment: a reload swaps it without touching requests in flight.
-        let stack = stack.current();
+        let current = state.load();
+        let stack = current.stack();
         let listener = listener.clone();
         let metrics = metrics.clone();
         // Started before the request is rewritten: the span reads it as the caller sent it.
-        let span = tracer.as_ref().map(|tracer| tracer.load().start(&mut req));
+        let span = current.tracer.as_ref().map(|tracer| tracer.start(&mut req));
+        drop(current);
         Box::pin(async move {
             let start = Instant::now();
             prepare_request(&mut req, span.is_none());
@@ -51,7 +52,7 @@ pub fn edge(
             let mut response = match stack.oneshot(req).await {
                 Ok(response) => response,
                 Err(error) => {
-                    let response = error_response(&error);
+                    let response = local_reply(&error);
                     metrics.record_local(&response);
                     local = true;
                     tracing::debug!(listener = &*listener, %method, status = %response.status(), %error, "answered by the proxy");

@@ -4,11 +4,11 @@
 
 use crate::{
     config::FaultConfig,
-    proxy::body::{ProxyBody, sidecar_response},
+    transport::{ProxyBody, local_response},
 };
 use http::{Request, Response, StatusCode};
 use pin_project_lite::pin_project;
-use resilience_timeout::BoxError;
+use resilience_core::{BoxError, LocalReply, Reason};
 use std::{
     future::Future,
     pin::Pin,
@@ -20,13 +20,13 @@ use tower::{Layer, Service};
 /// Injects the faults of a [`FaultConfig`].
 #[derive(Debug, Clone)]
 #[must_use]
-pub struct FaultLayer {
+pub(crate) struct FaultLayer {
     config: FaultConfig,
 }
 
 impl FaultLayer {
     /// A layer injecting `config`'s faults.
-    pub fn new(config: FaultConfig) -> Self {
+    pub(crate) fn new(config: FaultConfig) -> Self {
         Self { config }
     }
 }
@@ -44,7 +44,7 @@ impl<S> Layer<S> for FaultLayer {
 
 /// See [`FaultLayer`].
 #[derive(Debug, Clone)]
-pub struct Fault<S> {
+pub(crate) struct Fault<S> {
     inner: S,
     config: FaultConfig,
 }
@@ -69,10 +69,8 @@ where
                 StatusCode::from_u16(abort.status).unwrap_or(StatusCode::SERVICE_UNAVAILABLE);
             metrics::counter!("sidecar_faults_injected_total", "fault" => "abort").increment(1);
             return FaultFuture::new(State::Aborted {
-                response: Some(sidecar_response(
-                    status,
-                    "fault-injected",
-                    "fault injected: request aborted",
+                response: Some(local_response(
+                    LocalReply::new(Reason::FaultInjected).status(status),
                 )),
             });
         }
@@ -109,7 +107,7 @@ fn chance(percent: f64) -> bool {
 
 pin_project! {
     /// The response future of [`Fault`].
-    pub struct FaultFuture<S, R>
+    pub(crate) struct FaultFuture<S, R>
     where
         S: Service<R>,
     {

@@ -1,9 +1,9 @@
 //! Serde helpers for durations written the way people write them: `"250ms"`, `"2s"`, `"1m 30s"`.
 //!
-//! Use with `#[serde(with = "resilience_timeout::duration")]`, or
-//! `resilience_timeout::duration::option` for an optional field. Zero and negative durations
-//! are rejected with an error that quotes the value; the other resilience crates' configs use
-//! the same helpers, so every duration in a config file reads the same way.
+//! Use with `#[serde(with = "resilience_core::duration")]`, or
+//! `resilience_core::duration::option` for an optional field. Zero and negative durations
+//! are rejected with an error that quotes the value; every resilience crate's config uses
+//! these helpers, so every duration in a config file reads the same way.
 
 use serde::{Deserialize, Deserializer, Serializer, de::Error as _};
 use std::time::Duration;

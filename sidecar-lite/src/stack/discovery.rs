@@ -60,7 +60,7 @@ static LAST_GOOD: Mutex<BTreeMap<String, Vec<SocketAddr>>> = Mutex::new(BTreeMap
 /// The endpoints a route balances over now, each with its breaker. Discovery updates it as
 /// the set changes, so the admin server and the all-breakers-open check see the current set.
 #[derive(Clone, Default)]
-pub struct LiveEndpoints(
+pub(crate) struct LiveEndpoints(
     Arc<ArcSwap<BTreeMap<SocketAddr, BreakerHandle>>>,
     /// Whether discovery has looked at least once, so that an empty set means none found
     /// rather than not looked for yet.
@@ -70,13 +70,13 @@ pub struct LiveEndpoints(
 impl LiveEndpoints {
     /// The endpoints now, each with its breaker, in address order.
     #[must_use]
-    pub fn snapshot(&self) -> Arc<BTreeMap<SocketAddr, BreakerHandle>> {
+    pub(crate) fn snapshot(&self) -> Arc<BTreeMap<SocketAddr, BreakerHandle>> {
         self.0.load_full()
     }
 
     /// The addresses now, in order.
     #[must_use]
-    pub fn addrs(&self) -> Vec<SocketAddr> {
+    pub(crate) fn addrs(&self) -> Vec<SocketAddr> {
         self.0.load().keys().copied().collect()
     }
 

@@ -1,36 +1,36 @@
 //! Runs a validated config: credentials, listeners, stacks, the admin server, hot reload, and
 //! a graceful stop.
 //!
-//! Each listener serves through a [`SharedStack`], cloned per request: a reload
-//! builds every new stack first (a bad config changes nothing), then swaps them in. Requests in
-//! flight finish on the stack they started on; live connections pick up the new stack with
-//! their next request. Listeners whose address changed, or whose route is gone, drain; new
-//! ones are bound.
+//! Each listener has one swap cell, a [`SharedListenerState`]: its stack, TLS acceptor and
+//! tracer. A reload builds every new stack first (a bad config changes nothing), then stores a
+//! new state in each cell. Requests in flight finish on the stack they started on; live
+//! connections pick up the new stack with their next request. Listeners whose address changed,
+//! or whose route is gone, drain; new ones are bound.
+
+mod binary;
+mod signals;
+mod telemetry;
 
 use crate::{
     admin::{AdminState, RouteEndpoints, Serving},
     config::Config,
-    proxy::{
-        forward::edge,
-        server::{SharedAcceptor, serve},
-        span::{EdgeTracer, SharedTracer},
-    },
-    stack::{self, SharedStack, StackService},
-    telemetry::Telemetry,
+    proxy::{EdgeTracer, ListenerState, SharedListenerState, edge, serve},
+    stack::{self, StackService},
 };
-use arc_swap::{ArcSwap, ArcSwapOption};
+use arc_swap::ArcSwap;
 use hyper::body::Incoming;
 use metrics_exporter_prometheus::PrometheusHandle;
-use resilience_mtls::{Credentials, Identity, MtlsMode, RotationHandle};
-use resilience_timeout::BoxError;
+use resilience_core::BoxError;
+use resilience_mtls::{Credentials, MtlsAcceptor, MtlsMode, RotationHandle};
+use signals::{Hangups, StopSignals};
 use std::{
     collections::HashMap,
     net::SocketAddr,
     path::PathBuf,
-    str::FromStr,
     sync::{Arc, atomic::Ordering},
     time::Duration,
 };
+use telemetry::Telemetry;
 use tokio::{net::TcpListener, sync::watch, task::JoinSet};
 
 /// How often the config file is checked for changes.
@@ -62,14 +62,11 @@ pub struct Sidecar {
     _rotation: Option<RotationHandle>,
 }
 
-/// One serving listener: its address, its swappable stack and TLS acceptor, and its own stop
-/// switch.
+/// One serving listener: its address, its swap cell, and its own stop switch.
 #[derive(Debug)]
 struct Listener {
     addr: SocketAddr,
-    stack: SharedStack,
-    acceptor: SharedAcceptor,
-    tracer: Option<SharedTracer>,
+    state: SharedListenerState,
     stop: watch::Sender<bool>,
 }
 
@@ -167,9 +164,6 @@ impl Sidecar {
         let mut planned = Vec::new();
         let tracer = self.telemetry.as_ref().map(Telemetry::tracer);
         if let Some(inbound) = &config.inbound {
-            if inbound.mtls != MtlsMode::Disabled && self.credentials.is_none() {
-                return Err("[inbound] mtls needs an [identity] section".into());
-            }
             planned.push(Planned {
                 key: "inbound".to_owned(),
                 listen: inbound.listen,
@@ -182,13 +176,11 @@ impl Sidecar {
         for route in &config.outbound {
             let tls = match (&config.identity, &self.credentials, &route.server_identity) {
                 (Some(identity), Some(credentials), Some(expected)) => {
-                    let expected = Identity::from_str(expected)
-                        .map_err(|e| format!("outbound `{}` server_identity: {e}", route.name))?;
-                    Some(identity.connector(credentials, expected))
+                    Some(identity.connector(credentials, expected.clone()))
                 }
                 _ => None,
             };
-            let outbound = stack::outbound(route, tls.as_ref(), &config.discovery)
+            let outbound = stack::outbound_with_endpoints(route, tls.as_ref(), &config.discovery)
                 .map_err(|e| format!("outbound `{}`: {e}", route.name))?;
             let key = format!("outbound/{}", route.name);
             planned.push(Planned {
@@ -196,7 +188,7 @@ impl Sidecar {
                     EdgeTracer::outbound(
                         t.clone(),
                         Arc::from(key.as_str()),
-                        route.server_identity.as_deref(),
+                        route.server_identity.as_ref().map(|id| id.as_str()),
                     )
                 }),
                 key,
@@ -243,27 +235,27 @@ impl Sidecar {
         let mut routes = Vec::new();
         for plan in planned {
             routes.extend(plan.endpoints);
-            let acceptor = match (plan.mtls, &self.config.identity, &self.credentials) {
-                (Some(mode), Some(identity), Some(credentials)) if mode != MtlsMode::Disabled => {
-                    Some(Arc::new(identity.acceptor(credentials).mode(mode).build()))
-                }
-                _ => None,
-            };
+            let acceptor: Option<Arc<MtlsAcceptor>> =
+                match (plan.mtls, &self.config.identity, &self.credentials) {
+                    (Some(mode), Some(identity), Some(credentials))
+                        if mode != MtlsMode::Disabled =>
+                    {
+                        Some(Arc::new(identity.acceptor(credentials).mode(mode).build()))
+                    }
+                    _ => None,
+                };
+            // Everything a reload replaces, in one value: the mTLS mode may have changed too,
+            // and new connections get the new one.
+            let state = ListenerState::new(plan.stack, acceptor, plan.tracer);
             match fresh.remove(&plan.key) {
                 None => {
                     if let Some(listener) = self.listeners.get(&plan.key) {
-                        // The mTLS mode may have changed too: new connections get the new one.
-                        listener.acceptor.store(acceptor);
-                        listener.stack.replace(plan.stack);
-                        if let (Some(shared), Some(tracer)) = (&listener.tracer, plan.tracer) {
-                            shared.store(Arc::new(tracer));
-                        }
+                        listener.state.store(Arc::new(state));
                     }
                 }
                 Some(tcp) => {
                     let addr = tcp.local_addr()?;
-                    let acceptor: SharedAcceptor = Arc::new(ArcSwapOption::new(acceptor));
-                    let stack = SharedStack::new(plan.stack);
+                    let state: SharedListenerState = Arc::new(ArcSwap::from_pointee(state));
                     let (stop, stopped) = watch::channel(false);
                     let mut drained = self.admin.drain.subscribe();
                     let shutdown = async move {
@@ -274,26 +266,18 @@ impl Sidecar {
                         }
                     };
                     let name: Arc<str> = Arc::from(plan.key.as_str());
-                    let tracer: Option<SharedTracer> = plan
-                        .tracer
-                        .map(|t| Arc::new(arc_swap::ArcSwap::from_pointee(t)));
-                    let service = edge(name.clone(), stack.clone(), tracer.clone());
+                    let service = edge(name.clone(), state.clone());
+                    let accepting = state.clone();
                     self.tasks.spawn(serve(
                         name,
                         tcp,
-                        acceptor.clone(),
+                        move || accepting.load().acceptor.clone(),
                         service,
                         shutdown,
                         config.runtime.drain_grace,
                         config.limits.clone(),
                     ));
-                    let listener = Listener {
-                        addr,
-                        stack,
-                        acceptor,
-                        tracer,
-                        stop,
-                    };
+                    let listener = Listener { addr, state, stop };
                     self.listeners.insert(plan.key, listener);
                 }
             }
@@ -400,86 +384,4 @@ async fn bind(name: &str, addr: SocketAddr) -> Result<TcpListener, BoxError> {
     TcpListener::bind(addr)
         .await
         .map_err(|e| format!("cannot listen on {addr} for {name}: {e}").into())
-}
-
-/// SIGTERM and SIGINT, listened to from creation on.
-struct StopSignals {
-    #[cfg(unix)]
-    term: Option<tokio::signal::unix::Signal>,
-    #[cfg(unix)]
-    interrupt: Option<tokio::signal::unix::Signal>,
-}
-
-impl StopSignals {
-    fn new() -> Self {
-        #[cfg(unix)]
-        {
-            use tokio::signal::unix::{SignalKind, signal};
-            Self {
-                term: signal(SignalKind::terminate()).ok(),
-                interrupt: signal(SignalKind::interrupt()).ok(),
-            }
-        }
-        #[cfg(not(unix))]
-        {
-            Self {}
-        }
-    }
-
-    /// The next SIGTERM or SIGINT (Ctrl-C).
-    async fn recv(&mut self) {
-        #[cfg(unix)]
-        {
-            tokio::select! {
-                Some(()) = recv(&mut self.term) => {}
-                Some(()) = recv(&mut self.interrupt) => {}
-            }
-        }
-        #[cfg(not(unix))]
-        {
-            let _ = tokio::signal::ctrl_c().await;
-        }
-    }
-}
-
-/// SIGHUP, listened to from creation on; never on systems without it.
-struct Hangups {
-    #[cfg(unix)]
-    hangup: Option<tokio::signal::unix::Signal>,
-}
-
-impl Hangups {
-    fn new() -> Self {
-        #[cfg(unix)]
-        {
-            use tokio::signal::unix::{SignalKind, signal};
-            Self {
-                hangup: signal(SignalKind::hangup()).ok(),
-            }
-        }
-        #[cfg(not(unix))]
-        {
-            Self {}
-        }
-    }
-
-    /// The next SIGHUP.
-    async fn recv(&mut self) {
-        #[cfg(unix)]
-        {
-            if recv(&mut self.hangup).await.is_some() {
-                return;
-            }
-        }
-        std::future::pending().await
-    }
-}
-
-/// The next signal of a stream, or never if it could not be installed.
-#[cfg(unix)]
-async fn recv(signal: &mut Option<tokio::signal::unix::Signal>) -> Option<()> {
-    match signal {
-        Some(signal) => signal.recv().await,
-        None => std::future::pending().await,
-    }
 }

@@ -8,8 +8,8 @@ use hyper_util::{
     client::legacy::{Client, connect::Connection},
     rt::{TokioExecutor, TokioIo},
 };
+use resilience_core::BoxError;
 use resilience_mtls::{ConnectorBuilder, MtlsConnector};
-use resilience_timeout::BoxError;
 use std::{
     future::Future,
     io,
@@ -31,14 +31,14 @@ const POOL_IDLE_TIMEOUT: Duration = Duration::from_secs(90);
 /// A connector that dials one address whatever the request's URI says, so that the URI can
 /// keep the caller's authority (Host and `:authority` are preserved end to end).
 #[derive(Debug, Clone, Copy)]
-pub struct FixedConnector {
+pub(crate) struct FixedConnector {
     addr: SocketAddr,
 }
 
 impl FixedConnector {
     /// Dials `addr`.
     #[must_use]
-    pub fn new(addr: SocketAddr) -> Self {
+    pub(crate) fn new(addr: SocketAddr) -> Self {
         Self { addr }
     }
 }
@@ -67,7 +67,7 @@ impl Service<Uri> for FixedConnector {
 
 /// A pooled client that speaks HTTP/1.1, or HTTP/2 when `http2_only` (h2c with prior knowledge
 /// in plaintext; over TLS, HTTP/2 is chosen by ALPN whatever this says).
-pub fn client<C, B>(connector: C, http2_only: bool) -> Client<C, B>
+pub(crate) fn client<C, B>(connector: C, http2_only: bool) -> Client<C, B>
 where
     C: Service<Uri> + Clone + Send + Sync + 'static,
     C::Response: Connection + hyper::rt::Read + hyper::rt::Write + Send + Unpin + 'static,
@@ -84,7 +84,7 @@ where
 
 /// A connector that dials `addr` and speaks mTLS with the settings of `builder`, checking the
 /// peer's identity.
-pub fn mtls_connector(
+pub(crate) fn mtls_connector(
     builder: &ConnectorBuilder,
     addr: SocketAddr,
 ) -> MtlsConnector<FixedConnector> {

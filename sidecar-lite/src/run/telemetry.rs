@@ -23,7 +23,7 @@ use opentelemetry_sdk::{
     error::OTelSdkResult,
     trace::{Sampler, SdkTracer, SdkTracerProvider, Span, SpanData, SpanExporter, SpanProcessor},
 };
-use resilience_timeout::BoxError;
+use resilience_core::BoxError;
 use std::time::Duration;
 use tokio::{
     sync::{mpsc, oneshot},
@@ -34,7 +34,7 @@ use tokio::{
 /// The running export of `[tracing]`: a tracer for the listeners, and the task that sends
 /// their spans. Stop it with [`Telemetry::shutdown`] so the last spans go out.
 #[derive(Debug)]
-pub struct Telemetry {
+pub(crate) struct Telemetry {
     provider: SdkTracerProvider,
     tracer: SdkTracer,
     stop: oneshot::Sender<()>,
@@ -44,7 +44,7 @@ pub struct Telemetry {
 
 impl Telemetry {
     /// Builds the exporter and starts the export task. Must run inside a tokio runtime.
-    pub fn start(config: &TracingConfig) -> Result<Self, BoxError> {
+    pub(crate) fn start(config: &TracingConfig) -> Result<Self, BoxError> {
         let endpoint = config
             .endpoint()
             .map_err(|e| format!("tracing.otlp_endpoint: {e}"))?;
@@ -94,13 +94,13 @@ impl Telemetry {
 
     /// The tracer that the listeners start their spans with.
     #[must_use]
-    pub fn tracer(&self) -> &SdkTracer {
+    pub(crate) fn tracer(&self) -> &SdkTracer {
         &self.tracer
     }
 
     /// Sends the spans still queued, waiting at most `export_timeout` for them, then stops.
     /// Spans that end later are dropped and counted.
-    pub async fn shutdown(self) {
+    pub(crate) async fn shutdown(self) {
         let Self {
             provider,
             stop,

@@ -13,11 +13,9 @@
 
 use crate::{
     config::{Config, LimitsConfig},
-    discovery::LiveEndpoints,
-    proxy::{
-        body::{ProxyBody, boxed, sidecar_response},
-        server::ClientAddr,
-    },
+    proxy::ClientAddr,
+    stack::LiveEndpoints,
+    transport::{ProxyBody, boxed, local_response},
 };
 use arc_swap::ArcSwap;
 use bytes::Bytes;
@@ -25,11 +23,14 @@ use http::{HeaderValue, Method, Request, Response, StatusCode, header::CONTENT_T
 use http_body_util::Full;
 use hyper::body::Incoming;
 use metrics_exporter_prometheus::PrometheusHandle;
-use resilience_breaker::{BreakerHandle, State};
+use resilience_breaker::BreakerHandle;
+use resilience_core::{LocalReply, Reason};
+use serde::Serialize;
 use std::{
     convert::Infallible,
     fmt::Write as _,
     future::Future,
+    io,
     net::SocketAddr,
     sync::{
         Arc,
@@ -42,37 +43,37 @@ use tokio::{net::TcpListener, sync::watch};
 mod page;
 
 /// The header `POST /drain` must carry, as `x-sidecar-admin: drain`.
-pub const DRAIN_HEADER: &str = "x-sidecar-admin";
+pub(crate) const DRAIN_HEADER: &str = "x-sidecar-admin";
 mod process;
 
 /// What the admin server reports on and controls.
 #[derive(Debug)]
-pub struct AdminState {
+pub(crate) struct AdminState {
     /// Set once the sidecar serves: listeners bound, identity loaded, config valid.
-    pub ready: AtomicBool,
+    pub(crate) ready: AtomicBool,
     /// What is being served now; replaced whole on each reload.
-    pub serving: ArcSwap<Serving>,
+    pub(crate) serving: ArcSwap<Serving>,
     /// The Prometheus recorder's handle, when one is installed.
-    pub metrics: Option<PrometheusHandle>,
+    pub(crate) metrics: Option<PrometheusHandle>,
     /// Asks the sidecar to drain.
-    pub drain: watch::Sender<bool>,
+    pub(crate) drain: watch::Sender<bool>,
 }
 
 /// The config being served and what was built from it.
 #[derive(Debug)]
-pub struct Serving {
+pub(crate) struct Serving {
     /// The effective config.
-    pub config: Config,
+    pub(crate) config: Config,
     /// Each outbound route's endpoints, as they are now.
-    pub routes: Vec<RouteEndpoints>,
+    pub(crate) routes: Vec<RouteEndpoints>,
     /// The listeners, by name.
-    pub listeners: Vec<(String, SocketAddr)>,
+    pub(crate) listeners: Vec<(String, SocketAddr)>,
 }
 
 impl Serving {
     /// Each endpoint's breaker on each route, for the endpoints in use now.
     #[must_use]
-    pub fn breakers(&self) -> Vec<RouteBreaker> {
+    pub(crate) fn breakers(&self) -> Vec<RouteBreaker> {
         self.routes
             .iter()
             .flat_map(|route| {
@@ -94,7 +95,7 @@ impl Serving {
     /// (found by discovery for `dns:` and `file:` sources), as comments so the text still
     /// loads as a config.
     #[must_use]
-    pub fn config_text(&self) -> String {
+    pub(crate) fn config_text(&self) -> String {
         let mut text = self.config.to_toml();
         if !self.routes.is_empty() {
             text.push_str(
@@ -121,27 +122,27 @@ impl Serving {
 
 /// The endpoints of one outbound route.
 #[derive(Debug, Clone)]
-pub struct RouteEndpoints {
+pub(crate) struct RouteEndpoints {
     /// The route.
-    pub route: String,
+    pub(crate) route: String,
     /// Its endpoints now, each with its breaker.
-    pub endpoints: LiveEndpoints,
+    pub(crate) endpoints: LiveEndpoints,
 }
 
 /// One endpoint's breaker on one route.
 #[derive(Debug, Clone)]
-pub struct RouteBreaker {
+pub(crate) struct RouteBreaker {
     /// The route.
-    pub route: String,
+    pub(crate) route: String,
     /// The endpoint.
-    pub endpoint: SocketAddr,
+    pub(crate) endpoint: SocketAddr,
     /// Its breaker.
-    pub handle: BreakerHandle,
+    pub(crate) handle: BreakerHandle,
 }
 
 impl AdminState {
     /// Whether the sidecar is draining.
-    pub fn draining(&self) -> bool {
+    pub(crate) fn draining(&self) -> bool {
         *self.drain.borrow()
     }
 }
@@ -153,7 +154,7 @@ const METRICS_UPKEEP: Duration = Duration::from_secs(5);
 
 /// Serves the admin endpoints on `listener` until `shutdown`, and keeps the metrics recorder's
 /// buffers drained meanwhile.
-pub async fn serve(
+pub(crate) async fn serve(
     listener: TcpListener,
     state: Arc<AdminState>,
     shutdown: impl Future<Output = ()>,
@@ -170,10 +171,10 @@ pub async fn serve(
         let state = state.clone();
         async move { Ok::<_, Infallible>(route(&state, &req)) }
     });
-    let server = crate::proxy::server::serve(
+    let server = crate::proxy::serve(
         "admin".into(),
         listener,
-        Arc::default(),
+        || None,
         service,
         shutdown,
         Duration::from_secs(1),
@@ -231,17 +232,15 @@ fn route<B>(state: &AdminState, req: &Request<B>) -> Response<ProxyBody> {
             // A custom header makes the request non-simple: a web page in a browser on this
             // host cannot send it cross-origin without a preflight we never answer.
             if req.headers().get(DRAIN_HEADER).map(|v| v.as_bytes()) != Some(b"drain") {
-                return sidecar_response(
-                    StatusCode::BAD_REQUEST,
-                    "bad-request",
-                    "bad request: POST /drain needs the header x-sidecar-admin: drain",
+                return local_response(
+                    LocalReply::new(Reason::BadRequest)
+                        .text("bad request: POST /drain needs the header x-sidecar-admin: drain"),
                 );
             }
             if !loopback {
-                return sidecar_response(
-                    StatusCode::FORBIDDEN,
-                    "unauthorized",
-                    "forbidden: drain is accepted from loopback only",
+                return local_response(
+                    LocalReply::new(Reason::Unauthorized)
+                        .text("forbidden: drain is accepted from loopback only"),
                 );
             }
             tracing::info!("drain requested through the admin server");
@@ -254,13 +253,12 @@ fn route<B>(state: &AdminState, req: &Request<B>) -> Response<ProxyBody> {
             page::render(state),
         ),
         (_, "/live" | "/ready" | "/metrics" | "/config" | "/breakers" | "/drain" | "/") => {
-            sidecar_response(
-                StatusCode::METHOD_NOT_ALLOWED,
-                "method-not-allowed",
-                "method not allowed on this admin endpoint",
+            local_response(
+                LocalReply::new(Reason::MethodNotAllowed)
+                    .text("method not allowed on this admin endpoint"),
             )
         }
-        _ => sidecar_response(StatusCode::NOT_FOUND, "not-found", "no such admin endpoint"),
+        _ => local_response(LocalReply::new(Reason::NotFound).text("no such admin endpoint")),
     }
 }
 
@@ -288,54 +286,79 @@ fn metrics_text(state: &AdminState) -> String {
     }
 }
 
-pub(crate) fn state_name(state: State) -> &'static str {
-    match state {
-        State::Closed => "closed",
-        State::Open => "open",
-        State::HalfOpen => "half-open",
-        State::ForcedOpen => "forced-open",
-        State::Disabled => "disabled",
-        State::MetricsOnly => "metrics-only",
-    }
+/// One endpoint's breaker, as `/breakers` lists it.
+#[derive(Serialize)]
+struct BreakerView<'a> {
+    route: &'a str,
+    endpoint: SocketAddr,
+    state: &'static str,
+    calls: u32,
+    failures: u32,
+    slow: u32,
+    failure_rate: f64,
 }
 
 fn breakers_json(state: &AdminState) -> String {
-    let mut out = String::from("[");
-    for (i, breaker) in state.serving.load().breakers().iter().enumerate() {
-        let counts = breaker.handle.counts();
-        if i > 0 {
-            out.push(',');
-        }
-        let _ = write!(
-            out,
-            "\n  {{\"route\": {}, \"endpoint\": \"{}\", \"state\": \"{}\", \"calls\": {}, \"failures\": {}, \"slow\": {}, \"failure_rate\": {:.4}}}",
-            json_string(&breaker.route),
-            breaker.endpoint,
-            state_name(breaker.handle.state()),
-            counts.calls,
-            counts.failures,
-            counts.slow,
-            counts.failure_rate(),
-        );
+    let breakers = state.serving.load().breakers();
+    let views: Vec<BreakerView<'_>> = breakers
+        .iter()
+        .map(|breaker| {
+            let counts = breaker.handle.counts();
+            BreakerView {
+                route: &breaker.route,
+                endpoint: breaker.endpoint,
+                state: breaker.handle.state().as_str(),
+                calls: counts.calls,
+                failures: counts.failures,
+                slow: counts.slow,
+                failure_rate: counts.failure_rate(),
+            }
+        })
+        .collect();
+    let mut out = Vec::new();
+    let written = views.serialize(&mut serde_json::Serializer::with_formatter(
+        &mut out, OnePerLine,
+    ));
+    match written {
+        Ok(()) => String::from_utf8_lossy(&out).into_owned() + "\n",
+        Err(error) => format!("{{\"error\": {}}}\n", json_string(&error.to_string())),
     }
-    out.push_str("\n]\n");
-    out
+}
+
+/// serde_json's compact output with a space after each `:` and `,` in an object, and each
+/// element of the outer array on a line of its own: easy to read and to grep.
+struct OnePerLine;
+
+impl serde_json::ser::Formatter for OnePerLine {
+    fn begin_object_key<W: ?Sized + io::Write>(
+        &mut self,
+        w: &mut W,
+        first: bool,
+    ) -> io::Result<()> {
+        if first { Ok(()) } else { w.write_all(b", ") }
+    }
+
+    fn begin_object_value<W: ?Sized + io::Write>(&mut self, w: &mut W) -> io::Result<()> {
+        w.write_all(b": ")
+    }
+
+    fn begin_array_value<W: ?Sized + io::Write>(
+        &mut self,
+        w: &mut W,
+        first: bool,
+    ) -> io::Result<()> {
+        if !first {
+            w.write_all(b",")?;
+        }
+        w.write_all(b"\n  ")
+    }
+
+    fn end_array<W: ?Sized + io::Write>(&mut self, w: &mut W) -> io::Result<()> {
+        w.write_all(b"\n]")
+    }
 }
 
 /// A JSON string literal.
 pub(crate) fn json_string(text: &str) -> String {
-    let mut out = String::with_capacity(text.len() + 2);
-    out.push('"');
-    for c in text.chars() {
-        match c {
-            '"' => out.push_str("\\\""),
-            '\\' => out.push_str("\\\\"),
-            c if (c as u32) < 0x20 => {
-                let _ = write!(out, "\\u{:04x}", c as u32);
-            }
-            c => out.push(c),
-        }
-    }
-    out.push('"');
-    out
+    serde_json::to_string(text).unwrap_or_else(|_| "\"\"".to_owned())
 }

@@ -1,9 +1,9 @@
 //! Fails fast when every endpoint of a route has its breaker open, instead of letting requests
 //! queue in front of a balancer that has nothing ready until their timeout.
 
-use crate::discovery::LiveEndpoints;
+use super::LiveEndpoints;
 use resilience_breaker::State;
-use resilience_timeout::BoxError;
+use resilience_core::BoxError;
 use std::{
     error::Error,
     fmt,
@@ -16,7 +16,7 @@ use tower::Service;
 /// Every endpoint of the route is behind an open breaker. Answered with 503 and
 /// `x-sidecar-error: breaker-open`.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
-pub struct NoEndpointAvailable;
+pub(crate) struct NoEndpointAvailable;
 
 impl fmt::Display for NoEndpointAvailable {
     fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
@@ -29,7 +29,7 @@ impl Error for NoEndpointAvailable {}
 /// Discovery has looked and found no endpoint for the route (a `dns:` name that does not
 /// resolve yet). Answered with 503 and `x-sidecar-error: no-endpoints`.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
-pub struct NoEndpoints;
+pub(crate) struct NoEndpoints;
 
 impl fmt::Display for NoEndpoints {
     fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
@@ -44,7 +44,7 @@ impl Error for NoEndpoints {}
 /// [`NoEndpoints`] while discovery has found none, instead of waiting in the balancer's queue
 /// until its timeout.
 #[derive(Debug)]
-pub struct FailWhenAllOpen<S> {
+pub(crate) struct FailWhenAllOpen<S> {
     inner: S,
     endpoints: LiveEndpoints,
     /// What `poll_ready` decided for the next `call`: the two must agree, as `call` on the
@@ -60,7 +60,7 @@ impl<S: Clone> Clone for FailWhenAllOpen<S> {
 
 impl<S> FailWhenAllOpen<S> {
     /// Guards `inner` with the breakers of its endpoints, as the set changes.
-    pub fn new(inner: S, endpoints: LiveEndpoints) -> Self {
+    pub(crate) fn new(inner: S, endpoints: LiveEndpoints) -> Self {
         Self {
             inner,
             endpoints,

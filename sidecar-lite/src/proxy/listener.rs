@@ -1,13 +1,12 @@
 //! Listeners: accept connections (in plaintext or mTLS), serve HTTP/1.1 and HTTP/2 on them,
 //! and shut down gracefully.
 
-use super::{
-    body::{ProxyBody, sidecar_response},
-    framing::{Framing, FramingGuard},
+use super::framing::{Framing, FramingGuard};
+use crate::{
+    config::LimitsConfig,
+    transport::{ProxyBody, local_response},
 };
-use crate::config::LimitsConfig;
-use arc_swap::ArcSwapOption;
-use http::{HeaderValue, Request, Response, StatusCode, header::CONNECTION};
+use http::{HeaderValue, Request, Response, header::CONNECTION};
 use hyper::body::Incoming;
 use hyper_util::{
     rt::{TokioExecutor, TokioIo, TokioTimer},
@@ -16,6 +15,7 @@ use hyper_util::{
         graceful::{GracefulShutdown, Watcher},
     },
 };
+use resilience_core::{LocalReply, Reason};
 use resilience_mtls::{Identity, MtlsAcceptor};
 use std::{convert::Infallible, future::Future, net::SocketAddr, sync::Arc, time::Duration};
 use tokio::{
@@ -27,18 +27,17 @@ use tower::{Service, ServiceExt};
 
 /// The address of the client at the other end of the connection, as a request extension.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
-pub struct ClientAddr(pub SocketAddr);
-
-/// The TLS acceptor of a listener, read at each accept: a reload can change the mTLS mode
-/// without rebinding. `None` serves plaintext.
-pub type SharedAcceptor = Arc<ArcSwapOption<MtlsAcceptor>>;
+pub(crate) struct ClientAddr(pub(crate) SocketAddr);
 
 /// Serves `service` on every connection accepted from `listener` until `shutdown` completes,
 /// then waits up to `grace` for the connections in flight to finish, and closes the rest.
-pub async fn serve<S>(
+/// Each connection speaks TLS or plaintext as `acceptor` says when it is accepted (`None`:
+/// plaintext), so a reload can change the mTLS mode without rebinding.
+#[allow(clippy::too_many_arguments)]
+pub(crate) async fn serve<S>(
     name: Arc<str>,
     listener: TcpListener,
-    acceptor: SharedAcceptor,
+    acceptor: impl Fn() -> Option<Arc<MtlsAcceptor>>,
     service: S,
     shutdown: impl Future<Output = ()>,
     grace: Duration,
@@ -80,7 +79,7 @@ pub async fn serve<S>(
         }
         let _ = tcp.set_nodelay(true);
         let service = service.clone();
-        let acceptor = acceptor.load_full();
+        let acceptor = acceptor();
         let settings = settings.clone();
         let watcher = graceful.watcher();
         let name = name.clone();
@@ -225,10 +224,9 @@ fn ambiguous_framing(listener: &str, remote: SocketAddr) -> Response<ProxyBody> 
         %remote,
         "request with both Content-Length and Transfer-Encoding; answered 400"
     );
-    let mut response = sidecar_response(
-        StatusCode::BAD_REQUEST,
-        "bad-request",
-        "bad request: both Content-Length and Transfer-Encoding (RFC 9112 section 6.3)",
+    let mut response = local_response(
+        LocalReply::new(Reason::BadRequest)
+            .text("bad request: both Content-Length and Transfer-Encoding (RFC 9112 section 6.3)"),
     );
     response
         .headers_mut()

@@ -1,94 +1,38 @@
-//! The only place that assembles layers: one outbound and one inbound stack, built from config
-//! sections. Public, so that library mode calls the very same functions as the proxy.
-//!
-//! Outbound, outermost first (DESIGN.md §3): load shedding over a concurrency limit, injected
-//! faults if configured (before the router, as Envoy's fault filter, so they are not retried),
-//! the total timeout (deadline), retries, the per-try timeout (it covers the wait in the
-//! balancer's queue, too), then either one endpoint behind a fail-fast breaker, or a p2c
-//! peak-EWMA balancer over endpoints each behind a back-pressure breaker (the balancer routes
-//! around open ones). Inside each breaker the same per-try timeout runs again, to the same
-//! deadline (it reads the outer one from the request): polled first, it fires first, so an
-//! attempt that times out on an endpoint counts against that endpoint, its breaker opens and
-//! the balancer routes around it. The outer timeout alone would drop the call before the
-//! breaker saw how it ended.
-//! A `dns:` or `file:` source always gets the balancer, fed by [`crate::discovery`] as its set
-//! changes.
-//!
-//! Inbound: load shedding over a concurrency limit, the timeout, authorization of the peer's
-//! identity, then the pooled client to the app.
+//! The outbound stack of one route: shedding, faults, the total timeout, retries and the
+//! per-try timeout, over one endpoint behind a fail-fast breaker or a p2c peak-EWMA balancer
+//! over endpoints each behind its own breaker.
 
-use crate::{
-    config::{AppProtocol, DiscoveryConfig, Endpoint, InboundConfig, OutboundConfig},
-    discovery::{self, LiveEndpoints, Source},
+use super::{
+    LiveEndpoints, NoEndpointAvailable, NoEndpoints, StackBody, StackService, count_attempt,
+    discovery::{self, Source},
+    fail_fast::FailWhenAllOpen,
     fault::FaultLayer,
-    proxy::{
-        body::{ProxyBody, boxed},
-        client::{FixedConnector, client, mtls_connector},
-        span::count_attempt,
-    },
-    unavailable::{FailWhenAllOpen, NoEndpointAvailable, NoEndpoints},
+    field_error,
+};
+use crate::{
+    config::{Config, ConfigProblem, DiscoveryConfig, Endpoint, OutboundConfig},
+    transport::{FixedConnector, boxed, client, mtls_connector},
 };
 use bytes::Bytes;
-use http::{Request, Response, header::CONTENT_TYPE};
+use http::{Request, Response};
 use http_body::Body;
 use hyper::body::Incoming;
 use resilience_breaker::{
     BreakerHandle, BreakerOpen, CircuitBreaker, CircuitBreakerLayer, Classify, Mode,
 };
-use resilience_mtls::{AllowList, AuthorizeLayer, ConnectorBuilder};
+use resilience_core::BoxError;
+use resilience_mtls::ConnectorBuilder;
 use resilience_retry::{PeekGrpcTrailersLayer, ReplayBody};
-use resilience_timeout::{BoxError, Elapsed, HttpDeadline, TimeoutLayer};
-use std::{
-    fmt,
-    marker::PhantomData,
-    net::SocketAddr,
-    sync::{Arc, Mutex, PoisonError},
-    time::Duration,
-};
+use resilience_timeout::{Elapsed, HttpDeadline, TimeoutLayer};
+use std::{fmt, marker::PhantomData, net::SocketAddr, time::Duration};
 use tower::{
-    Layer, Service, ServiceBuilder, ServiceExt,
+    Layer, ServiceBuilder, ServiceExt,
     balance::p2c::Balance,
     buffer::Buffer,
     discover::{Discover, ServiceList},
     load::{CompleteOnResponse, PeakEwma},
     util::BoxCloneService,
 };
-
-/// The service a stack ends in: any request body in, a streaming body out, typed errors
-/// (`Elapsed`, `BreakerOpen`, `Overloaded`, connect errors) for the caller to map.
-pub type StackService<B> = BoxCloneService<Request<B>, Response<ProxyBody>, BoxError>;
-
-/// A listener's stack, replaced whole by a reload. The stack is not `Sync` (tower's
-/// concurrency limit and buffer hold boxed futures), so it sits behind a mutex that is held
-/// only to clone it, once per request.
-#[derive(Clone)]
-pub struct SharedStack(Arc<Mutex<StackService<Incoming>>>);
-
-impl SharedStack {
-    /// Shares `stack`.
-    pub fn new(stack: StackService<Incoming>) -> Self {
-        Self(Arc::new(Mutex::new(stack)))
-    }
-
-    /// A clone of the current stack, to serve one request.
-    pub fn current(&self) -> StackService<Incoming> {
-        self.0
-            .lock()
-            .unwrap_or_else(PoisonError::into_inner)
-            .clone()
-    }
-
-    /// Replaces the stack; requests already under way keep theirs.
-    pub fn replace(&self, stack: StackService<Incoming>) {
-        *self.0.lock().unwrap_or_else(PoisonError::into_inner) = stack;
-    }
-}
-
-impl fmt::Debug for SharedStack {
-    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
-        f.debug_struct("SharedStack").finish_non_exhaustive()
-    }
-}
 
 /// Requests waiting for the balancer when every endpoint is busy; beyond it the route sheds.
 const BALANCER_QUEUE: usize = 1024;
@@ -97,17 +41,13 @@ const DEFAULT_RTT: Duration = Duration::from_millis(30);
 /// How quickly peak-EWMA forgets a slow round trip.
 const EWMA_DECAY: Duration = Duration::from_secs(10);
 
-/// A request body the stacks accept: hyper's, or any body of bytes in library mode.
-pub trait StackBody: Body<Data = Bytes, Error: Into<BoxError>> + Send + Unpin + 'static {}
-impl<B: Body<Data = Bytes, Error: Into<BoxError>> + Send + Unpin + 'static> StackBody for B {}
-
 /// One outbound route, assembled: the service, and its endpoints with their breakers.
-pub struct Outbound<B> {
+pub(crate) struct Outbound<B> {
     /// The route's service.
-    pub service: StackService<B>,
+    pub(crate) service: StackService<B>,
     /// The endpoints in use now, each with its breaker, for the admin server. Kept up to date
     /// by discovery for `dns:` and `file:` sources.
-    pub endpoints: LiveEndpoints,
+    pub(crate) endpoints: LiveEndpoints,
 }
 
 impl<B> fmt::Debug for Outbound<B> {
@@ -118,40 +58,29 @@ impl<B> fmt::Debug for Outbound<B> {
     }
 }
 
-/// A config section that did not make a stack.
-#[derive(Debug)]
-pub struct StackError {
-    /// The field, as a path: `retry.attempts`.
-    pub field: String,
-    /// What is wrong.
-    pub message: String,
+/// Builds the outbound stack of `route`, one of `config`'s `[[outbound]]` routes: what the
+/// sidecar serves on the route's listener, for library mode. With `tls`, endpoints are dialled
+/// over mTLS and must present the route's `server_identity`; without, in plaintext. `dns:` and
+/// `file:` endpoints are found as `config`'s `[discovery]` says. Must run inside a tokio
+/// runtime: the balancer gets a task of its own, and so does the discovery of a `dns:` or
+/// `file:` source (it ends when the stack is dropped).
+pub fn outbound<B>(
+    config: &Config,
+    route: &OutboundConfig,
+    tls: Option<&ConnectorBuilder>,
+) -> Result<StackService<B>, ConfigProblem>
+where
+    B: Body<Data = Bytes, Error: Into<BoxError>> + Send + Unpin + 'static,
+{
+    outbound_with_endpoints(route, tls, &config.discovery).map(|outbound| outbound.service)
 }
 
-impl fmt::Display for StackError {
-    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
-        write!(f, "`{}`: {}", self.field, self.message)
-    }
-}
-
-impl std::error::Error for StackError {}
-
-fn field_error(prefix: &str, field: &str, message: impl fmt::Display) -> StackError {
-    StackError {
-        field: format!("{prefix}.{field}"),
-        message: message.to_string(),
-    }
-}
-
-/// Builds the outbound stack of `route`. With `tls`, endpoints are dialled over mTLS and must
-/// present the route's `server_identity`; without, in plaintext. `discovery` says how `dns:`
-/// and `file:` endpoints are found. Must run inside a tokio runtime: the balancer gets a task
-/// of its own, and so does the discovery of a `dns:` or `file:` source (it ends when the stack
-/// is dropped).
-pub fn outbound<B: StackBody>(
+/// [`outbound`], with the route's endpoints and their breakers, for the admin server.
+pub(crate) fn outbound_with_endpoints<B: StackBody>(
     route: &OutboundConfig,
     tls: Option<&ConnectorBuilder>,
     discovery: &DiscoveryConfig,
-) -> Result<Outbound<B>, StackError> {
+) -> Result<Outbound<B>, ConfigProblem> {
     let factory = EndpointFactory::<B> {
         route: route.name.clone(),
         breaker: route
@@ -171,8 +100,9 @@ pub fn outbound<B: StackBody>(
         body: PhantomData,
     };
     let live = LiveEndpoints::default();
-    let endpoints_error = |message: String| StackError {
+    let endpoints_error = |message: String| ConfigProblem {
         field: "endpoints".to_owned(),
+        line: None,
         message,
     };
 
@@ -197,8 +127,9 @@ pub fn outbound<B: StackBody>(
         // A set that can change, and grow from one: always the balancer.
         [Endpoint::Dns { name, port }] => {
             let (source, last_good) =
-                Source::dns(discovery, name, *port).map_err(|message| StackError {
+                Source::dns(discovery, name, *port).map_err(|message| ConfigProblem {
                     field: "discovery.resolver".to_owned(),
+                    line: None,
                     message,
                 })?;
             discovered(source, last_good)
@@ -375,105 +306,9 @@ where
 }
 
 /// Whether an error says a retry was refused inside this process, by an endpoint's breaker,
-/// before it was sent: such a retry gives its budget back (DESIGN.md §3).
+/// before it was sent: such a retry gives its budget back (ARCHITECTURE.md).
 fn is_refused_locally(error: &(dyn std::error::Error + 'static)) -> bool {
     error.is::<BreakerOpen>() || error.is::<NoEndpointAvailable>() || error.is::<NoEndpoints>()
-}
-
-/// Builds the inbound stack: peers' requests to the app at `inbound.app`.
-pub fn inbound<B: StackBody>(inbound: &InboundConfig) -> Result<StackService<B>, StackError> {
-    let timeout = inbound
-        .timeout
-        .0
-        .layer()
-        .map_err(|e| field_error("timeout", e.field(), &e))?
-        .named("inbound");
-    let allow = AllowList::parse(&inbound.allow)
-        .map_err(|e| field_error("inbound", "allow", e))?
-        .allow_anonymous(inbound.allow_anonymous);
-    let app = AppClient::new(inbound.app, inbound.app_protocol);
-    let body_timeout = inbound
-        .timeout
-        .0
-        .body_layer()
-        .map_err(|e| field_error("timeout", e.field(), &e))?
-        .unwrap_or_default();
-    let service = ServiceBuilder::new()
-        .map_response(|response: Response<_>| response.map(boxed))
-        .load_shed()
-        .concurrency_limit(inbound.max_concurrent_requests)
-        .layer(body_timeout)
-        .layer(timeout)
-        .layer(AuthorizeLayer::new(allow))
-        .service(app);
-    Ok(BoxCloneService::new(service.map_err(BoxError::from)))
-}
-
-/// The pooled client to the local app: HTTP/1.1, or HTTP/2 with prior knowledge for gRPC
-/// (or always, as configured).
-struct AppClient<B> {
-    http1: hyper_util::client::legacy::Client<FixedConnector, B>,
-    http2: hyper_util::client::legacy::Client<FixedConnector, B>,
-    protocol: AppProtocol,
-}
-
-impl<B> Clone for AppClient<B> {
-    fn clone(&self) -> Self {
-        Self {
-            http1: self.http1.clone(),
-            http2: self.http2.clone(),
-            protocol: self.protocol,
-        }
-    }
-}
-
-impl<B: StackBody> AppClient<B> {
-    fn new(app: SocketAddr, protocol: AppProtocol) -> Self {
-        Self {
-            http1: client(FixedConnector::new(app), false),
-            http2: client(FixedConnector::new(app), true),
-            protocol,
-        }
-    }
-}
-
-impl<B: StackBody> Service<Request<B>> for AppClient<B> {
-    type Response = Response<Incoming>;
-    type Error = BoxError;
-    type Future = futures::future::MapErr<
-        hyper_util::client::legacy::ResponseFuture,
-        fn(hyper_util::client::legacy::Error) -> BoxError,
-    >;
-
-    fn poll_ready(
-        &mut self,
-        _: &mut std::task::Context<'_>,
-    ) -> std::task::Poll<Result<(), Self::Error>> {
-        // hyper-util's client is always ready: it queues on its own pool.
-        std::task::Poll::Ready(Ok(()))
-    }
-
-    fn call(&mut self, mut req: Request<B>) -> Self::Future {
-        use futures::TryFutureExt;
-        let grpc = req
-            .headers()
-            .get(CONTENT_TYPE)
-            .is_some_and(|ct| ct.as_bytes().starts_with(b"application/grpc"));
-        let http2 = match self.protocol {
-            AppProtocol::Auto => grpc,
-            AppProtocol::Http1 => false,
-            AppProtocol::Http2 => true,
-        };
-        *req.version_mut() = if http2 {
-            http::Version::HTTP_2
-        } else {
-            http::Version::HTTP_11
-        };
-        let client = if http2 { &self.http2 } else { &self.http1 };
-        client
-            .request(req)
-            .map_err(BoxError::from as fn(hyper_util::client::legacy::Error) -> BoxError)
-    }
 }
 
 #[cfg(test)]

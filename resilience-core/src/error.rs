@@ -1,0 +1,72 @@
+//! The error types every resilience crate uses.
+
+use std::{error::Error, fmt, time::Duration};
+
+/// The boxed error type that every layer of the resilience crates returns; check for a typed
+/// leaf error with `err.is::<T>()`.
+pub type BoxError = Box<dyn Error + Send + Sync>;
+
+/// A setting with a value that is not allowed, naming the field and the value. The one config
+/// error of the resilience crates, so a chain of `?` over several of them needs no boxing.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct ConfigError {
+    field: &'static str,
+    value: String,
+    reason: &'static str,
+}
+
+impl ConfigError {
+    /// `field` may not be `value`, because `reason` (lowercase, as "must be at least 1").
+    pub fn new(field: &'static str, value: impl fmt::Display, reason: &'static str) -> Self {
+        Self {
+            field,
+            value: value.to_string(),
+            reason,
+        }
+    }
+
+    /// The same, for a duration, written as `Debug` writes it (`250ms`).
+    pub fn duration(field: &'static str, value: Duration, reason: &'static str) -> Self {
+        Self::new(field, format!("{value:?}"), reason)
+    }
+
+    /// The name of the field that is wrong.
+    #[must_use]
+    pub fn field(&self) -> &'static str {
+        self.field
+    }
+
+    /// The value that was given, as text.
+    #[must_use]
+    pub fn value(&self) -> &str {
+        &self.value
+    }
+}
+
+impl fmt::Display for ConfigError {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        write!(
+            f,
+            "invalid `{}` = {}: {}",
+            self.field, self.value, self.reason
+        )
+    }
+}
+
+impl Error for ConfigError {}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn names_the_field_and_the_value() {
+        let err = ConfigError::duration("open_for", Duration::from_millis(250), "must be longer");
+        assert_eq!(err.field(), "open_for");
+        assert_eq!(err.value(), "250ms");
+        assert_eq!(
+            err.to_string(),
+            "invalid `open_for` = 250ms: must be longer"
+        );
+    }
+}

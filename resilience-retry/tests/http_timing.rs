@@ -1,0 +1,220 @@
+//! When the HTTP policy retries: `Retry-After`, the deadline, and the time left that each
+//! attempt tells the upstream.
+#![cfg(feature = "http")]
+
+mod http_support;
+
+use http_support::*;
+
+#[tokio::test(start_paused = true)]
+async fn retry_after_sets_the_delay_and_a_long_one_returns_at_once() {
+    let start = Instant::now();
+    let (code, seen) = run(
+        HttpPolicy::default(),
+        vec![
+            Answer::WithHeader(503, "retry-after", "2"),
+            Answer::Status(200),
+        ],
+        request(Method::GET),
+    )
+    .await;
+    assert_eq!(code, 200);
+    assert_eq!(seen[1].at - start, Duration::from_secs(2));
+
+    let (code, seen) = run(
+        HttpPolicy::default().max_retry_after(Duration::from_secs(5)),
+        vec![
+            Answer::WithHeader(503, "retry-after", "60"),
+            Answer::Status(200),
+        ],
+        request(Method::GET),
+    )
+    .await;
+    assert_eq!((code, seen.len()), (503, 1));
+
+    // An HTTP date, against an injected wall clock.
+    fn clock() -> SystemTime {
+        httpdate::parse_http_date("Sun, 06 Nov 1994 08:49:37 GMT").unwrap()
+    }
+    let start = Instant::now();
+    let (code, seen) = run(
+        HttpPolicy::default().wall_clock(clock),
+        vec![
+            Answer::WithHeader(503, "retry-after", "Sun, 06 Nov 1994 08:49:40 GMT"),
+            Answer::Status(200),
+        ],
+        request(Method::GET),
+    )
+    .await;
+    assert_eq!(code, 200);
+    assert_eq!(seen[1].at - start, Duration::from_secs(3));
+
+    // Malformed: ignored, the backoff applies (10 ms, no jitter).
+    let start = Instant::now();
+    let (code, seen) = run(
+        HttpPolicy::default(),
+        vec![
+            Answer::WithHeader(503, "retry-after", "soon"),
+            Answer::Status(200),
+        ],
+        request(Method::GET),
+    )
+    .await;
+    assert_eq!(code, 200);
+    assert_eq!(seen[1].at - start, 10 * MS);
+}
+
+#[tokio::test(start_paused = true)]
+async fn no_retry_starts_that_would_end_after_the_deadline() {
+    let mut req = request(Method::GET);
+    req.extensions_mut()
+        .insert(Deadline(Instant::now() + 5 * MS));
+    let (code, seen) = run(
+        HttpPolicy::default(),
+        vec![Answer::Status(503), Answer::Status(200)],
+        req,
+    )
+    .await;
+    assert_eq!(
+        (code, seen.len()),
+        (503, 1),
+        "a 10 ms backoff cannot fit in 5 ms"
+    );
+
+    let mut req = request(Method::GET);
+    req.extensions_mut()
+        .insert(Deadline(Instant::now() + 50 * MS));
+    let (code, seen) = run(
+        HttpPolicy::default(),
+        vec![Answer::Status(503), Answer::Status(200)],
+        req,
+    )
+    .await;
+    assert_eq!((code, seen.len()), (200, 2));
+
+    // Retry-After beyond the deadline: returned at once.
+    let mut req = request(Method::GET);
+    req.extensions_mut()
+        .insert(Deadline(Instant::now() + Duration::from_secs(1)));
+    let (code, seen) = run(
+        HttpPolicy::default(),
+        vec![
+            Answer::WithHeader(503, "retry-after", "3"),
+            Answer::Status(200),
+        ],
+        req,
+    )
+    .await;
+    assert_eq!((code, seen.len()), (503, 1));
+}
+
+#[tokio::test(start_paused = true)]
+async fn with_a_total_timeout_outside_retrying_stops_when_the_backoff_would_pass_the_deadline() {
+    use resilience_timeout::{HttpDeadline, TimeoutLayer};
+    use tower::ServiceBuilder;
+
+    let (inner, log) = upstream(vec![Answer::Status(503)]);
+    let svc = ServiceBuilder::new()
+        .layer(
+            TimeoutLayer::new(100 * MS)
+                .with_policy(HttpDeadline::new())
+                .named("total"),
+        )
+        .layer(
+            RetryLayer::new(HttpPolicy::default())
+                .attempts(10)
+                .unwrap()
+                .backoff(Backoff::new(40 * MS, 40 * MS).unwrap().jitter(Jitter::None)),
+        )
+        .service(inner);
+    let start = Instant::now();
+    let res = svc.oneshot(request(Method::GET)).await;
+    // Attempts at 0, 40 and 80 ms; a fourth would start at 120 ms, past the 100 ms deadline,
+    // so the third 503 is returned at 80 ms rather than a timeout at 100 ms.
+    let res = res.expect("the last response, not a timeout");
+    assert_eq!(res.status(), 503);
+    assert_eq!(start.elapsed(), 80 * MS);
+    let offsets: Vec<_> = log.lock().unwrap().iter().map(|s| s.at - start).collect();
+    assert_eq!(offsets, [Duration::ZERO, 40 * MS, 80 * MS]);
+}
+
+#[tokio::test(start_paused = true)]
+async fn a_huge_delay_gives_up_at_the_deadline_instead_of_overflowing() {
+    // A backoff whose cap is `Duration::MAX`: the first retry waits 1 ms, the second the
+    // cap. `Instant::now() + Duration::MAX` would panic.
+    let (inner, log) = upstream(vec![Answer::Status(503)]);
+    let svc = RetryLayer::new(HttpPolicy::default())
+        .attempts(5)
+        .unwrap()
+        .backoff(
+            Backoff::new(MS, Duration::MAX)
+                .unwrap()
+                .multiplier(1e30)
+                .unwrap()
+                .jitter(Jitter::None),
+        )
+        .layer(inner);
+    let mut req = request(Method::GET);
+    req.extensions_mut()
+        .insert(Deadline(Instant::now() + Duration::from_secs(1)));
+    let res = svc.oneshot(req).await.unwrap();
+    assert_eq!(res.status(), 503);
+    assert_eq!(
+        log.lock().unwrap().len(),
+        2,
+        "the second retry is past any deadline"
+    );
+
+    // The same through `Retry-After`, with no cap on it.
+    let mut req = request(Method::GET);
+    req.extensions_mut()
+        .insert(Deadline(Instant::now() + Duration::from_secs(1)));
+    let (code, seen) = run(
+        HttpPolicy::default().max_retry_after(Duration::MAX),
+        vec![
+            Answer::WithHeader(503, "retry-after", "18446744073709551615"),
+            Answer::Status(200),
+        ],
+        req,
+    )
+    .await;
+    assert_eq!((code, seen.len()), (503, 1));
+}
+
+#[tokio::test(start_paused = true)]
+async fn each_retry_tells_the_upstream_the_time_left_then() {
+    use resilience_timeout::{HttpDeadline, TimeoutLayer};
+    use tower::ServiceBuilder;
+
+    let told = Arc::new(Mutex::new(Vec::new()));
+    let log = told.clone();
+    let upstream = service_fn(
+        move |req: Request<resilience_retry::ReplayBody<Empty<Bytes>>>| {
+            log.lock().unwrap().push(
+                req.headers()["x-request-timeout-ms"]
+                    .to_str()
+                    .unwrap()
+                    .to_owned(),
+            );
+            async move {
+                // Each attempt takes 100 ms and fails.
+                tokio::time::sleep(100 * MS).await;
+                Ok::<_, BoxError>(status(503))
+            }
+        },
+    );
+    let svc = ServiceBuilder::new()
+        .layer(TimeoutLayer::new(Duration::from_secs(1)).with_policy(HttpDeadline::new()))
+        .layer(
+            RetryLayer::new(HttpPolicy::default())
+                .backoff(Backoff::new(10 * MS, 10 * MS).unwrap().jitter(Jitter::None)),
+        )
+        .service(upstream);
+    let mut req = request(Method::GET);
+    req.headers_mut()
+        .insert("x-request-timeout-ms", "1000".parse().unwrap());
+    let res = svc.oneshot(req).await.unwrap();
+    assert_eq!(res.status(), 503);
+    // 1000 ms less the 5 ms margin; then 110 ms and 220 ms later (attempt + backoff).
+    assert_eq!(*told.lock().unwrap(), ["995", "885", "775"]);
+}

@@ -1,0 +1,146 @@
+//! The sections about the process rather than a listener: `[admin]`, `[limits]`, `[log]`,
+//! `[runtime]`.
+
+use serde::{Deserialize, Serialize};
+use std::{net::SocketAddr, time::Duration};
+
+/// `[limits]`: what one client may ask of a listener, so a bad one cannot hurt the others.
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub(crate) struct LimitsConfig {
+    /// Time to send a whole request head, and to start the next one on a kept-alive
+    /// connection (slowloris, idle keep-alive). Default 10 s.
+    #[serde(
+        default = "default_header_read_timeout",
+        with = "resilience_core::duration"
+    )]
+    pub(crate) header_read_timeout: Duration,
+    /// Headers per request; more get 431. Default 100.
+    #[serde(default = "default_max_headers")]
+    pub(crate) max_headers: usize,
+    /// Bytes of a request head (HTTP/1.1) or header list (HTTP/2); more get 431. Default 64 KiB.
+    #[serde(default = "default_max_head_bytes")]
+    pub(crate) max_head_bytes: usize,
+    /// Open connections per listener; more are closed at once. Default 10000.
+    #[serde(default = "default_max_connections")]
+    pub(crate) max_connections: usize,
+    /// Concurrent HTTP/2 streams per connection. Default 256.
+    #[serde(default = "default_max_streams")]
+    pub(crate) http2_max_concurrent_streams: u32,
+}
+
+impl Default for LimitsConfig {
+    fn default() -> Self {
+        Self {
+            header_read_timeout: default_header_read_timeout(),
+            max_headers: default_max_headers(),
+            max_head_bytes: default_max_head_bytes(),
+            max_connections: default_max_connections(),
+            http2_max_concurrent_streams: default_max_streams(),
+        }
+    }
+}
+
+fn default_header_read_timeout() -> Duration {
+    Duration::from_secs(10)
+}
+
+fn default_max_headers() -> usize {
+    100
+}
+
+fn default_max_head_bytes() -> usize {
+    64 * 1024
+}
+
+fn default_max_connections() -> usize {
+    10_000
+}
+
+fn default_max_streams() -> u32 {
+    256
+}
+
+/// `[admin]`.
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub(crate) struct AdminConfig {
+    /// Where the admin server listens. Default `127.0.0.1:15000`: loopback only, because it
+    /// can drain the proxy.
+    #[serde(default = "default_admin_listen")]
+    pub(crate) listen: SocketAddr,
+}
+
+impl Default for AdminConfig {
+    fn default() -> Self {
+        Self {
+            listen: default_admin_listen(),
+        }
+    }
+}
+
+fn default_admin_listen() -> SocketAddr {
+    SocketAddr::from(([127, 0, 0, 1], 15000))
+}
+
+/// `[log]`.
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub(crate) struct LogConfig {
+    /// A `RUST_LOG`-style filter; `RUST_LOG` itself wins when set. Default `info`.
+    #[serde(default = "default_log_filter")]
+    pub(crate) filter: String,
+    /// `text` (default) or `json`.
+    #[serde(default)]
+    pub(crate) format: LogFormat,
+}
+
+impl Default for LogConfig {
+    fn default() -> Self {
+        Self {
+            filter: default_log_filter(),
+            format: LogFormat::default(),
+        }
+    }
+}
+
+fn default_log_filter() -> String {
+    "info".to_owned()
+}
+
+/// The log format.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Default, Serialize, Deserialize)]
+#[serde(rename_all = "lowercase")]
+pub(crate) enum LogFormat {
+    /// Human-readable lines.
+    #[default]
+    Text,
+    /// One JSON object per line.
+    Json,
+}
+
+/// `[runtime]`.
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub(crate) struct RuntimeConfig {
+    /// Worker threads. Default: one per core.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub(crate) worker_threads: Option<usize>,
+    /// On SIGTERM or SIGINT, how long in-flight requests may take to finish. Default 30 s,
+    /// Kubernetes' default termination grace period.
+    #[serde(default = "default_drain_grace", with = "resilience_core::duration")]
+    pub(crate) drain_grace: Duration,
+}
+
+impl Default for RuntimeConfig {
+    fn default() -> Self {
+        Self {
+            worker_threads: None,
+            drain_grace: default_drain_grace(),
+        }
+    }
+}
+
+fn default_drain_grace() -> Duration {
+    Duration::from_secs(30)
+}

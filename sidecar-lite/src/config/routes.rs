@@ -1,0 +1,197 @@
+//! The listeners' sections: `[inbound]` and each `[[outbound]]` route, with identities and
+//! allow-lists parsed into typed values once, here.
+
+use super::endpoints::Endpoint;
+use resilience_breaker::BreakerConfig;
+use resilience_mtls::{Identity, IdentityPattern, MtlsMode};
+use resilience_retry::RetryConfig;
+use resilience_timeout::TimeoutConfig;
+use serde::{Deserialize, Deserializer, Serialize};
+use std::{net::SocketAddr, time::Duration};
+
+/// `[inbound]`: other sidecars to our app.
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct InboundConfig {
+    /// Where peers connect. Required.
+    pub(crate) listen: SocketAddr,
+    /// Our app. Required.
+    pub(crate) app: SocketAddr,
+    /// `strict` (default), `permissive` or `disabled`.
+    #[serde(default)]
+    pub(crate) mtls: MtlsMode,
+    /// Peer identities allowed in: exact, or with `*` for one path segment. Default: none,
+    /// so nobody is let in until the operator says who may call.
+    #[serde(default, with = "super::text::list")]
+    pub(crate) allow: Vec<IdentityPattern>,
+    /// Admit callers without an identity: plaintext callers in `permissive` or `disabled`
+    /// mode. Default `false`.
+    #[serde(default)]
+    pub(crate) allow_anonymous: bool,
+    /// The timeout for each request to the app. Default 15 s.
+    #[serde(default = "default_timeout")]
+    pub(crate) timeout: TimeoutSetting,
+    /// Requests in flight at once; beyond it, 503 at once. Default 1024.
+    #[serde(default = "default_concurrency")]
+    pub(crate) max_concurrent_requests: usize,
+    /// How to speak to the app: `auto` (HTTP/2 for gRPC, HTTP/1.1 otherwise; the default),
+    /// `http1` or `http2` (h2c with prior knowledge).
+    #[serde(default)]
+    pub(crate) app_protocol: AppProtocol,
+}
+
+/// The protocol spoken to the local app.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Default, Serialize, Deserialize)]
+#[serde(rename_all = "lowercase")]
+pub(crate) enum AppProtocol {
+    /// HTTP/2 (h2c) for gRPC requests, HTTP/1.1 for the rest.
+    #[default]
+    Auto,
+    /// HTTP/1.1 always.
+    Http1,
+    /// HTTP/2 with prior knowledge always.
+    Http2,
+}
+
+/// `[[outbound]]`: our app to one remote service.
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct OutboundConfig {
+    /// The route's name, in metrics and logs. Required and unique.
+    pub(crate) name: String,
+    /// Where our app sends its plain HTTP for this service. Required.
+    pub(crate) listen: SocketAddr,
+    /// The peers' inbound listeners. Required: one or more `IP:PORT` addresses, or one
+    /// discovered source, `dns:NAME:PORT` or `file:PATH` (see [`Endpoint`]).
+    pub(crate) endpoints: Vec<Endpoint>,
+    /// The identity the peers must present. Required with `[identity]`; without `[identity]`
+    /// the route speaks plaintext.
+    #[serde(
+        default,
+        skip_serializing_if = "Option::is_none",
+        with = "super::text::option"
+    )]
+    pub(crate) server_identity: Option<Identity>,
+    /// The total timeout, all attempts included: `"2s"`, or a table with the keys of
+    /// `resilience_timeout::TimeoutConfig`. Default 15 s.
+    #[serde(default = "default_timeout")]
+    pub(crate) timeout: TimeoutSetting,
+    /// Retries: the keys of `resilience_retry::RetryConfig`.
+    #[serde(default)]
+    pub(crate) retry: RetryConfig,
+    /// The circuit breaker of each endpoint: the keys of `resilience_breaker::BreakerConfig`.
+    #[serde(default)]
+    pub(crate) breaker: BreakerConfig,
+    /// Requests in flight at once; beyond it, 503 at once. Default 1024.
+    #[serde(default = "default_concurrency")]
+    pub(crate) max_concurrent_requests: usize,
+    /// Faults to inject, for testing how the app copes. Default: none.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub(crate) fault: Option<FaultConfig>,
+}
+
+/// `[outbound.fault]`: abort or delay a share of requests, as Istio's `fault`.
+#[derive(Debug, Clone, PartialEq, Default, Serialize, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub(crate) struct FaultConfig {
+    /// `abort = { percent = 10.0, status = 503 }`: answer that share at once with `status`.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub(crate) abort: Option<AbortFault>,
+    /// `delay = { percent = 5.0, duration = "100ms" }`: hold that share before sending it on.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub(crate) delay: Option<DelayFault>,
+}
+
+/// An injected abort.
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub(crate) struct AbortFault {
+    /// The share of requests aborted, in percent (0 to 100).
+    pub(crate) percent: f64,
+    /// The status they get (200 to 599).
+    pub(crate) status: u16,
+}
+
+/// An injected delay.
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub(crate) struct DelayFault {
+    /// The share of requests delayed, in percent (0 to 100).
+    pub(crate) percent: f64,
+    /// How long they are held.
+    #[serde(with = "resilience_timeout::duration")]
+    pub(crate) duration: Duration,
+}
+
+/// A timeout written as `"2s"` or as a full `resilience_timeout::TimeoutConfig` table.
+#[derive(Debug, Clone, PartialEq, Eq, Serialize)]
+#[serde(transparent)]
+pub(crate) struct TimeoutSetting(pub TimeoutConfig);
+
+impl<'de> Deserialize<'de> for TimeoutSetting {
+    fn deserialize<D: Deserializer<'de>>(deserializer: D) -> Result<Self, D::Error> {
+        // A string is the short form; anything else must be the full table.
+        match toml::Value::deserialize(deserializer)? {
+            toml::Value::String(text) => resilience_core::duration::parse(&text)
+                .map(|d| Self(TimeoutConfig::new(d)))
+                .map_err(serde::de::Error::custom),
+            other => other
+                .try_into::<TimeoutConfig>()
+                .map(Self)
+                .map_err(serde::de::Error::custom),
+        }
+    }
+}
+
+fn default_timeout() -> TimeoutSetting {
+    TimeoutSetting(TimeoutConfig::new(Duration::from_secs(15)))
+}
+
+fn default_concurrency() -> usize {
+    1024
+}
+
+impl OutboundConfig {
+    /// The route's name, in metrics and logs.
+    #[must_use]
+    pub fn name(&self) -> &str {
+        &self.name
+    }
+
+    /// The route's endpoints as the file writes them: `IP:PORT` addresses, or one `dns:` or
+    /// `file:` source.
+    #[must_use]
+    pub fn endpoints(&self) -> Vec<String> {
+        self.endpoints.iter().map(ToString::to_string).collect()
+    }
+
+    /// The identity the route's peers must present, when it speaks mTLS.
+    #[must_use]
+    pub fn server_identity(&self) -> Option<&Identity> {
+        self.server_identity.as_ref()
+    }
+
+    /// The total timeout, all attempts included.
+    #[must_use]
+    pub fn timeout(&self) -> &TimeoutConfig {
+        &self.timeout.0
+    }
+
+    /// The retry section.
+    #[must_use]
+    pub fn retry(&self) -> &RetryConfig {
+        &self.retry
+    }
+
+    /// The breaker of each endpoint.
+    #[must_use]
+    pub fn breaker(&self) -> &BreakerConfig {
+        &self.breaker
+    }
+
+    /// Requests in flight at once; beyond it, 503 at once.
+    #[must_use]
+    pub fn max_concurrent_requests(&self) -> usize {
+        self.max_concurrent_requests
+    }
+}

@@ -1,0 +1,236 @@
+//! The checks that serde cannot make: values in range, names unique, sections that need each
+//! other. Each problem is named by its field's path, so that its line can be found.
+
+use super::{
+    Config,
+    endpoints::{Endpoint, MIN_DISCOVERY_INTERVAL, parse_endpoints_file},
+    routes::TimeoutSetting,
+    tracing::TracingConfig,
+};
+use resilience_mtls::MtlsMode;
+use std::{collections::HashSet, net::SocketAddr};
+
+/// Every problem serde could not find, as (field path, message).
+pub(super) fn problems(config: &Config) -> Vec<(String, String)> {
+    let mut problems = Vec::new();
+    let mut listeners = HashSet::new();
+    let mut listen = |field: String, addr: SocketAddr, problems: &mut Vec<(String, String)>| {
+        // Port 0 asks the system for a free port: never a clash.
+        if addr.port() != 0 && !listeners.insert(addr) {
+            problems.push((field, format!("{addr} is already used by another listener")));
+        }
+    };
+    listen("admin.listen".into(), config.admin.listen, &mut problems);
+
+    if let Some(inbound) = &config.inbound {
+        listen("inbound.listen".into(), inbound.listen, &mut problems);
+        if inbound.mtls != MtlsMode::Disabled && config.identity.is_none() {
+            problems.push((
+                "inbound.mtls".into(),
+                "needs an [identity] section (or set mtls = \"disabled\")".into(),
+            ));
+        }
+        timeout_problems("inbound.timeout", &inbound.timeout, &mut problems);
+        if let Some(problem) = concurrency_problem(inbound.max_concurrent_requests) {
+            problems.push(("inbound.max_concurrent_requests".into(), problem));
+        }
+    }
+
+    let mut names = HashSet::new();
+    for (i, route) in config.outbound.iter().enumerate() {
+        let at = |key: &str| format!("outbound[{i}].{key}");
+        if route.name.trim().is_empty() {
+            problems.push((at("name"), "must not be empty".into()));
+        } else if !names.insert(route.name.as_str()) {
+            problems.push((
+                at("name"),
+                format!("\"{}\" is used by another route", route.name),
+            ));
+        }
+        listen(at("listen"), route.listen, &mut problems);
+        endpoint_problems(&at("endpoints"), &route.endpoints, &mut problems);
+        match (&route.server_identity, &config.identity) {
+            (Some(_), Some(_)) | (None, None) => {}
+            (Some(_), None) => problems.push((
+                at("server_identity"),
+                "needs an [identity] section to speak mTLS".into(),
+            )),
+            (None, Some(_)) => problems.push((
+                at("server_identity"),
+                "is required with [identity]: the peers' certificates are checked against it"
+                    .into(),
+            )),
+        }
+        timeout_problems(&at("timeout"), &route.timeout, &mut problems);
+        if let Err(e) = route.retry.validate() {
+            problems.push((at(&format!("retry.{}", e.field())), e.to_string()));
+        }
+        if let Err(e) = route.breaker.validate() {
+            problems.push((at(&format!("breaker.{}", e.field())), e.to_string()));
+        }
+        if let Some(problem) = concurrency_problem(route.max_concurrent_requests) {
+            problems.push((at("max_concurrent_requests"), problem));
+        }
+        if let Some(fault) = &route.fault {
+            let percent = |field: String, value: f64, problems: &mut Vec<(String, String)>| {
+                if !(0.0..=100.0).contains(&value) {
+                    problems.push((field, format!("{value} is not a percentage from 0 to 100")));
+                }
+            };
+            if let Some(abort) = &fault.abort {
+                percent(at("fault.abort.percent"), abort.percent, &mut problems);
+                if !(200..=599).contains(&abort.status) {
+                    problems.push((
+                        at("fault.abort.status"),
+                        format!("{} is not a status from 200 to 599", abort.status),
+                    ));
+                }
+            }
+            if let Some(delay) = &fault.delay {
+                percent(at("fault.delay.percent"), delay.percent, &mut problems);
+            }
+        }
+    }
+    let limits = &config.limits;
+    for (field, value, min) in [
+        ("limits.max_headers", limits.max_headers, 1),
+        ("limits.max_head_bytes", limits.max_head_bytes, 8192),
+        ("limits.max_connections", limits.max_connections, 1),
+        (
+            "limits.http2_max_concurrent_streams",
+            limits.http2_max_concurrent_streams as usize,
+            1,
+        ),
+    ] {
+        if value < min {
+            problems.push((
+                field.into(),
+                format!("{value} is below the minimum of {min}"),
+            ));
+        }
+    }
+    if limits.max_head_bytes > u32::MAX as usize {
+        problems.push(("limits.max_head_bytes".into(), "must fit in 32 bits".into()));
+    }
+    for (field, value) in [
+        ("discovery.dns_refresh", config.discovery.dns_refresh),
+        ("discovery.file_poll", config.discovery.file_poll),
+    ] {
+        if value < MIN_DISCOVERY_INTERVAL {
+            problems.push((
+                field.into(),
+                format!(
+                    "{} is below the minimum of {}",
+                    resilience_core::duration::format(value),
+                    resilience_core::duration::format(MIN_DISCOVERY_INTERVAL)
+                ),
+            ));
+        }
+    }
+    if config.discovery.resolver.is_some_and(|r| r.port() == 0) {
+        problems.push((
+            "discovery.resolver".into(),
+            "needs a port other than 0".into(),
+        ));
+    }
+    if config.runtime.worker_threads == Some(0) {
+        problems.push(("runtime.worker_threads".into(), "must be at least 1".into()));
+    }
+    if let Err(e) = tracing_subscriber::EnvFilter::try_new(&config.log.filter) {
+        problems.push((
+            "log.filter".into(),
+            format!("\"{}\": {e}", config.log.filter),
+        ));
+    }
+    if let Some(tracing) = &config.tracing {
+        tracing_problems(tracing, &mut problems);
+    }
+    problems
+}
+
+/// The most requests in flight one listener may allow: far beyond what one process serves,
+/// and far below what the semaphore behind the limit can count.
+const MAX_CONCURRENCY: usize = 1 << 20;
+
+fn concurrency_problem(limit: usize) -> Option<String> {
+    match limit {
+        0 => Some("must be at least 1".into()),
+        n if n > MAX_CONCURRENCY => Some(format!("{n} is over the maximum of {MAX_CONCURRENCY}")),
+        _ => None,
+    }
+}
+
+/// The most spans the export queue may hold.
+const MAX_SPAN_QUEUE: usize = 1 << 20;
+
+fn tracing_problems(tracing: &TracingConfig, problems: &mut Vec<(String, String)>) {
+    if let Err(e) = tracing.endpoint() {
+        problems.push(("tracing.otlp_endpoint".into(), e));
+    }
+    if tracing.service_name.trim().is_empty() {
+        problems.push(("tracing.service_name".into(), "must not be empty".into()));
+    }
+    if !(0.0..=1.0).contains(&tracing.sampling_ratio) {
+        problems.push((
+            "tracing.sampling_ratio".into(),
+            format!("{} is not a ratio from 0 to 1", tracing.sampling_ratio),
+        ));
+    }
+    match tracing.queue_size {
+        0 => problems.push(("tracing.queue_size".into(), "must be at least 1".into())),
+        n if n > MAX_SPAN_QUEUE => problems.push((
+            "tracing.queue_size".into(),
+            format!("{n} is over the maximum of {MAX_SPAN_QUEUE}"),
+        )),
+        _ => {}
+    }
+    if tracing.batch_size == 0 {
+        problems.push(("tracing.batch_size".into(), "must be at least 1".into()));
+    }
+    for (field, value) in [
+        ("tracing.export_interval", tracing.export_interval),
+        ("tracing.export_timeout", tracing.export_timeout),
+    ] {
+        if value.is_zero() {
+            problems.push((field.into(), "must be more than zero".into()));
+        }
+    }
+}
+
+/// A route's `endpoints`: at least one; a `dns:` or `file:` source alone; a file that exists
+/// and lists addresses.
+fn endpoint_problems(field: &str, endpoints: &[Endpoint], problems: &mut Vec<(String, String)>) {
+    if endpoints.is_empty() {
+        problems.push((field.into(), "needs at least one endpoint".into()));
+        return;
+    }
+    if endpoints.len() > 1
+        && let Some(source) = endpoints.iter().find(|e| e.is_dynamic())
+    {
+        problems.push((
+            field.into(),
+            format!("\"{source}\" must be the route's only entry: list either addresses or one dns: or file: source"),
+        ));
+    }
+    for endpoint in endpoints {
+        if let Endpoint::File(path) = endpoint {
+            match std::fs::read_to_string(path) {
+                Ok(text) => {
+                    if let Err(e) = parse_endpoints_file(&text) {
+                        problems.push((field.into(), format!("\"{endpoint}\": {e}")));
+                    }
+                }
+                Err(e) => problems.push((
+                    field.into(),
+                    format!("\"{endpoint}\": cannot read the file: {e}"),
+                )),
+            }
+        }
+    }
+}
+
+fn timeout_problems(field: &str, timeout: &TimeoutSetting, problems: &mut Vec<(String, String)>) {
+    if let Err(e) = timeout.0.validate() {
+        problems.push((format!("{field}.{}", e.field()), e.to_string()));
+    }
+}

@@ -1,0 +1,56 @@
+//! [`ListenerState`]: what one listener serves with, replaced whole by a reload.
+use super::EdgeTracer;
+use crate::stack::StackService;
+use arc_swap::ArcSwap;
+use hyper::body::Incoming;
+use resilience_mtls::MtlsAcceptor;
+use std::{
+    fmt,
+    sync::{Arc, Mutex, PoisonError},
+};
+
+/// Everything a reload may change about a listener, in one value: its stack, its TLS acceptor
+/// (`None` serves plaintext) and its tracer. `run` owns one swap cell of it per listener and
+/// stores a new one on reload; connections read the acceptor at accept, requests the stack and
+/// tracer when they start. Requests in flight keep what they started with.
+pub(crate) struct ListenerState {
+    /// Not `Sync` (tower's concurrency limit and buffer hold boxed futures), so behind a mutex
+    /// held only to clone it.
+    stack: Mutex<StackService<Incoming>>,
+    pub(crate) acceptor: Option<Arc<MtlsAcceptor>>,
+    pub(crate) tracer: Option<EdgeTracer>,
+}
+
+/// A listener's swap cell.
+pub(crate) type SharedListenerState = Arc<ArcSwap<ListenerState>>;
+
+impl ListenerState {
+    pub(crate) fn new(
+        stack: StackService<Incoming>,
+        acceptor: Option<Arc<MtlsAcceptor>>,
+        tracer: Option<EdgeTracer>,
+    ) -> Self {
+        Self {
+            stack: Mutex::new(stack),
+            acceptor,
+            tracer,
+        }
+    }
+
+    /// A clone of the stack, to serve one request.
+    pub(crate) fn stack(&self) -> StackService<Incoming> {
+        self.stack
+            .lock()
+            .unwrap_or_else(PoisonError::into_inner)
+            .clone()
+    }
+}
+
+impl fmt::Debug for ListenerState {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        f.debug_struct("ListenerState")
+            .field("tls", &self.acceptor.is_some())
+            .field("tracing", &self.tracer.is_some())
+            .finish_non_exhaustive()
+    }
+}

@@ -1,0 +1,61 @@
+//! What the binary's `run` does around a [`Sidecar`]: logging, the runtime, the metrics
+//! recorder, then serving until a signal.
+
+use super::Sidecar;
+use crate::config::{Config, LogFormat};
+use metrics_exporter_prometheus::PrometheusBuilder;
+use resilience_core::BoxError;
+use std::path::PathBuf;
+
+/// Histogram buckets of every latency metric, in seconds: 0.5 ms to 10 s.
+const LATENCY_BUCKETS: [f64; 14] = [
+    0.0005, 0.001, 0.0025, 0.005, 0.01, 0.025, 0.05, 0.1, 0.25, 0.5, 1.0, 2.5, 5.0, 10.0,
+];
+
+impl Sidecar {
+    /// Serves `config`, loaded from `path`, as the `sidecar-lite run` command does: installs
+    /// logging and the Prometheus recorder, starts the runtime and the sidecar, reloads `path`
+    /// when it changes or on SIGHUP, and returns after SIGTERM or SIGINT once drained. Fails
+    /// if the runtime or the sidecar cannot start.
+    pub fn run_process(config: Config, path: PathBuf) -> Result<(), BoxError> {
+        init_logging(&config);
+        let mut runtime = tokio::runtime::Builder::new_multi_thread();
+        if let Some(threads) = config.runtime.worker_threads {
+            runtime.worker_threads(threads);
+        }
+        let runtime = runtime
+            .enable_all()
+            .build()
+            .map_err(|e| format!("cannot start the runtime: {e}"))?;
+        let recorder = PrometheusBuilder::new()
+            .set_buckets(&LATENCY_BUCKETS)
+            .and_then(PrometheusBuilder::install_recorder);
+        let metrics = match recorder {
+            Ok(handle) => Some(handle),
+            Err(error) => {
+                tracing::warn!(%error, "metrics are not recorded");
+                None
+            }
+        };
+        runtime.block_on(async {
+            let sidecar = Sidecar::start(&config, metrics)
+                .await
+                .inspect_err(|error| {
+                    tracing::error!(%error, "cannot start");
+                })?;
+            sidecar.run_until_signal(path).await;
+            Ok(())
+        })
+    }
+}
+
+fn init_logging(config: &Config) {
+    use tracing_subscriber::{EnvFilter, fmt};
+    let filter =
+        EnvFilter::try_from_default_env().unwrap_or_else(|_| EnvFilter::new(&config.log.filter));
+    let builder = fmt().with_env_filter(filter).with_writer(std::io::stderr);
+    match config.log.format {
+        LogFormat::Text => builder.init(),
+        LogFormat::Json => builder.json().init(),
+    }
+}

@@ -1,0 +1,48 @@
+//! The inbound stack: peers' requests to the app.
+
+use super::{StackService, field_error};
+use crate::{
+    config::{ConfigProblem, InboundConfig},
+    transport::{AppClient, boxed},
+};
+use bytes::Bytes;
+use http::Response;
+use http_body::Body;
+use resilience_core::BoxError;
+use resilience_mtls::{AllowList, AuthorizeLayer};
+use tower::{ServiceBuilder, ServiceExt, util::BoxCloneService};
+
+/// Builds the inbound stack: peers' requests to the app at `inbound.app`.
+pub fn inbound<B>(inbound: &InboundConfig) -> Result<StackService<B>, ConfigProblem>
+where
+    B: Body<Data = Bytes, Error: Into<BoxError>> + Send + Unpin + 'static,
+{
+    let timeout = inbound
+        .timeout
+        .0
+        .layer()
+        .map_err(|e| field_error("timeout", e.field(), &e))?
+        .named("inbound");
+    let allow = inbound
+        .allow
+        .iter()
+        .cloned()
+        .fold(AllowList::new(), AllowList::allow)
+        .allow_anonymous(inbound.allow_anonymous);
+    let app = AppClient::new(inbound.app, inbound.app_protocol);
+    let body_timeout = inbound
+        .timeout
+        .0
+        .body_layer()
+        .map_err(|e| field_error("timeout", e.field(), &e))?
+        .unwrap_or_default();
+    let service = ServiceBuilder::new()
+        .map_response(|response: Response<_>| response.map(boxed))
+        .load_shed()
+        .concurrency_limit(inbound.max_concurrent_requests)
+        .layer(body_timeout)
+        .layer(timeout)
+        .layer(AuthorizeLayer::new(allow))
+        .service(app);
+    Ok(BoxCloneService::new(service.map_err(BoxError::from)))
+}

@@ -1,0 +1,11 @@
+//! The bottom of the request path: the clients that carry a request to a peer's sidecar or to
+//! the app, and the one body type every response travels in.
+
+mod app;
+mod body;
+mod client;
+
+pub(crate) use app::AppClient;
+pub use body::ProxyBody;
+pub(crate) use body::{StackBody, boxed, local_response};
+pub(crate) use client::{FixedConnector, client, mtls_connector};
