@@ -153,7 +153,9 @@ pub use keyed::{BreakerMap, ByAuthority, KeyOf, KeyedCircuitBreaker, KeyedCircui
 #[cfg(feature = "http")]
 pub use resilience_core::SIDECAR_ERROR;
 #[cfg(feature = "http")]
-pub use unavailable::{Unavailable, UnavailableBody, UnavailableFuture, UnavailableLayer};
+pub use unavailable::{
+    BreakerReply, Unavailable, UnavailableBody, UnavailableFuture, UnavailableLayer,
+};
 
 #[cfg(feature = "serde")]
 pub use config::{BreakerConfig, WindowConfig};

@@ -32,6 +32,8 @@ pub mod duration;
 
 #[cfg(feature = "http")]
 mod local_reply;
+#[cfg(feature = "http")]
+mod reply_layer;
 
 pub use error::{BoxError, ConfigError};
 pub use random::{RandomSource, ThreadRandom};
@@ -39,3 +41,7 @@ pub use retry_after::retry_after_secs;
 
 #[cfg(feature = "http")]
 pub use local_reply::{LocalReply, Reason, SIDECAR_ERROR};
+#[cfg(feature = "http")]
+pub use reply_layer::{
+    LocalReplyBody, LocalReplyFuture, LocalReplyLayer, LocalReplyService, ReplyTo,
+};

@@ -119,7 +119,9 @@ pub use body::{
 #[cfg(feature = "http")]
 pub use deadline::{Deadline, HttpDeadline, REQUEST_TIMEOUT_MS};
 #[cfg(feature = "http")]
-pub use gateway::{GatewayTimeout, GatewayTimeoutBody, GatewayTimeoutFuture, GatewayTimeoutLayer};
+pub use gateway::{
+    GatewayTimeout, GatewayTimeoutBody, GatewayTimeoutFuture, GatewayTimeoutLayer, TimeoutReply,
+};
 #[cfg(feature = "http")]
 pub use resilience_core::SIDECAR_ERROR;
 
