@@ -10,13 +10,24 @@ use std::time::Duration;
 
 const EXPECTED: &str = "a positive duration such as \"250ms\", \"2s\" or \"1m 30s\"";
 
-/// Parses a positive duration, or says what was wrong with `text`.
+/// The longest duration a config may give: a year. Longer than any timeout, interval or open
+/// duration that means anything, and far from the overflow of the clock arithmetic in hyper
+/// and tokio that a duration of many thousand years would cause.
+pub const MAX: Duration = Duration::from_secs(365 * 24 * 60 * 60);
+
+/// Parses a positive duration of at most [`MAX`], or says what was wrong with `text`.
 pub fn parse(text: &str) -> Result<Duration, String> {
     let duration = humantime::parse_duration(text.trim())
         .map_err(|e| format!("invalid duration `{text}` ({e}); expected {EXPECTED}"))?;
     if duration.is_zero() {
         return Err(format!(
             "invalid duration `{text}`: must be greater than zero"
+        ));
+    }
+    if duration > MAX {
+        return Err(format!(
+            "invalid duration `{text}`: over the maximum of {}",
+            format(MAX)
         ));
     }
     Ok(duration)
@@ -78,6 +89,16 @@ mod tests {
         for bad in ["0s", "0ms", "-1s", "soon", "", "5"] {
             let err = parse(bad).unwrap_err();
             assert!(err.contains(&format!("`{bad}`")), "{err}");
+        }
+    }
+
+    #[test]
+    fn rejects_durations_over_a_year_quoting_the_value() {
+        assert_eq!(parse("365days"), Ok(MAX));
+        for huge in ["366days", "500000000000y", "2years"] {
+            let err = parse(huge).unwrap_err();
+            assert!(err.contains(&format!("`{huge}`")), "{err}");
+            assert!(err.contains("over the maximum of 1year"), "{err}");
         }
     }
 

@@ -1,6 +1,6 @@
 //! Response-body timeouts: [`ResponseBodyTimeoutLayer`] and [`TimeoutBody`].
 
-use crate::BoxError;
+use crate::{BoxError, policy::instant_after};
 use http::Response;
 use http_body::{Body, Frame, SizeHint};
 use pin_project_lite::pin_project;
@@ -195,7 +195,7 @@ where
                 // The upstream is behind from now on. Until this poll the reader was busy
                 // (or had just begun), and time it spent is not the upstream's idleness.
                 *this.waiting = true;
-                sleep.as_mut().reset(Instant::now() + *idle);
+                sleep.as_mut().reset(instant_after(Instant::now(), *idle));
             }
             if sleep.poll(cx).is_ready() {
                 return Poll::Ready(Some(Err(BodyTimeout::idle(*idle).into())));

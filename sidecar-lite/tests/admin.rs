@@ -173,3 +173,49 @@ async fn post_drain_turns_ready_false_and_stops_the_listeners() {
         .expect("the outbound listener closes");
     sidecar.stop().await;
 }
+
+#[tokio::test]
+async fn a_rebound_name_gets_nothing_from_the_admin_server() {
+    let (app, _) = status_app(200).await;
+    let sidecar = start(app, app).await;
+    let admin = sidecar.bound.admin.unwrap();
+    let request = |method: Method, path: &str, host: &str| {
+        Request::builder()
+            .method(method)
+            .uri(format!("http://{admin}{path}"))
+            .header("host", host)
+            .header("x-sidecar-admin", "drain")
+            .body(full(""))
+            .unwrap()
+    };
+    // A page whose own name now points at 127.0.0.1 sends that name as Host.
+    for (method, path) in [
+        (Method::GET, "/config"),
+        (Method::GET, "/metrics"),
+        (Method::GET, "/ready"),
+        (Method::POST, "/drain"),
+    ] {
+        let req = request(method, path, &format!("rebound.example:{}", admin.port()));
+        let response = timeout(STEP, http1().request(req)).await.unwrap().unwrap();
+        assert_eq!(response.status(), StatusCode::FORBIDDEN, "{path}");
+        assert_eq!(response.headers()["x-sidecar-error"], "unauthorized");
+    }
+    assert_eq!(
+        admin_get(&sidecar, "/ready").await.0,
+        StatusCode::OK,
+        "not drained"
+    );
+    // IP literals and localhost are how probes and operators address it.
+    for host in [
+        format!("127.0.0.1:{}", admin.port()),
+        format!("localhost:{}", admin.port()),
+        "LOCALHOST".to_owned(),
+        "[::1]:15000".to_owned(),
+        "10.1.2.3".to_owned(),
+    ] {
+        let req = request(Method::GET, "/live", &host);
+        let response = timeout(STEP, http1().request(req)).await.unwrap().unwrap();
+        assert_eq!(response.status(), StatusCode::OK, "{host}");
+    }
+    sidecar.stop().await;
+}

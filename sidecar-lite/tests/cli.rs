@@ -161,6 +161,34 @@ fn check_requires_an_identity_for_mtls() {
 }
 
 #[test]
+fn an_outbound_listener_off_loopback_needs_an_explicit_opt_in() {
+    let route = |listen: &str, extra: &str| {
+        format!(
+            "[[outbound]]\nname = \"orders\"\nlisten = \"{listen}\"\nendpoints = [\"127.0.0.1:8080\"]\n{extra}"
+        )
+    };
+    for listen in ["0.0.0.0:15001", "[::]:15001", "10.0.0.5:15001"] {
+        let (ok, _, stderr) = check("remote-callers", &route(listen, ""));
+        assert!(!ok, "{listen}");
+        assert!(
+            stderr.contains("line 3: `outbound[0].listen`")
+                && stderr.contains("is not a loopback address")
+                && stderr.contains("allow_remote_callers = true"),
+            "{stderr}"
+        );
+    }
+    let (ok, _, stderr) = check(
+        "remote-callers",
+        &route("0.0.0.0:15001", "allow_remote_callers = true\n"),
+    );
+    assert!(ok, "{stderr}");
+    for listen in ["127.0.0.1:15001", "[::1]:15001"] {
+        let (ok, _, stderr) = check("remote-callers", &route(listen, ""));
+        assert!(ok, "{listen}: {stderr}");
+    }
+}
+
+#[test]
 fn certs_writes_a_ca_and_workload_certificates() {
     let dir = temp_dir("certs");
     let output = bin()
@@ -242,4 +270,17 @@ fn the_kubernetes_configmap_holds_a_valid_config() {
         .collect();
     let (ok, _, stderr) = check("configmap", &text);
     assert!(ok, "{stderr}\n{text}");
+}
+
+#[test]
+fn a_log_filter_with_a_space_and_a_non_ascii_target_is_checked_without_panicking() {
+    // tracing-subscriber slices such a filter in the middle of a character unless each
+    // directive is trimmed first: `check` panicked on it.
+    let (ok, stdout, stderr) = check("log-filter", "[log]\nfilter = \"info, hyp\u{e9}=warn\"\n");
+    assert!(!stderr.contains("panicked"), "{stderr}");
+    assert!(ok, "{stderr}");
+    assert!(
+        stdout.contains("filter = \"info, hyp\u{e9}=warn\""),
+        "{stdout}"
+    );
 }

@@ -19,7 +19,11 @@ use crate::{
 };
 use arc_swap::ArcSwap;
 use bytes::Bytes;
-use http::{HeaderValue, Method, Request, Response, StatusCode, header::CONTENT_TYPE};
+use http::{
+    HeaderValue, Method, Request, Response, StatusCode,
+    header::{CONTENT_TYPE, HOST},
+    uri::Authority,
+};
 use http_body_util::Full;
 use hyper::body::Incoming;
 use metrics_exporter_prometheus::PrometheusHandle;
@@ -31,7 +35,7 @@ use std::{
     fmt::Write as _,
     future::Future,
     io,
-    net::SocketAddr,
+    net::{IpAddr, Ipv6Addr, SocketAddr},
     sync::{
         Arc,
         atomic::{AtomicBool, Ordering},
@@ -192,6 +196,13 @@ pub(crate) async fn serve(
 }
 
 fn route<B>(state: &AdminState, req: &Request<B>) -> Response<ProxyBody> {
+    if !addressed_by_ip_or_localhost(req) {
+        // DNS rebinding: a page in a browser on this host can point its own name at
+        // 127.0.0.1, but it cannot make the browser send an IP literal or `localhost` as Host.
+        return local_response(LocalReply::new(Reason::Unauthorized).text(
+            "forbidden: the admin server answers only requests whose Host is an IP address or localhost",
+        ));
+    }
     match (req.method(), req.uri().path()) {
         (&Method::GET, "/live") => text(StatusCode::OK, "text/plain", "live\n".into()),
         (&Method::GET, "/ready") => {
@@ -260,6 +271,30 @@ fn route<B>(state: &AdminState, req: &Request<B>) -> Response<ProxyBody> {
         }
         _ => local_response(LocalReply::new(Reason::NotFound).text("no such admin endpoint")),
     }
+}
+
+/// Whether the request names this server by an IP literal or `localhost` (with or without a
+/// port), in its URI's authority or its Host header; a request naming neither is refused too.
+fn addressed_by_ip_or_localhost<B>(req: &Request<B>) -> bool {
+    let authority = match req.uri().authority() {
+        Some(authority) => Some(authority.clone()),
+        None => {
+            let mut hosts = req.headers().get_all(HOST).iter();
+            match (hosts.next(), hosts.next()) {
+                (Some(host), None) => Authority::try_from(host.as_bytes()).ok(),
+                _ => None,
+            }
+        }
+    };
+    authority.is_some_and(|authority| {
+        let host = authority.host();
+        host.eq_ignore_ascii_case("localhost")
+            || host.parse::<IpAddr>().is_ok()
+            || host
+                .strip_prefix('[')
+                .and_then(|h| h.strip_suffix(']'))
+                .is_some_and(|h| h.parse::<Ipv6Addr>().is_ok())
+    })
 }
 
 fn text(status: StatusCode, content_type: &'static str, body: String) -> Response<ProxyBody> {

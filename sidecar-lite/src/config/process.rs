@@ -108,6 +108,41 @@ fn default_log_filter() -> String {
     "info".to_owned()
 }
 
+/// A log filter (`[log] filter` or `RUST_LOG`) as tracing-subscriber can take it safely: each
+/// comma-separated directive trimmed, empty ones dropped. tracing-subscriber 0.3 parses a
+/// directive trimmed but slices it untrimmed, so `"info, hypé=warn"` made it panic in the
+/// middle of a character; trimmed, the same filter is parsed, or refused with an error.
+pub(crate) fn log_filter(
+    text: &str,
+) -> Result<tracing_subscriber::EnvFilter, tracing_subscriber::filter::ParseError> {
+    let directives: Vec<&str> = text
+        .split(',')
+        .map(str::trim)
+        .filter(|d| !d.is_empty())
+        .collect();
+    tracing_subscriber::EnvFilter::try_new(directives.join(","))
+}
+
+#[cfg(test)]
+mod tests {
+    use super::log_filter;
+
+    #[test]
+    fn filters_with_spaces_and_non_ascii_targets_parse_or_fail_without_panicking() {
+        for text in [
+            "info, hypé=warn",
+            " hypé=warn ,info",
+            "info,  ",
+            "é",
+            "info, [é]=warn",
+        ] {
+            let _ = log_filter(text);
+        }
+        assert!(log_filter("info, hyper=warn").is_ok());
+        assert!(log_filter("info, hypé=warn").is_ok());
+    }
+}
+
 /// The log format.
 #[derive(Debug, Clone, Copy, PartialEq, Eq, Default, Serialize, Deserialize)]
 #[serde(rename_all = "lowercase")]

@@ -59,8 +59,14 @@ pub(crate) enum AppProtocol {
 pub struct OutboundConfig {
     /// The route's name, in metrics and logs. Required and unique.
     pub(crate) name: String,
-    /// Where our app sends its plain HTTP for this service. Required.
+    /// Where our app sends its plain HTTP for this service. Required; a loopback address
+    /// unless `allow_remote_callers`.
     pub(crate) listen: SocketAddr,
+    /// Let `listen` be an address other clients on the network can reach. Whoever reaches it
+    /// calls out with this workload's identity, so the default is `false`, and a non-loopback
+    /// `listen` is refused without it.
+    #[serde(default, skip_serializing_if = "std::ops::Not::not")]
+    pub(crate) allow_remote_callers: bool,
     /// The peers' inbound listeners. Required: one or more `IP:PORT` addresses, or one
     /// discovered source, `dns:NAME:PORT` or `file:PATH` (see [`Endpoint`]).
     pub(crate) endpoints: Vec<Endpoint>,

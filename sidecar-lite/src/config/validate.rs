@@ -48,6 +48,17 @@ pub(super) fn problems(config: &Config) -> Vec<(String, String)> {
             ));
         }
         listen(at("listen"), route.listen, &mut problems);
+        if !route.listen.ip().is_loopback() && !route.allow_remote_callers {
+            problems.push((
+                at("listen"),
+                format!(
+                    "{} is not a loopback address: any client that reaches it calls out with \
+                     this workload's identity; listen on 127.0.0.1 (or [::1]), or set \
+                     allow_remote_callers = true",
+                    route.listen
+                ),
+            ));
+        }
         endpoint_problems(&at("endpoints"), &route.endpoints, &mut problems);
         match (&route.server_identity, &config.identity) {
             (Some(_), Some(_)) | (None, None) => {}
@@ -136,7 +147,7 @@ pub(super) fn problems(config: &Config) -> Vec<(String, String)> {
     if config.runtime.worker_threads == Some(0) {
         problems.push(("runtime.worker_threads".into(), "must be at least 1".into()));
     }
-    if let Err(e) = tracing_subscriber::EnvFilter::try_new(&config.log.filter) {
+    if let Err(e) = super::process::log_filter(&config.log.filter) {
         problems.push((
             "log.filter".into(),
             format!("\"{}\": {e}", config.log.filter),

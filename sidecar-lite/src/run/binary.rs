@@ -2,7 +2,7 @@
 //! recorder, then serving until a signal.
 
 use super::Sidecar;
-use crate::config::{Config, LogFormat};
+use crate::config::{Config, LogFormat, log_filter};
 use metrics_exporter_prometheus::PrometheusBuilder;
 use resilience_core::BoxError;
 use std::path::PathBuf;
@@ -49,10 +49,23 @@ impl Sidecar {
     }
 }
 
+/// Logs to stderr, filtered by `RUST_LOG` when it is set and valid, else by `[log] filter`
+/// (which `check` has validated).
 fn init_logging(config: &Config) {
     use tracing_subscriber::{EnvFilter, fmt};
-    let filter =
-        EnvFilter::try_from_default_env().unwrap_or_else(|_| EnvFilter::new(&config.log.filter));
+    let from_env = std::env::var("RUST_LOG")
+        .ok()
+        .filter(|text| !text.trim().is_empty())
+        .and_then(|text| match log_filter(&text) {
+            Ok(filter) => Some(filter),
+            Err(error) => {
+                eprintln!("RUST_LOG={text:?} is not a valid filter ({error}); using [log] filter");
+                None
+            }
+        });
+    let filter = from_env
+        .or_else(|| log_filter(&config.log.filter).ok())
+        .unwrap_or_else(|| EnvFilter::new("info"));
     let builder = fmt().with_env_filter(filter).with_writer(std::io::stderr);
     match config.log.format {
         LogFormat::Text => builder.init(),

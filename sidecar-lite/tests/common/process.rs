@@ -31,6 +31,11 @@ impl SidecarProcess {
     /// Writes `[admin]` (a free port), `[log]` and `body` to a config file, starts the binary
     /// on it and waits (bounded) until `/ready` answers 200.
     pub async fn start(name: &str, body: &str) -> Self {
+        Self::start_with_env(name, body, &[]).await
+    }
+
+    /// [`start`](Self::start), with `env` set for the process.
+    pub async fn start_with_env(name: &str, body: &str, env: &[(&str, &str)]) -> Self {
         let admin = free_addr();
         let dir = std::env::temp_dir().join(format!(
             "sidecar-lite-{name}-{}-{}",
@@ -45,6 +50,7 @@ impl SidecarProcess {
             .arg("run")
             .arg("--config")
             .arg(&config)
+            .envs(env.iter().copied())
             .stdout(Stdio::null())
             .stderr(Stdio::null())
             .spawn()
