@@ -178,13 +178,18 @@ pub fn write_atomic(path: &Path, contents: &[u8]) -> io::Result<()> {
 }
 
 /// Like [`write_atomic`], for a private key: the file is readable by its owner only (mode
-/// 0600 on Unix) from the moment it exists.
+/// 0600 on Unix) from the moment it exists. A temporary file left over from an earlier run is
+/// removed first rather than reused, so its mode never carries over to the key.
 pub fn write_private(path: &Path, contents: &[u8]) -> io::Result<()> {
     use std::io::Write as _;
     let mut tmp = path.as_os_str().to_owned();
     tmp.push(".tmp");
+    match std::fs::remove_file(&tmp) {
+        Err(error) if error.kind() != io::ErrorKind::NotFound => return Err(error),
+        _ => {}
+    }
     let mut options = std::fs::OpenOptions::new();
-    options.write(true).create(true).truncate(true);
+    options.write(true).create_new(true);
     #[cfg(unix)]
     std::os::unix::fs::OpenOptionsExt::mode(&mut options, 0o600);
     let mut file = options.open(&tmp)?;
@@ -203,9 +208,8 @@ pub fn write_workloads(
     trust_domain: &str,
     workloads: &[String],
 ) -> Result<Vec<PathBuf>, crate::BoxError> {
-    std::fs::create_dir_all(out).map_err(|e| format!("cannot create {}: {e}", out.display()))?;
-    let ca = DevCa::new(trust_domain)?;
-    let mut written = vec![out.join("ca.pem")];
+    // Every name first, so that a clash writes nothing.
+    let mut names: Vec<(&str, &String)> = Vec::with_capacity(workloads.len());
     for workload in workloads {
         let name = workload
             .trim_end_matches('/')
@@ -213,6 +217,25 @@ pub fn write_workloads(
             .next()
             .filter(|n| !n.is_empty())
             .ok_or_else(|| format!("workload `{workload}` has no name"))?;
+        if name == "ca" {
+            return Err(format!(
+                "workload `{workload}` would be written as ca.pem, over the CA; rename it"
+            )
+            .into());
+        }
+        if let Some((_, other)) = names.iter().find(|(n, _)| *n == name) {
+            return Err(format!(
+                "workloads `{other}` and `{workload}` would both be written as {name}.pem; \
+                 their files are named by the last segment, so give them different ones"
+            )
+            .into());
+        }
+        names.push((name, workload));
+    }
+    std::fs::create_dir_all(out).map_err(|e| format!("cannot create {}: {e}", out.display()))?;
+    let ca = DevCa::new(trust_domain)?;
+    let mut written = vec![out.join("ca.pem")];
+    for (name, workload) in names {
         let paths = MaterialPaths::new(
             out.join(format!("{name}.pem")),
             out.join(format!("{name}-key.pem")),

@@ -376,3 +376,30 @@ async fn http2_continuation_flood_is_cut_off() {
 
     others_are_served(addr).await;
 }
+
+#[tokio::test]
+async fn a_request_with_two_host_headers_is_refused_and_never_forwarded() {
+    let (app, hits) = echo_app().await;
+    let sidecar = sidecar(&format!(
+        "[[outbound]]\nname = \"orders\"\nlisten = \"127.0.0.1:0\"\nendpoints = [\"{app}\"]\n"
+    ))
+    .await;
+    let addr = outbound_addr(&sidecar);
+    let mut tcp = TcpStream::connect(addr).await.unwrap();
+    tcp.write_all(
+        b"GET / HTTP/1.1\r\nHost: orders.shop\r\nHost: admin.internal\r\nConnection: close\r\n\r\n",
+    )
+    .await
+    .unwrap();
+    let mut answer = Vec::new();
+    timeout(STEP, tcp.read_to_end(&mut answer))
+        .await
+        .unwrap()
+        .unwrap();
+    let answer = String::from_utf8_lossy(&answer);
+    assert!(answer.starts_with("HTTP/1.1 400"), "{answer}");
+    assert!(answer.contains("x-sidecar-error: bad-request"), "{answer}");
+    assert!(answer.contains("more than one Host header"), "{answer}");
+    assert_eq!(hits.load(std::sync::atomic::Ordering::SeqCst), 0);
+    others_are_served(addr).await;
+}

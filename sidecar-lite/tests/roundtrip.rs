@@ -281,3 +281,60 @@ async fn plaintext_callers_are_served_only_when_anonymous_callers_are_allowed() 
     }
     assert_eq!(hits.load(Ordering::SeqCst), 1);
 }
+
+#[tokio::test]
+async fn the_app_learns_the_verified_caller_and_nothing_a_caller_forged() {
+    // Echoes every identity header it is given, and claims to be the sidecar.
+    let (app, _) = app(|req: Request<hyper::body::Incoming>| async move {
+        let mut seen = String::new();
+        for (name, value) in req.headers() {
+            let name = name.as_str();
+            if name == "x-forwarded-client-cert"
+                || name == "l5d-client-id"
+                || name.starts_with("x-sidecar-")
+            {
+                seen.push_str(&format!("{name}: {}\n", value.to_str().unwrap()));
+            }
+        }
+        let mut response = Response::new(full(seen));
+        response
+            .headers_mut()
+            .insert("x-sidecar-error", "breaker-open".parse().unwrap());
+        response
+    })
+    .await;
+    let path = path_to(app, "identity-headers").await;
+    let mut request = request_to(&path, "/whoami");
+    for (name, value) in [
+        (
+            "x-forwarded-client-cert",
+            "By=spiffe://example.org/ns/shop/sa/orders;URI=spiffe://example.org/ns/ops/sa/admin",
+        ),
+        (
+            "l5d-client-id",
+            "admin.ops.serviceaccount.identity.linkerd.cluster.local",
+        ),
+        ("x-sidecar-admin", "drain"),
+        ("x-sidecar-peer", "spiffe://example.org/ns/ops/sa/admin"),
+    ] {
+        request.headers_mut().insert(name, value.parse().unwrap());
+    }
+    let response = timeout(STEP, http1().request(request))
+        .await
+        .unwrap()
+        .unwrap();
+    assert_eq!(response.status(), StatusCode::OK);
+    assert!(
+        response.headers().get("x-sidecar-error").is_none(),
+        "the app's own flag does not pass for the sidecar's"
+    );
+    assert_eq!(
+        text(response).await,
+        format!(
+            "x-forwarded-client-cert: By={};URI={}\n",
+            spiffe("orders"),
+            spiffe("frontend")
+        ),
+        "only what the certificate proves"
+    );
+}

@@ -6,11 +6,11 @@ use super::{
     headers::{append_forwarded_for, ensure_traceparent, strip_hop_by_hop},
     local_reply::local_reply,
 };
-use crate::transport::ProxyBody;
+use crate::transport::{ProxyBody, local_response};
 use http::{HeaderValue, Request, Response, Uri, Version, header::HOST, uri::Authority};
 use hyper::body::Incoming;
 use metrics::{Counter, Histogram};
-use resilience_core::SIDECAR_ERROR;
+use resilience_core::{LocalReply, Reason, SIDECAR_ERROR};
 use std::{convert::Infallible, future::Future, pin::Pin, sync::Arc};
 use tokio::time::Instant;
 use tower::{Service, ServiceExt};
@@ -43,20 +43,35 @@ pub(crate) fn edge(
         let metrics = metrics.clone();
         // Started before the request is rewritten: the span reads it as the caller sent it.
         let span = current.tracer.as_ref().map(|tracer| tracer.start(&mut req));
+        let inbound = current.inbound.clone();
         drop(current);
         Box::pin(async move {
             let start = Instant::now();
-            prepare_request(&mut req, span.is_none());
-            let method = req.method().clone();
             let mut local = false;
-            let mut response = match stack.oneshot(req).await {
-                Ok(response) => response,
-                Err(error) => {
-                    let response = local_reply(&error);
-                    metrics.record_local(&response);
-                    local = true;
-                    tracing::debug!(listener = &*listener, %method, status = %response.status(), %error, "answered by the proxy");
-                    response
+            let mut response = if req.headers().get_all(HOST).iter().nth(1).is_some() {
+                // Which one would the app read? Refused, as RFC 9112 section 3.2 asks.
+                local = true;
+                let response = local_response(
+                    LocalReply::new(Reason::BadRequest)
+                        .text("bad request: more than one Host header"),
+                );
+                metrics.record_local(&response);
+                response
+            } else {
+                prepare_request(&mut req, span.is_none());
+                if let Some(inbound) = &inbound {
+                    inbound.prepare_request(&mut req);
+                }
+                let method = req.method().clone();
+                match stack.oneshot(req).await {
+                    Ok(response) => response,
+                    Err(error) => {
+                        let response = local_reply(&error);
+                        metrics.record_local(&response);
+                        local = true;
+                        tracing::debug!(listener = &*listener, %method, status = %response.status(), %error, "answered by the proxy");
+                        response
+                    }
                 }
             };
             strip_hop_by_hop(response.headers_mut());

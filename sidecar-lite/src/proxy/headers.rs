@@ -1,12 +1,14 @@
 //! Request and response header rules of a forwarding proxy (RFC 9110 section 7.6, W3C Trace
 //! Context): hop-by-hop headers stripped, `x-forwarded-for` appended, `traceparent` kept or
-//! created.
+//! created; inbound, the identity headers a caller could forge replaced by what its
+//! certificate proves.
 
 use http::{
-    HeaderMap, HeaderName, HeaderValue,
+    HeaderMap, HeaderName, HeaderValue, Request,
     header::{CONNECTION, TE, TRAILER, TRANSFER_ENCODING, UPGRADE},
 };
-use std::net::IpAddr;
+use resilience_mtls::Identity;
+use std::{net::IpAddr, sync::Arc};
 
 /// `x-forwarded-for`: the chain of client addresses.
 pub(crate) const X_FORWARDED_FOR: HeaderName = HeaderName::from_static("x-forwarded-for");
@@ -223,5 +225,62 @@ mod tests {
                 .unwrap(),
         );
         assert_eq!(traceparent(&headers).map(|t| t.flags), Some(3));
+    }
+}
+
+/// `x-forwarded-client-cert`: the verified peer, in Envoy's format.
+pub(crate) const X_FORWARDED_CLIENT_CERT: HeaderName =
+    HeaderName::from_static("x-forwarded-client-cert");
+/// Linkerd's name for the verified peer identity: an app behind Linkerd may trust it.
+const L5D_CLIENT_ID: HeaderName = HeaderName::from_static("l5d-client-id");
+
+/// What the inbound listener tells the app of its callers: identity headers that a caller
+/// could forge are removed, and `x-forwarded-client-cert` says who the verified certificate
+/// names, as Envoy says it (`By=<our identity>;URI=<peer>`, `DNS=` for a DNS identity).
+#[derive(Debug, Clone, Default)]
+pub(crate) struct InboundRules {
+    /// `By=<our identity>;`, when we have one.
+    by: Option<Arc<str>>,
+}
+
+impl InboundRules {
+    /// The rules of a sidecar whose own identity is `ours`.
+    pub(crate) fn new(ours: Option<&Identity>) -> Self {
+        Self {
+            by: ours.map(|id| Arc::from(format!("By={};", id.as_str()))),
+        }
+    }
+
+    /// Removes `x-forwarded-client-cert`, `l5d-client-id` and every `x-sidecar-*` header
+    /// the caller sent, then names the peer of the request's verified certificate (its
+    /// [`Identity`] extension), if any.
+    pub(crate) fn prepare_request<B>(&self, req: &mut Request<B>) {
+        let headers = req.headers_mut();
+        headers.remove(X_FORWARDED_CLIENT_CERT);
+        headers.remove(L5D_CLIENT_ID);
+        let sidecar: Vec<HeaderName> = headers
+            .keys()
+            .filter(|name| name.as_str().starts_with("x-sidecar-"))
+            .cloned()
+            .collect();
+        for name in sidecar {
+            headers.remove(name);
+        }
+        let Some(peer) = req.extensions().get::<Identity>() else {
+            return;
+        };
+        let value = format!("{}{}", self.by.as_deref().unwrap_or(""), xfcc_element(peer));
+        if let Ok(value) = HeaderValue::from_str(&value) {
+            req.headers_mut().insert(X_FORWARDED_CLIENT_CERT, value);
+        }
+    }
+}
+
+/// One identity as an element of `x-forwarded-client-cert`: `URI=` for a SPIFFE ID, `DNS=`
+/// for a DNS name.
+fn xfcc_element(identity: &Identity) -> String {
+    match identity {
+        Identity::Spiffe(_) => format!("URI={}", identity.as_str()),
+        Identity::Dns(_) => format!("DNS={}", identity.as_str()),
     }
 }

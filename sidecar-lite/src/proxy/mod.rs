@@ -11,6 +11,7 @@ mod span;
 mod state;
 
 pub(crate) use edge::edge;
+pub(crate) use headers::InboundRules;
 pub(crate) use listener::{ClientAddr, serve};
 pub use local_reply::local_reply;
 pub(crate) use span::EdgeTracer;

@@ -1,5 +1,5 @@
 //! [`ListenerState`]: what one listener serves with, replaced whole by a reload.
-use super::EdgeTracer;
+use super::{EdgeTracer, InboundRules};
 use crate::stack::StackService;
 use arc_swap::ArcSwap;
 use hyper::body::Incoming;
@@ -19,6 +19,8 @@ pub(crate) struct ListenerState {
     stack: Mutex<StackService<Incoming>>,
     pub(crate) acceptor: Option<Arc<MtlsAcceptor>>,
     pub(crate) tracer: Option<EdgeTracer>,
+    /// The rules of the inbound listener; `None` on outbound routes.
+    pub(crate) inbound: Option<InboundRules>,
 }
 
 /// A listener's swap cell.
@@ -29,11 +31,13 @@ impl ListenerState {
         stack: StackService<Incoming>,
         acceptor: Option<Arc<MtlsAcceptor>>,
         tracer: Option<EdgeTracer>,
+        inbound: Option<InboundRules>,
     ) -> Self {
         Self {
             stack: Mutex::new(stack),
             acceptor,
             tracer,
+            inbound,
         }
     }
 

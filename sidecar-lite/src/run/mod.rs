@@ -14,7 +14,7 @@ mod telemetry;
 use crate::{
     admin::{AdminState, RouteEndpoints, Serving},
     config::Config,
-    proxy::{EdgeTracer, ListenerState, SharedListenerState, edge, serve},
+    proxy::{EdgeTracer, InboundRules, ListenerState, SharedListenerState, edge, serve},
     stack::{self, StackService},
 };
 use arc_swap::ArcSwap;
@@ -246,7 +246,16 @@ impl Sidecar {
                 };
             // Everything a reload replaces, in one value: the mTLS mode may have changed too,
             // and new connections get the new one.
-            let state = ListenerState::new(plan.stack, acceptor, plan.tracer);
+            // Only the inbound listener has an mTLS mode, and only it tells the app who called.
+            let inbound = plan.mtls.map(|_| {
+                InboundRules::new(
+                    self.credentials
+                        .as_ref()
+                        .map(Credentials::identity)
+                        .as_ref(),
+                )
+            });
+            let state = ListenerState::new(plan.stack, acceptor, plan.tracer, inbound);
             match fresh.remove(&plan.key) {
                 None => {
                     if let Some(listener) = self.listeners.get(&plan.key) {

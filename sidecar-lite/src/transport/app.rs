@@ -4,7 +4,7 @@ use super::{FixedConnector, StackBody, client};
 use crate::config::AppProtocol;
 use http::{Request, Response, header::CONTENT_TYPE};
 use hyper::body::Incoming;
-use resilience_core::BoxError;
+use resilience_core::{BoxError, SIDECAR_ERROR};
 use std::net::SocketAddr;
 use tower::Service;
 
@@ -39,9 +39,12 @@ impl<B: StackBody> AppClient<B> {
 impl<B: StackBody> Service<Request<B>> for AppClient<B> {
     type Response = Response<Incoming>;
     type Error = BoxError;
-    type Future = futures::future::MapErr<
-        hyper_util::client::legacy::ResponseFuture,
-        fn(hyper_util::client::legacy::Error) -> BoxError,
+    type Future = futures::future::MapOk<
+        futures::future::MapErr<
+            hyper_util::client::legacy::ResponseFuture,
+            fn(hyper_util::client::legacy::Error) -> BoxError,
+        >,
+        fn(Response<Incoming>) -> Response<Incoming>,
     >;
 
     fn poll_ready(
@@ -72,5 +75,13 @@ impl<B: StackBody> Service<Request<B>> for AppClient<B> {
         client
             .request(req)
             .map_err(BoxError::from as fn(hyper_util::client::legacy::Error) -> BoxError)
+            .map_ok(without_sidecar_flag as fn(Response<Incoming>) -> Response<Incoming>)
     }
+}
+
+/// Only the sidecar speaks with `x-sidecar-error` to its callers: an app that sets it must not
+/// pass for the sidecar.
+fn without_sidecar_flag(mut response: Response<Incoming>) -> Response<Incoming> {
+    response.headers_mut().remove(SIDECAR_ERROR);
+    response
 }
