@@ -134,11 +134,20 @@ async fn connections_beyond_the_limit_are_closed_at_once() {
     ))
     .await;
     let addr = outbound_addr(&sidecar);
-    // Two idle connections take the two places.
-    let held: Vec<TcpStream> = vec![
-        TcpStream::connect(addr).await.unwrap(),
-        TcpStream::connect(addr).await.unwrap(),
-    ];
+    // Two kept-alive connections that have each been served a request take the two places
+    // (a connection that never sent a request would give its place to the third; see
+    // silent.rs).
+    let mut held: Vec<TcpStream> = Vec::new();
+    for _ in 0..2 {
+        let mut tcp = TcpStream::connect(addr).await.unwrap();
+        tcp.write_all(b"GET / HTTP/1.1\r\nHost: a\r\n\r\n")
+            .await
+            .unwrap();
+        let mut head = vec![0; 1024];
+        let n = timeout(STEP, tcp.read(&mut head)).await.unwrap().unwrap();
+        assert!(head[..n].starts_with(b"HTTP/1.1 200"));
+        held.push(tcp);
+    }
     // The listener accepts in arrival order, so the third is over the limit whenever it is
     // accepted.
     let mut third = TcpStream::connect(addr).await.unwrap();

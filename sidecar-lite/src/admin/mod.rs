@@ -162,6 +162,7 @@ pub(crate) async fn serve(
     listener: TcpListener,
     state: Arc<AdminState>,
     shutdown: impl Future<Output = ()>,
+    limits: LimitsConfig,
 ) {
     let upkeep = state.metrics.clone().map(|handle| async move {
         let mut every = tokio::time::interval(METRICS_UPKEEP);
@@ -182,7 +183,7 @@ pub(crate) async fn serve(
         service,
         shutdown,
         Duration::from_secs(1),
-        LimitsConfig::default(),
+        limits,
     );
     match upkeep {
         Some(upkeep) => {

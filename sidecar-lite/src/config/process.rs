@@ -21,9 +21,20 @@ pub(crate) struct LimitsConfig {
     /// Bytes of a request head (HTTP/1.1) or header list (HTTP/2); more get 431. Default 64 KiB.
     #[serde(default = "default_max_head_bytes")]
     pub(crate) max_head_bytes: usize,
-    /// Open connections per listener; more are closed at once. Default 10000.
+    /// Time from the end of one request to the next on a kept-alive HTTP/1.1 or HTTP/2
+    /// connection; an idle connection is closed after it (HTTP/1.1 also by
+    /// `header_read_timeout`, whichever is shorter). Default 5 min.
+    #[serde(default = "default_idle_timeout", with = "resilience_core::duration")]
+    pub(crate) idle_timeout: Duration,
+    /// Open connections per listener. At the limit a new connection takes the place of the
+    /// oldest one that has not sent a request yet; when every one has, it is closed at once.
+    /// Default 10000.
     #[serde(default = "default_max_connections")]
     pub(crate) max_connections: usize,
+    /// Open connections per listener from one client address; more are closed at once.
+    /// Default: no such limit (a sidecar's callers often share one address).
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub(crate) max_connections_per_source: Option<usize>,
     /// Concurrent HTTP/2 streams per connection. Default 256.
     #[serde(default = "default_max_streams")]
     pub(crate) http2_max_concurrent_streams: u32,
@@ -35,10 +46,30 @@ impl Default for LimitsConfig {
             header_read_timeout: default_header_read_timeout(),
             max_headers: default_max_headers(),
             max_head_bytes: default_max_head_bytes(),
+            idle_timeout: default_idle_timeout(),
             max_connections: default_max_connections(),
+            max_connections_per_source: None,
             http2_max_concurrent_streams: default_max_streams(),
         }
     }
+}
+
+impl LimitsConfig {
+    /// The admin listener's limits: these, with room for only a few dozen connections at
+    /// once (probes, scrapes, an operator), so that no flood of them can cost much.
+    pub(crate) fn for_admin(&self) -> Self {
+        Self {
+            max_connections: ADMIN_MAX_CONNECTIONS.min(self.max_connections),
+            ..self.clone()
+        }
+    }
+}
+
+/// Connections the admin listener keeps open at once.
+const ADMIN_MAX_CONNECTIONS: usize = 64;
+
+fn default_idle_timeout() -> Duration {
+    Duration::from_secs(300)
 }
 
 fn default_header_read_timeout() -> Duration {

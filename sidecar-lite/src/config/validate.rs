@@ -120,6 +120,12 @@ pub(super) fn problems(config: &Config) -> Vec<(String, String)> {
             ));
         }
     }
+    if limits.max_connections_per_source == Some(0) {
+        problems.push((
+            "limits.max_connections_per_source".into(),
+            "must be at least 1".into(),
+        ));
+    }
     if limits.max_head_bytes > u32::MAX as usize {
         problems.push(("limits.max_head_bytes".into(), "must fit in 32 bits".into()));
     }

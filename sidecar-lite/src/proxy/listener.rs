@@ -1,29 +1,24 @@
 //! Listeners: accept connections (in plaintext or mTLS), serve HTTP/1.1 and HTTP/2 on them,
 //! and shut down gracefully.
 
-use super::framing::{Framing, FramingGuard};
-use crate::{
-    config::LimitsConfig,
-    transport::{ProxyBody, local_response},
+use super::{
+    activity::Activity,
+    connection::{ConnectionSettings, serve_connection},
 };
-use http::{HeaderValue, Request, Response, header::CONNECTION};
+use crate::{config::LimitsConfig, transport::ProxyBody};
+use http::{Request, Response};
 use hyper::body::Incoming;
-use hyper_util::{
-    rt::{TokioExecutor, TokioIo, TokioTimer},
-    server::{
-        conn::auto,
-        graceful::{GracefulShutdown, Watcher},
-    },
+use resilience_mtls::MtlsAcceptor;
+use std::{
+    collections::{HashMap, VecDeque},
+    convert::Infallible,
+    future::Future,
+    net::{IpAddr, SocketAddr},
+    sync::{Arc, Weak},
+    time::Duration,
 };
-use resilience_core::{LocalReply, Reason};
-use resilience_mtls::{Identity, MtlsAcceptor};
-use std::{convert::Infallible, future::Future, net::SocketAddr, sync::Arc, time::Duration};
-use tokio::{
-    io::{AsyncRead, AsyncWrite},
-    net::TcpListener,
-    task::JoinSet,
-};
-use tower::{Service, ServiceExt};
+use tokio::{net::TcpListener, sync::watch, task::JoinSet};
+use tower::Service;
 
 /// The address of the client at the other end of the connection, as a request extension.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
@@ -33,7 +28,10 @@ pub(crate) struct ClientAddr(pub(crate) SocketAddr);
 /// then waits up to `grace` for the connections in flight to finish, and closes the rest.
 /// Each connection speaks TLS or plaintext as `acceptor` says when it is accepted (`None`:
 /// plaintext), so a reload can change the mTLS mode without rebinding.
-#[allow(clippy::too_many_arguments)]
+///
+/// At most `limits.max_connections` are open (and `max_connections_per_source` from one
+/// address): at the limit a new connection takes the place of the oldest one that has not
+/// sent a request yet, or, when every one has, is closed at once.
 pub(crate) async fn serve<S>(
     name: Arc<str>,
     listener: TcpListener,
@@ -49,10 +47,12 @@ pub(crate) async fn serve<S>(
         + 'static,
     S::Future: Send + 'static,
 {
-    let graceful = GracefulShutdown::new();
+    let (drain, draining) = watch::channel(false);
     let settings = Arc::new(ConnectionSettings::new(&limits));
     let open = metrics::gauge!("sidecar_connections_open", "listener" => name.to_string());
     let mut connections = JoinSet::new();
+    let mut silent = SilentConnections::default();
+    let mut per_source: HashMap<IpAddr, usize> = HashMap::new();
     tokio::pin!(shutdown);
     loop {
         let (tcp, remote) = tokio::select! {
@@ -66,35 +66,59 @@ pub(crate) async fn serve<S>(
                 }
             },
             // Reap finished connections so the set stays as small as what is open.
-            Some(_) = connections.join_next(), if !connections.is_empty() => continue,
+            Some(ended) = connections.join_next(), if !connections.is_empty() => {
+                if let Ok(ip) = ended {
+                    release(&mut per_source, ip);
+                }
+                continue;
+            }
             () = &mut shutdown => break,
         };
-        if connections.len() >= limits.max_connections {
-            // Over the limit: close at once rather than queue; the client may retry elsewhere.
-            metrics::counter!("sidecar_connections_refused_total", "listener" => name.to_string())
+        let from_source = per_source.get(&remote.ip()).copied().unwrap_or(0);
+        let refused = if limits
+            .max_connections_per_source
+            .is_some_and(|cap| from_source >= cap)
+        {
+            Some("per-source")
+        } else if connections.len() >= limits.max_connections && !silent.evict_oldest() {
+            Some("limit")
+        } else {
+            None
+        };
+        if let Some(reason) = refused {
+            // Over a limit: close at once rather than queue; the client may retry elsewhere.
+            metrics::counter!("sidecar_connections_refused_total", "listener" => name.to_string(), "reason" => reason)
                 .increment(1);
-            tracing::debug!(listener = &*name, %remote, "connection limit reached; closing");
+            tracing::debug!(listener = &*name, %remote, reason, "connection limit reached; closing");
             drop(tcp);
             continue;
         }
+        *per_source.entry(remote.ip()).or_insert(0) += 1;
         let _ = tcp.set_nodelay(true);
+        let activity = Activity::new();
+        silent.push(&activity);
         let service = service.clone();
         let acceptor = acceptor();
         let settings = settings.clone();
-        let watcher = graceful.watcher();
+        let draining = draining.clone();
         let name = name.clone();
         let open = open.clone();
         connections.spawn(async move {
             open.increment(1.0);
             match acceptor {
                 None => {
-                    serve_connection(&name, remote, tcp, None, service, &settings, watcher).await
+                    serve_connection(
+                        &name, remote, tcp, None, service, &settings, activity, draining,
+                    )
+                    .await;
                 }
                 Some(acceptor) => match acceptor.accept(tcp).await {
                     Ok(stream) => {
                         let peer = stream.peer_identity().cloned();
-                        serve_connection(&name, remote, stream, peer, service, &settings, watcher)
-                            .await;
+                        serve_connection(
+                            &name, remote, stream, peer, service, &settings, activity, draining,
+                        )
+                        .await;
                     }
                     Err(error) => {
                         tracing::debug!(listener = &*name, %remote, %error, "handshake failed");
@@ -102,15 +126,15 @@ pub(crate) async fn serve<S>(
                 },
             }
             open.decrement(1.0);
+            remote.ip()
         });
     }
     // Free the address at once, so a reload can bind it again.
     drop(listener);
     tracing::info!(listener = &*name, "draining connections");
-    if tokio::time::timeout(grace, graceful.shutdown())
-        .await
-        .is_err()
-    {
+    drain.send_replace(true);
+    let drained = async { while connections.join_next().await.is_some() {} };
+    if tokio::time::timeout(grace, drained).await.is_err() {
         tracing::warn!(
             listener = &*name,
             ?grace,
@@ -120,116 +144,41 @@ pub(crate) async fn serve<S>(
     connections.shutdown().await;
 }
 
-/// Streams a client may reset before the server has accepted them (HTTP/2 rapid reset,
-/// CVE-2023-44487); beyond it the connection is closed.
-const MAX_PENDING_RESETS: usize = 20;
-/// Idle HTTP/2 connections are pinged this often, and closed if the ping is not answered
-/// within the same time.
-const KEEP_ALIVE_INTERVAL: Duration = Duration::from_secs(30);
-
-/// How every connection of a listener is served.
-struct ConnectionSettings {
-    builder: auto::Builder<TokioExecutor>,
-    max_head_bytes: usize,
-    max_headers: usize,
-}
-
-impl ConnectionSettings {
-    fn new(limits: &LimitsConfig) -> Self {
-        Self {
-            builder: hardened_builder(limits),
-            max_head_bytes: limits.max_head_bytes,
-            max_headers: limits.max_headers,
+fn release(per_source: &mut HashMap<IpAddr, usize>, ip: IpAddr) {
+    if let Some(count) = per_source.get_mut(&ip) {
+        *count -= 1;
+        if *count == 0 {
+            per_source.remove(&ip);
         }
     }
 }
 
-/// An HTTP/1.1 and HTTP/2 server builder with `limits` applied.
-fn hardened_builder(limits: &LimitsConfig) -> auto::Builder<TokioExecutor> {
-    let mut builder = auto::Builder::new(TokioExecutor::new());
-    builder
-        .http1()
-        .timer(TokioTimer::new())
-        .header_read_timeout(limits.header_read_timeout)
-        .max_headers(limits.max_headers)
-        .max_buf_size(limits.max_head_bytes)
-        .keep_alive(true);
-    builder
-        .http2()
-        .timer(TokioTimer::new())
-        .max_concurrent_streams(limits.http2_max_concurrent_streams)
-        .max_header_list_size(u32::try_from(limits.max_head_bytes).unwrap_or(u32::MAX))
-        .max_pending_accept_reset_streams(MAX_PENDING_RESETS)
-        .keep_alive_interval(KEEP_ALIVE_INTERVAL)
-        .keep_alive_timeout(KEEP_ALIVE_INTERVAL);
-    builder
-}
+/// The connections that may not have sent a request yet, oldest first. Entries of closed
+/// connections, and of ones that have since sent a request, are dropped as they are met.
+#[derive(Debug, Default)]
+struct SilentConnections(VecDeque<Weak<Activity>>);
 
-/// Serves one accepted connection, plaintext or TLS, until it closes or the drain ends it.
-async fn serve_connection<IO, S>(
-    name: &str,
-    remote: SocketAddr,
-    io: IO,
-    peer: Option<Identity>,
-    service: S,
-    settings: &ConnectionSettings,
-    watcher: Watcher,
-) where
-    IO: AsyncRead + AsyncWrite + Unpin + Send + 'static,
-    S: Service<Request<Incoming>, Response = Response<ProxyBody>, Error = Infallible>
-        + Clone
-        + Send
-        + 'static,
-    S::Future: Send + 'static,
-{
-    let framing = Arc::new(Framing::default());
-    let io = FramingGuard::new(
-        io,
-        framing.clone(),
-        settings.max_head_bytes,
-        settings.max_headers,
-    );
-    let listener: Arc<str> = name.into();
-    let per_request = hyper::service::service_fn(move |mut req: Request<Incoming>| {
-        let rejected = framing
-            .next_is_ambiguous()
-            .then(|| ambiguous_framing(&listener, remote));
-        req.extensions_mut().insert(ClientAddr(remote));
-        if let Some(peer) = &peer {
-            req.extensions_mut().insert(peer.clone());
+impl SilentConnections {
+    fn push(&mut self, activity: &Arc<Activity>) {
+        // Weed out the ones that have spoken or gone, once they outnumber what can be open:
+        // the list stays bounded by the connection limit, at constant cost per connection.
+        if self.0.len() >= self.0.capacity().max(64) {
+            self.0
+                .retain(|weak| weak.upgrade().is_some_and(|a| a.never_requested()));
         }
-        let service = service.clone();
-        async move {
-            match rejected {
-                Some(response) => Ok(response),
-                None => service.oneshot(req).await,
+        self.0.push_back(Arc::downgrade(activity));
+    }
+
+    /// Evicts the oldest connection that has not sent a request; whether there was one.
+    fn evict_oldest(&mut self) -> bool {
+        while let Some(oldest) = self.0.pop_front() {
+            if let Some(activity) = oldest.upgrade()
+                && activity.never_requested()
+            {
+                activity.evict();
+                return true;
             }
         }
-    });
-    let connection = settings
-        .builder
-        .serve_connection(TokioIo::new(io), per_request);
-    if let Err(error) = watcher.watch(connection.into_owned()).await {
-        tracing::debug!(listener = name, %remote, %error, "connection ended with an error");
+        false
     }
-}
-
-/// The answer to a request carrying both `Content-Length` and `Transfer-Encoding`: never
-/// forwarded, and hyper closes the connection after it.
-fn ambiguous_framing(listener: &str, remote: SocketAddr) -> Response<ProxyBody> {
-    metrics::counter!("sidecar_requests_rejected_total", "listener" => listener.to_owned(), "reason" => "ambiguous-framing")
-        .increment(1);
-    tracing::debug!(
-        listener,
-        %remote,
-        "request with both Content-Length and Transfer-Encoding; answered 400"
-    );
-    let mut response = local_response(
-        LocalReply::new(Reason::BadRequest)
-            .text("bad request: both Content-Length and Transfer-Encoding (RFC 9112 section 6.3)"),
-    );
-    response
-        .headers_mut()
-        .insert(CONNECTION, HeaderValue::from_static("close"));
-    response
 }

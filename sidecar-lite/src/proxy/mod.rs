@@ -2,6 +2,8 @@
 //! rules every forwarded request and response follows, spans, and local replies. Below it,
 //! [`crate::stack`] decides what happens to a request; above it, nothing.
 
+mod activity;
+mod connection;
 mod edge;
 mod framing;
 mod headers;

@@ -131,6 +131,7 @@ impl Sidecar {
             admin_listener,
             admin.clone(),
             std::future::pending(),
+            config.limits.for_admin(),
         ));
         admin.ready.store(true, Ordering::Release);
         tracing::info!(bound = ?sidecar.bound, "sidecar-lite is serving");
@@ -240,7 +241,13 @@ impl Sidecar {
                     (Some(mode), Some(identity), Some(credentials))
                         if mode != MtlsMode::Disabled =>
                     {
-                        Some(Arc::new(identity.acceptor(credentials).mode(mode).build()))
+                        Some(Arc::new(
+                            identity
+                                .acceptor(credentials)
+                                .mode(mode)
+                                .handshake_timeout(self.config.limits.header_read_timeout)
+                                .build(),
+                        ))
                     }
                     _ => None,
                 };

@@ -1,0 +1,193 @@
+//! [`Activity`]: what one connection is doing, so that a silent or idle one can be told apart
+//! from a busy one and closed, and a connection that never asked for anything can give its
+//! place to one that will.
+
+use bytes::Bytes;
+use http_body::{Body, Frame, SizeHint};
+use pin_project_lite::pin_project;
+use std::{
+    pin::Pin,
+    sync::{
+        Arc, Mutex, PoisonError,
+        atomic::{AtomicBool, AtomicUsize, Ordering},
+    },
+    task::{Context, Poll},
+    time::Duration,
+};
+use tokio::{sync::Notify, time::Instant};
+
+/// One connection's requests: how many are in flight, whether there ever was one, and when
+/// the last one ended (or the connection was accepted).
+#[derive(Debug)]
+pub(super) struct Activity {
+    in_flight: AtomicUsize,
+    requested: AtomicBool,
+    last_done: Mutex<Instant>,
+    evicted: AtomicBool,
+    evict: Notify,
+}
+
+impl Activity {
+    /// A connection accepted now.
+    pub(super) fn new() -> Arc<Self> {
+        Arc::new(Self {
+            in_flight: AtomicUsize::new(0),
+            requested: AtomicBool::new(false),
+            last_done: Mutex::new(Instant::now()),
+            evicted: AtomicBool::new(false),
+            evict: Notify::new(),
+        })
+    }
+
+    /// A request starts; it is in flight until the guard is dropped.
+    pub(super) fn start(self: &Arc<Self>) -> InFlight {
+        self.requested.store(true, Ordering::Relaxed);
+        self.in_flight.fetch_add(1, Ordering::AcqRel);
+        InFlight(self.clone())
+    }
+
+    fn last_done(&self) -> Instant {
+        *self
+            .last_done
+            .lock()
+            .unwrap_or_else(PoisonError::into_inner)
+    }
+
+    /// Why the connection should be closed now, if it should: it never sent a request within
+    /// `first_request` of being accepted, or has had none in flight for `idle`.
+    pub(super) fn silent(&self, first_request: Duration, idle: Duration) -> Option<&'static str> {
+        if self.in_flight.load(Ordering::Acquire) > 0 {
+            return None;
+        }
+        let (limit, why) = if self.requested.load(Ordering::Relaxed) {
+            (idle, "idle")
+        } else {
+            (first_request, "no-request")
+        };
+        (self.last_done().elapsed() >= limit).then_some(why)
+    }
+
+    /// When to look again: when the connection would become silent, or, while requests are in
+    /// flight, one `idle` period on.
+    pub(super) fn next_check(&self, first_request: Duration, idle: Duration) -> Instant {
+        if self.in_flight.load(Ordering::Acquire) > 0 {
+            return Instant::now() + idle;
+        }
+        let limit = if self.requested.load(Ordering::Relaxed) {
+            idle
+        } else {
+            first_request
+        };
+        self.last_done() + limit
+    }
+
+    /// Whether the connection has not sent a request yet: what the listener may evict.
+    pub(super) fn never_requested(&self) -> bool {
+        !self.requested.load(Ordering::Relaxed) && !self.evicted.load(Ordering::Relaxed)
+    }
+
+    /// Asks the connection to close, for one that has something to say.
+    pub(super) fn evict(&self) {
+        self.evicted.store(true, Ordering::Relaxed);
+        self.evict.notify_one();
+    }
+
+    /// Completes once the connection has been evicted.
+    pub(super) async fn evicted(&self) {
+        self.evict.notified().await;
+    }
+}
+
+/// A request in flight on its connection; dropping it ends the request.
+#[derive(Debug)]
+pub(super) struct InFlight(Arc<Activity>);
+
+impl Drop for InFlight {
+    fn drop(&mut self) {
+        *self
+            .0
+            .last_done
+            .lock()
+            .unwrap_or_else(PoisonError::into_inner) = Instant::now();
+        self.0.in_flight.fetch_sub(1, Ordering::AcqRel);
+    }
+}
+
+pin_project! {
+    /// A response body that keeps its request in flight until it has been sent or dropped, so
+    /// a long stream is never taken for silence.
+    pub(super) struct Tracked<B> {
+        #[pin]
+        inner: B,
+        in_flight: InFlight,
+    }
+}
+
+impl<B> Tracked<B> {
+    pub(super) fn new(inner: B, in_flight: InFlight) -> Self {
+        Self { inner, in_flight }
+    }
+}
+
+impl<B: Body<Data = Bytes>> Body for Tracked<B> {
+    type Data = Bytes;
+    type Error = B::Error;
+
+    fn poll_frame(
+        self: Pin<&mut Self>,
+        cx: &mut Context<'_>,
+    ) -> Poll<Option<Result<Frame<Bytes>, Self::Error>>> {
+        self.project().inner.poll_frame(cx)
+    }
+
+    fn is_end_stream(&self) -> bool {
+        self.inner.is_end_stream()
+    }
+
+    fn size_hint(&self) -> SizeHint {
+        self.inner.size_hint()
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    const FIRST: Duration = Duration::from_secs(1);
+    const IDLE: Duration = Duration::from_secs(5);
+
+    #[tokio::test(start_paused = true)]
+    async fn silent_until_a_first_request_then_idle_after_the_last_one() {
+        let activity = Activity::new();
+        assert_eq!(activity.silent(FIRST, IDLE), None);
+        tokio::time::advance(FIRST).await;
+        assert_eq!(activity.silent(FIRST, IDLE), Some("no-request"));
+
+        let request = activity.start();
+        tokio::time::advance(IDLE * 2).await;
+        assert_eq!(
+            activity.silent(FIRST, IDLE),
+            None,
+            "a long request is not silence"
+        );
+        drop(request);
+        assert_eq!(activity.next_check(FIRST, IDLE), Instant::now() + IDLE);
+        tokio::time::advance(IDLE - Duration::from_millis(1)).await;
+        assert_eq!(activity.silent(FIRST, IDLE), None);
+        tokio::time::advance(Duration::from_millis(1)).await;
+        assert_eq!(activity.silent(FIRST, IDLE), Some("idle"));
+    }
+
+    #[tokio::test(start_paused = true)]
+    async fn only_a_connection_that_never_asked_can_be_evicted_and_only_once() {
+        let activity = Activity::new();
+        assert!(activity.never_requested());
+        activity.evict();
+        assert!(!activity.never_requested(), "already on its way out");
+        activity.evicted().await;
+
+        let busy = Activity::new();
+        drop(busy.start());
+        assert!(!busy.never_requested());
+    }
+}

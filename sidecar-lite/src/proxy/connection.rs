@@ -1,0 +1,197 @@
+//! One accepted connection: served with hyper (HTTP/1.1 or HTTP/2), watched for silence, and
+//! closed gracefully when the listener drains.
+
+use super::{
+    ClientAddr,
+    activity::{Activity, Tracked},
+    framing::{Framing, FramingGuard},
+};
+use crate::{
+    config::LimitsConfig,
+    transport::{ProxyBody, local_response},
+};
+use http::{HeaderValue, Request, Response, header::CONNECTION};
+use hyper::body::Incoming;
+use hyper_util::{
+    rt::{TokioExecutor, TokioIo, TokioTimer},
+    server::conn::auto,
+};
+use resilience_core::{LocalReply, Reason};
+use resilience_mtls::Identity;
+use std::{convert::Infallible, net::SocketAddr, sync::Arc, time::Duration};
+use tokio::{
+    io::{AsyncRead, AsyncWrite},
+    sync::watch,
+    time::Instant,
+};
+use tower::{Service, ServiceExt};
+
+/// Streams a client may reset before the server has accepted them (HTTP/2 rapid reset,
+/// CVE-2023-44487); beyond it the connection is closed.
+const MAX_PENDING_RESETS: usize = 20;
+/// Idle HTTP/2 connections are pinged this often, and closed if the ping is not answered
+/// within the same time.
+const KEEP_ALIVE_INTERVAL: Duration = Duration::from_secs(30);
+
+/// How long a connection asked to close may take before it is dropped.
+const CLOSE_GRACE: Duration = Duration::from_secs(1);
+
+/// How every connection of a listener is served.
+pub(super) struct ConnectionSettings {
+    builder: auto::Builder<TokioExecutor>,
+    max_head_bytes: usize,
+    max_headers: usize,
+    /// From accept to the first request head.
+    first_request: Duration,
+    /// From the end of the last request to the next one.
+    idle: Duration,
+}
+
+impl ConnectionSettings {
+    pub(super) fn new(limits: &LimitsConfig) -> Self {
+        Self {
+            builder: hardened_builder(limits),
+            max_head_bytes: limits.max_head_bytes,
+            max_headers: limits.max_headers,
+            first_request: limits.header_read_timeout,
+            idle: limits.idle_timeout,
+        }
+    }
+}
+
+/// An HTTP/1.1 and HTTP/2 server builder with `limits` applied.
+fn hardened_builder(limits: &LimitsConfig) -> auto::Builder<TokioExecutor> {
+    let mut builder = auto::Builder::new(TokioExecutor::new());
+    builder
+        .http1()
+        .timer(TokioTimer::new())
+        .header_read_timeout(limits.header_read_timeout)
+        .max_headers(limits.max_headers)
+        .max_buf_size(limits.max_head_bytes)
+        .keep_alive(true);
+    builder
+        .http2()
+        .timer(TokioTimer::new())
+        .max_concurrent_streams(limits.http2_max_concurrent_streams)
+        .max_header_list_size(u32::try_from(limits.max_head_bytes).unwrap_or(u32::MAX))
+        .max_pending_accept_reset_streams(MAX_PENDING_RESETS)
+        .keep_alive_interval(KEEP_ALIVE_INTERVAL)
+        .keep_alive_timeout(KEEP_ALIVE_INTERVAL);
+    builder
+}
+
+/// Serves one accepted connection, plaintext or TLS, until it closes, the drain ends it, or
+/// it is closed for silence: no first request within `header_read_timeout` of the accept (the
+/// protocol sniff and the HTTP/2 handshake included), no request for `idle_timeout` since the
+/// last one ended, or evicted by the listener for a connection that has something to say.
+/// Closing is graceful (an HTTP/2 GOAWAY); a peer that does not let go within
+/// [`CLOSE_GRACE`] is dropped.
+pub(super) async fn serve_connection<IO, S>(
+    name: &str,
+    remote: SocketAddr,
+    io: IO,
+    peer: Option<Identity>,
+    service: S,
+    settings: &ConnectionSettings,
+    activity: Arc<Activity>,
+    mut drain: watch::Receiver<bool>,
+) where
+    IO: AsyncRead + AsyncWrite + Unpin + Send + 'static,
+    S: Service<Request<Incoming>, Response = Response<ProxyBody>, Error = Infallible>
+        + Clone
+        + Send
+        + 'static,
+    S::Future: Send + 'static,
+{
+    let framing = Arc::new(Framing::default());
+    let io = FramingGuard::new(
+        io,
+        framing.clone(),
+        settings.max_head_bytes,
+        settings.max_headers,
+    );
+    let listener: Arc<str> = name.into();
+    let tracked = activity.clone();
+    let per_request = hyper::service::service_fn(move |mut req: Request<Incoming>| {
+        let in_flight = tracked.start();
+        let rejected = framing
+            .next_is_ambiguous()
+            .then(|| ambiguous_framing(&listener, remote));
+        req.extensions_mut().insert(ClientAddr(remote));
+        if let Some(peer) = &peer {
+            req.extensions_mut().insert(peer.clone());
+        }
+        let service = service.clone();
+        async move {
+            let response = match rejected {
+                Some(response) => response,
+                None => service.oneshot(req).await?,
+            };
+            // In flight until the response body has been sent, or dropped.
+            Ok::<_, Infallible>(response.map(|body| Tracked::new(body, in_flight)))
+        }
+    });
+    let connection = settings
+        .builder
+        .serve_connection(TokioIo::new(io), per_request);
+    tokio::pin!(connection);
+    let mut draining = false;
+    let mut closing_since: Option<Instant> = None;
+    loop {
+        let wake = match closing_since {
+            Some(since) => since + CLOSE_GRACE,
+            None => activity.next_check(settings.first_request, settings.idle),
+        };
+        tokio::select! {
+            result = connection.as_mut() => {
+                if let Err(error) = result {
+                    tracing::debug!(listener = name, %remote, %error, "connection ended with an error");
+                }
+                return;
+            }
+            _ = drain.wait_for(|drain| *drain), if !draining && closing_since.is_none() => {
+                // The listener's drain grace bounds this one.
+                draining = true;
+                connection.as_mut().graceful_shutdown();
+            }
+            () = activity.evicted(), if closing_since.is_none() => {
+                tracing::debug!(listener = name, %remote, "silent connection evicted for a new one");
+                connection.as_mut().graceful_shutdown();
+                closing_since = Some(Instant::now());
+            }
+            () = tokio::time::sleep_until(wake) => {
+                if closing_since.is_some() {
+                    tracing::debug!(listener = name, %remote, "did not close when asked; dropped");
+                    return;
+                }
+                if let Some(why) = activity.silent(settings.first_request, settings.idle) {
+                    metrics::counter!("sidecar_connections_closed_idle_total", "listener" => name.to_owned(), "reason" => why)
+                        .increment(1);
+                    tracing::debug!(listener = name, %remote, why, "closing a silent connection");
+                    connection.as_mut().graceful_shutdown();
+                    closing_since = Some(Instant::now());
+                }
+            }
+        }
+    }
+}
+
+/// The answer to a request carrying both `Content-Length` and `Transfer-Encoding`: never
+/// forwarded, and hyper closes the connection after it.
+fn ambiguous_framing(listener: &str, remote: SocketAddr) -> Response<ProxyBody> {
+    metrics::counter!("sidecar_requests_rejected_total", "listener" => listener.to_owned(), "reason" => "ambiguous-framing")
+        .increment(1);
+    tracing::debug!(
+        listener,
+        %remote,
+        "request with both Content-Length and Transfer-Encoding; answered 400"
+    );
+    let mut response = local_response(
+        LocalReply::new(Reason::BadRequest)
+            .text("bad request: both Content-Length and Transfer-Encoding (RFC 9112 section 6.3)"),
+    );
+    response
+        .headers_mut()
+        .insert(CONNECTION, HeaderValue::from_static("close"));
+    response
+}
