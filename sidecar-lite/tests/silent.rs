@@ -11,12 +11,12 @@ use resilience_mtls::{Credentials, Identity, MaterialPaths, MtlsConnector};
 use rustls_pki_types::ServerName;
 use std::{
     net::SocketAddr,
-    time::{Duration, Instant},
+    time::Duration,
 };
 use tokio::{
     io::{AsyncRead, AsyncReadExt, AsyncWriteExt},
     net::TcpStream,
-    time::timeout,
+    time::{Instant, timeout},
 };
 
 /// The header read timeout of these tests' listeners.

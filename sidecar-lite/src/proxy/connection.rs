@@ -33,6 +33,13 @@ const MAX_PENDING_RESETS: usize = 20;
 /// within the same time.
 const KEEP_ALIVE_INTERVAL: Duration = Duration::from_secs(30);
 
+/// What the listener keeps of a connection it serves: its activity (to evict it) and the
+/// drain signal (to close it gracefully).
+pub(super) struct Control {
+    pub(super) activity: Arc<Activity>,
+    pub(super) drain: watch::Receiver<bool>,
+}
+
 /// How long a connection asked to close may take before it is dropped.
 const CLOSE_GRACE: Duration = Duration::from_secs(1);
 
@@ -93,8 +100,7 @@ pub(super) async fn serve_connection<IO, S>(
     peer: Option<Identity>,
     service: S,
     settings: &ConnectionSettings,
-    activity: Arc<Activity>,
-    mut drain: watch::Receiver<bool>,
+    control: Control,
 ) where
     IO: AsyncRead + AsyncWrite + Unpin + Send + 'static,
     S: Service<Request<Incoming>, Response = Response<ProxyBody>, Error = Infallible>
@@ -111,6 +117,10 @@ pub(super) async fn serve_connection<IO, S>(
         settings.max_headers,
     );
     let listener: Arc<str> = name.into();
+    let Control {
+        activity,
+        mut drain,
+    } = control;
     let tracked = activity.clone();
     let per_request = hyper::service::service_fn(move |mut req: Request<Incoming>| {
         let in_flight = tracked.start();

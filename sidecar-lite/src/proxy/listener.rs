@@ -3,7 +3,7 @@
 
 use super::{
     activity::Activity,
-    connection::{ConnectionSettings, serve_connection},
+    connection::{ConnectionSettings, Control, serve_connection},
 };
 use crate::{config::LimitsConfig, transport::ProxyBody};
 use http::{Request, Response};
@@ -100,25 +100,23 @@ pub(crate) async fn serve<S>(
         let service = service.clone();
         let acceptor = acceptor();
         let settings = settings.clone();
-        let draining = draining.clone();
+        let control = Control {
+            activity,
+            drain: draining.clone(),
+        };
         let name = name.clone();
         let open = open.clone();
         connections.spawn(async move {
             open.increment(1.0);
             match acceptor {
                 None => {
-                    serve_connection(
-                        &name, remote, tcp, None, service, &settings, activity, draining,
-                    )
-                    .await;
+                    serve_connection(&name, remote, tcp, None, service, &settings, control).await;
                 }
                 Some(acceptor) => match acceptor.accept(tcp).await {
                     Ok(stream) => {
                         let peer = stream.peer_identity().cloned();
-                        serve_connection(
-                            &name, remote, stream, peer, service, &settings, activity, draining,
-                        )
-                        .await;
+                        serve_connection(&name, remote, stream, peer, service, &settings, control)
+                            .await;
                     }
                     Err(error) => {
                         tracing::debug!(listener = &*name, %remote, %error, "handshake failed");
