@@ -2,10 +2,15 @@
 
 use crate::{
     Credentials, FailureReason, HandshakeError, Identity, MtlsStream, Rewind,
+    clock::wall_clock,
     credentials::{ClientVerifier, ServerCertResolver},
     metrics, provider,
 };
-use rustls::{HandshakeKind, ServerConfig, server::ServerSessionMemoryCache};
+use rustls::{
+    HandshakeKind, ServerConfig,
+    server::{ServerSessionMemoryCache, danger::ClientCertVerifier},
+};
+use rustls_pki_types::UnixTime;
 use std::{fmt, io, str::FromStr, sync::Arc, time::Duration};
 use tokio::io::{AsyncRead, AsyncReadExt, AsyncWrite};
 use tokio_rustls::TlsAcceptor;
@@ -115,10 +120,11 @@ impl AcceptorBuilder {
         } else {
             &[&rustls::version::TLS13]
         };
+        let verifier = Arc::new(ClientVerifier(self.credentials.clone()));
         let mut config = ServerConfig::builder_with_provider(provider())
             .with_protocol_versions(versions)
             .expect("the ring provider supports TLS 1.2 and 1.3")
-            .with_client_cert_verifier(Arc::new(ClientVerifier(self.credentials.clone())))
+            .with_client_cert_verifier(verifier.clone())
             .with_cert_resolver(Arc::new(ServerCertResolver(self.credentials.clone())));
         config.alpn_protocols = self.alpn;
         if self.session_cache == 0 {
@@ -135,6 +141,7 @@ impl AcceptorBuilder {
             mode: self.mode,
             tls: TlsAcceptor::from(Arc::new(config)),
             handshake_timeout: self.handshake_timeout,
+            verifier,
         }
     }
 }
@@ -151,6 +158,8 @@ pub struct MtlsAcceptor {
     mode: MtlsMode,
     tls: TlsAcceptor,
     handshake_timeout: Duration,
+    /// Checks a resumed session's client chain again, against the trust and time of now.
+    verifier: Arc<ClientVerifier>,
 }
 
 impl fmt::Debug for MtlsAcceptor {
@@ -228,6 +237,36 @@ impl MtlsAcceptor {
         result
     }
 
+    /// A resumed TLS 1.3 session carries the client chain of the handshake that made it, and
+    /// rustls does not verify it again: without this, a certificate that has since expired,
+    /// or whose CA has left the trust bundle, would keep working for as long as its tickets.
+    /// So a resumed session's chain is verified again, as a full handshake's would be now.
+    fn reverify_resumed(&self, conn: &rustls::ServerConnection) -> Result<(), HandshakeError> {
+        if conn.handshake_kind() != Some(HandshakeKind::Resumed) {
+            return Ok(());
+        }
+        let Some((end_entity, intermediates)) = conn
+            .peer_certificates()
+            .and_then(|chain| chain.split_first())
+        else {
+            return Ok(());
+        };
+        let now = UnixTime::since_unix_epoch(
+            wall_clock()
+                .duration_since(std::time::UNIX_EPOCH)
+                .unwrap_or_default(),
+        );
+        self.verifier
+            .verify_client_cert(end_entity, intermediates, now)
+            .map(|_| ())
+            .map_err(|error| {
+                HandshakeError::new(
+                    FailureReason::of_tls(&error),
+                    io::Error::new(io::ErrorKind::InvalidData, error),
+                )
+            })
+    }
+
     async fn handshake<IO>(&self, mut io: IO) -> Result<MtlsStream<IO>, HandshakeError>
     where
         IO: AsyncRead + AsyncWrite + Unpin,
@@ -257,6 +296,7 @@ impl MtlsAcceptor {
             };
         }
         let stream = self.tls.accept(io).await.map_err(HandshakeError::from_io)?;
+        self.reverify_resumed(stream.get_ref().1)?;
         let identity = stream
             .get_ref()
             .1

@@ -407,3 +407,97 @@ async fn a_client_that_never_speaks_times_out() {
     let err = server.next().await.unwrap_err();
     assert_eq!(err.reason(), FailureReason::Timeout, "{err}");
 }
+
+/// Handshakes once with `connector` and reads to the end, so that the session ticket that
+/// follows the handshake is kept for the next one; how the handshake went.
+async fn handshake_kind(
+    connector: &MtlsConnector,
+    server: &HandshakeServer,
+) -> Option<rustls::HandshakeKind> {
+    let mut tls = connector
+        .handshake(name(), tcp(server.addr).await)
+        .await
+        .unwrap();
+    let mut text = String::new();
+    tokio::time::timeout(WAIT, tls.read_to_string(&mut text))
+        .await
+        .expect("the server answers or closes")
+        .unwrap();
+    tls.get_ref().1.handshake_kind()
+}
+
+#[tokio::test]
+async fn a_resumed_session_is_refused_once_the_client_certificate_has_expired() {
+    let ca = DevCa::new("example.org").unwrap();
+    let server_creds = credentials(&ca, "ns/shop/sa/orders");
+    let mut server = HandshakeServer::spawn(MtlsAcceptor::new(&server_creds)).await;
+    // A certificate that expires in two seconds (certificates count whole seconds).
+    let now = common::now();
+    let not_after = now + Duration::from_secs(2);
+    let short = ca
+        .issue(
+            &spiffe("ns/shop/sa/frontend"),
+            &IssueOptions::new().valid(now - Duration::from_secs(60), not_after),
+        )
+        .unwrap();
+    let client = Credentials::new(short.material(ca.trust_pem()).unwrap());
+    let connector = MtlsConnector::new(&client, spiffe("ns/shop/sa/orders"));
+
+    assert_eq!(
+        handshake_kind(&connector, &server).await,
+        Some(rustls::HandshakeKind::Full)
+    );
+    assert!(server.next().await.is_ok());
+    assert_eq!(
+        handshake_kind(&connector, &server).await,
+        Some(rustls::HandshakeKind::Resumed),
+        "resumption works while the certificate is valid"
+    );
+    assert!(server.next().await.is_ok());
+
+    // The wall clock is what certificates are checked against: wait until it has passed.
+    while common::now() <= not_after + Duration::from_secs(1) {
+        tokio::time::sleep(Duration::from_millis(100)).await;
+    }
+    let result = connect_and_read(&connector, &server).await;
+    assert!(
+        !result
+            .as_deref()
+            .is_ok_and(|text| text.starts_with("hello")),
+        "a resumed session outlived its certificate: {result:?}"
+    );
+    let err = server.next().await.unwrap_err();
+    assert_eq!(err.reason(), FailureReason::Expired, "{err}");
+}
+
+#[tokio::test]
+async fn a_resumed_session_is_refused_once_its_ca_has_left_the_trust_bundle() {
+    let ca = DevCa::new("example.org").unwrap();
+    let other = DevCa::new("example.org").unwrap();
+    let server_cert = ca.workload("ns/shop/sa/orders").unwrap();
+    let server_creds = Credentials::new(server_cert.material(ca.trust_pem()).unwrap());
+    let mut server = HandshakeServer::spawn(MtlsAcceptor::new(&server_creds)).await;
+    let connector = MtlsConnector::new(
+        &credentials(&ca, "ns/shop/sa/frontend"),
+        spiffe("ns/shop/sa/orders"),
+    );
+    handshake_kind(&connector, &server).await;
+    assert!(server.next().await.is_ok());
+    assert_eq!(
+        handshake_kind(&connector, &server).await,
+        Some(rustls::HandshakeKind::Resumed)
+    );
+    assert!(server.next().await.is_ok());
+
+    // The server now trusts only the other CA (same certificate of its own).
+    server_creds.store(server_cert.material(other.trust_pem()).unwrap());
+    let result = connect_and_read(&connector, &server).await;
+    assert!(
+        !result
+            .as_deref()
+            .is_ok_and(|text| text.starts_with("hello")),
+        "a resumed session outlived the trust in its CA: {result:?}"
+    );
+    let err = server.next().await.unwrap_err();
+    assert_eq!(err.reason(), FailureReason::UnknownCa, "{err}");
+}

@@ -9,10 +9,7 @@ mod common;
 use common::*;
 use resilience_mtls::{Credentials, Identity, MaterialPaths, MtlsConnector};
 use rustls_pki_types::ServerName;
-use std::{
-    net::SocketAddr,
-    time::Duration,
-};
+use std::{net::SocketAddr, time::Duration};
 use tokio::{
     io::{AsyncRead, AsyncReadExt, AsyncWriteExt},
     net::TcpStream,
