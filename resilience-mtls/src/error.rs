@@ -1,6 +1,6 @@
 //! Error types: bad identities, bad certificate material, failed handshakes.
 
-use std::{error::Error, fmt, io, path::PathBuf};
+use std::{error::Error, fmt, io, path::PathBuf, time::SystemTime};
 
 /// A string that is not a valid identity or identity pattern, or a certificate without one.
 #[derive(Debug, Clone, PartialEq, Eq)]
@@ -96,6 +96,8 @@ pub enum MaterialError {
         path: PathBuf,
         /// When it becomes valid.
         not_before: String,
+        /// The same, as a time: when a rotation looks at the file again.
+        valid_from: SystemTime,
     },
     /// The certificate carries no usable identity.
     Identity {
@@ -169,7 +171,9 @@ impl fmt::Display for MaterialError {
                 "the certificate in `{}` expired on {not_after}",
                 path.display()
             ),
-            Self::NotYetValid { path, not_before } => write!(
+            Self::NotYetValid {
+                path, not_before, ..
+            } => write!(
                 f,
                 "the certificate in `{}` is not valid before {not_before}",
                 path.display()

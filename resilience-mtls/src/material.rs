@@ -126,6 +126,7 @@ impl Material {
             return Err(MaterialError::NotYetValid {
                 path: paths.cert.clone(),
                 not_before: validity.not_before.to_string(),
+                valid_from: not_before,
             });
         }
         let identity = Identity::from_x509(&leaf).map_err(|source| MaterialError::Identity {

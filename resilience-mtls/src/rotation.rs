@@ -2,10 +2,15 @@
 //! them, and swaps them into [`Credentials`].
 
 use crate::{
-    Credentials, Material, MaterialPaths, clock::wall_clock, material::MaterialFiles, metrics,
+    Credentials, Material, MaterialError, MaterialPaths, clock::wall_clock,
+    material::MaterialFiles, metrics,
 };
 use notify::{EventKind, RecursiveMode, Watcher};
-use std::{collections::BTreeSet, path::Path, time::Duration};
+use std::{
+    collections::BTreeSet,
+    path::Path,
+    time::{Duration, SystemTime},
+};
 use tokio::{
     sync::{mpsc, watch},
     task::JoinHandle,
@@ -183,7 +188,9 @@ async fn run(
     let mut poll = tokio::time::interval(rotation.poll_interval);
     poll.set_missed_tick_behavior(tokio::time::MissedTickBehavior::Delay);
     poll.tick().await;
-    let mut rejected: Option<MaterialFiles> = None;
+    // The files last refused, and, when they were refused only for not being valid yet, when
+    // they will be: they are looked at again then, not remembered as bad for ever.
+    let mut rejected: Option<(MaterialFiles, Option<SystemTime>)> = None;
     let mut read_error: Option<String> = None;
     loop {
         tokio::select! {
@@ -197,7 +204,10 @@ async fn run(
         match MaterialFiles::read(&rotation.paths) {
             Ok(files) => {
                 read_error = None;
-                if last.as_ref() != Some(&files) && rejected.as_ref() != Some(&files) {
+                let refused = rejected.as_ref().is_some_and(|(refused, valid_from)| {
+                    *refused == files && valid_from.is_none_or(|from| now < from)
+                });
+                if last.as_ref() != Some(&files) && !refused {
                     match Material::from_files(&files, &rotation.paths, now) {
                         Ok(material) => {
                             tracing::info!(
@@ -219,7 +229,11 @@ async fn run(
                                 "rejected new certificate material; keeping the current one",
                             );
                             metrics::reload(false);
-                            rejected = Some(files);
+                            let valid_from = match &err {
+                                MaterialError::NotYetValid { valid_from, .. } => Some(*valid_from),
+                                _ => None,
+                            };
+                            rejected = Some((files, valid_from));
                             status.send_modify(|s| {
                                 s.rejections += 1;
                                 s.last_error = Some(err.to_string());

@@ -258,3 +258,44 @@ async fn a_new_trust_bundle_applies_to_new_handshakes() {
     assert_eq!(parts.status, StatusCode::OK);
     assert_eq!(body, "spiffe://example.org/ns/shop/sa/frontend");
 }
+
+#[tokio::test]
+async fn a_certificate_refused_as_not_yet_valid_is_taken_once_it_is() {
+    let dir = tempdir();
+    let ca = DevCa::new("example.org").unwrap();
+    let files = paths(dir.path(), "orders");
+    ca.workload("ns/shop/sa/orders")
+        .unwrap()
+        .write(&files, ca.trust_pem())
+        .unwrap();
+    let creds = Credentials::load(&files).unwrap();
+    let rotation = Rotation::new(files.clone())
+        .watch_files(false)
+        .poll_interval(Duration::from_millis(100))
+        .spawn(&creds);
+    let mut status = rotation.status();
+
+    // Issued by a CA whose clock runs two seconds ahead of this one (certificates count whole
+    // seconds, so it is refused now and valid in at most three).
+    let now = common::now();
+    let ahead = ca
+        .issue(
+            &spiffe("ns/shop/sa/payments"),
+            &IssueOptions::new().valid(
+                now + Duration::from_secs(2),
+                now + Duration::from_secs(24 * 3600),
+            ),
+        )
+        .unwrap();
+    ahead.write(&files, ca.trust_pem()).unwrap();
+    let seen = wait_for(&mut status, |s| s.rejections >= 1).await;
+    assert!(
+        seen.last_error.unwrap().contains("not valid before"),
+        "refused as not valid yet"
+    );
+    assert_eq!(creds.generation(), 0);
+
+    // The same files, unchanged: taken once their time has come.
+    wait_for(&mut status, |s| s.reloads >= 1).await;
+    assert_eq!(creds.identity(), spiffe("ns/shop/sa/payments"));
+}
