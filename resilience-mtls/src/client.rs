@@ -15,6 +15,7 @@ use std::{
     fmt,
     future::Future,
     io,
+    net::Ipv4Addr,
     pin::Pin,
     sync::Arc,
     task::{Context, Poll},
@@ -225,14 +226,15 @@ where
     result
 }
 
-/// The server name for SNI, from a URI's host.
-fn server_name(uri: &Uri) -> Result<ServerName<'static>, BoxError> {
-    let host = uri
-        .host()
-        .ok_or_else(|| format!("the uri `{uri}` has no host"))?;
-    let host = host.trim_start_matches('[').trim_end_matches(']');
-    ServerName::try_from(host.to_owned())
-        .map_err(|e| format!("the uri host `{host}` is not a valid server name: {e}").into())
+/// The server name a connector sends (SNI): the expected identity when it is a DNS name, and
+/// none for a SPIFFE ID (an IP address is never sent). Never the request's host: that is the
+/// caller's to choose, travels in clear, and must not decide what the handshake says.
+fn server_name(expected: &Identity) -> ServerName<'static> {
+    match expected {
+        Identity::Dns(name) => ServerName::try_from(name.clone())
+            .unwrap_or(ServerName::IpAddress(Ipv4Addr::UNSPECIFIED.into())),
+        Identity::Spiffe(_) => ServerName::IpAddress(Ipv4Addr::UNSPECIFIED.into()),
+    }
 }
 
 impl<C, T> Service<Uri> for MtlsConnector<C>
@@ -251,12 +253,11 @@ where
     }
 
     fn call(&mut self, uri: Uri) -> Self::Future {
-        let name = server_name(&uri);
+        let name = server_name(&self.expected);
         let connecting = self.inner.call(uri);
         let tls = self.tls.clone();
         let timeout = self.handshake_timeout;
         Box::pin(async move {
-            let name = name?;
             let io = connecting.await.map_err(Into::into)?.into_inner();
             let stream = handshake(tls, timeout, name, io).await?;
             Ok(MtlsConnection::new(stream))

@@ -338,3 +338,22 @@ async fn the_app_learns_the_verified_caller_and_nothing_a_caller_forged() {
         "only what the certificate proves"
     );
 }
+
+#[tokio::test]
+async fn the_tls_server_name_comes_from_the_route_never_from_the_callers_host() {
+    let (app, hits) = echo_app().await;
+    let path = path_to(app, "server-name").await;
+    // Not a DNS name (an underscore), and in clear on the wire if it were sent as SNI: it
+    // used to decide the handshake's server name, and failed it with a 502.
+    let mut request = request_to(&path, "/orders/7");
+    request
+        .headers_mut()
+        .insert("host", "orders_v2.shop".parse().unwrap());
+    let response = timeout(STEP, http1().request(request))
+        .await
+        .unwrap()
+        .unwrap();
+    assert_eq!(response.status(), StatusCode::OK);
+    assert!(text(response).await.contains("host: orders_v2.shop\n"));
+    assert_eq!(hits.load(Ordering::SeqCst), 1);
+}
