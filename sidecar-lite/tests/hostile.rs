@@ -412,3 +412,40 @@ async fn a_request_with_two_host_headers_is_refused_and_never_forwarded() {
     assert_eq!(hits.load(std::sync::atomic::Ordering::SeqCst), 0);
     others_are_served(addr).await;
 }
+
+#[tokio::test]
+async fn ambiguous_framing_after_a_request_asking_for_an_upgrade_still_gets_400() {
+    let (app, hits) = echo_app().await;
+    let sidecar = sidecar(&format!(
+        "[[outbound]]\nname = \"orders\"\nlisten = \"127.0.0.1:0\"\nendpoints = [\"{app}\"]\n"
+    ))
+    .await;
+    let addr = outbound_addr(&sidecar);
+    let mut tcp = TcpStream::connect(addr).await.unwrap();
+    tcp.write_all(
+        b"GET /first HTTP/1.1\r\nHost: a\r\nUpgrade: websocket\r\nConnection: upgrade\r\n\r\n\
+          POST /second HTTP/1.1\r\nHost: a\r\nTransfer-Encoding: chunked\r\nContent-Length: 4\r\n\r\n0\r\n\r\n",
+    )
+    .await
+    .unwrap();
+    let mut answers = Vec::new();
+    timeout(STEP, tcp.read_to_end(&mut answers))
+        .await
+        .unwrap()
+        .unwrap();
+    let answers = String::from_utf8_lossy(&answers);
+    let statuses: Vec<_> = answers
+        .match_indices("HTTP/1.1 ")
+        .map(|(i, _)| &answers[i + 9..i + 12])
+        .collect();
+    assert_eq!(statuses, ["200", "400"], "{answers}");
+    assert!(
+        answers.contains("x-sidecar-error: bad-request"),
+        "{answers}"
+    );
+    assert_eq!(
+        hits.load(std::sync::atomic::Ordering::SeqCst),
+        1,
+        "only the first reached the app"
+    );
+}
