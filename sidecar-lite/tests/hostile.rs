@@ -449,3 +449,70 @@ async fn ambiguous_framing_after_a_request_asking_for_an_upgrade_still_gets_400(
         "only the first reached the app"
     );
 }
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn refused_callers_with_huge_paths_and_a_sampled_trace_cannot_fill_the_memory() {
+    let (app, hits) = echo_app().await;
+    // Plaintext callers are anonymous, and not let in; every span would be sampled, and the
+    // collector is down, so whatever is recorded waits in the export queue.
+    let inbound = common::process::free_addr();
+    let sidecar = common::process::SidecarProcess::start(
+        "span-flood",
+        &format!(
+            "[inbound]\nlisten = \"{inbound}\"\napp = \"{app}\"\nmtls = \"disabled\"\n\
+             [tracing]\notlp_endpoint = \"http://127.0.0.1:9\"\nexport_timeout = \"50ms\"\n"
+        ),
+    )
+    .await;
+    let rss = async || sidecar.metric("process_resident_memory_bytes").await;
+    let before = rss().await.expect("the sidecar reports its RSS");
+
+    const REQUESTS: usize = 10_000;
+    const CLIENTS: usize = 8;
+    let path = format!("/{}", "a".repeat(60 * 1024));
+    let mut clients = Vec::new();
+    for _ in 0..CLIENTS {
+        let path = path.clone();
+        clients.push(tokio::spawn(async move {
+            let client = http1();
+            let mut refused = 0;
+            for _ in 0..REQUESTS / CLIENTS {
+                let req = Request::builder()
+                    .uri(format!("http://{inbound}{path}"))
+                    .header(
+                        "traceparent",
+                        "00-0af7651916cd43dd8448eb211c80319c-b7ad6b7169203331-01",
+                    )
+                    .body(full(""))
+                    .unwrap();
+                let response = timeout(STEP, client.request(req)).await.unwrap().unwrap();
+                refused += usize::from(response.status() == StatusCode::FORBIDDEN);
+            }
+            refused
+        }));
+    }
+    let mut refused = 0;
+    for client in clients {
+        refused += client.await.unwrap();
+    }
+    assert_eq!(refused, REQUESTS);
+    assert_eq!(hits.load(std::sync::atomic::Ordering::SeqCst), 0);
+
+    let after = rss().await.unwrap();
+    let grown = (after - before) / f64::from(1 << 20);
+    println!(
+        "RSS {:.1} MiB -> {:.1} MiB after {REQUESTS} refused 60 KiB requests",
+        before / f64::from(1 << 20),
+        after / f64::from(1 << 20)
+    );
+    // Nothing of theirs was recorded: no span queued, none dropped for a full queue.
+    assert_eq!(
+        sidecar
+            .metric("sidecar_spans_dropped_total{reason=\"queue-full\"}")
+            .await
+            .unwrap_or(0.0),
+        0.0
+    );
+    // Recorded whole, 2048 queued spans of 60 KiB paths alone would be 120 MiB.
+    assert!(grown < 32.0, "RSS grew by {grown:.1} MiB");
+}

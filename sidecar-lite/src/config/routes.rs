@@ -3,7 +3,7 @@
 
 use super::endpoints::Endpoint;
 use resilience_breaker::BreakerConfig;
-use resilience_mtls::{Identity, IdentityPattern, MtlsMode};
+use resilience_mtls::{AllowList, Identity, IdentityPattern, MtlsMode};
 use resilience_retry::RetryConfig;
 use resilience_timeout::TimeoutConfig;
 use serde::{Deserialize, Deserializer, Serialize};
@@ -155,6 +155,17 @@ fn default_timeout() -> TimeoutSetting {
 
 fn default_concurrency() -> usize {
     1024
+}
+
+impl InboundConfig {
+    /// The identities let in: `allow`, and anonymous callers if `allow_anonymous`.
+    pub(crate) fn allow_list(&self) -> AllowList {
+        self.allow
+            .iter()
+            .cloned()
+            .fold(AllowList::new(), AllowList::allow)
+            .allow_anonymous(self.allow_anonymous)
+    }
 }
 
 impl OutboundConfig {

@@ -20,7 +20,7 @@ use opentelemetry::{
     },
 };
 use opentelemetry_sdk::trace::{SdkTracer, Span};
-use resilience_mtls::Identity;
+use resilience_mtls::{AllowList, Identity};
 use std::sync::Arc;
 
 /// How one listener traces its requests: the tracer, the kind of span, and what the listener
@@ -32,18 +32,39 @@ pub(crate) struct EdgeTracer {
     listener: Arc<str>,
     /// On an outbound route, the identity the peers must present.
     peer: Option<Arc<str>>,
+    /// On the inbound listener, the callers whose sampling decision is honoured: those let in.
+    trusted: Option<Arc<AllowList>>,
+}
+
+/// The longest attribute value a span keeps, in bytes: a path or a name past it is cut, so a
+/// caller cannot make a span, or the export queue, hold what it sends.
+const MAX_ATTRIBUTE: usize = 1024;
+
+/// `text`, cut to at most [`MAX_ATTRIBUTE`] bytes at a character boundary.
+fn bounded(text: &str) -> String {
+    if text.len() <= MAX_ATTRIBUTE {
+        return text.to_owned();
+    }
+    let mut end = MAX_ATTRIBUTE;
+    while !text.is_char_boundary(end) {
+        end -= 1;
+    }
+    text[..end].to_owned()
 }
 
 impl EdgeTracer {
     /// Server spans, for the inbound listener. The caller's identity, when it presented one,
-    /// becomes `sidecar.peer.identity`.
+    /// becomes `sidecar.peer.identity`. Only a caller that `trusted` lets in with an identity
+    /// decides whether its trace is sampled: an anonymous or refused one cannot make the
+    /// sidecar record and export what it sends.
     #[must_use]
-    pub(crate) fn inbound(tracer: SdkTracer, listener: Arc<str>) -> Self {
+    pub(crate) fn inbound(tracer: SdkTracer, listener: Arc<str>, trusted: AllowList) -> Self {
         Self {
             tracer,
             kind: SpanKind::Server,
             listener,
             peer: None,
+            trusted: Some(Arc::new(trusted)),
         }
     }
 
@@ -59,6 +80,7 @@ impl EdgeTracer {
             kind: SpanKind::Client,
             listener,
             peer: server_identity.map(Arc::from),
+            trusted: None,
         }
     }
 
@@ -66,16 +88,28 @@ impl EdgeTracer {
     /// sets `traceparent` to name the new span. Call before the request is rewritten for
     /// forwarding: it reads the method, path, authority, protocol version and client address.
     pub(crate) fn start<B>(&self, req: &mut Request<B>) -> RequestSpan {
+        let identity = req.extensions().get::<Identity>();
+        let trusted = match &self.trusted {
+            Some(allow) => identity.is_some() && allow.is_allowed(identity),
+            // Outbound, the caller is the app beside us.
+            None => true,
+        };
         let parent = match traceparent(req.headers()) {
             Some(tp) => match (
                 TraceId::from_hex(tp.trace_id),
                 SpanId::from_hex(tp.parent_id),
             ) {
                 (Ok(trace_id), Ok(span_id)) => {
+                    // An untrusted caller's trace goes on, unsampled: its flag decides nothing.
+                    let flags = if trusted {
+                        TraceFlags::new(tp.flags)
+                    } else {
+                        TraceFlags::default()
+                    };
                     Context::new().with_remote_span_context(SpanContext::new(
                         trace_id,
                         span_id,
-                        TraceFlags::new(tp.flags),
+                        flags,
                         true,
                         TraceState::default(),
                     ))
@@ -90,11 +124,10 @@ impl EdgeTracer {
         if name == "HTTP" {
             attributes.push(KeyValue::new(
                 "http.request.method_original",
-                req.method().as_str().to_owned(),
+                bounded(req.method().as_str()),
             ));
         }
-        attributes.push(KeyValue::new("url.path", req.uri().path().to_owned()));
-        let identity = req.extensions().get::<Identity>();
+        attributes.push(KeyValue::new("url.path", bounded(req.uri().path())));
         let tls = match self.kind {
             SpanKind::Server => identity.is_some(),
             _ => self.peer.is_some(),
@@ -104,7 +137,7 @@ impl EdgeTracer {
             if tls { "https" } else { "http" },
         ));
         if let Some(authority) = authority(req) {
-            attributes.push(KeyValue::new("server.address", authority.host().to_owned()));
+            attributes.push(KeyValue::new("server.address", bounded(authority.host())));
             if let Some(port) = authority.port_u16() {
                 attributes.push(KeyValue::new("server.port", i64::from(port)));
             }
@@ -119,7 +152,7 @@ impl EdgeTracer {
             attributes.push(KeyValue::new("client.port", i64::from(addr.port())));
         }
         let peer = match self.kind {
-            SpanKind::Server => identity.map(|id| id.as_str().to_owned()),
+            SpanKind::Server => identity.map(|id| bounded(id.as_str())),
             _ => self.peer.as_deref().map(str::to_owned),
         };
         if let Some(peer) = peer {

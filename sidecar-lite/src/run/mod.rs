@@ -171,7 +171,9 @@ impl Sidecar {
                 stack: stack::inbound(inbound)?,
                 mtls: Some(inbound.mtls),
                 endpoints: None,
-                tracer: tracer.map(|t| EdgeTracer::inbound(t.clone(), Arc::from("inbound"))),
+                tracer: tracer.map(|t| {
+                    EdgeTracer::inbound(t.clone(), Arc::from("inbound"), inbound.allow_list())
+                }),
             });
         }
         for route in &config.outbound {

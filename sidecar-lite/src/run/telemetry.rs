@@ -1,8 +1,9 @@
 //! Tracing export: the tracer provider of `[tracing]`, and the pipeline that carries finished
 //! spans to an OTLP collector without ever holding a request up.
 //!
-//! A span that ends is offered to a bounded queue (`queue_size`); when the queue is full the
-//! span is dropped and counted, never waited for. One task takes spans off the queue and posts
+//! A span that ends is offered to a bounded queue (`queue_size` spans, and at most
+//! [`MAX_QUEUED_BYTES`] of them); when the queue is full the span is dropped and counted, never
+//! waited for. One task takes spans off the queue and posts
 //! them in batches (`batch_size`, or whatever waited `export_interval`) over OTLP/HTTP with
 //! protobuf. While an export is under way nothing else is sent, so a slow or dead collector
 //! fills the queue and costs spans, not requests. A batch the collector does not take within
@@ -24,7 +25,13 @@ use opentelemetry_sdk::{
     trace::{Sampler, SdkTracer, SdkTracerProvider, Span, SpanData, SpanExporter, SpanProcessor},
 };
 use resilience_core::BoxError;
-use std::time::Duration;
+use std::{
+    sync::{
+        Arc,
+        atomic::{AtomicUsize, Ordering},
+    },
+    time::Duration,
+};
 use tokio::{
     sync::{mpsc, oneshot},
     task::JoinHandle,
@@ -60,9 +67,11 @@ impl Telemetry {
         exporter.set_resource(&resource);
 
         let (queue, spans) = mpsc::channel(config.queue_size);
+        let queued = Arc::new(AtomicUsize::new(0));
         let (stop, stopped) = oneshot::channel();
         let task = tokio::spawn(export_loop(
             spans,
+            queued.clone(),
             exporter,
             Batching {
                 size: config.batch_size.min(config.queue_size).max(1),
@@ -72,7 +81,7 @@ impl Telemetry {
             stopped,
         ));
         let provider = SdkTracerProvider::builder()
-            .with_span_processor(QueueProcessor::new(queue))
+            .with_span_processor(QueueProcessor::new(queue, queued))
             .with_sampler(Sampler::ParentBased(Box::new(Sampler::TraceIdRatioBased(
                 config.sampling_ratio,
             ))))
@@ -132,18 +141,38 @@ struct Batching {
     timeout: Duration,
 }
 
+/// The most memory that finished spans may hold while they wait for export, whatever
+/// `queue_size` says: spans are small (their attributes are cut to 1 KiB each), but a queue of
+/// a million of them need not be.
+const MAX_QUEUED_BYTES: usize = 32 << 20;
+
+/// About what a finished span holds: its name, its attributes, events and links, and a fixed
+/// part for its ids, times and status.
+fn span_bytes(span: &SpanData) -> usize {
+    const FIXED: usize = 256;
+    let attributes: usize = span
+        .attributes
+        .iter()
+        .map(|kv| kv.key.as_str().len() + kv.value.as_str().len() + 16)
+        .sum();
+    FIXED + span.name.len() + attributes + (span.events.len() + span.links.len()) * FIXED
+}
+
 /// Offers each finished span to the bounded queue of the export task; a full queue drops it.
 #[derive(Debug)]
 struct QueueProcessor {
     queue: mpsc::Sender<SpanData>,
+    /// Bytes of the spans in the queue; the export task takes off what it receives.
+    queued: Arc<AtomicUsize>,
     full: metrics::Counter,
     stopped: metrics::Counter,
 }
 
 impl QueueProcessor {
-    fn new(queue: mpsc::Sender<SpanData>) -> Self {
+    fn new(queue: mpsc::Sender<SpanData>, queued: Arc<AtomicUsize>) -> Self {
         Self {
             queue,
+            queued,
             full: metrics::counter!("sidecar_spans_dropped_total", "reason" => "queue-full"),
             stopped: metrics::counter!("sidecar_spans_dropped_total", "reason" => "stopped"),
         }
@@ -154,11 +183,19 @@ impl SpanProcessor for QueueProcessor {
     fn on_start(&self, _span: &mut Span, _cx: &Context) {}
 
     fn on_end(&self, span: SpanData) {
-        match self.queue.try_send(span) {
-            Ok(()) => {}
-            Err(mpsc::error::TrySendError::Full(_)) => self.full.increment(1),
-            Err(mpsc::error::TrySendError::Closed(_)) => self.stopped.increment(1),
+        let bytes = span_bytes(&span);
+        if self.queued.fetch_add(bytes, Ordering::AcqRel) + bytes > MAX_QUEUED_BYTES {
+            self.queued.fetch_sub(bytes, Ordering::AcqRel);
+            self.full.increment(1);
+            return;
         }
+        let refused = match self.queue.try_send(span) {
+            Ok(()) => return,
+            Err(mpsc::error::TrySendError::Full(_)) => &self.full,
+            Err(mpsc::error::TrySendError::Closed(_)) => &self.stopped,
+        };
+        self.queued.fetch_sub(bytes, Ordering::AcqRel);
+        refused.increment(1);
     }
 
     /// Does not wait: spans go out on the export task's schedule, or at
@@ -176,6 +213,7 @@ impl SpanProcessor for QueueProcessor {
 /// still queued and returns.
 async fn export_loop<E: SpanExporter>(
     mut spans: mpsc::Receiver<SpanData>,
+    queued: Arc<AtomicUsize>,
     exporter: E,
     batching: Batching,
     mut stop: oneshot::Receiver<()>,
@@ -190,6 +228,8 @@ async fn export_loop<E: SpanExporter>(
             biased;
             _ = &mut stop => true,
             received = spans.recv_many(&mut batch, room) => {
+                let taken: usize = batch[batch.len() - received..].iter().map(span_bytes).sum();
+                queued.fetch_sub(taken, Ordering::AcqRel);
                 if received == 0 {
                     // Every sender is gone: the provider was dropped.
                     true

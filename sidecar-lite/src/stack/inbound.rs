@@ -9,7 +9,7 @@ use bytes::Bytes;
 use http::Response;
 use http_body::Body;
 use resilience_core::BoxError;
-use resilience_mtls::{AllowList, AuthorizeLayer};
+use resilience_mtls::AuthorizeLayer;
 use tower::{ServiceBuilder, ServiceExt, util::BoxCloneService};
 
 /// Builds the inbound stack: peers' requests to the app at `inbound.app`.
@@ -23,12 +23,7 @@ where
         .layer()
         .map_err(|e| field_error("timeout", e.field(), &e))?
         .named("inbound");
-    let allow = inbound
-        .allow
-        .iter()
-        .cloned()
-        .fold(AllowList::new(), AllowList::allow)
-        .allow_anonymous(inbound.allow_anonymous);
+    let allow = inbound.allow_list();
     let app = AppClient::new(inbound.app, inbound.app_protocol);
     let body_timeout = inbound
         .timeout
