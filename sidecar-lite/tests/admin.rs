@@ -219,3 +219,36 @@ async fn a_rebound_name_gets_nothing_from_the_admin_server() {
     }
     sidecar.stop().await;
 }
+
+#[tokio::test]
+async fn the_probes_listener_answers_health_and_nothing_else() {
+    let config =
+        Config::parse("[admin]\nlisten = \"127.0.0.1:0\"\nprobes = \"127.0.0.1:0\"\n").unwrap();
+    let sidecar = Sidecar::start(&config, Some(recorder())).await.unwrap();
+    let probes = sidecar.bound.probes.expect("the probes listener is bound");
+    for (path, status) in [
+        ("/live", StatusCode::OK),
+        ("/ready", StatusCode::OK),
+        ("/config", StatusCode::NOT_FOUND),
+        ("/metrics", StatusCode::NOT_FOUND),
+        ("/breakers", StatusCode::NOT_FOUND),
+        ("/", StatusCode::NOT_FOUND),
+    ] {
+        let response = get(format!("http://{probes}{path}")).await;
+        assert_eq!(response.status(), status, "{path}");
+    }
+    let req = Request::builder()
+        .method(Method::POST)
+        .uri(format!("http://{probes}/drain"))
+        .header("x-sidecar-admin", "drain")
+        .body(full(""))
+        .unwrap();
+    let response = timeout(STEP, http1().request(req)).await.unwrap().unwrap();
+    assert_eq!(
+        response.status(),
+        StatusCode::NOT_FOUND,
+        "no drain from outside"
+    );
+    assert_eq!(admin_get(&sidecar, "/ready").await.0, StatusCode::OK);
+    sidecar.stop().await;
+}

@@ -163,6 +163,7 @@ pub(crate) async fn serve(
     state: Arc<AdminState>,
     shutdown: impl Future<Output = ()>,
     limits: LimitsConfig,
+    scope: Scope,
 ) {
     let upkeep = state.metrics.clone().map(|handle| async move {
         let mut every = tokio::time::interval(METRICS_UPKEEP);
@@ -174,7 +175,12 @@ pub(crate) async fn serve(
     });
     let service = tower::service_fn(move |req: Request<Incoming>| {
         let state = state.clone();
-        async move { Ok::<_, Infallible>(route(&state, &req)) }
+        async move {
+            Ok::<_, Infallible>(match scope {
+                Scope::All => route(&state, &req),
+                Scope::Probes => probe(&state, &req),
+            })
+        }
     });
     let server = crate::proxy::serve(
         "admin".into(),
@@ -193,6 +199,26 @@ pub(crate) async fn serve(
             }
         }
         None => server.await,
+    }
+}
+
+/// What an admin listener serves.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub(crate) enum Scope {
+    /// Every admin endpoint.
+    All,
+    /// `GET /live` and `GET /ready` only: the `[admin] probes` listener.
+    Probes,
+}
+
+/// The probes listener: health only, whatever else is asked.
+fn probe<B>(state: &AdminState, req: &Request<B>) -> Response<ProxyBody> {
+    match (req.method(), req.uri().path()) {
+        (&Method::GET, "/live" | "/ready") => route(state, req),
+        _ => local_response(
+            LocalReply::new(Reason::NotFound)
+                .text("the probes listener answers GET /live and GET /ready only"),
+        ),
     }
 }
 

@@ -100,12 +100,18 @@ pub(crate) struct AdminConfig {
     /// can drain the proxy.
     #[serde(default = "default_admin_listen")]
     pub(crate) listen: SocketAddr,
+    /// A second listener that answers only `GET /live` and `GET /ready`, for probes from
+    /// outside the pod (the kubelet's), so that the admin server itself can stay on loopback.
+    /// Default: none.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub(crate) probes: Option<SocketAddr>,
 }
 
 impl Default for AdminConfig {
     fn default() -> Self {
         Self {
             listen: default_admin_listen(),
+            probes: None,
         }
     }
 }

@@ -21,6 +21,9 @@ pub(super) fn problems(config: &Config) -> Vec<(String, String)> {
         }
     };
     listen("admin.listen".into(), config.admin.listen, &mut problems);
+    if let Some(probes) = config.admin.probes {
+        listen("admin.probes".into(), probes, &mut problems);
+    }
 
     if let Some(inbound) = &config.inbound {
         listen("inbound.listen".into(), inbound.listen, &mut problems);

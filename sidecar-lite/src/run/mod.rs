@@ -12,7 +12,7 @@ mod signals;
 mod telemetry;
 
 use crate::{
-    admin::{AdminState, RouteEndpoints, Serving},
+    admin::{AdminState, RouteEndpoints, Scope, Serving},
     config::Config,
     proxy::{EdgeTracer, InboundRules, ListenerState, SharedListenerState, edge, serve},
     stack::{self, StackService},
@@ -45,6 +45,8 @@ pub struct Bound {
     pub outbound: Vec<(String, SocketAddr)>,
     /// The admin listener.
     pub admin: Option<SocketAddr>,
+    /// The probes listener (`[admin] probes`), if any.
+    pub probes: Option<SocketAddr>,
 }
 
 /// A running sidecar: reload it with [`Sidecar::reload`], stop it with [`Sidecar::stop`], or
@@ -99,6 +101,14 @@ impl Sidecar {
         let telemetry = config.tracing.as_ref().map(Telemetry::start).transpose()?;
         let admin_listener = bind("admin", config.admin.listen).await?;
         let admin_addr = admin_listener.local_addr()?;
+        let probes_listener = match config.admin.probes {
+            Some(addr) => Some(bind("probes", addr).await?),
+            None => None,
+        };
+        let probes_addr = probes_listener
+            .as_ref()
+            .map(TcpListener::local_addr)
+            .transpose()?;
         let (drain, _) = watch::channel(false);
         let admin = Arc::new(AdminState {
             ready: false.into(),
@@ -113,6 +123,7 @@ impl Sidecar {
         let mut sidecar = Self {
             bound: Bound {
                 admin: Some(admin_addr),
+                probes: probes_addr,
                 ..Bound::default()
             },
             config: config.clone(),
@@ -132,7 +143,17 @@ impl Sidecar {
             admin.clone(),
             std::future::pending(),
             config.limits.for_admin(),
+            Scope::All,
         ));
+        if let Some(probes) = probes_listener {
+            tokio::spawn(crate::admin::serve(
+                probes,
+                admin.clone(),
+                std::future::pending(),
+                config.limits.for_admin(),
+                Scope::Probes,
+            ));
+        }
         admin.ready.store(true, Ordering::Release);
         tracing::info!(bound = ?sidecar.bound, "sidecar-lite is serving");
         Ok(sidecar)
