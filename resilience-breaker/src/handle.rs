@@ -94,6 +94,24 @@ impl BreakerHandle {
         }
     }
 
+    /// Marks the breaker's metric series as in use without changing them: an exporter that
+    /// drops series nobody updates for a while (a Prometheus exporter's idle timeout, say)
+    /// keeps those of a quiet breaker that is still in use, and drops those of one that is
+    /// gone.
+    pub fn touch_metrics(&self) {
+        let inner = &self.inner;
+        inner.state_gauge.set(self.state().gauge());
+        for counter in [
+            &inner.success,
+            &inner.failure,
+            &inner.slow_success,
+            &inner.slow_failure,
+            &inner.rejected,
+        ] {
+            counter.increment(0);
+        }
+    }
+
     /// The breaker's name.
     #[must_use]
     pub fn name(&self) -> &str {

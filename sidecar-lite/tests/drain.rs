@@ -121,8 +121,9 @@ async fn sigterm_to_the_binary_during_100_slow_requests_lets_all_of_them_complet
 async fn a_rust_log_that_tracing_subscriber_would_panic_on_is_served_with() {
     // `RUST_LOG` with a space after a comma, then a non-ASCII target: the binary panicked in
     // tracing-subscriber's directive parser before serving anything.
-    let mut sidecar = process::SidecarProcess::start_with_env(
+    let mut sidecar = process::SidecarProcess::start_with(
         "rust-log",
+        "",
         "",
         &[("RUST_LOG", "info, hyp\u{e9}=warn")],
     )

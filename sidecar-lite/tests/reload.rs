@@ -225,3 +225,47 @@ async fn a_reload_from_permissive_to_strict_mtls_applies_to_new_connections() {
     );
     sidecar.stop().await;
 }
+
+#[tokio::test]
+async fn metric_series_of_endpoints_that_are_gone_expire_and_those_in_use_stay() {
+    let (kept, _) = status_app(200).await;
+    let (removed, _) = status_app(200).await;
+    let listen = process::free_addr();
+    let dir = std::env::temp_dir().join(format!("sidecar-lite-series-{}", listen.port()));
+    std::fs::create_dir_all(&dir).unwrap();
+    let file = dir.join("endpoints.txt");
+    std::fs::write(&file, format!("{kept}\n{removed}\n")).unwrap();
+    let sidecar = process::SidecarProcess::start_with(
+        "series",
+        &format!(
+            "[discovery]\nfile_poll = \"20ms\"\n[[outbound]]\nname = \"orders\"\nlisten = \"{listen}\"\nendpoints = [\"file:{}\"]\n",
+            file.display()
+        ),
+        "metrics_idle_timeout = \"1s\"\n",
+        &[],
+    )
+    .await;
+    let series = |endpoint: std::net::SocketAddr| {
+        format!("resilience_breaker_state{{name=\"orders/{endpoint}\"}}")
+    };
+    assert!(
+        eventually(async || sidecar.metric(&series(removed)).await.is_some()).await,
+        "both endpoints have their breaker series"
+    );
+    let response = get(format!("http://{listen}/")).await;
+    assert_eq!(response.status(), StatusCode::OK);
+
+    // Discovery drops one endpoint; its series go once they have been idle for 1 s.
+    let staged = dir.join("endpoints.txt.new");
+    std::fs::write(&staged, format!("{kept}\n")).unwrap();
+    std::fs::rename(&staged, &file).unwrap();
+    assert!(
+        eventually(async || sidecar.metric(&series(removed)).await.is_none()).await,
+        "the removed endpoint's series expire"
+    );
+    // What is in use stays, quiet or not: the other breaker, and the idle route's counters.
+    assert_eq!(sidecar.metric(&series(kept)).await, Some(0.0));
+    let requests = "sidecar_requests_total{listener=\"outbound/orders\",class=\"2xx\"}";
+    assert_eq!(sidecar.metric(requests).await, Some(1.0));
+    let _ = std::fs::remove_dir_all(&dir);
+}

@@ -13,7 +13,7 @@
 
 use crate::{
     config::{Config, LimitsConfig},
-    proxy::ClientAddr,
+    proxy::{ClientAddr, ListenerMetrics, Listening},
     stack::LiveEndpoints,
     transport::{ProxyBody, boxed, local_response},
 };
@@ -72,6 +72,22 @@ pub(crate) struct Serving {
     pub(crate) routes: Vec<RouteEndpoints>,
     /// The listeners, by name.
     pub(crate) listeners: Vec<(String, SocketAddr)>,
+    /// The metrics of the listeners serving now.
+    pub(crate) listener_metrics: Vec<Arc<ListenerMetrics>>,
+}
+
+impl Serving {
+    /// Marks the metric series of everything still in use as such (see
+    /// [`BreakerHandle::touch_metrics`]): the exporter drops only series of what is gone, the
+    /// breakers of endpoints that discovery removed, say.
+    fn touch_metrics(&self) {
+        for breaker in self.breakers() {
+            breaker.handle.touch_metrics();
+        }
+        for metrics in &self.listener_metrics {
+            metrics.touch();
+        }
+    }
 }
 
 impl Serving {
@@ -165,14 +181,28 @@ pub(crate) async fn serve(
     limits: LimitsConfig,
     scope: Scope,
 ) {
-    let upkeep = state.metrics.clone().map(|handle| async move {
-        let mut every = tokio::time::interval(METRICS_UPKEEP);
+    let name = match scope {
+        Scope::All => "admin",
+        Scope::Probes => "probes",
+    };
+    let open = metrics::gauge!("sidecar_connections_open", "listener" => name);
+    let recorder = state.metrics.clone().filter(|_| scope == Scope::All);
+    let kept = state.clone();
+    let touched = open.clone();
+    // Often enough that nothing in use goes unchanged for a whole idle timeout.
+    let period = METRICS_UPKEEP.min(state.serving.load().config.admin.metrics_idle_timeout / 2);
+    let upkeep = async move {
+        let mut every = tokio::time::interval(period);
         every.set_missed_tick_behavior(tokio::time::MissedTickBehavior::Delay);
         loop {
             every.tick().await;
-            handle.run_upkeep();
+            touched.increment(0.0);
+            if let Some(recorder) = &recorder {
+                kept.serving.load().touch_metrics();
+                recorder.run_upkeep();
+            }
         }
-    });
+    };
     let service = tower::service_fn(move |req: Request<Incoming>| {
         let state = state.clone();
         async move {
@@ -182,23 +212,16 @@ pub(crate) async fn serve(
             })
         }
     });
-    let server = crate::proxy::serve(
-        "admin".into(),
-        listener,
-        || None,
-        service,
-        shutdown,
-        Duration::from_secs(1),
+    let setup = Listening {
+        name: name.into(),
         limits,
-    );
-    match upkeep {
-        Some(upkeep) => {
-            tokio::select! {
-                () = server => {}
-                () = upkeep => {}
-            }
-        }
-        None => server.await,
+        grace: Duration::from_secs(1),
+        open,
+    };
+    let server = crate::proxy::serve(setup, listener, || None, service, shutdown);
+    tokio::select! {
+        () = server => {}
+        () = upkeep => {}
     }
 }
 

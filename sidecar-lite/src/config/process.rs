@@ -105,6 +105,11 @@ pub(crate) struct AdminConfig {
     /// Default: none.
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub(crate) probes: Option<SocketAddr>,
+    /// How long a counter or gauge may go unchanged before `/metrics` stops reporting it (and
+    /// the recorder frees it), as for the breakers of endpoints that discovery removed. What
+    /// is still in use is kept, however quiet. Default 10 min.
+    #[serde(default = "default_metrics_idle", with = "resilience_core::duration")]
+    pub(crate) metrics_idle_timeout: Duration,
 }
 
 impl Default for AdminConfig {
@@ -112,8 +117,13 @@ impl Default for AdminConfig {
         Self {
             listen: default_admin_listen(),
             probes: None,
+            metrics_idle_timeout: default_metrics_idle(),
         }
     }
+}
+
+fn default_metrics_idle() -> Duration {
+    Duration::from_secs(600)
 }
 
 fn default_admin_listen() -> SocketAddr {

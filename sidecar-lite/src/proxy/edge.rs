@@ -9,7 +9,7 @@ use super::{
 use crate::transport::{ProxyBody, local_response};
 use http::{HeaderValue, Request, Response, Uri, Version, header::HOST, uri::Authority};
 use hyper::body::Incoming;
-use metrics::{Counter, Histogram};
+use metrics::{Counter, Gauge, Histogram};
 use resilience_core::{LocalReply, Reason, SIDECAR_ERROR};
 use std::{convert::Infallible, future::Future, pin::Pin, sync::Arc};
 use tokio::time::Instant;
@@ -26,6 +26,7 @@ pub(crate) type EdgeFuture =
 pub(crate) fn edge(
     listener: Arc<str>,
     state: SharedListenerState,
+    metrics: Arc<ListenerMetrics>,
 ) -> impl Service<
     Request<Incoming>,
     Response = Response<ProxyBody>,
@@ -34,7 +35,6 @@ pub(crate) fn edge(
 > + Clone
 + Send
 + 'static {
-    let metrics = Arc::new(EdgeMetrics::new(&listener));
     tower::service_fn(move |mut req: Request<Incoming>| {
         // The stack of the moment: a reload swaps it without touching requests in flight.
         let current = state.load();
@@ -88,14 +88,17 @@ pub(crate) fn edge(
     })
 }
 
-/// Per-listener request metrics, registered once so each request only bumps handles.
-struct EdgeMetrics {
+/// Per-listener metrics, registered once so each request or connection only bumps handles.
+#[derive(Debug)]
+pub(crate) struct ListenerMetrics {
     by_class: [Counter; 5],
     duration: Histogram,
+    /// Connections open now.
+    pub(crate) open: Gauge,
 }
 
-impl EdgeMetrics {
-    fn new(listener: &str) -> Self {
+impl ListenerMetrics {
+    pub(crate) fn new(listener: &str) -> Self {
         let class = |c: &'static str| metrics::counter!("sidecar_requests_total", "listener" => listener.to_owned(), "class" => c);
         Self {
             by_class: [
@@ -109,7 +112,17 @@ impl EdgeMetrics {
                 "sidecar_request_duration_seconds",
                 "listener" => listener.to_owned()
             ),
+            open: metrics::gauge!("sidecar_connections_open", "listener" => listener.to_owned()),
         }
+    }
+
+    /// Marks the series as in use without changing them, so that an exporter that expires
+    /// idle series keeps those of a quiet listener that is still there.
+    pub(crate) fn touch(&self) {
+        for counter in &self.by_class {
+            counter.increment(0);
+        }
+        self.open.increment(0.0);
     }
 
     fn record<B>(&self, response: &Response<B>, start: Instant) {

@@ -8,6 +8,7 @@ use super::{
 use crate::{config::LimitsConfig, transport::ProxyBody};
 use http::{Request, Response};
 use hyper::body::Incoming;
+use metrics::Gauge;
 use resilience_mtls::MtlsAcceptor;
 use std::{
     collections::{HashMap, VecDeque},
@@ -19,6 +20,16 @@ use std::{
 };
 use tokio::{net::TcpListener, sync::watch, task::JoinSet};
 use tower::Service;
+
+/// How a listener serves: its name (in logs and metrics), its limits, how long its connections
+/// may take to finish when it drains, and the gauge of its open connections.
+#[derive(Debug)]
+pub(crate) struct Listening {
+    pub(crate) name: Arc<str>,
+    pub(crate) limits: LimitsConfig,
+    pub(crate) grace: Duration,
+    pub(crate) open: Gauge,
+}
 
 /// The address of the client at the other end of the connection, as a request extension.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
@@ -33,13 +44,11 @@ pub(crate) struct ClientAddr(pub(crate) SocketAddr);
 /// address): at the limit a new connection takes the place of the oldest one that has not
 /// sent a request yet, or, when every one has, is closed at once.
 pub(crate) async fn serve<S>(
-    name: Arc<str>,
+    setup: Listening,
     listener: TcpListener,
     acceptor: impl Fn() -> Option<Arc<MtlsAcceptor>>,
     service: S,
     shutdown: impl Future<Output = ()>,
-    grace: Duration,
-    limits: LimitsConfig,
 ) where
     S: Service<Request<Incoming>, Response = Response<ProxyBody>, Error = Infallible>
         + Clone
@@ -47,9 +56,14 @@ pub(crate) async fn serve<S>(
         + 'static,
     S::Future: Send + 'static,
 {
+    let Listening {
+        name,
+        limits,
+        grace,
+        open,
+    } = setup;
     let (drain, draining) = watch::channel(false);
     let settings = Arc::new(ConnectionSettings::new(&limits));
-    let open = metrics::gauge!("sidecar_connections_open", "listener" => name.to_string());
     let mut connections = JoinSet::new();
     let mut silent = SilentConnections::default();
     let mut per_source: HashMap<IpAddr, usize> = HashMap::new();

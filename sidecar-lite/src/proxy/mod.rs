@@ -12,9 +12,9 @@ mod local_reply;
 mod span;
 mod state;
 
-pub(crate) use edge::edge;
+pub(crate) use edge::{ListenerMetrics, edge};
 pub(crate) use headers::InboundRules;
-pub(crate) use listener::{ClientAddr, serve};
+pub(crate) use listener::{ClientAddr, Listening, serve};
 pub use local_reply::local_reply;
 pub(crate) use span::EdgeTracer;
 pub(crate) use state::{ListenerState, SharedListenerState};

@@ -4,6 +4,7 @@
 use super::Sidecar;
 use crate::config::{Config, LogFormat, log_filter};
 use metrics_exporter_prometheus::PrometheusBuilder;
+use metrics_util::MetricKindMask;
 use resilience_core::BoxError;
 use std::path::PathBuf;
 
@@ -27,7 +28,13 @@ impl Sidecar {
             .enable_all()
             .build()
             .map_err(|e| format!("cannot start the runtime: {e}"))?;
+        // Counters and gauges only: what is in use is touched by the admin server's upkeep;
+        // histograms cannot be touched without a sample, and are one per listener.
         let recorder = PrometheusBuilder::new()
+            .idle_timeout(
+                MetricKindMask::COUNTER | MetricKindMask::GAUGE,
+                Some(config.admin.metrics_idle_timeout),
+            )
             .set_buckets(&LATENCY_BUCKETS)
             .and_then(PrometheusBuilder::install_recorder);
         let metrics = match recorder {

@@ -14,7 +14,10 @@ mod telemetry;
 use crate::{
     admin::{AdminState, RouteEndpoints, Scope, Serving},
     config::Config,
-    proxy::{EdgeTracer, InboundRules, ListenerState, SharedListenerState, edge, serve},
+    proxy::{
+        EdgeTracer, InboundRules, ListenerMetrics, ListenerState, Listening, SharedListenerState,
+        edge, serve,
+    },
     stack::{self, StackService},
 };
 use arc_swap::ArcSwap;
@@ -64,12 +67,13 @@ pub struct Sidecar {
     _rotation: Option<RotationHandle>,
 }
 
-/// One serving listener: its address, its swap cell, and its own stop switch.
+/// One serving listener: its address, its swap cell, its own stop switch, and its metrics.
 #[derive(Debug)]
 struct Listener {
     addr: SocketAddr,
     state: SharedListenerState,
     stop: watch::Sender<bool>,
+    metrics: Arc<ListenerMetrics>,
 }
 
 /// A stack built for one listener, not yet serving.
@@ -116,6 +120,7 @@ impl Sidecar {
                 config: config.clone(),
                 routes: Vec::new(),
                 listeners: Vec::new(),
+                listener_metrics: Vec::new(),
             }),
             metrics,
             drain,
@@ -305,18 +310,28 @@ impl Sidecar {
                         }
                     };
                     let name: Arc<str> = Arc::from(plan.key.as_str());
-                    let service = edge(name.clone(), state.clone());
+                    let metrics = Arc::new(ListenerMetrics::new(&name));
+                    let service = edge(name.clone(), state.clone(), metrics.clone());
                     let accepting = state.clone();
-                    self.tasks.spawn(serve(
+                    let setup = Listening {
                         name,
+                        limits: config.limits.clone(),
+                        grace: config.runtime.drain_grace,
+                        open: metrics.open.clone(),
+                    };
+                    self.tasks.spawn(serve(
+                        setup,
                         tcp,
                         move || accepting.load().acceptor.clone(),
                         service,
                         shutdown,
-                        config.runtime.drain_grace,
-                        config.limits.clone(),
                     ));
-                    let listener = Listener { addr, state, stop };
+                    let listener = Listener {
+                        addr,
+                        state,
+                        stop,
+                        metrics,
+                    };
                     self.listeners.insert(plan.key, listener);
                 }
             }
@@ -344,6 +359,7 @@ impl Sidecar {
             config: config.clone(),
             routes,
             listeners,
+            listener_metrics: self.listeners.values().map(|l| l.metrics.clone()).collect(),
         }));
         self.config = config;
         Ok(())

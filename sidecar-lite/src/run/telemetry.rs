@@ -164,19 +164,18 @@ struct QueueProcessor {
     queue: mpsc::Sender<SpanData>,
     /// Bytes of the spans in the queue; the export task takes off what it receives.
     queued: Arc<AtomicUsize>,
-    full: metrics::Counter,
-    stopped: metrics::Counter,
 }
 
 impl QueueProcessor {
     fn new(queue: mpsc::Sender<SpanData>, queued: Arc<AtomicUsize>) -> Self {
-        Self {
-            queue,
-            queued,
-            full: metrics::counter!("sidecar_spans_dropped_total", "reason" => "queue-full"),
-            stopped: metrics::counter!("sidecar_spans_dropped_total", "reason" => "stopped"),
-        }
+        Self { queue, queued }
     }
+}
+
+/// Counts spans dropped for `reason`. Registered at each drop rather than held: drops are
+/// rare, and a series idle long enough to be expired by the exporter comes back with the next.
+fn dropped(reason: &'static str, spans: u64) {
+    metrics::counter!("sidecar_spans_dropped_total", "reason" => reason).increment(spans);
 }
 
 impl SpanProcessor for QueueProcessor {
@@ -186,16 +185,16 @@ impl SpanProcessor for QueueProcessor {
         let bytes = span_bytes(&span);
         if self.queued.fetch_add(bytes, Ordering::AcqRel) + bytes > MAX_QUEUED_BYTES {
             self.queued.fetch_sub(bytes, Ordering::AcqRel);
-            self.full.increment(1);
+            dropped("queue-full", 1);
             return;
         }
-        let refused = match self.queue.try_send(span) {
+        let reason = match self.queue.try_send(span) {
             Ok(()) => return,
-            Err(mpsc::error::TrySendError::Full(_)) => &self.full,
-            Err(mpsc::error::TrySendError::Closed(_)) => &self.stopped,
+            Err(mpsc::error::TrySendError::Full(_)) => "queue-full",
+            Err(mpsc::error::TrySendError::Closed(_)) => "stopped",
         };
         self.queued.fetch_sub(bytes, Ordering::AcqRel);
-        refused.increment(1);
+        dropped(reason, 1);
     }
 
     /// Does not wait: spans go out on the export task's schedule, or at
@@ -259,12 +258,10 @@ async fn export_loop<E: SpanExporter>(
     }
 }
 
-/// The exporter, with the counts of what it sent and what it lost.
+/// The exporter, and whether its last export failed.
 struct Export<E> {
     exporter: E,
     timeout: Duration,
-    exported: metrics::Counter,
-    failed: metrics::Counter,
     failing: bool,
 }
 
@@ -273,8 +270,6 @@ impl<E: SpanExporter> Export<E> {
         Self {
             exporter,
             timeout,
-            exported: metrics::counter!("sidecar_spans_exported_total"),
-            failed: metrics::counter!("sidecar_spans_dropped_total", "reason" => "export-failed"),
             failing: false,
         }
     }
@@ -291,13 +286,13 @@ impl<E: SpanExporter> Export<E> {
         };
         match outcome {
             Ok(()) => {
-                self.exported.increment(count);
+                metrics::counter!("sidecar_spans_exported_total").increment(count);
                 if std::mem::take(&mut self.failing) {
                     tracing::info!("span export works again");
                 }
             }
             Err(error) => {
-                self.failed.increment(count);
+                dropped("export-failed", count);
                 // Once per outage at warn, so a dead collector does not flood the log.
                 if std::mem::replace(&mut self.failing, true) {
                     tracing::debug!(%error, spans = count, "span export failed");

@@ -31,11 +31,16 @@ impl SidecarProcess {
     /// Writes `[admin]` (a free port), `[log]` and `body` to a config file, starts the binary
     /// on it and waits (bounded) until `/ready` answers 200.
     pub async fn start(name: &str, body: &str) -> Self {
-        Self::start_with_env(name, body, &[]).await
+        Self::start_with(name, body, "", &[]).await
     }
 
-    /// [`start`](Self::start), with `env` set for the process.
-    pub async fn start_with_env(name: &str, body: &str, env: &[(&str, &str)]) -> Self {
+    /// [`start`](Self::start), with more `[admin]` keys and `env` set for the process.
+    pub async fn start_with(
+        name: &str,
+        body: &str,
+        admin_keys: &str,
+        env: &[(&str, &str)],
+    ) -> Self {
         let admin = free_addr();
         let dir = std::env::temp_dir().join(format!(
             "sidecar-lite-{name}-{}-{}",
@@ -44,7 +49,7 @@ impl SidecarProcess {
         ));
         std::fs::create_dir_all(&dir).unwrap();
         let config = dir.join("sidecar.toml");
-        let head = format!("[admin]\nlisten = \"{admin}\"\n[log]\nfilter = \"warn\"\n");
+        let head = format!("[admin]\nlisten = \"{admin}\"\n{admin_keys}[log]\nfilter = \"warn\"\n");
         std::fs::write(&config, format!("{head}{body}")).unwrap();
         let child = Command::new(env!("CARGO_BIN_EXE_sidecar-lite"))
             .arg("run")
