@@ -6,7 +6,7 @@ mod common;
 use common::{HttpServer, WAIT, client, credentials, get, paths, spiffe, tempdir, unpooled_client};
 use http::StatusCode;
 use resilience_mtls::{
-    Credentials, MtlsAcceptor, MtlsConnector, Rotation, RotationStatus, TlsInfo,
+    Credentials, MaterialPaths, MtlsAcceptor, MtlsConnector, Rotation, RotationStatus, TlsInfo,
     dev_ca::{DevCa, IssueOptions, write_atomic},
 };
 use rustls_pki_types::{CertificateDer, pem::PemObject};
@@ -21,6 +21,20 @@ use tokio::sync::watch;
 
 fn leaf(pem: &str) -> CertificateDer<'static> {
     CertificateDer::from_pem_slice(pem.as_bytes()).unwrap()
+}
+
+/// A CA, and the files and credentials of `orders` under a new directory (kept alive by the
+/// returned guard).
+fn orders_on_disk() -> (tempfile::TempDir, DevCa, MaterialPaths, Credentials) {
+    let dir = tempdir();
+    let ca = DevCa::new("example.org").unwrap();
+    let files = paths(dir.path(), "orders");
+    ca.workload("ns/shop/sa/orders")
+        .unwrap()
+        .write(&files, ca.trust_pem())
+        .unwrap();
+    let creds = Credentials::load(&files).unwrap();
+    (dir, ca, files, creds)
 }
 
 /// Waits, within [`WAIT`], until `status` satisfies `f`.
@@ -189,14 +203,7 @@ async fn invalid_new_files_are_rejected_and_the_old_material_kept() {
 
 #[tokio::test]
 async fn polling_alone_sees_changes() {
-    let dir = tempdir();
-    let ca = DevCa::new("example.org").unwrap();
-    let files = paths(dir.path(), "orders");
-    ca.workload("ns/shop/sa/orders")
-        .unwrap()
-        .write(&files, ca.trust_pem())
-        .unwrap();
-    let creds = Credentials::load(&files).unwrap();
+    let (_dir, ca, files, creds) = orders_on_disk();
     let rotation = Rotation::new(files.clone())
         .watch_files(false)
         .poll_interval(Duration::from_millis(50))
@@ -261,14 +268,7 @@ async fn a_new_trust_bundle_applies_to_new_handshakes() {
 
 #[tokio::test]
 async fn a_certificate_refused_as_not_yet_valid_is_taken_once_it_is() {
-    let dir = tempdir();
-    let ca = DevCa::new("example.org").unwrap();
-    let files = paths(dir.path(), "orders");
-    ca.workload("ns/shop/sa/orders")
-        .unwrap()
-        .write(&files, ca.trust_pem())
-        .unwrap();
-    let creds = Credentials::load(&files).unwrap();
+    let (_dir, ca, files, creds) = orders_on_disk();
     let rotation = Rotation::new(files.clone())
         .watch_files(false)
         .poll_interval(Duration::from_millis(100))

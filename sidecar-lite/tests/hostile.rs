@@ -388,11 +388,7 @@ async fn http2_continuation_flood_is_cut_off() {
 
 #[tokio::test]
 async fn a_request_with_two_host_headers_is_refused_and_never_forwarded() {
-    let (app, hits) = echo_app().await;
-    let sidecar = sidecar(&format!(
-        "[[outbound]]\nname = \"orders\"\nlisten = \"127.0.0.1:0\"\nendpoints = [\"{app}\"]\n"
-    ))
-    .await;
+    let (sidecar, hits) = route().await;
     let addr = outbound_addr(&sidecar);
     let mut tcp = TcpStream::connect(addr).await.unwrap();
     tcp.write_all(
@@ -415,11 +411,7 @@ async fn a_request_with_two_host_headers_is_refused_and_never_forwarded() {
 
 #[tokio::test]
 async fn ambiguous_framing_after_a_request_asking_for_an_upgrade_still_gets_400() {
-    let (app, hits) = echo_app().await;
-    let sidecar = sidecar(&format!(
-        "[[outbound]]\nname = \"orders\"\nlisten = \"127.0.0.1:0\"\nendpoints = [\"{app}\"]\n"
-    ))
-    .await;
+    let (sidecar, hits) = route().await;
     let addr = outbound_addr(&sidecar);
     let mut tcp = TcpStream::connect(addr).await.unwrap();
     tcp.write_all(
