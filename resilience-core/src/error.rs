@@ -55,6 +55,31 @@ impl fmt::Display for ConfigError {
 
 impl Error for ConfigError {}
 
+/// No connection could be made to the upstream, so the request was never sent: what a retry
+/// policy may resend for any method (`connect-failure`), and what an HTTP edge answers with
+/// `502 connect`. Clients return it with the reason as its source.
+#[derive(Debug)]
+pub struct ConnectFailed(BoxError);
+
+impl ConnectFailed {
+    /// A connection attempt that failed because of `reason`.
+    pub fn new(reason: impl Into<BoxError>) -> Self {
+        Self(reason.into())
+    }
+}
+
+impl fmt::Display for ConnectFailed {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        write!(f, "cannot connect to the upstream: {}", self.0)
+    }
+}
+
+impl Error for ConnectFailed {
+    fn source(&self) -> Option<&(dyn Error + 'static)> {
+        Some(&*self.0)
+    }
+}
+
 #[cfg(test)]
 mod tests {
     use super::*;

@@ -252,6 +252,9 @@ impl RetryOn {
 }
 
 fn error_condition(error: &(dyn Error + 'static)) -> Option<Condition> {
+    if error.is::<resilience_core::ConnectFailed>() {
+        return Some(Condition::ConnectFailure);
+    }
     if let Some(err) = error.downcast_ref::<hyper_util::client::legacy::Error>()
         && err.is_connect()
     {

@@ -252,3 +252,52 @@ async fn the_probes_listener_answers_health_and_nothing_else() {
     assert_eq!(admin_get(&sidecar, "/ready").await.0, StatusCode::OK);
     sidecar.stop().await;
 }
+
+#[tokio::test]
+async fn a_thousand_distinct_hosts_share_the_connections_to_an_endpoint() {
+    let render = || recorder().render();
+    // Installed before the sidecars start, so that their handshakes are counted.
+    let _ = render();
+    let (app, hits) = echo_app().await;
+    let certs = Certs::new("distinct-hosts");
+    let inbound = inbound_sidecar(&certs, "orders", app, &[spiffe("frontend")], "").await;
+    let outbound = outbound_sidecar(
+        &certs,
+        "frontend",
+        &[inbound.bound.inbound.unwrap()],
+        "orders",
+        "",
+    )
+    .await;
+    let handshakes = |text: &str| -> f64 {
+        text.lines()
+            .filter(|line| {
+                line.starts_with("resilience_mtls_handshakes_total{")
+                    && line.contains("side=\"client\"")
+            })
+            .filter_map(|line| line.rsplit_once(' ')?.1.parse::<f64>().ok())
+            .sum()
+    };
+    let before = handshakes(&render());
+    let client = http1();
+    let addr = outbound_addr(&outbound);
+    for n in 0..1000 {
+        let req = Request::builder()
+            .uri(format!("http://{addr}/"))
+            .header("host", format!("tenant-{n}.orders.shop"))
+            .body(full(""))
+            .unwrap();
+        let response = timeout(STEP, client.request(req)).await.unwrap().unwrap();
+        assert_eq!(response.status(), StatusCode::OK);
+        let _ = text(response).await;
+    }
+    assert_eq!(hits.load(std::sync::atomic::Ordering::SeqCst), 1000);
+    let made = handshakes(&render()) - before;
+    // Keyed by the endpoint, the pool made one connection (HTTP/2, by ALPN) for all of them;
+    // keyed by the caller's Host, it made one per Host.
+    println!("{made} mTLS handshakes for 1000 Hosts");
+    assert!(
+        (1.0..=2.0).contains(&made),
+        "{made} mTLS handshakes for 1000 Hosts"
+    );
+}

@@ -8,7 +8,7 @@ use crate::{
 };
 use http::Response;
 use resilience_breaker::BreakerOpen;
-use resilience_core::{BoxError, LocalReply, Reason};
+use resilience_core::{BoxError, ConnectFailed, LocalReply, Reason};
 use resilience_timeout::Elapsed;
 use std::{error::Error, io};
 use tower::load_shed::error::Overloaded;
@@ -46,6 +46,9 @@ fn reply_for(error: &BoxError) -> LocalReply {
     LocalReply::new(Reason::Upstream)
 }
 fn is_connect_failure(error: &(dyn Error + 'static)) -> bool {
+    if error.is::<ConnectFailed>() {
+        return true;
+    }
     if let Some(err) = error.downcast_ref::<hyper_util::client::legacy::Error>() {
         return err.is_connect();
     }

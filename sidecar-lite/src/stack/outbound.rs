@@ -11,12 +11,11 @@ use super::{
 };
 use crate::{
     config::{Config, ConfigProblem, DiscoveryConfig, Endpoint, OutboundConfig},
-    transport::{FixedConnector, boxed, client, mtls_connector},
+    transport::{FixedConnector, Pool, PooledBody, Protocol, boxed, mtls_connector},
 };
 use bytes::Bytes;
 use http::{Request, Response};
 use http_body::Body;
-use hyper::body::Incoming;
 use resilience_breaker::{
     BreakerHandle, BreakerOpen, CircuitBreaker, CircuitBreakerLayer, Classify, Mode,
 };
@@ -194,8 +193,10 @@ pub(crate) fn outbound_with_endpoints<B: StackBody>(
 
 /// What an endpoint is sent: a request whose body can be replayed for retries.
 type EndpointRequest<B> = Request<ReplayBody<B>>;
+/// What an endpoint answers: a response streaming from its connection pool.
+type EndpointResponse<B> = Response<PooledBody<ReplayBody<B>>>;
 /// One endpoint's client, type-erased over plaintext and mTLS.
-type EndpointService<B> = BoxCloneService<EndpointRequest<B>, Response<Incoming>, BoxError>;
+type EndpointService<B> = BoxCloneService<EndpointRequest<B>, EndpointResponse<B>, BoxError>;
 /// How an endpoint's breaker tells failures: a 5xx, or a gRPC status in the response head
 /// that says the server, not the request, is at fault (unavailable, internal, deadline
 /// exceeded); and every error but a per-try timeout that left the endpoint less than a fair
@@ -207,8 +208,8 @@ struct EndpointClassifier {
     fair_try: Duration,
 }
 
-impl Classify<Response<Incoming>> for EndpointClassifier {
-    fn is_failure(&self, response: &Response<Incoming>) -> bool {
+impl<Body> Classify<Response<Body>> for EndpointClassifier {
+    fn is_failure(&self, response: &Response<Body>) -> bool {
         if response.status().is_server_error() {
             return true;
         }
@@ -244,13 +245,14 @@ impl<B: StackBody> EndpointFactory<B> {
     /// The client of `addr` behind its breaker, named `<route>/<addr>` so that its metrics
     /// tell endpoints apart.
     fn make(&self, addr: SocketAddr, mode: Mode) -> Breaker<B> {
+        // One pool per endpoint, whatever the requests say of their authority: HTTP/2 when
+        // the peer's sidecar chooses it by ALPN, HTTP/1.1 in plaintext.
         let client: EndpointService<B> = match &self.tls {
-            Some(builder) => BoxCloneService::new(
-                client(mtls_connector(builder, addr), false).map_err(BoxError::from),
-            ),
-            None => BoxCloneService::new(
-                client(FixedConnector::new(addr), false).map_err(BoxError::from),
-            ),
+            Some(builder) => BoxCloneService::new(Pool::new(
+                mtls_connector(builder, addr),
+                Protocol::Negotiated,
+            )),
+            None => BoxCloneService::new(Pool::new(FixedConnector::new(addr), Protocol::Http1)),
         };
         let client = BoxCloneService::new(
             ServiceBuilder::new()
@@ -330,11 +332,16 @@ mod tests {
         let classifier = EndpointClassifier {
             fair_try: Duration::from_millis(100),
         };
-        assert!(classifier.counts_error(&timed_out_after(Duration::from_millis(200)).await));
+        let counts_error = |error: &BoxError| {
+            <EndpointClassifier as Classify<Response<()>>>::counts_error(&classifier, error)
+        };
+        assert!(counts_error(
+            &timed_out_after(Duration::from_millis(200)).await
+        ));
         assert!(
-            !classifier.counts_error(&timed_out_after(Duration::from_millis(10)).await),
+            !counts_error(&timed_out_after(Duration::from_millis(10)).await),
             "its time went by in the queue"
         );
-        assert!(classifier.counts_error(&"connection refused".into()));
+        assert!(counts_error(&"connection refused".into()));
     }
 }

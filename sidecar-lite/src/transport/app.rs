@@ -1,9 +1,8 @@
 //! The pooled client to the local app, for the inbound stack.
 
-use super::{FixedConnector, StackBody, client};
+use super::{FixedConnector, Pool, PooledBody, Protocol, StackBody};
 use crate::config::AppProtocol;
 use http::{Request, Response, header::CONTENT_TYPE};
-use hyper::body::Incoming;
 use resilience_core::{BoxError, SIDECAR_ERROR};
 use std::net::SocketAddr;
 use tower::Service;
@@ -11,8 +10,8 @@ use tower::Service;
 /// The pooled client to the local app: HTTP/1.1, or HTTP/2 with prior knowledge for gRPC
 /// (or always, as configured).
 pub(crate) struct AppClient<B> {
-    http1: hyper_util::client::legacy::Client<FixedConnector, B>,
-    http2: hyper_util::client::legacy::Client<FixedConnector, B>,
+    http1: Pool<FixedConnector, B>,
+    http2: Pool<FixedConnector, B>,
     protocol: AppProtocol,
 }
 
@@ -29,22 +28,19 @@ impl<B> Clone for AppClient<B> {
 impl<B: StackBody> AppClient<B> {
     pub(crate) fn new(app: SocketAddr, protocol: AppProtocol) -> Self {
         Self {
-            http1: client(FixedConnector::new(app), false),
-            http2: client(FixedConnector::new(app), true),
+            http1: Pool::new(FixedConnector::new(app), Protocol::Http1),
+            http2: Pool::new(FixedConnector::new(app), Protocol::Http2),
             protocol,
         }
     }
 }
 
 impl<B: StackBody> Service<Request<B>> for AppClient<B> {
-    type Response = Response<Incoming>;
+    type Response = Response<PooledBody<B>>;
     type Error = BoxError;
     type Future = futures::future::MapOk<
-        futures::future::MapErr<
-            hyper_util::client::legacy::ResponseFuture,
-            fn(hyper_util::client::legacy::Error) -> BoxError,
-        >,
-        fn(Response<Incoming>) -> Response<Incoming>,
+        <Pool<FixedConnector, B> as Service<Request<B>>>::Future,
+        fn(Response<PooledBody<B>>) -> Response<PooledBody<B>>,
     >;
 
     fn poll_ready(
@@ -71,17 +67,20 @@ impl<B: StackBody> Service<Request<B>> for AppClient<B> {
         } else {
             http::Version::HTTP_11
         };
-        let client = if http2 { &self.http2 } else { &self.http1 };
+        let client = if http2 {
+            &mut self.http2
+        } else {
+            &mut self.http1
+        };
         client
-            .request(req)
-            .map_err(BoxError::from as fn(hyper_util::client::legacy::Error) -> BoxError)
-            .map_ok(without_sidecar_flag as fn(Response<Incoming>) -> Response<Incoming>)
+            .call(req)
+            .map_ok(without_sidecar_flag as fn(Response<PooledBody<B>>) -> Response<PooledBody<B>>)
     }
 }
 
 /// Only the sidecar speaks with `x-sidecar-error` to its callers: an app that sets it must not
 /// pass for the sidecar.
-fn without_sidecar_flag(mut response: Response<Incoming>) -> Response<Incoming> {
+fn without_sidecar_flag<B>(mut response: Response<B>) -> Response<B> {
     response.headers_mut().remove(SIDECAR_ERROR);
     response
 }

@@ -1,14 +1,8 @@
-//! Upstream clients: pooled hyper-util clients that dial one fixed address, in plaintext or
-//! over mTLS.
+//! The connectors of the upstream pools: each dials one fixed address, in plaintext or over
+//! mTLS.
 
-use bytes::Bytes;
 use http::Uri;
-use http_body::Body;
-use hyper_util::{
-    client::legacy::{Client, connect::Connection},
-    rt::{TokioExecutor, TokioIo},
-};
-use resilience_core::BoxError;
+use hyper_util::rt::TokioIo;
 use resilience_mtls::{ConnectorBuilder, MtlsConnector};
 use std::{
     future::Future,
@@ -24,9 +18,6 @@ use tower::Service;
 /// How long a connection attempt may take (Envoy's default `connect_timeout`); past it the
 /// attempt fails as a connect failure, which retries may resend for any method.
 const CONNECT_TIMEOUT: Duration = Duration::from_secs(5);
-
-/// How long a pooled connection may sit idle before it is closed.
-const POOL_IDLE_TIMEOUT: Duration = Duration::from_secs(90);
 
 /// A connector that dials one address whatever the request's URI says, so that the URI can
 /// keep the caller's authority (Host and `:authority` are preserved end to end).
@@ -63,23 +54,6 @@ impl Service<Uri> for FixedConnector {
             Ok(TokioIo::new(stream))
         })
     }
-}
-
-/// A pooled client that speaks HTTP/1.1, or HTTP/2 when `http2_only` (h2c with prior knowledge
-/// in plaintext; over TLS, HTTP/2 is chosen by ALPN whatever this says).
-pub(crate) fn client<C, B>(connector: C, http2_only: bool) -> Client<C, B>
-where
-    C: Service<Uri> + Clone + Send + Sync + 'static,
-    C::Response: Connection + hyper::rt::Read + hyper::rt::Write + Send + Unpin + 'static,
-    C::Future: Send + Unpin + 'static,
-    C::Error: Into<BoxError>,
-    B: Body<Data = Bytes> + Send + 'static,
-    B::Error: Into<BoxError>,
-{
-    Client::builder(TokioExecutor::new())
-        .pool_idle_timeout(POOL_IDLE_TIMEOUT)
-        .http2_only(http2_only)
-        .build(connector)
 }
 
 /// A connector that dials `addr` and speaks mTLS with the settings of `builder`, checking the

@@ -4,8 +4,10 @@
 mod app;
 mod body;
 mod client;
+mod pool;
 
 pub(crate) use app::AppClient;
 pub use body::ProxyBody;
 pub(crate) use body::{StackBody, boxed, local_response};
-pub(crate) use client::{FixedConnector, client, mtls_connector};
+pub(crate) use client::{FixedConnector, mtls_connector};
+pub(crate) use pool::{Pool, PooledBody, Protocol};

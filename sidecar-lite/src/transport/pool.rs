@@ -1,0 +1,379 @@
+//! [`Pool`]: the connections to one endpoint, and the client that sends each request on one.
+//!
+//! Keyed by the endpoint alone: whatever `Host` or `:authority` a caller sends, requests to one
+//! endpoint share its connections, which are bounded ([`MAX_IDLE`] kept for reuse, idle ones
+//! closed after [`IDLE_TIMEOUT`]). HTTP/1.1 connections are checked out one request at a time
+//! and come back when the response body is done; HTTP/2 (with prior knowledge, or chosen by
+//! ALPN) shares one connection. A request that a pooled connection refuses before sending any
+//! of it (the peer closed it meanwhile) goes again on a new connection, as hyper-util's client
+//! does. A connection that cannot be made fails with [`ConnectFailed`], which retries may
+//! resend for any method.
+
+use bytes::Bytes;
+use http::{HeaderValue, Request, Response, Uri, header::HOST, uri::PathAndQuery};
+use http_body::{Body, Frame, SizeHint};
+use hyper::{
+    body::Incoming,
+    client::conn::{http1, http2},
+};
+use hyper_util::{
+    client::legacy::connect::Connection,
+    rt::{TokioExecutor, TokioTimer},
+};
+use pin_project_lite::pin_project;
+use resilience_core::{BoxError, ConnectFailed};
+use std::{
+    fmt,
+    future::Future,
+    pin::Pin,
+    sync::{Arc, Mutex, PoisonError},
+    task::{Context, Poll},
+    time::Duration,
+};
+use tokio::time::Instant;
+use tower::{Service, ServiceExt};
+
+/// HTTP/1.1 connections kept for reuse per endpoint; more are closed when their request ends.
+pub(crate) const MAX_IDLE: usize = 32;
+/// How long a connection may wait unused in the pool before it is closed.
+pub(crate) const IDLE_TIMEOUT: Duration = Duration::from_secs(90);
+/// HTTP/2 connections are pinged this often while they have streams, and closed if a ping is
+/// not answered within it.
+const HTTP2_KEEP_ALIVE: Duration = Duration::from_secs(30);
+
+/// Which protocol a pool speaks on its connections.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub(crate) enum Protocol {
+    /// HTTP/1.1.
+    Http1,
+    /// HTTP/2 with prior knowledge (h2c).
+    Http2,
+    /// As the TLS handshake chose by ALPN: HTTP/2 for `h2`, else HTTP/1.1.
+    Negotiated,
+}
+
+/// The connections to one endpoint; see the module docs. Clones share them.
+pub(crate) struct Pool<C, B> {
+    shared: Arc<Shared<C, B>>,
+}
+
+impl<C, B> Clone for Pool<C, B> {
+    fn clone(&self) -> Self {
+        Self {
+            shared: self.shared.clone(),
+        }
+    }
+}
+
+impl<C, B> fmt::Debug for Pool<C, B> {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        f.debug_struct("Pool")
+            .field("target", &self.shared.target)
+            .field("protocol", &self.shared.protocol)
+            .finish_non_exhaustive()
+    }
+}
+
+struct Shared<C, B> {
+    connector: C,
+    /// What the connector is asked to dial; it dials its one address whatever this says.
+    target: Uri,
+    protocol: Protocol,
+    idle: Arc<IdleConnections<B>>,
+}
+
+/// The connections of a pool that wait for a request.
+struct IdleConnections<B>(Mutex<Idle<B>>);
+
+struct Idle<B> {
+    /// Most recently used last: the warmest connection is taken first.
+    http1: Vec<(http1::SendRequest<B>, Instant)>,
+    http2: Option<http2::SendRequest<B>>,
+}
+
+/// A connection checked out for one request.
+enum Checked<B> {
+    Http1(http1::SendRequest<B>),
+    Http2(http2::SendRequest<B>),
+}
+
+impl<C, B> Pool<C, B> {
+    /// A pool of connections that `connector` makes, speaking `protocol`.
+    pub(crate) fn new(connector: C, protocol: Protocol) -> Self {
+        Self {
+            shared: Arc::new(Shared {
+                connector,
+                target: Uri::from_static("http://endpoint/"),
+                protocol,
+                idle: Arc::new(IdleConnections(Mutex::new(Idle {
+                    http1: Vec::new(),
+                    http2: None,
+                }))),
+            }),
+        }
+    }
+}
+
+impl<B> IdleConnections<B> {
+    fn lock(&self) -> std::sync::MutexGuard<'_, Idle<B>> {
+        self.0.lock().unwrap_or_else(PoisonError::into_inner)
+    }
+
+    /// Takes an HTTP/1.1 connection back when its request is done, unless the pool is full.
+    fn put_back(&self, sender: http1::SendRequest<B>) {
+        if sender.is_closed() {
+            return;
+        }
+        let mut idle = self.lock();
+        if idle.http1.len() < MAX_IDLE {
+            idle.http1.push((sender, Instant::now()));
+        }
+    }
+}
+
+impl<C, B> Shared<C, B> {
+    fn idle(&self) -> std::sync::MutexGuard<'_, Idle<B>> {
+        self.idle.lock()
+    }
+}
+
+impl<C, R, B> Shared<C, B>
+where
+    C: Service<Uri, Response = R> + Clone + Send + Sync + 'static,
+    C::Future: Send,
+    C::Error: Into<BoxError>,
+    R: Connection + hyper::rt::Read + hyper::rt::Write + Unpin + Send + 'static,
+    B: Body<Data = Bytes, Error: Into<BoxError>> + Send + Unpin + 'static,
+{
+    /// A connection ready for a request: a pooled one (`true`) or a new one (`false`).
+    async fn checkout(self: &Arc<Self>) -> Result<(Checked<B>, bool), BoxError> {
+        loop {
+            let pooled = {
+                let mut idle = self.idle();
+                match &idle.http2 {
+                    Some(http2) if !http2.is_closed() => Some(Checked::Http2(http2.clone())),
+                    _ => {
+                        idle.http2 = None;
+                        // Past their idle time, connections are dropped, which closes them.
+                        idle.http1
+                            .retain(|(_, since)| since.elapsed() < IDLE_TIMEOUT);
+                        idle.http1.pop().map(|(sender, _)| Checked::Http1(sender))
+                    }
+                }
+            };
+            match pooled {
+                Some(Checked::Http1(mut sender)) => {
+                    if sender.ready().await.is_ok() {
+                        return Ok((Checked::Http1(sender), true));
+                    }
+                }
+                Some(Checked::Http2(mut sender)) => {
+                    if sender.ready().await.is_ok() {
+                        return Ok((Checked::Http2(sender), true));
+                    }
+                    self.idle().http2 = None;
+                }
+                None => return self.connect().await.map(|checked| (checked, false)),
+            }
+        }
+    }
+
+    /// A new connection, handshaken.
+    async fn connect(self: &Arc<Self>) -> Result<Checked<B>, BoxError> {
+        let io = self
+            .connector
+            .clone()
+            .oneshot(self.target.clone())
+            .await
+            .map_err(|e| ConnectFailed::new(e.into()))?;
+        let http2 = match self.protocol {
+            Protocol::Http1 => false,
+            Protocol::Http2 => true,
+            Protocol::Negotiated => io.connected().is_negotiated_h2(),
+        };
+        if http2 {
+            let (sender, connection) = http2::Builder::new(TokioExecutor::new())
+                .timer(TokioTimer::new())
+                .keep_alive_interval(HTTP2_KEEP_ALIVE)
+                .keep_alive_timeout(HTTP2_KEEP_ALIVE)
+                .handshake(io)
+                .await
+                .map_err(ConnectFailed::new)?;
+            tokio::spawn(async move {
+                if let Err(error) = connection.await {
+                    tracing::debug!(%error, "upstream HTTP/2 connection ended with an error");
+                }
+            });
+            self.idle().http2 = Some(sender.clone());
+            Ok(Checked::Http2(sender))
+        } else {
+            let (sender, connection) = http1::handshake(io).await.map_err(ConnectFailed::new)?;
+            tokio::spawn(async move {
+                if let Err(error) = connection.await {
+                    tracing::debug!(%error, "upstream HTTP/1.1 connection ended with an error");
+                }
+            });
+            Ok(Checked::Http1(sender))
+        }
+    }
+}
+
+impl<C, R, B> Service<Request<B>> for Pool<C, B>
+where
+    C: Service<Uri, Response = R> + Clone + Send + Sync + 'static,
+    C::Future: Send,
+    C::Error: Into<BoxError>,
+    R: Connection + hyper::rt::Read + hyper::rt::Write + Unpin + Send + 'static,
+    B: Body<Data = Bytes, Error: Into<BoxError>> + Send + Unpin + 'static,
+{
+    type Response = Response<PooledBody<B>>;
+    type Error = BoxError;
+    type Future = Pin<Box<dyn Future<Output = Result<Self::Response, BoxError>> + Send>>;
+
+    fn poll_ready(&mut self, _: &mut Context<'_>) -> Poll<Result<(), Self::Error>> {
+        // Connections are checked out per request; there is nothing to wait for here.
+        Poll::Ready(Ok(()))
+    }
+
+    fn call(&mut self, mut req: Request<B>) -> Self::Future {
+        let shared = self.shared.clone();
+        Box::pin(async move {
+            loop {
+                let (checked, reused) = shared.checkout().await?;
+                let refused = match checked {
+                    Checked::Http2(mut sender) => {
+                        absolute_form(&mut req, &shared.target);
+                        match sender.try_send_request(req).await {
+                            Ok(response) => return Ok(response.map(PooledBody::done)),
+                            Err(refused) => refused,
+                        }
+                    }
+                    Checked::Http1(mut sender) => {
+                        origin_form(&mut req);
+                        match sender.try_send_request(req).await {
+                            Ok(response) => {
+                                let back = PutBack {
+                                    pool: shared.idle.clone(),
+                                    sender: Some(sender),
+                                };
+                                return Ok(response.map(|body| PooledBody::new(body, back)));
+                            }
+                            Err(refused) => refused,
+                        }
+                    }
+                };
+                let mut refused = refused;
+                match refused.take_message() {
+                    // Not sent at all, on a connection the peer had closed: once more, on a
+                    // fresh one (whose own refusal is final).
+                    Some(unsent) if reused => req = unsent,
+                    _ => return Err(refused.into_error().into()),
+                }
+            }
+        })
+    }
+}
+
+/// HTTP/2 wants the scheme and authority in the URI (`:scheme`, `:authority`); a request that
+/// has none gets the endpoint's.
+fn absolute_form<B>(req: &mut Request<B>, target: &Uri) {
+    if req.uri().authority().is_some() {
+        return;
+    }
+    let mut parts = req.uri().clone().into_parts();
+    parts.scheme = target.scheme().cloned();
+    parts.authority = target.authority().cloned();
+    if parts.path_and_query.is_none() {
+        parts.path_and_query = Some(PathAndQuery::from_static("/"));
+    }
+    if let Ok(uri) = Uri::from_parts(parts) {
+        *req.uri_mut() = uri;
+    }
+}
+
+/// HTTP/1.1 sends the path alone (origin-form), with the authority in `Host`.
+fn origin_form<B>(req: &mut Request<B>) {
+    if let Some(authority) = req.uri().authority()
+        && !req.headers().contains_key(HOST)
+        && let Ok(host) = HeaderValue::from_str(authority.as_str())
+    {
+        req.headers_mut().insert(HOST, host);
+    }
+    let path = req
+        .uri()
+        .path_and_query()
+        .cloned()
+        .unwrap_or_else(|| PathAndQuery::from_static("/"));
+    *req.uri_mut() = Uri::from(path);
+}
+
+/// An HTTP/1.1 connection on its way back to its pool, once its response body is done.
+struct PutBack<B> {
+    pool: Arc<IdleConnections<B>>,
+    sender: Option<http1::SendRequest<B>>,
+}
+
+impl<B> Drop for PutBack<B> {
+    fn drop(&mut self) {
+        if let Some(sender) = self.sender.take() {
+            self.pool.put_back(sender);
+        }
+    }
+}
+
+pin_project! {
+    /// A response body from a pooled connection: an HTTP/1.1 connection goes back to its pool
+    /// when the body ends or is dropped (hyper closes it if the body was not read to its end,
+    /// and the pool skips closed connections).
+    pub(crate) struct PooledBody<B> {
+        #[pin]
+        inner: Incoming,
+        back: Option<PutBack<B>>,
+    }
+}
+
+impl<B> PooledBody<B> {
+    fn new(inner: Incoming, back: PutBack<B>) -> Self {
+        Self {
+            inner,
+            back: Some(back),
+        }
+    }
+
+    /// A body with no connection to give back (HTTP/2 streams share theirs).
+    fn done(inner: Incoming) -> Self {
+        Self { inner, back: None }
+    }
+}
+
+impl<B> Body for PooledBody<B> {
+    type Data = Bytes;
+    type Error = hyper::Error;
+
+    fn poll_frame(
+        self: Pin<&mut Self>,
+        cx: &mut Context<'_>,
+    ) -> Poll<Option<Result<Frame<Bytes>, Self::Error>>> {
+        let this = self.project();
+        let frame = std::task::ready!(this.inner.poll_frame(cx));
+        if frame.is_none() {
+            // Done: the connection may take the next request now.
+            drop(this.back.take());
+        }
+        Poll::Ready(frame)
+    }
+
+    fn is_end_stream(&self) -> bool {
+        self.inner.is_end_stream()
+    }
+
+    fn size_hint(&self) -> SizeHint {
+        self.inner.size_hint()
+    }
+}
+
+impl<B> fmt::Debug for PooledBody<B> {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        f.debug_struct("PooledBody").finish_non_exhaustive()
+    }
+}
