@@ -156,7 +156,7 @@ def wait_http_ok(port, path="/", timeout=10.0, what="a target", proc=None):
             sys.exit(f"{what} exited at start with {proc.popen.returncode}")
         try:
             with socket.create_connection(("127.0.0.1", port), timeout=1) as s:
-                s.sendall(f"GET {path} HTTP/1.1\r\nhost: load\r\nconnection: close\r\n\r\n".encode())
+                s.sendall(f"GET {path} HTTP/1.1\r\nhost: 127.0.0.1\r\nconnection: close\r\n\r\n".encode())
                 if s.recv(64).startswith(b"HTTP/1.1 200"):
                     return
         except OSError:

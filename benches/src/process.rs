@@ -115,7 +115,7 @@ fn admin_ready(admin: SocketAddr) -> bool {
     };
     let _ = tcp.set_read_timeout(Some(Duration::from_secs(1)));
     if tcp
-        .write_all(b"GET /ready HTTP/1.1\r\nhost: admin\r\nconnection: close\r\n\r\n")
+        .write_all(b"GET /ready HTTP/1.1\r\nhost: 127.0.0.1\r\nconnection: close\r\n\r\n")
         .is_err()
     {
         return false;
