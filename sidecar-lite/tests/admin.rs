@@ -259,16 +259,7 @@ async fn a_thousand_distinct_hosts_share_the_connections_to_an_endpoint() {
     // Installed before the sidecars start, so that their handshakes are counted.
     let _ = render();
     let (app, hits) = echo_app().await;
-    let certs = Certs::new("distinct-hosts");
-    let inbound = inbound_sidecar(&certs, "orders", app, &[spiffe("frontend")], "").await;
-    let outbound = outbound_sidecar(
-        &certs,
-        "frontend",
-        &[inbound.bound.inbound.unwrap()],
-        "orders",
-        "",
-    )
-    .await;
+    let path = path_to(app, "distinct-hosts").await;
     let handshakes = |text: &str| -> f64 {
         text.lines()
             .filter(|line| {
@@ -280,7 +271,7 @@ async fn a_thousand_distinct_hosts_share_the_connections_to_an_endpoint() {
     };
     let before = handshakes(&render());
     let client = http1();
-    let addr = outbound_addr(&outbound);
+    let addr = outbound_addr(&path.outbound);
     for n in 0..1000 {
         let req = Request::builder()
             .uri(format!("http://{addr}/"))

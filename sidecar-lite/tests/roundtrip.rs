@@ -11,31 +11,6 @@ use http_body_util::{BodyExt, StreamBody};
 use std::{sync::atomic::Ordering, time::Duration};
 use tokio::time::timeout;
 
-/// An app behind its inbound sidecar, and a client's outbound sidecar in front of both.
-struct Path {
-    outbound: sidecar_lite::Sidecar,
-    inbound: sidecar_lite::Sidecar,
-    _certs: Certs,
-}
-
-async fn path_to(app: std::net::SocketAddr, test: &str) -> Path {
-    let certs = Certs::new(test);
-    let inbound = inbound_sidecar(&certs, "orders", app, &[spiffe("frontend")], "").await;
-    let outbound = outbound_sidecar(
-        &certs,
-        "frontend",
-        &[inbound.bound.inbound.unwrap()],
-        "orders",
-        "",
-    )
-    .await;
-    Path {
-        outbound,
-        inbound,
-        _certs: certs,
-    }
-}
-
 fn request_to(path: &Path, uri: &str) -> Request<BoxBody> {
     Request::builder()
         .uri(format!("http://{}{uri}", outbound_addr(&path.outbound)))

@@ -9,6 +9,7 @@
 //! does. A connection that cannot be made fails with [`ConnectFailed`], which retries may
 //! resend for any method.
 
+use super::StackBody;
 use bytes::Bytes;
 use http::{HeaderValue, Request, Response, Uri, header::HOST, uri::PathAndQuery};
 use http_body::{Body, Frame, SizeHint};
@@ -40,6 +41,31 @@ pub(crate) const IDLE_TIMEOUT: Duration = Duration::from_secs(90);
 /// HTTP/2 connections are pinged this often while they have streams, and closed if a ping is
 /// not answered within it.
 const HTTP2_KEEP_ALIVE: Duration = Duration::from_secs(30);
+
+/// A connector a pool can dial with: a cloneable `Service<Uri>` whose connections hyper can
+/// speak over and that tell what ALPN chose.
+pub(crate) trait Dial:
+    Service<Uri, Response = Self::Io, Future: Send, Error: Into<BoxError>>
+    + Clone
+    + Send
+    + Sync
+    + 'static
+{
+    /// The connection.
+    type Io: Connection + hyper::rt::Read + hyper::rt::Write + Unpin + Send + 'static;
+}
+
+impl<C, R> Dial for C
+where
+    C: Service<Uri, Response = R, Future: Send, Error: Into<BoxError>>
+        + Clone
+        + Send
+        + Sync
+        + 'static,
+    R: Connection + hyper::rt::Read + hyper::rt::Write + Unpin + Send + 'static,
+{
+    type Io = R;
+}
 
 /// Which protocol a pool speaks on its connections.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
@@ -137,14 +163,7 @@ impl<C, B> Shared<C, B> {
     }
 }
 
-impl<C, R, B> Shared<C, B>
-where
-    C: Service<Uri, Response = R> + Clone + Send + Sync + 'static,
-    C::Future: Send,
-    C::Error: Into<BoxError>,
-    R: Connection + hyper::rt::Read + hyper::rt::Write + Unpin + Send + 'static,
-    B: Body<Data = Bytes, Error: Into<BoxError>> + Send + Unpin + 'static,
-{
+impl<C: Dial, B: StackBody> Shared<C, B> {
     /// A connection ready for a request: a pooled one (`true`) or a new one (`false`).
     async fn checkout(self: &Arc<Self>) -> Result<(Checked<B>, bool), BoxError> {
         loop {
@@ -218,14 +237,7 @@ where
     }
 }
 
-impl<C, R, B> Service<Request<B>> for Pool<C, B>
-where
-    C: Service<Uri, Response = R> + Clone + Send + Sync + 'static,
-    C::Future: Send,
-    C::Error: Into<BoxError>,
-    R: Connection + hyper::rt::Read + hyper::rt::Write + Unpin + Send + 'static,
-    B: Body<Data = Bytes, Error: Into<BoxError>> + Send + Unpin + 'static,
-{
+impl<C: Dial, B: StackBody> Service<Request<B>> for Pool<C, B> {
     type Response = Response<PooledBody<B>>;
     type Error = BoxError;
     type Future = Pin<Box<dyn Future<Output = Result<Self::Response, BoxError>> + Send>>;

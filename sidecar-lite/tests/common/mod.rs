@@ -218,6 +218,31 @@ pub async fn outbound_sidecar(
     .await
 }
 
+/// An app behind its inbound sidecar, and a client's outbound sidecar in front of both.
+pub struct Path {
+    pub outbound: Sidecar,
+    pub inbound: Sidecar,
+    _certs: Certs,
+}
+
+pub async fn path_to(app: SocketAddr, test: &str) -> Path {
+    let certs = Certs::new(test);
+    let inbound = inbound_sidecar(&certs, "orders", app, &[spiffe("frontend")], "").await;
+    let outbound = outbound_sidecar(
+        &certs,
+        "frontend",
+        &[inbound.bound.inbound.unwrap()],
+        "orders",
+        "",
+    )
+    .await;
+    Path {
+        outbound,
+        inbound,
+        _certs: certs,
+    }
+}
+
 pub fn outbound_addr(sidecar: &Sidecar) -> SocketAddr {
     sidecar.bound.outbound[0].1
 }
