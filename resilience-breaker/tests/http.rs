@@ -2,7 +2,7 @@
 #![cfg(feature = "http")]
 
 use bytes::Bytes;
-use http::{Response, StatusCode, header::RETRY_AFTER};
+use http::{Request, Response, StatusCode, header::RETRY_AFTER};
 use http_body_util::{BodyExt, Full};
 use resilience_breaker::{CircuitBreakerLayer, Policy, SIDECAR_ERROR, UnavailableLayer};
 use std::time::Duration;
@@ -12,7 +12,7 @@ use tower_http::classify::ServerErrorsAsFailures;
 
 #[tokio::test(start_paused = true)]
 async fn an_open_breaker_answers_503_with_retry_after() {
-    let upstream = service_fn(|_: ()| async {
+    let upstream = service_fn(|_: Request<()>| async {
         Ok::<_, BoxError>(
             Response::builder()
                 .status(500)
@@ -33,11 +33,11 @@ async fn an_open_breaker_answers_503_with_retry_after() {
         .service(upstream);
 
     // The upstream's own 500 passes through (and trips the breaker).
-    let response = svc.clone().oneshot(()).await.unwrap();
+    let response = svc.clone().oneshot(Request::new(())).await.unwrap();
     assert_eq!(response.status(), StatusCode::INTERNAL_SERVER_ERROR);
     assert!(response.headers().get(SIDECAR_ERROR).is_none());
 
-    let response = svc.clone().oneshot(()).await.unwrap();
+    let response = svc.clone().oneshot(Request::new(())).await.unwrap();
     assert_eq!(response.status(), StatusCode::SERVICE_UNAVAILABLE);
     assert_eq!(response.headers()[SIDECAR_ERROR], "breaker-open");
     // 2.5 s rounds up to 3.
@@ -46,7 +46,7 @@ async fn an_open_breaker_answers_503_with_retry_after() {
     assert_eq!(body, "service unavailable: the circuit breaker is open\n");
 
     time::advance(Duration::from_millis(2400)).await;
-    let response = svc.clone().oneshot(()).await.unwrap();
+    let response = svc.clone().oneshot(Request::new(())).await.unwrap();
     assert_eq!(
         response.headers()[RETRY_AFTER],
         "1",
@@ -56,10 +56,62 @@ async fn an_open_breaker_answers_503_with_retry_after() {
 
 #[tokio::test(start_paused = true)]
 async fn other_errors_pass_through() {
-    let upstream = service_fn(|_: ()| async { Err::<Response<()>, BoxError>("refused".into()) });
+    let upstream =
+        service_fn(|_: Request<()>| async { Err::<Response<()>, BoxError>("refused".into()) });
     let svc = ServiceBuilder::new()
         .layer(UnavailableLayer::new())
         .layer(CircuitBreakerLayer::new(Policy::default()).unwrap())
         .service(upstream);
-    assert_eq!(svc.oneshot(()).await.unwrap_err().to_string(), "refused");
+    assert_eq!(
+        svc.oneshot(Request::new(())).await.unwrap_err().to_string(),
+        "refused"
+    );
+}
+
+/// A gRPC caller gets the same refusal as gRPC's `UNAVAILABLE`, trailers-only, with the wait
+/// as `grpc-retry-pushback-ms`.
+#[tokio::test(start_paused = true)]
+async fn an_open_breaker_answers_a_grpc_call_with_unavailable() {
+    let upstream = service_fn(|_: Request<()>| async {
+        let mut response = Response::new(Full::new(Bytes::new()));
+        response.headers_mut().insert("grpc-status", 14.into());
+        Ok::<_, BoxError>(response)
+    });
+    let policy = Policy::consecutive_failures(1)
+        .open_for(Duration::from_millis(2500))
+        .jitter(0.0);
+    let svc = ServiceBuilder::new()
+        .layer(UnavailableLayer::new())
+        .layer(
+            CircuitBreakerLayer::new(policy)
+                .unwrap()
+                .classify(tower_http::classify::GrpcErrorsAsFailures::new()),
+        )
+        .service(upstream);
+    let grpc = || {
+        Request::builder()
+            .header("content-type", "application/grpc+proto")
+            .body(())
+            .unwrap()
+    };
+    let response = svc.clone().oneshot(grpc()).await.unwrap();
+    assert!(
+        response.headers().get(SIDECAR_ERROR).is_none(),
+        "the app's own"
+    );
+
+    let response = svc.clone().oneshot(grpc()).await.unwrap();
+    assert_eq!(response.status(), StatusCode::OK);
+    assert_eq!(response.headers()["grpc-status"], "14");
+    assert_eq!(response.headers()[SIDECAR_ERROR], "breaker-open");
+    assert_eq!(response.headers()["grpc-retry-pushback-ms"], "2500");
+    assert!(
+        response
+            .into_body()
+            .collect()
+            .await
+            .unwrap()
+            .to_bytes()
+            .is_empty()
+    );
 }

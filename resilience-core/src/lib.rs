@@ -1,7 +1,8 @@
 //! What the resilience crates share, so that each concept has one home: the boxed error type
 //! every layer returns, the one [`ConfigError`], the [`RandomSource`] of jitter, the
 //! [`duration`] syntax of config files (feature `serde`), and [`LocalReply`], the one way a
-//! [`Reason`] becomes a status, an `x-sidecar-error` flag and a `Retry-After` (feature `http`).
+//! [`Reason`] becomes a status (or, to a gRPC caller, a gRPC status), an `x-sidecar-error`
+//! flag and a `Retry-After` (feature `http`).
 //!
 //! ```
 //! use resilience_core::{BoxError, ConfigError};
@@ -40,7 +41,7 @@ pub use random::{RandomSource, ThreadRandom};
 pub use retry_after::retry_after_secs;
 
 #[cfg(feature = "http")]
-pub use local_reply::{LocalReply, Reason, SIDECAR_ERROR};
+pub use local_reply::{LocalReply, Reason, SIDECAR_ERROR, is_grpc};
 #[cfg(feature = "http")]
 pub use reply_layer::{
     LocalReplyBody, LocalReplyFuture, LocalReplyLayer, LocalReplyService, ReplyTo,

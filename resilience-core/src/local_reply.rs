@@ -1,12 +1,13 @@
 //! [`LocalReply`]: a response that a proxy or an HTTP-edge layer makes itself, instead of one
 //! from upstream. One [`Reason`] maps to one status and one flag everywhere, in the breaker's
 //! `503`, the timeout's `504`, the authorization's `403` and every answer of `sidecar-lite`,
-//! as Envoy's response flags do.
+//! as Envoy's response flags do. A gRPC caller gets the same reason as a gRPC status instead,
+//! in a trailers-only response, as Envoy and Linkerd answer gRPC calls they fail themselves.
 
 use crate::retry_after_secs;
 use bytes::Bytes;
 use http::{
-    HeaderName, HeaderValue, Response, StatusCode,
+    HeaderMap, HeaderName, HeaderValue, Response, StatusCode,
     header::{CONTENT_TYPE, RETRY_AFTER},
 };
 use http_body_util::Full;
@@ -15,6 +16,27 @@ use std::{fmt, time::Duration};
 /// The header that names why a response was made locally: its value is a [`Reason::flag`].
 /// The default of every layer that answers locally; each takes another name if needed.
 pub const SIDECAR_ERROR: HeaderName = HeaderName::from_static("x-sidecar-error");
+
+/// Whether a request is a gRPC call: its `content-type` is `application/grpc` or one of its
+/// forms (`application/grpc+proto`, `application/grpc-web`, ...). A local reply to one is a
+/// gRPC status (see [`LocalReply::grpc`]).
+#[must_use]
+pub fn is_grpc(headers: &HeaderMap) -> bool {
+    headers
+        .get(CONTENT_TYPE)
+        .is_some_and(|ct| ct.as_bytes().starts_with(b"application/grpc"))
+}
+
+/// gRPC status codes that local replies use, by their number in the gRPC spec.
+mod grpc_code {
+    pub(super) const UNKNOWN: u16 = 2;
+    pub(super) const DEADLINE_EXCEEDED: u16 = 4;
+    pub(super) const PERMISSION_DENIED: u16 = 7;
+    pub(super) const UNIMPLEMENTED: u16 = 12;
+    pub(super) const INTERNAL: u16 = 13;
+    pub(super) const UNAVAILABLE: u16 = 14;
+    pub(super) const UNAUTHENTICATED: u16 = 16;
+}
 
 /// Why a response was made locally.
 #[derive(Debug, Clone, Copy, PartialEq, Eq, Hash)]
@@ -83,6 +105,27 @@ impl Reason {
         }
     }
 
+    /// The gRPC status of a reply for this reason, to a gRPC caller: `DEADLINE_EXCEEDED` (4)
+    /// for a timeout; `UNAVAILABLE` (14) for an open breaker, no endpoints, overload, a
+    /// connect or upstream failure and an injected fault; `PERMISSION_DENIED` (7) for an
+    /// unauthorized caller; otherwise the code gRPC maps the reason's HTTP status to
+    /// (`INTERNAL` for `400`, `UNIMPLEMENTED` for `404` and `405`).
+    #[must_use]
+    pub const fn grpc_status(self) -> u16 {
+        match self {
+            Self::Timeout => grpc_code::DEADLINE_EXCEEDED,
+            Self::BreakerOpen
+            | Self::NoEndpoints
+            | Self::Overloaded
+            | Self::Connect
+            | Self::Upstream
+            | Self::FaultInjected => grpc_code::UNAVAILABLE,
+            Self::Unauthorized => grpc_code::PERMISSION_DENIED,
+            Self::BadRequest => grpc_code::INTERNAL,
+            Self::NotFound | Self::MethodNotAllowed => grpc_code::UNIMPLEMENTED,
+        }
+    }
+
     /// The one-line body of a reply for this reason, unless the reply says more.
     #[must_use]
     pub const fn text(self) -> &'static str {
@@ -112,7 +155,8 @@ impl fmt::Display for Reason {
 
 /// A response made locally: the [`Reason`]'s status, its flag in [`SIDECAR_ERROR`] (or the
 /// header given to [`flag_header`](Self::flag_header)), `Retry-After` when the wait is known
-/// (see [`retry_after_secs`]), and a one-line plain-text body.
+/// (see [`retry_after_secs`]), and a one-line plain-text body. To a gRPC caller (see
+/// [`grpc`](Self::grpc)) the same reason is a trailers-only gRPC response instead.
 ///
 /// ```
 /// use resilience_core::{LocalReply, Reason, SIDECAR_ERROR};
@@ -133,6 +177,7 @@ pub struct LocalReply {
     text: &'static str,
     retry_after: Option<Duration>,
     header: HeaderName,
+    grpc: bool,
 }
 
 impl LocalReply {
@@ -144,6 +189,7 @@ impl LocalReply {
             text: reason.text(),
             retry_after: None,
             header: SIDECAR_ERROR,
+            grpc: false,
         }
     }
 
@@ -174,15 +220,46 @@ impl LocalReply {
         self
     }
 
+    /// Answers as gRPC when `grpc` is true (the request was a gRPC call: see [`is_grpc`]):
+    /// HTTP `200`, `content-type: application/grpc`, no body, and in the headers (a
+    /// trailers-only response) the reason's [`grpc_status`](Reason::grpc_status), its text as
+    /// `grpc-message`, the flag, and, when the wait is known, `grpc-retry-pushback-ms` beside
+    /// `Retry-After`. An injected fault with a configured HTTP status gets the gRPC status that
+    /// gRPC maps that HTTP status to.
+    ///
+    /// ```
+    /// use resilience_core::{LocalReply, Reason, SIDECAR_ERROR};
+    ///
+    /// let response = LocalReply::new(Reason::Timeout).grpc(true).into_response();
+    /// assert_eq!(response.status(), 200);
+    /// assert_eq!(response.headers()["grpc-status"], "4"); // DEADLINE_EXCEEDED
+    /// assert_eq!(response.headers()[SIDECAR_ERROR], "timeout");
+    /// ```
+    pub fn grpc(mut self, grpc: bool) -> Self {
+        self.grpc = grpc;
+        self
+    }
+
     /// Why the reply was made.
     #[must_use]
     pub fn reason(&self) -> Reason {
         self.reason
     }
 
+    /// The gRPC status of this reply, when answered as gRPC.
+    fn grpc_status(&self) -> u16 {
+        if self.reason == Reason::FaultInjected {
+            return grpc_status_of_http(self.status);
+        }
+        self.reason.grpc_status()
+    }
+
     /// The response.
     #[must_use]
     pub fn into_response(self) -> Response<Full<Bytes>> {
+        if self.grpc {
+            return self.into_grpc_response();
+        }
         let mut response = Response::new(Full::new(Bytes::from(format!("{}\n", self.text))));
         *response.status_mut() = self.status;
         let headers = response.headers_mut();
@@ -196,11 +273,61 @@ impl LocalReply {
         );
         response
     }
+
+    fn into_grpc_response(self) -> Response<Full<Bytes>> {
+        // A trailers-only response: everything in the one header block, and the end of the
+        // stream right after it, as the gRPC over HTTP/2 spec writes it.
+        let mut response = Response::new(Full::new(Bytes::new()));
+        let headers = response.headers_mut();
+        headers.insert(CONTENT_TYPE, HeaderValue::from_static("application/grpc"));
+        headers.insert(GRPC_STATUS, HeaderValue::from(self.grpc_status()));
+        if let Ok(message) = HeaderValue::from_str(&percent_encode(self.text)) {
+            headers.insert(GRPC_MESSAGE, message);
+        }
+        headers.insert(self.header, HeaderValue::from_static(self.reason.flag()));
+        if let Some(wait) = self.retry_after {
+            headers.insert(RETRY_AFTER, HeaderValue::from(retry_after_secs(wait)));
+            let millis = u64::try_from(wait.as_millis()).unwrap_or(u64::MAX);
+            headers.insert(GRPC_RETRY_PUSHBACK_MS, HeaderValue::from(millis));
+        }
+        response
+    }
+}
+
+const GRPC_STATUS: HeaderName = HeaderName::from_static("grpc-status");
+const GRPC_MESSAGE: HeaderName = HeaderName::from_static("grpc-message");
+const GRPC_RETRY_PUSHBACK_MS: HeaderName = HeaderName::from_static("grpc-retry-pushback-ms");
+
+/// The gRPC status for an HTTP status, as gRPC's "HTTP to gRPC status code mapping" gives it.
+fn grpc_status_of_http(status: StatusCode) -> u16 {
+    match status.as_u16() {
+        400 => grpc_code::INTERNAL,
+        401 => grpc_code::UNAUTHENTICATED,
+        403 => grpc_code::PERMISSION_DENIED,
+        404 => grpc_code::UNIMPLEMENTED,
+        429 | 502 | 503 | 504 => grpc_code::UNAVAILABLE,
+        _ => grpc_code::UNKNOWN,
+    }
+}
+
+/// `grpc-message` is percent-encoded: every byte outside printable ASCII, and `%` itself.
+fn percent_encode(text: &str) -> String {
+    use std::fmt::Write;
+    let mut encoded = String::with_capacity(text.len());
+    for byte in text.bytes() {
+        if (b' '..=b'~').contains(&byte) && byte != b'%' {
+            encoded.push(char::from(byte));
+        } else {
+            let _ = write!(encoded, "%{byte:02X}");
+        }
+    }
+    encoded
 }
 
 #[cfg(test)]
 mod tests {
     use super::*;
+    use http_body::Body as _;
     use http_body_util::BodyExt;
 
     const ALL: [Reason; 11] = [
@@ -263,6 +390,84 @@ mod tests {
             timeout.into_response().status(),
             StatusCode::GATEWAY_TIMEOUT
         );
+    }
+
+    #[tokio::test]
+    async fn a_grpc_caller_gets_a_trailers_only_grpc_status() {
+        let expected = [4, 14, 14, 14, 14, 14, 7, 13, 14, 12, 12];
+        for (reason, code) in ALL.into_iter().zip(expected) {
+            let response = LocalReply::new(reason).grpc(true).into_response();
+            assert_eq!(response.status(), StatusCode::OK, "{reason}");
+            let headers = response.headers();
+            assert_eq!(headers[CONTENT_TYPE], "application/grpc");
+            assert_eq!(
+                headers["grpc-status"],
+                code.to_string().as_str(),
+                "{reason}"
+            );
+            assert_eq!(headers["grpc-message"], reason.text());
+            assert_eq!(headers[SIDECAR_ERROR], reason.flag());
+            assert!(headers.get(RETRY_AFTER).is_none());
+            assert!(headers.get("grpc-retry-pushback-ms").is_none());
+            assert!(response.body().is_end_stream(), "no body: trailers-only");
+        }
+    }
+
+    #[test]
+    fn a_known_wait_is_a_grpc_pushback_too() {
+        let response = LocalReply::new(Reason::BreakerOpen)
+            .retry_after(Some(Duration::from_millis(2500)))
+            .grpc(true)
+            .into_response();
+        assert_eq!(response.headers()["grpc-retry-pushback-ms"], "2500");
+        assert_eq!(response.headers()[RETRY_AFTER], "3");
+    }
+
+    #[test]
+    fn an_injected_fault_maps_its_http_status_for_grpc() {
+        for (status, code) in [
+            (503, "14"),
+            (403, "7"),
+            (401, "16"),
+            (418, "2"),
+            (400, "13"),
+        ] {
+            let response = LocalReply::new(Reason::FaultInjected)
+                .status(StatusCode::from_u16(status).unwrap())
+                .grpc(true)
+                .into_response();
+            assert_eq!(response.status(), StatusCode::OK);
+            assert_eq!(response.headers()["grpc-status"], code, "{status}");
+        }
+    }
+
+    #[test]
+    fn grpc_message_is_percent_encoded() {
+        assert_eq!(percent_encode("50% off: naïve"), "50%25 off: na%C3%AFve");
+        let response = LocalReply::new(Reason::BadRequest)
+            .text("bad request: 100% wrong")
+            .grpc(true)
+            .into_response();
+        assert_eq!(
+            response.headers()["grpc-message"],
+            "bad request: 100%25 wrong"
+        );
+    }
+
+    #[test]
+    fn grpc_is_told_by_the_content_type() {
+        let mut headers = HeaderMap::new();
+        assert!(!is_grpc(&headers));
+        for (ct, grpc) in [
+            ("application/grpc", true),
+            ("application/grpc+proto", true),
+            ("application/grpc-web", true),
+            ("application/json", false),
+            ("text/plain", false),
+        ] {
+            headers.insert(CONTENT_TYPE, HeaderValue::from_static(ct));
+            assert_eq!(is_grpc(&headers), grpc, "{ct}");
+        }
     }
 
     #[tokio::test]

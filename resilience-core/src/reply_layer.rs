@@ -2,9 +2,9 @@
 //! HTTP edges. The timeout's `504` and the breaker's `503` layers are this layer with their
 //! own [`ReplyTo`].
 
-use crate::{BoxError, LocalReply, SIDECAR_ERROR};
+use crate::{BoxError, LocalReply, SIDECAR_ERROR, is_grpc};
 use bytes::Bytes;
-use http::{HeaderName, Response};
+use http::{HeaderName, Request, Response};
 use http_body_util::{Either, Full};
 use pin_project_lite::pin_project;
 use std::{
@@ -31,7 +31,8 @@ impl<F: Fn(&BoxError) -> Option<LocalReply> + Clone> ReplyTo for F {
 /// The response body of a [`LocalReplyService`]: the inner body, or a local reply's text.
 pub type LocalReplyBody<B> = Either<B, Full<Bytes>>;
 
-/// Answers the errors that `R` recognises with local replies; other errors pass through.
+/// Answers the errors that `R` recognises with local replies; other errors pass through. A
+/// gRPC request (see [`is_grpc`]) gets its reply as a gRPC status ([`LocalReply::grpc`]).
 ///
 /// ```
 /// use resilience_core::{BoxError, LocalReply, LocalReplyLayer, Reason, SIDECAR_ERROR};
@@ -42,12 +43,18 @@ pub type LocalReplyBody<B> = Either<B, Full<Bytes>>;
 /// let overloaded = |error: &BoxError| {
 ///     (error.to_string() == "busy").then(|| LocalReply::new(Reason::Overloaded))
 /// };
-/// let service = LocalReplyLayer::replying(overloaded).layer(service_fn(|()| async {
+/// let service = LocalReplyLayer::replying(overloaded).layer(service_fn(|_: http::Request<()>| async {
 ///     Err::<http::Response<String>, BoxError>("busy".into())
 /// }));
-/// let response = service.oneshot(()).await.unwrap();
+/// let response = service.clone().oneshot(http::Request::new(())).await.unwrap();
 /// assert_eq!(response.status(), 503);
 /// assert_eq!(response.headers()[SIDECAR_ERROR], "overloaded");
+///
+/// // The same to a gRPC caller: UNAVAILABLE.
+/// let grpc = http::Request::builder().header("content-type", "application/grpc").body(()).unwrap();
+/// let response = service.oneshot(grpc).await.unwrap();
+/// assert_eq!(response.status(), 200);
+/// assert_eq!(response.headers()["grpc-status"], "14");
 /// # }
 /// ```
 #[derive(Debug, Clone)]
@@ -123,9 +130,9 @@ impl<S, R> LocalReplyService<S, R> {
     }
 }
 
-impl<S, R, Req, B> Service<Req> for LocalReplyService<S, R>
+impl<S, R, ReqBody, B> Service<Request<ReqBody>> for LocalReplyService<S, R>
 where
-    S: Service<Req, Response = Response<B>>,
+    S: Service<Request<ReqBody>, Response = Response<B>>,
     S::Error: Into<BoxError>,
     R: ReplyTo,
 {
@@ -137,8 +144,10 @@ where
         self.inner.poll_ready(cx).map_err(Into::into)
     }
 
-    fn call(&mut self, req: Req) -> Self::Future {
+    fn call(&mut self, req: Request<ReqBody>) -> Self::Future {
+        let grpc = is_grpc(req.headers());
         LocalReplyFuture {
+            grpc,
             inner: self.inner.call(req),
             replies: self.replies.clone(),
             flag_header: Some(self.flag_header.clone()),
@@ -154,6 +163,7 @@ pin_project! {
         inner: F,
         replies: R,
         flag_header: Option<HeaderName>,
+        grpc: bool,
     }
 }
 
@@ -174,7 +184,8 @@ where
                 match this.replies.reply_to(&error) {
                     Some(reply) => {
                         let header = this.flag_header.take().unwrap_or(SIDECAR_ERROR);
-                        Ok(reply.flag_header(header).into_response().map(Either::Right))
+                        let reply = reply.flag_header(header).grpc(*this.grpc);
+                        Ok(reply.into_response().map(Either::Right))
                     }
                     None => Err(error),
                 }

@@ -5,7 +5,7 @@ use bytes::Bytes;
 use http::{HeaderName, Request, Response};
 use http_body_util::{Either, Full};
 use pin_project_lite::pin_project;
-use resilience_core::{LocalReply, Reason, SIDECAR_ERROR};
+use resilience_core::{LocalReply, Reason, SIDECAR_ERROR, is_grpc};
 use std::{
     future::Future,
     pin::Pin,
@@ -57,7 +57,8 @@ impl<S> Layer<S> for AuthorizeLayer {
 
 /// Answers requests from peers that are not on the allow-list with `403 Forbidden` and
 /// `x-sidecar-error: unauthorized` (the [`LocalReply`] for [`Reason::Unauthorized`]), without
-/// calling the inner service.
+/// calling the inner service; a gRPC call gets `PERMISSION_DENIED` instead (HTTP 200,
+/// trailers-only), as a gRPC service would answer it.
 ///
 /// A request without an [`Identity`] extension is anonymous (plaintext in permissive mode) and
 /// is denied unless the list [allows anonymous peers](AllowList::allow_anonymous). Denials are
@@ -124,7 +125,9 @@ where
                 path = req.uri().path(),
                 "request denied: peer identity not allowed",
             );
-            let reply = LocalReply::new(Reason::Unauthorized).flag_header(self.flag_header.clone());
+            let reply = LocalReply::new(Reason::Unauthorized)
+                .flag_header(self.flag_header.clone())
+                .grpc(is_grpc(req.headers()));
             AuthorizeFuture {
                 state: State::Denied {
                     response: Some(reply.into_response()),

@@ -103,6 +103,29 @@ async fn anonymous_requests_are_denied_unless_allowed() {
     assert_eq!(response.status(), StatusCode::OK);
 }
 
+/// A gRPC caller that is not allowed gets gRPC's `PERMISSION_DENIED`, trailers-only.
+#[tokio::test]
+async fn a_grpc_caller_that_is_not_allowed_gets_permission_denied() {
+    let svc = tower::ServiceBuilder::new()
+        .layer(AuthorizeLayer::new(allow()))
+        .service(service_fn(|_: http::Request<()>| async {
+            Ok::<_, Infallible>(http::Response::new(http_body_util::Full::new(
+                bytes::Bytes::from_static(b"ok"),
+            )))
+        }));
+    let mut req = http::Request::builder()
+        .header("content-type", "application/grpc")
+        .body(())
+        .unwrap();
+    req.extensions_mut()
+        .insert::<Identity>(spiffe("ns/shop/sa/inventory"));
+    let response = svc.oneshot(req).await.unwrap();
+    assert_eq!(response.status(), StatusCode::OK);
+    assert_eq!(response.headers()["grpc-status"], "7");
+    assert_eq!(response.headers()[SIDECAR_ERROR], "unauthorized");
+    assert_eq!(response.headers()["content-type"], "application/grpc");
+}
+
 #[tokio::test]
 async fn an_identity_cannot_be_forged_into_a_plaintext_request() {
     // AddPeerIdentity removes an identity that an inner layer did not put there.

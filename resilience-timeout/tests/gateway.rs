@@ -32,6 +32,38 @@ async fn a_timeout_is_answered_with_504_and_the_sidecar_error_header() {
     );
 }
 
+/// A gRPC caller gets the timeout as gRPC's `DEADLINE_EXCEEDED`, trailers-only.
+#[tokio::test(start_paused = true)]
+async fn a_grpc_call_that_times_out_gets_deadline_exceeded() {
+    let hang = service_fn(|_: Request<()>| future::pending::<Result<Response<String>, BoxError>>());
+    let svc = ServiceBuilder::new()
+        .layer(GatewayTimeoutLayer::new())
+        .layer(TimeoutLayer::new(Duration::from_millis(50)))
+        .service(hang);
+    let request = Request::builder()
+        .header("content-type", "application/grpc")
+        .body(())
+        .unwrap();
+    let response = svc.oneshot(request).await.unwrap();
+    assert_eq!(response.status(), StatusCode::OK);
+    assert_eq!(response.headers()["content-type"], "application/grpc");
+    assert_eq!(response.headers()["grpc-status"], "4");
+    assert_eq!(
+        response.headers()["grpc-message"],
+        "gateway timeout: the upstream did not answer in time"
+    );
+    assert_eq!(response.headers()[SIDECAR_ERROR], "timeout");
+    assert!(
+        response
+            .into_body()
+            .collect()
+            .await
+            .unwrap()
+            .to_bytes()
+            .is_empty()
+    );
+}
+
 #[tokio::test(start_paused = true)]
 async fn responses_and_other_errors_pass_through() {
     let ok =

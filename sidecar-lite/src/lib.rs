@@ -35,9 +35,10 @@
 //! let route = config.outbound_route("payments").expect("the route is in the file");
 //! let stack = outbound::<Full<Bytes>>(&config, route, None)?;
 //! let request = http::Request::get("http://payments/charge").body(Full::default())?;
+//! let grpc = resilience_core::is_grpc(request.headers());
 //! let response = match stack.oneshot(request).await {
 //!     Ok(response) => response,
-//!     Err(error) => local_reply(&error), // 504 timeout, 503 breaker-open, ...
+//!     Err(error) => local_reply(&error, grpc), // 504 timeout, 503 breaker-open, ...
 //! };
 //! println!("{}", response.status());
 //! # Ok(()) }

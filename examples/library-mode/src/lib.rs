@@ -155,7 +155,8 @@ async fn handle(client: UpstreamClient, request: Request<Incoming>) -> Response<
         .to_owned();
     let answer = match client.get(&path).await {
         Ok(response) => response,
-        Err(error) => local_reply(&error),
+        // A plain GET: never a gRPC call, so an HTTP status.
+        Err(error) => local_reply(&error, false),
     };
     let (parts, body) = answer.into_parts();
     let body = match body.collect().await {

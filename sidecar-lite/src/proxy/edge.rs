@@ -10,7 +10,7 @@ use crate::transport::{ProxyBody, local_response};
 use http::{HeaderValue, Request, Response, Uri, Version, header::HOST, uri::Authority};
 use hyper::body::Incoming;
 use metrics::{Counter, Gauge, Histogram};
-use resilience_core::{LocalReply, Reason, SIDECAR_ERROR};
+use resilience_core::{LocalReply, Reason, SIDECAR_ERROR, is_grpc};
 use std::{convert::Infallible, future::Future, pin::Pin, sync::Arc};
 use tokio::time::Instant;
 use tower::{Service, ServiceExt};
@@ -48,12 +48,14 @@ pub(crate) fn edge(
         Box::pin(async move {
             let start = Instant::now();
             let mut local = false;
+            let grpc = is_grpc(req.headers());
             let mut response = if req.headers().get_all(HOST).iter().nth(1).is_some() {
                 // Which one would the app read? Refused, as RFC 9112 section 3.2 asks.
                 local = true;
                 let response = local_response(
                     LocalReply::new(Reason::BadRequest)
-                        .text("bad request: more than one Host header"),
+                        .text("bad request: more than one Host header")
+                        .grpc(grpc),
                 );
                 metrics.record_local(&response);
                 response
@@ -66,7 +68,7 @@ pub(crate) fn edge(
                 match stack.oneshot(req).await {
                     Ok(response) => response,
                     Err(error) => {
-                        let response = local_reply(&error);
+                        let response = local_reply(&error, grpc);
                         metrics.record_local(&response);
                         local = true;
                         tracing::debug!(listener = &*listener, %method, status = %response.status(), %error, "answered by the proxy");

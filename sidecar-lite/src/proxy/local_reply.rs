@@ -16,9 +16,12 @@ use tower::load_shed::error::Overloaded;
 /// The response for an error that reached the edge of a stack: what sidecar-lite answers,
 /// and what a library-mode service answers to look the same. The error's chain is searched
 /// for the typed errors of the layers (`Elapsed`, `BreakerOpen`, `Overloaded`, connect
-/// failures); anything else is `502 upstream`.
-pub fn local_reply(error: &BoxError) -> Response<ProxyBody> {
-    local_response(reply_for(error))
+/// failures); anything else is `502 upstream`. `grpc` says whether the request was a gRPC
+/// call ([`resilience_core::is_grpc`] of its headers): then the reply is the reason's gRPC
+/// status in a trailers-only response (`DEADLINE_EXCEEDED`, `UNAVAILABLE`, ...), with the
+/// same `x-sidecar-error` flag.
+pub fn local_reply(error: &BoxError, grpc: bool) -> Response<ProxyBody> {
+    local_response(reply_for(error).grpc(grpc))
 }
 
 fn reply_for(error: &BoxError) -> LocalReply {

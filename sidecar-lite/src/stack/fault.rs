@@ -8,7 +8,7 @@ use crate::{
 };
 use http::{Request, Response, StatusCode};
 use pin_project_lite::pin_project;
-use resilience_core::{BoxError, LocalReply, Reason};
+use resilience_core::{BoxError, LocalReply, Reason, is_grpc};
 use std::{
     future::Future,
     pin::Pin,
@@ -70,7 +70,9 @@ where
             metrics::counter!("sidecar_faults_injected_total", "fault" => "abort").increment(1);
             return FaultFuture::new(State::Aborted {
                 response: Some(local_response(
-                    LocalReply::new(Reason::FaultInjected).status(status),
+                    LocalReply::new(Reason::FaultInjected)
+                        .status(status)
+                        .grpc(is_grpc(req.headers())),
                 )),
             });
         }

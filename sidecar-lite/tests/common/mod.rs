@@ -2,6 +2,7 @@
 //! started in process, and HTTP/1.1 and HTTP/2 clients.
 #![allow(dead_code, unreachable_pub)]
 
+pub mod dns;
 pub mod load;
 pub mod process;
 
