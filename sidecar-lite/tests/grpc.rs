@@ -10,15 +10,15 @@
 
 mod common;
 
-use bytes::Bytes;
 use common::{
-    Certs, app,
+    Certs,
     dns::{Answer, Dns},
-    full, http2, inbound_sidecar, outbound_addr, outbound_sidecar, sidecar, spiffe,
+    full,
+    grpc::{OK, UNAVAILABLE, grpc_app},
+    http2, inbound_sidecar, outbound_addr, outbound_sidecar, sidecar, spiffe,
 };
-use http::{HeaderMap, Method, Request, Response, Version};
-use http_body_util::{BodyExt, StreamBody};
-use hyper::body::{Frame, Incoming};
+use http::{Method, Request, Version};
+use http_body_util::BodyExt;
 use sidecar_lite::Sidecar;
 use std::{
     net::SocketAddr,
@@ -34,43 +34,8 @@ const GET: &str = "/shop.Orders/Get";
 const HANG: &str = "/shop.Orders/Hang";
 const FAIL: &str = "/shop.Orders/Fail";
 
-const OK: u16 = 0;
 const DEADLINE_EXCEEDED: u16 = 4;
 const PERMISSION_DENIED: u16 = 7;
-const UNAVAILABLE: u16 = 14;
-
-/// A gRPC app: `Get` answers one message and `OK`, `Fail` answers `UNAVAILABLE` trailers-only,
-/// `Hang` never answers.
-async fn grpc_app() -> (SocketAddr, Arc<AtomicUsize>) {
-    app(|req: Request<Incoming>| async move {
-        let path = req.uri().path().to_owned();
-        let _ = req.into_body().collect().await;
-        let mut response = match path.as_str() {
-            HANG => std::future::pending().await,
-            FAIL => {
-                let mut response = Response::new(full(""));
-                response
-                    .headers_mut()
-                    .insert("grpc-status", UNAVAILABLE.into());
-                response
-            }
-            _ => {
-                let mut trailers = HeaderMap::new();
-                trailers.insert("grpc-status", OK.into());
-                let frames = [
-                    Ok(Frame::data(Bytes::from_static(b"\0\0\0\0\x02hi"))),
-                    Ok(Frame::trailers(trailers)),
-                ];
-                Response::new(StreamBody::new(futures::stream::iter(frames)).boxed_unsync())
-            }
-        };
-        response
-            .headers_mut()
-            .insert("content-type", "application/grpc".parse().unwrap());
-        response
-    })
-    .await
-}
 
 /// An "app" that accepts connections and closes them at once, counting them.
 async fn closing_app() -> (SocketAddr, Arc<AtomicUsize>) {

@@ -5,6 +5,7 @@
 //! `identity`) deserializes into that crate's own config type, so library users load the very
 //! same TOML. See `examples/sidecar.toml` for every key with its default.
 
+mod access_log;
 mod endpoints;
 mod errors;
 mod locate;
@@ -14,6 +15,7 @@ mod text;
 mod tracing;
 mod validate;
 
+pub(crate) use access_log::AccessLogConfig;
 pub(crate) use endpoints::{DiscoveryConfig, Endpoint, parse_endpoints_file};
 pub use errors::{ConfigErrors, ConfigProblem};
 pub(crate) use process::{
@@ -60,6 +62,9 @@ pub struct Config {
     /// How `dns:` and `file:` endpoints are discovered.
     #[serde(default)]
     pub(crate) discovery: DiscoveryConfig,
+    /// One line per request. Off when the section is absent.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub(crate) access_log: Option<AccessLogConfig>,
 }
 
 impl Config {

@@ -162,6 +162,9 @@ pub(super) fn problems(config: &Config) -> Vec<(String, String)> {
             format!("\"{}\": {e}", config.log.filter),
         ));
     }
+    if let Some(access_log) = &config.access_log {
+        problems.extend(access_log.problems());
+    }
     if let Some(tracing) = &config.tracing {
         tracing_problems(tracing, &mut problems);
     }

@@ -3,6 +3,7 @@
 
 use super::{
     ClientAddr, SharedListenerState,
+    access_log::CountedBody,
     headers::{append_forwarded_for, ensure_traceparent, strip_hop_by_hop},
     local_reply::local_reply,
 };
@@ -14,6 +15,9 @@ use resilience_core::{LocalReply, Reason, SIDECAR_ERROR, is_grpc};
 use std::{convert::Infallible, future::Future, pin::Pin, sync::Arc};
 use tokio::time::Instant;
 use tower::{Service, ServiceExt};
+
+/// The request body the stacks of listeners take: hyper's, counted for the access log.
+pub(crate) type EdgeBody = CountedBody<Incoming>;
 
 /// The edge service of one listener.
 pub(crate) type EdgeFuture =
@@ -43,6 +47,10 @@ pub(crate) fn edge(
         let metrics = metrics.clone();
         // Started before the request is rewritten: the span reads it as the caller sent it.
         let span = current.tracer.as_ref().map(|tracer| tracer.start(&mut req));
+        let mut line = current
+            .access_log
+            .as_ref()
+            .map(|log| log.begin(&listener, &mut req));
         let inbound = current.inbound.clone();
         drop(current);
         Box::pin(async move {
@@ -64,6 +72,13 @@ pub(crate) fn edge(
                 if let Some(inbound) = &inbound {
                     inbound.prepare_request(&mut req);
                 }
+                if let Some(line) = &mut line {
+                    line.trace(req.headers());
+                }
+                let req = req.map(|body| match &line {
+                    Some(line) => line.count_body(body),
+                    None => CountedBody::uncounted(body),
+                });
                 let method = req.method().clone();
                 match stack.oneshot(req).await {
                     Ok(response) => response,
@@ -84,6 +99,9 @@ pub(crate) fn edge(
                     .flatten()
                     .and_then(|v| v.to_str().ok());
                 span.finish(&response, flag);
+            }
+            if let Some(line) = line {
+                response = line.finish(response);
             }
             Ok(response)
         }) as EdgeFuture

@@ -2,6 +2,7 @@
 //! rules every forwarded request and response follows, spans, and local replies. Below it,
 //! [`crate::stack`] decides what happens to a request; above it, nothing.
 
+mod access_log;
 mod activity;
 mod connection;
 mod edge;
@@ -12,7 +13,8 @@ mod local_reply;
 mod span;
 mod state;
 
-pub(crate) use edge::{ListenerMetrics, edge};
+pub(crate) use access_log::AccessLog;
+pub(crate) use edge::{EdgeBody, ListenerMetrics, edge};
 pub(crate) use headers::InboundRules;
 pub(crate) use listener::{ClientAddr, Listening, serve};
 pub use local_reply::local_reply;

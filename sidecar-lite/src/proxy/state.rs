@@ -1,8 +1,7 @@
 //! [`ListenerState`]: what one listener serves with, replaced whole by a reload.
-use super::{EdgeTracer, InboundRules};
+use super::{AccessLog, EdgeBody, EdgeTracer, InboundRules};
 use crate::stack::StackService;
 use arc_swap::ArcSwap;
-use hyper::body::Incoming;
 use resilience_mtls::MtlsAcceptor;
 use std::{
     fmt,
@@ -10,15 +9,16 @@ use std::{
 };
 
 /// Everything a reload may change about a listener, in one value: its stack, its TLS acceptor
-/// (`None` serves plaintext) and its tracer. `run` owns one swap cell of it per listener and
+/// (`None` serves plaintext), its tracer and its access log. `run` owns one swap cell of it per listener and
 /// stores a new one on reload; connections read the acceptor at accept, requests the stack and
 /// tracer when they start. Requests in flight keep what they started with.
 pub(crate) struct ListenerState {
     /// Not `Sync` (tower's concurrency limit and buffer hold boxed futures), so behind a mutex
     /// held only to clone it.
-    stack: Mutex<StackService<Incoming>>,
+    stack: Mutex<StackService<EdgeBody>>,
     pub(crate) acceptor: Option<Arc<MtlsAcceptor>>,
     pub(crate) tracer: Option<EdgeTracer>,
+    pub(crate) access_log: Option<AccessLog>,
     /// The rules of the inbound listener; `None` on outbound routes.
     pub(crate) inbound: Option<InboundRules>,
 }
@@ -28,21 +28,23 @@ pub(crate) type SharedListenerState = Arc<ArcSwap<ListenerState>>;
 
 impl ListenerState {
     pub(crate) fn new(
-        stack: StackService<Incoming>,
+        stack: StackService<EdgeBody>,
         acceptor: Option<Arc<MtlsAcceptor>>,
         tracer: Option<EdgeTracer>,
+        access_log: Option<AccessLog>,
         inbound: Option<InboundRules>,
     ) -> Self {
         Self {
             stack: Mutex::new(stack),
             acceptor,
             tracer,
+            access_log,
             inbound,
         }
     }
 
     /// A clone of the stack, to serve one request.
-    pub(crate) fn stack(&self) -> StackService<Incoming> {
+    pub(crate) fn stack(&self) -> StackService<EdgeBody> {
         self.stack
             .lock()
             .unwrap_or_else(PoisonError::into_inner)
@@ -55,6 +57,7 @@ impl fmt::Debug for ListenerState {
         f.debug_struct("ListenerState")
             .field("tls", &self.acceptor.is_some())
             .field("tracing", &self.tracer.is_some())
+            .field("access_log", &self.access_log.is_some())
             .finish_non_exhaustive()
     }
 }

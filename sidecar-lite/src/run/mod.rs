@@ -15,13 +15,12 @@ use crate::{
     admin::{AdminState, RouteEndpoints, Scope, Serving},
     config::Config,
     proxy::{
-        EdgeTracer, InboundRules, ListenerMetrics, ListenerState, Listening, SharedListenerState,
-        edge, serve,
+        AccessLog, EdgeBody, EdgeTracer, InboundRules, ListenerMetrics, ListenerState, Listening,
+        SharedListenerState, edge, serve,
     },
     stack::{self, StackService},
 };
 use arc_swap::ArcSwap;
-use hyper::body::Incoming;
 use metrics_exporter_prometheus::PrometheusHandle;
 use resilience_core::BoxError;
 use resilience_mtls::{Credentials, MtlsAcceptor, MtlsMode, RotationHandle};
@@ -64,6 +63,7 @@ pub struct Sidecar {
     credentials: Option<Credentials>,
     tasks: JoinSet<()>,
     telemetry: Option<Telemetry>,
+    access_log: Option<AccessLog>,
     _rotation: Option<RotationHandle>,
 }
 
@@ -80,7 +80,7 @@ struct Listener {
 struct Planned {
     key: String,
     listen: SocketAddr,
-    stack: StackService<Incoming>,
+    stack: StackService<EdgeBody>,
     mtls: Option<MtlsMode>,
     endpoints: Option<RouteEndpoints>,
     tracer: Option<EdgeTracer>,
@@ -103,6 +103,7 @@ impl Sidecar {
             _ => None,
         };
         let telemetry = config.tracing.as_ref().map(Telemetry::start).transpose()?;
+        let access_log = open_access_log(config)?;
         let admin_listener = bind("admin", config.admin.listen).await?;
         let admin_addr = admin_listener.local_addr()?;
         let probes_listener = match config.admin.probes {
@@ -137,6 +138,7 @@ impl Sidecar {
             credentials,
             tasks: JoinSet::new(),
             telemetry,
+            access_log,
             _rotation: rotation,
         };
         let planned = sidecar.plan(config)?;
@@ -182,7 +184,22 @@ impl Sidecar {
         if config.tracing != self.config.tracing {
             return Err("[tracing] changed: restart to apply".into());
         }
+        // A new file (or format) is opened before anything changes; the same one is reopened,
+        // for logrotate, which sends SIGHUP once it has moved the file away.
+        let access_log = if config.access_log == self.config.access_log {
+            None
+        } else {
+            Some(open_access_log(config)?)
+        };
         let planned = self.plan(config)?;
+        match access_log {
+            Some(log) => self.access_log = log,
+            None => {
+                if let Some(log) = &self.access_log {
+                    log.reopen();
+                }
+            }
+        }
         self.apply(config.clone(), planned).await
     }
 
@@ -290,7 +307,13 @@ impl Sidecar {
                         .as_ref(),
                 )
             });
-            let state = ListenerState::new(plan.stack, acceptor, plan.tracer, inbound);
+            let state = ListenerState::new(
+                plan.stack,
+                acceptor,
+                plan.tracer,
+                self.access_log.clone(),
+                inbound,
+            );
             match fresh.remove(&plan.key) {
                 None => {
                     if let Some(listener) = self.listeners.get(&plan.key) {
@@ -433,6 +456,18 @@ impl Sidecar {
         };
         metrics::counter!("sidecar_config_reload_total", "result" => result).increment(1);
     }
+}
+
+/// The access log that `config` asks for, opened.
+fn open_access_log(config: &Config) -> Result<Option<AccessLog>, BoxError> {
+    config
+        .access_log
+        .as_ref()
+        .map(|section| {
+            AccessLog::open(section)
+                .map_err(|e| format!("[access_log] path: cannot open {e}").into())
+        })
+        .transpose()
 }
 
 async fn bind(name: &str, addr: SocketAddr) -> Result<TcpListener, BoxError> {

@@ -1,35 +1,67 @@
-//! The attempts of one request, counted for its span: the retry layer sends each attempt
-//! through [`count_attempt`], and the edge reads the count when the request ends.
+//! The attempts of one request, for its span and its access-log line: the retry layer sends
+//! each attempt through [`count_attempt`], each endpoint notes itself with [`note_endpoint`],
+//! and the edge reads both when the request ends.
 
 use http::Request;
-use std::sync::{
-    Arc,
-    atomic::{AtomicU32, Ordering},
+use std::{
+    net::SocketAddr,
+    sync::{
+        Arc, Mutex, PoisonError,
+        atomic::{AtomicU32, Ordering},
+    },
 };
 
-/// Counts the attempts of one request on an outbound route, as a request extension: the
-/// retry layer copies it onto every attempt, and the stack counts each one below the retry
-/// layer.
+/// The attempts of one request, as a request extension that the edge puts in when it wants
+/// them: the retry layer copies it onto every attempt, the stack counts each one below the
+/// retry layer, and the endpoint that takes an attempt names itself.
 #[derive(Debug, Clone, Default)]
-pub(crate) struct Attempts(Arc<AtomicU32>);
+pub(crate) struct Attempts(Arc<Record>);
+
+#[derive(Debug, Default)]
+struct Record {
+    count: AtomicU32,
+    endpoint: Mutex<Option<SocketAddr>>,
+}
 
 impl Attempts {
     /// Counts one more attempt.
     pub(crate) fn record(&self) {
-        self.0.fetch_add(1, Ordering::Relaxed);
+        self.0.count.fetch_add(1, Ordering::Relaxed);
     }
 
     /// The attempts so far.
     #[must_use]
     pub(crate) fn count(&self) -> u32 {
-        self.0.load(Ordering::Relaxed)
+        self.0.count.load(Ordering::Relaxed)
+    }
+
+    /// The endpoint of the latest attempt that reached one.
+    #[must_use]
+    pub(crate) fn endpoint(&self) -> Option<SocketAddr> {
+        *self
+            .0
+            .endpoint
+            .lock()
+            .unwrap_or_else(PoisonError::into_inner)
     }
 }
 
-/// Counts an attempt of `req`, if its span asked for attempts to be counted.
+/// Counts an attempt of `req`, if its edge asked for attempts to be counted.
 pub(crate) fn count_attempt<B>(req: Request<B>) -> Request<B> {
     if let Some(attempts) = req.extensions().get::<Attempts>() {
         attempts.record();
+    }
+    req
+}
+
+/// Notes that `endpoint` takes this attempt of `req`, if its edge asked.
+pub(crate) fn note_endpoint<B>(req: Request<B>, endpoint: SocketAddr) -> Request<B> {
+    if let Some(attempts) = req.extensions().get::<Attempts>() {
+        *attempts
+            .0
+            .endpoint
+            .lock()
+            .unwrap_or_else(PoisonError::into_inner) = Some(endpoint);
     }
     req
 }

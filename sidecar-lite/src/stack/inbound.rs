@@ -1,6 +1,6 @@
 //! The inbound stack: peers' requests to the app.
 
-use super::{StackService, field_error};
+use super::{StackService, count_attempt, field_error, note_endpoint};
 use crate::{
     config::{ConfigProblem, InboundConfig},
     transport::{AppClient, boxed},
@@ -24,7 +24,8 @@ where
         .map_err(|e| field_error("timeout", e.field(), &e))?
         .named("inbound");
     let allow = inbound.allow_list();
-    let app = AppClient::new(inbound.app, inbound.app_protocol);
+    let app_addr = inbound.app;
+    let app = AppClient::new(app_addr, inbound.app_protocol);
     let body_timeout = inbound
         .timeout
         .0
@@ -38,6 +39,8 @@ where
         .layer(body_timeout)
         .layer(timeout)
         .layer(AuthorizeLayer::new(allow))
+        // The one attempt, for the request's span and access-log line (no-ops without them).
+        .map_request(move |req| note_endpoint(count_attempt(req), app_addr))
         .service(app);
     Ok(BoxCloneService::new(service.map_err(BoxError::from)))
 }

@@ -25,7 +25,7 @@ mod fault;
 mod inbound;
 mod outbound;
 
-pub(crate) use attempts::{Attempts, count_attempt};
+pub(crate) use attempts::{Attempts, count_attempt, note_endpoint};
 pub(crate) use discovery::LiveEndpoints;
 pub(crate) use fail_fast::{NoEndpointAvailable, NoEndpoints};
 pub use inbound::inbound;

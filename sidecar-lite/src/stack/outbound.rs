@@ -7,7 +7,7 @@ use super::{
     discovery::{self, Source},
     fail_fast::FailWhenAllOpen,
     fault::FaultLayer,
-    field_error,
+    field_error, note_endpoint,
 };
 use crate::{
     config::{Config, ConfigProblem, DiscoveryConfig, Endpoint, OutboundConfig},
@@ -257,6 +257,8 @@ impl<B: StackBody> EndpointFactory<B> {
         let client = BoxCloneService::new(
             ServiceBuilder::new()
                 .option_layer(self.per_try.clone())
+                // Past the breaker: this endpoint takes the attempt.
+                .map_request(move |req| note_endpoint(req, addr))
                 .service(client),
         );
         self.breaker

@@ -3,6 +3,7 @@
 #![allow(dead_code, unreachable_pub)]
 
 pub mod dns;
+pub mod grpc;
 pub mod load;
 pub mod process;
 

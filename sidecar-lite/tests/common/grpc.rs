@@ -1,0 +1,48 @@
+//! A gRPC app for the tests that need one: any method answers one message and `OK` (in the
+//! trailers), except `.../Fail`, which answers `UNAVAILABLE` trailers-only, and `.../Hang`,
+//! which never answers.
+
+use super::{BoxBody, app, full};
+use bytes::Bytes;
+use http::{HeaderMap, Request, Response};
+use http_body_util::{BodyExt, StreamBody};
+use hyper::body::{Frame, Incoming};
+use std::{
+    net::SocketAddr,
+    sync::{Arc, atomic::AtomicUsize},
+};
+
+pub const OK: u16 = 0;
+pub const UNAVAILABLE: u16 = 14;
+
+/// The one message `OK` calls answer, framed as gRPC frames it (no compression, 2 bytes).
+pub const MESSAGE: &[u8] = b"\0\0\0\0\x02hi";
+
+pub async fn grpc_app() -> (SocketAddr, Arc<AtomicUsize>) {
+    app(|req: Request<Incoming>| async move {
+        let path = req.uri().path().to_owned();
+        let _ = req.into_body().collect().await;
+        let mut response: Response<BoxBody> = if path.ends_with("/Hang") {
+            std::future::pending().await
+        } else if path.ends_with("/Fail") {
+            let mut response = Response::new(full(""));
+            response
+                .headers_mut()
+                .insert("grpc-status", UNAVAILABLE.into());
+            response
+        } else {
+            let mut trailers = HeaderMap::new();
+            trailers.insert("grpc-status", OK.into());
+            let frames = [
+                Ok(Frame::data(Bytes::from_static(MESSAGE))),
+                Ok(Frame::trailers(trailers)),
+            ];
+            Response::new(StreamBody::new(futures::stream::iter(frames)).boxed_unsync())
+        };
+        response
+            .headers_mut()
+            .insert("content-type", "application/grpc".parse().unwrap());
+        response
+    })
+    .await
+}
