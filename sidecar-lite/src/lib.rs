@@ -51,7 +51,9 @@ mod run;
 mod stack;
 mod transport;
 
-pub use config::{Config, ConfigErrors, ConfigProblem, InboundConfig, OutboundConfig};
+pub use config::{
+    Config, ConfigErrors, ConfigProblem, InboundConfig, OutboundConfig, PolicyReport,
+};
 pub use proxy::local_reply;
 pub use run::{Bound, Sidecar};
 pub use stack::{StackService, inbound, outbound};

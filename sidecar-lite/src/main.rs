@@ -1,8 +1,11 @@
 //! The `sidecar-lite` command line: `run`, `check` and `certs`.
 
-use clap::{Parser, Subcommand};
+use clap::{Parser, Subcommand, ValueEnum};
 use sidecar_lite::{Config, Sidecar};
-use std::{path::PathBuf, process::ExitCode};
+use std::{
+    path::{Path, PathBuf},
+    process::ExitCode,
+};
 
 /// A small mTLS sidecar proxy: timeouts, retries, circuit breaking and mutual TLS for the app
 /// beside it, from one config file.
@@ -25,12 +28,21 @@ enum Command {
         #[arg(long, short)]
         config: PathBuf,
     },
-    /// Validate a config and print it with every default filled in; exit 1 naming the line and
-    /// field of each error.
+    /// Validate a config, print it with every default filled in, and explain each outbound
+    /// route's policy: the worst-case load on its upstream, the worst-case latency of one
+    /// request, the fastest its breakers can trip, and warnings for settings that contradict
+    /// each other. Exit 1 naming the line and field of each error.
     Check {
         /// The config file (TOML).
         #[arg(long, short)]
         config: PathBuf,
+        /// Treat warnings as errors: exit 1 when there is any.
+        #[arg(long)]
+        strict: bool,
+        /// `text`: the effective config, then the explanation as comments; `json`: the
+        /// explanation alone, for machines.
+        #[arg(long, value_enum, default_value_t = Format::Text)]
+        format: Format,
     },
     /// Create a development CA and workload certificates with SPIFFE IDs.
     ///
@@ -50,20 +62,21 @@ enum Command {
     },
 }
 
+/// How `check` prints its explanation.
+#[derive(Debug, Clone, Copy, ValueEnum)]
+enum Format {
+    Text,
+    Json,
+}
+
 fn main() -> ExitCode {
     let cli = Cli::parse();
     match cli.command {
-        Command::Check { config: path } => match Config::load(&path) {
-            Ok(config) => {
-                print!("{}", config.to_toml());
-                eprintln!("{}: ok", path.display());
-                ExitCode::SUCCESS
-            }
-            Err(errors) => {
-                eprintln!("{errors}");
-                ExitCode::FAILURE
-            }
-        },
+        Command::Check {
+            config: path,
+            strict,
+            format,
+        } => check(&path, strict, format),
         Command::Run { config: path } => {
             let config = match Config::load(&path) {
                 Ok(config) => config,
@@ -97,4 +110,46 @@ fn main() -> ExitCode {
             }
         },
     }
+}
+
+fn check(path: &Path, strict: bool, format: Format) -> ExitCode {
+    let config = match Config::load(path) {
+        Ok(config) => config,
+        Err(errors) => {
+            eprintln!("{errors}");
+            return ExitCode::FAILURE;
+        }
+    };
+    // Read again for the lines of the warnings: `load` has just read it whole.
+    let text = std::fs::read_to_string(path).unwrap_or_default();
+    let report = config.explain(&text);
+    match format {
+        Format::Text => {
+            print!("{}", config.to_toml());
+            println!("\n# What this config does, route by route:");
+            for line in report.to_string().lines() {
+                println!("# {line}");
+            }
+        }
+        Format::Json => match serde_json::to_string_pretty(&report) {
+            Ok(json) => println!("{json}"),
+            Err(error) => {
+                eprintln!("{}: cannot write the report: {error}", path.display());
+                return ExitCode::FAILURE;
+            }
+        },
+    }
+    for warning in report.warnings() {
+        eprintln!("{}: warning: {warning}", path.display());
+    }
+    if strict && !report.warnings().is_empty() {
+        eprintln!(
+            "{}: {} warning(s), and --strict makes them errors",
+            path.display(),
+            report.warnings().len()
+        );
+        return ExitCode::FAILURE;
+    }
+    eprintln!("{}: ok", path.display());
+    ExitCode::SUCCESS
 }

@@ -14,6 +14,10 @@ fn temp_dir(test: &str) -> PathBuf {
 }
 
 fn check(test: &str, text: &str) -> (bool, String, String) {
+    check_with(test, text, &[])
+}
+
+fn check_with(test: &str, text: &str, flags: &[&str]) -> (bool, String, String) {
     let dir = temp_dir(test);
     let path = dir.join("sidecar.toml");
     std::fs::write(&path, text).unwrap();
@@ -21,6 +25,7 @@ fn check(test: &str, text: &str) -> (bool, String, String) {
         .arg("check")
         .arg("--config")
         .arg(&path)
+        .args(flags)
         .output()
         .unwrap();
     let _ = std::fs::remove_dir_all(&dir);
@@ -253,6 +258,14 @@ fn the_example_config_documents_valid_keys() {
     let (ok, stdout, stderr) = check("example", &text);
     assert!(ok, "{stderr}");
     assert!(stdout.contains("name = \"payments\""));
+    // The README shows what check explains of this file: it must stay true.
+    let readme =
+        std::fs::read_to_string(concat!(env!("CARGO_MANIFEST_DIR"), "/../README.md")).unwrap();
+    let explained = &stdout[stdout.find("# What this config does").unwrap()..];
+    assert!(
+        readme.contains(explained),
+        "README.md should show:\n{explained}"
+    );
 }
 
 #[test]
@@ -283,4 +296,52 @@ fn a_log_filter_with_a_space_and_a_non_ascii_target_is_checked_without_panicking
         stdout.contains("filter = \"info, hyp\u{e9}=warn\""),
         "{stdout}"
     );
+}
+
+/// A route whose per-try timeouts add up past its timeout.
+const CONTRADICTORY: &str = "[[outbound]]\nname = \"r\"\nlisten = \"127.0.0.1:15001\"\n\
+    endpoints = [\"127.0.0.1:8080\"]\ntimeout = \"1s\"\n[outbound.retry]\nattempts = 3\n\
+    per_try_timeout = \"600ms\"\n";
+
+#[test]
+fn check_explains_each_route_and_warns_of_contradictions() {
+    let (ok, stdout, stderr) = check("explain", CONTRADICTORY);
+    assert!(ok, "a warning alone is not an error: {stderr}");
+    assert!(stdout.contains("# route \"r\" (line 2):"), "{stdout}");
+    assert!(
+        stdout.contains("#   load on the upstream: at most 3x"),
+        "{stdout}"
+    );
+    assert!(
+        stdout.contains("#   worst-case latency: 1s, the timeout"),
+        "{stdout}"
+    );
+    assert!(
+        stderr.contains("warning: line 7: `outbound[0].retry.attempts`: 3 attempts of up to 600ms"),
+        "{stderr}"
+    );
+    // The explanation is in comments: what check prints is still a config.
+    assert!(sidecar_lite::Config::parse(&stdout).is_ok(), "{stdout}");
+
+    let (ok, _, stderr) = check_with("explain-strict", CONTRADICTORY, &["--strict"]);
+    assert!(!ok);
+    assert!(
+        stderr.contains("1 warning(s), and --strict makes them errors"),
+        "{stderr}"
+    );
+    let clean = CONTRADICTORY.replace("600ms", "300ms");
+    let (ok, _, stderr) = check_with("explain-strict-clean", &clean, &["--strict"]);
+    assert!(ok, "{stderr}");
+}
+
+#[test]
+fn check_writes_json_for_machines() {
+    let (ok, stdout, _) = check_with("explain-json", CONTRADICTORY, &["--format", "json"]);
+    assert!(ok);
+    let report: serde_json::Value = serde_json::from_str(&stdout).unwrap();
+    assert_eq!(report["routes"][0]["route"], "r");
+    assert_eq!(report["routes"][0]["load"]["per_request"], 3);
+    assert_eq!(report["routes"][0]["latency"]["worst_ms"], 1000);
+    assert_eq!(report["warnings"][0]["field"], "outbound[0].retry.attempts");
+    assert_eq!(report["warnings"][0]["line"], 7);
 }

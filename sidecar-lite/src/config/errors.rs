@@ -3,7 +3,7 @@
 use std::fmt;
 
 /// A problem in the config file: where (the field's path and, when found, its line) and what.
-#[derive(Debug, Clone, PartialEq, Eq)]
+#[derive(Debug, Clone, PartialEq, Eq, serde::Serialize)]
 pub struct ConfigProblem {
     /// The field, as a path: `outbound[0].retry.attempts`.
     pub field: String,

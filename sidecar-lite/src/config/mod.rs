@@ -8,6 +8,7 @@
 mod access_log;
 mod endpoints;
 mod errors;
+mod explain;
 mod locate;
 mod process;
 mod routes;
@@ -18,6 +19,7 @@ mod validate;
 pub(crate) use access_log::AccessLogConfig;
 pub(crate) use endpoints::{DiscoveryConfig, Endpoint, parse_endpoints_file};
 pub use errors::{ConfigErrors, ConfigProblem};
+pub use explain::PolicyReport;
 pub(crate) use process::{
     AdminConfig, LimitsConfig, LogConfig, LogFormat, RuntimeConfig, log_filter,
 };
