@@ -16,6 +16,7 @@ threads:
                   OTLP/HTTP to a stand-in collector in this script (accepts and discards)
   sidecar-dead-otlp  sidecar-traced whose collector is down (nothing listens): what a dead
                   collector costs requests
+  sidecar-access-log  sidecar-1hop with [access_log] on: a JSON line per request to a file
   sidecar-mtls    two sidecar-lite: outbound -> mTLS -> inbound -> upstream
   nginx           nginx as a plain reverse proxy (keep-alive to the upstream)
   haproxy         HAProxy as a plain reverse proxy (keep-alive to the upstream)
@@ -25,6 +26,9 @@ Each gets: saturation req/s with 32 connections (wrk); p50, p99 and p99.9 at a f
 1000 requests during saturation and RSS of the proxy processes (from /proc/PID). Every
 measurement runs 3 times, interleaved across targets; the table gives medians with min and
 max, and ratios to direct and to HAProxy. It writes benches/load/results/latest.{md,json,svg}.
+
+`--targets` measures some of them only (direct and haproxy always, for the ratios), for
+example `--targets sidecar-1hop,sidecar-access-log --reps 5` for one change's cost.
 
 It stays on 127.0.0.1, stops only the processes it started (by PID), and is bounded in time.
 """
@@ -49,8 +53,8 @@ from pathlib import Path
 ROOT = Path(__file__).resolve().parents[2]
 RELEASE = Path(os.environ.get("CARGO_TARGET_DIR", ROOT / "target")) / "release"
 RESULTS = ROOT / "benches" / "load" / "results"
-TARGETS = ["direct", "sidecar-1hop", "sidecar-traced", "sidecar-dead-otlp", "sidecar-mtls", "nginx",
-           "haproxy"]
+TARGETS = ["direct", "sidecar-1hop", "sidecar-traced", "sidecar-dead-otlp", "sidecar-access-log",
+           "sidecar-mtls", "nginx", "haproxy"]
 CLK_TCK = os.sysconf("SC_CLK_TCK")
 PAGE = os.sysconf("SC_PAGE_SIZE")
 DEADLINE_S = 290  # the whole run, tools and builds excluded
@@ -266,6 +270,14 @@ def span_counts(proc):
     return counts
 
 
+def access_log_counts(proc):
+    """The access-logging sidecar's dropped lines, from its /metrics."""
+    text = urllib.request.urlopen(f"http://127.0.0.1:{proc.admin}/metrics", timeout=5).read().decode()
+    dropped = sum(int(float(line.split()[-1])) for line in text.splitlines()
+                  if line.startswith("sidecar_access_log_dropped_total"))
+    return {"dropped": dropped}
+
+
 def route(listen, endpoint, mtls):
     server = "server_identity = \"spiffe://example.org/ns/load/sa/app\"\n" if mtls else ""
     return (f"[[outbound]]\nname = \"app\"\nlisten = \"127.0.0.1:{listen}\"\n"
@@ -294,6 +306,13 @@ def start_targets(tmp, threads, upstream, sink):
         route(port, upstream, False) + f"\n[tracing]\notlp_endpoint = "
         f"\"http://127.0.0.1:{free_port()}/v1/traces\"\nsampling_ratio = 1.0\n")
     targets["sidecar-dead-otlp"] = (port, [dead])
+
+    port = free_port()
+    logged = start_sidecar(
+        tmp, "sidecar-access-log", threads,
+        route(port, upstream, False) + f"\n[access_log]\npath = \"{tmp}/access-{threads}.log\"\n"
+        "format = \"json\"\n")
+    targets["sidecar-access-log"] = (port, [logged])
 
     inbound_port = free_port()
     inbound = start_sidecar(
@@ -396,6 +415,12 @@ def fixed_rate(port, rate, seconds):
 
 
 def measure(targets, args, started):
+    if args.targets:
+        wanted = {"direct", "haproxy", *args.targets.split(",")}
+        unknown = wanted - set(TARGETS)
+        if unknown:
+            sys.exit(f"unknown targets: {', '.join(sorted(unknown))}; known: {', '.join(TARGETS)}")
+        targets = {name: target for name, target in targets.items() if name in wanted}
     runs = {name: [] for name in targets}
     for rep in range(args.reps):
         for name, (port, procs) in targets.items():  # interleaved: every target once per rep
@@ -494,7 +519,7 @@ def memory_table(memory):
 def report(results, machine):
     lines = [f"Measured {machine['date']} on {machine['cpu']} ({machine['cores']} cores), "
              f"loopback, HTTP/1.1; wrk {machine['wrk']}, {machine['nginx']}, {machine['haproxy']}.",
-             "Medians of 3 interleaved runs (min-max). Saturation: wrk, 1 thread, 32 connections. "
+             f"Medians of {machine['reps']} interleaved runs (min-max). Saturation: wrk, 1 thread, 32 connections. "
              "Latency: fixed 5000 req/s over 32 connections. RSS in MiB (all processes of the "
              "target; two for sidecar-mtls).", ""]
     if not any(data["stats"] for data in results.values()):
@@ -543,6 +568,14 @@ def report(results, machine):
                 lines.append(f"Spans of sidecar-dead-otlp: {dead_spans['exported']} exported, "
                              f"{dead_spans['queue-full']} dropped on a full queue, "
                              f"{dead_spans['export-failed']} in failed exports.")
+        logged, access_log = stats.get("sidecar-access-log"), data.get("access_log")
+        if one and logged:
+            lines.append("")
+            lines.append(f"Access log on (a JSON line per request to a file) / off, one hop: req/s "
+                         f"{ratio(logged['rps'], one['rps'])}, p99 {ratio(logged['p99'], one['p99'])}, "
+                         f"CPU per request {ratio(logged['cpu_per_1000'], one['cpu_per_1000'])}.")
+            if access_log:
+                lines.append(f"Access-log lines dropped on a full queue: {access_log['dropped']}.")
         if one and mtls:
             lines.append("")
             lines.append(f"Two-sidecar mTLS / one-hop plaintext req/s: {ratio(mtls['rps'], one['rps'])}. "
@@ -630,6 +663,7 @@ def main():
     parser.add_argument("--rate", type=int, default=5000)
     parser.add_argument("--rate-seconds", type=float, default=2.5)
     parser.add_argument("--skip-build", action="store_true", help="use the binaries in target/release")
+    parser.add_argument("--targets", help="measure only these (comma-separated); direct and haproxy always")
     parser.add_argument("--quick", action="store_true", help="1 thread count, 1 rep, 1 s each: a smoke test")
     parser.add_argument("--memory-only", action="store_true",
                         help="only RSS idle and under 256 connections, from /proc and from /metrics")
@@ -669,21 +703,27 @@ def main():
                             for key in ("rps", "p50", "p99", "p999", "cpu_per_1000")}
                      for name, rs in runs.items() if rs}
             results[threads] = {"runs": runs, "stats": stats, "memory": memory}
-            for name, key in (("sidecar-traced", "spans"), ("sidecar-dead-otlp", "dead_spans")):
+            for name, key, counts in (("sidecar-traced", "spans", span_counts),
+                                      ("sidecar-dead-otlp", "dead_spans", span_counts),
+                                      ("sidecar-access-log", "access_log", access_log_counts)):
                 try:
-                    results[threads][key] = span_counts(targets[name][1][0])
+                    results[threads][key] = counts(targets[name][1][0])
                 except OSError as e:
-                    log(f"cannot read the span counters of {name}: {e}")
+                    log(f"cannot read the counters of {name}: {e}")
             for name, (_, procs) in targets.items():
                 for proc in procs:
                     proc.stop()
         machine = machine_info()
+        machine["reps"] = args.reps
         table = report(results, machine)
         RESULTS.mkdir(parents=True, exist_ok=True)
         stem = "memory" if args.memory_only else "latest"
+        if args.targets and not args.memory_only:
+            # A partial run does not replace the full table.
+            stem = "targets-" + args.targets.replace(",", "-")
         (RESULTS / f"{stem}.md").write_text(table + "\n")
         (RESULTS / f"{stem}.json").write_text(json.dumps({"machine": machine, "results": results}, indent=1))
-        if not args.memory_only:
+        if stem == "latest":
             (RESULTS / "latest.svg").write_text(svg_chart(results))
         print(table)
         log(f"wrote {RESULTS}/{stem}.* in {time.monotonic() - started:.0f} s")

@@ -51,9 +51,7 @@ mod run;
 mod stack;
 mod transport;
 
-pub use config::{
-    Config, ConfigErrors, ConfigProblem, InboundConfig, OutboundConfig, PolicyReport,
-};
+pub use config::{Config, ConfigErrors, ConfigProblem, InboundConfig, OutboundConfig};
 pub use proxy::local_reply;
 pub use run::{Bound, Sidecar};
 pub use stack::{StackService, inbound, outbound};

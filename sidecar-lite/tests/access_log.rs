@@ -6,10 +6,11 @@
 mod common;
 
 use common::{
-    Certs, echo_app, full, get, grpc::grpc_app, http1, http2, inbound_sidecar, outbound_addr,
-    outbound_sidecar, sidecar, spiffe, text,
+    Certs, echo_app, full, get,
+    grpc::{grpc_app, grpc_request},
+    http1, http2, inbound_sidecar, outbound_addr, outbound_sidecar, sidecar, spiffe, text,
 };
-use http::{Method, Request, StatusCode, Version};
+use http::{Method, Request, StatusCode};
 use http_body_util::BodyExt;
 use serde_json::Value;
 use sidecar_lite::Config;
@@ -146,17 +147,7 @@ async fn the_inbound_line_names_the_peer_and_grpc_status_comes_from_the_trailers
         &outbound_section,
     )
     .await;
-    let req = Request::builder()
-        .method(Method::POST)
-        .uri(format!(
-            "http://{}/shop.Orders/Get",
-            outbound_addr(&outbound)
-        ))
-        .version(Version::HTTP_2)
-        .header("content-type", "application/grpc")
-        .header("te", "trailers")
-        .body(full(&b"\0\0\0\0\x04ping"[..]))
-        .unwrap();
+    let req = grpc_request(outbound_addr(&outbound), "/shop.Orders/Get");
     let response = timeout(common::STEP, http2().request(req))
         .await
         .unwrap()

@@ -15,13 +15,12 @@ fn route(policy: &str) -> String {
 fn explain(policy: &str) -> (Value, Vec<(String, Option<usize>)>) {
     let text = route(policy);
     let config = Config::parse(&text).unwrap_or_else(|e| panic!("{e}\n{text}"));
-    let report = config.explain(&text);
-    let warnings = report
-        .warnings()
-        .iter()
-        .map(|w| (w.field.clone(), w.line))
+    let warnings = config
+        .warnings(&text)
+        .into_iter()
+        .map(|w| (w.field, w.line))
         .collect();
-    let value = serde_json::to_value(&report).unwrap();
+    let value: Value = serde_json::from_str(&config.explain_json(&text)).unwrap();
     (value["routes"][0].clone(), warnings)
 }
 
@@ -176,9 +175,9 @@ fn the_text_says_each_figure_and_warning() {
         "timeout = \"1s\"\n[outbound.retry]\nattempts = 4\nper_try_timeout = \"400ms\"\n\
          on = [\"reset\"]\nbackoff = { base = \"100ms\", max = \"100ms\", jitter = \"none\" }\n",
     );
-    let report = Config::parse(&text).unwrap().explain(&text);
+    let explained = Config::parse(&text).unwrap().explain(&text);
     assert_eq!(
-        report.to_string(),
+        explained,
         "route \"r\" (line 2):\n  \
          load on the upstream: at most 4x for one request (attempts); over time at most 1.20x \
          (budget ratio) plus 10 retries/s (min_per_second)\n  \

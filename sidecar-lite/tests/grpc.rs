@@ -13,11 +13,9 @@ mod common;
 use common::{
     Certs,
     dns::{Answer, Dns},
-    full,
-    grpc::{OK, UNAVAILABLE, grpc_app},
+    grpc::{OK, UNAVAILABLE, grpc_app, grpc_request},
     http2, inbound_sidecar, outbound_addr, outbound_sidecar, sidecar, spiffe,
 };
-use http::{Method, Request, Version};
 use http_body_util::BodyExt;
 use sidecar_lite::Sidecar;
 use std::{
@@ -108,15 +106,7 @@ impl Outcome {
 
 /// A unary call over h2c with hyper; checks that a local reply is trailers-only.
 async fn call(addr: SocketAddr, method: &str) -> Outcome {
-    let req = Request::builder()
-        .method(Method::POST)
-        .uri(format!("http://{addr}{method}"))
-        .version(Version::HTTP_2)
-        .header("content-type", "application/grpc")
-        .header("te", "trailers")
-        .body(full(&b"\0\0\0\0\x04ping"[..]))
-        .unwrap();
-    let response = timeout(common::STEP, http2().request(req))
+    let response = timeout(common::STEP, http2().request(grpc_request(addr, method)))
         .await
         .expect("an answer within STEP")
         .expect("a response");

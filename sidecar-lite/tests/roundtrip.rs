@@ -3,7 +3,7 @@
 mod common;
 
 use bytes::Bytes;
-use common::*;
+use common::{grpc::grpc_request, *};
 use futures::stream;
 use http::{Method, Request, Response, StatusCode};
 use http_body::Frame;
@@ -139,17 +139,7 @@ async fn grpc_app(messages: usize) -> std::net::SocketAddr {
 }
 
 async fn grpc_call(path: &Path) -> (String, Option<http::HeaderMap>) {
-    let req = Request::builder()
-        .method(Method::POST)
-        .uri(format!(
-            "http://{}/shop.Orders/List",
-            outbound_addr(&path.outbound)
-        ))
-        .version(http::Version::HTTP_2)
-        .header("content-type", "application/grpc")
-        .header("te", "trailers")
-        .body(full("request"))
-        .unwrap();
+    let req = grpc_request(outbound_addr(&path.outbound), "/shop.Orders/List");
     let response = timeout(STEP, http2().request(req)).await.unwrap().unwrap();
     assert_eq!(response.status(), StatusCode::OK);
     let collected = response.into_body().collect().await.unwrap();

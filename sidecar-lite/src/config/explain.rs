@@ -10,7 +10,7 @@ use std::{fmt, time::Duration};
 
 /// The policy of every outbound route, explained: see [`Config::explain`].
 #[derive(Debug, Clone, Serialize)]
-pub struct PolicyReport {
+struct PolicyReport {
     routes: Vec<RouteReport>,
     warnings: Vec<ConfigProblem>,
 }
@@ -71,12 +71,33 @@ struct Trip {
 }
 
 impl Config {
-    /// Explains the policy of each outbound route: the worst-case load on its upstream, the
-    /// worst-case latency of one request, and the fastest its breakers can trip; and warns of
-    /// settings that contradict each other. `text` is the file the config was read from, for
-    /// the warnings' lines.
+    /// Explains the policy of each outbound route, in lines for people: the worst-case load on
+    /// its upstream, the worst-case latency of one request, and the fastest its breakers can
+    /// trip; then a line for each of [`warnings`](Self::warnings). `text` is the file the
+    /// config was read from, for the lines of the warnings.
     #[must_use]
-    pub fn explain(&self, text: &str) -> PolicyReport {
+    pub fn explain(&self, text: &str) -> String {
+        self.report(text).to_string()
+    }
+
+    /// What [`explain`](Self::explain) says, as a JSON object for machines: `routes` (each
+    /// with `load`, `latency` and `breaker`; durations in milliseconds) and `warnings`.
+    #[must_use]
+    pub fn explain_json(&self, text: &str) -> String {
+        // Strings, numbers and options only: it cannot fail.
+        serde_json::to_string_pretty(&self.report(text)).unwrap_or_default()
+    }
+
+    /// The settings that contradict each other, as problems with their field and line: a
+    /// per-try timeout not shorter than the timeout, attempts that cannot all run within it,
+    /// retries with nothing to retry on or no budget, a breaker minimum beyond its window, a
+    /// slow-call duration no call can reach. They are legal, so [`Config::parse`] accepts them.
+    #[must_use]
+    pub fn warnings(&self, text: &str) -> Vec<ConfigProblem> {
+        self.report(text).warnings
+    }
+
+    fn report(&self, text: &str) -> PolicyReport {
         let mut warnings = Vec::new();
         let routes = self
             .outbound
@@ -102,14 +123,6 @@ impl Config {
             })
             .collect();
         PolicyReport { routes, warnings }
-    }
-}
-
-impl PolicyReport {
-    /// The settings that contradict each other, with their lines.
-    #[must_use]
-    pub fn warnings(&self) -> &[ConfigProblem] {
-        &self.warnings
     }
 }
 

@@ -19,7 +19,6 @@ mod validate;
 pub(crate) use access_log::AccessLogConfig;
 pub(crate) use endpoints::{DiscoveryConfig, Endpoint, parse_endpoints_file};
 pub use errors::{ConfigErrors, ConfigProblem};
-pub use explain::PolicyReport;
 pub(crate) use process::{
     AdminConfig, LimitsConfig, LogConfig, LogFormat, RuntimeConfig, log_filter,
 };

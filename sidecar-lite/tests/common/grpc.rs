@@ -4,7 +4,7 @@
 
 use super::{BoxBody, app, full};
 use bytes::Bytes;
-use http::{HeaderMap, Request, Response};
+use http::{HeaderMap, Method, Request, Response, Version};
 use http_body_util::{BodyExt, StreamBody};
 use hyper::body::{Frame, Incoming};
 use std::{
@@ -17,6 +17,19 @@ pub const UNAVAILABLE: u16 = 14;
 
 /// The one message `OK` calls answer, framed as gRPC frames it (no compression, 2 bytes).
 pub const MESSAGE: &[u8] = b"\0\0\0\0\x02hi";
+
+/// A unary call of `method` (`/package.Service/Method`) to `addr`, over HTTP/2, with one
+/// 4-byte message.
+pub fn grpc_request(addr: SocketAddr, method: &str) -> Request<BoxBody> {
+    Request::builder()
+        .method(Method::POST)
+        .uri(format!("http://{addr}{method}"))
+        .version(Version::HTTP_2)
+        .header("content-type", "application/grpc")
+        .header("te", "trailers")
+        .body(full(&b"\0\0\0\0\x04ping"[..]))
+        .unwrap()
+}
 
 pub async fn grpc_app() -> (SocketAddr, Arc<AtomicUsize>) {
     app(|req: Request<Incoming>| async move {
