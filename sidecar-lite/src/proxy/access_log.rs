@@ -3,7 +3,8 @@
 //!
 //! Written off the request path: the edge puts each finished request on a bounded queue and a
 //! thread of its own formats and writes them, so a slow or full disk never holds up a request,
-//! nor a runtime worker. When the queue is full, the line is dropped and counted
+//! nor a runtime worker; it wakes at most once a [`TICK`] under load, and writes what came
+//! meanwhile in one go. When the queue is full, the line is dropped and counted
 //! (`sidecar_access_log_dropped_total`). A line is finished when the response body ends (or
 //! the caller goes away), so it has the bytes sent and a gRPC status from the trailers.
 
@@ -36,6 +37,10 @@ use std::{
     time::{Duration, SystemTime},
 };
 use tokio::time::Instant;
+
+/// How long the writer lets lines gather before it writes them: one wake-up and one write per
+/// tick under load, not one per request.
+const TICK: Duration = Duration::from_millis(20);
 
 /// The longest path or authority a line keeps, in bytes: past it, cut at a character
 /// boundary, so that no caller can make a line, or the queue, hold much of what it sends.
@@ -461,37 +466,46 @@ struct Writer {
 }
 
 impl Writer {
-    /// Writes lines as they come, flushing whenever the queue is empty, until every handle
-    /// on the queue is gone.
+    /// Waits for a line, lets more gather for a [`TICK`], writes them all and flushes; until
+    /// every handle on the queue is gone. An idle log waits without waking.
     fn run(mut self, queue: &Receiver<Entry>) {
         let mut line = Vec::with_capacity(512);
-        loop {
-            let entry = match queue.try_recv() {
-                Ok(entry) => entry,
-                Err(TryRecvError::Empty) => {
-                    self.flush();
-                    match queue.recv() {
-                        Ok(entry) => entry,
-                        Err(_) => break,
-                    }
-                }
-                Err(TryRecvError::Disconnected) => break,
-            };
-            if self.reopen.swap(false, Ordering::AcqRel) {
-                self.flush();
-                match (self.open)() {
-                    Ok(writer) => self.writer = writer,
-                    Err(error) => {
-                        tracing::warn!(%error, "cannot reopen the access log; still writing to the old file");
+        while let Ok(first) = queue.recv() {
+            self.write(first, &mut line);
+            #[allow(
+                clippy::disallowed_methods,
+                reason = "a thread of its own, outside any runtime: nothing to yield to"
+            )]
+            std::thread::sleep(TICK);
+            loop {
+                match queue.try_recv() {
+                    Ok(entry) => self.write(entry, &mut line),
+                    Err(TryRecvError::Empty) => break,
+                    Err(TryRecvError::Disconnected) => {
+                        self.flush();
+                        return;
                     }
                 }
             }
-            line.clear();
-            entry.write(self.format, &mut line);
-            let written = self.writer.write_all(&line);
-            self.note(written);
+            self.flush();
         }
         self.flush();
+    }
+
+    fn write(&mut self, entry: Entry, line: &mut Vec<u8>) {
+        if self.reopen.swap(false, Ordering::AcqRel) {
+            self.flush();
+            match (self.open)() {
+                Ok(writer) => self.writer = writer,
+                Err(error) => {
+                    tracing::warn!(%error, "cannot reopen the access log; still writing to the old file");
+                }
+            }
+        }
+        line.clear();
+        entry.write(self.format, line);
+        let written = self.writer.write_all(line);
+        self.note(written);
     }
 
     fn flush(&mut self) {
