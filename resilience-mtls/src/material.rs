@@ -13,7 +13,7 @@ use std::{
     sync::Arc,
     time::{Duration, SystemTime, UNIX_EPOCH},
 };
-use x509_parser::time::ASN1Time;
+use x509_parser::{prelude::FromDer, time::ASN1Time, x509::X509Name};
 
 /// Where the certificate chain, its private key and the trust bundle live.
 #[derive(Debug, Clone, PartialEq, Eq, Hash)]
@@ -201,6 +201,24 @@ impl Material {
         &self.roots
     }
 
+    /// The subjects of the trust anchors, as distinguished names (`CN=..., O=...`); an anchor
+    /// whose subject does not parse is shown as `(unreadable subject)`.
+    #[must_use]
+    pub fn trust_subjects(&self) -> Vec<String> {
+        self.roots
+            .roots
+            .iter()
+            .map(|anchor| {
+                // A trust anchor keeps the contents of the subject's SEQUENCE, not the whole.
+                let der = der_sequence(anchor.subject.as_ref());
+                X509Name::from_der(&der).map_or_else(
+                    |_| "(unreadable subject)".to_owned(),
+                    |(_, name)| name.to_string(),
+                )
+            })
+            .collect()
+    }
+
     pub(crate) fn client_verifier(&self) -> &Arc<dyn ClientCertVerifier> {
         &self.client_verifier
     }
@@ -303,4 +321,23 @@ fn system_time(time: ASN1Time) -> SystemTime {
     } else {
         UNIX_EPOCH - Duration::from_secs(secs.unsigned_abs())
     }
+}
+
+/// `contents` as a DER SEQUENCE: the tag, the length, then the bytes.
+fn der_sequence(contents: &[u8]) -> Vec<u8> {
+    let mut der = vec![0x30];
+    let len = contents.len();
+    if len < 0x80 {
+        der.push(len as u8);
+    } else {
+        let bytes: Vec<u8> = len
+            .to_be_bytes()
+            .into_iter()
+            .skip_while(|b| *b == 0)
+            .collect();
+        der.push(0x80 | bytes.len() as u8);
+        der.extend(bytes);
+    }
+    der.extend_from_slice(contents);
+    der
 }

@@ -49,6 +49,11 @@ fn good_material_loads_with_its_identity_and_validity() {
     let now = common::now();
     assert!(material.expires_in(now) > Duration::from_secs(23 * 3600));
     assert!(material.lifetime_left(now) > 0.9);
+    // The dev CA's root is the one trust anchor, named by its subject.
+    let subjects = material.trust_subjects();
+    assert_eq!(subjects.len(), 1, "{subjects:?}");
+    assert!(subjects[0].starts_with("CN="), "{subjects:?}");
+    assert!(subjects[0].contains("example.org"), "{subjects:?}");
 }
 
 #[test]

@@ -66,6 +66,13 @@ impl<P> RetryLayer<P> {
         self.edit(|s| s.backoff = backoff)
     }
 
+    /// The budget the services of this layer draw on: [`Budget::available`] is what it
+    /// allows now.
+    #[must_use]
+    pub fn shared_budget(&self) -> &Arc<Budget> {
+        &self.settings.budget
+    }
+
     /// Sets the budget. Pass the same `Arc` to several layers to make them share one budget.
     pub fn budget(self, budget: Arc<Budget>) -> Self
     where

@@ -119,7 +119,10 @@ async fn admin_reports_config_breakers_metrics_and_status() {
     let (status, page) = admin_get(&sidecar, "/").await;
     assert_eq!(status, StatusCode::OK);
     assert!(page.contains("<td class=\"open\">open</td>"), "{page}");
-    assert!(page.contains("status: <b>ready</b>"), "{page}");
+    assert!(
+        page.contains("status: <b id=\"status\">ready</b>"),
+        "{page}"
+    );
 
     assert_eq!(admin_get(&sidecar, "/nope").await.0, StatusCode::NOT_FOUND);
     sidecar.stop().await;
@@ -290,5 +293,99 @@ async fn a_thousand_distinct_hosts_share_the_connections_to_an_endpoint() {
     assert!(
         (1.0..=2.0).contains(&made),
         "{made} mTLS handshakes for 1000 Hosts"
+    );
+}
+
+/// Now, by the wall clock: certificates are valid in wall-clock time.
+#[allow(
+    clippy::disallowed_methods,
+    reason = "certificate validity is wall-clock time"
+)]
+fn wall_clock() -> std::time::SystemTime {
+    std::time::SystemTime::now()
+}
+
+/// `/status.json` and the page, through two sidecars: the golden signals of each side, the
+/// inbound side's identity (a certificate with 10 % of its lifetime left, so it warns) and
+/// trust, and the peers it has seen.
+#[tokio::test]
+async fn status_has_the_golden_signals_identity_and_peers() {
+    use resilience_mtls::dev_ca::IssueOptions;
+    use std::time::Duration;
+    let (app, _) = status_app(200).await;
+    let certs = Certs::new("status-json");
+    let hour = Duration::from_secs(3600);
+    let now = wall_clock();
+    let expiring = IssueOptions::new().valid(now - 9 * hour, now + hour);
+    let inbound = sidecar(&format!(
+        "{}\n[inbound]\nlisten = \"127.0.0.1:0\"\napp = \"{app}\"\nallow = [\"{}\"]\n",
+        certs.identity_with("orders", &expiring),
+        spiffe("frontend"),
+    ))
+    .await;
+    let outbound = outbound_sidecar(
+        &certs,
+        "frontend",
+        &[inbound.bound.inbound.unwrap()],
+        "orders",
+        "",
+    )
+    .await;
+    for i in 0..5 {
+        let response = get(format!("http://{}/{i}", outbound_addr(&outbound))).await;
+        assert_eq!(response.status(), StatusCode::OK);
+    }
+
+    let (status, json) = admin_get(&inbound, "/status.json").await;
+    assert_eq!(status, StatusCode::OK);
+    let json: serde_json::Value = serde_json::from_str(&json).unwrap();
+    assert_eq!(json["process"]["status"], "ready");
+    assert_eq!(json["process"]["version"], env!("CARGO_PKG_VERSION"));
+    assert!(json["process"]["worker_threads"].as_u64().unwrap() >= 1);
+    let identity = &json["identity"];
+    assert_eq!(identity["identity"], spiffe("orders"));
+    assert_eq!(identity["expiring_soon"], true);
+    let left = identity["lifetime_left"].as_f64().unwrap();
+    assert!((0.09..=0.11).contains(&left), "{left}");
+    let trust = identity["trust"].as_array().unwrap();
+    assert_eq!(trust.len(), 1);
+    assert!(trust[0].as_str().unwrap().contains("CN="), "{trust:?}");
+    let listener = &json["listeners"][0];
+    assert_eq!(listener["name"], "inbound");
+    assert_eq!(listener["window"]["requests"], 5);
+    assert_eq!(listener["window"]["success_rate"], 1.0);
+    assert_eq!(
+        listener["connections_open"], 1,
+        "the outbound side's pooled connection"
+    );
+    assert_eq!(
+        listener["peers"],
+        serde_json::json!([{"identity": spiffe("frontend"), "requests": 5}])
+    );
+    assert_eq!(listener["series"].as_array().unwrap().len(), 30);
+
+    let (_, json) = admin_get(&outbound, "/status.json").await;
+    let json: serde_json::Value = serde_json::from_str(&json).unwrap();
+    let route = &json["listeners"][0];
+    assert_eq!(route["name"], "outbound/peer");
+    assert_eq!(route["window"]["requests"], 5);
+    assert_eq!(route["window"]["retried_share"], 0.0);
+    // The default budget: 10 a second over 10 s, and 5 requests' share of 0.2 each.
+    assert_eq!(route["retry_budget"], 101);
+    assert_eq!(json["endpoints"][0]["state"], "closed");
+    assert_eq!(json["endpoints"][0]["calls"], 5);
+
+    let (_, page) = admin_get(&inbound, "/").await;
+    assert!(page.contains("class=\"warn\""), "{page}");
+    assert!(
+        page.contains("less than 20% left, rotation is late"),
+        "{page}"
+    );
+    assert!(
+        page.contains(&format!(
+            "<tr><td>{}</td><td class=\"n\">5</td></tr>",
+            spiffe("frontend")
+        )),
+        "{page}"
     );
 }

@@ -9,11 +9,12 @@
 //! | `GET /config` | the effective config, every default filled in, as TOML; then each outbound route's endpoints in use now, as comments |
 //! | `GET /breakers` | the breaker of each endpoint in use now: state and window counts, as JSON |
 //! | `POST /drain` | stop taking traffic and drain (loopback callers only, with the header `x-sidecar-admin: drain`) |
+//! | `GET /status.json` | the figures of the status page, as JSON (see `status.rs`) |
 //! | `GET /` | a status page that refreshes itself |
 
 use crate::{
     config::{Config, LimitsConfig},
-    proxy::{ClientAddr, ListenerMetrics, Listening},
+    proxy::{ClientAddr, ListenerMetrics, Listening, OpenConnections},
     stack::LiveEndpoints,
     transport::{ProxyBody, boxed, local_response},
 };
@@ -29,6 +30,8 @@ use hyper::body::Incoming;
 use metrics_exporter_prometheus::PrometheusHandle;
 use resilience_breaker::BreakerHandle;
 use resilience_core::{LocalReply, Reason};
+use resilience_mtls::Credentials;
+use resilience_retry::Budget;
 use serde::Serialize;
 use std::{
     convert::Infallible,
@@ -45,6 +48,9 @@ use std::{
 use tokio::{net::TcpListener, sync::watch};
 
 mod page;
+mod status;
+
+pub(crate) use status::Transitions;
 
 /// The header `POST /drain` must carry, as `x-sidecar-admin: drain`.
 pub(crate) const DRAIN_HEADER: &str = "x-sidecar-admin";
@@ -53,6 +59,12 @@ mod process;
 /// What the admin server reports on and controls.
 #[derive(Debug)]
 pub(crate) struct AdminState {
+    /// When the sidecar started.
+    pub(crate) started: tokio::time::Instant,
+    /// Our identity's certificates, when there is an `[identity]`.
+    pub(crate) credentials: Option<Credentials>,
+    /// The latest transitions of each breaker, for the status page.
+    pub(crate) transitions: Transitions,
     /// Set once the sidecar serves: listeners bound, identity loaded, config valid.
     pub(crate) ready: AtomicBool,
     /// What is being served now; replaced whole on each reload.
@@ -147,6 +159,8 @@ pub(crate) struct RouteEndpoints {
     pub(crate) route: String,
     /// Its endpoints now, each with its breaker.
     pub(crate) endpoints: LiveEndpoints,
+    /// Its retry budget.
+    pub(crate) budget: Option<Arc<Budget>>,
 }
 
 /// One endpoint's breaker on one route.
@@ -165,12 +179,27 @@ impl AdminState {
     pub(crate) fn draining(&self) -> bool {
         *self.drain.borrow()
     }
+
+    /// `starting`, `ready` or `draining`.
+    pub(crate) fn status(&self) -> &'static str {
+        if self.draining() {
+            "draining"
+        } else if self.ready.load(Ordering::Acquire) {
+            "ready"
+        } else {
+            "starting"
+        }
+    }
 }
 
 /// How often histogram samples are folded into their buckets. The recorder buffers every
 /// sample until then, so without it memory grows with traffic between two scrapes (or forever,
 /// when nothing scrapes); 5 s is the exporter's own default.
 const METRICS_UPKEEP: Duration = Duration::from_secs(5);
+
+/// How often the transitions of the breakers are taken in; the broadcast of each breaker keeps
+/// its latest few meanwhile.
+const TRANSITIONS_UPKEEP: Duration = Duration::from_secs(1);
 
 /// Serves the admin endpoints on `listener` until `shutdown`, and keeps the metrics recorder's
 /// buffers drained meanwhile.
@@ -185,18 +214,28 @@ pub(crate) async fn serve(
         Scope::All => "admin",
         Scope::Probes => "probes",
     };
-    let open = metrics::gauge!("sidecar_connections_open", "listener" => name);
+    let open =
+        OpenConnections::new(metrics::gauge!("sidecar_connections_open", "listener" => name));
     let recorder = state.metrics.clone().filter(|_| scope == Scope::All);
     let kept = state.clone();
     let touched = open.clone();
     // Often enough that nothing in use goes unchanged for a whole idle timeout.
     let period = METRICS_UPKEEP.min(state.serving.load().config.admin.metrics_idle_timeout / 2);
     let upkeep = async move {
-        let mut every = tokio::time::interval(period);
+        let mut every = tokio::time::interval(TRANSITIONS_UPKEEP);
         every.set_missed_tick_behavior(tokio::time::MissedTickBehavior::Delay);
+        let mut last_metrics_upkeep: Option<tokio::time::Instant> = None;
         loop {
-            every.tick().await;
-            touched.increment(0.0);
+            let now = every.tick().await;
+            if scope == Scope::All {
+                // Take in what the breakers announced, so the page shows their transitions.
+                kept.transitions.refresh(&kept.serving.load().breakers());
+            }
+            if last_metrics_upkeep.is_some_and(|last| now - last < period) {
+                continue;
+            }
+            last_metrics_upkeep = Some(now);
+            touched.touch();
             if let Some(recorder) = &recorder {
                 kept.serving.load().touch_metrics();
                 recorder.run_upkeep();
@@ -285,6 +324,11 @@ fn route<B>(state: &AdminState, req: &Request<B>) -> Response<ProxyBody> {
         (&Method::GET, "/breakers") => {
             text(StatusCode::OK, "application/json", breakers_json(state))
         }
+        (&Method::GET, "/status.json") => text(
+            StatusCode::OK,
+            "application/json",
+            serde_json::to_string(&status::status(state)).unwrap_or_default() + "\n",
+        ),
         (&Method::POST, "/drain") => {
             let loopback = req
                 .extensions()
@@ -313,12 +357,14 @@ fn route<B>(state: &AdminState, req: &Request<B>) -> Response<ProxyBody> {
             "text/html; charset=utf-8",
             page::render(state),
         ),
-        (_, "/live" | "/ready" | "/metrics" | "/config" | "/breakers" | "/drain" | "/") => {
-            local_response(
-                LocalReply::new(Reason::MethodNotAllowed)
-                    .text("method not allowed on this admin endpoint"),
-            )
-        }
+        (
+            _,
+            "/live" | "/ready" | "/metrics" | "/config" | "/breakers" | "/status.json" | "/drain"
+            | "/",
+        ) => local_response(
+            LocalReply::new(Reason::MethodNotAllowed)
+                .text("method not allowed on this admin endpoint"),
+        ),
         _ => local_response(LocalReply::new(Reason::NotFound).text("no such admin endpoint")),
     }
 }

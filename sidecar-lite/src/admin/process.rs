@@ -12,7 +12,7 @@ pub(super) fn record() {
 }
 
 /// VmRSS from `/proc/self/status`.
-fn resident_bytes() -> Option<u64> {
+pub(super) fn resident_bytes() -> Option<u64> {
     let status = std::fs::read_to_string("/proc/self/status").ok()?;
     let line = status.lines().find(|l| l.starts_with("VmRSS:"))?;
     let kib: u64 = line.split_whitespace().nth(1)?.parse().ok()?;
@@ -20,7 +20,7 @@ fn resident_bytes() -> Option<u64> {
 }
 
 /// utime + stime from `/proc/self/stat`, in seconds (clock ticks are 100 per second on Linux).
-fn cpu_seconds() -> Option<f64> {
+pub(super) fn cpu_seconds() -> Option<f64> {
     let stat = std::fs::read_to_string("/proc/self/stat").ok()?;
     // The command name may hold spaces; fields resume after its closing parenthesis.
     let rest = &stat[stat.rfind(')')? + 2..];

@@ -2,16 +2,19 @@
 //! stack from [`crate::stack`], with errors turned into flagged responses.
 
 use super::{
-    ClientAddr, SharedListenerState,
+    ClientAddr, OpenConnections, SharedListenerState,
     access_log::CountedBody,
     headers::{append_forwarded_for, ensure_traceparent, strip_hop_by_hop},
     local_reply::local_reply,
+    signals::{ListenerSignals, Outcome},
 };
+use crate::stack::Attempts;
 use crate::transport::{ProxyBody, local_response};
 use http::{HeaderValue, Request, Response, Uri, Version, header::HOST, uri::Authority};
 use hyper::body::Incoming;
-use metrics::{Counter, Gauge, Histogram};
+use metrics::{Counter, Histogram};
 use resilience_core::{LocalReply, Reason, SIDECAR_ERROR, is_grpc};
+use resilience_mtls::Identity;
 use std::{convert::Infallible, future::Future, pin::Pin, sync::Arc};
 use tokio::time::Instant;
 use tower::{Service, ServiceExt};
@@ -45,6 +48,10 @@ pub(crate) fn edge(
         let stack = current.stack();
         let listener = listener.clone();
         let metrics = metrics.clone();
+        // Every attempt of the request is counted in it, for the golden signals, the span and
+        // the access log.
+        let attempts = Attempts::default();
+        req.extensions_mut().insert(attempts.clone());
         // Started before the request is rewritten: the span reads it as the caller sent it.
         let span = current.tracer.as_ref().map(|tracer| tracer.start(&mut req));
         let mut line = current
@@ -53,6 +60,11 @@ pub(crate) fn edge(
             .map(|log| log.begin(&listener, &mut req));
         let inbound = current.inbound.clone();
         drop(current);
+        if inbound.is_some()
+            && let Some(peer) = req.extensions().get::<Identity>()
+        {
+            metrics.signals.peer(peer.as_str());
+        }
         Box::pin(async move {
             let start = Instant::now();
             let mut local = false;
@@ -92,7 +104,7 @@ pub(crate) fn edge(
                 }
             };
             strip_hop_by_hop(response.headers_mut());
-            metrics.record(&response, start);
+            metrics.record(&response, start, attempts.count());
             if let Some(span) = span {
                 let flag = local
                     .then(|| response.headers().get(SIDECAR_ERROR))
@@ -108,19 +120,23 @@ pub(crate) fn edge(
     })
 }
 
-/// Per-listener metrics, registered once so each request or connection only bumps handles.
+/// Per-listener metrics, registered once so each request or connection only bumps handles,
+/// and the listener's golden signals for the status page.
 #[derive(Debug)]
 pub(crate) struct ListenerMetrics {
+    name: Arc<str>,
     by_class: [Counter; 5],
     duration: Histogram,
     /// Connections open now.
-    pub(crate) open: Gauge,
+    pub(crate) open: OpenConnections,
+    signals: ListenerSignals,
 }
 
 impl ListenerMetrics {
     pub(crate) fn new(listener: &str) -> Self {
         let class = |c: &'static str| metrics::counter!("sidecar_requests_total", "listener" => listener.to_owned(), "class" => c);
         Self {
+            name: Arc::from(listener),
             by_class: [
                 class("1xx"),
                 class("2xx"),
@@ -132,8 +148,21 @@ impl ListenerMetrics {
                 "sidecar_request_duration_seconds",
                 "listener" => listener.to_owned()
             ),
-            open: metrics::gauge!("sidecar_connections_open", "listener" => listener.to_owned()),
+            open: OpenConnections::new(
+                metrics::gauge!("sidecar_connections_open", "listener" => listener.to_owned()),
+            ),
+            signals: ListenerSignals::new(Instant::now()),
         }
+    }
+
+    /// The listener's name: `inbound` or `outbound/<route>`.
+    pub(crate) fn name(&self) -> &str {
+        &self.name
+    }
+
+    /// The listener's golden signals.
+    pub(crate) fn signals(&self) -> &ListenerSignals {
+        &self.signals
     }
 
     /// Marks the series as in use without changing them, so that an exporter that expires
@@ -142,13 +171,33 @@ impl ListenerMetrics {
         for counter in &self.by_class {
             counter.increment(0);
         }
-        self.open.increment(0.0);
+        self.open.touch();
     }
 
-    fn record<B>(&self, response: &Response<B>, start: Instant) {
-        let class = usize::from(response.status().as_u16() / 100).clamp(1, 5) - 1;
+    /// Counts a finished response head: its status class, its latency, and for the golden
+    /// signals whether it succeeded, how many attempts it took and its flag.
+    fn record<B>(&self, response: &Response<B>, start: Instant, attempts: u32) {
+        let now = Instant::now();
+        let latency = now.saturating_duration_since(start);
+        let status = response.status();
+        let class = usize::from(status.as_u16() / 100).clamp(1, 5) - 1;
         self.by_class[class].increment(1);
-        self.duration.record(start.elapsed().as_secs_f64());
+        self.duration.record(latency.as_secs_f64());
+        let headers = response.headers();
+        let flag = headers.get(SIDECAR_ERROR).and_then(|v| v.to_str().ok());
+        // A gRPC error in the head (trailers-only) is a failure too, whatever the HTTP status.
+        let grpc_error = headers
+            .get("grpc-status")
+            .is_some_and(|v| v.as_bytes() != b"0");
+        self.signals.record(
+            now,
+            Outcome {
+                latency,
+                success: !status.is_server_error() && flag.is_none() && !grpc_error,
+                attempts,
+                flag,
+            },
+        );
     }
 
     /// Counts a response the proxy made itself, by its flag. Only ours: a header from upstream

@@ -15,7 +15,10 @@ use std::{
     convert::Infallible,
     future::Future,
     net::{IpAddr, SocketAddr},
-    sync::{Arc, Weak},
+    sync::{
+        Arc, Weak,
+        atomic::{AtomicU64, Ordering},
+    },
     time::Duration,
 };
 use tokio::{net::TcpListener, sync::watch, task::JoinSet};
@@ -28,7 +31,44 @@ pub(crate) struct Listening {
     pub(crate) name: Arc<str>,
     pub(crate) limits: LimitsConfig,
     pub(crate) grace: Duration,
-    pub(crate) open: Gauge,
+    pub(crate) open: OpenConnections,
+}
+
+/// The open connections of a listener: the `sidecar_connections_open` gauge for `/metrics`,
+/// and the same count for the status page (a gauge cannot be read back).
+#[derive(Debug, Clone)]
+pub(crate) struct OpenConnections {
+    gauge: Gauge,
+    count: Arc<AtomicU64>,
+}
+
+impl OpenConnections {
+    pub(crate) fn new(gauge: Gauge) -> Self {
+        Self {
+            gauge,
+            count: Arc::default(),
+        }
+    }
+
+    fn opened(&self) {
+        self.gauge.increment(1.0);
+        self.count.fetch_add(1, Ordering::Relaxed);
+    }
+
+    fn closed(&self) {
+        self.gauge.decrement(1.0);
+        self.count.fetch_sub(1, Ordering::Relaxed);
+    }
+
+    /// Connections open now.
+    pub(crate) fn now(&self) -> u64 {
+        self.count.load(Ordering::Relaxed)
+    }
+
+    /// Marks the gauge as in use without changing it (see `[admin] metrics_idle_timeout`).
+    pub(crate) fn touch(&self) {
+        self.gauge.increment(0.0);
+    }
 }
 
 /// The address of the client at the other end of the connection, as a request extension.
@@ -121,7 +161,7 @@ pub(crate) async fn serve<S>(
         let name = name.clone();
         let open = open.clone();
         connections.spawn(async move {
-            open.increment(1.0);
+            open.opened();
             match acceptor {
                 None => {
                     serve_connection(&name, remote, tcp, None, service, &settings, control).await;
@@ -137,7 +177,7 @@ pub(crate) async fn serve<S>(
                     }
                 },
             }
-            open.decrement(1.0);
+            open.closed();
             remote.ip()
         });
     }

@@ -10,13 +10,15 @@ mod framing;
 mod headers;
 mod listener;
 mod local_reply;
+mod signals;
 mod span;
 mod state;
 
 pub(crate) use access_log::AccessLog;
 pub(crate) use edge::{EdgeBody, ListenerMetrics, edge};
 pub(crate) use headers::InboundRules;
-pub(crate) use listener::{ClientAddr, Listening, serve};
+pub(crate) use listener::{ClientAddr, Listening, OpenConnections, serve};
 pub use local_reply::local_reply;
+pub(crate) use signals::{Point, Snapshot};
 pub(crate) use span::EdgeTracer;
 pub(crate) use state::{ListenerState, SharedListenerState};

@@ -181,10 +181,9 @@ impl EdgeTracer {
             // The provider is shut down: forward as if tracing were off.
             ensure_traceparent(req.headers_mut());
         }
+        // The edge's count of attempts, when it keeps one.
         let attempts = if span.is_recording() && self.kind == SpanKind::Client {
-            let attempts = Attempts::default();
-            req.extensions_mut().insert(attempts.clone());
-            Some(attempts)
+            req.extensions().get::<Attempts>().cloned()
         } else {
             None
         };

@@ -12,7 +12,7 @@ mod signals;
 mod telemetry;
 
 use crate::{
-    admin::{AdminState, RouteEndpoints, Scope, Serving},
+    admin::{AdminState, RouteEndpoints, Scope, Serving, Transitions},
     config::Config,
     proxy::{
         AccessLog, EdgeBody, EdgeTracer, InboundRules, ListenerMetrics, ListenerState, Listening,
@@ -116,6 +116,9 @@ impl Sidecar {
             .transpose()?;
         let (drain, _) = watch::channel(false);
         let admin = Arc::new(AdminState {
+            started: tokio::time::Instant::now(),
+            credentials: credentials.clone(),
+            transitions: Transitions::default(),
             ready: false.into(),
             serving: ArcSwap::from_pointee(Serving {
                 config: config.clone(),
@@ -244,6 +247,7 @@ impl Sidecar {
                 endpoints: Some(RouteEndpoints {
                     route: route.name.clone(),
                     endpoints: outbound.endpoints,
+                    budget: Some(outbound.budget),
                 }),
             });
         }

@@ -23,6 +23,7 @@ mod discovery;
 mod fail_fast;
 mod fault;
 mod inbound;
+mod load;
 mod outbound;
 
 pub(crate) use attempts::{Attempts, count_attempt, note_endpoint};

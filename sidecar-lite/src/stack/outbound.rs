@@ -7,7 +7,9 @@ use super::{
     discovery::{self, Source},
     fail_fast::FailWhenAllOpen,
     fault::FaultLayer,
-    field_error, note_endpoint,
+    field_error,
+    load::PublishedLoad,
+    note_endpoint,
 };
 use crate::{
     config::{Config, ConfigProblem, DiscoveryConfig, Endpoint, OutboundConfig},
@@ -21,9 +23,9 @@ use resilience_breaker::{
 };
 use resilience_core::BoxError;
 use resilience_mtls::ConnectorBuilder;
-use resilience_retry::{PeekGrpcTrailersLayer, ReplayBody};
+use resilience_retry::{Budget, PeekGrpcTrailersLayer, ReplayBody};
 use resilience_timeout::{Elapsed, HttpDeadline, TimeoutLayer};
-use std::{fmt, marker::PhantomData, net::SocketAddr, time::Duration};
+use std::{fmt, marker::PhantomData, net::SocketAddr, sync::Arc, time::Duration};
 use tower::{
     Layer, ServiceBuilder, ServiceExt,
     balance::p2c::Balance,
@@ -47,6 +49,8 @@ pub(crate) struct Outbound<B> {
     /// The endpoints in use now, each with its breaker, for the admin server. Kept up to date
     /// by discovery for `dns:` and `file:` sources.
     pub(crate) endpoints: LiveEndpoints,
+    /// The route's retry budget, for the admin server.
+    pub(crate) budget: Arc<Budget>,
 }
 
 impl<B> fmt::Debug for Outbound<B> {
@@ -148,7 +152,7 @@ pub(crate) fn outbound_with_endpoints<B: StackBody>(
                 };
                 let breaker = factory.make(*addr, Mode::BackPressure);
                 live.insert(*addr, breaker.handle().clone());
-                services.push(peak_ewma(breaker));
+                services.push(factory.balanced(breaker, *addr));
             }
             balanced(ServiceList::new(services), &live)
         }
@@ -172,6 +176,7 @@ pub(crate) fn outbound_with_endpoints<B: StackBody>(
         .map_err(|e| field_error("retry", e.field(), &e))?
         .named(route.name.clone())
         .map_policy(|policy| policy.refused_locally(is_refused_locally));
+    let budget = retry.shared_budget().clone();
     let service = ServiceBuilder::new()
         .load_shed()
         .concurrency_limit(route.max_concurrent_requests)
@@ -188,6 +193,7 @@ pub(crate) fn outbound_with_endpoints<B: StackBody>(
     Ok(Outbound {
         service: BoxCloneService::new(service.map_err(BoxError::from)),
         endpoints: live,
+        budget,
     })
 }
 
@@ -227,8 +233,8 @@ impl<Body> Classify<Response<Body>> for EndpointClassifier {
 }
 /// One endpoint: its client behind its own breaker.
 type Breaker<B> = CircuitBreaker<EndpointService<B>, EndpointClassifier>;
-/// One endpoint as the balancer sees it: with its load measured.
-type Balanced<B> = PeakEwma<Breaker<B>, CompleteOnResponse>;
+/// One endpoint as the balancer sees it: with its load measured, and published.
+type Balanced<B> = PublishedLoad<PeakEwma<Breaker<B>, CompleteOnResponse>>;
 
 /// Builds each endpoint of a route, the same way for fixed and discovered ones.
 struct EndpointFactory<B> {
@@ -280,18 +286,21 @@ impl<B: StackBody> EndpointFactory<B> {
         move |addr| {
             let breaker = factory.make(addr, Mode::BackPressure);
             let handle = breaker.handle().clone();
-            (peak_ewma(breaker), handle)
+            (factory.balanced(breaker, addr), handle)
         }
     }
-}
 
-fn peak_ewma<B>(breaker: Breaker<B>) -> Balanced<B> {
-    PeakEwma::new(
-        breaker,
-        DEFAULT_RTT,
-        EWMA_DECAY.as_nanos() as f64,
-        CompleteOnResponse::default(),
-    )
+    /// `breaker`, the endpoint at `addr`, as the balancer sees it: its load measured by
+    /// peak-EWMA, and published.
+    fn balanced(&self, breaker: Breaker<B>, addr: SocketAddr) -> Balanced<B> {
+        let measured = PeakEwma::new(
+            breaker,
+            DEFAULT_RTT,
+            EWMA_DECAY.as_nanos() as f64,
+            CompleteOnResponse::default(),
+        );
+        PublishedLoad::new(measured, &self.route, addr)
+    }
 }
 
 /// A p2c peak-EWMA balancer over `endpoints`, each behind a back-pressure breaker, with a

@@ -16,7 +16,10 @@ use hyper_util::{
     rt::{TokioExecutor, TokioIo},
     server::conn::auto,
 };
-use resilience_mtls::{MaterialPaths, dev_ca::DevCa};
+use resilience_mtls::{
+    Identity, MaterialPaths,
+    dev_ca::{DevCa, IssueOptions},
+};
 use sidecar_lite::{Config, Sidecar};
 use std::{
     convert::Infallible,
@@ -140,13 +143,19 @@ impl Certs {
     /// Writes the certificate of `spiffe://example.org/ns/shop/sa/<name>`; returns the
     /// `[identity]` section for it.
     pub fn identity(&self, name: &str) -> String {
+        self.identity_with(name, &IssueOptions::default())
+    }
+
+    /// [`identity`](Self::identity), with a certificate issued with `options`.
+    pub fn identity_with(&self, name: &str, options: &IssueOptions) -> String {
         let paths = MaterialPaths::new(
             self.dir.join(format!("{name}.pem")),
             self.dir.join(format!("{name}-key.pem")),
             self.dir.join("ca.pem"),
         );
+        let identity = Identity::parse(&spiffe(name)).unwrap();
         self.ca
-            .workload(&format!("ns/shop/sa/{name}"))
+            .issue(&identity, options)
             .unwrap()
             .write(&paths, self.ca.trust_pem())
             .unwrap();
