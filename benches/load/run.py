@@ -27,6 +27,15 @@ Each gets: saturation req/s with 32 connections (wrk); p50, p99 and p99.9 at a f
 measurement runs 3 times, interleaved across targets; the table gives medians with min and
 max, and ratios to direct and to HAProxy. It writes benches/load/results/latest.{md,json,svg}.
 
+`--baseline PATH` adds `baseline-1hop`: sidecar-1hop run by another sidecar-lite binary (say
+one built from the commit before a change), measured interleaved with the rest, so one change's
+cost is a ratio from one run:
+
+    git worktree add /tmp/before HEAD~1 && cargo build --release -p sidecar-lite \
+        --manifest-path /tmp/before/Cargo.toml --target-dir target/before
+    benches/load/run.py --threads 1 --reps 5 --baseline target/before/release/sidecar-lite \
+        --targets sidecar-1hop,baseline-1hop
+
 `--targets` measures some of them only (direct and haproxy always, for the ratios), for
 example `--targets sidecar-1hop,sidecar-access-log --reps 5` for one change's cost.
 
@@ -53,8 +62,8 @@ from pathlib import Path
 ROOT = Path(__file__).resolve().parents[2]
 RELEASE = Path(os.environ.get("CARGO_TARGET_DIR", ROOT / "target")) / "release"
 RESULTS = ROOT / "benches" / "load" / "results"
-TARGETS = ["direct", "sidecar-1hop", "sidecar-traced", "sidecar-dead-otlp", "sidecar-access-log",
-           "sidecar-mtls", "nginx", "haproxy"]
+TARGETS = ["direct", "baseline-1hop", "sidecar-1hop", "sidecar-traced", "sidecar-dead-otlp",
+           "sidecar-access-log", "sidecar-mtls", "nginx", "haproxy"]
 CLK_TCK = os.sysconf("SC_CLK_TCK")
 PAGE = os.sysconf("SC_PAGE_SIZE")
 DEADLINE_S = 290  # the whole run, tools and builds excluded
@@ -211,9 +220,10 @@ def identity(tmp, name):
             f"trust = \"{tmp}/ca.pem\"\n\n")
 
 
-def start_sidecar(tmp, name, threads, body):
+def start_sidecar(tmp, name, threads, body, binary=None):
     path, admin = sidecar_config(tmp, name, threads, body)
-    proc = Proc(f"{name}-{threads}", [str(RELEASE / "sidecar-lite"), "run", "--config", str(path)],
+    binary = binary or RELEASE / "sidecar-lite"
+    proc = Proc(f"{name}-{threads}", [str(binary), "run", "--config", str(path)],
                 admin=admin, stdout=subprocess.DEVNULL, env=dict(os.environ, RUST_LOG="error"))
     wait_http_ok(admin, "/ready", what=proc.name, proc=proc)
     proc.admin = admin
@@ -285,9 +295,15 @@ def route(listen, endpoint, mtls):
             f"max_concurrent_requests = 4096\n")
 
 
-def start_targets(tmp, threads, upstream, sink):
+def start_targets(tmp, threads, upstream, sink, baseline=None):
     """Every target at `threads` workers: name -> (port, [procs whose CPU and RSS count])."""
     targets = {"direct": (upstream, [])}
+
+    if baseline:
+        port = free_port()
+        before = start_sidecar(tmp, "baseline-1hop", threads, route(port, upstream, False),
+                               binary=baseline)
+        targets["baseline-1hop"] = (port, [before])
 
     port = free_port()
     one = start_sidecar(tmp, "sidecar-1hop", threads, route(port, upstream, False))
@@ -568,6 +584,12 @@ def report(results, machine):
                 lines.append(f"Spans of sidecar-dead-otlp: {dead_spans['exported']} exported, "
                              f"{dead_spans['queue-full']} dropped on a full queue, "
                              f"{dead_spans['export-failed']} in failed exports.")
+        before = stats.get("baseline-1hop")
+        if one and before:
+            lines.append("")
+            lines.append(f"This build / the baseline binary, one hop: req/s {ratio(one['rps'], before['rps'])}, "
+                         f"p99 {ratio(one['p99'], before['p99'])}, CPU per request "
+                         f"{ratio(one['cpu_per_1000'], before['cpu_per_1000'])}.")
         logged, access_log = stats.get("sidecar-access-log"), data.get("access_log")
         if one and logged:
             lines.append("")
@@ -663,6 +685,7 @@ def main():
     parser.add_argument("--rate", type=int, default=5000)
     parser.add_argument("--rate-seconds", type=float, default=2.5)
     parser.add_argument("--skip-build", action="store_true", help="use the binaries in target/release")
+    parser.add_argument("--baseline", help="another sidecar-lite binary, measured as baseline-1hop")
     parser.add_argument("--targets", help="measure only these (comma-separated); direct and haproxy always")
     parser.add_argument("--quick", action="store_true", help="1 thread count, 1 rep, 1 s each: a smoke test")
     parser.add_argument("--memory-only", action="store_true",
@@ -690,7 +713,7 @@ def main():
         results = {}
         for threads in args.threads.split(","):
             log(f"starting every target with {threads} worker thread(s)")
-            targets = start_targets(tmp, int(threads), upstream_port, sink)
+            targets = start_targets(tmp, int(threads), upstream_port, sink, args.baseline)
             time.sleep(0.5)
             idle = {name: (memory_kib([p for proc in procs for p in proc.pids()], "VmRSS"),
                            metrics_rss_kib(procs))
