@@ -221,7 +221,11 @@ impl<C, B: Body> Replay<Request<B>> for HttpPolicy<C> {
         // upstream the time left when this retry is sent, as the total timeout would.
         if let Some(deadline) = resilience_timeout::Deadline::of(&req) {
             let left = deadline.saturating_duration_since(send_at);
-            HttpDeadline::new().rewrite(&mut req, left);
+            // With the settings of the timeout that set the deadline: its margin, and not at
+            // all when it does not propagate.
+            if let Some(settings) = HttpDeadline::of(&req) {
+                settings.rewrite(&mut req, left);
+            }
         }
         Some(req)
     }

@@ -218,3 +218,48 @@ async fn each_retry_tells_the_upstream_the_time_left_then() {
     // 1000 ms less the 5 ms margin; then 110 ms and 220 ms later (attempt + backoff).
     assert_eq!(*told.lock().unwrap(), ["995", "885", "775"]);
 }
+
+/// A total timeout from config, retries and a per-try timeout from config, as a library user
+/// stacks them: every attempt follows the total's settings. With a 50 ms margin, the upstream
+/// is told the per-try time less 50 ms (the margin taken once, not the default 5 ms again);
+/// with `propagate_deadline = false` the caller's header goes on as it came, on every retry.
+#[cfg(feature = "serde")]
+#[tokio::test(start_paused = true)]
+async fn retries_and_per_try_timeouts_follow_the_total_timeouts_settings() {
+    use resilience_retry::RetryConfig;
+    use resilience_timeout::TimeoutConfig;
+    use tower::ServiceBuilder;
+
+    for (propagate, expected) in [
+        (true, ["450", "450", "450"]),
+        (false, ["1000", "1000", "1000"]),
+    ] {
+        let told = Arc::new(Mutex::new(Vec::new()));
+        let log = told.clone();
+        let upstream = service_fn(
+            move |req: Request<resilience_retry::ReplayBody<Empty<Bytes>>>| {
+                let header = req.headers()["x-request-timeout-ms"].to_str().unwrap();
+                log.lock().unwrap().push(header.to_owned());
+                async move { Ok::<_, BoxError>(status(503)) }
+            },
+        );
+        let mut total = TimeoutConfig::new(Duration::from_secs(2));
+        total.deadline_margin = 50 * MS;
+        total.propagate_deadline = propagate;
+        let retry = RetryConfig {
+            per_try_timeout: Some(500 * MS),
+            ..RetryConfig::default()
+        };
+        let svc = ServiceBuilder::new()
+            .layer(total.layer().unwrap())
+            .layer(retry.layer().unwrap())
+            .option_layer(retry.per_try_timeout_layer())
+            .service(upstream);
+        let mut req = request(Method::GET);
+        req.headers_mut()
+            .insert("x-request-timeout-ms", "1000".parse().unwrap());
+        let res = svc.oneshot(req).await.unwrap();
+        assert_eq!(res.status(), 503);
+        assert_eq!(*told.lock().unwrap(), expected, "propagate {propagate}");
+    }
+}

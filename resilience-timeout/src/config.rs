@@ -97,7 +97,8 @@ impl TimeoutConfig {
         self.validate()?;
         let policy = HttpDeadline::new()
             .margin(self.deadline_margin)
-            .propagate(self.propagate_deadline);
+            .propagate(self.propagate_deadline)
+            .originate(self.propagate_deadline);
         Ok(TimeoutLayer::new(self.timeout).with_policy(policy))
     }
 

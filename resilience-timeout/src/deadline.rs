@@ -36,18 +36,26 @@ impl Deadline {
 /// A [`TimeoutPolicy`] for HTTP that honours and propagates deadlines.
 ///
 /// For each request:
-/// 1. The deadline is the earliest of: now plus the configured timeout; a [`Deadline`] already
-///    in the request's extensions (set by an outer layer in this process); and now plus the
-///    time in an incoming `grpc-timeout` header, or else an incoming [`REQUEST_TIMEOUT_MS`]
-///    header. Malformed headers are ignored, with a debug event.
+/// 1. The deadline is the earliest of: now plus the configured timeout, and a [`Deadline`]
+///    already in the request's extensions (set by an outer layer in this process, which read
+///    the incoming header); or, when there is none, now plus the time in an incoming
+///    `grpc-timeout` header, or else an incoming [`REQUEST_TIMEOUT_MS`] header. Malformed
+///    headers are ignored, with a debug event.
 /// 2. A deadline that has already passed fails at once, without calling the inner service.
 /// 3. The deadline is stored as a [`Deadline`] extension, and the time that remains, less the
 ///    margin, is written back into the header it came in (gRPC requests that came without one
-///    get a `grpc-timeout`), so the next hop stops waiting when we do.
+///    get a `grpc-timeout`, and with [`originate`](Self::originate) plain HTTP requests get an
+///    [`REQUEST_TIMEOUT_MS`]), so the next hop stops waiting when we do.
+///
+/// The outermost `HttpDeadline` a request meets decides the margin and whether to propagate:
+/// it stores itself in the request ([`HttpDeadline::of`]), and layers further in (a per-try
+/// timeout) and retries follow it, so the margin is taken once and `propagate(false)` holds
+/// for every attempt. A layer further in may still turn propagation off for itself.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
 pub struct HttpDeadline {
     margin: Duration,
     propagate: bool,
+    originate: bool,
 }
 
 impl Default for HttpDeadline {
@@ -55,6 +63,7 @@ impl Default for HttpDeadline {
         Self {
             margin: Self::DEFAULT_MARGIN,
             propagate: true,
+            originate: false,
         }
     }
 }
@@ -84,27 +93,58 @@ impl HttpDeadline {
         self.propagate = propagate;
         self
     }
+
+    /// Whether a plain HTTP request that came without a deadline header gets one: an
+    /// [`REQUEST_TIMEOUT_MS`] with the time that remains, so that a request this service
+    /// starts tells the next hop its deadline too (default: no; gRPC requests always get a
+    /// `grpc-timeout`). [`TimeoutConfig::layer`](crate::TimeoutConfig::layer) turns it on with
+    /// `propagate_deadline`, in library mode as in the sidecar.
+    #[must_use]
+    pub fn originate(mut self, originate: bool) -> Self {
+        self.originate = originate;
+        self
+    }
+
+    /// The settings of the outermost `HttpDeadline` that `req` went through, which layers
+    /// further in and retries follow; `None` when it went through none.
+    pub fn of<B>(req: &Request<B>) -> Option<Self> {
+        req.extensions().get::<Self>().copied()
+    }
 }
 
 impl<B> TimeoutPolicy<Request<B>> for HttpDeadline {
     fn verdict(&self, timeout: Duration, req: &mut Request<B>) -> Verdict {
         let now = Instant::now();
         let mut deadline = instant_after(now, timeout);
-        if let Some(outer) = Deadline::of(req) {
-            deadline = deadline.min(outer);
-        }
         let header = incoming(req.headers());
-        if let Some((_, incoming)) = header {
-            deadline = deadline.min(instant_after(now, incoming));
+        match Deadline::of(req) {
+            // An outer layer read the incoming header and may have rewritten it since, less
+            // its margin: reading it again would take the margin twice.
+            Some(outer) => deadline = deadline.min(outer),
+            None => {
+                if let Some((_, incoming)) = header {
+                    deadline = deadline.min(instant_after(now, incoming));
+                }
+            }
         }
+        let settings = match Self::of(req) {
+            Some(outer) => Self {
+                propagate: outer.propagate && self.propagate,
+                ..outer
+            },
+            None => {
+                req.extensions_mut().insert(*self);
+                *self
+            }
+        };
         if deadline <= now {
             return Verdict::Expired;
         }
         req.extensions_mut().insert(Deadline(deadline));
 
         let remaining = deadline - now;
-        if self.propagate {
-            self.tell(req, header.map(|(name, _)| name), remaining);
+        if settings.propagate {
+            settings.tell(req, header.map(|(name, _)| name), remaining);
         }
         Verdict::Until {
             deadline,
@@ -127,12 +167,13 @@ impl HttpDeadline {
         }
     }
 
-    /// Writes `remaining` less the margin into `header`, or `grpc-timeout` for a gRPC request
-    /// that came without a deadline header.
+    /// Writes `remaining` less the margin into `header`; without one, into `grpc-timeout` for
+    /// a gRPC request, and into [`REQUEST_TIMEOUT_MS`] for another when originating.
     fn tell<B>(&self, req: &mut Request<B>, header: Option<HeaderName>, remaining: Duration) {
         let name = match header {
             Some(name) => name,
             None if is_grpc(req.headers()) => GRPC_TIMEOUT,
+            None if self.originate => REQUEST_TIMEOUT_MS,
             None => return,
         };
         let left = remaining.saturating_sub(self.margin);

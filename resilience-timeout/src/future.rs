@@ -80,9 +80,16 @@ where
                 budget,
             } => {
                 if let Poll::Ready(result) = inner.poll(cx) {
-                    return Poll::Ready(result.map_err(Into::into));
+                    match result.map_err(Into::into) {
+                        // An inner timeout that fired at our deadline: ours is the one that
+                        // bound, and says so.
+                        Err(error)
+                            if error.is::<Elapsed>() && Instant::now() >= sleep.deadline() => {}
+                        result => return Poll::Ready(result),
+                    }
+                } else {
+                    ready!(sleep.poll(cx));
                 }
-                ready!(sleep.poll(cx));
                 *budget
             }
             StateProj::Expired => Duration::ZERO,
@@ -92,7 +99,7 @@ where
         // holds (a connection, a permit, a buffer) is released at the deadline.
         this.state.set(State::Done);
         record_timeout(this.name, budget);
-        Poll::Ready(Err(Elapsed::new(budget).into()))
+        Poll::Ready(Err(Elapsed::new(this.name.clone(), budget).into()))
     }
 }
 

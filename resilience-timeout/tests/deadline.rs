@@ -242,6 +242,83 @@ async fn an_inner_timeout_never_outlives_the_outer_deadline() {
         Some(start + Duration::from_millis(300))
     );
     let err = call.await.unwrap().unwrap_err();
-    assert!(err.is::<Elapsed>());
+    let elapsed = err.downcast_ref::<Elapsed>().expect("Elapsed");
+    // Both fired at 300 ms: the outer deadline is the one that bound, and it says so.
+    assert_eq!(elapsed.layer(), "timeout");
+    assert_eq!(elapsed.after(), Duration::from_millis(300));
     assert_eq!(start.elapsed(), Duration::from_millis(300));
+}
+
+/// Which timeout fired is in the error: the per-try one when it fires first, the total one
+/// when its deadline is the one reached.
+#[tokio::test(start_paused = true)]
+async fn the_timeout_that_fired_names_itself() {
+    for (per_try, layer, after) in [(300, "per-try", 300), (2000, "total", 1000)] {
+        let (svc, _handle) = mock::pair::<Req, ()>();
+        let svc = layer_named(Duration::from_secs(1), "total")
+            .layer(layer_named(Duration::from_millis(per_try), "per-try").layer(svc));
+        let err = svc.oneshot(Request::new(())).await.unwrap_err();
+        let elapsed = err.downcast_ref::<Elapsed>().expect("Elapsed");
+        assert_eq!(elapsed.layer(), layer);
+        assert_eq!(elapsed.after(), Duration::from_millis(after));
+        assert_eq!(
+            err.to_string(),
+            format!(
+                "timed out: no answer within {:?} (layer `{layer}`)",
+                Duration::from_millis(after)
+            )
+        );
+    }
+}
+
+fn layer_named(timeout: Duration, name: &'static str) -> TimeoutLayer<HttpDeadline> {
+    layer(timeout).named(name)
+}
+
+/// A total and a per-try timeout on one request: the margin is taken once, not once per
+/// layer, and the outer one's settings hold for the inner one (which was built with the
+/// defaults): with `propagate(false)` the header goes on as it came.
+#[tokio::test(start_paused = true)]
+async fn nested_timeouts_take_the_margin_once_and_follow_the_outer_settings() {
+    let margin = Duration::from_millis(20);
+    for (outer, expected) in [
+        (HttpDeadline::new().margin(margin), "280"),
+        (HttpDeadline::new().margin(margin).propagate(false), "300"),
+    ] {
+        let (svc, mut handle) = mock::pair::<Req, ()>();
+        let per_try = TimeoutLayer::new(Duration::from_secs(1)).with_policy(HttpDeadline::new());
+        let svc = TimeoutLayer::new(Duration::from_secs(5))
+            .with_policy(outer)
+            .layer(per_try.layer(svc));
+        let req = Request::builder()
+            .header(REQUEST_TIMEOUT_MS, "300")
+            .body(())
+            .unwrap();
+        let _call = tokio::spawn(svc.oneshot(req));
+        let (sent, _send) = handle.next_request().await.unwrap();
+        assert_eq!(sent.headers()[REQUEST_TIMEOUT_MS], expected, "{outer:?}");
+        assert_eq!(HttpDeadline::of(&sent), Some(outer));
+    }
+}
+
+/// `originate`: a plain request that came without a deadline header gets one, so a request
+/// the service starts itself tells the next hop its deadline; `TimeoutConfig::layer` turns it
+/// on with `propagate_deadline`.
+#[cfg(feature = "serde")]
+#[tokio::test(start_paused = true)]
+async fn a_request_this_service_starts_tells_the_next_hop_its_deadline() {
+    for (propagate, expected) in [(true, Some("1995")), (false, None)] {
+        let mut config = resilience_timeout::TimeoutConfig::new(Duration::from_secs(2));
+        config.propagate_deadline = propagate;
+        let (svc, mut handle) = mock::pair::<Req, ()>();
+        let svc = config.layer().unwrap().layer(svc);
+        let _call = tokio::spawn(svc.oneshot(Request::new(())));
+        let (sent, _send) = handle.next_request().await.unwrap();
+        assert_eq!(
+            sent.headers()
+                .get(REQUEST_TIMEOUT_MS)
+                .map(|v| v.to_str().unwrap()),
+            expected
+        );
+    }
 }

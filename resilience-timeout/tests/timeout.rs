@@ -43,7 +43,11 @@ async fn a_response_at_the_deadline_fails_with_elapsed() {
         .downcast_ref::<Elapsed>()
         .expect("a typed Elapsed error");
     assert_eq!(elapsed.after(), LIMIT);
-    assert_eq!(err.to_string(), "request timed out after 100ms");
+    assert_eq!(elapsed.layer(), "timeout");
+    assert_eq!(
+        err.to_string(),
+        "timed out: no answer within 100ms (layer `timeout`)"
+    );
 }
 
 #[tokio::test(start_paused = true)]
