@@ -67,4 +67,21 @@ impl fmt::Display for BreakerOpen {
     }
 }
 
-impl Error for BreakerOpen {}
+impl Error for BreakerOpen {
+    /// [`RefusedLocally`](resilience_core::RefusedLocally): the call was refused here, before
+    /// anything was sent, so a retry layer above gives its retry budget back.
+    fn source(&self) -> Option<&(dyn Error + 'static)> {
+        Some(&resilience_core::RefusedLocally)
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn an_open_breaker_is_a_local_refusal() {
+        let open = BreakerOpen::new(State::Open, None, Instant::now());
+        assert!(resilience_core::RefusedLocally::in_chain(&open));
+    }
+}

@@ -57,8 +57,8 @@
 //!   runs with a policy that does not make sense, and nothing panics on one.
 //! - [`Classify`] says which responses are failures; an `Err` always is. With the `http`
 //!   feature, any [`tower_http::classify::ClassifyResponse`] works for HTTP, for example
-//!   [`ServerErrorsAsFailures`](tower_http::classify::ServerErrorsAsFailures) (5xx) or
-//!   [`GrpcErrorsAsFailures`](tower_http::classify::GrpcErrorsAsFailures).
+//!   [`ServerErrorsAsFailures`] (5xx) or [`GrpcErrorsAsFailures`], re-exported here so that
+//!   no `tower-http` of a matching version is needed beside this crate.
 //! - [`BreakerHandle`] observes and controls a breaker: state, counts, `force_open`,
 //!   `force_closed`, `disable`, `reset`, and [`subscribe`](BreakerHandle::subscribe) to its
 //!   transitions.
@@ -72,7 +72,7 @@
 //! use http::{Request, Response};
 //! use resilience_breaker::{KeyedCircuitBreakerLayer, Policy};
 //! use tower::{BoxError, ServiceBuilder, ServiceExt, service_fn};
-//! use tower_http::classify::ServerErrorsAsFailures;
+//! use resilience_breaker::ServerErrorsAsFailures;
 //!
 //! # #[tokio::main(flavor = "current_thread", start_paused = true)]
 //! # async fn main() -> Result<(), BoxError> {
@@ -152,6 +152,12 @@ pub use keyed::{BreakerMap, ByAuthority, KeyOf, KeyedCircuitBreaker, KeyedCircui
 
 #[cfg(feature = "http")]
 pub use resilience_core::SIDECAR_ERROR;
+/// The classifiers of `tower-http` that [`CircuitBreakerLayer::classify`] takes for HTTP and
+/// gRPC, re-exported so that a service needs no `tower-http` of its own at a matching version.
+#[cfg(feature = "http")]
+pub use tower_http::classify::{
+    GrpcCode, GrpcErrorsAsFailures, ServerErrorsAsFailures, StatusInRangeAsFailures,
+};
 #[cfg(feature = "http")]
 pub use unavailable::{
     BreakerReply, Unavailable, UnavailableBody, UnavailableFuture, UnavailableLayer,

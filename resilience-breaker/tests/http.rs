@@ -4,11 +4,11 @@
 use bytes::Bytes;
 use http::{Request, Response, StatusCode, header::RETRY_AFTER};
 use http_body_util::{BodyExt, Full};
+use resilience_breaker::ServerErrorsAsFailures;
 use resilience_breaker::{CircuitBreakerLayer, Policy, SIDECAR_ERROR, UnavailableLayer};
 use std::time::Duration;
 use tokio::time;
 use tower::{BoxError, ServiceBuilder, ServiceExt, service_fn};
-use tower_http::classify::ServerErrorsAsFailures;
 
 #[tokio::test(start_paused = true)]
 async fn an_open_breaker_answers_503_with_retry_after() {
@@ -85,7 +85,7 @@ async fn an_open_breaker_answers_a_grpc_call_with_unavailable() {
         .layer(
             CircuitBreakerLayer::new(policy)
                 .unwrap()
-                .classify(tower_http::classify::GrpcErrorsAsFailures::new()),
+                .classify(resilience_breaker::GrpcErrorsAsFailures::new()),
         )
         .service(upstream);
     let grpc = || {

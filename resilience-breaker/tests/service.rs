@@ -2,6 +2,7 @@
 //! classification, slow calls, the handle, subscriptions and metrics.
 
 use http::{Response, StatusCode};
+use resilience_breaker::ServerErrorsAsFailures;
 use resilience_breaker::{
     BreakerHandle, BreakerOpen, CircuitBreaker, CircuitBreakerLayer, Mode, Policy, SlidingWindow,
     State, classify_fn,
@@ -10,7 +11,6 @@ use std::time::Duration;
 use tokio::time;
 use tokio_test::{assert_pending, assert_ready_ok};
 use tower::{BoxError, Layer, ServiceExt, service_fn};
-use tower_http::classify::ServerErrorsAsFailures;
 use tower_test::mock;
 
 const OPEN_FOR: Duration = Duration::from_secs(10);
@@ -494,7 +494,7 @@ fn metrics_count_calls_by_outcome_rejections_and_the_state() {
 
 #[tokio::test(start_paused = true)]
 async fn grpc_errors_in_the_response_head_count_as_failures() {
-    use tower_http::classify::GrpcErrorsAsFailures;
+    use resilience_breaker::GrpcErrorsAsFailures;
     let grpc = |status: Option<&'static str>| {
         service_fn(move |_: ()| async move {
             let mut response = Response::builder().header("content-type", "application/grpc");

@@ -80,6 +80,49 @@ impl Error for ConnectFailed {
     }
 }
 
+/// Marks an error that refused a call inside this process, before anything was sent: an open
+/// circuit breaker, say. It sits in the error's chain of sources, so a retry layer that
+/// finds it knows the attempt cost the upstream nothing, and gives its retry budget back,
+/// without depending on the crate that refused.
+///
+/// ```
+/// use resilience_core::RefusedLocally;
+/// use std::{error::Error, fmt};
+///
+/// #[derive(Debug)]
+/// struct Full;
+/// impl fmt::Display for Full {
+///     fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+///         f.write_str("queue full")
+///     }
+/// }
+/// impl Error for Full {
+///     fn source(&self) -> Option<&(dyn Error + 'static)> {
+///         Some(&RefusedLocally)
+///     }
+/// }
+///
+/// assert!(RefusedLocally::in_chain(&Full));
+/// ```
+#[derive(Debug, Clone, Copy, Default, PartialEq, Eq)]
+pub struct RefusedLocally;
+
+impl RefusedLocally {
+    /// Whether `error` or one of its sources is a [`RefusedLocally`].
+    #[must_use]
+    pub fn in_chain(error: &(dyn Error + 'static)) -> bool {
+        std::iter::successors(Some(error), |&e| e.source()).any(|e| e.is::<Self>())
+    }
+}
+
+impl fmt::Display for RefusedLocally {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        f.write_str("refused inside this process; nothing was sent")
+    }
+}
+
+impl Error for RefusedLocally {}
+
 #[cfg(test)]
 mod tests {
     use super::*;

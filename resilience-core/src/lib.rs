@@ -36,7 +36,7 @@ mod local_reply;
 #[cfg(feature = "http")]
 mod reply_layer;
 
-pub use error::{BoxError, ConfigError, ConnectFailed};
+pub use error::{BoxError, ConfigError, ConnectFailed, RefusedLocally};
 pub use random::{RandomSource, ThreadRandom};
 pub use retry_after::retry_after_secs;
 

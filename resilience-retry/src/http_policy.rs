@@ -96,13 +96,16 @@ impl<C> HttpPolicy<C> {
             max_replay_body: DEFAULT_MAX_REPLAY_BODY,
             max_retry_after: DEFAULT_MAX_RETRY_AFTER,
             wall_clock: system_clock,
-            refused_locally: |_| false,
+            refused_locally: |error| error.is::<resilience_core::RefusedLocally>(),
         }
     }
 
     /// Tells which errors mean an attempt was refused inside this process before it was sent
     /// (an open circuit breaker below the retry layer, say): a retry refused so gives its
-    /// budget back. `is_refusal` is asked of each error in the chain of sources.
+    /// budget back. `is_refusal` is asked of each error in the chain of sources. By default,
+    /// an error whose chain holds a [`RefusedLocally`](resilience_core::RefusedLocally), as
+    /// `resilience-breaker`'s `BreakerOpen` does: breaker and retry layers built from config
+    /// need no setting for it.
     #[must_use]
     pub fn refused_locally(mut self, is_refusal: fn(&(dyn Error + 'static)) -> bool) -> Self {
         self.refused_locally = is_refusal;

@@ -69,3 +69,53 @@ async fn a_retry_refused_inside_the_process_gives_its_budget_back() {
         assert_eq!(budget.available(), left, "recognised refusal: {recognised}");
     }
 }
+
+/// What `resilience-breaker`'s `BreakerOpen` is: an error whose sources hold
+/// `resilience_core::RefusedLocally`.
+#[derive(Debug)]
+struct OpenBreaker;
+
+impl std::fmt::Display for OpenBreaker {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.write_str("circuit breaker is open")
+    }
+}
+
+impl std::error::Error for OpenBreaker {
+    fn source(&self) -> Option<&(dyn std::error::Error + 'static)> {
+        Some(&resilience_core::RefusedLocally)
+    }
+}
+
+/// The default policy, as `RetryConfig::layer()` builds it, recognises a refusal marked
+/// `RefusedLocally` without any setting: a library user's breaker below the retries does not
+/// spend the budget.
+#[tokio::test(start_paused = true)]
+async fn a_refusal_marked_refused_locally_gives_the_budget_back_by_default() {
+    let budget = Arc::new(Budget::new(0.0, 1, Duration::from_secs(1)).unwrap());
+    let calls = Arc::new(Mutex::new(0));
+    let counter = calls.clone();
+    let inner = service_fn(
+        move |_: Request<resilience_retry::ReplayBody<Empty<Bytes>>>| {
+            let n = {
+                let mut n = counter.lock().unwrap();
+                *n += 1;
+                *n
+            };
+            async move {
+                if n == 1 {
+                    Ok(status(503))
+                } else {
+                    Err::<Response<String>, BoxError>(Box::new(OpenBreaker))
+                }
+            }
+        },
+    );
+    let svc = layer(HttpPolicy::default())
+        .budget(budget.clone())
+        .layer(inner);
+    let err = svc.oneshot(request(Method::GET)).await.unwrap_err();
+    assert!(err.is::<OpenBreaker>());
+    assert_eq!(*calls.lock().unwrap(), 2, "one retry was made");
+    assert_eq!(budget.available(), 1, "and it gave its budget back");
+}

@@ -5,7 +5,7 @@ use serde::{Deserialize, Serialize};
 use std::time::Duration;
 
 /// The timeout settings that `sidecar-lite` reads from its config file, for library users to
-/// load from the very same section.
+/// load from the very same section: a table,
 ///
 /// ```toml
 /// timeout = "2s"                # required: the whole call, all attempts included
@@ -14,8 +14,24 @@ use std::time::Duration;
 /// # body_idle_timeout = "10s"   # each response body frame within this (default: none)
 /// # body_timeout = "60s"        # the whole response body within this (default: none)
 /// ```
+///
+/// or the short form, the timeout alone, every other setting at its default, as the sidecar's
+/// config writes `timeout = "2s"`:
+///
+/// ```
+/// # use resilience_timeout::TimeoutConfig;
+/// # use std::time::Duration;
+/// #[derive(serde::Deserialize)]
+/// struct Route {
+///     timeout: TimeoutConfig,
+/// }
+/// let short: Route = toml::from_str(r#"timeout = "2s""#).unwrap();
+/// let table: Route = toml::from_str("[timeout]\ntimeout = \"2s\"").unwrap();
+/// assert_eq!(short.timeout, TimeoutConfig::new(Duration::from_secs(2)));
+/// assert_eq!(short.timeout, table.timeout);
+/// ```
 #[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
-#[serde(deny_unknown_fields)]
+#[serde(deny_unknown_fields, remote = "Self")]
 pub struct TimeoutConfig {
     /// How long a request may take. Required: there is no safe default for every service.
     #[serde(with = "duration")]
@@ -43,6 +59,41 @@ pub struct TimeoutConfig {
         skip_serializing_if = "Option::is_none"
     )]
     pub body_timeout: Option<Duration>,
+}
+
+// `remote = "Self"` above makes the derives inherent functions, so that these impls can wrap
+// them: the table form as derived, plus the short form.
+impl Serialize for TimeoutConfig {
+    fn serialize<S: serde::Serializer>(&self, serializer: S) -> Result<S::Ok, S::Error> {
+        Self::serialize(self, serializer)
+    }
+}
+
+impl<'de> Deserialize<'de> for TimeoutConfig {
+    fn deserialize<D: serde::Deserializer<'de>>(deserializer: D) -> Result<Self, D::Error> {
+        struct Form;
+        impl<'de> serde::de::Visitor<'de> for Form {
+            type Value = TimeoutConfig;
+
+            fn expecting(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+                f.write_str("a duration such as \"2s\", or a table with `timeout`")
+            }
+
+            fn visit_str<E: serde::de::Error>(self, text: &str) -> Result<TimeoutConfig, E> {
+                duration::parse(text)
+                    .map(TimeoutConfig::new)
+                    .map_err(E::custom)
+            }
+
+            fn visit_map<A: serde::de::MapAccess<'de>>(
+                self,
+                map: A,
+            ) -> Result<TimeoutConfig, A::Error> {
+                TimeoutConfig::deserialize(serde::de::value::MapAccessDeserializer::new(map))
+            }
+        }
+        deserializer.deserialize_any(Form)
+    }
 }
 
 fn default_margin() -> Duration {

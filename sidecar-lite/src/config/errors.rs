@@ -47,3 +47,80 @@ impl fmt::Display for ConfigErrors {
 }
 
 impl std::error::Error for ConfigErrors {}
+
+/// A middleware crate's config error (from `TimeoutConfig::layer`, `RetryConfig::layer`,
+/// `BreakerConfig::layer`, ...), as a problem naming its field; so one `?` chain in library
+/// mode can carry every config error as [`ConfigErrors`].
+impl From<resilience_core::ConfigError> for ConfigProblem {
+    fn from(error: resilience_core::ConfigError) -> Self {
+        Self {
+            field: error.field().to_owned(),
+            line: None,
+            message: error.to_string(),
+        }
+    }
+}
+
+/// The identity files' error (from `IdentityConfig::load`), as a problem of `identity`.
+impl From<resilience_mtls::MaterialError> for ConfigProblem {
+    fn from(error: resilience_mtls::MaterialError) -> Self {
+        Self {
+            field: "identity".to_owned(),
+            line: None,
+            message: error.to_string(),
+        }
+    }
+}
+
+/// One problem (from [`outbound`](crate::outbound) or [`inbound`](crate::inbound)) as the
+/// errors of a config.
+impl From<ConfigProblem> for ConfigErrors {
+    fn from(problem: ConfigProblem) -> Self {
+        Self {
+            file: None,
+            errors: vec![problem],
+        }
+    }
+}
+
+impl From<resilience_core::ConfigError> for ConfigErrors {
+    fn from(error: resilience_core::ConfigError) -> Self {
+        ConfigProblem::from(error).into()
+    }
+}
+
+impl From<resilience_mtls::MaterialError> for ConfigErrors {
+    fn from(error: resilience_mtls::MaterialError) -> Self {
+        ConfigProblem::from(error).into()
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use std::time::Duration;
+
+    /// Every config error a library user meets goes through one `?` into `ConfigErrors`.
+    #[test]
+    fn config_errors_of_every_kind_convert_into_one_type() {
+        fn layers() -> Result<(), ConfigErrors> {
+            let retry = resilience_retry::RetryConfig {
+                attempts: 0,
+                ..Default::default()
+            };
+            let _layer = retry.layer()?;
+            Ok(())
+        }
+        let errors = layers().unwrap_err();
+        assert_eq!(errors.errors[0].field, "attempts");
+        assert_eq!(
+            errors.to_string(),
+            "config: `attempts`: invalid `attempts` = 0: must be at least 1"
+        );
+        let timeout = resilience_timeout::TimeoutConfig::new(Duration::ZERO).layer();
+        let problem = ConfigProblem::from(timeout.unwrap_err());
+        assert_eq!(problem.field, "timeout");
+        let errors = ConfigErrors::from(problem);
+        assert_eq!(errors.errors.len(), 1);
+    }
+}

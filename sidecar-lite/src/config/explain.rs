@@ -171,7 +171,7 @@ fn retries_statuses(retry: &RetryConfig) -> bool {
 
 fn latency(route: &OutboundConfig) -> Latency {
     let retry = &route.retry;
-    let timeout = route.timeout.0.timeout;
+    let timeout = route.timeout.timeout;
     let attempts = load(retry).per_request;
     let per_try = retry.per_try_timeout.unwrap_or(timeout).min(timeout);
     let backoff: Duration = if attempts > 1 {
@@ -244,7 +244,7 @@ fn trip(breaker: &BreakerConfig) -> Trip {
 fn contradictions(route: &OutboundConfig) -> Vec<(String, String)> {
     let mut found = Vec::new();
     let retry = &route.retry;
-    let timeout = route.timeout.0.timeout;
+    let timeout = route.timeout.timeout;
     let show = |d: Duration| humantime::format_duration(d).to_string();
     if let Some(per_try) = retry.per_try_timeout {
         if per_try >= timeout {

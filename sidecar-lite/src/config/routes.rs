@@ -6,7 +6,7 @@ use resilience_breaker::BreakerConfig;
 use resilience_mtls::{AllowList, Identity, IdentityPattern, MtlsMode};
 use resilience_retry::RetryConfig;
 use resilience_timeout::TimeoutConfig;
-use serde::{Deserialize, Deserializer, Serialize};
+use serde::{Deserialize, Serialize};
 use std::{net::SocketAddr, time::Duration};
 
 /// `[inbound]`: other sidecars to our app.
@@ -30,7 +30,7 @@ pub struct InboundConfig {
     pub(crate) allow_anonymous: bool,
     /// The timeout for each request to the app. Default 15 s.
     #[serde(default = "default_timeout")]
-    pub(crate) timeout: TimeoutSetting,
+    pub(crate) timeout: TimeoutConfig,
     /// Requests in flight at once; beyond it, 503 at once. Default 1024.
     #[serde(default = "default_concurrency")]
     pub(crate) max_concurrent_requests: usize,
@@ -81,7 +81,7 @@ pub struct OutboundConfig {
     /// The total timeout, all attempts included: `"2s"`, or a table with the keys of
     /// `resilience_timeout::TimeoutConfig`. Default 15 s.
     #[serde(default = "default_timeout")]
-    pub(crate) timeout: TimeoutSetting,
+    pub(crate) timeout: TimeoutConfig,
     /// Retries: the keys of `resilience_retry::RetryConfig`.
     #[serde(default)]
     pub(crate) retry: RetryConfig,
@@ -129,28 +129,8 @@ pub(crate) struct DelayFault {
     pub(crate) duration: Duration,
 }
 
-/// A timeout written as `"2s"` or as a full `resilience_timeout::TimeoutConfig` table.
-#[derive(Debug, Clone, PartialEq, Eq, Serialize)]
-#[serde(transparent)]
-pub(crate) struct TimeoutSetting(pub TimeoutConfig);
-
-impl<'de> Deserialize<'de> for TimeoutSetting {
-    fn deserialize<D: Deserializer<'de>>(deserializer: D) -> Result<Self, D::Error> {
-        // A string is the short form; anything else must be the full table.
-        match toml::Value::deserialize(deserializer)? {
-            toml::Value::String(text) => resilience_core::duration::parse(&text)
-                .map(|d| Self(TimeoutConfig::new(d)))
-                .map_err(serde::de::Error::custom),
-            other => other
-                .try_into::<TimeoutConfig>()
-                .map(Self)
-                .map_err(serde::de::Error::custom),
-        }
-    }
-}
-
-fn default_timeout() -> TimeoutSetting {
-    TimeoutSetting(TimeoutConfig::new(Duration::from_secs(15)))
+fn default_timeout() -> TimeoutConfig {
+    TimeoutConfig::new(Duration::from_secs(15))
 }
 
 fn default_concurrency() -> usize {
@@ -191,7 +171,7 @@ impl OutboundConfig {
     /// The total timeout, all attempts included.
     #[must_use]
     pub fn timeout(&self) -> &TimeoutConfig {
-        &self.timeout.0
+        &self.timeout
     }
 
     /// The retry section.

@@ -4,10 +4,10 @@
 use super::{
     Config,
     endpoints::{Endpoint, MIN_DISCOVERY_INTERVAL, parse_endpoints_file},
-    routes::TimeoutSetting,
     tracing::TracingConfig,
 };
 use resilience_mtls::MtlsMode;
+use resilience_timeout::TimeoutConfig;
 use std::{collections::HashSet, net::SocketAddr};
 
 /// Every problem serde could not find, as (field path, message).
@@ -252,8 +252,8 @@ fn endpoint_problems(field: &str, endpoints: &[Endpoint], problems: &mut Vec<(St
     }
 }
 
-fn timeout_problems(field: &str, timeout: &TimeoutSetting, problems: &mut Vec<(String, String)>) {
-    if let Err(e) = timeout.0.validate() {
+fn timeout_problems(field: &str, timeout: &TimeoutConfig, problems: &mut Vec<(String, String)>) {
+    if let Err(e) = timeout.validate() {
         problems.push((format!("{field}.{}", e.field()), e.to_string()));
     }
 }

@@ -24,7 +24,12 @@ impl fmt::Display for NoEndpointAvailable {
     }
 }
 
-impl Error for NoEndpointAvailable {}
+impl Error for NoEndpointAvailable {
+    /// Refused here, before anything was sent: a retry gives its budget back.
+    fn source(&self) -> Option<&(dyn Error + 'static)> {
+        Some(&resilience_core::RefusedLocally)
+    }
+}
 
 /// Discovery has looked and found no endpoint for the route (a `dns:` name that does not
 /// resolve yet). Answered with 503 and `x-sidecar-error: no-endpoints`.
@@ -37,7 +42,12 @@ impl fmt::Display for NoEndpoints {
     }
 }
 
-impl Error for NoEndpoints {}
+impl Error for NoEndpoints {
+    /// Refused here, before anything was sent: a retry gives its budget back.
+    fn source(&self) -> Option<&(dyn Error + 'static)> {
+        Some(&resilience_core::RefusedLocally)
+    }
+}
 
 /// Wraps a balanced set of endpoints: a call fails at once with [`NoEndpointAvailable`] while
 /// every breaker of the current endpoints is open and none is due a probe, and with

@@ -19,7 +19,6 @@ where
 {
     let timeout = inbound
         .timeout
-        .0
         .layer()
         .map_err(|e| field_error("timeout", e.field(), &e))?
         .named("inbound");
@@ -28,7 +27,6 @@ where
     let app = AppClient::new(app_addr, inbound.app_protocol);
     let body_timeout = inbound
         .timeout
-        .0
         .body_layer()
         .map_err(|e| field_error("timeout", e.field(), &e))?
         .unwrap_or_default();

@@ -3,7 +3,7 @@
 //! over endpoints each behind its own breaker.
 
 use super::{
-    LiveEndpoints, NoEndpointAvailable, NoEndpoints, StackBody, StackService, count_attempt,
+    LiveEndpoints, StackBody, StackService, count_attempt,
     discovery::{self, Source},
     fail_fast::FailWhenAllOpen,
     fault::FaultLayer,
@@ -18,9 +18,7 @@ use crate::{
 use bytes::Bytes;
 use http::{Request, Response};
 use http_body::Body;
-use resilience_breaker::{
-    BreakerHandle, BreakerOpen, CircuitBreaker, CircuitBreakerLayer, Classify, Mode,
-};
+use resilience_breaker::{BreakerHandle, CircuitBreaker, CircuitBreakerLayer, Classify, Mode};
 use resilience_core::BoxError;
 use resilience_mtls::ConnectorBuilder;
 use resilience_retry::{Budget, PeekGrpcTrailersLayer, ReplayBody};
@@ -160,13 +158,11 @@ pub(crate) fn outbound_with_endpoints<B: StackBody>(
 
     let total = route
         .timeout
-        .0
         .layer()
         .map_err(|e| field_error("timeout", e.field(), &e))?
         .named("total");
     let body_timeout = route
         .timeout
-        .0
         .body_layer()
         .map_err(|e| field_error("timeout", e.field(), &e))?
         .unwrap_or_default();
@@ -174,8 +170,7 @@ pub(crate) fn outbound_with_endpoints<B: StackBody>(
         .retry
         .layer()
         .map_err(|e| field_error("retry", e.field(), &e))?
-        .named(route.name.clone())
-        .map_policy(|policy| policy.refused_locally(is_refused_locally));
+        .named(route.name.clone());
     let budget = retry.shared_budget().clone();
     let service = ServiceBuilder::new()
         .load_shed()
@@ -320,10 +315,6 @@ where
 
 /// Whether an error says a retry was refused inside this process, by an endpoint's breaker,
 /// before it was sent: such a retry gives its budget back (ARCHITECTURE.md).
-fn is_refused_locally(error: &(dyn std::error::Error + 'static)) -> bool {
-    error.is::<BreakerOpen>() || error.is::<NoEndpointAvailable>() || error.is::<NoEndpoints>()
-}
-
 #[cfg(test)]
 mod tests {
     use super::*;
