@@ -165,3 +165,9 @@ pub use unavailable::{
 
 #[cfg(feature = "serde")]
 pub use config::{BreakerConfig, WindowConfig};
+
+/// The README's example (the same as the first one above), compiled as a doctest so that it
+/// cannot rot.
+#[cfg(doctest)]
+#[doc = include_str!("../README.md")]
+struct ReadmeDoctests;

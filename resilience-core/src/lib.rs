@@ -46,3 +46,9 @@ pub use local_reply::{LocalReply, Reason, SIDECAR_ERROR, is_grpc};
 pub use reply_layer::{
     LocalReplyBody, LocalReplyFuture, LocalReplyLayer, LocalReplyService, ReplyTo,
 };
+
+/// The README's example (the same as the first one above), compiled as a doctest so that it
+/// cannot rot.
+#[cfg(doctest)]
+#[doc = include_str!("../README.md")]
+struct ReadmeDoctests;

@@ -128,3 +128,9 @@ fn provider() -> std::sync::Arc<rustls::crypto::CryptoProvider> {
         .get_or_init(|| std::sync::Arc::new(rustls::crypto::ring::default_provider()))
         .clone()
 }
+
+/// The README's example (the same as the first one above), compiled as a doctest so that it
+/// cannot rot.
+#[cfg(doctest)]
+#[doc = include_str!("../README.md")]
+struct ReadmeDoctests;

@@ -50,6 +50,11 @@
 //! collected whole. A gRPC status is read from the response head or, with
 //! [`PeekGrpcTrailersLayer`] inside the retry layer, from trailers that follow the head at once.
 //!
+//! The services below the layer receive `http::Request<`[`ReplayBody`]`<B>>`, the body it can
+//! send again: build the client for that body type (with hyper-util,
+//! `Client<_, ReplayBody<Full<Bytes>>>`). Put each attempt's circuit breaker outside its
+//! per-try timeout, so that an attempt that times out counts against the breaker.
+//!
 //! A gRPC call is a POST, so it is not idempotent by method; a gRPC status condition that was
 //! configured (`unavailable`, `resource-exhausted`...) still retries it when the request's
 //! `content-type` is `application/grpc*`, because the server declined the call with that
@@ -123,3 +128,9 @@ pub use replay::{DEFAULT_MAX_REPLAY_BODY, NotReplayable, ReplayBody};
 
 #[cfg(feature = "serde")]
 pub use config::{BackoffConfig, BudgetConfig, RetryConfig};
+
+/// The README's example (the same as the first one above), compiled as a doctest so that it
+/// cannot rot.
+#[cfg(doctest)]
+#[doc = include_str!("../README.md")]
+struct ReadmeDoctests;

@@ -127,3 +127,9 @@ pub use resilience_core::SIDECAR_ERROR;
 
 #[cfg(feature = "serde")]
 pub use config::TimeoutConfig;
+
+/// The README's example (the same as the first one above), compiled as a doctest so that it
+/// cannot rot.
+#[cfg(doctest)]
+#[doc = include_str!("../README.md")]
+struct ReadmeDoctests;

@@ -56,3 +56,9 @@ pub use proxy::local_reply;
 pub use run::{Bound, Sidecar};
 pub use stack::{StackService, inbound, outbound};
 pub use transport::ProxyBody;
+
+/// The README's example (the same as the first one above), compiled as a doctest so that it
+/// cannot rot.
+#[cfg(doctest)]
+#[doc = include_str!("../README.md")]
+struct ReadmeDoctests;

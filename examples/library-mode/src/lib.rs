@@ -17,6 +17,11 @@
 //! With an `[identity]` section in the file and `server_identity` on the route, the calls go
 //! over mutual TLS (to a peer's inbound sidecar, say), as the sidecar's would.
 
+/// The workspace README's Rust examples, compiled (and run unless `no_run`) as doctests.
+#[cfg(doctest)]
+#[doc = include_str!("../../../README.md")]
+pub struct WorkspaceReadme;
+
 use bytes::Bytes;
 use http::{Request, Response, StatusCode, Uri};
 use http_body_util::{BodyExt, Full};
