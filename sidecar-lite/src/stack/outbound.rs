@@ -13,7 +13,7 @@ use super::{
 };
 use crate::{
     config::{Config, ConfigProblem, DiscoveryConfig, Endpoint, OutboundConfig},
-    transport::{FixedConnector, Pool, PooledBody, Protocol, boxed, mtls_connector},
+    transport::{AppClient, Pool, PooledBody, Protocol, boxed, mtls_connector},
 };
 use bytes::Bytes;
 use http::{Request, Response};
@@ -247,13 +247,14 @@ impl<B: StackBody> EndpointFactory<B> {
     /// tell endpoints apart.
     fn make(&self, addr: SocketAddr, mode: Mode) -> Breaker<B> {
         // One pool per endpoint, whatever the requests say of their authority: HTTP/2 when
-        // the peer's sidecar chooses it by ALPN, HTTP/1.1 in plaintext.
+        // the peer's sidecar chooses it by ALPN; in plaintext, HTTP/1.1, and HTTP/2 with
+        // prior knowledge for gRPC (its trailers need it).
         let client: EndpointService<B> = match &self.tls {
             Some(builder) => BoxCloneService::new(Pool::new(
                 mtls_connector(builder, addr),
                 Protocol::Negotiated,
             )),
-            None => BoxCloneService::new(Pool::new(FixedConnector::new(addr), Protocol::Http1)),
+            None => BoxCloneService::new(AppClient::endpoint(addr)),
         };
         let client = BoxCloneService::new(
             ServiceBuilder::new()

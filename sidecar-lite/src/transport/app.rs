@@ -1,4 +1,6 @@
-//! The pooled client to the local app, for the inbound stack.
+//! The pooled plaintext client: to the local app, for the inbound stack, and to a plaintext
+//! endpoint of an outbound route. HTTP/2 with prior knowledge for gRPC (its trailers need it),
+//! HTTP/1.1 for the rest.
 
 use super::{FixedConnector, Pool, PooledBody, Protocol, StackBody};
 use crate::config::AppProtocol;
@@ -7,12 +9,15 @@ use resilience_core::{BoxError, SIDECAR_ERROR};
 use std::net::SocketAddr;
 use tower::Service;
 
-/// The pooled client to the local app: HTTP/1.1, or HTTP/2 with prior knowledge for gRPC
-/// (or always, as configured).
+/// A pooled plaintext client: HTTP/1.1, or HTTP/2 with prior knowledge for gRPC (or always,
+/// as configured).
 pub(crate) struct AppClient<B> {
     http1: Pool<FixedConnector, B>,
     http2: Pool<FixedConnector, B>,
     protocol: AppProtocol,
+    /// Whether the answers' `x-sidecar-error` is dropped: an app's must not pass for ours, a
+    /// peer sidecar's is its own reason and goes on.
+    drop_flag: bool,
 }
 
 impl<B> Clone for AppClient<B> {
@@ -21,16 +26,28 @@ impl<B> Clone for AppClient<B> {
             http1: self.http1.clone(),
             http2: self.http2.clone(),
             protocol: self.protocol,
+            drop_flag: self.drop_flag,
         }
     }
 }
 
 impl<B: StackBody> AppClient<B> {
+    /// The client to the local app at `app`.
     pub(crate) fn new(app: SocketAddr, protocol: AppProtocol) -> Self {
         Self {
             http1: Pool::new(FixedConnector::new(app), Protocol::Http1),
             http2: Pool::new(FixedConnector::new(app), Protocol::Http2),
             protocol,
+            drop_flag: true,
+        }
+    }
+
+    /// The client to a plaintext endpoint of an outbound route (an upstream, or a peer
+    /// sidecar without mTLS), whose `x-sidecar-error` is kept.
+    pub(crate) fn endpoint(addr: SocketAddr) -> Self {
+        Self {
+            drop_flag: false,
+            ..Self::new(addr, AppProtocol::Auto)
         }
     }
 }
@@ -72,9 +89,12 @@ impl<B: StackBody> Service<Request<B>> for AppClient<B> {
         } else {
             &mut self.http1
         };
-        client
-            .call(req)
-            .map_ok(without_sidecar_flag as fn(Response<PooledBody<B>>) -> Response<PooledBody<B>>)
+        let answer: fn(Response<PooledBody<B>>) -> Response<PooledBody<B>> = if self.drop_flag {
+            without_sidecar_flag
+        } else {
+            std::convert::identity
+        };
+        client.call(req).map_ok(answer)
     }
 }
 
