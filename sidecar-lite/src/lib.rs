@@ -8,13 +8,20 @@
 //! peers and to the app); `run` (lifecycle, signals, reload) and `admin` stand beside them.
 //! `ARCHITECTURE.md` at the root of the repository walks one request through both sidecars.
 //!
+//! Features: `proxy` (default) is the sidecar itself (listeners, admin server, reload, OTLP
+//! export, access logs, the binary) and brings `dns` (`dns:` endpoints, with
+//! hickory-resolver). A service that only builds stacks from config sections depends on this
+//! crate with `default-features = false`: the config types and the stack builders over the
+//! four middleware crates, without clap, OpenTelemetry, hickory-resolver, the Prometheus
+//! exporter or tracing-subscriber.
+//!
 //! What is public is what library users and the binary need:
 //!
 //! - [`Config`] parses and validates a config file; [`OutboundConfig`] and [`InboundConfig`]
 //!   are its routes.
 //! - [`outbound`] and [`inbound`] build the very stacks the sidecar serves, for library mode;
 //!   [`local_reply`] answers their errors as the sidecar does.
-//! - [`Sidecar`] runs a whole config, as the binary does.
+//! - `Sidecar` runs a whole config, as the binary does (feature `proxy`).
 //!
 //! ```no_run
 //! use sidecar_lite::{Config, outbound, local_reply};
@@ -44,15 +51,18 @@
 //! # Ok(()) }
 //! ```
 
+#[cfg(feature = "proxy")]
 mod admin;
 mod config;
 mod proxy;
+#[cfg(feature = "proxy")]
 mod run;
 mod stack;
 mod transport;
 
 pub use config::{Config, ConfigErrors, ConfigProblem, InboundConfig, OutboundConfig};
 pub use proxy::local_reply;
+#[cfg(feature = "proxy")]
 pub use run::{Bound, Sidecar};
 pub use stack::{StackService, inbound, outbound};
 pub use transport::ProxyBody;

@@ -2,6 +2,8 @@
 //! status, gRPC status, bytes, upstream, attempts, the `x-sidecar-error` flag, peer identity,
 //! trace id, client), reopened on reload for logrotate, and written off the request path: a
 //! log file nobody drains never holds up a request.
+// The sidecar itself is under test: the `proxy` feature (on by default).
+#![cfg(feature = "proxy")]
 
 mod common;
 

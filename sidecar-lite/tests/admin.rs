@@ -1,5 +1,7 @@
 //! The admin server: readiness and drain, the effective config, breaker states, metrics and
 //! the status page.
+// The sidecar itself is under test: the `proxy` feature (on by default).
+#![cfg(feature = "proxy")]
 
 mod common;
 

@@ -1,5 +1,7 @@
 //! Several endpoints: retries move onto a healthy one, and the breaker of a failing one opens
 //! so that traffic flows to the rest.
+// The sidecar itself is under test: the `proxy` feature (on by default).
+#![cfg(feature = "proxy")]
 
 mod common;
 

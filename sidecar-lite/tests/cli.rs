@@ -1,5 +1,7 @@
 //! The command line: `check` validates and prints the effective config, naming the line and
 //! field of each error; `certs` writes a dev CA and workload certificates.
+// The sidecar itself is under test: the `proxy` feature (on by default).
+#![cfg(feature = "proxy")]
 
 use std::{path::PathBuf, process::Command};
 

@@ -4,6 +4,8 @@
 //!
 //! Every endpoint is an app on 127.0.0.x; the DNS server is a UDP socket on 127.0.0.1 that
 //! answers A queries from a table the test changes (hickory-proto encodes the messages).
+// The sidecar itself is under test: the `proxy` feature (on by default).
+#![cfg(feature = "proxy")]
 
 mod common;
 

@@ -1,4 +1,6 @@
 //! A stop (SIGTERM, SIGINT or POST /drain) lets every accepted request finish.
+// The sidecar itself is under test: the `proxy` feature (on by default).
+#![cfg(feature = "proxy")]
 
 mod common;
 

@@ -1,6 +1,8 @@
 //! `Config::explain`, what `sidecar-lite check` prints: for a table of route policies, the
 //! worst-case load on the upstream, the worst-case latency of one request, the fastest breaker
 //! trip, and the warnings (field and line) for settings that contradict each other.
+// The sidecar itself is under test: the `proxy` feature (on by default).
+#![cfg(feature = "proxy")]
 
 use serde_json::{Value, json};
 use sidecar_lite::Config;

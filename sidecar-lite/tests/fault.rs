@@ -1,4 +1,6 @@
 //! Injected aborts and delays land at their configured rates.
+// The sidecar itself is under test: the `proxy` feature (on by default).
+#![cfg(feature = "proxy")]
 
 mod common;
 

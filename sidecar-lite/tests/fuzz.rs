@@ -17,6 +17,8 @@
 //! Case counts: a short run by default (CI); set `FUZZ_CASES=N` for N cases per property (the
 //! long mode): `FUZZ_CASES=20000 cargo test -p sidecar-lite --test fuzz`. A failing input that
 //! proptest finds belongs in the corpus, with the fix.
+// The sidecar itself is under test: the `proxy` feature (on by default).
+#![cfg(feature = "proxy")]
 
 use proptest::prelude::*;
 use sidecar_lite::Config;

@@ -7,6 +7,8 @@
 //! (`tests/grpc/client.py`), the reference client, which sees what an application sees. Without
 //! grpcio installed the grpcio half is skipped with a notice, unless `REQUIRE_GRPCIO` is set
 //! (as `.ci/run` sets it after installing grpcio): then it fails.
+// The sidecar itself is under test: the `proxy` feature (on by default).
+#![cfg(feature = "proxy")]
 
 mod common;
 

@@ -1,4 +1,6 @@
 //! Hostile requests get clear errors, and the listener keeps serving others.
+// The sidecar itself is under test: the `proxy` feature (on by default).
+#![cfg(feature = "proxy")]
 
 mod common;
 

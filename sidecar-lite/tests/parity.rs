@@ -11,6 +11,8 @@
 //! The outcome of every scenario in both modes is the matrix in `tests/parity/matrix.md`,
 //! which this suite writes with `PARITY_UPDATE=1` and otherwise checks, and which the
 //! workspace README shows.
+// The sidecar itself is under test: the `proxy` feature (on by default).
+#![cfg(feature = "proxy")]
 
 mod common;
 

@@ -6,6 +6,8 @@
 //! five minutes at moderate load for the memory check. The scenarios run one at a time, as
 //! they measure latency and memory. The fault-injecting upstream is `example-flaky-upstream`.
 //! Hostile input is in `hostile.rs`.
+// The sidecar itself is under test: the `proxy` feature (on by default).
+#![cfg(feature = "proxy")]
 
 mod common;
 

@@ -1,5 +1,7 @@
 //! Hot reload: new policies apply to the next request, with no failed requests under load; a
 //! broken file keeps the old config serving; the binary reloads when its file changes.
+// The sidecar itself is under test: the `proxy` feature (on by default).
+#![cfg(feature = "proxy")]
 
 mod common;
 

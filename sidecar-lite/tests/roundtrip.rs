@@ -1,4 +1,6 @@
 //! Round trips on 127.0.0.1: client -> outbound sidecar -> mTLS -> inbound sidecar -> app.
+// The sidecar itself is under test: the `proxy` feature (on by default).
+#![cfg(feature = "proxy")]
 
 mod common;
 

@@ -3,6 +3,8 @@
 //! that keeps HTTP/2 alive with SETTINGS and PINGs but opens no stream are all closed within
 //! the header read timeout; at the connection limit a new connection takes the place of a
 //! silent one; the admin server answers its probes while a thousand silent connections wait.
+// The sidecar itself is under test: the `proxy` feature (on by default).
+#![cfg(feature = "proxy")]
 
 mod common;
 

@@ -1,6 +1,8 @@
 //! Tracing export, on 127.0.0.1: spans of proxied requests received by a local OTLP/HTTP
 //! collector, parented by `traceparent`; a dead collector that costs requests nothing; and the
 //! `[tracing]` config checks.
+// The sidecar itself is under test: the `proxy` feature (on by default).
+#![cfg(feature = "proxy")]
 
 mod common;
 

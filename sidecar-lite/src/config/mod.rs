@@ -19,9 +19,9 @@ mod validate;
 pub(crate) use access_log::AccessLogConfig;
 pub(crate) use endpoints::{DiscoveryConfig, Endpoint, parse_endpoints_file};
 pub use errors::{ConfigErrors, ConfigProblem};
-pub(crate) use process::{
-    AdminConfig, LimitsConfig, LogConfig, LogFormat, RuntimeConfig, log_filter,
-};
+#[cfg(feature = "proxy")]
+pub(crate) use process::log_filter;
+pub(crate) use process::{AdminConfig, LimitsConfig, LogConfig, LogFormat, RuntimeConfig};
 pub(crate) use routes::{AppProtocol, FaultConfig};
 pub use routes::{InboundConfig, OutboundConfig};
 pub(crate) use tracing::TracingConfig;

@@ -54,6 +54,7 @@ impl Default for LimitsConfig {
     }
 }
 
+#[cfg(feature = "proxy")]
 impl LimitsConfig {
     /// The admin listener's limits: these, with room for only a few dozen connections at
     /// once (probes, scrapes, an operator), so that no flood of them can cost much.
@@ -66,6 +67,7 @@ impl LimitsConfig {
 }
 
 /// Connections the admin listener keeps open at once.
+#[cfg(feature = "proxy")]
 const ADMIN_MAX_CONNECTIONS: usize = 64;
 
 fn default_idle_timeout() -> Duration {
@@ -159,6 +161,7 @@ fn default_log_filter() -> String {
 /// comma-separated directive trimmed, empty ones dropped. tracing-subscriber 0.3 parses a
 /// directive trimmed but slices it untrimmed, so `"info, hypé=warn"` made it panic in the
 /// middle of a character; trimmed, the same filter is parsed, or refused with an error.
+#[cfg(feature = "proxy")]
 pub(crate) fn log_filter(
     text: &str,
 ) -> Result<tracing_subscriber::EnvFilter, tracing_subscriber::filter::ParseError> {
@@ -170,7 +173,7 @@ pub(crate) fn log_filter(
     tracing_subscriber::EnvFilter::try_new(directives.join(","))
 }
 
-#[cfg(test)]
+#[cfg(all(test, feature = "proxy"))]
 mod tests {
     use super::log_filter;
 

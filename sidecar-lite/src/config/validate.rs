@@ -156,6 +156,8 @@ pub(super) fn problems(config: &Config) -> Vec<(String, String)> {
     if config.runtime.worker_threads == Some(0) {
         problems.push(("runtime.worker_threads".into(), "must be at least 1".into()));
     }
+    // The sidecar's own logging; library mode logs as the service does.
+    #[cfg(feature = "proxy")]
     if let Err(e) = super::process::log_filter(&config.log.filter) {
         problems.push((
             "log.filter".into(),

@@ -30,12 +30,14 @@ impl Attempts {
     }
 
     /// The attempts so far.
+    #[cfg(feature = "proxy")]
     #[must_use]
     pub(crate) fn count(&self) -> u32 {
         self.0.count.load(Ordering::Relaxed)
     }
 
     /// The endpoint of the latest attempt that reached one.
+    #[cfg(feature = "proxy")]
     #[must_use]
     pub(crate) fn endpoint(&self) -> Option<SocketAddr> {
         *self

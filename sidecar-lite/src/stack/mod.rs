@@ -20,17 +20,22 @@
 
 mod attempts;
 mod discovery;
+#[cfg(feature = "dns")]
+mod dns;
 mod fail_fast;
 mod fault;
 mod inbound;
 mod load;
 mod outbound;
 
-pub(crate) use attempts::{Attempts, count_attempt, note_endpoint};
+#[cfg(feature = "proxy")]
+pub(crate) use attempts::Attempts;
+pub(crate) use attempts::{count_attempt, note_endpoint};
 pub(crate) use discovery::LiveEndpoints;
 pub(crate) use fail_fast::{NoEndpointAvailable, NoEndpoints};
 pub use inbound::inbound;
 pub use outbound::outbound;
+#[cfg(feature = "proxy")]
 pub(crate) use outbound::outbound_with_endpoints;
 
 pub(crate) use crate::transport::StackBody;

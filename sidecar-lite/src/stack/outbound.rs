@@ -48,6 +48,10 @@ pub(crate) struct Outbound<B> {
     /// by discovery for `dns:` and `file:` sources.
     pub(crate) endpoints: LiveEndpoints,
     /// The route's retry budget, for the admin server.
+    #[cfg_attr(
+        not(feature = "proxy"),
+        allow(dead_code, reason = "read by the admin server")
+    )]
     pub(crate) budget: Arc<Budget>,
 }
 
@@ -126,6 +130,7 @@ pub(crate) fn outbound_with_endpoints<B: StackBody>(
             BoxCloneService::new(breaker)
         }
         // A set that can change, and grow from one: always the balancer.
+        #[cfg(feature = "dns")]
         [Endpoint::Dns { name, port }] => {
             let (source, last_good) =
                 Source::dns(discovery, name, *port).map_err(|message| ConfigProblem {
@@ -134,6 +139,12 @@ pub(crate) fn outbound_with_endpoints<B: StackBody>(
                     message,
                 })?;
             discovered(source, last_good)
+        }
+        #[cfg(not(feature = "dns"))]
+        [entry @ Endpoint::Dns { .. }] => {
+            return Err(endpoints_error(format!(
+                "\"{entry}\" needs sidecar-lite's `dns` feature (DNS discovery)"
+            )));
         }
         [Endpoint::File(path)] => {
             let (source, initial) =
