@@ -23,6 +23,37 @@ async fn a_thousand_requests_against_a_failing_upstream_stay_within_the_budget()
     assert_eq!(calls, 1200, "the budget is spent exactly");
 }
 
+/// An upstream that answers 503 to its first call and fails every later one with `refusal`
+/// (what a layer below the retry returns when it refuses a call), and its count of calls.
+fn a_503_then(refusal: fn() -> BoxError) -> (Upstream, Arc<Mutex<u32>>) {
+    let calls = Arc::new(Mutex::new(0));
+    let counter = calls.clone();
+    let inner = service_fn(
+        move |_: Request<resilience_retry::ReplayBody<Empty<Bytes>>>| {
+            let n = {
+                let mut n = counter.lock().unwrap();
+                *n += 1;
+                *n
+            };
+            async move {
+                if n == 1 {
+                    Ok(status(503))
+                } else {
+                    Err::<Response<String>, BoxError>(refusal())
+                }
+            }
+        },
+    );
+    (Upstream::new(inner), calls)
+}
+
+/// What [`a_503_then`] returns.
+type Upstream = tower::util::BoxCloneService<
+    Request<resilience_retry::ReplayBody<Empty<Bytes>>>,
+    Response<String>,
+    BoxError,
+>;
+
 /// An error a layer below the retry (a circuit breaker, say) returns when it refuses a call.
 #[derive(Debug)]
 struct RefusedHere;
@@ -40,24 +71,7 @@ async fn a_retry_refused_inside_the_process_gives_its_budget_back() {
     for (recognised, left) in [(true, 1), (false, 0)] {
         // A reserve of exactly one retry, no ratio.
         let budget = Arc::new(Budget::new(0.0, 1, Duration::from_secs(1)).unwrap());
-        let calls = Arc::new(Mutex::new(0));
-        let counter = calls.clone();
-        let inner = service_fn(
-            move |_: Request<resilience_retry::ReplayBody<Empty<Bytes>>>| {
-                let n = {
-                    let mut n = counter.lock().unwrap();
-                    *n += 1;
-                    *n
-                };
-                async move {
-                    if n == 1 {
-                        Ok(status(503))
-                    } else {
-                        Err::<Response<String>, BoxError>(Box::new(RefusedHere))
-                    }
-                }
-            },
-        );
+        let (inner, calls) = a_503_then(|| Box::new(RefusedHere));
         let mut policy = HttpPolicy::default();
         if recognised {
             policy = policy.refused_locally(|e| e.is::<RefusedHere>());
@@ -93,24 +107,7 @@ impl std::error::Error for OpenBreaker {
 #[tokio::test(start_paused = true)]
 async fn a_refusal_marked_refused_locally_gives_the_budget_back_by_default() {
     let budget = Arc::new(Budget::new(0.0, 1, Duration::from_secs(1)).unwrap());
-    let calls = Arc::new(Mutex::new(0));
-    let counter = calls.clone();
-    let inner = service_fn(
-        move |_: Request<resilience_retry::ReplayBody<Empty<Bytes>>>| {
-            let n = {
-                let mut n = counter.lock().unwrap();
-                *n += 1;
-                *n
-            };
-            async move {
-                if n == 1 {
-                    Ok(status(503))
-                } else {
-                    Err::<Response<String>, BoxError>(Box::new(OpenBreaker))
-                }
-            }
-        },
-    );
+    let (inner, calls) = a_503_then(|| Box::new(OpenBreaker));
     let svc = layer(HttpPolicy::default())
         .budget(budget.clone())
         .layer(inner);

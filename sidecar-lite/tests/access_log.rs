@@ -8,9 +8,9 @@
 mod common;
 
 use common::{
-    Certs, echo_app, full, get,
+    Certs, echo_app, frontend_to_orders, full, get,
     grpc::{grpc_app, grpc_request},
-    http1, http2, inbound_sidecar, outbound_addr, outbound_sidecar, sidecar, spiffe, text,
+    http1, http2, inbound_sidecar, outbound_addr, sidecar, spiffe, text,
 };
 use http::{Method, Request, StatusCode};
 use http_body_util::BodyExt;
@@ -141,14 +141,7 @@ async fn the_inbound_line_names_the_peer_and_grpc_status_comes_from_the_trailers
         ),
     )
     .await;
-    let outbound = outbound_sidecar(
-        &certs,
-        "frontend",
-        &[inbound.bound.inbound.unwrap()],
-        "orders",
-        &outbound_section,
-    )
-    .await;
+    let outbound = frontend_to_orders(&certs, &inbound, &outbound_section).await;
     let req = grpc_request(outbound_addr(&outbound), "/shop.Orders/Get");
     let response = timeout(common::STEP, http2().request(req))
         .await

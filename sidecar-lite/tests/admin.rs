@@ -325,14 +325,7 @@ async fn status_has_the_golden_signals_identity_and_peers() {
         spiffe("frontend"),
     ))
     .await;
-    let outbound = outbound_sidecar(
-        &certs,
-        "frontend",
-        &[inbound.bound.inbound.unwrap()],
-        "orders",
-        "",
-    )
-    .await;
+    let outbound = frontend_to_orders(&certs, &inbound, "").await;
     for i in 0..5 {
         let response = get(format!("http://{}/{i}", outbound_addr(&outbound))).await;
         assert_eq!(response.status(), StatusCode::OK);

@@ -15,6 +15,7 @@ mod common;
 use common::{
     Certs,
     dns::{Answer, Dns},
+    frontend_to_orders,
     grpc::{OK, UNAVAILABLE, grpc_app, grpc_request},
     http2, inbound_sidecar, outbound_addr, outbound_sidecar, sidecar, spiffe,
 };
@@ -70,14 +71,7 @@ impl TwoSidecars {
     async fn start(test: &str, app: SocketAddr, allow: &str, route: &str) -> Self {
         let certs = Certs::new(test);
         let inbound = inbound_sidecar(&certs, "orders", app, &[spiffe(allow)], "").await;
-        let outbound = outbound_sidecar(
-            &certs,
-            "frontend",
-            &[inbound.bound.inbound.unwrap()],
-            "orders",
-            route,
-        )
-        .await;
+        let outbound = frontend_to_orders(&certs, &inbound, route).await;
         Self {
             outbound,
             _inbound: inbound,

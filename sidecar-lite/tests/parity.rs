@@ -633,6 +633,30 @@ fn states(mut states: Vec<String>) -> String {
     states.join(" and ")
 }
 
+/// Sends each call of `scenario` with `send` (its answer's status, flag and gRPC status), and
+/// reads the endpoints' breaker states after it with `breakers`: what the two modes share.
+async fn run_calls(
+    scenario: &Scenario,
+    endpoints: &[(SocketAddr, Arc<Mutex<Vec<Seen>>>)],
+    mut send: impl AsyncFnMut(&Call) -> (u16, Option<String>, Option<String>),
+    mut breakers: impl AsyncFnMut() -> Vec<String>,
+) -> Vec<Outcome> {
+    let mut outcomes = Vec::new();
+    for call in &scenario.calls {
+        tokio::time::sleep(Duration::from_millis(call.after_ms)).await;
+        let before = seen_so_far(endpoints);
+        let (status, flag, grpc_status) = send(call).await;
+        outcomes.push(Outcome {
+            status,
+            flag,
+            grpc_status,
+            upstream: seen_since(endpoints, &before),
+            breaker: states(breakers().await),
+        });
+    }
+    outcomes
+}
+
 async fn run_library(index: usize, scenario: &Scenario) -> Vec<Outcome> {
     let recorder = recorder();
     let endpoints = endpoints_of(scenario).await;
@@ -646,10 +670,7 @@ async fn run_library(index: usize, scenario: &Scenario) -> Vec<Outcome> {
     let config = Config::parse(&text).unwrap_or_else(|e| panic!("{e}\n{text}"));
     let route = config.outbound_route(&name).unwrap();
     let stack = sidecar_lite::outbound::<Full<Bytes>>(&config, route, None).unwrap();
-    let mut outcomes = Vec::new();
-    for call in &scenario.calls {
-        tokio::time::sleep(Duration::from_millis(call.after_ms)).await;
-        let before = seen_so_far(&endpoints);
+    let send = async |call: &Call| {
         let req = request(format!("http://{}/parity", endpoints[0].0), call);
         let response = match timeout(common::STEP, stack.clone().oneshot(req))
             .await
@@ -658,30 +679,22 @@ async fn run_library(index: usize, scenario: &Scenario) -> Vec<Outcome> {
             Ok(response) => response,
             Err(error) => local_reply(&error, call.grpc),
         };
-        let (status, flag, grpc_status) = settle(response).await;
-        let upstream = seen_since(&endpoints, &before);
+        settle(response).await
+    };
+    let breakers = async || {
         let rendered = recorder.render();
-        let breaker = states(
-            endpoints
-                .iter()
-                .map(|(endpoint, _)| {
-                    let gauge = format!("resilience_breaker_state{{name=\"{name}/{endpoint}\"}} ");
-                    rendered
-                        .lines()
-                        .find_map(|line| line.strip_prefix(gauge.as_str()).map(state_name))
-                        .unwrap_or_else(|| "closed".to_owned())
-                })
-                .collect(),
-        );
-        outcomes.push(Outcome {
-            status,
-            flag,
-            grpc_status,
-            upstream,
-            breaker,
-        });
-    }
-    outcomes
+        endpoints
+            .iter()
+            .map(|(endpoint, _)| {
+                let gauge = format!("resilience_breaker_state{{name=\"{name}/{endpoint}\"}} ");
+                rendered
+                    .lines()
+                    .find_map(|line| line.strip_prefix(gauge.as_str()).map(state_name))
+                    .unwrap_or_else(|| "closed".to_owned())
+            })
+            .collect()
+    };
+    run_calls(scenario, &endpoints, send, breakers).await
 }
 
 async fn run_sidecar(index: usize, scenario: &Scenario) -> Vec<Outcome> {
@@ -698,43 +711,32 @@ async fn run_sidecar(index: usize, scenario: &Scenario) -> Vec<Outcome> {
     let http2: Client<_, Full<Bytes>> = Client::builder(TokioExecutor::new())
         .http2_only(true)
         .build_http();
-    let mut outcomes = Vec::new();
-    for call in &scenario.calls {
-        tokio::time::sleep(Duration::from_millis(call.after_ms)).await;
-        let before = seen_so_far(&endpoints);
+    let send = async |call: &Call| {
         let req = request(format!("http://{listen}/parity"), call);
         let client = if call.grpc { &http2 } else { &http1 };
         let response = timeout(common::STEP, client.request(req))
             .await
             .expect("an answer within STEP")
             .expect("a response from the sidecar");
-        let (status, flag, grpc_status) = settle(response).await;
-        let upstream = seen_since(&endpoints, &before);
+        settle(response).await
+    };
+    let breakers = async || {
         let (_, breakers) = sidecar.get("/breakers").await;
         let breakers: serde_json::Value = serde_json::from_str(&breakers).unwrap();
-        let breaker = states(
-            endpoints
-                .iter()
-                .map(|(endpoint, _)| {
-                    breakers
-                        .as_array()
-                        .unwrap()
-                        .iter()
-                        .find(|b| b["endpoint"] == endpoint.to_string())
-                        .map_or("closed", |b| b["state"].as_str().unwrap())
-                        .to_owned()
-                })
-                .collect(),
-        );
-        outcomes.push(Outcome {
-            status,
-            flag,
-            grpc_status,
-            upstream,
-            breaker,
-        });
-    }
-    outcomes
+        endpoints
+            .iter()
+            .map(|(endpoint, _)| {
+                breakers
+                    .as_array()
+                    .unwrap()
+                    .iter()
+                    .find(|b| b["endpoint"] == endpoint.to_string())
+                    .map_or("closed", |b| b["state"].as_str().unwrap())
+                    .to_owned()
+            })
+            .collect()
+    };
+    run_calls(scenario, &endpoints, send, breakers).await
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]

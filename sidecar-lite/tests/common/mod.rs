@@ -229,6 +229,19 @@ pub async fn outbound_sidecar(
     .await
 }
 
+/// The outbound sidecar of `frontend`, with one route (`route` its extra keys) to the inbound
+/// listener of `inbound`, which must present the identity of `orders`.
+pub async fn frontend_to_orders(certs: &Certs, inbound: &Sidecar, route: &str) -> Sidecar {
+    outbound_sidecar(
+        certs,
+        "frontend",
+        &[inbound.bound.inbound.unwrap()],
+        "orders",
+        route,
+    )
+    .await
+}
+
 /// An app behind its inbound sidecar, and a client's outbound sidecar in front of both.
 pub struct Path {
     pub outbound: Sidecar,
@@ -239,14 +252,7 @@ pub struct Path {
 pub async fn path_to(app: SocketAddr, test: &str) -> Path {
     let certs = Certs::new(test);
     let inbound = inbound_sidecar(&certs, "orders", app, &[spiffe("frontend")], "").await;
-    let outbound = outbound_sidecar(
-        &certs,
-        "frontend",
-        &[inbound.bound.inbound.unwrap()],
-        "orders",
-        "",
-    )
-    .await;
+    let outbound = frontend_to_orders(&certs, &inbound, "").await;
     Path {
         outbound,
         inbound,
