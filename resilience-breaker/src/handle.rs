@@ -112,6 +112,12 @@ impl BreakerHandle {
         }
     }
 
+    /// Whether `other` is a handle on the same breaker (not merely one of the same name).
+    #[must_use]
+    pub fn same_breaker(&self, other: &Self) -> bool {
+        Arc::ptr_eq(&self.inner, &other.inner)
+    }
+
     /// The breaker's name.
     #[must_use]
     pub fn name(&self) -> &str {

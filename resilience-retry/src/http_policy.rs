@@ -224,11 +224,11 @@ impl<C, B: Body> Replay<Request<B>> for HttpPolicy<C> {
         // upstream the time left when this retry is sent, as the total timeout would.
         if let Some(deadline) = resilience_timeout::Deadline::of(&req) {
             let left = deadline.saturating_duration_since(send_at);
-            // With the settings of the timeout that set the deadline: its margin, and not at
-            // all when it does not propagate.
-            if let Some(settings) = HttpDeadline::of(&req) {
-                settings.rewrite(&mut req, left);
-            }
+            // With the settings of the timeout that set the deadline (its margin, and not at
+            // all when it does not propagate); the defaults for a deadline set by hand.
+            HttpDeadline::of(&req)
+                .unwrap_or_default()
+                .rewrite(&mut req, left);
         }
         Some(req)
     }

@@ -73,6 +73,8 @@ where
 
     fn poll(self: Pin<&mut Self>, cx: &mut Context<'_>) -> Poll<Self::Output> {
         let mut this = self.project();
+        // An inner timeout's error taken over: that layer has counted the timeout already.
+        let mut counted = false;
         let budget = match this.state.as_mut().project() {
             StateProj::Running {
                 inner,
@@ -84,7 +86,10 @@ where
                         // An inner timeout that fired at our deadline: ours is the one that
                         // bound, and says so.
                         Err(error)
-                            if error.is::<Elapsed>() && Instant::now() >= sleep.deadline() => {}
+                            if error.is::<Elapsed>() && Instant::now() >= sleep.deadline() =>
+                        {
+                            counted = true;
+                        }
                         result => return Poll::Ready(result),
                     }
                 } else {
@@ -98,7 +103,9 @@ where
         // Drop the inner future now, not when the caller gets round to dropping us: whatever it
         // holds (a connection, a permit, a buffer) is released at the deadline.
         this.state.set(State::Done);
-        record_timeout(this.name, budget);
+        if !counted {
+            record_timeout(this.name, budget);
+        }
         Poll::Ready(Err(Elapsed::new(this.name.clone(), budget).into()))
     }
 }

@@ -292,3 +292,35 @@ fn access_log_config_errors_name_the_field_and_line() {
     assert_eq!(errors.errors[0].line, Some(3), "{errors}");
     assert!(Config::parse("[access_log]\npath = \"stdout\"\n").is_ok());
 }
+
+/// A stop writes out the last lines, and a caller that goes away before the answer's head
+/// still gets its line, with status 0.
+#[tokio::test]
+async fn the_last_lines_are_written_at_stop_and_a_caller_gone_early_is_logged() {
+    let certs = Certs::new("access-log-stop");
+    let (app, _) = echo_app().await;
+    let (hang, _) = common::app(|_| std::future::pending()).await;
+    let (log, section) = access_log(&certs.dir, "json");
+    let sidecar = sidecar(&format!(
+        "{section}[[outbound]]\nname = \"app\"\nlisten = \"127.0.0.1:0\"\nendpoints = [\"{app}\"]\n\
+         [[outbound]]\nname = \"hang\"\nlisten = \"127.0.0.1:0\"\nendpoints = [\"{hang}\"]\n"
+    ))
+    .await;
+    let gone = tokio::spawn(get(format!("http://{}/gone", sidecar.bound.outbound[1].1)));
+    tokio::time::sleep(std::time::Duration::from_millis(200)).await;
+    gone.abort();
+    let _ = text(get(format!("http://{}/last", sidecar.bound.outbound[0].1)).await).await;
+    // No waiting for the writer's tick: the stop writes it out.
+    sidecar.stop().await;
+    let text = std::fs::read_to_string(&log).unwrap();
+    let lines: Vec<Value> = text
+        .lines()
+        .map(|l| serde_json::from_str(l).unwrap())
+        .collect();
+    let by_path = |path: &str| lines.iter().find(|l| l["path"] == path).cloned();
+    assert_eq!(by_path("/last").expect("the last request")["status"], 200);
+    assert_eq!(
+        by_path("/gone").expect("the request whose caller left")["status"],
+        0
+    );
+}

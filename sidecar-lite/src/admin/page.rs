@@ -55,6 +55,7 @@ async function refresh() {
     const page = new DOMParser().parseFromString(await (await fetch("/", {cache: "no-store"})).text(), "text/html");
     const fresh = page.getElementById("figures"), here = document.getElementById("figures");
     if (fresh && here) here.innerHTML = fresh.innerHTML;
+    document.getElementById("stale").textContent = "";
   } catch (error) {
     document.getElementById("stale").textContent = "(not refreshed: " + error + ")";
   }

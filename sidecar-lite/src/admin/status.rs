@@ -93,6 +93,8 @@ pub(crate) struct Transitions(Mutex<HashMap<String, Watched>>);
 
 #[derive(Debug)]
 struct Watched {
+    /// The breaker watched: a reload builds a new one under the same name.
+    handle: BreakerHandle,
     receiver: broadcast::Receiver<Transition>,
     recent: VecDeque<Transition>,
 }
@@ -106,9 +108,15 @@ impl Transitions {
             let entry = watched
                 .entry(breaker.handle.name().to_owned())
                 .or_insert_with(|| Watched {
+                    handle: breaker.handle.clone(),
                     receiver: breaker.handle.subscribe(),
                     recent: VecDeque::with_capacity(TRANSITIONS),
                 });
+            if !entry.handle.same_breaker(&breaker.handle) {
+                // Rebuilt by a reload: watch the new one, keeping what the old one went through.
+                entry.handle = breaker.handle.clone();
+                entry.receiver = breaker.handle.subscribe();
+            }
             loop {
                 match entry.receiver.try_recv() {
                     Ok(transition) => {

@@ -378,8 +378,13 @@ impl fmt::Display for PolicyReport {
                 )?,
                 Some(cap) if latency.worst > tried => writeln!(
                     f,
-                    "  worst-case latency: {worst}, the timeout: {tries} take up to {}, but a \
-                     Retry-After of up to {} may replace each backoff",
+                    "  worst-case latency: {worst}{}: {tries} take up to {}, but a Retry-After \
+                     of up to {} may replace each backoff",
+                    if latency.cut_by_timeout {
+                        ", the timeout"
+                    } else {
+                        ""
+                    },
                     show(tried),
                     show(cap)
                 )?,

@@ -4,7 +4,7 @@
 //! Written off the request path: the edge puts each finished request on a bounded queue and a
 //! thread of its own formats and writes them, so a slow or full disk never holds up a request,
 //! nor a runtime worker; it wakes at most once a [`TICK`] under load, and writes what came
-//! meanwhile in one go. When the queue is full, the line is dropped and counted
+//! meanwhile in one go; a stop writes out what is queued. When the queue is full, the line is dropped and counted
 //! (`sidecar_access_log_dropped_total`). A line is finished when the response body ends (or
 //! the caller goes away), so it has the bytes sent and a gRPC status from the trailers.
 
@@ -46,6 +46,15 @@ const TICK: Duration = Duration::from_millis(20);
 /// boundary, so that no caller can make a line, or the queue, hold much of what it sends.
 const MAX_FIELD: usize = 256;
 
+/// What the writer thread is sent.
+#[derive(Debug)]
+enum Message {
+    /// A finished request.
+    Line(Box<Entry>),
+    /// Write out everything sent before, then answer.
+    Flush(SyncSender<()>),
+}
+
 /// Opens the log's writer, at start and again on [`AccessLog::reopen`].
 type Opener = Box<dyn FnMut() -> io::Result<Box<dyn Write + Send>> + Send>;
 
@@ -53,7 +62,7 @@ type Opener = Box<dyn FnMut() -> io::Result<Box<dyn Write + Send>> + Send>;
 /// the thread flushes and ends when the last one is dropped.
 #[derive(Debug, Clone)]
 pub(crate) struct AccessLog {
-    queue: SyncSender<Entry>,
+    queue: SyncSender<Message>,
     reopen: Arc<AtomicBool>,
     dropped: Arc<AtomicU64>,
 }
@@ -103,9 +112,22 @@ impl AccessLog {
         self.dropped.load(Ordering::Relaxed)
     }
 
+    /// Writes out every line sent so far, waiting at most `wait` (a writer stuck on a full
+    /// disk is left behind): at shutdown, so that the last requests are not lost.
+    pub(crate) async fn flush(&self, wait: Duration) {
+        let queue = self.queue.clone();
+        let flushed = tokio::task::spawn_blocking(move || {
+            let (done, ack) = mpsc::sync_channel(1);
+            queue.send(Message::Flush(done)).is_ok() && ack.recv().is_ok()
+        });
+        if !matches!(tokio::time::timeout(wait, flushed).await, Ok(Ok(true))) {
+            tracing::warn!("the access log was not written out in time at shutdown");
+        }
+    }
+
     /// Queues `entry`, or drops and counts it when the queue is full: never waits.
-    fn send(&self, entry: Entry) {
-        match self.queue.try_send(entry) {
+    fn send(&self, entry: Box<Entry>) {
+        match self.queue.try_send(Message::Line(entry)) {
             Ok(()) => {}
             Err(TrySendError::Full(_) | TrySendError::Disconnected(_)) => {
                 self.dropped.fetch_add(1, Ordering::Relaxed);
@@ -139,7 +161,7 @@ impl AccessLog {
             started: Instant::now(),
             attempts,
             bytes_in: Arc::default(),
-            entry: Box::new(Entry {
+            entry: Some(Box::new(Entry {
                 start,
                 duration: Duration::ZERO,
                 listener: listener.clone(),
@@ -160,18 +182,31 @@ impl AccessLog {
                     .map(|id| bounded(id.as_str())),
                 trace_id: None,
                 client: req.extensions().get::<ClientAddr>().map(|c| c.0),
-            }),
+            })),
         }
     }
 }
 
-/// `text`, cut to at most [`MAX_FIELD`] bytes at a character boundary.
+/// `text`, cut to at most [`MAX_FIELD`] bytes at a character boundary, with spaces, quotes,
+/// backslashes and control characters percent-encoded: a caller's `Host` cannot add fields to
+/// a text line.
 fn bounded(text: &str) -> String {
     let mut end = text.len().min(MAX_FIELD);
     while !text.is_char_boundary(end) {
         end -= 1;
     }
-    text[..end].to_owned()
+    let mut out = String::with_capacity(end);
+    for c in text[..end].chars() {
+        if c == ' ' || c == '"' || c == '\\' || c.is_control() {
+            let mut buf = [0; 4];
+            for byte in c.encode_utf8(&mut buf).bytes() {
+                out.push_str(&format!("%{byte:02X}"));
+            }
+        } else {
+            out.push(c);
+        }
+    }
+    out
 }
 
 fn open_file(path: &PathBuf) -> io::Result<Box<dyn Write + Send>> {
@@ -184,20 +219,24 @@ fn open_file(path: &PathBuf) -> io::Result<Box<dyn Write + Send>> {
 }
 
 /// The line of a request in flight; [`PendingLine::finish`] hands it to the response body,
-/// which sends it when it ends.
+/// which sends it when it ends. Dropped before that (the caller went away before the answer's
+/// head), it is sent with status 0.
 #[derive(Debug)]
 pub(crate) struct PendingLine {
     log: AccessLog,
     started: Instant,
     attempts: Attempts,
     bytes_in: Arc<AtomicU64>,
-    entry: Box<Entry>,
+    /// Until sent.
+    entry: Option<Box<Entry>>,
 }
 
 impl PendingLine {
     /// Reads the trace id once the edge has made sure the request has one.
     pub(crate) fn trace(&mut self, headers: &HeaderMap) {
-        self.entry.trace_id = traceparent(headers).map(|tp| tp.trace_id.to_owned());
+        if let Some(entry) = &mut self.entry {
+            entry.trace_id = traceparent(headers).map(|tp| tp.trace_id.to_owned());
+        }
     }
 
     /// The request body, counted for the line.
@@ -212,12 +251,14 @@ impl PendingLine {
     /// body ends or is dropped.
     pub(crate) fn finish(mut self, response: Response<ProxyBody>) -> Response<ProxyBody> {
         let headers = response.headers();
-        self.entry.status = response.status().as_u16();
-        self.entry.grpc_status = grpc_status(headers);
-        self.entry.flag = headers
-            .get(SIDECAR_ERROR)
-            .and_then(|v| v.to_str().ok())
-            .map(bounded);
+        if let Some(entry) = &mut self.entry {
+            entry.status = response.status().as_u16();
+            entry.grpc_status = grpc_status(headers);
+            entry.flag = headers
+                .get(SIDECAR_ERROR)
+                .and_then(|v| v.to_str().ok())
+                .map(bounded);
+        }
         response.map(|body| {
             LoggedBody {
                 inner: body,
@@ -227,14 +268,21 @@ impl PendingLine {
         })
     }
 
-    /// Sends the line: the request is over.
-    fn send(mut self) {
-        let entry = &mut self.entry;
-        entry.duration = self.started.elapsed();
-        entry.bytes_in = self.bytes_in.load(Ordering::Relaxed);
-        entry.attempts = self.attempts.count();
-        entry.upstream = self.attempts.endpoint();
-        self.log.send(*self.entry);
+    /// Sends the line, once: the request is over.
+    fn send(&mut self) {
+        if let Some(mut entry) = self.entry.take() {
+            entry.duration = self.started.elapsed();
+            entry.bytes_in = self.bytes_in.load(Ordering::Relaxed);
+            entry.attempts = self.attempts.count();
+            entry.upstream = self.attempts.endpoint();
+            self.log.send(entry);
+        }
+    }
+}
+
+impl Drop for PendingLine {
+    fn drop(&mut self) {
+        self.send();
     }
 }
 
@@ -291,19 +339,11 @@ impl<B: Body<Data = Bytes>> Body for CountedBody<B> {
 
 pin_project! {
     /// A response body that sends its request's line when it ends, or when it is dropped
-    /// before (the caller went away).
+    /// before (the caller went away): the line sends itself when dropped.
     struct LoggedBody {
         #[pin]
         inner: ProxyBody,
         line: Option<PendingLine>,
-    }
-
-    impl PinnedDrop for LoggedBody {
-        fn drop(this: Pin<&mut Self>) {
-            if let Some(line) = this.project().line.take() {
-                line.send();
-            }
-        }
     }
 }
 
@@ -317,17 +357,18 @@ impl Body for LoggedBody {
     ) -> Poll<Option<Result<Frame<Bytes>, BoxError>>> {
         let mut this = self.project();
         let frame = ready!(this.inner.as_mut().poll_frame(cx));
-        if let (Some(line), Some(Ok(frame))) = (this.line.as_mut(), &frame) {
+        if let (Some(Some(entry)), Some(Ok(frame))) =
+            (this.line.as_mut().map(|line| &mut line.entry), &frame)
+        {
             if let Some(data) = frame.data_ref() {
-                line.entry.bytes_out += data.len() as u64;
+                entry.bytes_out += data.len() as u64;
             } else if let Some(trailers) = frame.trailers_ref() {
-                line.entry.grpc_status = grpc_status(trailers).or(line.entry.grpc_status);
+                entry.grpc_status = grpc_status(trailers).or(entry.grpc_status);
             }
         }
-        if (frame.is_none() || this.inner.is_end_stream())
-            && let Some(line) = this.line.take()
-        {
-            line.send();
+        if frame.is_none() || this.inner.is_end_stream() {
+            // The end: dropping the line sends it.
+            this.line.take();
         }
         Poll::Ready(frame)
     }
@@ -468,7 +509,7 @@ struct Writer {
 impl Writer {
     /// Waits for a line, lets more gather for a [`TICK`], writes them all and flushes; until
     /// every handle on the queue is gone. An idle log waits without waking.
-    fn run(mut self, queue: &Receiver<Entry>) {
+    fn run(mut self, queue: &Receiver<Message>) {
         let mut line = Vec::with_capacity(512);
         while let Ok(first) = queue.recv() {
             self.write(first, &mut line);
@@ -492,7 +533,15 @@ impl Writer {
         self.flush();
     }
 
-    fn write(&mut self, entry: Entry, line: &mut Vec<u8>) {
+    fn write(&mut self, message: Message, line: &mut Vec<u8>) {
+        let entry = match message {
+            Message::Line(entry) => entry,
+            Message::Flush(done) => {
+                self.flush();
+                let _ = done.send(());
+                return;
+            }
+        };
         if self.reopen.swap(false, Ordering::AcqRel) {
             self.flush();
             match (self.open)() {
@@ -668,6 +717,15 @@ mod tests {
              attempts=2 peer=spiffe://example.org/ns/shop/sa/frontend \
              trace=4bf92f3577b34da6a3ce929d0e0e4736 client=127.0.0.1:50000\n"
         );
+    }
+
+    #[test]
+    fn a_field_cannot_add_fields_to_a_text_line() {
+        assert_eq!(
+            bounded("x/ HTTP/1.1\" 200 flag=-"),
+            "x/%20HTTP/1.1%22%20200%20flag=-"
+        );
+        assert_eq!(bounded("a\tb\\c"), "a%09b%5Cc");
     }
 
     #[test]

@@ -35,6 +35,9 @@ use std::{
 use telemetry::Telemetry;
 use tokio::{net::TcpListener, sync::watch, task::JoinSet};
 
+/// How long a stop waits for the access log to be written out.
+const ACCESS_LOG_FLUSH: Duration = Duration::from_secs(2);
+
 /// How often the config file is checked for changes.
 const CONFIG_POLL: Duration = Duration::from_secs(1);
 
@@ -398,6 +401,10 @@ impl Sidecar {
     pub async fn stop(mut self) {
         self.admin.drain.send_replace(true);
         while self.tasks.join_next().await.is_some() {}
+        // The lines of the requests drained just now, written out before the process ends.
+        if let Some(log) = &self.access_log {
+            log.flush(ACCESS_LOG_FLUSH).await;
+        }
         if let Some(telemetry) = self.telemetry.take() {
             telemetry.shutdown().await;
         }
@@ -423,6 +430,10 @@ impl Sidecar {
                 _ = drained.wait_for(|drain| *drain) => break,
                 () = hangups.recv() => {
                     tracing::info!(path = %path.display(), "SIGHUP: reloading the config");
+                    // logrotate's signal: the log is reopened even if the reload fails.
+                    if let Some(log) = &self.access_log {
+                        log.reopen();
+                    }
                     self.reload_from(&path).await;
                     last = std::fs::read(&path).ok();
                     seen = last.clone();

@@ -325,8 +325,6 @@ where
     ))
 }
 
-/// Whether an error says a retry was refused inside this process, by an endpoint's breaker,
-/// before it was sent: such a retry gives its budget back (ARCHITECTURE.md).
 #[cfg(test)]
 mod tests {
     use super::*;

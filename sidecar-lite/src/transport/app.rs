@@ -70,10 +70,14 @@ impl<B: StackBody> Service<Request<B>> for AppClient<B> {
 
     fn call(&mut self, mut req: Request<B>) -> Self::Future {
         use futures::TryFutureExt;
-        let grpc = req
-            .headers()
-            .get(CONTENT_TYPE)
-            .is_some_and(|ct| ct.as_bytes().starts_with(b"application/grpc"));
+        // gRPC proper (`application/grpc`, `application/grpc+proto`...), not gRPC-Web, which
+        // exists to work over HTTP/1.1.
+        let grpc = req.headers().get(CONTENT_TYPE).is_some_and(|ct| {
+            let ct = ct.as_bytes();
+            ct.strip_prefix(b"application/grpc").is_some_and(|rest| {
+                rest.is_empty() || rest.starts_with(b"+") || rest.starts_with(b";")
+            })
+        });
         let http2 = match self.protocol {
             AppProtocol::Auto => grpc,
             AppProtocol::Http1 => false,
