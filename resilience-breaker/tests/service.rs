@@ -558,6 +558,9 @@ impl tracing::Subscriber for Transitions {
 fn each_transition_is_a_tracing_event() {
     let events = std::sync::Arc::new(Transitions::default());
     tracing::subscriber::with_default(events.clone(), || {
+        // Another test's thread may have registered these callsites while no subscriber was
+        // interested: ask again, now that this one is.
+        tracing::callsite::rebuild_interest_cache();
         let breaker = BreakerHandle::new("payments", policy()).unwrap();
         breaker.force_open();
         breaker.reset();

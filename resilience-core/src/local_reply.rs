@@ -17,14 +17,23 @@ use std::{fmt, time::Duration};
 /// The default of every layer that answers locally; each takes another name if needed.
 pub const SIDECAR_ERROR: HeaderName = HeaderName::from_static("x-sidecar-error");
 
-/// Whether a request is a gRPC call: its `content-type` is `application/grpc` or one of its
-/// forms (`application/grpc+proto`, `application/grpc-web`, ...). A local reply to one is a
-/// gRPC status (see [`LocalReply::grpc`]).
+/// Whether a message is gRPC: its `content-type` is `application/grpc` or one of its forms
+/// (`application/grpc+proto`, `application/grpc-web`, ...). A local reply to such a request is
+/// a gRPC status (see [`LocalReply::grpc`]); every crate tells gRPC by this one test.
 #[must_use]
 pub fn is_grpc(headers: &HeaderMap) -> bool {
     headers
         .get(CONTENT_TYPE)
         .is_some_and(|ct| ct.as_bytes().starts_with(b"application/grpc"))
+}
+
+/// Whether a message is gRPC-Web (`application/grpc-web`, `application/grpc-web-text`...),
+/// which, unlike the rest of gRPC, works over HTTP/1.1.
+#[must_use]
+pub fn is_grpc_web(headers: &HeaderMap) -> bool {
+    headers
+        .get(CONTENT_TYPE)
+        .is_some_and(|ct| ct.as_bytes().starts_with(b"application/grpc-web"))
 }
 
 /// gRPC status codes that local replies use, by their number in the gRPC spec.

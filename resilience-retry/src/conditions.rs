@@ -5,7 +5,8 @@ use crate::{
     ConfigError, Reason,
     grpc_trailers::{TrailersGrpcStatus, grpc_status},
 };
-use http::{HeaderMap, Response, StatusCode, header::CONTENT_TYPE};
+use http::{HeaderMap, Response, StatusCode};
+use resilience_core::is_grpc;
 use std::{any::Any, error::Error, fmt, io, str::FromStr, sync::Arc};
 use tower_http::classify::{ClassifiedResponse, ClassifyEos, ClassifyResponse};
 
@@ -305,13 +306,6 @@ pub(crate) fn is_grpc_reason(reason: &Reason) -> bool {
         .any(|(name, c)| matches!(c, Condition::Grpc(_)) && *name == reason.name)
 }
 
-fn is_grpc<B>(response: &Response<B>) -> bool {
-    response
-        .headers()
-        .get(CONTENT_TYPE)
-        .is_some_and(|ct| ct.as_bytes().starts_with(b"application/grpc"))
-}
-
 impl ClassifyResponse for RetryOn {
     type FailureClass = RetryClass;
     type ClassifyEos = GrpcTrailers;
@@ -320,7 +314,7 @@ impl ClassifyResponse for RetryOn {
         self,
         response: &Response<B>,
     ) -> ClassifiedResponse<RetryClass, GrpcTrailers> {
-        if is_grpc(response) {
+        if is_grpc(response.headers()) {
             let status = grpc_status(response.headers()).or_else(|| {
                 response
                     .extensions()

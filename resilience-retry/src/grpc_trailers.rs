@@ -1,9 +1,10 @@
 //! [`PeekGrpcTrailersLayer`]: reads a gRPC status that comes in trailers right behind the
 //! response head, so a retry layer outside can judge it.
 
-use http::{HeaderMap, Response, header::CONTENT_TYPE};
+use http::{HeaderMap, Response};
 use http_body::{Body, Frame, SizeHint};
 use pin_project_lite::pin_project;
+use resilience_core::is_grpc;
 use std::{
     future::Future,
     pin::Pin,
@@ -167,12 +168,6 @@ impl<B: Body> Body for PeekedBody<B> {
             None => self.inner.size_hint(),
         }
     }
-}
-
-fn is_grpc(headers: &HeaderMap) -> bool {
-    headers
-        .get(CONTENT_TYPE)
-        .is_some_and(|ct| ct.as_bytes().starts_with(b"application/grpc"))
 }
 
 /// The `grpc-status` in `headers`, if present and a number as the gRPC specification writes it:

@@ -6,11 +6,9 @@ use crate::{
     replay::DEFAULT_MAX_REPLAY_BODY,
     retry_after,
 };
-use http::{
-    HeaderName, HeaderValue, Method, Request, Response, StatusCode,
-    header::{CONTENT_TYPE, RETRY_AFTER},
-};
+use http::{HeaderName, HeaderValue, Method, Request, Response, StatusCode, header::RETRY_AFTER};
 use http_body::Body;
+use resilience_core::is_grpc;
 use resilience_timeout::HttpDeadline;
 use std::{error::Error, fmt, time::Duration, time::SystemTime};
 use tokio::time::Instant;
@@ -140,13 +138,6 @@ impl<C> HttpPolicy<C> {
         self
     }
 
-    /// Whether a gRPC status condition may retry `req`: it must be a gRPC call.
-    fn is_grpc_call<B>(req: &Request<B>) -> bool {
-        req.headers()
-            .get(CONTENT_TYPE)
-            .is_some_and(|ct| ct.as_bytes().starts_with(b"application/grpc"))
-    }
-
     fn is_idempotent<B>(&self, req: &Request<B>) -> bool {
         self.any_method
             || matches!(
@@ -174,7 +165,7 @@ impl<C> HttpPolicy<C> {
         // A connect failure never reached the server; a listed gRPC status on a gRPC call
         // means the server declined it. Anything else may have been processed.
         let safe_for_any_method =
-            reason.name == CONNECT_FAILURE || (is_grpc_reason(&reason) && Self::is_grpc_call(kept));
+            reason.name == CONNECT_FAILURE || (is_grpc_reason(&reason) && is_grpc(kept.headers()));
         if !safe_for_any_method && !self.is_idempotent(kept) {
             return Action::Return;
         }

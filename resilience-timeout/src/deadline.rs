@@ -4,7 +4,8 @@ use crate::{
     grpc_timeout::{self, GRPC_TIMEOUT},
     policy::{TimeoutPolicy, Verdict, instant_after},
 };
-use http::{HeaderMap, HeaderName, HeaderValue, Request, header::CONTENT_TYPE};
+use http::{HeaderMap, HeaderName, HeaderValue, Request};
+use resilience_core::is_grpc;
 use std::time::Duration;
 use tokio::time::Instant;
 
@@ -213,12 +214,6 @@ fn parse_millis(value: &HeaderValue) -> Option<Duration> {
         .iter()
         .fold(0u64, |n, d| n * 10 + u64::from(d - b'0'));
     Some(Duration::from_millis(millis))
-}
-
-fn is_grpc(headers: &HeaderMap) -> bool {
-    headers
-        .get(CONTENT_TYPE)
-        .is_some_and(|ct| ct.as_bytes().starts_with(b"application/grpc"))
 }
 
 #[cfg(test)]

@@ -4,8 +4,8 @@
 
 use super::{FixedConnector, Pool, PooledBody, Protocol, StackBody};
 use crate::config::AppProtocol;
-use http::{Request, Response, header::CONTENT_TYPE};
-use resilience_core::{BoxError, SIDECAR_ERROR};
+use http::{Request, Response};
+use resilience_core::{BoxError, SIDECAR_ERROR, is_grpc, is_grpc_web};
 use std::net::SocketAddr;
 use tower::Service;
 
@@ -70,14 +70,8 @@ impl<B: StackBody> Service<Request<B>> for AppClient<B> {
 
     fn call(&mut self, mut req: Request<B>) -> Self::Future {
         use futures::TryFutureExt;
-        // gRPC proper (`application/grpc`, `application/grpc+proto`...), not gRPC-Web, which
-        // exists to work over HTTP/1.1.
-        let grpc = req.headers().get(CONTENT_TYPE).is_some_and(|ct| {
-            let ct = ct.as_bytes();
-            ct.strip_prefix(b"application/grpc").is_some_and(|rest| {
-                rest.is_empty() || rest.starts_with(b"+") || rest.starts_with(b";")
-            })
-        });
+        // gRPC needs HTTP/2, but for gRPC-Web, which exists to work over HTTP/1.1.
+        let grpc = is_grpc(req.headers()) && !is_grpc_web(req.headers());
         let http2 = match self.protocol {
             AppProtocol::Auto => grpc,
             AppProtocol::Http1 => false,
