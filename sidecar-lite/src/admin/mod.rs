@@ -61,6 +61,8 @@ mod process;
 pub(crate) struct AdminState {
     /// When the sidecar started.
     pub(crate) started: tokio::time::Instant,
+    /// The worker threads that serve the listeners.
+    pub(crate) workers: usize,
     /// Our identity's certificates, when there is an `[identity]`.
     pub(crate) credentials: Option<Credentials>,
     /// The latest transitions of each breaker, for the status page.
@@ -253,6 +255,7 @@ pub(crate) async fn serve(
     });
     let setup = Listening {
         name: name.into(),
+        admission: crate::proxy::Admission::new(&limits),
         limits,
         grace: Duration::from_secs(1),
         open,

@@ -57,6 +57,8 @@ pub(super) struct ListenerView {
     pub(super) name: String,
     pub(super) address: Option<SocketAddr>,
     pub(super) connections_open: u64,
+    /// The same, by worker thread (each accepts on a socket of its own), worker 0 first.
+    pub(super) connections_by_worker: Vec<u64>,
     /// Retries the route's budget would allow now (outbound routes).
     pub(super) retry_budget: Option<u64>,
     #[serde(flatten)]
@@ -177,6 +179,7 @@ pub(super) fn status(state: &AdminState) -> Status {
                 name,
                 address,
                 connections_open: metrics.open.now(),
+                connections_by_worker: metrics.open.by_worker(state.workers),
                 retry_budget,
                 signals: metrics.signals().snapshot(now),
             }
@@ -211,8 +214,7 @@ pub(super) fn status(state: &AdminState) -> Status {
             version: env!("CARGO_PKG_VERSION"),
             status: state.status(),
             uptime_seconds: now.saturating_duration_since(state.started).as_secs(),
-            worker_threads: tokio::runtime::Handle::try_current()
-                .map_or(0, |h| h.metrics().num_workers()),
+            worker_threads: state.workers,
             rss_bytes: process::resident_bytes(),
             cpu_seconds: process::cpu_seconds(),
         },

@@ -204,11 +204,15 @@ pub(crate) enum LogFormat {
     Json,
 }
 
+/// The most `[runtime] worker_threads` may be.
+pub(crate) const MAX_WORKER_THREADS: usize = 256;
+
 /// `[runtime]`.
 #[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
 #[serde(deny_unknown_fields)]
 pub(crate) struct RuntimeConfig {
-    /// Worker threads. Default: one per core.
+    /// Worker threads, each a current-thread runtime with its own sockets and upstream
+    /// connections. Default: one per core; at most [`MAX_WORKER_THREADS`].
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub(crate) worker_threads: Option<usize>,
     /// On SIGTERM or SIGINT, how long in-flight requests may take to finish. Default 30 s,
@@ -223,6 +227,19 @@ impl Default for RuntimeConfig {
             worker_threads: None,
             drain_grace: default_drain_grace(),
         }
+    }
+}
+
+impl RuntimeConfig {
+    /// The worker threads to start: as configured, else one per core.
+    #[cfg_attr(
+        not(feature = "proxy"),
+        allow(dead_code, reason = "the sidecar's workers")
+    )]
+    pub(crate) fn workers(&self) -> usize {
+        self.worker_threads.unwrap_or_else(|| {
+            std::thread::available_parallelism().map_or(1, std::num::NonZeroUsize::get)
+        })
     }
 }
 

@@ -153,8 +153,16 @@ pub(super) fn problems(config: &Config) -> Vec<(String, String)> {
             "needs a port other than 0".into(),
         ));
     }
-    if config.runtime.worker_threads == Some(0) {
-        problems.push(("runtime.worker_threads".into(), "must be at least 1".into()));
+    match config.runtime.worker_threads {
+        Some(0) => problems.push(("runtime.worker_threads".into(), "must be at least 1".into())),
+        Some(n) if n > super::process::MAX_WORKER_THREADS => problems.push((
+            "runtime.worker_threads".into(),
+            format!(
+                "{n} is more than {}: one per core is what pays",
+                super::process::MAX_WORKER_THREADS
+            ),
+        )),
+        _ => {}
     }
     // The sidecar's own logging; library mode logs as the service does.
     #[cfg(feature = "proxy")]

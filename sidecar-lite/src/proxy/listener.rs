@@ -3,20 +3,23 @@
 
 use super::{
     activity::Activity,
+    admission::Admission,
     connection::{ConnectionSettings, Control, serve_connection},
 };
-use crate::{config::LimitsConfig, transport::ProxyBody};
+use crate::{
+    config::LimitsConfig,
+    transport::{ProxyBody, worker},
+};
 use http::{Request, Response};
 use hyper::body::Incoming;
 use metrics::Gauge;
 use resilience_mtls::MtlsAcceptor;
 use std::{
-    collections::{HashMap, VecDeque},
     convert::Infallible,
     future::Future,
-    net::{IpAddr, SocketAddr},
+    net::SocketAddr,
     sync::{
-        Arc, Weak,
+        Arc,
         atomic::{AtomicU64, Ordering},
     },
     time::Duration,
@@ -24,45 +27,64 @@ use std::{
 use tokio::{net::TcpListener, sync::watch, task::JoinSet};
 use tower::Service;
 
-/// How a listener serves: its name (in logs and metrics), its limits, how long its connections
-/// may take to finish when it drains, and the gauge of its open connections.
-#[derive(Debug)]
+/// How a listener serves: its name (in logs and metrics), its limits and what counts against
+/// them, how long its connections may take to finish when it drains, and the gauge of its open
+/// connections.
+#[derive(Debug, Clone)]
 pub(crate) struct Listening {
     pub(crate) name: Arc<str>,
     pub(crate) limits: LimitsConfig,
+    pub(crate) admission: Arc<Admission>,
     pub(crate) grace: Duration,
     pub(crate) open: OpenConnections,
 }
 
 /// The open connections of a listener: the `sidecar_connections_open` gauge for `/metrics`,
-/// and the same count for the status page (a gauge cannot be read back).
+/// and the same count by worker for the status page (a gauge cannot be read back).
 #[derive(Debug, Clone)]
 pub(crate) struct OpenConnections {
     gauge: Gauge,
-    count: Arc<AtomicU64>,
+    by_worker: Arc<[AtomicU64]>,
 }
 
 impl OpenConnections {
     pub(crate) fn new(gauge: Gauge) -> Self {
         Self {
             gauge,
-            count: Arc::default(),
+            by_worker: (0..worker::slots()).map(|_| AtomicU64::new(0)).collect(),
         }
+    }
+
+    /// The count of the calling thread's worker.
+    fn here(&self) -> &AtomicU64 {
+        &self.by_worker[worker::index() % self.by_worker.len()]
     }
 
     fn opened(&self) {
         self.gauge.increment(1.0);
-        self.count.fetch_add(1, Ordering::Relaxed);
+        self.here().fetch_add(1, Ordering::Relaxed);
     }
 
     fn closed(&self) {
         self.gauge.decrement(1.0);
-        self.count.fetch_sub(1, Ordering::Relaxed);
+        self.here().fetch_sub(1, Ordering::Relaxed);
     }
 
     /// Connections open now.
     pub(crate) fn now(&self) -> u64 {
-        self.count.load(Ordering::Relaxed)
+        self.by_worker
+            .iter()
+            .map(|c| c.load(Ordering::Relaxed))
+            .sum()
+    }
+
+    /// Connections open now on each worker, worker 0 first.
+    pub(crate) fn by_worker(&self, workers: usize) -> Vec<u64> {
+        self.by_worker
+            .iter()
+            .take(workers)
+            .map(|c| c.load(Ordering::Relaxed))
+            .collect()
     }
 
     /// Marks the gauge as in use without changing it (see `[admin] metrics_idle_timeout`).
@@ -80,9 +102,11 @@ pub(crate) struct ClientAddr(pub(crate) SocketAddr);
 /// Each connection speaks TLS or plaintext as `acceptor` says when it is accepted (`None`:
 /// plaintext), so a reload can change the mTLS mode without rebinding.
 ///
-/// At most `limits.max_connections` are open (and `max_connections_per_source` from one
-/// address): at the limit a new connection takes the place of the oldest one that has not
-/// sent a request yet, or, when every one has, is closed at once.
+/// A listener served by several workers runs this on each, with a socket of its own, and one
+/// [`Admission`] for all: at most `limits.max_connections` are open (and
+/// `max_connections_per_source` from one address); at the limit a new connection takes the
+/// place of the oldest one that has not sent a request yet, or, when every one has, is closed
+/// at once.
 pub(crate) async fn serve<S>(
     setup: Listening,
     listener: TcpListener,
@@ -99,14 +123,13 @@ pub(crate) async fn serve<S>(
     let Listening {
         name,
         limits,
+        admission,
         grace,
         open,
     } = setup;
     let (drain, draining) = watch::channel(false);
     let settings = Arc::new(ConnectionSettings::new(&limits));
     let mut connections = JoinSet::new();
-    let mut silent = SilentConnections::default();
-    let mut per_source: HashMap<IpAddr, usize> = HashMap::new();
     tokio::pin!(shutdown);
     loop {
         let (tcp, remote) = tokio::select! {
@@ -120,37 +143,22 @@ pub(crate) async fn serve<S>(
                 }
             },
             // Reap finished connections so the set stays as small as what is open.
-            Some(ended) = connections.join_next(), if !connections.is_empty() => {
-                if let Ok(ip) = ended {
-                    release(&mut per_source, ip);
-                }
-                continue;
-            }
+            Some(_) = connections.join_next(), if !connections.is_empty() => continue,
             () = &mut shutdown => break,
         };
-        let from_source = per_source.get(&remote.ip()).copied().unwrap_or(0);
-        let refused = if limits
-            .max_connections_per_source
-            .is_some_and(|cap| from_source >= cap)
-        {
-            Some("per-source")
-        } else if connections.len() >= limits.max_connections && !silent.evict_oldest() {
-            Some("limit")
-        } else {
-            None
-        };
-        if let Some(reason) = refused {
-            // Over a limit: close at once rather than queue; the client may retry elsewhere.
-            metrics::counter!("sidecar_connections_refused_total", "listener" => name.to_string(), "reason" => reason)
-                .increment(1);
-            tracing::debug!(listener = &*name, %remote, reason, "connection limit reached; closing");
-            drop(tcp);
-            continue;
-        }
-        *per_source.entry(remote.ip()).or_insert(0) += 1;
-        let _ = tcp.set_nodelay(true);
         let activity = Activity::new();
-        silent.push(&activity);
+        let admitted = match admission.admit(remote.ip(), &activity) {
+            Ok(admitted) => admitted,
+            Err(reason) => {
+                // Over a limit: close at once rather than queue; the client may retry elsewhere.
+                metrics::counter!("sidecar_connections_refused_total", "listener" => name.to_string(), "reason" => reason)
+                    .increment(1);
+                tracing::debug!(listener = &*name, %remote, reason, "connection limit reached; closing");
+                drop(tcp);
+                continue;
+            }
+        };
+        let _ = tcp.set_nodelay(true);
         let service = service.clone();
         let acceptor = acceptor();
         let settings = settings.clone();
@@ -161,6 +169,7 @@ pub(crate) async fn serve<S>(
         let name = name.clone();
         let open = open.clone();
         connections.spawn(async move {
+            let _admitted = admitted;
             open.opened();
             match acceptor {
                 None => {
@@ -178,7 +187,6 @@ pub(crate) async fn serve<S>(
                 },
             }
             open.closed();
-            remote.ip()
         });
     }
     // Free the address at once, so a reload can bind it again.
@@ -194,43 +202,4 @@ pub(crate) async fn serve<S>(
         );
     }
     connections.shutdown().await;
-}
-
-fn release(per_source: &mut HashMap<IpAddr, usize>, ip: IpAddr) {
-    if let Some(count) = per_source.get_mut(&ip) {
-        *count -= 1;
-        if *count == 0 {
-            per_source.remove(&ip);
-        }
-    }
-}
-
-/// The connections that may not have sent a request yet, oldest first. Entries of closed
-/// connections, and of ones that have since sent a request, are dropped as they are met.
-#[derive(Debug, Default)]
-struct SilentConnections(VecDeque<Weak<Activity>>);
-
-impl SilentConnections {
-    fn push(&mut self, activity: &Arc<Activity>) {
-        // Weed out the ones that have spoken or gone, once they outnumber what can be open:
-        // the list stays bounded by the connection limit, at constant cost per connection.
-        if self.0.len() >= self.0.capacity().max(64) {
-            self.0
-                .retain(|weak| weak.upgrade().is_some_and(|a| a.never_requested()));
-        }
-        self.0.push_back(Arc::downgrade(activity));
-    }
-
-    /// Evicts the oldest connection that has not sent a request; whether there was one.
-    fn evict_oldest(&mut self) -> bool {
-        while let Some(oldest) = self.0.pop_front() {
-            if let Some(activity) = oldest.upgrade()
-                && activity.never_requested()
-            {
-                activity.evict();
-                return true;
-            }
-        }
-        false
-    }
 }

@@ -12,6 +12,8 @@ mod access_log;
 #[cfg(feature = "proxy")]
 mod activity;
 #[cfg(feature = "proxy")]
+mod admission;
+#[cfg(feature = "proxy")]
 mod connection;
 #[cfg(feature = "proxy")]
 mod edge;
@@ -30,6 +32,8 @@ mod state;
 
 #[cfg(feature = "proxy")]
 pub(crate) use access_log::AccessLog;
+#[cfg(feature = "proxy")]
+pub(crate) use admission::Admission;
 #[cfg(feature = "proxy")]
 pub(crate) use edge::{EdgeBody, ListenerMetrics, edge};
 #[cfg(feature = "proxy")]

@@ -20,11 +20,8 @@ impl Sidecar {
     /// if the runtime or the sidecar cannot start.
     pub fn run_process(config: Config, path: PathBuf) -> Result<(), BoxError> {
         init_logging(&config);
-        let mut runtime = tokio::runtime::Builder::new_multi_thread();
-        if let Some(threads) = config.runtime.worker_threads {
-            runtime.worker_threads(threads);
-        }
-        let runtime = runtime
+        // Worker 0: the sidecar starts the other workers, each on a thread of its own.
+        let runtime = tokio::runtime::Builder::new_current_thread()
             .enable_all()
             .build()
             .map_err(|e| format!("cannot start the runtime: {e}"))?;

@@ -10,13 +10,14 @@
 mod binary;
 mod signals;
 mod telemetry;
+mod workers;
 
 use crate::{
     admin::{AdminState, RouteEndpoints, Scope, Serving, Transitions},
     config::Config,
     proxy::{
-        AccessLog, EdgeBody, EdgeTracer, InboundRules, ListenerMetrics, ListenerState, Listening,
-        SharedListenerState, edge, serve,
+        AccessLog, Admission, EdgeBody, EdgeTracer, InboundRules, ListenerMetrics, ListenerState,
+        Listening, SharedListenerState, edge, serve,
     },
     stack::{self, StackService},
 };
@@ -34,6 +35,7 @@ use std::{
 };
 use telemetry::Telemetry;
 use tokio::{net::TcpListener, sync::watch, task::JoinSet};
+use workers::Workers;
 
 /// How long a stop waits for the access log to be written out.
 const ACCESS_LOG_FLUSH: Duration = Duration::from_secs(2);
@@ -65,6 +67,7 @@ pub struct Sidecar {
     listeners: HashMap<String, Listener>,
     credentials: Option<Credentials>,
     tasks: JoinSet<()>,
+    workers: Workers,
     telemetry: Option<Telemetry>,
     access_log: Option<AccessLog>,
     _rotation: Option<RotationHandle>,
@@ -105,6 +108,7 @@ impl Sidecar {
             (Some(identity), Some(credentials)) => Some(identity.rotation().spawn(credentials)),
             _ => None,
         };
+        let workers = Workers::start(config.runtime.workers())?;
         let telemetry = config.tracing.as_ref().map(Telemetry::start).transpose()?;
         let access_log = open_access_log(config)?;
         let admin_listener = bind("admin", config.admin.listen).await?;
@@ -120,6 +124,7 @@ impl Sidecar {
         let (drain, _) = watch::channel(false);
         let admin = Arc::new(AdminState {
             started: tokio::time::Instant::now(),
+            workers: workers.count(),
             credentials: credentials.clone(),
             transitions: Transitions::default(),
             ready: false.into(),
@@ -143,6 +148,7 @@ impl Sidecar {
             listeners: HashMap::new(),
             credentials,
             tasks: JoinSet::new(),
+            workers,
             telemetry,
             access_log,
             _rotation: rotation,
@@ -268,7 +274,10 @@ impl Sidecar {
                 .get(&plan.key)
                 .is_some_and(|l| l.addr == plan.listen || plan.listen.port() == 0);
             if !unchanged {
-                fresh.insert(plan.key.clone(), bind(&plan.key, plan.listen).await?);
+                let sockets = self.workers.bind(plan.listen).map_err(|e| {
+                    format!("cannot listen on {} for {}: {e}", plan.listen, plan.key)
+                })?;
+                fresh.insert(plan.key.clone(), sockets);
             }
         }
         let keep: Vec<&str> = planned.iter().map(|p| p.key.as_str()).collect();
@@ -327,35 +336,48 @@ impl Sidecar {
                         listener.state.store(Arc::new(state));
                     }
                 }
-                Some(tcp) => {
-                    let addr = tcp.local_addr()?;
+                Some(sockets) => {
+                    let addr = sockets[0].local_addr()?;
                     let state: SharedListenerState = Arc::new(ArcSwap::from_pointee(state));
                     let (stop, stopped) = watch::channel(false);
-                    let mut drained = self.admin.drain.subscribe();
-                    let shutdown = async move {
-                        let mut stopped = stopped;
-                        tokio::select! {
-                            _ = stopped.wait_for(|s| *s) => {}
-                            _ = drained.wait_for(|d| *d) => {}
-                        }
-                    };
                     let name: Arc<str> = Arc::from(plan.key.as_str());
                     let metrics = Arc::new(ListenerMetrics::new(&name));
                     let service = edge(name.clone(), state.clone(), metrics.clone());
-                    let accepting = state.clone();
                     let setup = Listening {
                         name,
+                        admission: Admission::new(&config.limits),
                         limits: config.limits.clone(),
                         grace: config.runtime.drain_grace,
                         open: metrics.open.clone(),
                     };
-                    self.tasks.spawn(serve(
-                        setup,
-                        tcp,
-                        move || accepting.load().acceptor.clone(),
-                        service,
-                        shutdown,
-                    ));
+                    for (socket, worker) in sockets.into_iter().zip(self.workers.handles()) {
+                        let mut stopped = stopped.clone();
+                        let mut drained = self.admin.drain.subscribe();
+                        let shutdown = async move {
+                            tokio::select! {
+                                _ = stopped.wait_for(|s| *s) => {}
+                                _ = drained.wait_for(|d| *d) => {}
+                            }
+                        };
+                        let accepting = state.clone();
+                        let setup = setup.clone();
+                        let service = service.clone();
+                        self.tasks.spawn_on(
+                            async move {
+                                // Registered with the reactor of the worker that serves it.
+                                match TcpListener::from_std(socket) {
+                                    Ok(tcp) => {
+                                        let acceptor = move || accepting.load().acceptor.clone();
+                                        serve(setup, tcp, acceptor, service, shutdown).await;
+                                    }
+                                    Err(error) => {
+                                        tracing::error!(listener = &*setup.name, %error, "cannot serve on a worker");
+                                    }
+                                }
+                            },
+                            worker,
+                        );
+                    }
                     let listener = Listener {
                         addr,
                         state,

@@ -5,6 +5,7 @@ mod app;
 mod body;
 mod client;
 mod pool;
+pub(crate) mod worker;
 
 pub(crate) use app::AppClient;
 pub use body::ProxyBody;

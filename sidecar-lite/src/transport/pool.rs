@@ -9,7 +9,7 @@
 //! does. A connection that cannot be made fails with [`ConnectFailed`], which retries may
 //! resend for any method.
 
-use super::StackBody;
+use super::{StackBody, worker};
 use bytes::Bytes;
 use http::{HeaderValue, Request, Response, Uri, header::HOST, uri::PathAndQuery};
 use http_body::{Body, Frame, SizeHint};
@@ -34,7 +34,8 @@ use std::{
 use tokio::time::Instant;
 use tower::{Service, ServiceExt};
 
-/// HTTP/1.1 connections kept for reuse per endpoint; more are closed when their request ends.
+/// HTTP/1.1 connections kept for reuse per endpoint and worker; more are closed when their
+/// request ends.
 pub(crate) const MAX_IDLE: usize = 32;
 /// How long a connection may wait unused in the pool before it is closed.
 pub(crate) const IDLE_TIMEOUT: Duration = Duration::from_secs(90);
@@ -105,7 +106,9 @@ struct Shared<C, B> {
     /// What the connector is asked to dial; it dials its one address whatever this says.
     target: Uri,
     protocol: Protocol,
-    idle: Arc<IdleConnections<B>>,
+    /// One set per worker thread (see [`super::worker`]): a worker sends on the connections
+    /// its own thread drives.
+    idle: Box<[Arc<IdleConnections<B>>]>,
 }
 
 /// The connections of a pool that wait for a request.
@@ -131,10 +134,14 @@ impl<C, B> Pool<C, B> {
                 connector,
                 target: Uri::from_static("http://endpoint/"),
                 protocol,
-                idle: Arc::new(IdleConnections(Mutex::new(Idle {
-                    http1: Vec::new(),
-                    http2: None,
-                }))),
+                idle: (0..worker::slots())
+                    .map(|_| {
+                        Arc::new(IdleConnections(Mutex::new(Idle {
+                            http1: Vec::new(),
+                            http2: None,
+                        })))
+                    })
+                    .collect(),
             }),
         }
     }
@@ -158,8 +165,13 @@ impl<B> IdleConnections<B> {
 }
 
 impl<C, B> Shared<C, B> {
+    /// The calling worker's connections.
+    fn slot(&self) -> &Arc<IdleConnections<B>> {
+        &self.idle[worker::index() % self.idle.len()]
+    }
+
     fn idle(&self) -> std::sync::MutexGuard<'_, Idle<B>> {
-        self.idle.lock()
+        self.slot().lock()
     }
 }
 
@@ -265,7 +277,7 @@ impl<C: Dial, B: StackBody> Service<Request<B>> for Pool<C, B> {
                         match sender.try_send_request(req).await {
                             Ok(response) => {
                                 let back = PutBack {
-                                    pool: shared.idle.clone(),
+                                    pool: shared.slot().clone(),
                                     sender: Some(sender),
                                 };
                                 return Ok(response.map(|body| PooledBody::new(body, back)));
