@@ -4,6 +4,7 @@
 #   benches/load/flamegraph.sh [BINARY] [OUT.svg]
 #
 # BINARY defaults to target/release/sidecar-lite; OUT to benches/load/results/flamegraph.svg.
+# With FOLDED=PATH set, the collapsed stacks are kept there too.
 # It starts the release flaky-upstream (no faults) and the sidecar (1 worker thread) on
 # 127.0.0.1, drives them with wrk (1 thread, 32 connections, 8 s), samples the sidecar with
 # `perf record -g` (999 Hz, 5 s) and renders with inferno. It installs perf, wrk and inferno
@@ -52,7 +53,9 @@ pids+=($!)
 sleep 2
 perf record -F 999 -g -p "$sidecar" -o "$work/perf.data" -- sleep 5 2>/dev/null
 wait "${pids[-1]}" || true
-perf script -i "$work/perf.data" 2>/dev/null | inferno-collapse-perf | inferno-flamegraph \
-    --title "sidecar-lite, one hop, wrk -t1 -c32 ($(basename "$binary"))" >"$out"
+perf script -i "$work/perf.data" 2>/dev/null | inferno-collapse-perf >"$work/folded"
+# FOLDED=path keeps the collapsed stacks, for reading the profile as text.
+[ -n "${FOLDED:-}" ] && cp "$work/folded" "$FOLDED"
+inferno-flamegraph <"$work/folded" --title "sidecar-lite, one hop, wrk -t1 -c32 ($(basename "$binary"))" >"$out"
 grep -E "Requests/sec" "$work/wrk.txt" || true
 echo "flame graph: $out"

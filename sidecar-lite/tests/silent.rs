@@ -137,6 +137,22 @@ async fn a_kept_alive_connection_idle_after_its_request_is_closed() {
     closed_by_the_sidecar(tcp, start, "idle keep-alive").await;
 }
 
+/// Waits until the sidecar's only listener counts `open` connections. Each worker accepts
+/// from a socket of its own, so connections made one after the other may be accepted in
+/// another order unless each is counted before the next.
+async fn counted(sidecar: &sidecar_lite::Sidecar, open: u64) {
+    let admin = sidecar.bound.admin.unwrap();
+    assert!(
+        eventually(async || {
+            let status = text(get(format!("http://{admin}/status.json")).await).await;
+            let status: serde_json::Value = serde_json::from_str(&status).unwrap();
+            status["listeners"][0]["connections_open"] == open
+        })
+        .await,
+        "{open} connections open"
+    );
+}
+
 #[tokio::test]
 async fn at_the_connection_limit_a_real_request_takes_the_place_of_a_silent_one() {
     let (app, hits) = echo_app().await;
@@ -147,8 +163,10 @@ async fn at_the_connection_limit_a_real_request_takes_the_place_of_a_silent_one(
     .await;
     let addr = outbound_addr(&sidecar);
     let mut silent = Vec::new();
-    for _ in 0..4 {
+    for n in 1..=4 {
         silent.push(TcpStream::connect(addr).await.unwrap());
+        // Admitted in this order, whichever worker accepts each.
+        counted(&sidecar, n).await;
     }
     let response = timeout(STEP, get(format!("http://{addr}/real")))
         .await
@@ -176,6 +194,9 @@ async fn connections_beyond_the_per_source_cap_are_closed_at_once() {
         TcpStream::connect(addr).await.unwrap(),
         TcpStream::connect(addr).await.unwrap(),
     ];
+    // Each worker accepts from a socket of its own: wait until both are counted, so the
+    // third is the one over the cap.
+    counted(&sidecar, 2).await;
     let mut third = TcpStream::connect(addr).await.unwrap();
     let _ = third
         .write_all(b"GET / HTTP/1.1\r\nHost: orders.shop\r\n\r\n")

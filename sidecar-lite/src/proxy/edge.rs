@@ -2,7 +2,7 @@
 //! stack from [`crate::stack`], with errors turned into flagged responses.
 
 use super::{
-    ClientAddr, OpenConnections, SharedListenerState,
+    ClientAddr, ListenerState, OpenConnections, SharedListenerState,
     access_log::CountedBody,
     headers::{append_forwarded_for, ensure_traceparent, strip_hop_by_hop},
     local_reply::local_reply,
@@ -13,7 +13,7 @@ use crate::transport::{ProxyBody, local_response};
 use http::{HeaderValue, Request, Response, Uri, Version, header::HOST, uri::Authority};
 use hyper::body::Incoming;
 use metrics::{Counter, Histogram};
-use resilience_core::{LocalReply, Reason, SIDECAR_ERROR, is_grpc};
+use resilience_core::{BoxError, LocalReply, Reason, SIDECAR_ERROR, is_grpc};
 use resilience_mtls::Identity;
 use std::{convert::Infallible, future::Future, pin::Pin, sync::Arc};
 use tokio::time::Instant;
@@ -43,9 +43,8 @@ pub(crate) fn edge(
 + Send
 + 'static {
     tower::service_fn(move |mut req: Request<Incoming>| {
-        // The stack of the moment: a reload swaps it without touching requests in flight.
-        let current = state.load();
-        let stack = current.stack();
+        // The state of the moment: a reload swaps it without touching requests in flight.
+        let current = state.load_full();
         let listener = listener.clone();
         let metrics = metrics.clone();
         // Every attempt of the request is counted in it, for the golden signals, the span and
@@ -59,7 +58,6 @@ pub(crate) fn edge(
             .as_ref()
             .map(|log| log.begin(&listener, &mut req));
         let inbound = current.inbound.clone();
-        drop(current);
         if inbound.is_some()
             && let Some(peer) = req.extensions().get::<Identity>()
         {
@@ -92,7 +90,7 @@ pub(crate) fn edge(
                     None => CountedBody::uncounted(body),
                 });
                 let method = req.method().clone();
-                match stack.oneshot(req).await {
+                match call(&current, req).await {
                     Ok(response) => response,
                     Err(error) => {
                         let response = local_reply(&error, grpc);
@@ -118,6 +116,20 @@ pub(crate) fn edge(
             Ok(response)
         }) as EdgeFuture
     })
+}
+
+/// Sends `req` down the listener's stack, lent for the call only (see
+/// [`ListenerState::take_stack`]); the response is awaited without it.
+async fn call(
+    state: &ListenerState,
+    req: Request<EdgeBody>,
+) -> Result<Response<ProxyBody>, BoxError> {
+    let mut stack = state.take_stack();
+    let called = stack.ready().await.map(|ready| ready.call(req));
+    if called.is_ok() {
+        state.give_back(stack);
+    }
+    called?.await
 }
 
 /// Per-listener metrics, registered once so each request or connection only bumps handles,

@@ -8,7 +8,7 @@ use http::{
     header::{CONNECTION, TE, TRAILER, TRANSFER_ENCODING, UPGRADE},
 };
 use resilience_mtls::Identity;
-use std::{net::IpAddr, sync::Arc};
+use std::{fmt::Write, net::IpAddr, sync::Arc};
 
 /// `x-forwarded-for`: the chain of client addresses.
 pub(crate) const X_FORWARDED_FOR: HeaderName = HeaderName::from_static("x-forwarded-for");
@@ -16,17 +16,29 @@ pub(crate) const X_FORWARDED_FOR: HeaderName = HeaderName::from_static("x-forwar
 pub(crate) const TRACEPARENT: HeaderName = HeaderName::from_static("traceparent");
 
 /// Hop-by-hop headers that are never forwarded, besides those named in `Connection`.
-const HOP_BY_HOP: [&str; 5] = [
-    "keep-alive",
-    "proxy-connection",
-    "proxy-authenticate",
-    "proxy-authorization",
-    "http2-settings",
+const HOP_BY_HOP: [HeaderName; 9] = [
+    CONNECTION,
+    TRANSFER_ENCODING,
+    UPGRADE,
+    TRAILER,
+    HeaderName::from_static("keep-alive"),
+    HeaderName::from_static("proxy-connection"),
+    HeaderName::from_static("proxy-authenticate"),
+    HeaderName::from_static("proxy-authorization"),
+    HeaderName::from_static("http2-settings"),
 ];
 
 /// Removes the headers that belong to one connection only. `te: trailers` is kept: gRPC needs
 /// it end to end.
 pub(crate) fn strip_hop_by_hop(headers: &mut HeaderMap) {
+    // Most messages have none of them: one pass over the names they have, rather than a
+    // lookup of each name they might have.
+    if !headers
+        .keys()
+        .any(|name| name == TE || HOP_BY_HOP.contains(name))
+    {
+        return;
+    }
     let named: Vec<HeaderName> = headers
         .get_all(CONNECTION)
         .iter()
@@ -38,9 +50,6 @@ pub(crate) fn strip_hop_by_hop(headers: &mut HeaderMap) {
         if name != TE {
             headers.remove(name);
         }
-    }
-    for name in [CONNECTION, TRANSFER_ENCODING, UPGRADE, TRAILER] {
-        headers.remove(name);
     }
     for name in HOP_BY_HOP {
         headers.remove(name);
@@ -55,16 +64,19 @@ pub(crate) fn strip_hop_by_hop(headers: &mut HeaderMap) {
 
 /// Appends the client's address to `x-forwarded-for`, folding any earlier lines into one.
 pub(crate) fn append_forwarded_for(headers: &mut HeaderMap, client: IpAddr) {
-    let mut chain: Vec<&str> = headers
+    // One allocation: the value, written in place.
+    let mut value = String::with_capacity(48);
+    for earlier in headers
         .get_all(X_FORWARDED_FOR)
         .iter()
         .filter_map(|v| v.to_str().ok())
         .map(str::trim)
         .filter(|v| !v.is_empty())
-        .collect();
-    let client = client.to_string();
-    chain.push(&client);
-    let value = chain.join(", ");
+    {
+        value.push_str(earlier);
+        value.push_str(", ");
+    }
+    let _ = write!(value, "{client}");
     if let Ok(value) = HeaderValue::try_from(value) {
         headers.insert(X_FORWARDED_FOR, value);
     }
@@ -78,9 +90,13 @@ pub(crate) fn ensure_traceparent(headers: &mut HeaderMap) {
     {
         return;
     }
-    let trace_id = format!("{:032x}", rand::random::<u128>().max(1));
-    let span_id = format!("{:016x}", rand::random::<u64>().max(1));
-    let value = format!("00-{trace_id}-{span_id}-01");
+    let mut value = String::with_capacity(55);
+    let _ = write!(
+        value,
+        "00-{:032x}-{:016x}-01",
+        rand::random::<u128>().max(1),
+        rand::random::<u64>().max(1)
+    );
     headers.insert(
         TRACEPARENT,
         HeaderValue::try_from(value).expect("hex digits and dashes are a valid header value"),

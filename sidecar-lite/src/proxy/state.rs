@@ -1,11 +1,11 @@
 //! [`ListenerState`]: what one listener serves with, replaced whole by a reload.
 use super::{AccessLog, EdgeBody, EdgeTracer, InboundRules};
-use crate::stack::StackService;
+use crate::{stack::StackService, transport::worker};
 use arc_swap::ArcSwap;
 use resilience_mtls::MtlsAcceptor;
 use std::{
     fmt,
-    sync::{Arc, Mutex, PoisonError},
+    sync::{Arc, Mutex, MutexGuard, PoisonError},
 };
 
 /// Everything a reload may change about a listener, in one value: its stack, its TLS acceptor
@@ -16,6 +16,9 @@ pub(crate) struct ListenerState {
     /// Not `Sync` (tower's concurrency limit and buffer hold boxed futures), so behind a mutex
     /// held only to clone it.
     stack: Mutex<StackService<EdgeBody>>,
+    /// A clone of the stack for each worker, lent to one request at a time from its readiness
+    /// to its call (see [`ListenerState::take_stack`]): a request does not clone the stack.
+    lent: Box<[Mutex<Option<StackService<EdgeBody>>>]>,
     pub(crate) acceptor: Option<Arc<MtlsAcceptor>>,
     pub(crate) tracer: Option<EdgeTracer>,
     pub(crate) access_log: Option<AccessLog>,
@@ -36,6 +39,7 @@ impl ListenerState {
     ) -> Self {
         Self {
             stack: Mutex::new(stack),
+            lent: (0..worker::slots()).map(|_| Mutex::new(None)).collect(),
             acceptor,
             tracer,
             access_log,
@@ -43,13 +47,30 @@ impl ListenerState {
         }
     }
 
-    /// A clone of the stack, to serve one request.
-    pub(crate) fn stack(&self) -> StackService<EdgeBody> {
-        self.stack
-            .lock()
-            .unwrap_or_else(PoisonError::into_inner)
-            .clone()
+    /// The calling worker's stack, taken for one request: from the worker's slot, or, when a
+    /// request of the same worker has it (an HTTP/2 stream waiting for readiness), a clone.
+    /// Give it back with [`ListenerState::give_back`] once the request has been called.
+    pub(crate) fn take_stack(&self) -> StackService<EdgeBody> {
+        self.slot()
+            .take()
+            .unwrap_or_else(|| lock(&self.stack).clone())
     }
+
+    /// Puts a stack taken by [`ListenerState::take_stack`] back in the calling worker's slot.
+    pub(crate) fn give_back(&self, stack: StackService<EdgeBody>) {
+        let mut slot = self.slot();
+        if slot.is_none() {
+            *slot = Some(stack);
+        }
+    }
+
+    fn slot(&self) -> MutexGuard<'_, Option<StackService<EdgeBody>>> {
+        lock(&self.lent[worker::index() % self.lent.len()])
+    }
+}
+
+fn lock<T>(mutex: &Mutex<T>) -> MutexGuard<'_, T> {
+    mutex.lock().unwrap_or_else(PoisonError::into_inner)
 }
 
 impl fmt::Debug for ListenerState {

@@ -186,8 +186,12 @@ impl<C: Dial, B: StackBody> Shared<C, B> {
                     _ => {
                         idle.http2 = None;
                         // Past their idle time, connections are dropped, which closes them.
-                        idle.http1
-                            .retain(|(_, since)| since.elapsed() < IDLE_TIMEOUT);
+                        // The oldest come first (each is pushed when its request ends).
+                        let now = Instant::now();
+                        let expired = idle.http1.partition_point(|(_, since)| {
+                            now.saturating_duration_since(*since) >= IDLE_TIMEOUT
+                        });
+                        idle.http1.drain(..expired);
                         idle.http1.pop().map(|(sender, _)| Checked::Http1(sender))
                     }
                 }
