@@ -24,6 +24,7 @@
 
 #![cfg_attr(docsrs, feature(doc_cfg))]
 
+mod enforcement;
 mod error;
 mod random;
 mod retry_after;
@@ -36,6 +37,7 @@ mod local_reply;
 #[cfg(feature = "http")]
 mod reply_layer;
 
+pub use enforcement::Enforcement;
 pub use error::{BoxError, ConfigError, ConnectFailed, RefusedLocally};
 pub use random::{RandomSource, ThreadRandom};
 pub use retry_after::retry_after_secs;

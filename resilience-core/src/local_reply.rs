@@ -41,6 +41,7 @@ mod grpc_code {
     pub(super) const UNKNOWN: u16 = 2;
     pub(super) const DEADLINE_EXCEEDED: u16 = 4;
     pub(super) const PERMISSION_DENIED: u16 = 7;
+    pub(super) const RESOURCE_EXHAUSTED: u16 = 8;
     pub(super) const UNIMPLEMENTED: u16 = 12;
     pub(super) const INTERNAL: u16 = 13;
     pub(super) const UNAVAILABLE: u16 = 14;
@@ -74,6 +75,8 @@ pub enum Reason {
     NotFound,
     /// The endpoint exists but not for this method: `405`.
     MethodNotAllowed,
+    /// A rate limit refused the call: `429`.
+    RateLimited,
 }
 
 impl Reason {
@@ -91,12 +94,13 @@ impl Reason {
             Self::FaultInjected => StatusCode::SERVICE_UNAVAILABLE,
             Self::NotFound => StatusCode::NOT_FOUND,
             Self::MethodNotAllowed => StatusCode::METHOD_NOT_ALLOWED,
+            Self::RateLimited => StatusCode::TOO_MANY_REQUESTS,
         }
     }
 
     /// The value of the [`SIDECAR_ERROR`] header: `timeout`, `breaker-open`, `no-endpoints`,
     /// `overloaded`, `connect`, `upstream`, `unauthorized`, `bad-request`, `fault-injected`,
-    /// `not-found` or `method-not-allowed`.
+    /// `not-found`, `method-not-allowed` or `rate-limited`.
     #[must_use]
     pub const fn flag(self) -> &'static str {
         match self {
@@ -111,13 +115,14 @@ impl Reason {
             Self::FaultInjected => "fault-injected",
             Self::NotFound => "not-found",
             Self::MethodNotAllowed => "method-not-allowed",
+            Self::RateLimited => "rate-limited",
         }
     }
 
     /// The gRPC status of a reply for this reason, to a gRPC caller: `DEADLINE_EXCEEDED` (4)
     /// for a timeout; `UNAVAILABLE` (14) for an open breaker, no endpoints, overload, a
     /// connect or upstream failure and an injected fault; `PERMISSION_DENIED` (7) for an
-    /// unauthorized caller; otherwise the code gRPC maps the reason's HTTP status to
+    /// unauthorized caller; `RESOURCE_EXHAUSTED` (8) for a rate limit; otherwise the code gRPC maps the reason's HTTP status to
     /// (`INTERNAL` for `400`, `UNIMPLEMENTED` for `404` and `405`).
     #[must_use]
     pub const fn grpc_status(self) -> u16 {
@@ -132,6 +137,7 @@ impl Reason {
             Self::Unauthorized => grpc_code::PERMISSION_DENIED,
             Self::BadRequest => grpc_code::INTERNAL,
             Self::NotFound | Self::MethodNotAllowed => grpc_code::UNIMPLEMENTED,
+            Self::RateLimited => grpc_code::RESOURCE_EXHAUSTED,
         }
     }
 
@@ -152,6 +158,7 @@ impl Reason {
             Self::FaultInjected => "fault injected: request aborted",
             Self::NotFound => "not found",
             Self::MethodNotAllowed => "method not allowed",
+            Self::RateLimited => "too many requests: the rate limit is reached",
         }
     }
 }
@@ -339,7 +346,7 @@ mod tests {
     use http_body::Body as _;
     use http_body_util::BodyExt;
 
-    const ALL: [Reason; 11] = [
+    const ALL: [Reason; 12] = [
         Reason::Timeout,
         Reason::BreakerOpen,
         Reason::NoEndpoints,
@@ -351,6 +358,7 @@ mod tests {
         Reason::FaultInjected,
         Reason::NotFound,
         Reason::MethodNotAllowed,
+        Reason::RateLimited,
     ];
 
     #[tokio::test]
@@ -367,6 +375,7 @@ mod tests {
             (503, "fault-injected"),
             (404, "not-found"),
             (405, "method-not-allowed"),
+            (429, "rate-limited"),
         ];
         for (reason, (status, flag)) in ALL.into_iter().zip(expected) {
             let response = LocalReply::new(reason).into_response();
@@ -403,7 +412,7 @@ mod tests {
 
     #[tokio::test]
     async fn a_grpc_caller_gets_a_trailers_only_grpc_status() {
-        let expected = [4, 14, 14, 14, 14, 14, 7, 13, 14, 12, 12];
+        let expected = [4, 14, 14, 14, 14, 14, 7, 13, 14, 12, 12, 8];
         for (reason, code) in ALL.into_iter().zip(expected) {
             let response = LocalReply::new(reason).grpc(true).into_response();
             assert_eq!(response.status(), StatusCode::OK, "{reason}");

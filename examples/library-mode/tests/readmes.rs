@@ -1,12 +1,13 @@
 //! Each crate's README opens with its docs' first example, word for word: the docs' copy is a
 //! doctest, and so is the README's (each crate includes its README under `cfg(doctest)`).
 
-const CRATES: [&str; 6] = [
+const CRATES: [&str; 7] = [
     "resilience-core",
     "resilience-timeout",
     "resilience-retry",
     "resilience-breaker",
     "resilience-mtls",
+    "resilience-limit",
     "sidecar-lite",
 ];
 

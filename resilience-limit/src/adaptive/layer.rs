@@ -1,0 +1,159 @@
+//! [`AdaptiveConcurrencyLayer`]: a concurrency limit that finds itself from latency.
+
+use super::{AdaptiveConcurrency, Algorithm, limiter::Limiter};
+use resilience_core::{ConfigError, Enforcement};
+use std::{fmt, sync::Arc};
+use tower_layer::Layer;
+
+/// Admits as many calls at once as the limit allows and refuses the rest at once with
+/// [`Overloaded`](crate::Overloaded) (never queued); the limit moves between `min` and `max`
+/// as the [`Algorithm`] reads the calls' latencies and failures. Every clone of the layer,
+/// and every service it makes, shares one limit.
+///
+/// ```
+/// use resilience_limit::{AdaptiveConcurrencyLayer, Algorithm, Overloaded};
+/// use tower::{BoxError, Layer, Service, ServiceExt, service_fn};
+///
+/// # #[tokio::main(flavor = "current_thread", start_paused = true)]
+/// # async fn main() -> Result<(), BoxError> {
+/// let layer = AdaptiveConcurrencyLayer::new(Algorithm::default()).limits(1, 1, 100)?;
+/// let mut service = layer.layer(service_fn(|n: u32| async move {
+///     tokio::time::sleep(std::time::Duration::from_millis(10)).await;
+///     Ok::<_, BoxError>(n)
+/// }));
+/// let first = service.ready().await?.call(1); // in flight: the limit's worth
+/// let refused = service.ready().await?.call(2).await.unwrap_err();
+/// assert!(refused.is::<Overloaded>());
+/// assert_eq!(first.await?, 1);
+/// assert_eq!(layer.handle().in_flight(), 0);
+/// # Ok(())
+/// # }
+/// ```
+#[derive(Clone)]
+#[must_use]
+pub struct AdaptiveConcurrencyLayer {
+    settings: Settings,
+    limiter: Arc<Limiter>,
+}
+
+#[derive(Debug, Clone)]
+struct Settings {
+    name: Arc<str>,
+    enforcement: Enforcement,
+    algorithm: Algorithm,
+    initial: usize,
+    min: usize,
+    max: usize,
+}
+
+impl AdaptiveConcurrencyLayer {
+    /// A limit moved by `algorithm`, starting at 20, between 1 and 1000 (Netflix's initial
+    /// limit; see [`limits`](Self::limits)).
+    pub fn new(algorithm: Algorithm) -> Self {
+        Self::with(Settings {
+            name: Arc::from("default"),
+            enforcement: Enforcement::Enforce,
+            algorithm,
+            initial: 20,
+            min: 1,
+            max: 1000,
+        })
+    }
+
+    fn with(settings: Settings) -> Self {
+        let limiter = Arc::new(Limiter::new(
+            settings.name.clone(),
+            settings.enforcement,
+            settings.algorithm.clone(),
+            settings.initial,
+            settings.min,
+            settings.max,
+        ));
+        Self { settings, limiter }
+    }
+
+    /// Starts at `initial`, and stays between `min` (at least 1) and `max`.
+    pub fn limits(self, initial: usize, min: usize, max: usize) -> Result<Self, ConfigError> {
+        if min == 0 {
+            return Err(ConfigError::new("min_limit", min, "must be at least 1"));
+        }
+        if max < min {
+            return Err(ConfigError::new(
+                "max_limit",
+                max,
+                "must be at least min_limit",
+            ));
+        }
+        if !(min..=max).contains(&initial) {
+            return Err(ConfigError::new(
+                "initial_limit",
+                initial,
+                "must be between min_limit and max_limit",
+            ));
+        }
+        Ok(Self::with(Settings {
+            initial,
+            min,
+            max,
+            ..self.settings
+        }))
+    }
+
+    /// The name in metrics (`resilience_concurrency_limit{name}`,
+    /// `resilience_concurrency_shed_total{name}`) and logs. Default `default`.
+    pub fn named(self, name: impl Into<Arc<str>>) -> Self {
+        Self::with(Settings {
+            name: name.into(),
+            ..self.settings
+        })
+    }
+
+    /// In [`Enforcement::Shadow`] mode nothing is refused: each call over the limit is
+    /// counted (`mode="shadow"`) and logged, and the limit still learns. Default: enforced.
+    pub fn enforcement(self, enforcement: Enforcement) -> Self {
+        Self::with(Settings {
+            enforcement,
+            ..self.settings
+        })
+    }
+
+    /// A handle on the limit, to read it.
+    pub fn handle(&self) -> AdaptiveHandle {
+        AdaptiveHandle(self.limiter.clone())
+    }
+}
+
+impl<S> Layer<S> for AdaptiveConcurrencyLayer {
+    type Service = AdaptiveConcurrency<S>;
+
+    fn layer(&self, inner: S) -> Self::Service {
+        AdaptiveConcurrency::new(inner, self.limiter.clone())
+    }
+}
+
+impl fmt::Debug for AdaptiveConcurrencyLayer {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        f.debug_struct("AdaptiveConcurrencyLayer")
+            .field("settings", &self.settings)
+            .field("limit", &self.limiter.limit())
+            .finish()
+    }
+}
+
+/// Reads an adaptive limit: what it is now, and how many calls it has in flight.
+#[derive(Debug, Clone)]
+pub struct AdaptiveHandle(Arc<Limiter>);
+
+impl AdaptiveHandle {
+    /// The limit now.
+    #[must_use]
+    pub fn limit(&self) -> usize {
+        self.0.limit()
+    }
+
+    /// Calls in flight now.
+    #[must_use]
+    pub fn in_flight(&self) -> usize {
+        self.0.in_flight()
+    }
+}

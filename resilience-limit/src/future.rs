@@ -1,0 +1,79 @@
+//! [`ResponseFuture`]: the inner service's future, or the refusal of a limit.
+
+use pin_project_lite::pin_project;
+use resilience_core::BoxError;
+use std::{
+    future::Future,
+    pin::Pin,
+    task::{Context, Poll, ready},
+};
+
+pin_project! {
+    /// The future of a limited service: the inner call, holding `G` (a permit, or nothing)
+    /// until it completes, or a refusal, ready at once.
+    #[project = Projected]
+    pub struct ResponseFuture<F, G> {
+        #[pin]
+        state: State<F, G>,
+    }
+}
+
+pin_project! {
+    #[project = StateProjected]
+    enum State<F, G> {
+        Called { #[pin] future: F, guard: Option<G> },
+        Refused { error: Option<BoxError> },
+    }
+}
+
+/// What a call's guard learns when the call completes: whether it succeeded.
+pub trait Completion {
+    /// The call completed, `Ok` or not.
+    fn complete(self, ok: bool);
+}
+
+impl Completion for () {
+    fn complete(self, _: bool) {}
+}
+
+impl<F, G> ResponseFuture<F, G> {
+    pub(crate) fn called(future: F, guard: G) -> Self {
+        Self {
+            state: State::Called {
+                future,
+                guard: Some(guard),
+            },
+        }
+    }
+
+    pub(crate) fn refused(error: BoxError) -> Self {
+        Self {
+            state: State::Refused { error: Some(error) },
+        }
+    }
+}
+
+impl<F, G, T, E> Future for ResponseFuture<F, G>
+where
+    F: Future<Output = Result<T, E>>,
+    E: Into<BoxError>,
+    G: Completion,
+{
+    type Output = Result<T, BoxError>;
+
+    fn poll(self: Pin<&mut Self>, cx: &mut Context<'_>) -> Poll<Self::Output> {
+        let Projected { state } = self.project();
+        match state.project() {
+            StateProjected::Called { future, guard } => {
+                let result = ready!(future.poll(cx));
+                if let Some(guard) = guard.take() {
+                    guard.complete(result.is_ok());
+                }
+                Poll::Ready(result.map_err(Into::into))
+            }
+            StateProjected::Refused { error } => Poll::Ready(Err(error
+                .take()
+                .unwrap_or_else(|| "polled after completion".into()))),
+        }
+    }
+}
