@@ -309,7 +309,11 @@ fn outbound_stack(
     let service = ServiceBuilder::new()
         .map_response(|response: Response<_>| response.map(boxed))
         .load_shed()
-        .concurrency_limit(route.max_concurrent_requests())
+        .concurrency_limit(
+            route
+                .max_concurrent_requests()
+                .expect("the bench's route has a fixed limit"),
+        )
         .layer(total)
         .layer(retry)
         .option_layer(route.retry().per_try_timeout_layer())

@@ -9,6 +9,7 @@ mod access_log;
 mod endpoints;
 mod errors;
 mod explain;
+mod limits;
 mod locate;
 mod process;
 mod routes;
@@ -20,6 +21,7 @@ pub(crate) use access_log::AccessLogConfig;
 pub(crate) use endpoints::{DiscoveryConfig, Endpoint, parse_endpoints_file};
 pub use errors::{ConfigErrors, ConfigProblem};
 #[cfg(feature = "proxy")]
+pub(crate) use limits::ConcurrencyLimit;
 pub(crate) use process::log_filter;
 pub(crate) use process::{AdminConfig, LimitsConfig, LogConfig, LogFormat, RuntimeConfig};
 pub(crate) use routes::{AppProtocol, FaultConfig};

@@ -1,8 +1,9 @@
 //! The listeners' sections: `[inbound]` and each `[[outbound]]` route, with identities and
 //! allow-lists parsed into typed values once, here.
 
-use super::endpoints::Endpoint;
+use super::{endpoints::Endpoint, limits::ConcurrencyLimit};
 use resilience_breaker::BreakerConfig;
+use resilience_limit::RateLimitConfig;
 use resilience_mtls::{AllowList, Identity, IdentityPattern, MtlsMode};
 use resilience_retry::RetryConfig;
 use resilience_timeout::TimeoutConfig;
@@ -31,9 +32,14 @@ pub struct InboundConfig {
     /// The timeout for each request to the app. Default 15 s.
     #[serde(default = "default_timeout")]
     pub(crate) timeout: TimeoutConfig,
-    /// Requests in flight at once; beyond it, 503 at once. Default 1024.
-    #[serde(default = "default_concurrency")]
-    pub(crate) max_concurrent_requests: usize,
+    /// Requests in flight at once; beyond it, 503 at once: a number (default 1024),
+    /// `"adaptive"`, or a table of `resilience_limit::AdaptiveConfig` keys.
+    #[serde(default)]
+    pub(crate) max_concurrent_requests: ConcurrencyLimit,
+    /// A rate limit over all callers and, with `per_caller`, per peer identity: the keys of
+    /// `resilience_limit::RateLimitConfig`. Default: none.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub(crate) rate_limit: Option<RateLimitConfig>,
     /// How to speak to the app: `auto` (HTTP/2 for gRPC, HTTP/1.1 otherwise; the default),
     /// `http1` or `http2` (h2c with prior knowledge).
     #[serde(default)]
@@ -88,9 +94,14 @@ pub struct OutboundConfig {
     /// The circuit breaker of each endpoint: the keys of `resilience_breaker::BreakerConfig`.
     #[serde(default)]
     pub(crate) breaker: BreakerConfig,
-    /// Requests in flight at once; beyond it, 503 at once. Default 1024.
-    #[serde(default = "default_concurrency")]
-    pub(crate) max_concurrent_requests: usize,
+    /// Requests in flight at once; beyond it, 503 at once: a number (default 1024),
+    /// `"adaptive"`, or a table of `resilience_limit::AdaptiveConfig` keys.
+    #[serde(default)]
+    pub(crate) max_concurrent_requests: ConcurrencyLimit,
+    /// A rate limit over the route: the keys of `resilience_limit::RateLimitConfig`, without
+    /// `per_caller` (every caller of an outbound route is the local app). Default: none.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub(crate) rate_limit: Option<RateLimitConfig>,
     /// Faults to inject, for testing how the app copes. Default: none.
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub(crate) fault: Option<FaultConfig>,
@@ -131,10 +142,6 @@ pub(crate) struct DelayFault {
 
 fn default_timeout() -> TimeoutConfig {
     TimeoutConfig::new(Duration::from_secs(15))
-}
-
-fn default_concurrency() -> usize {
-    1024
 }
 
 impl InboundConfig {
@@ -186,9 +193,10 @@ impl OutboundConfig {
         &self.breaker
     }
 
-    /// Requests in flight at once; beyond it, 503 at once.
+    /// Requests in flight at once, beyond which requests get 503 at once; `None` when the
+    /// limit is adaptive.
     #[must_use]
-    pub fn max_concurrent_requests(&self) -> usize {
-        self.max_concurrent_requests
+    pub fn max_concurrent_requests(&self) -> Option<usize> {
+        self.max_concurrent_requests.fixed()
     }
 }

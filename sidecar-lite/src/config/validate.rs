@@ -2,7 +2,7 @@
 //! other. Each problem is named by its field's path, so that its line can be found.
 
 use super::{
-    Config,
+    ConcurrencyLimit, Config,
     endpoints::{Endpoint, MIN_DISCOVERY_INTERVAL, parse_endpoints_file},
     tracing::TracingConfig,
 };
@@ -34,8 +34,15 @@ pub(super) fn problems(config: &Config) -> Vec<(String, String)> {
             ));
         }
         timeout_problems("inbound.timeout", &inbound.timeout, &mut problems);
-        if let Some(problem) = concurrency_problem(inbound.max_concurrent_requests) {
-            problems.push(("inbound.max_concurrent_requests".into(), problem));
+        concurrency_problems(
+            "inbound.max_concurrent_requests",
+            &inbound.max_concurrent_requests,
+            &mut problems,
+        );
+        if let Some(rate) = &inbound.rate_limit
+            && let Err(e) = rate.validate()
+        {
+            problems.push((format!("inbound.rate_limit.{}", e.field()), e.to_string()));
         }
     }
 
@@ -82,8 +89,21 @@ pub(super) fn problems(config: &Config) -> Vec<(String, String)> {
         if let Err(e) = route.breaker.validate() {
             problems.push((at(&format!("breaker.{}", e.field())), e.to_string()));
         }
-        if let Some(problem) = concurrency_problem(route.max_concurrent_requests) {
-            problems.push((at("max_concurrent_requests"), problem));
+        concurrency_problems(
+            &at("max_concurrent_requests"),
+            &route.max_concurrent_requests,
+            &mut problems,
+        );
+        if let Some(rate) = &route.rate_limit {
+            if let Err(e) = rate.validate() {
+                problems.push((at(&format!("rate_limit.{}", e.field())), e.to_string()));
+            } else if rate.per_caller.is_some() {
+                problems.push((
+                    at("rate_limit.per_caller"),
+                    "is for [inbound] only: every caller of an outbound route is the local app"
+                        .into(),
+                ));
+            }
         }
         if let Some(fault) = &route.fault {
             let percent = |field: String, value: f64, problems: &mut Vec<(String, String)>| {
@@ -185,11 +205,31 @@ pub(super) fn problems(config: &Config) -> Vec<(String, String)> {
 /// and far below what the semaphore behind the limit can count.
 const MAX_CONCURRENCY: usize = 1 << 20;
 
-fn concurrency_problem(limit: usize) -> Option<String> {
-    match limit {
-        0 => Some("must be at least 1".into()),
-        n if n > MAX_CONCURRENCY => Some(format!("{n} is over the maximum of {MAX_CONCURRENCY}")),
-        _ => None,
+fn concurrency_problems(
+    field: &str,
+    limit: &ConcurrencyLimit,
+    problems: &mut Vec<(String, String)>,
+) {
+    let problem = match limit {
+        ConcurrencyLimit::Fixed(0) => Some("must be at least 1".into()),
+        ConcurrencyLimit::Fixed(n) if *n > MAX_CONCURRENCY => {
+            Some(format!("{n} is over the maximum of {MAX_CONCURRENCY}"))
+        }
+        ConcurrencyLimit::Fixed(_) => None,
+        ConcurrencyLimit::Adaptive(adaptive) => match adaptive.layer() {
+            Err(e) => {
+                problems.push((format!("{field}.{}", e.field()), e.to_string()));
+                None
+            }
+            Ok(_) if adaptive.max_limit > MAX_CONCURRENCY => Some(format!(
+                "max_limit {} is over the maximum of {MAX_CONCURRENCY}",
+                adaptive.max_limit
+            )),
+            Ok(_) => None,
+        },
+    };
+    if let Some(problem) = problem {
+        problems.push((field.to_owned(), problem));
     }
 }
 

@@ -9,14 +9,15 @@ use crate::{
 use http::Response;
 use resilience_breaker::BreakerOpen;
 use resilience_core::{BoxError, ConnectFailed, LocalReply, Reason};
+use resilience_limit::RateLimited;
 use resilience_timeout::Elapsed;
 use std::{error::Error, io};
 use tower::load_shed::error::Overloaded;
 
 /// The response for an error that reached the edge of a stack: what sidecar-lite answers,
 /// and what a library-mode service answers to look the same. The error's chain is searched
-/// for the typed errors of the layers (`Elapsed`, `BreakerOpen`, `Overloaded`, connect
-/// failures); anything else is `502 upstream`. `grpc` says whether the request was a gRPC
+/// for the typed errors of the layers (`Elapsed`, `BreakerOpen`, `Overloaded`, `RateLimited`,
+/// connect failures); anything else is `502 upstream`. `grpc` says whether the request was a gRPC
 /// call ([`resilience_core::is_grpc`] of its headers): then the reply is the reason's gRPC
 /// status in a trailers-only response (`DEADLINE_EXCEEDED`, `UNAVAILABLE`, ...), with the
 /// same `x-sidecar-error` flag.
@@ -39,8 +40,11 @@ fn reply_for(error: &BoxError) -> LocalReply {
     if chain().any(|e| e.is::<NoEndpoints>()) {
         return LocalReply::new(Reason::NoEndpoints);
     }
-    if chain().any(|e| e.is::<Overloaded>()) {
+    if chain().any(|e| e.is::<Overloaded>() || e.is::<resilience_limit::Overloaded>()) {
         return LocalReply::new(Reason::Overloaded);
+    }
+    if let Some(limited) = chain().find_map(|e| e.downcast_ref::<RateLimited>()) {
+        return LocalReply::new(Reason::RateLimited).retry_after(Some(limited.retry_after()));
     }
     if chain().any(is_connect_failure) {
         return LocalReply::new(Reason::Connect);

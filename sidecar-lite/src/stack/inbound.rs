@@ -1,6 +1,6 @@
 //! The inbound stack: peers' requests to the app.
 
-use super::{StackService, count_attempt, field_error, note_endpoint};
+use super::{StackService, admission, count_attempt, field_error, note_endpoint};
 use crate::{
     config::{ConfigProblem, InboundConfig},
     transport::{AppClient, boxed},
@@ -30,13 +30,20 @@ where
         .body_layer()
         .map_err(|e| field_error("timeout", e.field(), &e))?
         .unwrap_or_default();
+    let concurrency = admission::concurrency(
+        &inbound.max_concurrent_requests,
+        "inbound",
+        "max_concurrent_requests",
+    )?;
+    let rate_limit = admission::inbound_rate(inbound.rate_limit.as_ref())?;
     let service = ServiceBuilder::new()
         .map_response(|response: Response<_>| response.map(boxed))
-        .load_shed()
-        .concurrency_limit(inbound.max_concurrent_requests)
+        .layer(concurrency)
         .layer(body_timeout)
         .layer(timeout)
         .layer(AuthorizeLayer::new(allow))
+        // After authorization: a caller that may not call spends nobody's rate.
+        .option_layer(rate_limit)
         // The one attempt, for the request's span and access-log line (no-ops without them).
         .map_request(move |req| note_endpoint(count_attempt(req), app_addr))
         .service(app);

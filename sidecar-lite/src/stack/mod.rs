@@ -2,8 +2,8 @@
 //! sections. [`outbound`] and [`inbound`] are public, so that library mode calls the very same
 //! functions as the proxy.
 //!
-//! Outbound, outermost first (ARCHITECTURE.md): load shedding over a concurrency limit, injected
-//! faults if configured (before the router, as Envoy's fault filter, so they are not retried),
+//! Outbound, outermost first (ARCHITECTURE.md): the rate limit if configured, load shedding
+//! over a concurrency limit (fixed or adaptive), injected faults if configured (before the router, as Envoy's fault filter, so they are not retried),
 //! the total timeout (deadline), retries, the per-try timeout (it covers the wait in the
 //! balancer's queue, too), then either one endpoint behind a fail-fast breaker, or a p2c
 //! peak-EWMA balancer over endpoints each behind a back-pressure breaker (the balancer routes
@@ -15,9 +15,11 @@
 //! A `dns:` or `file:` source always gets the balancer, fed by [`crate::discovery`] as its set
 //! changes.
 //!
-//! Inbound: load shedding over a concurrency limit, the timeout, authorization of the peer's
-//! identity, then the pooled client to the app.
+//! Inbound: load shedding over a concurrency limit (fixed or adaptive), the timeout,
+//! authorization of the peer's identity, the rate limit if configured (per peer identity too),
+//! then the pooled client to the app.
 
+mod admission;
 mod attempts;
 mod discovery;
 #[cfg(feature = "dns")]

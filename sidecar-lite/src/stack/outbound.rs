@@ -3,7 +3,7 @@
 //! over endpoints each behind its own breaker.
 
 use super::{
-    LiveEndpoints, StackBody, StackService, count_attempt,
+    LiveEndpoints, StackBody, StackService, admission, count_attempt,
     discovery::{self, Source},
     fail_fast::FailWhenAllOpen,
     fault::FaultLayer,
@@ -183,9 +183,16 @@ pub(crate) fn outbound_with_endpoints<B: StackBody>(
         .map_err(|e| field_error("retry", e.field(), &e))?
         .named(route.name.clone());
     let budget = retry.shared_budget().clone();
+    let concurrency = admission::concurrency(
+        &route.max_concurrent_requests,
+        &route.name,
+        "max_concurrent_requests",
+    )?;
+    let rate_limit = admission::route_rate(route.rate_limit.as_ref(), &route.name, "rate_limit")?;
     let service = ServiceBuilder::new()
-        .load_shed()
-        .concurrency_limit(route.max_concurrent_requests)
+        // First: a request over the rate takes no place in the concurrency limit.
+        .option_layer(rate_limit)
+        .layer(concurrency)
         .option_layer(route.fault.clone().map(FaultLayer::new))
         .map_response(|response: Response<_>| response.map(boxed))
         .layer(body_timeout)
