@@ -1,7 +1,7 @@
 //! [`BreakerConfig`]: the breaker section of a config file.
 
 use crate::{CircuitBreakerLayer, ConfigError, Policy, SlidingWindow};
-use resilience_core::duration;
+use resilience_core::{Enforcement, duration};
 use serde::{Deserialize, Serialize};
 use std::time::Duration;
 
@@ -20,6 +20,7 @@ use std::time::Duration;
 /// # slow_call_rate = 0.8            # also trip at >= 80 % slow calls (default: off)
 /// # slow_call_duration = "2s"       # a call this long or longer is slow (default 60s)
 /// # consecutive_failures = 5        # also trip after 5 failures in a row (default: off)
+/// mode = "enforce"                  # or "shadow": trip, count and log, refuse nothing
 /// ```
 ///
 /// Every default is [`Policy`]'s, with the reason given there. One rule ties two keys: when
@@ -63,6 +64,9 @@ pub struct BreakerConfig {
     /// How many probes the half-open breaker lets through. Default 3.
     #[serde(default = "default_probes")]
     pub half_open_probes: u32,
+    /// `enforce` (the default), or `shadow`: trip, count and log, and refuse nothing.
+    #[serde(default)]
+    pub mode: Enforcement,
 }
 
 /// The sliding window: `{ calls = 100 }` or `{ duration = "10s" }`.
@@ -118,6 +122,7 @@ impl Default for BreakerConfig {
             open_for_multiplier: default_multiplier(),
             jitter: default_jitter(),
             half_open_probes: default_probes(),
+            mode: Enforcement::Enforce,
         }
     }
 }
@@ -156,6 +161,6 @@ impl BreakerConfig {
 
     /// The fail-fast layer these settings describe, after [`validate`](Self::validate).
     pub fn layer(&self) -> Result<CircuitBreakerLayer, ConfigError> {
-        CircuitBreakerLayer::new(self.policy()?)
+        Ok(CircuitBreakerLayer::new(self.policy()?)?.enforcement(self.mode))
     }
 }

@@ -100,6 +100,15 @@ impl<F, C> ResponseFuture<F, C> {
         }
     }
 
+    /// A call the breaker would have refused, let through in shadow mode: its outcome is not
+    /// recorded.
+    pub(crate) fn unrecorded(inner: F) -> Self {
+        Self {
+            kind: Kind::Called { inner },
+            call: None,
+        }
+    }
+
     pub(crate) fn rejected(error: BreakerOpen) -> Self {
         Self {
             kind: Kind::Rejected { error: Some(error) },

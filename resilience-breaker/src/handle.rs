@@ -201,6 +201,17 @@ impl BreakerHandle {
     }
 
     /// [`acquire`](Self::acquire) without counting a rejection (a re-check).
+    /// Counts and logs a call that the breaker would have refused, in shadow mode.
+    pub(crate) fn would_reject(&self, open: &BreakerOpen) {
+        metrics::counter!(
+            "resilience_breaker_rejected_total",
+            "name" => self.inner.name.clone(),
+            "mode" => "shadow",
+        )
+        .increment(1);
+        tracing::debug!(breaker = %self.inner.name, %open, "would reject the call (shadow mode)");
+    }
+
     pub(crate) fn acquire_quietly(&self) -> Result<Permit, BreakerOpen> {
         let (result, transition) = self.inner.machine.acquire_with(Instant::now);
         self.publish(transition);

@@ -2,6 +2,7 @@
 
 use crate::{BreakerHandle, CircuitBreaker, ConfigError, ErrorsAsFailures, Mode, Policy};
 use metrics::SharedString;
+use resilience_core::Enforcement;
 use tower_layer::Layer;
 
 /// Wraps services in a [`CircuitBreaker`].
@@ -15,6 +16,7 @@ pub struct CircuitBreakerLayer<C = ErrorsAsFailures> {
     policy: Policy,
     name: SharedString,
     mode: Mode,
+    enforcement: Enforcement,
     classifier: C,
     shared: Option<BreakerHandle>,
 }
@@ -40,6 +42,7 @@ impl CircuitBreakerLayer {
             policy,
             name: SharedString::const_str("breaker"),
             mode: Mode::FailFast,
+            enforcement: Enforcement::Enforce,
             classifier: ErrorsAsFailures,
             shared: None,
         })
@@ -51,6 +54,7 @@ impl CircuitBreakerLayer {
             policy: breaker.machine().policy().clone(),
             name: SharedString::from(breaker.name().to_owned()),
             mode: Mode::FailFast,
+            enforcement: Enforcement::Enforce,
             classifier: ErrorsAsFailures,
             shared: Some(breaker),
         }
@@ -70,6 +74,15 @@ impl<C> CircuitBreakerLayer<C> {
         self
     }
 
+    /// In [`Enforcement::Shadow`] mode the breaker trips, probes and closes as it would
+    /// enforced, and refuses nothing: each call it would refuse goes through, is counted in
+    /// `resilience_breaker_rejected_total{name, mode="shadow"}` and logged, and its outcome is
+    /// not recorded (an enforced breaker would not have seen it). The default is enforced.
+    pub fn enforcement(mut self, enforcement: Enforcement) -> Self {
+        self.enforcement = enforcement;
+        self
+    }
+
     /// Sets [`Mode::BackPressure`]: unready while open, for use under a balancer.
     pub fn back_pressure(self) -> Self {
         self.mode(Mode::BackPressure)
@@ -82,6 +95,7 @@ impl<C> CircuitBreakerLayer<C> {
             policy: self.policy,
             name: self.name,
             mode: self.mode,
+            enforcement: self.enforcement,
             classifier,
             shared: self.shared,
         }
@@ -104,5 +118,6 @@ impl<S, C: Clone> Layer<S> for CircuitBreakerLayer<C> {
         CircuitBreaker::new(inner, breaker)
             .classify(self.classifier.clone())
             .mode(self.mode)
+            .enforcement(self.enforcement)
     }
 }

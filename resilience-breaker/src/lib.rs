@@ -142,7 +142,7 @@ pub use future::ResponseFuture;
 pub use handle::BreakerHandle;
 pub use layer::CircuitBreakerLayer;
 pub use policy::Policy;
-pub use resilience_core::{BoxError, ConfigError, RandomSource, ThreadRandom};
+pub use resilience_core::{BoxError, ConfigError, Enforcement, RandomSource, ThreadRandom};
 pub use service::{CircuitBreaker, Mode};
 pub use state::{Outcome, Permit, State, StateMachine, Transition};
 pub use window::{Counts, SlidingWindow};

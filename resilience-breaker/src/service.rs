@@ -4,6 +4,7 @@ use crate::{
     BoxError, BreakerHandle, CircuitBreakerLayer, Classify, ConfigError, ErrorsAsFailures, Policy,
     ResponseFuture, future::PermitGuard,
 };
+use resilience_core::Enforcement;
 use std::{
     fmt,
     future::Future,
@@ -40,6 +41,7 @@ pub struct CircuitBreaker<S, C = ErrorsAsFailures> {
     breaker: BreakerHandle,
     classifier: C,
     mode: Mode,
+    enforcement: Enforcement,
     reserved: Option<PermitGuard>,
     waiting: Option<Waiting>,
 }
@@ -74,6 +76,7 @@ impl<S: fmt::Debug, C: fmt::Debug> fmt::Debug for CircuitBreaker<S, C> {
             .field("breaker", &self.breaker)
             .field("classifier", &self.classifier)
             .field("mode", &self.mode)
+            .field("enforcement", &self.enforcement)
             .field("reserved", &self.reserved.is_some())
             .field("waiting", &self.waiting.is_some())
             .finish()
@@ -87,6 +90,7 @@ impl<S: Clone, C: Clone> Clone for CircuitBreaker<S, C> {
             breaker: self.breaker.clone(),
             classifier: self.classifier.clone(),
             mode: self.mode,
+            enforcement: self.enforcement,
             reserved: None,
             waiting: None,
         }
@@ -101,6 +105,7 @@ impl<S> CircuitBreaker<S> {
             breaker,
             classifier: ErrorsAsFailures,
             mode: Mode::FailFast,
+            enforcement: Enforcement::Enforce,
             reserved: None,
             waiting: None,
         }
@@ -124,6 +129,7 @@ impl<S, C> CircuitBreaker<S, C> {
             breaker: self.breaker,
             classifier,
             mode: self.mode,
+            enforcement: self.enforcement,
             reserved: None,
             waiting: None,
         }
@@ -133,6 +139,13 @@ impl<S, C> CircuitBreaker<S, C> {
     #[must_use]
     pub fn mode(mut self, mode: Mode) -> Self {
         self.mode = mode;
+        self
+    }
+
+    /// Sets the enforcement: see [`CircuitBreakerLayer::enforcement`].
+    #[must_use]
+    pub fn enforcement(mut self, enforcement: Enforcement) -> Self {
+        self.enforcement = enforcement;
         self
     }
 
@@ -208,7 +221,11 @@ where
 
     #[inline]
     fn poll_ready(&mut self, cx: &mut Context<'_>) -> Poll<Result<(), Self::Error>> {
-        if self.mode == Mode::BackPressure && self.poll_permit(cx).is_pending() {
+        // In shadow mode the breaker holds nothing back, under a balancer neither.
+        if self.mode == Mode::BackPressure
+            && self.enforcement.refuses()
+            && self.poll_permit(cx).is_pending()
+        {
             return Poll::Pending;
         }
         self.inner.poll_ready(cx).map_err(Into::into)
@@ -220,9 +237,16 @@ where
             Some(guard) => guard,
             // Fail-fast, or back-pressure with no permit reserved (`call` without a ready
             // `poll_ready`, which breaks the `Service` contract): the breaker decides now.
-            None => match self.breaker.acquire() {
+            None if self.enforcement.refuses() => match self.breaker.acquire() {
                 Ok(permit) => PermitGuard::new(self.breaker.clone(), permit),
                 Err(open) => return ResponseFuture::rejected(open),
+            },
+            None => match self.breaker.acquire_quietly() {
+                Ok(permit) => PermitGuard::new(self.breaker.clone(), permit),
+                Err(open) => {
+                    self.breaker.would_reject(&open);
+                    return ResponseFuture::unrecorded(self.inner.call(req));
+                }
             },
         };
         ResponseFuture::called(self.inner.call(req), guard, self.classifier.clone())

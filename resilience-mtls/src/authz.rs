@@ -5,7 +5,7 @@ use bytes::Bytes;
 use http::{HeaderName, Request, Response};
 use http_body_util::{Either, Full};
 use pin_project_lite::pin_project;
-use resilience_core::{LocalReply, Reason, SIDECAR_ERROR, is_grpc};
+use resilience_core::{Enforcement, LocalReply, Reason, SIDECAR_ERROR, is_grpc};
 use std::{
     future::Future,
     pin::Pin,
@@ -25,6 +25,7 @@ pub type AuthorizeBody<B> = Either<B, Full<Bytes>>;
 pub struct AuthorizeLayer {
     allow: Arc<AllowList>,
     flag_header: HeaderName,
+    enforcement: Enforcement,
 }
 
 impl AuthorizeLayer {
@@ -33,7 +34,16 @@ impl AuthorizeLayer {
         Self {
             allow: Arc::new(allow),
             flag_header: SIDECAR_ERROR,
+            enforcement: Enforcement::Enforce,
         }
+    }
+
+    /// In [`Enforcement::Shadow`] mode no one is refused: a request the allow-list would
+    /// refuse goes through, counted in `resilience_mtls_denied_total{mode="shadow"}` and
+    /// logged as a denial would be. The default is enforced.
+    pub fn enforcement(mut self, enforcement: Enforcement) -> Self {
+        self.enforcement = enforcement;
+        self
     }
 
     /// Names the reason of a denial in `header` instead of `x-sidecar-error`.
@@ -51,6 +61,7 @@ impl<S> Layer<S> for AuthorizeLayer {
             inner,
             allow: self.allow.clone(),
             flag_header: self.flag_header.clone(),
+            enforcement: self.enforcement,
         }
     }
 }
@@ -62,12 +73,14 @@ impl<S> Layer<S> for AuthorizeLayer {
 ///
 /// A request without an [`Identity`] extension is anonymous (plaintext in permissive mode) and
 /// is denied unless the list [allows anonymous peers](AllowList::allow_anonymous). Denials are
-/// counted in `resilience_mtls_denied_total` and logged at debug level.
+/// counted in `resilience_mtls_denied_total{mode}` and logged at debug level; in shadow mode
+/// (see [`AuthorizeLayer::enforcement`]) they are counted and logged, and let through.
 #[derive(Debug, Clone)]
 pub struct Authorize<S> {
     inner: S,
     allow: Arc<AllowList>,
     flag_header: HeaderName,
+    enforcement: Enforcement,
 }
 
 impl<S> Authorize<S> {
@@ -111,20 +124,24 @@ where
 
     fn call(&mut self, req: Request<ReqBody>) -> Self::Future {
         let identity = req.extensions().get::<Identity>();
-        if self.allow.is_allowed(identity) {
+        let allowed = self.allow.is_allowed(identity);
+        if !allowed {
+            metrics::denied(self.enforcement);
+            tracing::debug!(
+                identity = identity.map_or("anonymous", Identity::as_str),
+                method = %req.method(),
+                path = req.uri().path(),
+                mode = self.enforcement.as_str(),
+                "request denied: peer identity not allowed",
+            );
+        }
+        if allowed || !self.enforcement.refuses() {
             AuthorizeFuture {
                 state: State::Allowed {
                     inner: self.inner.call(req),
                 },
             }
         } else {
-            metrics::denied();
-            tracing::debug!(
-                identity = identity.map_or("anonymous", Identity::as_str),
-                method = %req.method(),
-                path = req.uri().path(),
-                "request denied: peer identity not allowed",
-            );
             let reply = LocalReply::new(Reason::Unauthorized)
                 .flag_header(self.flag_header.clone())
                 .grpc(is_grpc(req.headers()));

@@ -112,7 +112,7 @@ pub use credentials::Credentials;
 pub use error::{FailureReason, HandshakeError, IdentityError, IdentityMismatch, MaterialError};
 pub use identity::{Identity, IdentityPattern, SpiffeId};
 pub use material::{Material, MaterialPaths};
-pub use resilience_core::{BoxError, SIDECAR_ERROR};
+pub use resilience_core::{BoxError, Enforcement, SIDECAR_ERROR};
 pub use rotation::{Rotation, RotationHandle, RotationStatus};
 pub use server::{AcceptorBuilder, MtlsAcceptor, MtlsMode};
 pub use stream::{MtlsStream, Rewind};

@@ -5,7 +5,7 @@
 //! | `resilience_mtls_handshakes_total` | counter | `side` (`server`, `client`), `result` (`ok`, `error`), `reason` (a [`FailureReason`], or `full` / `resumed` when ok) |
 //! | `resilience_mtls_cert_expiry_seconds` | gauge | `identity`: seconds until our certificate expires |
 //! | `resilience_mtls_reloads_total` | counter | `result` (`ok`, `error`) |
-//! | `resilience_mtls_denied_total` | counter | none: requests refused by [`Authorize`](crate::Authorize) |
+//! | `resilience_mtls_denied_total` | counter | `mode` (`enforce`, `shadow`): requests refused by [`Authorize`](crate::Authorize), or that it would refuse in shadow mode |
 
 use crate::{FailureReason, Material};
 use std::time::SystemTime;
@@ -39,6 +39,6 @@ pub(crate) fn reload(ok: bool) {
     metrics::counter!(RELOADS, "result" => result).increment(1);
 }
 
-pub(crate) fn denied() {
-    metrics::counter!(DENIED).increment(1);
+pub(crate) fn denied(enforcement: resilience_core::Enforcement) {
+    metrics::counter!(DENIED, "mode" => enforcement.as_str()).increment(1);
 }

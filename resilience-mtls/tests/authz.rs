@@ -103,6 +103,49 @@ async fn anonymous_requests_are_denied_unless_allowed() {
     assert_eq!(response.status(), StatusCode::OK);
 }
 
+#[tokio::test]
+async fn in_shadow_mode_a_caller_not_allowed_is_served_and_counted() {
+    use metrics_util::debugging::{DebugValue, DebuggingRecorder};
+    let recorder = DebuggingRecorder::new();
+    let snapshotter = recorder.snapshotter();
+    let _guard = metrics::set_default_local_recorder(&recorder);
+
+    let svc = tower::ServiceBuilder::new()
+        .layer(AuthorizeLayer::new(allow()).enforcement(resilience_mtls::Enforcement::Shadow))
+        .service(service_fn(|_: http::Request<()>| async {
+            Ok::<_, Infallible>(http::Response::new(http_body_util::Full::new(
+                bytes::Bytes::from_static(b"ok"),
+            )))
+        }));
+    let mut req = http::Request::new(());
+    req.extensions_mut()
+        .insert::<Identity>(spiffe("ns/shop/sa/inventory"));
+    let response = svc.clone().oneshot(req).await.unwrap();
+    assert_eq!(response.status(), StatusCode::OK, "served in shadow mode");
+    assert!(!response.headers().contains_key(SIDECAR_ERROR));
+    let mut allowed = http::Request::new(());
+    allowed
+        .extensions_mut()
+        .insert::<Identity>(spiffe("ns/shop/sa/frontend"));
+    assert_eq!(svc.oneshot(allowed).await.unwrap().status(), StatusCode::OK);
+
+    let denied: Vec<_> = snapshotter
+        .snapshot()
+        .into_vec()
+        .into_iter()
+        .filter(|(key, ..)| key.key().name() == "resilience_mtls_denied_total")
+        .map(|(key, _, _, value)| {
+            let mode: Vec<_> = key.key().labels().map(|l| l.value().to_owned()).collect();
+            (mode, value)
+        })
+        .collect();
+    assert_eq!(
+        denied,
+        [(vec!["shadow".to_owned()], DebugValue::Counter(1))],
+        "the one caller not allowed, counted as shadow"
+    );
+}
+
 /// A gRPC caller that is not allowed gets gRPC's `PERMISSION_DENIED`, trailers-only.
 #[tokio::test]
 async fn a_grpc_caller_that_is_not_allowed_gets_permission_denied() {

@@ -169,7 +169,10 @@ async fn handshakes_expiry_and_lifetime_warnings_are_recorded() {
         .await
         .unwrap();
     assert_eq!(response.status(), http::StatusCode::FORBIDDEN);
-    assert_eq!(seen.counter(resilience_mtls::metrics::DENIED, &[]), 1);
+    assert_eq!(
+        seen.counter(resilience_mtls::metrics::DENIED, &[("mode", "enforce")]),
+        1
+    );
 
     // The expiry gauge: about a day for a fresh dev certificate.
     let secs = seen

@@ -3,6 +3,7 @@
 
 use super::{endpoints::Endpoint, limits::ConcurrencyLimit};
 use resilience_breaker::BreakerConfig;
+use resilience_core::Enforcement;
 use resilience_limit::RateLimitConfig;
 use resilience_mtls::{AllowList, Identity, IdentityPattern, MtlsMode};
 use resilience_retry::RetryConfig;
@@ -29,6 +30,10 @@ pub struct InboundConfig {
     /// mode. Default `false`.
     #[serde(default)]
     pub(crate) allow_anonymous: bool,
+    /// `enforce` (the default), or `shadow`: a caller `allow` would refuse is served, and
+    /// counted (`resilience_mtls_denied_total{mode="shadow"}`) and logged as refused.
+    #[serde(default)]
+    pub(crate) allow_mode: Enforcement,
     /// The timeout for each request to the app. Default 15 s.
     #[serde(default = "default_timeout")]
     pub(crate) timeout: TimeoutConfig,

@@ -3,7 +3,7 @@
 
 use super::LiveEndpoints;
 use resilience_breaker::State;
-use resilience_core::BoxError;
+use resilience_core::{BoxError, Enforcement};
 use std::{
     error::Error,
     fmt,
@@ -57,6 +57,8 @@ impl Error for NoEndpoints {
 pub(crate) struct FailWhenAllOpen<S> {
     inner: S,
     endpoints: LiveEndpoints,
+    /// The breakers' enforcement: in shadow mode, every breaker open refuses nothing either.
+    breakers: Enforcement,
     /// What `poll_ready` decided for the next `call`: the two must agree, as `call` on the
     /// balancer's buffer without the slot that `poll_ready` reserves would panic.
     reject: Option<BoxError>,
@@ -64,16 +66,18 @@ pub(crate) struct FailWhenAllOpen<S> {
 
 impl<S: Clone> Clone for FailWhenAllOpen<S> {
     fn clone(&self) -> Self {
-        Self::new(self.inner.clone(), self.endpoints.clone())
+        Self::new(self.inner.clone(), self.endpoints.clone(), self.breakers)
     }
 }
 
 impl<S> FailWhenAllOpen<S> {
-    /// Guards `inner` with the breakers of its endpoints, as the set changes.
-    pub(crate) fn new(inner: S, endpoints: LiveEndpoints) -> Self {
+    /// Guards `inner` with the breakers of its endpoints, as the set changes, unless the
+    /// breakers are in shadow mode.
+    pub(crate) fn new(inner: S, endpoints: LiveEndpoints, breakers: Enforcement) -> Self {
         Self {
             inner,
             endpoints,
+            breakers,
             reject: None,
         }
     }
@@ -103,7 +107,7 @@ where
         // Never wait on the balancer when it has nothing to offer: `call` answers at once.
         self.reject = if self.endpoints.none_found() {
             Some(NoEndpoints.into())
-        } else if self.all_open() {
+        } else if self.breakers.refuses() && self.all_open() {
             Some(NoEndpointAvailable.into())
         } else {
             None
@@ -147,10 +151,28 @@ mod tests {
     fn guarded(
         endpoints: &LiveEndpoints,
     ) -> FailWhenAllOpen<impl Service<(), Response = &'static str, Error = BoxError>> {
+        guarded_with(endpoints, Enforcement::Enforce)
+    }
+
+    fn guarded_with(
+        endpoints: &LiveEndpoints,
+        breakers: Enforcement,
+    ) -> FailWhenAllOpen<impl Service<(), Response = &'static str, Error = BoxError>> {
         FailWhenAllOpen::new(
             service_fn(|()| async { Ok::<_, BoxError>("served") }),
             endpoints.clone(),
+            breakers,
         )
+    }
+
+    #[tokio::test(start_paused = true)]
+    async fn breakers_in_shadow_mode_refuse_nothing_when_all_are_open() {
+        let endpoints = LiveEndpoints::default();
+        endpoints.insert(addr(1), opened().await);
+        let served = guarded_with(&endpoints, Enforcement::Shadow)
+            .oneshot(())
+            .await;
+        assert_eq!(served.unwrap(), "served");
     }
 
     fn addr(n: u8) -> SocketAddr {

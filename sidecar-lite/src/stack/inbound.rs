@@ -41,7 +41,7 @@ where
         .layer(concurrency)
         .layer(body_timeout)
         .layer(timeout)
-        .layer(AuthorizeLayer::new(allow))
+        .layer(AuthorizeLayer::new(allow).enforcement(inbound.allow_mode))
         // After authorization: a caller that may not call spends nobody's rate.
         .option_layer(rate_limit)
         // The one attempt, for the request's span and access-log line (no-ops without them).

@@ -19,7 +19,7 @@ use bytes::Bytes;
 use http::{Request, Response};
 use http_body::Body;
 use resilience_breaker::{BreakerHandle, CircuitBreaker, CircuitBreakerLayer, Classify, Mode};
-use resilience_core::BoxError;
+use resilience_core::{BoxError, Enforcement};
 use resilience_mtls::ConnectorBuilder;
 use resilience_retry::{Budget, PeekGrpcTrailersLayer, ReplayBody};
 use resilience_timeout::{Elapsed, HttpDeadline, TimeoutLayer};
@@ -119,7 +119,7 @@ pub(crate) fn outbound_with_endpoints<B: StackBody>(
             live.clone(),
             factory.dynamic(),
         );
-        balanced(changes, &live)
+        balanced(changes, &live, route.breaker.mode)
     };
 
     let endpoints: EndpointService<B> = match &route.endpoints[..] {
@@ -163,7 +163,7 @@ pub(crate) fn outbound_with_endpoints<B: StackBody>(
                 live.insert(*addr, breaker.handle().clone());
                 services.push(factory.balanced(breaker, *addr));
             }
-            balanced(ServiceList::new(services), &live)
+            balanced(ServiceList::new(services), &live, route.breaker.mode)
         }
     };
 
@@ -319,7 +319,7 @@ impl<B: StackBody> EndpointFactory<B> {
 
 /// A p2c peak-EWMA balancer over `endpoints`, each behind a back-pressure breaker, with a
 /// queue in front; it fails at once while every breaker in `live` is open.
-fn balanced<B, D>(endpoints: D, live: &LiveEndpoints) -> EndpointService<B>
+fn balanced<B, D>(endpoints: D, live: &LiveEndpoints, breakers: Enforcement) -> EndpointService<B>
 where
     B: StackBody,
     D: Discover<Service = Balanced<B>> + Unpin + Send + 'static,
@@ -329,6 +329,7 @@ where
     BoxCloneService::new(FailWhenAllOpen::new(
         Buffer::new(Balance::new(endpoints), BALANCER_QUEUE),
         live.clone(),
+        breakers,
     ))
 }
 
