@@ -23,6 +23,8 @@ pub(crate) struct Limiter {
     /// The limit as admission reads it: the estimate, rounded, between `min` and `max`.
     limit: AtomicUsize,
     in_flight: AtomicUsize,
+    /// Calls admitted, to time one in [`SAMPLE_EVERY`].
+    admitted: AtomicUsize,
     estimate: Mutex<Estimate>,
     gauge: metrics::Gauge,
 }
@@ -44,11 +46,18 @@ pub(crate) const MAX_WINDOW: Duration = Duration::from_secs(1);
 /// See [`MIN_WINDOW`].
 pub(crate) const MIN_SAMPLES: u32 = 10;
 
+/// One call in this many is timed (two clock reads, and the estimate's lock when it ends); a
+/// call that fails is always counted. At any rate worth limiting that is plenty of samples,
+/// and it keeps the limit's cost per call near a fixed limit's.
+pub(crate) const SAMPLE_EVERY: usize = 4;
+
 /// The calls completed since the last update.
 #[derive(Debug)]
 struct Window {
     start: Instant,
     calls: u32,
+    /// Of `calls`, those timed.
+    timed: u32,
     rtt_sum: Duration,
     max_in_flight: usize,
     dropped: bool,
@@ -59,15 +68,19 @@ impl Window {
         Self {
             start,
             calls: 0,
+            timed: 0,
             rtt_sum: Duration::ZERO,
             max_in_flight: 0,
             dropped: false,
         }
     }
 
-    fn add(&mut self, sample: Sample) {
+    fn add(&mut self, sample: Sample, timed: bool) {
         self.calls += 1;
-        self.rtt_sum += sample.rtt;
+        if timed {
+            self.timed += 1;
+            self.rtt_sum += sample.rtt;
+        }
         self.max_in_flight = self.max_in_flight.max(sample.in_flight);
         self.dropped |= sample.dropped;
     }
@@ -81,7 +94,8 @@ impl Window {
             return None;
         }
         let sample = Sample {
-            rtt: self.rtt_sum / self.calls,
+            // Only failures, untimed: their latency says nothing, the failure does.
+            rtt: self.rtt_sum.checked_div(self.timed).unwrap_or_default(),
             in_flight: self.max_in_flight,
             dropped: self.dropped,
         };
@@ -110,6 +124,7 @@ impl Limiter {
             max,
             limit: AtomicUsize::new(initial),
             in_flight: AtomicUsize::new(0),
+            admitted: AtomicUsize::new(0),
             estimate: Mutex::new(Estimate {
                 algorithm,
                 #[allow(clippy::cast_precision_loss, reason = "limits are far below 2^52")]
@@ -149,16 +164,20 @@ impl Limiter {
                 return Err(Overloaded::new(limit));
             }
         }
+        let timed = self
+            .admitted
+            .fetch_add(1, Ordering::Relaxed)
+            .is_multiple_of(SAMPLE_EVERY);
         Ok(Permit {
             limiter: self.clone(),
-            start: Instant::now(),
+            start: timed.then(Instant::now),
             in_flight,
         })
     }
 
-    fn record(&self, sample: Sample, now: Instant) {
+    fn record(&self, sample: Sample, timed: bool, now: Instant) {
         let mut estimate = self.estimate.lock().unwrap_or_else(PoisonError::into_inner);
-        estimate.window.add(sample);
+        estimate.window.add(sample, timed);
         let Some(sample) = estimate.window.close(now) else {
             return;
         };
@@ -189,23 +208,33 @@ impl Limiter {
 }
 
 /// A call admitted by a [`Limiter`]: in flight until dropped. Completing it records its
-/// latency; a call dropped before it completes (cancelled) teaches the algorithm nothing.
+/// latency (if it was timed) or its failure; a call dropped before it completes (cancelled)
+/// teaches the algorithm nothing.
 #[derive(Debug)]
 pub struct Permit {
     limiter: Arc<Limiter>,
-    start: Instant,
+    /// When the call started, for one call in [`SAMPLE_EVERY`].
+    start: Option<Instant>,
     in_flight: usize,
 }
 
 impl Completion for Permit {
     fn complete(self, ok: bool) {
+        if self.start.is_none() && ok {
+            return;
+        }
         let now = Instant::now();
+        let rtt = self
+            .start
+            .map(|start| now.saturating_duration_since(start))
+            .unwrap_or_default();
         self.limiter.record(
             Sample {
-                rtt: now.saturating_duration_since(self.start),
+                rtt,
                 in_flight: self.in_flight,
                 dropped: !ok,
             },
+            self.start.is_some(),
             now,
         );
     }
