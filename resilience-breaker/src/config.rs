@@ -1,9 +1,9 @@
 //! [`BreakerConfig`]: the breaker section of a config file.
 
-use crate::{CircuitBreakerLayer, ConfigError, Policy, SlidingWindow};
+use crate::{CircuitBreakerLayer, ConfigError, EjectionCap, Policy, SlidingWindow};
 use resilience_core::{Enforcement, duration};
 use serde::{Deserialize, Serialize};
-use std::time::Duration;
+use std::{sync::Arc, time::Duration};
 
 /// The circuit-breaker settings that `sidecar-lite` reads from its config file (the
 /// `[outbound.breaker]` section), for library users to load from the very same section.
@@ -21,6 +21,7 @@ use std::time::Duration;
 /// # slow_call_duration = "2s"       # a call this long or longer is slow (default 60s)
 /// # consecutive_failures = 5        # also trip after 5 failures in a row (default: off)
 /// mode = "enforce"                  # or "shadow": trip, count and log, refuse nothing
+/// max_ejection_percent = 50.0       # of a route's endpoints, at most this share open at once
 /// ```
 ///
 /// Every default is [`Policy`]'s, with the reason given there. One rule ties two keys: when
@@ -67,6 +68,14 @@ pub struct BreakerConfig {
     /// `enforce` (the default), or `shadow`: trip, count and log, and refuse nothing.
     #[serde(default)]
     pub mode: Enforcement,
+    /// Of a set of breakers (a route's endpoints), the most that may be open at once, in
+    /// percent; at least one always may. Default 50: see [`EjectionCap`] for why.
+    #[serde(default = "default_max_ejection_percent")]
+    pub max_ejection_percent: f64,
+}
+
+fn default_max_ejection_percent() -> f64 {
+    50.0
 }
 
 /// The sliding window: `{ calls = 100 }` or `{ duration = "10s" }`.
@@ -123,6 +132,7 @@ impl Default for BreakerConfig {
             jitter: default_jitter(),
             half_open_probes: default_probes(),
             mode: Enforcement::Enforce,
+            max_ejection_percent: default_max_ejection_percent(),
         }
     }
 }
@@ -156,7 +166,13 @@ impl BreakerConfig {
 
     /// Checks the settings, naming the first field that is wrong and its value.
     pub fn validate(&self) -> Result<(), ConfigError> {
-        self.policy().map(drop)
+        let _ = self.policy()?;
+        self.ejection_cap().map(drop)
+    }
+
+    /// A cap for the breakers of one set (one route's endpoints), at `max_ejection_percent`.
+    pub fn ejection_cap(&self) -> Result<Arc<EjectionCap>, ConfigError> {
+        EjectionCap::new(self.max_ejection_percent)
     }
 
     /// The fail-fast layer these settings describe, after [`validate`](Self::validate).

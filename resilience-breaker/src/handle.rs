@@ -2,11 +2,14 @@
 //! control.
 
 use crate::{
-    ConfigError, Counts, Outcome, Permit, Policy, State, StateMachine, Transition,
-    error::BreakerOpen,
+    ConfigError, Counts, EjectionCap, Outcome, Permit, Policy, State, StateMachine, Transition,
+    ejection::Verdict, error::BreakerOpen,
 };
 use metrics::{Counter, Gauge, Label, SharedString};
-use std::{fmt, sync::Arc};
+use std::{
+    fmt,
+    sync::{Arc, OnceLock, Weak},
+};
 use tokio::{
     sync::{Notify, broadcast},
     time::Instant,
@@ -30,8 +33,10 @@ pub struct BreakerHandle {
     inner: Arc<Shared>,
 }
 
-struct Shared {
+pub(crate) struct Shared {
     machine: StateMachine,
+    /// The cap on open breakers of the set this one belongs to, if any.
+    cap: OnceLock<Arc<EjectionCap>>,
     name: SharedString,
     events: broadcast::Sender<Transition>,
     notify: Arc<Notify>,
@@ -78,6 +83,7 @@ impl BreakerHandle {
         };
         let shared = Shared {
             machine: StateMachine::with_valid_policy(policy, Instant::now()),
+            cap: OnceLock::new(),
             events: broadcast::channel(EVENTS).0,
             notify: Arc::new(Notify::new()),
             state_gauge: metrics::gauge!("resilience_breaker_state", labels.clone()),
@@ -240,10 +246,74 @@ impl BreakerHandle {
             .inner
             .machine
             .record_with(permit, outcome, Instant::now);
+        let transition = match transition {
+            Some(t) if t.from == State::Closed && t.to == State::Open => self.capped(t),
+            other => other,
+        };
         self.publish(transition);
         if probe {
             self.inner.notify.notify_waiters();
         }
+    }
+
+    /// A trip, as the ejection cap (if any) allows it: kept, kept in place of a breaker that
+    /// fails less, or undone (back to Closed with an empty window, never published).
+    #[cold]
+    fn capped(&self, trip: Transition) -> Option<Transition> {
+        let Some(cap) = self.inner.cap.get() else {
+            return Some(trip);
+        };
+        let rate = self.counts().failure_rate();
+        match cap.decide(self, rate) {
+            Verdict::Open => Some(trip),
+            Verdict::OpenInsteadOf(victim) => {
+                self.count_capped();
+                tracing::info!(
+                    breaker = %self.inner.name,
+                    closed = victim.name(),
+                    failure_rate = rate,
+                    "ejection cap reached: opened in place of a breaker that fails less"
+                );
+                victim.force_closed();
+                Some(trip)
+            }
+            Verdict::StayClosed => {
+                self.count_capped();
+                tracing::debug!(
+                    breaker = %self.inner.name,
+                    failure_rate = rate,
+                    "ejection cap reached: stays closed, judged afresh"
+                );
+                let _ = self.inner.machine.reset(trip.at);
+                None
+            }
+        }
+    }
+
+    fn count_capped(&self) {
+        metrics::counter!(
+            "resilience_breaker_ejection_capped_total",
+            "name" => self.inner.name.clone(),
+        )
+        .increment(1);
+    }
+
+    /// Puts the breaker under `cap`, unless it is under one already.
+    pub(crate) fn set_cap(&self, cap: Arc<EjectionCap>) -> bool {
+        self.inner.cap.set(cap).is_ok()
+    }
+
+    pub(crate) fn downgrade(&self) -> Weak<Shared> {
+        Arc::downgrade(&self.inner)
+    }
+
+    pub(crate) fn upgrade(weak: &Weak<Shared>) -> Option<Self> {
+        weak.upgrade().map(|inner| Self { inner })
+    }
+
+    /// Whether `weak` is this breaker.
+    pub(crate) fn is(&self, weak: &Weak<Shared>) -> bool {
+        std::ptr::eq(Arc::as_ptr(&self.inner), weak.as_ptr())
     }
 
     pub(crate) fn release(&self, permit: Permit) {

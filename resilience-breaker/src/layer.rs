@@ -1,8 +1,11 @@
 //! [`CircuitBreakerLayer`].
 
-use crate::{BreakerHandle, CircuitBreaker, ConfigError, ErrorsAsFailures, Mode, Policy};
+use crate::{
+    BreakerHandle, CircuitBreaker, ConfigError, EjectionCap, ErrorsAsFailures, Mode, Policy,
+};
 use metrics::SharedString;
 use resilience_core::Enforcement;
+use std::sync::Arc;
 use tower_layer::Layer;
 
 /// Wraps services in a [`CircuitBreaker`].
@@ -19,6 +22,7 @@ pub struct CircuitBreakerLayer<C = ErrorsAsFailures> {
     enforcement: Enforcement,
     classifier: C,
     shared: Option<BreakerHandle>,
+    cap: Option<Arc<EjectionCap>>,
 }
 
 impl CircuitBreakerLayer {
@@ -45,6 +49,7 @@ impl CircuitBreakerLayer {
             enforcement: Enforcement::Enforce,
             classifier: ErrorsAsFailures,
             shared: None,
+            cap: None,
         })
     }
 
@@ -57,6 +62,7 @@ impl CircuitBreakerLayer {
             enforcement: Enforcement::Enforce,
             classifier: ErrorsAsFailures,
             shared: Some(breaker),
+            cap: None,
         }
     }
 }
@@ -83,6 +89,13 @@ impl<C> CircuitBreakerLayer<C> {
         self
     }
 
+    /// Puts every breaker this layer makes under `cap`: at most its share of them open at
+    /// once (one per endpoint of a route, say).
+    pub fn ejection_cap(mut self, cap: Arc<EjectionCap>) -> Self {
+        self.cap = Some(cap);
+        self
+    }
+
     /// Sets [`Mode::BackPressure`]: unready while open, for use under a balancer.
     pub fn back_pressure(self) -> Self {
         self.mode(Mode::BackPressure)
@@ -98,6 +111,7 @@ impl<C> CircuitBreakerLayer<C> {
             enforcement: self.enforcement,
             classifier,
             shared: self.shared,
+            cap: self.cap,
         }
     }
 
@@ -115,6 +129,9 @@ impl<S, C: Clone> Layer<S> for CircuitBreakerLayer<C> {
             // Validated by `new`, or taken from a breaker that was.
             BreakerHandle::with_labels(self.name.clone(), Vec::new(), self.policy.clone())
         });
+        if let Some(cap) = &self.cap {
+            cap.join(&breaker);
+        }
         CircuitBreaker::new(inner, breaker)
             .classify(self.classifier.clone())
             .mode(self.mode)

@@ -118,6 +118,7 @@
 #![cfg_attr(docsrs, feature(doc_cfg))]
 
 mod classify;
+mod ejection;
 mod error;
 mod future;
 mod handle;
@@ -137,6 +138,7 @@ mod unavailable;
 mod config;
 
 pub use classify::{Classify, ClassifyFn, ErrorsAsFailures, classify_fn};
+pub use ejection::EjectionCap;
 pub use error::BreakerOpen;
 pub use future::ResponseFuture;
 pub use handle::BreakerHandle;

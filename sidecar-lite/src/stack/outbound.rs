@@ -94,7 +94,13 @@ pub(crate) fn outbound_with_endpoints<B: StackBody>(
             .map_err(|e| field_error("breaker", e.field(), &e))?
             .classify(EndpointClassifier {
                 fair_try: route.retry.per_try_timeout.unwrap_or_default() / 2,
-            }),
+            })
+            .ejection_cap(
+                route
+                    .breaker
+                    .ejection_cap()
+                    .map_err(|e| field_error("breaker", e.field(), &e))?,
+            ),
         tls: tls.cloned(),
         // The outer per-try timeout has already told the next hop its deadline.
         per_try: route.retry.per_try_timeout.map(|timeout| {
