@@ -227,6 +227,13 @@ impl<C, B: Body> Replay<Request<B>> for HttpPolicy<C> {
     fn deadline(&self, kept: &Self::Request) -> Option<Instant> {
         resilience_timeout::Deadline::of(kept)
     }
+
+    /// gRPC A6's and HTTP's rule: an idempotent method (or an `Idempotency-Key`), or a gRPC
+    /// call; and a body read whole already (within the replay cap), so the copies cannot
+    /// disturb one another.
+    fn may_hedge(&self, kept: &Self::Request) -> bool {
+        (self.is_idempotent(kept) || is_grpc(kept.headers())) && kept.body().is_complete()
+    }
 }
 
 impl<C, B, R, E> Policy<Request<B>, Response<R>, E> for HttpPolicy<C>

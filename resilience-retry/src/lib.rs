@@ -89,6 +89,7 @@
 mod backoff;
 mod budget;
 mod future;
+mod hedge;
 mod layer;
 mod policy;
 mod service;
@@ -110,6 +111,7 @@ mod config;
 pub use backoff::{Backoff, Jitter};
 pub use budget::Budget;
 pub use future::ResponseFuture;
+pub use hedge::{Hedge, HedgeDelay, HedgeFuture, HedgeLayer};
 pub use layer::RetryLayer;
 pub use policy::{Action, Policy, Reason, Replay, RetryIf};
 pub use resilience_core::{BoxError, ConfigError, RandomSource, ThreadRandom};
@@ -128,6 +130,8 @@ pub use replay::{DEFAULT_MAX_REPLAY_BODY, NotReplayable, ReplayBody};
 
 #[cfg(feature = "serde")]
 pub use config::{BackoffConfig, BudgetConfig, RetryConfig};
+#[cfg(feature = "serde")]
+pub use hedge::{HedgeConfig, HedgeDelayConfig};
 
 /// The README's example (the same as the first one above), compiled as a doctest so that it
 /// cannot rot.

@@ -52,6 +52,14 @@ pub trait Replay<Req> {
     fn replay(&self, kept: &Self::Request, attempt: u32, send_at: Instant)
     -> Option<Self::Request>;
 
+    /// Whether a copy of `kept` may be sent while an earlier one is still in flight
+    /// (hedging): the request may be processed twice, and its body must not be disturbed.
+    /// Default: yes.
+    fn may_hedge(&self, kept: &Self::Request) -> bool {
+        let _ = kept;
+        true
+    }
+
     /// The instant by which the request must be done, if it has one: no retry is started that
     /// could not finish its backoff before it.
     fn deadline(&self, kept: &Self::Request) -> Option<Instant> {

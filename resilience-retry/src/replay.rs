@@ -122,6 +122,20 @@ impl<B> ReplayBody<B> {
         }
     }
 
+    /// Whether the whole body has been read and kept: a copy replayed now can no longer
+    /// disturb one still being sent, so copies may go side by side (hedging).
+    #[must_use]
+    pub fn is_complete(&self) -> bool {
+        match &self.kind {
+            Kind::Empty => true,
+            Kind::Once { .. } => false,
+            Kind::Shared { shared, .. } => {
+                let state = lock(shared);
+                state.body.is_none() && !state.spoiled
+            }
+        }
+    }
+
     /// A copy that replays the body from the start, or `None` when it can no longer be
     /// replayed (over the cap, or the original failed).
     ///

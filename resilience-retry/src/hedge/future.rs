@@ -1,0 +1,182 @@
+//! [`HedgeFuture`]: the first copy of a request, and the copies sent after it.
+
+use super::Settings;
+use crate::{Policy, Replay, policy::Action};
+use pin_project_lite::pin_project;
+use std::{
+    future::Future,
+    pin::Pin,
+    sync::Arc,
+    task::{Context, Poll},
+};
+use tokio::time::{Instant, Sleep, sleep_until};
+use tower_service::Service;
+
+pin_project! {
+    /// Completes with the first answer that wins; see [`HedgeLayer`](super::HedgeLayer).
+    pub struct HedgeFuture<S, P, Req>
+    where
+        P: Replay<Req>,
+        S: Service<<P as Replay<Req>>::Request>,
+    {
+        // The first copy, unboxed: the common case costs no allocation for copies.
+        #[pin]
+        first: Option<S::Future>,
+        copies: Vec<Pin<Box<S::Future>>>,
+        service: S,
+        settings: Arc<Settings<P>>,
+        // The request kept for copies; `None` once no more may be sent.
+        kept: Option<<P as Replay<Req>>::Request>,
+        sent: u32,
+        started: Instant,
+        // When the next copy is due.
+        timer: Option<Pin<Box<Sleep>>>,
+        // The next copy goes at once: an answer that does not win came in (gRPC A6).
+        now: bool,
+        // The last answer that did not win, returned if nothing better comes.
+        fallback: Option<Result<S::Response, S::Error>>,
+    }
+}
+
+impl<S, P, Req> HedgeFuture<S, P, Req>
+where
+    P: Replay<Req>,
+    S: Service<<P as Replay<Req>>::Request>,
+{
+    pub(crate) fn new(
+        first: S::Future,
+        service: S,
+        settings: Arc<Settings<P>>,
+        kept: Option<<P as Replay<Req>>::Request>,
+    ) -> Self {
+        Self {
+            first: Some(first),
+            copies: Vec::new(),
+            service,
+            settings,
+            kept,
+            sent: 1,
+            started: Instant::now(),
+            timer: None,
+            now: false,
+            fallback: None,
+        }
+    }
+}
+
+impl<S, P, Req> Future for HedgeFuture<S, P, Req>
+where
+    P: Replay<Req>,
+    S: Service<<P as Replay<Req>>::Request>,
+    P: Policy<<P as Replay<Req>>::Request, S::Response, S::Error>,
+{
+    type Output = Result<S::Response, S::Error>;
+
+    fn poll(self: Pin<&mut Self>, cx: &mut Context<'_>) -> Poll<Self::Output> {
+        let mut this = self.project();
+        loop {
+            // The answers that have come in.
+            let mut answered = Vec::new();
+            if let Some(first) = this.first.as_mut().as_pin_mut()
+                && let Poll::Ready(result) = first.poll(cx)
+            {
+                this.first.set(None);
+                answered.push((result, false));
+            }
+            let mut i = 0;
+            while i < this.copies.len() {
+                if let Poll::Ready(result) = this.copies[i].as_mut().poll(cx) {
+                    drop(this.copies.swap_remove(i));
+                    answered.push((result, true));
+                } else {
+                    i += 1;
+                }
+            }
+            for (result, copy) in answered {
+                let verdict = match this.kept.as_ref() {
+                    Some(kept) => this.settings.policy.classify(kept, &result),
+                    None => Action::Return,
+                };
+                let more = this.kept.is_some() && *this.sent < this.settings.max_attempts;
+                let pending = this.first.is_some() || !this.copies.is_empty();
+                let loses = matches!(verdict, Action::Retry(_)) && (more || pending);
+                if loses {
+                    *this.fallback = Some(result);
+                    *this.now = true;
+                    continue;
+                }
+                if let Some(latencies) = &this.settings.latencies {
+                    latencies.record(this.started.elapsed());
+                }
+                if copy {
+                    metrics::counter!("resilience_hedge_won_total", "name" => this.settings.name.clone())
+                        .increment(1);
+                }
+                // The other copies are dropped with this future: cancelled.
+                return Poll::Ready(result);
+            }
+
+            let in_flight = this.first.is_some() || !this.copies.is_empty();
+            let may_send = this.kept.as_ref().is_some_and(|kept| {
+                *this.sent < this.settings.max_attempts && this.settings.policy.may_hedge(kept)
+            });
+            if !may_send {
+                *this.kept = None;
+                if !in_flight {
+                    // Nothing in flight, nothing more to send: the last answer that lost.
+                    return match this.fallback.take() {
+                        Some(result) => Poll::Ready(result),
+                        None => Poll::Pending,
+                    };
+                }
+                return Poll::Pending;
+            }
+
+            // Is the next copy due?
+            let due = *this.now || {
+                let delay = this.settings.delay();
+                let timer = this
+                    .timer
+                    .get_or_insert_with(|| Box::pin(sleep_until(*this.started + delay)));
+                timer.as_mut().poll(cx).is_ready()
+            };
+            if !due {
+                return Poll::Pending;
+            }
+            match this.service.poll_ready(cx) {
+                Poll::Pending => return Poll::Pending,
+                Poll::Ready(Err(error)) => {
+                    *this.kept = None;
+                    if !in_flight {
+                        return Poll::Ready(Err(error));
+                    }
+                    continue;
+                }
+                Poll::Ready(Ok(())) => {}
+            }
+            if !this.settings.budget.withdraw() {
+                tracing::debug!(name = %this.settings.name, "no budget left: no more copies");
+                *this.kept = None;
+                continue;
+            }
+            let attempt = *this.sent + 1;
+            let now = Instant::now();
+            let Some(copy) = this
+                .kept
+                .as_ref()
+                .and_then(|kept| this.settings.policy.replay(kept, attempt, now))
+            else {
+                *this.kept = None;
+                continue;
+            };
+            *this.sent = attempt;
+            *this.now = false;
+            // The copy after this one is due a delay after it.
+            *this.timer = Some(Box::pin(sleep_until(now + this.settings.delay())));
+            metrics::counter!("resilience_hedge_sent_total", "name" => this.settings.name.clone())
+                .increment(1);
+            tracing::debug!(name = %this.settings.name, attempt, "hedged: another copy sent");
+            this.copies.push(Box::pin(this.service.call(copy)));
+        }
+    }
+}
