@@ -107,6 +107,12 @@ impl<P> RetryLayer<P> {
         }
     }
 
+    /// The policy, to hedge with the same one (see [`HedgeLayer`](crate::HedgeLayer)).
+    #[must_use]
+    pub fn policy(&self) -> &P {
+        &self.settings.policy
+    }
+
     /// The budget this layer's services share.
     #[must_use]
     pub fn get_budget(&self) -> &Arc<Budget> {

@@ -6,7 +6,7 @@ use resilience_breaker::BreakerConfig;
 use resilience_core::Enforcement;
 use resilience_limit::RateLimitConfig;
 use resilience_mtls::{AllowList, Identity, IdentityPattern, MtlsMode};
-use resilience_retry::RetryConfig;
+use resilience_retry::{HedgeConfig, RetryConfig};
 use resilience_timeout::TimeoutConfig;
 use serde::{Deserialize, Serialize};
 use std::{net::SocketAddr, time::Duration};
@@ -96,6 +96,11 @@ pub struct OutboundConfig {
     /// Retries: the keys of `resilience_retry::RetryConfig`.
     #[serde(default)]
     pub(crate) retry: RetryConfig,
+    /// Hedged requests: the keys of `resilience_retry::HedgeConfig`. Default: none. A route
+    /// hedges or retries (gRPC A6): with `hedge`, `retry.attempts` must be 1; copies spend the
+    /// retry budget.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub(crate) hedge: Option<HedgeConfig>,
     /// The circuit breaker of each endpoint: the keys of `resilience_breaker::BreakerConfig`.
     #[serde(default)]
     pub(crate) breaker: BreakerConfig,

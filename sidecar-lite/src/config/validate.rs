@@ -94,6 +94,21 @@ pub(super) fn problems(config: &Config) -> Vec<(String, String)> {
             &route.max_concurrent_requests,
             &mut problems,
         );
+        if let Some(hedge) = &route.hedge {
+            if let Err(e) = hedge.validate() {
+                problems.push((at(&format!("hedge.{}", e.field())), e.to_string()));
+            }
+            if route.retry.attempts > 1 {
+                problems.push((
+                    at("hedge"),
+                    format!(
+                        "a route hedges or retries, not both (gRPC A6): set retry.attempts = 1 \
+                         (it is {}); hedged copies spend the retry budget",
+                        route.retry.attempts
+                    ),
+                ));
+            }
+        }
         if let Some(rate) = &route.rate_limit {
             if let Err(e) = rate.validate() {
                 problems.push((at(&format!("rate_limit.{}", e.field())), e.to_string()));

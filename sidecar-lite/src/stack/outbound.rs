@@ -30,7 +30,7 @@ use tower::{
     buffer::Buffer,
     discover::{Discover, ServiceList},
     load::{CompleteOnResponse, PeakEwma},
-    util::BoxCloneService,
+    util::{BoxCloneService, Either},
 };
 
 /// Requests waiting for the balancer when every endpoint is busy; beyond it the route sheds.
@@ -189,6 +189,16 @@ pub(crate) fn outbound_with_endpoints<B: StackBody>(
         .map_err(|e| field_error("retry", e.field(), &e))?
         .named(route.name.clone());
     let budget = retry.shared_budget().clone();
+    // Hedging takes the place of retries, with their policy and budget (gRPC A6).
+    let retry_or_hedge = match &route.hedge {
+        Some(hedge) => Either::Left(
+            hedge
+                .layer(retry.policy().clone(), budget.clone())
+                .map_err(|e| field_error("hedge", e.field(), &e))?
+                .named(route.name.clone()),
+        ),
+        None => Either::Right(retry),
+    };
     let concurrency = admission::concurrency(
         &route.max_concurrent_requests,
         &route.name,
@@ -203,7 +213,7 @@ pub(crate) fn outbound_with_endpoints<B: StackBody>(
         .map_response(|response: Response<_>| response.map(boxed))
         .layer(body_timeout)
         .layer(total)
-        .layer(retry)
+        .layer(retry_or_hedge)
         // Each attempt, for the request's span (a no-op without one).
         .map_request(count_attempt)
         .option_layer(route.retry.per_try_timeout_layer())
