@@ -119,6 +119,11 @@ pub struct Faults {
     pub error_status: StatusCode,
     /// Waited before every answer (errors included). Default none.
     pub latency: Duration,
+    /// Requests that wait [`Faults::slow_latency`] more before their answer: a slow spell of
+    /// one endpoint, for hedging to beat.
+    pub slow_rate: Rate,
+    /// The extra wait of a request picked by [`Faults::slow_rate`]. Default 100 ms.
+    pub slow_latency: Duration,
     /// Requests whose connection is reset (TCP RST, no response): the whole connection, so
     /// over HTTP/2 every stream on it fails with the picked one.
     pub reset_rate: Rate,
@@ -150,6 +155,8 @@ impl Default for Faults {
             error_rate: Rate::NEVER,
             error_status: StatusCode::SERVICE_UNAVAILABLE,
             latency: Duration::ZERO,
+            slow_rate: Rate::NEVER,
+            slow_latency: Duration::from_millis(100),
             reset_rate: Rate::NEVER,
             reset_mid_body_rate: Rate::NEVER,
             hang_rate: Rate::NEVER,

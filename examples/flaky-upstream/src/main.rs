@@ -33,6 +33,12 @@ struct Cli {
     /// Waited before every answer, e.g. "5ms".
     #[arg(long, value_parser = humantime::parse_duration, default_value = "0s")]
     latency: Duration,
+    /// Share of requests that wait --slow-latency more.
+    #[arg(long, default_value_t = 0.0)]
+    slow_rate: f64,
+    /// The extra wait of a request picked by --slow-rate, e.g. "100ms".
+    #[arg(long, value_parser = humantime::parse_duration, default_value = "100ms")]
+    slow_latency: Duration,
     /// Share of requests whose connection is reset (TCP RST).
     #[arg(long, default_value_t = 0.0)]
     reset_rate: f64,
@@ -85,6 +91,8 @@ fn main() -> ExitCode {
         },
         error_status,
         latency: cli.latency,
+        slow_rate: Rate::new(cli.slow_rate),
+        slow_latency: cli.slow_latency,
         reset_rate: Rate::new(cli.reset_rate),
         reset_mid_body_rate: Rate::new(cli.reset_mid_body_rate),
         hang_rate: Rate::new(cli.hang_rate),

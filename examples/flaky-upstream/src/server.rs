@@ -334,8 +334,10 @@ async fn respond(
 
     // Read the request body whole, as a real server would before answering.
     let _ = req.into_body().collect().await;
-    if !faults.latency.is_zero() {
-        tokio::time::sleep(faults.latency).await;
+    let slow = faults.slow_rate.picks(n).then_some(faults.slow_latency);
+    let wait = faults.latency + slow.unwrap_or_default();
+    if !wait.is_zero() {
+        tokio::time::sleep(wait).await;
     }
     let mut response = match fate {
         Fate::Error => {

@@ -113,6 +113,26 @@ async fn latency_delays_every_answer() {
     }
 }
 
+#[tokio::test(start_paused = true)]
+async fn a_slow_share_waits_longer_and_the_rest_does_not() {
+    let slow = Duration::from_secs(30);
+    let upstream = Upstream::start(Faults {
+        slow_rate: Rate::every(2),
+        slow_latency: slow,
+        ..Faults::default()
+    })
+    .await
+    .unwrap();
+    let client = http1();
+    // Requests 1 and 3 are fast, request 2 waits 30 s more (on paused time, at once).
+    for (n, waits) in [(1, false), (2, true), (3, false)] {
+        let start = tokio::time::Instant::now();
+        let response = client.request(get(upstream.addr())).await.unwrap();
+        assert_eq!(response.status(), StatusCode::OK);
+        assert_eq!(start.elapsed() >= slow, waits, "request {n}");
+    }
+}
+
 #[tokio::test]
 async fn resets_close_the_connection_with_a_tcp_reset() {
     let upstream = Upstream::start(Faults {

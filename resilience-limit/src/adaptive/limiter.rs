@@ -207,7 +207,7 @@ impl Limiter {
     }
 }
 
-/// A call admitted by a [`Limiter`]: in flight until dropped. Completing it records its
+/// A call admitted by an adaptive limit: in flight until dropped. Completing it records its
 /// latency (if it was timed) or its failure; a call dropped before it completes (cancelled)
 /// teaches the algorithm nothing.
 #[derive(Debug)]
