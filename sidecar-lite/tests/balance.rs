@@ -87,10 +87,11 @@ listen = "127.0.0.1:0"
 endpoints = ["{a}", "{b}"]
 timeout = "5s"
 retry = {{ attempts = 1 }}
-breaker = {{ minimum_calls = 2, window = {{ calls = 10 }}, open_for = "30s" }}
+breaker = {{ minimum_calls = 2, window = {{ calls = 10 }}, open_for = "30s", max_ejection_percent = 100.0 }}
 "#
     ))
     .await;
+    // Every endpoint may be ejected (the default cap keeps half of them in the balancer).
     let client = http1();
     let mut flags = Vec::new();
     for i in 0..20 {

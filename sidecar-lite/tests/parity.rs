@@ -385,6 +385,14 @@ fn scenarios() -> Vec<Scenario> {
         },
         Scenario {
             name: "every endpoint's breaker open: fail fast",
+            route: "[outbound.breaker]\nconsecutive_failures = 1\nopen_for = \"60s\"\n\
+                    max_ejection_percent = 100.0\n",
+            script: &[Status(500)],
+            endpoints: 2,
+            calls: gets(3),
+        },
+        Scenario {
+            name: "the ejection cap keeps one of two failing endpoints in",
             route: "[outbound.breaker]\nconsecutive_failures = 1\nopen_for = \"60s\"\n",
             script: &[Status(500)],
             endpoints: 2,

@@ -1,0 +1,151 @@
+#!/usr/bin/env python3
+"""Hedged requests under load: what hedging does to the tail, and what it costs the upstreams.
+
+Run it from the workspace root (after `benches/load/run.py` has built the release binaries, or
+without `--skip-build`):
+
+    python3 benches/load/hedging.py --reps 5
+
+Three flaky-upstreams on 127.0.0.1, one of which waits 50 ms more on 10 % of its requests; one
+sidecar-lite route balancing over the three (retries off, as a route hedges or retries), with
+and without `[outbound.hedge]` (`delay = { percentile = 95, min = "5ms" }`, 2 copies). Each
+variant gets the same fixed-rate load (benches' `loadgen`, 1000 req/s, 32 connections, 5 s),
+interleaved, `--reps` times. From the sidecar's `/metrics` it reads the requests served and the
+hedged copies sent: the extra load on the upstreams. The route's retry budget (the default:
+0.2 per request plus 10 per second) bounds the copies.
+
+It writes benches/load/results/hedging.{md,json}. It stays on 127.0.0.1, stops only the
+processes it started (by PID), and is bounded in time.
+"""
+
+import argparse
+import json
+import re
+import statistics
+import sys
+import tempfile
+import time
+import urllib.request
+from pathlib import Path
+
+sys.path.insert(0, str(Path(__file__).resolve().parent))
+import run as harness  # noqa: E402  (the load harness's helpers: processes, builds, loadgen)
+
+HEDGE = '[outbound.hedge]\ndelay = { percentile = 95, min = "5ms" }\nmax_attempts = 2\n'
+SLOW = ["--slow-rate", "0.1", "--slow-latency", "50ms"]
+
+
+def route(listen, endpoints, hedge):
+    listed = ", ".join(f'"127.0.0.1:{port}"' for port in endpoints)
+    return (f'[[outbound]]\nname = "app"\nlisten = "127.0.0.1:{listen}"\nendpoints = [{listed}]\n'
+            f'timeout = "5s"\nmax_concurrent_requests = 4096\nretry = {{ attempts = 1 }}\n'
+            + (HEDGE if hedge else ""))
+
+
+def counter(text, name):
+    """The sum of a Prometheus counter's series in `text`."""
+    total = 0.0
+    for line in text.splitlines():
+        if line.startswith(name) and not line.startswith("#"):
+            match = re.search(r"\s([0-9.e+]+)$", line)
+            if match:
+                total += float(match.group(1))
+    return total
+
+
+def metrics(admin):
+    with urllib.request.urlopen(f"http://127.0.0.1:{admin}/metrics", timeout=5) as response:
+        return response.read().decode()
+
+
+def one_run(tmp, endpoints, hedge, args):
+    listen = harness.free_port()
+    name = "hedged" if hedge else "plain"
+    proc = harness.start_sidecar(tmp, name, 1, route(listen, endpoints, hedge))
+    harness.wait_port(listen, proc)
+    try:
+        fixed = harness.fixed_rate(listen, args.rate, args.seconds)
+        text = metrics(proc.admin)
+        requests = counter(text, "sidecar_requests_total{")
+        hedges = counter(text, "resilience_hedge_sent_total{")
+        won = counter(text, "resilience_hedge_won_total{")
+    finally:
+        proc.stop()
+    return {"p50": fixed["p50_us"], "p99": fixed["p99_us"], "p999": fixed["p999_us"],
+            "errors": fixed["errors"], "requests": requests, "hedges": hedges, "won": won,
+            "extra_load": hedges / requests if requests else 0.0}
+
+
+def median(runs, key):
+    return statistics.median(r[key] for r in runs)
+
+
+def report(runs, args):
+    plain, hedged = runs["plain"], runs["hedged"]
+    rows = ["| variant | p50 us | p99 us | p99.9 us | copies sent per request | copies that won | failed |",
+            "| --- | --- | --- | --- | --- | --- | --- |"]
+    for name, rs in (("no hedging", plain), ("hedging", hedged)):
+        rows.append(f"| {name} | {median(rs, 'p50'):.0f} | {median(rs, 'p99'):.0f} | "
+                    f"{median(rs, 'p999'):.0f} | {median(rs, 'extra_load'):.3f} | "
+                    f"{median(rs, 'won'):.0f} | {sum(r['errors'] for r in rs)} |")
+    p99_ratio = median(hedged, "p99") / median(plain, "p99")
+    extra = median(hedged, "extra_load")
+    seconds = args.seconds
+    allowed = 0.2 + 10 / args.rate  # ratio plus min_per_second, per request at this rate
+    lines = [
+        f"Measured {time.strftime('%Y-%m-%d %H:%M UTC', time.gmtime())}: three upstreams, one "
+        f"waiting 50 ms more on 10 % of its requests; fixed {args.rate} req/s over 32 connections, "
+        f"{seconds} s, medians of {args.reps} interleaved runs (`python3 benches/load/hedging.py`).",
+        "",
+        *rows,
+        "",
+        f"Hedging / no hedging, p99: {p99_ratio:.2f}x. Extra load on the upstreams: "
+        f"{extra:.3f} copies per request; the budget allows {allowed:.3f} "
+        f"(0.2 per request plus 10/s at {args.rate} req/s).",
+    ]
+    return "\n".join(lines)
+
+
+def main():
+    parser = argparse.ArgumentParser(description=__doc__.split("\n")[0])
+    parser.add_argument("--reps", type=int, default=5)
+    parser.add_argument("--rate", type=int, default=1000)
+    parser.add_argument("--seconds", type=float, default=5.0)
+    parser.add_argument("--skip-build", action="store_true", help="use the binaries in target/release")
+    args = parser.parse_args()
+    if not args.skip_build:
+        harness.build()
+    tmp = Path(tempfile.mkdtemp(prefix="sidecar-hedging-"))
+    try:
+        endpoints = []
+        for slow in (False, False, True):
+            port = harness.free_port()
+            proc = harness.Proc(f"upstream-{port}", [str(harness.RELEASE / "flaky-upstream"),
+                                                     "--listen", f"127.0.0.1:{port}",
+                                                     "--worker-threads", "1", *(SLOW if slow else [])],
+                                stdout=harness.subprocess.DEVNULL)
+            harness.wait_http_ok(port, what="an upstream", proc=proc)
+            endpoints.append(port)
+        runs = {"plain": [], "hedged": []}
+        started = time.monotonic()
+        for rep in range(args.reps):
+            for variant in ("plain", "hedged"):  # interleaved
+                if time.monotonic() - started > harness.DEADLINE_S:
+                    harness.log("time is up; stopping early")
+                    break
+                result = one_run(tmp, endpoints, variant == "hedged", args)
+                runs[variant].append(result)
+                harness.log(f"rep {rep + 1} {variant:6s} p99 {result['p99']:8.0f} us  "
+                            f"copies/request {result['extra_load']:.3f}")
+        table = report(runs, args)
+        harness.RESULTS.mkdir(parents=True, exist_ok=True)
+        (harness.RESULTS / "hedging.md").write_text(table + "\n")
+        (harness.RESULTS / "hedging.json").write_text(json.dumps(runs, indent=1))
+        print(table)
+    finally:
+        harness.stop_all()
+        harness.shutil.rmtree(tmp, ignore_errors=True)
+
+
+if __name__ == "__main__":
+    main()
