@@ -6,9 +6,11 @@ without `--skip-build`):
 
     python3 benches/load/hedging.py --reps 5
 
-Three flaky-upstreams on 127.0.0.1, one of which waits 50 ms more on 10 % of its requests; one
-sidecar-lite route balancing over the three (retries off, as a route hedges or retries), with
-and without `[outbound.hedge]` (`delay = { percentile = 95, min = "5ms" }`, 2 copies). Each
+Three flaky-upstreams on 127.0.0.1 and one sidecar-lite route balancing over them (retries
+off, as a route hedges or retries), with and without `[outbound.hedge]` (`delay = { percentile
+= 95, min = "5ms" }`, 2 copies), in two scenarios: one of the three waits 50 ms more on 10 % of
+its requests (the balancer's peak-EWMA already steers most requests away from it), and every
+one waits 50 ms more on 2 % of its requests (nowhere to steer to). Each
 variant gets the same fixed-rate load (benches' `loadgen`, 1000 req/s, 32 connections, 5 s),
 interleaved, `--reps` times. From the sidecar's `/metrics` it reads the requests served and the
 hedged copies sent: the extra load on the upstreams. The route's retry budget (the default:
@@ -32,7 +34,10 @@ sys.path.insert(0, str(Path(__file__).resolve().parent))
 import run as harness  # noqa: E402  (the load harness's helpers: processes, builds, loadgen)
 
 HEDGE = '[outbound.hedge]\ndelay = { percentile = 95, min = "5ms" }\nmax_attempts = 2\n'
-SLOW = ["--slow-rate", "0.1", "--slow-latency", "50ms"]
+SCENARIOS = [
+    ("one of three endpoints slow on 10 % of its requests", [None, None, "0.1"]),
+    ("every endpoint slow on 2 % of its requests", ["0.02", "0.02", "0.02"]),
+]
 
 
 def route(listen, endpoints, hedge):
@@ -80,29 +85,26 @@ def median(runs, key):
     return statistics.median(r[key] for r in runs)
 
 
-def report(runs, args):
-    plain, hedged = runs["plain"], runs["hedged"]
-    rows = ["| variant | p50 us | p99 us | p99.9 us | copies sent per request | copies that won | failed |",
-            "| --- | --- | --- | --- | --- | --- | --- |"]
-    for name, rs in (("no hedging", plain), ("hedging", hedged)):
-        rows.append(f"| {name} | {median(rs, 'p50'):.0f} | {median(rs, 'p99'):.0f} | "
-                    f"{median(rs, 'p999'):.0f} | {median(rs, 'extra_load'):.3f} | "
-                    f"{median(rs, 'won'):.0f} | {sum(r['errors'] for r in rs)} |")
-    p99_ratio = median(hedged, "p99") / median(plain, "p99")
-    extra = median(hedged, "extra_load")
-    seconds = args.seconds
+def report(scenarios, args):
     allowed = 0.2 + 10 / args.rate  # ratio plus min_per_second, per request at this rate
     lines = [
-        f"Measured {time.strftime('%Y-%m-%d %H:%M UTC', time.gmtime())}: three upstreams, one "
-        f"waiting 50 ms more on 10 % of its requests; fixed {args.rate} req/s over 32 connections, "
-        f"{seconds} s, medians of {args.reps} interleaved runs (`python3 benches/load/hedging.py`).",
-        "",
-        *rows,
-        "",
-        f"Hedging / no hedging, p99: {p99_ratio:.2f}x. Extra load on the upstreams: "
-        f"{extra:.3f} copies per request; the budget allows {allowed:.3f} "
-        f"(0.2 per request plus 10/s at {args.rate} req/s).",
+        f"Measured {time.strftime('%Y-%m-%d %H:%M UTC', time.gmtime())}: three upstreams, a slow "
+        f"request waiting 50 ms more; fixed {args.rate} req/s over 32 connections, {args.seconds} s; "
+        f"medians of {args.reps} interleaved runs (`python3 benches/load/hedging.py`).",
     ]
+    for title, runs in scenarios:
+        plain, hedged = runs["plain"], runs["hedged"]
+        lines += ["", f"**{title}**", "",
+                  "| variant | p50 us | p99 us | p99.9 us | copies sent per request | copies that won | failed |",
+                  "| --- | --- | --- | --- | --- | --- | --- |"]
+        for name, rs in (("no hedging", plain), ("hedging", hedged)):
+            lines.append(f"| {name} | {median(rs, 'p50'):.0f} | {median(rs, 'p99'):.0f} | "
+                         f"{median(rs, 'p999'):.0f} | {median(rs, 'extra_load'):.3f} | "
+                         f"{median(rs, 'won'):.0f} | {sum(r['errors'] for r in rs)} |")
+        lines += ["", f"Hedging / no hedging: p99 {median(hedged, 'p99') / median(plain, 'p99'):.2f}x, "
+                      f"p99.9 {median(hedged, 'p999') / median(plain, 'p999'):.2f}x; extra load on the "
+                      f"upstreams {median(hedged, 'extra_load'):.3f} copies per request, where the budget "
+                      f"allows {allowed:.3f} (0.2 per request plus 10/s at {args.rate} req/s)."]
     return "\n".join(lines)
 
 
@@ -116,31 +118,39 @@ def main():
     if not args.skip_build:
         harness.build()
     tmp = Path(tempfile.mkdtemp(prefix="sidecar-hedging-"))
+    started = time.monotonic()
     try:
-        endpoints = []
-        for slow in (False, False, True):
-            port = harness.free_port()
-            proc = harness.Proc(f"upstream-{port}", [str(harness.RELEASE / "flaky-upstream"),
-                                                     "--listen", f"127.0.0.1:{port}",
-                                                     "--worker-threads", "1", *(SLOW if slow else [])],
-                                stdout=harness.subprocess.DEVNULL)
-            harness.wait_http_ok(port, what="an upstream", proc=proc)
-            endpoints.append(port)
-        runs = {"plain": [], "hedged": []}
-        started = time.monotonic()
-        for rep in range(args.reps):
-            for variant in ("plain", "hedged"):  # interleaved
-                if time.monotonic() - started > harness.DEADLINE_S:
-                    harness.log("time is up; stopping early")
-                    break
-                result = one_run(tmp, endpoints, variant == "hedged", args)
-                runs[variant].append(result)
-                harness.log(f"rep {rep + 1} {variant:6s} p99 {result['p99']:8.0f} us  "
-                            f"copies/request {result['extra_load']:.3f}")
-        table = report(runs, args)
+        scenarios = []
+        for title, slow_rates in SCENARIOS:
+            endpoints, upstreams = [], []
+            for rate in slow_rates:
+                port = harness.free_port()
+                slow = ["--slow-rate", rate, "--slow-latency", "50ms"] if rate else []
+                proc = harness.Proc(f"upstream-{port}", [str(harness.RELEASE / "flaky-upstream"),
+                                                         "--listen", f"127.0.0.1:{port}",
+                                                         "--worker-threads", "1", *slow],
+                                    stdout=harness.subprocess.DEVNULL)
+                harness.wait_http_ok(port, what="an upstream", proc=proc)
+                endpoints.append(port)
+                upstreams.append(proc)
+            runs = {"plain": [], "hedged": []}
+            for rep in range(args.reps):
+                for variant in ("plain", "hedged"):  # interleaved
+                    if time.monotonic() - started > harness.DEADLINE_S:
+                        harness.log("time is up; stopping early")
+                        break
+                    result = one_run(tmp, endpoints, variant == "hedged", args)
+                    runs[variant].append(result)
+                    harness.log(f"{title[:20]}: rep {rep + 1} {variant:6s} p99 {result['p99']:8.0f} us "
+                                f"p99.9 {result['p999']:8.0f} us copies/request {result['extra_load']:.3f}")
+            for proc in upstreams:
+                proc.stop()
+            scenarios.append((title, runs))
+        table = report(scenarios, args)
         harness.RESULTS.mkdir(parents=True, exist_ok=True)
         (harness.RESULTS / "hedging.md").write_text(table + "\n")
-        (harness.RESULTS / "hedging.json").write_text(json.dumps(runs, indent=1))
+        (harness.RESULTS / "hedging.json").write_text(json.dumps(
+            [{"scenario": title, "runs": runs} for title, runs in scenarios], indent=1))
         print(table)
     finally:
         harness.stop_all()
