@@ -7,6 +7,8 @@
 //!   `RateLimit` (a limit per clone), the same behind a `Buffer` (how tower gives one limit to
 //!   all callers), tower-resilience's `RateLimiterLayer` (fixed window), each at a billion
 //!   calls a second.
+//! - hedge: ours and tower-resilience's, at a delay of 100 ms that no call reaches (the cost
+//!   of hedging when no copy is sent).
 //! - concurrency: ours adaptive (Gradient2, the default), ours adaptive (AIMD), tower's
 //!   `ConcurrencyLimit` (fixed, with load shedding, as the sidecar's fixed limit),
 //!   tower-resilience's `AdaptiveLimiterLayer` (AIMD), each starting at a limit of 1000.
@@ -14,10 +16,12 @@
 use benches::{bench_calls, echo, runtime};
 use criterion::{Criterion, criterion_group, criterion_main};
 use resilience_limit::{AdaptiveConcurrencyLayer, Aimd, Algorithm, Rate, RateLimitLayer};
+use resilience_retry::{HedgeDelay, HedgeLayer, RetryIf};
 use std::time::Duration;
 use tower::{Layer, ServiceBuilder, ServiceExt};
 use tower_resilience::{
     adaptive::{AdaptiveLimiterLayer, Aimd as TrAimd},
+    hedge::HedgeLayer as TrHedgeLayer,
     ratelimiter::RateLimiterLayer as TrRateLimiterLayer,
 };
 
@@ -98,6 +102,26 @@ fn limits(c: &mut Criterion) {
         "concurrency/tower-resilience-aimd",
         &rt,
         tr_adaptive.layer(echo()),
+    );
+
+    // Hedging, no copy fired: every call answers at once, well before the delay.
+    let policy: RetryIf<_, u64> =
+        RetryIf::new(|result: &Result<u64, std::convert::Infallible>| result.is_err());
+    bench_calls(
+        &mut group,
+        "hedge/ours",
+        &rt,
+        HedgeLayer::new(policy, HedgeDelay::Fixed(Duration::from_millis(100))).layer(echo()),
+    );
+    let tr_hedge = TrHedgeLayer::builder()
+        .delay(Duration::from_millis(100))
+        .max_hedged_attempts(2)
+        .build();
+    bench_calls(
+        &mut group,
+        "hedge/tower-resilience",
+        &rt,
+        tr_hedge.layer(echo()),
     );
     group.finish();
 }
