@@ -444,13 +444,17 @@ def measure(targets, args, started):
                 log("time is up; stopping the measurements early")
                 return runs
             pids = [p for proc in procs for p in proc.pids()]
+            each0 = [cpu_seconds(proc.pids()) for proc in procs]
             cpu0 = cpu_seconds(pids)
             rps, total, errors = wrk(port, 32, args.saturation_seconds)
             cpu = cpu_seconds(pids) - cpu0
+            # Each process on its own (the two sidecars of sidecar-mtls: outbound, inbound).
+            each = [cpu_seconds(proc.pids()) - c0 for proc, c0 in zip(procs, each0)]
             fixed = fixed_rate(port, args.rate, args.rate_seconds)
             runs[name].append({
                 "rps": rps, "requests": total, "errors": errors + fixed["errors"],
                 "cpu_per_1000": cpu / total * 1000 if procs and total else None,
+                "cpu_each_per_1000": [c / total * 1000 for c in each] if total else [],
                 "p50": fixed["p50_us"], "p99": fixed["p99_us"], "p999": fixed["p999_us"],
                 "achieved": fixed["achieved_rps"],
             })
@@ -599,12 +603,21 @@ def report(results, machine):
             if access_log:
                 lines.append(f"Access-log lines dropped on a full queue: {access_log['dropped']}.")
         if one and mtls:
+            added = [f"{name} {stats[key]['p99']['median'] - stats['direct']['p99']['median']:.1f} us"
+                     for name, key in (("sidecar-1hop", "sidecar-1hop"), ("HAProxy", "haproxy"),
+                                       ("nginx", "nginx")) if key in stats]
             lines.append("")
-            lines.append(f"Two-sidecar mTLS / one-hop plaintext req/s: {ratio(mtls['rps'], one['rps'])}. "
-                         f"Added p99 over direct: sidecar-1hop "
-                         f"{one['p99']['median'] - stats['direct']['p99']['median']:.1f} us, HAProxy "
-                         f"{stats['haproxy']['p99']['median'] - stats['direct']['p99']['median']:.1f} us, nginx "
-                         f"{stats['nginx']['p99']['median'] - stats['direct']['p99']['median']:.1f} us.")
+            lines.append(f"Two-sidecar mTLS / one-hop plaintext req/s: {ratio(mtls['rps'], one['rps'])}; "
+                         f"CPU per request, the pair / one hop: "
+                         f"{ratio(mtls['cpu_per_1000'], one['cpu_per_1000'])}. "
+                         f"Added p99 over direct: {', '.join(added)}.")
+            each = [r.get("cpu_each_per_1000") for r in data["runs"].get("sidecar-mtls", [])]
+            each = [e for e in each if e and len(e) == 2]
+            if each:
+                outbound = statistics.median(e[0] for e in each)
+                inbound = statistics.median(e[1] for e in each)
+                lines.append(f"CPU s/1000 req of each sidecar of the pair (medians): outbound "
+                             f"{outbound:.3f}, inbound {inbound:.3f}.")
         lines.append("")
     return "\n".join(lines)
 
