@@ -66,8 +66,8 @@ async fn failures_shrink_the_limit_and_successes_at_full_use_grow_it() {
     }
     assert_eq!(handle.limit(), 4, "8 x 0.5");
 
-    // A window of successful calls, the limit's worth at a time: one more. One call in four
-    // is timed, so ten timed calls take forty.
+    // A window of successful calls, the limit's worth at a time: one more. Windows this
+    // quiet have every call timed.
     for _ in 0..10 {
         let calls = (0..4).map(|_| failing.clone().oneshot(false));
         let results = futures::future::join_all(calls).await;

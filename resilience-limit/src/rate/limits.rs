@@ -64,32 +64,37 @@ impl<K: Hash + Eq + Clone> Limits<K> {
     /// Takes a call from `caller`'s limit and the service's. `Err` if either refuses, and
     /// the limit is enforced; a refusal in shadow mode is counted and logged only.
     pub(crate) fn admit(&self, caller: Option<&K>) -> Result<(), RateLimited> {
-        let refused = self.refusal(caller);
-        match refused {
+        match self.refusal(caller) {
             None => Ok(()),
-            Some(refused) => {
-                let scope = refused.scope().as_str();
-                let mode = self.enforcement.as_str();
-                metrics::counter!(
-                    "resilience_rate_limited_total",
-                    "name" => self.name.to_string(),
-                    "scope" => scope,
-                    "mode" => mode,
-                )
-                .increment(1);
-                tracing::debug!(
-                    name = &*self.name,
-                    scope,
-                    mode,
-                    retry_after = ?refused.retry_after(),
-                    "rate limited"
-                );
-                if self.enforcement.refuses() {
-                    Err(refused)
-                } else {
-                    Ok(())
-                }
-            }
+            Some(refused) => self.refused(refused),
+        }
+    }
+
+    /// Counts and logs a refusal, and refuses unless in shadow mode. Out of line, so that the
+    /// admission every call takes stays small.
+    #[cold]
+    #[inline(never)]
+    fn refused(&self, refused: RateLimited) -> Result<(), RateLimited> {
+        let scope = refused.scope().as_str();
+        let mode = self.enforcement.as_str();
+        metrics::counter!(
+            "resilience_rate_limited_total",
+            "name" => self.name.to_string(),
+            "scope" => scope,
+            "mode" => mode,
+        )
+        .increment(1);
+        tracing::debug!(
+            name = &*self.name,
+            scope,
+            mode,
+            retry_after = ?refused.retry_after(),
+            "rate limited"
+        );
+        if self.enforcement.refuses() {
+            Err(refused)
+        } else {
+            Ok(())
         }
     }
 
