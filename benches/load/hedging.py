@@ -8,7 +8,8 @@ without `--skip-build`):
 
 Three flaky-upstreams on 127.0.0.1 and one sidecar-lite route balancing over them (retries
 off, as a route hedges or retries), with and without `[outbound.hedge]` (`delay = { percentile
-= 95, min = "5ms" }`, 2 copies), in two scenarios: one of the three waits 50 ms more on 10 % of
+= 95, min = "5ms" }`, 2 copies), and with a hedge whose delay no request reaches (`min =
+"10s"`: the layer's own cost, no copy sent), in two scenarios: one of the three waits 50 ms more on 10 % of
 its requests (the balancer's peak-EWMA already steers most requests away from it), and every
 one waits 50 ms more on 2 % of its requests (nowhere to steer to). Each
 variant gets the same fixed-rate load (benches' `loadgen`, 1000 req/s, 32 connections, 5 s),
@@ -33,18 +34,22 @@ from pathlib import Path
 sys.path.insert(0, str(Path(__file__).resolve().parent))
 import run as harness  # noqa: E402  (the load harness's helpers: processes, builds, loadgen)
 
-HEDGE = '[outbound.hedge]\ndelay = { percentile = 95, min = "5ms" }\nmax_attempts = 2\n'
+VARIANTS = {
+    "plain": "",
+    "hedged": '[outbound.hedge]\ndelay = { percentile = 95, min = "5ms" }\nmax_attempts = 2\n',
+    "never": '[outbound.hedge]\ndelay = { percentile = 95, min = "10s" }\nmax_attempts = 2\n',
+}
 SCENARIOS = [
     ("one of three endpoints slow on 10 % of its requests", [None, None, "0.1"]),
     ("every endpoint slow on 2 % of its requests", ["0.02", "0.02", "0.02"]),
 ]
 
 
-def route(listen, endpoints, hedge):
+def route(listen, endpoints, variant):
     listed = ", ".join(f'"127.0.0.1:{port}"' for port in endpoints)
     return (f'[[outbound]]\nname = "app"\nlisten = "127.0.0.1:{listen}"\nendpoints = [{listed}]\n'
             f'timeout = "5s"\nmax_concurrent_requests = 4096\nretry = {{ attempts = 1 }}\n'
-            + (HEDGE if hedge else ""))
+            + VARIANTS[variant])
 
 
 def counter(text, name):
@@ -63,10 +68,9 @@ def metrics(admin):
         return response.read().decode()
 
 
-def one_run(tmp, endpoints, hedge, args):
+def one_run(tmp, endpoints, variant, args):
     listen = harness.free_port()
-    name = "hedged" if hedge else "plain"
-    proc = harness.start_sidecar(tmp, name, 1, route(listen, endpoints, hedge))
+    proc = harness.start_sidecar(tmp, variant, 1, route(listen, endpoints, variant))
     harness.wait_port(listen, proc)
     try:
         fixed = harness.fixed_rate(listen, args.rate, args.seconds)
@@ -97,14 +101,17 @@ def report(scenarios, args):
         lines += ["", f"**{title}**", "",
                   "| variant | p50 us | p99 us | p99.9 us | copies sent per request | copies that won | failed |",
                   "| --- | --- | --- | --- | --- | --- | --- |"]
-        for name, rs in (("no hedging", plain), ("hedging", hedged)):
+        for name, rs in (("no hedging", plain), ("hedging", hedged),
+                         ("hedge layer, no copy due", runs["never"])):
             lines.append(f"| {name} | {median(rs, 'p50'):.0f} | {median(rs, 'p99'):.0f} | "
                          f"{median(rs, 'p999'):.0f} | {median(rs, 'extra_load'):.3f} | "
                          f"{median(rs, 'won'):.0f} | {sum(r['errors'] for r in rs)} |")
         lines += ["", f"Hedging / no hedging: p99 {median(hedged, 'p99') / median(plain, 'p99'):.2f}x, "
                       f"p99.9 {median(hedged, 'p999') / median(plain, 'p999'):.2f}x; extra load on the "
                       f"upstreams {median(hedged, 'extra_load'):.3f} copies per request, where the budget "
-                      f"allows {allowed:.3f} (0.2 per request plus 10/s at {args.rate} req/s)."]
+                      f"allows {allowed:.3f} (0.2 per request plus 10/s at {args.rate} req/s). "
+                      f"The hedge layer with no copy due / no hedging: p99 "
+                      f"{median(runs['never'], 'p99') / median(plain, 'p99'):.2f}x."]
     return "\n".join(lines)
 
 
@@ -133,13 +140,13 @@ def main():
                 harness.wait_http_ok(port, what="an upstream", proc=proc)
                 endpoints.append(port)
                 upstreams.append(proc)
-            runs = {"plain": [], "hedged": []}
+            runs = {variant: [] for variant in VARIANTS}
             for rep in range(args.reps):
-                for variant in ("plain", "hedged"):  # interleaved
+                for variant in VARIANTS:  # interleaved
                     if time.monotonic() - started > harness.DEADLINE_S:
                         harness.log("time is up; stopping early")
                         break
-                    result = one_run(tmp, endpoints, variant == "hedged", args)
+                    result = one_run(tmp, endpoints, variant, args)
                     runs[variant].append(result)
                     harness.log(f"{title[:20]}: rep {rep + 1} {variant:6s} p99 {result['p99']:8.0f} us "
                                 f"p99.9 {result['p999']:8.0f} us copies/request {result['extra_load']:.3f}")
