@@ -76,8 +76,9 @@ def log(msg):
 # ---------------------------------------------------------------- tools and builds
 
 
-def ensure_tools():
-    wanted = {"wrk": "wrk", "nginx": "nginx-light", "haproxy": "haproxy"}
+def ensure_tools(wanted=None):
+    """Installs from Debian's packages the tools (name -> package) that are missing."""
+    wanted = wanted or {"wrk": "wrk", "nginx": "nginx-light", "haproxy": "haproxy"}
     missing = [pkg for tool, pkg in wanted.items() if shutil.which(tool) is None]
     if missing:
         log(f"installing {' '.join(missing)} from Debian's packages")
@@ -132,11 +133,11 @@ class Proc:
             pass
         return pids
 
-    def stop(self):
+    def stop(self, timeout=5):
         if self.popen.poll() is None:
             os.kill(self.pid, signal.SIGTERM)
             try:
-                self.popen.wait(timeout=5)
+                self.popen.wait(timeout=timeout)
             except subprocess.TimeoutExpired:
                 os.kill(self.pid, signal.SIGKILL)
                 self.popen.wait()

@@ -1,0 +1,121 @@
+#!/usr/bin/env python3
+"""Instructions per request of one sidecar-lite hop, counted by valgrind's callgrind: the same
+figure for the same binary however busy the machine is, so a small data-path change can be
+judged where wall-clock runs are too noisy to tell it from chance.
+
+Run it from the workspace root, after `benches/load/run.py` (or `--skip-build` off) has built
+the release binaries:
+
+    python3 benches/load/instructions.py                       # this build
+    python3 benches/load/instructions.py --baseline /tmp/before/sidecar-lite
+
+It starts the flaky upstream (no faults) and, for each binary, sidecar-lite under callgrind
+(one worker, the harness's one-hop route) twice: once for `--warm` requests and once for
+`--warm` + `--requests`, each sent one after another on one keep-alive connection. The
+difference of the two totals over `--requests` is the cost of a request, without the start-up
+and shutdown. It counts user-space instructions only: the kernel's share of a hop (most of
+the TCP path) is not in it, so it complements run.py's CPU per request, and does not replace
+it. valgrind is installed from Debian's packages when missing.
+
+It stays on 127.0.0.1, stops only the processes it started (by PID), and is bounded in time.
+"""
+
+import argparse
+import re
+import shutil
+import socket
+import subprocess
+import sys
+import tempfile
+from pathlib import Path
+
+sys.path.insert(0, str(Path(__file__).resolve().parent))
+import run as harness  # noqa: E402  (processes, ports, configs, builds)
+
+REQUEST = b"GET / HTTP/1.1\r\nHost: app\r\n\r\n"
+# valgrind runs a program some 50 times slower: generous, and still bounded.
+START_S = 120.0
+STOP_S = 120.0
+
+
+def send(port, count):
+    """`count` GETs one after another on one connection, each read to the end of its body."""
+    with socket.create_connection(("127.0.0.1", port), timeout=30) as conn:
+        for _ in range(count):
+            conn.sendall(REQUEST)
+            data = b""
+            while True:
+                chunk = conn.recv(65536)
+                if not chunk:
+                    raise RuntimeError("the sidecar closed the connection")
+                data += chunk
+                head, sep, body = data.partition(b"\r\n\r\n")
+                length = re.search(rb"(?i)\r\ncontent-length: *(\d+)", head)
+                if sep and length and len(body) >= int(length.group(1)):
+                    break
+                if sep and not length:
+                    raise RuntimeError(f"an answer without content-length: {head[:200]!r}")
+
+
+def instructions(tmp, binary, upstream, count):
+    """Total instructions of a sidecar-lite run that served `count` requests."""
+    listen = harness.free_port()
+    name = f"cg-{Path(binary).parent.name}-{count}"
+    path, _ = harness.sidecar_config(tmp, name, 1, harness.route(listen, upstream, False))
+    out = tmp / f"{name}.callgrind"
+    proc = harness.Proc(name, ["valgrind", "--tool=callgrind", f"--callgrind-out-file={out}",
+                               str(binary), "run", "--config", str(path)],
+                        stdout=subprocess.DEVNULL, stderr=open(tmp / f"{name}.log", "w"),
+                        env=dict(harness.os.environ, RUST_LOG="error"))
+    try:
+        harness.wait_port(listen, proc, timeout=START_S)
+    except SystemExit:
+        sys.stderr.write((tmp / f"{name}.log").read_text()[-2000:])
+        raise
+    send(listen, count)
+    proc.stop(timeout=STOP_S)
+    totals = re.search(r"^(?:summary|totals): (\d+)", out.read_text(), re.M)
+    if not totals:
+        raise RuntimeError(f"no totals in {out}")
+    return int(totals.group(1))
+
+
+def per_request(tmp, binary, upstream, args):
+    warm = instructions(tmp, binary, upstream, args.warm)
+    full = instructions(tmp, binary, upstream, args.warm + args.requests)
+    return (full - warm) / args.requests
+
+
+def main():
+    parser = argparse.ArgumentParser(description=__doc__.split("\n")[0])
+    parser.add_argument("--requests", type=int, default=2000)
+    parser.add_argument("--warm", type=int, default=500, help="requests of the shorter run")
+    parser.add_argument("--baseline", help="another sidecar-lite binary, counted the same way")
+    parser.add_argument("--skip-build", action="store_true", help="use the binaries in target/release")
+    args = parser.parse_args()
+    harness.ensure_tools({"valgrind": "valgrind"})
+    if not args.skip_build:
+        harness.build()
+    tmp = Path(tempfile.mkdtemp(prefix="sidecar-instructions-"))
+    try:
+        port = harness.free_port()
+        upstream = harness.Proc("upstream", [str(harness.RELEASE / "flaky-upstream"), "--listen",
+                                             f"127.0.0.1:{port}", "--worker-threads", "1"],
+                                stdout=subprocess.DEVNULL)
+        harness.wait_http_ok(port, what="the upstream", proc=upstream)
+        binaries = [("this build", harness.RELEASE / "sidecar-lite")]
+        if args.baseline:
+            binaries.append(("baseline", Path(args.baseline)))
+        counts = {}
+        for label, binary in binaries:
+            counts[label] = per_request(tmp, binary, port, args)
+            print(f"{label} ({binary}): {counts[label]:.0f} instructions per request")
+        if args.baseline:
+            print(f"this build / baseline: {counts['this build'] / counts['baseline']:.3f}x")
+    finally:
+        harness.stop_all()
+        shutil.rmtree(tmp, ignore_errors=True)
+
+
+if __name__ == "__main__":
+    main()
