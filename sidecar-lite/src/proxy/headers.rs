@@ -90,17 +90,28 @@ pub(crate) fn ensure_traceparent(headers: &mut HeaderMap) {
     {
         return;
     }
-    let mut value = String::with_capacity(55);
-    let _ = write!(
-        value,
-        "00-{:032x}-{:016x}-01",
-        rand::random::<u128>().max(1),
-        rand::random::<u64>().max(1)
-    );
+    // "00-" trace-id "-" parent-id "-01", written digit by digit: the formatting machinery
+    // cost a hop more than the rest of this header's work together.
+    let mut value = [0_u8; 55];
+    value[..3].copy_from_slice(b"00-");
+    write_hex(&mut value[3..35], rand::random::<u128>().max(1));
+    value[35] = b'-';
+    write_hex(&mut value[36..52], u128::from(rand::random::<u64>().max(1)));
+    value[52..].copy_from_slice(b"-01");
     headers.insert(
         TRACEPARENT,
-        HeaderValue::try_from(value).expect("hex digits and dashes are a valid header value"),
+        HeaderValue::from_bytes(&value).expect("hex digits and dashes are a valid header value"),
     );
+}
+
+/// Fills `out` with the lowest `out.len()` hex digits of `n`, lowercase, most significant
+/// first.
+fn write_hex(out: &mut [u8], mut n: u128) {
+    const DIGITS: &[u8; 16] = b"0123456789abcdef";
+    for digit in out.iter_mut().rev() {
+        *digit = DIGITS[(n & 0xf) as usize];
+        n >>= 4;
+    }
 }
 
 /// The parts of a well-formed `traceparent` (W3C Trace Context, version 00 or a later version
@@ -213,6 +224,18 @@ mod tests {
         let mut headers = HeaderMap::new();
         ensure_traceparent(&mut headers);
         assert!(valid_traceparent(headers[TRACEPARENT].to_str().unwrap()).is_some());
+    }
+
+    #[test]
+    fn hex_is_written_lowercase_with_leading_zeros() {
+        let mut out = [0_u8; 32];
+        write_hex(&mut out, 0xab);
+        assert_eq!(&out, b"000000000000000000000000000000ab");
+        write_hex(&mut out, u128::MAX);
+        assert_eq!(&out, b"ffffffffffffffffffffffffffffffff");
+        let mut short = [0_u8; 16];
+        write_hex(&mut short, 0x0123_4567_89ab_cdef_u128 | (1 << 100));
+        assert_eq!(&short, b"0123456789abcdef", "only the lowest digits");
     }
 
     #[test]
