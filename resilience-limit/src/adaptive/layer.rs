@@ -1,6 +1,6 @@
 //! [`AdaptiveConcurrencyLayer`]: a concurrency limit that finds itself from latency.
 
-use super::{AdaptiveConcurrency, Algorithm, limiter::Limiter};
+use super::{AdaptiveConcurrency, Algorithm, limiter::Admission};
 use resilience_core::{ConfigError, Enforcement};
 use std::{fmt, sync::Arc};
 use tower_layer::Layer;
@@ -38,7 +38,7 @@ use tower_layer::Layer;
 #[must_use]
 pub struct AdaptiveConcurrencyLayer {
     settings: Settings,
-    limiter: Arc<Limiter>,
+    limiter: Arc<Admission>,
 }
 
 #[derive(Debug, Clone)]
@@ -66,7 +66,7 @@ impl AdaptiveConcurrencyLayer {
     }
 
     fn with(settings: Settings) -> Self {
-        let limiter = Arc::new(Limiter::new(
+        let limiter = Arc::new(Admission::new(
             settings.name.clone(),
             settings.enforcement,
             settings.algorithm.clone(),
@@ -147,7 +147,7 @@ impl fmt::Debug for AdaptiveConcurrencyLayer {
 
 /// Reads an adaptive limit: what it is now, and how many calls it has in flight.
 #[derive(Debug, Clone)]
-pub struct AdaptiveHandle(Arc<Limiter>);
+pub struct AdaptiveHandle(Arc<Admission>);
 
 impl AdaptiveHandle {
     /// The limit now.

@@ -1,5 +1,5 @@
-//! [`Limiter`]: the state of one adaptive limit, shared by every clone of its layer: the
-//! limit, the calls in flight, and the algorithm that moves the limit.
+//! [`Admission`] and [`Limiter`]: one adaptive limit, shared by every clone of its layer:
+//! the limit, the calls in flight, and the algorithm that moves the limit.
 
 use super::algorithm::{Algorithm, Sample};
 use crate::{error::Overloaded, future::Completion};
@@ -13,7 +13,16 @@ use std::{
 };
 use tokio::time::Instant;
 
-/// One adaptive limit.
+/// Admission to one adaptive limit: the layer, its services and its handle share it. It is the
+/// one owner of its [`Limiter`] besides the permits of the calls in flight, so the limiter's
+/// `Arc` strong count, less this one, is the calls in flight: admitting a call is the one
+/// atomic add of cloning that `Arc` into its permit, and releasing it the one of dropping it.
+/// A caller reads the count after its own add, so it counts itself and every call admitted
+/// before it: two racing for the last place can both be refused, never both admitted.
+#[derive(Debug)]
+pub(crate) struct Admission(Arc<Limiter>);
+
+/// The state of one adaptive limit.
 #[derive(Debug)]
 pub(crate) struct Limiter {
     pub(crate) name: Arc<str>,
@@ -22,12 +31,12 @@ pub(crate) struct Limiter {
     max: usize,
     /// The limit as admission reads it: the estimate, rounded, between `min` and `max`.
     limit: AtomicUsize,
-    /// Calls admitted (the high 32 bits, wrapping) and in flight (the low 32): one atomic
-    /// add admits a call and numbers it, for the one-in-`stride` timing.
-    calls: AtomicU64,
     /// One admitted call in this many is timed: a power of two, from 1 (every call, until
-    /// the first window closes) to [`MAX_STRIDE`].
+    /// the first window closes) to [`MAX_STRIDE`]. Each service counts its own calls down
+    /// to its next timed one ([`Admission::timed`]).
     stride: AtomicU64,
+    /// Spreads the countdowns of new clones of a service across the stride.
+    clones: AtomicU64,
     estimate: Mutex<Estimate>,
     gauge: metrics::Gauge,
 }
@@ -37,8 +46,6 @@ struct Estimate {
     algorithm: Algorithm,
     limit: f64,
     window: Window,
-    /// The admission count (`calls`' high half) when the window opened.
-    admitted_at_open: u32,
 }
 
 /// A window closes, and the algorithm sees its calls as one sample, once it is at least
@@ -58,10 +65,6 @@ pub(crate) const MIN_SAMPLES: u32 = 10;
 const TIMED_PER_WINDOW: u32 = 4 * MIN_SAMPLES;
 /// The sparsest timing: one admitted call in this many.
 const MAX_STRIDE: u64 = 256;
-/// In `calls`, one admission: one more admitted, one more in flight.
-const ADMIT: u64 = (1 << 32) | 1;
-/// In `calls`, the calls in flight.
-const IN_FLIGHT: u64 = (1 << 32) - 1;
 
 /// The calls completed since the last update.
 #[derive(Debug)]
@@ -116,7 +119,7 @@ impl Window {
     }
 }
 
-impl Limiter {
+impl Admission {
     pub(crate) fn new(
         name: Arc<str>,
         enforcement: Enforcement,
@@ -129,56 +132,77 @@ impl Limiter {
         let gauge = metrics::gauge!("resilience_concurrency_limit", "name" => name.to_string());
         #[allow(clippy::cast_precision_loss, reason = "limits are far below 2^52")]
         gauge.set(initial as f64);
-        Self {
+        Self(Arc::new(Limiter {
             name,
             enforcement,
             min,
             max,
             limit: AtomicUsize::new(initial),
-            calls: AtomicU64::new(0),
             stride: AtomicU64::new(1),
+            clones: AtomicU64::new(0),
             estimate: Mutex::new(Estimate {
                 algorithm,
                 #[allow(clippy::cast_precision_loss, reason = "limits are far below 2^52")]
                 limit: initial as f64,
                 window: Window::new(Instant::now()),
-                admitted_at_open: 0,
             }),
             gauge,
-        }
+        }))
     }
 
     /// The limit now.
     pub(crate) fn limit(&self) -> usize {
-        self.limit.load(Ordering::Relaxed)
+        self.0.limit.load(Ordering::Relaxed)
     }
 
-    /// Calls in flight now.
+    /// Calls in flight now: the permits alive.
     pub(crate) fn in_flight(&self) -> usize {
-        in_flight(self.calls.load(Ordering::Relaxed))
+        Arc::strong_count(&self.0) - 1
     }
 
     /// Admits a call, or refuses it when the limit's worth are in flight (in shadow mode the
-    /// refusal is counted and logged, and the call admitted).
-    pub(crate) fn acquire(self: &Arc<Self>) -> Result<Permit, Overloaded> {
-        let calls = self
-            .calls
-            .fetch_add(ADMIT, Ordering::AcqRel)
-            .wrapping_add(ADMIT);
-        let in_flight = in_flight(calls);
+    /// refusal is counted and logged, and the call admitted). A `timed` call's latency is
+    /// measured.
+    pub(crate) fn acquire(&self, timed: bool) -> Result<Permit, Overloaded> {
+        let limiter = self.0.clone();
+        // This call included (see `Admission`).
+        let in_flight = Arc::strong_count(&limiter) - 1;
         let limit = self.limit();
         if in_flight > limit {
-            self.over_limit(limit)?;
+            // A refusal drops `limiter`: the call is no longer counted.
+            limiter.over_limit(limit)?;
         }
-        let stride = self.stride.load(Ordering::Relaxed);
-        let timed = (calls >> 32) & (stride - 1) == 0;
         Ok(Permit {
-            limiter: self.clone(),
+            limiter,
             start: timed.then(Instant::now),
             in_flight,
         })
     }
 
+    /// Whether a service's next call is timed, counting down `countdown` (the service's own)
+    /// to it: one call in the stride.
+    pub(crate) fn timed(&self, countdown: &mut u64) -> bool {
+        let stride = self.0.stride.load(Ordering::Relaxed);
+        if *countdown == 0 {
+            *countdown = stride - 1;
+            true
+        } else {
+            // A stride that shrank shortens the wait too.
+            *countdown = (*countdown).min(stride) - 1;
+            false
+        }
+    }
+
+    /// Where a new clone of a service starts its countdown: clones made one after another
+    /// start at different places, so that services cloned for every call still time one call
+    /// in the stride between them.
+    pub(crate) fn countdown_of_a_clone(&self) -> u64 {
+        let stride = self.0.stride.load(Ordering::Relaxed);
+        self.0.clones.fetch_add(1, Ordering::Relaxed) & (stride - 1)
+    }
+}
+
+impl Limiter {
     /// Counts and logs a call over the limit, and refuses it unless in shadow mode. Out of
     /// line (as [`record`](Self::record)), so that the admission every call takes stays small.
     #[cold]
@@ -193,8 +217,6 @@ impl Limiter {
         .increment(1);
         tracing::debug!(name = &*self.name, limit, mode, "over the adaptive limit");
         if self.enforcement.refuses() {
-            // Not admitted after all: its number goes to the next call.
-            self.calls.fetch_sub(ADMIT, Ordering::AcqRel);
             return Err(Overloaded::new(limit));
         }
         Ok(())
@@ -204,13 +226,14 @@ impl Limiter {
     fn record(&self, sample: Sample, timed: bool, now: Instant) {
         let mut estimate = self.estimate.lock().unwrap_or_else(PoisonError::into_inner);
         estimate.window.add(sample, timed);
+        let timed_in_window = estimate.window.timed;
         let Some(sample) = estimate.window.close(now) else {
             return;
         };
-        let admitted = admitted(self.calls.load(Ordering::Relaxed));
-        let in_window = admitted.wrapping_sub(estimate.admitted_at_open);
-        estimate.admitted_at_open = admitted;
-        self.stride.store(stride_for(in_window), Ordering::Relaxed);
+        // The calls the window admitted: one in the stride was timed.
+        let stride = self.stride.load(Ordering::Relaxed);
+        let admitted = u64::from(timed_in_window).saturating_mul(stride);
+        self.stride.store(stride_for(admitted), Ordering::Relaxed);
         let current = estimate.limit;
         #[allow(clippy::cast_precision_loss, reason = "limits are far below 2^52")]
         let next = estimate
@@ -237,22 +260,15 @@ impl Limiter {
     }
 }
 
-fn in_flight(calls: u64) -> usize {
-    usize::try_from(calls & IN_FLIGHT).unwrap_or(usize::MAX)
-}
-
-fn admitted(calls: u64) -> u32 {
-    u32::try_from(calls >> 32).unwrap_or(u32::MAX)
-}
-
 /// The stride that times about [`TIMED_PER_WINDOW`] of a window's `admitted` calls.
-fn stride_for(admitted: u32) -> u64 {
-    let wanted = u64::from(admitted / TIMED_PER_WINDOW).max(1);
+fn stride_for(admitted: u64) -> u64 {
+    let wanted = (admitted / u64::from(TIMED_PER_WINDOW)).max(1);
     // The power of two at or below: rounding down times more calls, never fewer.
     (1 << wanted.ilog2()).min(MAX_STRIDE)
 }
 
-/// A call admitted by an adaptive limit: in flight until dropped. Completing it records its
+/// A call admitted by an adaptive limit: in flight until dropped (its clone of the limiter's
+/// `Arc` is what counts it). Completing it records its
 /// latency (if it was timed) or its failure; a call dropped before it completes (cancelled)
 /// teaches the algorithm nothing.
 #[derive(Debug)]
@@ -291,76 +307,74 @@ impl Permit {
     }
 }
 
-impl Drop for Permit {
-    fn drop(&mut self) {
-        self.limiter.calls.fetch_sub(1, Ordering::AcqRel);
-    }
-}
-
 #[cfg(test)]
 mod tests {
     use super::*;
     use crate::adaptive::algorithm::Aimd;
 
-    fn limiter() -> Arc<Limiter> {
-        Arc::new(Limiter::new(
+    fn admission(limit: usize) -> Admission {
+        Admission::new(
             Arc::from("test"),
             Enforcement::Enforce,
             Algorithm::Aimd(Aimd::default()),
-            1000,
+            limit,
             1,
             100_000,
-        ))
+        )
     }
 
     #[test]
     fn the_stride_times_about_a_window_worth_of_calls() {
+        let per_window = u64::from(TIMED_PER_WINDOW);
         assert_eq!(stride_for(0), 1);
-        assert_eq!(stride_for(TIMED_PER_WINDOW - 1), 1);
-        assert_eq!(stride_for(2 * TIMED_PER_WINDOW), 2);
-        assert_eq!(
-            stride_for(3 * TIMED_PER_WINDOW),
-            2,
-            "rounded down: more timed"
-        );
-        assert_eq!(stride_for(100 * TIMED_PER_WINDOW), 64);
-        assert_eq!(stride_for(u32::MAX), MAX_STRIDE);
+        assert_eq!(stride_for(per_window - 1), 1);
+        assert_eq!(stride_for(2 * per_window), 2);
+        assert_eq!(stride_for(3 * per_window), 2, "rounded down: more timed");
+        assert_eq!(stride_for(100 * per_window), 64);
+        assert_eq!(stride_for(u64::MAX), MAX_STRIDE);
+    }
+
+    #[test]
+    fn permits_are_the_calls_in_flight_and_the_limit_holds() {
+        let admission = admission(2);
+        let first = admission.acquire(false).unwrap();
+        let second = admission.acquire(false).unwrap();
+        assert_eq!(admission.in_flight(), 2);
+        assert!(admission.acquire(false).is_err(), "over the limit");
+        assert_eq!(admission.in_flight(), 2, "a refused call is not counted");
+        drop(first);
+        assert_eq!(admission.in_flight(), 1);
+        let third = admission.acquire(false).unwrap();
+        drop((second, third));
+        assert_eq!(admission.in_flight(), 0);
     }
 
     #[tokio::test(start_paused = true)]
     async fn a_busy_window_makes_the_next_one_time_fewer_calls() {
-        let limiter = limiter();
-        let timed = |permits: &[Permit]| permits.iter().filter(|p| p.start.is_some()).count();
+        let admission = admission(1000);
+        let mut countdown = 0;
+        let mut call = || admission.acquire(admission.timed(&mut countdown)).unwrap();
 
-        // A quiet start: every call timed.
-        let permits: Vec<_> = (0..8 * TIMED_PER_WINDOW)
-            .map(|_| limiter.acquire().unwrap())
-            .collect();
-        assert_eq!(timed(&permits), permits.len());
-        assert_eq!(limiter.in_flight(), permits.len());
-        tokio::time::advance(MIN_WINDOW).await;
+        // A quiet start: every call timed. Eight windows' worth complete within the first
+        // window, and one more after it closes the window.
+        let permits: Vec<_> = (0..8 * TIMED_PER_WINDOW).map(|_| call()).collect();
+        assert!(permits.iter().all(|p| p.start.is_some()));
         for permit in permits {
             permit.complete(true);
         }
-        assert_eq!(limiter.in_flight(), 0);
+        tokio::time::advance(MIN_WINDOW).await;
+        call().complete(true);
 
-        // That window saw eight windows' worth: one call in eight is timed now.
-        let permits: Vec<_> = (0..64).map(|_| limiter.acquire().unwrap()).collect();
-        assert_eq!(timed(&permits), 8);
+        // One call in eight is timed now.
+        let permits: Vec<_> = (0..64).map(|_| call()).collect();
+        assert_eq!(permits.iter().filter(|p| p.start.is_some()).count(), 8);
     }
 
     #[test]
-    fn in_flight_counts_down_as_admissions_wrap() {
-        let limiter = limiter();
-        limiter.calls.store(!IN_FLIGHT, Ordering::Relaxed);
-        let permit = limiter.acquire().unwrap();
-        assert_eq!(limiter.in_flight(), 1);
-        assert_eq!(
-            admitted(limiter.calls.load(Ordering::Relaxed)),
-            0,
-            "wrapped"
-        );
-        drop(permit);
-        assert_eq!(limiter.in_flight(), 0);
+    fn clones_start_their_countdowns_apart() {
+        let admission = admission(1000);
+        admission.0.stride.store(4, Ordering::Relaxed);
+        let starts: Vec<_> = (0..4).map(|_| admission.countdown_of_a_clone()).collect();
+        assert_eq!(starts, [0, 1, 2, 3]);
     }
 }

@@ -1,7 +1,7 @@
 //! [`AdaptiveConcurrency`]: the service of an
 //! [`AdaptiveConcurrencyLayer`](super::AdaptiveConcurrencyLayer).
 
-use super::limiter::{Limiter, Permit};
+use super::limiter::{Admission, Permit};
 use crate::future::ResponseFuture;
 use resilience_core::BoxError;
 use std::{
@@ -15,12 +15,18 @@ use tower_service::Service;
 /// [`AdaptiveConcurrencyLayer`](super::AdaptiveConcurrencyLayer).
 pub struct AdaptiveConcurrency<S> {
     inner: S,
-    limiter: Arc<Limiter>,
+    limiter: Arc<Admission>,
+    /// Calls until this service times one (see [`Admission::timed`]).
+    countdown: u64,
 }
 
 impl<S> AdaptiveConcurrency<S> {
-    pub(crate) fn new(inner: S, limiter: Arc<Limiter>) -> Self {
-        Self { inner, limiter }
+    pub(crate) fn new(inner: S, limiter: Arc<Admission>) -> Self {
+        Self {
+            inner,
+            limiter,
+            countdown: 0,
+        }
     }
 }
 
@@ -39,7 +45,8 @@ where
     }
 
     fn call(&mut self, req: Req) -> Self::Future {
-        match self.limiter.acquire() {
+        let timed = self.limiter.timed(&mut self.countdown);
+        match self.limiter.acquire(timed) {
             Ok(permit) => ResponseFuture::called(self.inner.call(req), permit),
             Err(overloaded) => ResponseFuture::refused(overloaded.into()),
         }
@@ -51,6 +58,7 @@ impl<S: Clone> Clone for AdaptiveConcurrency<S> {
         Self {
             inner: self.inner.clone(),
             limiter: self.limiter.clone(),
+            countdown: self.limiter.countdown_of_a_clone(),
         }
     }
 }
