@@ -10,10 +10,10 @@ use tower_layer::Layer;
 /// as the [`Algorithm`] reads the calls' latencies and failures. Every clone of the layer,
 /// and every service it makes, shares one limit.
 ///
-/// The algorithm sees a window of calls at a time (at least 100 ms and ten calls). Every
-/// failure counts; of the successes, a quiet limit times each one, and a busy one about forty
-/// a window (at most one call in 256), so that a busy limit costs no more per call than a
-/// fixed one: one atomic add to admit a call and one to release it.
+/// The algorithm sees a window of calls at a time (at least 100 ms and ten calls, or 1 s and
+/// one). Every failure counts; of the successes, a quiet limit times each one, and a busy one
+/// forty to eighty a window (at most one call in 256), so that a busy limit costs no more per
+/// call than a fixed one: one atomic add to admit a call and one to release it.
 ///
 /// ```
 /// use resilience_limit::{AdaptiveConcurrencyLayer, Algorithm, Overloaded};

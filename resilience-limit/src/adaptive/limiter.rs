@@ -31,12 +31,12 @@ pub(crate) struct Limiter {
     max: usize,
     /// The limit as admission reads it: the estimate, rounded, between `min` and `max`.
     limit: AtomicUsize,
-    /// One admitted call in this many is timed: a power of two, from 1 (every call, until
-    /// the first window closes) to [`MAX_STRIDE`]. Each service counts its own calls down
-    /// to its next timed one ([`Admission::timed`]).
+    /// One call in this many is timed: a power of two, from 1 (every call, until the first
+    /// window closes) to [`MAX_STRIDE`]. Each service counts its own calls down to its next
+    /// timed one ([`Admission::timed`]); calls refused count too.
     stride: AtomicU64,
-    /// Spreads the countdowns of new clones of a service across the stride.
-    clones: AtomicU64,
+    /// Services that have made their first call: spreads where their countdowns start.
+    services: AtomicU64,
     estimate: Mutex<Estimate>,
     gauge: metrics::Gauge,
 }
@@ -65,6 +65,8 @@ pub(crate) const MIN_SAMPLES: u32 = 10;
 const TIMED_PER_WINDOW: u32 = 4 * MIN_SAMPLES;
 /// The sparsest timing: one admitted call in this many.
 const MAX_STRIDE: u64 = 256;
+/// A service's countdown before its first call (see [`Admission::timed`]).
+pub(crate) const UNSET: u64 = u64::MAX;
 
 /// The calls completed since the last update.
 #[derive(Debug)]
@@ -73,6 +75,9 @@ struct Window {
     calls: u32,
     /// Of `calls`, those timed.
     timed: u32,
+    /// The calls admitted that the timed ones stand for: each stood for the stride it was
+    /// timed under.
+    admitted: u64,
     rtt_sum: Duration,
     max_in_flight: usize,
     dropped: bool,
@@ -84,16 +89,18 @@ impl Window {
             start,
             calls: 0,
             timed: 0,
+            admitted: 0,
             rtt_sum: Duration::ZERO,
             max_in_flight: 0,
             dropped: false,
         }
     }
 
-    fn add(&mut self, sample: Sample, timed: bool) {
+    fn add(&mut self, sample: Sample, timed: Option<u64>) {
         self.calls += 1;
-        if timed {
+        if let Some(stride) = timed {
             self.timed += 1;
+            self.admitted = self.admitted.saturating_add(stride);
             self.rtt_sum += sample.rtt;
         }
         self.max_in_flight = self.max_in_flight.max(sample.in_flight);
@@ -139,7 +146,7 @@ impl Admission {
             max,
             limit: AtomicUsize::new(initial),
             stride: AtomicU64::new(1),
-            clones: AtomicU64::new(0),
+            services: AtomicU64::new(0),
             estimate: Mutex::new(Estimate {
                 algorithm,
                 #[allow(clippy::cast_precision_loss, reason = "limits are far below 2^52")]
@@ -161,9 +168,9 @@ impl Admission {
     }
 
     /// Admits a call, or refuses it when the limit's worth are in flight (in shadow mode the
-    /// refusal is counted and logged, and the call admitted). A `timed` call's latency is
-    /// measured.
-    pub(crate) fn acquire(&self, timed: bool) -> Result<Permit, Overloaded> {
+    /// refusal is counted and logged, and the call admitted). A `timed` call (with the stride
+    /// it was timed under, from [`timed`](Self::timed)) has its latency measured.
+    pub(crate) fn acquire(&self, timed: Option<u64>) -> Result<Permit, Overloaded> {
         let limiter = self.0.clone();
         // This call included (see `Admission`).
         let in_flight = Arc::strong_count(&limiter) - 1;
@@ -174,31 +181,30 @@ impl Admission {
         }
         Ok(Permit {
             limiter,
-            start: timed.then(Instant::now),
+            start: timed.map(|_| Instant::now()),
+            stride: timed.unwrap_or(0),
             in_flight,
         })
     }
 
-    /// Whether a service's next call is timed, counting down `countdown` (the service's own)
-    /// to it: one call in the stride.
-    pub(crate) fn timed(&self, countdown: &mut u64) -> bool {
+    /// Whether a service's next call is timed (then with the stride it is timed under),
+    /// counting down `countdown`, the service's own, to it: one call in the stride.
+    pub(crate) fn timed(&self, countdown: &mut u64) -> Option<u64> {
         let stride = self.0.stride.load(Ordering::Relaxed);
+        if *countdown == UNSET {
+            // Where a new service starts is drawn at its first call, one service after
+            // another: services that each make one call (a clone per call, however many
+            // clones that takes) still time one call in the stride between them.
+            *countdown = self.0.services.fetch_add(1, Ordering::Relaxed) & (stride - 1);
+        }
         if *countdown == 0 {
             *countdown = stride - 1;
-            true
+            Some(stride)
         } else {
             // A stride that shrank shortens the wait too.
             *countdown = (*countdown).min(stride) - 1;
-            false
+            None
         }
-    }
-
-    /// Where a new clone of a service starts its countdown: clones made one after another
-    /// start at different places, so that services cloned for every call still time one call
-    /// in the stride between them.
-    pub(crate) fn countdown_of_a_clone(&self) -> u64 {
-        let stride = self.0.stride.load(Ordering::Relaxed);
-        self.0.clones.fetch_add(1, Ordering::Relaxed) & (stride - 1)
     }
 }
 
@@ -223,16 +229,13 @@ impl Limiter {
     }
 
     #[inline(never)]
-    fn record(&self, sample: Sample, timed: bool, now: Instant) {
+    fn record(&self, sample: Sample, timed: Option<u64>, now: Instant) {
         let mut estimate = self.estimate.lock().unwrap_or_else(PoisonError::into_inner);
         estimate.window.add(sample, timed);
-        let timed_in_window = estimate.window.timed;
+        let admitted = estimate.window.admitted;
         let Some(sample) = estimate.window.close(now) else {
             return;
         };
-        // The calls the window admitted: one in the stride was timed.
-        let stride = self.stride.load(Ordering::Relaxed);
-        let admitted = u64::from(timed_in_window).saturating_mul(stride);
         self.stride.store(stride_for(admitted), Ordering::Relaxed);
         let current = estimate.limit;
         #[allow(clippy::cast_precision_loss, reason = "limits are far below 2^52")]
@@ -276,6 +279,8 @@ pub struct Permit {
     limiter: Arc<Limiter>,
     /// When the call started, for the timed calls (one in the limit's stride).
     start: Option<Instant>,
+    /// The stride it was timed under (0 if not timed).
+    stride: u64,
     in_flight: usize,
 }
 
@@ -301,7 +306,7 @@ impl Permit {
                 in_flight: self.in_flight,
                 dropped: !ok,
             },
-            self.start.is_some(),
+            self.start.map(|_| self.stride),
             now,
         );
     }
@@ -337,14 +342,14 @@ mod tests {
     #[test]
     fn permits_are_the_calls_in_flight_and_the_limit_holds() {
         let admission = admission(2);
-        let first = admission.acquire(false).unwrap();
-        let second = admission.acquire(false).unwrap();
+        let first = admission.acquire(None).unwrap();
+        let second = admission.acquire(None).unwrap();
         assert_eq!(admission.in_flight(), 2);
-        assert!(admission.acquire(false).is_err(), "over the limit");
+        assert!(admission.acquire(None).is_err(), "over the limit");
         assert_eq!(admission.in_flight(), 2, "a refused call is not counted");
         drop(first);
         assert_eq!(admission.in_flight(), 1);
-        let third = admission.acquire(false).unwrap();
+        let third = admission.acquire(None).unwrap();
         drop((second, third));
         assert_eq!(admission.in_flight(), 0);
     }
@@ -371,10 +376,17 @@ mod tests {
     }
 
     #[test]
-    fn clones_start_their_countdowns_apart() {
+    fn services_used_once_each_still_time_one_call_in_the_stride() {
         let admission = admission(1000);
         admission.0.stride.store(4, Ordering::Relaxed);
-        let starts: Vec<_> = (0..4).map(|_| admission.countdown_of_a_clone()).collect();
-        assert_eq!(starts, [0, 1, 2, 3]);
+        // Two clones made for each call and only the second used, as nested wrappers do:
+        // a service's place is drawn at its first call, so the unused clones take none.
+        let timed = (0..16)
+            .filter(|_| {
+                let (_unused, mut used) = (UNSET, UNSET);
+                admission.timed(&mut used).is_some()
+            })
+            .count();
+        assert_eq!(timed, 4);
     }
 }

@@ -1,7 +1,7 @@
 //! [`AdaptiveConcurrency`]: the service of an
 //! [`AdaptiveConcurrencyLayer`](super::AdaptiveConcurrencyLayer).
 
-use super::limiter::{Admission, Permit};
+use super::limiter::{Admission, Permit, UNSET};
 use crate::future::ResponseFuture;
 use resilience_core::BoxError;
 use std::{
@@ -25,7 +25,7 @@ impl<S> AdaptiveConcurrency<S> {
         Self {
             inner,
             limiter,
-            countdown: 0,
+            countdown: UNSET,
         }
     }
 }
@@ -58,7 +58,7 @@ impl<S: Clone> Clone for AdaptiveConcurrency<S> {
         Self {
             inner: self.inner.clone(),
             limiter: self.limiter.clone(),
-            countdown: self.limiter.countdown_of_a_clone(),
+            countdown: UNSET,
         }
     }
 }
