@@ -41,14 +41,15 @@ pub struct AdaptiveConcurrencyLayer {
     limiter: Arc<Admission>,
 }
 
+/// What an [`AdaptiveConcurrencyLayer`] was built with.
 #[derive(Debug, Clone)]
-struct Settings {
-    name: Arc<str>,
-    enforcement: Enforcement,
-    algorithm: Algorithm,
-    initial: usize,
-    min: usize,
-    max: usize,
+pub(crate) struct Settings {
+    pub(crate) name: Arc<str>,
+    pub(crate) enforcement: Enforcement,
+    pub(crate) algorithm: Algorithm,
+    pub(crate) initial: usize,
+    pub(crate) min: usize,
+    pub(crate) max: usize,
 }
 
 impl AdaptiveConcurrencyLayer {
@@ -66,14 +67,7 @@ impl AdaptiveConcurrencyLayer {
     }
 
     fn with(settings: Settings) -> Self {
-        let limiter = Arc::new(Admission::new(
-            settings.name.clone(),
-            settings.enforcement,
-            settings.algorithm.clone(),
-            settings.initial,
-            settings.min,
-            settings.max,
-        ));
+        let limiter = Arc::new(Admission::new(&settings));
         Self { settings, limiter }
     }
 

@@ -1,7 +1,10 @@
 //! [`Admission`] and [`Limiter`]: one adaptive limit, shared by every clone of its layer:
 //! the limit, the calls in flight, and the algorithm that moves the limit.
 
-use super::algorithm::{Algorithm, Sample};
+use super::{
+    algorithm::{Algorithm, Sample},
+    layer::Settings,
+};
 use crate::{error::Overloaded, future::Completion};
 use resilience_core::Enforcement;
 use std::{
@@ -127,14 +130,15 @@ impl Window {
 }
 
 impl Admission {
-    pub(crate) fn new(
-        name: Arc<str>,
-        enforcement: Enforcement,
-        algorithm: Algorithm,
-        initial: usize,
-        min: usize,
-        max: usize,
-    ) -> Self {
+    pub(crate) fn new(settings: &Settings) -> Self {
+        let Settings {
+            name,
+            enforcement,
+            algorithm,
+            initial,
+            min,
+            max,
+        } = settings.clone();
         let initial = initial.clamp(min, max);
         let gauge = metrics::gauge!("resilience_concurrency_limit", "name" => name.to_string());
         #[allow(clippy::cast_precision_loss, reason = "limits are far below 2^52")]
@@ -318,14 +322,14 @@ mod tests {
     use crate::adaptive::algorithm::Aimd;
 
     fn admission(limit: usize) -> Admission {
-        Admission::new(
-            Arc::from("test"),
-            Enforcement::Enforce,
-            Algorithm::Aimd(Aimd::default()),
-            limit,
-            1,
-            100_000,
-        )
+        Admission::new(&Settings {
+            name: Arc::from("test"),
+            enforcement: Enforcement::Enforce,
+            algorithm: Algorithm::Aimd(Aimd::default()),
+            initial: limit,
+            min: 1,
+            max: 100_000,
+        })
     }
 
     #[test]

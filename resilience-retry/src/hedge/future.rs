@@ -75,24 +75,28 @@ where
     fn poll(self: Pin<&mut Self>, cx: &mut Context<'_>) -> Poll<Self::Output> {
         let mut this = self.project();
         loop {
-            // The answers that have come in.
-            let mut answered = Vec::new();
+            // An answer that has come in, if any: one at a time, so that none waits in a
+            // buffer (a loser goes round the loop again, which polls the rest once more).
+            let mut answer = None;
             if let Some(first) = this.first.as_mut().as_pin_mut()
                 && let Poll::Ready(result) = first.poll(cx)
             {
                 this.first.set(None);
-                answered.push((result, false));
+                answer = Some((result, false));
             }
-            let mut i = 0;
-            while i < this.copies.len() {
-                if let Poll::Ready(result) = this.copies[i].as_mut().poll(cx) {
-                    drop(this.copies.swap_remove(i));
-                    answered.push((result, true));
-                } else {
-                    i += 1;
-                }
+            if answer.is_none()
+                && let Some((i, result)) =
+                    this.copies.iter_mut().enumerate().find_map(|(i, copy)| {
+                        match copy.as_mut().poll(cx) {
+                            Poll::Ready(result) => Some((i, result)),
+                            Poll::Pending => None,
+                        }
+                    })
+            {
+                drop(this.copies.swap_remove(i));
+                answer = Some((result, true));
             }
-            for (result, copy) in answered {
+            if let Some((result, copy)) = answer {
                 let verdict = match this.kept.as_ref() {
                     Some(kept) => this.settings.policy.classify(kept, &result),
                     None => Action::Return,
