@@ -68,7 +68,7 @@ async fn retry_after_sets_the_delay_and_a_long_one_returns_at_once() {
 async fn no_retry_starts_that_would_end_after_the_deadline() {
     let mut req = request(Method::GET);
     req.extensions_mut()
-        .insert(Deadline(Instant::now() + 5 * MS));
+        .insert(Deadline::new(Instant::now() + 5 * MS));
     let (code, seen) = run(
         HttpPolicy::default(),
         vec![Answer::Status(503), Answer::Status(200)],
@@ -83,7 +83,7 @@ async fn no_retry_starts_that_would_end_after_the_deadline() {
 
     let mut req = request(Method::GET);
     req.extensions_mut()
-        .insert(Deadline(Instant::now() + 50 * MS));
+        .insert(Deadline::new(Instant::now() + 50 * MS));
     let (code, seen) = run(
         HttpPolicy::default(),
         vec![Answer::Status(503), Answer::Status(200)],
@@ -95,7 +95,7 @@ async fn no_retry_starts_that_would_end_after_the_deadline() {
     // Retry-After beyond the deadline: returned at once.
     let mut req = request(Method::GET);
     req.extensions_mut()
-        .insert(Deadline(Instant::now() + Duration::from_secs(1)));
+        .insert(Deadline::new(Instant::now() + Duration::from_secs(1)));
     let (code, seen) = run(
         HttpPolicy::default(),
         vec![
@@ -156,7 +156,7 @@ async fn a_huge_delay_gives_up_at_the_deadline_instead_of_overflowing() {
         .layer(inner);
     let mut req = request(Method::GET);
     req.extensions_mut()
-        .insert(Deadline(Instant::now() + Duration::from_secs(1)));
+        .insert(Deadline::new(Instant::now() + Duration::from_secs(1)));
     let res = svc.oneshot(req).await.unwrap();
     assert_eq!(res.status(), 503);
     assert_eq!(
@@ -168,7 +168,7 @@ async fn a_huge_delay_gives_up_at_the_deadline_instead_of_overflowing() {
     // The same through `Retry-After`, with no cap on it.
     let mut req = request(Method::GET);
     req.extensions_mut()
-        .insert(Deadline(Instant::now() + Duration::from_secs(1)));
+        .insert(Deadline::new(Instant::now() + Duration::from_secs(1)));
     let (code, seen) = run(
         HttpPolicy::default().max_retry_after(Duration::MAX),
         vec![

@@ -17,20 +17,63 @@ pub const REQUEST_TIMEOUT_MS: HeaderName = HeaderName::from_static("x-request-ti
 /// The instant by which a request must be done, as a request extension.
 ///
 /// [`HttpDeadline`] inserts it; inner layers read it: a per-try timeout never outlives the total
-/// deadline, and a retry layer stops when the next backoff would pass it.
-#[derive(Debug, Clone, Copy, PartialEq, Eq, PartialOrd, Ord)]
-pub struct Deadline(pub Instant);
+/// deadline, and a retry layer stops when the next backoff would pass it. One extension carries
+/// both the instant and, when an [`HttpDeadline`] set it, that layer's settings and the header
+/// that tells the next hop: the layers further in update it in place rather than adding their
+/// own, so the request's extensions are one entry to build, clone for a retry, and drop.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub struct Deadline {
+    at: Instant,
+    set_by: Option<SetBy>,
+}
+
+/// What the outermost [`HttpDeadline`] a request met left for the layers further in.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+struct SetBy {
+    settings: HttpDeadline,
+    /// The header that carries the deadline to the next hop, if any: the one the request came
+    /// with or the one written for it. Layers further in rewrite it without looking it up.
+    carrier: Option<Carrier>,
+}
+
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+enum Carrier {
+    GrpcTimeout,
+    RequestTimeoutMs,
+}
+
+impl Carrier {
+    fn name(self) -> HeaderName {
+        match self {
+            Self::GrpcTimeout => GRPC_TIMEOUT,
+            Self::RequestTimeoutMs => REQUEST_TIMEOUT_MS,
+        }
+    }
+}
 
 impl Deadline {
+    /// A deadline at `at`, for a request extension set by hand: layers further in treat it as
+    /// an outer timeout's deadline.
+    #[must_use]
+    pub fn new(at: Instant) -> Self {
+        Self { at, set_by: None }
+    }
+
+    /// The instant by which the request must be done.
+    #[must_use]
+    pub fn instant(&self) -> Instant {
+        self.at
+    }
+
     /// The deadline of `req`, if a layer has set one.
     pub fn of<B>(req: &Request<B>) -> Option<Instant> {
-        req.extensions().get::<Deadline>().map(|d| d.0)
+        req.extensions().get::<Deadline>().map(|d| d.at)
     }
 
     /// The time left until the deadline, zero when it has passed.
     #[must_use]
     pub fn remaining(&self) -> Duration {
-        self.0.saturating_duration_since(Instant::now())
+        self.at.saturating_duration_since(Instant::now())
     }
 }
 
@@ -109,7 +152,11 @@ impl HttpDeadline {
     /// The settings of the outermost `HttpDeadline` that `req` went through, which layers
     /// further in and retries follow; `None` when it went through none.
     pub fn of<B>(req: &Request<B>) -> Option<Self> {
-        req.extensions().get::<Self>().copied()
+        Self::set_by(req).map(|set_by| set_by.settings)
+    }
+
+    fn set_by<B>(req: &Request<B>) -> Option<SetBy> {
+        req.extensions().get::<Deadline>()?.set_by
     }
 }
 
@@ -117,35 +164,48 @@ impl<B> TimeoutPolicy<Request<B>> for HttpDeadline {
     fn verdict(&self, timeout: Duration, req: &mut Request<B>) -> Verdict {
         let now = Instant::now();
         let mut deadline = instant_after(now, timeout);
-        let header = incoming(req.headers());
-        match Deadline::of(req) {
+        let outer = req.extensions().get::<Deadline>().copied();
+        let (settings, carrier) = match outer.and_then(|outer| outer.set_by) {
             // An outer layer read the incoming header and may have rewritten it since, less
-            // its margin: reading it again would take the margin twice.
-            Some(outer) => deadline = deadline.min(outer),
+            // its margin: reading it again would take the margin twice. Its settings rule.
+            Some(SetBy { settings, carrier }) => (
+                Self {
+                    propagate: settings.propagate && self.propagate,
+                    ..settings
+                },
+                carrier,
+            ),
             None => {
-                if let Some((_, incoming)) = header {
+                let header = incoming(req.headers());
+                if let (None, Some((_, incoming))) = (outer, header) {
                     deadline = deadline.min(instant_after(now, incoming));
                 }
-            }
-        }
-        let settings = match Self::of(req) {
-            Some(outer) => Self {
-                propagate: outer.propagate && self.propagate,
-                ..outer
-            },
-            None => {
-                req.extensions_mut().insert(*self);
-                *self
+                (*self, header.map(|(carrier, _)| carrier))
             }
         };
+        if let Some(outer) = outer {
+            deadline = deadline.min(outer.at);
+        }
         if deadline <= now {
             return Verdict::Expired;
         }
-        req.extensions_mut().insert(Deadline(deadline));
 
         let remaining = deadline - now;
-        if settings.propagate {
-            settings.tell(req, header.map(|(name, _)| name), remaining);
+        let carrier = match settings.propagate {
+            true => settings.tell(req, carrier, remaining),
+            false => carrier,
+        };
+        match req.extensions_mut().get_mut::<Deadline>() {
+            Some(outer) => {
+                outer.at = deadline;
+                outer.set_by.get_or_insert(SetBy { settings, carrier });
+            }
+            None => {
+                req.extensions_mut().insert(Deadline {
+                    at: deadline,
+                    set_by: Some(SetBy { settings, carrier }),
+                });
+            }
         }
         Verdict::Until {
             deadline,
@@ -161,47 +221,69 @@ impl HttpDeadline {
     /// time left when it is sent. Does nothing when propagation is off.
     pub fn rewrite<B>(&self, req: &mut Request<B>, remaining: Duration) {
         if self.propagate {
-            let present = [GRPC_TIMEOUT, REQUEST_TIMEOUT_MS]
-                .into_iter()
-                .find(|name| req.headers().contains_key(name));
-            self.tell(req, present, remaining);
+            let carrier = match Self::set_by(req) {
+                Some(set_by) => set_by.carrier,
+                None if req.headers().contains_key(GRPC_TIMEOUT) => Some(Carrier::GrpcTimeout),
+                None if req.headers().contains_key(REQUEST_TIMEOUT_MS) => {
+                    Some(Carrier::RequestTimeoutMs)
+                }
+                None => None,
+            };
+            self.tell(req, carrier, remaining);
         }
     }
 
-    /// Writes `remaining` less the margin into `header`; without one, into `grpc-timeout` for
-    /// a gRPC request, and into [`REQUEST_TIMEOUT_MS`] for another when originating.
-    fn tell<B>(&self, req: &mut Request<B>, header: Option<HeaderName>, remaining: Duration) {
-        let name = match header {
-            Some(name) => name,
-            None if is_grpc(req.headers()) => GRPC_TIMEOUT,
-            None if self.originate => REQUEST_TIMEOUT_MS,
-            None => return,
+    /// Writes `remaining` less the margin into the `carrier` header; without one, into
+    /// `grpc-timeout` for a gRPC request, and into [`REQUEST_TIMEOUT_MS`] for another when
+    /// originating. Returns the header written, if any.
+    fn tell<B>(
+        &self,
+        req: &mut Request<B>,
+        carrier: Option<Carrier>,
+        remaining: Duration,
+    ) -> Option<Carrier> {
+        let carrier = match carrier {
+            Some(carrier) => carrier,
+            None if is_grpc(req.headers()) => Carrier::GrpcTimeout,
+            None if self.originate => Carrier::RequestTimeoutMs,
+            None => return None,
         };
         let left = remaining.saturating_sub(self.margin);
-        let value = if name == GRPC_TIMEOUT {
-            grpc_timeout::format(left)
-        } else {
-            HeaderValue::from(u64::try_from(left.as_millis()).unwrap_or(u64::MAX))
+        let value = match carrier {
+            Carrier::GrpcTimeout => grpc_timeout::format(left),
+            Carrier::RequestTimeoutMs => format_millis(left),
         };
-        req.headers_mut().insert(name, value);
+        req.headers_mut().insert(carrier.name(), value);
+        Some(carrier)
     }
 }
 
 /// The deadline header a request came in with, and the time it gives.
-fn incoming(headers: &HeaderMap) -> Option<(HeaderName, Duration)> {
+fn incoming(headers: &HeaderMap) -> Option<(Carrier, Duration)> {
+    if headers.is_empty() {
+        return None;
+    }
     if let Some(value) = headers.get(GRPC_TIMEOUT) {
         match grpc_timeout::parse(value) {
-            Some(timeout) => return Some((GRPC_TIMEOUT, timeout)),
+            Some(timeout) => return Some((Carrier::GrpcTimeout, timeout)),
             None => tracing::debug!(?value, "ignoring malformed grpc-timeout header"),
         }
     }
     if let Some(value) = headers.get(REQUEST_TIMEOUT_MS) {
         match parse_millis(value) {
-            Some(timeout) => return Some((REQUEST_TIMEOUT_MS, timeout)),
+            Some(timeout) => return Some((Carrier::RequestTimeoutMs, timeout)),
             None => tracing::debug!(?value, "ignoring malformed x-request-timeout-ms header"),
         }
     }
     None
+}
+
+/// `left` in whole milliseconds, rounded down, in one allocation (`HeaderValue::from(u64)`
+/// takes two).
+fn format_millis(left: Duration) -> HeaderValue {
+    let millis = u64::try_from(left.as_millis()).unwrap_or(u64::MAX);
+    HeaderValue::from_str(itoa::Buffer::new().format(millis))
+        .expect("decimal digits form a valid header value")
 }
 
 /// Whole milliseconds: ASCII digits only, no sign, at most 12 of them (about 31 years).

@@ -41,15 +41,21 @@ pub fn parse(value: &HeaderValue) -> Option<Duration> {
 pub fn format(timeout: Duration) -> HeaderValue {
     let nanos = timeout.as_nanos();
     let (amount, unit) = [
-        (nanos, 'n'),
-        (nanos / 1_000, 'u'),
-        (nanos / 1_000_000, 'm'),
-        (nanos / 1_000_000_000, 'S'),
-        (nanos / 60_000_000_000, 'M'),
+        (nanos, b'n'),
+        (nanos / 1_000, b'u'),
+        (nanos / 1_000_000, b'm'),
+        (nanos / 1_000_000_000, b'S'),
+        (nanos / 60_000_000_000, b'M'),
     ]
     .into_iter()
     .find(|&(amount, _)| amount <= u128::from(MAX_VALUE))
-    .unwrap_or(((nanos / 3_600_000_000_000).min(u128::from(MAX_VALUE)), 'H'));
-    HeaderValue::try_from(format!("{amount}{unit}"))
+    .unwrap_or(((nanos / 3_600_000_000_000).min(u128::from(MAX_VALUE)), b'H'));
+    let mut digits = itoa::Buffer::new();
+    let digits = digits.format(amount).as_bytes();
+    // At most eight digits and the unit, on the stack: the value is allocated once.
+    let mut value = [0; 9];
+    value[..digits.len()].copy_from_slice(digits);
+    value[digits.len()] = unit;
+    HeaderValue::from_bytes(&value[..=digits.len()])
         .expect("digits and an ASCII unit form a valid header value")
 }

@@ -182,7 +182,9 @@ async fn a_deadline_that_has_passed_fails_without_calling_the_inner_service() {
 
     // The same for a deadline recorded by an outer layer that has since passed.
     let mut expired = Request::new(());
-    expired.extensions_mut().insert(Deadline(Instant::now()));
+    expired
+        .extensions_mut()
+        .insert(Deadline::new(Instant::now()));
     assert_ready_ok!(svc.poll_ready());
     let mut response = task::spawn(svc.call(expired));
     assert!(assert_ready!(response.poll()).unwrap_err().is::<Elapsed>());
@@ -299,6 +301,28 @@ async fn nested_timeouts_take_the_margin_once_and_follow_the_outer_settings() {
         assert_eq!(sent.headers()[REQUEST_TIMEOUT_MS], expected, "{outer:?}");
         assert_eq!(HttpDeadline::of(&sent), Some(outer));
     }
+}
+
+/// A per-try timeout shorter than the total shortens the deadline the total set, in the same
+/// extension: the next hop is told the per-try time less the outer margin, and the request
+/// carries one extension, not one per layer (a retry clones and drops them all per request).
+#[tokio::test(start_paused = true)]
+async fn a_shorter_per_try_timeout_updates_the_deadline_in_place() {
+    let outer = HttpDeadline::new()
+        .margin(Duration::from_millis(20))
+        .originate(true);
+    let (svc, mut handle) = mock::pair::<Req, ()>();
+    let per_try = TimeoutLayer::new(Duration::from_secs(1)).with_policy(HttpDeadline::new());
+    let svc = TimeoutLayer::new(Duration::from_secs(5))
+        .with_policy(outer)
+        .layer(per_try.layer(svc));
+    let start = Instant::now();
+    let _call = tokio::spawn(svc.oneshot(Request::new(())));
+    let (sent, _send) = handle.next_request().await.unwrap();
+    assert_eq!(sent.headers()[REQUEST_TIMEOUT_MS], "980");
+    assert_eq!(Deadline::of(&sent), Some(start + Duration::from_secs(1)));
+    assert_eq!(HttpDeadline::of(&sent), Some(outer));
+    assert_eq!(sent.extensions().len(), 1);
 }
 
 /// `originate`: a plain request that came without a deadline header gets one, so a request
