@@ -336,7 +336,7 @@ fn route<B>(state: &AdminState, req: &Request<B>) -> Response<ProxyBody> {
             let loopback = req
                 .extensions()
                 .get::<ClientAddr>()
-                .is_some_and(|addr| addr.0.ip().is_loopback());
+                .is_some_and(|client| client.addr.ip().is_loopback());
             // A custom header makes the request non-simple: a web page in a browser on this
             // host cannot send it cross-origin without a preflight we never answer.
             if req.headers().get(DRAIN_HEADER).map(|v| v.as_bytes()) != Some(b"drain") {

@@ -181,7 +181,7 @@ impl AccessLog {
                     .get::<Identity>()
                     .map(|id| bounded(id.as_str())),
                 trace_id: None,
-                client: req.extensions().get::<ClientAddr>().map(|c| c.0),
+                client: req.extensions().get::<ClientAddr>().map(|c| c.addr),
             })),
         }
     }

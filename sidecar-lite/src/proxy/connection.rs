@@ -122,12 +122,13 @@ pub(super) async fn serve_connection<IO, S>(
         mut drain,
     } = control;
     let tracked = activity.clone();
+    let client = ClientAddr::new(remote);
     let per_request = hyper::service::service_fn(move |mut req: Request<Incoming>| {
         let in_flight = tracked.start();
         let rejected = framing
             .next_is_ambiguous()
             .then(|| ambiguous_framing(&listener, remote));
-        req.extensions_mut().insert(ClientAddr(remote));
+        req.extensions_mut().insert(client.clone());
         if let Some(peer) = &peer {
             req.extensions_mut().insert(peer.clone());
         }

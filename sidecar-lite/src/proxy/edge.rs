@@ -237,8 +237,9 @@ fn prepare_request<B>(req: &mut Request<B>, ensure_trace: bool) {
             .and_then(|h| h.parse::<Authority>().ok())
     });
     strip_hop_by_hop(req.headers_mut());
-    if let Some(ClientAddr(addr)) = req.extensions().get::<ClientAddr>().copied() {
-        append_forwarded_for(req.headers_mut(), addr.ip());
+    if let Some(client) = req.extensions().get::<ClientAddr>() {
+        let client = client.forwarded.clone();
+        append_forwarded_for(req.headers_mut(), &client);
     }
     if ensure_trace {
         ensure_traceparent(req.headers_mut());

@@ -8,7 +8,7 @@ use http::{
     header::{CONNECTION, TE, TRAILER, TRANSFER_ENCODING, UPGRADE},
 };
 use resilience_mtls::Identity;
-use std::{fmt::Write, net::IpAddr, sync::Arc};
+use std::{net::IpAddr, sync::Arc};
 
 /// `x-forwarded-for`: the chain of client addresses.
 pub(crate) const X_FORWARDED_FOR: HeaderName = HeaderName::from_static("x-forwarded-for");
@@ -62,10 +62,16 @@ pub(crate) fn strip_hop_by_hop(headers: &mut HeaderMap) {
     }
 }
 
-/// Appends the client's address to `x-forwarded-for`, folding any earlier lines into one.
-pub(crate) fn append_forwarded_for(headers: &mut HeaderMap, client: IpAddr) {
-    // One allocation: the value, written in place.
-    let mut value = String::with_capacity(48);
+/// `ip` as an `x-forwarded-for` element, to be made once per connection.
+pub(crate) fn forwarded_element(ip: IpAddr) -> HeaderValue {
+    HeaderValue::try_from(ip.to_string()).expect("an IP address is a valid header value")
+}
+
+/// Appends the client's address (from [`forwarded_element`]) to `x-forwarded-for`, folding
+/// any earlier lines into one. Without earlier lines, the common case, the value is the
+/// client's, shared: nothing is formatted or allocated.
+pub(crate) fn append_forwarded_for(headers: &mut HeaderMap, client: &HeaderValue) {
+    let mut folded: Option<String> = None;
     for earlier in headers
         .get_all(X_FORWARDED_FOR)
         .iter()
@@ -73,13 +79,21 @@ pub(crate) fn append_forwarded_for(headers: &mut HeaderMap, client: IpAddr) {
         .map(str::trim)
         .filter(|v| !v.is_empty())
     {
+        let value = folded.get_or_insert_with(|| String::with_capacity(48));
         value.push_str(earlier);
         value.push_str(", ");
     }
-    let _ = write!(value, "{client}");
-    if let Ok(value) = HeaderValue::try_from(value) {
-        headers.insert(X_FORWARDED_FOR, value);
-    }
+    let value = match folded {
+        None => client.clone(),
+        Some(mut value) => {
+            value.push_str(client.to_str().unwrap_or_default());
+            match HeaderValue::try_from(value) {
+                Ok(value) => value,
+                Err(_) => return,
+            }
+        }
+    };
+    headers.insert(X_FORWARDED_FOR, value);
 }
 
 /// Keeps a valid `traceparent`, or replaces a missing or malformed one with a new trace,
@@ -185,13 +199,14 @@ mod tests {
     #[test]
     fn forwarded_for_is_appended() {
         let mut headers = HeaderMap::new();
-        append_forwarded_for(&mut headers, "10.1.2.3".parse().unwrap());
+        let client = |ip: &str| forwarded_element(ip.parse().unwrap());
+        append_forwarded_for(&mut headers, &client("10.1.2.3"));
         assert_eq!(headers[X_FORWARDED_FOR], "10.1.2.3");
-        append_forwarded_for(&mut headers, "::1".parse().unwrap());
+        append_forwarded_for(&mut headers, &client("::1"));
         assert_eq!(headers[X_FORWARDED_FOR], "10.1.2.3, ::1");
         // Several lines are folded into one, in order.
         headers.append(X_FORWARDED_FOR, "192.0.2.9".parse().unwrap());
-        append_forwarded_for(&mut headers, "127.0.0.1".parse().unwrap());
+        append_forwarded_for(&mut headers, &client("127.0.0.1"));
         assert_eq!(
             headers[X_FORWARDED_FOR],
             "10.1.2.3, ::1, 192.0.2.9, 127.0.0.1"

@@ -5,12 +5,13 @@ use super::{
     activity::Activity,
     admission::Admission,
     connection::{ConnectionSettings, Control, serve_connection},
+    headers::forwarded_element,
 };
 use crate::{
     config::LimitsConfig,
     transport::{ProxyBody, worker},
 };
-use http::{Request, Response};
+use http::{HeaderValue, Request, Response};
 use hyper::body::Incoming;
 use metrics::Gauge;
 use resilience_mtls::MtlsAcceptor;
@@ -94,8 +95,22 @@ impl OpenConnections {
 }
 
 /// The address of the client at the other end of the connection, as a request extension.
-#[derive(Debug, Clone, Copy, PartialEq, Eq)]
-pub(crate) struct ClientAddr(pub(crate) SocketAddr);
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub(crate) struct ClientAddr {
+    pub(crate) addr: SocketAddr,
+    /// The client's IP as an `x-forwarded-for` element, formatted once per connection: each
+    /// request's copy shares its bytes.
+    pub(crate) forwarded: HeaderValue,
+}
+
+impl ClientAddr {
+    pub(crate) fn new(addr: SocketAddr) -> Self {
+        Self {
+            addr,
+            forwarded: forwarded_element(addr.ip()),
+        }
+    }
+}
 
 /// Serves `service` on every connection accepted from `listener` until `shutdown` completes,
 /// then waits up to `grace` for the connections in flight to finish, and closes the rest.

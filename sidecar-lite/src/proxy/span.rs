@@ -146,7 +146,7 @@ impl EdgeTracer {
             attributes.push(KeyValue::new("network.protocol.version", version));
         }
         if self.kind == SpanKind::Server
-            && let Some(ClientAddr(addr)) = req.extensions().get::<ClientAddr>()
+            && let Some(ClientAddr { addr, .. }) = req.extensions().get::<ClientAddr>()
         {
             attributes.push(KeyValue::new("client.address", addr.ip().to_string()));
             attributes.push(KeyValue::new("client.port", i64::from(addr.port())));
