@@ -1,5 +1,5 @@
 //! The attempts of one request, for its span and its access-log line: the retry layer sends
-//! each attempt through [`count_attempt`], each endpoint notes itself with [`note_endpoint`],
+//! each attempt through [`count_attempt`], each endpoint notes itself with [`NoteEndpoint`],
 //! and the edge reads both when the request ends.
 
 use http::Request;
@@ -9,7 +9,9 @@ use std::{
         Arc, Mutex, PoisonError,
         atomic::{AtomicU32, Ordering},
     },
+    task::{Context, Poll},
 };
+use tower::Service;
 
 /// The attempts of one request, as a request extension that the edge puts in when it wants
 /// them: the retry layer copies it onto every attempt, the stack counts each one below the
@@ -56,14 +58,39 @@ pub(crate) fn count_attempt<B>(req: Request<B>) -> Request<B> {
     req
 }
 
-/// Notes that `endpoint` takes this attempt of `req`, if its edge asked.
-pub(crate) fn note_endpoint<B>(req: Request<B>, endpoint: SocketAddr) -> Request<B> {
-    if let Some(attempts) = req.extensions().get::<Attempts>() {
-        *attempts
-            .0
-            .endpoint
-            .lock()
-            .unwrap_or_else(PoisonError::into_inner) = Some(endpoint);
+/// An endpoint's client that notes, on each attempt it takes, that the endpoint took it (if
+/// the request's edge asked for attempts to be counted). A named service rather than a
+/// `map_request` closure, so that an endpoint's whole stack has a type and needs no box.
+#[derive(Debug, Clone)]
+pub(crate) struct NoteEndpoint<S> {
+    inner: S,
+    endpoint: SocketAddr,
+}
+
+impl<S> NoteEndpoint<S> {
+    pub(crate) fn new(inner: S, endpoint: SocketAddr) -> Self {
+        Self { inner, endpoint }
     }
-    req
+}
+
+impl<S: Service<Request<B>>, B> Service<Request<B>> for NoteEndpoint<S> {
+    type Response = S::Response;
+    type Error = S::Error;
+    type Future = S::Future;
+
+    #[inline]
+    fn poll_ready(&mut self, cx: &mut Context<'_>) -> Poll<Result<(), Self::Error>> {
+        self.inner.poll_ready(cx)
+    }
+
+    fn call(&mut self, req: Request<B>) -> Self::Future {
+        if let Some(attempts) = req.extensions().get::<Attempts>() {
+            *attempts
+                .0
+                .endpoint
+                .lock()
+                .unwrap_or_else(PoisonError::into_inner) = Some(self.endpoint);
+        }
+        self.inner.call(req)
+    }
 }

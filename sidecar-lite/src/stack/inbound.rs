@@ -1,6 +1,6 @@
 //! The inbound stack: peers' requests to the app.
 
-use super::{StackService, admission, count_attempt, field_error, note_endpoint};
+use super::{NoteEndpoint, StackService, admission, count_attempt, field_error};
 use crate::{
     config::{ConfigProblem, InboundConfig},
     transport::{AppClient, boxed},
@@ -45,7 +45,7 @@ where
         // After authorization: a caller that may not call spends nobody's rate.
         .option_layer(rate_limit)
         // The one attempt, for the request's span and access-log line (no-ops without them).
-        .map_request(move |req| note_endpoint(count_attempt(req), app_addr))
-        .service(app);
+        .map_request(count_attempt)
+        .service(NoteEndpoint::new(app, app_addr));
     Ok(BoxCloneService::new(service.map_err(BoxError::from)))
 }

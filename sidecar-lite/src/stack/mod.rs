@@ -32,7 +32,7 @@ mod outbound;
 
 #[cfg(feature = "proxy")]
 pub(crate) use attempts::Attempts;
-pub(crate) use attempts::{count_attempt, note_endpoint};
+pub(crate) use attempts::{NoteEndpoint, count_attempt};
 pub(crate) use discovery::LiveEndpoints;
 pub(crate) use fail_fast::{NoEndpointAvailable, NoEndpoints};
 pub use inbound::inbound;

@@ -3,26 +3,25 @@
 //! over endpoints each behind its own breaker.
 
 use super::{
-    LiveEndpoints, StackBody, StackService, admission, count_attempt,
+    LiveEndpoints, NoteEndpoint, StackBody, StackService, admission, count_attempt,
     discovery::{self, Source},
     fail_fast::FailWhenAllOpen,
     fault::FaultLayer,
     field_error,
     load::PublishedLoad,
-    note_endpoint,
 };
 use crate::{
     config::{Config, ConfigProblem, DiscoveryConfig, Endpoint, OutboundConfig},
-    transport::{AppClient, Pool, PooledBody, Protocol, boxed, mtls_connector},
+    transport::{AppClient, FixedConnector, Pool, PooledBody, Protocol, boxed, mtls_connector},
 };
 use bytes::Bytes;
 use http::{Request, Response};
 use http_body::Body;
 use resilience_breaker::{BreakerHandle, CircuitBreaker, CircuitBreakerLayer, Classify, Mode};
 use resilience_core::{BoxError, Enforcement};
-use resilience_mtls::ConnectorBuilder;
+use resilience_mtls::{ConnectorBuilder, MtlsConnector};
 use resilience_retry::{Budget, PeekGrpcTrailersLayer, ReplayBody};
-use resilience_timeout::{Elapsed, HttpDeadline, TimeoutLayer};
+use resilience_timeout::{Elapsed, HttpDeadline, Timeout, TimeoutLayer};
 use std::{fmt, marker::PhantomData, net::SocketAddr, sync::Arc, time::Duration};
 use tower::{
     Layer, ServiceBuilder, ServiceExt,
@@ -128,12 +127,12 @@ pub(crate) fn outbound_with_endpoints<B: StackBody>(
         balanced(changes, &live, route.breaker.mode)
     };
 
-    let endpoints: EndpointService<B> = match &route.endpoints[..] {
+    let endpoints: Endpoints<B> = match &route.endpoints[..] {
         [Endpoint::Static(addr)] => {
             // One endpoint, for good: no balancer, and a breaker that fails fast.
             let breaker = factory.make(*addr, Mode::FailFast);
             live.insert(*addr, breaker.handle().clone());
-            BoxCloneService::new(breaker)
+            Either::Left(breaker)
         }
         // A set that can change, and grow from one: always the balancer.
         #[cfg(feature = "dns")]
@@ -144,7 +143,7 @@ pub(crate) fn outbound_with_endpoints<B: StackBody>(
                     line: None,
                     message,
                 })?;
-            discovered(source, last_good)
+            Either::Right(discovered(source, last_good))
         }
         #[cfg(not(feature = "dns"))]
         [entry @ Endpoint::Dns { .. }] => {
@@ -155,7 +154,7 @@ pub(crate) fn outbound_with_endpoints<B: StackBody>(
         [Endpoint::File(path)] => {
             let (source, initial) =
                 Source::file(discovery, path.clone()).map_err(endpoints_error)?;
-            discovered(source, initial)
+            Either::Right(discovered(source, initial))
         }
         entries => {
             let mut services = Vec::with_capacity(entries.len());
@@ -169,7 +168,11 @@ pub(crate) fn outbound_with_endpoints<B: StackBody>(
                 live.insert(*addr, breaker.handle().clone());
                 services.push(factory.balanced(breaker, *addr));
             }
-            balanced(ServiceList::new(services), &live, route.breaker.mode)
+            Either::Right(balanced(
+                ServiceList::new(services),
+                &live,
+                route.breaker.mode,
+            ))
         }
     };
 
@@ -230,8 +233,18 @@ pub(crate) fn outbound_with_endpoints<B: StackBody>(
 type EndpointRequest<B> = Request<ReplayBody<B>>;
 /// What an endpoint answers: a response streaming from its connection pool.
 type EndpointResponse<B> = Response<PooledBody<ReplayBody<B>>>;
-/// One endpoint's client, type-erased over plaintext and mTLS.
-type EndpointService<B> = BoxCloneService<EndpointRequest<B>, EndpointResponse<B>, BoxError>;
+/// The endpoints of a route: one, for good, behind its breaker; or a balancer over a set.
+/// The single endpoint, the common case, is not boxed: a box costs an allocation for each
+/// request's future and another for each clone the retry layer takes.
+type Endpoints<B> = Either<Breaker<B>, BalancedEndpoints<B>>;
+/// A balancer over endpoints, type-erased.
+type BalancedEndpoints<B> = BoxCloneService<EndpointRequest<B>, EndpointResponse<B>, BoxError>;
+/// One endpoint's connections: plaintext or mTLS.
+type Transport<B> =
+    Either<Pool<MtlsConnector<FixedConnector>, ReplayBody<B>>, AppClient<ReplayBody<B>>>;
+/// One endpoint's client: the inner per-try timeout if configured, over the connections.
+type EndpointClient<B> =
+    Either<Timeout<NoteEndpoint<Transport<B>>, HttpDeadline>, NoteEndpoint<Transport<B>>>;
 /// How an endpoint's breaker tells failures: a 5xx, or a gRPC status in the response head
 /// that says the server, not the request, is at fault (unavailable, internal, deadline
 /// exceeded); and every error but a per-try timeout that left the endpoint less than a fair
@@ -261,7 +274,7 @@ impl<Body> Classify<Response<Body>> for EndpointClassifier {
     }
 }
 /// One endpoint: its client behind its own breaker.
-type Breaker<B> = CircuitBreaker<EndpointService<B>, EndpointClassifier>;
+type Breaker<B> = CircuitBreaker<EndpointClient<B>, EndpointClassifier>;
 /// One endpoint as the balancer sees it: with its load measured, and published.
 type Balanced<B> = PublishedLoad<PeakEwma<Breaker<B>, CompleteOnResponse>>;
 
@@ -283,20 +296,17 @@ impl<B: StackBody> EndpointFactory<B> {
         // One pool per endpoint, whatever the requests say of their authority: HTTP/2 when
         // the peer's sidecar chooses it by ALPN; in plaintext, HTTP/1.1, and HTTP/2 with
         // prior knowledge for gRPC (its trailers need it).
-        let client: EndpointService<B> = match &self.tls {
-            Some(builder) => BoxCloneService::new(Pool::new(
+        let transport: Transport<B> = match &self.tls {
+            Some(builder) => Either::Left(Pool::new(
                 mtls_connector(builder, addr),
                 Protocol::Negotiated,
             )),
-            None => BoxCloneService::new(AppClient::endpoint(addr)),
+            None => Either::Right(AppClient::endpoint(addr)),
         };
-        let client = BoxCloneService::new(
-            ServiceBuilder::new()
-                .option_layer(self.per_try.clone())
-                // Past the breaker: this endpoint takes the attempt.
-                .map_request(move |req| note_endpoint(req, addr))
-                .service(client),
-        );
+        let client = ServiceBuilder::new()
+            .option_layer(self.per_try.clone())
+            // Past the breaker: this endpoint takes the attempt.
+            .service(NoteEndpoint::new(transport, addr));
         self.breaker
             .clone()
             .named(format!("{}/{addr}", self.route))
@@ -335,7 +345,7 @@ impl<B: StackBody> EndpointFactory<B> {
 
 /// A p2c peak-EWMA balancer over `endpoints`, each behind a back-pressure breaker, with a
 /// queue in front; it fails at once while every breaker in `live` is open.
-fn balanced<B, D>(endpoints: D, live: &LiveEndpoints, breakers: Enforcement) -> EndpointService<B>
+fn balanced<B, D>(endpoints: D, live: &LiveEndpoints, breakers: Enforcement) -> BalancedEndpoints<B>
 where
     B: StackBody,
     D: Discover<Service = Balanced<B>> + Unpin + Send + 'static,
