@@ -316,9 +316,10 @@ fn outbound_stack(
         )
         .layer(total)
         .layer(retry)
-        .option_layer(route.retry().per_try_timeout_layer())
         .layer(PeekGrpcTrailersLayer::new())
         .layer(breaker)
+        // One endpoint: the per-try timeout runs inside its breaker, as the sidecar's does.
+        .option_layer(route.retry().per_try_timeout_layer())
         .service(endpoint::<ReplayBody<Full<Bytes>>>());
     BoxCloneService::new(service.map_err(BoxError::from))
 }

@@ -85,6 +85,12 @@ pub(crate) fn outbound_with_endpoints<B: StackBody>(
     tls: Option<&ConnectorBuilder>,
     discovery: &DiscoveryConfig,
 ) -> Result<Outbound<B>, ConfigProblem> {
+    // One fixed endpoint has no balancer's queue to wait in: the per-try timeout inside its
+    // breaker is the only one, and tells the next hop its deadline. With a balancer, one outside
+    // also covers the wait in the queue and tells the next hop; the inner one times the
+    // endpoint alone. (Both, for one endpoint, cost a second timeout per attempt for nothing:
+    // the inner one fires first, to the same deadline.)
+    let single = matches!(&route.endpoints[..], [Endpoint::Static(_)]);
     let factory = EndpointFactory::<B> {
         route: route.name.clone(),
         breaker: route
@@ -101,10 +107,9 @@ pub(crate) fn outbound_with_endpoints<B: StackBody>(
                     .map_err(|e| field_error("breaker", e.field(), &e))?,
             ),
         tls: tls.cloned(),
-        // The outer per-try timeout has already told the next hop its deadline.
         per_try: route.retry.per_try_timeout.map(|timeout| {
             TimeoutLayer::new(timeout)
-                .with_policy(HttpDeadline::new().propagate(false))
+                .with_policy(HttpDeadline::new().propagate(single))
                 .named("per-try")
         }),
         body: PhantomData,
@@ -219,7 +224,7 @@ pub(crate) fn outbound_with_endpoints<B: StackBody>(
         .layer(retry_or_hedge)
         // Each attempt, for the request's span (a no-op without one).
         .map_request(count_attempt)
-        .option_layer(route.retry.per_try_timeout_layer())
+        .option_layer(route.retry.per_try_timeout_layer().filter(|_| !single))
         .layer(PeekGrpcTrailersLayer::new())
         .service(endpoints);
     Ok(Outbound {
@@ -283,8 +288,9 @@ struct EndpointFactory<B> {
     route: String,
     breaker: CircuitBreakerLayer<EndpointClassifier>,
     tls: Option<ConnectorBuilder>,
-    /// Inside the breaker, to the outer per-try deadline (it fires first, being polled
-    /// first), so that an attempt that times out on the endpoint counts against it.
+    /// Inside the breaker, so that an attempt that times out on the endpoint counts against
+    /// it; to the outer per-try deadline when there is one (it fires first, being polled
+    /// first).
     per_try: Option<TimeoutLayer<HttpDeadline>>,
     body: PhantomData<fn(B)>,
 }
