@@ -128,6 +128,58 @@ async fn a_client_sending_its_head_slowly_is_disconnected_and_others_are_served(
     others_are_served(addr).await;
 }
 
+/// The same on a kept-alive connection: after a response, the next head must come whole within
+/// the header read timeout, or the connection is closed.
+#[tokio::test]
+async fn a_client_sending_its_next_head_slowly_is_disconnected() {
+    let (app, _) = echo_app().await;
+    let sidecar = sidecar(&format!(
+        "[limits]\nheader_read_timeout = \"300ms\"\n[[outbound]]\nname = \"orders\"\nlisten = \"127.0.0.1:0\"\nendpoints = [\"{app}\"]\n"
+    ))
+    .await;
+    let addr = outbound_addr(&sidecar);
+    let mut slow = TcpStream::connect(addr).await.unwrap();
+    slow.write_all(b"GET / HTTP/1.1\r\nHost: a\r\n\r\n")
+        .await
+        .unwrap();
+    let first = timeout(STEP, read_response(&mut slow)).await.unwrap();
+    assert!(first.starts_with(b"HTTP/1.1 200"), "{first:?}");
+    slow.write_all(b"GET / HTTP/1.1\r\nHost: a\r\nX-Slow: ")
+        .await
+        .unwrap();
+    let mut rest = Vec::new();
+    let closed = timeout(STEP, slow.read_to_end(&mut rest)).await;
+    assert!(closed.is_ok(), "the slow client is disconnected");
+    let text = String::from_utf8_lossy(&rest);
+    assert!(
+        text.is_empty() || text.starts_with("HTTP/1.1 408"),
+        "{text}"
+    );
+    others_are_served(addr).await;
+}
+
+/// Reads one response with a `content-length` from `tcp`, and no further.
+async fn read_response(tcp: &mut TcpStream) -> Vec<u8> {
+    let mut response = Vec::new();
+    let mut byte = [0; 1];
+    while !response.ends_with(b"\r\n\r\n") {
+        tcp.read_exact(&mut byte).await.unwrap();
+        response.push(byte[0]);
+    }
+    let head = String::from_utf8_lossy(&response).to_ascii_lowercase();
+    let length: usize = head
+        .lines()
+        .find_map(|line| line.strip_prefix("content-length:"))
+        .expect("a content-length")
+        .trim()
+        .parse()
+        .unwrap();
+    let mut body = vec![0; length];
+    tcp.read_exact(&mut body).await.unwrap();
+    response.extend_from_slice(&body);
+    response
+}
+
 #[tokio::test]
 async fn connections_beyond_the_limit_are_closed_at_once() {
     let (app, _) = echo_app().await;

@@ -143,7 +143,7 @@ mod tests {
         let busy = Activity::new();
         let _first = admission.admit(A, &silent).unwrap();
         let _second = admission.admit(A, &busy).unwrap();
-        drop(busy.start());
+        drop(busy.start(http::Version::HTTP_11));
 
         let third = Activity::new();
         let _third = admission
@@ -153,7 +153,7 @@ mod tests {
             !silent.never_requested(),
             "the silent one was asked to leave"
         );
-        drop(third.start());
+        drop(third.start(http::Version::HTTP_11));
         assert_eq!(
             admission.admit(A, &Activity::new()).unwrap_err(),
             "limit",

@@ -72,7 +72,9 @@ fn hardened_builder(limits: &LimitsConfig) -> auto::Builder<TokioExecutor> {
     builder
         .http1()
         .timer(TokioTimer::new())
-        .header_read_timeout(limits.header_read_timeout)
+        // Not hyper's: it arms a timer for every request head. The connection's own timer
+        // keeps the same rule (see `Activity::silent`).
+        .header_read_timeout(None)
         .max_headers(limits.max_headers)
         .max_buf_size(limits.max_head_bytes)
         .keep_alive(true);
@@ -124,7 +126,7 @@ pub(super) async fn serve_connection<IO, S>(
     let tracked = activity.clone();
     let client = ClientAddr::new(remote);
     let per_request = hyper::service::service_fn(move |mut req: Request<Incoming>| {
-        let in_flight = tracked.start();
+        let in_flight = tracked.start(req.version());
         let rejected = framing
             .next_is_ambiguous()
             .then(|| ambiguous_framing(&listener, remote));
