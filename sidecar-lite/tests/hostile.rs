@@ -106,25 +106,9 @@ async fn a_bad_request_line_gets_400() {
 
 #[tokio::test]
 async fn a_client_sending_its_head_slowly_is_disconnected_and_others_are_served() {
-    let (app, _) = echo_app().await;
-    let sidecar = sidecar(&format!(
-        "[limits]\nheader_read_timeout = \"300ms\"\n[[outbound]]\nname = \"orders\"\nlisten = \"127.0.0.1:0\"\nendpoints = [\"{app}\"]\n"
-    ))
-    .await;
-    let addr = outbound_addr(&sidecar);
-    let mut slow = TcpStream::connect(addr).await.unwrap();
-    slow.write_all(b"GET / HTTP/1.1\r\nHost: a\r\nX-Slow: ")
-        .await
-        .unwrap();
-    // The head never completes: the sidecar closes the connection (with or without a 408).
-    let mut rest = Vec::new();
-    let closed = timeout(STEP, slow.read_to_end(&mut rest)).await;
-    assert!(closed.is_ok(), "the slow client is disconnected");
-    let text = String::from_utf8_lossy(&rest);
-    assert!(
-        text.is_empty() || text.starts_with("HTTP/1.1 408"),
-        "{text}"
-    );
+    let (_sidecar, addr) = route_with_head_timeout().await;
+    let slow = TcpStream::connect(addr).await.unwrap();
+    sends_half_a_head_and_is_cut_off(slow).await;
     others_are_served(addr).await;
 }
 
@@ -132,18 +116,31 @@ async fn a_client_sending_its_head_slowly_is_disconnected_and_others_are_served(
 /// the header read timeout, or the connection is closed.
 #[tokio::test]
 async fn a_client_sending_its_next_head_slowly_is_disconnected() {
-    let (app, _) = echo_app().await;
-    let sidecar = sidecar(&format!(
-        "[limits]\nheader_read_timeout = \"300ms\"\n[[outbound]]\nname = \"orders\"\nlisten = \"127.0.0.1:0\"\nendpoints = [\"{app}\"]\n"
-    ))
-    .await;
-    let addr = outbound_addr(&sidecar);
+    let (_sidecar, addr) = route_with_head_timeout().await;
     let mut slow = TcpStream::connect(addr).await.unwrap();
     slow.write_all(b"GET / HTTP/1.1\r\nHost: a\r\n\r\n")
         .await
         .unwrap();
     let first = timeout(STEP, read_response(&mut slow)).await.unwrap();
     assert!(first.starts_with(b"HTTP/1.1 200"), "{first:?}");
+    sends_half_a_head_and_is_cut_off(slow).await;
+    others_are_served(addr).await;
+}
+
+/// A route whose clients must send each request head whole within 300 ms.
+async fn route_with_head_timeout() -> (sidecar_lite::Sidecar, std::net::SocketAddr) {
+    let (app, _) = echo_app().await;
+    let sidecar = sidecar(&format!(
+        "[limits]\nheader_read_timeout = \"300ms\"\n[[outbound]]\nname = \"orders\"\nlisten = \"127.0.0.1:0\"\nendpoints = [\"{app}\"]\n"
+    ))
+    .await;
+    let addr = outbound_addr(&sidecar);
+    (sidecar, addr)
+}
+
+/// Sends a head that never completes: the sidecar closes the connection (with or without a
+/// 408).
+async fn sends_half_a_head_and_is_cut_off(mut slow: TcpStream) {
     slow.write_all(b"GET / HTTP/1.1\r\nHost: a\r\nX-Slow: ")
         .await
         .unwrap();
@@ -155,7 +152,6 @@ async fn a_client_sending_its_next_head_slowly_is_disconnected() {
         text.is_empty() || text.starts_with("HTTP/1.1 408"),
         "{text}"
     );
-    others_are_served(addr).await;
 }
 
 /// Reads one response with a `content-length` from `tcp`, and no further.
