@@ -191,9 +191,10 @@ impl<B> TimeoutPolicy<Request<B>> for HttpDeadline {
         }
 
         let remaining = deadline - now;
-        let carrier = match settings.propagate {
-            true => settings.tell(req, carrier, remaining),
-            false => carrier,
+        let carrier = if settings.propagate {
+            settings.tell(req, carrier, remaining)
+        } else {
+            carrier
         };
         match req.extensions_mut().get_mut::<Deadline>() {
             Some(outer) => {

@@ -237,9 +237,10 @@ fn prepare_request<B>(req: &mut Request<B>, ensure_trace: bool) {
             .and_then(|h| h.parse::<Authority>().ok())
     });
     strip_hop_by_hop(req.headers_mut());
-    if let Some(client) = req.extensions().get::<ClientAddr>() {
-        let client = client.forwarded.clone();
-        append_forwarded_for(req.headers_mut(), &client);
+    // The client's address goes no further than the edge (the span and the access log have
+    // read it already): taken out, it is not copied again for every attempt a retry may make.
+    if let Some(client) = req.extensions_mut().remove::<ClientAddr>() {
+        append_forwarded_for(req.headers_mut(), client.forwarded);
     }
     if ensure_trace {
         ensure_traceparent(req.headers_mut());

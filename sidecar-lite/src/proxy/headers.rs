@@ -70,7 +70,7 @@ pub(crate) fn forwarded_element(ip: IpAddr) -> HeaderValue {
 /// Appends the client's address (from [`forwarded_element`]) to `x-forwarded-for`, folding
 /// any earlier lines into one. Without earlier lines, the common case, the value is the
 /// client's, shared: nothing is formatted or allocated.
-pub(crate) fn append_forwarded_for(headers: &mut HeaderMap, client: &HeaderValue) {
+pub(crate) fn append_forwarded_for(headers: &mut HeaderMap, client: HeaderValue) {
     let mut folded: Option<String> = None;
     for earlier in headers
         .get_all(X_FORWARDED_FOR)
@@ -84,7 +84,7 @@ pub(crate) fn append_forwarded_for(headers: &mut HeaderMap, client: &HeaderValue
         value.push_str(", ");
     }
     let value = match folded {
-        None => client.clone(),
+        None => client,
         Some(mut value) => {
             value.push_str(client.to_str().unwrap_or_default());
             match HeaderValue::try_from(value) {
@@ -200,13 +200,13 @@ mod tests {
     fn forwarded_for_is_appended() {
         let mut headers = HeaderMap::new();
         let client = |ip: &str| forwarded_element(ip.parse().unwrap());
-        append_forwarded_for(&mut headers, &client("10.1.2.3"));
+        append_forwarded_for(&mut headers, client("10.1.2.3"));
         assert_eq!(headers[X_FORWARDED_FOR], "10.1.2.3");
-        append_forwarded_for(&mut headers, &client("::1"));
+        append_forwarded_for(&mut headers, client("::1"));
         assert_eq!(headers[X_FORWARDED_FOR], "10.1.2.3, ::1");
         // Several lines are folded into one, in order.
         headers.append(X_FORWARDED_FOR, "192.0.2.9".parse().unwrap());
-        append_forwarded_for(&mut headers, &client("127.0.0.1"));
+        append_forwarded_for(&mut headers, client("127.0.0.1"));
         assert_eq!(
             headers[X_FORWARDED_FOR],
             "10.1.2.3, ::1, 192.0.2.9, 127.0.0.1"
