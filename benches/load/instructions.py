@@ -17,11 +17,10 @@ and shutdown. That whole-process figure still moves by a few per cent between tw
 same binary (timers and housekeeping run by wall time, and valgrind's pace varies), so it also
 reports the request path alone: the instructions spent inside the tasks that serve the
 client's connection and drive the upstream connections, which repeat to within about half a
-per cent (two runs of one binary: 47 779 and 48 005 per request) and so can judge a change
-of a per cent. It counts
-user-space instructions only: the kernel's share of a hop (most of the TCP path) is not in it,
-so it complements run.py's CPU per request, and does not replace it. valgrind is installed
-from Debian's packages when missing.
+per cent (two runs of one binary: 47 779 and 48 005 per request) and so can judge a change of
+a per cent. It counts user-space instructions only: the kernel's share of a hop (most of the
+TCP path) is not in it, so it complements run.py's CPU per request, and does not replace it.
+valgrind is installed from Debian's packages when missing.
 
 It stays on 127.0.0.1, stops only the processes it started (by PID), and is bounded in time.
 """
