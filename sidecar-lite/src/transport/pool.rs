@@ -208,7 +208,14 @@ impl<C: Dial, B: StackBody> Shared<C, B> {
                     }
                     self.idle().http2 = None;
                 }
-                None => return self.connect().await.map(|checked| (checked, false)),
+                // Boxed: dialling, the TLS handshake and hyper's handshake are kilobytes of
+                // future state that every request's future would otherwise carry (and move
+                // through the layers), for the few requests that open a connection.
+                None => {
+                    return Box::pin(self.connect())
+                        .await
+                        .map(|checked| (checked, false));
+                }
             }
         }
     }
