@@ -5,6 +5,7 @@ use crate::{
     budget::Withdrawal,
     layer::Settings,
     policy::{Action, Reason},
+    spare::Spare,
 };
 use pin_project_lite::pin_project;
 use std::{
@@ -26,18 +27,28 @@ pin_project! {
     {
         #[pin]
         state: State<S::Future>,
-        service: S,
+        // What retries go through; `None` when the request cannot be retried.
+        spare: Option<Spare<S>>,
         settings: Arc<Settings<P>>,
         // The copy of the request kept for replay; `None` when it cannot be retried.
         kept: Option<<P as Replay<Req>>::Request>,
-        // The request of the next attempt, made before the last outcome is given up.
-        next: Option<<P as Replay<Req>>::Request>,
+        // The next attempt, planned before the last outcome is given up. Boxed: the future
+        // of every request would otherwise carry room for it, for the few that retry.
+        next: Option<Box<NextAttempt<S, <P as Replay<Req>>::Request>>>,
         attempt: u32,
         delay: Duration,
         // The budget taken by the attempt under way, if it is a retry.
         withdrawal: Option<Withdrawal>,
     }
 }
+
+/// A retry on its way: its request, and the clone of the service it goes through.
+struct NextAttempt<S, R> {
+    service: S,
+    request: R,
+}
+
+const PLANNED: &str = "a retry is planned before waiting for readiness";
 
 pin_project! {
     #[project = StateProj]
@@ -55,13 +66,13 @@ where
 {
     pub(crate) fn new(
         future: S::Future,
-        service: S,
+        spare: Option<Spare<S>>,
         settings: Arc<Settings<P>>,
         kept: Option<<P as Replay<Req>>::Request>,
     ) -> Self {
         Self {
             state: State::Calling { future },
-            service,
+            spare,
             settings,
             kept,
             next: None,
@@ -96,6 +107,7 @@ impl<S, P, Req> Future for ResponseFuture<S, P, Req>
 where
     P: Replay<Req>,
     S: Service<<P as Replay<Req>>::Request>,
+    S: Clone,
     P: Policy<<P as Replay<Req>>::Request, S::Response, S::Error>,
 {
     type Output = Result<S::Response, S::Error>;
@@ -106,7 +118,8 @@ where
             match this.state.as_mut().project() {
                 StateProj::Calling { future } => {
                     let result = ready!(future.poll(cx));
-                    let Some(kept) = this.kept.as_ref() else {
+                    let (Some(kept), Some(spare)) = (this.kept.as_ref(), this.spare.as_ref())
+                    else {
                         return Poll::Ready(result);
                     };
                     if let Some(withdrawal) = this.withdrawal.take()
@@ -133,7 +146,10 @@ where
                     drop(result);
                     *this.attempt += 1;
                     *this.delay = delay;
-                    *this.next = Some(next);
+                    *this.next = Some(Box::new(NextAttempt {
+                        service: spare.service(),
+                        request: next,
+                    }));
                     *this.withdrawal = Some(withdrawal);
                     record_retry(settings, reason, *this.attempt, delay);
                     if delay.is_zero() {
@@ -149,12 +165,12 @@ where
                     this.state.set(State::WaitingReady);
                 }
                 StateProj::WaitingReady => {
-                    ready!(this.service.poll_ready(cx))?;
-                    let next = this
-                        .next
-                        .take()
-                        .expect("a retry is planned before waiting for readiness");
-                    let future = this.service.call(next);
+                    ready!(this.next.as_mut().expect(PLANNED).service.poll_ready(cx))?;
+                    let NextAttempt {
+                        mut service,
+                        request,
+                    } = *this.next.take().expect(PLANNED);
+                    let future = service.call(request);
                     this.state.set(State::Calling { future });
                 }
             }

@@ -7,8 +7,8 @@
 //! - **Spread out**: exponential [`Backoff`] with full, equal or decorrelated [`Jitter`].
 //! - **Deadline-aware**: no retry starts that could not finish its backoff before the request's
 //!   deadline (a [`resilience_timeout::Deadline`] set by a total timeout outside).
-//! - **Cheap on success**: one clone of the inner service and one reference count per call,
-//!   and nothing else until an attempt fails.
+//! - **Cheap on success**: the copy of the request that the policy keeps for replay, and two
+//!   reference counts per call; the inner service is cloned only when a retry is sent.
 //!
 //! ```
 //! use resilience_retry::{Backoff, RetryIf, RetryLayer};
@@ -93,6 +93,7 @@ mod hedge;
 mod layer;
 mod policy;
 mod service;
+mod spare;
 
 #[cfg(feature = "http")]
 mod conditions;

@@ -1,16 +1,18 @@
 //! [`Retry`].
 
-use crate::{Policy, Replay, ResponseFuture, layer::Settings};
+use crate::{Policy, Replay, ResponseFuture, layer::Settings, spare::SpareSlot};
 use std::{
+    fmt,
     sync::Arc,
     task::{Context, Poll},
 };
 use tower_service::Service;
 
 /// Retries requests as its policy decides; see [`RetryLayer`](crate::RetryLayer).
-#[derive(Debug)]
 pub struct Retry<S, P> {
     inner: S,
+    // What retries go through.
+    spare: SpareSlot<S>,
     settings: Arc<Settings<P>>,
 }
 
@@ -18,14 +20,28 @@ impl<S: Clone, P> Clone for Retry<S, P> {
     fn clone(&self) -> Self {
         Self {
             inner: self.inner.clone(),
+            spare: self.spare.clone(),
             settings: self.settings.clone(),
         }
     }
 }
 
+impl<S: fmt::Debug, P: fmt::Debug> fmt::Debug for Retry<S, P> {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        f.debug_struct("Retry")
+            .field("inner", &self.inner)
+            .field("settings", &self.settings)
+            .finish_non_exhaustive()
+    }
+}
+
 impl<S, P> Retry<S, P> {
     pub(crate) fn from_settings(inner: S, settings: Arc<Settings<P>>) -> Self {
-        Self { inner, settings }
+        Self {
+            inner,
+            spare: SpareSlot::new(),
+            settings,
+        }
     }
 
     /// The inner service.
@@ -35,6 +51,7 @@ impl<S, P> Retry<S, P> {
 
     /// The inner service, mutably.
     pub fn get_mut(&mut self) -> &mut S {
+        self.spare.forget();
         &mut self.inner
     }
 
@@ -63,12 +80,11 @@ where
     fn call(&mut self, req: Req) -> Self::Future {
         let (first, kept) = self.settings.policy.prepare(req);
         self.settings.budget.deposit();
-        // The readiness reserved in `poll_ready` belongs to `self.inner`: the first attempt uses
-        // it, and the future keeps that service for its retries, which wait for readiness anew.
-        // `self` goes on with a fresh clone that has reserved nothing.
-        let clone = self.inner.clone();
-        let mut ready = std::mem::replace(&mut self.inner, clone);
-        let future = ready.call(first);
-        ResponseFuture::new(future, ready, self.settings.clone(), kept)
+        // The first attempt uses the readiness reserved in `poll_ready`; retries go through
+        // clones of the spare, which wait for readiness anew. A request that cannot be
+        // retried takes nothing for them.
+        let spare = kept.is_some().then(|| self.spare.share(&self.inner));
+        let future = self.inner.call(first);
+        ResponseFuture::new(future, spare, self.settings.clone(), kept)
     }
 }

@@ -197,3 +197,48 @@ async fn a_retry_waits_for_the_inner_service_to_be_ready() {
     send.send_response("ok");
     assert_eq!(assert_ready!(response.poll()).unwrap(), "ok");
 }
+
+/// A service that fails with its name, and logs which one each attempt went through.
+#[derive(Clone)]
+struct Named(&'static str, Arc<Mutex<Vec<&'static str>>>);
+
+impl Service<u32> for Named {
+    type Response = &'static str;
+    type Error = &'static str;
+    type Future = std::future::Ready<Outcome>;
+
+    fn poll_ready(
+        &mut self,
+        _: &mut std::task::Context<'_>,
+    ) -> std::task::Poll<Result<(), &'static str>> {
+        std::task::Poll::Ready(Ok(()))
+    }
+
+    fn call(&mut self, _: u32) -> Self::Future {
+        self.1.lock().unwrap().push(self.0);
+        std::future::ready(Err(self.0))
+    }
+}
+
+#[tokio::test(start_paused = true)]
+async fn retries_go_through_the_inner_service_as_changed_through_get_mut() {
+    let log = Arc::new(Mutex::new(Vec::new()));
+    let mut svc = RetryLayer::new(retry_errors())
+        .attempts(2)
+        .unwrap()
+        .backoff(no_jitter(MS, MS))
+        .layer(Named("old", log.clone()));
+    assert_eq!(svc.ready().await.unwrap().call(1).await, Err("old"));
+    svc.get_mut().0 = "new";
+    assert_eq!(svc.ready().await.unwrap().call(2).await, Err("new"));
+    assert_eq!(*log.lock().unwrap(), ["old", "old", "new", "new"]);
+}
+
+#[test]
+fn futures_over_a_service_that_is_send_but_not_sync_are_send() {
+    fn send<T: Send>() {}
+    type Boxed = tower::util::BoxCloneService<u32, &'static str, &'static str>;
+    type Policy = RetryIf<fn(&Outcome) -> bool, u32>;
+    send::<resilience_retry::ResponseFuture<Boxed, Policy, u32>>();
+    send::<resilience_retry::HedgeFuture<Boxed, Policy, u32>>();
+}

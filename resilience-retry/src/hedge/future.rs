@@ -1,7 +1,7 @@
 //! [`HedgeFuture`]: the first copy of a request, and the copies sent after it.
 
 use super::Settings;
-use crate::{Policy, Replay, policy::Action};
+use crate::{Policy, Replay, policy::Action, spare::Spare};
 use pin_project_lite::pin_project;
 use std::{
     future::Future,
@@ -23,7 +23,9 @@ pin_project! {
         #[pin]
         first: Option<S::Future>,
         copies: Vec<Pin<Box<S::Future>>>,
-        service: S,
+        // What copies go through: shared, and cloned into `sender` when the first is due.
+        spare: Option<Spare<S>>,
+        sender: Option<Box<S>>,
         settings: Arc<Settings<P>>,
         // The request kept for copies; `None` once no more may be sent.
         kept: Option<<P as Replay<Req>>::Request>,
@@ -33,8 +35,9 @@ pin_project! {
         timer: Option<Pin<Box<Sleep>>>,
         // The next copy goes at once: an answer that does not win came in (gRPC A6).
         now: bool,
-        // The last answer that did not win, returned if nothing better comes.
-        fallback: Option<Result<S::Response, S::Error>>,
+        // The last answer that did not win, returned if nothing better comes. Boxed, as
+        // `sender`: room for them in every request's future is paid for by the few that hedge.
+        fallback: Option<Box<Result<S::Response, S::Error>>>,
     }
 }
 
@@ -45,14 +48,15 @@ where
 {
     pub(crate) fn new(
         first: S::Future,
-        service: S,
+        spare: Option<Spare<S>>,
         settings: Arc<Settings<P>>,
         kept: Option<<P as Replay<Req>>::Request>,
     ) -> Self {
         Self {
             first: Some(first),
             copies: Vec::new(),
-            service,
+            spare,
+            sender: None,
             settings,
             kept,
             sent: 1,
@@ -67,7 +71,7 @@ where
 impl<S, P, Req> Future for HedgeFuture<S, P, Req>
 where
     P: Replay<Req>,
-    S: Service<<P as Replay<Req>>::Request>,
+    S: Service<<P as Replay<Req>>::Request> + Clone,
     P: Policy<<P as Replay<Req>>::Request, S::Response, S::Error>,
 {
     type Output = Result<S::Response, S::Error>;
@@ -105,7 +109,7 @@ where
                 let pending = this.first.is_some() || !this.copies.is_empty();
                 let loses = matches!(verdict, Action::Retry(_)) && (more || pending);
                 if loses {
-                    *this.fallback = Some(result);
+                    *this.fallback = Some(Box::new(result));
                     *this.now = true;
                     continue;
                 }
@@ -129,7 +133,7 @@ where
                 if !in_flight {
                     // Nothing in flight, nothing more to send: the last answer that lost.
                     return match this.fallback.take() {
-                        Some(result) => Poll::Ready(result),
+                        Some(result) => Poll::Ready(*result),
                         None => Poll::Pending,
                     };
                 }
@@ -147,7 +151,12 @@ where
             if !due {
                 return Poll::Pending;
             }
-            match this.service.poll_ready(cx) {
+            let Some(spare) = this.spare.as_ref() else {
+                *this.kept = None;
+                continue;
+            };
+            let sender = this.sender.get_or_insert_with(|| Box::new(spare.service()));
+            match sender.poll_ready(cx) {
                 Poll::Pending => return Poll::Pending,
                 Poll::Ready(Err(error)) => {
                     *this.kept = None;
@@ -180,7 +189,7 @@ where
             metrics::counter!("resilience_hedge_sent_total", "name" => this.settings.name.clone())
                 .increment(1);
             tracing::debug!(name = %this.settings.name, attempt, "hedged: another copy sent");
-            this.copies.push(Box::pin(this.service.call(copy)));
+            this.copies.push(Box::pin(sender.call(copy)));
         }
     }
 }

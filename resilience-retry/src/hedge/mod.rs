@@ -10,7 +10,7 @@ mod latency;
 pub use config::{HedgeConfig, HedgeDelayConfig};
 pub use future::HedgeFuture;
 
-use crate::{Budget, Policy, Replay};
+use crate::{Budget, Policy, Replay, spare::SpareSlot};
 use latency::Latencies;
 use metrics::SharedString;
 use resilience_core::ConfigError;
@@ -203,6 +203,7 @@ impl<S, P> Layer<S> for HedgeLayer<P> {
     fn layer(&self, inner: S) -> Self::Service {
         Hedge {
             inner,
+            spare: SpareSlot::new(),
             settings: self.settings.clone(),
         }
     }
@@ -211,6 +212,8 @@ impl<S, P> Layer<S> for HedgeLayer<P> {
 /// Hedges requests as its layer says; see [`HedgeLayer`].
 pub struct Hedge<S, P> {
     inner: S,
+    // What copies go through.
+    spare: SpareSlot<S>,
     settings: Arc<Settings<P>>,
 }
 
@@ -218,6 +221,7 @@ impl<S: Clone, P> Clone for Hedge<S, P> {
     fn clone(&self) -> Self {
         Self {
             inner: self.inner.clone(),
+            spare: self.spare.clone(),
             settings: self.settings.clone(),
         }
     }
@@ -248,9 +252,9 @@ where
     fn call(&mut self, req: Req) -> Self::Future {
         self.settings.budget.deposit();
         let (first, kept) = self.settings.policy.prepare(req);
+        // The copies go through a clone of the spare, made ready when one is due.
+        let spare = kept.is_some().then(|| self.spare.share(&self.inner));
         let future = self.inner.call(first);
-        // The copies go through a clone, made ready when one is due.
-        let service = self.inner.clone();
-        HedgeFuture::new(future, service, self.settings.clone(), kept)
+        HedgeFuture::new(future, spare, self.settings.clone(), kept)
     }
 }
