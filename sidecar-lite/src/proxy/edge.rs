@@ -2,7 +2,7 @@
 //! stack from [`crate::stack`], with errors turned into flagged responses.
 
 use super::{
-    ClientAddr, ListenerState, OpenConnections, SharedListenerState,
+    ClientAddr, OpenConnections, SharedListenerState,
     access_log::CountedBody,
     headers::{append_forwarded_for, ensure_traceparent, strip_hop_by_hop},
     local_reply::local_reply,
@@ -13,11 +13,11 @@ use crate::transport::{ProxyBody, local_response};
 use http::{HeaderValue, Request, Response, Uri, Version, header::HOST, uri::Authority};
 use hyper::body::Incoming;
 use metrics::{Counter, Histogram};
-use resilience_core::{BoxError, LocalReply, Reason, SIDECAR_ERROR, is_grpc};
+use resilience_core::{LocalReply, Reason, SIDECAR_ERROR, is_grpc};
 use resilience_mtls::Identity;
 use std::{convert::Infallible, future::Future, pin::Pin, sync::Arc};
 use tokio::time::Instant;
-use tower::{Service, ServiceExt};
+use tower::Service;
 
 /// The request body the stacks of listeners take: hyper's, counted for the access log.
 pub(crate) type EdgeBody = CountedBody<Incoming>;
@@ -43,62 +43,70 @@ pub(crate) fn edge(
 + Send
 + 'static {
     tower::service_fn(move |mut req: Request<Incoming>| {
+        let start = Instant::now();
         // The state of the moment: a reload swaps it without touching requests in flight.
         let current = state.load_full();
-        let listener = listener.clone();
-        let metrics = metrics.clone();
         // Every attempt of the request is counted in it, for the golden signals, the span and
         // the access log.
         let attempts = Attempts::default();
         req.extensions_mut().insert(attempts.clone());
         // Started before the request is rewritten: the span reads it as the caller sent it.
-        let span = current.tracer.as_ref().map(|tracer| tracer.start(&mut req));
+        // Boxed: the future of every request would otherwise carry room for it.
+        let span = current
+            .tracer
+            .as_ref()
+            .map(|tracer| Box::new(tracer.start(&mut req)));
         let mut line = current
             .access_log
             .as_ref()
             .map(|log| log.begin(&listener, &mut req));
-        let inbound = current.inbound.clone();
-        if inbound.is_some()
+        if current.inbound.is_some()
             && let Some(peer) = req.extensions().get::<Identity>()
         {
             metrics.signals.peer(peer.as_str());
         }
+        let grpc = is_grpc(req.headers());
+        // Which one would the app read? Refused, as RFC 9112 section 3.2 asks.
+        let two_hosts = req.headers().get_all(HOST).iter().nth(1).is_some();
+        let method = req.method().clone();
+        // The request is made ready and handed to the stack's call here, not in the future,
+        // which then holds it once, in the call, awaited in place: hyper moves the future and
+        // it is boxed, for every request.
+        let mut call = (!two_hosts).then(|| {
+            prepare_request(&mut req, span.is_none());
+            if let Some(inbound) = &current.inbound {
+                inbound.prepare_request(&mut req);
+            }
+            if let Some(line) = &mut line {
+                line.trace(req.headers());
+            }
+            let req = req.map(|body| match &line {
+                Some(line) => line.count_body(body),
+                None => CountedBody::uncounted(body),
+            });
+            current.call(req)
+        });
+        let listener = listener.clone();
+        let metrics = metrics.clone();
         Box::pin(async move {
-            let start = Instant::now();
-            let mut local = false;
-            let grpc = is_grpc(req.headers());
-            let mut response = if req.headers().get_all(HOST).iter().nth(1).is_some() {
-                // Which one would the app read? Refused, as RFC 9112 section 3.2 asks.
-                local = true;
-                let response = local_response(
-                    LocalReply::new(Reason::BadRequest)
-                        .text("bad request: more than one Host header")
-                        .grpc(grpc),
-                );
-                metrics.record_local(&response);
-                response
-            } else {
-                prepare_request(&mut req, span.is_none());
-                if let Some(inbound) = &inbound {
-                    inbound.prepare_request(&mut req);
-                }
-                if let Some(line) = &mut line {
-                    line.trace(req.headers());
-                }
-                let req = req.map(|body| match &line {
-                    Some(line) => line.count_body(body),
-                    None => CountedBody::uncounted(body),
-                });
-                let method = req.method().clone();
-                match call(&current, req).await {
-                    Ok(response) => response,
+            let (mut response, local) = match &mut call {
+                Some(call) => match call.await {
+                    Ok(response) => (response, false),
                     Err(error) => {
                         let response = local_reply(&error, grpc);
                         metrics.record_local(&response);
-                        local = true;
                         tracing::debug!(listener = &*listener, %method, status = %response.status(), %error, "answered by the proxy");
-                        response
+                        (response, true)
                     }
+                },
+                None => {
+                    let response = local_response(
+                        LocalReply::new(Reason::BadRequest)
+                            .text("bad request: more than one Host header")
+                            .grpc(grpc),
+                    );
+                    metrics.record_local(&response);
+                    (response, true)
                 }
             };
             strip_hop_by_hop(response.headers_mut());
@@ -116,20 +124,6 @@ pub(crate) fn edge(
             Ok(response)
         }) as EdgeFuture
     })
-}
-
-/// Sends `req` down the listener's stack, lent for the call only (see
-/// [`ListenerState::take_stack`]); the response is awaited without it.
-async fn call(
-    state: &ListenerState,
-    req: Request<EdgeBody>,
-) -> Result<Response<ProxyBody>, BoxError> {
-    let mut stack = state.take_stack();
-    let called = stack.ready().await.map(|ready| ready.call(req));
-    if called.is_ok() {
-        state.give_back(stack);
-    }
-    called?.await
 }
 
 /// Per-listener metrics, registered once so each request or connection only bumps handles,

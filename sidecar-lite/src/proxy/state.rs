@@ -1,12 +1,21 @@
 //! [`ListenerState`]: what one listener serves with, replaced whole by a reload.
 use super::{AccessLog, EdgeBody, EdgeTracer, InboundRules};
-use crate::{stack::StackService, transport::worker};
+use crate::{
+    stack::StackService,
+    transport::{ProxyBody, worker},
+};
 use arc_swap::ArcSwap;
+use http::{Request, Response};
+use resilience_core::BoxError;
 use resilience_mtls::MtlsAcceptor;
 use std::{
     fmt,
+    future::Future,
+    pin::Pin,
     sync::{Arc, Mutex, MutexGuard, PoisonError},
+    task::{Context, Poll, ready},
 };
+use tower::Service;
 
 /// Everything a reload may change about a listener, in one value: its stack, its TLS acceptor
 /// (`None` serves plaintext), its tracer and its access log. `run` owns one swap cell of it per listener and
@@ -47,6 +56,17 @@ impl ListenerState {
         }
     }
 
+    /// Sends `req` down the stack, lent for the call only (see [`ListenerState::take_stack`]);
+    /// the response is awaited without it.
+    pub(crate) fn call(self: Arc<Self>, req: Request<EdgeBody>) -> StackCall {
+        let stack = self.take_stack();
+        StackCall::Waiting {
+            state: self,
+            stack,
+            req: Some(req),
+        }
+    }
+
     /// The calling worker's stack, taken for one request: from the worker's slot, or, when a
     /// request of the same worker has it (an HTTP/2 stream waiting for readiness), a clone.
     /// Give it back with [`ListenerState::give_back`] once the request has been called.
@@ -66,6 +86,48 @@ impl ListenerState {
 
     fn slot(&self) -> MutexGuard<'_, Option<StackService<EdgeBody>>> {
         lock(&self.lent[worker::index() % self.lent.len()])
+    }
+}
+
+type StackFuture = <StackService<EdgeBody> as Service<Request<EdgeBody>>>::Future;
+
+/// A request on its way down a listener's stack: waiting for the stack's readiness, then
+/// called. A small future that is `Unpin`, so that the edge awaits it in place: an `async fn`
+/// would hold the request once more, in every request's future.
+#[expect(
+    clippy::large_enum_variant,
+    reason = "boxing the waiting request would cost an allocation per request, to save room no other value uses"
+)]
+pub(crate) enum StackCall {
+    Waiting {
+        state: Arc<ListenerState>,
+        stack: StackService<EdgeBody>,
+        req: Option<Request<EdgeBody>>,
+    },
+    Called(StackFuture),
+}
+
+impl Future for StackCall {
+    type Output = Result<Response<ProxyBody>, BoxError>;
+
+    fn poll(mut self: Pin<&mut Self>, cx: &mut Context<'_>) -> Poll<Self::Output> {
+        loop {
+            match &mut *self {
+                Self::Waiting { stack, req, .. } => {
+                    ready!(stack.poll_ready(cx))?;
+                    let Some(req) = req.take() else {
+                        return Poll::Ready(Err("polled after completion".into()));
+                    };
+                    let called = stack.call(req);
+                    if let Self::Waiting { state, stack, .. } =
+                        std::mem::replace(&mut *self, Self::Called(called))
+                    {
+                        state.give_back(stack);
+                    }
+                }
+                Self::Called(called) => return called.as_mut().poll(cx),
+            }
+        }
     }
 }
 
