@@ -240,21 +240,22 @@ fn prepare_request<B>(req: &mut Request<B>, ensure_trace: bool) {
         ensure_traceparent(req.headers_mut());
     }
     if let Some(authority) = authority {
+        // RFC 9112 section 3.2.2: a proxy sets Host from an absolute-form target, so Host and
+        // `:authority` never disagree downstream. Set first, so that the authority is then
+        // moved into the URI, not cloned (its first clone would allocate).
+        if (from_uri || !req.headers().contains_key(HOST))
+            && let Ok(host) = HeaderValue::from_str(authority.as_str())
+        {
+            req.headers_mut().insert(HOST, host);
+        }
         let mut parts = req.uri().clone().into_parts();
         parts.scheme = Some(http::uri::Scheme::HTTP);
-        parts.authority = Some(authority.clone());
+        parts.authority = Some(authority);
         if parts.path_and_query.is_none() {
             parts.path_and_query = Some(http::uri::PathAndQuery::from_static("/"));
         }
         if let Ok(uri) = Uri::from_parts(parts) {
             *req.uri_mut() = uri;
-        }
-        // RFC 9112 section 3.2.2: a proxy sets Host from an absolute-form target, so Host and
-        // `:authority` never disagree downstream.
-        if (from_uri || !req.headers().contains_key(HOST))
-            && let Ok(host) = HeaderValue::from_str(authority.as_str())
-        {
-            req.headers_mut().insert(HOST, host);
         }
     }
     // The next hop's protocol is chosen by ALPN (between sidecars) or by the app client.
