@@ -9,13 +9,13 @@
 //!   calls a second.
 //! - hedge: ours and tower-resilience's, at a delay of 100 ms that no call reaches (the cost
 //!   of hedging when no copy is sent).
-//! - concurrency: ours adaptive (Gradient2, the default), ours adaptive (AIMD), tower's
+//! - concurrency: ours adaptive (Gradient2, the default), ours adaptive (AIMD, Vegas), tower's
 //!   `ConcurrencyLimit` (fixed, with load shedding, as the sidecar's fixed limit),
 //!   tower-resilience's `AdaptiveLimiterLayer` (AIMD), each starting at a limit of 1000.
 
 use benches::{bench_calls, echo, runtime};
 use criterion::{Criterion, criterion_group, criterion_main};
-use resilience_limit::{AdaptiveConcurrencyLayer, Aimd, Algorithm, Rate, RateLimitLayer};
+use resilience_limit::{AdaptiveConcurrencyLayer, Aimd, Algorithm, Rate, RateLimitLayer, Vegas};
 use resilience_retry::{HedgeDelay, HedgeLayer, RetryIf};
 use std::time::Duration;
 use tower::{Layer, ServiceBuilder, ServiceExt};
@@ -79,6 +79,12 @@ fn limits(c: &mut Criterion) {
         "concurrency/ours-aimd",
         &rt,
         adaptive(Algorithm::Aimd(Aimd::default())).layer(echo()),
+    );
+    bench_calls(
+        &mut group,
+        "concurrency/ours-vegas",
+        &rt,
+        adaptive(Algorithm::Vegas(Vegas::default())).layer(echo()),
     );
     bench_calls(
         &mut group,

@@ -4,8 +4,8 @@
 //! - [`RateLimitLayer`]: a GCRA rate limit (governor's) over the whole service, and one per
 //!   caller in a bounded set; a refusal is [`RateLimited`], with how long to wait.
 //! - [`AdaptiveConcurrencyLayer`]: a limit on calls in flight that finds itself from their
-//!   latency and failures ([`Gradient2`] or [`Aimd`], after Netflix's concurrency-limits); a
-//!   refusal is [`Overloaded`].
+//!   latency and failures ([`Gradient2`], [`Aimd`] or [`Vegas`], after Netflix's
+//!   concurrency-limits); a refusal is [`Overloaded`].
 //!
 //! With the `http` feature, [`LimitReplyLayer`] answers refusals as `429` and `503` with
 //! `x-sidecar-error`; with `serde`, [`RateLimitConfig`] and [`AdaptiveConfig`] read the same
@@ -42,7 +42,7 @@ mod rate;
 
 pub use adaptive::{
     AdaptiveConcurrency, AdaptiveConcurrencyLayer, AdaptiveHandle, Aimd, Algorithm, Gradient2,
-    Permit,
+    Permit, Vegas,
 };
 #[cfg(feature = "serde")]
 pub use adaptive::{AdaptiveConfig, AlgorithmName};

@@ -4,7 +4,7 @@
 //! serve, on paused time: the limit settles near the knee, goodput matches the best static
 //! limit, and admitted calls stay fast.
 
-use resilience_limit::{AdaptiveConcurrencyLayer, AdaptiveHandle, Algorithm};
+use resilience_limit::{AdaptiveConcurrencyLayer, AdaptiveHandle, Algorithm, Vegas};
 use std::{
     sync::{
         Arc, Mutex,
@@ -113,9 +113,10 @@ async fn fixed(limit: usize) -> Outcome {
     offer(service, None).await
 }
 
-#[tokio::test(start_paused = true)]
-async fn gradient2_settles_near_the_knee_with_the_goodput_of_the_best_static_limit() {
-    let outcome = adaptive(Algorithm::default()).await;
+/// `algorithm` against the static limits: settles within 30 % of the knee, with the goodput
+/// of the best static limit, and admitted calls near the no-load latency.
+async fn settles_near_the_knee(name: &str, algorithm: Algorithm) {
+    let outcome = adaptive(algorithm).await;
     let mut best = 0.0_f64;
     for limit in [5, 10, 20, 40, 80] {
         let goodput = fixed(limit).await.goodput();
@@ -125,22 +126,32 @@ async fn gradient2_settles_near_the_knee_with_the_goodput_of_the_best_static_lim
     let limits = &outcome.limits;
     let (low, high) = (*limits.iter().min().unwrap(), *limits.iter().max().unwrap());
     println!(
-        "gradient2: limit {low}..={high}, goodput {:.0} calls/s, p99 {:?}",
+        "{name}: limit {low}..={high}, goodput {:.0} calls/s, p99 {:?}",
         outcome.goodput(),
         outcome.p99()
     );
     assert!(
         low >= 14 && high <= 26,
-        "the limit stays within 30 % of the knee (20): {low}..={high}"
+        "{name}: the limit stays within 30 % of the knee (20): {low}..={high}"
     );
     assert!(
         outcome.goodput() >= best * 0.98,
-        "goodput {:.0} vs the best static limit's {best:.0}",
+        "{name}: goodput {:.0} vs the best static limit's {best:.0}",
         outcome.goodput()
     );
     assert!(
         outcome.p99() <= BASE.mul_f64(1.5),
-        "admitted calls stay near the no-load latency: p99 {:?}",
+        "{name}: admitted calls stay near the no-load latency: p99 {:?}",
         outcome.p99()
     );
+}
+
+#[tokio::test(start_paused = true)]
+async fn gradient2_settles_near_the_knee_with_the_goodput_of_the_best_static_limit() {
+    settles_near_the_knee("gradient2", Algorithm::default()).await;
+}
+
+#[tokio::test(start_paused = true)]
+async fn vegas_settles_near_the_knee_with_the_goodput_of_the_best_static_limit() {
+    settles_near_the_knee("vegas", Algorithm::Vegas(Vegas::default())).await;
 }

@@ -22,6 +22,8 @@ pub enum Algorithm {
     Aimd(Aimd),
     /// The gradient of latency: see [`Gradient2`].
     Gradient2(Gradient2),
+    /// The queue estimated from latency over its lowest, as TCP Vegas: see [`Vegas`].
+    Vegas(Vegas),
 }
 
 impl Default for Algorithm {
@@ -35,6 +37,7 @@ impl Algorithm {
         match self {
             Self::Aimd(aimd) => aimd.update(limit, sample),
             Self::Gradient2(gradient) => gradient.update(limit, sample),
+            Self::Vegas(vegas) => vegas.update(limit, sample),
         }
     }
 
@@ -43,6 +46,7 @@ impl Algorithm {
         match self {
             Self::Aimd(_) => "aimd",
             Self::Gradient2(_) => "gradient2",
+            Self::Vegas(_) => "vegas",
         }
     }
 }
@@ -156,5 +160,126 @@ impl Gradient2 {
         };
         self.long_rtt = Some(next);
         next
+    }
+}
+
+/// Netflix's `VegasLimit`, after TCP Vegas: the queue that the limit builds at the upstream is
+/// estimated from how far latency has risen over the lowest seen, `limit x (1 - lowest /
+/// latest)`. With `log` = log10 of the limit (at least 1), the limit grows by `6 log` while
+/// there is no queue (at most `log` calls), by `log` while it is under `3 log`, and shrinks by
+/// `log` past `6 log` or when a call fails; between the two it holds. The lowest latency is
+/// measured afresh every `probe_multiplier` times the limit in samples, so that an upstream
+/// whose unloaded latency rose is not held to a limit made for the old one.
+#[derive(Debug, Clone, PartialEq)]
+pub struct Vegas {
+    /// How much of each new estimate is taken, between 0 (exclusive) and 1.
+    pub smoothing: f64,
+    /// The lowest latency is measured afresh after this many times the limit in samples; at
+    /// least 1.
+    pub probe_multiplier: u32,
+    lowest_rtt: Option<f64>,
+    since_probe: u64,
+}
+
+impl Default for Vegas {
+    fn default() -> Self {
+        Self::new(1.0, 30)
+    }
+}
+
+impl Vegas {
+    /// With the given settings; see the fields.
+    #[must_use]
+    pub fn new(smoothing: f64, probe_multiplier: u32) -> Self {
+        Self {
+            smoothing,
+            probe_multiplier,
+            lowest_rtt: None,
+            since_probe: 0,
+        }
+    }
+
+    fn update(&mut self, limit: f64, sample: Sample) -> f64 {
+        let rtt = sample.rtt.as_secs_f64().max(1e-9);
+        self.since_probe += 1;
+        if self.since_probe as f64 >= f64::from(self.probe_multiplier) * limit {
+            self.since_probe = 0;
+            self.lowest_rtt = Some(rtt);
+            return limit;
+        }
+        let lowest = match self.lowest_rtt {
+            Some(lowest) if lowest <= rtt => lowest,
+            _ => {
+                self.lowest_rtt = Some(rtt);
+                return limit;
+            }
+        };
+        let log = limit.log10().floor().max(1.0);
+        let next = if sample.dropped {
+            limit - log
+        } else if (sample.in_flight as f64) * 2.0 < limit {
+            // Application-limited: too little in flight to learn anything about the limit.
+            return limit;
+        } else {
+            let queue = (limit * (1.0 - lowest / rtt)).ceil();
+            if queue <= log {
+                limit + 6.0 * log
+            } else if queue < 3.0 * log {
+                limit + log
+            } else if queue > 6.0 * log {
+                limit - log
+            } else {
+                return limit;
+            }
+        };
+        limit * (1.0 - self.smoothing) + next.max(1.0) * self.smoothing
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn sample(rtt_ms: u64, in_flight: usize, dropped: bool) -> Sample {
+        Sample {
+            rtt: Duration::from_millis(rtt_ms),
+            in_flight,
+            dropped,
+        }
+    }
+
+    #[test]
+    fn vegas_grows_without_a_queue_holds_a_short_one_and_shrinks_past_it() {
+        let mut vegas = Vegas::default();
+        // The first sample only measures the lowest latency: 10 ms.
+        assert_eq!(vegas.update(20.0, sample(10, 20, false)), 20.0);
+        // No queue (latency at its lowest): up by 6 log10(20) = 6.
+        assert_eq!(vegas.update(20.0, sample(10, 20, false)), 26.0);
+        // A queue of ceil(20 x (1 - 10/12)) = 4 calls: between 3 and 6 log, held.
+        assert_eq!(vegas.update(20.0, sample(12, 20, false)), 20.0);
+        // A queue of 10: past 6 log, down by log.
+        assert_eq!(vegas.update(20.0, sample(20, 20, false)), 19.0);
+        // A failure: down by log whatever the latency.
+        assert_eq!(vegas.update(20.0, sample(10, 20, true)), 19.0);
+        // Too little in flight to tell: held.
+        assert_eq!(vegas.update(20.0, sample(10, 5, false)), 20.0);
+    }
+
+    #[test]
+    fn vegas_measures_the_lowest_latency_afresh_every_probe() {
+        let mut vegas = Vegas::new(1.0, 1);
+        vegas.update(20.0, sample(10, 20, false));
+        // The upstream's unloaded latency rose to 20 ms: a queue of 10, as far as 10 ms says.
+        assert_eq!(vegas.update(20.0, sample(20, 20, false)), 19.0);
+        for _ in 0..17 {
+            vegas.update(20.0, sample(20, 20, false));
+        }
+        // The 20th sample (1 x the limit) is the probe: 20 ms is the lowest now.
+        assert_eq!(vegas.update(20.0, sample(20, 20, false)), 20.0, "the probe");
+        assert_eq!(
+            vegas.update(20.0, sample(20, 20, false)),
+            26.0,
+            "no queue now"
+        );
     }
 }

@@ -1,6 +1,6 @@
 //! [`AdaptiveConfig`]: an adaptive concurrency limit as a config section.
 
-use super::{AdaptiveConcurrencyLayer, Aimd, Algorithm, Gradient2};
+use super::{AdaptiveConcurrencyLayer, Aimd, Algorithm, Gradient2, Vegas};
 use resilience_core::{ConfigError, Enforcement, duration};
 use serde::{Deserialize, Serialize};
 use std::time::Duration;
@@ -9,18 +9,20 @@ use std::time::Duration;
 /// ... }` (or `"adaptive"`, every key at its default) and a library loads it:
 ///
 /// ```toml
-/// algorithm = "gradient2"   # gradient2 (default) | aimd
+/// algorithm = "gradient2"   # gradient2 (default) | aimd | vegas
 /// initial_limit = 20        # default 20
 /// min_limit = 1             # default 1
 /// max_limit = 1000          # default 1000
 /// mode = "enforce"          # enforce (default) | shadow: count and log, refuse nothing
-/// # gradient2 only:
-/// smoothing = 0.2           # default 0.2
+/// # gradient2 only (smoothing: vegas too):
+/// smoothing = 0.2           # default 0.2 (vegas: 1.0)
 /// rtt_tolerance = 1.0       # default 1.0
 /// long_window = 600         # default 600 windows (a window: 100 ms and 10 calls at least)
 /// # aimd only:
 /// # backoff_ratio = 0.9     # default 0.9
 /// # timeout = "5s"          # default 5s
+/// # vegas only:
+/// # probe_multiplier = 30   # default 30: the lowest latency measured afresh every 30 x limit windows
 /// ```
 ///
 /// ```
@@ -48,7 +50,7 @@ pub struct AdaptiveConfig {
     /// Refuse, or only count and log.
     #[serde(default)]
     pub mode: Enforcement,
-    /// Gradient2: how much of each new estimate is taken.
+    /// Gradient2 and Vegas: how much of each new estimate is taken.
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub smoothing: Option<f64>,
     /// Gradient2: how far latency may rise over its long-term average.
@@ -67,6 +69,9 @@ pub struct AdaptiveConfig {
         skip_serializing_if = "Option::is_none"
     )]
     pub timeout: Option<Duration>,
+    /// Vegas: the lowest latency is measured afresh after this many times the limit in windows.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub probe_multiplier: Option<u32>,
 }
 
 /// The name of an [`Algorithm`].
@@ -78,7 +83,12 @@ pub enum AlgorithmName {
     Gradient2,
     /// [`Aimd`].
     Aimd,
+    /// [`Vegas`].
+    Vegas,
 }
+
+const GRADIENT2_KEY: &str = "is a key of algorithm = \"gradient2\"";
+const AIMD_KEY: &str = "is a key of algorithm = \"aimd\"";
 
 fn default_initial() -> usize {
     20
@@ -103,39 +113,58 @@ impl Default for AdaptiveConfig {
             long_window: None,
             backoff_ratio: None,
             timeout: None,
+            probe_multiplier: None,
         }
     }
 }
 
 impl AdaptiveConfig {
-    /// The algorithm, with its keys checked: each within its range, and none of the other
+    /// The algorithm, with its keys checked: each within its range, and none of another
     /// algorithm's.
     pub fn algorithm(&self) -> Result<Algorithm, ConfigError> {
+        use AlgorithmName::{Aimd as A, Gradient2 as G, Vegas as V};
+        let keys: [(&str, bool, &[AlgorithmName], &str); 6] = [
+            (
+                "smoothing",
+                self.smoothing.is_some(),
+                &[G, V],
+                "is a key of algorithm = \"gradient2\" or \"vegas\"",
+            ),
+            (
+                "rtt_tolerance",
+                self.rtt_tolerance.is_some(),
+                &[G],
+                GRADIENT2_KEY,
+            ),
+            (
+                "long_window",
+                self.long_window.is_some(),
+                &[G],
+                GRADIENT2_KEY,
+            ),
+            (
+                "backoff_ratio",
+                self.backoff_ratio.is_some(),
+                &[A],
+                AIMD_KEY,
+            ),
+            ("timeout", self.timeout.is_some(), &[A], AIMD_KEY),
+            (
+                "probe_multiplier",
+                self.probe_multiplier.is_some(),
+                &[V],
+                "is a key of algorithm = \"vegas\"",
+            ),
+        ];
+        for (field, set, owners, reason) in keys {
+            if set && !owners.contains(&self.algorithm) {
+                return Err(ConfigError::new(field, "set", reason));
+            }
+        }
         match self.algorithm {
             AlgorithmName::Gradient2 => {
-                if self.backoff_ratio.is_some() {
-                    return Err(ConfigError::new(
-                        "backoff_ratio",
-                        "set",
-                        "is a key of algorithm = \"aimd\"",
-                    ));
-                }
-                if self.timeout.is_some() {
-                    return Err(ConfigError::new(
-                        "timeout",
-                        "set",
-                        "is a key of algorithm = \"aimd\"",
-                    ));
-                }
                 let defaults = Gradient2::default();
-                let smoothing = self.smoothing.unwrap_or(defaults.smoothing);
-                if !(smoothing > 0.0 && smoothing <= 1.0) {
-                    return Err(ConfigError::new(
-                        "smoothing",
-                        smoothing,
-                        "must be more than 0 and at most 1",
-                    ));
-                }
+                let smoothing = self.smoothing(defaults.smoothing)?;
                 let tolerance = self.rtt_tolerance.unwrap_or(defaults.rtt_tolerance);
                 if !(1.0..=100.0).contains(&tolerance) {
                     return Err(ConfigError::new(
@@ -157,19 +186,6 @@ impl AdaptiveConfig {
                 )))
             }
             AlgorithmName::Aimd => {
-                for (field, set) in [
-                    ("smoothing", self.smoothing.is_some()),
-                    ("rtt_tolerance", self.rtt_tolerance.is_some()),
-                    ("long_window", self.long_window.is_some()),
-                ] {
-                    if set {
-                        return Err(ConfigError::new(
-                            field,
-                            "set",
-                            "is a key of algorithm = \"gradient2\"",
-                        ));
-                    }
-                }
                 let defaults = Aimd::default();
                 let backoff_ratio = self.backoff_ratio.unwrap_or(defaults.backoff_ratio);
                 if !(0.5..1.0).contains(&backoff_ratio) {
@@ -192,6 +208,33 @@ impl AdaptiveConfig {
                     timeout,
                 }))
             }
+            AlgorithmName::Vegas => {
+                let defaults = Vegas::default();
+                let smoothing = self.smoothing(defaults.smoothing)?;
+                let probe = self.probe_multiplier.unwrap_or(defaults.probe_multiplier);
+                if probe == 0 {
+                    return Err(ConfigError::new(
+                        "probe_multiplier",
+                        probe,
+                        "must be at least 1",
+                    ));
+                }
+                Ok(Algorithm::Vegas(Vegas::new(smoothing, probe)))
+            }
+        }
+    }
+
+    /// `smoothing`, or `default`, checked.
+    fn smoothing(&self, default: f64) -> Result<f64, ConfigError> {
+        let smoothing = self.smoothing.unwrap_or(default);
+        if smoothing > 0.0 && smoothing <= 1.0 {
+            Ok(smoothing)
+        } else {
+            Err(ConfigError::new(
+                "smoothing",
+                smoothing,
+                "must be more than 0 and at most 1",
+            ))
         }
     }
 
@@ -200,5 +243,51 @@ impl AdaptiveConfig {
         Ok(AdaptiveConcurrencyLayer::new(self.algorithm()?)
             .limits(self.initial_limit, self.min_limit, self.max_limit)?
             .enforcement(self.mode))
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn parse(text: &str) -> Result<Algorithm, String> {
+        let config: AdaptiveConfig = toml::from_str(text).map_err(|e| e.to_string())?;
+        config.algorithm().map_err(|e| e.to_string())
+    }
+
+    #[test]
+    fn vegas_takes_its_keys_and_smoothing_and_refuses_the_others() {
+        assert_eq!(
+            parse("algorithm = \"vegas\""),
+            Ok(Algorithm::Vegas(Vegas::default()))
+        );
+        assert_eq!(
+            parse("algorithm = \"vegas\"\nsmoothing = 0.5\nprobe_multiplier = 10"),
+            Ok(Algorithm::Vegas(Vegas::new(0.5, 10)))
+        );
+        assert_eq!(
+            parse("algorithm = \"vegas\"\nrtt_tolerance = 2.0").unwrap_err(),
+            "invalid `rtt_tolerance` = set: is a key of algorithm = \"gradient2\""
+        );
+        assert_eq!(
+            parse("algorithm = \"vegas\"\nbackoff_ratio = 0.8").unwrap_err(),
+            "invalid `backoff_ratio` = set: is a key of algorithm = \"aimd\""
+        );
+        assert_eq!(
+            parse("probe_multiplier = 10").unwrap_err(),
+            "invalid `probe_multiplier` = set: is a key of algorithm = \"vegas\""
+        );
+        assert_eq!(
+            parse("algorithm = \"aimd\"\nsmoothing = 0.5").unwrap_err(),
+            "invalid `smoothing` = set: is a key of algorithm = \"gradient2\" or \"vegas\""
+        );
+        assert_eq!(
+            parse("algorithm = \"vegas\"\nprobe_multiplier = 0").unwrap_err(),
+            "invalid `probe_multiplier` = 0: must be at least 1"
+        );
+        assert_eq!(
+            parse("algorithm = \"vegas\"\nsmoothing = 0.0").unwrap_err(),
+            "invalid `smoothing` = 0: must be more than 0 and at most 1"
+        );
     }
 }

@@ -8,7 +8,7 @@ mod layer;
 mod limiter;
 mod service;
 
-pub use algorithm::{Aimd, Algorithm, Gradient2};
+pub use algorithm::{Aimd, Algorithm, Gradient2, Vegas};
 #[cfg(feature = "serde")]
 pub use config::{AdaptiveConfig, AlgorithmName};
 pub use layer::{AdaptiveConcurrencyLayer, AdaptiveHandle};
