@@ -14,7 +14,9 @@ It starts the flaky upstream (no faults) and, for each binary, sidecar-lite unde
 `--warm` + `--requests`, each sent one after another on one keep-alive connection. The
 difference of the two totals over `--requests` is the cost of a request, without the start-up
 and shutdown. That whole-process figure still moves by a few per cent between two runs of the
-same binary (timers and housekeeping run by wall time, and valgrind's pace varies), so it also
+same binary (timers and housekeeping run by wall time, and valgrind's pace varies; quanta's
+clock calibration at start-up, for one, loops for a fixed wall time: 8 to 11 million
+instructions under valgrind), so it also
 reports the request path alone: the instructions spent inside the tasks that serve the
 client's connection and drive the upstream connections, which repeat to within about half a
 per cent (two runs of one binary: 47 779 and 48 005 per request) and so can judge a change of
