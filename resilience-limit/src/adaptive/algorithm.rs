@@ -7,7 +7,8 @@ use std::time::Duration;
 /// What one call tells the algorithm.
 #[derive(Debug, Clone, Copy, PartialEq)]
 pub(crate) struct Sample {
-    /// From admission to completion.
+    /// From admission to completion; zero when no call of the window was timed (a window of
+    /// failures only): then only `dropped` says anything.
     pub(crate) rtt: Duration,
     /// Calls in flight when this one was admitted, itself included.
     pub(crate) in_flight: usize,
@@ -41,7 +42,7 @@ impl Algorithm {
         }
     }
 
-    /// `aimd` or `gradient2`, for logs.
+    /// `aimd`, `gradient2` or `vegas`, for logs.
     pub(crate) fn name(&self) -> &'static str {
         match self {
             Self::Aimd(_) => "aimd",
@@ -126,20 +127,25 @@ impl Gradient2 {
     }
 
     fn update(&mut self, limit: f64, sample: Sample) -> f64 {
-        let short = sample.rtt.as_secs_f64().max(1e-9);
-        let long = self.average(short);
-        // A spell of high latency is over: forget it faster than the window would.
-        if long / short > 2.0 {
-            self.long_rtt = Some(long * 0.95);
-        }
+        // A window of failures only has no latency: it must not drag the long-term average
+        // down, which would hold the limit low once the upstream recovers.
+        let measured = (!sample.rtt.is_zero()).then(|| {
+            let short = sample.rtt.as_secs_f64();
+            let long = self.average(short);
+            // A spell of high latency is over: forget it faster than the window would.
+            if long / short > 2.0 {
+                self.long_rtt = Some(long * 0.95);
+            }
+            (short, long)
+        });
         // Application-limited: too little in flight to learn anything about the limit.
         if (sample.in_flight as f64) < limit / 2.0 {
             return limit;
         }
-        let gradient = if sample.dropped {
-            0.5
-        } else {
-            (self.rtt_tolerance * long / short).clamp(0.5, 1.0)
+        let gradient = match measured {
+            _ if sample.dropped => 0.5,
+            Some((short, long)) => (self.rtt_tolerance * long / short).clamp(0.5, 1.0),
+            None => return limit,
         };
         let estimate = limit * gradient + self.queue_size;
         limit * (1.0 - self.smoothing) + estimate * self.smoothing
@@ -188,19 +194,33 @@ impl Default for Vegas {
 }
 
 impl Vegas {
-    /// With the given settings; see the fields.
+    /// With the given settings; see the fields. Out of range (the config refuses them), a
+    /// smoothing is taken as 1 and a multiplier as 1.
     #[must_use]
     pub fn new(smoothing: f64, probe_multiplier: u32) -> Self {
         Self {
-            smoothing,
-            probe_multiplier,
+            smoothing: if smoothing > 0.0 {
+                smoothing.min(1.0)
+            } else {
+                1.0
+            },
+            probe_multiplier: probe_multiplier.max(1),
             lowest_rtt: None,
             since_probe: 0,
         }
     }
 
     fn update(&mut self, limit: f64, sample: Sample) -> f64 {
-        let rtt = sample.rtt.as_secs_f64().max(1e-9);
+        let log = limit.log10().floor().max(1.0);
+        // A failure shrinks the limit whatever the latency says, and a window of failures
+        // only (no latency measured) must not pass for the lowest latency.
+        if sample.dropped {
+            return self.smoothed(limit, limit - log);
+        }
+        if sample.rtt.is_zero() {
+            return limit;
+        }
+        let rtt = sample.rtt.as_secs_f64();
         self.since_probe += 1;
         if self.since_probe as f64 >= f64::from(self.probe_multiplier) * limit {
             self.since_probe = 0;
@@ -214,10 +234,7 @@ impl Vegas {
                 return limit;
             }
         };
-        let log = limit.log10().floor().max(1.0);
-        let next = if sample.dropped {
-            limit - log
-        } else if (sample.in_flight as f64) * 2.0 < limit {
+        let next = if (sample.in_flight as f64) * 2.0 < limit {
             // Application-limited: too little in flight to learn anything about the limit.
             return limit;
         } else {
@@ -232,6 +249,10 @@ impl Vegas {
                 return limit;
             }
         };
+        self.smoothed(limit, next)
+    }
+
+    fn smoothed(&self, limit: f64, next: f64) -> f64 {
         limit * (1.0 - self.smoothing) + next.max(1.0) * self.smoothing
     }
 }
@@ -263,6 +284,28 @@ mod tests {
         assert_eq!(vegas.update(20.0, sample(10, 20, true)), 19.0);
         // Too little in flight to tell: held.
         assert_eq!(vegas.update(20.0, sample(10, 5, false)), 20.0);
+    }
+
+    #[test]
+    fn a_window_of_failures_without_latency_shrinks_the_limit_and_is_no_lowest_latency() {
+        let mut vegas = Vegas::default();
+        vegas.update(20.0, sample(10, 20, false));
+        assert_eq!(vegas.update(20.0, sample(0, 20, true)), 19.0);
+        assert_eq!(
+            vegas.update(20.0, sample(0, 20, false)),
+            20.0,
+            "nothing measured"
+        );
+        // The lowest latency is still 10 ms: no queue at 10 ms, up by 6 log.
+        assert_eq!(vegas.update(20.0, sample(10, 20, false)), 26.0);
+
+        let mut gradient = Gradient2::default();
+        for _ in 0..20 {
+            gradient.update(20.0, sample(10, 20, false));
+        }
+        let before = gradient.long_rtt;
+        assert!(gradient.update(20.0, sample(0, 20, true)) < 20.0);
+        assert_eq!(gradient.long_rtt, before, "the average is left alone");
     }
 
     #[test]

@@ -89,6 +89,8 @@ pub enum AlgorithmName {
 
 const GRADIENT2_KEY: &str = "is a key of algorithm = \"gradient2\"";
 const AIMD_KEY: &str = "is a key of algorithm = \"aimd\"";
+const VEGAS_KEY: &str = "is a key of algorithm = \"vegas\"";
+const SMOOTHING_KEY: &str = "is a key of algorithm = \"gradient2\" or \"vegas\"";
 
 fn default_initial() -> usize {
     20
@@ -128,7 +130,7 @@ impl AdaptiveConfig {
                 "smoothing",
                 self.smoothing.is_some(),
                 &[G, V],
-                "is a key of algorithm = \"gradient2\" or \"vegas\"",
+                SMOOTHING_KEY,
             ),
             (
                 "rtt_tolerance",
@@ -153,7 +155,7 @@ impl AdaptiveConfig {
                 "probe_multiplier",
                 self.probe_multiplier.is_some(),
                 &[V],
-                "is a key of algorithm = \"vegas\"",
+                VEGAS_KEY,
             ),
         ];
         for (field, set, owners, reason) in keys {
