@@ -8,7 +8,10 @@
 //! - **Deadline-aware**: no retry starts that could not finish its backoff before the request's
 //!   deadline (a [`resilience_timeout::Deadline`] set by a total timeout outside).
 //! - **Cheap on success**: the copy of the request that the policy keeps for replay, and two
-//!   reference counts per call; the inner service is cloned only when a retry is sent.
+//!   reference counts per call. Retries go through clones of one spare clone of the inner
+//!   service, made on the first request that can be retried (and again after
+//!   [`Retry::get_mut`]), not through the clone that took the first attempt: as with any
+//!   tower service, the clones of the inner service are expected to share its state.
 //!
 //! ```
 //! use resilience_retry::{Backoff, RetryIf, RetryLayer};

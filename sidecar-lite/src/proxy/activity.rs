@@ -3,10 +3,12 @@
 //! place to one that will.
 
 use bytes::Bytes;
+use futures::task::AtomicWaker;
 use http::Version;
 use http_body::{Body, Frame, SizeHint};
 use pin_project_lite::pin_project;
 use std::{
+    future::Future,
     pin::Pin,
     sync::{
         Arc, Mutex, PoisonError,
@@ -15,7 +17,7 @@ use std::{
     task::{Context, Poll},
     time::Duration,
 };
-use tokio::{sync::Notify, time::Instant};
+use tokio::time::Instant;
 
 /// One connection's requests: how many are in flight, whether there ever was one, and when
 /// the last one ended (or the connection was accepted).
@@ -27,7 +29,11 @@ pub(super) struct Activity {
     http2: AtomicBool,
     last_done: Mutex<Instant>,
     evicted: AtomicBool,
-    evict: Notify,
+    draining: AtomicBool,
+    /// Wakes the connection's task when it is evicted or drained. Not a `Notify`: the task
+    /// polls these signals every time it wakes, twice a request, and a `Notify` is polled
+    /// under its mutex; this is an atomic load or two.
+    asked: AtomicWaker,
 }
 
 impl Activity {
@@ -39,7 +45,8 @@ impl Activity {
             http2: AtomicBool::new(false),
             last_done: Mutex::new(Instant::now()),
             evicted: AtomicBool::new(false),
-            evict: Notify::new(),
+            draining: AtomicBool::new(false),
+            asked: AtomicWaker::new(),
         })
     }
 
@@ -108,13 +115,39 @@ impl Activity {
 
     /// Asks the connection to close, for one that has something to say.
     pub(super) fn evict(&self) {
-        self.evicted.store(true, Ordering::Relaxed);
-        self.evict.notify_one();
+        self.evicted.store(true, Ordering::Release);
+        self.asked.wake();
+    }
+
+    /// Asks the connection to close gracefully: its listener drains.
+    pub(super) fn drain(&self) {
+        self.draining.store(true, Ordering::Release);
+        self.asked.wake();
     }
 
     /// Completes once the connection has been evicted.
-    pub(super) async fn evicted(&self) {
-        self.evict.notified().await;
+    pub(super) fn evicted(&self) -> impl Future<Output = ()> + '_ {
+        self.asked_for(&self.evicted)
+    }
+
+    /// Completes once the connection's listener drains.
+    pub(super) fn drained(&self) -> impl Future<Output = ()> + '_ {
+        self.asked_for(&self.draining)
+    }
+
+    fn asked_for<'a>(&'a self, flag: &'a AtomicBool) -> impl Future<Output = ()> + 'a {
+        std::future::poll_fn(move |cx| {
+            if flag.load(Ordering::Acquire) {
+                return Poll::Ready(());
+            }
+            // Registered, then looked at again: an ask between the two is not missed.
+            self.asked.register(cx.waker());
+            if flag.load(Ordering::Acquire) {
+                Poll::Ready(())
+            } else {
+                Poll::Pending
+            }
+        })
     }
 }
 
@@ -223,5 +256,40 @@ mod tests {
         let busy = Activity::new();
         drop(busy.start(Version::HTTP_11));
         assert!(!busy.never_requested());
+    }
+
+    /// The connection's task waits on both asks at once, as its loop does; each wakes it, and
+    /// only its own future completes.
+    #[tokio::test]
+    async fn a_waiting_connection_is_woken_by_a_drain_and_by_an_eviction() {
+        let activity = Activity::new();
+        let waiting = tokio::spawn({
+            let activity = activity.clone();
+            async move {
+                tokio::select! {
+                    () = activity.drained() => "drained",
+                    () = activity.evicted() => "evicted",
+                }
+            }
+        });
+        tokio::task::yield_now().await;
+        assert!(!waiting.is_finished());
+        activity.drain();
+        assert_eq!(waiting.await.unwrap(), "drained");
+
+        let evicted = Activity::new();
+        let waiting = tokio::spawn({
+            let evicted = evicted.clone();
+            async move {
+                tokio::select! {
+                    () = evicted.drained() => "drained",
+                    () = evicted.evicted() => "evicted",
+                }
+            }
+        });
+        tokio::task::yield_now().await;
+        assert!(!waiting.is_finished());
+        evicted.evict();
+        assert_eq!(waiting.await.unwrap(), "evicted");
     }
 }

@@ -21,7 +21,6 @@ use resilience_mtls::Identity;
 use std::{convert::Infallible, net::SocketAddr, sync::Arc, time::Duration};
 use tokio::{
     io::{AsyncRead, AsyncWrite},
-    sync::watch,
     time::Instant,
 };
 use tower::{Service, ServiceExt};
@@ -33,11 +32,10 @@ const MAX_PENDING_RESETS: usize = 20;
 /// within the same time.
 const KEEP_ALIVE_INTERVAL: Duration = Duration::from_secs(30);
 
-/// What the listener keeps of a connection it serves: its activity (to evict it) and the
-/// drain signal (to close it gracefully).
+/// What the listener keeps of a connection it serves: its activity, through which it evicts
+/// the connection or drains it (closes it gracefully).
 pub(super) struct Control {
     pub(super) activity: Arc<Activity>,
-    pub(super) drain: watch::Receiver<bool>,
 }
 
 /// How long a connection asked to close may take before it is dropped.
@@ -119,10 +117,7 @@ pub(super) async fn serve_connection<IO, S>(
         settings.max_headers,
     );
     let listener: Arc<str> = name.into();
-    let Control {
-        activity,
-        mut drain,
-    } = control;
+    let Control { activity } = control;
     let tracked = activity.clone();
     let client = ClientAddr::new(remote);
     let per_request = hyper::service::service_fn(move |mut req: Request<Incoming>| {
@@ -162,7 +157,7 @@ pub(super) async fn serve_connection<IO, S>(
                 }
                 return;
             }
-            _ = drain.wait_for(|drain| *drain), if !draining && closing_since.is_none() => {
+            () = activity.drained(), if !draining && closing_since.is_none() => {
                 // The listener's drain grace bounds this one.
                 draining = true;
                 connection.as_mut().graceful_shutdown();

@@ -69,7 +69,7 @@ pub(crate) fn edge(
         // Which one would the app read? Refused, as RFC 9112 section 3.2 asks.
         let two_hosts = req.headers().get_all(HOST).iter().nth(1).is_some();
         let method = req.method().clone();
-        // The request is made ready and handed to the stack's call here, not in the future,
+        // The request is made ready here and moved into the stack's call, not into the future,
         // which then holds it once, in the call, awaited in place: hyper moves the future and
         // it is boxed, for every request.
         let mut call = (!two_hosts).then(|| {

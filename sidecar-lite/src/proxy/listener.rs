@@ -20,12 +20,12 @@ use std::{
     future::Future,
     net::SocketAddr,
     sync::{
-        Arc,
+        Arc, Weak,
         atomic::{AtomicU64, Ordering},
     },
     time::Duration,
 };
-use tokio::{net::TcpListener, sync::watch, task::JoinSet};
+use tokio::{net::TcpListener, task::JoinSet};
 use tower::Service;
 
 /// How a listener serves: its name (in logs and metrics), its limits and what counts against
@@ -142,9 +142,11 @@ pub(crate) async fn serve<S>(
         grace,
         open,
     } = setup;
-    let (drain, draining) = watch::channel(false);
     let settings = Arc::new(ConnectionSettings::new(&limits));
     let mut connections = JoinSet::new();
+    // Each connection's activity, to drain them all at shutdown; closed ones are pruned as
+    // the list grows past twice the tasks.
+    let mut activities: Vec<Weak<Activity>> = Vec::new();
     tokio::pin!(shutdown);
     loop {
         let (tcp, remote) = tokio::select! {
@@ -177,10 +179,11 @@ pub(crate) async fn serve<S>(
         let service = service.clone();
         let acceptor = acceptor();
         let settings = settings.clone();
-        let control = Control {
-            activity,
-            drain: draining.clone(),
-        };
+        if activities.len() >= 2 * connections.len() + 64 {
+            activities.retain(|activity| activity.strong_count() > 0);
+        }
+        activities.push(Arc::downgrade(&activity));
+        let control = Control { activity };
         let name = name.clone();
         let open = open.clone();
         connections.spawn(async move {
@@ -207,7 +210,9 @@ pub(crate) async fn serve<S>(
     // Free the address at once, so a reload can bind it again.
     drop(listener);
     tracing::info!(listener = &*name, "draining connections");
-    drain.send_replace(true);
+    for activity in activities.iter().filter_map(Weak::upgrade) {
+        activity.drain();
+    }
     let drained = async { while connections.join_next().await.is_some() {} };
     if tokio::time::timeout(grace, drained).await.is_err() {
         tracing::warn!(

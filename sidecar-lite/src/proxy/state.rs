@@ -56,8 +56,8 @@ impl ListenerState {
         }
     }
 
-    /// Sends `req` down the stack, lent for the call only (see [`ListenerState::take_stack`]);
-    /// the response is awaited without it.
+    /// The call of `req` down the stack, made when polled: the stack is lent for the call
+    /// only (see [`ListenerState::take_stack`]), and the response is awaited without it.
     pub(crate) fn call(self: Arc<Self>, req: Request<EdgeBody>) -> StackCall {
         let stack = self.take_stack();
         StackCall::Waiting {
