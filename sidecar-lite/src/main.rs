@@ -7,6 +7,12 @@ use std::{
     process::ExitCode,
 };
 
+/// jemalloc, for the binary only (feature `jemalloc`, on by default): see the feature's note in
+/// Cargo.toml for what it saves.
+#[cfg(feature = "jemalloc")]
+#[global_allocator]
+static ALLOCATOR: tikv_jemallocator::Jemalloc = tikv_jemallocator::Jemalloc;
+
 /// A small mTLS sidecar proxy: timeouts, retries, circuit breaking and mutual TLS for the app
 /// beside it, from one config file.
 ///
