@@ -122,11 +122,7 @@ def main():
     remove_probes()
     events = add_probes(args.allocations)
     try:
-        port = harness.free_port()
-        upstream = harness.Proc("upstream", [str(harness.RELEASE / "flaky-upstream"), "--listen",
-                                             f"127.0.0.1:{port}", "--worker-threads", "1"],
-                                stdout=subprocess.DEVNULL)
-        harness.wait_http_ok(port, what="the upstream", proc=upstream)
+        port = harness.start_upstream()
         script, segments = record(tmp, args.binary, port, events, args.requests)
     finally:
         harness.stop_all()

@@ -129,11 +129,7 @@ def main():
         harness.build()
     tmp = Path(tempfile.mkdtemp(prefix="sidecar-instructions-"))
     try:
-        port = harness.free_port()
-        upstream = harness.Proc("upstream", [str(harness.RELEASE / "flaky-upstream"), "--listen",
-                                             f"127.0.0.1:{port}", "--worker-threads", "1"],
-                                stdout=subprocess.DEVNULL)
-        harness.wait_http_ok(port, what="the upstream", proc=upstream)
+        port = harness.start_upstream()
         binaries = [("this build", harness.RELEASE / "sidecar-lite")]
         if args.baseline:
             binaries.append(("baseline", Path(args.baseline)))

@@ -179,6 +179,15 @@ def wait_http_ok(port, path="/", timeout=10.0, what="a target", proc=None):
     sys.exit(f"{what}: 127.0.0.1:{port}{path} did not answer 200 within {timeout}s")
 
 
+def start_upstream():
+    """The release flaky upstream (no faults, one worker) on a free port, answering; its port."""
+    port = free_port()
+    upstream = Proc("upstream", [str(RELEASE / "flaky-upstream"), "--listen", f"127.0.0.1:{port}",
+                                 "--worker-threads", "1"], stdout=subprocess.DEVNULL)
+    wait_http_ok(port, what="the upstream", proc=upstream)
+    return port
+
+
 def cpu_seconds(pids):
     total = 0
     for pid in pids:
@@ -719,11 +728,7 @@ def main():
                         "--workload", "ns/load/sa/app", "--workload", "ns/load/sa/client"],
                        check=True, stdout=subprocess.DEVNULL)
         sink = OtlpSink()
-        upstream_port = free_port()
-        upstream = Proc("upstream", [str(RELEASE / "flaky-upstream"), "--listen",
-                                     f"127.0.0.1:{upstream_port}", "--worker-threads", "1"],
-                        stdout=subprocess.DEVNULL)
-        wait_http_ok(upstream_port, what="the upstream", proc=upstream)
+        upstream_port = start_upstream()
         results = {}
         for threads in args.threads.split(","):
             log(f"starting every target with {threads} worker thread(s)")

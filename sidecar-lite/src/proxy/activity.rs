@@ -262,34 +262,24 @@ mod tests {
     /// only its own future completes.
     #[tokio::test]
     async fn a_waiting_connection_is_woken_by_a_drain_and_by_an_eviction() {
-        let activity = Activity::new();
-        let waiting = tokio::spawn({
-            let activity = activity.clone();
-            async move {
-                tokio::select! {
-                    () = activity.drained() => "drained",
-                    () = activity.evicted() => "evicted",
+        for (ask, answer) in [
+            (Activity::drain as fn(&Activity), "drained"),
+            (Activity::evict, "evicted"),
+        ] {
+            let activity = Activity::new();
+            let waiting = tokio::spawn({
+                let activity = activity.clone();
+                async move {
+                    tokio::select! {
+                        () = activity.drained() => "drained",
+                        () = activity.evicted() => "evicted",
+                    }
                 }
-            }
-        });
-        tokio::task::yield_now().await;
-        assert!(!waiting.is_finished());
-        activity.drain();
-        assert_eq!(waiting.await.unwrap(), "drained");
-
-        let evicted = Activity::new();
-        let waiting = tokio::spawn({
-            let evicted = evicted.clone();
-            async move {
-                tokio::select! {
-                    () = evicted.drained() => "drained",
-                    () = evicted.evicted() => "evicted",
-                }
-            }
-        });
-        tokio::task::yield_now().await;
-        assert!(!waiting.is_finished());
-        evicted.evict();
-        assert_eq!(waiting.await.unwrap(), "evicted");
+            });
+            tokio::task::yield_now().await;
+            assert!(!waiting.is_finished());
+            ask(&activity);
+            assert_eq!(waiting.await.unwrap(), answer);
+        }
     }
 }
