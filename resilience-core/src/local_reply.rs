@@ -17,6 +17,11 @@ use std::{fmt, time::Duration};
 /// The default of every layer that answers locally; each takes another name if needed.
 pub const SIDECAR_ERROR: HeaderName = HeaderName::from_static("x-sidecar-error");
 
+/// `grpc-status`, as a name made once: looking a header up by a string parses the string for
+/// every lookup, which on a hot path (a response's head read for every request) costs more
+/// than the lookup itself.
+pub const GRPC_STATUS: HeaderName = HeaderName::from_static("grpc-status");
+
 /// Whether a message is gRPC: its `content-type` is `application/grpc` or one of its forms
 /// (`application/grpc+proto`, `application/grpc-web`, ...). A local reply to such a request is
 /// a gRPC status (see [`LocalReply::grpc`]); every crate tells gRPC by this one test.
@@ -310,7 +315,6 @@ impl LocalReply {
     }
 }
 
-const GRPC_STATUS: HeaderName = HeaderName::from_static("grpc-status");
 const GRPC_MESSAGE: HeaderName = HeaderName::from_static("grpc-message");
 const GRPC_RETRY_PUSHBACK_MS: HeaderName = HeaderName::from_static("grpc-retry-pushback-ms");
 

@@ -4,7 +4,7 @@
 use http::{HeaderMap, Response};
 use http_body::{Body, Frame, SizeHint};
 use pin_project_lite::pin_project;
-use resilience_core::is_grpc;
+use resilience_core::{GRPC_STATUS, is_grpc};
 use std::{
     future::Future,
     pin::Pin,
@@ -111,7 +111,7 @@ where
         let (mut parts, mut body) = response.into_parts();
         let mut first = None;
         if is_grpc(&parts.headers)
-            && !parts.headers.contains_key("grpc-status")
+            && !parts.headers.contains_key(GRPC_STATUS)
             && !body.is_end_stream()
             && let Poll::Ready(frame) = Pin::new(&mut body).poll_frame(cx)
         {
@@ -174,7 +174,7 @@ impl<B: Body> Body for PeekedBody<B> {
 /// ASCII digits only (`1*DIGIT`). A sign, spaces or other bytes make it malformed, and a
 /// malformed status is never a reason to retry.
 pub(crate) fn grpc_status(headers: &HeaderMap) -> Option<i32> {
-    let digits = headers.get("grpc-status")?.as_bytes();
+    let digits = headers.get(GRPC_STATUS)?.as_bytes();
     if digits.is_empty() || !digits.iter().all(u8::is_ascii_digit) {
         return None;
     }

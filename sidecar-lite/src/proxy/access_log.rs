@@ -19,7 +19,7 @@ use http::{HeaderMap, Method, Request, Response, Version, header::HOST};
 use http_body::{Body, Frame, SizeHint};
 use http_body_util::BodyExt;
 use pin_project_lite::pin_project;
-use resilience_core::{BoxError, SIDECAR_ERROR};
+use resilience_core::{BoxError, GRPC_STATUS, SIDECAR_ERROR};
 use resilience_mtls::Identity;
 use serde::Serialize;
 use std::{
@@ -287,7 +287,7 @@ impl Drop for PendingLine {
 }
 
 fn grpc_status(headers: &HeaderMap) -> Option<u16> {
-    headers.get("grpc-status")?.to_str().ok()?.parse().ok()
+    headers.get(GRPC_STATUS)?.to_str().ok()?.parse().ok()
 }
 
 pin_project! {

@@ -13,7 +13,7 @@ use crate::transport::{ProxyBody, local_response};
 use http::{HeaderValue, Request, Response, Uri, Version, header::HOST, uri::Authority};
 use hyper::body::Incoming;
 use metrics::{Counter, Histogram};
-use resilience_core::{LocalReply, Reason, SIDECAR_ERROR, is_grpc};
+use resilience_core::{GRPC_STATUS, LocalReply, Reason, SIDECAR_ERROR, is_grpc};
 use resilience_mtls::Identity;
 use std::{convert::Infallible, future::Future, pin::Pin, sync::Arc};
 use tokio::time::Instant;
@@ -193,7 +193,7 @@ impl ListenerMetrics {
         let flag = headers.get(SIDECAR_ERROR).and_then(|v| v.to_str().ok());
         // A gRPC error in the head (trailers-only) is a failure too, whatever the HTTP status.
         let grpc_error = headers
-            .get("grpc-status")
+            .get(GRPC_STATUS)
             .is_some_and(|v| v.as_bytes() != b"0");
         self.signals.record(
             now,
