@@ -8,8 +8,9 @@ Run it from the workspace root, after `benches/load/run.py` has built the releas
     python3 benches/load/copies.py --allocations        # malloc
     python3 benches/load/copies.py --binary /tmp/before/sidecar-lite
 
-A perf uprobe on glibc's memmove (memcpy is the same code) or malloc reads each call's size
-and return address while `--requests` requests go one after another, on one keep-alive
+A perf uprobe on glibc's memmove (memcpy is the same code) or malloc (and on jemalloc's
+`_rjem_malloc` and `_rjem_mallocx` in the binary, which allocates with jemalloc by default)
+reads each call's size and return address while `--requests` requests go one after another, on one keep-alive
 connection, through the harness's one-hop route (one worker). Each call site is named by
 addr2line: with LTO's inlining, that is the function the copy or allocation was inlined into,
 so read it as a place to look, not a verdict. Large moves are futures (a layer's future holds
@@ -43,20 +44,24 @@ MEMMOVES = ("__memmove_avx512_unaligned_erms", "__memmove_evex_unaligned_erms",
 RECORD_S = 120.0
 
 
-def add_probes(allocations):
+def add_probes(allocations, binary):
     """Adds the uprobes; returns their event names. Size: memmove's third argument, malloc's
     first; the return address is on top of the stack at entry."""
-    targets = [("malloc", "%di")] if allocations else [(name, "%dx") for name in MEMMOVES]
+    if allocations:
+        targets = [(LIBC, "malloc", "%di"), (binary, "_rjem_malloc", "%di"),
+                   (binary, "_rjem_mallocx", "%di")]
+    else:
+        targets = [(LIBC, name, "%dx") for name in MEMMOVES]
     events = []
-    for i, (function, size) in enumerate(targets):
+    for i, (path, function, size) in enumerate(targets):
         event = f"{GROUP}:p{i}"
-        added = subprocess.run(["perf", "probe", "-q", "-x", LIBC, "-a",
+        added = subprocess.run(["perf", "probe", "-q", "-x", str(path), "-a",
                                 f"{event}={function} size={size}:u64 ret=+0(%sp):x64"],
                                capture_output=True, text=True)
         if added.returncode == 0:
             events.append(event)
     if not events:
-        sys.exit(f"could not place a uprobe on {LIBC} (root and uprobes are needed)")
+        sys.exit("could not place a uprobe (root and uprobes are needed)")
     return events
 
 
@@ -120,7 +125,7 @@ def main():
     harness.ensure_tools({"perf": "linux-perf", "addr2line": "binutils"})
     tmp = Path(tempfile.mkdtemp(prefix="sidecar-copies-"))
     remove_probes()
-    events = add_probes(args.allocations)
+    events = add_probes(args.allocations, args.binary)
     try:
         port = harness.start_upstream()
         script, segments = record(tmp, args.binary, port, events, args.requests)
