@@ -244,15 +244,19 @@ pub(crate) async fn serve(
             }
         }
     };
-    let service = tower::service_fn(move |req: Request<Incoming>| {
+    let service = move |client: ClientAddr| {
         let state = state.clone();
-        async move {
-            Ok::<_, Infallible>(match scope {
-                Scope::All => route(&state, &req),
-                Scope::Probes => probe(&state, &req),
-            })
-        }
-    });
+        let loopback = client.addr.ip().is_loopback();
+        tower::service_fn(move |req: Request<Incoming>| {
+            let state = state.clone();
+            async move {
+                Ok::<_, Infallible>(match scope {
+                    Scope::All => route(&state, &req, loopback),
+                    Scope::Probes => probe(&state, &req),
+                })
+            }
+        })
+    };
     let setup = Listening {
         name: name.into(),
         admission: crate::proxy::Admission::new(&limits),
@@ -279,7 +283,9 @@ pub(crate) enum Scope {
 /// The probes listener: health only, whatever else is asked.
 fn probe<B>(state: &AdminState, req: &Request<B>) -> Response<ProxyBody> {
     match (req.method(), req.uri().path()) {
-        (&Method::GET, "/live" | "/ready") => route(state, req),
+        // Only GETs reach `route` from here: whether the client is on loopback (for POST
+        // /drain) does not matter.
+        (&Method::GET, "/live" | "/ready") => route(state, req, false),
         _ => local_response(
             LocalReply::new(Reason::NotFound)
                 .text("the probes listener answers GET /live and GET /ready only"),
@@ -287,7 +293,8 @@ fn probe<B>(state: &AdminState, req: &Request<B>) -> Response<ProxyBody> {
     }
 }
 
-fn route<B>(state: &AdminState, req: &Request<B>) -> Response<ProxyBody> {
+/// `loopback`: the client connected from a loopback address.
+fn route<B>(state: &AdminState, req: &Request<B>, loopback: bool) -> Response<ProxyBody> {
     if !addressed_by_ip_or_localhost(req) {
         // DNS rebinding: a page in a browser on this host can point its own name at
         // 127.0.0.1, but it cannot make the browser send an IP literal or `localhost` as Host.
@@ -333,10 +340,6 @@ fn route<B>(state: &AdminState, req: &Request<B>) -> Response<ProxyBody> {
             serde_json::to_string(&status::status(state)).unwrap_or_default() + "\n",
         ),
         (&Method::POST, "/drain") => {
-            let loopback = req
-                .extensions()
-                .get::<ClientAddr>()
-                .is_some_and(|client| client.addr.ip().is_loopback());
             // A custom header makes the request non-simple: a web page in a browser on this
             // host cannot send it cross-origin without a preflight we never answer.
             if req.headers().get(DRAIN_HEADER).map(|v| v.as_bytes()) != Some(b"drain") {

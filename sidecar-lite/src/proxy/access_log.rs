@@ -8,7 +8,7 @@
 //! (`sidecar_access_log_dropped_total`). A line is finished when the response body ends (or
 //! the caller goes away), so it has the bytes sent and a gRPC status from the trailers.
 
-use super::{headers::traceparent, listener::ClientAddr};
+use super::headers::traceparent;
 use crate::{
     config::{AccessLogConfig, LogFormat},
     stack::Attempts,
@@ -138,7 +138,12 @@ impl AccessLog {
 
     /// Begins the line of `req` on `listener`: what the request says, read before the edge
     /// rewrites it. Counts its attempts (see [`Attempts`]) and the bytes of its body.
-    pub(crate) fn begin<B>(&self, listener: &Arc<str>, req: &mut Request<B>) -> PendingLine {
+    pub(crate) fn begin<B>(
+        &self,
+        listener: &Arc<str>,
+        req: &mut Request<B>,
+        client: Option<SocketAddr>,
+    ) -> PendingLine {
         let attempts = req.extensions().get::<Attempts>().cloned();
         let attempts = attempts.unwrap_or_else(|| {
             let attempts = Attempts::default();
@@ -181,7 +186,7 @@ impl AccessLog {
                     .get::<Identity>()
                     .map(|id| bounded(id.as_str())),
                 trace_id: None,
-                client: req.extensions().get::<ClientAddr>().map(|c| c.addr),
+                client,
             })),
         }
     }
@@ -640,7 +645,7 @@ mod tests {
         let log = AccessLog::spawn(opener, LogFormat::Text, 4).unwrap();
         let listener: Arc<str> = Arc::from("outbound/orders");
         for _ in 0..100 {
-            let line = log.begin(&listener, &mut request());
+            let line = log.begin(&listener, &mut request(), None);
             drop(line.finish(Response::new(crate::transport::boxed(
                 http_body_util::Empty::<Bytes>::new(),
             ))));

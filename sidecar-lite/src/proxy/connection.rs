@@ -2,7 +2,6 @@
 //! closed gracefully when the listener drains.
 
 use super::{
-    ClientAddr,
     activity::{Activity, Tracked},
     framing::{Framing, FramingGuard},
 };
@@ -119,13 +118,11 @@ pub(super) async fn serve_connection<IO, S>(
     let listener: Arc<str> = name.into();
     let Control { activity } = control;
     let tracked = activity.clone();
-    let client = ClientAddr::new(remote);
     let per_request = hyper::service::service_fn(move |mut req: Request<Incoming>| {
         let in_flight = tracked.start(req.version());
         let rejected = framing
             .next_is_ambiguous()
             .then(|| ambiguous_framing(&listener, remote));
-        req.extensions_mut().insert(client.clone());
         if let Some(peer) = &peer {
             req.extensions_mut().insert(peer.clone());
         }

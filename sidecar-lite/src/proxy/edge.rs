@@ -15,7 +15,13 @@ use hyper::body::Incoming;
 use metrics::{Counter, Histogram};
 use resilience_core::{GRPC_STATUS, LocalReply, Reason, SIDECAR_ERROR, is_grpc};
 use resilience_mtls::Identity;
-use std::{convert::Infallible, future::Future, pin::Pin, sync::Arc};
+use std::{
+    convert::Infallible,
+    future::Future,
+    pin::Pin,
+    sync::Arc,
+    task::{Context, Poll},
+};
 use tokio::time::Instant;
 use tower::Service;
 
@@ -26,104 +32,141 @@ pub(crate) type EdgeBody = CountedBody<Incoming>;
 pub(crate) type EdgeFuture =
     Pin<Box<dyn Future<Output = Result<Response<ProxyBody>, Infallible>> + Send>>;
 
-/// Wraps the listener's current stack with the proxy's request and response rules; never
-/// fails: errors become local replies flagged with `x-sidecar-error`. With a tracer in the
-/// listener's state, each request gets a span (see [`super::span`]); without, nothing of
+/// Wraps the listener's current stack with the proxy's request and response rules, for each
+/// connection from its client's address (known to its every request without a copy in each);
+/// never fails: errors become local replies flagged with `x-sidecar-error`. With a tracer in
+/// the listener's state, each request gets a span (see [`super::span`]); without, nothing of
 /// tracing is done but keeping or starting `traceparent`.
 pub(crate) fn edge(
     listener: Arc<str>,
     state: SharedListenerState,
     metrics: Arc<ListenerMetrics>,
-) -> impl Service<
-    Request<Incoming>,
-    Response = Response<ProxyBody>,
-    Error = Infallible,
-    Future = EdgeFuture,
-> + Clone
-+ Send
-+ 'static {
-    tower::service_fn(move |mut req: Request<Incoming>| {
-        let start = Instant::now();
-        // The state of the moment: a reload swaps it without touching requests in flight.
-        let current = state.load_full();
-        // Every attempt of the request is counted in it, for the golden signals, the span and
-        // the access log.
-        let attempts = Attempts::default();
-        req.extensions_mut().insert(attempts.clone());
-        // Started before the request is rewritten: the span reads it as the caller sent it.
-        // Boxed: the future of every request would otherwise carry room for it.
-        let span = current
-            .tracer
-            .as_ref()
-            .map(|tracer| Box::new(tracer.start(&mut req)));
-        let mut line = current
-            .access_log
-            .as_ref()
-            .map(|log| log.begin(&listener, &mut req));
-        if current.inbound.is_some()
-            && let Some(peer) = req.extensions().get::<Identity>()
-        {
-            metrics.signals.peer(peer.as_str());
+) -> impl Fn(ClientAddr) -> Edge + Clone + Send + 'static {
+    move |client| Edge {
+        listener: listener.clone(),
+        state: state.clone(),
+        metrics: metrics.clone(),
+        client,
+    }
+}
+
+/// The edge of one listener for one connection: see [`edge`].
+#[derive(Clone)]
+pub(crate) struct Edge {
+    listener: Arc<str>,
+    state: SharedListenerState,
+    metrics: Arc<ListenerMetrics>,
+    client: ClientAddr,
+}
+
+impl Service<Request<Incoming>> for Edge {
+    type Response = Response<ProxyBody>;
+    type Error = Infallible;
+    type Future = EdgeFuture;
+
+    fn poll_ready(&mut self, _: &mut Context<'_>) -> Poll<Result<(), Infallible>> {
+        Poll::Ready(Ok(()))
+    }
+
+    fn call(&mut self, req: Request<Incoming>) -> EdgeFuture {
+        let Self {
+            listener,
+            state,
+            metrics,
+            client,
+        } = self;
+        edge_request(listener, state, metrics, client, req)
+    }
+}
+
+/// One request through the edge of `listener`, from `client`.
+fn edge_request(
+    listener: &Arc<str>,
+    state: &SharedListenerState,
+    metrics: &Arc<ListenerMetrics>,
+    client: &ClientAddr,
+    mut req: Request<Incoming>,
+) -> EdgeFuture {
+    let start = Instant::now();
+    // The state of the moment: a reload swaps it without touching requests in flight.
+    let current = state.load_full();
+    // Every attempt of the request is counted in it, for the golden signals, the span and
+    // the access log.
+    let attempts = Attempts::default();
+    req.extensions_mut().insert(attempts.clone());
+    // Started before the request is rewritten: the span reads it as the caller sent it.
+    // Boxed: the future of every request would otherwise carry room for it.
+    let span = current
+        .tracer
+        .as_ref()
+        .map(|tracer| Box::new(tracer.start(&mut req, Some(client.addr))));
+    let mut line = current
+        .access_log
+        .as_ref()
+        .map(|log| log.begin(listener, &mut req, Some(client.addr)));
+    if current.inbound.is_some()
+        && let Some(peer) = req.extensions().get::<Identity>()
+    {
+        metrics.signals.peer(peer.as_str());
+    }
+    let grpc = is_grpc(req.headers());
+    // Which one would the app read? Refused, as RFC 9112 section 3.2 asks.
+    let two_hosts = req.headers().get_all(HOST).iter().nth(1).is_some();
+    let method = req.method().clone();
+    // The request is made ready here and moved into the stack's call, not into the future,
+    // which then holds it once, in the call, awaited in place: hyper moves the future and
+    // it is boxed, for every request.
+    let mut call = (!two_hosts).then(|| {
+        prepare_request(&mut req, span.is_none(), client.forwarded.clone());
+        if let Some(inbound) = &current.inbound {
+            inbound.prepare_request(&mut req);
         }
-        let grpc = is_grpc(req.headers());
-        // Which one would the app read? Refused, as RFC 9112 section 3.2 asks.
-        let two_hosts = req.headers().get_all(HOST).iter().nth(1).is_some();
-        let method = req.method().clone();
-        // The request is made ready here and moved into the stack's call, not into the future,
-        // which then holds it once, in the call, awaited in place: hyper moves the future and
-        // it is boxed, for every request.
-        let mut call = (!two_hosts).then(|| {
-            prepare_request(&mut req, span.is_none());
-            if let Some(inbound) = &current.inbound {
-                inbound.prepare_request(&mut req);
-            }
-            if let Some(line) = &mut line {
-                line.trace(req.headers());
-            }
-            let req = req.map(|body| match &line {
-                Some(line) => line.count_body(body),
-                None => CountedBody::uncounted(body),
-            });
-            current.call(req)
+        if let Some(line) = &mut line {
+            line.trace(req.headers());
+        }
+        let req = req.map(|body| match &line {
+            Some(line) => line.count_body(body),
+            None => CountedBody::uncounted(body),
         });
-        let listener = listener.clone();
-        let metrics = metrics.clone();
-        Box::pin(async move {
-            let (mut response, local) = match &mut call {
-                Some(call) => match call.await {
-                    Ok(response) => (response, false),
-                    Err(error) => {
-                        let response = local_reply(&error, grpc);
-                        metrics.record_local(&response);
-                        tracing::debug!(listener = &*listener, %method, status = %response.status(), %error, "answered by the proxy");
-                        (response, true)
-                    }
-                },
-                None => {
-                    let response = local_response(
-                        LocalReply::new(Reason::BadRequest)
-                            .text("bad request: more than one Host header")
-                            .grpc(grpc),
-                    );
+        current.call(req)
+    });
+    let listener = listener.clone();
+    let metrics = metrics.clone();
+    Box::pin(async move {
+        let (mut response, local) = match &mut call {
+            Some(call) => match call.await {
+                Ok(response) => (response, false),
+                Err(error) => {
+                    let response = local_reply(&error, grpc);
                     metrics.record_local(&response);
+                    tracing::debug!(listener = &*listener, %method, status = %response.status(), %error, "answered by the proxy");
                     (response, true)
                 }
-            };
-            strip_hop_by_hop(response.headers_mut());
-            metrics.record(&response, start, attempts.count());
-            if let Some(span) = span {
-                let flag = local
-                    .then(|| response.headers().get(SIDECAR_ERROR))
-                    .flatten()
-                    .and_then(|v| v.to_str().ok());
-                span.finish(&response, flag);
+            },
+            None => {
+                let response = local_response(
+                    LocalReply::new(Reason::BadRequest)
+                        .text("bad request: more than one Host header")
+                        .grpc(grpc),
+                );
+                metrics.record_local(&response);
+                (response, true)
             }
-            if let Some(line) = line {
-                response = line.finish(response);
-            }
-            Ok(response)
-        }) as EdgeFuture
-    })
+        };
+        strip_hop_by_hop(response.headers_mut());
+        metrics.record(&response, start, attempts.count());
+        if let Some(span) = span {
+            let flag = local
+                .then(|| response.headers().get(SIDECAR_ERROR))
+                .flatten()
+                .and_then(|v| v.to_str().ok());
+            span.finish(&response, flag);
+        }
+        if let Some(line) = line {
+            response = line.finish(response);
+        }
+        Ok(response)
+    }) as EdgeFuture
 }
 
 /// Per-listener metrics, registered once so each request or connection only bumps handles,
@@ -220,9 +263,10 @@ impl ListenerMetrics {
     }
 }
 
-/// Applies the forwarding rules: hop-by-hop headers out, `x-forwarded-for` and (unless a span
-/// has set it) `traceparent` in, and an absolute URI that keeps the caller's authority.
-fn prepare_request<B>(req: &mut Request<B>, ensure_trace: bool) {
+/// Applies the forwarding rules: hop-by-hop headers out, `x-forwarded-for` (with `forwarded`,
+/// the client's element) and (unless a span has set it) `traceparent` in, and an absolute URI
+/// that keeps the caller's authority.
+fn prepare_request<B>(req: &mut Request<B>, ensure_trace: bool, forwarded: HeaderValue) {
     let from_uri = req.uri().authority().is_some();
     let authority = req.uri().authority().cloned().or_else(|| {
         req.headers()
@@ -231,11 +275,7 @@ fn prepare_request<B>(req: &mut Request<B>, ensure_trace: bool) {
             .and_then(|h| h.parse::<Authority>().ok())
     });
     strip_hop_by_hop(req.headers_mut());
-    // The client's address goes no further than the edge (the span and the access log have
-    // read it already): taken out, it is not copied again for every attempt a retry may make.
-    if let Some(client) = req.extensions_mut().remove::<ClientAddr>() {
-        append_forwarded_for(req.headers_mut(), client.forwarded);
-    }
+    append_forwarded_for(req.headers_mut(), forwarded);
     if ensure_trace {
         ensure_traceparent(req.headers_mut());
     }

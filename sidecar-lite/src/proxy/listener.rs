@@ -94,7 +94,8 @@ impl OpenConnections {
     }
 }
 
-/// The address of the client at the other end of the connection, as a request extension.
+/// The address of the client at the other end of the connection, given to the service made
+/// for it (see [`serve`]).
 #[derive(Debug, Clone, PartialEq, Eq)]
 pub(crate) struct ClientAddr {
     pub(crate) addr: SocketAddr,
@@ -112,7 +113,8 @@ impl ClientAddr {
     }
 }
 
-/// Serves `service` on every connection accepted from `listener` until `shutdown` completes,
+/// Serves what `serve_client` makes for each connection's client on every connection accepted
+/// from `listener` until `shutdown` completes,
 /// then waits up to `grace` for the connections in flight to finish, and closes the rest.
 /// Each connection speaks TLS or plaintext as `acceptor` says when it is accepted (`None`:
 /// plaintext), so a reload can change the mTLS mode without rebinding.
@@ -126,7 +128,7 @@ pub(crate) async fn serve<S>(
     setup: Listening,
     listener: TcpListener,
     acceptor: impl Fn() -> Option<Arc<MtlsAcceptor>>,
-    service: S,
+    serve_client: impl Fn(ClientAddr) -> S,
     shutdown: impl Future<Output = ()>,
 ) where
     S: Service<Request<Incoming>, Response = Response<ProxyBody>, Error = Infallible>
@@ -176,7 +178,7 @@ pub(crate) async fn serve<S>(
             }
         };
         let _ = tcp.set_nodelay(true);
-        let service = service.clone();
+        let service = serve_client(ClientAddr::new(remote));
         let acceptor = acceptor();
         let settings = settings.clone();
         if activities.len() >= 2 * connections.len() + 64 {

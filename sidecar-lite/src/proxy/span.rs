@@ -6,10 +6,7 @@
 //! is decided when the span starts (parent-based: a caller's sampled flag is honoured); an
 //! unsampled span records nothing, but its `traceparent` still goes on, flagged unsampled.
 
-use super::{
-    headers::{TRACEPARENT, ensure_traceparent, traceparent},
-    listener::ClientAddr,
-};
+use super::headers::{TRACEPARENT, ensure_traceparent, traceparent};
 use crate::stack::Attempts;
 use http::{HeaderValue, Method, Request, Response, Version, header::HOST, uri::Authority};
 use opentelemetry::{
@@ -21,7 +18,7 @@ use opentelemetry::{
 };
 use opentelemetry_sdk::trace::{SdkTracer, Span};
 use resilience_mtls::{AllowList, Identity};
-use std::sync::Arc;
+use std::{net::SocketAddr, sync::Arc};
 
 /// How one listener traces its requests: the tracer, the kind of span, and what the listener
 /// knows of its peers.
@@ -86,8 +83,9 @@ impl EdgeTracer {
 
     /// Starts the span of `req`, the child of its `traceparent` if it has a valid one, and
     /// sets `traceparent` to name the new span. Call before the request is rewritten for
-    /// forwarding: it reads the method, path, authority, protocol version and client address.
-    pub(crate) fn start<B>(&self, req: &mut Request<B>) -> RequestSpan {
+    /// forwarding: it reads the method, path, authority and protocol version; `client` is the
+    /// address of the connection it came on.
+    pub(crate) fn start<B>(&self, req: &mut Request<B>, client: Option<SocketAddr>) -> RequestSpan {
         let identity = req.extensions().get::<Identity>();
         let trusted = match &self.trusted {
             Some(allow) => identity.is_some() && allow.is_allowed(identity),
@@ -146,7 +144,7 @@ impl EdgeTracer {
             attributes.push(KeyValue::new("network.protocol.version", version));
         }
         if self.kind == SpanKind::Server
-            && let Some(ClientAddr { addr, .. }) = req.extensions().get::<ClientAddr>()
+            && let Some(addr) = client
         {
             attributes.push(KeyValue::new("client.address", addr.ip().to_string()));
             attributes.push(KeyValue::new("client.port", i64::from(addr.port())));
