@@ -64,7 +64,7 @@ impl<B: StackBody> Service<Request<B>> for AppClient<B> {
         &mut self,
         _: &mut std::task::Context<'_>,
     ) -> std::task::Poll<Result<(), Self::Error>> {
-        // hyper-util's client is always ready: it queues on its own pool.
+        // The pools check a connection out for each request: nothing to wait for here.
         std::task::Poll::Ready(Ok(()))
     }
 
