@@ -42,17 +42,22 @@ pub(crate) fn edge(
     state: SharedListenerState,
     metrics: Arc<ListenerMetrics>,
 ) -> impl Fn(ClientAddr) -> Edge + Clone + Send + 'static {
-    move |client| Edge {
-        listener: listener.clone(),
-        state: state.clone(),
-        metrics: metrics.clone(),
-        client,
+    move |client| {
+        Edge(Arc::new(EdgeOfConnection {
+            listener: listener.clone(),
+            state: state.clone(),
+            metrics: metrics.clone(),
+            client,
+        }))
     }
 }
 
-/// The edge of one listener for one connection: see [`edge`].
+/// The edge of one listener for one connection: see [`edge`]. One `Arc`, so that the clone
+/// each request takes (and the one its future keeps) is one reference count, not five.
 #[derive(Clone)]
-pub(crate) struct Edge {
+pub(crate) struct Edge(Arc<EdgeOfConnection>);
+
+struct EdgeOfConnection {
     listener: Arc<str>,
     state: SharedListenerState,
     metrics: Arc<ListenerMetrics>,
@@ -69,24 +74,18 @@ impl Service<Request<Incoming>> for Edge {
     }
 
     fn call(&mut self, req: Request<Incoming>) -> EdgeFuture {
-        let Self {
-            listener,
-            state,
-            metrics,
-            client,
-        } = self;
-        edge_request(listener, state, metrics, client, req)
+        edge_request(&self.0, req)
     }
 }
 
-/// One request through the edge of `listener`, from `client`.
-fn edge_request(
-    listener: &Arc<str>,
-    state: &SharedListenerState,
-    metrics: &Arc<ListenerMetrics>,
-    client: &ClientAddr,
-    mut req: Request<Incoming>,
-) -> EdgeFuture {
+/// One request through the edge of a connection.
+fn edge_request(edge: &Arc<EdgeOfConnection>, mut req: Request<Incoming>) -> EdgeFuture {
+    let EdgeOfConnection {
+        listener,
+        state,
+        metrics,
+        client,
+    } = &**edge;
     let start = Instant::now();
     // The state of the moment: a reload swaps it without touching requests in flight.
     let current = state.load_full();
@@ -130,16 +129,18 @@ fn edge_request(
         });
         current.call(req)
     });
-    let listener = listener.clone();
-    let metrics = metrics.clone();
+    let edge = edge.clone();
     Box::pin(async move {
+        let EdgeOfConnection {
+            listener, metrics, ..
+        } = &*edge;
         let (mut response, local) = match &mut call {
             Some(call) => match call.await {
                 Ok(response) => (response, false),
                 Err(error) => {
                     let response = local_reply(&error, grpc);
                     metrics.record_local(&response);
-                    tracing::debug!(listener = &*listener, %method, status = %response.status(), %error, "answered by the proxy");
+                    tracing::debug!(listener = &**listener, %method, status = %response.status(), %error, "answered by the proxy");
                     (response, true)
                 }
             },
