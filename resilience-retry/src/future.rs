@@ -27,8 +27,8 @@ pin_project! {
     {
         #[pin]
         state: State<S::Future>,
-        // What retries go through; `None` when the request cannot be retried.
-        spare: Option<Spare<S>>,
+        // What retries go through.
+        spare: Spare<S>,
         settings: Arc<Settings<P>>,
         // The copy of the request kept for replay; `None` when it cannot be retried.
         kept: Option<<P as Replay<Req>>::Request>,
@@ -66,7 +66,7 @@ where
 {
     pub(crate) fn new(
         future: S::Future,
-        spare: Option<Spare<S>>,
+        spare: Spare<S>,
         settings: Arc<Settings<P>>,
         kept: Option<<P as Replay<Req>>::Request>,
     ) -> Self {
@@ -118,8 +118,7 @@ where
             match this.state.as_mut().project() {
                 StateProj::Calling { future } => {
                     let result = ready!(future.poll(cx));
-                    let (Some(kept), Some(spare)) = (this.kept.as_ref(), this.spare.as_ref())
-                    else {
+                    let Some(kept) = this.kept.as_ref() else {
                         return Poll::Ready(result);
                     };
                     if let Some(withdrawal) = this.withdrawal.take()
@@ -147,7 +146,7 @@ where
                     *this.attempt += 1;
                     *this.delay = delay;
                     *this.next = Some(Box::new(NextAttempt {
-                        service: spare.service(),
+                        service: this.spare.service(),
                         request: next,
                     }));
                     *this.withdrawal = Some(withdrawal);

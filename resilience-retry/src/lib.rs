@@ -9,7 +9,7 @@
 //!   deadline (a [`resilience_timeout::Deadline`] set by a total timeout outside).
 //! - **Cheap on success**: the copy of the request that the policy keeps for replay, and two
 //!   reference counts per call. Retries go through clones of one spare clone of the inner
-//!   service, made on the first request that can be retried (and again after
+//!   service, made on the first request (and again after
 //!   [`Retry::get_mut`]), not through the clone that took the first attempt: as with any
 //!   tower service, the clones of the inner service are expected to share its state.
 //!

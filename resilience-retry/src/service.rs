@@ -81,9 +81,8 @@ where
         let (first, kept) = self.settings.policy.prepare(req);
         self.settings.budget.deposit();
         // The first attempt uses the readiness reserved in `poll_ready`; retries go through
-        // clones of the spare, which wait for readiness anew. A request that cannot be
-        // retried takes nothing for them.
-        let spare = kept.is_some().then(|| self.spare.share(&self.inner));
+        // clones of the spare, which wait for readiness anew.
+        let spare = self.spare.share(&self.inner);
         let future = self.inner.call(first);
         ResponseFuture::new(future, spare, self.settings.clone(), kept)
     }

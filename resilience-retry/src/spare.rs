@@ -27,7 +27,7 @@ impl<S> Clone for Spare<S> {
     }
 }
 
-/// Where a layer's service keeps its [`Spare`], made on the first request that may need it.
+/// Where a layer's service keeps its [`Spare`], made on its first request.
 pub(crate) struct SpareSlot<S>(Option<Spare<S>>);
 
 impl<S> SpareSlot<S> {

@@ -24,7 +24,7 @@ pin_project! {
         first: Option<S::Future>,
         copies: Vec<Pin<Box<S::Future>>>,
         // What copies go through: shared, and cloned into `sender` when the first is due.
-        spare: Option<Spare<S>>,
+        spare: Spare<S>,
         sender: Option<Box<S>>,
         settings: Arc<Settings<P>>,
         // The request kept for copies; `None` once no more may be sent.
@@ -48,7 +48,7 @@ where
 {
     pub(crate) fn new(
         first: S::Future,
-        spare: Option<Spare<S>>,
+        spare: Spare<S>,
         settings: Arc<Settings<P>>,
         kept: Option<<P as Replay<Req>>::Request>,
     ) -> Self {
@@ -151,10 +151,7 @@ where
             if !due {
                 return Poll::Pending;
             }
-            let Some(spare) = this.spare.as_ref() else {
-                *this.kept = None;
-                continue;
-            };
+            let spare = &*this.spare;
             let sender = this.sender.get_or_insert_with(|| Box::new(spare.service()));
             match sender.poll_ready(cx) {
                 Poll::Pending => return Poll::Pending,

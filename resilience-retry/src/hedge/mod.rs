@@ -253,7 +253,7 @@ where
         self.settings.budget.deposit();
         let (first, kept) = self.settings.policy.prepare(req);
         // The copies go through a clone of the spare, made ready when one is due.
-        let spare = kept.is_some().then(|| self.spare.share(&self.inner));
+        let spare = self.spare.share(&self.inner);
         let future = self.inner.call(first);
         HedgeFuture::new(future, spare, self.settings.clone(), kept)
     }
