@@ -8,6 +8,7 @@ the release binaries:
 
     python3 benches/load/instructions.py                       # this build
     python3 benches/load/instructions.py --baseline /tmp/before/sidecar-lite
+    python3 benches/load/instructions.py --haproxy            # and HAProxy's, for the ratio
 
 It starts the flaky upstream (no faults) and, for each binary, sidecar-lite under callgrind
 (one worker, the harness's one-hop route) twice: once for `--warm` requests and once for
@@ -22,7 +23,10 @@ client's connection and drive the upstream connections, which repeat to within a
 per cent (two runs of one binary: 47 779 and 48 005 per request) and so can judge a change of
 a per cent. It counts user-space instructions only: the kernel's share of a hop (most of the
 TCP path) is not in it, so it complements run.py's CPU per request, and does not replace it.
-valgrind is installed from Debian's packages when missing.
+With `--haproxy` it counts HAProxy (one thread, the harness's config) the same way, its
+whole process: the user-space side of run.py's CPU ratio (the two make the same system calls
+per request: two reads and two writes). valgrind is installed from Debian's packages when
+missing.
 
 It stays on 127.0.0.1, stops only the processes it started (by PID), and is bounded in time.
 """
@@ -117,14 +121,39 @@ def per_request(tmp, binary, upstream, args):
     return tuple((f - w) / args.requests for f, w in zip(full, warm))
 
 
+def haproxy_instructions(tmp, upstream, count):
+    """Total instructions of an HAProxy run (one thread, the harness's config) that served
+    `count` requests."""
+    listen = harness.free_port()
+    name = f"cg-haproxy-{count}"
+    conf = harness.haproxy_config(tmp, name, 1, listen, upstream)
+    out = tmp / f"{name}.callgrind"
+    proc = harness.Proc(name, ["valgrind", "--tool=callgrind", f"--callgrind-out-file={out}",
+                               "haproxy", "-f", str(conf), "-db"],
+                        stdout=subprocess.DEVNULL, stderr=open(tmp / f"{name}.log", "w"))
+    harness.wait_port(listen, proc, timeout=START_S)
+    send(listen, count)
+    proc.stop(timeout=STOP_S)
+    return int(re.search(r"^(?:summary|totals): (\d+)", out.read_text(), re.M).group(1))
+
+
+def haproxy_per_request(tmp, upstream, args):
+    """HAProxy's instructions per request, its whole process (it has no tasks to single out)."""
+    warm = haproxy_instructions(tmp, upstream, args.warm)
+    full = haproxy_instructions(tmp, upstream, args.warm + args.requests)
+    return (full - warm) / args.requests
+
+
 def main():
     parser = argparse.ArgumentParser(description=__doc__.split("\n")[0])
     parser.add_argument("--requests", type=int, default=2000)
     parser.add_argument("--warm", type=int, default=500, help="requests of the shorter run")
     parser.add_argument("--baseline", help="another sidecar-lite binary, counted the same way")
+    parser.add_argument("--haproxy", action="store_true",
+                        help="also count HAProxy's (whole process), for the ratio")
     parser.add_argument("--skip-build", action="store_true", help="use the binaries in target/release")
     args = parser.parse_args()
-    harness.ensure_tools({"valgrind": "valgrind"})
+    harness.ensure_tools({"valgrind": "valgrind", **({"haproxy": "haproxy"} if args.haproxy else {})})
     if not args.skip_build:
         harness.build()
     tmp = Path(tempfile.mkdtemp(prefix="sidecar-instructions-"))
@@ -143,6 +172,11 @@ def main():
             (whole, path), (base_whole, base_path) = counts["this build"], counts["baseline"]
             print(f"this build / baseline: {whole / base_whole:.3f}x, "
                   f"request path {path / base_path:.4f}x")
+        if args.haproxy:
+            haproxy = haproxy_per_request(tmp, port, args)
+            whole, _ = counts["this build"]
+            print(f"HAProxy (one thread): {haproxy:.0f} instructions per request; "
+                  f"this build's whole process / HAProxy's: {whole / haproxy:.2f}x")
     finally:
         harness.stop_all()
         shutil.rmtree(tmp, ignore_errors=True)

@@ -305,6 +305,29 @@ def route(listen, endpoint, mtls):
             f"max_concurrent_requests = 4096\n")
 
 
+def haproxy_config(tmp, name, threads, port, upstream):
+    """HAProxy as a plain reverse proxy on `port` (keep-alive to the upstream); the file."""
+    conf = tmp / f"{name}.cfg"
+    conf.write_text(f"""
+global
+    nbthread {threads}
+    maxconn 4096
+defaults
+    mode http
+    timeout connect 5s
+    timeout client 30s
+    timeout server 30s
+    option http-keep-alive
+    http-reuse always
+frontend in
+    bind 127.0.0.1:{port}
+    default_backend app
+backend app
+    server app 127.0.0.1:{upstream}
+""")
+    return conf
+
+
 def start_targets(tmp, threads, upstream, sink, baseline=None):
     """Every target at `threads` workers: name -> (port, [procs whose CPU and RSS count])."""
     targets = {"direct": (upstream, [])}
@@ -385,24 +408,7 @@ http {{
     targets["nginx"] = (port, [nginx])
 
     port = free_port()
-    conf = tmp / f"haproxy-{threads}.cfg"
-    conf.write_text(f"""
-global
-    nbthread {threads}
-    maxconn 4096
-defaults
-    mode http
-    timeout connect 5s
-    timeout client 30s
-    timeout server 30s
-    option http-keep-alive
-    http-reuse always
-frontend in
-    bind 127.0.0.1:{port}
-    default_backend app
-backend app
-    server app 127.0.0.1:{upstream}
-""")
+    conf = haproxy_config(tmp, f"haproxy-{threads}", threads, port, upstream)
     haproxy = Proc(f"haproxy-{threads}", ["haproxy", "-f", str(conf), "-db"],
                    stdout=subprocess.DEVNULL, stderr=subprocess.PIPE)
     wait_http_ok(port, what="haproxy", proc=haproxy)

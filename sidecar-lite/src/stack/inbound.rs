@@ -10,7 +10,7 @@ use http::Response;
 use http_body::Body;
 use resilience_core::BoxError;
 use resilience_mtls::AuthorizeLayer;
-use tower::{ServiceBuilder, ServiceExt, util::BoxCloneService};
+use tower::{ServiceBuilder, util::BoxCloneService};
 
 /// Builds the inbound stack: peers' requests to the app at `inbound.app`.
 pub fn inbound<B>(inbound: &InboundConfig) -> Result<StackService<B>, ConfigProblem>
@@ -47,5 +47,5 @@ where
         // The one attempt, for the request's span and access-log line (no-ops without them).
         .map_request(count_attempt)
         .service(NoteEndpoint::new(app, app_addr));
-    Ok(BoxCloneService::new(service.map_err(BoxError::from)))
+    Ok(BoxCloneService::new(service))
 }

@@ -24,7 +24,7 @@ use resilience_retry::{Budget, PeekGrpcTrailersLayer, ReplayBody};
 use resilience_timeout::{Elapsed, HttpDeadline, Timeout, TimeoutLayer};
 use std::{fmt, marker::PhantomData, net::SocketAddr, sync::Arc, time::Duration};
 use tower::{
-    Layer, ServiceBuilder, ServiceExt,
+    Layer, ServiceBuilder,
     balance::p2c::Balance,
     buffer::Buffer,
     discover::{Discover, ServiceList},
@@ -228,7 +228,7 @@ pub(crate) fn outbound_with_endpoints<B: StackBody>(
         .layer(PeekGrpcTrailersLayer::new())
         .service(endpoints);
     Ok(Outbound {
-        service: BoxCloneService::new(service.map_err(BoxError::from)),
+        service: BoxCloneService::new(service),
         endpoints: live,
         budget,
     })
@@ -368,6 +368,7 @@ where
 #[cfg(test)]
 mod tests {
     use super::*;
+    use tower::ServiceExt;
 
     /// The error of a per-try timeout that gave the endpoint `budget`.
     async fn timed_out_after(budget: Duration) -> BoxError {
