@@ -10,8 +10,9 @@ Three flaky-upstreams on 127.0.0.1 and one sidecar-lite route balancing over the
 off, as a route hedges or retries), with and without `[outbound.hedge]` (`delay = { percentile
 = 95, min = "5ms" }`, 2 copies), and with a hedge whose delay no request reaches (`min =
 "10s"`: the layer's own cost, no copy sent), in two scenarios: one of the three waits 50 ms more on 10 % of
-its requests (the balancer's peak-EWMA already steers most requests away from it), and every
-one waits 50 ms more on 2 % of its requests (nowhere to steer to). Each
+its requests (the balancer's peak-EWMA already steers most requests away from it; a copy that
+wins cancels the slow attempt, so the balancer sees only its time until then and steers less),
+and every one waits 50 ms more on 2 % of its requests (nowhere to steer to). Each
 variant gets the same fixed-rate load (benches' `loadgen`, 1000 req/s, 32 connections, 5 s),
 interleaved, `--reps` times. From the sidecar's `/metrics` it reads the requests served and the
 hedged copies sent: the extra load on the upstreams. The route's retry budget (the default:
