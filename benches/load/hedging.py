@@ -18,7 +18,10 @@ interleaved, `--reps` times. From the sidecar's `/metrics` it reads the requests
 hedged copies sent: the extra load on the upstreams. The route's retry budget (the default:
 0.2 per request plus 10 per second) bounds the copies.
 
-It writes benches/load/results/hedging.{md,json}. It stays on 127.0.0.1, stops only the
+It writes benches/load/results/hedging.{md,json}; with `--warm SECONDS`, each run first gets
+that long of the same load, unmeasured, so that the balancer has settled (its estimates start
+from a default round-trip time of 30 ms and decay over 10 s), and it writes
+hedging-warm.{md,json}. It stays on 127.0.0.1, stops only the
 processes it started (by PID), and is bounded in time.
 """
 
@@ -69,16 +72,28 @@ def metrics(admin):
         return response.read().decode()
 
 
+COUNTERS = {"requests": "sidecar_requests_total{", "hedges": "resilience_hedge_sent_total{",
+            "won": "resilience_hedge_won_total{"}
+
+
+def counters(admin):
+    text = metrics(admin)
+    return {key: counter(text, name) for key, name in COUNTERS.items()}
+
+
 def one_run(tmp, endpoints, variant, args):
     listen = harness.free_port()
     proc = harness.start_sidecar(tmp, variant, 1, route(listen, endpoints, variant))
     harness.wait_port(listen, proc)
     try:
+        if args.warm:
+            # The same load first, unmeasured: the balancer's estimates start from a default
+            # round-trip time and take tens of seconds to settle.
+            harness.fixed_rate(listen, args.rate, args.warm)
+        before = counters(proc.admin)
         fixed = harness.fixed_rate(listen, args.rate, args.seconds)
-        text = metrics(proc.admin)
-        requests = counter(text, "sidecar_requests_total{")
-        hedges = counter(text, "resilience_hedge_sent_total{")
-        won = counter(text, "resilience_hedge_won_total{")
+        after = counters(proc.admin)
+        requests, hedges, won = (after[key] - before[key] for key in COUNTERS)
     finally:
         proc.stop()
     return {"p50": fixed["p50_us"], "p99": fixed["p99_us"], "p999": fixed["p999_us"],
@@ -92,10 +107,12 @@ def median(runs, key):
 
 def report(scenarios, args):
     allowed = 0.2 + 10 / args.rate  # ratio plus min_per_second, per request at this rate
+    warm = (f", each after {args.warm:g} s of the same load unmeasured" if args.warm else "")
+    command = "python3 benches/load/hedging.py" + (f" --warm {args.warm:g}" if args.warm else "")
     lines = [
         f"Measured {time.strftime('%Y-%m-%d %H:%M UTC', time.gmtime())}: three upstreams, a slow "
-        f"request waiting 50 ms more; fixed {args.rate} req/s over 32 connections, {args.seconds} s; "
-        f"medians of {args.reps} interleaved runs (`python3 benches/load/hedging.py`).",
+        f"request waiting 50 ms more; fixed {args.rate} req/s over 32 connections, {args.seconds} s"
+        f"{warm}; medians of {args.reps} interleaved runs (`{command}`).",
     ]
     for title, runs in scenarios:
         plain, hedged = runs["plain"], runs["hedged"]
@@ -121,12 +138,16 @@ def main():
     parser.add_argument("--reps", type=int, default=5)
     parser.add_argument("--rate", type=int, default=1000)
     parser.add_argument("--seconds", type=float, default=5.0)
+    parser.add_argument("--warm", type=float, default=0.0,
+                        help="seconds of unmeasured load before each run (results in hedging-warm.*)")
     parser.add_argument("--skip-build", action="store_true", help="use the binaries in target/release")
     args = parser.parse_args()
     if not args.skip_build:
         harness.build()
     tmp = Path(tempfile.mkdtemp(prefix="sidecar-hedging-"))
     started = time.monotonic()
+    # Bounded in time: the harness's bound, and the warm-up of every run on top.
+    deadline = harness.DEADLINE_S + len(SCENARIOS) * len(VARIANTS) * args.reps * args.warm
     try:
         scenarios = []
         for title, slow_rates in SCENARIOS:
@@ -144,7 +165,7 @@ def main():
             runs = {variant: [] for variant in VARIANTS}
             for rep in range(args.reps):
                 for variant in VARIANTS:  # interleaved
-                    if time.monotonic() - started > harness.DEADLINE_S:
+                    if time.monotonic() - started > deadline:
                         harness.log("time is up; stopping early")
                         break
                     result = one_run(tmp, endpoints, variant, args)
@@ -156,8 +177,9 @@ def main():
             scenarios.append((title, runs))
         table = report(scenarios, args)
         harness.RESULTS.mkdir(parents=True, exist_ok=True)
-        (harness.RESULTS / "hedging.md").write_text(table + "\n")
-        (harness.RESULTS / "hedging.json").write_text(json.dumps(
+        name = "hedging-warm" if args.warm else "hedging"
+        (harness.RESULTS / f"{name}.md").write_text(table + "\n")
+        (harness.RESULTS / f"{name}.json").write_text(json.dumps(
             [{"scenario": title, "runs": runs} for title, runs in scenarios], indent=1))
         print(table)
     finally:
