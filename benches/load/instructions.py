@@ -90,17 +90,13 @@ def request_path(out):
     return total
 
 
-def instructions(tmp, binary, upstream, count):
-    """Total instructions of a sidecar-lite run that served `count` requests, and those of
-    its request path."""
-    listen = harness.free_port()
-    name = f"cg-{Path(binary).parent.name}-{count}"
-    path, _ = harness.sidecar_config(tmp, name, 1, harness.route(listen, upstream, False))
+def callgrind(tmp, name, argv, listen, count, **kw):
+    """Runs `argv` under callgrind until it listens on `listen`, sends it `count` requests and
+    stops it; its total instructions and its callgrind output file."""
     out = tmp / f"{name}.callgrind"
     proc = harness.Proc(name, ["valgrind", "--tool=callgrind", f"--callgrind-out-file={out}",
-                               str(binary), "run", "--config", str(path)],
-                        stdout=subprocess.DEVNULL, stderr=open(tmp / f"{name}.log", "w"),
-                        env=dict(harness.os.environ, RUST_LOG="error"))
+                               *argv],
+                        stdout=subprocess.DEVNULL, stderr=open(tmp / f"{name}.log", "w"), **kw)
     try:
         harness.wait_port(listen, proc, timeout=START_S)
     except SystemExit:
@@ -111,7 +107,18 @@ def instructions(tmp, binary, upstream, count):
     totals = re.search(r"^(?:summary|totals): (\d+)", out.read_text(), re.M)
     if not totals:
         raise RuntimeError(f"no totals in {out}")
-    return int(totals.group(1)), request_path(out)
+    return int(totals.group(1)), out
+
+
+def instructions(tmp, binary, upstream, count):
+    """Total instructions of a sidecar-lite run that served `count` requests, and those of
+    its request path."""
+    listen = harness.free_port()
+    name = f"cg-{Path(binary).parent.name}-{count}"
+    path, _ = harness.sidecar_config(tmp, name, 1, harness.route(listen, upstream, False))
+    total, out = callgrind(tmp, name, [str(binary), "run", "--config", str(path)], listen, count,
+                           env=dict(harness.os.environ, RUST_LOG="error"))
+    return total, request_path(out)
 
 
 def per_request(tmp, binary, upstream, args):
@@ -127,14 +134,8 @@ def haproxy_instructions(tmp, upstream, count):
     listen = harness.free_port()
     name = f"cg-haproxy-{count}"
     conf = harness.haproxy_config(tmp, name, 1, listen, upstream)
-    out = tmp / f"{name}.callgrind"
-    proc = harness.Proc(name, ["valgrind", "--tool=callgrind", f"--callgrind-out-file={out}",
-                               "haproxy", "-f", str(conf), "-db"],
-                        stdout=subprocess.DEVNULL, stderr=open(tmp / f"{name}.log", "w"))
-    harness.wait_port(listen, proc, timeout=START_S)
-    send(listen, count)
-    proc.stop(timeout=STOP_S)
-    return int(re.search(r"^(?:summary|totals): (\d+)", out.read_text(), re.M).group(1))
+    total, _ = callgrind(tmp, name, ["haproxy", "-f", str(conf), "-db"], listen, count)
+    return total
 
 
 def haproxy_per_request(tmp, upstream, args):
