@@ -33,6 +33,8 @@ mod retry_after;
 pub mod duration;
 
 #[cfg(feature = "http")]
+mod headers;
+#[cfg(feature = "http")]
 mod local_reply;
 #[cfg(feature = "http")]
 mod reply_layer;
@@ -42,6 +44,8 @@ pub use error::{BoxError, ConfigError, ConnectFailed, RefusedLocally};
 pub use random::{RandomSource, ThreadRandom};
 pub use retry_after::retry_after_secs;
 
+#[cfg(feature = "http")]
+pub use headers::header_value;
 #[cfg(feature = "http")]
 pub use local_reply::{GRPC_STATUS, LocalReply, Reason, SIDECAR_ERROR, is_grpc, is_grpc_web};
 #[cfg(feature = "http")]

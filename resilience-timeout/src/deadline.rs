@@ -5,7 +5,7 @@ use crate::{
     policy::{TimeoutPolicy, Verdict, instant_after},
 };
 use http::{HeaderMap, HeaderName, HeaderValue, Request};
-use resilience_core::is_grpc;
+use resilience_core::{header_value, is_grpc};
 use std::time::Duration;
 use tokio::time::Instant;
 
@@ -261,16 +261,13 @@ impl HttpDeadline {
 
 /// The deadline header a request came in with, and the time it gives.
 fn incoming(headers: &HeaderMap) -> Option<(Carrier, Duration)> {
-    if headers.is_empty() {
-        return None;
-    }
-    if let Some(value) = headers.get(GRPC_TIMEOUT) {
+    if let Some(value) = header_value(headers, &GRPC_TIMEOUT) {
         match grpc_timeout::parse(value) {
             Some(timeout) => return Some((Carrier::GrpcTimeout, timeout)),
             None => tracing::debug!(?value, "ignoring malformed grpc-timeout header"),
         }
     }
-    if let Some(value) = headers.get(REQUEST_TIMEOUT_MS) {
+    if let Some(value) = header_value(headers, &REQUEST_TIMEOUT_MS) {
         match parse_millis(value) {
             Some(timeout) => return Some((Carrier::RequestTimeoutMs, timeout)),
             None => tracing::debug!(?value, "ignoring malformed x-request-timeout-ms header"),
@@ -302,6 +299,23 @@ fn parse_millis(value: &HeaderValue) -> Option<Duration> {
 #[cfg(test)]
 mod tests {
     use super::*;
+
+    #[test]
+    fn grpc_timeout_comes_before_the_millis_header_and_the_first_value_counts() {
+        let mut headers = HeaderMap::new();
+        assert_eq!(incoming(&headers), None);
+        headers.append(REQUEST_TIMEOUT_MS, HeaderValue::from_static("250"));
+        headers.append(REQUEST_TIMEOUT_MS, HeaderValue::from_static("9"));
+        assert_eq!(
+            incoming(&headers),
+            Some((Carrier::RequestTimeoutMs, Duration::from_millis(250)))
+        );
+        headers.append(GRPC_TIMEOUT, HeaderValue::from_static("3S"));
+        assert_eq!(
+            incoming(&headers),
+            Some((Carrier::GrpcTimeout, Duration::from_secs(3)))
+        );
+    }
 
     #[test]
     fn millis_header_accepts_digits_only() {

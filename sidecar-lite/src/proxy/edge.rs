@@ -13,7 +13,7 @@ use crate::transport::{ProxyBody, local_response};
 use http::{HeaderValue, Request, Response, Uri, Version, header::HOST, uri::Authority};
 use hyper::body::Incoming;
 use metrics::{Counter, Histogram};
-use resilience_core::{GRPC_STATUS, LocalReply, Reason, SIDECAR_ERROR, is_grpc};
+use resilience_core::{GRPC_STATUS, LocalReply, Reason, SIDECAR_ERROR, header_value, is_grpc};
 use resilience_mtls::Identity;
 use std::{
     convert::Infallible,
@@ -234,11 +234,9 @@ impl ListenerMetrics {
         self.by_class[class].increment(1);
         self.duration.record(latency.as_secs_f64());
         let headers = response.headers();
-        let flag = headers.get(SIDECAR_ERROR).and_then(|v| v.to_str().ok());
+        let flag = header_value(headers, &SIDECAR_ERROR).and_then(|v| v.to_str().ok());
         // A gRPC error in the head (trailers-only) is a failure too, whatever the HTTP status.
-        let grpc_error = headers
-            .get(GRPC_STATUS)
-            .is_some_and(|v| v.as_bytes() != b"0");
+        let grpc_error = header_value(headers, &GRPC_STATUS).is_some_and(|v| v.as_bytes() != b"0");
         self.signals.record(
             now,
             Outcome {

@@ -7,6 +7,7 @@ use http::{
     HeaderMap, HeaderName, HeaderValue, Request,
     header::{CONNECTION, TE, TRAILER, TRANSFER_ENCODING, UPGRADE},
 };
+use resilience_core::header_value;
 use resilience_mtls::Identity;
 use std::{net::IpAddr, sync::Arc};
 
@@ -99,7 +100,7 @@ pub(crate) fn append_forwarded_for(headers: &mut HeaderMap, client: HeaderValue)
 /// Keeps a valid `traceparent`, or replaces a missing or malformed one with a new trace,
 /// sampled.
 pub(crate) fn ensure_traceparent(headers: &mut HeaderMap) {
-    if let Some(value) = headers.get(TRACEPARENT).and_then(|v| v.to_str().ok())
+    if let Some(value) = header_value(headers, &TRACEPARENT).and_then(|v| v.to_str().ok())
         && valid_traceparent(value).is_some()
     {
         return;

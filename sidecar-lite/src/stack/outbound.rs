@@ -18,7 +18,7 @@ use bytes::Bytes;
 use http::{Request, Response};
 use http_body::Body;
 use resilience_breaker::{BreakerHandle, CircuitBreaker, CircuitBreakerLayer, Classify, Mode};
-use resilience_core::{BoxError, Enforcement, GRPC_STATUS};
+use resilience_core::{BoxError, Enforcement, GRPC_STATUS, header_value};
 use resilience_mtls::{ConnectorBuilder, MtlsConnector};
 use resilience_retry::{Budget, PeekGrpcTrailersLayer, ReplayBody};
 use resilience_timeout::{Elapsed, HttpDeadline, Timeout, TimeoutLayer};
@@ -267,7 +267,7 @@ impl<Body> Classify<Response<Body>> for EndpointClassifier {
             return true;
         }
         matches!(
-            response.headers().get(GRPC_STATUS).map(|v| v.as_bytes()),
+            header_value(response.headers(), &GRPC_STATUS).map(|v| v.as_bytes()),
             Some(b"4" | b"13" | b"14")
         )
     }
