@@ -7,15 +7,41 @@ use std::{
     net::SocketAddr,
     path::PathBuf,
     process::{Child, Command, ExitStatus, Stdio},
+    sync::{Mutex, PoisonError},
     time::Duration,
 };
 use tokio::time::timeout;
 
-/// A free port on 127.0.0.1 (bound, then released for the child to bind).
+/// A free port on 127.0.0.1 (bound, then released for the child to bind). Taken below the
+/// kernel's ephemeral range, where this process's own outgoing connections get their local
+/// ports (one of them taking a port after its release would fail the child's start), and never
+/// one this process was given before (a child told to listen twice on one port fails too).
 pub fn free_addr() -> SocketAddr {
-    std::net::TcpListener::bind("127.0.0.1:0")
-        .and_then(|l| l.local_addr())
-        .expect("a free port on loopback")
+    const LOWEST: u16 = 10_000;
+    static LAST: Mutex<Option<u16>> = Mutex::new(None);
+    let ephemeral_low = std::fs::read_to_string("/proc/sys/net/ipv4/ip_local_port_range")
+        .ok()
+        .and_then(|range| range.split_whitespace().next()?.parse::<u16>().ok())
+        .filter(|&low| low > LOWEST + 1_000)
+        .unwrap_or(32_768);
+    let span = ephemeral_low - LOWEST;
+    let mut last = LAST.lock().unwrap_or_else(PoisonError::into_inner);
+    // Each test process starts at its own place in the span.
+    let mut port = last.unwrap_or(LOWEST + (std::process::id() % u32::from(span)) as u16);
+    for _ in 0..span {
+        port = if port + 1 >= ephemeral_low {
+            LOWEST
+        } else {
+            port + 1
+        };
+        if let Ok(addr) =
+            std::net::TcpListener::bind(("127.0.0.1", port)).and_then(|l| l.local_addr())
+        {
+            *last = Some(port);
+            return addr;
+        }
+    }
+    panic!("no free port on 127.0.0.1 between {LOWEST} and {ephemeral_low}");
 }
 
 /// A running `sidecar-lite run --config FILE`.
@@ -51,26 +77,35 @@ impl SidecarProcess {
         let config = dir.join("sidecar.toml");
         let head = format!("[admin]\nlisten = \"{admin}\"\n{admin_keys}[log]\nfilter = \"warn\"\n");
         std::fs::write(&config, format!("{head}{body}")).unwrap();
+        // Its log, for a start that fails: what it said is the first thing to read.
+        let log = dir.join("stderr.log");
         let child = Command::new(env!("CARGO_BIN_EXE_sidecar-lite"))
             .arg("run")
             .arg("--config")
             .arg(&config)
             .envs(env.iter().copied())
             .stdout(Stdio::null())
-            .stderr(Stdio::null())
+            .stderr(std::fs::File::create(&log).expect("a log file for the child"))
             .spawn()
             .expect("the sidecar-lite binary starts");
-        let process = Self {
+        let mut process = Self {
             child,
             admin,
             config,
             dir,
             head,
         };
-        assert!(
-            eventually(async || process.get("/ready").await.0 == StatusCode::OK).await,
-            "{name} becomes ready"
-        );
+        if !eventually(async || process.get("/ready").await.0 == StatusCode::OK).await {
+            let exited = process.child.try_wait().ok().flatten();
+            let said = std::fs::read_to_string(&log).unwrap_or_default();
+            panic!(
+                "{name} did not become ready within {STEP:?} ({}); its config:\n{}\nits log:\n{said}",
+                exited.map_or("still running".to_owned(), |status| format!(
+                    "exited: {status}"
+                )),
+                std::fs::read_to_string(&process.config).unwrap_or_default(),
+            );
+        }
         process
     }
 
