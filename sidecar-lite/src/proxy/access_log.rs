@@ -142,7 +142,7 @@ impl AccessLog {
         &self,
         listener: &Arc<str>,
         req: &mut Request<B>,
-        client: Option<SocketAddr>,
+        client: SocketAddr,
     ) -> PendingLine {
         let attempts = req.extensions().get::<Attempts>().cloned();
         let attempts = attempts.unwrap_or_else(|| {
@@ -186,7 +186,7 @@ impl AccessLog {
                     .get::<Identity>()
                     .map(|id| bounded(id.as_str())),
                 trace_id: None,
-                client,
+                client: Some(client),
             })),
         }
     }
@@ -645,7 +645,7 @@ mod tests {
         let log = AccessLog::spawn(opener, LogFormat::Text, 4).unwrap();
         let listener: Arc<str> = Arc::from("outbound/orders");
         for _ in 0..100 {
-            let line = log.begin(&listener, &mut request(), None);
+            let line = log.begin(&listener, &mut request(), ([127, 0, 0, 1], 40000).into());
             drop(line.finish(Response::new(crate::transport::boxed(
                 http_body_util::Empty::<Bytes>::new(),
             ))));

@@ -98,11 +98,11 @@ fn edge_request(edge: &Arc<EdgeOfConnection>, mut req: Request<Incoming>) -> Edg
     let span = current
         .tracer
         .as_ref()
-        .map(|tracer| Box::new(tracer.start(&mut req, Some(client.addr))));
+        .map(|tracer| Box::new(tracer.start(&mut req, client.addr)));
     let mut line = current
         .access_log
         .as_ref()
-        .map(|log| log.begin(listener, &mut req, Some(client.addr)));
+        .map(|log| log.begin(listener, &mut req, client.addr));
     if current.inbound.is_some()
         && let Some(peer) = req.extensions().get::<Identity>()
     {

@@ -85,7 +85,7 @@ impl EdgeTracer {
     /// sets `traceparent` to name the new span. Call before the request is rewritten for
     /// forwarding: it reads the method, path, authority and protocol version; `client` is the
     /// address of the connection it came on.
-    pub(crate) fn start<B>(&self, req: &mut Request<B>, client: Option<SocketAddr>) -> RequestSpan {
+    pub(crate) fn start<B>(&self, req: &mut Request<B>, client: SocketAddr) -> RequestSpan {
         let identity = req.extensions().get::<Identity>();
         let trusted = match &self.trusted {
             Some(allow) => identity.is_some() && allow.is_allowed(identity),
@@ -143,11 +143,9 @@ impl EdgeTracer {
         if let Some(version) = protocol_version(req.version()) {
             attributes.push(KeyValue::new("network.protocol.version", version));
         }
-        if self.kind == SpanKind::Server
-            && let Some(addr) = client
-        {
-            attributes.push(KeyValue::new("client.address", addr.ip().to_string()));
-            attributes.push(KeyValue::new("client.port", i64::from(addr.port())));
+        if self.kind == SpanKind::Server {
+            attributes.push(KeyValue::new("client.address", client.ip().to_string()));
+            attributes.push(KeyValue::new("client.port", i64::from(client.port())));
         }
         let peer = match self.kind {
             SpanKind::Server => identity.map(|id| bounded(id.as_str())),
