@@ -106,11 +106,32 @@ def record(tmp, binary, upstream, events, requests):
     return script, segments
 
 
+def load_segments(binary):
+    """(file offset, virtual address, size) of each of the binary's LOAD segments."""
+    out = subprocess.run(["readelf", "-lW", str(binary)], capture_output=True, text=True,
+                         check=True, timeout=RECORD_S).stdout
+    return [(int(m.group(1), 16), int(m.group(2), 16), int(m.group(3), 16))
+            for m in re.finditer(r"^\s*LOAD\s+(0x[0-9a-f]+)\s+(0x[0-9a-f]+)\s+\S+\s+(0x[0-9a-f]+)",
+                                 out, re.M)]
+
+
+def to_address(segments, offset):
+    """The virtual address addr2line wants for a file offset: a code segment is often loaded a
+    page further than its place in the file, so the two differ."""
+    for file_offset, address, size in segments:
+        if file_offset <= offset < file_offset + size:
+            return offset - file_offset + address
+    return offset
+
+
 def name_sites(binary, offsets):
     """addr2line's function name for each offset in `binary`."""
     if not offsets:
         return {}
-    out = subprocess.run(["addr2line", "-f", "-C", "-e", str(binary)] + [hex(o) for o in offsets],
+    segments = load_segments(binary)
+    # The return address is the instruction after the call: one byte back is inside the call.
+    addresses = [hex(to_address(segments, o) - 1) for o in offsets]
+    out = subprocess.run(["addr2line", "-f", "-C", "-e", str(binary)] + addresses,
                          capture_output=True, text=True, timeout=RECORD_S).stdout.splitlines()
     return {o: out[2 * i] for i, o in enumerate(offsets) if 2 * i < len(out)}
 
