@@ -247,7 +247,7 @@ pub(crate) async fn serve(
     let service = move |client: ClientAddr| {
         let state = state.clone();
         let loopback = client.addr.ip().is_loopback();
-        tower::service_fn(move |req: Request<Incoming>| {
+        hyper::service::service_fn(move |req: Request<Incoming>| {
             let state = state.clone();
             async move {
                 Ok::<_, Infallible>(match scope {

@@ -2,7 +2,7 @@
 //! closed gracefully when the listener drains.
 
 use super::{
-    activity::{Activity, Tracked},
+    activity::{Activity, InFlight, Tracked},
     framing::{Framing, FramingGuard},
 };
 use crate::{
@@ -10,19 +10,27 @@ use crate::{
     transport::{ProxyBody, local_response},
 };
 use http::{HeaderValue, Request, Response, header::CONNECTION};
-use hyper::body::Incoming;
+use hyper::{body::Incoming, service::Service};
 use hyper_util::{
     rt::{TokioExecutor, TokioIo, TokioTimer},
     server::conn::auto,
 };
+use pin_project_lite::pin_project;
 use resilience_core::{LocalReply, Reason};
 use resilience_mtls::Identity;
-use std::{convert::Infallible, net::SocketAddr, sync::Arc, time::Duration};
+use std::{
+    convert::Infallible,
+    future::Future,
+    net::SocketAddr,
+    pin::Pin,
+    sync::Arc,
+    task::{Context, Poll, ready},
+    time::Duration,
+};
 use tokio::{
     io::{AsyncRead, AsyncWrite},
     time::Instant,
 };
-use tower::{Service, ServiceExt};
 
 /// Streams a client may reset before the server has accepted them (HTTP/2 rapid reset,
 /// CVE-2023-44487); beyond it the connection is closed.
@@ -103,7 +111,6 @@ pub(super) async fn serve_connection<IO, S>(
 ) where
     IO: AsyncRead + AsyncWrite + Unpin + Send + 'static,
     S: Service<Request<Incoming>, Response = Response<ProxyBody>, Error = Infallible>
-        + Clone
         + Send
         + 'static,
     S::Future: Send + 'static,
@@ -120,21 +127,13 @@ pub(super) async fn serve_connection<IO, S>(
     let tracked = activity.clone();
     let per_request = hyper::service::service_fn(move |mut req: Request<Incoming>| {
         let in_flight = tracked.start(req.version());
-        let rejected = framing
-            .next_is_ambiguous()
-            .then(|| ambiguous_framing(&listener, remote));
+        if framing.next_is_ambiguous() {
+            return Answer::at_once(ambiguous_framing(&listener, remote), in_flight);
+        }
         if let Some(peer) = &peer {
             req.extensions_mut().insert(peer.clone());
         }
-        let service = service.clone();
-        async move {
-            let response = match rejected {
-                Some(response) => response,
-                None => service.oneshot(req).await?,
-            };
-            // In flight until the response body has been sent, or dropped.
-            Ok::<_, Infallible>(response.map(|body| Tracked::new(body, in_flight)))
-        }
+        Answer::called(service.call(req), in_flight)
     });
     let connection = settings
         .builder
@@ -199,4 +198,60 @@ fn ambiguous_framing(listener: &str, remote: SocketAddr) -> Response<ProxyBody> 
         .headers_mut()
         .insert(CONNECTION, HeaderValue::from_static("close"));
     response
+}
+
+pin_project! {
+    /// One request's answer: the service's, or one made at once; in flight, for the
+    /// connection's activity, until its body has been sent or dropped. Polled again after it
+    /// completed, it stays pending (hyper never does so).
+    struct Answer<F> {
+        #[pin]
+        call: Option<F>,
+        at_once: Option<Response<ProxyBody>>,
+        in_flight: Option<InFlight>,
+    }
+}
+
+impl<F> Answer<F> {
+    fn called(call: F, in_flight: InFlight) -> Self {
+        Self {
+            call: Some(call),
+            at_once: None,
+            in_flight: Some(in_flight),
+        }
+    }
+
+    fn at_once(response: Response<ProxyBody>, in_flight: InFlight) -> Self {
+        Self {
+            call: None,
+            at_once: Some(response),
+            in_flight: Some(in_flight),
+        }
+    }
+}
+
+impl<F> Future for Answer<F>
+where
+    F: Future<Output = Result<Response<ProxyBody>, Infallible>>,
+{
+    type Output = Result<Response<Tracked<ProxyBody>>, Infallible>;
+
+    fn poll(self: Pin<&mut Self>, cx: &mut Context<'_>) -> Poll<Self::Output> {
+        let mut this = self.project();
+        let response = match this.call.as_mut().as_pin_mut() {
+            Some(call) => {
+                let Ok(response) = ready!(call.poll(cx));
+                this.call.set(None);
+                response
+            }
+            None => match this.at_once.take() {
+                Some(response) => response,
+                None => return Poll::Pending,
+            },
+        };
+        match this.in_flight.take() {
+            Some(in_flight) => Poll::Ready(Ok(response.map(|body| Tracked::new(body, in_flight)))),
+            None => Poll::Pending,
+        }
+    }
 }

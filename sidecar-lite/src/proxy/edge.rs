@@ -3,34 +3,33 @@
 
 use super::{
     ClientAddr, OpenConnections, SharedListenerState,
-    access_log::CountedBody,
+    access_log::{CountedBody, PendingLine},
     headers::{append_forwarded_for, ensure_traceparent, strip_hop_by_hop},
     local_reply::local_reply,
     signals::{ListenerSignals, Outcome},
+    span::RequestSpan,
+    state::StackCall,
 };
 use crate::stack::Attempts;
 use crate::transport::{ProxyBody, local_response};
-use http::{HeaderValue, Request, Response, Uri, Version, header::HOST, uri::Authority};
-use hyper::body::Incoming;
+use http::{HeaderValue, Method, Request, Response, Uri, Version, header::HOST, uri::Authority};
+use hyper::{body::Incoming, service::Service};
 use metrics::{Counter, Histogram};
-use resilience_core::{GRPC_STATUS, LocalReply, Reason, SIDECAR_ERROR, header_value, is_grpc};
+use resilience_core::{
+    BoxError, GRPC_STATUS, LocalReply, Reason, SIDECAR_ERROR, header_value, is_grpc,
+};
 use resilience_mtls::Identity;
 use std::{
     convert::Infallible,
     future::Future,
     pin::Pin,
     sync::Arc,
-    task::{Context, Poll},
+    task::{Context, Poll, ready},
 };
 use tokio::time::Instant;
-use tower::Service;
 
 /// The request body the stacks of listeners take: hyper's, counted for the access log.
 pub(crate) type EdgeBody = CountedBody<Incoming>;
-
-/// The edge service of one listener.
-pub(crate) type EdgeFuture =
-    Pin<Box<dyn Future<Output = Result<Response<ProxyBody>, Infallible>> + Send>>;
 
 /// Wraps the listener's current stack with the proxy's request and response rules, for each
 /// connection from its client's address (known to its every request without a copy in each);
@@ -64,16 +63,13 @@ struct EdgeOfConnection {
     client: ClientAddr,
 }
 
+/// Always ready: hyper's kind of service, called without waiting for readiness.
 impl Service<Request<Incoming>> for Edge {
     type Response = Response<ProxyBody>;
     type Error = Infallible;
     type Future = EdgeFuture;
 
-    fn poll_ready(&mut self, _: &mut Context<'_>) -> Poll<Result<(), Infallible>> {
-        Poll::Ready(Ok(()))
-    }
-
-    fn call(&mut self, req: Request<Incoming>) -> EdgeFuture {
+    fn call(&self, req: Request<Incoming>) -> EdgeFuture {
         edge_request(&self.0, req)
     }
 }
@@ -113,9 +109,8 @@ fn edge_request(edge: &Arc<EdgeOfConnection>, mut req: Request<Incoming>) -> Edg
     let two_hosts = req.headers().get_all(HOST).iter().nth(1).is_some();
     let method = req.method().clone();
     // The request is made ready here and moved into the stack's call, not into the future,
-    // which then holds it once, in the call, awaited in place: hyper moves the future and
-    // it is boxed, for every request.
-    let mut call = (!two_hosts).then(|| {
+    // which then holds it once, in the call: hyper moves the future into its slot.
+    let call = (!two_hosts).then(|| {
         prepare_request(&mut req, span.is_none(), client.forwarded.clone());
         if let Some(inbound) = &current.inbound {
             inbound.prepare_request(&mut req);
@@ -129,21 +124,87 @@ fn edge_request(edge: &Arc<EdgeOfConnection>, mut req: Request<Incoming>) -> Edg
         });
         current.call(req)
     });
-    let edge = edge.clone();
-    Box::pin(async move {
+    EdgeFuture {
+        edge: edge.clone(),
+        call,
+        finish: Some(Finish {
+            start,
+            attempts,
+            grpc,
+            method,
+            span,
+            line,
+        }),
+    }
+}
+
+/// One request through the edge: the stack's call, then the response rules. A named future
+/// rather than a boxed `async` block: hyper keeps it in the connection's slot for the request
+/// in flight, so a request costs no allocation of its own for it.
+pub(crate) struct EdgeFuture {
+    edge: Arc<EdgeOfConnection>,
+    /// `None` for a request refused before the stack.
+    call: Option<StackCall>,
+    /// Taken when the future completes.
+    finish: Option<Finish>,
+}
+
+/// What the edge does with the answer, once there is one.
+struct Finish {
+    start: Instant,
+    attempts: Attempts,
+    grpc: bool,
+    method: Method,
+    // Boxed: the future of every request would otherwise carry room for it.
+    span: Option<Box<RequestSpan>>,
+    line: Option<PendingLine>,
+}
+
+impl Future for EdgeFuture {
+    type Output = Result<Response<ProxyBody>, Infallible>;
+
+    /// Polled again after it completed, it stays pending (hyper never does so).
+    fn poll(mut self: Pin<&mut Self>, cx: &mut Context<'_>) -> Poll<Self::Output> {
+        let this = &mut *self;
+        let answer = match &mut this.call {
+            Some(call) => Some(ready!(Pin::new(call).poll(cx))),
+            None => None,
+        };
+        this.call = None;
+        match this.finish.take() {
+            Some(finish) => Poll::Ready(Ok(finish.respond(&this.edge, answer))),
+            None => Poll::Pending,
+        }
+    }
+}
+
+impl Finish {
+    /// The response to send: the stack's, or a local reply for its error or for a request
+    /// it never saw (`None`: more than one Host), with the response rules applied.
+    fn respond(
+        self,
+        edge: &EdgeOfConnection,
+        answer: Option<Result<Response<ProxyBody>, BoxError>>,
+    ) -> Response<ProxyBody> {
         let EdgeOfConnection {
             listener, metrics, ..
-        } = &*edge;
-        let (mut response, local) = match &mut call {
-            Some(call) => match call.await {
-                Ok(response) => (response, false),
-                Err(error) => {
-                    let response = local_reply(&error, grpc);
-                    metrics.record_local(&response);
-                    tracing::debug!(listener = &**listener, %method, status = %response.status(), %error, "answered by the proxy");
-                    (response, true)
-                }
-            },
+        } = edge;
+        let Self {
+            start,
+            attempts,
+            grpc,
+            method,
+            span,
+            line,
+        } = self;
+        let (mut response, local) = match answer {
+            Some(Ok(response)) => (response, false),
+            Some(Err(error)) => {
+                let response = local_reply(&error, grpc);
+                metrics.record_local(&response);
+                tracing::debug!(listener = &**listener, %method, status = %response.status(), %error, "answered by the proxy");
+                (response, true)
+            }
             None => {
                 let response = local_response(
                     LocalReply::new(Reason::BadRequest)
@@ -166,8 +227,8 @@ fn edge_request(edge: &Arc<EdgeOfConnection>, mut req: Request<Incoming>) -> Edg
         if let Some(line) = line {
             response = line.finish(response);
         }
-        Ok(response)
-    }) as EdgeFuture
+        response
+    }
 }
 
 /// Per-listener metrics, registered once so each request or connection only bumps handles,

@@ -12,7 +12,7 @@ use crate::{
     transport::{ProxyBody, worker},
 };
 use http::{HeaderValue, Request, Response};
-use hyper::body::Incoming;
+use hyper::{body::Incoming, service::Service};
 use metrics::Gauge;
 use resilience_mtls::MtlsAcceptor;
 use std::{
@@ -26,7 +26,6 @@ use std::{
     time::Duration,
 };
 use tokio::{net::TcpListener, task::JoinSet};
-use tower::Service;
 
 /// How a listener serves: its name (in logs and metrics), its limits and what counts against
 /// them, how long its connections may take to finish when it drains, and the gauge of its open
@@ -132,7 +131,6 @@ pub(crate) async fn serve<S>(
     shutdown: impl Future<Output = ()>,
 ) where
     S: Service<Request<Incoming>, Response = Response<ProxyBody>, Error = Infallible>
-        + Clone
         + Send
         + 'static,
     S::Future: Send + 'static,
