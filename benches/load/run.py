@@ -6,7 +6,8 @@ Run it from the workspace root (one command; it installs what is missing):
     python3 benches/load/run.py            # or: benches/load/run.py --quick
 
 It installs wrk, nginx and HAProxy from Debian's packages when missing, builds the release
-binaries it needs (sidecar-lite, the flaky upstream, the fixed-rate load generator), starts an
+binaries it needs (sidecar-lite, the flaky upstream, the fixed-rate load generator, the bare
+proxy), starts an
 upstream (the flaky upstream with no faults), and measures each target at 1 and at 2 worker
 threads:
 
@@ -18,6 +19,9 @@ threads:
                   collector costs requests
   sidecar-access-log  sidecar-1hop with [access_log] on: a JSON line per request to a file
   sidecar-mtls    two sidecar-lite: outbound -> mTLS -> inbound -> upstream
+  bare-hyper      the floor: benches' `bare-proxy`, a reverse proxy of hyper and tokio alone on
+                  sidecar-lite's runtime model (a current-thread runtime per worker): what is
+                  left of a hop once sidecar-lite's own per-request work is taken away
   nginx           nginx as a plain reverse proxy (keep-alive to the upstream)
   haproxy         HAProxy as a plain reverse proxy (keep-alive to the upstream)
 
@@ -63,10 +67,10 @@ ROOT = Path(__file__).resolve().parents[2]
 RELEASE = Path(os.environ.get("CARGO_TARGET_DIR", ROOT / "target")) / "release"
 RESULTS = ROOT / "benches" / "load" / "results"
 TARGETS = ["direct", "baseline-1hop", "sidecar-1hop", "sidecar-traced", "sidecar-dead-otlp",
-           "sidecar-access-log", "sidecar-mtls", "nginx", "haproxy"]
+           "sidecar-access-log", "sidecar-mtls", "bare-hyper", "nginx", "haproxy"]
 CLK_TCK = os.sysconf("SC_CLK_TCK")
 PAGE = os.sysconf("SC_PAGE_SIZE")
-DEADLINE_S = 290  # the whole run, tools and builds excluded
+DEADLINE_S = 360  # the whole run, tools and builds excluded
 
 
 def log(msg):
@@ -91,10 +95,11 @@ def ensure_tools(wanted=None):
 
 
 def build():
-    log("building release binaries (sidecar-lite, flaky-upstream, loadgen)")
+    log("building release binaries (sidecar-lite, flaky-upstream, loadgen, bare-proxy)")
     subprocess.run(
         ["cargo", "build", "--release", "-p", "sidecar-lite", "-p", "example-flaky-upstream",
-         "-p", "benches", "--bin", "sidecar-lite", "--bin", "flaky-upstream", "--bin", "loadgen"],
+         "-p", "benches", "--bin", "sidecar-lite", "--bin", "flaky-upstream", "--bin", "loadgen",
+         "--bin", "bare-proxy"],
         cwd=ROOT, check=True)
 
 
@@ -374,6 +379,15 @@ def start_targets(tmp, threads, upstream, sink, baseline=None):
                              identity(tmp, "client") + route(port, inbound_port, True))
     targets["sidecar-mtls"] = (port, [outbound, inbound])
 
+    # The floor: hyper and tokio alone, on sidecar-lite's runtime model.
+    port = free_port()
+    bare = Proc(f"bare-hyper-{threads}",
+                [str(RELEASE / "bare-proxy"), "--listen", f"127.0.0.1:{port}",
+                 "--upstream", f"127.0.0.1:{upstream}", "--threads", str(threads)],
+                stdout=subprocess.DEVNULL)
+    wait_http_ok(port, what="bare-proxy", proc=bare)
+    targets["bare-hyper"] = (port, [bare])
+
     port = free_port()
     conf = tmp / f"nginx-{threads}.conf"
     conf.write_text(f"""
@@ -604,6 +618,12 @@ def report(results, machine):
                 lines.append(f"Spans of sidecar-dead-otlp: {dead_spans['exported']} exported, "
                              f"{dead_spans['queue-full']} dropped on a full queue, "
                              f"{dead_spans['export-failed']} in failed exports.")
+        bare = stats.get("bare-hyper")
+        if one and bare:
+            lines.append("")
+            lines.append(f"One hop / bare-hyper (hyper and tokio alone, the same runtime model): req/s "
+                         f"{ratio(one['rps'], bare['rps'])}, p99 {ratio(one['p99'], bare['p99'])}, CPU "
+                         f"per request {ratio(one['cpu_per_1000'], bare['cpu_per_1000'])}.")
         before = stats.get("baseline-1hop")
         if one and before:
             lines.append("")
