@@ -106,12 +106,12 @@ fn edge_request(edge: &Arc<EdgeOfConnection>, mut req: Request<Incoming>) -> Edg
     }
     let grpc = is_grpc(req.headers());
     // Which one would the app read? Refused, as RFC 9112 section 3.2 asks.
-    let two_hosts = req.headers().get_all(HOST).iter().nth(1).is_some();
+    let (host, two_hosts) = host_of(&req);
     let method = req.method().clone();
     // The request is made ready here and moved into the stack's call, not into the future,
     // which then holds it once, in the call: hyper moves the future into its slot.
     let call = (!two_hosts).then(|| {
-        prepare_request(&mut req, span.is_none(), client.forwarded.clone());
+        prepare_request(&mut req, host, span.is_none(), client.forwarded.clone());
         if let Some(inbound) = &current.inbound {
             inbound.prepare_request(&mut req);
         }
@@ -323,17 +323,40 @@ impl ListenerMetrics {
     }
 }
 
+/// The request's `Host` (one lookup for every question asked of it), and whether it has more
+/// than one.
+fn host_of<B>(req: &Request<B>) -> (Host, bool) {
+    let mut hosts = req.headers().get_all(HOST).iter();
+    let first = hosts.next();
+    let host = Host {
+        present: first.is_some(),
+        // Needed only when the URI has no authority of its own (origin-form, the usual case).
+        authority: first
+            .filter(|_| req.uri().authority().is_none())
+            .and_then(|h| h.to_str().ok())
+            .and_then(|h| h.parse::<Authority>().ok()),
+    };
+    (host, hosts.next().is_some())
+}
+
+/// What the edge needs of a request's `Host`.
+struct Host {
+    present: bool,
+    /// Its value as an authority, when the URI has none and it parses as one.
+    authority: Option<Authority>,
+}
+
 /// Applies the forwarding rules: hop-by-hop headers out, `x-forwarded-for` (with `forwarded`,
 /// the client's element) and (unless a span has set it) `traceparent` in, and an absolute URI
-/// that keeps the caller's authority.
-fn prepare_request<B>(req: &mut Request<B>, ensure_trace: bool, forwarded: HeaderValue) {
+/// that keeps the caller's authority (the URI's, else `host`'s).
+fn prepare_request<B>(
+    req: &mut Request<B>,
+    host: Host,
+    ensure_trace: bool,
+    forwarded: HeaderValue,
+) {
     let from_uri = req.uri().authority().is_some();
-    let authority = req.uri().authority().cloned().or_else(|| {
-        req.headers()
-            .get(HOST)
-            .and_then(|h| h.to_str().ok())
-            .and_then(|h| h.parse::<Authority>().ok())
-    });
+    let authority = req.uri().authority().cloned().or(host.authority);
     strip_hop_by_hop(req.headers_mut());
     append_forwarded_for(req.headers_mut(), forwarded);
     if ensure_trace {
@@ -343,12 +366,13 @@ fn prepare_request<B>(req: &mut Request<B>, ensure_trace: bool, forwarded: Heade
         // RFC 9112 section 3.2.2: a proxy sets Host from an absolute-form target, so Host and
         // `:authority` never disagree downstream. Set first, so that the authority is then
         // moved into the URI, not cloned (its first clone would allocate).
-        if (from_uri || !req.headers().contains_key(HOST))
+        if (from_uri || !host.present)
             && let Ok(host) = HeaderValue::from_str(authority.as_str())
         {
             req.headers_mut().insert(HOST, host);
         }
-        let mut parts = req.uri().clone().into_parts();
+        // Taken, not cloned: with a scheme, an authority and a path, `from_parts` cannot fail.
+        let mut parts = std::mem::take(req.uri_mut()).into_parts();
         parts.scheme = Some(http::uri::Scheme::HTTP);
         parts.authority = Some(authority);
         if parts.path_and_query.is_none() {

@@ -5,9 +5,8 @@
 
 use http::{
     HeaderMap, HeaderName, HeaderValue, Request,
-    header::{CONNECTION, TE, TRAILER, TRANSFER_ENCODING, UPGRADE},
+    header::{CONNECTION, Entry, TE, TRAILER, TRANSFER_ENCODING, UPGRADE},
 };
-use resilience_core::header_value;
 use resilience_mtls::Identity;
 use std::{net::IpAddr, sync::Arc};
 
@@ -72,35 +71,37 @@ pub(crate) fn forwarded_element(ip: IpAddr) -> HeaderValue {
 /// any earlier lines into one. Without earlier lines, the common case, the value is the
 /// client's, shared: nothing is formatted or allocated.
 pub(crate) fn append_forwarded_for(headers: &mut HeaderMap, client: HeaderValue) {
-    let mut folded: Option<String> = None;
-    for earlier in headers
-        .get_all(X_FORWARDED_FOR)
+    // One lookup of the name: the entry is either filled or folded in place.
+    let mut earlier = match headers.entry(X_FORWARDED_FOR) {
+        Entry::Vacant(vacant) => {
+            vacant.insert(client);
+            return;
+        }
+        Entry::Occupied(occupied) => occupied,
+    };
+    let mut folded = String::with_capacity(48);
+    for value in earlier
         .iter()
         .filter_map(|v| v.to_str().ok())
         .map(str::trim)
         .filter(|v| !v.is_empty())
     {
-        let value = folded.get_or_insert_with(|| String::with_capacity(48));
-        value.push_str(earlier);
-        value.push_str(", ");
+        folded.push_str(value);
+        folded.push_str(", ");
     }
-    let value = match folded {
-        None => client,
-        Some(mut value) => {
-            value.push_str(client.to_str().unwrap_or_default());
-            match HeaderValue::try_from(value) {
-                Ok(value) => value,
-                Err(_) => return,
-            }
-        }
-    };
-    headers.insert(X_FORWARDED_FOR, value);
+    folded.push_str(client.to_str().unwrap_or_default());
+    if let Ok(value) = HeaderValue::try_from(folded) {
+        earlier.insert(value);
+    }
 }
 
 /// Keeps a valid `traceparent`, or replaces a missing or malformed one with a new trace,
 /// sampled.
 pub(crate) fn ensure_traceparent(headers: &mut HeaderMap) {
-    if let Some(value) = header_value(headers, &TRACEPARENT).and_then(|v| v.to_str().ok())
+    // One lookup of the name: the entry is kept, or filled or replaced in place.
+    let entry = headers.entry(TRACEPARENT);
+    if let Entry::Occupied(kept) = &entry
+        && let Ok(value) = kept.get().to_str()
         && valid_traceparent(value).is_some()
     {
         return;
@@ -113,10 +114,16 @@ pub(crate) fn ensure_traceparent(headers: &mut HeaderMap) {
     value[35] = b'-';
     write_hex(&mut value[36..52], u128::from(rand::random::<u64>().max(1)));
     value[52..].copy_from_slice(b"-01");
-    headers.insert(
-        TRACEPARENT,
-        HeaderValue::from_bytes(&value).expect("hex digits and dashes are a valid header value"),
-    );
+    let value =
+        HeaderValue::from_bytes(&value).expect("hex digits and dashes are a valid header value");
+    match entry {
+        Entry::Occupied(mut bad) => {
+            bad.insert(value);
+        }
+        Entry::Vacant(none) => {
+            none.insert(value);
+        }
+    }
 }
 
 /// Fills `out` with the lowest `out.len()` hex digits of `n`, lowercase, most significant
