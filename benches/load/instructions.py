@@ -149,6 +149,8 @@ def main():
     parser = argparse.ArgumentParser(description=__doc__.split("\n")[0])
     parser.add_argument("--requests", type=int, default=2000)
     parser.add_argument("--warm", type=int, default=500, help="requests of the shorter run")
+    parser.add_argument("--binary", default=str(harness.RELEASE / "sidecar-lite"),
+                        help="the sidecar-lite binary to count (default: this build)")
     parser.add_argument("--baseline", help="another sidecar-lite binary, counted the same way")
     parser.add_argument("--haproxy", action="store_true",
                         help="also count HAProxy's (whole process), for the ratio")
@@ -160,7 +162,7 @@ def main():
     tmp = Path(tempfile.mkdtemp(prefix="sidecar-instructions-"))
     try:
         port = harness.start_upstream()
-        binaries = [("this build", harness.RELEASE / "sidecar-lite")]
+        binaries = [("this build", Path(args.binary))]
         if args.baseline:
             binaries.append(("baseline", Path(args.baseline)))
         counts = {}

@@ -40,6 +40,9 @@ cost is a ratio from one run:
     benches/load/run.py --threads 1 --reps 5 --baseline target/before/release/sidecar-lite \
         --targets sidecar-1hop,baseline-1hop
 
+`--sidecar PATH` runs the sidecar targets with another binary (a PGO build from
+`benches/load/pgo.py`, say; `--baseline target/release/sidecar-lite` beside it).
+
 `--targets` measures some of them only (direct and haproxy always, for the ratios), for
 example `--targets sidecar-1hop,sidecar-access-log --reps 5` for one change's cost.
 
@@ -68,6 +71,8 @@ RELEASE = Path(os.environ.get("CARGO_TARGET_DIR", ROOT / "target")) / "release"
 RESULTS = ROOT / "benches" / "load" / "results"
 TARGETS = ["direct", "baseline-1hop", "sidecar-1hop", "sidecar-traced", "sidecar-dead-otlp",
            "sidecar-access-log", "sidecar-mtls", "bare-hyper", "nginx", "haproxy"]
+# The sidecar-lite binary of the sidecar targets; `--sidecar` sets another (a PGO build, say).
+SIDECAR = RELEASE / "sidecar-lite"
 CLK_TCK = os.sysconf("SC_CLK_TCK")
 PAGE = os.sysconf("SC_PAGE_SIZE")
 DEADLINE_S = 360  # the whole run, tools and builds excluded
@@ -237,7 +242,7 @@ def identity(tmp, name):
 
 def start_sidecar(tmp, name, threads, body, binary=None):
     path, admin = sidecar_config(tmp, name, threads, body)
-    binary = binary or RELEASE / "sidecar-lite"
+    binary = binary or SIDECAR
     proc = Proc(f"{name}-{threads}", [str(binary), "run", "--config", str(path)],
                 admin=admin, stdout=subprocess.DEVNULL, env=dict(os.environ, RUST_LOG="error"))
     wait_http_ok(admin, "/ready", what=proc.name, proc=proc)
@@ -735,6 +740,9 @@ def main():
     parser.add_argument("--rate-seconds", type=float, default=2.5)
     parser.add_argument("--skip-build", action="store_true", help="use the binaries in target/release")
     parser.add_argument("--baseline", help="another sidecar-lite binary, measured as baseline-1hop")
+    parser.add_argument("--results", help="where the tables go (default: benches/load/results)")
+    parser.add_argument("--sidecar", help="the sidecar-lite binary of the sidecar targets "
+                        "(default: target/release/sidecar-lite)")
     parser.add_argument("--targets", help="measure only these (comma-separated); direct and haproxy always")
     parser.add_argument("--quick", action="store_true", help="1 thread count, 1 rep, 1 s each: a smoke test")
     parser.add_argument("--memory-only", action="store_true",
@@ -746,6 +754,9 @@ def main():
     ensure_tools()
     if not args.skip_build:
         build()
+    if args.sidecar:
+        global SIDECAR
+        SIDECAR = Path(args.sidecar)
     started = time.monotonic()
     tmp = Path(tempfile.mkdtemp(prefix="sidecar-load-"))
     signal.signal(signal.SIGTERM, lambda *_: sys.exit(1))
@@ -784,17 +795,18 @@ def main():
         machine = machine_info()
         machine["reps"] = args.reps
         table = report(results, machine)
-        RESULTS.mkdir(parents=True, exist_ok=True)
+        out = Path(args.results) if args.results else RESULTS
+        out.mkdir(parents=True, exist_ok=True)
         stem = "memory" if args.memory_only else "latest"
         if args.targets and not args.memory_only:
             # A partial run does not replace the full table.
             stem = "targets-" + args.targets.replace(",", "-")
-        (RESULTS / f"{stem}.md").write_text(table + "\n")
-        (RESULTS / f"{stem}.json").write_text(json.dumps({"machine": machine, "results": results}, indent=1))
+        (out / f"{stem}.md").write_text(table + "\n")
+        (out / f"{stem}.json").write_text(json.dumps({"machine": machine, "results": results}, indent=1))
         if stem == "latest":
-            (RESULTS / "latest.svg").write_text(svg_chart(results))
+            (out / "latest.svg").write_text(svg_chart(results))
         print(table)
-        log(f"wrote {RESULTS}/{stem}.* in {time.monotonic() - started:.0f} s")
+        log(f"wrote {out}/{stem}.* in {time.monotonic() - started:.0f} s")
     finally:
         stop_all()
         shutil.rmtree(tmp, ignore_errors=True)
