@@ -554,6 +554,12 @@ def ratio(a, b):
     return f"{a['median'] / b['median']:.2f}x"
 
 
+def ratios(a, b):
+    """Target `a` against target `b`: req/s, p99 and CPU per request, as ratios."""
+    return (f"req/s {ratio(a['rps'], b['rps'])}, p99 {ratio(a['p99'], b['p99'])}, "
+            f"CPU per request {ratio(a['cpu_per_1000'], b['cpu_per_1000'])}")
+
+
 def mib(kib):
     return f"{kib / 1024:.1f}" if kib else "-"
 
@@ -607,18 +613,15 @@ def report(results, machine):
         traced, spans = stats.get("sidecar-traced"), data.get("spans")
         if one and traced:
             lines.append("")
-            lines.append(f"Tracing on (every request sampled and exported) / off, one hop: req/s "
-                         f"{ratio(traced['rps'], one['rps'])}, p99 {ratio(traced['p99'], one['p99'])}, "
-                         f"CPU per request {ratio(traced['cpu_per_1000'], one['cpu_per_1000'])}.")
+            lines.append(f"Tracing on (every request sampled and exported) / off, one hop: "
+                         f"{ratios(traced, one)}.")
             if spans:
                 lines.append(f"Spans of sidecar-traced: {spans['exported']} exported, "
                              f"{spans['queue-full']} dropped on a full queue, "
                              f"{spans['export-failed']} in failed exports.")
         dead, dead_spans = stats.get("sidecar-dead-otlp"), data.get("dead_spans")
         if one and dead:
-            lines.append(f"Collector down / tracing off, one hop: req/s {ratio(dead['rps'], one['rps'])}, "
-                         f"p99 {ratio(dead['p99'], one['p99'])}, CPU per request "
-                         f"{ratio(dead['cpu_per_1000'], one['cpu_per_1000'])}.")
+            lines.append(f"Collector down / tracing off, one hop: {ratios(dead, one)}.")
             if dead_spans:
                 lines.append(f"Spans of sidecar-dead-otlp: {dead_spans['exported']} exported, "
                              f"{dead_spans['queue-full']} dropped on a full queue, "
@@ -626,21 +629,17 @@ def report(results, machine):
         bare = stats.get("bare-hyper")
         if one and bare:
             lines.append("")
-            lines.append(f"One hop / bare-hyper (hyper and tokio alone, the same runtime model): req/s "
-                         f"{ratio(one['rps'], bare['rps'])}, p99 {ratio(one['p99'], bare['p99'])}, CPU "
-                         f"per request {ratio(one['cpu_per_1000'], bare['cpu_per_1000'])}.")
+            lines.append(f"One hop / bare-hyper (hyper and tokio alone, the same runtime model): "
+                         f"{ratios(one, bare)}.")
         before = stats.get("baseline-1hop")
         if one and before:
             lines.append("")
-            lines.append(f"This build / the baseline binary, one hop: req/s {ratio(one['rps'], before['rps'])}, "
-                         f"p99 {ratio(one['p99'], before['p99'])}, CPU per request "
-                         f"{ratio(one['cpu_per_1000'], before['cpu_per_1000'])}.")
+            lines.append(f"This build / the baseline binary, one hop: {ratios(one, before)}.")
         logged, access_log = stats.get("sidecar-access-log"), data.get("access_log")
         if one and logged:
             lines.append("")
-            lines.append(f"Access log on (a JSON line per request to a file) / off, one hop: req/s "
-                         f"{ratio(logged['rps'], one['rps'])}, p99 {ratio(logged['p99'], one['p99'])}, "
-                         f"CPU per request {ratio(logged['cpu_per_1000'], one['cpu_per_1000'])}.")
+            lines.append(f"Access log on (a JSON line per request to a file) / off, one hop: "
+                         f"{ratios(logged, one)}.")
             if access_log:
                 lines.append(f"Access-log lines dropped on a full queue: {access_log['dropped']}.")
         if one and mtls:
