@@ -6,7 +6,7 @@ use crate::{
 };
 use http::{HeaderMap, HeaderName, HeaderValue, Request};
 use resilience_core::{header_value, is_grpc};
-use std::time::Duration;
+use std::{cell::RefCell, time::Duration};
 use tokio::time::Instant;
 
 /// The header that carries the remaining time of a plain (non-gRPC) HTTP request, in whole
@@ -276,12 +276,24 @@ fn incoming(headers: &HeaderMap) -> Option<(Carrier, Duration)> {
     None
 }
 
-/// `left` in whole milliseconds, rounded down, in one allocation (`HeaderValue::from(u64)`
-/// takes two).
+/// `left` in whole milliseconds, rounded down. The last value made on the calling thread is
+/// kept and shared: the requests of a busy route mostly start with the same time left (the
+/// timeout itself, to the millisecond), and then cost a reference count instead of digits
+/// formatted, checked and allocated.
 fn format_millis(left: Duration) -> HeaderValue {
+    thread_local! {
+        static LAST: RefCell<Option<(u64, HeaderValue)>> = const { RefCell::new(None) };
+    }
     let millis = u64::try_from(left.as_millis()).unwrap_or(u64::MAX);
-    HeaderValue::from_str(itoa::Buffer::new().format(millis))
-        .expect("decimal digits form a valid header value")
+    LAST.with_borrow_mut(|last| match last {
+        Some((made_for, value)) if *made_for == millis => value.clone(),
+        _ => {
+            let value = HeaderValue::from_str(itoa::Buffer::new().format(millis))
+                .expect("decimal digits form a valid header value");
+            *last = Some((millis, value.clone()));
+            value
+        }
+    })
 }
 
 /// Whole milliseconds: ASCII digits only, no sign, at most 12 of them (about 31 years).
@@ -299,6 +311,17 @@ fn parse_millis(value: &HeaderValue) -> Option<Duration> {
 #[cfg(test)]
 mod tests {
     use super::*;
+
+    #[test]
+    fn the_kept_millis_value_is_used_only_for_the_same_millisecond() {
+        let ms = Duration::from_millis;
+        assert_eq!(format_millis(ms(5000)), "5000");
+        assert_eq!(format_millis(ms(5000) + Duration::from_micros(999)), "5000");
+        assert_eq!(format_millis(ms(4999)), "4999");
+        assert_eq!(format_millis(ms(5000)), "5000");
+        assert_eq!(format_millis(Duration::ZERO), "0");
+        assert_eq!(format_millis(Duration::MAX), u64::MAX.to_string().as_str());
+    }
 
     #[test]
     fn grpc_timeout_comes_before_the_millis_header_and_the_first_value_counts() {

@@ -147,6 +147,9 @@ pub(super) async fn serve_connection<IO, S>(
             None => activity.next_check(settings.first_request, settings.idle),
         };
         tokio::select! {
+            // In this order, without drawing a random one for each wake (twice a request): the
+            // connection's own work first.
+            biased;
             result = connection.as_mut() => {
                 if let Err(error) = result {
                     tracing::debug!(listener = name, %remote, %error, "connection ended with an error");
