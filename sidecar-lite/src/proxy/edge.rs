@@ -51,9 +51,8 @@ pub(crate) fn edge(
     }
 }
 
-/// The edge of one listener for one connection: see [`edge`]. One `Arc`, so that the clone
-/// each request takes (and the one its future keeps) is one reference count, not five.
-#[derive(Clone)]
+/// The edge of one listener for one connection: see [`edge`]. One `Arc`, so that the
+/// reference each request's future keeps is one count, not five.
 pub(crate) struct Edge(Arc<EdgeOfConnection>);
 
 struct EdgeOfConnection {
