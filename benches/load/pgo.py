@@ -56,6 +56,9 @@ def llvm_profdata():
         if line.startswith("host: "))
     tool = Path(sysroot) / "lib" / "rustlib" / host / "bin" / "llvm-profdata"
     if not tool.exists():
+        if shutil.which("rustup") is None:
+            sys.exit(f"llvm-profdata is missing at {tool}, and there is no rustup to add it: "
+                     "install the llvm-profdata of rustc's own LLVM version (`rustc -vV`)")
         harness.log("adding rustup's llvm-tools component (llvm-profdata)")
         subprocess.run(["rustup", "component", "add", "llvm-tools"], check=True)
     if not tool.exists():
