@@ -186,7 +186,7 @@ impl AccessLog {
                     .get::<Identity>()
                     .map(|id| bounded(id.as_str())),
                 trace_id: None,
-                client: Some(client),
+                client,
             })),
         }
     }
@@ -406,7 +406,8 @@ struct Entry {
     attempts: u32,
     peer: Option<String>,
     trace_id: Option<String>,
-    client: Option<SocketAddr>,
+    /// The address of the connection the request came on.
+    client: SocketAddr,
 }
 
 /// An [`Entry`] as a JSON object.
@@ -428,7 +429,7 @@ struct JsonLine<'a> {
     attempts: u32,
     peer_identity: Option<&'a str>,
     trace_id: Option<&'a str>,
-    client: Option<SocketAddr>,
+    client: SocketAddr,
 }
 
 impl Entry {
@@ -482,8 +483,7 @@ impl Entry {
                     self.attempts,
                     or_dash(self.peer.as_deref()),
                     or_dash(self.trace_id.as_deref()),
-                    self.client
-                        .map_or_else(|| "-".to_owned(), |a| a.to_string()),
+                    self.client,
                 );
             }
         }
@@ -686,7 +686,7 @@ mod tests {
             attempts: 2,
             peer: Some("spiffe://example.org/ns/shop/sa/frontend".into()),
             trace_id: Some("4bf92f3577b34da6a3ce929d0e0e4736".into()),
-            client: Some(SocketAddr::from(([127, 0, 0, 1], 50000))),
+            client: SocketAddr::from(([127, 0, 0, 1], 50000)),
         };
         let mut json = Vec::new();
         entry.write(LogFormat::Json, &mut json);

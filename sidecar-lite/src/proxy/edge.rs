@@ -188,20 +188,13 @@ impl Finish {
         let EdgeOfConnection {
             listener, metrics, ..
         } = edge;
-        let Self {
-            start,
-            attempts,
-            grpc,
-            method,
-            span,
-            line,
-        } = self;
+        let grpc = self.grpc;
         let (mut response, local) = match answer {
             Some(Ok(response)) => (response, false),
             Some(Err(error)) => {
                 let response = local_reply(&error, grpc);
                 metrics.record_local(&response);
-                tracing::debug!(listener = &**listener, %method, status = %response.status(), %error, "answered by the proxy");
+                tracing::debug!(listener = &**listener, method = %self.method, status = %response.status(), %error, "answered by the proxy");
                 (response, true)
             }
             None => {
@@ -215,15 +208,15 @@ impl Finish {
             }
         };
         strip_hop_by_hop(response.headers_mut());
-        metrics.record(&response, start, attempts.count());
-        if let Some(span) = span {
+        metrics.record(&response, self.start, self.attempts.count());
+        if let Some(span) = self.span {
             let flag = local
                 .then(|| response.headers().get(SIDECAR_ERROR))
                 .flatten()
                 .and_then(|v| v.to_str().ok());
             span.finish(&response, flag);
         }
-        if let Some(line) = line {
+        if let Some(line) = self.line {
             response = line.finish(response);
         }
         response
