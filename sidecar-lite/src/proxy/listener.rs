@@ -9,7 +9,7 @@ use super::{
 };
 use crate::{
     config::LimitsConfig,
-    transport::{ProxyBody, worker},
+    transport::{Coalesced, ProxyBody, worker},
 };
 use http::{HeaderValue, Request, Response};
 use hyper::{body::Incoming, service::Service};
@@ -176,6 +176,7 @@ pub(crate) async fn serve<S>(
             }
         };
         let _ = tcp.set_nodelay(true);
+        let tcp = Coalesced::new(tcp);
         let service = serve_client(ClientAddr::new(remote));
         let acceptor = acceptor();
         let settings = settings.clone();

@@ -1,6 +1,7 @@
 //! The connectors of the upstream pools: each dials one fixed address, in plaintext or over
 //! mTLS.
 
+use super::Coalesced;
 use http::Uri;
 use hyper_util::rt::TokioIo;
 use resilience_mtls::{ConnectorBuilder, MtlsConnector};
@@ -35,7 +36,7 @@ impl FixedConnector {
 }
 
 impl Service<Uri> for FixedConnector {
-    type Response = TokioIo<TcpStream>;
+    type Response = TokioIo<Coalesced<TcpStream>>;
     type Error = io::Error;
     type Future = Pin<Box<dyn Future<Output = io::Result<Self::Response>> + Send>>;
 
@@ -51,7 +52,7 @@ impl Service<Uri> for FixedConnector {
                 .await
                 .map_err(|_| io::Error::new(io::ErrorKind::TimedOut, "connect timed out"))??;
             stream.set_nodelay(true)?;
-            Ok(TokioIo::new(stream))
+            Ok(TokioIo::new(Coalesced::new(stream)))
         })
     }
 }

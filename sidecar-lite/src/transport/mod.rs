@@ -4,6 +4,7 @@
 mod app;
 mod body;
 mod client;
+mod coalesce;
 mod pool;
 pub(crate) mod worker;
 
@@ -11,4 +12,5 @@ pub(crate) use app::AppClient;
 pub use body::ProxyBody;
 pub(crate) use body::{StackBody, boxed, local_response};
 pub(crate) use client::{FixedConnector, mtls_connector};
+pub(crate) use coalesce::Coalesced;
 pub(crate) use pool::{Pool, PooledBody, Protocol};
