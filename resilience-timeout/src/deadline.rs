@@ -276,24 +276,47 @@ fn incoming(headers: &HeaderMap) -> Option<(Carrier, Duration)> {
     None
 }
 
-/// `left` in whole milliseconds, rounded down. The last value made on the calling thread is
-/// kept and shared: the requests of a busy route mostly start with the same time left (the
+/// `left` in whole milliseconds, rounded down. The last few values made on the calling thread
+/// are kept and shared: the requests of a busy route mostly start with the same time left (the
 /// timeout itself, to the millisecond), and then cost a reference count instead of digits
-/// formatted, checked and allocated.
+/// formatted, checked and allocated. More than one, since a route's total timeout and its
+/// per-try timeout each write their own value into every request, one after the other.
 fn format_millis(left: Duration) -> HeaderValue {
     thread_local! {
-        static LAST: RefCell<Option<(u64, HeaderValue)>> = const { RefCell::new(None) };
+        static RECENT: RefCell<Recent> = const { RefCell::new(Recent::new()) };
     }
     let millis = u64::try_from(left.as_millis()).unwrap_or(u64::MAX);
-    LAST.with_borrow_mut(|last| match last {
-        Some((made_for, value)) if *made_for == millis => value.clone(),
-        _ => {
-            let value = HeaderValue::from_str(itoa::Buffer::new().format(millis))
-                .expect("decimal digits form a valid header value");
-            *last = Some((millis, value.clone()));
-            value
+    RECENT.with_borrow_mut(|recent| recent.get_or_make(millis))
+}
+
+/// How many recent values of `x-request-timeout-ms` a thread keeps.
+const RECENT_VALUES: usize = 4;
+
+/// The values of `x-request-timeout-ms` made last on one thread, the oldest replaced first.
+struct Recent {
+    values: [Option<(u64, HeaderValue)>; RECENT_VALUES],
+    oldest: usize,
+}
+
+impl Recent {
+    const fn new() -> Self {
+        Self {
+            values: [const { None }; RECENT_VALUES],
+            oldest: 0,
         }
-    })
+    }
+
+    fn get_or_make(&mut self, millis: u64) -> HeaderValue {
+        let kept = self.values.iter().flatten();
+        if let Some((_, value)) = kept.into_iter().find(|(made_for, _)| *made_for == millis) {
+            return value.clone();
+        }
+        let value = HeaderValue::from_str(itoa::Buffer::new().format(millis))
+            .expect("decimal digits form a valid header value");
+        self.values[self.oldest] = Some((millis, value.clone()));
+        self.oldest = (self.oldest + 1) % RECENT_VALUES;
+        value
+    }
 }
 
 /// Whole milliseconds: ASCII digits only, no sign, at most 12 of them (about 31 years).
@@ -313,7 +336,7 @@ mod tests {
     use super::*;
 
     #[test]
-    fn the_kept_millis_value_is_used_only_for_the_same_millisecond() {
+    fn a_kept_millis_value_is_used_only_for_the_same_millisecond() {
         let ms = Duration::from_millis;
         assert_eq!(format_millis(ms(5000)), "5000");
         assert_eq!(format_millis(ms(5000) + Duration::from_micros(999)), "5000");
@@ -321,6 +344,37 @@ mod tests {
         assert_eq!(format_millis(ms(5000)), "5000");
         assert_eq!(format_millis(Duration::ZERO), "0");
         assert_eq!(format_millis(Duration::MAX), u64::MAX.to_string().as_str());
+    }
+
+    #[test]
+    fn the_recent_values_are_kept_and_the_oldest_is_replaced_first() {
+        let mut recent = Recent::new();
+        let first = recent.get_or_make(30_000);
+        assert_eq!(first, "30000");
+        // A total and a per-try timeout, alternating: both values stay kept.
+        assert_eq!(recent.get_or_make(10_000), "10000");
+        assert_eq!(recent.get_or_make(30_000), "30000");
+        assert_eq!(recent.get_or_make(10_000), "10000");
+        assert_eq!(
+            recent.get_or_make(30_000).as_bytes().as_ptr(),
+            first.as_bytes().as_ptr(),
+            "a kept value is shared, not made again"
+        );
+        let made = |recent: &Recent| -> Vec<u64> {
+            recent
+                .values
+                .iter()
+                .flatten()
+                .map(|(millis, _)| *millis)
+                .collect()
+        };
+        assert_eq!(made(&recent), [30_000, 10_000]);
+        for millis in [1, 2, 3] {
+            recent.get_or_make(millis);
+        }
+        assert_eq!(made(&recent), [3, 10_000, 1, 2]);
+        assert_eq!(recent.get_or_make(3), "3");
+        assert_eq!(made(&recent), [3, 10_000, 1, 2]);
     }
 
     #[test]
