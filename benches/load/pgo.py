@@ -16,14 +16,14 @@ The steps: rustup's `llvm-tools` component (its `llvm-profdata` matches rustc's 
 when missing; run.py builds the harness's release binaries; sidecar-lite is built instrumented
 (`-Cprofile-generate`) into `target/pgo-generate`; `run.py --quick` runs that binary as every
 sidecar target (one hop in plaintext, with tracing exported, with its collector down, with the
-access log on, and the mTLS pair: outbound and inbound), and each sidecar writes its profile
-when it stops; `llvm-profdata` merges them; sidecar-lite is built again with `-Cprofile-use`
+access log on, and the mTLS pair: outbound and inbound), `h2c.py --quick` as one hop for
+HTTP/2 clients, and each sidecar writes its profile when it stops; `llvm-profdata` merges them; sidecar-lite is built again with `-Cprofile-use`
 into `target/pgo`. `target/release` and the committed results are left as they are (the
 training's tables go to `target/pgo-training`). Two release builds: about ten minutes on
 two cores.
 
-Paths the training does not take (gRPC, HTTP/2 from clients, retries after failures, DNS
-discovery) are laid out as cold code: still correct, not made faster, possibly a little
+Paths the training does not take (gRPC and HTTP/2 to the upstream, retries after failures,
+DNS discovery) are laid out as cold code: still correct, not made faster, possibly a little
 slower. The profile belongs to the code it was taken from: build again after any change.
 
 The training stays on 127.0.0.1 (run.py's rules: it stops only the processes it started, by
@@ -75,14 +75,17 @@ def build_sidecar(target_dir, rustflags):
 
 
 def train(instrumented):
-    """The harness's quick run with `instrumented` as every sidecar; the profiles it wrote."""
+    """The harness's quick runs, HTTP/1.1 and HTTP/2 from the client, with `instrumented` as
+    every sidecar; the profiles they wrote."""
     shutil.rmtree(PROFILES, ignore_errors=True)
     PROFILES.mkdir(parents=True)
-    harness.log("training: run.py --quick with the instrumented binary")
-    subprocess.run([sys.executable, str(Path(__file__).resolve().parent / "run.py"), "--quick",
-                    "--skip-build", "--sidecar", str(instrumented),
-                    "--results", str(TARGET / "pgo-training")],
-                   cwd=harness.ROOT, check=True, timeout=TRAINING_S)
+    for script in ("run.py", "h2c.py"):
+        harness.log(f"training: {script} --quick with the instrumented binary")
+        extra = ["--skip-build"] if script == "run.py" else []
+        subprocess.run([sys.executable, str(Path(__file__).resolve().parent / script), "--quick",
+                        *extra, "--sidecar", str(instrumented),
+                        "--results", str(TARGET / "pgo-training")],
+                       cwd=harness.ROOT, check=True, timeout=TRAINING_S)
     profiles = sorted(PROFILES.glob("*.profraw"))
     if not profiles:
         sys.exit(f"no profile in {PROFILES}: did the sidecars stop cleanly?")
