@@ -104,7 +104,9 @@ def report(runs, args):
     stats = {name: {key: summary([r[key] for r in rs]) for key in ("rps", "cpu_us")}
              for name, rs in runs.items()}
     haproxy = stats["haproxy"]
-    command = "python3 benches/load/h2c.py" + (" --baseline BINARY" if args.baseline else "")
+    command = ("python3 benches/load/h2c.py"
+               + (f" --sidecar {args.sidecar}" if args.sidecar != str(harness.SIDECAR) else "")
+               + (f" --baseline {args.baseline}" if args.baseline else ""))
     lines = [f"Measured {time.strftime('%Y-%m-%d %H:%M UTC', time.gmtime())}: h2c from the "
              f"client (`h2load -c32 -m1`, {args.seconds} s), HTTP/1.1 to "
              f"the upstream, one worker per proxy; medians of {args.reps} interleaved runs "
