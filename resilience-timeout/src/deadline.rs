@@ -307,8 +307,8 @@ impl Recent {
     }
 
     fn get_or_make(&mut self, millis: u64) -> HeaderValue {
-        let kept = self.values.iter().flatten();
-        if let Some((_, value)) = kept.into_iter().find(|(made_for, _)| *made_for == millis) {
+        let mut kept = self.values.iter().flatten();
+        if let Some((_, value)) = kept.find(|(made_for, _)| *made_for == millis) {
             return value.clone();
         }
         let value = HeaderValue::from_str(itoa::Buffer::new().format(millis))
