@@ -25,7 +25,6 @@ stops only the processes it started (by PID), and is bounded in time.
 import argparse
 import json
 import re
-import statistics
 import subprocess
 import sys
 import tempfile
@@ -93,15 +92,8 @@ def measure(targets, args):
     return runs
 
 
-def summary(values):
-    values = [v for v in values if v is not None]
-    if not values:
-        return None
-    return {"median": statistics.median(values), "min": min(values), "max": max(values)}
-
-
 def report(runs, args):
-    stats = {name: {key: summary([r[key] for r in rs]) for key in ("rps", "cpu_us")}
+    stats = {name: {key: harness.summary([r[key] for r in rs]) for key in ("rps", "cpu_us")}
              for name, rs in runs.items()}
     haproxy = stats["haproxy"]
     command = ("python3 benches/load/h2c.py"
