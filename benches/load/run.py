@@ -27,7 +27,9 @@ threads:
 
 Each gets: saturation req/s with 32 connections (wrk); p50, p99 and p99.9 at a fixed
 5000 req/s (benches' `loadgen`, wrk2-style, without coordinated omission); CPU seconds per
-1000 requests during saturation and RSS of the proxy processes (from /proc/PID). Every
+1000 requests during saturation and RSS of the proxy processes (from /proc/PID), and CPU
+seconds per 1000 requests of each sidecar of the pair and of the upstream behind each target,
+so that the two-sidecar path can be judged hop by hop. Every
 measurement runs 3 times, interleaved across targets; the table gives medians with min and
 max, and ratios to direct and to HAProxy. It writes benches/load/results/latest.{md,json,svg}.
 
@@ -191,11 +193,16 @@ def wait_http_ok(port, path="/", timeout=10.0, what="a target", proc=None):
 
 def start_upstream():
     """The release flaky upstream (no faults, one worker) on a free port, answering; its port."""
+    return start_upstream_proc()[0]
+
+
+def start_upstream_proc():
+    """The same upstream; its port and its process (whose CPU the report gives per hop)."""
     port = free_port()
     upstream = Proc("upstream", [str(RELEASE / "flaky-upstream"), "--listen", f"127.0.0.1:{port}",
                                  "--worker-threads", "1"], stdout=subprocess.DEVNULL)
     wait_http_ok(port, what="the upstream", proc=upstream)
-    return port
+    return port, upstream
 
 
 def cpu_seconds(pids):
@@ -465,7 +472,7 @@ def fixed_rate(port, rate, seconds):
     return json.loads(out.stdout)
 
 
-def measure(targets, args, started):
+def measure(targets, args, started, upstream):
     if args.targets:
         wanted = {"direct", "haproxy", *args.targets.split(",")}
         unknown = wanted - set(TARGETS)
@@ -480,9 +487,10 @@ def measure(targets, args, started):
                 return runs
             pids = [p for proc in procs for p in proc.pids()]
             each0 = [cpu_seconds(proc.pids()) for proc in procs]
-            cpu0 = cpu_seconds(pids)
+            cpu0, upstream0 = cpu_seconds(pids), cpu_seconds([upstream.pid])
             rps, total, errors = wrk(port, 32, args.saturation_seconds)
             cpu = cpu_seconds(pids) - cpu0
+            upstream_cpu = cpu_seconds([upstream.pid]) - upstream0
             # Each process on its own (the two sidecars of sidecar-mtls: outbound, inbound).
             each = [cpu_seconds(proc.pids()) - c0 for proc, c0 in zip(procs, each0)]
             fixed = fixed_rate(port, args.rate, args.rate_seconds)
@@ -490,6 +498,7 @@ def measure(targets, args, started):
                 "rps": rps, "requests": total, "errors": errors + fixed["errors"],
                 "cpu_per_1000": cpu / total * 1000 if procs and total else None,
                 "cpu_each_per_1000": [c / total * 1000 for c in each] if total else [],
+                "cpu_upstream_per_1000": upstream_cpu / total * 1000 if total else None,
                 "p50": fixed["p50_us"], "p99": fixed["p99_us"], "p999": fixed["p999_us"],
                 "achieved": fixed["achieved_rps"],
             })
@@ -658,6 +667,12 @@ def report(results, machine):
                 inbound = statistics.median(e[1] for e in each)
                 lines.append(f"CPU s/1000 req of each sidecar of the pair (medians): outbound "
                              f"{outbound:.3f}, inbound {inbound:.3f}.")
+        upstream = {name: statistics.median(u) for name, rs in data["runs"].items()
+                    if (u := [r["cpu_upstream_per_1000"] for r in rs
+                              if r.get("cpu_upstream_per_1000") is not None])}
+        if upstream:
+            lines.append("CPU s/1000 req of the upstream behind each target (medians): "
+                         + ", ".join(f"{name} {cpu:.3f}" for name, cpu in upstream.items()) + ".")
         lines.append("")
     return "\n".join(lines)
 
@@ -764,7 +779,7 @@ def main():
                         "--workload", "ns/load/sa/app", "--workload", "ns/load/sa/client"],
                        check=True, stdout=subprocess.DEVNULL)
         sink = OtlpSink()
-        upstream_port = start_upstream()
+        upstream_port, upstream = start_upstream_proc()
         results = {}
         for threads in args.threads.split(","):
             log(f"starting every target with {threads} worker thread(s)")
@@ -773,7 +788,7 @@ def main():
             idle = {name: (memory_kib([p for proc in procs for p in proc.pids()], "VmRSS"),
                            metrics_rss_kib(procs))
                     for name, (_, procs) in targets.items() if procs}
-            runs = {} if args.memory_only else measure(targets, args, started)
+            runs = {} if args.memory_only else measure(targets, args, started, upstream)
             memory = rss_at_256(targets)
             for name, (kib, reported) in idle.items():
                 memory.setdefault(name, {}).update(idle_kib=kib, metrics_idle_kib=reported)
