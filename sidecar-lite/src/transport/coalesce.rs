@@ -71,7 +71,7 @@ impl<IO: AsyncWrite + Unpin> AsyncWrite for Coalesced<IO> {
         cx: &mut Context<'_>,
         bufs: &[IoSlice<'_>],
     ) -> Poll<io::Result<usize>> {
-        let io = Pin::new(&mut self.get_mut().io);
+        let io = &mut self.get_mut().io;
         let total = bufs
             .iter()
             .try_fold(0usize, |total, buf| total.checked_add(buf.len()))
@@ -79,18 +79,26 @@ impl<IO: AsyncWrite + Unpin> AsyncWrite for Coalesced<IO> {
         let mut filled = bufs.iter().filter(|buf| !buf.is_empty());
         match (total, filled.next(), filled.next()) {
             // Nothing to write, or too much to copy: as asked.
-            (None, ..) | (_, None, _) => io.poll_write_vectored(cx, bufs),
-            (Some(_), Some(only), None) => io.poll_write(cx, only),
-            (Some(total), Some(_), Some(_)) => SCRATCH.with_borrow_mut(|scratch| {
-                scratch.clear();
-                scratch.reserve(total);
-                for buf in bufs {
-                    scratch.extend_from_slice(buf);
-                }
+            (None, ..) | (_, None, _) => Pin::new(io).poll_write_vectored(cx, bufs),
+            (Some(_), Some(only), None) => Pin::new(io).poll_write(cx, only),
+            (Some(total), Some(_), Some(_)) => {
                 // A short write reports how many bytes went, as `writev` would: the caller
                 // advances its buffers by that much and offers the rest again.
-                io.poll_write(cx, scratch)
-            }),
+                let coalesced = SCRATCH.try_with(|scratch| {
+                    let mut scratch = scratch.try_borrow_mut().ok()?;
+                    scratch.clear();
+                    scratch.reserve(total);
+                    for buf in bufs {
+                        scratch.extend_from_slice(buf);
+                    }
+                    Some(Pin::new(&mut *io).poll_write(cx, &scratch))
+                });
+                // Without the thread's buffer (a thread being torn down): as asked.
+                match coalesced {
+                    Ok(Some(written)) => written,
+                    Ok(None) | Err(_) => Pin::new(io).poll_write_vectored(cx, bufs),
+                }
+            }
         }
     }
 
@@ -209,6 +217,19 @@ mod tests {
             coalesced.io.writes,
             [(false, b"abcde".to_vec()), (false, b"fg".to_vec())]
         );
+    }
+
+    #[test]
+    fn without_the_threads_buffer_a_write_goes_out_vectored() {
+        let mut coalesced = Coalesced::new(Recorder::default());
+        let slices = [IoSlice::new(b"ab"), IoSlice::new(b"cd")];
+        let mut cx = Context::from_waker(std::task::Waker::noop());
+        // The buffer already borrowed: a write from inside a write, which never happens, or
+        // a thread whose buffer is gone.
+        let written = SCRATCH
+            .with_borrow_mut(|_| Pin::new(&mut coalesced).poll_write_vectored(&mut cx, &slices));
+        assert!(matches!(written, Poll::Ready(Ok(4))));
+        assert_eq!(coalesced.io.writes, [(true, b"abcd".to_vec())]);
     }
 
     #[tokio::test]
