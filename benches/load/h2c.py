@@ -63,11 +63,7 @@ def start_targets(tmp, upstream, sidecar, baseline):
     one = harness.start_sidecar(tmp, "sidecar-1hop", 1, harness.route(port, upstream, False),
                                 binary=sidecar)
     targets["sidecar-1hop"] = (port, one)
-    port = harness.free_port()
-    conf = harness.haproxy_config(tmp, "haproxy", 1, port, upstream)
-    haproxy = harness.Proc("haproxy", ["haproxy", "-f", str(conf), "-db"],
-                           stdout=subprocess.DEVNULL, stderr=subprocess.PIPE)
-    targets["haproxy"] = (port, haproxy)
+    targets["haproxy"] = harness.start_haproxy(tmp, "haproxy", 1, upstream)
     for name, (port, proc) in targets.items():
         harness.wait_http_ok(port, what=name, proc=proc)
         h2load(port, 1)  # warm: the upstream connections open, the pools filled

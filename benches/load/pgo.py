@@ -79,11 +79,10 @@ def train(instrumented):
     every sidecar; the profiles they wrote."""
     shutil.rmtree(PROFILES, ignore_errors=True)
     PROFILES.mkdir(parents=True)
-    for script in ("run.py", "h2c.py"):
+    for script, *flags in (("run.py", "--skip-build"), ("h2c.py",)):
         harness.log(f"training: {script} --quick with the instrumented binary")
-        extra = ["--skip-build"] if script == "run.py" else []
         subprocess.run([sys.executable, str(Path(__file__).resolve().parent / script), "--quick",
-                        *extra, "--sidecar", str(instrumented),
+                        *flags, "--sidecar", str(instrumented),
                         "--results", str(TARGET / "pgo-training")],
                        cwd=harness.ROOT, check=True, timeout=TRAINING_S)
     profiles = sorted(PROFILES.glob("*.profraw"))

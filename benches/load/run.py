@@ -345,6 +345,16 @@ backend app
     return conf
 
 
+def start_haproxy(tmp, name, threads, upstream):
+    """HAProxy (the config of `haproxy_config`) on a free port, answering; its port and process."""
+    port = free_port()
+    conf = haproxy_config(tmp, name, threads, port, upstream)
+    haproxy = Proc(name, ["haproxy", "-f", str(conf), "-db"],
+                   stdout=subprocess.DEVNULL, stderr=subprocess.PIPE)
+    wait_http_ok(port, what="haproxy", proc=haproxy)
+    return port, haproxy
+
+
 def start_targets(tmp, threads, upstream, sink, baseline=None):
     """Every target at `threads` workers: name -> (port, [procs whose CPU and RSS count])."""
     targets = {"direct": (upstream, [])}
@@ -433,11 +443,7 @@ http {{
     wait_http_ok(port, what="nginx", proc=nginx)
     targets["nginx"] = (port, [nginx])
 
-    port = free_port()
-    conf = haproxy_config(tmp, f"haproxy-{threads}", threads, port, upstream)
-    haproxy = Proc(f"haproxy-{threads}", ["haproxy", "-f", str(conf), "-db"],
-                   stdout=subprocess.DEVNULL, stderr=subprocess.PIPE)
-    wait_http_ok(port, what="haproxy", proc=haproxy)
+    port, haproxy = start_haproxy(tmp, f"haproxy-{threads}", threads, upstream)
     targets["haproxy"] = (port, [haproxy])
     return targets
 

@@ -67,11 +67,7 @@ def main():
         sidecar = harness.start_sidecar(tmp, "syscalls", 1, harness.route(port, upstream, False),
                                         binary=args.binary)
         harness.wait_http_ok(port, what="sidecar-lite", proc=sidecar)
-        haproxy_port = harness.free_port()
-        conf = harness.haproxy_config(tmp, "haproxy", 1, haproxy_port, upstream)
-        haproxy = harness.Proc("haproxy", ["haproxy", "-f", str(conf), "-db"],
-                               stdout=subprocess.DEVNULL, stderr=subprocess.PIPE)
-        harness.wait_http_ok(haproxy_port, what="haproxy", proc=haproxy)
+        haproxy_port, haproxy = harness.start_haproxy(tmp, "haproxy", 1, upstream)
         for _ in range(args.reps):
             for name, target, proc in (("sidecar-lite", port, sidecar),
                                        ("HAProxy", haproxy_port, haproxy)):
