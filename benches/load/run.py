@@ -26,7 +26,8 @@ threads:
   haproxy         HAProxy as a plain reverse proxy (keep-alive to the upstream)
 
 Each gets: saturation req/s with 32 connections (wrk); p50, p99 and p99.9 at a fixed
-5000 req/s (benches' `loadgen`, wrk2-style, without coordinated omission); CPU seconds per
+5000 req/s (benches' `loadgen`, wrk2-style, without coordinated omission); p50 and p99 of one
+request after another on one connection (wrk, one connection); CPU seconds per
 1000 requests during saturation and RSS of the proxy processes (from /proc/PID), and CPU
 seconds per 1000 requests of each sidecar of the pair and of the upstream behind each target,
 so that the two-sidecar path can be judged hop by hop. Every
@@ -77,7 +78,7 @@ TARGETS = ["direct", "baseline-1hop", "sidecar-1hop", "sidecar-traced", "sidecar
 SIDECAR = RELEASE / "sidecar-lite"
 CLK_TCK = os.sysconf("SC_CLK_TCK")
 PAGE = os.sysconf("SC_PAGE_SIZE")
-DEADLINE_S = 360  # the whole run, tools and builds excluded
+DEADLINE_S = 480  # the whole run, tools and builds excluded
 
 
 def log(msg):
@@ -451,13 +452,12 @@ http {{
 # ---------------------------------------------------------------- measurements
 
 
-def wrk(port, connections, seconds):
+def wrk(port, connections, seconds, latency=False):
+    """wrk's output for `connections` connections over `seconds`, and the failures in it."""
     out = subprocess.run(
         ["wrk", "-t1", f"-c{connections}", f"-d{seconds}s", "--timeout", "5s",
-         f"http://127.0.0.1:{port}/"],
+         *(["--latency"] if latency else []), f"http://127.0.0.1:{port}/"],
         capture_output=True, text=True, timeout=seconds + 30).stdout
-    rps = float(re.search(r"Requests/sec:\s+([\d.]+)", out).group(1))
-    total = int(re.search(r"(\d+) requests in", out).group(1))
     errors = 0
     non2xx = re.search(r"Non-2xx or 3xx responses:\s+(\d+)", out)
     if non2xx:
@@ -465,7 +465,29 @@ def wrk(port, connections, seconds):
     socket_errors = re.search(r"Socket errors: connect (\d+), read (\d+), write (\d+), timeout (\d+)", out)
     if socket_errors:
         errors += sum(int(n) for n in socket_errors.groups())
+    return out, errors
+
+
+def saturation(port, seconds):
+    """req/s, requests and failures of wrk's 32 connections."""
+    out, errors = wrk(port, 32, seconds)
+    rps = float(re.search(r"Requests/sec:\s+([\d.]+)", out).group(1))
+    total = int(re.search(r"(\d+) requests in", out).group(1))
     return rps, total, errors
+
+
+def one_at_a_time(port, seconds):
+    """p50 and p99 of requests sent one after another on one connection, each as soon as the
+    previous answer is in (wrk, one connection): a hop's own latency, with nothing queued and
+    no process left idle long enough to be woken from sleep."""
+    out, errors = wrk(port, 1, seconds, latency=True)
+    units = {"us": 1.0, "ms": 1e3, "s": 1e6}
+
+    def percentile(p):
+        found = re.search(rf"^\s+{p}%\s+([\d.]+)(us|ms|s)$", out, re.M)
+        return float(found.group(1)) * units[found.group(2)]
+
+    return {"p50_us": percentile(50), "p99_us": percentile(99), "errors": errors}
 
 
 def fixed_rate(port, rate, seconds):
@@ -494,22 +516,26 @@ def measure(targets, args, started, upstream):
             pids = [p for proc in procs for p in proc.pids()]
             each0 = [cpu_seconds(proc.pids()) for proc in procs]
             cpu0, upstream0 = cpu_seconds(pids), cpu_seconds([upstream.pid])
-            rps, total, errors = wrk(port, 32, args.saturation_seconds)
+            rps, total, errors = saturation(port, args.saturation_seconds)
             cpu = cpu_seconds(pids) - cpu0
             upstream_cpu = cpu_seconds([upstream.pid]) - upstream0
             # Each process on its own (the two sidecars of sidecar-mtls: outbound, inbound).
             each = [cpu_seconds(proc.pids()) - c0 for proc, c0 in zip(procs, each0)]
             fixed = fixed_rate(port, args.rate, args.rate_seconds)
+            alone = one_at_a_time(port, args.saturation_seconds)
             runs[name].append({
-                "rps": rps, "requests": total, "errors": errors + fixed["errors"],
+                "rps": rps, "requests": total,
+                "errors": errors + fixed["errors"] + alone["errors"],
                 "cpu_per_1000": cpu / total * 1000 if procs and total else None,
                 "cpu_each_per_1000": [c / total * 1000 for c in each] if total else [],
                 "cpu_upstream_per_1000": upstream_cpu / total * 1000 if total else None,
                 "p50": fixed["p50_us"], "p99": fixed["p99_us"], "p999": fixed["p999_us"],
                 "achieved": fixed["achieved_rps"],
+                "p50_one": alone["p50_us"], "p99_one": alone["p99_us"],
             })
             log(f"rep {rep + 1} {name:13s} {rps:9.0f} req/s  p50 {fixed['p50_us']:7.1f} us  "
-                f"p99 {fixed['p99_us']:7.1f} us  p99.9 {fixed['p999_us']:7.1f} us")
+                f"p99 {fixed['p99_us']:7.1f} us  p99.9 {fixed['p999_us']:7.1f} us  "
+                f"one connection p50 {alone['p50_us']:6.1f} us")
     return runs
 
 
@@ -575,6 +601,28 @@ def ratios(a, b):
             f"CPU per request {ratio(a['cpu_per_1000'], b['cpu_per_1000'])}")
 
 
+def one_connection(stats):
+    """What each target adds over direct to the latency of one request at a time on one
+    connection (p50 and p99), and the sidecar's added p50 against HAProxy's; None when the
+    run has no such figures."""
+    direct = stats["direct"]
+    if not direct.get("p50_one"):
+        return None
+    added = {name: {key: stats[name][key]["median"] - direct[key]["median"]
+                    for key in ("p50_one", "p99_one")}
+             for name in ("sidecar-1hop", "baseline-1hop", "sidecar-mtls", "bare-hyper", "nginx",
+                          "haproxy")
+             if name in stats and stats[name].get("p50_one") and stats[name].get("p99_one")}
+    line = (f"One connection, one request after another (wrk -c1): direct p50 "
+            f"{direct['p50_one']['median']:.1f} us, p99 {direct['p99_one']['median']:.1f} us; added "
+            "over direct, p50 / p99: "
+            + ", ".join(f"{name} {a['p50_one']:.1f} / {a['p99_one']:.1f} us" for name, a in added.items()))
+    one, haproxy = added.get("sidecar-1hop"), added.get("haproxy")
+    if one and haproxy and haproxy["p50_one"] > 0:
+        line += f". Added p50, sidecar-1hop / HAProxy: {one['p50_one'] / haproxy['p50_one']:.2f}x"
+    return line + "."
+
+
 def mib(kib):
     return f"{kib / 1024:.1f}" if kib else "-"
 
@@ -624,6 +672,9 @@ def report(results, machine):
         errors = sum(r["errors"] for rs in data["runs"].values() for r in rs)
         lines.append("")
         lines.append(f"Failed requests in these runs (non-2xx, socket errors, loadgen failures): {errors}.")
+        alone = one_connection(stats)
+        if alone:
+            lines += ["", alone]
         one, mtls = stats.get("sidecar-1hop"), stats.get("sidecar-mtls")
         traced, spans = stats.get("sidecar-traced"), data.get("spans")
         if one and traced:
@@ -799,7 +850,8 @@ def main():
             for name, (kib, reported) in idle.items():
                 memory.setdefault(name, {}).update(idle_kib=kib, metrics_idle_kib=reported)
             stats = {name: {key: summary([r[key] for r in rs])
-                            for key in ("rps", "p50", "p99", "p999", "cpu_per_1000")}
+                            for key in ("rps", "p50", "p99", "p999", "cpu_per_1000",
+                                        "p50_one", "p99_one")}
                      for name, rs in runs.items() if rs}
             results[threads] = {"runs": runs, "stats": stats, "memory": memory}
             for name, key, counts in (("sidecar-traced", "spans", span_counts),

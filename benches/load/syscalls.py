@@ -40,7 +40,7 @@ def count(pid, port, seconds):
                             stderr=subprocess.PIPE, text=True)
     try:
         time.sleep(0.2)  # perf attached before the load starts
-        _, requests, _ = harness.wrk(port, 32, seconds)
+        _, requests, _ = harness.saturation(port, seconds)
     finally:
         perf.send_signal(subprocess.signal.SIGINT)
         _, err = perf.communicate(timeout=30)
@@ -71,7 +71,7 @@ def main():
         for _ in range(args.reps):
             for name, target, proc in (("sidecar-lite", port, sidecar),
                                        ("HAProxy", haproxy_port, haproxy)):
-                harness.wrk(target, 32, 1)  # warm: connections open, pools filled
+                harness.saturation(target, 1)  # warm: connections open, pools filled
                 requests, calls = count(proc.pid, target, args.seconds)
                 named = sorted(((n, call) for call, n in calls.items() if call != "all" and n),
                                reverse=True)
