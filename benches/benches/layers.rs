@@ -11,7 +11,8 @@
 //!   `sidecar_lite::outbound` builds (the very layers, in its order, from a parsed
 //!   `[[outbound]]` section), around an in-memory endpoint instead of the pooled client, beside
 //!   tower's equivalent and the bare endpoint. This is the library mode's cost without the
-//!   network.
+//!   network. `stack/resilience-outbound-fixed-timeouts` is the same stack with both timeouts
+//!   a plain timer, as tower's are: the difference is what deadline propagation costs.
 //!
 //! Configured alike throughout: 3 attempts, retries on error (5xx and gateway errors for HTTP)
 //! within a budget of 20 % plus 10/s over 10 s, a 30 s total and 10 s per-try timeout, a
@@ -24,6 +25,7 @@ use http::{Request, Response, StatusCode};
 use http_body_util::Full;
 use resilience_breaker::{CircuitBreakerLayer, Mode, classify_fn};
 use resilience_retry::{PeekGrpcTrailersLayer, ReplayBody, RetryIf, RetryLayer};
+use resilience_timeout::{Fixed, HttpDeadline, TimeoutLayer, TimeoutPolicy};
 use sidecar_lite::Config;
 use std::{convert::Infallible, fmt::Debug, future, sync::Arc, time::Duration};
 use tokio::runtime::Runtime;
@@ -284,10 +286,23 @@ fn is_gateway_error<B>(response: &Response<B>) -> bool {
 }
 
 /// The stack of `sidecar_lite::outbound` for one endpoint, layer for layer, from the
-/// parsed route; the pooled client is replaced by the in-memory endpoint.
-fn outbound_stack(
+/// parsed route; the pooled client is replaced by the in-memory endpoint. `policy` sets both
+/// timeouts' policy: the route's own (`HttpDeadline`: deadlines honoured, carried to the layers
+/// further in and told to the next hop) as the sidecar builds it, or `Fixed` (a timer and
+/// nothing else, as tower's timeout) to price the deadline's work apart from the layers that
+/// tower also has.
+fn outbound_stack<P>(
     rt: &Runtime,
-) -> BoxCloneService<Request<Full<Bytes>>, Response<sidecar_lite::ProxyBody>, BoxError> {
+    policy: impl Fn(TimeoutLayer<HttpDeadline>) -> TimeoutLayer<P>,
+) -> BoxCloneService<Request<Full<Bytes>>, Response<sidecar_lite::ProxyBody>, BoxError>
+where
+    P: TimeoutPolicy<Request<Full<Bytes>>>
+        + TimeoutPolicy<Request<ReplayBody<Full<Bytes>>>>
+        + Clone
+        + Send
+        + Sync
+        + 'static,
+{
     let config = Config::parse(ROUTE).expect("the bench route parses");
     let route = config.outbound_route("bench").expect("the bench route");
     let breaker = route
@@ -299,7 +314,7 @@ fn outbound_stack(
         .classify(classify_fn(|response: &Response<_>| {
             response.status().is_server_error()
         }));
-    let total = route.timeout().layer().expect("a timeout").named("total");
+    let total = policy(route.timeout().layer().expect("a timeout")).named("total");
     let retry = route
         .retry()
         .layer()
@@ -319,7 +334,7 @@ fn outbound_stack(
         .layer(PeekGrpcTrailersLayer::new())
         .layer(breaker)
         // One endpoint: the per-try timeout runs inside its breaker, as the sidecar's does.
-        .option_layer(route.retry().per_try_timeout_layer())
+        .option_layer(route.retry().per_try_timeout_layer().map(policy))
         .service(endpoint::<ReplayBody<Full<Bytes>>>());
     BoxCloneService::new(service.map_err(BoxError::from))
 }
@@ -362,7 +377,13 @@ fn http_stack(c: &mut Criterion) {
         &mut group,
         "stack/resilience-outbound",
         &rt,
-        from_u64(outbound_stack(&rt)),
+        from_u64(outbound_stack(&rt, |layer| layer)),
+    );
+    bench_calls(
+        &mut group,
+        "stack/resilience-outbound-fixed-timeouts",
+        &rt,
+        from_u64(outbound_stack(&rt, |layer| layer.with_policy(Fixed))),
     );
     group.finish();
 }
