@@ -146,8 +146,10 @@ def main():
         harness.build()
     tmp = Path(tempfile.mkdtemp(prefix="sidecar-hedging-"))
     started = time.monotonic()
-    # Bounded in time: the harness's bound, and the warm-up of every run on top.
-    deadline = harness.DEADLINE_S + len(SCENARIOS) * len(VARIANTS) * args.reps * args.warm
+    # Bounded in time: half as long again as the runs should take (each with its warm-up),
+    # and two minutes for starting and stopping the processes.
+    runs = len(SCENARIOS) * len(VARIANTS) * args.reps
+    deadline = 120 + 1.5 * runs * (args.seconds + args.warm)
     try:
         scenarios = []
         for title, slow_rates in SCENARIOS:

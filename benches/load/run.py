@@ -78,7 +78,6 @@ TARGETS = ["direct", "baseline-1hop", "sidecar-1hop", "sidecar-traced", "sidecar
 SIDECAR = RELEASE / "sidecar-lite"
 CLK_TCK = os.sysconf("SC_CLK_TCK")
 PAGE = os.sysconf("SC_PAGE_SIZE")
-DEADLINE_S = 480  # the whole run, tools and builds excluded
 
 
 def log(msg):
@@ -500,17 +499,33 @@ def fixed_rate(port, rate, seconds):
     return json.loads(out.stdout)
 
 
-def measure(targets, args, started, upstream):
-    if args.targets:
-        wanted = {"direct", "haproxy", *args.targets.split(",")}
-        unknown = wanted - set(TARGETS)
-        if unknown:
-            sys.exit(f"unknown targets: {', '.join(sorted(unknown))}; known: {', '.join(TARGETS)}")
-        targets = {name: target for name, target in targets.items() if name in wanted}
+def wanted_targets(args):
+    """The targets to measure: `--targets` and the two every ratio needs, or all."""
+    if not args.targets:
+        return [name for name in TARGETS if name != "baseline-1hop" or args.baseline]
+    wanted = {"direct", "haproxy", *args.targets.split(",")}
+    unknown = wanted - set(TARGETS)
+    if unknown:
+        sys.exit(f"unknown targets: {', '.join(sorted(unknown))}; known: {', '.join(TARGETS)}")
+    return [name for name in TARGETS if name in wanted]
+
+
+def time_bound(args):
+    """How long the measurements may take in all: half as long again as they should (wrk at
+    32 connections, the fixed rate and its warm-up, wrk on one connection, a second around
+    them, for every target, rep and thread count), and at least six minutes."""
+    per_target = 2 * args.saturation_seconds + args.rate_seconds + 0.5 + 1
+    planned = len(args.threads.split(",")) * args.reps * len(wanted_targets(args)) * per_target
+    return max(360, 1.5 * planned)
+
+
+def measure(targets, args, deadline, upstream):
+    wanted = wanted_targets(args)
+    targets = {name: target for name, target in targets.items() if name in wanted}
     runs = {name: [] for name in targets}
     for rep in range(args.reps):
         for name, (port, procs) in targets.items():  # interleaved: every target once per rep
-            if time.monotonic() - started > DEADLINE_S:
+            if time.monotonic() > deadline:
                 log("time is up; stopping the measurements early")
                 return runs
             pids = [p for proc in procs for p in proc.pids()]
@@ -829,6 +844,7 @@ def main():
         global SIDECAR
         SIDECAR = Path(args.sidecar)
     started = time.monotonic()
+    deadline = started + time_bound(args)
     tmp = Path(tempfile.mkdtemp(prefix="sidecar-load-"))
     signal.signal(signal.SIGTERM, lambda *_: sys.exit(1))
     try:
@@ -845,7 +861,7 @@ def main():
             idle = {name: (memory_kib([p for proc in procs for p in proc.pids()], "VmRSS"),
                            metrics_rss_kib(procs))
                     for name, (_, procs) in targets.items() if procs}
-            runs = {} if args.memory_only else measure(targets, args, started, upstream)
+            runs = {} if args.memory_only else measure(targets, args, deadline, upstream)
             memory = rss_at_256(targets)
             for name, (kib, reported) in idle.items():
                 memory.setdefault(name, {}).update(idle_kib=kib, metrics_idle_kib=reported)
