@@ -18,7 +18,9 @@ threads:
   sidecar-dead-otlp  sidecar-traced whose collector is down (nothing listens): what a dead
                   collector costs requests
   sidecar-access-log  sidecar-1hop with [access_log] on: a JSON line per request to a file
-  sidecar-mtls    two sidecar-lite: outbound -> mTLS -> inbound -> upstream
+  sidecar-mtls    two sidecar-lite: outbound -> mTLS -> inbound -> upstream (HTTP/2 between
+                  them, the default)
+  sidecar-mtls-http1  sidecar-mtls with HTTP/1.1 between the sidecars (`endpoint_protocol`)
   bare-hyper      the floor: benches' `bare-proxy`, a reverse proxy of hyper and tokio alone on
                   sidecar-lite's runtime model (a current-thread runtime per worker): what is
                   left of a hop once sidecar-lite's own per-request work is taken away
@@ -73,7 +75,8 @@ ROOT = Path(__file__).resolve().parents[2]
 RELEASE = Path(os.environ.get("CARGO_TARGET_DIR", ROOT / "target")) / "release"
 RESULTS = ROOT / "benches" / "load" / "results"
 TARGETS = ["direct", "baseline-1hop", "sidecar-1hop", "sidecar-traced", "sidecar-dead-otlp",
-           "sidecar-access-log", "sidecar-mtls", "bare-hyper", "nginx", "haproxy"]
+           "sidecar-access-log", "sidecar-mtls", "sidecar-mtls-http1", "bare-hyper", "nginx",
+           "haproxy"]
 # The sidecar-lite binary of the sidecar targets; `--sidecar` sets another (a PGO build, say).
 SIDECAR = RELEASE / "sidecar-lite"
 CLK_TCK = os.sysconf("SC_CLK_TCK")
@@ -355,6 +358,21 @@ def start_haproxy(tmp, name, threads, upstream):
     return port, haproxy
 
 
+def start_mtls_pair(tmp, name, threads, upstream, route_extra=""):
+    """Two sidecars, outbound -> mTLS -> inbound -> upstream, the outbound route with
+    `route_extra`: the port to call and the two processes (outbound first)."""
+    inbound_port = free_port()
+    inbound = start_sidecar(
+        tmp, f"{name}-inbound", threads,
+        identity(tmp, "app") + f"[inbound]\nlisten = \"127.0.0.1:{inbound_port}\"\n"
+        f"app = \"127.0.0.1:{upstream}\"\nmtls = \"strict\"\nmax_concurrent_requests = 4096\n"
+        "allow = [\"spiffe://example.org/ns/load/sa/client\"]\n")
+    port = free_port()
+    outbound = start_sidecar(tmp, f"{name}-outbound", threads,
+                             identity(tmp, "client") + route(port, inbound_port, True) + route_extra)
+    return port, [outbound, inbound]
+
+
 def start_targets(tmp, threads, upstream, sink, baseline=None):
     """Every target at `threads` workers: name -> (port, [procs whose CPU and RSS count])."""
     targets = {"direct": (upstream, [])}
@@ -390,16 +408,9 @@ def start_targets(tmp, threads, upstream, sink, baseline=None):
         "format = \"json\"\n")
     targets["sidecar-access-log"] = (port, [logged])
 
-    inbound_port = free_port()
-    inbound = start_sidecar(
-        tmp, "sidecar-inbound", threads,
-        identity(tmp, "app") + f"[inbound]\nlisten = \"127.0.0.1:{inbound_port}\"\n"
-        f"app = \"127.0.0.1:{upstream}\"\nmtls = \"strict\"\nmax_concurrent_requests = 4096\n"
-        "allow = [\"spiffe://example.org/ns/load/sa/client\"]\n")
-    port = free_port()
-    outbound = start_sidecar(tmp, "sidecar-outbound", threads,
-                             identity(tmp, "client") + route(port, inbound_port, True))
-    targets["sidecar-mtls"] = (port, [outbound, inbound])
+    targets["sidecar-mtls"] = start_mtls_pair(tmp, "sidecar", threads, upstream)
+    targets["sidecar-mtls-http1"] = start_mtls_pair(tmp, "sidecar-http1", threads, upstream,
+                                                    "endpoint_protocol = \"http1\"\n")
 
     # The floor: hyper and tokio alone, on sidecar-lite's runtime model.
     port = free_port()
@@ -625,8 +636,8 @@ def one_connection(stats):
         return None
     added = {name: {key: stats[name][key]["median"] - direct[key]["median"]
                     for key in ("p50_one", "p99_one")}
-             for name in ("sidecar-1hop", "baseline-1hop", "sidecar-mtls", "bare-hyper", "nginx",
-                          "haproxy")
+             for name in ("sidecar-1hop", "baseline-1hop", "sidecar-mtls", "sidecar-mtls-http1",
+                          "bare-hyper", "nginx", "haproxy")
              if name in stats and stats[name].get("p50_one") and stats[name].get("p99_one")}
     line = (f"One connection, one request after another (wrk -c1): direct p50 "
             f"{direct['p50_one']['median']:.1f} us, p99 {direct['p99_one']['median']:.1f} us; added "
@@ -732,6 +743,10 @@ def report(results, machine):
                          f"CPU per request, the pair / one hop: "
                          f"{ratio(mtls['cpu_per_1000'], one['cpu_per_1000'])}. "
                          f"Added p99 over direct: {', '.join(added)}.")
+            http1 = stats.get("sidecar-mtls-http1")
+            if http1:
+                lines.append(f"HTTP/1.1 / HTTP/2 between the two sidecars (`endpoint_protocol`), "
+                             f"the mTLS pair: {ratios(http1, mtls)}.")
             each = [r.get("cpu_each_per_1000") for r in data["runs"].get("sidecar-mtls", [])]
             each = [e for e in each if e and len(e) == 2]
             if each:

@@ -324,3 +324,71 @@ async fn the_tls_server_name_comes_from_the_route_never_from_the_callers_host() 
     assert!(text(response).await.contains("host: orders_v2.shop\n"));
     assert_eq!(hits.load(Ordering::SeqCst), 1);
 }
+
+/// Between the sidecars the route's `endpoint_protocol` is spoken: HTTP/2 by default (offered
+/// first by ALPN, and taken by the peer), HTTP/1.1 or HTTP/2 alone when set. The inbound
+/// sidecar's access log says what came in; the app is spoken to as before.
+#[tokio::test]
+async fn the_protocol_between_the_sidecars_is_the_routes_endpoint_protocol() {
+    for (setting, between) in [
+        ("", "HTTP/2"),
+        ("endpoint_protocol = \"http1\"", "HTTP/1.1"),
+        ("endpoint_protocol = \"http2\"", "HTTP/2"),
+    ] {
+        let certs = Certs::new("endpoint-protocol");
+        let (app, hits) = echo_app().await;
+        let log = certs.dir.join("inbound.log");
+        let access_log = format!(
+            "[access_log]\npath = \"{}\"\nformat = \"json\"\n",
+            log.display()
+        );
+        let inbound =
+            inbound_sidecar(&certs, "orders", app, &[spiffe("frontend")], &access_log).await;
+        let outbound = frontend_to_orders(&certs, &inbound, setting).await;
+        let response = get(format!("http://{}/orders", outbound_addr(&outbound))).await;
+        assert_eq!(response.status(), StatusCode::OK, "{setting}");
+        assert!(
+            text(response).await.starts_with("GET /orders HTTP/1.1\n"),
+            "{setting}"
+        );
+        assert_eq!(hits.load(Ordering::SeqCst), 1, "{setting}");
+        let mut line = serde_json::Value::Null;
+        let logged = eventually(async || {
+            let text = std::fs::read_to_string(&log).unwrap_or_default();
+            match text.lines().next() {
+                Some(first) => {
+                    line = serde_json::from_str(first).unwrap();
+                    true
+                }
+                None => false,
+            }
+        })
+        .await;
+        assert!(logged, "{setting}: no line in {}", log.display());
+        assert_eq!(line["protocol"], between, "{setting}");
+    }
+}
+
+/// A plaintext route speaks HTTP/1.1 to its endpoint, but for gRPC, unless told to speak
+/// HTTP/2 (with prior knowledge) to everything.
+#[tokio::test]
+async fn a_plaintext_route_speaks_http2_to_its_endpoint_when_told_to() {
+    let (app, _) = echo_app().await;
+    for (setting, spoken) in [
+        ("", "HTTP/1.1"),
+        ("endpoint_protocol = \"http1\"", "HTTP/1.1"),
+        ("endpoint_protocol = \"http2\"", "HTTP/2.0"),
+    ] {
+        let sidecar = sidecar(&format!(
+            "[[outbound]]\nname = \"app\"\nlisten = \"127.0.0.1:0\"\nendpoints = [\"{app}\"]\n{setting}\n"
+        ))
+        .await;
+        let response = get(format!("http://{}/orders", outbound_addr(&sidecar))).await;
+        assert_eq!(response.status(), StatusCode::OK, "{setting}");
+        let echoed = text(response).await;
+        assert!(
+            echoed.starts_with(&format!("GET /orders {spoken}\n")),
+            "{setting}: {echoed}"
+        );
+    }
+}

@@ -24,7 +24,7 @@ pub use errors::{ConfigErrors, ConfigProblem};
 pub(crate) use limits::ConcurrencyLimit;
 pub(crate) use process::log_filter;
 pub(crate) use process::{AdminConfig, LimitsConfig, LogConfig, LogFormat, RuntimeConfig};
-pub(crate) use routes::{AppProtocol, FaultConfig};
+pub(crate) use routes::{FaultConfig, UpstreamProtocol};
 pub use routes::{InboundConfig, OutboundConfig};
 pub(crate) use tracing::TracingConfig;
 
@@ -249,6 +249,34 @@ mod tests {
                 .to_toml()
                 .contains("endpoints = [\"dns:payments:80\"]")
         );
+    }
+
+    #[test]
+    fn endpoint_protocol_is_auto_unless_set_and_a_wrong_one_is_named() {
+        use super::UpstreamProtocol;
+        let endpoints = "\"10.0.0.7:80\"";
+        let protocol = |extra: &str| {
+            Config::parse(&format!("{}{extra}", route(endpoints)))
+                .unwrap()
+                .outbound[0]
+                .endpoint_protocol
+        };
+        assert_eq!(protocol(""), UpstreamProtocol::Auto);
+        assert_eq!(
+            protocol("endpoint_protocol = \"http1\"\n"),
+            UpstreamProtocol::Http1
+        );
+        assert_eq!(
+            protocol("endpoint_protocol = \"http2\"\n"),
+            UpstreamProtocol::Http2
+        );
+        let message = error(&format!(
+            "{}endpoint_protocol = \"http3\"\n",
+            route(endpoints)
+        ));
+        assert!(message.contains("line 5"), "{message}");
+        assert!(message.contains("endpoint_protocol"), "{message}");
+        assert!(message.contains("http3"), "{message}");
     }
 
     #[test]

@@ -11,8 +11,8 @@ use super::{
     load::PublishedLoad,
 };
 use crate::{
-    config::{Config, ConfigProblem, DiscoveryConfig, Endpoint, OutboundConfig},
-    transport::{AppClient, FixedConnector, Pool, PooledBody, Protocol, boxed, mtls_connector},
+    config::{Config, ConfigProblem, DiscoveryConfig, Endpoint, OutboundConfig, UpstreamProtocol},
+    transport::{AppClient, FixedConnector, Pool, PooledBody, boxed, mtls_connector},
 };
 use bytes::Bytes;
 use http::{Request, Response};
@@ -107,6 +107,7 @@ pub(crate) fn outbound_with_endpoints<B: StackBody>(
                     .map_err(|e| field_error("breaker", e.field(), &e))?,
             ),
         tls: tls.cloned(),
+        protocol: route.endpoint_protocol,
         per_try: route.retry.per_try_timeout.map(|timeout| {
             TimeoutLayer::new(timeout)
                 .with_policy(HttpDeadline::new().propagate(single))
@@ -288,6 +289,7 @@ struct EndpointFactory<B> {
     route: String,
     breaker: CircuitBreakerLayer<EndpointClassifier>,
     tls: Option<ConnectorBuilder>,
+    protocol: UpstreamProtocol,
     /// Inside the breaker, so that an attempt that times out on the endpoint counts against
     /// it; to the outer per-try deadline when there is one (it fires first, being polled
     /// first).
@@ -299,15 +301,16 @@ impl<B: StackBody> EndpointFactory<B> {
     /// The client of `addr` behind its breaker, named `<route>/<addr>` so that its metrics
     /// tell endpoints apart.
     fn make(&self, addr: SocketAddr, mode: Mode) -> Breaker<B> {
-        // One pool per endpoint, whatever the requests say of their authority: HTTP/2 when
-        // the peer's sidecar chooses it by ALPN; in plaintext, HTTP/1.1, and HTTP/2 with
-        // prior knowledge for gRPC (its trailers need it).
+        // One pool per endpoint, whatever the requests say of their authority, speaking the
+        // route's `endpoint_protocol`: by default HTTP/2 when the peer's sidecar chooses it by
+        // ALPN; in plaintext, HTTP/1.1, and HTTP/2 with prior knowledge for gRPC (its
+        // trailers need it).
         let transport: Transport<B> = match &self.tls {
-            Some(builder) => Either::Left(Pool::new(
-                mtls_connector(builder, addr),
-                Protocol::Negotiated,
-            )),
-            None => Either::Right(AppClient::endpoint(addr)),
+            Some(builder) => {
+                let (connector, protocol) = mtls_connector(builder, addr, self.protocol);
+                Either::Left(Pool::new(connector, protocol))
+            }
+            None => Either::Right(AppClient::endpoint(addr, self.protocol)),
         };
         let client = ServiceBuilder::new()
             .option_layer(self.per_try.clone())
@@ -326,6 +329,7 @@ impl<B: StackBody> EndpointFactory<B> {
             route: self.route.clone(),
             breaker: self.breaker.clone(),
             tls: self.tls.clone(),
+            protocol: self.protocol,
             per_try: self.per_try.clone(),
             body: PhantomData,
         };

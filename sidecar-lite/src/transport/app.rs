@@ -3,7 +3,7 @@
 //! HTTP/1.1 for the rest.
 
 use super::{FixedConnector, Pool, PooledBody, Protocol, StackBody};
-use crate::config::AppProtocol;
+use crate::config::UpstreamProtocol;
 use http::{Request, Response};
 use resilience_core::{BoxError, SIDECAR_ERROR, is_grpc, is_grpc_web};
 use std::net::SocketAddr;
@@ -14,7 +14,7 @@ use tower::Service;
 pub(crate) struct AppClient<B> {
     http1: Pool<FixedConnector, B>,
     http2: Pool<FixedConnector, B>,
-    protocol: AppProtocol,
+    protocol: UpstreamProtocol,
     /// Whether the answers' `x-sidecar-error` is dropped: an app's must not pass for ours, a
     /// peer sidecar's is its own reason and goes on.
     drop_flag: bool,
@@ -33,7 +33,7 @@ impl<B> Clone for AppClient<B> {
 
 impl<B: StackBody> AppClient<B> {
     /// The client to the local app at `app`.
-    pub(crate) fn new(app: SocketAddr, protocol: AppProtocol) -> Self {
+    pub(crate) fn new(app: SocketAddr, protocol: UpstreamProtocol) -> Self {
         Self {
             http1: Pool::new(FixedConnector::new(app), Protocol::Http1),
             http2: Pool::new(FixedConnector::new(app), Protocol::Http2),
@@ -43,11 +43,11 @@ impl<B: StackBody> AppClient<B> {
     }
 
     /// The client to a plaintext endpoint of an outbound route (an upstream, or a peer
-    /// sidecar without mTLS), whose `x-sidecar-error` is kept.
-    pub(crate) fn endpoint(addr: SocketAddr) -> Self {
+    /// sidecar without mTLS), speaking `protocol`, whose `x-sidecar-error` is kept.
+    pub(crate) fn endpoint(addr: SocketAddr, protocol: UpstreamProtocol) -> Self {
         Self {
             drop_flag: false,
-            ..Self::new(addr, AppProtocol::Auto)
+            ..Self::new(addr, protocol)
         }
     }
 }
@@ -73,9 +73,9 @@ impl<B: StackBody> Service<Request<B>> for AppClient<B> {
         // gRPC needs HTTP/2, but for gRPC-Web, which exists to work over HTTP/1.1.
         let grpc = is_grpc(req.headers()) && !is_grpc_web(req.headers());
         let http2 = match self.protocol {
-            AppProtocol::Auto => grpc,
-            AppProtocol::Http1 => false,
-            AppProtocol::Http2 => true,
+            UpstreamProtocol::Auto => grpc,
+            UpstreamProtocol::Http1 => false,
+            UpstreamProtocol::Http2 => true,
         };
         *req.version_mut() = if http2 {
             http::Version::HTTP_2

@@ -1,7 +1,8 @@
 //! The connectors of the upstream pools: each dials one fixed address, in plaintext or over
 //! mTLS.
 
-use super::Coalesced;
+use super::{Coalesced, Protocol};
+use crate::config::UpstreamProtocol;
 use http::Uri;
 use hyper_util::rt::TokioIo;
 use resilience_mtls::{ConnectorBuilder, MtlsConnector};
@@ -58,10 +59,21 @@ impl Service<Uri> for FixedConnector {
 }
 
 /// A connector that dials `addr` and speaks mTLS with the settings of `builder`, checking the
-/// peer's identity.
+/// peer's identity and offering by ALPN the HTTP versions `protocol` allows; and how a pool
+/// then speaks over its connections.
 pub(crate) fn mtls_connector(
     builder: &ConnectorBuilder,
     addr: SocketAddr,
-) -> MtlsConnector<FixedConnector> {
-    builder.clone().wrap(FixedConnector::new(addr))
+    protocol: UpstreamProtocol,
+) -> (MtlsConnector<FixedConnector>, Protocol) {
+    let (offered, spoken): (&[&[u8]], _) = match protocol {
+        UpstreamProtocol::Auto => (&[b"h2", b"http/1.1"], Protocol::Negotiated),
+        UpstreamProtocol::Http1 => (&[b"http/1.1"], Protocol::Http1),
+        UpstreamProtocol::Http2 => (&[b"h2"], Protocol::Http2),
+    };
+    let connector = builder
+        .clone()
+        .alpn(offered.iter().copied())
+        .wrap(FixedConnector::new(addr));
+    (connector, spoken)
 }
