@@ -743,10 +743,6 @@ def report(results, machine):
                          f"CPU per request, the pair / one hop: "
                          f"{ratio(mtls['cpu_per_1000'], one['cpu_per_1000'])}. "
                          f"Added p99 over direct: {', '.join(added)}.")
-            http1 = stats.get("sidecar-mtls-http1")
-            if http1:
-                lines.append(f"HTTP/1.1 / HTTP/2 between the two sidecars (`endpoint_protocol`), "
-                             f"the mTLS pair: {ratios(http1, mtls)}.")
             each = [r.get("cpu_each_per_1000") for r in data["runs"].get("sidecar-mtls", [])]
             each = [e for e in each if e and len(e) == 2]
             if each:
@@ -754,6 +750,13 @@ def report(results, machine):
                 inbound = statistics.median(e[1] for e in each)
                 lines.append(f"CPU s/1000 req of each sidecar of the pair (medians): outbound "
                              f"{outbound:.3f}, inbound {inbound:.3f}.")
+        http1 = stats.get("sidecar-mtls-http1")
+        if mtls and http1:
+            lines.append("")
+            lines.append(f"HTTP/1.1 / HTTP/2 between the two sidecars (`endpoint_protocol`), the mTLS "
+                         f"pair: {ratios(http1, mtls)}; RSS at 256 connections "
+                         f"{mib(data['memory'].get('sidecar-mtls-http1', {}).get('rss_256_kib'))} / "
+                         f"{mib(data['memory'].get('sidecar-mtls', {}).get('rss_256_kib'))} MiB.")
         upstream = {name: statistics.median(u) for name, rs in data["runs"].items()
                     if (u := [r["cpu_upstream_per_1000"] for r in rs
                               if r.get("cpu_upstream_per_1000") is not None])}
