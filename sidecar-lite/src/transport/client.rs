@@ -66,14 +66,12 @@ pub(crate) fn mtls_connector(
     addr: SocketAddr,
     protocol: UpstreamProtocol,
 ) -> (MtlsConnector<FixedConnector>, Protocol) {
-    let (offered, spoken): (&[&[u8]], _) = match protocol {
-        UpstreamProtocol::Auto => (&[b"h2", b"http/1.1"], Protocol::Negotiated),
-        UpstreamProtocol::Http1 => (&[b"http/1.1"], Protocol::Http1),
-        UpstreamProtocol::Http2 => (&[b"h2"], Protocol::Http2),
+    let builder = builder.clone();
+    // `auto` offers what the connector offers by default: `h2`, then `http/1.1`.
+    let (builder, spoken) = match protocol {
+        UpstreamProtocol::Auto => (builder, Protocol::Negotiated),
+        UpstreamProtocol::Http1 => (builder.alpn([b"http/1.1"]), Protocol::Http1),
+        UpstreamProtocol::Http2 => (builder.alpn([b"h2"]), Protocol::Http2),
     };
-    let connector = builder
-        .clone()
-        .alpn(offered.iter().copied())
-        .wrap(FixedConnector::new(addr));
-    (connector, spoken)
+    (builder.wrap(FixedConnector::new(addr)), spoken)
 }
