@@ -4,16 +4,18 @@ changes, say) beside HAProxy and direct, interleaved in one run: each binary's r
 per request as ratios to HAProxy's, so that the steps read off one table.
 
 Run it from the workspace root, after building the binaries (run.py's `--baseline` explains
-one way: a git worktree per commit):
+one way: a git worktree per commit) and once run.py (which builds the flaky upstream and the
+load generator this uses):
 
     python3 benches/load/ladder.py --reps 5 \\
         before=/tmp/before/sidecar-lite now=target/release/sidecar-lite
 
 Each binary serves run.py's one-hop route to the flaky upstream (no faults) with `--threads`
-worker threads (one by default). In every repetition each target in turn gets wrk's 32
-connections for `--seconds` (req/s, and CPU per request from /proc) and then one connection
-for as long (the p50 a hop adds to one request after another). It writes
-benches/load/results/ladder.{md,json} (or into `--results`).
+worker threads (one by default), and is measured as run.py measures its targets (its
+`measure`): in every repetition each target in turn gets wrk's 32 connections (req/s, and CPU
+per request from /proc), the fixed rate (the p99 a hop adds) and one connection (the p50 a hop
+adds to one request after another). It writes benches/load/results/ladder.{md,json} (or into
+`--results`).
 
 It stays on 127.0.0.1, stops only the processes it started (by PID), and is bounded in time.
 """
@@ -44,49 +46,37 @@ def parse_binaries(specs):
     return binaries
 
 
-def measure(targets, args, deadline):
-    """Every target once per repetition, in turn: name -> list of its runs."""
-    runs = {name: [] for name in targets}
-    for rep in range(args.reps):
-        for name, (port, procs) in targets.items():
-            if time.monotonic() > deadline:
-                harness.log("time is up; stopping the measurements early")
-                return runs
-            pids = [p for proc in procs for p in proc.pids()]
-            cpu0 = harness.cpu_seconds(pids)
-            rps, total, errors = harness.saturation(port, args.seconds)
-            cpu = harness.cpu_seconds(pids) - cpu0
-            alone = harness.one_at_a_time(port, args.seconds)
-            runs[name].append({
-                "rps": rps, "errors": errors + alone["errors"],
-                "cpu_per_1000": cpu / total * 1000 if procs and total else None,
-                "p50_one": alone["p50_us"],
-            })
-            harness.log(f"rep {rep + 1} {name:12s} {rps:9.0f} req/s  "
-                        f"one connection p50 {alone['p50_us']:6.1f} us")
-    return runs
-
-
 def report(stats, idle, args):
     haproxy, direct = stats["haproxy"], stats["direct"]
     ratio = harness.ratio
     lines = [f"Measured {time.strftime('%Y-%m-%d %H:%M UTC', time.gmtime())}: one hop, "
              f"{args.threads} worker thread(s) per proxy, loopback, HTTP/1.1; medians of "
              f"{args.reps} interleaved runs (min-max). Saturation: wrk, 1 thread, 32 connections, "
-             f"{args.seconds} s; one connection: wrk, one request after another.", "",
+             f"{args.saturation_seconds} s; p99 at a fixed {args.rate} req/s over 32 connections; "
+             "one connection: wrk, one request after another.", "",
              "| target | req/s | vs HAProxy | CPU s/1000 req | vs HAProxy "
+             f"| added p99 at {args.rate} req/s | vs HAProxy "
              "| added p50, one connection | vs HAProxy | RSS idle MiB |",
-             "| --- | --- | --- | --- | --- | --- | --- | --- |"]
-    added = {name: s["p50_one"]["median"] - direct["p50_one"]["median"] for name, s in stats.items()}
+             "| --- | --- | --- | --- | --- | --- | --- | --- | --- | --- |"]
+
+    def added(key):
+        """What each target adds over direct to `key`, and as a ratio to what HAProxy adds."""
+        over = {name: s[key]["median"] - direct[key]["median"] for name, s in stats.items()}
+        return {name: ("-", "-") if name == "direct" else (
+                    f"{value:.0f} us",
+                    f"{value / over['haproxy']:.2f}x" if over["haproxy"] > 0 else "-")
+                for name, value in over.items()}
+
+    p99, p50 = added("p99"), added("p50_one")
     for name, s in stats.items():
-        vs = f"{added[name] / added['haproxy']:.2f}x" if added["haproxy"] > 0 and name != "direct" else "-"
         lines.append(
             f"| {name} | {harness.fmt(s['rps'])} | {ratio(s['rps'], haproxy['rps'])} "
             f"| {harness.fmt(s['cpu_per_1000'], 3)} | {ratio(s['cpu_per_1000'], haproxy['cpu_per_1000'])} "
-            f"| {'-' if name == 'direct' else f'{added[name]:.0f} us'} | {vs} "
+            f"| {' | '.join(p99[name])} | {' | '.join(p50[name])} "
             f"| {harness.mib(idle.get(name))} |")
     errors = sum(r["errors"] for name in stats for r in stats[name]["runs"])
-    lines += ["", f"Failed requests in these runs (non-2xx, socket errors): {errors}."]
+    lines += ["", f"Failed requests in these runs (non-2xx, socket errors, loadgen failures): "
+                  f"{errors}."]
     return "\n".join(lines)
 
 
@@ -95,19 +85,22 @@ def main():
     parser.add_argument("binaries", nargs="+", metavar="NAME=PATH",
                         help="sidecar-lite binaries, in the order of the table")
     parser.add_argument("--reps", type=int, default=5)
-    parser.add_argument("--seconds", type=int, default=2)
+    parser.add_argument("--saturation-seconds", type=int, default=2)
+    parser.add_argument("--rate", type=int, default=5000)
+    parser.add_argument("--rate-seconds", type=float, default=2.5)
     parser.add_argument("--threads", type=int, default=1)
     parser.add_argument("--results", help="where the table goes (default: benches/load/results)")
     args = parser.parse_args()
     binaries = parse_binaries(args.binaries)
     harness.ensure_tools()
     started = time.monotonic()
-    # Half as long again as the runs should take (two wrk runs and a second around them per
-    # target), and two minutes for starting and stopping the processes.
-    deadline = started + 120 + 1.5 * args.reps * (len(binaries) + 2) * (2 * args.seconds + 1)
+    # Half as long again as the runs should take (run.py's three per target and repetition,
+    # and a second around them), and two minutes for starting and stopping the processes.
+    per_target = 2 * args.saturation_seconds + args.rate_seconds + 0.5 + 1
+    deadline = started + 120 + 1.5 * args.reps * (len(binaries) + 2) * per_target
     tmp = Path(tempfile.mkdtemp(prefix="sidecar-ladder-"))
     try:
-        upstream_port, _ = harness.start_upstream_proc()
+        upstream_port, upstream = harness.start_upstream_proc()
         targets = {"direct": (upstream_port, [])}
         for name, binary in binaries.items():
             port = harness.free_port()
@@ -119,9 +112,9 @@ def main():
         time.sleep(0.5)
         idle = {name: harness.memory_kib([p for proc in procs for p in proc.pids()], "VmRSS")
                 for name, (_, procs) in targets.items() if procs}
-        runs = measure(targets, args, deadline)
+        runs = harness.measure(targets, args, deadline, upstream)
         stats = {name: {**{key: harness.summary([r[key] for r in rs])
-                           for key in ("rps", "cpu_per_1000", "p50_one")}, "runs": rs}
+                           for key in ("rps", "cpu_per_1000", "p99", "p50_one")}, "runs": rs}
                  for name, rs in runs.items() if rs}
         table = report(stats, idle, args)
         out = Path(args.results) if args.results else harness.RESULTS

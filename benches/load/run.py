@@ -531,8 +531,7 @@ def time_bound(args):
 
 
 def measure(targets, args, deadline, upstream):
-    wanted = wanted_targets(args)
-    targets = {name: target for name, target in targets.items() if name in wanted}
+    """Every target once per repetition, in turn, until `deadline`: name -> its runs."""
     runs = {name: [] for name in targets}
     for rep in range(args.reps):
         for name, (port, procs) in targets.items():  # interleaved: every target once per rep
@@ -879,7 +878,9 @@ def main():
             idle = {name: (memory_kib([p for proc in procs for p in proc.pids()], "VmRSS"),
                            metrics_rss_kib(procs))
                     for name, (_, procs) in targets.items() if procs}
-            runs = {} if args.memory_only else measure(targets, args, deadline, upstream)
+            wanted = {name: target for name, target in targets.items()
+                      if name in wanted_targets(args)}
+            runs = {} if args.memory_only else measure(wanted, args, deadline, upstream)
             memory = rss_at_256(targets)
             for name, (kib, reported) in idle.items():
                 memory.setdefault(name, {}).update(idle_kib=kib, metrics_idle_kib=reported)
