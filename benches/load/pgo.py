@@ -16,10 +16,10 @@ The steps: rustup's `llvm-tools` component (its `llvm-profdata` matches rustc's 
 when missing; run.py builds the harness's release binaries; sidecar-lite is built instrumented
 (`-Cprofile-generate`) into `target/pgo-generate`; `run.py --quick` runs that binary as every
 sidecar target (one hop in plaintext, with tracing exported, with its collector down, with the
-access log on, and the mTLS pairs, HTTP/2 and HTTP/1.1 between them: outbound and
-inbound), `h2c.py --quick` as one hop for
-HTTP/2 clients, and each sidecar writes its profile when it stops; `llvm-profdata` merges them; sidecar-lite is built again with `-Cprofile-use`
-into `target/pgo`. `target/release` and the committed results are left as they are (the
+access log on, and the mTLS pairs, HTTP/2 and HTTP/1.1 between them: outbound and inbound),
+`h2c.py --quick` as one hop for HTTP/2 clients, and each sidecar writes its profile when it
+stops; `llvm-profdata` merges them; sidecar-lite is built again with `-Cprofile-use` into
+`target/pgo`. `target/release` and the committed results are left as they are (the
 training's tables go to `target/pgo-training`). Two release builds: about ten minutes on
 two cores.
 
