@@ -4,7 +4,8 @@
 #   benches/load/flamegraph.sh [BINARY] [OUT.svg]
 #
 # BINARY defaults to target/release/sidecar-lite; OUT to benches/load/results/flamegraph.svg.
-# With FOLDED=PATH set, the collapsed stacks are kept there too.
+# With FOLDED=PATH set, the collapsed stacks are kept there too. With ENDPOINTS=2 the route
+# balances over two ports of the one upstream (the p2c balancer's path) instead of calling one.
 # It starts the release flaky-upstream (no faults) and the sidecar (1 worker thread) on
 # 127.0.0.1, drives them with wrk (1 thread, 32 connections, 8 s), samples the sidecar with
 # `perf record -g` (999 Hz, 5 s) and renders with inferno. It installs perf, wrk and inferno
@@ -20,12 +21,18 @@ command -v inferno-flamegraph >/dev/null || cargo install --locked inferno
 
 port() { python3 -c 'import socket; s=socket.socket(); s.bind(("127.0.0.1",0)); print(s.getsockname()[1])'; }
 work=$(mktemp -d)
-upstream_port=$(port); listen=$(port); admin=$(port)
+listen=$(port); admin=$(port)
 pids=()
 cleanup() { for pid in "${pids[@]}"; do kill "$pid" 2>/dev/null || true; done; rm -rf "$work"; }
 trap cleanup EXIT
 
-target/release/flaky-upstream --listen "127.0.0.1:$upstream_port" --worker-threads 1 >/dev/null &
+listens=(); endpoints=()
+for _ in $(seq "${ENDPOINTS:-1}"); do
+    upstream_port=$(port)
+    listens+=(--listen "127.0.0.1:$upstream_port")
+    endpoints+=("\"127.0.0.1:$upstream_port\"")
+done
+target/release/flaky-upstream "${listens[@]}" --worker-threads 1 >/dev/null &
 pids+=($!)
 cat > "$work/sidecar.toml" <<TOML
 [admin]
@@ -37,7 +44,7 @@ filter = "error"
 [[outbound]]
 name = "app"
 listen = "127.0.0.1:$listen"
-endpoints = ["127.0.0.1:$upstream_port"]
+endpoints = [$(IFS=,; echo "${endpoints[*]}")]
 timeout = "5s"
 max_concurrent_requests = 4096
 TOML

@@ -9,6 +9,7 @@ the release binaries:
     python3 benches/load/instructions.py                       # this build
     python3 benches/load/instructions.py --baseline /tmp/before/sidecar-lite
     python3 benches/load/instructions.py --haproxy            # and HAProxy's, for the ratio
+    python3 benches/load/instructions.py --endpoints 2        # a route with two endpoints
 
 It starts the flaky upstream (no faults) and, for each binary, sidecar-lite under callgrind
 (one worker, the harness's one-hop route) twice: once for `--warm` requests and once for
@@ -25,8 +26,9 @@ a per cent. It counts user-space instructions only: the kernel's share of a hop 
 TCP path) is not in it, so it complements run.py's CPU per request, and does not replace it.
 With `--haproxy` it counts HAProxy (one thread, the harness's config) the same way, its
 whole process: the user-space side of run.py's CPU ratio (the two make the same system calls
-per request: two reads and two writes). valgrind is installed from Debian's packages when
-missing.
+per request: two reads and two writes). With `--endpoints 2` the route balances over two ports
+of the one upstream, and the request path includes the balancer's task. valgrind is installed
+from Debian's packages when missing.
 
 It stays on 127.0.0.1, stops only the processes it started (by PID), and is bounded in time.
 """
@@ -75,6 +77,11 @@ REQUEST_PATH = (
     r"sidecar_lite::proxy::listener::serve::\{\{closure\}\}::\{\{closure\}\} \[",
     r"sidecar_lite::transport::pool::Shared<C,B>::connect::\{\{closure\}\}::\{\{closure\}\} \[",
 )
+# Tasks a request runs in only on some routes: the balancer's queue of a route with several
+# endpoints.
+REQUEST_PATH_IF_ANY = (
+    r"<tower::buffer::worker::Worker<T,Request> as core::future::future::Future>::poll \[",
+)
 
 
 def request_path(out):
@@ -82,11 +89,11 @@ def request_path(out):
     annotated = subprocess.run(["callgrind_annotate", "--inclusive=yes", str(out)],
                                capture_output=True, text=True, check=True).stdout
     total = 0
-    for pattern in REQUEST_PATH:
+    for pattern in REQUEST_PATH + REQUEST_PATH_IF_ANY:
         line = next((l for l in annotated.splitlines() if re.search(pattern, l)), None)
-        if line is None:
+        if line is None and pattern in REQUEST_PATH:
             raise RuntimeError(f"no function matching {pattern} in {out}")
-        total += int(line.split()[0].replace(",", ""))
+        total += int(line.split()[0].replace(",", "")) if line else 0
     return total
 
 
@@ -110,21 +117,21 @@ def callgrind(tmp, name, argv, listen, count, **kw):
     return int(totals.group(1)), out
 
 
-def instructions(tmp, binary, upstream, count):
+def instructions(tmp, binary, upstreams, count):
     """Total instructions of a sidecar-lite run that served `count` requests, and those of
-    its request path."""
+    its request path; its route balances over the ports `upstreams`."""
     listen = harness.free_port()
     name = f"cg-{Path(binary).parent.name}-{count}"
-    path, _ = harness.sidecar_config(tmp, name, 1, harness.route(listen, upstream, False))
+    path, _ = harness.sidecar_config(tmp, name, 1, harness.route(listen, upstreams, False))
     total, out = callgrind(tmp, name, [str(binary), "run", "--config", str(path)], listen, count,
                            env=dict(harness.os.environ, RUST_LOG="error"))
     return total, request_path(out)
 
 
-def per_request(tmp, binary, upstream, args):
+def per_request(tmp, binary, upstreams, args):
     """Instructions per request: the whole process's, and the request path's."""
-    warm = instructions(tmp, binary, upstream, args.warm)
-    full = instructions(tmp, binary, upstream, args.warm + args.requests)
+    warm = instructions(tmp, binary, upstreams, args.warm)
+    full = instructions(tmp, binary, upstreams, args.warm + args.requests)
     return tuple((f - w) / args.requests for f, w in zip(full, warm))
 
 
@@ -154,6 +161,8 @@ def main():
     parser.add_argument("--baseline", help="another sidecar-lite binary, counted the same way")
     parser.add_argument("--haproxy", action="store_true",
                         help="also count HAProxy's (whole process), for the ratio")
+    parser.add_argument("--endpoints", type=int, default=1,
+                        help="the route's endpoints: ports of the one upstream (2: the balancer)")
     parser.add_argument("--skip-build", action="store_true", help="use the binaries in target/release")
     args = parser.parse_args()
     harness.ensure_tools({"valgrind": "valgrind", **({"haproxy": "haproxy"} if args.haproxy else {})})
@@ -161,13 +170,14 @@ def main():
         harness.build()
     tmp = Path(tempfile.mkdtemp(prefix="sidecar-instructions-"))
     try:
-        port = harness.start_upstream()
+        ports, _ = harness.start_upstream_ports(args.endpoints)
+        port = ports[0]
         binaries = [("this build", Path(args.binary))]
         if args.baseline:
             binaries.append(("baseline", Path(args.baseline)))
         counts = {}
         for label, binary in binaries:
-            counts[label] = per_request(tmp, binary, port, args)
+            counts[label] = per_request(tmp, binary, ports, args)
             whole, path = counts[label]
             print(f"{label} ({binary}): {whole:.0f} instructions per request, "
                   f"{path:.0f} in the request path")

@@ -18,6 +18,8 @@ threads:
   sidecar-dead-otlp  sidecar-traced whose collector is down (nothing listens): what a dead
                   collector costs requests
   sidecar-access-log  sidecar-1hop with [access_log] on: a JSON line per request to a file
+  sidecar-balanced  sidecar-1hop whose route has two endpoints (two ports of the one upstream
+                  process): the p2c balancer, its queue and a back-pressure breaker per endpoint
   sidecar-mtls    two sidecar-lite: outbound -> mTLS -> inbound -> upstream (HTTP/2 between
                   them, the default)
   sidecar-mtls-http1  sidecar-mtls with HTTP/1.1 between the sidecars (`endpoint_protocol`)
@@ -75,7 +77,7 @@ ROOT = Path(__file__).resolve().parents[2]
 RELEASE = Path(os.environ.get("CARGO_TARGET_DIR", ROOT / "target")) / "release"
 RESULTS = ROOT / "benches" / "load" / "results"
 TARGETS = ["direct", "baseline-1hop", "sidecar-1hop", "sidecar-traced", "sidecar-dead-otlp",
-           "sidecar-access-log", "sidecar-mtls", "sidecar-mtls-http1", "bare-hyper", "nginx",
+           "sidecar-access-log", "sidecar-balanced", "sidecar-mtls", "sidecar-mtls-http1", "bare-hyper", "nginx",
            "haproxy"]
 # The sidecar-lite binary of the sidecar targets; `--sidecar` sets another (a PGO build, say).
 SIDECAR = RELEASE / "sidecar-lite"
@@ -201,11 +203,20 @@ def start_upstream():
 
 def start_upstream_proc():
     """The same upstream; its port and its process (whose CPU the report gives per hop)."""
-    port = free_port()
-    upstream = Proc("upstream", [str(RELEASE / "flaky-upstream"), "--listen", f"127.0.0.1:{port}",
-                                 "--worker-threads", "1"], stdout=subprocess.DEVNULL)
-    wait_http_ok(port, what="the upstream", proc=upstream)
-    return port, upstream
+    ports, upstream = start_upstream_ports(1)
+    return ports[0], upstream
+
+
+def start_upstream_ports(count):
+    """The same upstream, one process and thread listening on `count` ports: the ports and the
+    process."""
+    ports = [free_port() for _ in range(count)]
+    listens = [arg for port in ports for arg in ("--listen", f"127.0.0.1:{port}")]
+    upstream = Proc("upstream", [str(RELEASE / "flaky-upstream"), *listens, "--worker-threads", "1"],
+                    stdout=subprocess.DEVNULL)
+    for port in ports:
+        wait_http_ok(port, what="the upstream", proc=upstream)
+    return ports, upstream
 
 
 def cpu_seconds(pids):
@@ -319,9 +330,12 @@ def access_log_counts(proc):
 
 
 def route(listen, endpoint, mtls):
+    """An outbound route on `listen` to the port `endpoint` (or to each port of a list)."""
     server = "server_identity = \"spiffe://example.org/ns/load/sa/app\"\n" if mtls else ""
+    ports = endpoint if isinstance(endpoint, list) else [endpoint]
+    endpoints = ", ".join(f"\"127.0.0.1:{port}\"" for port in ports)
     return (f"[[outbound]]\nname = \"app\"\nlisten = \"127.0.0.1:{listen}\"\n"
-            f"endpoints = [\"127.0.0.1:{endpoint}\"]\n{server}timeout = \"5s\"\n"
+            f"endpoints = [{endpoints}]\n{server}timeout = \"5s\"\n"
             f"max_concurrent_requests = 4096\n")
 
 
@@ -373,8 +387,11 @@ def start_mtls_pair(tmp, name, threads, upstream, route_extra=""):
     return port, [outbound, inbound]
 
 
-def start_targets(tmp, threads, upstream, sink, baseline=None):
-    """Every target at `threads` workers: name -> (port, [procs whose CPU and RSS count])."""
+def start_targets(tmp, threads, upstreams, sink, baseline=None):
+    """Every target at `threads` workers, in front of the first of `upstreams` (ports of the
+    upstream; sidecar-balanced balances over the first two): name -> (port, [procs whose CPU
+    and RSS count])."""
+    upstream = upstreams[0]
     targets = {"direct": (upstream, [])}
 
     if baseline:
@@ -407,6 +424,10 @@ def start_targets(tmp, threads, upstream, sink, baseline=None):
         route(port, upstream, False) + f"\n[access_log]\npath = \"{tmp}/access-{threads}.log\"\n"
         "format = \"json\"\n")
     targets["sidecar-access-log"] = (port, [logged])
+
+    port = free_port()
+    balanced = start_sidecar(tmp, "sidecar-balanced", threads, route(port, upstreams[:2], False))
+    targets["sidecar-balanced"] = (port, [balanced])
 
     targets["sidecar-mtls"] = start_mtls_pair(tmp, "sidecar", threads, upstream)
     targets["sidecar-mtls-http1"] = start_mtls_pair(tmp, "sidecar-http1", threads, upstream,
@@ -717,6 +738,11 @@ def report(results, machine):
                 lines.append(f"Spans of sidecar-dead-otlp: {dead_spans['exported']} exported, "
                              f"{dead_spans['queue-full']} dropped on a full queue, "
                              f"{dead_spans['export-failed']} in failed exports.")
+        balanced = stats.get("sidecar-balanced")
+        if one and balanced:
+            lines.append("")
+            lines.append(f"Two endpoints behind the balancer / one endpoint, one hop: "
+                         f"{ratios(balanced, one)}.")
         bare = stats.get("bare-hyper")
         if one and bare:
             lines.append("")
@@ -869,11 +895,12 @@ def main():
                         "--workload", "ns/load/sa/app", "--workload", "ns/load/sa/client"],
                        check=True, stdout=subprocess.DEVNULL)
         sink = OtlpSink()
-        upstream_port, upstream = start_upstream_proc()
+        # Two ports: sidecar-balanced balances over both, the rest call the first.
+        upstream_ports, upstream = start_upstream_ports(2)
         results = {}
         for threads in args.threads.split(","):
             log(f"starting every target with {threads} worker thread(s)")
-            targets = start_targets(tmp, int(threads), upstream_port, sink, args.baseline)
+            targets = start_targets(tmp, int(threads), upstream_ports, sink, args.baseline)
             time.sleep(0.5)
             idle = {name: (memory_kib([p for proc in procs for p in proc.pids()], "VmRSS"),
                            metrics_rss_kib(procs))

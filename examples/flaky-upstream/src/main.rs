@@ -8,8 +8,9 @@
 //! curl -i http://127.0.0.1:8080/
 //! ```
 //!
-//! It prints `listening on http://ADDR` once it accepts connections (use `--listen
-//! 127.0.0.1:0` for a free port), and its counters when stopped with Ctrl-C or SIGTERM.
+//! It prints `listening on http://ADDR` for each `--listen` once it accepts connections (use
+//! `--listen 127.0.0.1:0` for a free port), and its counters when stopped with Ctrl-C or
+//! SIGTERM.
 
 use clap::Parser;
 use example_flaky_upstream::{Faults, Rate, Upstream};
@@ -21,9 +22,10 @@ use std::{net::SocketAddr, process::ExitCode, time::Duration};
 #[derive(Debug, Parser)]
 #[command(name = "flaky-upstream")]
 struct Cli {
-    /// Where to listen (loopback; port 0 for a free one).
+    /// Where to listen (loopback; port 0 for a free one). Given more than once, each address
+    /// is an upstream of its own (its own fault schedule and counters), all on one runtime.
     #[arg(long, default_value = "127.0.0.1:8080")]
-    listen: SocketAddr,
+    listen: Vec<SocketAddr>,
     /// Share of requests answered with --error-status.
     #[arg(long, default_value_t = 0.0)]
     error_rate: f64,
@@ -115,16 +117,23 @@ fn main() -> ExitCode {
         }
     };
     runtime.block_on(async {
-        let upstream = match Upstream::start_on(cli.listen, faults).await {
-            Ok(upstream) => upstream,
-            Err(error) => {
-                eprintln!("cannot listen on {}: {error}", cli.listen);
-                return ExitCode::FAILURE;
+        let mut upstreams = Vec::with_capacity(cli.listen.len());
+        for addr in &cli.listen {
+            match Upstream::start_on(*addr, faults.clone()).await {
+                Ok(upstream) => {
+                    println!("listening on http://{}", upstream.addr());
+                    upstreams.push(upstream);
+                }
+                Err(error) => {
+                    eprintln!("cannot listen on {addr}: {error}");
+                    return ExitCode::FAILURE;
+                }
             }
-        };
-        println!("listening on http://{}", upstream.addr());
+        }
         wait_for_signal().await;
-        println!("{:?}", upstream.counters());
+        for upstream in &upstreams {
+            println!("{}: {:?}", upstream.addr(), upstream.counters());
+        }
         ExitCode::SUCCESS
     })
 }
