@@ -20,8 +20,8 @@ mod validate;
 pub(crate) use access_log::AccessLogConfig;
 pub(crate) use endpoints::{DiscoveryConfig, Endpoint, parse_endpoints_file};
 pub use errors::{ConfigErrors, ConfigProblem};
-#[cfg(feature = "proxy")]
 pub(crate) use limits::ConcurrencyLimit;
+#[cfg(feature = "proxy")]
 pub(crate) use process::log_filter;
 pub(crate) use process::{AdminConfig, LimitsConfig, LogConfig, LogFormat, RuntimeConfig};
 pub(crate) use routes::{FaultConfig, UpstreamProtocol};
