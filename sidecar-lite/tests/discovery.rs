@@ -491,7 +491,7 @@ async fn a_reload_while_lookups_fail_keeps_the_last_good_set() {
 }
 
 /// A name that has never resolved: once discovery has looked, requests get 503
-/// `no-endpoints` at once instead of waiting in the balancer's queue for their timeout.
+/// `no-endpoints` at once instead of waiting for the balancer until their timeout.
 #[tokio::test]
 async fn a_name_that_never_resolved_answers_503_at_once() {
     let dns = Dns::start(Answer::Fail).await;

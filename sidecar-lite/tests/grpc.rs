@@ -244,7 +244,7 @@ async fn a_route_without_endpoints_is_unavailable() {
     .await;
     let addr = outbound_addr(&outbound);
     let expected = Outcome::local(UNAVAILABLE, "no-endpoints");
-    // A call sent before discovery has looked once waits in the balancer's queue for its
+    // A call sent before discovery has looked once waits for the balancer for its
     // timeout: each try here gives up after a second.
     let refused = async || {
         timeout(Duration::from_secs(1), call(addr, GET))

@@ -1,8 +1,8 @@
 //! Thread per core: each worker accepts on a socket of its own and serves what it accepted,
 //! and what must be one is one across workers. Each test opens connections until the status
 //! page shows one held by each of two workers, then drives them apart: a breaker opened by
-//! traffic on one worker rejects on the other, one retry budget spans both, and the
-//! concurrency limit is one limit.
+//! traffic on one worker rejects on the other, and keeps the other worker's balancer off its
+//! endpoint; one retry budget spans both, and the concurrency limit is one limit.
 
 mod common;
 
@@ -20,9 +20,16 @@ const ROUTE: &str = "shared";
 /// A sidecar with two workers and one outbound route to `app`, with `route` appended to the
 /// route's section.
 async fn two_workers(app: SocketAddr, route: &str) -> Sidecar {
+    two_workers_to(&[app], route).await
+}
+
+/// [`two_workers`], the route balancing over `endpoints`.
+async fn two_workers_to(endpoints: &[SocketAddr], route: &str) -> Sidecar {
+    let endpoints: Vec<String> = endpoints.iter().map(|e| format!("\"{e}\"")).collect();
     sidecar(&format!(
         "[runtime]\nworker_threads = 2\n\n[[outbound]]\nname = \"{ROUTE}\"\n\
-         listen = \"127.0.0.1:0\"\nendpoints = [\"{app}\"]\n{route}"
+         listen = \"127.0.0.1:0\"\nendpoints = [{}]\n{route}",
+        endpoints.join(", ")
     ))
     .await
 }
@@ -136,6 +143,44 @@ async fn a_breaker_opened_by_one_worker_rejects_on_the_other() {
         hits.load(Ordering::SeqCst),
         3,
         "the other worker sent nothing to the app"
+    );
+    sidecar.stop().await;
+}
+
+#[tokio::test]
+async fn an_endpoint_whose_breaker_one_worker_opened_is_left_out_by_the_others_balancer() {
+    let (failing, failed) = status_app(500).await;
+    let (healthy, _) = status_app(200).await;
+    let sidecar = two_workers_to(
+        &[failing, healthy],
+        "retry = { attempts = 1 }\n[outbound.breaker]\nconsecutive_failures = 1\n\
+         open_for = \"60s\"\n",
+    )
+    .await;
+    let [mut first, mut second] = one_on_each_worker(&sidecar).await;
+    // Worker 0's balancer picks at random: within a few requests one goes to the failing
+    // endpoint and opens its breaker.
+    for _ in 0..64 {
+        let response = send(&mut first).await;
+        let _ = text(response).await;
+        if failed.load(Ordering::SeqCst) > 0 {
+            break;
+        }
+    }
+    assert_eq!(failed.load(Ordering::SeqCst), 1, "one request failed");
+
+    // Worker 1's balancer has its own load estimates but the same breakers: it sends
+    // everything to the healthy endpoint (at random over both, 20 requests would all miss
+    // the failing one once in a million runs).
+    for _ in 0..20 {
+        let response = send(&mut second).await;
+        assert_eq!(response.status(), StatusCode::OK);
+        let _ = text(response).await;
+    }
+    assert_eq!(
+        failed.load(Ordering::SeqCst),
+        1,
+        "nothing more to the open breaker"
     );
     sidecar.stop().await;
 }

@@ -211,11 +211,11 @@ fn file_failure(route: &str, path: &std::path::Path, error: &str) {
 }
 
 /// A balancer's view of discovery: the changes to its set of endpoints, keyed by address.
-/// Dropping it stops the discovery task.
+/// Dropping every balancer's view stops the discovery task.
 pub(crate) struct Discovered<S> {
     changes: Arc<Pending<S>>,
-    /// Dropped with the balancer: the discovery task sees it gone and stops.
-    _route: oneshot::Sender<()>,
+    /// Dropped with the last balancer: the discovery task sees it gone and stops.
+    _route: Arc<oneshot::Sender<()>>,
 }
 
 impl<S> Stream for Discovered<S> {
@@ -287,22 +287,25 @@ impl<S> fmt::Debug for Discovered<S> {
     }
 }
 
-/// Starts discovering the endpoints of `source` for `route`, beginning with `initial`:
-/// `make` builds the service of each new endpoint (with its breaker, recorded in `live`).
-/// Must run inside a tokio runtime.
+/// Starts discovering the endpoints of `source` for `route`, beginning with `initial`, for
+/// as many balancers as `make` builds services: `make` builds each new endpoint's service for
+/// each balancer (with its breaker, which they share, recorded in `live`). One view of the
+/// changes per balancer. Must run inside a tokio runtime.
 pub(crate) fn spawn<S, F>(
     route: &str,
     mut source: Source,
     initial: Vec<SocketAddr>,
     live: LiveEndpoints,
+    balancers: usize,
     make: F,
-) -> Discovered<S>
+) -> Vec<Discovered<S>>
 where
     S: Send + 'static,
-    F: FnMut(SocketAddr) -> (S, BreakerHandle) + Send + 'static,
+    F: FnMut(SocketAddr) -> (Vec<S>, BreakerHandle) + Send + 'static,
 {
-    let changes = Arc::new(Pending::default());
+    let changes: Vec<Arc<Pending<S>>> = (0..balancers).map(|_| Arc::default()).collect();
     let (alive, mut gone) = oneshot::channel::<()>();
+    let alive = Arc::new(alive);
     let mut tracker = Tracker {
         route: route.to_owned(),
         live,
@@ -330,21 +333,25 @@ where
         }
         tracing::debug!(route, "route gone: discovery stopped");
     });
-    Discovered {
-        changes,
-        _route: alive,
-    }
+    changes
+        .into_iter()
+        .map(|changes| Discovered {
+            changes,
+            _route: alive.clone(),
+        })
+        .collect()
 }
 
-/// The discovery task's state: the set the balancer has, and how to change it.
+/// The discovery task's state: the set the balancers have, and how to change it.
 struct Tracker<S, F> {
     route: String,
     live: LiveEndpoints,
     make: F,
-    tx: Arc<Pending<S>>,
+    /// Each balancer's changes.
+    tx: Vec<Arc<Pending<S>>>,
 }
 
-impl<S, F: FnMut(SocketAddr) -> (S, BreakerHandle)> Tracker<S, F> {
+impl<S, F: FnMut(SocketAddr) -> (Vec<S>, BreakerHandle)> Tracker<S, F> {
     /// Sends the balancer the difference between its set and `addrs`: additions first.
     fn apply(&mut self, addrs: BTreeSet<SocketAddr>) {
         let current = self.live.snapshot();
@@ -362,14 +369,18 @@ impl<S, F: FnMut(SocketAddr) -> (S, BreakerHandle)> Tracker<S, F> {
             return;
         }
         for &addr in &added {
-            let (service, breaker) = (self.make)(addr);
+            let (services, breaker) = (self.make)(addr);
             self.live.insert(addr, breaker);
-            self.tx.send(Change::Insert(addr, service));
+            for (tx, service) in self.tx.iter().zip(services) {
+                tx.send(Change::Insert(addr, service));
+            }
         }
         for &addr in &removed {
-            // Dropping the balancer's service drops the endpoint's breaker with it.
+            // Dropping the balancers' services drops the endpoint's breaker with them.
             self.live.remove(addr);
-            self.tx.send(Change::Remove(addr));
+            for tx in &self.tx {
+                tx.send(Change::Remove(addr));
+            }
         }
         let route = self.route.clone();
         tracing::info!(route, ?added, ?removed, now = ?addrs, "endpoints changed");
@@ -421,10 +432,10 @@ mod tests {
                 let made = made.clone();
                 move |addr| {
                     made.lock().unwrap().push(addr);
-                    (addr, breaker())
+                    (vec![addr], breaker())
                 }
             },
-            tx: pending.clone(),
+            tx: vec![pending.clone()],
         };
         tracker.apply(set(&[a, b]));
         // Marks b's breaker, to tell it from a new one.
@@ -459,8 +470,8 @@ mod tests {
         let mut tracker = Tracker {
             route: "orders".to_owned(),
             live: LiveEndpoints::default(),
-            make: |addr| (addr, breaker()),
-            tx: pending.clone(),
+            make: |addr| (vec![addr], breaker()),
+            tx: vec![pending.clone()],
         };
         // Nothing reads the changes (no request comes) while the records flap 1000 times,
         // ending with a alone.

@@ -1,5 +1,5 @@
 //! Fails fast when every endpoint of a route has its breaker open, instead of letting requests
-//! queue in front of a balancer that has nothing ready until their timeout.
+//! wait for a balancer that has nothing ready until their timeout.
 
 use super::LiveEndpoints;
 use resilience_breaker::State;
@@ -51,16 +51,16 @@ impl Error for NoEndpoints {
 
 /// Wraps a balanced set of endpoints: a call fails at once with [`NoEndpointAvailable`] while
 /// every breaker of the current endpoints is open and none is due a probe, and with
-/// [`NoEndpoints`] while discovery has found none, instead of waiting in the balancer's queue
-/// until its timeout.
+/// [`NoEndpoints`] while discovery has found none, instead of waiting for the balancer until
+/// its timeout.
 #[derive(Debug)]
 pub(crate) struct FailWhenAllOpen<S> {
     inner: S,
     endpoints: LiveEndpoints,
     /// The breakers' enforcement: in shadow mode, every breaker open refuses nothing either.
     breakers: Enforcement,
-    /// What `poll_ready` decided for the next `call`: the two must agree, as `call` on the
-    /// balancer's buffer without the slot that `poll_ready` reserves would panic.
+    /// What `poll_ready` decided for the next `call`: the two must agree, so that a call
+    /// refused by the one never reaches the balancer through the other.
     reject: Option<BoxError>,
 }
 

@@ -1,6 +1,7 @@
 //! The balancer's load estimate of each endpoint, published as the gauge
 //! `sidecar_endpoint_load{route, endpoint}` each time the balancer reads it, for Prometheus
-//! and the status page.
+//! and the status page. Each worker's balancer has estimates of its own: the gauge is the one
+//! read last.
 
 use std::{
     net::SocketAddr,

@@ -3,7 +3,9 @@
 //! over endpoints each behind its own breaker.
 
 use super::{
-    LiveEndpoints, NoteEndpoint, StackBody, StackService, admission, count_attempt,
+    LiveEndpoints, NoteEndpoint, StackBody, StackService, admission,
+    balancer::PerWorker,
+    count_attempt,
     discovery::{self, Source},
     fail_fast::FailWhenAllOpen,
     fault::FaultLayer,
@@ -12,7 +14,7 @@ use super::{
 };
 use crate::{
     config::{Config, ConfigProblem, DiscoveryConfig, Endpoint, OutboundConfig, UpstreamProtocol},
-    transport::{AppClient, FixedConnector, Pool, PooledBody, boxed, mtls_connector},
+    transport::{AppClient, FixedConnector, Pool, PooledBody, boxed, mtls_connector, worker},
 };
 use bytes::Bytes;
 use http::{Request, Response};
@@ -26,14 +28,11 @@ use std::{fmt, marker::PhantomData, net::SocketAddr, sync::Arc, time::Duration};
 use tower::{
     Layer, ServiceBuilder,
     balance::p2c::Balance,
-    buffer::Buffer,
     discover::{Discover, ServiceList},
     load::{CompleteOnResponse, PeakEwma},
     util::{BoxCloneService, Either},
 };
 
-/// Requests waiting for the balancer when every endpoint is busy; beyond it the route sheds.
-const BALANCER_QUEUE: usize = 1024;
 /// The round-trip time assumed for an endpoint before it has been measured.
 const DEFAULT_RTT: Duration = Duration::from_millis(30);
 /// How quickly peak-EWMA forgets a slow round trip.
@@ -66,8 +65,8 @@ impl<B> fmt::Debug for Outbound<B> {
 /// sidecar serves on the route's listener, for library mode. With `tls`, endpoints are dialled
 /// over mTLS and must present the route's `server_identity`; without, in plaintext. `dns:` and
 /// `file:` endpoints are found as `config`'s `[discovery]` says. Must run inside a tokio
-/// runtime: the balancer gets a task of its own, and so does the discovery of a `dns:` or
-/// `file:` source (it ends when the stack is dropped).
+/// runtime for a `dns:` or `file:` source: its discovery gets a task of its own (it ends when
+/// the stack is dropped).
 pub fn outbound<B>(
     config: &Config,
     route: &OutboundConfig,
@@ -85,7 +84,7 @@ pub(crate) fn outbound_with_endpoints<B: StackBody>(
     tls: Option<&ConnectorBuilder>,
     discovery: &DiscoveryConfig,
 ) -> Result<Outbound<B>, ConfigProblem> {
-    // One fixed endpoint has no balancer's queue to wait in: the per-try timeout inside its
+    // One fixed endpoint has no balancer to wait for: the per-try timeout inside its
     // breaker is the only one, and tells the next hop its deadline. With a balancer, one outside
     // also covers the wait in the queue and tells the next hop; the inner one times the
     // endpoint alone. (Both, for one endpoint, cost a second timeout per attempt for nothing:
@@ -122,13 +121,16 @@ pub(crate) fn outbound_with_endpoints<B: StackBody>(
         message,
     };
 
+    // A balancer per worker (see `balancer`), over the same endpoints and breakers.
+    let workers = worker::slots();
     let discovered = |source, initial| {
         let changes = discovery::spawn(
             &route.name,
             source,
             initial,
             live.clone(),
-            factory.dynamic(),
+            workers,
+            factory.dynamic(workers),
         );
         balanced(changes, &live, route.breaker.mode)
     };
@@ -163,7 +165,7 @@ pub(crate) fn outbound_with_endpoints<B: StackBody>(
             Either::Right(discovered(source, initial))
         }
         entries => {
-            let mut services = Vec::with_capacity(entries.len());
+            let mut breakers = Vec::with_capacity(entries.len());
             for entry in entries {
                 let Endpoint::Static(addr) = entry else {
                     return Err(endpoints_error(format!(
@@ -172,13 +174,17 @@ pub(crate) fn outbound_with_endpoints<B: StackBody>(
                 };
                 let breaker = factory.make(*addr, Mode::BackPressure);
                 live.insert(*addr, breaker.handle().clone());
-                services.push(factory.balanced(breaker, *addr));
+                breakers.push((*addr, breaker));
             }
-            Either::Right(balanced(
-                ServiceList::new(services),
-                &live,
-                route.breaker.mode,
-            ))
+            let lists = (0..workers).map(|_| {
+                ServiceList::new(
+                    breakers
+                        .iter()
+                        .map(|(addr, breaker)| factory.balanced(breaker.clone(), *addr))
+                        .collect::<Vec<_>>(),
+                )
+            });
+            Either::Right(balanced(lists, &live, route.breaker.mode))
         }
     };
 
@@ -254,7 +260,7 @@ type EndpointClient<B> =
 /// How an endpoint's breaker tells failures: a 5xx, or a gRPC status in the response head
 /// that says the server, not the request, is at fault (unavailable, internal, deadline
 /// exceeded); and every error but a per-try timeout that left the endpoint less than a fair
-/// try (the attempt's time went by waiting in the balancer's queue, not on the endpoint).
+/// try (the attempt's time went by waiting for the balancer, not on the endpoint).
 #[derive(Debug, Clone, Copy)]
 struct EndpointClassifier {
     /// Half the per-try timeout: an endpoint that had at least this long and did not answer
@@ -323,8 +329,12 @@ impl<B: StackBody> EndpointFactory<B> {
             .layer(client)
     }
 
-    /// What discovery calls for each new endpoint: its balanced service and its breaker.
-    fn dynamic(&self) -> impl FnMut(SocketAddr) -> (Balanced<B>, BreakerHandle) + Send + 'static {
+    /// What discovery calls for each new endpoint: its balanced service for each of
+    /// `workers` balancers, and its breaker, which they share.
+    fn dynamic(
+        &self,
+        workers: usize,
+    ) -> impl FnMut(SocketAddr) -> (Vec<Balanced<B>>, BreakerHandle) + Send + 'static {
         let factory = Self {
             route: self.route.clone(),
             breaker: self.breaker.clone(),
@@ -336,7 +346,10 @@ impl<B: StackBody> EndpointFactory<B> {
         move |addr| {
             let breaker = factory.make(addr, Mode::BackPressure);
             let handle = breaker.handle().clone();
-            (factory.balanced(breaker, addr), handle)
+            let services = (0..workers)
+                .map(|_| factory.balanced(breaker.clone(), addr))
+                .collect();
+            (services, handle)
         }
     }
 
@@ -353,9 +366,14 @@ impl<B: StackBody> EndpointFactory<B> {
     }
 }
 
-/// A p2c peak-EWMA balancer over `endpoints`, each behind a back-pressure breaker, with a
-/// queue in front; it fails at once while every breaker in `live` is open.
-fn balanced<B, D>(endpoints: D, live: &LiveEndpoints, breakers: Enforcement) -> BalancedEndpoints<B>
+/// A p2c peak-EWMA balancer per worker, each over its own view of the endpoints (one of
+/// `endpoints` per worker), each endpoint behind a back-pressure breaker; it fails at once
+/// while every breaker in `live` is open.
+fn balanced<B, D>(
+    endpoints: impl IntoIterator<Item = D>,
+    live: &LiveEndpoints,
+    breakers: Enforcement,
+) -> BalancedEndpoints<B>
 where
     B: StackBody,
     D: Discover<Service = Balanced<B>> + Unpin + Send + 'static,
@@ -363,7 +381,7 @@ where
     D::Error: Into<BoxError>,
 {
     BoxCloneService::new(FailWhenAllOpen::new(
-        Buffer::new(Balance::new(endpoints), BALANCER_QUEUE),
+        PerWorker::new(endpoints.into_iter().map(Balance::new)),
         live.clone(),
         breakers,
     ))
