@@ -38,7 +38,8 @@ so that the two-sidecar path can be judged hop by hop. Every
 measurement runs 3 times, interleaved across targets; the table gives medians with min and
 max, and ratios to direct and to HAProxy. It writes benches/load/results/latest.{md,json,svg}.
 
-`--baseline PATH` adds `baseline-1hop`: sidecar-1hop run by another sidecar-lite binary (say
+`--baseline PATH` adds `baseline-1hop` and `baseline-balanced`: sidecar-1hop and
+sidecar-balanced run by another sidecar-lite binary (say
 one built from the commit before a change), measured interleaved with the rest, so one change's
 cost is a ratio from one run:
 
@@ -77,7 +78,7 @@ ROOT = Path(__file__).resolve().parents[2]
 RELEASE = Path(os.environ.get("CARGO_TARGET_DIR", ROOT / "target")) / "release"
 RESULTS = ROOT / "benches" / "load" / "results"
 TARGETS = ["direct", "baseline-1hop", "sidecar-1hop", "sidecar-traced", "sidecar-dead-otlp",
-           "sidecar-access-log", "sidecar-balanced", "sidecar-mtls", "sidecar-mtls-http1", "bare-hyper", "nginx",
+           "sidecar-access-log", "baseline-balanced", "sidecar-balanced", "sidecar-mtls", "sidecar-mtls-http1", "bare-hyper", "nginx",
            "haproxy"]
 # The sidecar-lite binary of the sidecar targets; `--sidecar` sets another (a PGO build, say).
 SIDECAR = RELEASE / "sidecar-lite"
@@ -399,6 +400,10 @@ def start_targets(tmp, threads, upstreams, sink, baseline=None):
         before = start_sidecar(tmp, "baseline-1hop", threads, route(port, upstream, False),
                                binary=baseline)
         targets["baseline-1hop"] = (port, [before])
+        port = free_port()
+        before = start_sidecar(tmp, "baseline-balanced", threads, route(port, upstreams[:2], False),
+                               binary=baseline)
+        targets["baseline-balanced"] = (port, [before])
 
     port = free_port()
     one = start_sidecar(tmp, "sidecar-1hop", threads, route(port, upstream, False))
@@ -534,7 +539,7 @@ def fixed_rate(port, rate, seconds):
 def wanted_targets(args):
     """The targets to measure: `--targets` and the two every ratio needs, or all."""
     if not args.targets:
-        return [name for name in TARGETS if name != "baseline-1hop" or args.baseline]
+        return [name for name in TARGETS if not name.startswith("baseline-") or args.baseline]
     wanted = {"direct", "haproxy", *args.targets.split(",")}
     unknown = wanted - set(TARGETS)
     if unknown:
@@ -752,6 +757,10 @@ def report(results, machine):
         if one and before:
             lines.append("")
             lines.append(f"This build / the baseline binary, one hop: {ratios(one, before)}.")
+        before = stats.get("baseline-balanced")
+        if balanced and before:
+            lines.append(f"This build / the baseline binary, two endpoints behind the balancer: "
+                         f"{ratios(balanced, before)}.")
         logged, access_log = stats.get("sidecar-access-log"), data.get("access_log")
         if one and logged:
             lines.append("")
@@ -868,7 +877,8 @@ def main():
     parser.add_argument("--rate", type=int, default=5000)
     parser.add_argument("--rate-seconds", type=float, default=2.5)
     parser.add_argument("--skip-build", action="store_true", help="use the binaries in target/release")
-    parser.add_argument("--baseline", help="another sidecar-lite binary, measured as baseline-1hop")
+    parser.add_argument("--baseline", help="another sidecar-lite binary, measured as baseline-1hop "
+                        "and baseline-balanced")
     parser.add_argument("--results", help="where the tables go (default: benches/load/results)")
     parser.add_argument("--sidecar", help="the sidecar-lite binary of the sidecar targets "
                         "(default: target/release/sidecar-lite)")
