@@ -213,6 +213,12 @@ mod tests {
             "{message}"
         );
 
+        let message = error(&route("\"10.0.0.7:80\", \"10.0.0.8:80\", \"10.0.0.7:80\""));
+        assert!(
+            message.contains("`outbound[0].endpoints`: \"10.0.0.7:80\" is listed twice"),
+            "{message}"
+        );
+
         let message = error(&route("\"10.0.0.7:80\", \"dns:payments:80\""));
         assert!(
             message.contains(

@@ -285,8 +285,8 @@ fn tracing_problems(tracing: &TracingConfig, problems: &mut Vec<(String, String)
     }
 }
 
-/// A route's `endpoints`: at least one; a `dns:` or `file:` source alone; a file that exists
-/// and lists addresses.
+/// A route's `endpoints`: at least one; each address once; a `dns:` or `file:` source alone; a
+/// file that exists and lists addresses.
 fn endpoint_problems(field: &str, endpoints: &[Endpoint], problems: &mut Vec<(String, String)>) {
     if endpoints.is_empty() {
         problems.push((field.into(), "needs at least one endpoint".into()));
@@ -300,7 +300,17 @@ fn endpoint_problems(field: &str, endpoints: &[Endpoint], problems: &mut Vec<(St
             format!("\"{source}\" must be the route's only entry: list either addresses or one dns: or file: source"),
         ));
     }
+    let mut seen = std::collections::BTreeSet::new();
     for endpoint in endpoints {
+        // Twice would be one endpoint behind two breakers, neither seeing all its failures.
+        if let Endpoint::Static(addr) = endpoint
+            && !seen.insert(addr)
+        {
+            problems.push((
+                field.into(),
+                format!("\"{addr}\" is listed twice: list each endpoint once"),
+            ));
+        }
         if let Endpoint::File(path) = endpoint {
             match std::fs::read_to_string(path) {
                 Ok(text) => {
