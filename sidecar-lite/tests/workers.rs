@@ -97,6 +97,14 @@ async fn one_on_each_worker(sidecar: &Sidecar) -> [SendRequest<BoxBody>; 2] {
     panic!("64 connections, all on one worker: {counted:?}");
 }
 
+/// No retries, and each breaker open for a minute after `failures` failures in a row.
+fn breaking_after(failures: u32) -> String {
+    format!(
+        "retry = {{ attempts = 1 }}\n[outbound.breaker]\nconsecutive_failures = {failures}\n\
+         open_for = \"60s\"\n"
+    )
+}
+
 /// A GET of `/` on `sender`'s connection.
 async fn send(sender: &mut SendRequest<BoxBody>) -> Response<hyper::body::Incoming> {
     timeout(STEP, sender.ready()).await.unwrap().unwrap();
@@ -122,12 +130,7 @@ fn flag(response: &Response<hyper::body::Incoming>) -> Option<&str> {
 #[tokio::test]
 async fn a_breaker_opened_by_one_worker_rejects_on_the_other() {
     let (app, hits) = status_app(500).await;
-    let sidecar = two_workers(
-        app,
-        "retry = { attempts = 1 }\n[outbound.breaker]\nconsecutive_failures = 3\n\
-         open_for = \"60s\"\n",
-    )
-    .await;
+    let sidecar = two_workers(app, &breaking_after(3)).await;
     let [mut first, mut second] = one_on_each_worker(&sidecar).await;
     for _ in 0..3 {
         let response = send(&mut first).await;
@@ -151,12 +154,7 @@ async fn a_breaker_opened_by_one_worker_rejects_on_the_other() {
 async fn an_endpoint_whose_breaker_one_worker_opened_is_left_out_by_the_others_balancer() {
     let (failing, failed) = status_app(500).await;
     let (healthy, _) = status_app(200).await;
-    let sidecar = two_workers_to(
-        &[failing, healthy],
-        "retry = { attempts = 1 }\n[outbound.breaker]\nconsecutive_failures = 1\n\
-         open_for = \"60s\"\n",
-    )
-    .await;
+    let sidecar = two_workers_to(&[failing, healthy], &breaking_after(1)).await;
     let [mut first, mut second] = one_on_each_worker(&sidecar).await;
     // Worker 0's balancer picks at random: within a few requests one goes to the failing
     // endpoint and opens its breaker.

@@ -3,12 +3,13 @@
 //! tower's p2c `Balance` needs `&mut self`, and what its `poll_ready` finds ready is what the
 //! next `call` uses. The usual way to share one is a `Buffer`: a task that owns the balancer
 //! and takes requests over a channel. That costs every request two task switches, a channel
-//! message and a oneshot (some 8 700 instructions a request, counted by callgrind), and with
-//! several workers a crossing to the buffer's thread and back. Here each worker has a balancer
-//! of its own (the endpoints' breakers and connection pools stay shared; each balancer keeps
-//! its own load estimates, as Envoy's per-worker load balancers do), and a call locks its
-//! worker's balancer for a `poll_ready` and, when that finds an endpoint ready, the `call`,
-//! so no other call can take the readiness in between.
+//! message and a oneshot (without them, a two-endpoint route's request path takes 0.91x the
+//! instructions: `benches/load/instructions.py --endpoints 2`), and with several workers a
+//! crossing to the buffer's thread and back. Here each worker has a balancer of its own (the
+//! endpoints' breakers and connection pools stay shared; each balancer keeps its own load
+//! estimates, as Envoy's per-worker load balancers do), and a call locks its worker's balancer
+//! for a `poll_ready` and, when that finds an endpoint ready, the `call`, so no other call can
+//! take the readiness in between.
 //!
 //! When no endpoint is ready, the call waits to be told: the balancer is polled with a waker
 //! that wakes every waiting call of its worker, and each tries again. The waiting calls are
@@ -246,6 +247,20 @@ mod tests {
         }
     }
 
+    type Call = tokio::task::JoinHandle<Result<(u32, usize), BoxError>>;
+
+    /// A closed gate as the one worker's balancer, and `count` calls waiting on it.
+    async fn waiting(count: u32) -> (Gate, Vec<Call>) {
+        let gate = Gate::default();
+        let service = PerWorker::new([gate.clone()]);
+        let calls: Vec<Call> = (0..count)
+            .map(|i| tokio::spawn(service.clone().oneshot(i)))
+            .collect();
+        settle().await;
+        assert!(calls.iter().all(|call| !call.is_finished()));
+        (gate, calls)
+    }
+
     #[tokio::test]
     async fn a_ready_balancer_takes_the_call_at_once() {
         let gate = Gate::default();
@@ -256,13 +271,7 @@ mod tests {
 
     #[tokio::test]
     async fn every_call_waiting_for_an_endpoint_goes_when_one_is_ready() {
-        let gate = Gate::default();
-        let service = PerWorker::new([gate.clone()]);
-        let calls: Vec<_> = (0..3)
-            .map(|i| tokio::spawn(service.clone().oneshot(i)))
-            .collect();
-        settle().await;
-        assert!(calls.iter().all(|call| !call.is_finished()));
+        let (gate, calls) = waiting(3).await;
         // The gate keeps one waker, the balancer's own, which wakes all three.
         gate.set(&gate.ready);
         let mut answers = Vec::new();
@@ -275,12 +284,7 @@ mod tests {
 
     #[tokio::test]
     async fn a_balancer_error_ends_every_waiting_call() {
-        let gate = Gate::default();
-        let service = PerWorker::new([gate.clone()]);
-        let calls: Vec<_> = (0..2)
-            .map(|i| tokio::spawn(service.clone().oneshot(i)))
-            .collect();
-        settle().await;
+        let (gate, calls) = waiting(2).await;
         gate.set(&gate.failed);
         for call in calls {
             let error = call.await.unwrap().unwrap_err();
@@ -291,12 +295,9 @@ mod tests {
 
     #[tokio::test]
     async fn a_call_dropped_while_waiting_leaves_the_others_waiting() {
-        let gate = Gate::default();
-        let service = PerWorker::new([gate.clone()]);
-        let dropped = tokio::spawn(service.clone().oneshot(0));
-        let kept = tokio::spawn(service.clone().oneshot(1));
-        settle().await;
-        dropped.abort();
+        let (gate, mut calls) = waiting(2).await;
+        let kept = calls.pop().unwrap();
+        calls.pop().unwrap().abort();
         settle().await;
         gate.set(&gate.ready);
         assert_eq!(kept.await.unwrap().unwrap(), (1, 0));
