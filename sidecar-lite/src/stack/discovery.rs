@@ -288,9 +288,9 @@ impl<S> fmt::Debug for Discovered<S> {
 }
 
 /// Starts discovering the endpoints of `source` for `route`, beginning with `initial`, for
-/// as many balancers as `make` builds services: `make` builds each new endpoint's service for
-/// each balancer (with its breaker, which they share, recorded in `live`). One view of the
-/// changes per balancer. Must run inside a tokio runtime.
+/// `balancers` balancers, each with its own view of the changes: `make` builds each new
+/// endpoint's service for each of them (around one breaker, which they share, recorded in
+/// `live`). Must run inside a tokio runtime.
 pub(crate) fn spawn<S, F>(
     route: &str,
     mut source: Source,

@@ -86,7 +86,7 @@ pub(crate) fn outbound_with_endpoints<B: StackBody>(
 ) -> Result<Outbound<B>, ConfigProblem> {
     // One fixed endpoint has no balancer to wait for: the per-try timeout inside its
     // breaker is the only one, and tells the next hop its deadline. With a balancer, one outside
-    // also covers the wait in the queue and tells the next hop; the inner one times the
+    // also covers the wait for it and tells the next hop; the inner one times the
     // endpoint alone. (Both, for one endpoint, cost a second timeout per attempt for nothing:
     // the inner one fires first, to the same deadline.)
     let single = matches!(&route.endpoints[..], [Endpoint::Static(_)]);
