@@ -16,7 +16,9 @@ use tokio::{
     time::{Instant, timeout},
 };
 
-const STEP: Duration = Duration::from_secs(10);
+mod common;
+
+use common::{STEP, raw_get};
 
 fn http1() -> Client<HttpConnector, Empty<Bytes>> {
     Client::builder(TokioExecutor::new()).build_http()
@@ -26,16 +28,6 @@ fn get(addr: SocketAddr) -> Request<Empty<Bytes>> {
     Request::get(format!("http://{addr}/"))
         .body(Empty::new())
         .unwrap()
-}
-
-/// One GET on a fresh connection, by hand: the raw bytes the server sent until it closed.
-async fn raw_get(addr: SocketAddr) -> std::io::Result<Vec<u8>> {
-    let mut tcp = TcpStream::connect(addr).await?;
-    tcp.write_all(b"GET / HTTP/1.1\r\nhost: flaky\r\nconnection: close\r\n\r\n")
-        .await?;
-    let mut bytes = Vec::new();
-    timeout(STEP, tcp.read_to_end(&mut bytes)).await??;
-    Ok(bytes)
 }
 
 #[tokio::test]

@@ -294,6 +294,14 @@ mod tests {
     }
 
     #[tokio::test]
+    async fn a_balancer_that_has_failed_fails_a_new_call() {
+        let gate = Gate::default();
+        gate.set(&gate.failed);
+        let error = PerWorker::new([gate]).oneshot(0).await.unwrap_err();
+        assert_eq!(error.to_string(), "every endpoint is gone");
+    }
+
+    #[tokio::test]
     async fn a_call_dropped_while_waiting_leaves_the_others_waiting() {
         let (gate, mut calls) = waiting(2).await;
         let kept = calls.pop().unwrap();

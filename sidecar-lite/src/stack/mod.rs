@@ -6,8 +6,8 @@
 //! over a concurrency limit (fixed or adaptive), injected faults if configured (before the router, as Envoy's fault filter, so they are not retried),
 //! the total timeout (deadline), retries, then either one endpoint behind a fail-fast breaker,
 //! or a per-try timeout (it covers the wait for the balancer) over a p2c peak-EWMA balancer
-//! per worker (`balancer`) over endpoints each behind a back-pressure breaker (the balancer routes around
-//! open ones). Inside each breaker a per-try timeout runs (with a balancer, again, to the same
+//! per worker (`balancer`) over endpoints each behind a back-pressure breaker (the balancer
+//! routes around open ones). Inside each breaker a per-try timeout runs (with a balancer, again, to the same
 //! deadline: it reads the outer one from the request): polled first, it fires first, so an
 //! attempt that times out on an endpoint counts against that endpoint, its breaker opens and
 //! the balancer routes around it. The outer timeout alone would drop the call before the
