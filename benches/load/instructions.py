@@ -27,7 +27,7 @@ TCP path) is not in it, so it complements run.py's CPU per request, and does not
 With `--haproxy` it counts HAProxy (one thread, the harness's config) the same way, its
 whole process: the user-space side of run.py's CPU ratio (the two make the same system calls
 per request: two reads and two writes). With `--endpoints 2` the route balances over two ports
-of the one upstream, and the request path includes the balancer's task. valgrind is installed
+of the one upstream. valgrind is installed
 from Debian's packages when missing.
 
 It stays on 127.0.0.1, stops only the processes it started (by PID), and is bounded in time.
@@ -77,8 +77,9 @@ REQUEST_PATH = (
     r"sidecar_lite::proxy::listener::serve::\{\{closure\}\}::\{\{closure\}\} \[",
     r"sidecar_lite::transport::pool::Shared<C,B>::connect::\{\{closure\}\}::\{\{closure\}\} \[",
 )
-# Tasks a request runs in only on some routes: the balancer's queue of a route with several
-# endpoints.
+# Tasks a request runs in only in older builds: the queue (tower's `Buffer`) in front of the
+# balancer of a route with several endpoints, before each worker had a balancer of its own
+# (c1c8c9d); counted so that such a build can be the baseline.
 REQUEST_PATH_IF_ANY = (
     r"<tower::buffer::worker::Worker<T,Request> as core::future::future::Future>::poll \[",
 )

@@ -19,7 +19,7 @@ threads:
                   collector costs requests
   sidecar-access-log  sidecar-1hop with [access_log] on: a JSON line per request to a file
   sidecar-balanced  sidecar-1hop whose route has two endpoints (two ports of the one upstream
-                  process): the p2c balancer, its queue and a back-pressure breaker per endpoint
+                  process): the worker's p2c balancer and a back-pressure breaker per endpoint
   sidecar-mtls    two sidecar-lite: outbound -> mTLS -> inbound -> upstream (HTTP/2 between
                   them, the default)
   sidecar-mtls-http1  sidecar-mtls with HTTP/1.1 between the sidecars (`endpoint_protocol`)
@@ -78,8 +78,8 @@ ROOT = Path(__file__).resolve().parents[2]
 RELEASE = Path(os.environ.get("CARGO_TARGET_DIR", ROOT / "target")) / "release"
 RESULTS = ROOT / "benches" / "load" / "results"
 TARGETS = ["direct", "baseline-1hop", "sidecar-1hop", "sidecar-traced", "sidecar-dead-otlp",
-           "sidecar-access-log", "baseline-balanced", "sidecar-balanced", "sidecar-mtls", "sidecar-mtls-http1", "bare-hyper", "nginx",
-           "haproxy"]
+           "sidecar-access-log", "baseline-balanced", "sidecar-balanced", "sidecar-mtls",
+           "sidecar-mtls-http1", "bare-hyper", "nginx", "haproxy"]
 # The sidecar-lite binary of the sidecar targets; `--sidecar` sets another (a PGO build, say).
 SIDECAR = RELEASE / "sidecar-lite"
 CLK_TCK = os.sysconf("SC_CLK_TCK")
