@@ -10,7 +10,7 @@ use std::time::Duration;
 /// ```toml
 /// timeout = "2s"                # required: the whole call, all attempts included
 /// deadline_margin = "5ms"       # taken off the time the next hop is told
-/// propagate_deadline = true     # honour and forward grpc-timeout / x-request-timeout-ms
+/// propagate_deadline = true     # tell the next hop the time left (incoming: always honoured)
 /// # body_idle_timeout = "10s"   # each response body frame within this (default: none)
 /// # body_timeout = "60s"        # the whole response body within this (default: none)
 /// ```
@@ -40,8 +40,10 @@ pub struct TimeoutConfig {
     /// to send the request on.
     #[serde(default = "default_margin", with = "duration")]
     pub deadline_margin: Duration,
-    /// Whether incoming deadlines shorten ours and the remaining time is sent on. Default
-    /// `true`: a caller that has given up should not keep the callee busy.
+    /// Whether the time that remains is written into the outgoing request (`grpc-timeout`, or
+    /// `x-request-timeout-ms`, added to a plain HTTP request that came without one). Default
+    /// `true`: a caller that has given up should not keep the callee busy. With `false` the
+    /// caller's header goes on as it came; an incoming deadline shortens ours either way.
     #[serde(default = "default_true")]
     pub propagate_deadline: bool,
     /// Each response body frame must arrive within this. Default: none, because streaming

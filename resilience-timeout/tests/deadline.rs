@@ -346,3 +346,30 @@ async fn a_request_this_service_starts_tells_the_next_hop_its_deadline() {
         );
     }
 }
+
+/// `propagate_deadline = false` turns off telling the next hop, not honouring the caller: an
+/// incoming deadline still shortens ours, and the caller's header goes on as it came.
+#[cfg(feature = "serde")]
+#[tokio::test(start_paused = true)]
+async fn without_propagation_an_incoming_deadline_still_shortens_ours() {
+    let mut config = resilience_timeout::TimeoutConfig::new(Duration::from_secs(2));
+    config.propagate_deadline = false;
+    let (mut svc, mut handle) = mock::spawn_layer::<Req, (), _>(config.layer().unwrap());
+    assert_ready_ok!(svc.poll_ready());
+    let req = Request::builder()
+        .header(REQUEST_TIMEOUT_MS, "300")
+        .body(())
+        .unwrap();
+    let mut response = task::spawn(svc.call(req));
+
+    let (sent, _send) = handle.next_request().await.unwrap();
+    assert_eq!(sent.headers()[REQUEST_TIMEOUT_MS], "300");
+    time::advance(Duration::from_millis(299)).await;
+    assert_pending!(response.poll());
+    time::advance(Duration::from_millis(1)).await;
+    let err = assert_ready!(response.poll()).unwrap_err();
+    assert_eq!(
+        err.downcast_ref::<Elapsed>().unwrap().after(),
+        Duration::from_millis(300)
+    );
+}
