@@ -20,6 +20,7 @@ use resilience_core::{
 };
 use resilience_mtls::Identity;
 use std::{
+    cell::RefCell,
     convert::Infallible,
     future::Future,
     pin::Pin,
@@ -325,10 +326,28 @@ fn host_of<B>(req: &Request<B>) -> (Host, bool) {
         // Needed only when the URI has no authority of its own (origin-form, the usual case).
         authority: first
             .filter(|_| req.uri().authority().is_none())
-            .and_then(|h| h.to_str().ok())
-            .and_then(|h| h.parse::<Authority>().ok()),
+            .and_then(authority_of),
     };
     (host, hosts.next().is_some())
+}
+
+/// `host` as an authority, if it is one. The last one parsed on the thread is kept: a worker's
+/// requests mostly name one host, and then share one parsed value instead of each parsing and
+/// allocating its own, and allocating again when the retry layer copies the request.
+fn authority_of(host: &HeaderValue) -> Option<Authority> {
+    thread_local! {
+        static LAST: RefCell<Option<Authority>> = const { RefCell::new(None) };
+    }
+    LAST.with_borrow_mut(|last| {
+        if let Some(kept) = last.as_ref()
+            && kept.as_str().as_bytes() == host.as_bytes()
+        {
+            return Some(kept.clone());
+        }
+        let parsed = host.to_str().ok()?.parse::<Authority>().ok()?;
+        *last = Some(parsed.clone());
+        Some(parsed)
+    })
 }
 
 /// What the edge needs of a request's `Host`.
@@ -376,4 +395,32 @@ fn prepare_request<B>(
     }
     // The next hop's protocol is chosen by ALPN (between sidecars) or by the app client.
     *req.version_mut() = Version::HTTP_11;
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn a_repeated_host_is_parsed_once_and_shared() {
+        let host = |value: &'static str| authority_of(&HeaderValue::from_static(value));
+        let first = host("app:8080").unwrap();
+        assert_eq!(first, "app:8080");
+        let again = host("app:8080").unwrap();
+        assert_eq!(
+            again.as_str().as_ptr(),
+            first.as_str().as_ptr(),
+            "the kept value"
+        );
+        // Another host, as sent (an authority compares without case; the one sent on keeps it).
+        let other = host("App:8080").unwrap();
+        assert_eq!(other.as_str(), "App:8080");
+        assert_ne!(other.as_str().as_ptr(), first.as_str().as_ptr());
+        // Not an authority: none, and the kept one stays for the next request.
+        assert_eq!(host("a b"), None);
+        assert_eq!(
+            host("App:8080").unwrap().as_str().as_ptr(),
+            other.as_str().as_ptr()
+        );
+    }
 }

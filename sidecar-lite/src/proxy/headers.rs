@@ -3,6 +3,7 @@
 //! created; inbound, the identity headers a caller could forge replaced by what its
 //! certificate proves.
 
+use bytes::Bytes;
 use http::{
     HeaderMap, HeaderName, HeaderValue, Request,
     header::{CONNECTION, Entry, TE, TRAILER, TRANSFER_ENCODING, UPGRADE},
@@ -114,8 +115,10 @@ pub(crate) fn ensure_traceparent(headers: &mut HeaderMap) {
     value[35] = b'-';
     write_hex(&mut value[36..52], u128::from(rand::random::<u64>().max(1)));
     value[52..].copy_from_slice(b"-01");
-    let value =
-        HeaderValue::from_bytes(&value).expect("hex digits and dashes are a valid header value");
+    // In a buffer that clones share, counted: copied from a slice, the value would allocate
+    // again at its first clone, when the retry layer copies the request.
+    let value = HeaderValue::from_maybe_shared(Bytes::from_owner(value))
+        .expect("hex digits and dashes are a valid header value");
     match entry {
         Entry::Occupied(mut bad) => {
             bad.insert(value);
