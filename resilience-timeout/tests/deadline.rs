@@ -4,10 +4,10 @@
 
 use http::{HeaderValue, Request};
 use resilience_timeout::{
-    Deadline, Elapsed, HttpDeadline, REQUEST_TIMEOUT_MS, TimeoutLayer,
+    BoxError, Deadline, Elapsed, HttpDeadline, REQUEST_TIMEOUT_MS, TimeoutLayer,
     grpc_timeout::{self, GRPC_TIMEOUT},
 };
-use std::time::Duration;
+use std::{future::Future, time::Duration};
 use tokio::time::{self, Instant};
 use tokio_test::{assert_pending, assert_ready, assert_ready_ok, task};
 use tower::{Layer, ServiceExt};
@@ -112,14 +112,21 @@ async fn an_incoming_deadline_shorter_than_ours_wins_and_is_sent_on() {
         Some(start + Duration::from_millis(500))
     );
 
-    time::advance(Duration::from_millis(499)).await;
+    times_out_after(&mut response, Duration::from_millis(500)).await;
+}
+
+/// `response`, started now, is still pending just before `after` and fails at `after`,
+/// saying so.
+async fn times_out_after<F>(response: &mut task::Spawn<F>, after: Duration)
+where
+    F: Future<Output = Result<(), BoxError>>,
+{
+    let tick = Duration::from_millis(1);
+    time::advance(after - tick).await;
     assert_pending!(response.poll());
-    time::advance(Duration::from_millis(1)).await;
+    time::advance(tick).await;
     let err = assert_ready!(response.poll()).unwrap_err();
-    assert_eq!(
-        err.downcast_ref::<Elapsed>().unwrap().after(),
-        Duration::from_millis(500)
-    );
+    assert_eq!(err.downcast_ref::<Elapsed>().unwrap().after(), after);
 }
 
 #[tokio::test(start_paused = true)]
@@ -364,12 +371,5 @@ async fn without_propagation_an_incoming_deadline_still_shortens_ours() {
 
     let (sent, _send) = handle.next_request().await.unwrap();
     assert_eq!(sent.headers()[REQUEST_TIMEOUT_MS], "300");
-    time::advance(Duration::from_millis(299)).await;
-    assert_pending!(response.poll());
-    time::advance(Duration::from_millis(1)).await;
-    let err = assert_ready!(response.poll()).unwrap_err();
-    assert_eq!(
-        err.downcast_ref::<Elapsed>().unwrap().after(),
-        Duration::from_millis(300)
-    );
+    times_out_after(&mut response, Duration::from_millis(300)).await;
 }
