@@ -10,6 +10,7 @@ the release binaries:
     python3 benches/load/instructions.py --baseline /tmp/before/sidecar-lite
     python3 benches/load/instructions.py --haproxy            # and HAProxy's, for the ratio
     python3 benches/load/instructions.py --endpoints 2        # a route with two endpoints
+    python3 benches/load/instructions.py --inbound            # the inbound hop of an mTLS pair
 
 It starts the flaky upstream (no faults) and, for each binary, sidecar-lite under callgrind
 (one worker, the harness's one-hop route) twice: once for `--warm` requests and once for
@@ -27,8 +28,11 @@ TCP path) is not in it, so it complements run.py's CPU per request, and does not
 With `--haproxy` it counts HAProxy (one thread, the harness's config) the same way, its
 whole process: the user-space side of run.py's CPU ratio (the two make the same system calls
 per request: two reads and two writes). With `--endpoints 2` the route balances over two ports
-of the one upstream. valgrind is installed
-from Debian's packages when missing.
+of the one upstream. With `--inbound` the sidecar counted is the inbound one of an mTLS pair
+(HTTP/2 from the peer, strict mTLS, the app behind it the upstream), driven by an outbound
+sidecar of this build that valgrind does not run; its request path is the connection's task,
+each request's HTTP/2 stream task and the app connection's task. valgrind is installed from
+Debian's packages when missing.
 
 It stays on 127.0.0.1, stops only the processes it started (by PID), and is bounded in time.
 """
@@ -85,22 +89,34 @@ REQUEST_PATH_IF_ANY = (
 )
 
 
-def request_path(out):
-    """Instructions inside the request path's tasks, from a callgrind output file."""
+# The inbound sidecar's: its connection's task (TLS and the HTTP/2 connection), the task hyper
+# gives each HTTP/2 stream (the edge and the stack are polled inside it), and the app
+# connection's task.
+INBOUND_PATH = (
+    REQUEST_PATH[0],
+    r"<hyper::proto::h2::server::H2Stream<F,B,Ex> as core::future::future::Future>::poll \[",
+    REQUEST_PATH[1],
+)
+
+
+def request_path(out, patterns):
+    """Instructions inside the request path's tasks (`patterns`), from a callgrind output
+    file."""
     annotated = subprocess.run(["callgrind_annotate", "--inclusive=yes", str(out)],
                                capture_output=True, text=True, check=True).stdout
     total = 0
-    for pattern in REQUEST_PATH + REQUEST_PATH_IF_ANY:
+    for pattern in patterns + REQUEST_PATH_IF_ANY:
         line = next((l for l in annotated.splitlines() if re.search(pattern, l)), None)
-        if line is None and pattern in REQUEST_PATH:
+        if line is None and pattern in patterns:
             raise RuntimeError(f"no function matching {pattern} in {out}")
         total += int(line.split()[0].replace(",", "")) if line else 0
     return total
 
 
-def callgrind(tmp, name, argv, listen, count, **kw):
-    """Runs `argv` under callgrind until it listens on `listen`, sends it `count` requests and
-    stops it; its total instructions and its callgrind output file."""
+def callgrind(tmp, name, argv, listen, count, drive=send, **kw):
+    """Runs `argv` under callgrind until it listens on `listen`, sends it `count` requests
+    (`drive(listen, count)`) and stops it; its total instructions and its callgrind output
+    file."""
     out = tmp / f"{name}.callgrind"
     proc = harness.Proc(name, ["valgrind", "--tool=callgrind", f"--callgrind-out-file={out}",
                                *argv],
@@ -110,7 +126,7 @@ def callgrind(tmp, name, argv, listen, count, **kw):
     except SystemExit:
         sys.stderr.write((tmp / f"{name}.log").read_text()[-2000:])
         raise
-    send(listen, count)
+    drive(listen, count)
     proc.stop(timeout=STOP_S)
     totals = re.search(r"^(?:summary|totals): (\d+)", out.read_text(), re.M)
     if not totals:
@@ -126,13 +142,37 @@ def instructions(tmp, binary, upstreams, count):
     path, _ = harness.sidecar_config(tmp, name, 1, harness.route(listen, upstreams, False))
     total, out = callgrind(tmp, name, [str(binary), "run", "--config", str(path)], listen, count,
                            env=dict(harness.os.environ, RUST_LOG="error"))
-    return total, request_path(out)
+    return total, request_path(out, REQUEST_PATH)
+
+
+def inbound_instructions(tmp, binary, upstreams, count):
+    """Total instructions of an inbound sidecar-lite run that served `count` requests from an
+    outbound sidecar over mTLS, and those of its request path; the app is `upstreams[0]`."""
+    listen = harness.free_port()
+    name = f"cg-inbound-{Path(binary).parent.name}-{count}"
+    path, _ = harness.sidecar_config(
+        tmp, name, 1,
+        harness.identity(tmp, "app") + f"[inbound]\nlisten = \"127.0.0.1:{listen}\"\n"
+        f"app = \"127.0.0.1:{upstreams[0]}\"\nmtls = \"strict\"\n"
+        "allow = [\"spiffe://example.org/ns/load/sa/client\"]\n")
+
+    def through_a_peer(inbound, count):
+        port = harness.free_port()
+        driver = harness.start_sidecar(tmp, f"{name}-driver", 1, harness.identity(tmp, "client")
+                                       + harness.route(port, inbound, True))
+        send(port, count)
+        driver.stop()
+
+    total, out = callgrind(tmp, name, [str(binary), "run", "--config", str(path)], listen, count,
+                           drive=through_a_peer, env=dict(harness.os.environ, RUST_LOG="error"))
+    return total, request_path(out, INBOUND_PATH)
 
 
 def per_request(tmp, binary, upstreams, args):
     """Instructions per request: the whole process's, and the request path's."""
-    warm = instructions(tmp, binary, upstreams, args.warm)
-    full = instructions(tmp, binary, upstreams, args.warm + args.requests)
+    count = inbound_instructions if args.inbound else instructions
+    warm = count(tmp, binary, upstreams, args.warm)
+    full = count(tmp, binary, upstreams, args.warm + args.requests)
     return tuple((f - w) / args.requests for f, w in zip(full, warm))
 
 
@@ -164,6 +204,8 @@ def main():
                         help="also count HAProxy's (whole process), for the ratio")
     parser.add_argument("--endpoints", type=int, default=1,
                         help="the route's endpoints: ports of the one upstream (2: the balancer)")
+    parser.add_argument("--inbound", action="store_true",
+                        help="count the inbound sidecar of an mTLS pair instead of one hop")
     parser.add_argument("--skip-build", action="store_true", help="use the binaries in target/release")
     args = parser.parse_args()
     harness.ensure_tools({"valgrind": "valgrind", **({"haproxy": "haproxy"} if args.haproxy else {})})
@@ -171,6 +213,10 @@ def main():
         harness.build()
     tmp = Path(tempfile.mkdtemp(prefix="sidecar-instructions-"))
     try:
+        if args.inbound:
+            subprocess.run([str(harness.RELEASE / "sidecar-lite"), "certs", "--out", str(tmp),
+                            "--workload", "ns/load/sa/app", "--workload", "ns/load/sa/client"],
+                           check=True, stdout=subprocess.DEVNULL)
         ports, _ = harness.start_upstream_ports(args.endpoints)
         port = ports[0]
         binaries = [("this build", Path(args.binary))]

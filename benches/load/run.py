@@ -38,8 +38,8 @@ so that the two-sidecar path can be judged hop by hop. Every
 measurement runs 3 times, interleaved across targets; the table gives medians with min and
 max, and ratios to direct and to HAProxy. It writes benches/load/results/latest.{md,json,svg}.
 
-`--baseline PATH` adds `baseline-1hop` and `baseline-balanced`: sidecar-1hop and
-sidecar-balanced run by another sidecar-lite binary (say
+`--baseline PATH` adds `baseline-1hop`, `baseline-balanced` and `baseline-mtls`: sidecar-1hop,
+sidecar-balanced and sidecar-mtls run by another sidecar-lite binary (say
 one built from the commit before a change), measured interleaved with the rest, so one change's
 cost is a ratio from one run:
 
@@ -78,7 +78,8 @@ ROOT = Path(__file__).resolve().parents[2]
 RELEASE = Path(os.environ.get("CARGO_TARGET_DIR", ROOT / "target")) / "release"
 RESULTS = ROOT / "benches" / "load" / "results"
 TARGETS = ["direct", "baseline-1hop", "sidecar-1hop", "sidecar-traced", "sidecar-dead-otlp",
-           "sidecar-access-log", "baseline-balanced", "sidecar-balanced", "sidecar-mtls",
+           "sidecar-access-log", "baseline-balanced", "sidecar-balanced", "baseline-mtls",
+           "sidecar-mtls",
            "sidecar-mtls-http1", "bare-hyper", "nginx", "haproxy"]
 # The sidecar-lite binary of the sidecar targets; `--sidecar` sets another (a PGO build, say).
 SIDECAR = RELEASE / "sidecar-lite"
@@ -373,18 +374,20 @@ def start_haproxy(tmp, name, threads, upstream):
     return port, haproxy
 
 
-def start_mtls_pair(tmp, name, threads, upstream, route_extra=""):
-    """Two sidecars, outbound -> mTLS -> inbound -> upstream, the outbound route with
-    `route_extra`: the port to call and the two processes (outbound first)."""
+def start_mtls_pair(tmp, name, threads, upstream, route_extra="", binary=None):
+    """Two sidecars (`binary`, else this build's), outbound -> mTLS -> inbound -> upstream, the
+    outbound route with `route_extra`: the port to call and the two processes (outbound
+    first)."""
     inbound_port = free_port()
     inbound = start_sidecar(
         tmp, f"{name}-inbound", threads,
         identity(tmp, "app") + f"[inbound]\nlisten = \"127.0.0.1:{inbound_port}\"\n"
         f"app = \"127.0.0.1:{upstream}\"\nmtls = \"strict\"\nmax_concurrent_requests = 4096\n"
-        "allow = [\"spiffe://example.org/ns/load/sa/client\"]\n")
+        "allow = [\"spiffe://example.org/ns/load/sa/client\"]\n", binary=binary)
     port = free_port()
     outbound = start_sidecar(tmp, f"{name}-outbound", threads,
-                             identity(tmp, "client") + route(port, inbound_port, True) + route_extra)
+                             identity(tmp, "client") + route(port, inbound_port, True) + route_extra,
+                             binary=binary)
     return port, [outbound, inbound]
 
 
@@ -404,6 +407,8 @@ def start_targets(tmp, threads, upstreams, sink, baseline=None):
         before = start_sidecar(tmp, "baseline-balanced", threads, route(port, upstreams[:2], False),
                                binary=baseline)
         targets["baseline-balanced"] = (port, [before])
+        targets["baseline-mtls"] = start_mtls_pair(tmp, "baseline", threads, upstream,
+                                                   binary=baseline)
 
     port = free_port()
     one = start_sidecar(tmp, "sidecar-1hop", threads, route(port, upstream, False))
@@ -761,6 +766,16 @@ def report(results, machine):
         if balanced and before:
             lines.append(f"This build / the baseline binary, two endpoints behind the balancer: "
                          f"{ratios(balanced, before)}.")
+        before = stats.get("baseline-mtls")
+        if mtls and before:
+            each = {name: pair_cpu_each(data, name) for name in ("sidecar-mtls", "baseline-mtls")}
+            hops = ""
+            if all(each.values()):
+                (out, inb), (out_before, inb_before) = each["sidecar-mtls"], each["baseline-mtls"]
+                hops = (f"; CPU per request of the outbound sidecar {out / out_before:.2f}x, "
+                        f"of the inbound {inb / inb_before:.2f}x")
+            lines.append(f"This build / the baseline binary, the mTLS pair: "
+                         f"{ratios(mtls, before)}{hops}.")
         logged, access_log = stats.get("sidecar-access-log"), data.get("access_log")
         if one and logged:
             lines.append("")
@@ -777,13 +792,10 @@ def report(results, machine):
                          f"CPU per request, the pair / one hop: "
                          f"{ratio(mtls['cpu_per_1000'], one['cpu_per_1000'])}. "
                          f"Added p99 over direct: {', '.join(added)}.")
-            each = [r.get("cpu_each_per_1000") for r in data["runs"].get("sidecar-mtls", [])]
-            each = [e for e in each if e and len(e) == 2]
+            each = pair_cpu_each(data, "sidecar-mtls")
             if each:
-                outbound = statistics.median(e[0] for e in each)
-                inbound = statistics.median(e[1] for e in each)
                 lines.append(f"CPU s/1000 req of each sidecar of the pair (medians): outbound "
-                             f"{outbound:.3f}, inbound {inbound:.3f}.")
+                             f"{each[0]:.3f}, inbound {each[1]:.3f}.")
         http1 = stats.get("sidecar-mtls-http1")
         if mtls and http1:
             lines.append("")
@@ -799,6 +811,16 @@ def report(results, machine):
                          + ", ".join(f"{name} {cpu:.3f}" for name, cpu in upstream.items()) + ".")
         lines.append("")
     return "\n".join(lines)
+
+
+def pair_cpu_each(data, name):
+    """The median CPU s/1000 req of each sidecar of the pair `name` (outbound, inbound), or
+    None when the runs did not record it."""
+    each = [r.get("cpu_each_per_1000") for r in data["runs"].get(name, [])]
+    each = [e for e in each if e and len(e) == 2]
+    if not each:
+        return None
+    return statistics.median(e[0] for e in each), statistics.median(e[1] for e in each)
 
 
 def svg_chart(results):
@@ -877,8 +899,8 @@ def main():
     parser.add_argument("--rate", type=int, default=5000)
     parser.add_argument("--rate-seconds", type=float, default=2.5)
     parser.add_argument("--skip-build", action="store_true", help="use the binaries in target/release")
-    parser.add_argument("--baseline", help="another sidecar-lite binary, measured as baseline-1hop "
-                        "and baseline-balanced")
+    parser.add_argument("--baseline", help="another sidecar-lite binary, measured as baseline-1hop, "
+                        "baseline-balanced and baseline-mtls")
     parser.add_argument("--results", help="where the tables go (default: benches/load/results)")
     parser.add_argument("--sidecar", help="the sidecar-lite binary of the sidecar targets "
                         "(default: target/release/sidecar-lite)")
