@@ -9,7 +9,7 @@ use http::{
     header::{CONNECTION, Entry, TE, TRAILER, TRANSFER_ENCODING, UPGRADE},
 };
 use resilience_mtls::Identity;
-use std::{net::IpAddr, sync::Arc};
+use std::{cell::RefCell, net::IpAddr, sync::Arc};
 
 /// `x-forwarded-for`: the chain of client addresses.
 pub(crate) const X_FORWARDED_FOR: HeaderName = HeaderName::from_static("x-forwarded-for");
@@ -156,24 +156,31 @@ pub(crate) fn traceparent(headers: &HeaderMap) -> Option<TraceParent<'_>> {
     parse_traceparent(headers.get(TRACEPARENT)?.to_str().ok()?)
 }
 
-/// Parses a `traceparent` value.
+/// Parses a `traceparent` value: `version-traceid-parentid-flags`, each part of a fixed length
+/// (2, 32, 16 and 2 lowercase hex digits), so read at fixed places rather than split; a version
+/// after 00 may add parts after a further dash.
 fn parse_traceparent(value: &str) -> Option<TraceParent<'_>> {
-    let mut parts = value.trim().split('-');
-    let (version, trace, span, flags) =
-        (parts.next()?, parts.next()?, parts.next()?, parts.next()?);
-    let hex = |s: &str, len| {
-        s.len() == len
-            && s.bytes()
-                .all(|b| b.is_ascii_hexdigit() && !b.is_ascii_uppercase())
-    };
-    let valid = hex(version, 2)
+    let value = value.trim();
+    let dashes = value.as_bytes();
+    if dashes.len() < 55 || dashes[2] != b'-' || dashes[35] != b'-' || dashes[52] != b'-' {
+        return None;
+    }
+    let (version, trace, span, flags) = (
+        value.get(..2)?,
+        value.get(3..35)?,
+        value.get(36..52)?,
+        value.get(53..55)?,
+    );
+    let rest = value.get(55..)?;
+    let hex = |s: &str| s.bytes().all(|b| matches!(b, b'0'..=b'9' | b'a'..=b'f'));
+    let valid = hex(version)
         && version != "ff"
-        && hex(trace, 32)
+        && hex(trace)
         && trace.bytes().any(|b| b != b'0')
-        && hex(span, 16)
+        && hex(span)
         && span.bytes().any(|b| b != b'0')
-        && hex(flags, 2)
-        && (version != "00" || parts.next().is_none());
+        && hex(flags)
+        && (rest.is_empty() || (version != "00" && rest.starts_with('-')));
     valid.then(|| TraceParent {
         trace_id: trace,
         parent_id: span,
@@ -291,6 +298,72 @@ mod tests {
         );
         assert_eq!(traceparent(&headers).map(|t| t.flags), Some(3));
     }
+
+    #[test]
+    fn the_client_cert_header_is_made_once_per_peer_and_our_identity() {
+        let id = |text: &str| Identity::parse(text).unwrap();
+        let (client, other) = (
+            id("spiffe://example.org/ns/a/sa/client"),
+            id("db.example.org"),
+        );
+        let rules = InboundRules::new(Some(&id("spiffe://example.org/ns/a/sa/app")));
+        let forwarded = |rules: &InboundRules, peer: &Identity| {
+            let mut req = Request::new(());
+            req.headers_mut()
+                .insert(X_FORWARDED_CLIENT_CERT, HeaderValue::from_static("forged"));
+            req.extensions_mut().insert(peer.clone());
+            rules.prepare_request(&mut req);
+            req.headers()[X_FORWARDED_CLIENT_CERT].clone()
+        };
+        let first = forwarded(&rules, &client);
+        assert_eq!(
+            first,
+            "By=spiffe://example.org/ns/a/sa/app;URI=spiffe://example.org/ns/a/sa/client"
+        );
+        let again = forwarded(&rules, &client);
+        assert_eq!(again.as_bytes().as_ptr(), first.as_bytes().as_ptr(), "kept");
+        assert_eq!(
+            forwarded(&rules, &other),
+            "By=spiffe://example.org/ns/a/sa/app;DNS=db.example.org"
+        );
+        // Our own identity changed (a rotated certificate naming another): made again.
+        let rotated = InboundRules::new(Some(&id("spiffe://example.org/ns/b/sa/app")));
+        assert_eq!(
+            forwarded(&rotated, &other),
+            "By=spiffe://example.org/ns/b/sa/app;DNS=db.example.org"
+        );
+        assert_eq!(
+            forwarded(&InboundRules::new(None), &other),
+            "DNS=db.example.org"
+        );
+    }
+
+    #[test]
+    fn a_traceparent_is_read_at_its_fixed_places_and_nothing_else_passes() {
+        const TRACE: &str = "4bf92f3577b34da6a3ce929d0e0e4736";
+        const SPAN: &str = "00f067aa0ba902b7";
+        let parsed =
+            |value: String| parse_traceparent(&value).map(|t| (t.trace_id.to_owned(), t.flags));
+        let expected = Some((TRACE.to_owned(), 1));
+        assert_eq!(parsed(format!(" 00-{TRACE}-{SPAN}-01\t")), expected);
+        assert_eq!(parsed(format!("cc-{TRACE}-{SPAN}-01-what-ever")), expected);
+        for bad in [
+            format!("00-{TRACE}-{SPAN}-01-"),
+            format!("00-{TRACE}-{SPAN}-01-more"),
+            format!("01-{TRACE}-{SPAN}-01more"),
+            format!("00-{TRACE}-{SPAN}-0x"),
+            format!("00-{TRACE}-{}-01", SPAN.to_uppercase()),
+            format!("00-{TRACE}0-{SPAN}-01"),
+            format!("00-{TRACE}-0000000000000000-01"),
+            format!("0-0{TRACE}-{SPAN}-01"),
+            format!("00-{TRACE}-{SPAN}-1"),
+            // Multi-byte characters where the parts are cut: refused, not a panic.
+            format!("0é-{}-{SPAN}-01", &TRACE[1..]),
+            format!("00-{}é-{SPAN}-01", &TRACE[..30]),
+        ] {
+            assert_eq!(parse_traceparent(&bad), None, "{bad:?}");
+        }
+    }
 }
 
 /// `x-forwarded-client-cert`: the verified peer, in Envoy's format.
@@ -334,10 +407,31 @@ impl InboundRules {
         let Some(peer) = req.extensions().get::<Identity>() else {
             return;
         };
-        let value = format!("{}{}", self.by.as_deref().unwrap_or(""), xfcc_element(peer));
-        if let Ok(value) = HeaderValue::from_str(&value) {
+        if let Some(value) = self.forwarded_client_cert(peer) {
             req.headers_mut().insert(X_FORWARDED_CLIENT_CERT, value);
         }
+    }
+
+    /// `x-forwarded-client-cert` for `peer`. The last one made on the thread is kept: a
+    /// worker's requests come from few peers, over long-lived connections, and then share one
+    /// value instead of each formatting and allocating its own.
+    fn forwarded_client_cert(&self, peer: &Identity) -> Option<HeaderValue> {
+        type Made = (Option<Arc<str>>, Identity, HeaderValue);
+        thread_local! {
+            static LAST: RefCell<Option<Made>> = const { RefCell::new(None) };
+        }
+        LAST.with_borrow_mut(|last| {
+            if let Some((by, kept, value)) = last.as_ref()
+                && by.as_deref() == self.by.as_deref()
+                && kept == peer
+            {
+                return Some(value.clone());
+            }
+            let text = format!("{}{}", self.by.as_deref().unwrap_or(""), xfcc_element(peer));
+            let value = HeaderValue::from_maybe_shared(Bytes::from(text)).ok()?;
+            *last = Some((self.by.clone(), peer.clone(), value.clone()));
+            Some(value)
+        })
     }
 }
 
