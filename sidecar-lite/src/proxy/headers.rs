@@ -115,7 +115,7 @@ pub(crate) fn ensure_traceparent(headers: &mut HeaderMap) {
     value[35] = b'-';
     write_hex(&mut value[36..52], u128::from(rand::random::<u64>().max(1)));
     value[52..].copy_from_slice(b"-01");
-    // In a buffer that clones share, counted: copied from a slice, the value would allocate
+    // In a counted buffer that its clones share: copied from a slice, the value would allocate
     // again at its first clone, when the retry layer copies the request.
     let value = HeaderValue::from_maybe_shared(Bytes::from_owner(value))
         .expect("hex digits and dashes are a valid header value");
@@ -161,8 +161,8 @@ pub(crate) fn traceparent(headers: &HeaderMap) -> Option<TraceParent<'_>> {
 /// after 00 may add parts after a further dash.
 fn parse_traceparent(value: &str) -> Option<TraceParent<'_>> {
     let value = value.trim();
-    let dashes = value.as_bytes();
-    if dashes.len() < 55 || dashes[2] != b'-' || dashes[35] != b'-' || dashes[52] != b'-' {
+    let bytes = value.as_bytes();
+    if bytes.len() < 55 || bytes[2] != b'-' || bytes[35] != b'-' || bytes[52] != b'-' {
         return None;
     }
     let (version, trace, span, flags) = (
