@@ -214,9 +214,7 @@ def main():
     tmp = Path(tempfile.mkdtemp(prefix="sidecar-instructions-"))
     try:
         if args.inbound:
-            subprocess.run([str(harness.RELEASE / "sidecar-lite"), "certs", "--out", str(tmp),
-                            "--workload", "ns/load/sa/app", "--workload", "ns/load/sa/client"],
-                           check=True, stdout=subprocess.DEVNULL)
+            harness.make_certs(tmp)
         ports, _ = harness.start_upstream_ports(args.endpoints)
         port = ports[0]
         binaries = [("this build", Path(args.binary))]

@@ -258,6 +258,13 @@ def sidecar_config(tmp, name, threads, body):
     return path, admin
 
 
+def make_certs(tmp):
+    """A dev CA and the two workloads' certificates in `tmp`, as `identity` names them."""
+    subprocess.run([str(RELEASE / "sidecar-lite"), "certs", "--out", str(tmp),
+                    "--workload", "ns/load/sa/app", "--workload", "ns/load/sa/client"],
+                   check=True, stdout=subprocess.DEVNULL)
+
+
 def identity(tmp, name):
     return (f"[identity]\ncert = \"{tmp}/{name}.pem\"\nkey = \"{tmp}/{name}-key.pem\"\n"
             f"trust = \"{tmp}/ca.pem\"\n\n")
@@ -923,9 +930,7 @@ def main():
     tmp = Path(tempfile.mkdtemp(prefix="sidecar-load-"))
     signal.signal(signal.SIGTERM, lambda *_: sys.exit(1))
     try:
-        subprocess.run([str(RELEASE / "sidecar-lite"), "certs", "--out", str(tmp),
-                        "--workload", "ns/load/sa/app", "--workload", "ns/load/sa/client"],
-                       check=True, stdout=subprocess.DEVNULL)
+        make_certs(tmp)
         sink = OtlpSink()
         # Two ports: sidecar-balanced balances over both, the rest call the first.
         upstream_ports, upstream = start_upstream_ports(2)
