@@ -89,8 +89,7 @@ def measure(targets, args):
 
 
 def report(runs, args):
-    stats = {name: {key: harness.summary([r[key] for r in rs]) for key in ("rps", "cpu_us")}
-             for name, rs in runs.items()}
+    stats = harness.summaries(runs, ("rps", "cpu_us"))
     haproxy = stats["haproxy"]
     command = ("python3 benches/load/h2c.py"
                + (f" --sidecar {args.sidecar}" if args.sidecar != str(harness.SIDECAR) else "")

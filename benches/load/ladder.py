@@ -46,7 +46,7 @@ def parse_binaries(specs):
     return binaries
 
 
-def report(stats, idle, args):
+def report(runs, stats, idle, args):
     haproxy, direct = stats["haproxy"], stats["direct"]
     ratio = harness.ratio
     lines = [f"Measured {time.strftime('%Y-%m-%d %H:%M UTC', time.gmtime())}: one hop, "
@@ -74,7 +74,7 @@ def report(stats, idle, args):
             f"| {harness.fmt(s['cpu_per_1000'], 3)} | {ratio(s['cpu_per_1000'], haproxy['cpu_per_1000'])} "
             f"| {' | '.join(p99[name])} | {' | '.join(p50[name])} "
             f"| {harness.mib(idle.get(name))} |")
-    errors = sum(r["errors"] for name in stats for r in stats[name]["runs"])
+    errors = sum(r["errors"] for rs in runs.values() for r in rs)
     lines += ["", f"Failed requests in these runs (non-2xx, socket errors, loadgen failures): "
                   f"{errors}."]
     return "\n".join(lines)
@@ -94,10 +94,10 @@ def main():
     binaries = parse_binaries(args.binaries)
     harness.ensure_tools()
     started = time.monotonic()
-    # Half as long again as the runs should take (run.py's three per target and repetition,
-    # and a second around them), and two minutes for starting and stopping the processes.
-    per_target = 2 * args.saturation_seconds + args.rate_seconds + 0.5 + 1
-    deadline = started + 120 + 1.5 * args.reps * (len(binaries) + 2) * per_target
+    # Half as long again as the runs should take, and two minutes for starting and stopping
+    # the processes.
+    deadline = (started + 120
+                + 1.5 * args.reps * (len(binaries) + 2) * harness.seconds_per_target(args))
     tmp = Path(tempfile.mkdtemp(prefix="sidecar-ladder-"))
     try:
         upstream_port, upstream = harness.start_upstream_proc()
@@ -113,10 +113,8 @@ def main():
         idle = {name: harness.memory_kib([p for proc in procs for p in proc.pids()], "VmRSS")
                 for name, (_, procs) in targets.items() if procs}
         runs = harness.measure(targets, args, deadline, upstream)
-        stats = {name: {**{key: harness.summary([r[key] for r in rs])
-                           for key in ("rps", "cpu_per_1000", "p99", "p50_one")}, "runs": rs}
-                 for name, rs in runs.items() if rs}
-        table = report(stats, idle, args)
+        stats = harness.summaries(runs, ("rps", "cpu_per_1000", "p99", "p50_one"))
+        table = report(runs, stats, idle, args)
         out = Path(args.results) if args.results else harness.RESULTS
         out.mkdir(parents=True, exist_ok=True)
         (out / "ladder.md").write_text(table + "\n")

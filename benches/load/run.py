@@ -559,12 +559,17 @@ def wanted_targets(args):
     return [name for name in TARGETS if name in wanted]
 
 
+def seconds_per_target(args):
+    """How long `measure` should take for one target in one repetition: wrk at 32
+    connections, the fixed rate and its warm-up, wrk on one connection, a second around them."""
+    return 2 * args.saturation_seconds + args.rate_seconds + 0.5 + 1
+
+
 def time_bound(args):
-    """How long the measurements may take in all: half as long again as they should (wrk at
-    32 connections, the fixed rate and its warm-up, wrk on one connection, a second around
-    them, for every target, rep and thread count), and at least six minutes."""
-    per_target = 2 * args.saturation_seconds + args.rate_seconds + 0.5 + 1
-    planned = len(args.threads.split(",")) * args.reps * len(wanted_targets(args)) * per_target
+    """How long the measurements may take in all: half as long again as they should, for
+    every target, rep and thread count, and at least six minutes."""
+    planned = (len(args.threads.split(",")) * args.reps * len(wanted_targets(args))
+               * seconds_per_target(args))
     return max(360, 1.5 * planned)
 
 
@@ -644,6 +649,13 @@ def summary(values):
     if not values:
         return None
     return {"median": statistics.median(values), "min": min(values), "max": max(values)}
+
+
+def summaries(runs, keys):
+    """Each target's runs (name -> runs) summed up: name -> key -> `summary`, for the targets
+    that ran."""
+    return {name: {key: summary([r[key] for r in rs]) for key in keys}
+            for name, rs in runs.items() if rs}
 
 
 def fmt(s, digits=0):
@@ -948,10 +960,8 @@ def main():
             memory = rss_at_256(targets)
             for name, (kib, reported) in idle.items():
                 memory.setdefault(name, {}).update(idle_kib=kib, metrics_idle_kib=reported)
-            stats = {name: {key: summary([r[key] for r in rs])
-                            for key in ("rps", "p50", "p99", "p999", "cpu_per_1000",
-                                        "p50_one", "p99_one")}
-                     for name, rs in runs.items() if rs}
+            stats = summaries(runs, ("rps", "p50", "p99", "p999", "cpu_per_1000", "p50_one",
+                                     "p99_one"))
             results[threads] = {"runs": runs, "stats": stats, "memory": memory}
             for name, key, counts in (("sidecar-traced", "spans", span_counts),
                                       ("sidecar-dead-otlp", "dead_spans", span_counts),
