@@ -79,8 +79,7 @@ RELEASE = Path(os.environ.get("CARGO_TARGET_DIR", ROOT / "target")) / "release"
 RESULTS = ROOT / "benches" / "load" / "results"
 TARGETS = ["direct", "baseline-1hop", "sidecar-1hop", "sidecar-traced", "sidecar-dead-otlp",
            "sidecar-access-log", "baseline-balanced", "sidecar-balanced", "baseline-mtls",
-           "sidecar-mtls",
-           "sidecar-mtls-http1", "bare-hyper", "nginx", "haproxy"]
+           "sidecar-mtls", "sidecar-mtls-http1", "bare-hyper", "nginx", "haproxy"]
 # The sidecar-lite binary of the sidecar targets; `--sidecar` sets another (a PGO build, say).
 SIDECAR = RELEASE / "sidecar-lite"
 CLK_TCK = os.sysconf("SC_CLK_TCK")
