@@ -158,6 +158,14 @@ pub(crate) struct DelayFault {
     pub(crate) duration: Duration,
 }
 
+impl FaultConfig {
+    /// Whether any request can be aborted or delayed: a share above 0 %.
+    pub(crate) fn injects(&self) -> bool {
+        self.abort.as_ref().is_some_and(|abort| abort.percent > 0.0)
+            || self.delay.as_ref().is_some_and(|delay| delay.percent > 0.0)
+    }
+}
+
 fn default_timeout() -> TimeoutConfig {
     TimeoutConfig::new(Duration::from_secs(15))
 }

@@ -14,8 +14,9 @@ use tower::{
 };
 
 /// A fixed limit sheds over it at once; an adaptive one does so itself.
-pub(super) type ConcurrencyLayer =
-    Either<AdaptiveConcurrencyLayer, Stack<ConcurrencyLimitLayer, Stack<LoadShedLayer, Identity>>>;
+pub(super) type ConcurrencyLayer = Either<AdaptiveConcurrencyLayer, FixedLimitLayer>;
+/// A fixed concurrency limit, shedding over it.
+pub(super) type FixedLimitLayer = Stack<ConcurrencyLimitLayer, Stack<LoadShedLayer, Identity>>;
 
 /// The concurrency limit of `limit`, named `name` in metrics; errors name `field`.
 pub(super) fn concurrency(
@@ -24,12 +25,7 @@ pub(super) fn concurrency(
     field: &str,
 ) -> Result<ConcurrencyLayer, ConfigProblem> {
     Ok(match limit {
-        ConcurrencyLimit::Fixed(n) => Either::Right(
-            ServiceBuilder::new()
-                .load_shed()
-                .concurrency_limit(*n)
-                .into_inner(),
-        ),
+        ConcurrencyLimit::Fixed(n) => Either::Right(fixed(*n)),
         ConcurrencyLimit::Adaptive(config) => Either::Left(
             config
                 .layer()
@@ -37,6 +33,14 @@ pub(super) fn concurrency(
                 .named(name.to_owned()),
         ),
     })
+}
+
+/// A fixed limit of `limit` requests at once, shedding over it.
+pub(super) fn fixed(limit: usize) -> FixedLimitLayer {
+    ServiceBuilder::new()
+        .load_shed()
+        .concurrency_limit(limit)
+        .into_inner()
 }
 
 /// The rate limit of a route, named `name` in metrics; errors name `field`.

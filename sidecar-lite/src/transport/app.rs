@@ -2,10 +2,10 @@
 //! endpoint of an outbound route. HTTP/2 with prior knowledge for gRPC (its trailers need it),
 //! HTTP/1.1 for the rest.
 
-use super::{FixedConnector, Pool, PooledBody, Protocol, StackBody};
+use super::{FixedConnector, Pool, PoolFuture, PooledBody, Protocol, StackBody};
 use crate::config::UpstreamProtocol;
 use http::{Request, Response};
-use resilience_core::{BoxError, SIDECAR_ERROR, is_grpc, is_grpc_web};
+use resilience_core::{BoxError, is_grpc, is_grpc_web};
 use std::net::SocketAddr;
 use tower::Service;
 
@@ -15,9 +15,6 @@ pub(crate) struct AppClient<B> {
     http1: Pool<FixedConnector, B>,
     http2: Pool<FixedConnector, B>,
     protocol: UpstreamProtocol,
-    /// Whether the answers' `x-sidecar-error` is dropped: an app's must not pass for ours, a
-    /// peer sidecar's is its own reason and goes on.
-    drop_flag: bool,
 }
 
 impl<B> Clone for AppClient<B> {
@@ -26,7 +23,6 @@ impl<B> Clone for AppClient<B> {
             http1: self.http1.clone(),
             http2: self.http2.clone(),
             protocol: self.protocol,
-            drop_flag: self.drop_flag,
         }
     }
 }
@@ -34,20 +30,25 @@ impl<B> Clone for AppClient<B> {
 impl<B: StackBody> AppClient<B> {
     /// The client to the local app at `app`.
     pub(crate) fn new(app: SocketAddr, protocol: UpstreamProtocol) -> Self {
-        Self {
-            http1: Pool::new(FixedConnector::new(app), Protocol::Http1),
-            http2: Pool::new(FixedConnector::new(app), Protocol::Http2),
-            protocol,
-            drop_flag: true,
-        }
+        Self::over(app, protocol, Pool::for_app)
     }
 
     /// The client to a plaintext endpoint of an outbound route (an upstream, or a peer
     /// sidecar without mTLS), speaking `protocol`, whose `x-sidecar-error` is kept.
     pub(crate) fn endpoint(addr: SocketAddr, protocol: UpstreamProtocol) -> Self {
+        Self::over(addr, protocol, Pool::new)
+    }
+
+    /// Its two pools to `addr`, each made by `pool`.
+    fn over(
+        addr: SocketAddr,
+        protocol: UpstreamProtocol,
+        pool: fn(FixedConnector, Protocol) -> Pool<FixedConnector, B>,
+    ) -> Self {
         Self {
-            drop_flag: false,
-            ..Self::new(addr, protocol)
+            http1: pool(FixedConnector::new(addr), Protocol::Http1),
+            http2: pool(FixedConnector::new(addr), Protocol::Http2),
+            protocol,
         }
     }
 }
@@ -55,10 +56,7 @@ impl<B: StackBody> AppClient<B> {
 impl<B: StackBody> Service<Request<B>> for AppClient<B> {
     type Response = Response<PooledBody<B>>;
     type Error = BoxError;
-    type Future = futures::future::MapOk<
-        <Pool<FixedConnector, B> as Service<Request<B>>>::Future,
-        fn(Response<PooledBody<B>>) -> Response<PooledBody<B>>,
-    >;
+    type Future = PoolFuture<B>;
 
     fn poll_ready(
         &mut self,
@@ -69,7 +67,6 @@ impl<B: StackBody> Service<Request<B>> for AppClient<B> {
     }
 
     fn call(&mut self, mut req: Request<B>) -> Self::Future {
-        use futures::TryFutureExt;
         // gRPC needs HTTP/2, but for gRPC-Web, which exists to work over HTTP/1.1.
         let grpc = is_grpc(req.headers()) && !is_grpc_web(req.headers());
         let http2 = match self.protocol {
@@ -82,23 +79,10 @@ impl<B: StackBody> Service<Request<B>> for AppClient<B> {
         } else {
             http::Version::HTTP_11
         };
-        let client = if http2 {
-            &mut self.http2
+        if http2 {
+            self.http2.call(req)
         } else {
-            &mut self.http1
-        };
-        let answer: fn(Response<PooledBody<B>>) -> Response<PooledBody<B>> = if self.drop_flag {
-            without_sidecar_flag
-        } else {
-            std::convert::identity
-        };
-        client.call(req).map_ok(answer)
+            self.http1.call(req)
+        }
     }
-}
-
-/// Only the sidecar speaks with `x-sidecar-error` to its callers: an app that sets it must not
-/// pass for the sidecar.
-fn without_sidecar_flag<B>(mut response: Response<B>) -> Response<B> {
-    response.headers_mut().remove(SIDECAR_ERROR);
-    response
 }

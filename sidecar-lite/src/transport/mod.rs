@@ -5,6 +5,7 @@ mod app;
 mod body;
 mod client;
 mod coalesce;
+mod endpoint;
 mod pool;
 pub(crate) mod worker;
 
@@ -13,4 +14,5 @@ pub use body::ProxyBody;
 pub(crate) use body::{StackBody, boxed, local_response};
 pub(crate) use client::{FixedConnector, mtls_connector};
 pub(crate) use coalesce::Coalesced;
-pub(crate) use pool::{Pool, PooledBody, Protocol};
+pub(crate) use endpoint::EndpointTransport;
+pub(crate) use pool::{Pool, PoolFuture, PooledBody, Protocol};

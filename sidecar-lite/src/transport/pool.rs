@@ -22,7 +22,7 @@ use hyper_util::{
     rt::{TokioExecutor, TokioTimer},
 };
 use pin_project_lite::pin_project;
-use resilience_core::{BoxError, ConnectFailed};
+use resilience_core::{BoxError, ConnectFailed, SIDECAR_ERROR};
 use std::{
     fmt,
     future::Future,
@@ -106,6 +106,8 @@ struct Shared<C, B> {
     /// What the connector is asked to dial; it dials its one address whatever this says.
     target: Uri,
     protocol: Protocol,
+    /// Whether the answers' `x-sidecar-error` is dropped (see [`Pool::for_app`]).
+    drop_sidecar_flag: bool,
     /// One set per worker thread (see [`super::worker`]): a worker sends on the connections
     /// its own thread drives.
     idle: Box<[Arc<IdleConnections<B>>]>,
@@ -129,11 +131,23 @@ enum Checked<B> {
 impl<C, B> Pool<C, B> {
     /// A pool of connections that `connector` makes, speaking `protocol`.
     pub(crate) fn new(connector: C, protocol: Protocol) -> Self {
+        Self::with_flag(connector, protocol, false)
+    }
+
+    /// A pool of connections to an app, which drops the `x-sidecar-error` of its answers: only
+    /// the sidecar speaks with it to its callers, and an app that sets it must not pass for
+    /// the sidecar (a peer sidecar's is its own reason, and goes on).
+    pub(crate) fn for_app(connector: C, protocol: Protocol) -> Self {
+        Self::with_flag(connector, protocol, true)
+    }
+
+    fn with_flag(connector: C, protocol: Protocol, drop_sidecar_flag: bool) -> Self {
         Self {
             shared: Arc::new(Shared {
                 connector,
                 target: Uri::from_static("http://endpoint/"),
                 protocol,
+                drop_sidecar_flag,
                 idle: (0..worker::slots())
                     .map(|_| {
                         Arc::new(IdleConnections(Mutex::new(Idle {
@@ -165,6 +179,14 @@ impl<B> IdleConnections<B> {
 }
 
 impl<C, B> Shared<C, B> {
+    /// `response`, as the pool hands it on.
+    fn answer<T>(&self, mut response: Response<T>) -> Response<T> {
+        if self.drop_sidecar_flag {
+            response.headers_mut().remove(SIDECAR_ERROR);
+        }
+        response
+    }
+
     /// The calling worker's connections.
     fn slot(&self) -> &Arc<IdleConnections<B>> {
         &self.idle[worker::index() % self.idle.len()]
@@ -260,10 +282,15 @@ impl<C: Dial, B: StackBody> Shared<C, B> {
     }
 }
 
+/// The future of a pool's call: boxed, so that every pool (whatever its connector) and every
+/// client over pools has this one future type.
+pub(crate) type PoolFuture<B> =
+    Pin<Box<dyn Future<Output = Result<Response<PooledBody<B>>, BoxError>> + Send>>;
+
 impl<C: Dial, B: StackBody> Service<Request<B>> for Pool<C, B> {
     type Response = Response<PooledBody<B>>;
     type Error = BoxError;
-    type Future = Pin<Box<dyn Future<Output = Result<Self::Response, BoxError>> + Send>>;
+    type Future = PoolFuture<B>;
 
     fn poll_ready(&mut self, _: &mut Context<'_>) -> Poll<Result<(), Self::Error>> {
         // Connections are checked out per request; there is nothing to wait for here.
@@ -279,7 +306,9 @@ impl<C: Dial, B: StackBody> Service<Request<B>> for Pool<C, B> {
                     Checked::Http2(mut sender) => {
                         absolute_form(&mut req, &shared.target);
                         match sender.try_send_request(req).await {
-                            Ok(response) => return Ok(response.map(PooledBody::done)),
+                            Ok(response) => {
+                                return Ok(shared.answer(response.map(PooledBody::done)));
+                            }
                             Err(refused) => refused,
                         }
                     }
@@ -291,7 +320,9 @@ impl<C: Dial, B: StackBody> Service<Request<B>> for Pool<C, B> {
                                     pool: shared.slot().clone(),
                                     sender: Some(sender),
                                 };
-                                return Ok(response.map(|body| PooledBody::new(body, back)));
+                                return Ok(
+                                    shared.answer(response.map(|body| PooledBody::new(body, back)))
+                                );
                             }
                             Err(refused) => refused,
                         }
