@@ -2,7 +2,7 @@
 
 use super::{NoteEndpoint, StackService, admission, count_attempt, field_error};
 use crate::{
-    config::{ConfigProblem, InboundConfig},
+    config::{ConcurrencyLimit, ConfigProblem, InboundConfig},
     transport::{AppClient, boxed},
 };
 use bytes::Bytes;
@@ -24,12 +24,30 @@ where
         .named("inbound");
     let allow = inbound.allow_list();
     let app_addr = inbound.app;
-    let app = AppClient::new(app_addr, inbound.app_protocol);
     let body_timeout = inbound
         .timeout
         .body_layer()
-        .map_err(|e| field_error("timeout", e.field(), &e))?
-        .unwrap_or_default();
+        .map_err(|e| field_error("timeout", e.field(), &e))?;
+    let authorize = AuthorizeLayer::new(allow).enforcement(inbound.allow_mode);
+    let app = NoteEndpoint::new(AppClient::new(app_addr, inbound.app_protocol), app_addr);
+
+    if let (ConcurrencyLimit::Fixed(limit), None, None) = (
+        &inbound.max_concurrent_requests,
+        &inbound.rate_limit,
+        &body_timeout,
+    ) {
+        // The usual inbound gets a stack of its own, without the levels that would pass its
+        // requests by the layers it has not (see the outbound one).
+        let service = ServiceBuilder::new()
+            .map_response(|response: Response<_>| response.map(boxed))
+            .layer(admission::fixed(*limit))
+            .layer(timeout)
+            .layer(authorize)
+            .map_request(count_attempt)
+            .service(app);
+        return Ok(BoxCloneService::new(service));
+    }
+
     let concurrency = admission::concurrency(
         &inbound.max_concurrent_requests,
         "inbound",
@@ -39,13 +57,13 @@ where
     let service = ServiceBuilder::new()
         .map_response(|response: Response<_>| response.map(boxed))
         .layer(concurrency)
-        .layer(body_timeout)
+        .layer(body_timeout.unwrap_or_default())
         .layer(timeout)
-        .layer(AuthorizeLayer::new(allow).enforcement(inbound.allow_mode))
+        .layer(authorize)
         // After authorization: a caller that may not call spends nobody's rate.
         .option_layer(rate_limit)
         // The one attempt, for the request's span and access-log line (no-ops without them).
         .map_request(count_attempt)
-        .service(NoteEndpoint::new(app, app_addr));
+        .service(app);
     Ok(BoxCloneService::new(service))
 }
