@@ -261,6 +261,10 @@ impl Scanner {
         self.spend(bytes.len());
         match self.state {
             State::Head => {
+                if let Some(n) = head_without_body(bytes, self.max_head_bytes, self.max_headers) {
+                    self.heads += 1;
+                    return Ok(Step::Consumed(n));
+                }
                 let parsed = with_headers(self.max_headers, MaybeUninit::uninit(), |headers| {
                     let mut request = httparse::Request::new(&mut []);
                     match request.parse_with_uninit_headers(bytes, headers) {
@@ -362,6 +366,44 @@ impl Scanner {
             }
         };
         Ok(())
+    }
+}
+
+/// The length of the request head at the start of `bytes` when it plainly announces no body,
+/// without parsing it whole (hyper parses it anyway): an HTTP/1.0 or 1.1 request line that is
+/// not CONNECT, then lines each ended by CRLF, none of them naming `Content-Length` or
+/// `Transfer-Encoding` in any case, up to the empty line, within the limits. The usual GET.
+/// `None` for anything else (a body, a bare LF, a head not whole yet, HTTP/2's preface): the
+/// full parse decides.
+fn head_without_body(bytes: &[u8], max_head_bytes: usize, max_headers: usize) -> Option<usize> {
+    let names = |line: &[u8], name: &[u8]| {
+        line.get(..name.len())
+            .is_some_and(|start| start.eq_ignore_ascii_case(name))
+    };
+    let mut start = 0;
+    let mut headers = 0;
+    loop {
+        let end = start + bytes.get(start..)?.iter().position(|&b| b == b'\n')?;
+        if end == start || bytes[end - 1] != b'\r' || end + 1 > max_head_bytes {
+            return None;
+        }
+        let line = &bytes[start..end - 1];
+        if start == 0 {
+            let http1 = line.ends_with(b" HTTP/1.1") || line.ends_with(b" HTTP/1.0");
+            if !http1 || names(line, b"CONNECT ") {
+                return None;
+            }
+        } else if line.is_empty() {
+            return Some(end + 1);
+        } else if headers == max_headers
+            || names(line, b"content-length")
+            || names(line, b"transfer-encoding")
+        {
+            return None;
+        } else {
+            headers += 1;
+        }
+        start = end + 1;
     }
 }
 
@@ -658,6 +700,89 @@ mod tests {
         );
         assert!(scanner.is_done());
         assert!(scanner.pending.is_empty(), "nothing kept after the watch");
+    }
+
+    /// A head's length and body as the full parse reads them; `None` when httparse refuses
+    /// the head (hyper refuses it too) or has not got all of it.
+    fn parsed_whole(bytes: &[u8]) -> Option<(usize, Body)> {
+        let mut headers = [httparse::EMPTY_HEADER; 100];
+        let mut request = httparse::Request::new(&mut headers);
+        match request.parse(bytes) {
+            Ok(httparse::Status::Complete(n)) => Some((n, body_of(&request))),
+            _ => None,
+        }
+    }
+
+    #[test]
+    fn a_head_without_framing_headers_is_read_without_the_full_parse() {
+        let get = b"GET /a?b=c HTTP/1.1\r\nHost: app\r\nAccept: */*\r\n\r\nGET / HTTP/1.1\r\n";
+        assert_eq!(head_without_body(get, 1024, 100), Some(get.len() - 16));
+        for (head, why) in [
+            (
+                &b"POST / HTTP/1.1\r\nContent-Length: 2\r\n\r\nhi"[..],
+                "a length",
+            ),
+            (
+                b"POST / HTTP/1.1\r\ncontent-LENGTH: 2\r\n\r\nhi",
+                "a length in any case",
+            ),
+            (
+                b"POST / HTTP/1.1\r\nTransfer-Encoding: chunked\r\n\r\n",
+                "chunked",
+            ),
+            (b"GET / HTTP/1.1\nHost: a\r\n\r\n", "a bare LF"),
+            (b"GET / HTTP/1.1\r\nHost: a\r\n", "not whole yet"),
+            (b"CONNECT a:443 HTTP/1.1\r\n\r\n", "CONNECT"),
+            (b"PRI * HTTP/2.0\r\n\r\nSM\r\n\r\n", "HTTP/2's preface"),
+            (b"GARBAGE\r\n\r\n", "no request line"),
+        ] {
+            assert_eq!(head_without_body(head, 1024, 100), None, "{why}");
+        }
+        let three = b"GET / HTTP/1.1\r\nA: 1\r\nB: 2\r\nC: 3\r\n\r\n";
+        assert_eq!(
+            head_without_body(three, 1024, 2),
+            None,
+            "over the header limit"
+        );
+        assert_eq!(
+            head_without_body(three, 16, 100),
+            None,
+            "over the size limit"
+        );
+    }
+
+    proptest::proptest! {
+        /// Wherever the quick read takes a head as one without a body, the full parse agrees
+        /// on its length and finds no body, or refuses the head (as hyper does).
+        #[test]
+        fn the_quick_read_agrees_with_the_full_parse(
+            method in proptest::sample::select(vec!["GET", "HEAD", "POST", "CONNECT", "connect", "DELETE", "", "G T"]),
+            target in proptest::sample::select(vec!["/", "/a?b", "*", "http://a/b", "", "/ /"]),
+            version in proptest::sample::select(vec![" HTTP/1.1", " HTTP/1.0", " HTTP/2.0", "HTTP/1.1", " http/1.1"]),
+            lines in proptest::collection::vec((
+                proptest::sample::select(vec![
+                    "Host", "Content-Length", "content-length", "CONTENT-LENGTH", "Transfer-Encoding",
+                    "transfer-encoding", "Content-Lengthy", "X-Content-Length", " Content-Length",
+                    "Content-Length ", "Accept", "", "Bad Name", "Trailer", "Upgrade", "Connection",
+                ]),
+                proptest::sample::select(vec!["a", "5", "0", "chunked", "gzip, chunked", " 7 ", "", "x\ty"]),
+                proptest::sample::select(vec!["\r\n", "\n", "\r"]),
+            ), 0..6),
+            end in proptest::sample::select(vec!["\r\n", "\n", ""]),
+            rest in proptest::sample::select(vec!["", "hello", "GET / HTTP/1.1\r\n\r\n"]),
+        ) {
+            let mut head = format!("{method} {target}{version}\r\n");
+            for (name, value, eol) in &lines {
+                head.push_str(&format!("{name}: {value}{eol}"));
+            }
+            head.push_str(end);
+            head.push_str(rest);
+            if let Some(n) = head_without_body(head.as_bytes(), 64 * 1024, 100)
+                && let Some((whole, body)) = parsed_whole(head.as_bytes())
+            {
+                proptest::prop_assert_eq!((n, body), (whole, Body::None), "{:?}", head);
+            }
+        }
     }
 
     #[test]

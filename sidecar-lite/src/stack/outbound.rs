@@ -136,8 +136,8 @@ pub(crate) fn outbound_with_endpoints<B: StackBody>(
     if let Some((addr, limit)) = plain_shape(route, body_timeout.is_some()) {
         // The usual route gets a stack of its own: the layers it has, and not the levels
         // that would pass its requests by the ones it has not (each an `Either` or an empty
-        // layer, which moves every request, future and response once more: 0.966x the
-        // instructions per request of the general stack below, for the same decisions).
+        // layer, which moves every request, future and response once more), for the same
+        // decisions as the general stack below.
         let breaker = factory.make_plain(addr);
         live.insert(addr, breaker.handle().clone());
         let service = ServiceBuilder::new()
