@@ -666,17 +666,22 @@ async fn run_calls(
 }
 
 async fn run_library(index: usize, scenario: &Scenario) -> Vec<Outcome> {
+    run_in_process(&format!("library-{index}"), scenario, "").await
+}
+
+/// Runs `scenario` through `sidecar_lite::outbound` in this process, its route named `name`,
+/// with `extra` sections after the scenario's own.
+async fn run_in_process(name: &str, scenario: &Scenario, extra: &str) -> Vec<Outcome> {
     let recorder = recorder();
     let endpoints = endpoints_of(scenario).await;
-    let name = format!("library-{index}");
     let text = route_config(
-        scenario.route,
-        &name,
+        &format!("{}{extra}", scenario.route),
+        name,
         "127.0.0.1:0".parse().unwrap(),
         &endpoints,
     );
     let config = Config::parse(&text).unwrap_or_else(|e| panic!("{e}\n{text}"));
-    let route = config.outbound_route(&name).unwrap();
+    let route = config.outbound_route(name).unwrap();
     let stack = sidecar_lite::outbound::<Full<Bytes>>(&config, route, None).unwrap();
     let send = async |call: &Call| {
         let req = request(format!("http://{}/parity", endpoints[0].0), call);
@@ -745,6 +750,43 @@ async fn run_sidecar(index: usize, scenario: &Scenario) -> Vec<Outcome> {
             .collect()
     };
     run_calls(scenario, &endpoints, send, breakers).await
+}
+
+/// A rate limit that never refuses any scenario's few calls: an optional layer that decides
+/// nothing.
+const RATE_LIMIT_THAT_NEVER_BITES: &str = "[outbound.rate_limit]\nrate = 100000\n";
+
+/// A route of the usual shape (one endpoint, none of the optional layers) is built as a stack
+/// of its own, without the levels that pass requests by absent layers; any optional layer
+/// sends it to the general stack. Each scenario, in library mode, with and without a rate
+/// limit that never bites: the two stacks must decide alike, call by call.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn the_plain_stack_and_the_general_stack_decide_alike() {
+    let mut failures = Vec::new();
+    for (index, scenario) in scenarios().iter().enumerate() {
+        let plain = run_in_process(&format!("plain-{index}"), scenario, "").await;
+        let general = run_in_process(
+            &format!("general-{index}"),
+            scenario,
+            RATE_LIMIT_THAT_NEVER_BITES,
+        )
+        .await;
+        assert_eq!(plain.len(), general.len(), "{}", scenario.name);
+        for (n, (a, b)) in plain.iter().zip(&general).enumerate() {
+            for difference in a.differences(b) {
+                failures.push(format!(
+                    "{}, request {}: {difference}",
+                    scenario.name,
+                    n + 1
+                ));
+            }
+        }
+    }
+    assert!(
+        failures.is_empty(),
+        "the stacks differ:\n{}",
+        failures.join("\n")
+    );
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
