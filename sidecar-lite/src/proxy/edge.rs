@@ -6,6 +6,7 @@ use super::{
     access_log::{CountedBody, PendingLine},
     headers::{append_forwarded_for, ensure_traceparent, strip_hop_by_hop},
     local_reply::local_reply,
+    per_thread,
     signals::{ListenerSignals, Outcome},
     span::RequestSpan,
     state::StackCall,
@@ -336,18 +337,13 @@ fn host_of<B>(req: &Request<B>) -> (Host, bool) {
 /// allocating its own, and allocating again when the retry layer copies the request.
 fn authority_of(host: &HeaderValue) -> Option<Authority> {
     thread_local! {
-        static LAST: RefCell<Option<Authority>> = const { RefCell::new(None) };
+        static LAST: RefCell<Option<((), Authority)>> = const { RefCell::new(None) };
     }
-    LAST.with_borrow_mut(|last| {
-        if let Some(kept) = last.as_ref()
-            && kept.as_str().as_bytes() == host.as_bytes()
-        {
-            return Some(kept.clone());
-        }
-        let parsed = host.to_str().ok()?.parse::<Authority>().ok()?;
-        *last = Some(parsed.clone());
-        Some(parsed)
-    })
+    per_thread::kept_or_made(
+        &LAST,
+        |(), kept| kept.as_str().as_bytes() == host.as_bytes(),
+        || Some(((), host.to_str().ok()?.parse().ok()?)),
+    )
 }
 
 /// What the edge needs of a request's `Host`.

@@ -3,6 +3,7 @@
 //! created; inbound, the identity headers a caller could forge replaced by what its
 //! certificate proves.
 
+use super::per_thread;
 use bytes::Bytes;
 use http::{
     HeaderMap, HeaderName, HeaderValue, Request,
@@ -416,22 +417,19 @@ impl InboundRules {
     /// worker's requests come from few peers, over long-lived connections, and then share one
     /// value instead of each formatting and allocating its own.
     fn forwarded_client_cert(&self, peer: &Identity) -> Option<HeaderValue> {
-        type Made = (Option<Arc<str>>, Identity, HeaderValue);
+        type Made = ((Option<Arc<str>>, Identity), HeaderValue);
         thread_local! {
             static LAST: RefCell<Option<Made>> = const { RefCell::new(None) };
         }
-        LAST.with_borrow_mut(|last| {
-            if let Some((by, kept, value)) = last.as_ref()
-                && by.as_deref() == self.by.as_deref()
-                && kept == peer
-            {
-                return Some(value.clone());
-            }
-            let text = format!("{}{}", self.by.as_deref().unwrap_or(""), xfcc_element(peer));
-            let value = HeaderValue::from_maybe_shared(Bytes::from(text)).ok()?;
-            *last = Some((self.by.clone(), peer.clone(), value.clone()));
-            Some(value)
-        })
+        per_thread::kept_or_made(
+            &LAST,
+            |(by, kept), _| by.as_deref() == self.by.as_deref() && kept == peer,
+            || {
+                let text = format!("{}{}", self.by.as_deref().unwrap_or(""), xfcc_element(peer));
+                let value = HeaderValue::from_maybe_shared(Bytes::from(text)).ok()?;
+                Some(((self.by.clone(), peer.clone()), value))
+            },
+        )
     }
 }
 

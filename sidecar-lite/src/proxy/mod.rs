@@ -24,6 +24,8 @@ mod headers;
 #[cfg(feature = "proxy")]
 mod listener;
 #[cfg(feature = "proxy")]
+mod per_thread;
+#[cfg(feature = "proxy")]
 mod signals;
 #[cfg(feature = "proxy")]
 mod span;
