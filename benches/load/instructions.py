@@ -150,11 +150,8 @@ def inbound_instructions(tmp, binary, upstreams, count):
     outbound sidecar over mTLS, and those of its request path; the app is `upstreams[0]`."""
     listen = harness.free_port()
     name = f"cg-inbound-{Path(binary).parent.name}-{count}"
-    path, _ = harness.sidecar_config(
-        tmp, name, 1,
-        harness.identity(tmp, "app") + f"[inbound]\nlisten = \"127.0.0.1:{listen}\"\n"
-        f"app = \"127.0.0.1:{upstreams[0]}\"\nmtls = \"strict\"\n"
-        "allow = [\"spiffe://example.org/ns/load/sa/client\"]\n")
+    path, _ = harness.sidecar_config(tmp, name, 1,
+                                     harness.inbound_config(tmp, listen, upstreams[0]))
 
     def through_a_peer(inbound, count):
         port = harness.free_port()

@@ -380,16 +380,21 @@ def start_haproxy(tmp, name, threads, upstream):
     return port, haproxy
 
 
+def inbound_config(tmp, listen, app):
+    """The inbound sidecar of the mTLS pair: strict mTLS on port `listen`, the app at port
+    `app`, the client's identity allowed in."""
+    return (identity(tmp, "app") + f"[inbound]\nlisten = \"127.0.0.1:{listen}\"\n"
+            f"app = \"127.0.0.1:{app}\"\nmtls = \"strict\"\nmax_concurrent_requests = 4096\n"
+            "allow = [\"spiffe://example.org/ns/load/sa/client\"]\n")
+
+
 def start_mtls_pair(tmp, name, threads, upstream, route_extra="", binary=None):
     """Two sidecars (`binary`, else this build's), outbound -> mTLS -> inbound -> upstream, the
     outbound route with `route_extra`: the port to call and the two processes (outbound
     first)."""
     inbound_port = free_port()
-    inbound = start_sidecar(
-        tmp, f"{name}-inbound", threads,
-        identity(tmp, "app") + f"[inbound]\nlisten = \"127.0.0.1:{inbound_port}\"\n"
-        f"app = \"127.0.0.1:{upstream}\"\nmtls = \"strict\"\nmax_concurrent_requests = 4096\n"
-        "allow = [\"spiffe://example.org/ns/load/sa/client\"]\n", binary=binary)
+    inbound = start_sidecar(tmp, f"{name}-inbound", threads,
+                            inbound_config(tmp, inbound_port, upstream), binary=binary)
     port = free_port()
     outbound = start_sidecar(tmp, f"{name}-outbound", threads,
                              identity(tmp, "client") + route(port, inbound_port, True) + route_extra,
