@@ -32,6 +32,7 @@ PID, and is bounded in time).
 """
 
 import argparse
+import json
 import os
 import shutil
 import subprocess
@@ -67,10 +68,14 @@ def llvm_profdata():
     return tool
 
 
-def build_sidecar(target_dir, rustflags):
-    """sidecar-lite in release mode into `target_dir`, with `rustflags`; the binary's path."""
-    env = dict(os.environ, CARGO_TARGET_DIR=str(target_dir), RUSTFLAGS=rustflags)
-    subprocess.run(["cargo", "build", "--release", "-p", "sidecar-lite", "--bin", "sidecar-lite"],
+def build_sidecar(target_dir, rustflag):
+    """sidecar-lite in release mode into `target_dir`, with `rustflag` added to the
+    workspace's own (`.cargo/config.toml`: `--config` adds to them, where a RUSTFLAGS variable
+    would replace them); the binary's path."""
+    env = dict(os.environ, CARGO_TARGET_DIR=str(target_dir))
+    env.pop("RUSTFLAGS", None)
+    subprocess.run(["cargo", "build", "--release", "-p", "sidecar-lite", "--bin", "sidecar-lite",
+                    "--config", f"build.rustflags=[{json.dumps(rustflag)}]"],
                    cwd=harness.ROOT, env=env, check=True)
     return Path(target_dir) / "release" / "sidecar-lite"
 

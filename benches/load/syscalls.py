@@ -1,16 +1,22 @@
 #!/usr/bin/env python3
-"""System calls per request of one hop, sidecar-lite against HAProxy: the kernel's side of
-run.py's CPU ratio, as instructions.py is the user-space side.
+"""System calls, CPU time in user space and in the kernel, page faults and context switches per
+request of one hop, sidecar-lite against HAProxy and bare-hyper: the kernel's side of run.py's
+CPU ratio, as instructions.py is the user-space side.
 
 Run it from the workspace root, after `benches/load/run.py` has built the release binaries:
 
     python3 benches/load/syscalls.py
     python3 benches/load/syscalls.py --binary /tmp/before/sidecar-lite --seconds 4 --reps 3
+    python3 benches/load/syscalls.py --binary NEW --baseline OLD --reps 8
 
 It starts the flaky upstream (no faults), sidecar-lite (one worker, the harness's one-hop
-route) and HAProxy (one thread, the harness's config), and for each, `--reps` times in turn,
-counts the proxy's system calls with `perf stat` on the syscall tracepoints while `wrk -t1
--c32` runs for `--seconds`: all of them, and the most frequent by name, per request served.
+route), with `--baseline` a second sidecar-lite, HAProxy (one thread, the harness's config)
+and bare-hyper (benches' `bare-proxy`, one worker), and for each, `--reps` times in turn (each
+turn in the other order), counts the proxy's system calls with `perf stat` on the syscall
+tracepoints while `wrk -t1 -c32` runs for `--seconds`: all of them, and the most frequent by
+name, per request served; and from `/proc`, over the same seconds, its user and system CPU
+time, its minor page faults and its context switches (voluntary and not) per request. At the
+end, each target's median user and system time per request.
 
 Needs root (tracepoints) and perf, wrk and HAProxy (installed from Debian's packages when
 missing). It stays on 127.0.0.1, stops only the processes it started (by PID), and is bounded
@@ -18,6 +24,7 @@ in time.
 """
 
 import argparse
+import statistics
 import subprocess
 import sys
 import tempfile
@@ -33,9 +40,22 @@ CALLS = ["read", "write", "readv", "writev", "recvfrom", "sendto", "recvmsg", "s
 EVENTS = ["raw_syscalls:sys_enter"] + [f"syscalls:sys_enter_{call}" for call in CALLS]
 
 
+def process_counters(pid):
+    """`pid`'s user and system CPU seconds, minor page faults, and context switches so far."""
+    with open(f"/proc/{pid}/stat") as f:
+        fields = f.read().rsplit(")", 1)[1].split()
+    counters = {"user": int(fields[11]) / harness.CLK_TCK, "system": int(fields[12]) / harness.CLK_TCK,
+                "faults": int(fields[7])}
+    with open(f"/proc/{pid}/status") as f:
+        switches = [int(line.split()[1]) for line in f if "ctxt_switches" in line]
+    counters["switches"] = sum(switches)
+    return counters
+
+
 def count(pid, port, seconds):
-    """Requests served, and system calls of `pid` by name ("all" for every one), while wrk
-    loads `port`."""
+    """Requests served, system calls of `pid` by name ("all" for every one), and its
+    `process_counters` over the run, while wrk loads `port`."""
+    before = process_counters(pid)
     perf = subprocess.Popen(["perf", "stat", "-x,", "-e", ",".join(EVENTS), "-p", str(pid)],
                             stderr=subprocess.PIPE, text=True)
     try:
@@ -50,12 +70,15 @@ def count(pid, port, seconds):
         if len(fields) > 2 and fields[0].isdigit():
             event = fields[2].split(":")[-1]
             calls["all" if event == "sys_enter" else event.removeprefix("sys_enter_")] = int(fields[0])
-    return requests, calls
+    after = process_counters(pid)
+    return requests, calls, {key: after[key] - before[key] for key in after}
 
 
 def main():
     parser = argparse.ArgumentParser(description=__doc__.split("\n")[0])
     parser.add_argument("--binary", default=str(harness.RELEASE / "sidecar-lite"))
+    parser.add_argument("--baseline", help="another sidecar-lite binary, measured in the same "
+                        "turns as `baseline`")
     parser.add_argument("--seconds", type=int, default=4)
     parser.add_argument("--reps", type=int, default=2)
     args = parser.parse_args()
@@ -63,21 +86,48 @@ def main():
     tmp = Path(tempfile.mkdtemp(prefix="sidecar-syscalls-"))
     try:
         upstream = harness.start_upstream()
-        port = harness.free_port()
-        sidecar = harness.start_sidecar(tmp, "syscalls", 1, harness.route(port, upstream, False),
-                                        binary=args.binary)
-        harness.wait_http_ok(port, what="sidecar-lite", proc=sidecar)
+        targets = []
+        for name, binary in (("sidecar-lite", args.binary), ("baseline", args.baseline)):
+            if binary:
+                port = harness.free_port()
+                proc = harness.start_sidecar(tmp, f"syscalls-{name}", 1,
+                                             harness.route(port, upstream, False), binary=binary)
+                harness.wait_http_ok(port, what=name, proc=proc)
+                targets.append((name, port, proc))
         haproxy_port, haproxy = harness.start_haproxy(tmp, "haproxy", 1, upstream)
-        for _ in range(args.reps):
-            for name, target, proc in (("sidecar-lite", port, sidecar),
-                                       ("HAProxy", haproxy_port, haproxy)):
+        targets.append(("HAProxy", haproxy_port, haproxy))
+        bare_port = harness.free_port()
+        bare = harness.Proc("bare-hyper", [str(harness.RELEASE / "bare-proxy"), "--listen",
+                                           f"127.0.0.1:{bare_port}", "--upstream",
+                                           f"127.0.0.1:{upstream}", "--threads", "1"],
+                            stdout=subprocess.DEVNULL)
+        harness.wait_http_ok(bare_port, what="bare-proxy", proc=bare)
+        targets.append(("bare-hyper", bare_port, bare))
+        runs = {name: [] for name, _, _ in targets}
+        for rep in range(args.reps):
+            # Interleaved, each rep in the other order, so that a slow spell of the shared
+            # machine falls on every target alike.
+            for name, target, proc in (targets if rep % 2 == 0 else targets[::-1]):
                 harness.saturation(target, 1)  # warm: connections open, pools filled
-                requests, calls = count(proc.pid, target, args.seconds)
+                requests, calls, counters = count(proc.pid, target, args.seconds)
                 named = sorted(((n, call) for call, n in calls.items() if call != "all" and n),
                                reverse=True)
+                per = {key: value / requests for key, value in counters.items()}
+                runs[name].append(per)
                 print(f"{name:12} {requests / args.seconds:8.0f} req/s  "
+                      f"user {per['user'] * 1e6:5.2f} us, system {per['system'] * 1e6:5.2f} us, "
+                      f"{per['faults']:.3f} page faults, {per['switches']:.3f} context switches, "
                       f"{calls.get('all', 0) / requests:.2f} system calls per request: "
                       + ", ".join(f"{call} {n / requests:.2f}" for n, call in named[:6]))
+        print(f"\nMedians of {args.reps} interleaved runs, CPU us per request (ratio to HAProxy's):")
+        haproxy_cpu = {key: statistics.median(run[key] for run in runs["HAProxy"])
+                       for key in ("user", "system")}
+        for name, per_run in runs.items():
+            cpu = {key: statistics.median(run[key] for run in per_run) for key in ("user", "system")}
+            total = statistics.median(run["user"] + run["system"] for run in per_run)
+            print(f"{name:12} user {cpu['user'] * 1e6:5.2f} ({cpu['user'] / haproxy_cpu['user']:.2f}x), "
+                  f"system {cpu['system'] * 1e6:5.2f} ({cpu['system'] / haproxy_cpu['system']:.2f}x), "
+                  f"both {total * 1e6:5.2f}")
     finally:
         harness.stop_all()
 
