@@ -69,8 +69,8 @@ def llvm_profdata():
 
 
 def build_sidecar(target_dir, rustflag):
-    """sidecar-lite in release mode into `target_dir`, with `rustflag` added to the
-    workspace's own (`.cargo/config.toml`: `--config` adds to them, where a RUSTFLAGS variable
+    """sidecar-lite in release mode into `target_dir`, with `rustflag` added to whatever
+    rustflags cargo's configuration sets (`--config` adds to them, where a RUSTFLAGS variable
     would replace them); the binary's path."""
     env = dict(os.environ, CARGO_TARGET_DIR=str(target_dir))
     env.pop("RUSTFLAGS", None)
