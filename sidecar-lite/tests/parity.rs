@@ -752,6 +752,20 @@ async fn run_sidecar(index: usize, scenario: &Scenario) -> Vec<Outcome> {
     run_calls(scenario, &endpoints, send, breakers).await
 }
 
+/// How two runs of one scenario differ, call by call (and in how many calls they made).
+fn call_by_call(a: &[Outcome], b: &[Outcome]) -> Vec<String> {
+    let mut found = Vec::new();
+    if a.len() != b.len() {
+        found.push(format!("{} calls vs {}", a.len(), b.len()));
+    }
+    for (n, (a, b)) in a.iter().zip(b).enumerate() {
+        for difference in a.differences(b) {
+            found.push(format!("request {}: {difference}", n + 1));
+        }
+    }
+    found
+}
+
 /// A rate limit that never refuses any scenario's few calls: an optional layer that decides
 /// nothing.
 const RATE_LIMIT_THAT_NEVER_BITES: &str = "[outbound.rate_limit]\nrate = 100000\n";
@@ -772,14 +786,8 @@ async fn the_plain_stack_and_the_general_stack_decide_alike() {
         )
         .await;
         assert_eq!(plain.len(), general.len(), "{}", scenario.name);
-        for (n, (a, b)) in plain.iter().zip(&general).enumerate() {
-            for difference in a.differences(b) {
-                failures.push(format!(
-                    "{}, request {}: {difference}",
-                    scenario.name,
-                    n + 1
-                ));
-            }
+        for difference in call_by_call(&plain, &general) {
+            failures.push(format!("{}, {difference}", scenario.name));
         }
     }
     assert!(
@@ -801,12 +809,7 @@ async fn library_and_sidecar_mode_decide_alike() {
     for (index, scenario) in scenarios.iter().enumerate() {
         let library = run_library(index, scenario).await;
         let sidecar = run_sidecar(index, scenario).await;
-        let mut differences = Vec::new();
-        for (n, (a, b)) in library.iter().zip(&sidecar).enumerate() {
-            for difference in a.differences(b) {
-                differences.push(format!("request {}: {difference}", n + 1));
-            }
-        }
+        let differences = call_by_call(&library, &sidecar);
         let describe = |outcomes: &[Outcome]| {
             outcomes
                 .iter()
