@@ -220,12 +220,18 @@ def start_upstream_ports(count):
     return ports, upstream
 
 
+def proc_stat(pid):
+    """The fields of `/proc/PID/stat` after the command's name, from the state on: [7] minor
+    page faults, [11] user and [12] system time in clock ticks."""
+    with open(f"/proc/{pid}/stat") as f:
+        return f.read().rsplit(")", 1)[1].split()
+
+
 def cpu_seconds(pids):
     total = 0
     for pid in pids:
         try:
-            with open(f"/proc/{pid}/stat") as f:
-                fields = f.read().rsplit(")", 1)[1].split()
+            fields = proc_stat(pid)
             total += int(fields[11]) + int(fields[12])  # utime, stime
         except OSError:
             pass
@@ -380,6 +386,18 @@ def start_haproxy(tmp, name, threads, upstream):
     return port, haproxy
 
 
+def start_bare_proxy(threads, upstream):
+    """benches' `bare-proxy` (hyper and tokio alone) in front of `upstream`: its port and
+    process."""
+    port = free_port()
+    bare = Proc(f"bare-hyper-{threads}",
+                [str(RELEASE / "bare-proxy"), "--listen", f"127.0.0.1:{port}",
+                 "--upstream", f"127.0.0.1:{upstream}", "--threads", str(threads)],
+                stdout=subprocess.DEVNULL)
+    wait_http_ok(port, what="bare-proxy", proc=bare)
+    return port, bare
+
+
 def inbound_config(tmp, listen, app):
     """The inbound sidecar of the mTLS pair: strict mTLS on port `listen`, the app at port
     `app`, the client's identity allowed in."""
@@ -455,12 +473,7 @@ def start_targets(tmp, threads, upstreams, sink, baseline=None):
                                                     "endpoint_protocol = \"http1\"\n")
 
     # The floor: hyper and tokio alone, on sidecar-lite's runtime model.
-    port = free_port()
-    bare = Proc(f"bare-hyper-{threads}",
-                [str(RELEASE / "bare-proxy"), "--listen", f"127.0.0.1:{port}",
-                 "--upstream", f"127.0.0.1:{upstream}", "--threads", str(threads)],
-                stdout=subprocess.DEVNULL)
-    wait_http_ok(port, what="bare-proxy", proc=bare)
+    port, bare = start_bare_proxy(threads, upstream)
     targets["bare-hyper"] = (port, [bare])
 
     port = free_port()

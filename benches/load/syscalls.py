@@ -42,8 +42,7 @@ EVENTS = ["raw_syscalls:sys_enter"] + [f"syscalls:sys_enter_{call}" for call in 
 
 def process_counters(pid):
     """`pid`'s user and system CPU seconds, minor page faults, and context switches so far."""
-    with open(f"/proc/{pid}/stat") as f:
-        fields = f.read().rsplit(")", 1)[1].split()
+    fields = harness.proc_stat(pid)
     counters = {"user": int(fields[11]) / harness.CLK_TCK, "system": int(fields[12]) / harness.CLK_TCK,
                 "faults": int(fields[7])}
     with open(f"/proc/{pid}/status") as f:
@@ -96,12 +95,7 @@ def main():
                 targets.append((name, port, proc))
         haproxy_port, haproxy = harness.start_haproxy(tmp, "haproxy", 1, upstream)
         targets.append(("HAProxy", haproxy_port, haproxy))
-        bare_port = harness.free_port()
-        bare = harness.Proc("bare-hyper", [str(harness.RELEASE / "bare-proxy"), "--listen",
-                                           f"127.0.0.1:{bare_port}", "--upstream",
-                                           f"127.0.0.1:{upstream}", "--threads", "1"],
-                            stdout=subprocess.DEVNULL)
-        harness.wait_http_ok(bare_port, what="bare-proxy", proc=bare)
+        bare_port, bare = harness.start_bare_proxy(1, upstream)
         targets.append(("bare-hyper", bare_port, bare))
         runs = {name: [] for name, _, _ in targets}
         for rep in range(args.reps):
