@@ -261,6 +261,28 @@ mod tests {
     }
 
     #[test]
+    fn each_new_trace_has_ids_of_its_own() {
+        let made: std::collections::HashSet<String> = (0..1000)
+            .map(|_| {
+                let mut headers = HeaderMap::new();
+                ensure_traceparent(&mut headers);
+                headers[TRACEPARENT].to_str().unwrap().to_owned()
+            })
+            .collect();
+        assert_eq!(made.len(), 1000, "no two traces share a traceparent");
+        for value in &made {
+            // Well formed: ids of hex digits, not all zero, and sampled.
+            let parts = parse_traceparent(value).expect("well formed");
+            assert_eq!(parts.flags, 1, "sampled");
+        }
+        let trace_ids: std::collections::HashSet<&str> = made
+            .iter()
+            .map(|value| parse_traceparent(value).unwrap().trace_id)
+            .collect();
+        assert_eq!(trace_ids.len(), 1000, "trace ids are not reused");
+    }
+
+    #[test]
     fn hex_is_written_lowercase_with_leading_zeros() {
         let mut out = [0_u8; 32];
         write_hex(&mut out, 0xab);
