@@ -94,12 +94,14 @@ impl Deadline {
 /// The outermost `HttpDeadline` a request meets decides the margin and whether to propagate:
 /// it stores itself in the request ([`HttpDeadline::of`]), and layers further in (a per-try
 /// timeout) and retries follow it, so the margin is taken once and `propagate(false)` holds
-/// for every attempt. A layer further in may still turn propagation off for itself.
+/// for every attempt. A layer further in may still turn propagation off for itself, and the
+/// outermost may leave the writing to one further in ([`told_further_in`](Self::told_further_in)).
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
 pub struct HttpDeadline {
     margin: Duration,
     propagate: bool,
     originate: bool,
+    told_further_in: bool,
 }
 
 impl Default for HttpDeadline {
@@ -108,6 +110,7 @@ impl Default for HttpDeadline {
             margin: Self::DEFAULT_MARGIN,
             propagate: true,
             originate: false,
+            told_further_in: false,
         }
     }
 }
@@ -146,6 +149,19 @@ impl HttpDeadline {
     #[must_use]
     pub fn originate(mut self, originate: bool) -> Self {
         self.originate = originate;
+        self
+    }
+
+    /// Whether a layer further in that every attempt passes, an `HttpDeadline` of its own (a
+    /// per-try timeout), tells the next hop, so that this one need not (default: no). That
+    /// layer rewrites the header to the time left when the attempt leaves, so a header written
+    /// here would only be replaced, and copied on the way by a retry layer that keeps the
+    /// request. This layer still sets the deadline and the settings the layers further in
+    /// follow (with `propagate(false)`, nobody tells). Set it only where such a layer is sure
+    /// to follow: without one, the next hop is not told.
+    #[must_use]
+    pub fn told_further_in(mut self, told_further_in: bool) -> Self {
+        self.told_further_in = told_further_in;
         self
     }
 
@@ -191,7 +207,8 @@ impl<B> TimeoutPolicy<Request<B>> for HttpDeadline {
         }
 
         let remaining = deadline - now;
-        let carrier = if settings.propagate {
+        // This layer's own choice, not the outer one's: the layer further in tells.
+        let carrier = if settings.propagate && !self.told_further_in {
             settings.tell(req, carrier, remaining)
         } else {
             carrier

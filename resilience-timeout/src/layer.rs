@@ -43,6 +43,12 @@ impl<P> TimeoutLayer<P> {
         }
     }
 
+    /// The policy that turns the configured timeout into each request's deadline.
+    #[must_use]
+    pub fn policy(&self) -> &P {
+        &self.policy
+    }
+
     /// The configured timeout.
     #[must_use]
     pub fn timeout(&self) -> Duration {

@@ -373,3 +373,45 @@ async fn without_propagation_an_incoming_deadline_still_shortens_ours() {
     assert_eq!(sent.headers()[REQUEST_TIMEOUT_MS], "300");
     times_out_after(&mut response, Duration::from_millis(300)).await;
 }
+
+/// `told_further_in`: a total timeout that leaves the header to the per-try timeout inside it
+/// writes none itself (a caller's goes on as it came) yet sets the deadline; with the per-try
+/// timeout inside, the request leaves with the one value it would have had if both wrote.
+#[tokio::test(start_paused = true)]
+async fn a_timeout_told_further_in_leaves_the_header_to_the_layer_inside() {
+    let outer = HttpDeadline::new()
+        .margin(Duration::from_millis(20))
+        .originate(true)
+        .told_further_in(true);
+    for (caller, expected, left) in [(None, None, 5000), (Some("300"), Some("300"), 300)] {
+        let (svc, mut handle) = mock::pair::<Req, ()>();
+        let svc = TimeoutLayer::new(Duration::from_secs(5))
+            .with_policy(outer)
+            .layer(svc);
+        let mut req = Request::new(());
+        if let Some(caller) = caller {
+            req.headers_mut().insert(REQUEST_TIMEOUT_MS, header(caller));
+        }
+        let start = Instant::now();
+        let _call = tokio::spawn(svc.oneshot(req));
+        let (sent, _send) = handle.next_request().await.unwrap();
+        let value = sent.headers().get(REQUEST_TIMEOUT_MS);
+        assert_eq!(value.map(|v| v.to_str().unwrap()), expected);
+        assert_eq!(
+            Deadline::of(&sent),
+            Some(start + Duration::from_millis(left))
+        );
+        assert_eq!(HttpDeadline::of(&sent), Some(outer));
+    }
+    for outer in [outer, outer.told_further_in(false)] {
+        let (svc, mut handle) = mock::pair::<Req, ()>();
+        let per_try = TimeoutLayer::new(Duration::from_secs(1)).with_policy(HttpDeadline::new());
+        let svc = TimeoutLayer::new(Duration::from_secs(5))
+            .with_policy(outer)
+            .layer(per_try.layer(svc));
+        let _call = tokio::spawn(svc.oneshot(Request::new(())));
+        let (sent, _send) = handle.next_request().await.unwrap();
+        let values: Vec<_> = sent.headers().get_all(REQUEST_TIMEOUT_MS).iter().collect();
+        assert_eq!(values, ["980"], "{outer:?}");
+    }
+}

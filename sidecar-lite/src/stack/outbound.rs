@@ -122,6 +122,12 @@ pub(crate) fn outbound_with_endpoints<B: StackBody>(
         .layer()
         .map_err(|e| field_error("timeout", e.field(), &e))?
         .named("total");
+    // Every attempt passes a per-try timeout when there is one, and it tells the next hop the
+    // time left as the attempt leaves: the total need not write a header it would replace.
+    let told = total
+        .policy()
+        .told_further_in(route.retry.per_try_timeout.is_some());
+    let total = total.with_policy(told);
     let body_timeout = route
         .timeout
         .body_layer()
