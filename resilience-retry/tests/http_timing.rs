@@ -108,6 +108,37 @@ async fn no_retry_starts_that_would_end_after_the_deadline() {
     assert_eq!((code, seen.len()), (503, 1));
 }
 
+/// Every attempt carries the request's extensions: a deadline that was the only one (which
+/// the retry layer keeps apart rather than cloning the set) and a deadline among others alike.
+#[tokio::test(start_paused = true)]
+async fn every_attempt_carries_the_deadline_and_the_other_extensions() {
+    #[derive(Clone)]
+    struct Marker;
+    let at = Instant::now() + Duration::from_secs(1);
+    for marked in [false, true] {
+        let mut req = request(Method::GET);
+        req.extensions_mut().insert(Deadline::new(at));
+        if marked {
+            req.extensions_mut().insert(Marker);
+        }
+        let (code, seen) = run(
+            HttpPolicy::default(),
+            vec![
+                Answer::Status(503),
+                Answer::Status(503),
+                Answer::Status(200),
+            ],
+            req,
+        )
+        .await;
+        assert_eq!((code, seen.len()), (200, 3));
+        for attempt in &seen {
+            assert_eq!(attempt.deadline, Some(at), "marked: {marked}");
+            assert_eq!(attempt.extensions, 1 + usize::from(marked));
+        }
+    }
+}
+
 #[tokio::test(start_paused = true)]
 async fn with_a_total_timeout_outside_retrying_stops_when_the_backoff_would_pass_the_deadline() {
     use resilience_timeout::{HttpDeadline, TimeoutLayer};

@@ -55,6 +55,8 @@ pub(crate) struct Seen {
     pub(crate) at: Instant,
     pub(crate) method: Method,
     pub(crate) attempt: Option<String>,
+    pub(crate) deadline: Option<Instant>,
+    pub(crate) extensions: usize,
 }
 
 pub(crate) type Log = Arc<Mutex<Vec<Seen>>>;
@@ -81,6 +83,8 @@ pub(crate) fn upstream(
                 .headers()
                 .get(RETRY_ATTEMPT)
                 .map(|v| v.to_str().unwrap().to_owned()),
+            deadline: Deadline::of(&req),
+            extensions: req.extensions().len(),
         });
         let mut answers = answers.lock().unwrap();
         let answer = if answers.len() > 1 {
