@@ -49,8 +49,9 @@ pub const DEFAULT_MAX_RETRY_AFTER: Duration = Duration::from_secs(10);
 /// [`Deadline`](resilience_timeout::Deadline), set by a total timeout outside with the
 /// [`HttpDeadline`](resilience_timeout::HttpDeadline) policy. That timeout writes the time left
 /// into the request's deadline header (`grpc-timeout` or `x-request-timeout-ms`) before the
-/// first attempt; each retry rewrites it with the time left then, so the upstream is never told
-/// more time than there is.
+/// first attempt, or leaves it to a per-try timeout inside that writes it for every attempt;
+/// each retry rewrites it with the time left then, so the upstream is never told more time
+/// than there is.
 #[derive(Clone)]
 pub struct HttpPolicy<C = RetryOn> {
     classifier: C,
