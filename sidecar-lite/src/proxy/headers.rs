@@ -262,7 +262,8 @@ mod tests {
 
     #[test]
     fn each_new_trace_has_ids_of_its_own() {
-        let made: std::collections::HashSet<String> = (0..1000)
+        use std::collections::HashSet;
+        let made: HashSet<String> = (0..1000)
             .map(|_| {
                 let mut headers = HeaderMap::new();
                 ensure_traceparent(&mut headers);
@@ -270,14 +271,14 @@ mod tests {
             })
             .collect();
         assert_eq!(made.len(), 1000, "no two traces share a traceparent");
-        for value in &made {
-            // Well formed: ids of hex digits, not all zero, and sampled.
-            let parts = parse_traceparent(value).expect("well formed");
-            assert_eq!(parts.flags, 1, "sampled");
-        }
-        let trace_ids: std::collections::HashSet<&str> = made
+        let trace_ids: HashSet<&str> = made
             .iter()
-            .map(|value| parse_traceparent(value).unwrap().trace_id)
+            .map(|value| {
+                // Well formed: ids of hex digits, not all zero, and sampled.
+                let parts = parse_traceparent(value).expect("well formed");
+                assert_eq!(parts.flags, 1, "sampled");
+                parts.trace_id
+            })
             .collect();
         assert_eq!(trace_ids.len(), 1000, "trace ids are not reused");
     }
