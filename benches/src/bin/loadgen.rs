@@ -7,16 +7,20 @@
 //! target/release/loadgen --addr 127.0.0.1:8080 --rate 5000 --connections 32 --seconds 3
 //! ```
 //!
-//! Each connection sends on its own schedule (the connections' schedules interleave, so the
-//! total is `--rate`). Latency is counted as wrk2 counts it, without coordinated omission: when
-//! a request could not go at its scheduled time because the previous answer on its connection
-//! came late, its latency runs from the scheduled time; otherwise from when it was sent (so
-//! the 1 ms granularity of the timer that paces the requests is not charged to the server).
+//! Request `k` is due `k / rate` seconds after the start and goes on connection
+//! `k % connections`, so the requests are evenly spaced. A thread of its own keeps the schedule
+//! (see [`pace`]): the runtime's timer fires at most once a millisecond, and requests paced by it
+//! left in bursts (five at a time at 5 000 req/s) that queued at the server, so their latency was
+//! the burst's rather than the rate's. Latency is counted as wrk2 counts it, without coordinated
+//! omission: when a request could not go when it was due because the previous answer on its
+//! connection came late, its latency runs from when the pacing thread let it go; otherwise from
+//! when it was sent (the hand-over from the pacing thread is not charged to the server).
 
 use std::{net::SocketAddr, time::Duration};
 use tokio::{
     io::{AsyncBufReadExt, AsyncReadExt, AsyncWriteExt, BufReader},
     net::TcpStream,
+    sync::mpsc,
     time::Instant,
 };
 
@@ -65,29 +69,60 @@ struct Outcome {
     errors: u64,
 }
 
-async fn connection(args: &Args, index: usize, start: Instant) -> Outcome {
-    let interval = Duration::from_secs_f64(args.connections as f64 / args.rate);
-    let offset = Duration::from_secs_f64(index as f64 / args.rate);
-    let warmup = Duration::from_secs_f64(args.warmup);
+/// A request handed to its connection: when it was due, and when the pacing thread let it go.
+#[derive(Clone, Copy)]
+struct Due {
+    at: Duration,
+    fired: Instant,
+}
+
+/// Keeps the schedule: sleeps until each request is due and hands it to its connection. A
+/// thread's sleep ends within tens of microseconds of its instant, well inside the gap between
+/// two requests; the runtime's timer would round every instant up to its next millisecond.
+/// Dropping the senders at the end tells the connections that the run is over.
+#[expect(
+    clippy::disallowed_methods,
+    reason = "the pacing thread is not on a runtime, and needs a finer sleep than its timer"
+)]
+fn pace(args: &Args, start: Instant, connections: Vec<mpsc::UnboundedSender<Due>>) {
     let end = Duration::from_secs_f64(args.warmup + args.seconds);
+    for k in 0u64.. {
+        let at = Duration::from_secs_f64(k as f64 / args.rate);
+        if at >= end {
+            break;
+        }
+        let now = Instant::now();
+        if start + at > now {
+            std::thread::sleep(start + at - now);
+        }
+        let due = Due {
+            at,
+            fired: Instant::now(),
+        };
+        let connection = &connections[(k % connections.len() as u64) as usize];
+        if connection.send(due).is_err() {
+            break;
+        }
+    }
+}
+
+async fn connection(args: &Args, mut due: mpsc::UnboundedReceiver<Due>) -> Outcome {
+    let warmup = Duration::from_secs_f64(args.warmup);
     let request = format!("GET {} HTTP/1.1\r\nhost: load\r\n\r\n", args.path);
     let mut outcome = Outcome {
         latencies: Vec::new(),
         errors: 0,
     };
     let mut stream: Option<BufReader<TcpStream>> = None;
-    for k in 0u64.. {
-        let due = offset + interval * u32::try_from(k).unwrap_or(u32::MAX);
-        if due >= end {
-            break;
-        }
-        let scheduled = start + due;
-        let sent_at = if Instant::now() < scheduled {
-            tokio::time::sleep_until(scheduled).await;
-            Instant::now()
+    // When the previous answer came: a request due before then is late.
+    let mut free_since = Instant::now();
+    while let Some(Due { at, fired }) = due.recv().await {
+        let sent_at = if free_since > fired {
+            // Late because the previous answer was: count from the schedule, as the pacing
+            // thread kept it.
+            fired
         } else {
-            // Late because the previous answer was: count from the schedule.
-            scheduled
+            Instant::now()
         };
         if stream.is_none() {
             match TcpStream::connect(args.addr).await {
@@ -97,6 +132,7 @@ async fn connection(args: &Args, index: usize, start: Instant) -> Outcome {
                 }
                 Err(_) => {
                     outcome.errors += 1;
+                    free_since = Instant::now();
                     continue;
                 }
             }
@@ -106,10 +142,11 @@ async fn connection(args: &Args, index: usize, start: Instant) -> Outcome {
         };
         let ok = round_trip(conn, request.as_bytes()).await;
         let latency = sent_at.elapsed();
+        free_since = Instant::now();
         if !ok {
             outcome.errors += 1;
             stream = None;
-        } else if due >= warmup {
+        } else if at >= warmup {
             outcome.latencies.push(latency.as_nanos() as u64);
         }
     }
@@ -189,10 +226,16 @@ fn main() {
         .enable_all()
         .build()
         .expect("a runtime");
-    let outcomes = runtime.block_on(async {
-        let start = Instant::now() + Duration::from_millis(20);
-        let args = &args;
-        futures::future::join_all((0..args.connections).map(|i| connection(args, i, start))).await
+    let (senders, receivers): (Vec<_>, Vec<_>) = (0..args.connections)
+        .map(|_| mpsc::unbounded_channel())
+        .unzip();
+    let start = Instant::now() + Duration::from_millis(20);
+    let args = &args;
+    let outcomes = std::thread::scope(|scope| {
+        scope.spawn(move || pace(args, start, senders));
+        runtime.block_on(futures::future::join_all(
+            receivers.into_iter().map(|due| connection(args, due)),
+        ))
     });
     let mut latencies: Vec<u64> = outcomes
         .iter()
