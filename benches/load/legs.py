@@ -85,39 +85,22 @@ def legs(events):
 
 def main():
     parser = argparse.ArgumentParser(description=__doc__.split("\n")[0])
-    parser.add_argument("--binary", default=str(harness.RELEASE / "sidecar-lite"))
-    parser.add_argument("--baseline", help="another sidecar-lite binary, measured in the same "
-                        "turns as `baseline`")
+    harness.one_hop_arguments(parser)
     parser.add_argument("--reps", type=int, default=3)
     args = parser.parse_args()
     harness.ensure_tools({"perf": "linux-perf", "wrk": "wrk", "haproxy": "haproxy"})
     tmp = Path(tempfile.mkdtemp(prefix="sidecar-legs-"))
     try:
-        upstream = harness.start_upstream()
-        targets = []
-        for name, binary in (("sidecar-lite", args.binary), ("baseline", args.baseline)):
-            if binary:
-                port = harness.free_port()
-                proc = harness.start_sidecar(tmp, f"legs-{name}", 1,
-                                             harness.route(port, upstream, False), binary=binary)
-                harness.wait_http_ok(port, what=name, proc=proc)
-                targets.append((name, port, proc))
-        haproxy_port, haproxy = harness.start_haproxy(tmp, "haproxy", 1, upstream)
-        targets.append(("HAProxy", haproxy_port, haproxy))
-        bare_port, bare = harness.start_bare_proxy(1, upstream)
-        targets.append(("bare-hyper", bare_port, bare))
+        targets = harness.start_one_hop_targets(tmp, "legs", args.binary, args.baseline)
         runs = {name: [] for name, _, _ in targets}
-        for rep in range(args.reps):
-            # Interleaved, each rep in the other order, so that a slow spell of the shared
-            # machine falls on every target alike.
-            for name, port, proc in (targets if rep % 2 == 0 else targets[::-1]):
-                request, response = legs(record(proc.pid, port, tmp / "legs.data"))
-                if not request or not response:
-                    sys.exit(f"{name}: no legs recorded (is perf allowed to trace syscalls?)")
-                run = (statistics.median(request), statistics.median(response))
-                runs[name].append(run)
-                print(f"{name:12} request leg {run[0]:5.2f} us, response leg {run[1]:5.2f} us "
-                      f"({len(request)} requests)")
+        for name, port, proc in harness.interleaved(targets, args.reps):
+            request, response = legs(record(proc.pid, port, tmp / "legs.data"))
+            if not request or not response:
+                sys.exit(f"{name}: no legs recorded (is perf allowed to trace syscalls?)")
+            run = (statistics.median(request), statistics.median(response))
+            runs[name].append(run)
+            print(f"{name:12} request leg {run[0]:5.2f} us, response leg {run[1]:5.2f} us "
+                  f"({len(request)} requests)")
         print(f"\nMedians of {args.reps} interleaved runs, us (both legs, ratio to HAProxy's):")
         both = {name: statistics.median(r + s for r, s in per_run) for name, per_run in runs.items()}
         for name, per_run in runs.items():

@@ -420,6 +420,40 @@ def start_mtls_pair(tmp, name, threads, upstream, route_extra="", binary=None):
     return port, [outbound, inbound]
 
 
+def start_one_hop_targets(tmp, prefix, binary, baseline=None):
+    """One worker each in front of a fresh upstream: sidecar-lite (`binary`, the harness's
+    one-hop route), with `baseline` a second sidecar-lite, HAProxy and bare-hyper; a list of
+    (name, port, process)."""
+    upstream = start_upstream()
+    targets = []
+    for name, path in (("sidecar-lite", binary), ("baseline", baseline)):
+        if path:
+            port = free_port()
+            proc = start_sidecar(tmp, f"{prefix}-{name}", 1, route(port, upstream, False),
+                                 binary=path)
+            wait_http_ok(port, what=name, proc=proc)
+            targets.append((name, port, proc))
+    haproxy_port, haproxy = start_haproxy(tmp, "haproxy", 1, upstream)
+    targets.append(("HAProxy", haproxy_port, haproxy))
+    bare_port, bare = start_bare_proxy(1, upstream)
+    targets.append(("bare-hyper", bare_port, bare))
+    return targets
+
+
+def one_hop_arguments(parser):
+    """The arguments of the one-hop comparisons: `--binary`, `--baseline`."""
+    parser.add_argument("--binary", default=str(RELEASE / "sidecar-lite"))
+    parser.add_argument("--baseline", help="another sidecar-lite binary, measured in the same "
+                        "turns as `baseline`")
+
+
+def interleaved(targets, reps):
+    """`targets` `reps` times in turn, each turn in the other order, so that a slow spell of
+    the shared machine falls on every target alike."""
+    for rep in range(reps):
+        yield from (targets if rep % 2 == 0 else targets[::-1])
+
+
 def start_targets(tmp, threads, upstreams, sink, baseline=None):
     """Every target at `threads` workers, in front of the first of `upstreams` (ports of the
     upstream; sidecar-balanced balances over the first two): name -> (port, [procs whose CPU

@@ -75,44 +75,27 @@ def count(pid, port, seconds):
 
 def main():
     parser = argparse.ArgumentParser(description=__doc__.split("\n")[0])
-    parser.add_argument("--binary", default=str(harness.RELEASE / "sidecar-lite"))
-    parser.add_argument("--baseline", help="another sidecar-lite binary, measured in the same "
-                        "turns as `baseline`")
+    harness.one_hop_arguments(parser)
     parser.add_argument("--seconds", type=int, default=4)
     parser.add_argument("--reps", type=int, default=2)
     args = parser.parse_args()
     harness.ensure_tools({"perf": "linux-perf", "wrk": "wrk", "haproxy": "haproxy"})
     tmp = Path(tempfile.mkdtemp(prefix="sidecar-syscalls-"))
     try:
-        upstream = harness.start_upstream()
-        targets = []
-        for name, binary in (("sidecar-lite", args.binary), ("baseline", args.baseline)):
-            if binary:
-                port = harness.free_port()
-                proc = harness.start_sidecar(tmp, f"syscalls-{name}", 1,
-                                             harness.route(port, upstream, False), binary=binary)
-                harness.wait_http_ok(port, what=name, proc=proc)
-                targets.append((name, port, proc))
-        haproxy_port, haproxy = harness.start_haproxy(tmp, "haproxy", 1, upstream)
-        targets.append(("HAProxy", haproxy_port, haproxy))
-        bare_port, bare = harness.start_bare_proxy(1, upstream)
-        targets.append(("bare-hyper", bare_port, bare))
+        targets = harness.start_one_hop_targets(tmp, "syscalls", args.binary, args.baseline)
         runs = {name: [] for name, _, _ in targets}
-        for rep in range(args.reps):
-            # Interleaved, each rep in the other order, so that a slow spell of the shared
-            # machine falls on every target alike.
-            for name, target, proc in (targets if rep % 2 == 0 else targets[::-1]):
-                harness.saturation(target, 1)  # warm: connections open, pools filled
-                requests, calls, counters = count(proc.pid, target, args.seconds)
-                named = sorted(((n, call) for call, n in calls.items() if call != "all" and n),
-                               reverse=True)
-                per = {key: value / requests for key, value in counters.items()}
-                runs[name].append(per)
-                print(f"{name:12} {requests / args.seconds:8.0f} req/s  "
-                      f"user {per['user'] * 1e6:5.2f} us, system {per['system'] * 1e6:5.2f} us, "
-                      f"{per['faults']:.3f} page faults, {per['switches']:.3f} context switches, "
-                      f"{calls.get('all', 0) / requests:.2f} system calls per request: "
-                      + ", ".join(f"{call} {n / requests:.2f}" for n, call in named[:6]))
+        for name, target, proc in harness.interleaved(targets, args.reps):
+            harness.saturation(target, 1)  # warm: connections open, pools filled
+            requests, calls, counters = count(proc.pid, target, args.seconds)
+            named = sorted(((n, call) for call, n in calls.items() if call != "all" and n),
+                           reverse=True)
+            per = {key: value / requests for key, value in counters.items()}
+            runs[name].append(per)
+            print(f"{name:12} {requests / args.seconds:8.0f} req/s  "
+                  f"user {per['user'] * 1e6:5.2f} us, system {per['system'] * 1e6:5.2f} us, "
+                  f"{per['faults']:.3f} page faults, {per['switches']:.3f} context switches, "
+                  f"{calls.get('all', 0) / requests:.2f} system calls per request: "
+                  + ", ".join(f"{call} {n / requests:.2f}" for n, call in named[:6]))
         print(f"\nMedians of {args.reps} interleaved runs, CPU us per request (ratio to HAProxy's):")
         haproxy_cpu = {key: statistics.median(run[key] for run in runs["HAProxy"])
                        for key in ("user", "system")}
