@@ -27,10 +27,10 @@ use std::{
     error::Error,
     net::{SocketAddr, TcpListener as StdListener},
     path::{Path, PathBuf},
-    process::Stdio,
+    process::{Child, Command, Stdio},
     time::Duration,
 };
-use tokio::{net::TcpListener, process::Child};
+use tokio::net::TcpListener;
 
 type BoxError = Box<dyn Error + Send + Sync>;
 
@@ -157,19 +157,36 @@ fn free_ports() -> Result<[SocketAddr; 4], BoxError> {
     Ok([addrs[0], addrs[1], addrs[2], addrs[3]])
 }
 
-fn spawn(binary: &Path, config: &Path) -> Result<Child, BoxError> {
-    Ok(tokio::process::Command::new(binary)
-        .arg("run")
-        .arg("--config")
-        .arg(config)
-        .env("RUST_LOG", "warn")
-        .stdout(Stdio::null())
-        .kill_on_drop(true)
-        .spawn()?)
+/// A sidecar process of the demo, killed if the demo ends before it stops it.
+///
+/// Spawned with `std::process`, not tokio's: tokio's `process` feature would be unified into
+/// the sidecar-lite binary built by the same command, whose runtimes would then reap orphans
+/// on every park (about 500 instructions a request, `benches/load/instructions.py`).
+struct Sidecar(Child);
+
+impl Drop for Sidecar {
+    fn drop(&mut self) {
+        if let Ok(None) = self.0.try_wait() {
+            let _ = self.0.kill();
+            let _ = self.0.wait();
+        }
+    }
 }
 
-fn pid(child: &Child) -> u32 {
-    child.id().unwrap_or_default()
+fn spawn(binary: &Path, config: &Path) -> Result<Sidecar, BoxError> {
+    Ok(Sidecar(
+        Command::new(binary)
+            .arg("run")
+            .arg("--config")
+            .arg(config)
+            .env("RUST_LOG", "warn")
+            .stdout(Stdio::null())
+            .spawn()?,
+    ))
+}
+
+fn pid(sidecar: &Sidecar) -> u32 {
+    sidecar.0.id()
 }
 
 /// Polls the admin `/ready` endpoint, for at most 10 seconds.
@@ -187,21 +204,20 @@ async fn wait_ready(admin: SocketAddr) -> Result<(), BoxError> {
     Err(format!("the sidecar with admin {admin} did not become ready in 10 s").into())
 }
 
-/// Asks a sidecar to stop with SIGTERM and waits up to 10 seconds for it.
-async fn stop(child: &mut Child) {
-    if let Some(pid) = child.id() {
-        let _ = tokio::process::Command::new("kill")
-            .arg("-TERM")
-            .arg(pid.to_string())
-            .status()
-            .await;
+/// Asks a sidecar to stop with SIGTERM and waits up to 10 seconds for it (then kills it).
+async fn stop(sidecar: &mut Sidecar) {
+    let _ = Command::new("kill")
+        .arg("-TERM")
+        .arg(pid(sidecar).to_string())
+        .status();
+    for _ in 0..100 {
+        if !matches!(sidecar.0.try_wait(), Ok(None)) {
+            return;
+        }
+        tokio::time::sleep(Duration::from_millis(100)).await;
     }
-    if tokio::time::timeout(Duration::from_secs(10), child.wait())
-        .await
-        .is_err()
-    {
-        let _ = child.kill().await;
-    }
+    let _ = sidecar.0.kill();
+    let _ = sidecar.0.wait();
 }
 
 /// The orders app: says what it received.
