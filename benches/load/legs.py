@@ -30,7 +30,6 @@ import re
 import statistics
 import subprocess
 import sys
-import tempfile
 import time
 from pathlib import Path
 
@@ -88,10 +87,7 @@ def main():
     harness.one_hop_arguments(parser)
     parser.add_argument("--reps", type=int, default=3)
     args = parser.parse_args()
-    harness.ensure_tools({"perf": "linux-perf", "wrk": "wrk", "haproxy": "haproxy"})
-    tmp = Path(tempfile.mkdtemp(prefix="sidecar-legs-"))
-    try:
-        targets = harness.start_one_hop_targets(tmp, "legs", args.binary, args.baseline)
+    with harness.one_hop_targets("legs", args) as (tmp, targets):
         runs = {name: [] for name, _, _ in targets}
         for name, port, proc in harness.interleaved(targets, args.reps):
             request, response = legs(record(proc.pid, port, tmp / "legs.data"))
@@ -108,8 +104,6 @@ def main():
             response = statistics.median(run[1] for run in per_run)
             print(f"{name:12} request {request:5.2f}, response {response:5.2f}, "
                   f"both {both[name]:5.2f} ({both[name] / both['HAProxy']:.2f}x)")
-    finally:
-        harness.stop_all()
 
 
 if __name__ == "__main__":

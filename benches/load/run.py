@@ -58,6 +58,7 @@ It stays on 127.0.0.1, stops only the processes it started (by PID), and is boun
 """
 
 import argparse
+import contextlib
 import http.server
 import json
 import os
@@ -420,24 +421,32 @@ def start_mtls_pair(tmp, name, threads, upstream, route_extra="", binary=None):
     return port, [outbound, inbound]
 
 
-def start_one_hop_targets(tmp, prefix, binary, baseline=None):
-    """One worker each in front of a fresh upstream: sidecar-lite (`binary`, the harness's
-    one-hop route), with `baseline` a second sidecar-lite, HAProxy and bare-hyper; a list of
-    (name, port, process)."""
-    upstream = start_upstream()
-    targets = []
-    for name, path in (("sidecar-lite", binary), ("baseline", baseline)):
-        if path:
-            port = free_port()
-            proc = start_sidecar(tmp, f"{prefix}-{name}", 1, route(port, upstream, False),
-                                 binary=path)
-            wait_http_ok(port, what=name, proc=proc)
-            targets.append((name, port, proc))
-    haproxy_port, haproxy = start_haproxy(tmp, "haproxy", 1, upstream)
-    targets.append(("HAProxy", haproxy_port, haproxy))
-    bare_port, bare = start_bare_proxy(1, upstream)
-    targets.append(("bare-hyper", bare_port, bare))
-    return targets
+@contextlib.contextmanager
+def one_hop_targets(prefix, args):
+    """The one-hop comparisons' targets, one worker each in front of a fresh upstream:
+    sidecar-lite (`args.binary`, the harness's one-hop route), with `args.baseline` a second
+    sidecar-lite, HAProxy and bare-hyper, as a list of (name, port, process), with the
+    directory of their files; perf, wrk and HAProxy installed first when missing, and every
+    process stopped at the end."""
+    ensure_tools({"perf": "linux-perf", "wrk": "wrk", "haproxy": "haproxy"})
+    tmp = Path(tempfile.mkdtemp(prefix=f"sidecar-{prefix}-"))
+    try:
+        upstream = start_upstream()
+        targets = []
+        for name, path in (("sidecar-lite", args.binary), ("baseline", args.baseline)):
+            if path:
+                port = free_port()
+                proc = start_sidecar(tmp, f"{prefix}-{name}", 1, route(port, upstream, False),
+                                     binary=path)
+                wait_http_ok(port, what=name, proc=proc)
+                targets.append((name, port, proc))
+        haproxy_port, haproxy = start_haproxy(tmp, "haproxy", 1, upstream)
+        targets.append(("HAProxy", haproxy_port, haproxy))
+        bare_port, bare = start_bare_proxy(1, upstream)
+        targets.append(("bare-hyper", bare_port, bare))
+        yield tmp, targets
+    finally:
+        stop_all()
 
 
 def one_hop_arguments(parser):

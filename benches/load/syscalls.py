@@ -27,7 +27,6 @@ import argparse
 import statistics
 import subprocess
 import sys
-import tempfile
 import time
 from pathlib import Path
 
@@ -79,10 +78,7 @@ def main():
     parser.add_argument("--seconds", type=int, default=4)
     parser.add_argument("--reps", type=int, default=2)
     args = parser.parse_args()
-    harness.ensure_tools({"perf": "linux-perf", "wrk": "wrk", "haproxy": "haproxy"})
-    tmp = Path(tempfile.mkdtemp(prefix="sidecar-syscalls-"))
-    try:
-        targets = harness.start_one_hop_targets(tmp, "syscalls", args.binary, args.baseline)
+    with harness.one_hop_targets("syscalls", args) as (_, targets):
         runs = {name: [] for name, _, _ in targets}
         for name, target, proc in harness.interleaved(targets, args.reps):
             harness.saturation(target, 1)  # warm: connections open, pools filled
@@ -105,8 +101,6 @@ def main():
             print(f"{name:12} user {cpu['user'] * 1e6:5.2f} ({cpu['user'] / haproxy_cpu['user']:.2f}x), "
                   f"system {cpu['system'] * 1e6:5.2f} ({cpu['system'] / haproxy_cpu['system']:.2f}x), "
                   f"both {total * 1e6:5.2f}")
-    finally:
-        harness.stop_all()
 
 
 if __name__ == "__main__":
