@@ -314,12 +314,7 @@ where
         .classify(classify_fn(|response: &Response<_>| {
             response.status().is_server_error()
         }));
-    let total = route.timeout().layer().expect("a timeout");
-    // As the sidecar builds it: with a per-try timeout inside, that one tells the next hop.
-    let told = total
-        .policy()
-        .told_further_in(route.retry().per_try_timeout_layer().is_some());
-    let total = policy(total.with_policy(told)).named("total");
+    let total = policy(route.total_timeout_layer().expect("a timeout"));
     let retry = route
         .retry()
         .layer()

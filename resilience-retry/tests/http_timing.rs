@@ -108,8 +108,7 @@ async fn no_retry_starts_that_would_end_after_the_deadline() {
     assert_eq!((code, seen.len()), (503, 1));
 }
 
-/// Every attempt carries the request's extensions: a deadline that was the only one (which
-/// the retry layer keeps apart rather than cloning the set) and a deadline among others alike.
+/// Every attempt carries the request's extensions, a deadline alone or among others.
 #[tokio::test(start_paused = true)]
 async fn every_attempt_carries_the_deadline_and_the_other_extensions() {
     #[derive(Clone)]

@@ -3,11 +3,11 @@
 
 use super::{endpoints::Endpoint, limits::ConcurrencyLimit};
 use resilience_breaker::BreakerConfig;
-use resilience_core::Enforcement;
+use resilience_core::{ConfigError, Enforcement};
 use resilience_limit::RateLimitConfig;
 use resilience_mtls::{AllowList, Identity, IdentityPattern, MtlsMode};
 use resilience_retry::{HedgeConfig, RetryConfig};
-use resilience_timeout::TimeoutConfig;
+use resilience_timeout::{HttpDeadline, TimeoutConfig, TimeoutLayer};
 use serde::{Deserialize, Serialize};
 use std::{net::SocketAddr, time::Duration};
 
@@ -205,6 +205,17 @@ impl OutboundConfig {
     #[must_use]
     pub fn timeout(&self) -> &TimeoutConfig {
         &self.timeout
+    }
+
+    /// The total timeout as the route's stack takes it, named `total`. With a per-try timeout
+    /// every attempt passes one, which tells the next hop the time left as the attempt leaves,
+    /// so the total leaves that header to it rather than write one it would replace.
+    pub fn total_timeout_layer(&self) -> Result<TimeoutLayer<HttpDeadline>, ConfigError> {
+        let total = self.timeout.layer()?.named("total");
+        let told = total
+            .policy()
+            .told_further_in(self.retry.per_try_timeout.is_some());
+        Ok(total.with_policy(told))
     }
 
     /// The retry section.

@@ -118,16 +118,8 @@ pub(crate) fn outbound_with_endpoints<B: StackBody>(
     };
     let live = LiveEndpoints::default();
     let total = route
-        .timeout
-        .layer()
-        .map_err(|e| field_error("timeout", e.field(), &e))?
-        .named("total");
-    // Every attempt passes a per-try timeout when there is one, and it tells the next hop the
-    // time left as the attempt leaves: the total need not write a header it would replace.
-    let told = total
-        .policy()
-        .told_further_in(route.retry.per_try_timeout.is_some());
-    let total = total.with_policy(told);
+        .total_timeout_layer()
+        .map_err(|e| field_error("timeout", e.field(), &e))?;
     let body_timeout = route
         .timeout
         .body_layer()
