@@ -29,7 +29,7 @@ pin_project! {
             #[pin]
             inner: F,
             #[pin]
-            sleep: Sleep,
+            timer: Timer,
             budget: Duration,
         },
         // The deadline passed before the call; the inner service was never called.
@@ -49,7 +49,7 @@ impl<F> ResponseFuture<F> {
         Self {
             state: State::Running {
                 inner,
-                sleep: sleep_until(deadline),
+                timer: Timer::Unarmed { deadline },
                 budget,
             },
             name,
@@ -60,6 +60,40 @@ impl<F> ResponseFuture<F> {
         Self {
             state: State::Expired,
             name,
+        }
+    }
+}
+
+pin_project! {
+    /// The deadline's timer, armed when the inner future first has to wait: a call answered at
+    /// once (a local reply, a cache, a breaker's refusal) never touches the runtime's timer.
+    #[project = TimerProj]
+    #[derive(Debug)]
+    enum Timer {
+        Unarmed { deadline: Instant },
+        Armed { #[pin] sleep: Sleep },
+    }
+}
+
+impl Timer {
+    fn deadline(&self) -> Instant {
+        match self {
+            Self::Unarmed { deadline } => *deadline,
+            Self::Armed { sleep } => sleep.deadline(),
+        }
+    }
+
+    fn poll(mut self: Pin<&mut Self>, cx: &mut Context<'_>) -> Poll<()> {
+        loop {
+            match self.as_mut().project() {
+                TimerProj::Armed { sleep } => return sleep.poll(cx),
+                TimerProj::Unarmed { deadline } => {
+                    let deadline = *deadline;
+                    self.set(Self::Armed {
+                        sleep: sleep_until(deadline),
+                    });
+                }
+            }
         }
     }
 }
@@ -78,7 +112,7 @@ where
         let budget = match this.state.as_mut().project() {
             StateProj::Running {
                 inner,
-                sleep,
+                mut timer,
                 budget,
             } => {
                 if let Poll::Ready(result) = inner.poll(cx) {
@@ -86,14 +120,14 @@ where
                         // An inner timeout that fired at our deadline: ours is the one that
                         // bound, and says so.
                         Err(error)
-                            if error.is::<Elapsed>() && Instant::now() >= sleep.deadline() =>
+                            if error.is::<Elapsed>() && Instant::now() >= timer.deadline() =>
                         {
                             counted = true;
                         }
                         result => return Poll::Ready(result),
                     }
                 } else {
-                    ready!(sleep.poll(cx));
+                    ready!(timer.as_mut().poll(cx));
                 }
                 *budget
             }

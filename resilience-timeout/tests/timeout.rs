@@ -94,6 +94,23 @@ async fn inner_errors_pass_through_unchanged() {
     assert_eq!(err.to_string(), "upstream broke");
 }
 
+/// The timer is armed only when the inner future has to wait: a runtime without a timer
+/// driver (where arming one panics) still serves a call that is answered at once.
+#[test]
+fn an_answer_ready_at_once_arms_no_timer() {
+    let no_timers = tokio::runtime::Builder::new_current_thread()
+        .build()
+        .expect("a runtime");
+    let answer = no_timers.block_on(
+        TimeoutLayer::new(LIMIT)
+            .layer_into(service_fn(|name: &'static str| async move {
+                Ok::<_, BoxError>(format!("hello, {name}"))
+            }))
+            .oneshot("world"),
+    );
+    assert_eq!(answer.expect("answered within the timeout"), "hello, world");
+}
+
 #[tokio::test(start_paused = true)]
 async fn poll_ready_passes_through() {
     let (mut svc, mut handle) = mock::spawn_layer::<&str, &str, _>(TimeoutLayer::new(LIMIT));
