@@ -27,9 +27,8 @@ pin_project! {
     {
         #[pin]
         state: State<S::Future>,
-        // What retries go through.
-        spare: Spare<S>,
-        settings: Arc<Settings<P>>,
+        // What retries go through, and the layer's settings.
+        spare: Spare<S, Arc<Settings<P>>>,
         // The copy of the request kept for replay; `None` when it cannot be retried.
         kept: Option<<P as Replay<Req>>::Request>,
         // The next attempt, planned before the last outcome is given up. Boxed: the future
@@ -66,14 +65,12 @@ where
 {
     pub(crate) fn new(
         future: S::Future,
-        spare: Spare<S>,
-        settings: Arc<Settings<P>>,
+        spare: Spare<S, Arc<Settings<P>>>,
         kept: Option<<P as Replay<Req>>::Request>,
     ) -> Self {
         Self {
             state: State::Calling { future },
             spare,
-            settings,
             kept,
             next: None,
             attempt: 1,
@@ -121,17 +118,17 @@ where
                     let Some(kept) = this.kept.as_ref() else {
                         return Poll::Ready(result);
                     };
+                    let settings = &**this.spare.settings();
                     if let Some(withdrawal) = this.withdrawal.take()
-                        && this.settings.policy.refused_locally(&result)
+                        && settings.policy.refused_locally(&result)
                     {
                         // This retry never left the process: it costs no budget.
-                        this.settings.budget.refund(withdrawal);
+                        settings.budget.refund(withdrawal);
                     }
-                    let reason = match this.settings.policy.classify(kept, &result) {
+                    let reason = match settings.policy.classify(kept, &result) {
                         Action::Return => return Poll::Ready(result),
                         Action::Retry(reason) => reason,
                     };
-                    let settings = &**this.settings;
                     let (next, delay, withdrawal) =
                         match plan_retry(settings, kept, reason, *this.attempt, *this.delay) {
                             Ok(planned) => planned,

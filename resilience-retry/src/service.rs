@@ -11,8 +11,8 @@ use tower_service::Service;
 /// Retries requests as its policy decides; see [`RetryLayer`](crate::RetryLayer).
 pub struct Retry<S, P> {
     inner: S,
-    // What retries go through.
-    spare: SpareSlot<S>,
+    // What retries go through, with the settings.
+    spare: SpareSlot<S, Arc<Settings<P>>>,
     settings: Arc<Settings<P>>,
 }
 
@@ -82,8 +82,8 @@ where
         self.settings.budget.deposit();
         // The first attempt uses the readiness reserved in `poll_ready`; retries go through
         // clones of the spare, which wait for readiness anew.
-        let spare = self.spare.share(&self.inner);
+        let spare = self.spare.share(&self.inner, &self.settings);
         let future = self.inner.call(first);
-        ResponseFuture::new(future, spare, self.settings.clone(), kept)
+        ResponseFuture::new(future, spare, kept)
     }
 }

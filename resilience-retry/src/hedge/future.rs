@@ -23,10 +23,10 @@ pin_project! {
         #[pin]
         first: Option<S::Future>,
         copies: Vec<Pin<Box<S::Future>>>,
-        // What copies go through: shared, and cloned into `sender` when the first is due.
-        spare: Spare<S>,
+        // What copies go through: shared, and cloned into `sender` when the first is due;
+        // and the layer's settings.
+        spare: Spare<S, Arc<Settings<P>>>,
         sender: Option<Box<S>>,
-        settings: Arc<Settings<P>>,
         // The request kept for copies; `None` once no more may be sent.
         kept: Option<<P as Replay<Req>>::Request>,
         sent: u32,
@@ -48,8 +48,7 @@ where
 {
     pub(crate) fn new(
         first: S::Future,
-        spare: Spare<S>,
-        settings: Arc<Settings<P>>,
+        spare: Spare<S, Arc<Settings<P>>>,
         kept: Option<<P as Replay<Req>>::Request>,
     ) -> Self {
         Self {
@@ -57,7 +56,6 @@ where
             copies: Vec::new(),
             spare,
             sender: None,
-            settings,
             kept,
             sent: 1,
             started: Instant::now(),
@@ -78,6 +76,7 @@ where
 
     fn poll(self: Pin<&mut Self>, cx: &mut Context<'_>) -> Poll<Self::Output> {
         let mut this = self.project();
+        let settings = &**this.spare.settings();
         loop {
             // An answer that has come in, if any: one at a time, so that none waits in a
             // buffer (a loser goes round the loop again, which polls the rest once more).
@@ -102,10 +101,10 @@ where
             }
             if let Some((result, copy)) = answer {
                 let verdict = match this.kept.as_ref() {
-                    Some(kept) => this.settings.policy.classify(kept, &result),
+                    Some(kept) => settings.policy.classify(kept, &result),
                     None => Action::Return,
                 };
-                let more = this.kept.is_some() && *this.sent < this.settings.max_attempts;
+                let more = this.kept.is_some() && *this.sent < settings.max_attempts;
                 let pending = this.first.is_some() || !this.copies.is_empty();
                 let loses = matches!(verdict, Action::Retry(_)) && (more || pending);
                 if loses {
@@ -113,11 +112,11 @@ where
                     *this.now = true;
                     continue;
                 }
-                if let Some(latencies) = &this.settings.latencies {
+                if let Some(latencies) = &settings.latencies {
                     latencies.record(this.started.elapsed());
                 }
                 if copy {
-                    metrics::counter!("resilience_hedge_won_total", "name" => this.settings.name.clone())
+                    metrics::counter!("resilience_hedge_won_total", "name" => settings.name.clone())
                         .increment(1);
                 }
                 // The other copies are dropped with this future: cancelled.
@@ -126,7 +125,7 @@ where
 
             let in_flight = this.first.is_some() || !this.copies.is_empty();
             let may_send = this.kept.as_ref().is_some_and(|kept| {
-                *this.sent < this.settings.max_attempts && this.settings.policy.may_hedge(kept)
+                *this.sent < settings.max_attempts && settings.policy.may_hedge(kept)
             });
             if !may_send {
                 *this.kept = None;
@@ -142,7 +141,7 @@ where
 
             // Is the next copy due?
             let due = *this.now || {
-                let delay = this.settings.delay();
+                let delay = settings.delay();
                 let timer = this
                     .timer
                     .get_or_insert_with(|| Box::pin(sleep_until(*this.started + delay)));
@@ -164,8 +163,8 @@ where
                 }
                 Poll::Ready(Ok(())) => {}
             }
-            if !this.settings.budget.withdraw() {
-                tracing::debug!(name = %this.settings.name, "no budget left: no more copies");
+            if !settings.budget.withdraw() {
+                tracing::debug!(name = %settings.name, "no budget left: no more copies");
                 *this.kept = None;
                 continue;
             }
@@ -174,7 +173,7 @@ where
             let Some(copy) = this
                 .kept
                 .as_ref()
-                .and_then(|kept| this.settings.policy.replay(kept, attempt, now))
+                .and_then(|kept| settings.policy.replay(kept, attempt, now))
             else {
                 *this.kept = None;
                 continue;
@@ -182,10 +181,10 @@ where
             *this.sent = attempt;
             *this.now = false;
             // The copy after this one is due a delay after it.
-            *this.timer = Some(Box::pin(sleep_until(now + this.settings.delay())));
-            metrics::counter!("resilience_hedge_sent_total", "name" => this.settings.name.clone())
+            *this.timer = Some(Box::pin(sleep_until(now + settings.delay())));
+            metrics::counter!("resilience_hedge_sent_total", "name" => settings.name.clone())
                 .increment(1);
-            tracing::debug!(name = %this.settings.name, attempt, "hedged: another copy sent");
+            tracing::debug!(name = %settings.name, attempt, "hedged: another copy sent");
             this.copies.push(Box::pin(sender.call(copy)));
         }
     }

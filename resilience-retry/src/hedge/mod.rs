@@ -212,8 +212,8 @@ impl<S, P> Layer<S> for HedgeLayer<P> {
 /// Hedges requests as its layer says; see [`HedgeLayer`].
 pub struct Hedge<S, P> {
     inner: S,
-    // What copies go through.
-    spare: SpareSlot<S>,
+    // What copies go through, with the settings.
+    spare: SpareSlot<S, Arc<Settings<P>>>,
     settings: Arc<Settings<P>>,
 }
 
@@ -253,8 +253,8 @@ where
         self.settings.budget.deposit();
         let (first, kept) = self.settings.policy.prepare(req);
         // The copies go through a clone of the spare, made ready when one is due.
-        let spare = self.spare.share(&self.inner);
+        let spare = self.spare.share(&self.inner, &self.settings);
         let future = self.inner.call(first);
-        HedgeFuture::new(future, spare, self.settings.clone(), kept)
+        HedgeFuture::new(future, spare, kept)
     }
 }
