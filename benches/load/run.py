@@ -38,8 +38,9 @@ so that the two-sidecar path can be judged hop by hop. Every
 measurement runs 3 times, interleaved across targets; the table gives medians with min and
 max, and ratios to direct and to HAProxy. It writes benches/load/results/latest.{md,json,svg}.
 
-`--baseline PATH` adds `baseline-1hop`, `baseline-balanced` and `baseline-mtls`: sidecar-1hop,
-sidecar-balanced and sidecar-mtls run by another sidecar-lite binary (say
+`--baseline PATH` adds `baseline-1hop`, `baseline-traced`, `baseline-balanced` and
+`baseline-mtls`: sidecar-1hop, sidecar-traced, sidecar-balanced and sidecar-mtls run by another
+sidecar-lite binary (say
 one built from the commit before a change), measured interleaved with the rest, so one change's
 cost is a ratio from one run:
 
@@ -78,7 +79,8 @@ from pathlib import Path
 ROOT = Path(__file__).resolve().parents[2]
 RELEASE = Path(os.environ.get("CARGO_TARGET_DIR", ROOT / "target")) / "release"
 RESULTS = ROOT / "benches" / "load" / "results"
-TARGETS = ["direct", "baseline-1hop", "sidecar-1hop", "sidecar-traced", "sidecar-dead-otlp",
+TARGETS = ["direct", "baseline-1hop", "sidecar-1hop", "baseline-traced", "sidecar-traced",
+           "sidecar-dead-otlp",
            "sidecar-access-log", "baseline-balanced", "sidecar-balanced", "baseline-mtls",
            "sidecar-mtls", "sidecar-mtls-http1", "bare-hyper", "nginx", "haproxy"]
 # The sidecar-lite binary of the sidecar targets; `--sidecar` sets another (a PGO build, say).
@@ -463,6 +465,18 @@ def interleaved(targets, reps):
         yield from (targets if rep % 2 == 0 else targets[::-1])
 
 
+def spans_line(name, spans):
+    """What became of the spans of the traced target `name`."""
+    return (f"Spans of {name}: {spans['exported']} exported, {spans['queue-full']} dropped on a "
+            f"full queue, {spans['export-failed']} in failed exports.")
+
+
+def traced_route(port, upstream, sink):
+    """The one-hop route with every request a sampled span, exported to `sink`."""
+    return (route(port, upstream, False) + f"\n[tracing]\notlp_endpoint = "
+            f"\"http://127.0.0.1:{sink.port}/v1/traces\"\nsampling_ratio = 1.0\n")
+
+
 def start_targets(tmp, threads, upstreams, sink, baseline=None):
     """Every target at `threads` workers, in front of the first of `upstreams` (ports of the
     upstream; sidecar-balanced balances over the first two): name -> (port, [procs whose CPU
@@ -476,6 +490,10 @@ def start_targets(tmp, threads, upstreams, sink, baseline=None):
                                binary=baseline)
         targets["baseline-1hop"] = (port, [before])
         port = free_port()
+        before = start_sidecar(tmp, "baseline-traced", threads, traced_route(port, upstream, sink),
+                               binary=baseline)
+        targets["baseline-traced"] = (port, [before])
+        port = free_port()
         before = start_sidecar(tmp, "baseline-balanced", threads, route(port, upstreams[:2], False),
                                binary=baseline)
         targets["baseline-balanced"] = (port, [before])
@@ -487,10 +505,7 @@ def start_targets(tmp, threads, upstreams, sink, baseline=None):
     targets["sidecar-1hop"] = (port, [one])
 
     port = free_port()
-    traced = start_sidecar(
-        tmp, "sidecar-traced", threads,
-        route(port, upstream, False) + f"\n[tracing]\notlp_endpoint = "
-        f"\"http://127.0.0.1:{sink.port}/v1/traces\"\nsampling_ratio = 1.0\n")
+    traced = start_sidecar(tmp, "sidecar-traced", threads, traced_route(port, upstream, sink))
     targets["sidecar-traced"] = (port, [traced])
 
     port = free_port()
@@ -817,16 +832,12 @@ def report(results, machine):
             lines.append(f"Tracing on (every request sampled and exported) / off, one hop: "
                          f"{ratios(traced, one)}.")
             if spans:
-                lines.append(f"Spans of sidecar-traced: {spans['exported']} exported, "
-                             f"{spans['queue-full']} dropped on a full queue, "
-                             f"{spans['export-failed']} in failed exports.")
+                lines.append(spans_line("sidecar-traced", spans))
         dead, dead_spans = stats.get("sidecar-dead-otlp"), data.get("dead_spans")
         if one and dead:
             lines.append(f"Collector down / tracing off, one hop: {ratios(dead, one)}.")
             if dead_spans:
-                lines.append(f"Spans of sidecar-dead-otlp: {dead_spans['exported']} exported, "
-                             f"{dead_spans['queue-full']} dropped on a full queue, "
-                             f"{dead_spans['export-failed']} in failed exports.")
+                lines.append(spans_line("sidecar-dead-otlp", dead_spans))
         balanced = stats.get("sidecar-balanced")
         if one and balanced:
             lines.append("")
@@ -841,6 +852,12 @@ def report(results, machine):
         if one and before:
             lines.append("")
             lines.append(f"This build / the baseline binary, one hop: {ratios(one, before)}.")
+        before, before_spans = stats.get("baseline-traced"), data.get("baseline_spans")
+        if traced and before:
+            lines.append(f"This build / the baseline binary, one hop with tracing on: "
+                         f"{ratios(traced, before)}.")
+            if before_spans:
+                lines.append(spans_line("baseline-traced", before_spans))
         before = stats.get("baseline-balanced")
         if balanced and before:
             lines.append(f"This build / the baseline binary, two endpoints behind the balancer: "
@@ -1024,8 +1041,11 @@ def main():
                                      "p99_one"))
             results[threads] = {"runs": runs, "stats": stats, "memory": memory}
             for name, key, counts in (("sidecar-traced", "spans", span_counts),
+                                      ("baseline-traced", "baseline_spans", span_counts),
                                       ("sidecar-dead-otlp", "dead_spans", span_counts),
                                       ("sidecar-access-log", "access_log", access_log_counts)):
+                if name not in targets:
+                    continue
                 try:
                     results[threads][key] = counts(targets[name][1][0])
                 except OSError as e:

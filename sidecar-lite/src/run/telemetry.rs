@@ -3,11 +3,14 @@
 //!
 //! A span that ends is offered to a bounded queue (`queue_size` spans, and at most
 //! [`MAX_QUEUED_BYTES`] of them); when the queue is full the span is dropped and counted, never
-//! waited for. One task takes spans off the queue and posts
-//! them in batches (`batch_size`, or whatever waited `export_interval`) over OTLP/HTTP with
-//! protobuf. While an export is under way nothing else is sent, so a slow or dead collector
-//! fills the queue and costs spans, not requests. A batch the collector does not take within
-//! `export_timeout` (retries included) is dropped and counted too.
+//! waited for. A thread of its own, with a runtime of its own, takes spans off the queue and
+//! posts them in batches (`batch_size`, or whatever came within `export_interval` of a batch's
+//! first span) over OTLP/HTTP with protobuf: encoding a batch never holds up the requests of a
+//! worker, and a busy queue wakes the thread once a [`TICK`] (or once a batch, when a batch's
+//! worth comes sooner), not once a span. While an export
+//! is under way nothing else is sent, so a slow or dead collector fills the queue and costs
+//! spans, not requests. A batch the collector does not take within `export_timeout` (retries
+//! included) is dropped and counted too.
 //!
 //! | metric | what |
 //! | --- | --- |
@@ -33,24 +36,29 @@ use std::{
     time::Duration,
 };
 use tokio::{
-    sync::{mpsc, oneshot},
-    task::JoinHandle,
-    time::MissedTickBehavior,
+    sync::{Notify, mpsc, oneshot},
+    time::{Instant, sleep_until},
 };
 
-/// The running export of `[tracing]`: a tracer for the listeners, and the task that sends
+/// How long spans gather while the queue is busy before the export thread takes them: one
+/// wake-up of the thread a tick under load. Waiting on the queue instead would have every
+/// span's worker wake the thread, a system call each.
+const TICK: Duration = Duration::from_millis(20);
+
+/// The running export of `[tracing]`: a tracer for the listeners, and the thread that sends
 /// their spans. Stop it with [`Telemetry::shutdown`] so the last spans go out.
 #[derive(Debug)]
 pub(crate) struct Telemetry {
     provider: SdkTracerProvider,
     tracer: SdkTracer,
     stop: oneshot::Sender<()>,
-    task: JoinHandle<()>,
+    /// Closed when the export thread has sent the last spans and ended.
+    done: oneshot::Receiver<()>,
     export_timeout: Duration,
 }
 
 impl Telemetry {
-    /// Builds the exporter and starts the export task. Must run inside a tokio runtime.
+    /// Builds the exporter and starts the export thread.
     pub(crate) fn start(config: &TracingConfig) -> Result<Self, BoxError> {
         let endpoint = config
             .endpoint()
@@ -68,20 +76,36 @@ impl Telemetry {
 
         let (queue, spans) = mpsc::channel(config.queue_size);
         let queued = Arc::new(AtomicUsize::new(0));
+        let batch_waits = Arc::new(Notify::new());
         let (stop, stopped) = oneshot::channel();
-        let task = tokio::spawn(export_loop(
-            spans,
-            queued.clone(),
-            exporter,
-            Batching {
-                size: config.batch_size.min(config.queue_size).max(1),
-                interval: config.export_interval,
-                timeout: config.export_timeout,
-            },
-            stopped,
-        ));
+        let (ended, done) = oneshot::channel::<()>();
+        let batching = Batching {
+            size: config.batch_size.min(config.queue_size).max(1),
+            interval: config.export_interval,
+            timeout: config.export_timeout,
+        };
+        let runtime = tokio::runtime::Builder::new_current_thread()
+            .enable_all()
+            .build()?;
+        let processor = QueueProcessor {
+            queue,
+            queued: queued.clone(),
+            batch_waits: batch_waits.clone(),
+            batch_room: config.queue_size - batching.size,
+        };
+        std::thread::Builder::new()
+            .name("otlp-export".into())
+            .spawn(move || {
+                let queue = Queue {
+                    spans,
+                    queued,
+                    batch_waits,
+                };
+                runtime.block_on(export_loop(queue, exporter, batching, stopped));
+                drop(ended);
+            })?;
         let provider = SdkTracerProvider::builder()
-            .with_span_processor(QueueProcessor::new(queue, queued))
+            .with_span_processor(processor)
             .with_sampler(Sampler::ParentBased(Box::new(Sampler::TraceIdRatioBased(
                 config.sampling_ratio,
             ))))
@@ -96,7 +120,7 @@ impl Telemetry {
             provider,
             tracer,
             stop,
-            task,
+            done,
             export_timeout: config.export_timeout,
         })
     }
@@ -113,20 +137,17 @@ impl Telemetry {
         let Self {
             provider,
             stop,
-            mut task,
+            done,
             export_timeout,
             ..
         } = self;
         let _ = stop.send(());
-        if tokio::time::timeout(export_timeout, &mut task)
-            .await
-            .is_err()
-        {
+        // The thread ends on its own once its last export is done or has timed out.
+        if tokio::time::timeout(export_timeout, done).await.is_err() {
             tracing::warn!(
                 ?export_timeout,
                 "the last spans were not exported in time; dropping them"
             );
-            task.abort();
         }
         // Our processor's shutdown does not block: the queue is simply no longer read.
         let _ = provider.shutdown();
@@ -158,17 +179,30 @@ fn span_bytes(span: &SpanData) -> usize {
     FIXED + span.name.len() + attributes + (span.events.len() + span.links.len()) * FIXED
 }
 
-/// Offers each finished span to the bounded queue of the export task; a full queue drops it.
+/// Offers each finished span to the bounded queue of the export thread; a full queue drops it.
 #[derive(Debug)]
 struct QueueProcessor {
     queue: mpsc::Sender<SpanData>,
-    /// Bytes of the spans in the queue; the export task takes off what it receives.
+    /// Bytes of the spans in the queue; the export thread takes off what it exports.
     queued: Arc<AtomicUsize>,
+    /// Wakes the export thread before its tick: a batch's worth of spans waits.
+    batch_waits: Arc<Notify>,
+    /// The room left in the queue when a batch's worth waits in it.
+    batch_room: usize,
 }
 
-impl QueueProcessor {
-    fn new(queue: mpsc::Sender<SpanData>, queued: Arc<AtomicUsize>) -> Self {
-        Self { queue, queued }
+/// The export thread's end of the queue.
+struct Queue {
+    spans: mpsc::Receiver<SpanData>,
+    queued: Arc<AtomicUsize>,
+    batch_waits: Arc<Notify>,
+}
+
+impl Queue {
+    /// `batch` leaves the queue's count of bytes.
+    fn taken(&self, batch: &[SpanData]) {
+        let bytes: usize = batch.iter().map(span_bytes).sum();
+        self.queued.fetch_sub(bytes, Ordering::AcqRel);
     }
 }
 
@@ -189,7 +223,12 @@ impl SpanProcessor for QueueProcessor {
             return;
         }
         let reason = match self.queue.try_send(span) {
-            Ok(()) => return,
+            Ok(()) => {
+                if self.queue.capacity() <= self.batch_room {
+                    self.batch_waits.notify_one();
+                }
+                return;
+            }
             Err(mpsc::error::TrySendError::Full(_)) => "queue-full",
             Err(mpsc::error::TrySendError::Closed(_)) => "stopped",
         };
@@ -209,53 +248,62 @@ impl SpanProcessor for QueueProcessor {
 }
 
 /// Takes spans off the queue and exports them in batches until `stop`, then sends what is
-/// still queued and returns.
+/// still queued and returns. An idle queue is waited on, so its first span wakes the thread;
+/// from then on the queue is only looked at once a [`TICK`], until a batch is full or the
+/// first span has waited `export_interval`.
 async fn export_loop<E: SpanExporter>(
-    mut spans: mpsc::Receiver<SpanData>,
-    queued: Arc<AtomicUsize>,
+    mut queue: Queue,
     exporter: E,
     batching: Batching,
     mut stop: oneshot::Receiver<()>,
 ) {
     let mut export = Export::new(exporter, batching.timeout);
-    let mut tick = tokio::time::interval(batching.interval);
-    tick.set_missed_tick_behavior(MissedTickBehavior::Delay);
     let mut batch = Vec::with_capacity(batching.size);
-    loop {
-        let room = batching.size - batch.len();
-        let stopping = tokio::select! {
+    let mut stopping = false;
+    while !stopping {
+        let received = tokio::select! {
             biased;
-            _ = &mut stop => true,
-            received = spans.recv_many(&mut batch, room) => {
-                let taken: usize = batch[batch.len() - received..].iter().map(span_bytes).sum();
-                queued.fetch_sub(taken, Ordering::AcqRel);
-                if received == 0 {
-                    // Every sender is gone: the provider was dropped.
-                    true
-                } else if batch.len() < batching.size {
-                    continue;
-                } else {
-                    false
-                }
-            }
-            _ = tick.tick() => false,
+            _ = &mut stop => break,
+            received = queue.spans.recv_many(&mut batch, batching.size) => received,
         };
-        if stopping {
-            spans.close();
-            while let Some(span) = spans.recv().await {
-                batch.push(span);
-                if batch.len() == batching.size {
-                    export.send(std::mem::take(&mut batch)).await;
-                }
-            }
-            export.send(batch).await;
-            return;
+        if received == 0 {
+            // Every sender is gone: the provider was dropped.
+            break;
         }
-        if !batch.is_empty() {
+        let due = Instant::now() + batching.interval;
+        loop {
+            while batch.len() < batching.size
+                && let Ok(span) = queue.spans.try_recv()
+            {
+                batch.push(span);
+            }
+            let now = Instant::now();
+            if batch.len() == batching.size || now >= due {
+                break;
+            }
+            tokio::select! {
+                biased;
+                _ = &mut stop => {
+                    stopping = true;
+                    break;
+                }
+                () = queue.batch_waits.notified() => {}
+                () = sleep_until((now + TICK).min(due)) => {}
+            }
+        }
+        queue.taken(&batch);
+        export.send(std::mem::take(&mut batch)).await;
+    }
+    queue.spans.close();
+    while let Some(span) = queue.spans.recv().await {
+        batch.push(span);
+        if batch.len() == batching.size {
+            queue.taken(&batch);
             export.send(std::mem::take(&mut batch)).await;
-            tick.reset();
         }
     }
+    queue.taken(&batch);
+    export.send(batch).await;
 }
 
 /// The exporter, and whether its last export failed.
@@ -301,5 +349,71 @@ impl<E: SpanExporter> Export<E> {
                 }
             }
         }
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use crate::config::Config;
+    use opentelemetry::trace::{Span as _, Tracer as _};
+    use std::{
+        io::{BufRead, BufReader, Read, Write},
+        net::TcpListener,
+        sync::mpsc as std_mpsc,
+    };
+
+    /// A stand-in collector on a thread of its own: answers each export with `200` and tells
+    /// `got` how many bytes of spans it took.
+    fn collector() -> (String, std_mpsc::Receiver<usize>) {
+        let listener = TcpListener::bind("127.0.0.1:0").expect("a port");
+        let url = format!("http://{}/v1/traces", listener.local_addr().unwrap());
+        let (got, exports) = std_mpsc::channel();
+        std::thread::spawn(move || {
+            for stream in listener.incoming() {
+                let Ok(stream) = stream else { return };
+                let mut reader = BufReader::new(stream.try_clone().expect("a socket"));
+                let mut length = 0;
+                loop {
+                    let mut line = String::new();
+                    if reader.read_line(&mut line).unwrap_or(0) == 0 {
+                        break;
+                    }
+                    if let Some(value) = line.to_ascii_lowercase().strip_prefix("content-length:") {
+                        length = value.trim().parse().expect("a length");
+                    }
+                    if line == "\r\n" {
+                        let mut body = vec![0; length];
+                        reader.read_exact(&mut body).expect("the body");
+                        (&stream)
+                            .write_all(b"HTTP/1.1 200 OK\r\ncontent-length: 0\r\n\r\n")
+                            .expect("an answer");
+                        if got.send(length).is_err() {
+                            return;
+                        }
+                    }
+                }
+            }
+        });
+        (url, exports)
+    }
+
+    /// The export has a thread of its own: spans go out while the runtime that started it,
+    /// and that ends the spans (a worker's, in the sidecar), is busy and never yields.
+    #[tokio::test(flavor = "current_thread")]
+    async fn spans_are_exported_while_the_worker_never_yields() {
+        let (url, exports) = collector();
+        let config = Config::parse(&format!(
+            "[tracing]\notlp_endpoint = \"{url}\"\nexport_interval = \"1ms\"\n"
+        ))
+        .expect("a config");
+        let telemetry = Telemetry::start(config.tracing.as_ref().unwrap()).expect("started");
+        telemetry.tracer().start("request").end();
+        // Blocks this runtime's only thread until the collector has the span.
+        let bytes = exports
+            .recv_timeout(Duration::from_secs(30))
+            .expect("the span is exported without this runtime's help");
+        assert!(bytes > 0, "an export with the span in it");
+        telemetry.shutdown().await;
     }
 }
