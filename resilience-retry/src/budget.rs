@@ -1,6 +1,6 @@
 //! The retry budget: retries may not exceed a ratio of requests, over a sliding window.
 
-use crate::ConfigError;
+use crate::{ConfigError, Replay};
 use std::{
     sync::{
         Mutex,
@@ -107,7 +107,19 @@ impl Budget {
 
     /// Records a request: it earns `ratio` of a retry. Lock-free unless a bucket expires.
     pub fn deposit(&self) {
-        let epoch = self.epoch(Instant::now());
+        self.deposit_at(Instant::now());
+    }
+
+    /// Records the request whose first attempt is `first`, at the time `policy` says it was
+    /// stamped with ([`Replay::stamped_now`]), or else now.
+    pub(crate) fn deposit_for<P: Replay<Req>, Req>(&self, policy: &P, first: &P::Request) {
+        self.deposit_at(policy.stamped_now(first).unwrap_or_else(Instant::now));
+    }
+
+    /// Records a request made at `now`, a reading of the clock taken a moment ago: a reading
+    /// older than the newest bucket counts in the newest.
+    fn deposit_at(&self, now: Instant) {
+        let epoch = self.epoch(now);
         if epoch == self.newest.load(Ordering::Acquire) {
             self.balance[slot(epoch)].fetch_add(self.deposit, Ordering::AcqRel);
         } else {
@@ -216,5 +228,22 @@ mod tests {
                 .field(),
             "budget.ttl"
         );
+    }
+
+    /// A request counted at a reading of the clock taken before the newest bucket began (a
+    /// stamp from a layer outside) is counted in the newest bucket: it neither rewinds the
+    /// window nor lands in a bucket that expires sooner.
+    #[tokio::test(start_paused = true)]
+    async fn a_stale_reading_counts_in_the_newest_bucket() {
+        let budget = Budget::new(1.0, 0, Duration::from_secs(10)).unwrap();
+        let stamped = Instant::now();
+        tokio::time::advance(Duration::from_millis(5_500)).await;
+        budget.deposit();
+        budget.deposit_at(stamped);
+        assert_eq!(budget.sum(), 2 * UNIT);
+        // The first bucket leaves the window; the one both requests are in does not.
+        tokio::time::advance(Duration::from_secs(5)).await;
+        assert!(budget.withdraw() && budget.withdraw());
+        assert!(!budget.withdraw());
     }
 }

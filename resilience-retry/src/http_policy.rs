@@ -225,6 +225,12 @@ impl<C, B: Body> Replay<Request<B>> for HttpPolicy<C> {
         Some(req)
     }
 
+    /// When the total timeout outside decided the request's deadline (an
+    /// [`HttpDeadline`] reads the clock for it).
+    fn stamped_now(&self, first: &Self::Request) -> Option<Instant> {
+        resilience_timeout::Deadline::decided_at(first)
+    }
+
     fn deadline(&self, kept: &Self::Request) -> Option<Instant> {
         resilience_timeout::Deadline::of(kept)
     }

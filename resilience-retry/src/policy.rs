@@ -60,6 +60,15 @@ pub trait Replay<Req> {
         true
     }
 
+    /// The time now, if `first` (the first attempt's request, as [`prepare`](Self::prepare)
+    /// made it) says so: a layer outside read the clock for it on this same call. The retry
+    /// layer counts the request in its budget at that instant rather than read the clock
+    /// again. Default: `None`, the clock is read.
+    fn stamped_now(&self, first: &Self::Request) -> Option<Instant> {
+        let _ = first;
+        None
+    }
+
     /// The instant by which the request must be done, if it has one: no retry is started that
     /// could not finish its backoff before it.
     fn deadline(&self, kept: &Self::Request) -> Option<Instant> {

@@ -79,7 +79,9 @@ where
     #[inline]
     fn call(&mut self, req: Req) -> Self::Future {
         let (first, kept) = self.settings.policy.prepare(req);
-        self.settings.budget.deposit();
+        self.settings
+            .budget
+            .deposit_for(&self.settings.policy, &first);
         // The first attempt uses the readiness reserved in `poll_ready`; retries go through
         // clones of the spare, which wait for readiness anew.
         let spare = self.spare.share(&self.inner, &self.settings);

@@ -25,6 +25,8 @@ pub const REQUEST_TIMEOUT_MS: HeaderName = HeaderName::from_static("x-request-ti
 pub struct Deadline {
     at: Instant,
     set_by: Option<SetBy>,
+    /// When the last [`HttpDeadline`] that set it read the clock.
+    decided_at: Option<Instant>,
 }
 
 /// What the outermost [`HttpDeadline`] a request met left for the layers further in.
@@ -56,7 +58,11 @@ impl Deadline {
     /// an outer timeout's deadline.
     #[must_use]
     pub fn new(at: Instant) -> Self {
-        Self { at, set_by: None }
+        Self {
+            at,
+            set_by: None,
+            decided_at: None,
+        }
     }
 
     /// The instant by which the request must be done.
@@ -68,6 +74,14 @@ impl Deadline {
     /// The deadline of `req`, if a layer has set one.
     pub fn of<B>(req: &Request<B>) -> Option<Instant> {
         req.extensions().get::<Deadline>().map(|d| d.at)
+    }
+
+    /// When the [`HttpDeadline`] that last set the deadline of `req` read the clock to decide
+    /// it; `None` for a deadline set by hand. A layer that `req` reaches further in on the
+    /// same call can take it for the time now rather than read the clock again: a retry layer
+    /// counting the request in its budget, whose buckets span a second or so.
+    pub fn decided_at<B>(req: &Request<B>) -> Option<Instant> {
+        req.extensions().get::<Deadline>()?.decided_at
     }
 
     /// The time left until the deadline, zero when it has passed.
@@ -217,11 +231,13 @@ impl<B> TimeoutPolicy<Request<B>> for HttpDeadline {
             Some(outer) => {
                 outer.at = deadline;
                 outer.set_by.get_or_insert(SetBy { settings, carrier });
+                outer.decided_at = Some(now);
             }
             None => {
                 req.extensions_mut().insert(Deadline {
                     at: deadline,
                     set_by: Some(SetBy { settings, carrier }),
+                    decided_at: Some(now),
                 });
             }
         }

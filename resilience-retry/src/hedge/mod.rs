@@ -250,8 +250,10 @@ where
     }
 
     fn call(&mut self, req: Req) -> Self::Future {
-        self.settings.budget.deposit();
         let (first, kept) = self.settings.policy.prepare(req);
+        self.settings
+            .budget
+            .deposit_for(&self.settings.policy, &first);
         // The copies go through a clone of the spare, made ready when one is due.
         let spare = self.spare.share(&self.inner, &self.settings);
         let future = self.inner.call(first);
