@@ -30,6 +30,7 @@ def main():
                else harness.RESULTS / "flamegraph-one-hop-traced.svg")
     tmp = Path(tempfile.mkdtemp())
     sink = harness.OtlpSink()
+    wrk = None
     try:
         upstream = harness.start_upstream()
         port = harness.free_port()
@@ -54,6 +55,8 @@ def main():
                                       capture_output=True, text=True, check=True).stdout)
         print(f"flame graph: {out}")
     finally:
+        if wrk and wrk.poll() is None:
+            wrk.kill()
         sink.stop()
         harness.stop_all()
 

@@ -996,7 +996,7 @@ def main():
     parser.add_argument("--rate-seconds", type=float, default=2.5)
     parser.add_argument("--skip-build", action="store_true", help="use the binaries in target/release")
     parser.add_argument("--baseline", help="another sidecar-lite binary, measured as baseline-1hop, "
-                        "baseline-balanced and baseline-mtls")
+                        "baseline-traced, baseline-balanced and baseline-mtls")
     parser.add_argument("--results", help="where the tables go (default: benches/load/results)")
     parser.add_argument("--sidecar", help="the sidecar-lite binary of the sidecar targets "
                         "(default: target/release/sidecar-lite)")

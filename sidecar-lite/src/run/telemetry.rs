@@ -51,7 +51,8 @@ const TICK: Duration = Duration::from_millis(20);
 pub(crate) struct Telemetry {
     provider: SdkTracerProvider,
     tracer: SdkTracer,
-    stop: oneshot::Sender<()>,
+    /// Tells the export thread to send what is queued, by the instant it carries.
+    stop: oneshot::Sender<Instant>,
     /// Closed when the export thread has sent the last spans and ended.
     done: oneshot::Receiver<()>,
     export_timeout: Duration,
@@ -84,26 +85,42 @@ impl Telemetry {
             interval: config.export_interval,
             timeout: config.export_timeout,
         };
-        let runtime = tokio::runtime::Builder::new_current_thread()
-            .enable_all()
-            .build()?;
         let processor = QueueProcessor {
             queue,
             queued: queued.clone(),
             batch_waits: batch_waits.clone(),
-            batch_room: config.queue_size - batching.size,
+            // A batch's worth waits in the queue; or half the queue, when a batch is more.
+            batch_room: (config.queue_size - batching.size).max(config.queue_size / 2),
         };
+        let queue = Queue {
+            spans,
+            queued,
+            batch_waits,
+        };
+        // The runtime is built on the thread, which says whether it could: a runtime that
+        // failed to start a thread would otherwise be dropped here, inside the caller's.
+        let (built, started) = std::sync::mpsc::sync_channel(1);
         std::thread::Builder::new()
             .name("otlp-export".into())
             .spawn(move || {
-                let queue = Queue {
-                    spans,
-                    queued,
-                    batch_waits,
+                let runtime = match tokio::runtime::Builder::new_current_thread()
+                    .enable_all()
+                    .build()
+                {
+                    Ok(runtime) => runtime,
+                    Err(error) => {
+                        let _ = built.send(Err(error));
+                        return;
+                    }
                 };
+                let _ = built.send(Ok(()));
                 runtime.block_on(export_loop(queue, exporter, batching, stopped));
                 drop(ended);
             })?;
+        // A wait of the thread's start, once, when the sidecar starts.
+        started
+            .recv()
+            .map_err(|_| "the OTLP export thread ended as it started")??;
         let provider = SdkTracerProvider::builder()
             .with_span_processor(processor)
             .with_sampler(Sampler::ParentBased(Box::new(Sampler::TraceIdRatioBased(
@@ -141,9 +158,10 @@ impl Telemetry {
             export_timeout,
             ..
         } = self;
-        let _ = stop.send(());
-        // The thread ends on its own once its last export is done or has timed out.
-        if tokio::time::timeout(export_timeout, done).await.is_err() {
+        let until = Instant::now() + export_timeout;
+        let _ = stop.send(until);
+        // The thread gives up on what is left at `until` too, and ends.
+        if tokio::time::timeout_at(until, done).await.is_err() {
             tracing::warn!(
                 ?export_timeout,
                 "the last spans were not exported in time; dropping them"
@@ -154,7 +172,7 @@ impl Telemetry {
     }
 }
 
-/// How the export task groups spans.
+/// How the export thread groups spans.
 #[derive(Debug, Clone, Copy)]
 struct Batching {
     size: usize,
@@ -199,10 +217,11 @@ struct Queue {
 }
 
 impl Queue {
-    /// `batch` leaves the queue's count of bytes.
-    fn taken(&self, batch: &[SpanData]) {
+    /// Exports `batch`, taken off the queue, leaving it empty.
+    async fn export<E: SpanExporter>(&self, export: &mut Export<E>, batch: &mut Vec<SpanData>) {
         let bytes: usize = batch.iter().map(span_bytes).sum();
         self.queued.fetch_sub(bytes, Ordering::AcqRel);
+        export.send(std::mem::take(batch)).await;
     }
 }
 
@@ -236,7 +255,7 @@ impl SpanProcessor for QueueProcessor {
         dropped(reason, 1);
     }
 
-    /// Does not wait: spans go out on the export task's schedule, or at
+    /// Does not wait: spans go out on the export thread's schedule, or at
     /// [`Telemetry::shutdown`].
     fn force_flush(&self) -> OTelSdkResult {
         Ok(())
@@ -247,65 +266,99 @@ impl SpanProcessor for QueueProcessor {
     }
 }
 
-/// Takes spans off the queue and exports them in batches until `stop`, then sends what is
-/// still queued and returns. An idle queue is waited on, so its first span wakes the thread;
-/// from then on the queue is only looked at once a [`TICK`], until a batch is full or the
-/// first span has waited `export_interval`.
+/// Takes spans off the queue and exports them in batches until `stop` (which says by when the
+/// last spans must be out) or until the provider is gone, then sends what is still queued and
+/// returns.
 async fn export_loop<E: SpanExporter>(
     mut queue: Queue,
     exporter: E,
     batching: Batching,
-    mut stop: oneshot::Receiver<()>,
+    mut stop: oneshot::Receiver<Instant>,
 ) {
     let mut export = Export::new(exporter, batching.timeout);
     let mut batch = Vec::with_capacity(batching.size);
-    let mut stopping = false;
-    while !stopping {
-        let received = tokio::select! {
-            biased;
-            _ = &mut stop => break,
-            received = queue.spans.recv_many(&mut batch, batching.size) => received,
-        };
-        if received == 0 {
-            // Every sender is gone: the provider was dropped.
-            break;
+    let until = loop {
+        match gather(&mut queue, &mut batch, batching, &mut stop).await {
+            Gathered::Batch => queue.export(&mut export, &mut batch).await,
+            Gathered::Stop { until } => break until,
         }
-        let due = Instant::now() + batching.interval;
-        loop {
-            while batch.len() < batching.size
-                && let Ok(span) = queue.spans.try_recv()
-            {
-                batch.push(span);
-            }
-            let now = Instant::now();
-            if batch.len() == batching.size || now >= due {
-                break;
-            }
-            tokio::select! {
-                biased;
-                _ = &mut stop => {
-                    stopping = true;
-                    break;
-                }
-                () = queue.batch_waits.notified() => {}
-                () = sleep_until((now + TICK).min(due)) => {}
+    };
+    let last = async {
+        queue.spans.close();
+        while let Some(span) = queue.spans.recv().await {
+            batch.push(span);
+            if batch.len() == batching.size {
+                queue.export(&mut export, &mut batch).await;
             }
         }
-        queue.taken(&batch);
-        export.send(std::mem::take(&mut batch)).await;
+        queue.export(&mut export, &mut batch).await;
+    };
+    match until {
+        Some(until) => {
+            let _ = tokio::time::timeout_at(until, last).await;
+        }
+        None => last.await,
     }
-    queue.spans.close();
-    while let Some(span) = queue.spans.recv().await {
-        batch.push(span);
-        if batch.len() == batching.size {
-            queue.taken(&batch);
-            export.send(std::mem::take(&mut batch)).await;
-        }
-    }
-    queue.taken(&batch);
-    export.send(batch).await;
 }
 
+/// What [`gather`] ended with.
+enum Gathered {
+    /// A batch to export: full, or its first span has waited `export_interval`.
+    Batch,
+    /// Stop, with what is gathered still to send: by `until`, or when every handle on the
+    /// thread has gone without a stop, in no hurry.
+    Stop { until: Option<Instant> },
+}
+
+/// Gathers the next batch into `batch`. An idle queue is waited on, so that its first span
+/// wakes the thread; while spans keep coming, the queue is only looked at once a [`TICK`] (or
+/// when the processor says a batch's worth waits), so that the workers' sends wake nothing.
+async fn gather(
+    queue: &mut Queue,
+    batch: &mut Vec<SpanData>,
+    batching: Batching,
+    stop: &mut oneshot::Receiver<Instant>,
+) -> Gathered {
+    let mut due = None;
+    let mut idle = true;
+    loop {
+        let room = batching.size - batch.len();
+        if idle {
+            tokio::select! {
+                biased;
+                until = &mut *stop => return Gathered::Stop { until: until.ok() },
+                received = queue.spans.recv_many(batch, room) => {
+                    if received == 0 {
+                        // Every sender is gone: the provider was dropped.
+                        return Gathered::Stop { until: None };
+                    }
+                }
+                () = sleep_until(due.unwrap_or_else(Instant::now)), if due.is_some() => {}
+            }
+        } else {
+            let now = Instant::now();
+            let wake = due.map_or(now + TICK, |due: Instant| (now + TICK).min(due));
+            tokio::select! {
+                biased;
+                until = &mut *stop => return Gathered::Stop { until: until.ok() },
+                () = queue.batch_waits.notified() => {}
+                () = sleep_until(wake) => {}
+            }
+        }
+        let first_due = *due.get_or_insert_with(|| Instant::now() + batching.interval);
+        let before = batch.len();
+        while batch.len() < batching.size
+            && let Ok(span) = queue.spans.try_recv()
+        {
+            batch.push(span);
+        }
+        if batch.len() == batching.size || Instant::now() >= first_due {
+            return Gathered::Batch;
+        }
+        // Nothing came since the last look: wait on the queue again rather than tick.
+        idle = batch.len() == before;
+    }
+}
 /// The exporter, and whether its last export failed.
 struct Export<E> {
     exporter: E,
