@@ -322,7 +322,8 @@ async fn gather(
     let mut due = None;
     let mut idle = true;
     loop {
-        let room = batching.size - batch.len();
+        let before = batch.len();
+        let room = batching.size - before;
         if idle {
             tokio::select! {
                 biased;
@@ -346,7 +347,6 @@ async fn gather(
             }
         }
         let first_due = *due.get_or_insert_with(|| Instant::now() + batching.interval);
-        let before = batch.len();
         while batch.len() < batching.size
             && let Ok(span) = queue.spans.try_recv()
         {
@@ -355,7 +355,8 @@ async fn gather(
         if batch.len() == batching.size || Instant::now() >= first_due {
             return Gathered::Batch;
         }
-        // Nothing came since the last look: wait on the queue again rather than tick.
+        // Nothing came since the last look: wait on the queue again rather than tick. (A
+        // wait on the queue always brings a span, so the next look is a tick's.)
         idle = batch.len() == before;
     }
 }
