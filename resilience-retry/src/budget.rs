@@ -1,6 +1,6 @@
 //! The retry budget: retries may not exceed a ratio of requests, over a sliding window.
 
-use crate::{ConfigError, Replay};
+use crate::ConfigError;
 use std::{
     sync::{
         Mutex,
@@ -107,19 +107,14 @@ impl Budget {
 
     /// Records a request: it earns `ratio` of a retry. Lock-free unless a bucket expires.
     pub fn deposit(&self) {
-        self.deposit_at(Instant::now());
+        self.deposit_at(None);
     }
 
-    /// Records the request whose first attempt is `first`, at the time `policy` says it was
-    /// stamped with ([`Replay::stamped_now`]), or else now.
-    pub(crate) fn deposit_for<P: Replay<Req>, Req>(&self, policy: &P, first: &P::Request) {
-        self.deposit_at(policy.stamped_now(first).unwrap_or_else(Instant::now));
-    }
-
-    /// Records a request made at `now`, a reading of the clock taken a moment ago: a reading
+    /// Records a request made at `stamp`, a reading of the clock taken a moment ago
+    /// ([`Replay::stamped_now`](crate::Replay::stamped_now)), or now without one: a reading
     /// older than the newest bucket counts in the newest.
-    fn deposit_at(&self, now: Instant) {
-        let epoch = self.epoch(now);
+    pub(crate) fn deposit_at(&self, stamp: Option<Instant>) {
+        let epoch = self.epoch(stamp.unwrap_or_else(Instant::now));
         if epoch == self.newest.load(Ordering::Acquire) {
             self.balance[slot(epoch)].fetch_add(self.deposit, Ordering::AcqRel);
         } else {
@@ -239,7 +234,7 @@ mod tests {
         let stamped = Instant::now();
         tokio::time::advance(Duration::from_millis(5_500)).await;
         budget.deposit();
-        budget.deposit_at(stamped);
+        budget.deposit_at(Some(stamped));
         assert_eq!(budget.sum(), 2 * UNIT);
         // The first bucket leaves the window; the one both requests are in does not.
         tokio::time::advance(Duration::from_secs(5)).await;

@@ -79,9 +79,8 @@ where
     #[inline]
     fn call(&mut self, req: Req) -> Self::Future {
         let (first, kept) = self.settings.policy.prepare(req);
-        self.settings
-            .budget
-            .deposit_for(&self.settings.policy, &first);
+        let stamp = self.settings.policy.stamped_now(&first);
+        self.settings.budget.deposit_at(stamp);
         // The first attempt uses the readiness reserved in `poll_ready`; retries go through
         // clones of the spare, which wait for readiness anew.
         let spare = self.spare.share(&self.inner, &self.settings);

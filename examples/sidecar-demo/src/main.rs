@@ -164,12 +164,19 @@ fn free_ports() -> Result<[SocketAddr; 4], BoxError> {
 /// on every park (about 500 instructions a request, `benches/load/instructions.py`).
 struct Sidecar(Child);
 
-impl Drop for Sidecar {
-    fn drop(&mut self) {
+impl Sidecar {
+    /// Kills the process if it is still running, and reaps it.
+    fn kill(&mut self) {
         if let Ok(None) = self.0.try_wait() {
             let _ = self.0.kill();
             let _ = self.0.wait();
         }
+    }
+}
+
+impl Drop for Sidecar {
+    fn drop(&mut self) {
+        self.kill();
     }
 }
 
@@ -216,8 +223,7 @@ async fn stop(sidecar: &mut Sidecar) {
         }
         tokio::time::sleep(Duration::from_millis(100)).await;
     }
-    let _ = sidecar.0.kill();
-    let _ = sidecar.0.wait();
+    sidecar.kill();
 }
 
 /// The orders app: says what it received.

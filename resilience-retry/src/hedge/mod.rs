@@ -251,9 +251,8 @@ where
 
     fn call(&mut self, req: Req) -> Self::Future {
         let (first, kept) = self.settings.policy.prepare(req);
-        self.settings
-            .budget
-            .deposit_for(&self.settings.policy, &first);
+        let stamp = self.settings.policy.stamped_now(&first);
+        self.settings.budget.deposit_at(stamp);
         // The copies go through a clone of the spare, made ready when one is due.
         let spare = self.spare.share(&self.inner, &self.settings);
         let future = self.inner.call(first);

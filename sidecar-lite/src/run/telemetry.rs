@@ -320,31 +320,27 @@ async fn gather(
     stop: &mut oneshot::Receiver<Instant>,
 ) -> Gathered {
     let mut due = None;
-    let mut idle = true;
+    // The spans gathered at the last look: none new since means the queue went quiet.
+    let mut looked = 0;
     loop {
-        let before = batch.len();
-        let room = batching.size - before;
-        if idle {
-            tokio::select! {
-                biased;
-                until = &mut *stop => return Gathered::Stop { until: until.ok() },
-                received = queue.spans.recv_many(batch, room) => {
-                    if received == 0 {
-                        // Every sender is gone: the provider was dropped.
-                        return Gathered::Stop { until: None };
-                    }
+        let quiet = batch.len() == looked;
+        looked = batch.len();
+        let now = Instant::now();
+        let wake = due.map_or(now + TICK, |due: Instant| (now + TICK).min(due));
+        tokio::select! {
+            biased;
+            until = &mut *stop => return Gathered::Stop { until: until.ok() },
+            // Quiet (or idle): the next span wakes the thread.
+            received = queue.spans.recv_many(batch, batching.size - looked), if quiet => {
+                if received == 0 {
+                    // Every sender is gone: the provider was dropped.
+                    return Gathered::Stop { until: None };
                 }
-                () = sleep_until(due.unwrap_or_else(Instant::now)), if due.is_some() => {}
             }
-        } else {
-            let now = Instant::now();
-            let wake = due.map_or(now + TICK, |due: Instant| (now + TICK).min(due));
-            tokio::select! {
-                biased;
-                until = &mut *stop => return Gathered::Stop { until: until.ok() },
-                () = queue.batch_waits.notified() => {}
-                () = sleep_until(wake) => {}
-            }
+            () = queue.batch_waits.notified(), if !quiet => {}
+            // A quiet batch under way still goes when its first span's time is up.
+            () = sleep_until(if quiet { due.unwrap_or(wake) } else { wake }),
+                if !quiet || due.is_some() => {}
         }
         let first_due = *due.get_or_insert_with(|| Instant::now() + batching.interval);
         while batch.len() < batching.size
@@ -355,11 +351,9 @@ async fn gather(
         if batch.len() == batching.size || Instant::now() >= first_due {
             return Gathered::Batch;
         }
-        // Nothing came since the last look: wait on the queue again rather than tick. (A
-        // wait on the queue always brings a span, so the next look is a tick's.)
-        idle = batch.len() == before;
     }
 }
+
 /// The exporter, and whether its last export failed.
 struct Export<E> {
     exporter: E,
