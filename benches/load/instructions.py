@@ -11,6 +11,7 @@ the release binaries:
     python3 benches/load/instructions.py --haproxy            # and HAProxy's, for the ratio
     python3 benches/load/instructions.py --endpoints 2        # a route with two endpoints
     python3 benches/load/instructions.py --inbound            # the inbound hop of an mTLS pair
+    python3 benches/load/instructions.py --traced             # every request a span, exported
 
 It starts the flaky upstream (no faults) and, for each binary, sidecar-lite under callgrind
 (one worker, the harness's one-hop route) twice: once for `--warm` requests and once for
@@ -27,12 +28,14 @@ a per cent. It counts user-space instructions only: the kernel's share of a hop 
 TCP path) is not in it, so it complements run.py's CPU per request, and does not replace it.
 With `--haproxy` it counts HAProxy (one thread, the harness's config) the same way, its
 whole process: the user-space side of run.py's CPU ratio (the two make the same system calls
-per request: two reads and two writes). With `--endpoints 2` the route balances over two ports
-of the one upstream. With `--inbound` the sidecar counted is the inbound one of an mTLS pair
-(HTTP/2 from the peer, strict mTLS, the app behind it the upstream), driven by an outbound
-sidecar of this build that valgrind does not run; its request path is the connection's task,
-each request's HTTP/2 stream task and the app connection's task. valgrind is installed from
-Debian's packages when missing.
+per request: two reads and two writes). With `--traced` every request is a sampled span,
+exported to a stand-in collector (run.py's traced route): the whole process then includes the
+export thread, the request path the span's work on the worker. With `--endpoints 2` the route
+balances over two ports of the one upstream. With `--inbound` the sidecar counted is the
+inbound one of an mTLS pair (HTTP/2 from the peer, strict mTLS, the app behind it the
+upstream), driven by an outbound sidecar of this build that valgrind does not run; its request
+path is the connection's task, each request's HTTP/2 stream task and the app connection's
+task. valgrind is installed from Debian's packages when missing.
 
 It stays on 127.0.0.1, stops only the processes it started (by PID), and is bounded in time.
 """
@@ -134,12 +137,15 @@ def callgrind(tmp, name, argv, listen, count, drive=send, **kw):
     return int(totals.group(1)), out
 
 
-def instructions(tmp, binary, upstreams, count):
+def instructions(tmp, binary, upstreams, count, sink=None):
     """Total instructions of a sidecar-lite run that served `count` requests, and those of
-    its request path; its route balances over the ports `upstreams`."""
+    its request path; its route balances over the ports `upstreams`, and with a `sink` (an
+    `OtlpSink`) every request is a span exported to it."""
     listen = harness.free_port()
     name = f"cg-{Path(binary).parent.name}-{count}"
-    path, _ = harness.sidecar_config(tmp, name, 1, harness.route(listen, upstreams, False))
+    body = (harness.traced_route(listen, upstreams, sink) if sink
+            else harness.route(listen, upstreams, False))
+    path, _ = harness.sidecar_config(tmp, name, 1, body)
     total, out = callgrind(tmp, name, [str(binary), "run", "--config", str(path)], listen, count,
                            env=dict(harness.os.environ, RUST_LOG="error"))
     return total, request_path(out, REQUEST_PATH)
@@ -165,9 +171,13 @@ def inbound_instructions(tmp, binary, upstreams, count):
     return total, request_path(out, INBOUND_PATH)
 
 
-def per_request(tmp, binary, upstreams, args):
+def per_request(tmp, binary, upstreams, args, sink=None):
     """Instructions per request: the whole process's, and the request path's."""
-    count = inbound_instructions if args.inbound else instructions
+    if args.inbound:
+        count = inbound_instructions
+    else:
+        def count(tmp, binary, upstreams, requests):
+            return instructions(tmp, binary, upstreams, requests, sink)
     warm = count(tmp, binary, upstreams, args.warm)
     full = count(tmp, binary, upstreams, args.warm + args.requests)
     return tuple((f - w) / args.requests for f, w in zip(full, warm))
@@ -203,8 +213,13 @@ def main():
                         help="the route's endpoints: ports of the one upstream (2: the balancer)")
     parser.add_argument("--inbound", action="store_true",
                         help="count the inbound sidecar of an mTLS pair instead of one hop")
+    parser.add_argument("--traced", action="store_true",
+                        help="every request a span, exported to a stand-in collector (run.py's "
+                             "traced route)")
     parser.add_argument("--skip-build", action="store_true", help="use the binaries in target/release")
     args = parser.parse_args()
+    if args.traced and args.inbound:
+        parser.error("--traced counts the outbound hop: not with --inbound")
     harness.ensure_tools({"valgrind": "valgrind", **({"haproxy": "haproxy"} if args.haproxy else {})})
     if not args.skip_build:
         harness.build()
@@ -213,13 +228,14 @@ def main():
         if args.inbound:
             harness.make_certs(tmp)
         ports, _ = harness.start_upstream_ports(args.endpoints)
+        sink = harness.OtlpSink() if args.traced else None
         port = ports[0]
         binaries = [("this build", Path(args.binary))]
         if args.baseline:
             binaries.append(("baseline", Path(args.baseline)))
         counts = {}
         for label, binary in binaries:
-            counts[label] = per_request(tmp, binary, ports, args)
+            counts[label] = per_request(tmp, binary, ports, args, sink)
             whole, path = counts[label]
             print(f"{label} ({binary}): {whole:.0f} instructions per request, "
                   f"{path:.0f} in the request path")
