@@ -108,18 +108,11 @@ pub(crate) fn ensure_traceparent(headers: &mut HeaderMap) {
     {
         return;
     }
-    // "00-" trace-id "-" parent-id "-01", written digit by digit: the formatting machinery
-    // cost a hop more than the rest of this header's work together.
-    let mut value = [0_u8; 55];
-    value[..3].copy_from_slice(b"00-");
-    write_hex(&mut value[3..35], rand::random::<u128>().max(1));
-    value[35] = b'-';
-    write_hex(&mut value[36..52], u128::from(rand::random::<u64>().max(1)));
-    value[52..].copy_from_slice(b"-01");
-    // In a counted buffer that its clones share: copied from a slice, the value would allocate
-    // again at its first clone, when the retry layer copies the request.
-    let value = HeaderValue::from_maybe_shared(Bytes::from_owner(value))
-        .expect("hex digits and dashes are a valid header value");
+    let value = traceparent_value(
+        rand::random::<u128>().max(1),
+        rand::random::<u64>().max(1),
+        SAMPLED,
+    );
     match entry {
         Entry::Occupied(mut bad) => {
             bad.insert(value);
@@ -128,6 +121,25 @@ pub(crate) fn ensure_traceparent(headers: &mut HeaderMap) {
             none.insert(value);
         }
     }
+}
+
+/// The trace flags of a sampled trace.
+const SAMPLED: u8 = 1;
+
+/// The `traceparent` value "00-" trace-id "-" parent-id "-" flags, written digit by digit: the
+/// formatting machinery cost a hop more than the rest of this header's work together.
+pub(crate) fn traceparent_value(trace_id: u128, parent_id: u64, flags: u8) -> HeaderValue {
+    let mut value = [0_u8; 55];
+    value[..3].copy_from_slice(b"00-");
+    write_hex(&mut value[3..35], trace_id);
+    value[35] = b'-';
+    write_hex(&mut value[36..52], u128::from(parent_id));
+    value[52] = b'-';
+    write_hex(&mut value[53..], u128::from(flags));
+    // In a counted buffer that its clones share: copied from a slice, the value would allocate
+    // again at its first clone, when the retry layer copies the request.
+    HeaderValue::from_maybe_shared(Bytes::from_owner(value))
+        .expect("hex digits and dashes are a valid header value")
 }
 
 /// Fills `out` with the lowest `out.len()` hex digits of `n`, lowercase, most significant
@@ -293,6 +305,24 @@ mod tests {
         let mut short = [0_u8; 16];
         write_hex(&mut short, 0x0123_4567_89ab_cdef_u128 | (1 << 100));
         assert_eq!(&short, b"0123456789abcdef", "only the lowest digits");
+    }
+
+    #[test]
+    fn a_traceparent_value_names_its_trace_span_and_flags() {
+        // The example of the W3C Trace Context recommendation.
+        let value = traceparent_value(
+            0x0af7_6519_16cd_43dd_8448_eb21_1c80_319c,
+            0xb7ad_6b71_6920_3331,
+            SAMPLED,
+        );
+        assert_eq!(
+            value,
+            "00-0af7651916cd43dd8448eb211c80319c-b7ad6b7169203331-01"
+        );
+        assert_eq!(
+            traceparent_value(1, 2, 0),
+            "00-00000000000000000000000000000001-0000000000000002-00"
+        );
     }
 
     #[test]

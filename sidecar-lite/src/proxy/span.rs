@@ -6,11 +6,11 @@
 //! is decided when the span starts (parent-based: a caller's sampled flag is honoured); an
 //! unsampled span records nothing, but its `traceparent` still goes on, flagged unsampled.
 
-use super::headers::{TRACEPARENT, ensure_traceparent, traceparent};
+use super::headers::{TRACEPARENT, ensure_traceparent, traceparent, traceparent_value};
 use crate::stack::Attempts;
-use http::{HeaderValue, Method, Request, Response, Version, header::HOST, uri::Authority};
+use http::{Method, Request, Response, Version, header::HOST, uri::Authority};
 use opentelemetry::{
-    Context, KeyValue,
+    Context, KeyValue, Value,
     trace::{
         Span as _, SpanContext, SpanId, SpanKind, Status, TraceContextExt as _, TraceFlags,
         TraceId, TraceState, Tracer as _,
@@ -147,14 +147,15 @@ impl EdgeTracer {
             attributes.push(KeyValue::new("client.address", client.ip().to_string()));
             attributes.push(KeyValue::new("client.port", i64::from(client.port())));
         }
-        let peer = match self.kind {
-            SpanKind::Server => identity.map(|id| bounded(id.as_str())),
-            _ => self.peer.as_deref().map(str::to_owned),
+        // The listener's own names are shared with the span, not copied into it.
+        let peer: Option<Value> = match self.kind {
+            SpanKind::Server => identity.map(|id| bounded(id.as_str()).into()),
+            _ => self.peer.clone().map(Value::from),
         };
         if let Some(peer) = peer {
             attributes.push(KeyValue::new("sidecar.peer.identity", peer));
         }
-        attributes.push(KeyValue::new("sidecar.listener", self.listener.to_string()));
+        attributes.push(KeyValue::new("sidecar.listener", self.listener.clone()));
 
         let span = self
             .tracer
@@ -164,15 +165,14 @@ impl EdgeTracer {
             .start_with_context(&self.tracer, &parent);
         let context = span.span_context();
         if context.is_valid() {
-            let value = format!(
-                "00-{}-{}-{:02x}",
-                context.trace_id(),
-                context.span_id(),
-                context.trace_flags().to_u8()
+            req.headers_mut().insert(
+                TRACEPARENT,
+                traceparent_value(
+                    u128::from_be_bytes(context.trace_id().to_bytes()),
+                    u64::from_be_bytes(context.span_id().to_bytes()),
+                    context.trace_flags().to_u8(),
+                ),
             );
-            if let Ok(value) = HeaderValue::try_from(value) {
-                req.headers_mut().insert(TRACEPARENT, value);
-            }
         } else {
             // The provider is shut down: forward as if tracing were off.
             ensure_traceparent(req.headers_mut());

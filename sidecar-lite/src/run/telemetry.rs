@@ -20,7 +20,7 @@
 //! | `sidecar_spans_dropped_total{reason="stopped"}` | spans that ended after the export stopped |
 
 use crate::config::TracingConfig;
-use opentelemetry::{Context, InstrumentationScope, trace::TracerProvider as _};
+use opentelemetry::{Array, Context, InstrumentationScope, Value, trace::TracerProvider as _};
 use opentelemetry_otlp::{Protocol, WithExportConfig};
 use opentelemetry_sdk::{
     Resource,
@@ -192,9 +192,24 @@ fn span_bytes(span: &SpanData) -> usize {
     let attributes: usize = span
         .attributes
         .iter()
-        .map(|kv| kv.key.as_str().len() + kv.value.as_str().len() + 16)
+        .map(|kv| kv.key.as_str().len() + value_bytes(&kv.value) + 16)
         .sum();
     FIXED + span.name.len() + attributes + (span.events.len() + span.links.len()) * FIXED
+}
+
+/// What an attribute's value holds beyond its place in the attribute, read without formatting
+/// it: `Value::as_str` writes a number out as text, an allocation for every span that has one.
+fn value_bytes(value: &Value) -> usize {
+    match value {
+        Value::Bool(_) | Value::I64(_) | Value::F64(_) => 0,
+        Value::String(text) => text.as_str().len(),
+        Value::Array(Array::Bool(values)) => values.len(),
+        Value::Array(Array::I64(values)) => values.len() * size_of::<i64>(),
+        Value::Array(Array::F64(values)) => values.len() * size_of::<f64>(),
+        Value::Array(Array::String(values)) => values.iter().map(|v| v.as_str().len() + 16).sum(),
+        // A kind of value newer than this code: as text, as it would be exported.
+        other => other.as_str().len(),
+    }
 }
 
 /// Offers each finished span to the bounded queue of the export thread; a full queue drops it.
@@ -445,6 +460,19 @@ mod tests {
             }
         });
         (url, exports)
+    }
+
+    #[test]
+    fn a_value_is_sized_by_what_it_holds_not_by_its_text() {
+        assert_eq!(value_bytes(&Value::I64(8080)), 0, "held in its place");
+        assert_eq!(value_bytes(&Value::F64(0.25)), 0);
+        assert_eq!(value_bytes(&Value::Bool(true)), 0);
+        assert_eq!(value_bytes(&Value::from("/orders/42")), 10);
+        assert_eq!(value_bytes(&Value::Array(Array::I64(vec![1, 2, 3]))), 24);
+        assert_eq!(
+            value_bytes(&Value::Array(Array::String(vec!["ab".into(), "c".into()]))),
+            3 + 2 * 16
+        );
     }
 
     /// The export has a thread of its own: spans go out while the runtime that started it,
