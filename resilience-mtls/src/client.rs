@@ -2,14 +2,20 @@
 
 use crate::{
     BoxError, Credentials, FailureReason, HandshakeError, Identity,
-    credentials::ClientCertResolver, metrics, provider, verifier::ServerVerifier,
+    credentials::ClientCertResolver, metrics, provider, resumed::verify_resumed,
+    verifier::ServerVerifier,
 };
 use http::Uri;
 use hyper_util::{
     client::legacy::connect::{Connected, Connection, HttpConnector},
     rt::TokioIo,
 };
-use rustls::{ClientConfig, HandshakeKind, client::Resumption};
+use rustls::{
+    ClientConfig, HandshakeKind,
+    client::{
+        ClientSessionMemoryCache, ClientSessionStore, Resumption, danger::ServerCertVerifier,
+    },
+};
 use rustls_pki_types::{CertificateDer, ServerName};
 use std::{
     fmt,
@@ -65,30 +71,41 @@ impl ConnectorBuilder {
     /// The rustls client config these settings describe.
     #[must_use]
     pub fn client_config(&self) -> Arc<ClientConfig> {
+        self.client_tls().config
+    }
+
+    /// The rustls client config, with the verifier and the session store it was made with.
+    fn client_tls(&self) -> ClientTls {
         let provider = provider();
         let versions: &[&rustls::SupportedProtocolVersion] = if self.tls12 {
             &[&rustls::version::TLS13, &rustls::version::TLS12]
         } else {
             &[&rustls::version::TLS13]
         };
-        let verifier = ServerVerifier::new(
+        let verifier = Arc::new(ServerVerifier::new(
             self.credentials.clone(),
             self.expected.clone(),
             provider.clone(),
-        );
+        ));
         let mut config = ClientConfig::builder_with_provider(provider)
             .with_protocol_versions(versions)
             .expect("the ring provider supports TLS 1.2 and 1.3")
             .dangerous()
-            .with_custom_certificate_verifier(Arc::new(verifier))
+            .with_custom_certificate_verifier(verifier.clone())
             .with_client_cert_resolver(Arc::new(ClientCertResolver(self.credentials.clone())));
         config.alpn_protocols = self.alpn.clone();
-        config.resumption = if self.resumption {
-            Resumption::in_memory_sessions(256)
-        } else {
-            Resumption::disabled()
+        let sessions = self
+            .resumption
+            .then(|| Arc::new(ClientSessionMemoryCache::new(256)));
+        config.resumption = match &sessions {
+            Some(sessions) => Resumption::store(sessions.clone()),
+            None => Resumption::disabled(),
         };
-        Arc::new(config)
+        ClientTls {
+            config: Arc::new(config),
+            verifier,
+            sessions,
+        }
     }
 
     /// A connector over hyper-util's [`HttpConnector`] (TCP, with `TCP_NODELAY`).
@@ -101,13 +118,25 @@ impl ConnectorBuilder {
 
     /// A connector that does TLS over the connections that `inner` makes.
     pub fn wrap<C>(self, inner: C) -> MtlsConnector<C> {
+        let tls = self.client_tls();
         MtlsConnector {
             inner,
-            tls: TlsConnector::from(self.client_config()),
+            tls: Arc::new(Handshaker {
+                connector: TlsConnector::from(tls.config),
+                verifier: tls.verifier,
+                sessions: tls.sessions,
+                timeout: self.handshake_timeout,
+            }),
             expected: self.expected,
-            handshake_timeout: self.handshake_timeout,
         }
     }
+}
+
+/// What [`ConnectorBuilder::client_tls`] makes.
+struct ClientTls {
+    config: Arc<ClientConfig>,
+    verifier: Arc<ServerVerifier>,
+    sessions: Option<Arc<ClientSessionMemoryCache>>,
 }
 
 /// A connector for hyper-util's `Client` (a tower `Service<Uri>`) that dials the URI's host,
@@ -117,16 +146,16 @@ impl ConnectorBuilder {
 /// The dialled host does not count: a sidecar dials an IP address and still knows whom it must
 /// reach. TLS is used whatever the URI's scheme, so an `http://` URI from an application is
 /// upgraded to mutual TLS. The connector presents the current certificate from
-/// [`Credentials`] at each handshake, resumes sessions, and counts handshakes in
+/// [`Credentials`] at each handshake, resumes sessions (checking the server's chain again, and
+/// dialling once more for a full handshake when it no longer passes), and counts handshakes in
 /// `resilience_mtls_handshakes_total{side="client"}`.
 ///
 /// Each response from the client carries a [`TlsInfo`] extension: whom the connection reached.
 #[derive(Clone)]
 pub struct MtlsConnector<C = HttpConnector> {
     inner: C,
-    tls: TlsConnector,
+    tls: Arc<Handshaker>,
     expected: Identity,
-    handshake_timeout: Duration,
 }
 
 impl<C: fmt::Debug> fmt::Debug for MtlsConnector<C> {
@@ -192,38 +221,109 @@ impl<C> MtlsConnector<C> {
     where
         IO: AsyncRead + AsyncWrite + Unpin,
     {
-        handshake(self.tls.clone(), self.handshake_timeout, server_name, io).await
+        self.tls.handshake(server_name, io).await
     }
 }
 
-async fn handshake<IO>(
-    tls: TlsConnector,
+/// A connector's client handshakes: its TLS config, and what checks a resumed session again.
+struct Handshaker {
+    connector: TlsConnector,
+    verifier: Arc<ServerVerifier>,
+    /// The store of the config's session tickets; `None` with resumption off.
+    sessions: Option<Arc<ClientSessionMemoryCache>>,
     timeout: Duration,
-    server_name: ServerName<'static>,
-    io: IO,
-) -> Result<TlsStream<IO>, HandshakeError>
-where
-    IO: AsyncRead + AsyncWrite + Unpin,
-{
-    let result = match tokio::time::timeout(timeout, tls.connect(server_name, io)).await {
-        Ok(Ok(stream)) => Ok(stream),
-        Ok(Err(err)) => Err(HandshakeError::from_io(err)),
-        Err(_) => Err(HandshakeError::new(
-            FailureReason::Timeout,
-            io::Error::new(io::ErrorKind::TimedOut, "tls handshake timed out"),
-        )),
-    };
-    match &result {
-        Ok(stream) => {
-            let resumed = stream.get_ref().1.handshake_kind() == Some(HandshakeKind::Resumed);
-            metrics::handshake_ok("client", resumed);
+}
+
+impl Handshaker {
+    /// The handshake, counted; see [`attempt`](Self::attempt).
+    async fn handshake<IO>(
+        &self,
+        server_name: ServerName<'static>,
+        io: IO,
+    ) -> Result<TlsStream<IO>, HandshakeError>
+    where
+        IO: AsyncRead + AsyncWrite + Unpin,
+    {
+        self.attempt(server_name, io)
+            .await
+            .map_err(|refused| refused.error)
+    }
+
+    /// The handshake, counted. A resumed session's server chain is verified again (see
+    /// [`verify_resumed`]); when it no longer passes, the handshake fails as `stale` and the
+    /// server name's sessions are forgotten, so that the next handshake is a full one.
+    async fn attempt<IO>(
+        &self,
+        server_name: ServerName<'static>,
+        io: IO,
+    ) -> Result<TlsStream<IO>, Refused>
+    where
+        IO: AsyncRead + AsyncWrite + Unpin,
+    {
+        let connecting = self.connector.connect(server_name.clone(), io);
+        let result = match tokio::time::timeout(self.timeout, connecting).await {
+            Ok(Ok(stream)) => self.reverify_resumed(&server_name, stream),
+            Ok(Err(err)) => Err(Refused::new(HandshakeError::from_io(err))),
+            Err(_) => Err(Refused::new(HandshakeError::new(
+                FailureReason::Timeout,
+                io::Error::new(io::ErrorKind::TimedOut, "tls handshake timed out"),
+            ))),
+        };
+        match &result {
+            Ok(stream) => {
+                let resumed = stream.get_ref().1.handshake_kind() == Some(HandshakeKind::Resumed);
+                metrics::handshake_ok("client", resumed);
+            }
+            Err(Refused { error, .. }) => {
+                metrics::handshake_failed("client", error.reason());
+                tracing::debug!(reason = %error.reason(), %error, "outbound tls handshake failed");
+            }
         }
-        Err(err) => {
-            metrics::handshake_failed("client", err.reason());
-            tracing::debug!(reason = %err.reason(), error = %err, "outbound tls handshake failed");
+        result
+    }
+
+    fn reverify_resumed<IO>(
+        &self,
+        server_name: &ServerName<'static>,
+        stream: TlsStream<IO>,
+    ) -> Result<TlsStream<IO>, Refused> {
+        verify_resumed(stream.get_ref().1, |end_entity, intermediates, now| {
+            self.verifier
+                .verify_server_cert(end_entity, intermediates, server_name, &[], now)
+                .map(|_| ())
+        })
+        .map(|()| stream)
+        .map_err(|error| {
+            self.forget(server_name);
+            Refused { error, stale: true }
+        })
+    }
+
+    /// Drops every session kept for `server_name`.
+    fn forget(&self, server_name: &ServerName<'static>) {
+        if let Some(sessions) = &self.sessions {
+            sessions.remove_tls12_session(server_name);
+            while sessions.take_tls13_ticket(server_name).is_some() {}
         }
     }
-    result
+}
+
+/// A client handshake that failed.
+struct Refused {
+    error: HandshakeError,
+    /// A resumed session's server chain failed when checked again: its sessions are forgotten,
+    /// and a full handshake on a new connection may pass (the server may have a new
+    /// certificate by now).
+    stale: bool,
+}
+
+impl Refused {
+    fn new(error: HandshakeError) -> Self {
+        Self {
+            error,
+            stale: false,
+        }
+    }
 }
 
 /// The server name a connector sends (SNI): the expected identity when it is a DNS name, and
@@ -239,7 +339,7 @@ fn server_name(expected: &Identity) -> ServerName<'static> {
 
 impl<C, T> Service<Uri> for MtlsConnector<C>
 where
-    C: Service<Uri, Response = TokioIo<T>>,
+    C: Service<Uri, Response = TokioIo<T>> + Clone + Send + 'static,
     C::Error: Into<BoxError>,
     C::Future: Send + 'static,
     T: AsyncRead + AsyncWrite + Connection + Unpin + Send + 'static,
@@ -254,13 +354,24 @@ where
 
     fn call(&mut self, uri: Uri) -> Self::Future {
         let name = server_name(&self.expected);
-        let connecting = self.inner.call(uri);
+        let connecting = self.inner.call(uri.clone());
+        let mut redial = self.inner.clone();
         let tls = self.tls.clone();
-        let timeout = self.handshake_timeout;
         Box::pin(async move {
             let io = connecting.await.map_err(Into::into)?.into_inner();
-            let stream = handshake(tls, timeout, name, io).await?;
-            Ok(MtlsConnection::new(stream))
+            match tls.attempt(name.clone(), io).await {
+                Ok(stream) => Ok(MtlsConnection::new(stream)),
+                // A session that no longer passes is not the server's last word: once more,
+                // on a new connection, with a full handshake checked as any.
+                Err(Refused { stale: true, .. }) => {
+                    std::future::poll_fn(|cx| redial.poll_ready(cx))
+                        .await
+                        .map_err(Into::into)?;
+                    let io = redial.call(uri).await.map_err(Into::into)?.into_inner();
+                    Ok(MtlsConnection::new(tls.handshake(name, io).await?))
+                }
+                Err(refused) => Err(refused.error.into()),
+            }
         })
     }
 }

@@ -30,9 +30,9 @@ use tokio::sync::watch;
 /// established keep the keys they agreed and are not disturbed. Cloning is cheap and shares the
 /// material.
 ///
-/// A resumed TLS session is not a new handshake in this sense: it carries the certificates of
-/// the session it resumes, and is not checked again against a new trust bundle, for as long as
-/// its ticket lives. Full handshakes always use the current material.
+/// A resumed TLS session carries the peer's certificates from the session it resumes; both
+/// sides check them again against the current trust bundle and time, and refuse the session
+/// when they no longer pass (a connector then dials once more, with a full handshake).
 #[derive(Clone)]
 pub struct Credentials {
     shared: Arc<Shared>,

@@ -65,7 +65,8 @@
 //!   expires (and a warning log once less than 20 % of its lifetime remains), reloads, denials.
 //!
 //! TLS 1.3 is the default, TLS 1.2 an opt-in; ALPN offers `h2` and `http/1.1`; sessions are
-//! resumed (server tickets and session cache, client session store). All cryptography comes
+//! resumed (server tickets and session cache, client session store), and a resumed session's
+//! peer chain is checked again on both sides (see [`MtlsConnector`]). All cryptography comes
 //! from rustls' *ring* provider.
 //!
 //! # Config (feature `serde`)
@@ -90,6 +91,7 @@ mod credentials;
 mod error;
 mod identity;
 mod material;
+mod resumed;
 mod rotation;
 mod server;
 mod stream;

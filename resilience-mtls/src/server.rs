@@ -2,15 +2,14 @@
 
 use crate::{
     Credentials, FailureReason, HandshakeError, Identity, MtlsStream, Rewind,
-    clock::wall_clock,
     credentials::{ClientVerifier, ServerCertResolver},
     metrics, provider,
+    resumed::verify_resumed,
 };
 use rustls::{
     HandshakeKind, ServerConfig,
     server::{ServerSessionMemoryCache, danger::ClientCertVerifier},
 };
-use rustls_pki_types::UnixTime;
 use std::{fmt, io, str::FromStr, sync::Arc, time::Duration};
 use tokio::io::{AsyncRead, AsyncReadExt, AsyncWrite};
 use tokio_rustls::TlsAcceptor;
@@ -237,34 +236,13 @@ impl MtlsAcceptor {
         result
     }
 
-    /// A resumed TLS 1.3 session carries the client chain of the handshake that made it, and
-    /// rustls does not verify it again: without this, a certificate that has since expired,
-    /// or whose CA has left the trust bundle, would keep working for as long as its tickets.
-    /// So a resumed session's chain is verified again, as a full handshake's would be now.
+    /// See [`verify_resumed`]: the client chain of a resumed session, checked again.
     fn reverify_resumed(&self, conn: &rustls::ServerConnection) -> Result<(), HandshakeError> {
-        if conn.handshake_kind() != Some(HandshakeKind::Resumed) {
-            return Ok(());
-        }
-        let Some((end_entity, intermediates)) = conn
-            .peer_certificates()
-            .and_then(|chain| chain.split_first())
-        else {
-            return Ok(());
-        };
-        let now = UnixTime::since_unix_epoch(
-            wall_clock()
-                .duration_since(std::time::UNIX_EPOCH)
-                .unwrap_or_default(),
-        );
-        self.verifier
-            .verify_client_cert(end_entity, intermediates, now)
-            .map(|_| ())
-            .map_err(|error| {
-                HandshakeError::new(
-                    FailureReason::of_tls(&error),
-                    io::Error::new(io::ErrorKind::InvalidData, error),
-                )
-            })
+        verify_resumed(conn, |end_entity, intermediates, now| {
+            self.verifier
+                .verify_client_cert(end_entity, intermediates, now)
+                .map(|_| ())
+        })
     }
 
     async fn handshake<IO>(&self, mut io: IO) -> Result<MtlsStream<IO>, HandshakeError>

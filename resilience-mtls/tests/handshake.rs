@@ -7,7 +7,7 @@ use resilience_mtls::{
     Credentials, FailureReason, HandshakeError, Identity, MtlsAcceptor, MtlsConnector,
     dev_ca::{DevCa, IssueOptions},
 };
-use rustls_pki_types::ServerName;
+use rustls_pki_types::{CertificateDer, ServerName, pem::PemObject};
 use std::{sync::Arc, time::Duration};
 use tokio::io::{AsyncReadExt, AsyncWriteExt};
 
@@ -500,4 +500,85 @@ async fn a_resumed_session_is_refused_once_its_ca_has_left_the_trust_bundle() {
     );
     let err = server.next().await.unwrap_err();
     assert_eq!(err.reason(), FailureReason::UnknownCa, "{err}");
+}
+
+#[tokio::test]
+async fn a_resumed_session_is_refused_by_the_client_once_the_servers_ca_has_left_its_trust_bundle()
+{
+    let ca = DevCa::new("example.org").unwrap();
+    let other = DevCa::new("example.org").unwrap();
+    let mut server =
+        HandshakeServer::spawn(MtlsAcceptor::new(&credentials(&ca, "ns/shop/sa/orders"))).await;
+    let client_cert = ca.workload("ns/shop/sa/frontend").unwrap();
+    let client_creds = Credentials::new(client_cert.material(ca.trust_pem()).unwrap());
+    let connector = MtlsConnector::new(&client_creds, spiffe("ns/shop/sa/orders"));
+    handshake_kind(&connector, &server).await;
+    assert!(server.next().await.is_ok());
+    assert_eq!(
+        handshake_kind(&connector, &server).await,
+        Some(rustls::HandshakeKind::Resumed)
+    );
+    assert!(server.next().await.is_ok());
+
+    // The client now trusts only the other CA (same certificate of its own).
+    client_creds.store(client_cert.material(other.trust_pem()).unwrap());
+    let err = connector
+        .handshake(name(), tcp(server.addr).await)
+        .await
+        .expect_err("a resumed session outlived the client's trust in the server's CA");
+    assert_eq!(err.reason(), FailureReason::UnknownCa, "{err}");
+}
+
+/// Connects through `connector`'s `Service` side and reads what the server says, so that the
+/// session ticket that follows the handshake is kept; whether the session was resumed, and the
+/// server's certificate.
+async fn dial(
+    connector: &mut MtlsConnector,
+    server: &HandshakeServer,
+) -> (bool, Option<CertificateDer<'static>>) {
+    let uri: http::Uri = format!("http://{}", server.addr).parse().unwrap();
+    let connection = tower::ServiceExt::oneshot(connector, uri)
+        .await
+        .expect("connected");
+    let seen = (
+        connection.info().resumed(),
+        connection.info().peer_certificate().cloned(),
+    );
+    let mut text = String::new();
+    tokio::time::timeout(WAIT, connection.into_inner().read_to_string(&mut text))
+        .await
+        .expect("the server answers or closes")
+        .unwrap();
+    seen
+}
+
+#[tokio::test]
+async fn a_connector_dials_again_with_a_full_handshake_when_a_resumed_session_no_longer_passes() {
+    let ca = DevCa::new("example.org").unwrap();
+    let next = DevCa::new("example.org").unwrap();
+    // The server trusts clients of the first CA throughout; its own certificate moves to the
+    // next CA, as the client's trust does.
+    let server_creds = credentials(&ca, "ns/shop/sa/orders");
+    let mut server = HandshakeServer::spawn(MtlsAcceptor::new(&server_creds)).await;
+    let client_cert = ca.workload("ns/shop/sa/frontend").unwrap();
+    let client_creds = Credentials::new(client_cert.material(ca.trust_pem()).unwrap());
+    let mut connector = MtlsConnector::new(&client_creds, spiffe("ns/shop/sa/orders"));
+    assert!(!dial(&mut connector, &server).await.0);
+    assert!(server.next().await.is_ok());
+    assert!(
+        dial(&mut connector, &server).await.0,
+        "sessions are resumed"
+    );
+    assert!(server.next().await.is_ok());
+
+    let moved = next.workload("ns/shop/sa/orders").unwrap();
+    server_creds.store(moved.material(ca.trust_pem()).unwrap());
+    client_creds.store(client_cert.material(next.trust_pem()).unwrap());
+    let (resumed, certificate) = dial(&mut connector, &server).await;
+    assert!(!resumed, "the stale session was used again");
+    assert_eq!(
+        certificate,
+        Some(CertificateDer::from_pem_slice(moved.cert_pem.as_bytes()).unwrap()),
+        "the server's new certificate"
+    );
 }
