@@ -66,8 +66,8 @@ impl Error for RateLimited {
     }
 }
 
-/// The adaptive concurrency limit refused the call: as many calls as the limit allows are in
-/// flight. At an HTTP edge: `503` with `x-sidecar-error: overloaded`.
+/// A concurrency limit (adaptive or fixed) refused the call: as many calls as the limit allows
+/// are in flight. At an HTTP edge: `503` with `x-sidecar-error: overloaded`.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
 pub struct Overloaded {
     limit: usize,
@@ -87,11 +87,7 @@ impl Overloaded {
 
 impl fmt::Display for Overloaded {
     fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
-        write!(
-            f,
-            "overloaded: {} calls in flight, the adaptive limit",
-            self.limit
-        )
+        write!(f, "overloaded: {} calls in flight, the limit", self.limit)
     }
 }
 

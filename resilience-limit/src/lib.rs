@@ -6,6 +6,8 @@
 //! - [`AdaptiveConcurrencyLayer`]: a limit on calls in flight that finds itself from their
 //!   latency and failures ([`Gradient2`], [`Aimd`] or [`Vegas`], after Netflix's
 //!   concurrency-limits); a refusal is [`Overloaded`].
+//! - [`FixedConcurrencyLayer`]: a fixed limit on calls in flight, refused the same way (where
+//!   tower's `LoadShed` over `ConcurrencyLimit` leaves a queued acquire in a shed service).
 //!
 //! With the `http` feature, [`LimitReplyLayer`] answers refusals as `429` and `503` with
 //! `x-sidecar-error`; with `serde`, [`RateLimitConfig`] and [`AdaptiveConfig`] read the same
@@ -35,6 +37,7 @@
 
 mod adaptive;
 mod error;
+mod fixed;
 mod future;
 #[cfg(feature = "http")]
 mod http;
@@ -47,6 +50,7 @@ pub use adaptive::{
 #[cfg(feature = "serde")]
 pub use adaptive::{AdaptiveConfig, AlgorithmName};
 pub use error::{Overloaded, RateLimited, Scope};
+pub use fixed::{FixedConcurrency, FixedConcurrencyLayer, FixedPermit};
 pub use future::{Completion, ResponseFuture};
 #[cfg(feature = "http")]
 pub use http::{LimitReply, LimitReplyLayer, reply_to};

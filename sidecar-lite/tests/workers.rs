@@ -254,6 +254,15 @@ async fn the_concurrency_limit_is_one_limit_across_workers() {
     let response = timeout(STEP, held).await.unwrap().unwrap().unwrap();
     assert_eq!(response.status(), StatusCode::OK);
     let _ = text(response).await;
+    // The first worker first: the request the second shed must have left nothing waiting for
+    // the permit in that worker's stack, or the permit would go there and sit idle.
+    let response = send(&mut first).await;
+    assert_eq!(
+        response.status(),
+        StatusCode::OK,
+        "room again on the first worker"
+    );
+    let _ = text(response).await;
     let response = send(&mut second).await;
     assert_eq!(response.status(), StatusCode::OK, "room again");
     let _ = text(response).await;

@@ -4,19 +4,15 @@
 use super::field_error;
 use crate::config::{ConcurrencyLimit, ConfigProblem};
 use http::Request;
-use resilience_limit::{AdaptiveConcurrencyLayer, RateLimitConfig, RateLimitLayer};
-use tower::{
-    ServiceBuilder,
-    layer::util::{Identity, Stack},
-    limit::ConcurrencyLimitLayer,
-    load_shed::LoadShedLayer,
-    util::Either,
+use resilience_limit::{
+    AdaptiveConcurrencyLayer, FixedConcurrencyLayer, RateLimitConfig, RateLimitLayer,
 };
+use tower::util::Either;
 
-/// A fixed limit sheds over it at once; an adaptive one does so itself.
-pub(super) type ConcurrencyLayer = Either<AdaptiveConcurrencyLayer, FixedLimitLayer>;
-/// A fixed concurrency limit, shedding over it.
-pub(super) type FixedLimitLayer = Stack<ConcurrencyLimitLayer, Stack<LoadShedLayer, Identity>>;
+/// A concurrency limit, fixed or adaptive; both shed over it at once, never queueing (a
+/// worker's stack is kept between requests, so a shed request must leave nothing queued in
+/// it: the permit released next would go to that idle waiter).
+pub(super) type ConcurrencyLayer = Either<AdaptiveConcurrencyLayer, FixedConcurrencyLayer>;
 
 /// The concurrency limit of `limit`, named `name` in metrics; errors name `field`.
 pub(super) fn concurrency(
@@ -36,11 +32,8 @@ pub(super) fn concurrency(
 }
 
 /// A fixed limit of `limit` requests at once, shedding over it.
-pub(super) fn fixed(limit: usize) -> FixedLimitLayer {
-    ServiceBuilder::new()
-        .load_shed()
-        .concurrency_limit(limit)
-        .into_inner()
+pub(super) fn fixed(limit: usize) -> FixedConcurrencyLayer {
+    FixedConcurrencyLayer::new(limit)
 }
 
 /// The rate limit of a route, named `name` in metrics; errors name `field`.
