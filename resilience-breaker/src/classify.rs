@@ -22,13 +22,13 @@ pub trait Classify<Res>: Clone {
     fn is_failure(&self, response: &Res) -> bool;
 
     /// Whether `error` is recorded, as a failure; `false` leaves the call out of the window
-    /// (a half-open probe permit is handed back). By default every error counts. An error
-    /// that says nothing about the endpoint belongs out: a timeout whose time went by before
-    /// the call reached the endpoint, say.
+    /// (a half-open probe permit is handed back). By default every error counts but the
+    /// caller's own ([`CallerBodyFailed`](resilience_core::CallerBodyFailed) in its chain). An
+    /// error that says nothing about the endpoint belongs out: a timeout whose time went by
+    /// before the call reached the endpoint, say.
     #[inline]
     fn counts_error(&self, error: &BoxError) -> bool {
-        let _ = error;
-        true
+        !resilience_core::CallerBodyFailed::in_chain(&**error)
     }
 }
 

@@ -248,6 +248,32 @@ async fn a_closure_classifies_and_errors_always_fail() {
     assert_eq!(svc.handle().state(), State::Open);
 }
 
+/// The caller's own body breaking off says nothing about the endpoint: by default, such an
+/// error is left out of the window, where any other error is a failure.
+#[tokio::test(start_paused = true)]
+async fn by_default_the_callers_broken_body_is_not_the_endpoints_failure() {
+    let svc = service_fn(|n: u32| async move {
+        match n {
+            0 => Err::<u32, BoxError>(
+                resilience_core::CallerBodyFailed::new("invalid chunk size").into(),
+            ),
+            1 => Err("upstream broke".into()),
+            _ => Ok(n),
+        }
+    });
+    let svc = CircuitBreakerLayer::new(policy().minimum_calls(2))
+        .unwrap()
+        .layer(svc);
+    for n in [0, 0, 0, 2] {
+        let _ = svc.clone().oneshot(n).await;
+    }
+    let counts = svc.handle().counts();
+    assert_eq!((counts.calls, counts.failures), (1, 0));
+    let _ = svc.clone().oneshot(1).await;
+    let counts = svc.handle().counts();
+    assert_eq!((counts.calls, counts.failures), (2, 1));
+}
+
 /// Fails with "not mine" for errors the endpoint did not cause, which are left out.
 #[derive(Clone)]
 struct SkipsNotMine;

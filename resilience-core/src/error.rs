@@ -80,6 +80,39 @@ impl Error for ConnectFailed {
     }
 }
 
+/// The caller's request body failed while it was being sent on: a malformed chunk, a body cut
+/// off by a caller that went away. The caller's fault, not the upstream's: it sits in the
+/// error's chain of sources, so a circuit breaker leaves the call out of its window (the
+/// default classifier, and sidecar-lite's), a retry policy does not send it again, and an HTTP
+/// edge answers `400 bad-request`. A proxy wraps its incoming body's errors in it.
+#[derive(Debug)]
+pub struct CallerBodyFailed(BoxError);
+
+impl CallerBodyFailed {
+    /// The caller's body failed because of `reason`.
+    pub fn new(reason: impl Into<BoxError>) -> Self {
+        Self(reason.into())
+    }
+
+    /// Whether `error` or one of its sources is a [`CallerBodyFailed`].
+    #[must_use]
+    pub fn in_chain(error: &(dyn Error + 'static)) -> bool {
+        std::iter::successors(Some(error), |&e| e.source()).any(|e| e.is::<Self>())
+    }
+}
+
+impl fmt::Display for CallerBodyFailed {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        write!(f, "the caller's request body failed: {}", self.0)
+    }
+}
+
+impl Error for CallerBodyFailed {
+    fn source(&self) -> Option<&(dyn Error + 'static)> {
+        Some(&*self.0)
+    }
+}
+
 /// Marks an error that refused a call inside this process, before anything was sent: an open
 /// circuit breaker, say. It sits in the error's chain of sources, so a retry layer that
 /// finds it knows the attempt cost the upstream nothing, and gives its retry budget back,

@@ -40,7 +40,7 @@ mod local_reply;
 mod reply_layer;
 
 pub use enforcement::Enforcement;
-pub use error::{BoxError, ConfigError, ConnectFailed, RefusedLocally};
+pub use error::{BoxError, CallerBodyFailed, ConfigError, ConnectFailed, RefusedLocally};
 pub use random::{RandomSource, ThreadRandom};
 pub use retry_after::retry_after_secs;
 

@@ -237,6 +237,11 @@ impl RetryOn {
     fn classify_any_error(&self, error: &(dyn Error + 'static)) -> RetryClass {
         let mut next = Some(error);
         while let Some(error) = next {
+            // The caller's body broke off: sending it again would break off again, and the
+            // errors below it (hyper's parse error, say) are the caller's, not the upstream's.
+            if error.is::<resilience_core::CallerBodyFailed>() {
+                return RetryClass::NotRetryable;
+            }
             if let Some(condition) = error_condition(error) {
                 return match condition {
                     // A per-try timeout is the gateway-error family, as in Envoy.

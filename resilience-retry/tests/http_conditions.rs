@@ -86,6 +86,19 @@ async fn any_method_is_retried_after_a_connect_failure_but_not_after_a_reset() {
     assert_eq!((code, seen.len()), (200, 2));
 }
 
+/// A caller's body that broke off would break off again: never resent, even for a GET whose
+/// error below it (an unexpected end) alone reads as a reset.
+#[tokio::test(start_paused = true)]
+async fn the_callers_broken_body_is_not_retried() {
+    let (code, seen) = run(
+        HttpPolicy::default(),
+        vec![Answer::CallerBodyFailed, Answer::Status(200)],
+        request(Method::GET),
+    )
+    .await;
+    assert_eq!((code, seen.len()), (0, 1));
+}
+
 #[tokio::test(start_paused = true)]
 async fn conditions_by_name() {
     // Default: 500 is not a gateway error.

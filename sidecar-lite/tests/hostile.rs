@@ -308,6 +308,25 @@ async fn invalid_header_bytes_and_conflicting_lengths_get_400() {
     );
 }
 
+/// A request body that breaks off part-way (a malformed chunk after a good one, which hyper
+/// finds only as the body is sent on) is the caller's fault: 400, not 502, and it says nothing
+/// about the upstream, so its breaker (opened by 20 failures in a window of 100, at 50 %)
+/// stays closed after 25 of them, and nothing is retried.
+#[tokio::test]
+async fn a_request_body_that_breaks_off_gets_400_and_leaves_the_upstream_alone() {
+    let (sidecar, _hits) = route().await;
+    let addr = outbound_addr(&sidecar);
+    for _ in 0..25 {
+        let status = raw(
+            addr,
+            b"PUT / HTTP/1.1\r\nHost: a\r\nTransfer-Encoding: chunked\r\n\r\n5\r\nhello\r\nzz\r\n",
+        )
+        .await;
+        assert!(status.starts_with("HTTP/1.1 400"), "{status}");
+    }
+    others_are_served(addr).await;
+}
+
 /// Two identical lengths are one length (RFC 9110 section 8.6): served, once.
 #[tokio::test]
 async fn a_repeated_identical_content_length_is_one_length() {

@@ -28,6 +28,8 @@ pub(crate) enum Answer {
     WithHeader(u16, &'static str, &'static str),
     Refused,
     Reset,
+    /// The caller's body broke off (an unexpected end of it, which alone would read as a reset).
+    CallerBodyFailed,
     /// An HTTP/2 error, in the source chain of the error as hyper returns it.
     H2(h2::Reason),
 }
@@ -102,6 +104,10 @@ pub(crate) fn upstream(
                 }
                 Answer::Refused => Err(io::Error::from(io::ErrorKind::ConnectionRefused).into()),
                 Answer::Reset => Err(io::Error::from(io::ErrorKind::ConnectionReset).into()),
+                Answer::CallerBodyFailed => Err(resilience_core::CallerBodyFailed::new(
+                    io::Error::from(io::ErrorKind::UnexpectedEof),
+                )
+                .into()),
                 Answer::H2(reason) => Err(Http2Error(h2::Error::from(reason)).into()),
             }
         }

@@ -19,7 +19,7 @@ use http::{HeaderMap, Method, Request, Response, Version, header::HOST};
 use http_body::{Body, Frame, SizeHint};
 use http_body_util::BodyExt;
 use pin_project_lite::pin_project;
-use resilience_core::{BoxError, GRPC_STATUS, SIDECAR_ERROR};
+use resilience_core::{BoxError, CallerBodyFailed, GRPC_STATUS, SIDECAR_ERROR};
 use resilience_mtls::Identity;
 use serde::Serialize;
 use std::{
@@ -315,9 +315,16 @@ impl<B> CountedBody<B> {
     }
 }
 
-impl<B: Body<Data = Bytes>> Body for CountedBody<B> {
+/// A caller's body that fails fails as [`CallerBodyFailed`]: the layers below tell it from an
+/// upstream's failure by that (a breaker leaves it out, a retry does not resend, the edge
+/// answers 400).
+impl<B> Body for CountedBody<B>
+where
+    B: Body<Data = Bytes>,
+    B::Error: Into<BoxError>,
+{
     type Data = Bytes;
-    type Error = B::Error;
+    type Error = CallerBodyFailed;
 
     fn poll_frame(
         self: Pin<&mut Self>,
@@ -330,7 +337,7 @@ impl<B: Body<Data = Bytes>> Body for CountedBody<B> {
         {
             counted.fetch_add(data.len() as u64, Ordering::Relaxed);
         }
-        Poll::Ready(frame)
+        Poll::Ready(frame.map(|frame| frame.map_err(CallerBodyFailed::new)))
     }
 
     fn is_end_stream(&self) -> bool {

@@ -8,7 +8,7 @@ use crate::{
 };
 use http::Response;
 use resilience_breaker::BreakerOpen;
-use resilience_core::{BoxError, ConnectFailed, LocalReply, Reason};
+use resilience_core::{BoxError, CallerBodyFailed, ConnectFailed, LocalReply, Reason};
 use resilience_limit::RateLimited;
 use resilience_timeout::Elapsed;
 use std::{error::Error, io};
@@ -17,7 +17,8 @@ use tower::load_shed::error::Overloaded;
 /// The response for an error that reached the edge of a stack: what sidecar-lite answers,
 /// and what a library-mode service answers to look the same. The error's chain is searched
 /// for the typed errors of the layers (`Elapsed`, `BreakerOpen`, `Overloaded`, `RateLimited`,
-/// connect failures); anything else is `502 upstream`. `grpc` says whether the request was a gRPC
+/// connect failures) and for the caller's body breaking off (`400`); anything else is
+/// `502 upstream`. `grpc` says whether the request was a gRPC
 /// call ([`resilience_core::is_grpc`] of its headers): then the reply is the reason's gRPC
 /// status in a trailers-only response (`DEADLINE_EXCEEDED`, `UNAVAILABLE`, ...), with the
 /// same `x-sidecar-error` flag.
@@ -27,6 +28,11 @@ pub fn local_reply(error: &BoxError, grpc: bool) -> Response<ProxyBody> {
 
 fn reply_for(error: &BoxError) -> LocalReply {
     let chain = || sources(error);
+    if let Some(failed) = chain().find(|e| e.is::<CallerBodyFailed>()) {
+        tracing::debug!(error = %failed, "the caller's request body failed");
+        return LocalReply::new(Reason::BadRequest)
+            .text("bad request: the request body was malformed or cut off before its end");
+    }
     if chain().any(|e| e.is::<Elapsed>()) {
         return LocalReply::new(Reason::Timeout);
     }

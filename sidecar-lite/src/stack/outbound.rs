@@ -23,7 +23,7 @@ use bytes::Bytes;
 use http::{Request, Response};
 use http_body::Body;
 use resilience_breaker::{BreakerHandle, CircuitBreaker, CircuitBreakerLayer, Classify, Mode};
-use resilience_core::{BoxError, Enforcement, GRPC_STATUS, header_value};
+use resilience_core::{BoxError, CallerBodyFailed, Enforcement, GRPC_STATUS, header_value};
 use resilience_mtls::ConnectorBuilder;
 use resilience_retry::{Budget, PeekGrpcTrailersLayer, ReplayBody};
 use resilience_timeout::{Elapsed, HttpDeadline, Timeout, TimeoutLayer};
@@ -343,9 +343,10 @@ impl<Body> Classify<Response<Body>> for EndpointClassifier {
     }
 
     fn counts_error(&self, error: &BoxError) -> bool {
-        error
-            .downcast_ref::<Elapsed>()
-            .is_none_or(|elapsed| elapsed.after() >= self.fair_try)
+        !CallerBodyFailed::in_chain(&**error)
+            && error
+                .downcast_ref::<Elapsed>()
+                .is_none_or(|elapsed| elapsed.after() >= self.fair_try)
     }
 }
 /// One endpoint: its client behind its own breaker.
