@@ -327,6 +327,119 @@ async fn a_request_body_that_breaks_off_gets_400_and_leaves_the_upstream_alone()
     others_are_served(addr).await;
 }
 
+/// An upstream that answers each request head it reads with `response`, on each connection,
+/// and counts the requests; its address.
+async fn raw_upstream(
+    response: &'static [u8],
+) -> (
+    std::net::SocketAddr,
+    std::sync::Arc<std::sync::atomic::AtomicUsize>,
+) {
+    let listener = tokio::net::TcpListener::bind("127.0.0.1:0").await.unwrap();
+    let addr = listener.local_addr().unwrap();
+    let hits = std::sync::Arc::new(std::sync::atomic::AtomicUsize::new(0));
+    let counted = hits.clone();
+    tokio::spawn(async move {
+        while let Ok((mut tcp, _)) = listener.accept().await {
+            let hits = counted.clone();
+            tokio::spawn(async move {
+                let mut seen = Vec::new();
+                let mut buf = [0; 4096];
+                while let Ok(n) = tcp.read(&mut buf).await {
+                    if n == 0 {
+                        return;
+                    }
+                    seen.extend_from_slice(&buf[..n]);
+                    while let Some(end) = seen.windows(4).position(|w| w == b"\r\n\r\n") {
+                        seen.drain(..end + 4);
+                        hits.fetch_add(1, std::sync::atomic::Ordering::SeqCst);
+                        if tcp.write_all(response).await.is_err() {
+                            return;
+                        }
+                    }
+                }
+            });
+        }
+    });
+    (addr, hits)
+}
+
+async fn route_to(upstream: std::net::SocketAddr) -> sidecar_lite::Sidecar {
+    sidecar(&format!(
+        "[[outbound]]\nname = \"orders\"\nlisten = \"127.0.0.1:0\"\nendpoints = [\"{upstream}\"]\n"
+    ))
+    .await
+}
+
+/// An upstream's response framed by both Content-Length and chunked encoding is read as
+/// chunked (RFC 9112 section 6.3), and its Content-Length does not go on to frame the
+/// client's copy: the whole body arrives, not its first five bytes.
+#[tokio::test]
+async fn an_upstream_response_with_both_framings_arrives_whole() {
+    let (upstream, _) = raw_upstream(
+        b"HTTP/1.1 200 OK\r\nContent-Length: 5\r\nTransfer-Encoding: chunked\r\n\r\nA\r\n0123456789\r\n0\r\n\r\n",
+    )
+    .await;
+    let sidecar = route_to(upstream).await;
+    let response = get(format!("http://{}/", outbound_addr(&sidecar))).await;
+    assert_eq!(response.status(), StatusCode::OK);
+    assert_eq!(response.headers().get("content-length"), None);
+    assert_eq!(text(response).await, "0123456789");
+}
+
+/// A transfer coding other than chunked cannot go through a proxy that strips the header
+/// naming it: a request with one is refused (as hyper refuses `gzip` alone) and never
+/// forwarded, and an upstream's response with one is answered 502.
+#[tokio::test]
+async fn a_transfer_coding_other_than_chunked_is_refused_both_ways() {
+    let (sidecar, hits) = route().await;
+    let addr = outbound_addr(&sidecar);
+    refused_then_others_served(
+        addr,
+        b"POST / HTTP/1.1\r\nHost: a\r\nTransfer-Encoding: gzip, chunked\r\n\r\n5\r\nhello\r\n0\r\n\r\n",
+        "HTTP/1.1 400",
+    )
+    .await;
+    assert_eq!(
+        hits.load(std::sync::atomic::Ordering::SeqCst),
+        2,
+        "only the two after it"
+    );
+
+    let (upstream, _) = raw_upstream(
+        b"HTTP/1.1 200 OK\r\nTransfer-Encoding: gzip, chunked\r\n\r\n5\r\nhello\r\n0\r\n\r\n",
+    )
+    .await;
+    let sidecar = route_to(upstream).await;
+    let response = get(format!("http://{}/", outbound_addr(&sidecar))).await;
+    assert_eq!(response.status(), StatusCode::BAD_GATEWAY);
+    assert_eq!(response.headers()["x-sidecar-error"], "upstream");
+}
+
+/// RFC 9112 section 3.2: a request whose Host is missing (and whose target names no
+/// authority) or is not a host and port is answered 400, and never forwarded.
+#[tokio::test]
+async fn a_missing_or_invalid_host_gets_400_and_is_never_forwarded() {
+    let (sidecar, hits) = route().await;
+    let addr = outbound_addr(&sidecar);
+    for (request, expected) in [
+        (&b"GET / HTTP/1.1\r\n\r\n"[..], "HTTP/1.1 400"),
+        (b"GET / HTTP/1.0\r\n\r\n", "HTTP/1.0 400"),
+        (b"GET / HTTP/1.1\r\nHost: a b\r\n\r\n", "HTTP/1.1 400"),
+        (b"GET / HTTP/1.1\r\nHost: a:port\r\n\r\n", "HTTP/1.1 400"),
+    ] {
+        refused_then_others_served(addr, request, expected).await;
+    }
+    assert_eq!(
+        hits.load(std::sync::atomic::Ordering::SeqCst),
+        8,
+        "only the well-behaved"
+    );
+    // An absolute target needs no Host: its authority becomes the Host forwarded.
+    let status = raw(addr, b"GET http://orders.test/ HTTP/1.1\r\n\r\n").await;
+    assert!(status.starts_with("HTTP/1.1 200"), "{status}");
+}
+
 /// Two identical lengths are one length (RFC 9110 section 8.6): served, once.
 #[tokio::test]
 async fn a_repeated_identical_content_length_is_one_length() {

@@ -106,25 +106,28 @@ fn edge_request(edge: &Arc<EdgeOfConnection>, mut req: Request<Incoming>) -> Edg
         metrics.signals.peer(peer.as_str());
     }
     let grpc = is_grpc(req.headers());
-    // Which one would the app read? Refused, as RFC 9112 section 3.2 asks.
-    let (host, two_hosts) = host_of(&req);
+    let host = host_of(&req);
     let method = req.method().clone();
     // The request is made ready here and moved into the stack's call, not into the future,
     // which then holds it once, in the call: hyper moves the future into its slot.
-    let call = (!two_hosts).then(|| {
-        prepare_request(&mut req, host, span.is_none(), client.forwarded.clone());
-        if let Some(inbound) = &current.inbound {
-            inbound.prepare_request(&mut req);
+    let prepared = host
+        .and_then(|host| prepare_request(&mut req, host, span.is_none(), client.forwarded.clone()));
+    let call = match prepared {
+        Ok(()) => {
+            if let Some(inbound) = &current.inbound {
+                inbound.prepare_request(&mut req);
+            }
+            if let Some(line) = &mut line {
+                line.trace(req.headers());
+            }
+            let req = req.map(|body| match &line {
+                Some(line) => line.count_body(body),
+                None => CountedBody::uncounted(body),
+            });
+            Some(current.call(req))
         }
-        if let Some(line) = &mut line {
-            line.trace(req.headers());
-        }
-        let req = req.map(|body| match &line {
-            Some(line) => line.count_body(body),
-            None => CountedBody::uncounted(body),
-        });
-        current.call(req)
-    });
+        Err(_) => None,
+    };
     EdgeFuture {
         edge: edge.clone(),
         call,
@@ -132,10 +135,39 @@ fn edge_request(edge: &Arc<EdgeOfConnection>, mut req: Request<Incoming>) -> Edg
             start,
             attempts,
             grpc,
+            refusal: prepared.err(),
             method,
             span,
             line,
         }),
+    }
+}
+
+/// Why the edge refuses a request before the stack sees it: what the next hop could not read
+/// as the caller meant it (RFC 9112 sections 3.2 and 6.1).
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+enum Refusal {
+    /// Which one would the app read?
+    TwoHosts,
+    /// Neither `Host` nor an authority in the target: whom is it for?
+    NoHost,
+    /// A `Host` that is not an authority.
+    BadHost,
+    /// A transfer coding other than chunked: stripped with its header, the body would reach
+    /// the app still coded and unlabelled.
+    TransferCoding,
+}
+
+impl Refusal {
+    fn text(self) -> &'static str {
+        match self {
+            Self::TwoHosts => "bad request: more than one Host header",
+            Self::NoHost => "bad request: no Host header, and no authority in the request target",
+            Self::BadHost => "bad request: the Host header is not a valid host and port",
+            Self::TransferCoding => {
+                "bad request: a transfer coding other than chunked cannot be forwarded"
+            }
+        }
     }
 }
 
@@ -144,7 +176,7 @@ fn edge_request(edge: &Arc<EdgeOfConnection>, mut req: Request<Incoming>) -> Edg
 /// in flight, so a request costs no allocation of its own for it.
 pub(crate) struct EdgeFuture {
     edge: Arc<EdgeOfConnection>,
-    /// `None` for a request refused before the stack.
+    /// `None` for a request refused before the stack (see [`Finish::refusal`]).
     call: Option<StackCall>,
     /// Taken when the future completes.
     finish: Option<Finish>,
@@ -155,6 +187,8 @@ struct Finish {
     start: Instant,
     attempts: Attempts,
     grpc: bool,
+    /// Why the request never reached the stack, if it did not.
+    refusal: Option<Refusal>,
     method: Method,
     // Boxed: the future of every request would otherwise carry room for it.
     span: Option<Box<RequestSpan>>,
@@ -181,7 +215,9 @@ impl Future for EdgeFuture {
 
 impl Finish {
     /// The response to send: the stack's, or a local reply for its error or for a request
-    /// it never saw (`None`: more than one Host), with the response rules applied.
+    /// it never saw (`None`: see `refusal`), with the response rules applied. An upstream's
+    /// response that cannot be passed on as it is (a transfer coding other than chunked) is
+    /// answered `502 upstream` instead.
     fn respond(
         self,
         edge: &EdgeOfConnection,
@@ -200,16 +236,24 @@ impl Finish {
                 (response, true)
             }
             None => {
-                let response = local_response(
-                    LocalReply::new(Reason::BadRequest)
-                        .text("bad request: more than one Host header")
-                        .grpc(grpc),
-                );
+                let text = self.refusal.map_or("bad request", Refusal::text);
+                let response =
+                    local_response(LocalReply::new(Reason::BadRequest).text(text).grpc(grpc));
                 metrics.record_local(&response);
                 (response, true)
             }
         };
-        strip_hop_by_hop(response.headers_mut());
+        let (mut response, local) = if strip_hop_by_hop(response.headers_mut()) {
+            let response = local_response(
+                LocalReply::new(Reason::Upstream)
+                    .text("bad gateway: the upstream's response used a transfer coding other than chunked")
+                    .grpc(grpc),
+            );
+            metrics.record_local(&response);
+            (response, true)
+        } else {
+            (response, local)
+        };
         metrics.record(&response, self.start, self.attempts.count());
         if let Some(span) = self.span {
             let flag = local
@@ -319,17 +363,26 @@ impl ListenerMetrics {
 
 /// The request's `Host` (one lookup for every question asked of it), and whether it has more
 /// than one.
-fn host_of<B>(req: &Request<B>) -> (Host, bool) {
+fn host_of<B>(req: &Request<B>) -> Result<Host, Refusal> {
     let mut hosts = req.headers().get_all(HOST).iter();
     let first = hosts.next();
-    let host = Host {
-        present: first.is_some(),
-        // Needed only when the URI has no authority of its own (origin-form, the usual case).
-        authority: first
-            .filter(|_| req.uri().authority().is_none())
-            .and_then(authority_of),
-    };
-    (host, hosts.next().is_some())
+    if hosts.next().is_some() {
+        return Err(Refusal::TwoHosts);
+    }
+    if req.uri().authority().is_some() {
+        // The target's authority wins, and becomes the Host forwarded (RFC 9112 section
+        // 3.2.2).
+        return Ok(Host {
+            present: first.is_some(),
+            authority: None,
+        });
+    }
+    // Origin-form, the usual case: the authority is the Host header's.
+    let first = first.ok_or(Refusal::NoHost)?;
+    Ok(Host {
+        present: true,
+        authority: Some(authority_of(first).ok_or(Refusal::BadHost)?),
+    })
 }
 
 /// `host` as an authority, if it is one. The last one parsed on the thread is kept: a worker's
@@ -342,8 +395,24 @@ fn authority_of(host: &HeaderValue) -> Option<Authority> {
     per_thread::kept_or_made(
         &LAST,
         |(), kept| kept.as_str().as_bytes() == host.as_bytes(),
-        || Some(((), host.to_str().ok()?.parse().ok()?)),
+        || {
+            let authority: Authority = host.to_str().ok()?.parse().ok()?;
+            is_host_and_port(&authority).then_some(((), authority))
+        },
     )
+}
+
+/// Whether `authority` is what `Host` may hold (RFC 9110 section 7.2): a host and an optional
+/// port of digits, no user information. `Authority` alone takes `a:port`, and `user@a`.
+fn is_host_and_port(authority: &Authority) -> bool {
+    let text = authority.as_str();
+    if text.contains('@') {
+        return false;
+    }
+    match text[authority.host().len()..].strip_prefix(':') {
+        None => text.len() == authority.host().len(),
+        Some(port) => port.is_empty() || port.parse::<u16>().is_ok(),
+    }
 }
 
 /// What the edge needs of a request's `Host`.
@@ -361,10 +430,12 @@ fn prepare_request<B>(
     host: Host,
     ensure_trace: bool,
     forwarded: HeaderValue,
-) {
+) -> Result<(), Refusal> {
+    if strip_hop_by_hop(req.headers_mut()) {
+        return Err(Refusal::TransferCoding);
+    }
     let from_uri = req.uri().authority().is_some();
     let authority = req.uri().authority().cloned().or(host.authority);
-    strip_hop_by_hop(req.headers_mut());
     append_forwarded_for(req.headers_mut(), forwarded);
     if ensure_trace {
         ensure_traceparent(req.headers_mut());
@@ -391,6 +462,7 @@ fn prepare_request<B>(
     }
     // The next hop's protocol is chosen by ALPN (between sidecars) or by the app client.
     *req.version_mut() = Version::HTTP_11;
+    Ok(())
 }
 
 #[cfg(test)]
@@ -418,5 +490,16 @@ mod tests {
             host("App:8080").unwrap().as_str().as_ptr(),
             other.as_str().as_ptr()
         );
+    }
+
+    #[test]
+    fn a_host_is_a_host_and_an_optional_port_of_digits() {
+        let host = |value: &'static str| authority_of(&HeaderValue::from_static(value));
+        for good in ["a", "a:80", "a:", "10.0.0.1:65535", "[::1]", "[::1]:8080"] {
+            assert!(host(good).is_some(), "{good}");
+        }
+        for bad in ["a:port", "a:65536", "user@a", "a b", ""] {
+            assert_eq!(host(bad), None, "{bad}");
+        }
     }
 }

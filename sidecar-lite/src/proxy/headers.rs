@@ -7,7 +7,7 @@ use super::per_thread;
 use bytes::Bytes;
 use http::{
     HeaderMap, HeaderName, HeaderValue, Request,
-    header::{CONNECTION, Entry, TE, TRAILER, TRANSFER_ENCODING, UPGRADE},
+    header::{CONNECTION, CONTENT_LENGTH, Entry, TE, TRAILER, TRANSFER_ENCODING, UPGRADE},
 };
 use resilience_mtls::Identity;
 use std::{cell::RefCell, net::IpAddr, sync::Arc};
@@ -31,15 +31,29 @@ const HOP_BY_HOP: [HeaderName; 9] = [
 ];
 
 /// Removes the headers that belong to one connection only. `te: trailers` is kept: gRPC needs
-/// it end to end.
-pub(crate) fn strip_hop_by_hop(headers: &mut HeaderMap) {
+/// it end to end. A message framed by `Transfer-Encoding` loses its `Content-Length` too: it is
+/// not the message's length, and RFC 9112 section 6.3 has a proxy remove it (kept, it would
+/// frame the next hop's message, cut short). Returns whether the message named a transfer
+/// coding other than `chunked`: one a proxy cannot pass on, since the coding goes with the
+/// header and the body would stay coded.
+#[must_use = "a message with a transfer coding other than chunked cannot be forwarded"]
+pub(crate) fn strip_hop_by_hop(headers: &mut HeaderMap) -> bool {
     // Most messages have none of them: one pass over the names they have, rather than a
     // lookup of each name they might have.
     if !headers
         .keys()
         .any(|name| name == TE || HOP_BY_HOP.contains(name))
     {
-        return;
+        return false;
+    }
+    let foreign_coding = headers
+        .get_all(TRANSFER_ENCODING)
+        .iter()
+        .flat_map(|v| v.as_bytes().split(|&b| b == b','))
+        .map(<[u8]>::trim_ascii)
+        .any(|coding| !coding.is_empty() && !coding.eq_ignore_ascii_case(b"chunked"));
+    if headers.contains_key(TRANSFER_ENCODING) {
+        headers.remove(CONTENT_LENGTH);
     }
     let named: Vec<HeaderName> = headers
         .get_all(CONNECTION)
@@ -62,6 +76,7 @@ pub(crate) fn strip_hop_by_hop(headers: &mut HeaderMap) {
     if !trailers_only {
         headers.insert(TE, HeaderValue::from_static("trailers"));
     }
+    foreign_coding
 }
 
 /// `ip` as an `x-forwarded-for` element, to be made once per connection.
@@ -221,10 +236,36 @@ mod tests {
         headers.insert("proxy-authorization", "basic x".parse().unwrap());
         headers.insert(TE, "trailers".parse().unwrap());
         headers.insert("x-kept", "yes".parse().unwrap());
-        strip_hop_by_hop(&mut headers);
+        assert!(!strip_hop_by_hop(&mut headers), "chunked is passed on");
         let mut names: Vec<_> = headers.keys().map(|k| k.as_str().to_owned()).collect();
         names.sort();
         assert_eq!(names, ["te", "x-kept"]);
+    }
+
+    #[test]
+    fn transfer_encoding_takes_content_length_with_it_and_other_codings_are_told() {
+        let mut headers = HeaderMap::new();
+        headers.insert(TRANSFER_ENCODING, "chunked".parse().unwrap());
+        headers.insert(CONTENT_LENGTH, "5".parse().unwrap());
+        assert!(!strip_hop_by_hop(&mut headers));
+        assert!(headers.is_empty(), "{headers:?}");
+
+        for coding in ["gzip, chunked", "GZIP", " chunked , br", "x-custom"] {
+            let mut headers = HeaderMap::new();
+            headers.insert(TRANSFER_ENCODING, coding.parse().unwrap());
+            assert!(strip_hop_by_hop(&mut headers), "{coding}");
+        }
+        let mut headers = HeaderMap::new();
+        headers.insert(TRANSFER_ENCODING, "Chunked".parse().unwrap());
+        assert!(!strip_hop_by_hop(&mut headers));
+        let mut headers = HeaderMap::new();
+        headers.insert(CONTENT_LENGTH, "5".parse().unwrap());
+        headers.insert(CONNECTION, "close".parse().unwrap());
+        assert!(!strip_hop_by_hop(&mut headers));
+        assert_eq!(
+            headers[CONTENT_LENGTH], "5",
+            "kept without Transfer-Encoding"
+        );
     }
 
     #[test]
