@@ -143,6 +143,58 @@ async fn a_reload_that_cannot_bind_changes_nothing() {
     sidecar.stop().await;
 }
 
+/// A reload that fails changes nothing, the access log included: after one that named another
+/// log file and a busy port, the first config reloaded again goes on writing to the first
+/// file. A changed `[log]` is refused, as the logger is set up once.
+#[tokio::test]
+async fn a_failed_reload_keeps_the_access_log_and_a_changed_log_section_is_refused() {
+    let (app, _) = status_app(200).await;
+    let certs = Certs::new("reload-access-log");
+    let (first_log, other_log) = (certs.dir.join("first.log"), certs.dir.join("other.log"));
+    let config = |log: &std::path::Path, listen: SocketAddr, extra: &str| {
+        Config::parse(&format!(
+            "{extra}[admin]\nlisten = \"127.0.0.1:0\"\n[access_log]\npath = \"{}\"\nformat = \"json\"\n\
+             [[outbound]]\nname = \"orders\"\nlisten = \"{listen}\"\nendpoints = [\"{app}\"]\n",
+            log.display()
+        ))
+        .unwrap()
+    };
+    let start = config(&first_log, "127.0.0.1:0".parse().unwrap(), "");
+    let mut sidecar = sidecar_lite::Sidecar::start(&start, None).await.unwrap();
+    let addr = outbound_addr(&sidecar);
+
+    let busy = std::net::TcpListener::bind("127.0.0.1:0").unwrap();
+    let err = sidecar
+        .reload(&config(&other_log, busy.local_addr().unwrap(), ""))
+        .await
+        .unwrap_err();
+    assert!(err.to_string().contains("cannot listen"), "{err}");
+    sidecar.reload(&start).await.unwrap();
+    assert_eq!(status(addr).await, StatusCode::OK);
+    let lines = |path: &std::path::Path| {
+        std::fs::read_to_string(path)
+            .unwrap_or_default()
+            .lines()
+            .count()
+    };
+    assert!(
+        eventually(async || lines(&first_log) == 1).await,
+        "the request is logged in the first file"
+    );
+    assert_eq!(lines(&other_log), 0, "nothing went to the other file");
+
+    let err = sidecar
+        .reload(&config(
+            &first_log,
+            "127.0.0.1:0".parse().unwrap(),
+            "[log]\nformat = \"json\"\n",
+        ))
+        .await
+        .unwrap_err();
+    assert!(err.to_string().contains("[log] changed"), "{err}");
+    sidecar.stop().await;
+}
+
 #[tokio::test]
 async fn the_binary_reloads_its_file_and_keeps_serving_through_a_broken_one() {
     let (app, _) = status_app(200).await;

@@ -257,6 +257,33 @@ mod tests {
         );
     }
 
+    /// A limit past what a process can afford is refused with its line, not taken and then
+    /// allocated at the first request (4 294 967 296 headers would abort the process).
+    #[test]
+    fn limits_have_ceilings_as_well_as_floors() {
+        for (line, field, maximum) in [
+            ("max_headers = 4294967296", "limits.max_headers", "10000"),
+            (
+                "max_head_bytes = 4294967296",
+                "limits.max_head_bytes",
+                "8388608",
+            ),
+            (
+                "max_connections = 99999999999",
+                "limits.max_connections",
+                "1048576",
+            ),
+        ] {
+            let message = error(&format!("[limits]\n{line}\n"));
+            assert!(
+                message.contains(&format!("line 2: `{field}`"))
+                    && message.contains(&format!("is above the maximum of {maximum}")),
+                "{message}"
+            );
+        }
+        assert!(Config::parse("[limits]\nmax_headers = 10000\nmax_head_bytes = 8388608\n").is_ok());
+    }
+
     #[test]
     fn endpoint_protocol_is_auto_unless_set_and_a_wrong_one_is_named() {
         use super::UpstreamProtocol;

@@ -141,20 +141,39 @@ pub(super) fn problems(config: &Config) -> Vec<(String, String)> {
         }
     }
     let limits = &config.limits;
-    for (field, value, min) in [
-        ("limits.max_headers", limits.max_headers, 1),
-        ("limits.max_head_bytes", limits.max_head_bytes, 8192),
-        ("limits.max_connections", limits.max_connections, 1),
+    // The maxima keep a typo from costing the process: each head parsed takes room for
+    // `max_headers` headers (twice, in hyper, and in the framing guard), and a head may fill
+    // `max_head_bytes`; Envoy's own ceilings are 8 MiB heads, and headers by the hundred.
+    for (field, value, min, max) in [
+        ("limits.max_headers", limits.max_headers, 1, MAX_HEADERS),
+        (
+            "limits.max_head_bytes",
+            limits.max_head_bytes,
+            8192,
+            MAX_HEAD_BYTES,
+        ),
+        (
+            "limits.max_connections",
+            limits.max_connections,
+            1,
+            MAX_CONNECTIONS,
+        ),
         (
             "limits.http2_max_concurrent_streams",
             limits.http2_max_concurrent_streams as usize,
             1,
+            u32::MAX as usize,
         ),
     ] {
         if value < min {
             problems.push((
                 field.into(),
                 format!("{value} is below the minimum of {min}"),
+            ));
+        } else if value > max {
+            problems.push((
+                field.into(),
+                format!("{value} is above the maximum of {max}"),
             ));
         }
     }
@@ -163,9 +182,6 @@ pub(super) fn problems(config: &Config) -> Vec<(String, String)> {
             "limits.max_connections_per_source".into(),
             "must be at least 1".into(),
         ));
-    }
-    if limits.max_head_bytes > u32::MAX as usize {
-        problems.push(("limits.max_head_bytes".into(), "must fit in 32 bits".into()));
     }
     for (field, value) in [
         ("discovery.dns_refresh", config.discovery.dns_refresh),
@@ -217,8 +233,15 @@ pub(super) fn problems(config: &Config) -> Vec<(String, String)> {
 }
 
 /// The most requests in flight one listener may allow: far beyond what one process serves,
-/// and far below what the semaphore behind the limit can count.
+/// and far below what the counter behind the limit can count.
 const MAX_CONCURRENCY: usize = 1 << 20;
+
+/// The most headers a request may be allowed.
+const MAX_HEADERS: usize = 10_000;
+/// The most bytes a request head may be allowed: 8 MiB.
+const MAX_HEAD_BYTES: usize = 8 << 20;
+/// The most connections a listener may be allowed.
+const MAX_CONNECTIONS: usize = 1 << 20;
 
 fn concurrency_problems(
     field: &str,

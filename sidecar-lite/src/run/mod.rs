@@ -181,8 +181,8 @@ impl Sidecar {
     /// Applies a new config: every stack is built first, so an invalid config changes
     /// nothing; then stacks are swapped, new listeners bound and removed ones drained. The
     /// identity files are watched on their own; a changed `[identity]` section needs a
-    /// restart and is refused here, as are changes to `[admin]`, `[runtime]`, `[limits]` and
-    /// `[tracing]`.
+    /// restart and is refused here, as are changes to `[admin]`, `[runtime]`, `[limits]`,
+    /// `[tracing]` and `[log]` (the process's logger is set up once).
     pub async fn reload(&mut self, config: &Config) -> Result<(), BoxError> {
         if config.identity != self.config.identity {
             return Err("[identity] changed: restart to use other certificate files".into());
@@ -196,6 +196,9 @@ impl Sidecar {
         if config.tracing != self.config.tracing {
             return Err("[tracing] changed: restart to apply".into());
         }
+        if config.log != self.config.log {
+            return Err("[log] changed: restart to apply".into());
+        }
         // A new file (or format) is opened before anything changes; the same one is reopened,
         // for logrotate, which sends SIGHUP once it has moved the file away.
         let access_log = if config.access_log == self.config.access_log {
@@ -204,15 +207,23 @@ impl Sidecar {
             Some(open_access_log(config)?)
         };
         let planned = self.plan(config)?;
-        match access_log {
-            Some(log) => self.access_log = log,
+        let previous = match access_log {
+            Some(log) => Some(std::mem::replace(&mut self.access_log, log)),
             None => {
                 if let Some(log) = &self.access_log {
                     log.reopen();
                 }
+                None
             }
+        };
+        let applied = self.apply(config.clone(), planned).await;
+        // A reload that fails changes nothing: the log stays the one `[access_log]` names.
+        if applied.is_err()
+            && let Some(previous) = previous
+        {
+            self.access_log = previous;
         }
-        self.apply(config.clone(), planned).await
+        applied
     }
 
     /// Builds the stack of every listener in `config`.
