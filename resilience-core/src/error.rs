@@ -30,6 +30,14 @@ impl ConfigError {
         Self::new(field, format!("{value:?}"), reason)
     }
 
+    /// The same error, of a field named `field` where it is read (`per_caller.rate` for a
+    /// rate's `rate`, say).
+    #[must_use]
+    pub fn named(mut self, field: &'static str) -> Self {
+        self.field = field;
+        self
+    }
+
     /// The name of the field that is wrong.
     #[must_use]
     pub fn field(&self) -> &'static str {

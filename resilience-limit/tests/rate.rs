@@ -162,6 +162,11 @@ fn bad_config_names_the_field() {
         ("", "`rate` = none"),
         ("rate = 0", "`rate` = 0"),
         ("rate = 10\nburst = 0", "`burst` = 0"),
+        // Rates too slow for the limiter's clock, and bursts it cannot refill, are refused
+        // by name rather than panicking here or when the limiter is built.
+        ("rate = 1e-20", "`rate` = 0.00000000000000000001"),
+        ("rate = 1e-11", "`rate` = 0.00000000001"),
+        ("rate = 0.1\nburst = 4294967295", "`burst` = 4294967295"),
         ("burst = 3\nper_caller = { rate = 1 }", "`burst` = set"),
         ("per_caller = { rate = -1 }", "`per_caller.rate` = -1"),
         (

@@ -93,6 +93,18 @@ async fn a_slow_first_answer_loses_to_a_copy_and_is_cancelled() {
     );
 }
 
+/// A delay the clock cannot count to (`Duration::MAX`, "never") sends no copy, and does not
+/// overflow the clock.
+#[tokio::test(start_paused = true)]
+async fn a_delay_of_duration_max_never_hedges() {
+    let upstream = Upstream::default();
+    let service = HedgeLayer::new(HttpPolicy::default(), HedgeDelay::Fixed(Duration::MAX))
+        .budget(budget())
+        .layer(upstream.service(|_| Duration::from_secs(3600), |_| 200));
+    assert_eq!(service.oneshot(get()).await.unwrap().into_body(), "call 0");
+    assert_eq!(upstream.calls.load(Ordering::SeqCst), 1);
+}
+
 #[tokio::test(start_paused = true)]
 async fn an_answer_before_the_delay_sends_no_copy_and_spends_no_budget() {
     let upstream = Upstream::default();

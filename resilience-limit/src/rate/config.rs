@@ -68,15 +68,12 @@ fn rate(
         None => Rate::per_second(per_second),
     };
     rate.map_err(|e| {
-        if e.field() == "burst" {
-            ConfigError::new(fields.1, e.value(), "must be at least 1")
+        let field = if e.field() == "burst" {
+            fields.1
         } else {
-            ConfigError::new(
-                fields.0,
-                e.value(),
-                "must be more than 0 and at most 1e9 calls a second",
-            )
-        }
+            fields.0
+        };
+        e.named(field)
     })
 }
 

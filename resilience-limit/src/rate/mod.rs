@@ -16,6 +16,11 @@ use governor::Quota;
 use resilience_core::ConfigError;
 use std::{num::NonZeroU32, time::Duration};
 
+/// The slowest rate: one call a day.
+const MIN_PER_SECOND: f64 = 1.0 / 86_400.0;
+/// The longest a full burst may take to refill: a year.
+const MAX_REFILL_SECONDS: f64 = 365.0 * 86_400.0;
+
 /// A rate: `per_second` calls a second on average, and up to `burst` at once after a quiet
 /// spell (the GCRA's cell rate and burst tolerance).
 #[derive(Debug, Clone, Copy, PartialEq)]
@@ -25,18 +30,27 @@ pub struct Rate {
 }
 
 impl Rate {
-    /// `per_second` calls a second (more than 0, at most a billion; fractions allowed: 0.5
-    /// is one call every two seconds), in bursts of up to `burst` (at least 1).
+    /// `per_second` calls a second (at least one a day, at most a billion a second;
+    /// fractions allowed: 0.5 is one call every two seconds), in bursts of up to `burst` (at
+    /// least 1, and no more than the rate refills in a year).
     pub fn new(per_second: f64, burst: u32) -> Result<Self, ConfigError> {
-        if !(per_second > 0.0 && per_second <= 1e9) {
+        if !(per_second >= MIN_PER_SECOND && per_second <= 1e9) {
             return Err(ConfigError::new(
                 "rate",
                 per_second,
-                "must be more than 0 and at most 1e9 calls a second",
+                "must be at least one call a day (1/86400 a second) and at most 1e9 a second",
             ));
         }
         let burst = NonZeroU32::new(burst)
             .ok_or_else(|| ConfigError::new("burst", burst, "must be at least 1"))?;
+        // The limiter keeps the time a full burst takes to refill in 64-bit nanoseconds.
+        if f64::from(burst.get()) / per_second > MAX_REFILL_SECONDS {
+            return Err(ConfigError::new(
+                "burst",
+                burst,
+                "must refill within a year at the rate: lower it, or raise the rate",
+            ));
+        }
         Ok(Self {
             period: Duration::from_secs_f64(1.0 / per_second),
             burst,
