@@ -34,7 +34,7 @@ impl Rate {
     /// fractions allowed: 0.5 is one call every two seconds), in bursts of up to `burst` (at
     /// least 1, and no more than the rate refills in a year).
     pub fn new(per_second: f64, burst: u32) -> Result<Self, ConfigError> {
-        if !(per_second >= MIN_PER_SECOND && per_second <= 1e9) {
+        if !(MIN_PER_SECOND..=1e9).contains(&per_second) {
             return Err(ConfigError::new(
                 "rate",
                 per_second,
