@@ -371,6 +371,53 @@ async fn route_to(upstream: std::net::SocketAddr) -> sidecar_lite::Sidecar {
     .await
 }
 
+/// An upstream that answers before it has read a request's body (as nginx and Go's servers
+/// may) leaves its connection busy sending that body for as long as the caller takes: a slow
+/// upload must not hold up the next request, which gets another connection.
+#[tokio::test]
+async fn a_slow_upload_answered_early_does_not_hold_up_the_next_request() {
+    let (upstream, hits) = raw_upstream(b"HTTP/1.1 200 OK\r\nContent-Length: 2\r\n\r\nok").await;
+    // One worker: both requests draw on the same worker's connections.
+    let sidecar = sidecar(&format!(
+        "[runtime]\nworker_threads = 1\n[[outbound]]\nname = \"orders\"\nlisten = \"127.0.0.1:0\"\n\
+         endpoints = [\"{upstream}\"]\n"
+    ))
+    .await;
+    let addr = outbound_addr(&sidecar);
+    let mut uploading = TcpStream::connect(addr).await.unwrap();
+    uploading
+        .write_all(b"POST /upload HTTP/1.1\r\nHost: a\r\nContent-Length: 100000\r\n\r\n0123456789")
+        .await
+        .unwrap();
+    let mut answer = vec![0; 1024];
+    let n = timeout(STEP, uploading.read(&mut answer))
+        .await
+        .unwrap()
+        .unwrap();
+    assert!(
+        answer[..n].starts_with(b"HTTP/1.1 200"),
+        "{}",
+        String::from_utf8_lossy(&answer[..n])
+    );
+    assert_eq!(hits.load(std::sync::atomic::Ordering::SeqCst), 1);
+
+    // The upload stalls, its connection to the upstream still sending it.
+    let response = timeout(
+        STEP,
+        http1().request(
+            Request::builder()
+                .uri(format!("http://{addr}/next"))
+                .body(full(""))
+                .unwrap(),
+        ),
+    )
+    .await
+    .expect("the next request waited behind the upload")
+    .unwrap();
+    assert_eq!(response.status(), StatusCode::OK);
+    drop(uploading);
+}
+
 /// An upstream's response framed by both Content-Length and chunked encoding is read as
 /// chunked (RFC 9112 section 6.3), and its Content-Length does not go on to frame the
 /// client's copy: the whole body arrives, not its first five bytes.

@@ -119,6 +119,10 @@ struct IdleConnections<B>(Mutex<Idle<B>>);
 struct Idle<B> {
     /// Most recently used last: the warmest connection is taken first.
     http1: Vec<(http1::SendRequest<B>, Instant)>,
+    /// Connections whose response has ended while their request's body is still being sent
+    /// (an upstream may answer before it has read it): idle once hyper is ready for the next
+    /// request, not before, or a request would wait behind a slow upload.
+    sending: Vec<http1::SendRequest<B>>,
     http2: Option<http2::SendRequest<B>>,
 }
 
@@ -152,6 +156,7 @@ impl<C, B> Pool<C, B> {
                     .map(|_| {
                         Arc::new(IdleConnections(Mutex::new(Idle {
                             http1: Vec::new(),
+                            sending: Vec::new(),
                             http2: None,
                         })))
                     })
@@ -166,14 +171,37 @@ impl<B> IdleConnections<B> {
         self.0.lock().unwrap_or_else(PoisonError::into_inner)
     }
 
-    /// Takes an HTTP/1.1 connection back when its request is done, unless the pool is full.
+    /// Takes an HTTP/1.1 connection back when its response is done, unless the pool is full.
     fn put_back(&self, sender: http1::SendRequest<B>) {
         if sender.is_closed() {
             return;
         }
         let mut idle = self.lock();
-        if idle.http1.len() < MAX_IDLE {
+        if idle.http1.len() + idle.sending.len() >= MAX_IDLE {
+            return;
+        }
+        if sender.is_ready() {
             idle.http1.push((sender, Instant::now()));
+        } else {
+            idle.sending.push(sender);
+        }
+    }
+}
+
+impl<B> Idle<B> {
+    /// Moves the connections that have sent their request's body to the idle ones, and drops
+    /// the closed ones.
+    fn settle(&mut self, now: Instant) {
+        let mut i = 0;
+        while let Some(sender) = self.sending.get(i) {
+            if sender.is_closed() {
+                self.sending.swap_remove(i);
+            } else if sender.is_ready() {
+                let sender = self.sending.swap_remove(i);
+                self.http1.push((sender, now));
+            } else {
+                i += 1;
+            }
         }
     }
 }
@@ -210,6 +238,9 @@ impl<C: Dial, B: StackBody> Shared<C, B> {
                         // Past their idle time, connections are dropped, which closes them.
                         // The oldest come first (each is pushed when its request ends).
                         let now = Instant::now();
+                        if !idle.sending.is_empty() {
+                            idle.settle(now);
+                        }
                         let expired = idle.http1.partition_point(|(_, since)| {
                             now.saturating_duration_since(*since) >= IDLE_TIMEOUT
                         });
