@@ -24,6 +24,7 @@ use criterion::{Criterion, criterion_group, criterion_main};
 use http::{Request, Response, StatusCode};
 use http_body_util::Full;
 use resilience_breaker::{CircuitBreakerLayer, Mode, classify_fn};
+use resilience_limit::FixedConcurrencyLayer;
 use resilience_retry::{PeekGrpcTrailersLayer, ReplayBody, RetryIf, RetryLayer};
 use resilience_timeout::{Fixed, HttpDeadline, TimeoutLayer, TimeoutPolicy};
 use sidecar_lite::Config;
@@ -323,12 +324,13 @@ where
     let _guard = rt.enter();
     let service = ServiceBuilder::new()
         .map_response(|response: Response<_>| response.map(boxed))
-        .load_shed()
-        .concurrency_limit(
+        // The sidecar's fixed limit: refused at once, nothing queued (tower's below sheds
+        // with `LoadShed` over `ConcurrencyLimit`).
+        .layer(FixedConcurrencyLayer::new(
             route
                 .max_concurrent_requests()
                 .expect("the bench's route has a fixed limit"),
-        )
+        ))
         .layer(total)
         .layer(retry)
         .layer(PeekGrpcTrailersLayer::new())
