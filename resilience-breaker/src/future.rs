@@ -7,6 +7,7 @@ use std::{
     future::Future,
     pin::Pin,
     task::{Context, Poll, ready},
+    time::Duration,
 };
 use tokio::time::Instant;
 
@@ -63,10 +64,18 @@ impl PermitGuard {
     }
 }
 
+/// A call dropped before it ended: by a timeout at its deadline, a failure (the endpoint did
+/// not answer in time); otherwise left out (its caller went away, or another copy won), and a
+/// probe's permit handed back.
 impl Drop for PermitGuard {
     fn drop(&mut self) {
         if let Some(permit) = self.permit.take() {
-            self.breaker.release(permit);
+            if resilience_core::dropped_at_deadline() {
+                self.breaker
+                    .record(permit, Outcome::failure(Duration::ZERO));
+            } else {
+                self.breaker.release(permit);
+            }
         }
     }
 }

@@ -274,6 +274,38 @@ async fn by_default_the_callers_broken_body_is_not_the_endpoints_failure() {
     assert_eq!((counts.calls, counts.failures), (2, 1));
 }
 
+/// A call dropped by a timeout at its deadline did not answer in time: a failure, also for a
+/// probe (which reopens the breaker). A call dropped otherwise (its caller went away) is left
+/// out, and a probe's permit handed back.
+#[tokio::test(start_paused = true)]
+async fn a_call_dropped_at_its_deadline_is_a_failure_and_one_dropped_otherwise_is_not() {
+    let (mut svc, mut handle) = spawn(CircuitBreakerLayer::new(policy()).unwrap());
+    handle.allow(10);
+    for _ in 0..2 {
+        assert_ready_ok!(svc.poll_ready());
+        let cancelled = svc.call("cancelled");
+        drop(cancelled);
+    }
+    assert_eq!(svc.get_ref().handle().counts().calls, 0, "left out");
+
+    for _ in 0..2 {
+        assert_ready_ok!(svc.poll_ready());
+        let hung = svc.call("hung");
+        resilience_core::drop_at_deadline(|| drop(hung));
+    }
+    let breaker = svc.get_ref().handle().clone();
+    assert_eq!(breaker.counts().failures, 2);
+    assert_eq!(breaker.state(), State::Open);
+
+    // The probe hangs too: the breaker opens again, rather than letting the next probe go.
+    time::advance(OPEN_FOR).await;
+    assert_ready_ok!(svc.poll_ready());
+    let probe = svc.call("probe");
+    assert_eq!(breaker.state(), State::HalfOpen);
+    resilience_core::drop_at_deadline(|| drop(probe));
+    assert_eq!(breaker.state(), State::Open);
+}
+
 /// Fails with "not mine" for errors the endpoint did not cause, which are left out.
 #[derive(Clone)]
 struct SkipsNotMine;

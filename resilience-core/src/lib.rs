@@ -24,6 +24,7 @@
 
 #![cfg_attr(docsrs, feature(doc_cfg))]
 
+mod deadline_drop;
 mod enforcement;
 mod error;
 mod random;
@@ -39,6 +40,7 @@ mod local_reply;
 #[cfg(feature = "http")]
 mod reply_layer;
 
+pub use deadline_drop::{drop_at_deadline, dropped_at_deadline};
 pub use enforcement::Enforcement;
 pub use error::{BoxError, CallerBodyFailed, ConfigError, ConnectFailed, RefusedLocally};
 pub use random::{RandomSource, ThreadRandom};

@@ -135,8 +135,9 @@ where
             StateProj::Done => panic!("timeout ResponseFuture polled after completion"),
         };
         // Drop the inner future now, not when the caller gets round to dropping us: whatever it
-        // holds (a connection, a permit, a buffer) is released at the deadline.
-        this.state.set(State::Done);
+        // holds (a connection, a permit, a buffer) is released at the deadline, and knows why
+        // (a circuit breaker inside counts its call as timed out).
+        resilience_core::drop_at_deadline(|| this.state.set(State::Done));
         if !counted {
             record_timeout(this.name, budget);
         }

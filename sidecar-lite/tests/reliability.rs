@@ -287,6 +287,35 @@ async fn a_hung_endpoint_is_timed_out_once_then_routed_around() {
     assert!(slowest < PER_TRY * 2, "slowest {slowest:?}");
 }
 
+/// Scenario 3b: the one endpoint of a route hangs, and no per-try timeout sits inside the
+/// breaker: the route's timeout, outside it, is what ends each call. Those calls still count
+/// against the endpoint (as Envoy counts a route timeout against the host), so its breaker
+/// opens and callers are answered at once instead of each waiting out the timeout.
+#[tokio::test]
+async fn a_hung_single_endpoint_trips_its_breaker_through_the_route_timeout() {
+    let _turn = ONE_AT_A_TIME.lock().await;
+    let hung = upstream(Faults {
+        hang_rate: Rate::ALWAYS,
+        ..Faults::default()
+    })
+    .await;
+    let sidecar = sidecar(&route(
+        "hung",
+        &[hung.addr()],
+        "timeout = \"100ms\"\n[outbound.breaker]\nconsecutive_failures = 2\nopen_for = \"30s\"\n",
+    ))
+    .await;
+    let uri = format!("http://{}/", outbound_addr(&sidecar));
+    for _ in 0..2 {
+        let response = get(uri.clone()).await;
+        assert_eq!(response.status(), StatusCode::GATEWAY_TIMEOUT);
+    }
+    let response = get(uri).await;
+    assert_eq!(response.status(), StatusCode::SERVICE_UNAVAILABLE);
+    assert_eq!(response.headers()["x-sidecar-error"], "breaker-open");
+    assert_eq!(hung.counters().requests, 2, "the third never reached it");
+}
+
 /// Scenario 4: connections reset before the answer, and half-way through it.
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn resets_give_clean_errors_retried_gets_succeed_and_serving_goes_on() {
