@@ -49,7 +49,9 @@ pub use retry_after::retry_after_secs;
 #[cfg(feature = "http")]
 pub use headers::header_value;
 #[cfg(feature = "http")]
-pub use local_reply::{GRPC_STATUS, LocalReply, Reason, SIDECAR_ERROR, is_grpc, is_grpc_web};
+pub use local_reply::{
+    GRPC_RETRY_PUSHBACK_MS, GRPC_STATUS, LocalReply, Reason, SIDECAR_ERROR, is_grpc, is_grpc_web,
+};
 #[cfg(feature = "http")]
 pub use reply_layer::{
     LocalReplyBody, LocalReplyFuture, LocalReplyLayer, LocalReplyService, ReplyTo,

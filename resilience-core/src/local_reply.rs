@@ -316,7 +316,9 @@ impl LocalReply {
 }
 
 const GRPC_MESSAGE: HeaderName = HeaderName::from_static("grpc-message");
-const GRPC_RETRY_PUSHBACK_MS: HeaderName = HeaderName::from_static("grpc-retry-pushback-ms");
+/// gRPC's `grpc-retry-pushback-ms` (A6): how long the server asks a client to wait before it
+/// retries; negative, or not a number, asks it not to.
+pub const GRPC_RETRY_PUSHBACK_MS: HeaderName = HeaderName::from_static("grpc-retry-pushback-ms");
 
 /// The gRPC status for an HTTP status, as gRPC's "HTTP to gRPC status code mapping" gives it.
 fn grpc_status_of_http(status: StatusCode) -> u16 {

@@ -8,7 +8,7 @@ use crate::{
 };
 use http::{HeaderName, HeaderValue, Method, Request, Response, StatusCode, header::RETRY_AFTER};
 use http_body::Body;
-use resilience_core::is_grpc;
+use resilience_core::{GRPC_RETRY_PUSHBACK_MS, is_grpc};
 use resilience_timeout::HttpDeadline;
 use std::{error::Error, fmt, time::Duration, time::SystemTime};
 use tokio::time::Instant;
@@ -40,7 +40,9 @@ pub const DEFAULT_MAX_RETRY_AFTER: Duration = Duration::from_secs(10);
 ///   gRPC's retry design (A6) and Envoy's `retry-grpc-on`. Other outcomes of a gRPC call
 ///   (`5xx`, `reset`...) follow the method rule.
 /// - A 429 or 503 with `Retry-After` waits that long instead of the backoff; if the delay is
-///   over the cap (or past the deadline), the response is returned at once.
+///   over the cap (or past the deadline), the response is returned at once. A gRPC call
+///   retried on a gRPC status does the same with `grpc-retry-pushback-ms` (A6), and a
+///   negative or malformed pushback returns the response: the server asks not to retry.
 /// - Each retry carries [`RETRY_ATTEMPT`].
 ///
 /// # Deadlines
@@ -165,12 +167,21 @@ impl<C> HttpPolicy<C> {
         };
         // A connect failure never reached the server; a listed gRPC status on a gRPC call
         // means the server declined it. Anything else may have been processed.
-        let safe_for_any_method =
-            reason.name == CONNECT_FAILURE || (is_grpc_reason(&reason) && is_grpc(kept.headers()));
+        let grpc_declined = is_grpc_reason(&reason) && is_grpc(kept.headers());
+        let safe_for_any_method = reason.name == CONNECT_FAILURE || grpc_declined;
         if !safe_for_any_method && !self.is_idempotent(kept) {
             return Action::Return;
         }
-        if let Some(response) = response
+        if grpc_declined
+            && let Some(value) = response.and_then(|r| r.headers().get(GRPC_RETRY_PUSHBACK_MS))
+        {
+            // gRPC A6: the server's pushback replaces the backoff; a negative or malformed
+            // one says not to retry. Over the cap, as a long `Retry-After`, returned at once.
+            match pushback(value) {
+                Some(delay) if delay <= self.max_retry_after => reason.retry_after = Some(delay),
+                _ => return Action::Return,
+            }
+        } else if let Some(response) = response
             && matches!(
                 response.status(),
                 StatusCode::TOO_MANY_REQUESTS | StatusCode::SERVICE_UNAVAILABLE
@@ -185,6 +196,15 @@ impl<C> HttpPolicy<C> {
         }
         Action::Retry(reason)
     }
+}
+
+/// A `grpc-retry-pushback-ms` value as a delay: whole milliseconds, else `None`.
+fn pushback(value: &HeaderValue) -> Option<Duration> {
+    let text = value.to_str().ok()?.trim();
+    if text.is_empty() || !text.bytes().all(|b| b.is_ascii_digit()) {
+        return None;
+    }
+    text.parse::<u64>().ok().map(Duration::from_millis)
 }
 
 impl<C, B: Body> Replay<Request<B>> for HttpPolicy<C> {

@@ -6,6 +6,61 @@ mod http_support;
 
 use http_support::*;
 
+/// gRPC A6: a gRPC status the policy retries, with `grpc-retry-pushback-ms`, is retried that
+/// many milliseconds later instead of after the backoff; a negative or malformed pushback
+/// says not to retry; one over the `Retry-After` cap is returned at once.
+#[tokio::test(start_paused = true)]
+async fn grpc_retry_pushback_sets_the_delay_and_a_negative_one_stops_retries() {
+    let policy = HttpPolicy::new(RetryOn::from_names(&["unavailable"]).unwrap());
+    let call = || {
+        let mut req = request(Method::POST);
+        req.headers_mut()
+            .insert("content-type", "application/grpc".parse().unwrap());
+        req
+    };
+    let unavailable = |pushback: &'static str| -> Answer {
+        let headers: &'static [(&'static str, &'static str)] = match pushback {
+            "2000" => &[
+                ("content-type", "application/grpc"),
+                ("grpc-status", "14"),
+                ("grpc-retry-pushback-ms", "2000"),
+            ],
+            "-1" => &[
+                ("content-type", "application/grpc"),
+                ("grpc-status", "14"),
+                ("grpc-retry-pushback-ms", "-1"),
+            ],
+            "soon" => &[
+                ("content-type", "application/grpc"),
+                ("grpc-status", "14"),
+                ("grpc-retry-pushback-ms", "soon"),
+            ],
+            _ => &[
+                ("content-type", "application/grpc"),
+                ("grpc-status", "14"),
+                ("grpc-retry-pushback-ms", "60000"),
+            ],
+        };
+        Answer::WithHeaders(200, headers)
+    };
+    let ok = || {
+        Answer::WithHeaders(
+            200,
+            &[("content-type", "application/grpc"), ("grpc-status", "0")],
+        )
+    };
+
+    let start = Instant::now();
+    let (code, seen) = run(policy.clone(), vec![unavailable("2000"), ok()], call()).await;
+    assert_eq!((code, seen.len()), (200, 2));
+    assert_eq!(seen[1].at - start, Duration::from_secs(2));
+
+    for refusing in ["-1", "soon", "60000"] {
+        let (_, seen) = run(policy.clone(), vec![unavailable(refusing), ok()], call()).await;
+        assert_eq!(seen.len(), 1, "pushback {refusing}: not retried");
+    }
+}
+
 #[tokio::test(start_paused = true)]
 async fn retry_after_sets_the_delay_and_a_long_one_returns_at_once() {
     let start = Instant::now();

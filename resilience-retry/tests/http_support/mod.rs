@@ -26,6 +26,7 @@ pub(crate) const MS: Duration = Duration::from_millis(1);
 pub(crate) enum Answer {
     Status(u16),
     WithHeader(u16, &'static str, &'static str),
+    WithHeaders(u16, &'static [(&'static str, &'static str)]),
     Refused,
     Reset,
     /// The caller's body broke off (an unexpected end of it, which alone would read as a reset).
@@ -100,6 +101,13 @@ pub(crate) fn upstream(
                 Answer::WithHeader(code, name, value) => {
                     let mut res = status(code);
                     res.headers_mut().insert(name, value.parse().unwrap());
+                    Ok(res)
+                }
+                Answer::WithHeaders(code, headers) => {
+                    let mut res = status(code);
+                    for (name, value) in headers {
+                        res.headers_mut().insert(*name, value.parse().unwrap());
+                    }
                     Ok(res)
                 }
                 Answer::Refused => Err(io::Error::from(io::ErrorKind::ConnectionRefused).into()),
