@@ -208,8 +208,10 @@ pub fn write_workloads(
     trust_domain: &str,
     workloads: &[String],
 ) -> Result<Vec<PathBuf>, crate::BoxError> {
-    // Every name first, so that a clash writes nothing.
+    // Every file name first, so that a clash writes nothing: `orders`' key and a workload
+    // named `orders-key`'s certificate would both be orders-key.pem.
     let mut names: Vec<(&str, &String)> = Vec::with_capacity(workloads.len());
+    let mut files: Vec<(String, &String)> = Vec::with_capacity(2 * workloads.len());
     for workload in workloads {
         let name = workload
             .trim_end_matches('/')
@@ -217,18 +219,22 @@ pub fn write_workloads(
             .next()
             .filter(|n| !n.is_empty())
             .ok_or_else(|| format!("workload `{workload}` has no name"))?;
-        if name == "ca" {
-            return Err(format!(
-                "workload `{workload}` would be written as ca.pem, over the CA; rename it"
-            )
-            .into());
-        }
-        if let Some((_, other)) = names.iter().find(|(n, _)| *n == name) {
-            return Err(format!(
-                "workloads `{other}` and `{workload}` would both be written as {name}.pem; \
-                 their files are named by the last segment, so give them different ones"
-            )
-            .into());
+        for file in [format!("{name}.pem"), format!("{name}-key.pem")] {
+            if file == "ca.pem" {
+                return Err(format!(
+                    "workload `{workload}` would be written as ca.pem, over the CA; rename it"
+                )
+                .into());
+            }
+            if let Some((_, other)) = files.iter().find(|(f, _)| *f == file) {
+                return Err(format!(
+                    "workloads `{other}` and `{workload}` would both write {file}; their files \
+                     are named by the last segment (<name>.pem, <name>-key.pem), so give them \
+                     names that do not meet"
+                )
+                .into());
+            }
+            files.push((file, workload));
         }
         names.push((name, workload));
     }

@@ -40,9 +40,14 @@ fn workloads_whose_files_would_clash_are_refused_before_anything_is_written() {
     for (paths, message) in [
         (
             &["ns/a/sa/api", "ns/b/sa/api"][..],
-            "would both be written as api.pem",
+            "would both write api.pem",
         ),
         (&["ns/shop/sa/ca"][..], "over the CA"),
+        // One's key and the other's certificate share a name.
+        (
+            &["ns/a/sa/orders", "ns/a/sa/orders-key"][..],
+            "would both write orders-key.pem",
+        ),
     ] {
         let out = dir("clash");
         let error = write_workloads(&out, "example.org", &workloads(paths))

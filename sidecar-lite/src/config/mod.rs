@@ -257,6 +257,52 @@ mod tests {
         );
     }
 
+    /// Two listeners the system would not bind together are refused with the second one's
+    /// line: the same address, or a wildcard over the other's (`check` passed them, and `run`
+    /// failed with "address in use").
+    #[test]
+    fn listeners_that_cannot_be_bound_together_are_refused() {
+        let two = |first: &str, second: &str| {
+            format!(
+                "[[outbound]]\nname = \"a\"\nallow_remote_callers = true\nlisten = \"{first}\"\n\
+                 endpoints = [\"127.0.0.1:8080\"]\n\
+                 [[outbound]]\nname = \"b\"\nallow_remote_callers = true\nlisten = \"{second}\"\n\
+                 endpoints = [\"127.0.0.1:8080\"]\n"
+            )
+        };
+        for (first, second, expected) in [
+            (
+                "127.0.0.1:15001",
+                "127.0.0.1:15001",
+                "already used by another listener",
+            ),
+            (
+                "127.0.0.1:15001",
+                "0.0.0.0:15001",
+                "overlaps 127.0.0.1:15001",
+            ),
+            ("0.0.0.0:15001", "127.0.0.1:15001", "overlaps 0.0.0.0:15001"),
+            ("[::]:15001", "127.0.0.1:15001", "overlaps [::]:15001"),
+        ] {
+            let message = error(&two(first, second));
+            assert!(
+                message.contains("line 9: `outbound[1].listen`") && message.contains(expected),
+                "{first} then {second}: {message}"
+            );
+        }
+        for (first, second) in [
+            ("127.0.0.1:15001", "127.0.0.1:15002"),
+            ("127.0.0.1:15001", "127.0.0.2:15001"),
+            ("0.0.0.0:15001", "[::1]:15001"),
+            ("127.0.0.1:0", "127.0.0.1:0"),
+        ] {
+            assert!(
+                Config::parse(&two(first, second)).is_ok(),
+                "{first} and {second}"
+            );
+        }
+    }
+
     /// A limit past what a process can afford is refused with its line, not taken and then
     /// allocated at the first request (4 294 967 296 headers would abort the process).
     #[test]

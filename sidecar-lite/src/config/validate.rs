@@ -13,11 +13,21 @@ use std::{collections::HashSet, net::SocketAddr};
 /// Every problem serde could not find, as (field path, message).
 pub(super) fn problems(config: &Config) -> Vec<(String, String)> {
     let mut problems = Vec::new();
-    let mut listeners = HashSet::new();
+    let mut listeners: Vec<SocketAddr> = Vec::new();
     let mut listen = |field: String, addr: SocketAddr, problems: &mut Vec<(String, String)>| {
         // Port 0 asks the system for a free port: never a clash.
-        if addr.port() != 0 && !listeners.insert(addr) {
-            problems.push((field, format!("{addr} is already used by another listener")));
+        if addr.port() == 0 {
+            return;
+        }
+        match listeners.iter().find(|other| clash(**other, addr)) {
+            Some(other) if *other == addr => {
+                problems.push((field, format!("{addr} is already used by another listener")));
+            }
+            Some(other) => problems.push((
+                field,
+                format!("{addr} overlaps {other}, another listener's: the system refuses both"),
+            )),
+            None => listeners.push(addr),
         }
     };
     listen("admin.listen".into(), config.admin.listen, &mut problems);
@@ -230,6 +240,16 @@ pub(super) fn problems(config: &Config) -> Vec<(String, String)> {
         tracing_problems(tracing, &mut problems);
     }
     problems
+}
+
+/// Whether the system refuses to bind both `a` and `b` (Linux, without `SO_REUSEPORT` between
+/// them): the same port, and the same address or a wildcard that covers the other (`0.0.0.0`
+/// covers IPv4; `[::]`, dual-stack by default, covers both).
+fn clash(a: SocketAddr, b: SocketAddr) -> bool {
+    let covers = |wild: SocketAddr, other: SocketAddr| {
+        wild.ip().is_unspecified() && (wild.is_ipv6() || other.is_ipv4())
+    };
+    a.port() == b.port() && (a.ip() == b.ip() || covers(a, b) || covers(b, a))
 }
 
 /// The most requests in flight one listener may allow: far beyond what one process serves,
