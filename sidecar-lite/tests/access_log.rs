@@ -52,6 +52,37 @@ fn access_log(dir: &Path, format: &str) -> (PathBuf, String) {
     (path, section)
 }
 
+/// A response whose head went out and whose body then broke off (the upstream closed half-way)
+/// is not logged as a plain success: its line keeps the status sent and says `upstream`.
+#[tokio::test]
+async fn a_response_body_that_breaks_off_is_flagged_in_its_line() {
+    let certs = Certs::new("access-log-broken-body");
+    let upstream = TcpListener::bind("127.0.0.1:0").await.unwrap();
+    let addr = upstream.local_addr().unwrap();
+    tokio::spawn(async move {
+        use tokio::io::{AsyncReadExt, AsyncWriteExt};
+        let (mut tcp, _) = upstream.accept().await.unwrap();
+        let mut head = [0; 4096];
+        let _ = tcp.read(&mut head).await;
+        let _ = tcp
+            .write_all(b"HTTP/1.1 200 OK\r\nContent-Length: 10\r\n\r\n01234")
+            .await;
+        // Closed with five of its ten bytes sent.
+    });
+    let (log, section) = access_log(&certs.dir, "json");
+    let sidecar = sidecar(&format!(
+        "{section}[[outbound]]\nname = \"app\"\nlisten = \"127.0.0.1:0\"\nendpoints = [\"{addr}\"]\n"
+    ))
+    .await;
+    let response = get(format!("http://{}/", sidecar.bound.outbound[0].1)).await;
+    assert_eq!(response.status(), StatusCode::OK);
+    assert!(response.into_body().collect().await.is_err(), "cut short");
+    let lines = lines(&log, 1).await;
+    assert_eq!(lines[0]["status"], 200);
+    assert_eq!(lines[0]["sidecar_error"], "upstream");
+    assert_eq!(lines[0]["bytes_out"], 5);
+}
+
 #[tokio::test]
 async fn every_request_gets_a_json_line_with_what_happened() {
     let certs = Certs::new("access-log-json");

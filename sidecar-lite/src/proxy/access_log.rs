@@ -369,13 +369,18 @@ impl Body for LoggedBody {
     ) -> Poll<Option<Result<Frame<Bytes>, BoxError>>> {
         let mut this = self.project();
         let frame = ready!(this.inner.as_mut().poll_frame(cx));
-        if let (Some(Some(entry)), Some(Ok(frame))) =
-            (this.line.as_mut().map(|line| &mut line.entry), &frame)
-        {
-            if let Some(data) = frame.data_ref() {
-                entry.bytes_out += data.len() as u64;
-            } else if let Some(trailers) = frame.trailers_ref() {
-                entry.grpc_status = grpc_status(trailers).or(entry.grpc_status);
+        if let Some(Some(entry)) = this.line.as_mut().map(|line| &mut line.entry) {
+            match &frame {
+                Some(Ok(frame)) => {
+                    if let Some(data) = frame.data_ref() {
+                        entry.bytes_out += data.len() as u64;
+                    } else if let Some(trailers) = frame.trailers_ref() {
+                        entry.grpc_status = grpc_status(trailers).or(entry.grpc_status);
+                    }
+                }
+                // The head said it went well; the body broke off: the line says so.
+                Some(Err(error)) => entry.flag = Some(body_failure(error).to_owned()),
+                None => {}
             }
         }
         if frame.is_none() || this.inner.is_end_stream() {
@@ -392,6 +397,17 @@ impl Body for LoggedBody {
     fn size_hint(&self) -> SizeHint {
         self.inner.size_hint()
     }
+}
+
+/// The flag of a response body that failed part-way: `timeout` (its idle timeout), else
+/// `upstream` (the upstream's connection failed during the call, as the reply would say).
+fn body_failure(error: &BoxError) -> &'static str {
+    let timed_out =
+        std::iter::successors(Some(&**error as &(dyn std::error::Error + 'static)), |e| {
+            e.source()
+        })
+        .any(|e| e.is::<resilience_timeout::Elapsed>());
+    if timed_out { "timeout" } else { "upstream" }
 }
 
 /// One request, as logged.

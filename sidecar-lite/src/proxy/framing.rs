@@ -309,9 +309,12 @@ impl Scanner {
                     Ok(Step::Consumed(n))
                 }
                 Ok(httparse::Status::Partial) => Ok(Step::Partial),
+                // A size the guard cannot read, which hyper may still take (seventeen digits,
+                // zeros first): past it the guard cannot follow where requests begin, so the
+                // next request on the connection is refused rather than let through unwatched.
                 Err(_) => {
                     self.stop();
-                    Err(None)
+                    Err(Some(self.heads + 1))
                 }
             },
             State::Trailers => {
