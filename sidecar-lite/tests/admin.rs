@@ -398,3 +398,55 @@ async fn status_has_the_golden_signals_identity_and_peers() {
         "{page}"
     );
 }
+
+/// A connection cut at the drain grace has its task aborted, so it never reaches its end: it
+/// is counted out of `sidecar_connections_open` all the same (the gauge outlives the listener,
+/// under the same name, and would stay one too high for good).
+#[tokio::test]
+async fn a_connection_cut_at_the_drain_grace_is_counted_out_of_the_open_gauge() {
+    let (slow, hits) = app(|_req| async {
+        tokio::time::sleep(std::time::Duration::from_secs(30)).await;
+        hyper::Response::new(full("late"))
+    })
+    .await;
+    let config = |listen: SocketAddr| {
+        Config::parse(&format!(
+            "[admin]\nlisten = \"127.0.0.1:0\"\n[runtime]\ndrain_grace = \"100ms\"\n\
+             [[outbound]]\nname = \"cut\"\nlisten = \"{listen}\"\nendpoints = [\"{slow}\"]\n"
+        ))
+        .unwrap()
+    };
+    let mut sidecar = Sidecar::start(&config("127.0.0.1:0".parse().unwrap()), Some(recorder()))
+        .await
+        .unwrap();
+    let req = Request::builder()
+        .uri(format!("http://{}/", outbound_addr(&sidecar)))
+        .body(full(""))
+        .unwrap();
+    let pending = tokio::spawn(http1().request(req));
+    assert!(
+        eventually(async || hits.load(std::sync::atomic::Ordering::SeqCst) == 1).await,
+        "the request reached the app"
+    );
+    let open = || {
+        recorder()
+            .render()
+            .lines()
+            .find(|l| l.starts_with("sidecar_connections_open{listener=\"outbound/cut\"}"))
+            .map(|l| l.rsplit(' ').next().unwrap().to_owned())
+    };
+    assert_eq!(open().as_deref(), Some("1"));
+
+    // The route moves: its old listener drains, and cuts the request at the grace.
+    sidecar
+        .reload(&config(common::process::free_addr()))
+        .await
+        .unwrap();
+    let _ = timeout(STEP, pending).await.expect("the request is cut");
+    assert!(
+        eventually(async || open().as_deref() == Some("0")).await,
+        "{:?}",
+        open()
+    );
+    sidecar.stop().await;
+}

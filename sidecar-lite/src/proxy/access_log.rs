@@ -170,7 +170,7 @@ impl AccessLog {
                 start,
                 duration: Duration::ZERO,
                 listener: listener.clone(),
-                method: req.method().clone(),
+                method: bounded_method(req.method()),
                 authority,
                 path: bounded(req.uri().path()),
                 protocol: req.version(),
@@ -195,6 +195,17 @@ impl AccessLog {
 /// `text`, cut to at most [`MAX_FIELD`] bytes at a character boundary, with spaces, quotes,
 /// backslashes and control characters percent-encoded: a caller's `Host` cannot add fields to
 /// a text line.
+/// `method`, cut to [`MAX_FIELD`] bytes as the other fields are: hyper takes a method token
+/// as long as the head allows, and a queued line would hold all of it.
+fn bounded_method(method: &Method) -> Method {
+    let text = method.as_str();
+    if text.len() <= MAX_FIELD {
+        return method.clone();
+    }
+    // A method is a token of ASCII characters: any non-empty prefix is one too.
+    Method::from_bytes(&text.as_bytes()[..MAX_FIELD]).unwrap_or(Method::GET)
+}
+
 fn bounded(text: &str) -> String {
     let mut end = text.len().min(MAX_FIELD);
     while !text.is_char_boundary(end) {
@@ -754,6 +765,15 @@ mod tests {
             "x/%20HTTP/1.1%22%20200%20flag=-"
         );
         assert_eq!(bounded("a\tb\\c"), "a%09b%5Cc");
+    }
+
+    #[test]
+    fn long_methods_are_cut_as_long_paths_are() {
+        let long = Method::from_bytes(&[b'X'; 60_000]).unwrap();
+        let cut = bounded_method(&long);
+        assert_eq!(cut.as_str().len(), MAX_FIELD);
+        assert!(long.as_str().starts_with(cut.as_str()));
+        assert_eq!(bounded_method(&Method::POST), Method::POST);
     }
 
     #[test]

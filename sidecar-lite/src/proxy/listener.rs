@@ -39,6 +39,16 @@ pub(crate) struct Listening {
     pub(crate) open: OpenConnections,
 }
 
+/// One connection counted in [`OpenConnections`] while it lives.
+struct OpenConnection<'a>(&'a OpenConnections);
+
+impl Drop for OpenConnection<'_> {
+    fn drop(&mut self) {
+        self.0.gauge.decrement(1.0);
+        self.0.here().fetch_sub(1, Ordering::Relaxed);
+    }
+}
+
 /// The open connections of a listener: the `sidecar_connections_open` gauge for `/metrics`,
 /// and the same count by worker for the status page (a gauge cannot be read back).
 #[derive(Debug, Clone)]
@@ -60,14 +70,12 @@ impl OpenConnections {
         &self.by_worker[worker::index() % self.by_worker.len()]
     }
 
-    fn opened(&self) {
+    /// Counts a connection open until the returned guard is dropped: at its end, or when its
+    /// task is cut at the drain grace (aborted, it never reaches its end).
+    fn opened(&self) -> OpenConnection<'_> {
         self.gauge.increment(1.0);
         self.here().fetch_add(1, Ordering::Relaxed);
-    }
-
-    fn closed(&self) {
-        self.gauge.decrement(1.0);
-        self.here().fetch_sub(1, Ordering::Relaxed);
+        OpenConnection(self)
     }
 
     /// Connections open now.
@@ -189,7 +197,7 @@ pub(crate) async fn serve<S>(
         let open = open.clone();
         connections.spawn(async move {
             let _admitted = admitted;
-            open.opened();
+            let _open = open.opened();
             match acceptor {
                 None => {
                     serve_connection(&name, remote, tcp, None, service, &settings, control).await;
@@ -205,7 +213,6 @@ pub(crate) async fn serve<S>(
                     }
                 },
             }
-            open.closed();
         });
     }
     // Free the address at once, so a reload can bind it again.
