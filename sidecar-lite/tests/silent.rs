@@ -236,3 +236,30 @@ async fn others_are_served(addr: SocketAddr) {
         .unwrap();
     assert_eq!(response.status(), 200);
 }
+
+/// The admin server's 64 places held by connections kept alive between requests (a `GET /live`
+/// each, answered, and the connection kept) do not turn a probe away: the one idle the longest
+/// makes room, as a silent one would.
+#[tokio::test]
+async fn the_admin_server_answers_probes_while_its_places_are_held_by_kept_alive_connections() {
+    let (sidecar, _) = plaintext_route().await;
+    let admin = sidecar.bound.admin.unwrap();
+    let mut kept = Vec::with_capacity(64);
+    for _ in 0..64 {
+        let mut tcp = TcpStream::connect(admin).await.unwrap();
+        tcp.write_all(b"GET /live HTTP/1.1\r\nHost: 127.0.0.1\r\n\r\n")
+            .await
+            .unwrap();
+        let mut head = [0; 512];
+        let n = timeout(STEP, tcp.read(&mut head)).await.unwrap().unwrap();
+        assert!(head[..n].starts_with(b"HTTP/1.1 200"));
+        kept.push(tcp);
+    }
+    for probe in ["/live", "/ready"] {
+        let response = timeout(STEP, get(format!("http://{admin}{probe}")))
+            .await
+            .unwrap_or_else(|_| panic!("{probe} answered while 64 connections are kept alive"));
+        assert_eq!(response.status(), 200, "{probe}");
+    }
+    drop(kept);
+}

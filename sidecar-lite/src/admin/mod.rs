@@ -259,7 +259,7 @@ pub(crate) async fn serve(
     };
     let setup = Listening {
         name: name.into(),
-        admission: crate::proxy::Admission::new(&limits),
+        admission: crate::proxy::Admission::evicting_idle(&limits),
         limits,
         grace: Duration::from_secs(1),
         open,

@@ -108,6 +108,13 @@ impl Activity {
         self.last_done() + limit
     }
 
+    /// Since when the connection has had no request in flight, if it has none now (and has
+    /// not been asked to leave).
+    pub(super) fn idle_since(&self) -> Option<Instant> {
+        (self.in_flight.load(Ordering::Acquire) == 0 && !self.evicted.load(Ordering::Relaxed))
+            .then(|| self.last_done())
+    }
+
     /// Whether the connection has not sent a request yet: what the listener may evict.
     pub(super) fn never_requested(&self) -> bool {
         !self.requested.load(Ordering::Relaxed) && !self.evicted.load(Ordering::Relaxed)

@@ -17,6 +17,10 @@ use std::{
 pub(crate) struct Admission {
     max_connections: usize,
     max_per_source: Option<usize>,
+    /// At the limit, a kept-alive connection with no request in flight makes room too: on an
+    /// admin listener, whose few places must not be held by clients that only keep their
+    /// connections alive while a kubelet's probe is turned away.
+    evict_idle: bool,
     state: Mutex<State>,
 }
 
@@ -36,6 +40,18 @@ impl Admission {
         Arc::new(Self {
             max_connections: limits.max_connections,
             max_per_source: limits.max_connections_per_source,
+            evict_idle: false,
+            state: Mutex::default(),
+        })
+    }
+
+    /// The limits of an admin listener: as [`Admission::new`], and at the limit the connection
+    /// idle the longest (none of its requests in flight) makes room when no silent one can.
+    pub(crate) fn evicting_idle(limits: &LimitsConfig) -> Arc<Self> {
+        Arc::new(Self {
+            max_connections: limits.max_connections,
+            max_per_source: limits.max_connections_per_source,
+            evict_idle: true,
             state: Mutex::default(),
         })
     }
@@ -53,12 +69,12 @@ impl Admission {
         if self.max_per_source.is_some_and(|cap| from_source >= cap) {
             return Err("per-source");
         }
-        if state.open >= self.max_connections && !state.silent.evict_oldest() {
+        if state.open >= self.max_connections && !state.silent.make_room(self.evict_idle) {
             return Err("limit");
         }
         state.open += 1;
         *state.per_source.entry(source).or_insert(0) += 1;
-        state.silent.push(activity);
+        state.silent.push(activity, self.evict_idle);
         Ok(Admitted {
             admission: self.clone(),
             source,
@@ -96,14 +112,52 @@ impl Drop for Admitted {
 struct SilentConnections(VecDeque<Weak<Activity>>);
 
 impl SilentConnections {
-    fn push(&mut self, activity: &Arc<Activity>) {
+    /// Adds a connection just admitted. `keep_speakers`: the list also serves
+    /// [`evict_idlest`](Self::evict_idlest), so connections that have sent a request stay in it.
+    fn push(&mut self, activity: &Arc<Activity>, keep_speakers: bool) {
         // Weed out the ones that have spoken or gone, once they outnumber what can be open:
         // the list stays bounded by the connection limit, at constant cost per connection.
         if self.0.len() >= self.0.capacity().max(64) {
-            self.0
-                .retain(|weak| weak.upgrade().is_some_and(|a| a.never_requested()));
+            self.0.retain(|weak| {
+                weak.upgrade()
+                    .is_some_and(|a| keep_speakers || a.never_requested())
+            });
         }
         self.0.push_back(Arc::downgrade(activity));
+    }
+
+    /// Evicts a connection for a new one: one that has not sent a request, or with
+    /// `idle_too`, else the one idle the longest; whether there was one.
+    fn make_room(&mut self, idle_too: bool) -> bool {
+        if idle_too {
+            self.evict_idlest()
+        } else {
+            self.evict_oldest()
+        }
+    }
+
+    /// Evicts the oldest connection that has not sent a request, else the one idle the longest
+    /// (kept alive, no request in flight); whether there was one.
+    fn evict_idlest(&mut self) -> bool {
+        self.0.retain(|weak| weak.strong_count() > 0);
+        let idlest = self
+            .0
+            .iter()
+            .enumerate()
+            .filter_map(|(i, weak)| Some((i, weak.upgrade()?)))
+            .filter_map(|(i, activity)| {
+                let since = activity.idle_since()?;
+                Some(((!activity.never_requested(), since), i, activity))
+            })
+            .min_by_key(|(key, ..)| *key);
+        match idlest {
+            Some((_, i, activity)) => {
+                activity.evict();
+                self.0.remove(i);
+                true
+            }
+            None => false,
+        }
     }
 
     /// Evicts the oldest connection that has not sent a request; whether there was one.
