@@ -5,7 +5,7 @@
 #![cfg(all(feature = "http", feature = "serde"))]
 
 use http::{Method, Request, Response, StatusCode};
-use http_body_util::Empty;
+use http_body_util::{BodyExt, Empty, Full};
 use resilience_retry::{Budget, HedgeConfig, HedgeDelay, HedgeLayer, HttpPolicy, RetryIf};
 use std::{
     sync::{
@@ -155,6 +155,35 @@ async fn a_post_goes_once_unless_idempotent_or_grpc() {
             "{method} key={key} grpc={grpc}"
         );
     }
+}
+
+/// A gRPC call carries a body, which its connection reads after the call is made: the copy
+/// goes once the body is whole, not never (the rule was asked at the first poll, before any
+/// body had been read, so only empty requests were ever hedged).
+#[tokio::test(start_paused = true)]
+async fn a_grpc_call_with_a_body_is_hedged_once_its_body_has_been_read() {
+    let calls = Arc::new(AtomicU32::new(0));
+    let counted = calls.clone();
+    let upstream = service_fn(
+        move |req: Request<resilience_retry::ReplayBody<Full<bytes::Bytes>>>| {
+            let n = counted.fetch_add(1, Ordering::SeqCst);
+            async move {
+                // Read a moment after the call, as a connection's task reads it.
+                tokio::time::sleep(Duration::from_millis(1)).await;
+                let body = req.into_body().collect().await?.to_bytes();
+                let latency = if n == 0 { 1000 } else { 10 };
+                tokio::time::sleep(Duration::from_millis(latency)).await;
+                Ok::<_, BoxError>(Response::new(format!("call {n}: {} bytes", body.len())))
+            }
+        },
+    );
+    let mut req = Request::new(Full::new(bytes::Bytes::from_static(b"\0\0\0\0\x01x")));
+    *req.method_mut() = Method::POST;
+    req.headers_mut()
+        .insert("content-type", "application/grpc".parse().unwrap());
+    let response = layer().layer(upstream).oneshot(req).await.unwrap();
+    assert_eq!(response.into_body(), "call 1: 6 bytes");
+    assert_eq!(calls.load(Ordering::SeqCst), 2);
 }
 
 #[tokio::test(start_paused = true)]

@@ -125,9 +125,7 @@ where
             }
 
             let in_flight = this.first.is_some() || !this.copies.is_empty();
-            let may_send = this.kept.as_ref().is_some_and(|kept| {
-                *this.sent < settings.max_attempts && settings.policy.may_hedge(kept)
-            });
+            let may_send = this.kept.is_some() && *this.sent < settings.max_attempts;
             if !may_send {
                 *this.kept = None;
                 if !in_flight {
@@ -150,6 +148,17 @@ where
             };
             if !due {
                 return Poll::Pending;
+            }
+            // Asked when a copy is due, not at the first poll: a request's body is read by its
+            // connection's task, which has not run yet when the call is made, and a copy may
+            // go only once the body is whole (it must not take the first attempt's frames).
+            if !this
+                .kept
+                .as_ref()
+                .is_some_and(|kept| settings.policy.may_hedge(kept))
+            {
+                *this.kept = None;
+                continue;
             }
             let spare = &*this.spare;
             let sender = this.sender.get_or_insert_with(|| Box::new(spare.service()));

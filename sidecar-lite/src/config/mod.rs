@@ -303,6 +303,24 @@ mod tests {
         }
     }
 
+    /// A per-try timeout within the deadline margin would tell every attempt's next hop that no
+    /// time is left: refused, naming the per-try timeout.
+    #[test]
+    fn a_per_try_timeout_within_the_deadline_margin_is_refused() {
+        let route = |retry: &str| {
+            format!(
+                "[[outbound]]\nname = \"a\"\nlisten = \"127.0.0.1:0\"\nendpoints = [\"127.0.0.1:8080\"]\n\
+                 [outbound.timeout]\ntimeout = \"50ms\"\n[outbound.retry]\n{retry}\n"
+            )
+        };
+        let message = error(&route("per_try_timeout = \"4ms\""));
+        assert!(
+            message.contains("`outbound[0].retry.per_try_timeout`: 4ms must be more than"),
+            "{message}"
+        );
+        assert!(Config::parse(&route("per_try_timeout = \"6ms\"")).is_ok());
+    }
+
     /// A limit past what a process can afford is refused with its line, not taken and then
     /// allocated at the first request (4 294 967 296 headers would abort the process).
     #[test]

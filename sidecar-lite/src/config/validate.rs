@@ -96,6 +96,21 @@ pub(super) fn problems(config: &Config) -> Vec<(String, String)> {
         if let Err(e) = route.retry.validate() {
             problems.push((at(&format!("retry.{}", e.field())), e.to_string()));
         }
+        // Each attempt tells the next hop its time less the margin: with no more than the
+        // margin, every attempt would say there is none left, and a peer answer 504 at once.
+        if let Some(per_try) = route.retry.per_try_timeout
+            && route.timeout.propagate_deadline
+            && per_try <= route.timeout.deadline_margin
+        {
+            problems.push((
+                at("retry.per_try_timeout"),
+                format!(
+                    "{per_try:?} must be more than `timeout.deadline_margin` ({:?}): every \
+                     attempt would tell the next hop it has no time left",
+                    route.timeout.deadline_margin
+                ),
+            ));
+        }
         if let Err(e) = route.breaker.validate() {
             problems.push((at(&format!("breaker.{}", e.field())), e.to_string()));
         }
