@@ -392,3 +392,69 @@ async fn a_plaintext_route_speaks_http2_to_its_endpoint_when_told_to() {
         );
     }
 }
+
+/// An HTTP/2 upstream that allows one stream at a time, with one request held on it: the next
+/// request gets a connection of its own instead of waiting in the first one's queue (hyper
+/// holds a request past the peer's limit until a stream ends, however long that is).
+#[tokio::test]
+async fn an_http2_upstream_at_its_stream_limit_gets_another_connection() {
+    use hyper_util::{
+        rt::{TokioExecutor, TokioIo},
+        server::conn::auto,
+    };
+    let listener = tokio::net::TcpListener::bind("127.0.0.1:0").await.unwrap();
+    let upstream = listener.local_addr().unwrap();
+    let connections = std::sync::Arc::new(std::sync::atomic::AtomicUsize::new(0));
+    let holding = std::sync::Arc::new(std::sync::atomic::AtomicUsize::new(0));
+    let release = std::sync::Arc::new(tokio::sync::Notify::new());
+    let (counted, held, entered) = (connections.clone(), release.clone(), holding.clone());
+    tokio::spawn(async move {
+        while let Ok((tcp, _)) = listener.accept().await {
+            counted.fetch_add(1, Ordering::SeqCst);
+            let (held, entered) = (held.clone(), entered.clone());
+            tokio::spawn(async move {
+                let service =
+                    hyper::service::service_fn(move |req: Request<hyper::body::Incoming>| {
+                        let (held, entered) = (held.clone(), entered.clone());
+                        async move {
+                            if req.uri().path() == "/hold" {
+                                entered.fetch_add(1, Ordering::SeqCst);
+                                held.notified().await;
+                            }
+                            Ok::<_, std::convert::Infallible>(Response::new(full("done")))
+                        }
+                    });
+                let mut builder = auto::Builder::new(TokioExecutor::new()).http2_only();
+                builder.http2().max_concurrent_streams(1);
+                let _ = builder.serve_connection(TokioIo::new(tcp), service).await;
+            });
+        }
+    });
+    let sidecar = sidecar(&format!(
+        "[runtime]\nworker_threads = 1\n[[outbound]]\nname = \"h2\"\nlisten = \"127.0.0.1:0\"\n\
+         endpoints = [\"{upstream}\"]\nendpoint_protocol = \"http2\"\n"
+    ))
+    .await;
+    let addr = outbound_addr(&sidecar);
+    // A first answer: the connection has read the peer's SETTINGS (they come before it).
+    assert_eq!(
+        get(format!("http://{addr}/first")).await.status(),
+        StatusCode::OK
+    );
+    assert_eq!(connections.load(Ordering::SeqCst), 1);
+    let hold = Request::builder()
+        .uri(format!("http://{addr}/hold"))
+        .body(full(""))
+        .unwrap();
+    let held = tokio::spawn(http1().request(hold));
+    assert!(
+        eventually(async || holding.load(Ordering::SeqCst) == 1).await,
+        "the held request reached the upstream"
+    );
+    let quick = get(format!("http://{addr}/quick")).await;
+    assert_eq!(quick.status(), StatusCode::OK);
+    assert_eq!(connections.load(Ordering::SeqCst), 2);
+    release.notify_one();
+    let held = timeout(STEP, held).await.unwrap().unwrap().unwrap();
+    assert_eq!(held.status(), StatusCode::OK);
+}

@@ -7,6 +7,7 @@ mod client;
 mod coalesce;
 mod endpoint;
 mod pool;
+mod streams;
 pub(crate) mod worker;
 
 pub(crate) use app::AppClient;

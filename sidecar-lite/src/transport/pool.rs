@@ -4,12 +4,17 @@
 //! endpoint share its connections, which are bounded ([`MAX_IDLE`] kept for reuse, idle ones
 //! closed after [`IDLE_TIMEOUT`]). HTTP/1.1 connections are checked out one request at a time
 //! and come back when the response body is done; HTTP/2 (with prior knowledge, or chosen by
-//! ALPN) shares one connection. A request that a pooled connection refuses before sending any
+//! ALPN) shares a connection among as many requests as its peer allows streams, and opens
+//! another when every one is full ([`super::streams`]). A request that a pooled connection refuses before sending any
 //! of it (the peer closed it meanwhile) goes again on a new connection, as hyper-util's client
 //! does. A connection that cannot be made fails with [`ConnectFailed`], which retries may
 //! resend for any method.
 
-use super::{StackBody, worker};
+use super::{
+    StackBody,
+    streams::{Http2Connections, StreamSlot, Streams, Taken, drive},
+    worker,
+};
 use bytes::Bytes;
 use http::{HeaderValue, Request, Response, Uri, header::HOST, uri::PathAndQuery};
 use http_body::{Body, Frame, SizeHint};
@@ -123,13 +128,13 @@ struct Idle<B> {
     /// (an upstream may answer before it has read it): idle once hyper is ready for the next
     /// request, not before, or a request would wait behind a slow upload.
     sending: Vec<http1::SendRequest<B>>,
-    http2: Option<http2::SendRequest<B>>,
+    http2: Http2Connections<B>,
 }
 
-/// A connection checked out for one request.
+/// A connection checked out for one request (on HTTP/2, one of its streams).
 enum Checked<B> {
     Http1(http1::SendRequest<B>),
-    Http2(http2::SendRequest<B>),
+    Http2(http2::SendRequest<B>, StreamSlot),
 }
 
 impl<C, B> Pool<C, B> {
@@ -157,7 +162,7 @@ impl<C, B> Pool<C, B> {
                         Arc::new(IdleConnections(Mutex::new(Idle {
                             http1: Vec::new(),
                             sending: Vec::new(),
-                            http2: None,
+                            http2: Http2Connections::new(),
                         })))
                     })
                     .collect(),
@@ -231,10 +236,11 @@ impl<C: Dial, B: StackBody> Shared<C, B> {
         loop {
             let pooled = {
                 let mut idle = self.idle();
-                match &idle.http2 {
-                    Some(http2) if !http2.is_closed() => Some(Checked::Http2(http2.clone())),
-                    _ => {
-                        idle.http2 = None;
+                match idle.http2.take() {
+                    Taken::Stream(sender, slot) => Some(Checked::Http2(sender, slot)),
+                    // Every HTTP/2 connection at its peer's limit: another one.
+                    Taken::Full => None,
+                    Taken::None => {
                         // Past their idle time, connections are dropped, which closes them.
                         // The oldest come first (each is pushed when its request ends).
                         let now = Instant::now();
@@ -255,11 +261,11 @@ impl<C: Dial, B: StackBody> Shared<C, B> {
                         return Ok((Checked::Http1(sender), true));
                     }
                 }
-                Some(Checked::Http2(mut sender)) => {
+                // A closed one is left out at the next checkout.
+                Some(Checked::Http2(mut sender, slot)) => {
                     if sender.ready().await.is_ok() {
-                        return Ok((Checked::Http2(sender), true));
+                        return Ok((Checked::Http2(sender, slot), true));
                     }
-                    self.idle().http2 = None;
                 }
                 // Boxed: dialling, the TLS handshake and hyper's handshake are kilobytes of
                 // future state that every request's future would otherwise carry (and move
@@ -294,13 +300,15 @@ impl<C: Dial, B: StackBody> Shared<C, B> {
                 .handshake(io)
                 .await
                 .map_err(ConnectFailed::new)?;
+            let streams = Streams::new();
+            let published = streams.clone();
             tokio::spawn(async move {
-                if let Err(error) = connection.await {
+                if let Err(error) = drive(connection, published).await {
                     tracing::debug!(%error, "upstream HTTP/2 connection ended with an error");
                 }
             });
-            self.idle().http2 = Some(sender.clone());
-            Ok(Checked::Http2(sender))
+            let slot = self.idle().http2.add(sender.clone(), streams);
+            Ok(Checked::Http2(sender, slot))
         } else {
             let (sender, connection) = http1::handshake(io).await.map_err(ConnectFailed::new)?;
             tokio::spawn(async move {
@@ -334,11 +342,13 @@ impl<C: Dial, B: StackBody> Service<Request<B>> for Pool<C, B> {
             loop {
                 let (checked, reused) = shared.checkout().await?;
                 let refused = match checked {
-                    Checked::Http2(mut sender) => {
+                    Checked::Http2(mut sender, slot) => {
                         absolute_form(&mut req, &shared.target);
                         match sender.try_send_request(req).await {
                             Ok(response) => {
-                                return Ok(shared.answer(response.map(PooledBody::done)));
+                                return Ok(shared.answer(
+                                    response.map(|body| PooledBody::on_stream(body, slot)),
+                                ));
                             }
                             Err(refused) => refused,
                         }
@@ -421,11 +431,13 @@ impl<B> Drop for PutBack<B> {
 pin_project! {
     /// A response body from a pooled connection: an HTTP/1.1 connection goes back to its pool
     /// when the body ends or is dropped (hyper closes it if the body was not read to its end,
-    /// and the pool skips closed connections).
+    /// and the pool skips closed connections); an HTTP/2 stream is given back to its
+    /// connection's count the same way.
     pub(crate) struct PooledBody<B> {
         #[pin]
         inner: Incoming,
         back: Option<PutBack<B>>,
+        stream: Option<StreamSlot>,
     }
 }
 
@@ -434,12 +446,17 @@ impl<B> PooledBody<B> {
         Self {
             inner,
             back: Some(back),
+            stream: None,
         }
     }
 
-    /// A body with no connection to give back (HTTP/2 streams share theirs).
-    fn done(inner: Incoming) -> Self {
-        Self { inner, back: None }
+    /// A body on a stream of a shared HTTP/2 connection.
+    fn on_stream(inner: Incoming, stream: StreamSlot) -> Self {
+        Self {
+            inner,
+            back: None,
+            stream: Some(stream),
+        }
     }
 }
 
@@ -454,8 +471,9 @@ impl<B> Body for PooledBody<B> {
         let this = self.project();
         let frame = std::task::ready!(this.inner.poll_frame(cx));
         if frame.is_none() {
-            // Done: the connection may take the next request now.
+            // Done: the connection (or the stream's place) may take the next request now.
             drop(this.back.take());
+            drop(this.stream.take());
         }
         Poll::Ready(frame)
     }
