@@ -5,9 +5,9 @@
 //! closed after [`IDLE_TIMEOUT`]). HTTP/1.1 connections are checked out one request at a time
 //! and come back when the response body is done; HTTP/2 (with prior knowledge, or chosen by
 //! ALPN) shares a connection among as many requests as its peer allows streams, and opens
-//! another when every one is full ([`super::streams`]). A request that a pooled connection refuses before sending any
-//! of it (the peer closed it meanwhile) goes again on a new connection, as hyper-util's client
-//! does. A connection that cannot be made fails with [`ConnectFailed`], which retries may
+//! another when every one is full (`streams.rs`). A request that a pooled connection refuses
+//! before sending any of it (the peer closed it meanwhile) goes again on a new connection, as
+//! hyper-util's client does. A connection that cannot be made fails with [`ConnectFailed`], which retries may
 //! resend for any method.
 
 use super::{
