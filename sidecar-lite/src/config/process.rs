@@ -57,7 +57,9 @@ impl Default for LimitsConfig {
 #[cfg(feature = "proxy")]
 impl LimitsConfig {
     /// The admin listener's limits: these, with room for only a few dozen connections at
-    /// once (probes, scrapes, an operator), so that no flood of them can cost much.
+    /// once (probes, scrapes, an operator), so that no flood of them can cost much. (Its
+    /// admission also lets the connection idle the longest make room: see
+    /// `Admission::evicting_idle`.)
     pub(crate) fn for_admin(&self) -> Self {
         Self {
             max_connections: ADMIN_MAX_CONNECTIONS.min(self.max_connections),
