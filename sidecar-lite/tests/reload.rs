@@ -280,6 +280,39 @@ async fn a_reload_from_permissive_to_strict_mtls_applies_to_new_connections() {
     sidecar.stop().await;
 }
 
+/// The balancer's load gauge expires with the rest after an idle spell, and comes back with
+/// the next requests: a held handle would go on writing to the series dropped.
+#[tokio::test]
+async fn an_endpoints_load_series_comes_back_after_an_idle_spell() {
+    let (first, _) = status_app(200).await;
+    let (second, _) = status_app(200).await;
+    let listen = process::free_addr();
+    let sidecar = process::SidecarProcess::start_with(
+        "load-series",
+        &format!(
+            "[[outbound]]\nname = \"orders\"\nlisten = \"{listen}\"\nendpoints = [\"{first}\", \"{second}\"]\n"
+        ),
+        "metrics_idle_timeout = \"1s\"\n",
+        &[],
+    )
+    .await;
+    let load = format!("sidecar_endpoint_load{{route=\"orders\",endpoint=\"{first}\"}}");
+    let traffic = async || {
+        for _ in 0..64 {
+            let response = get(format!("http://{listen}/")).await;
+            assert_eq!(response.status(), StatusCode::OK);
+        }
+    };
+    traffic().await;
+    assert!(sidecar.metric(&load).await.is_some(), "published");
+    assert!(
+        eventually(async || sidecar.metric(&load).await.is_none()).await,
+        "expired after 1 s unchanged"
+    );
+    traffic().await;
+    assert!(sidecar.metric(&load).await.is_some(), "published again");
+}
+
 #[tokio::test]
 async fn metric_series_of_endpoints_that_are_gone_expire_and_those_in_use_stay() {
     let (kept, _) = status_app(200).await;

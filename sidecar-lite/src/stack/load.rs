@@ -3,8 +3,10 @@
 //! and the status page. Each worker's balancer has estimates of its own: the gauge is the one
 //! read last.
 
+use metrics::SharedString;
 use std::{
     net::SocketAddr,
+    sync::Arc,
     task::{Context, Poll},
 };
 use tower::{
@@ -14,10 +16,15 @@ use tower::{
 
 /// An endpoint as the balancer sees it, whose load estimate is published when read, one read
 /// in [`PUBLISH_EVERY`] (the balancer reads it twice a request; the figure is for people).
+///
+/// The gauge is looked up at each publication rather than held: the exporter drops a series
+/// left unchanged for `metrics_idle_timeout`, and a held handle would then write, after an
+/// idle spell, to a series no longer exported.
 #[derive(Debug)]
 pub(crate) struct PublishedLoad<S> {
     inner: S,
-    gauge: metrics::Gauge,
+    route: SharedString,
+    endpoint: SharedString,
     reads: std::sync::atomic::AtomicU32,
 }
 
@@ -28,11 +35,9 @@ impl<S> PublishedLoad<S> {
     pub(crate) fn new(inner: S, route: &str, endpoint: SocketAddr) -> Self {
         Self {
             inner,
-            gauge: metrics::gauge!(
-                "sidecar_endpoint_load",
-                "route" => route.to_owned(),
-                "endpoint" => endpoint.to_string()
-            ),
+            // Shared, so that each publication's labels are a reference count, not a copy.
+            route: SharedString::from(Arc::<str>::from(route)),
+            endpoint: SharedString::from(Arc::<str>::from(endpoint.to_string())),
             reads: std::sync::atomic::AtomicU32::new(0),
         }
     }
@@ -63,7 +68,12 @@ impl<S: Load<Metric = Cost>> Load for PublishedLoad<S> {
         if reads.is_multiple_of(PUBLISH_EVERY)
             && let Some(value) = cost_value(cost)
         {
-            self.gauge.set(value);
+            metrics::gauge!(
+                "sidecar_endpoint_load",
+                "route" => self.route.clone(),
+                "endpoint" => self.endpoint.clone()
+            )
+            .set(value);
         }
         cost
     }
