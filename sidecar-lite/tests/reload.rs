@@ -297,8 +297,9 @@ async fn an_endpoints_load_series_comes_back_after_an_idle_spell() {
     )
     .await;
     let load = format!("sidecar_endpoint_load{{route=\"orders\",endpoint=\"{first}\"}}");
+    // More requests than the reads between two publications (each request reads both).
     let traffic = async || {
-        for _ in 0..64 {
+        for _ in 0..160 {
             let response = get(format!("http://{listen}/")).await;
             assert_eq!(response.status(), StatusCode::OK);
         }
