@@ -426,6 +426,17 @@ async fn handshake_kind(
     tls.get_ref().1.handshake_kind()
 }
 
+/// A full handshake, then one that resumes its session; the server accepts both.
+async fn a_session_is_resumed(connector: &MtlsConnector, server: &mut HandshakeServer) {
+    handshake_kind(connector, server).await;
+    assert!(server.next().await.is_ok());
+    assert_eq!(
+        handshake_kind(connector, server).await,
+        Some(rustls::HandshakeKind::Resumed)
+    );
+    assert!(server.next().await.is_ok());
+}
+
 #[tokio::test]
 async fn a_resumed_session_is_refused_once_the_client_certificate_has_expired() {
     let ca = DevCa::new("example.org").unwrap();
@@ -481,13 +492,7 @@ async fn a_resumed_session_is_refused_once_its_ca_has_left_the_trust_bundle() {
         &credentials(&ca, "ns/shop/sa/frontend"),
         spiffe("ns/shop/sa/orders"),
     );
-    handshake_kind(&connector, &server).await;
-    assert!(server.next().await.is_ok());
-    assert_eq!(
-        handshake_kind(&connector, &server).await,
-        Some(rustls::HandshakeKind::Resumed)
-    );
-    assert!(server.next().await.is_ok());
+    a_session_is_resumed(&connector, &mut server).await;
 
     // The server now trusts only the other CA (same certificate of its own).
     server_creds.store(server_cert.material(other.trust_pem()).unwrap());
@@ -512,13 +517,7 @@ async fn a_resumed_session_is_refused_by_the_client_once_the_servers_ca_has_left
     let client_cert = ca.workload("ns/shop/sa/frontend").unwrap();
     let client_creds = Credentials::new(client_cert.material(ca.trust_pem()).unwrap());
     let connector = MtlsConnector::new(&client_creds, spiffe("ns/shop/sa/orders"));
-    handshake_kind(&connector, &server).await;
-    assert!(server.next().await.is_ok());
-    assert_eq!(
-        handshake_kind(&connector, &server).await,
-        Some(rustls::HandshakeKind::Resumed)
-    );
-    assert!(server.next().await.is_ok());
+    a_session_is_resumed(&connector, &mut server).await;
 
     // The client now trusts only the other CA (same certificate of its own).
     client_creds.store(client_cert.material(other.trust_pem()).unwrap());
