@@ -109,11 +109,11 @@ pub(crate) fn outbound_with_endpoints<B: StackBody>(
             ),
         tls: tls.cloned(),
         protocol: route.endpoint_protocol,
-        per_try: route.retry.per_try_timeout.map(|timeout| {
-            TimeoutLayer::new(timeout)
-                .with_policy(HttpDeadline::new().propagate(single(route)))
-                .named("per-try")
-        }),
+        // It tells the next hop the time left as the endpoint is called: on a balanced route the
+        // per-try timeout outside the balancer told it before any wait for a ready endpoint
+        // (every breaker half-open with its probe out, discovery's first answer), which this
+        // rewrites with what is left after it. The margin is the outermost timeout's, taken once.
+        per_try: route.retry.per_try_timeout_layer(),
         body: PhantomData,
     };
     let live = LiveEndpoints::default();
@@ -533,6 +533,63 @@ mod tests {
             "[outbound.timeout]\ntimeout = \"2s\"\nbody_idle_timeout = \"1s\"\n",
         ] {
             assert!(!plain(other), "{other}");
+        }
+    }
+
+    /// On a balanced route a request may wait before the balancer for a ready endpoint: the
+    /// next hop is told the time left when the endpoint is called, after the wait, by the
+    /// per-try timeout inside each endpoint (the one outside the balancer told it before).
+    #[tokio::test(start_paused = true)]
+    async fn a_balanced_route_tells_the_time_left_after_the_wait_for_an_endpoint() {
+        let route = route_with(
+            "\"127.0.0.1:8080\", \"127.0.0.1:8081\"",
+            "[outbound.retry]\nper_try_timeout = \"1s\"\n",
+        );
+        // The endpoint answers with the request it was sent.
+        let endpoint = tower::service_fn(|req: Request<()>| async move { Ok::<_, BoxError>(req) });
+        // A call that waits 600 ms before its endpoint's, as one to a balancer with no endpoint
+        // ready yet.
+        let gate = Gate(route.retry.per_try_timeout_layer().unwrap().layer(endpoint));
+        let stack = tower::ServiceBuilder::new()
+            .layer(route.total_timeout_layer().unwrap())
+            .layer(route.retry.per_try_timeout_layer().unwrap())
+            .service(gate);
+        let sent = stack.oneshot(Request::new(())).await.unwrap();
+        let told: u64 = sent.headers()["x-request-timeout-ms"]
+            .to_str()
+            .unwrap()
+            .parse()
+            .unwrap();
+        assert_eq!(told, 395, "1 s, less the 600 ms wait and the 5 ms margin");
+    }
+
+    /// Calls its inner service 600 ms after it is called.
+    struct Gate<S>(S);
+
+    impl<S> tower::Service<Request<()>> for Gate<S>
+    where
+        S: tower::Service<Request<()>> + Clone + Send + 'static,
+        S::Future: Send,
+    {
+        type Response = S::Response;
+        type Error = S::Error;
+        type Future = std::pin::Pin<
+            Box<dyn std::future::Future<Output = Result<S::Response, S::Error>> + Send>,
+        >;
+
+        fn poll_ready(
+            &mut self,
+            _: &mut std::task::Context<'_>,
+        ) -> std::task::Poll<Result<(), S::Error>> {
+            std::task::Poll::Ready(Ok(()))
+        }
+
+        fn call(&mut self, req: Request<()>) -> Self::Future {
+            let inner = self.0.clone();
+            Box::pin(async move {
+                tokio::time::sleep(Duration::from_millis(600)).await;
+                inner.oneshot(req).await
+            })
         }
     }
 
