@@ -314,6 +314,41 @@ async fn an_endpoints_load_series_comes_back_after_an_idle_spell() {
     assert!(sidecar.metric(&load).await.is_some(), "published again");
 }
 
+/// An adaptive limit's gauge comes back after an idle spell too, though the limit holds still.
+#[tokio::test]
+async fn an_adaptive_limits_series_comes_back_after_an_idle_spell() {
+    let (app, _) = status_app(200).await;
+    let listen = process::free_addr();
+    let sidecar = process::SidecarProcess::start_with(
+        "limit-series",
+        &format!(
+            "[[outbound]]\nname = \"orders\"\nlisten = \"{listen}\"\nendpoints = [\"{app}\"]\n\
+             max_concurrent_requests = \"adaptive\"\n"
+        ),
+        "metrics_idle_timeout = \"1s\"\n",
+        &[],
+    )
+    .await;
+    let limit = "resilience_concurrency_limit{name=\"orders\"}";
+    assert!(sidecar.metric(limit).await.is_some(), "published at start");
+    assert!(
+        eventually(async || sidecar.metric(limit).await.is_none()).await,
+        "expired after 1 s unchanged"
+    );
+    // Requests until a window closes (100 ms and 10 calls at least).
+    assert!(
+        eventually(async || {
+            for _ in 0..10 {
+                let response = get(format!("http://{listen}/")).await;
+                assert_eq!(response.status(), StatusCode::OK);
+            }
+            sidecar.metric(limit).await.is_some()
+        })
+        .await,
+        "published again"
+    );
+}
+
 #[tokio::test]
 async fn metric_series_of_endpoints_that_are_gone_expire_and_those_in_use_stay() {
     let (kept, _) = status_app(200).await;

@@ -41,7 +41,6 @@ pub(crate) struct Limiter {
     /// Services that have made their first call: spreads where their countdowns start.
     services: AtomicU64,
     estimate: Mutex<Estimate>,
-    gauge: metrics::Gauge,
 }
 
 #[derive(Debug)]
@@ -140,9 +139,7 @@ impl Admission {
             max,
         } = settings.clone();
         let initial = initial.clamp(min, max);
-        let gauge = metrics::gauge!("resilience_concurrency_limit", "name" => name.to_string());
-        #[allow(clippy::cast_precision_loss, reason = "limits are far below 2^52")]
-        gauge.set(initial as f64);
+        publish(&name, initial);
         Self(Arc::new(Limiter {
             name,
             enforcement,
@@ -157,7 +154,6 @@ impl Admission {
                 limit: initial as f64,
                 window: Window::new(Instant::now()),
             }),
-            gauge,
         }))
     }
 
@@ -254,9 +250,10 @@ impl Limiter {
             reason = "clamped to min..=max first"
         )]
         let rounded = next.round() as usize;
+        // Each window, moved or not: the exporter drops a series left unchanged for its idle
+        // timeout, and a limit that holds still would otherwise vanish from it for good.
+        publish(&self.name, rounded);
         if self.limit.swap(rounded, Ordering::Relaxed) != rounded {
-            #[allow(clippy::cast_precision_loss, reason = "limits are far below 2^52")]
-            self.gauge.set(rounded as f64);
             tracing::trace!(
                 name = &*self.name,
                 algorithm = estimate.algorithm.name(),
@@ -265,6 +262,14 @@ impl Limiter {
             );
         }
     }
+}
+
+/// Sets `resilience_concurrency_limit{name}`, looked up each time rather than held: a held
+/// handle would go on writing, after an idle spell, to a series the exporter has dropped.
+fn publish(name: &Arc<str>, limit: usize) {
+    #[allow(clippy::cast_precision_loss, reason = "limits are far below 2^52")]
+    metrics::gauge!("resilience_concurrency_limit", "name" => metrics::SharedString::from(name.clone()))
+        .set(limit as f64);
 }
 
 /// The stride that times about [`TIMED_PER_WINDOW`] of a window's `admitted` calls.
