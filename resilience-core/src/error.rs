@@ -105,7 +105,7 @@ impl CallerBodyFailed {
     /// Whether `error` or one of its sources is a [`CallerBodyFailed`].
     #[must_use]
     pub fn in_chain(error: &(dyn Error + 'static)) -> bool {
-        std::iter::successors(Some(error), |&e| e.source()).any(|e| e.is::<Self>())
+        in_chain::<Self>(error)
     }
 }
 
@@ -152,7 +152,7 @@ impl RefusedLocally {
     /// Whether `error` or one of its sources is a [`RefusedLocally`].
     #[must_use]
     pub fn in_chain(error: &(dyn Error + 'static)) -> bool {
-        std::iter::successors(Some(error), |&e| e.source()).any(|e| e.is::<Self>())
+        in_chain::<Self>(error)
     }
 }
 
@@ -163,6 +163,11 @@ impl fmt::Display for RefusedLocally {
 }
 
 impl Error for RefusedLocally {}
+
+/// Whether `error` or one of its sources is a `T`.
+fn in_chain<T: Error + 'static>(error: &(dyn Error + 'static)) -> bool {
+    std::iter::successors(Some(error), |&e| e.source()).any(|e| e.is::<T>())
+}
 
 #[cfg(test)]
 mod tests {

@@ -71,11 +71,12 @@ impl ConnectorBuilder {
     /// The rustls client config these settings describe.
     #[must_use]
     pub fn client_config(&self) -> Arc<ClientConfig> {
-        self.client_tls().config
+        self.handshaker().connector.config().clone()
     }
 
-    /// The rustls client config, with the verifier and the session store it was made with.
-    fn client_tls(&self) -> ClientTls {
+    /// The handshakes these settings describe: the rustls config, with the verifier and the
+    /// session store it was made with.
+    fn handshaker(&self) -> Handshaker {
         let provider = provider();
         let versions: &[&rustls::SupportedProtocolVersion] = if self.tls12 {
             &[&rustls::version::TLS13, &rustls::version::TLS12]
@@ -101,10 +102,11 @@ impl ConnectorBuilder {
             Some(sessions) => Resumption::store(sessions.clone()),
             None => Resumption::disabled(),
         };
-        ClientTls {
-            config: Arc::new(config),
+        Handshaker {
+            connector: TlsConnector::from(Arc::new(config)),
             verifier,
             sessions,
+            timeout: self.handshake_timeout,
         }
     }
 
@@ -118,25 +120,12 @@ impl ConnectorBuilder {
 
     /// A connector that does TLS over the connections that `inner` makes.
     pub fn wrap<C>(self, inner: C) -> MtlsConnector<C> {
-        let tls = self.client_tls();
         MtlsConnector {
             inner,
-            tls: Arc::new(Handshaker {
-                connector: TlsConnector::from(tls.config),
-                verifier: tls.verifier,
-                sessions: tls.sessions,
-                timeout: self.handshake_timeout,
-            }),
+            tls: Arc::new(self.handshaker()),
             expected: self.expected,
         }
     }
-}
-
-/// What [`ConnectorBuilder::client_tls`] makes.
-struct ClientTls {
-    config: Arc<ClientConfig>,
-    verifier: Arc<ServerVerifier>,
-    sessions: Option<Arc<ClientSessionMemoryCache>>,
 }
 
 /// A connector for hyper-util's `Client` (a tower `Service<Uri>`) that dials the URI's host,

@@ -200,11 +200,7 @@ impl<C> HttpPolicy<C> {
 
 /// A `grpc-retry-pushback-ms` value as a delay: whole milliseconds, else `None`.
 fn pushback(value: &HeaderValue) -> Option<Duration> {
-    let text = value.to_str().ok()?.trim();
-    if text.is_empty() || !text.bytes().all(|b| b.is_ascii_digit()) {
-        return None;
-    }
-    text.parse::<u64>().ok().map(Duration::from_millis)
+    retry_after::digits(value.to_str().ok()?.trim()).map(Duration::from_millis)
 }
 
 impl<C, B: Body> Replay<Request<B>> for HttpPolicy<C> {

@@ -8,12 +8,20 @@ use std::time::{Duration, SystemTime};
 #[must_use]
 pub fn parse(value: &HeaderValue, now: SystemTime) -> Option<Duration> {
     let text = value.to_str().ok()?.trim();
-    if !text.is_empty() && text.bytes().all(|b| b.is_ascii_digit()) {
-        // More than 20 digits cannot be a u64; such a value is malformed, not "forever".
-        return text.parse::<u64>().ok().map(Duration::from_secs);
+    if let Some(seconds) = digits(text) {
+        return Some(Duration::from_secs(seconds));
     }
     let at = httpdate::parse_http_date(text).ok()?;
     Some(at.duration_since(now).unwrap_or(Duration::ZERO))
+}
+
+/// `text` as a number when it is digits only: `None` for a sign, a space, or more than a
+/// `u64` holds (such a value is malformed, not "forever").
+pub(crate) fn digits(text: &str) -> Option<u64> {
+    if text.is_empty() || !text.bytes().all(|b| b.is_ascii_digit()) {
+        return None;
+    }
+    text.parse().ok()
 }
 
 #[cfg(test)]

@@ -107,7 +107,7 @@ pub use resilience_core::duration;
 pub use error::Elapsed;
 pub use future::ResponseFuture;
 pub use layer::TimeoutLayer;
-pub use policy::{Fixed, TimeoutPolicy, Verdict};
+pub use policy::{Fixed, TimeoutPolicy, Verdict, instant_after};
 pub use resilience_core::{BoxError, ConfigError};
 pub use service::Timeout;
 

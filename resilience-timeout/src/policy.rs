@@ -44,7 +44,8 @@ impl<Req> TimeoutPolicy<Req> for Fixed {
 /// `now + timeout`, saturating: a timeout too large to represent never fires, as with
 /// `Duration::MAX` in tokio itself.
 #[inline]
-pub(crate) fn instant_after(now: Instant, timeout: Duration) -> Instant {
+#[must_use]
+pub fn instant_after(now: Instant, timeout: Duration) -> Instant {
     const CENTURY: Duration = Duration::from_secs(100 * 365 * 24 * 60 * 60);
     now.checked_add(timeout).unwrap_or_else(|| now + CENTURY)
 }

@@ -3,12 +3,12 @@
 use super::Settings;
 use crate::{Policy, Replay, policy::Action, spare::Spare};
 use pin_project_lite::pin_project;
+use resilience_timeout::instant_after;
 use std::{
     future::Future,
     pin::Pin,
     sync::Arc,
     task::{Context, Poll},
-    time::Duration,
 };
 use tokio::time::{Instant, Sleep, sleep_until};
 use tower_service::Service;
@@ -141,9 +141,9 @@ where
             // Is the next copy due?
             let due = *this.now || {
                 let delay = settings.delay();
-                let timer = this
-                    .timer
-                    .get_or_insert_with(|| Box::pin(sleep_until(after(*this.started, delay))));
+                let timer = this.timer.get_or_insert_with(|| {
+                    Box::pin(sleep_until(instant_after(*this.started, delay)))
+                });
                 timer.as_mut().poll(cx).is_ready()
             };
             if !due {
@@ -191,18 +191,11 @@ where
             *this.sent = attempt;
             *this.now = false;
             // The copy after this one is due a delay after it.
-            *this.timer = Some(Box::pin(sleep_until(after(now, settings.delay()))));
+            *this.timer = Some(Box::pin(sleep_until(instant_after(now, settings.delay()))));
             metrics::counter!("resilience_hedge_sent_total", "name" => settings.name.clone())
                 .increment(1);
             tracing::debug!(name = %settings.name, attempt, "hedged: another copy sent");
             this.copies.push(Box::pin(sender.call(copy)));
         }
     }
-}
-
-/// `delay` after `at`; a delay past what the clock can count (`Duration::MAX`, from a caller
-/// that means "never") is thirty years, as tokio's own far future.
-fn after(at: Instant, delay: Duration) -> Instant {
-    at.checked_add(delay)
-        .unwrap_or_else(|| at + Duration::from_secs(86_400 * 365 * 30))
 }

@@ -8,7 +8,7 @@
 //! (`sidecar_access_log_dropped_total`). A line is finished when the response body ends (or
 //! the caller goes away), so it has the bytes sent and a gRPC status from the trailers.
 
-use super::headers::traceparent;
+use super::{headers::traceparent, local_reply::sources};
 use crate::{
     config::{AccessLogConfig, LogFormat},
     stack::Attempts,
@@ -192,9 +192,6 @@ impl AccessLog {
     }
 }
 
-/// `text`, cut to at most [`MAX_FIELD`] bytes at a character boundary, with spaces, quotes,
-/// backslashes and control characters percent-encoded: a caller's `Host` cannot add fields to
-/// a text line.
 /// `method`, cut to [`MAX_FIELD`] bytes as the other fields are: hyper takes a method token
 /// as long as the head allows, and a queued line would hold all of it.
 fn bounded_method(method: &Method) -> Method {
@@ -206,6 +203,9 @@ fn bounded_method(method: &Method) -> Method {
     Method::from_bytes(&text.as_bytes()[..MAX_FIELD]).unwrap_or(Method::GET)
 }
 
+/// `text`, cut to at most [`MAX_FIELD`] bytes at a character boundary, with spaces, quotes,
+/// backslashes and control characters percent-encoded: a caller's `Host` cannot add fields to
+/// a text line.
 fn bounded(text: &str) -> String {
     let mut end = text.len().min(MAX_FIELD);
     while !text.is_char_boundary(end) {
@@ -413,12 +413,11 @@ impl Body for LoggedBody {
 /// The flag of a response body that failed part-way: `timeout` (its idle timeout), else
 /// `upstream` (the upstream's connection failed during the call, as the reply would say).
 fn body_failure(error: &BoxError) -> &'static str {
-    let timed_out =
-        std::iter::successors(Some(&**error as &(dyn std::error::Error + 'static)), |e| {
-            e.source()
-        })
-        .any(|e| e.is::<resilience_timeout::Elapsed>());
-    if timed_out { "timeout" } else { "upstream" }
+    if sources(error).any(|e| e.is::<resilience_timeout::Elapsed>()) {
+        "timeout"
+    } else {
+        "upstream"
+    }
 }
 
 /// One request, as logged.

@@ -37,21 +37,20 @@ pub(super) type Refused = &'static str;
 impl Admission {
     /// The limits of `limits`, with nothing open yet.
     pub(crate) fn new(limits: &LimitsConfig) -> Arc<Self> {
-        Arc::new(Self {
-            max_connections: limits.max_connections,
-            max_per_source: limits.max_connections_per_source,
-            evict_idle: false,
-            state: Mutex::default(),
-        })
+        Self::with(limits, false)
     }
 
     /// The limits of an admin listener: as [`Admission::new`], and at the limit the connection
     /// idle the longest (none of its requests in flight) makes room when no silent one can.
     pub(crate) fn evicting_idle(limits: &LimitsConfig) -> Arc<Self> {
+        Self::with(limits, true)
+    }
+
+    fn with(limits: &LimitsConfig, evict_idle: bool) -> Arc<Self> {
         Arc::new(Self {
             max_connections: limits.max_connections,
             max_per_source: limits.max_connections_per_source,
-            evict_idle: true,
+            evict_idle,
             state: Mutex::default(),
         })
     }

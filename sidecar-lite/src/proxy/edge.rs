@@ -361,28 +361,21 @@ impl ListenerMetrics {
     }
 }
 
-/// The request's `Host` (one lookup for every question asked of it), and whether it has more
-/// than one.
-fn host_of<B>(req: &Request<B>) -> Result<Host, Refusal> {
+/// The authority the request is for, from its one `Host` (one lookup for every question asked
+/// of it): `None` when its target names one (absolute form), which then wins (RFC 9112
+/// section 3.2.2).
+fn host_of<B>(req: &Request<B>) -> Result<Option<Authority>, Refusal> {
     let mut hosts = req.headers().get_all(HOST).iter();
     let first = hosts.next();
     if hosts.next().is_some() {
         return Err(Refusal::TwoHosts);
     }
     if req.uri().authority().is_some() {
-        // The target's authority wins, and becomes the Host forwarded (RFC 9112 section
-        // 3.2.2).
-        return Ok(Host {
-            present: first.is_some(),
-            authority: None,
-        });
+        return Ok(None);
     }
     // Origin-form, the usual case: the authority is the Host header's.
     let first = first.ok_or(Refusal::NoHost)?;
-    Ok(Host {
-        present: true,
-        authority: Some(authority_of(first).ok_or(Refusal::BadHost)?),
-    })
+    authority_of(first).map(Some).ok_or(Refusal::BadHost)
 }
 
 /// `host` as an authority, if it is one. The last one parsed on the thread is kept: a worker's
@@ -415,36 +408,29 @@ fn is_host_and_port(authority: &Authority) -> bool {
     }
 }
 
-/// What the edge needs of a request's `Host`.
-struct Host {
-    present: bool,
-    /// Its value as an authority, when the URI has none and it parses as one.
-    authority: Option<Authority>,
-}
-
 /// Applies the forwarding rules: hop-by-hop headers out, `x-forwarded-for` (with `forwarded`,
 /// the client's element) and (unless a span has set it) `traceparent` in, and an absolute URI
-/// that keeps the caller's authority (the URI's, else `host`'s).
+/// that keeps the caller's authority (the URI's, else `host`'s, from [`host_of`]).
 fn prepare_request<B>(
     req: &mut Request<B>,
-    host: Host,
+    host: Option<Authority>,
     ensure_trace: bool,
     forwarded: HeaderValue,
 ) -> Result<(), Refusal> {
     if strip_hop_by_hop(req.headers_mut()) {
         return Err(Refusal::TransferCoding);
     }
-    let from_uri = req.uri().authority().is_some();
-    let authority = req.uri().authority().cloned().or(host.authority);
+    let from_uri = req.uri().authority().cloned();
     append_forwarded_for(req.headers_mut(), forwarded);
     if ensure_trace {
         ensure_traceparent(req.headers_mut());
     }
-    if let Some(authority) = authority {
+    if let Some(authority) = from_uri.or(host) {
         // RFC 9112 section 3.2.2: a proxy sets Host from an absolute-form target, so Host and
-        // `:authority` never disagree downstream. Set first, so that the authority is then
-        // moved into the URI, not cloned (its first clone would allocate).
-        if (from_uri || !host.present)
+        // `:authority` never disagree downstream (in origin form, Host is where it came from).
+        // Set first, so that the authority is then moved into the URI, not cloned (its first
+        // clone would allocate).
+        if req.uri().authority().is_some()
             && let Ok(host) = HeaderValue::from_str(authority.as_str())
         {
             req.headers_mut().insert(HOST, host);

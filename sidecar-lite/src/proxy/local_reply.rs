@@ -71,7 +71,7 @@ fn is_connect_failure(error: &(dyn Error + 'static)) -> bool {
 }
 
 /// The error and its chain of sources.
-fn sources(error: &BoxError) -> impl Iterator<Item = &(dyn Error + 'static)> {
+pub(super) fn sources(error: &BoxError) -> impl Iterator<Item = &(dyn Error + 'static)> {
     let first: &(dyn Error + 'static) = &**error;
     std::iter::successors(Some(first), |&e| e.source())
 }
