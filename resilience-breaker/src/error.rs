@@ -31,9 +31,11 @@ impl BreakerOpen {
         self.state
     }
 
-    /// When the breaker lets the next probe through: the end of the open period. `None` when
-    /// that is not known in advance: the breaker is forced open, or half-open with every probe
-    /// in flight (it decides when they finish).
+    /// When the breaker lets the next probe through: the end of the open period, or, half-open
+    /// with a probe reserved and not yet called, when that reservation lapses
+    /// ([`PROBE_RESERVATION_LAPSE`](crate::PROBE_RESERVATION_LAPSE)). `None` when that is not
+    /// known in advance: the breaker is forced open, or half-open with every probe in flight
+    /// (it decides when they finish).
     #[must_use]
     pub const fn next_probe(&self) -> Option<Instant> {
         self.next_probe
@@ -59,7 +61,7 @@ impl fmt::Display for BreakerOpen {
         match (self.state, self.retry_after) {
             (State::ForcedOpen, _) => f.write_str("circuit breaker is forced open"),
             (State::HalfOpen, _) => {
-                f.write_str("circuit breaker is half-open and every probe is in flight")
+                f.write_str("circuit breaker is half-open and every probe is taken")
             }
             (_, Some(after)) => write!(f, "circuit breaker is open; next probe in {after:?}"),
             (_, None) => f.write_str("circuit breaker is open"),

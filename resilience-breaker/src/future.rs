@@ -53,6 +53,22 @@ impl PermitGuard {
         }
     }
 
+    /// The guard of a reserved permit, claimed for its call now: `None` if its place was
+    /// taken ([`StateMachine::claim`](crate::StateMachine::claim)).
+    pub(crate) fn claim(mut self) -> Option<Self> {
+        let permit = self.permit.take()?;
+        let permit = self.breaker.claim(permit)?;
+        self.permit = Some(permit);
+        Some(self)
+    }
+
+    /// Whether this guard's reserved probe was taken by another caller.
+    pub(crate) fn was_taken(&self) -> bool {
+        self.permit
+            .as_ref()
+            .is_some_and(|permit| self.breaker.was_taken(permit))
+    }
+
     pub(crate) fn breaker(&self) -> &BreakerHandle {
         &self.breaker
     }

@@ -206,7 +206,17 @@ impl BreakerHandle {
         result
     }
 
-    /// [`acquire`](Self::acquire) without counting a rejection (a re-check).
+    /// A permit for the next call, reserved now: [`StateMachine::reserve`]. A rejection is
+    /// counted only if `count_rejection` (not when re-checking).
+    pub(crate) fn reserve(&self, count_rejection: bool) -> Result<Permit, BreakerOpen> {
+        let (result, transition) = self.inner.machine.reserve(Instant::now());
+        self.publish(transition);
+        if count_rejection && result.is_err() {
+            self.inner.rejected.increment(1);
+        }
+        result
+    }
+
     /// Counts and logs a call that the breaker would have refused, in shadow mode.
     pub(crate) fn would_reject(&self, open: &BreakerOpen) {
         metrics::counter!(
@@ -218,6 +228,8 @@ impl BreakerHandle {
         tracing::debug!(breaker = %self.inner.name, %open, "would reject the call (shadow mode)");
     }
 
+    /// [`acquire`](Self::acquire) without counting a rejection: in shadow mode the call goes
+    /// on, and is counted as one the breaker would have refused.
     pub(crate) fn acquire_quietly(&self) -> Result<Permit, BreakerOpen> {
         let (result, transition) = self.inner.machine.acquire_with(Instant::now);
         self.publish(transition);
@@ -314,6 +326,16 @@ impl BreakerHandle {
     /// Whether `weak` is this breaker.
     pub(crate) fn is(&self, weak: &Weak<Shared>) -> bool {
         std::ptr::eq(Arc::as_ptr(&self.inner), weak.as_ptr())
+    }
+
+    /// [`StateMachine::claim`].
+    pub(crate) fn claim(&self, permit: Permit) -> Option<Permit> {
+        self.inner.machine.claim(permit)
+    }
+
+    /// [`StateMachine::was_taken`].
+    pub(crate) fn was_taken(&self, permit: &Permit) -> bool {
+        self.inner.machine.was_taken(permit)
     }
 
     pub(crate) fn release(&self, permit: Permit) {

@@ -146,7 +146,7 @@ pub use layer::CircuitBreakerLayer;
 pub use policy::Policy;
 pub use resilience_core::{BoxError, ConfigError, Enforcement, RandomSource, ThreadRandom};
 pub use service::{CircuitBreaker, Mode};
-pub use state::{Outcome, Permit, State, StateMachine, Transition};
+pub use state::{Outcome, PROBE_RESERVATION_LAPSE, Permit, State, StateMachine, Transition};
 pub use window::{Counts, SlidingWindow};
 
 #[cfg(feature = "http")]

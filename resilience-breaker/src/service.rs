@@ -27,8 +27,13 @@ pub enum Mode {
     /// `poll_ready` is pending while the breaker is open, and wakes when a probe is allowed
     /// (or the breaker is closed by hand). For use under a balancer, which routes around an
     /// unready endpoint. The permit is reserved in `poll_ready` and used by the next `call`; a
-    /// ready service holds it until then, or until it is dropped. A `call` without a ready
-    /// `poll_ready` is not a panic: the breaker decides then, as in fail-fast mode.
+    /// ready service holds it until then, or until it is dropped. A half-open probe is held so
+    /// for [`PROBE_RESERVATION_LAPSE`](crate::PROBE_RESERVATION_LAPSE) at least: after that, a
+    /// service that finds every probe taken takes its place (a balancer that picked another
+    /// endpoint, and then had no request, would otherwise keep the breaker half-open with no
+    /// probe sent), and the service that lost it is unready again. A `call` without a ready
+    /// `poll_ready`, or one whose probe was taken, is not a panic: the breaker decides then,
+    /// as in fail-fast mode.
     BackPressure,
 }
 
@@ -171,8 +176,11 @@ impl<S, C> CircuitBreaker<S, C> {
 
     /// Back-pressure: reserve a permit, or arrange to be woken when one may be free.
     fn poll_permit(&mut self, cx: &mut Context<'_>) -> Poll<()> {
-        if self.reserved.is_some() {
-            return Poll::Ready(());
+        match &self.reserved {
+            // A probe reserved too long ago may have been taken by another caller.
+            Some(guard) if guard.was_taken() => self.reserved = None,
+            Some(_) => return Poll::Ready(()),
+            None => {}
         }
         if let Some(waiting) = &mut self.waiting {
             if waiting.poll(cx).is_pending() {
@@ -180,14 +188,14 @@ impl<S, C> CircuitBreaker<S, C> {
             }
             self.waiting = None;
         }
-        if let Ok(permit) = self.breaker.acquire() {
+        if let Ok(permit) = self.breaker.reserve(true) {
             self.reserved = Some(PermitGuard::new(self.breaker.clone(), permit));
             return Poll::Ready(());
         }
         // Listen first, then look again: a transition between the two cannot be missed.
         let mut notified = Box::pin(self.breaker.notify().clone().notified_owned());
         notified.as_mut().enable();
-        match self.breaker.acquire_quietly() {
+        match self.breaker.reserve(false) {
             Ok(permit) => {
                 self.reserved = Some(PermitGuard::new(self.breaker.clone(), permit));
                 Poll::Ready(())
@@ -233,10 +241,11 @@ where
 
     #[inline]
     fn call(&mut self, req: Req) -> Self::Future {
-        let guard = match self.reserved.take() {
+        let guard = match self.reserved.take().and_then(PermitGuard::claim) {
             Some(guard) => guard,
-            // Fail-fast, or back-pressure with no permit reserved (`call` without a ready
-            // `poll_ready`, which breaks the `Service` contract): the breaker decides now.
+            // Fail-fast; or back-pressure with no permit reserved (`call` without a ready
+            // `poll_ready`, which breaks the `Service` contract), or with a reserved probe
+            // whose place another caller took after it lapsed: the breaker decides now.
             None if self.enforcement.refuses() => match self.breaker.acquire() {
                 Ok(permit) => PermitGuard::new(self.breaker.clone(), permit),
                 Err(open) => return ResponseFuture::rejected(open),

@@ -146,8 +146,9 @@ enum PermitKind {
     Pass,
     /// Disabled: nothing is recorded.
     Untracked,
-    /// One of the half-open probes of round `round`.
-    Probe { round: u64 },
+    /// One of the half-open probes of round `round`; `reserved` holds its ticket while it is
+    /// reserved and not yet claimed for a call.
+    Probe { round: u64, reserved: Option<u64> },
 }
 
 impl Permit {
@@ -163,6 +164,12 @@ impl Permit {
         !matches!(self.0, PermitKind::Untracked)
     }
 }
+
+/// How long a half-open probe reserved by [`StateMachine::reserve`] is kept for its holder.
+/// After that another caller may take its place: a back-pressure service that reserved the
+/// probe in `poll_ready` and was then not called (a balancer that picked another endpoint,
+/// and has had no request since) must not keep the breaker half-open with no probe sent.
+pub const PROBE_RESERVATION_LAPSE: Duration = Duration::from_secs(1);
 
 /// The longest a breaker stays open by itself, whatever the policy says: 30 years, tokio's own
 /// "far future". A longer open duration (`Duration::MAX`, say) would overflow the clock.
@@ -203,6 +210,36 @@ struct Cold {
     reopens: u32,
     probes_admitted: u32,
     probes_succeeded: u32,
+    /// The probes of this round reserved and not yet claimed, by ticket, with when each was
+    /// reserved; at most `probes_admitted`.
+    reserved: Vec<(u64, Instant)>,
+    /// The next reservation's ticket.
+    next_ticket: u64,
+}
+
+impl Cold {
+    /// A probe permit of this round, registered as reserved if it is held for later.
+    fn probe(&mut self, hold: Hold, now: Instant) -> Permit {
+        let reserved = (hold == Hold::Reserve).then(|| {
+            let ticket = self.next_ticket;
+            self.next_ticket += 1;
+            self.reserved.push((ticket, now));
+            ticket
+        });
+        Permit(PermitKind::Probe {
+            round: self.round,
+            reserved,
+        })
+    }
+}
+
+/// How a permit is held until its call.
+#[derive(Clone, Copy, PartialEq, Eq)]
+enum Hold {
+    /// For a call made now.
+    Call,
+    /// Reserved for a call to come: see [`StateMachine::reserve`].
+    Reserve,
 }
 
 impl StateMachine {
@@ -287,6 +324,23 @@ impl StateMachine {
         &self,
         now: impl FnOnce() -> Instant,
     ) -> (Result<Permit, BreakerOpen>, Option<Transition>) {
+        self.admit(now, Hold::Call)
+    }
+
+    /// [`acquire`](Self::acquire) for a call to be made later, as a back-pressure service's
+    /// `poll_ready` does for its next `call`. A half-open probe permit so reserved is held for
+    /// [`PROBE_RESERVATION_LAPSE`]; after that, a caller that finds every probe taken takes
+    /// its place. Before the call, [`claim`](Self::claim) it.
+    pub fn reserve(&self, now: Instant) -> (Result<Permit, BreakerOpen>, Option<Transition>) {
+        self.admit(|| now, Hold::Reserve)
+    }
+
+    #[inline]
+    fn admit(
+        &self,
+        now: impl FnOnce() -> Instant,
+        hold: Hold,
+    ) -> (Result<Permit, BreakerOpen>, Option<Transition>) {
         match self.state() {
             State::Closed | State::MetricsOnly => (Ok(Permit(PermitKind::Pass)), None),
             State::Disabled => (Ok(Permit(PermitKind::Untracked)), None),
@@ -297,15 +351,19 @@ impl StateMachine {
                 if now < until {
                     (Err(BreakerOpen::new(State::Open, Some(until), now)), None)
                 } else {
-                    self.acquire_slow(now)
+                    self.acquire_slow(now, hold)
                 }
             }
-            State::HalfOpen => self.acquire_slow(now()),
+            State::HalfOpen => self.acquire_slow(now(), hold),
         }
     }
 
     #[cold]
-    fn acquire_slow(&self, now: Instant) -> (Result<Permit, BreakerOpen>, Option<Transition>) {
+    fn acquire_slow(
+        &self,
+        now: Instant,
+        hold: Hold,
+    ) -> (Result<Permit, BreakerOpen>, Option<Transition>) {
         let mut cold = self.lock();
         match self.state() {
             State::Closed | State::MetricsOnly => (Ok(Permit(PermitKind::Pass)), None),
@@ -318,17 +376,71 @@ impl StateMachine {
                 }
                 let t = self.set(&mut cold, State::HalfOpen, now, None);
                 cold.probes_admitted = 1;
-                (Ok(Permit(PermitKind::Probe { round: cold.round })), Some(t))
+                (Ok(cold.probe(hold, now)), Some(t))
             }
             State::HalfOpen => {
                 if cold.probes_admitted < self.policy.half_open_probes {
                     cold.probes_admitted += 1;
-                    (Ok(Permit(PermitKind::Probe { round: cold.round })), None)
-                } else {
-                    (Err(BreakerOpen::new(State::HalfOpen, None, now)), None)
+                    return (Ok(cold.probe(hold, now)), None);
+                }
+                // Every probe is taken. One reserved and left uncalled for too long gives its
+                // place up; otherwise the earliest reservation's lapse is when to look again.
+                let oldest = (cold.reserved.iter().enumerate())
+                    .min_by_key(|(_, (_, at))| *at)
+                    .map(|(index, &(_, at))| (index, at + PROBE_RESERVATION_LAPSE));
+                match oldest {
+                    Some((index, lapsed)) if lapsed <= now => {
+                        cold.reserved.swap_remove(index);
+                        (Ok(cold.probe(hold, now)), None)
+                    }
+                    _ => {
+                        let lapses = oldest.map(|(_, lapsed)| lapsed);
+                        (Err(BreakerOpen::new(State::HalfOpen, lapses, now)), None)
+                    }
                 }
             }
         }
+    }
+
+    /// Claims a permit from [`reserve`](Self::reserve) for its call, which is made now:
+    /// `None` if it was a probe whose reservation lapsed and was taken by another caller (ask
+    /// again with [`acquire`](Self::acquire)). Any other permit comes back as it is.
+    pub fn claim(&self, permit: Permit) -> Option<Permit> {
+        let PermitKind::Probe {
+            round,
+            reserved: Some(ticket),
+        } = permit.0
+        else {
+            return Some(permit);
+        };
+        let mut cold = self.lock();
+        let claimed = Permit(PermitKind::Probe {
+            round,
+            reserved: None,
+        });
+        if self.state() != State::HalfOpen || cold.round != round {
+            // A probe of a round that has ended: its outcome will be ignored, as any late one.
+            return Some(claimed);
+        }
+        let index = cold.reserved.iter().position(|&(t, _)| t == ticket)?;
+        cold.reserved.swap_remove(index);
+        Some(claimed)
+    }
+
+    /// Whether `permit` is a reserved probe whose place another caller has taken (see
+    /// [`reserve`](Self::reserve)).
+    pub fn was_taken(&self, permit: &Permit) -> bool {
+        let PermitKind::Probe {
+            round,
+            reserved: Some(ticket),
+        } = permit.0
+        else {
+            return false;
+        };
+        let cold = self.lock();
+        self.state() == State::HalfOpen
+            && cold.round == round
+            && !cold.reserved.iter().any(|&(t, _)| t == ticket)
     }
 
     /// Records the outcome of a call made with `permit`, finished at `now`.
@@ -369,7 +481,13 @@ impl StateMachine {
                     None
                 }
             }
-            PermitKind::Probe { round } => self.record_probe(round, &outcome, now()),
+            PermitKind::Probe { .. } => match self.claim(permit) {
+                Some(Permit(PermitKind::Probe { round, .. })) => {
+                    self.record_probe(round, &outcome, now())
+                }
+                // Its place was taken: the probe that took it decides.
+                _ => None,
+            },
         }
     }
 
@@ -437,7 +555,9 @@ impl StateMachine {
     /// Hands back a permit whose call was never made or was cancelled. A half-open breaker
     /// lets another probe through in its place.
     pub fn release(&self, permit: Permit) {
-        if let PermitKind::Probe { round } = permit.0 {
+        if permit.is_probe()
+            && let Some(Permit(PermitKind::Probe { round, .. })) = self.claim(permit)
+        {
             let mut cold = self.lock();
             if self.state() == State::HalfOpen && cold.round == round {
                 cold.probes_admitted = cold.probes_admitted.saturating_sub(1);
@@ -445,7 +565,7 @@ impl StateMachine {
         }
     }
 
-    /// Probes admitted in the current half-open round (in flight or succeeded).
+    /// Probes admitted in the current half-open round (reserved, in flight or succeeded).
     pub fn probes_admitted(&self) -> u32 {
         let cold = self.lock();
         if self.state() == State::HalfOpen {
@@ -479,6 +599,7 @@ impl StateMachine {
         cold.round += 1;
         cold.probes_admitted = 0;
         cold.probes_succeeded = 0;
+        cold.reserved.clear();
         self.state.state.store(to as u8, Ordering::Release);
         Transition {
             from,

@@ -4,8 +4,8 @@
 use http::{Response, StatusCode};
 use resilience_breaker::ServerErrorsAsFailures;
 use resilience_breaker::{
-    BreakerHandle, BreakerOpen, CircuitBreaker, CircuitBreakerLayer, Mode, Policy, SlidingWindow,
-    State, classify_fn,
+    BreakerHandle, BreakerOpen, CircuitBreaker, CircuitBreakerLayer, Mode, PROBE_RESERVATION_LAPSE,
+    Policy, SlidingWindow, State, classify_fn,
 };
 use std::time::Duration;
 use tokio::time;
@@ -157,6 +157,55 @@ async fn back_pressure_waits_for_the_probe_in_flight() {
     assert_eq!(probe.await.unwrap(), "ok");
     assert!(other.is_woken(), "woken when the probe finished");
     assert_ready_ok!(other.poll_ready());
+}
+
+/// A balancer that reserves an endpoint's probe in `poll_ready` and then picks another
+/// endpoint, and has no request after that, must not hold the probe for ever.
+#[tokio::test(start_paused = true)]
+async fn a_reserved_probe_left_uncalled_is_taken_by_another_service_once_it_lapses() {
+    let (mut svc, mut handle) = spawn(CircuitBreakerLayer::new(policy()).unwrap().back_pressure());
+    trip(&mut svc, &mut handle).await;
+    let mut other = mock::Spawn::new(svc.get_ref().clone());
+    time::advance(OPEN_FOR).await;
+    assert_ready_ok!(svc.poll_ready());
+    assert_pending!(other.poll_ready());
+
+    time::advance(PROBE_RESERVATION_LAPSE - Duration::from_millis(1)).await;
+    assert!(!other.is_woken());
+    time::advance(Duration::from_millis(1)).await;
+    assert!(other.is_woken(), "woken when the reservation lapses");
+    assert_ready_ok!(other.poll_ready());
+    // The service that lost the probe is unready again, and says so when asked.
+    assert_pending!(svc.poll_ready());
+    let probe = other.call("probe");
+    let (_, send) = handle.next_request().await.unwrap();
+    send.send_response("ok");
+    assert_eq!(probe.await.unwrap(), "ok");
+    assert_eq!(other.get_ref().handle().state(), State::Closed);
+    assert!(svc.is_woken());
+    assert_ready_ok!(svc.poll_ready());
+}
+
+#[tokio::test(start_paused = true)]
+async fn a_call_whose_reserved_probe_was_taken_is_decided_by_the_breaker_then() {
+    let (mut svc, mut handle) = spawn(CircuitBreakerLayer::new(policy()).unwrap().back_pressure());
+    trip(&mut svc, &mut handle).await;
+    let mut other = mock::Spawn::new(svc.get_ref().clone());
+    time::advance(OPEN_FOR).await;
+    assert_ready_ok!(svc.poll_ready());
+    time::advance(PROBE_RESERVATION_LAPSE).await;
+    assert_ready_ok!(other.poll_ready());
+    let probe = other.call("probe");
+    let _in_flight = handle.next_request().await.unwrap();
+    // `svc` was ready, and is called without asking again: its probe went to `other`, so the
+    // breaker, half-open with that probe in flight, refuses the call.
+    let err = svc.call("late").await.unwrap_err();
+    assert_eq!(
+        err.downcast_ref::<BreakerOpen>().unwrap().state(),
+        State::HalfOpen
+    );
+    assert_eq!(other.get_ref().handle().machine().probes_admitted(), 1);
+    drop(probe);
 }
 
 #[tokio::test(start_paused = true)]

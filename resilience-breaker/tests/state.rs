@@ -2,8 +2,8 @@
 //! kinds, slow calls, consecutive failures, probes, backoff with injected jitter, manual states.
 
 use resilience_breaker::{
-    BreakerOpen, Outcome, Permit, Policy, RandomSource, SlidingWindow, State, StateMachine,
-    Transition,
+    BreakerOpen, Outcome, PROBE_RESERVATION_LAPSE, Permit, Policy, RandomSource, SlidingWindow,
+    State, StateMachine, Transition,
 };
 use std::time::Duration;
 use tokio::time::Instant;
@@ -289,6 +289,61 @@ fn a_released_probe_lets_another_through_and_stale_probes_are_ignored() {
     let early = permit(&m2, t0);
     trip(&m2, t0);
     assert_eq!(m2.record(early, fail(), t0), None);
+}
+
+#[test]
+fn a_reserved_probe_is_held_until_it_lapses_then_another_caller_takes_its_place() {
+    let t0 = Instant::now();
+    let m = StateMachine::new(policy(), t0).unwrap();
+    trip(&m, t0);
+    let t1 = t0 + 5 * SEC;
+    // Both probes reserved, a second apart; neither is called.
+    let first = m.reserve(t1).0.unwrap();
+    let second = m.reserve(t1 + 100 * MS).0.unwrap();
+    assert_eq!(m.probes_admitted(), 2);
+    // Held until the first lapses: the rejection says when that is.
+    let lapses = t1 + PROBE_RESERVATION_LAPSE;
+    let open = rejected(&m, lapses - MS);
+    assert_eq!(open.state(), State::HalfOpen);
+    assert_eq!(open.next_probe(), Some(lapses));
+    // Then a caller takes the first one's place (not the second's), and no more are admitted.
+    let taker = permit(&m, lapses);
+    assert_eq!(m.probes_admitted(), 2);
+    assert!(m.was_taken(&first));
+    assert!(!m.was_taken(&second));
+    assert_eq!(m.claim(first), None, "its place is gone");
+    let second = m.claim(second).expect("still held");
+    assert_eq!(
+        rejected(&m, lapses).next_probe(),
+        None,
+        "both probes are in flight"
+    );
+    // The two in flight decide; the lost one counts for nothing either way.
+    assert_eq!(m.record(taker, ok(), lapses), None);
+    assert!(m.record(second, ok(), lapses).is_some());
+    assert_eq!(m.state(), State::Closed);
+}
+
+#[test]
+fn a_lost_reservation_hands_nothing_back_and_records_nothing() {
+    let t0 = Instant::now();
+    let m = StateMachine::new(policy().half_open_probes(1), t0).unwrap();
+    trip(&m, t0);
+    let t1 = t0 + 5 * SEC;
+    let lost = m.reserve(t1).0.unwrap();
+    let late = t1 + PROBE_RESERVATION_LAPSE;
+    let taker = m.reserve(late).0.unwrap();
+    // Releasing the lost permit does not free the taker's place.
+    m.release(lost);
+    assert_eq!(m.probes_admitted(), 1);
+    rejected(&m, late);
+    // The taker's reservation lapses in turn and is taken: its failure, recorded by hand,
+    // does not reopen the breaker; the one that took its place decides.
+    let last = m.reserve(late + PROBE_RESERVATION_LAPSE).0.unwrap();
+    assert_eq!(m.record(taker, fail(), late), None);
+    assert_eq!(m.state(), State::HalfOpen);
+    let closed = m.record(last, ok(), late + PROBE_RESERVATION_LAPSE);
+    assert_eq!(closed.map(|t| t.to), Some(State::Closed));
 }
 
 #[test]
