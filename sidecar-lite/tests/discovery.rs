@@ -503,8 +503,8 @@ async fn a_name_that_never_resolved_answers_503_at_once() {
     ))
     .await;
     let addr = outbound_addr(&sidecar);
-    // A request sent before the first answer waits in the queue; each try gives up after a
-    // second, well inside the route's 60 s timeout.
+    // Each try gives up after a second, well inside the route's 60 s timeout: once discovery
+    // has looked, the answer comes at once.
     let refused_at_once = async || {
         let req = Request::builder()
             .uri(format!("http://{addr}/"))
@@ -520,6 +520,54 @@ async fn a_name_that_never_resolved_answers_503_at_once() {
     };
     assert!(eventually(refused_at_once).await);
     assert!(dns.failed.load(Ordering::SeqCst) >= 1);
+    sidecar.stop().await;
+}
+
+/// A request that came before the first lookup waits for an endpoint; when that lookup finds
+/// none, it gets 503 `no-endpoints` then, not at the route's timeout.
+#[tokio::test]
+async fn a_request_waiting_for_the_first_lookup_gets_503_when_it_finds_nothing() {
+    let dns = Dns::start(Answer::NoSuchName).await;
+    dns.hold();
+    let sidecar = start(&format!(
+        "[admin]\nlisten = \"127.0.0.1:0\"\n[discovery]\nresolver = \"{}\"\n\
+         [[outbound]]\nname = \"later\"\nlisten = \"127.0.0.1:0\"\n\
+         endpoints = [\"dns:later.shop.test:80\"]\ntimeout = \"60s\"\n\
+         max_concurrent_requests = 1\n",
+        dns.addr
+    ))
+    .await;
+    let addr = outbound_addr(&sidecar);
+    let send = move || {
+        let req = Request::builder()
+            .uri(format!("http://{addr}/"))
+            .body(full(""))
+            .unwrap();
+        http1().request(req)
+    };
+    let waiting = tokio::spawn(send());
+    let connected = async || {
+        let status = admin_get(&sidecar, "/status.json").await;
+        status.contains("\"connections_open\":1")
+    };
+    assert!(eventually(connected).await);
+    // The route takes one request at a time: once another is shed, the first one is in,
+    // waiting for an endpoint while the lookup is held.
+    let shed = async || match timeout(Duration::from_secs(1), send()).await {
+        Ok(Ok(response)) => response.headers()["x-sidecar-error"] == "overloaded",
+        _ => false,
+    };
+    assert!(eventually(shed).await, "the first request is in");
+    assert!(!waiting.is_finished());
+
+    dns.release();
+    let response = timeout(STEP, waiting)
+        .await
+        .expect("answered when the lookup found nothing, not at the route's timeout")
+        .unwrap()
+        .unwrap();
+    assert_eq!(response.status(), StatusCode::SERVICE_UNAVAILABLE);
+    assert_eq!(response.headers()["x-sidecar-error"], "no-endpoints");
     sidecar.stop().await;
 }
 

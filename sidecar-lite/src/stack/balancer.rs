@@ -13,7 +13,9 @@
 //!
 //! When no endpoint is ready, the call waits to be told: the balancer is polled with a waker
 //! that wakes every waiting call of its worker, and each tries again. The waiting calls are
-//! bounded by the route's concurrency limit, which is always there in front.
+//! bounded by the route's concurrency limit, which is always there in front. A call stops
+//! waiting when the route's `give_up` says waiting is futile (discovery has looked and found
+//! no endpoint): whatever makes that so wakes the balancer, as a change of its endpoints does.
 
 use crate::transport::worker;
 use futures::task::ArcWake;
@@ -34,6 +36,9 @@ pub(crate) struct PerWorker<S> {
     slots: Arc<[Slot<S>]>,
 }
 
+/// What a call that finds no endpoint ready answers with instead of waiting, if anything.
+pub(crate) type GiveUp = Arc<dyn Fn() -> Option<BoxError> + Send + Sync>;
+
 /// One worker's balancer.
 struct Slot<S> {
     balancer: Mutex<S>,
@@ -41,6 +46,7 @@ struct Slot<S> {
     waiting: Arc<Notify>,
     /// What the balancer is polled with: it wakes every waiting call.
     waker: Waker,
+    give_up: GiveUp,
 }
 
 /// Wakes every call waiting on a worker's balancer.
@@ -54,8 +60,9 @@ impl ArcWake for WakeWaiting {
 
 impl<S> PerWorker<S> {
     /// One balancer per worker, from `balancers`, which has one for each (or one, shared by
-    /// all, outside the sidecar's workers).
-    pub(crate) fn new(balancers: impl IntoIterator<Item = S>) -> Self {
+    /// all, outside the sidecar's workers). A call that finds no endpoint ready waits, unless
+    /// `give_up` has an error for it.
+    pub(crate) fn new(balancers: impl IntoIterator<Item = S>, give_up: GiveUp) -> Self {
         let slots: Arc<[Slot<S>]> = balancers
             .into_iter()
             .map(|balancer| {
@@ -64,6 +71,7 @@ impl<S> PerWorker<S> {
                     balancer: Mutex::new(balancer),
                     waker: futures::task::waker(Arc::new(WakeWaiting(waiting.clone()))),
                     waiting,
+                    give_up: give_up.clone(),
                 }
             })
             .collect();
@@ -174,6 +182,9 @@ where
                         Poll::Ready(Err(error)) => return Poll::Ready(Err(error)),
                         Poll::Pending => {
                             drop(balancer);
+                            if let Some(error) = (slot.give_up)() {
+                                return Poll::Ready(Err(error));
+                            }
                             notified.set(Some(woken));
                             let waiting = notified.as_mut().as_pin_mut().expect("just set");
                             if waiting.poll(cx).is_ready() {
@@ -205,11 +216,27 @@ mod tests {
     struct Gate {
         ready: Arc<AtomicBool>,
         failed: Arc<AtomicBool>,
+        /// Whether the route's `give_up` says waiting is futile.
+        futile: Arc<AtomicBool>,
         waker: Arc<Mutex<Option<Waker>>>,
         calls: Arc<AtomicUsize>,
     }
 
     impl Gate {
+        fn give_up(&self) -> GiveUp {
+            let futile = self.futile.clone();
+            Arc::new(move || {
+                futile
+                    .load(Ordering::SeqCst)
+                    .then(|| "no endpoint to wait for".into())
+            })
+        }
+
+        /// A balancer per worker over this gate alone.
+        fn per_worker(&self) -> PerWorker<Self> {
+            PerWorker::new([self.clone()], self.give_up())
+        }
+
         fn set(&self, flag: &AtomicBool) {
             flag.store(true, Ordering::SeqCst);
             if let Some(waker) = self.waker.lock().unwrap().take() {
@@ -252,7 +279,7 @@ mod tests {
     /// A closed gate as the one worker's balancer, and `count` calls waiting on it.
     async fn waiting(count: u32) -> (Gate, Vec<Call>) {
         let gate = Gate::default();
-        let service = PerWorker::new([gate.clone()]);
+        let service = gate.per_worker();
         let calls: Vec<Call> = (0..count)
             .map(|i| tokio::spawn(service.clone().oneshot(i)))
             .collect();
@@ -265,7 +292,7 @@ mod tests {
     async fn a_ready_balancer_takes_the_call_at_once() {
         let gate = Gate::default();
         gate.set(&gate.ready);
-        let service = PerWorker::new([gate.clone()]);
+        let service = gate.per_worker();
         assert_eq!(service.oneshot(7).await.unwrap(), (7, 0));
     }
 
@@ -297,8 +324,28 @@ mod tests {
     async fn a_balancer_that_has_failed_fails_a_new_call() {
         let gate = Gate::default();
         gate.set(&gate.failed);
-        let error = PerWorker::new([gate]).oneshot(0).await.unwrap_err();
+        let error = gate.per_worker().oneshot(0).await.unwrap_err();
         assert_eq!(error.to_string(), "every endpoint is gone");
+    }
+
+    #[tokio::test]
+    async fn every_waiting_call_gives_up_when_waiting_becomes_futile() {
+        let (gate, calls) = waiting(2).await;
+        // What makes waiting futile wakes the balancer, as discovery does.
+        gate.set(&gate.futile);
+        for call in calls {
+            let error = call.await.unwrap().unwrap_err();
+            assert_eq!(error.to_string(), "no endpoint to wait for");
+        }
+        assert_eq!(gate.calls.load(Ordering::SeqCst), 0);
+    }
+
+    #[tokio::test]
+    async fn a_ready_endpoint_is_called_even_when_waiting_would_be_futile() {
+        let gate = Gate::default();
+        gate.set(&gate.futile);
+        gate.set(&gate.ready);
+        assert_eq!(gate.per_worker().oneshot(3).await.unwrap(), (3, 0));
     }
 
     #[tokio::test]

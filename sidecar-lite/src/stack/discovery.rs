@@ -19,6 +19,7 @@
 
 #[cfg(feature = "dns")]
 use super::dns::DnsSource;
+use super::{balancer::GiveUp, fail_fast::NoEndpoints};
 use crate::config::{DiscoveryConfig, parse_endpoints_file};
 use arc_swap::ArcSwap;
 use futures::Stream;
@@ -73,6 +74,14 @@ impl LiveEndpoints {
     /// Discovery has looked once (whatever it found).
     fn looked(&self) {
         self.1.store(true, Ordering::Release);
+    }
+
+    /// For a balancer's calls waiting for an endpoint: [`NoEndpoints`] once discovery has
+    /// looked and found none, so that they stop waiting as new calls are refused. Discovery
+    /// wakes the balancers when that becomes so.
+    pub(crate) fn give_up(&self) -> GiveUp {
+        let live = self.clone();
+        Arc::new(move || live.none_found().then(|| NoEndpoints.into()))
     }
 
     /// Whether there is at least one endpoint and every one's breaker is in `open`.
@@ -326,6 +335,10 @@ where
             }
             // After applying what was found, so that an empty set means none found.
             tracker.live.looked();
+            if tracker.live.none_found() {
+                // Calls waiting for an endpoint learn there is none (`LiveEndpoints::give_up`).
+                tracker.tx.iter().for_each(|changes| changes.waker.wake());
+            }
             tokio::select! {
                 _ = &mut gone => break,
                 () = tokio::time::sleep(wait) => {}

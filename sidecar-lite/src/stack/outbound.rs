@@ -470,7 +470,7 @@ where
     D::Error: Into<BoxError>,
 {
     BoxCloneService::new(FailWhenAllOpen::new(
-        PerWorker::new(endpoints.into_iter().map(Balance::new)),
+        PerWorker::new(endpoints.into_iter().map(Balance::new), live.give_up()),
         live.clone(),
         breakers,
     ))

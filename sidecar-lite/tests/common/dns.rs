@@ -12,7 +12,7 @@ use std::{
         atomic::{AtomicUsize, Ordering},
     },
 };
-use tokio::{net::UdpSocket, task::JoinHandle};
+use tokio::{net::UdpSocket, sync::watch, task::JoinHandle};
 
 /// What the test DNS server answers.
 #[derive(Clone, Debug)]
@@ -33,6 +33,8 @@ pub struct Dns {
     pub failed: Arc<AtomicUsize>,
     /// A queries answered with records.
     pub answered: Arc<AtomicUsize>,
+    /// While true, queries wait for an answer (see [`Dns::hold`]).
+    held: watch::Sender<bool>,
     task: JoinHandle<()>,
 }
 
@@ -44,6 +46,8 @@ impl Dns {
         let failed = Arc::new(AtomicUsize::new(0));
         let answered = Arc::new(AtomicUsize::new(0));
         let (table, fails, answers) = (answer.clone(), failed.clone(), answered.clone());
+        let held = watch::Sender::new(false);
+        let mut hold = held.subscribe();
         let task = tokio::spawn(async move {
             let mut buf = vec![0; 4096];
             loop {
@@ -57,6 +61,9 @@ impl Dns {
                 response.metadata.recursion_desired = request.metadata.recursion_desired;
                 response.metadata.recursion_available = true;
                 response.add_queries(request.queries.clone());
+                if hold.wait_for(|held| !held).await.is_err() {
+                    return;
+                }
                 let answer = table.lock().unwrap().clone();
                 match answer {
                     Answer::Fail => {
@@ -90,8 +97,20 @@ impl Dns {
             answer,
             failed,
             answered,
+            held,
             task,
         }
+    }
+
+    /// Queries from now on wait, unanswered, until [`release`](Self::release): a slow first
+    /// lookup.
+    pub fn hold(&self) {
+        self.held.send_replace(true);
+    }
+
+    /// Answers the queries held, and every one after, from the table.
+    pub fn release(&self) {
+        self.held.send_replace(false);
     }
 
     pub fn set(&self, answer: Answer) {
