@@ -143,6 +143,60 @@ async fn a_reload_that_cannot_bind_changes_nothing() {
     sidecar.stop().await;
 }
 
+/// Outbound routes, each `(name, listen, app)`.
+fn routes(routes: &[(&str, SocketAddr, SocketAddr)]) -> Config {
+    let mut text = String::from("[admin]\nlisten = \"127.0.0.1:0\"\n");
+    for (name, listen, app) in routes {
+        text += &format!(
+            "[[outbound]]\nname = \"{name}\"\nlisten = \"{listen}\"\nendpoints = [\"{app}\"]\n"
+        );
+    }
+    Config::parse(&text).unwrap()
+}
+
+/// A route renamed on the same address: the new one takes the address over from the old one,
+/// which is still listening there when the new one starts.
+#[tokio::test]
+async fn a_route_renamed_on_its_address_takes_the_address_over() {
+    let (before, _) = status_app(200).await;
+    let (after, _) = status_app(202).await;
+    let any = "127.0.0.1:0".parse().unwrap();
+    let mut sidecar = sidecar_lite::Sidecar::start(&routes(&[("orders", any, before)]), None)
+        .await
+        .unwrap();
+    let addr = outbound_addr(&sidecar);
+    assert_eq!(status(addr).await, StatusCode::OK);
+
+    sidecar
+        .reload(&routes(&[("billing", addr, after)]))
+        .await
+        .unwrap();
+    assert_eq!(sidecar.bound.outbound, [("billing".to_owned(), addr)]);
+    assert_eq!(status(addr).await, StatusCode::ACCEPTED);
+    sidecar.stop().await;
+}
+
+/// Two routes that swap addresses in one reload: each takes the other's.
+#[tokio::test]
+async fn two_routes_that_swap_addresses_take_each_others() {
+    let (first, _) = status_app(200).await;
+    let (second, _) = status_app(202).await;
+    let any = "127.0.0.1:0".parse().unwrap();
+    let start = routes(&[("first", any, first), ("second", any, second)]);
+    let mut sidecar = sidecar_lite::Sidecar::start(&start, None).await.unwrap();
+    let [(_, a), (_, b)] = sidecar.bound.outbound[..] else {
+        panic!("two routes: {:?}", sidecar.bound.outbound);
+    };
+    assert_eq!(status(a).await, StatusCode::OK);
+    assert_eq!(status(b).await, StatusCode::ACCEPTED);
+
+    let swapped = routes(&[("first", b, first), ("second", a, second)]);
+    sidecar.reload(&swapped).await.unwrap();
+    assert_eq!(status(a).await, StatusCode::ACCEPTED);
+    assert_eq!(status(b).await, StatusCode::OK);
+    sidecar.stop().await;
+}
+
 /// A reload that fails changes nothing, the access log included: after one that named another
 /// log file and a busy port, the first config reloaded again goes on writing to the first
 /// file. A changed `[log]` is refused, as the logger is set up once.

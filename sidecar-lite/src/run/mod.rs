@@ -77,6 +77,10 @@ pub struct Sidecar {
 #[derive(Debug)]
 struct Listener {
     addr: SocketAddr,
+    /// Its workers' sockets, duplicated: a reload that gives its address to another listener
+    /// (a route renamed, or two that swap ports) hands these over, with the connections
+    /// waiting in their queues, rather than bind the address while it is still held.
+    sockets: Vec<std::net::TcpListener>,
     state: SharedListenerState,
     stop: watch::Sender<bool>,
     metrics: Arc<ListenerMetrics>,
@@ -278,18 +282,26 @@ impl Sidecar {
     async fn apply(&mut self, config: Config, planned: Vec<Planned>) -> Result<(), BoxError> {
         // Bind every new listener before changing anything, so a busy port fails the whole
         // reload rather than half of it.
+        let unchanged = |plan: &Planned| {
+            (self.listeners.get(&plan.key))
+                .is_some_and(|l| l.addr == plan.listen || plan.listen.port() == 0)
+        };
+        // The listeners that give their address up: no longer configured, or moving.
+        let released: HashMap<SocketAddr, &Listener> = self
+            .listeners
+            .iter()
+            .filter(|(key, _)| !planned.iter().any(|p| p.key == **key && unchanged(p)))
+            .map(|(_, listener)| (listener.addr, listener))
+            .collect();
         let mut fresh = HashMap::new();
-        for plan in &planned {
-            let unchanged = self
-                .listeners
-                .get(&plan.key)
-                .is_some_and(|l| l.addr == plan.listen || plan.listen.port() == 0);
-            if !unchanged {
-                let sockets = self.workers.bind(plan.listen).map_err(|e| {
-                    format!("cannot listen on {} for {}: {e}", plan.listen, plan.key)
-                })?;
-                fresh.insert(plan.key.clone(), sockets);
+        for plan in planned.iter().filter(|plan| !unchanged(plan)) {
+            let sockets = match released.get(&plan.listen) {
+                Some(previous) => duplicate(&previous.sockets),
+                None => self.workers.bind(plan.listen),
             }
+            .and_then(|sockets| Ok((duplicate(&sockets)?, sockets)))
+            .map_err(|e| format!("cannot listen on {} for {}: {e}", plan.listen, plan.key))?;
+            fresh.insert(plan.key.clone(), sockets);
         }
         let keep: Vec<&str> = planned.iter().map(|p| p.key.as_str()).collect();
         let gone: Vec<String> = self
@@ -347,7 +359,7 @@ impl Sidecar {
                         listener.state.store(Arc::new(state));
                     }
                 }
-                Some(sockets) => {
+                Some((kept, sockets)) => {
                     let addr = sockets[0].local_addr()?;
                     let state: SharedListenerState = Arc::new(ArcSwap::from_pointee(state));
                     let (stop, stopped) = watch::channel(false);
@@ -391,6 +403,7 @@ impl Sidecar {
                     }
                     let listener = Listener {
                         addr,
+                        sockets: kept,
                         state,
                         stop,
                         metrics,
@@ -516,6 +529,14 @@ fn open_access_log(config: &Config) -> Result<Option<AccessLog>, BoxError> {
                 .map_err(|e| format!("[access_log] path: cannot open {e}").into())
         })
         .transpose()
+}
+
+/// Each of `sockets` again, as a new descriptor of the same socket.
+fn duplicate(sockets: &[std::net::TcpListener]) -> std::io::Result<Vec<std::net::TcpListener>> {
+    sockets
+        .iter()
+        .map(std::net::TcpListener::try_clone)
+        .collect()
 }
 
 async fn bind(name: &str, addr: SocketAddr) -> Result<TcpListener, BoxError> {
