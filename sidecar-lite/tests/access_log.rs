@@ -379,3 +379,45 @@ async fn the_last_lines_are_written_at_stop_and_a_caller_gone_early_is_logged() 
         0
     );
 }
+
+/// Requests still waiting for their upstream when the drain's grace runs out are cut, and
+/// each gets its line, over HTTP/1.1 and over HTTP/2 (whose streams hyper serves in tasks of
+/// their own, outside the connection's).
+#[tokio::test]
+async fn requests_cut_at_the_end_of_the_drain_get_their_lines() {
+    let certs = Certs::new("access-log-cut");
+    let (hang, arrived) = common::app(|_| std::future::pending()).await;
+    let (log, section) = access_log(&certs.dir, "json");
+    let sidecar = sidecar(&format!(
+        "{section}[runtime]\ndrain_grace = \"100ms\"\n\
+         [[outbound]]\nname = \"hang\"\nlisten = \"127.0.0.1:0\"\nendpoints = [\"{hang}\"]\n"
+    ))
+    .await;
+    let addr = outbound_addr(&sidecar);
+    let send = |path: &str, client: hyper_util::client::legacy::Client<_, _>| {
+        let request = Request::get(format!("http://{addr}{path}"))
+            .body(full(""))
+            .unwrap();
+        tokio::spawn(async move { client.request(request).await })
+    };
+    let callers = [send("/one", http1()), send("/two", http2())];
+    let both_arrived = async || arrived.load(std::sync::atomic::Ordering::SeqCst) == 2;
+    assert!(common::eventually(both_arrived).await);
+
+    sidecar.stop().await;
+    let text = std::fs::read_to_string(&log).unwrap();
+    let lines: Vec<Value> = text
+        .lines()
+        .map(|l| serde_json::from_str(l).unwrap())
+        .collect();
+    for (path, protocol) in [("/one", "HTTP/1.1"), ("/two", "HTTP/2.0")] {
+        let line = lines
+            .iter()
+            .find(|l| l["path"] == path)
+            .unwrap_or_else(|| panic!("no line for the {protocol} request in {text}"));
+        assert_eq!(line["status"], 0, "{line}");
+    }
+    for caller in callers {
+        caller.abort();
+    }
+}

@@ -4,6 +4,7 @@
 use super::{
     activity::{Activity, InFlight, Tracked},
     framing::{Framing, FramingGuard},
+    stream_tasks::StreamTasks,
 };
 use crate::{
     config::LimitsConfig,
@@ -12,7 +13,7 @@ use crate::{
 use http::{HeaderValue, Request, Response, header::CONNECTION};
 use hyper::{body::Incoming, service::Service};
 use hyper_util::{
-    rt::{TokioExecutor, TokioIo, TokioTimer},
+    rt::{TokioIo, TokioTimer},
     server::conn::auto,
 };
 use pin_project_lite::pin_project;
@@ -45,12 +46,15 @@ pub(super) struct Control {
     pub(super) activity: Arc<Activity>,
 }
 
-/// How long a connection asked to close may take before it is dropped.
-const CLOSE_GRACE: Duration = Duration::from_secs(1);
+/// How long a connection asked to close may take before it is dropped; and how long a
+/// listener waits, at the end of its drain, for the HTTP/2 streams of the connections it cut.
+pub(super) const CLOSE_GRACE: Duration = Duration::from_secs(1);
 
 /// How every connection of a listener is served.
 pub(super) struct ConnectionSettings {
-    builder: auto::Builder<TokioExecutor>,
+    builder: auto::Builder<StreamTasks>,
+    /// The tasks of the HTTP/2 streams the builder serves.
+    pub(super) streams: StreamTasks,
     max_head_bytes: usize,
     max_headers: usize,
     /// From accept to the first request head.
@@ -61,8 +65,10 @@ pub(super) struct ConnectionSettings {
 
 impl ConnectionSettings {
     pub(super) fn new(limits: &LimitsConfig) -> Self {
+        let streams = StreamTasks::default();
         Self {
-            builder: hardened_builder(limits),
+            builder: hardened_builder(limits, streams.clone()),
+            streams,
             max_head_bytes: limits.max_head_bytes,
             max_headers: limits.max_headers,
             first_request: limits.header_read_timeout,
@@ -72,8 +78,8 @@ impl ConnectionSettings {
 }
 
 /// An HTTP/1.1 and HTTP/2 server builder with `limits` applied.
-fn hardened_builder(limits: &LimitsConfig) -> auto::Builder<TokioExecutor> {
-    let mut builder = auto::Builder::new(TokioExecutor::new());
+fn hardened_builder(limits: &LimitsConfig, streams: StreamTasks) -> auto::Builder<StreamTasks> {
+    let mut builder = auto::Builder::new(streams);
     builder
         .http1()
         .timer(TokioTimer::new())

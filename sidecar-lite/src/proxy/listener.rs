@@ -4,7 +4,7 @@
 use super::{
     activity::Activity,
     admission::Admission,
-    connection::{ConnectionSettings, Control, serve_connection},
+    connection::{CLOSE_GRACE, ConnectionSettings, Control, serve_connection},
     headers::forwarded_element,
 };
 use crate::{
@@ -230,4 +230,12 @@ pub(crate) async fn serve<S>(
         );
     }
     connections.shutdown().await;
+    // The HTTP/2 streams of the connections just cut end on their own workers: wait for them,
+    // so that their access-log lines are sent before the stop writes the log out.
+    if !settings.streams.ended(CLOSE_GRACE).await {
+        tracing::warn!(
+            listener = &*name,
+            "HTTP/2 streams still running after the drain"
+        );
+    }
 }

@@ -31,6 +31,8 @@ mod signals;
 mod span;
 #[cfg(feature = "proxy")]
 mod state;
+#[cfg(feature = "proxy")]
+mod stream_tasks;
 
 #[cfg(feature = "proxy")]
 pub(crate) use access_log::AccessLog;
