@@ -197,6 +197,38 @@ async fn two_routes_that_swap_addresses_take_each_others() {
     sidecar.stop().await;
 }
 
+/// A reload keeps what serves a route it leaves as it is: an open breaker stays open (a
+/// SIGHUP for logrotate, or another route's change, does not send traffic back to an endpoint
+/// that is failing). A route whose config changed starts afresh, as Envoy's clusters do.
+#[tokio::test]
+async fn a_reload_keeps_the_breakers_of_routes_it_leaves_as_they_are() {
+    let (failing, hits) = status_app(500).await;
+    let (other, _) = status_app(200).await;
+    let text = |other_attempts: u32| {
+        Config::parse(&format!(
+            "[admin]\nlisten = \"127.0.0.1:0\"\n\
+             [[outbound]]\nname = \"failing\"\nlisten = \"127.0.0.1:0\"\nendpoints = [\"{failing}\"]\n\
+             breaker = {{ consecutive_failures = 1, open_for = \"1h\", open_for_max = \"1h\" }}\n\
+             [[outbound]]\nname = \"other\"\nlisten = \"127.0.0.1:0\"\nendpoints = [\"{other}\"]\n\
+             retry = {{ attempts = {other_attempts} }}\n"
+        ))
+        .unwrap()
+    };
+    let mut sidecar = sidecar_lite::Sidecar::start(&text(1), None).await.unwrap();
+    let addr = outbound_addr(&sidecar);
+    assert_eq!(status(addr).await, StatusCode::INTERNAL_SERVER_ERROR);
+    assert_eq!(status(addr).await, StatusCode::SERVICE_UNAVAILABLE, "open");
+    assert_eq!(hits.load(Ordering::SeqCst), 1);
+
+    for config in [text(1), text(2)] {
+        sidecar.reload(&config).await.unwrap();
+        assert_eq!(outbound_addr(&sidecar), addr);
+        assert_eq!(status(addr).await, StatusCode::SERVICE_UNAVAILABLE);
+        assert_eq!(hits.load(Ordering::SeqCst), 1, "still open: nothing sent");
+    }
+    sidecar.stop().await;
+}
+
 /// A reload that fails changes nothing, the access log included: after one that named another
 /// log file and a busy port, the first config reloaded again goes on writing to the first
 /// file. A changed `[log]` is refused, as the logger is set up once.

@@ -56,6 +56,11 @@ impl ListenerState {
         }
     }
 
+    /// A clone of the stack, which shares its state (breakers, budgets, limits, connections).
+    pub(crate) fn stack(&self) -> StackService<EdgeBody> {
+        lock(&self.stack).clone()
+    }
+
     /// The call of `req` down the stack, made when polled: the stack is lent for the call
     /// only (see [`ListenerState::take_stack`]), and the response is awaited without it.
     pub(crate) fn call(self: Arc<Self>, req: Request<EdgeBody>) -> StackCall {
@@ -71,9 +76,7 @@ impl ListenerState {
     /// request of the same worker has it (an HTTP/2 stream waiting for readiness), a clone.
     /// Give it back with [`ListenerState::give_back`] once the request has been called.
     pub(crate) fn take_stack(&self) -> StackService<EdgeBody> {
-        self.slot()
-            .take()
-            .unwrap_or_else(|| lock(&self.stack).clone())
+        self.slot().take().unwrap_or_else(|| self.stack())
     }
 
     /// Puts a stack taken by [`ListenerState::take_stack`] back in the calling worker's slot.

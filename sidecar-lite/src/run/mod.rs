@@ -2,8 +2,8 @@
 //! a graceful stop.
 //!
 //! Each listener has one swap cell, a [`SharedListenerState`]: its stack, TLS acceptor and
-//! tracer. A reload builds every new stack first (a bad config changes nothing), then stores a
-//! new state in each cell. Requests in flight finish on the stack they started on; live
+//! tracer. A reload builds every new stack first (a bad config changes nothing; a listener
+//! whose config it leaves as it is keeps its stack), then stores a new state in each cell. Requests in flight finish on the stack they started on; live
 //! connections pick up the new stack with their next request. Listeners whose address changed,
 //! or whose route is gone, drain; new ones are bound.
 
@@ -14,7 +14,7 @@ mod workers;
 
 use crate::{
     admin::{AdminState, RouteEndpoints, Scope, Serving, Transitions},
-    config::Config,
+    config::{Config, InboundConfig, OutboundConfig},
     proxy::{
         AccessLog, Admission, EdgeBody, EdgeTracer, InboundRules, ListenerMetrics, ListenerState,
         Listening, SharedListenerState, edge, serve,
@@ -235,10 +235,20 @@ impl Sidecar {
         let mut planned = Vec::new();
         let tracer = self.telemetry.as_ref().map(Telemetry::tracer);
         if let Some(inbound) = &config.inbound {
+            let same = (self.config.inbound.as_ref()).is_some_and(|old| {
+                *old == InboundConfig {
+                    listen: old.listen,
+                    ..inbound.clone()
+                }
+            });
+            let stack = match self.kept("inbound").filter(|_| same) {
+                Some(kept) => kept,
+                None => stack::inbound(inbound)?,
+            };
             planned.push(Planned {
                 key: "inbound".to_owned(),
                 listen: inbound.listen,
-                stack: stack::inbound(inbound)?,
+                stack,
                 mtls: Some(inbound.mtls),
                 endpoints: None,
                 tracer: tracer.map(|t| {
@@ -247,6 +257,11 @@ impl Sidecar {
             });
         }
         for route in &config.outbound {
+            let key = format!("outbound/{}", route.name);
+            if let Some(kept) = self.kept_route(config, route, &key) {
+                planned.push(kept);
+                continue;
+            }
             let tls = match (&config.identity, &self.credentials, &route.server_identity) {
                 (Some(identity), Some(credentials), Some(expected)) => {
                     Some(identity.connector(credentials, expected.clone()))
@@ -255,15 +270,8 @@ impl Sidecar {
             };
             let outbound = stack::outbound_with_endpoints(route, tls.as_ref(), &config.discovery)
                 .map_err(|e| format!("outbound `{}`: {e}", route.name))?;
-            let key = format!("outbound/{}", route.name);
             planned.push(Planned {
-                tracer: tracer.map(|t| {
-                    EdgeTracer::outbound(
-                        t.clone(),
-                        Arc::from(key.as_str()),
-                        route.server_identity.as_ref().map(|id| id.as_str()),
-                    )
-                }),
+                tracer: self.outbound_tracer(route, &key),
                 key,
                 listen: route.listen,
                 stack: outbound.service,
@@ -276,6 +284,53 @@ impl Sidecar {
             });
         }
         Ok(planned)
+    }
+
+    /// The stack a listener serves with now, if it has one. A clone shares its state.
+    fn kept(&self, key: &str) -> Option<StackService<EdgeBody>> {
+        (self.listeners.get(key)).map(|listener| listener.state.load().stack())
+    }
+
+    /// The plan of an outbound route that `config` leaves as it is (wherever it listens):
+    /// its stack as it serves now, with its breakers, retry budget, limits, balancers and
+    /// connections, rather than a new one that starts them afresh.
+    fn kept_route(&self, config: &Config, route: &OutboundConfig, key: &str) -> Option<Planned> {
+        let old = self
+            .config
+            .outbound
+            .iter()
+            .find(|old| old.name == route.name)?;
+        let same =
+            *old == OutboundConfig {
+                listen: old.listen,
+                ..route.clone()
+            } && config.discovery == self.config.discovery;
+        if !same {
+            return None;
+        }
+        let serving = self.admin.serving.load();
+        let endpoints = serving
+            .routes
+            .iter()
+            .find(|r| r.route == route.name)?
+            .clone();
+        Some(Planned {
+            tracer: self.outbound_tracer(route, key),
+            key: key.to_owned(),
+            listen: route.listen,
+            stack: self.kept(key)?,
+            mtls: None,
+            endpoints: Some(endpoints),
+        })
+    }
+
+    fn outbound_tracer(&self, route: &OutboundConfig, key: &str) -> Option<EdgeTracer> {
+        let tracer = self.telemetry.as_ref().map(Telemetry::tracer)?;
+        Some(EdgeTracer::outbound(
+            tracer.clone(),
+            Arc::from(key),
+            route.server_identity.as_ref().map(|id| id.as_str()),
+        ))
     }
 
     /// Swaps in planned stacks, binds what is new, drains what is gone.
