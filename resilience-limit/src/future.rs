@@ -26,10 +26,20 @@ pin_project! {
     }
 }
 
-/// What a call's guard learns when the call completes: whether it succeeded.
+/// What a call's guard learns when the call completes: whether it succeeded. A call refused
+/// inside this process ([`RefusedLocally`](resilience_core::RefusedLocally): a rate limit, an
+/// open breaker) or whose caller's body broke off
+/// ([`CallerBodyFailed`](resilience_core::CallerBodyFailed)) is not a completion: its guard is
+/// dropped, as a cancelled call's is, since it says nothing of the service's capacity.
 pub trait Completion {
     /// The call completed, `Ok` or not.
     fn complete(self, ok: bool);
+}
+
+/// Whether `error` is one that says nothing of the service's capacity.
+fn says_nothing_of_the_service(error: &(dyn std::error::Error + 'static)) -> bool {
+    resilience_core::RefusedLocally::in_chain(error)
+        || resilience_core::CallerBodyFailed::in_chain(error)
 }
 
 impl Completion for () {
@@ -65,11 +75,15 @@ where
         let Projected { state } = self.project();
         match state.project() {
             StateProjected::Called { future, guard } => {
-                let result = ready!(future.poll(cx));
+                let result = ready!(future.poll(cx)).map_err(Into::into);
                 if let Some(guard) = guard.take() {
-                    guard.complete(result.is_ok());
+                    match &result {
+                        // Dropped uncompleted, as a cancelled call: it teaches nothing.
+                        Err(error) if says_nothing_of_the_service(&**error) => drop(guard),
+                        _ => guard.complete(result.is_ok()),
+                    }
                 }
-                Poll::Ready(result.map_err(Into::into))
+                Poll::Ready(result)
             }
             StateProjected::Refused { error } => Poll::Ready(Err(error
                 .take()

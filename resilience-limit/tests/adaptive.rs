@@ -118,3 +118,56 @@ async fn in_shadow_mode_calls_over_the_limit_go_through_and_are_counted() {
     assert_eq!(assert_ready_ok!(first.poll()), 1);
     assert_eq!(assert_ready_ok!(second.poll()), 2);
 }
+
+/// A call refused inside the process under the limit (here by a rate limit, as a sidecar's
+/// inbound stacks them) says nothing of the service's capacity: one caller over its rate
+/// must not shrink the limit that every caller shares.
+#[tokio::test(start_paused = true)]
+async fn calls_refused_under_the_limit_leave_it_as_it_is() {
+    use resilience_limit::{Rate, RateLimitLayer};
+    let layer = AdaptiveConcurrencyLayer::new(aimd())
+        .limits(20, 1, 100)
+        .unwrap();
+    let handle = layer.handle();
+    let limited = layer.layer(
+        RateLimitLayer::new(Rate::new(1.0, 1).unwrap())
+            .layer(service_fn(|()| async { Ok::<_, BoxError>(()) })),
+    );
+    for _ in 0..30 {
+        assert!(limited.clone().oneshot(()).await.is_ok());
+        let refused = limited.clone().oneshot(()).await.unwrap_err();
+        assert!(refused.is::<resilience_limit::RateLimited>(), "{refused}");
+        tokio::time::advance(Duration::from_secs(1)).await;
+    }
+    assert_eq!(handle.limit(), 20);
+}
+
+/// The limit's gauge appears under the name the layer was given, set to the initial limit,
+/// and under no name the builder went through on the way.
+#[test]
+fn the_limits_gauge_is_published_under_its_name_only() {
+    use metrics_util::debugging::{DebugValue, DebuggingRecorder};
+    let recorder = DebuggingRecorder::new();
+    let snapshotter = recorder.snapshotter();
+    let _guard = metrics::set_default_local_recorder(&recorder);
+    let _service = AdaptiveConcurrencyLayer::new(aimd())
+        .limits(5, 1, 10)
+        .unwrap()
+        .enforcement(Enforcement::Enforce)
+        .named("orders")
+        .layer(service_fn(|()| async { Ok::<_, BoxError>(()) }));
+    let gauges: Vec<(String, DebugValue)> = snapshotter
+        .snapshot()
+        .into_vec()
+        .into_iter()
+        .filter(|(key, ..)| key.key().name() == "resilience_concurrency_limit")
+        .map(|(key, _, _, value)| {
+            let labels: Vec<String> = key.key().labels().map(|l| l.value().to_owned()).collect();
+            (labels.join(","), value)
+        })
+        .collect();
+    assert_eq!(
+        gauges,
+        [("orders".to_owned(), DebugValue::Gauge(5.0.into()))]
+    );
+}

@@ -82,6 +82,33 @@ async fn beyond_max_callers_newcomers_share_one_limit_until_the_idle_are_forgott
     assert_eq!(refused(&service, "e").await, None, "room again");
 }
 
+/// A full set does not throttle the callers already in it: only newcomers share.
+#[tokio::test(start_paused = true)]
+async fn beyond_max_callers_the_callers_in_the_set_keep_their_own_limits() {
+    let layer = RateLimitLayer::unlimited().per_caller(
+        Rate::new(1.0, 2).unwrap(),
+        2,
+        |caller: &&'static str| Some(*caller),
+    );
+    let service = layer.layer(echo());
+    assert_eq!(refused(&service, "a").await, None);
+    assert_eq!(refused(&service, "b").await, None);
+    // Newcomers to the full set spend the shared burst of 2.
+    assert_eq!(refused(&service, "c").await, None);
+    assert_eq!(refused(&service, "d").await, None);
+    assert!(
+        refused(&service, "e").await.is_some(),
+        "the shared limit is spent"
+    );
+    // "a" and "b" have one call left each, of their own.
+    assert_eq!(refused(&service, "a").await, None);
+    assert_eq!(refused(&service, "b").await, None);
+    assert_eq!(
+        refused(&service, "a").await.map(|limited| limited.scope()),
+        Some(Scope::Caller)
+    );
+}
+
 #[tokio::test(start_paused = true)]
 async fn in_shadow_mode_nothing_is_refused_and_each_refusal_is_counted() {
     use metrics_util::debugging::{DebugValue, DebuggingRecorder};

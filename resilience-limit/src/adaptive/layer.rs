@@ -126,6 +126,7 @@ impl<S> Layer<S> for AdaptiveConcurrencyLayer {
     type Service = AdaptiveConcurrency<S>;
 
     fn layer(&self, inner: S) -> Self::Service {
+        self.limiter.publish();
         AdaptiveConcurrency::new(inner, self.limiter.clone())
     }
 }

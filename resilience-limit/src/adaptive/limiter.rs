@@ -75,7 +75,9 @@ pub(crate) const UNSET: u64 = u64::MAX;
 struct Window {
     start: Instant,
     calls: u32,
-    /// Of `calls`, those timed.
+    /// Of `calls`, those timed that succeeded: the latency averaged. A failure's latency says
+    /// nothing of the service's (a refused connection fails in microseconds), so it is left
+    /// out, as Netflix's `WindowedLimit` leaves out dropped samples.
     timed: u32,
     /// The calls admitted that the timed ones stand for: each stood for the stride it was
     /// timed under.
@@ -101,9 +103,11 @@ impl Window {
     fn add(&mut self, sample: Sample, timed: Option<u64>) {
         self.calls += 1;
         if let Some(stride) = timed {
-            self.timed += 1;
             self.admitted = self.admitted.saturating_add(stride);
-            self.rtt_sum += sample.rtt;
+            if !sample.dropped {
+                self.timed += 1;
+                self.rtt_sum += sample.rtt;
+            }
         }
         self.max_in_flight = self.max_in_flight.max(sample.in_flight);
         self.dropped |= sample.dropped;
@@ -118,7 +122,7 @@ impl Window {
             return None;
         }
         let sample = Sample {
-            // Only failures, untimed: their latency says nothing, the failure does.
+            // Only failures: their latency says nothing, the failure does.
             rtt: self.rtt_sum.checked_div(self.timed).unwrap_or_default(),
             in_flight: self.max_in_flight,
             dropped: self.dropped,
@@ -139,7 +143,6 @@ impl Admission {
             max,
         } = settings.clone();
         let initial = initial.clamp(min, max);
-        publish(&name, initial);
         Self(Arc::new(Limiter {
             name,
             enforcement,
@@ -160,6 +163,13 @@ impl Admission {
     /// The limit now.
     pub(crate) fn limit(&self) -> usize {
         self.0.limit.load(Ordering::Relaxed)
+    }
+
+    /// Sets the limit's gauge: once a service uses it (not for each step of a layer's
+    /// builder, which would leave a series under each name it went through), then at each
+    /// window's close.
+    pub(crate) fn publish(&self) {
+        publish(&self.0.name, self.limit());
     }
 
     /// Calls in flight now: the permits alive.
@@ -335,6 +345,28 @@ mod tests {
             min: 1,
             max: 100_000,
         })
+    }
+
+    #[test]
+    fn a_windows_latency_is_that_of_the_calls_that_succeeded() {
+        let start = Instant::now();
+        let sample = |ms, dropped| Sample {
+            rtt: Duration::from_millis(ms),
+            in_flight: 1,
+            dropped,
+        };
+        let mut window = Window::new(start);
+        // A connection refused in a millisecond says nothing of the service's latency.
+        window.add(sample(1, true), Some(1));
+        window.add(sample(10, false), Some(1));
+        let closed = window.close(start + MAX_WINDOW).expect("complete");
+        assert_eq!(closed.rtt, Duration::from_millis(10));
+        assert!(closed.dropped);
+
+        let mut failures = Window::new(start);
+        failures.add(sample(1, true), Some(1));
+        let closed = failures.close(start + MAX_WINDOW).expect("complete");
+        assert_eq!(closed.rtt, Duration::ZERO, "failures only: no latency");
     }
 
     #[test]

@@ -2,6 +2,7 @@
 //! service: one over the whole service, and one per caller in a bounded set.
 
 use super::{
+    bounded::Bounded,
     clock::{TokioClock, TokioInstant},
     layer::Settings,
 };
@@ -10,7 +11,7 @@ use governor::{
     RateLimiter,
     clock::Clock,
     middleware::NoOpMiddleware,
-    state::{InMemoryState, NotKeyed, keyed::HashMapStateStore},
+    state::{InMemoryState, NotKeyed},
 };
 use resilience_core::Enforcement;
 use std::{
@@ -21,7 +22,7 @@ use std::{
 use tokio::time::Instant;
 
 type Direct = RateLimiter<NotKeyed, InMemoryState, TokioClock, NoOpMiddleware<TokioInstant>>;
-type Keyed<K> = RateLimiter<K, HashMapStateStore<K>, TokioClock, NoOpMiddleware<TokioInstant>>;
+type Keyed<K> = RateLimiter<K, Bounded<K>, TokioClock, NoOpMiddleware<TokioInstant>>;
 
 /// How often, at most, the callers' limiters are swept for ones that have refilled (and so
 /// can be forgotten) when the set is full.
@@ -35,11 +36,10 @@ pub(crate) struct Limits<K: Hash + Eq + Clone> {
     callers: Option<Callers<K>>,
 }
 
-/// One limiter per caller, for at most `max` callers at once; beyond them, callers share one
-/// more limiter of the same rate.
+/// One limiter per caller, for at most `max` callers at once; callers new to a full set share
+/// one more limiter of the same rate, and the callers in it keep their own.
 struct Callers<K: Hash + Eq + Clone> {
     keyed: Keyed<K>,
-    overflow: Direct,
     max: usize,
     last_sweep: Mutex<Option<Instant>>,
 }
@@ -53,8 +53,7 @@ impl<K: Hash + Eq + Clone> Limits<K> {
                 .service
                 .map(|rate| Direct::direct_with_clock(rate.quota(), TokioClock)),
             callers: settings.callers.map(|(rate, max)| Callers {
-                keyed: Keyed::hashmap_with_clock(rate.quota(), TokioClock),
-                overflow: Direct::direct_with_clock(rate.quota(), TokioClock),
+                keyed: Keyed::new(rate.quota(), Bounded::new(max), TokioClock),
                 max: max.max(1),
                 last_sweep: Mutex::new(None),
             }),
@@ -118,14 +117,9 @@ impl<K: Hash + Eq + Clone> Callers<K> {
         if self.keyed.len() >= self.max {
             self.sweep();
         }
-        let outcome = if self.keyed.len() >= self.max {
-            // Full of callers still inside their window: the newcomers (and, until a sweep
-            // frees room, everyone) share one limit, so memory stays bounded.
-            self.overflow.check()
-        } else {
-            self.keyed.check_key(caller)
-        };
-        outcome.map_err(|not_until| not_until.wait_time_from(now))
+        // Full of callers still inside their window: the newcomers share one limit, so memory
+        // stays bounded (see `Bounded`).
+        (self.keyed.check_key(caller)).map_err(|not_until| not_until.wait_time_from(now))
     }
 
     /// Forgets the callers whose limiter is full again (as if never used), at most once per

@@ -1,5 +1,6 @@
 //! The rate limit: a GCRA limiter (governor's) over the whole service, and one per caller.
 
+mod bounded;
 mod clock;
 #[cfg(feature = "serde")]
 mod config;
