@@ -25,9 +25,11 @@ pub enum RetryClass {
 /// A retry condition, by the name used in config files (Envoy's `retry_on` vocabulary).
 #[derive(Debug, Clone, Copy, PartialEq, Eq, Hash)]
 pub enum Condition {
-    /// `5xx`: any 5xx response, or a per-try timeout.
+    /// `5xx`: any 5xx response, a per-try timeout, or no response at all (what
+    /// `connect-failure` and `reset` cover), as Envoy's `5xx`.
     ServerError,
-    /// `gateway-error`: 502, 503 or 504, or a per-try timeout.
+    /// `gateway-error`: 502, 503 or 504, a per-try timeout, or no response at all, as Envoy's
+    /// `gateway-error`.
     GatewayError,
     /// `connect-failure`: the request provably never reached the server: the connection
     /// could not be made, or an HTTP/2 server refused the stream (`REFUSED_STREAM`, or a
@@ -247,6 +249,15 @@ impl RetryOn {
                     // A per-try timeout is the gateway-error family, as in Envoy.
                     Condition::GatewayError if !self.contains(Condition::GatewayError) => {
                         self.retryable(Condition::ServerError)
+                    }
+                    // No response at all: Envoy's `5xx` and `gateway-error` include it. The
+                    // reason keeps its own name, so that only a connect failure is resent
+                    // for any method.
+                    Condition::ConnectFailure | Condition::Reset
+                        if self.contains(Condition::ServerError)
+                            || self.contains(Condition::GatewayError) =>
+                    {
+                        RetryClass::Retryable(Reason::new(condition.name()))
                     }
                     condition => self.retryable(condition),
                 };

@@ -154,6 +154,30 @@ async fn conditions_by_name() {
     );
 }
 
+/// Envoy's `5xx` and `gateway-error` cover an upstream that did not answer at all: a connect
+/// failure (any method) and a reset (idempotent methods), without listing them.
+#[tokio::test(start_paused = true)]
+async fn five_xx_and_gateway_error_cover_connect_failures_and_resets() {
+    for name in ["5xx", "gateway-error"] {
+        let policy = || HttpPolicy::new(RetryOn::from_names(&[name]).unwrap());
+        for (what, failure, method, expected) in [
+            ("refused", Answer::Refused, Method::GET, (200, 2)),
+            ("refused", Answer::Refused, Method::POST, (200, 2)),
+            ("reset", Answer::Reset, Method::GET, (200, 2)),
+            ("reset", Answer::Reset, Method::POST, (0, 1)),
+        ] {
+            let what = format!("{name}: {what} on {method}");
+            let (code, seen) = run(
+                policy(),
+                vec![failure, Answer::Status(200)],
+                request(method),
+            )
+            .await;
+            assert_eq!((code, seen.len()), expected, "{what}");
+        }
+    }
+}
+
 #[tokio::test(start_paused = true)]
 async fn grpc_status_in_headers_is_classified_by_code() {
     let grpc = |code: &'static str| Answer::WithHeader(200, "grpc-status", code);
