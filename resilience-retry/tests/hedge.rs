@@ -117,6 +117,46 @@ async fn an_answer_before_the_delay_sends_no_copy_and_spends_no_budget() {
     assert_eq!(layer.shared_budget().available(), before);
 }
 
+/// A copy refused inside the process (an open breaker: `RefusedLocally` in its error's chain)
+/// sent nothing: it wins nothing while the first copy may still answer, and gives its retry
+/// back to the budget.
+#[tokio::test(start_paused = true)]
+async fn a_copy_refused_locally_loses_and_gives_its_retry_back() {
+    #[derive(Debug)]
+    struct Refused;
+    impl std::fmt::Display for Refused {
+        fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+            f.write_str("refused here")
+        }
+    }
+    impl std::error::Error for Refused {
+        fn source(&self) -> Option<&(dyn std::error::Error + 'static)> {
+            Some(&resilience_core::RefusedLocally)
+        }
+    }
+
+    let calls = Arc::new(AtomicU32::new(0));
+    let counted = calls.clone();
+    let layer = layer();
+    let before = layer.shared_budget().available();
+    let service = layer.layer(service_fn(move |_| {
+        let n = counted.fetch_add(1, Ordering::SeqCst);
+        async move {
+            if n > 0 {
+                return Err::<Response<String>, BoxError>(Box::new(Refused));
+            }
+            tokio::time::sleep(DELAY * 2).await;
+            Ok(Response::new("call 0".to_owned()))
+        }
+    }));
+    let started = Instant::now();
+    let response = service.oneshot(get()).await.unwrap();
+    assert_eq!(response.into_body(), "call 0");
+    assert_eq!(started.elapsed(), DELAY * 2, "the first copy's answer");
+    assert!(calls.load(Ordering::SeqCst) >= 2, "a copy was tried");
+    assert_eq!(layer.shared_budget().available(), before);
+}
+
 #[tokio::test(start_paused = true)]
 async fn without_budget_no_copy_is_sent() {
     let upstream = Upstream::default();
@@ -226,6 +266,33 @@ async fn a_non_fatal_answer_sends_the_next_copy_at_once() {
     let response = service.oneshot(get()).await.unwrap();
     assert_eq!(response.status(), StatusCode::SERVICE_UNAVAILABLE);
     assert_eq!(response.into_body(), "call 1");
+}
+
+/// A non-fatal answer that asks for a pause (`Retry-After`, or gRPC's pushback) holds the next
+/// copy back until the pause is over (gRPC A6), instead of sending it at once.
+#[tokio::test(start_paused = true)]
+async fn a_non_fatal_answer_that_asks_for_a_pause_holds_the_next_copy_until_then() {
+    let calls = Arc::new(AtomicU32::new(0));
+    let counted = calls.clone();
+    let service = layer().layer(service_fn(move |_| {
+        let n = counted.fetch_add(1, Ordering::SeqCst);
+        async move {
+            if n > 0 {
+                return Ok::<_, BoxError>(Response::new(format!("call {n}")));
+            }
+            tokio::time::sleep(Duration::from_millis(5)).await;
+            let mut response = Response::new("call 0".to_owned());
+            *response.status_mut() = StatusCode::SERVICE_UNAVAILABLE;
+            response
+                .headers_mut()
+                .insert("retry-after", http::HeaderValue::from_static("1"));
+            Ok(response)
+        }
+    }));
+    let start = Instant::now();
+    let response = service.oneshot(get()).await.unwrap();
+    assert_eq!(response.into_body(), "call 1");
+    assert_eq!(start.elapsed(), Duration::from_millis(1005));
 }
 
 #[tokio::test(start_paused = true)]

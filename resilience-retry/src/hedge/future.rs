@@ -1,7 +1,7 @@
 //! [`HedgeFuture`]: the first copy of a request, and the copies sent after it.
 
 use super::Settings;
-use crate::{Policy, Replay, policy::Action, spare::Spare};
+use crate::{Policy, Reason, Replay, budget::Withdrawal, policy::Action, spare::Spare};
 use pin_project_lite::pin_project;
 use resilience_timeout::instant_after;
 use std::{
@@ -23,7 +23,8 @@ pin_project! {
         // The first copy, unboxed: the common case costs no allocation for copies.
         #[pin]
         first: Option<S::Future>,
-        copies: Vec<Pin<Box<S::Future>>>,
+        // The copies, each with the retry it took from the budget.
+        copies: Vec<(Pin<Box<S::Future>>, Withdrawal)>,
         // What copies go through: shared, and cloned into `sender` when the first is due;
         // and the layer's settings.
         spare: Spare<S, Arc<Settings<P>>>,
@@ -86,37 +87,57 @@ where
                 && let Poll::Ready(result) = first.poll(cx)
             {
                 this.first.set(None);
-                answer = Some((result, false));
+                answer = Some((result, None));
             }
             if answer.is_none()
                 && let Some((i, result)) =
-                    this.copies.iter_mut().enumerate().find_map(|(i, copy)| {
-                        match copy.as_mut().poll(cx) {
+                    this.copies
+                        .iter_mut()
+                        .enumerate()
+                        .find_map(|(i, (copy, _))| match copy.as_mut().poll(cx) {
                             Poll::Ready(result) => Some((i, result)),
                             Poll::Pending => None,
-                        }
-                    })
+                        })
             {
-                drop(this.copies.swap_remove(i));
-                answer = Some((result, true));
+                let (_, withdrawal) = this.copies.swap_remove(i);
+                answer = Some((result, Some(withdrawal)));
             }
             if let Some((result, copy)) = answer {
+                // Refused inside the process (an open breaker, no endpoint): nothing was sent,
+                // so it costs no budget, says nothing of the latency, and wins nothing while
+                // another copy may still answer.
+                let refused = settings.policy.refused_locally(&result);
+                if refused && let Some(withdrawal) = copy {
+                    settings.budget.refund(withdrawal);
+                }
                 let verdict = match this.kept.as_ref() {
                     Some(kept) => settings.policy.classify(kept, &result),
                     None => Action::Return,
                 };
                 let more = this.kept.is_some() && *this.sent < settings.max_attempts;
                 let pending = this.first.is_some() || !this.copies.is_empty();
-                let loses = matches!(verdict, Action::Retry(_)) && (more || pending);
+                let loses = (refused || matches!(verdict, Action::Retry(_))) && (more || pending);
                 if loses {
                     *this.fallback = Some(Box::new(result));
-                    *this.now = true;
+                    // The next copy goes at once (gRPC A6), or once the pause the server asked
+                    // for (`Retry-After`, `grpc-retry-pushback-ms`) is over.
+                    match verdict {
+                        Action::Retry(Reason {
+                            retry_after: Some(pause),
+                            ..
+                        }) => {
+                            *this.now = false;
+                            let at = instant_after(Instant::now(), pause);
+                            *this.timer = Some(Box::pin(sleep_until(at)));
+                        }
+                        _ => *this.now = true,
+                    }
                     continue;
                 }
-                if let Some(latencies) = &settings.latencies {
+                if !refused && let Some(latencies) = &settings.latencies {
                     latencies.record(this.started.elapsed());
                 }
-                if copy {
+                if copy.is_some() && !refused {
                     metrics::counter!("resilience_hedge_won_total", "name" => settings.name.clone())
                         .increment(1);
                 }
@@ -173,11 +194,11 @@ where
                 }
                 Poll::Ready(Ok(())) => {}
             }
-            if !settings.budget.withdraw() {
+            let Some(withdrawal) = settings.budget.take() else {
                 tracing::debug!(name = %settings.name, "no budget left: no more copies");
                 *this.kept = None;
                 continue;
-            }
+            };
             let attempt = *this.sent + 1;
             let now = Instant::now();
             let Some(copy) = this
@@ -185,6 +206,7 @@ where
                 .as_ref()
                 .and_then(|kept| settings.policy.replay(kept, attempt, now))
             else {
+                settings.budget.refund(withdrawal);
                 *this.kept = None;
                 continue;
             };
@@ -195,7 +217,7 @@ where
             metrics::counter!("resilience_hedge_sent_total", "name" => settings.name.clone())
                 .increment(1);
             tracing::debug!(name = %settings.name, attempt, "hedged: another copy sent");
-            this.copies.push(Box::pin(sender.call(copy)));
+            this.copies.push((Box::pin(sender.call(copy)), withdrawal));
         }
     }
 }
