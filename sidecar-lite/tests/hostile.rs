@@ -474,12 +474,21 @@ async fn a_missing_or_invalid_host_gets_400_and_is_never_forwarded() {
         (b"GET / HTTP/1.0\r\n\r\n", "HTTP/1.0 400"),
         (b"GET / HTTP/1.1\r\nHost: a b\r\n\r\n", "HTTP/1.1 400"),
         (b"GET / HTTP/1.1\r\nHost: a:port\r\n\r\n", "HTTP/1.1 400"),
+        // The same rule for an authority in the target, which wins over Host.
+        (
+            b"GET http://admin:pw@internal.test/ HTTP/1.1\r\nHost: a\r\n\r\n",
+            "HTTP/1.1 400",
+        ),
+        (
+            b"GET http://a:port/ HTTP/1.1\r\nHost: a\r\n\r\n",
+            "HTTP/1.1 400",
+        ),
     ] {
         refused_then_others_served(addr, request, expected).await;
     }
     assert_eq!(
         hits.load(std::sync::atomic::Ordering::SeqCst),
-        8,
+        12,
         "only the well-behaved"
     );
     // An absolute target needs no Host: its authority becomes the Host forwarded.
@@ -753,4 +762,58 @@ async fn refused_callers_with_huge_paths_and_a_sampled_trace_cannot_fill_the_mem
     );
     // Recorded whole, 2048 queued spans of 60 KiB paths alone would be 120 MiB.
     assert!(grown < 32.0, "RSS grew by {grown:.1} MiB");
+}
+
+/// CONNECT asks for a tunnel, which the proxy does not make: 400, and nothing reaches the app
+/// (it was forwarded as `CONNECT /`, a target form no server expects).
+#[tokio::test]
+async fn a_connect_request_gets_400_and_is_never_forwarded() {
+    let (sidecar, hits) = route().await;
+    let addr = outbound_addr(&sidecar);
+    refused_then_others_served(
+        addr,
+        b"CONNECT internal.test:443 HTTP/1.1\r\nHost: internal.test:443\r\n\r\n",
+        "HTTP/1.1 400",
+    )
+    .await;
+    assert_eq!(hits.load(std::sync::atomic::Ordering::SeqCst), 2);
+}
+
+/// `[limits] max_headers` holds on HTTP/2 too (hyper counts them only on HTTP/1.1): 431, and
+/// nothing reaches the app.
+#[tokio::test]
+async fn too_many_headers_over_http2_get_431() {
+    let (sidecar, hits) = route().await;
+    let addr = outbound_addr(&sidecar);
+    let mut req = Request::builder().uri(format!("http://{addr}/many"));
+    for i in 0..150 {
+        req = req.header(format!("x-h{i}"), "v");
+    }
+    let response = timeout(STEP, http2().request(req.body(full("")).unwrap()))
+        .await
+        .unwrap()
+        .unwrap();
+    assert_eq!(
+        response.status(),
+        StatusCode::REQUEST_HEADER_FIELDS_TOO_LARGE
+    );
+    assert_eq!(response.headers()["x-sidecar-error"], "bad-request");
+    assert_eq!(hits.load(std::sync::atomic::Ordering::SeqCst), 0);
+    others_are_served(addr).await;
+}
+
+/// An HTTP/2 client may send its cookies as fields of their own (browsers do); the HTTP/1.1
+/// app gets them joined in one (RFC 9113 section 8.2.3).
+#[tokio::test]
+async fn http2_cookies_reach_an_http1_app_in_one_field() {
+    let (sidecar, _) = route().await;
+    let req = Request::builder()
+        .uri(format!("http://{}/", outbound_addr(&sidecar)))
+        .header("cookie", "a=1")
+        .header("cookie", "b=2")
+        .body(full(""))
+        .unwrap();
+    let response = timeout(STEP, http2().request(req)).await.unwrap().unwrap();
+    let echoed = text(response).await;
+    assert!(echoed.contains("cookie: a=1; b=2\n"), "{echoed}");
 }

@@ -429,6 +429,39 @@ async fn sampling_follows_the_callers_flag_and_the_ratio() {
     sidecar.stop().await;
 }
 
+/// A caller whose `Connection` names `traceparent` (so that its own goes no further) does not
+/// take away the one the span gives the next hop.
+#[tokio::test]
+async fn a_connection_header_naming_traceparent_leaves_the_spans_traceparent() {
+    let (app, _) = echo_app().await;
+    let nobody = std::net::TcpListener::bind("127.0.0.1:0")
+        .unwrap()
+        .local_addr()
+        .unwrap();
+    let config = format!(
+        "[admin]\nlisten = \"127.0.0.1:0\"\n\
+         [[outbound]]\nname = \"app\"\nlisten = \"127.0.0.1:0\"\nendpoints = [\"{app}\"]\n\
+         [tracing]\notlp_endpoint = \"http://{nobody}\"\n"
+    );
+    let sidecar = Sidecar::start(&Config::parse(&config).unwrap(), None)
+        .await
+        .unwrap();
+    let caller = "00-0af7651916cd43dd8448eb211c80319c-b7ad6b7169203331-01";
+    let req = Request::builder()
+        .uri(format!("http://{}/", outbound_addr(&sidecar)))
+        .header("traceparent", caller)
+        .header("connection", "traceparent")
+        .body(full(""))
+        .unwrap();
+    let echoed = text(timeout(STEP, http1().request(req)).await.unwrap().unwrap()).await;
+    let (trace, _, _) = echoed_traceparent(&echoed);
+    assert_ne!(
+        trace, "0af7651916cd43dd8448eb211c80319c",
+        "the caller's was hop-by-hop"
+    );
+    sidecar.stop().await;
+}
+
 /// A collector that is down (nothing listens), or one that takes connections and never
 /// answers: requests are served as if tracing were off, and the lost spans are counted.
 #[tokio::test]

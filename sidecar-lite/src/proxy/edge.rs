@@ -4,7 +4,7 @@
 use super::{
     ClientAddr, OpenConnections, SharedListenerState,
     access_log::{CountedBody, PendingLine},
-    headers::{append_forwarded_for, ensure_traceparent, strip_hop_by_hop},
+    headers::{append_forwarded_for, ensure_traceparent, join_cookies, strip_hop_by_hop},
     local_reply::local_reply,
     per_thread,
     signals::{ListenerSignals, Outcome},
@@ -13,7 +13,9 @@ use super::{
 };
 use crate::stack::Attempts;
 use crate::transport::{ProxyBody, local_response};
-use http::{HeaderValue, Method, Request, Response, Uri, Version, header::HOST, uri::Authority};
+use http::{
+    HeaderValue, Method, Request, Response, StatusCode, Uri, Version, header::HOST, uri::Authority,
+};
 use hyper::{body::Incoming, service::Service};
 use metrics::{Counter, Histogram};
 use resilience_core::{
@@ -38,10 +40,13 @@ pub(crate) type EdgeBody = CountedBody<Incoming>;
 /// never fails: errors become local replies flagged with `x-sidecar-error`. With a tracer in
 /// the listener's state, each request gets a span (see [`super::span`]); without, nothing of
 /// tracing is done but keeping or starting `traceparent`.
+/// A request with more than `max_headers` header fields is answered 431: hyper counts them on
+/// HTTP/1.1, and nothing does on HTTP/2.
 pub(crate) fn edge(
     listener: Arc<str>,
     state: SharedListenerState,
     metrics: Arc<ListenerMetrics>,
+    max_headers: usize,
 ) -> impl Fn(ClientAddr) -> Edge + Clone + Send + 'static {
     move |client| {
         Edge(Arc::new(EdgeOfConnection {
@@ -49,6 +54,7 @@ pub(crate) fn edge(
             state: state.clone(),
             metrics: metrics.clone(),
             client,
+            max_headers,
         }))
     }
 }
@@ -62,6 +68,7 @@ struct EdgeOfConnection {
     state: SharedListenerState,
     metrics: Arc<ListenerMetrics>,
     client: ClientAddr,
+    max_headers: usize,
 }
 
 /// Always ready: hyper's kind of service, called without waiting for readiness.
@@ -82,8 +89,12 @@ fn edge_request(edge: &Arc<EdgeOfConnection>, mut req: Request<Incoming>) -> Edg
         state,
         metrics,
         client,
+        max_headers,
     } = &**edge;
     let start = Instant::now();
+    // The hop's own headers go before anything reads the request, as Envoy's codec drops
+    // them: a `Connection` that names `traceparent` must not take the span's away.
+    let admitted = admit(&mut req, *max_headers);
     // The state of the moment: a reload swaps it without touching requests in flight.
     let current = state.load_full();
     // Every attempt of the request is counted in it, for the golden signals, the span and
@@ -106,12 +117,11 @@ fn edge_request(edge: &Arc<EdgeOfConnection>, mut req: Request<Incoming>) -> Edg
         metrics.signals.peer(peer.as_str());
     }
     let grpc = is_grpc(req.headers());
-    let host = host_of(&req);
     let method = req.method().clone();
     // The request is made ready here and moved into the stack's call, not into the future,
     // which then holds it once, in the call: hyper moves the future into its slot.
-    let prepared = host
-        .and_then(|host| prepare_request(&mut req, host, span.is_none(), client.forwarded.clone()));
+    let prepared = admitted
+        .map(|host| prepare_request(&mut req, host, span.is_none(), client.forwarded.clone()));
     let call = match prepared {
         Ok(()) => {
             if let Some(inbound) = &current.inbound {
@@ -156,11 +166,31 @@ enum Refusal {
     /// A transfer coding other than chunked: stripped with its header, the body would reach
     /// the app still coded and unlabelled.
     TransferCoding,
+    /// An authority in the target (absolute form, HTTP/2's `:authority`) that `Host` could
+    /// not hold: user information, a port that is not a number.
+    BadAuthority,
+    /// `CONNECT`: a tunnel, which the proxy does not make (nor forward as a request).
+    Tunnel,
+    /// More header fields than `[limits] max_headers` (HTTP/2: hyper counts them on HTTP/1.1).
+    TooManyHeaders,
 }
 
 impl Refusal {
+    /// The status of the answer: 400, but 431 for too many header fields (RFC 6585).
+    fn status(self) -> StatusCode {
+        match self {
+            Self::TooManyHeaders => StatusCode::REQUEST_HEADER_FIELDS_TOO_LARGE,
+            _ => StatusCode::BAD_REQUEST,
+        }
+    }
+
     fn text(self) -> &'static str {
         match self {
+            Self::BadAuthority => {
+                "bad request: the authority of the request target is not a valid host and port"
+            }
+            Self::Tunnel => "bad request: CONNECT tunnels are not proxied",
+            Self::TooManyHeaders => "request header fields too large: too many header fields",
             Self::TwoHosts => "bad request: more than one Host header",
             Self::NoHost => "bad request: no Host header, and no authority in the request target",
             Self::BadHost => "bad request: the Host header is not a valid host and port",
@@ -237,8 +267,13 @@ impl Finish {
             }
             None => {
                 let text = self.refusal.map_or("bad request", Refusal::text);
-                let response =
+                let mut response =
                     local_response(LocalReply::new(Reason::BadRequest).text(text).grpc(grpc));
+                if let Some(refusal) = self.refusal
+                    && !grpc
+                {
+                    *response.status_mut() = refusal.status();
+                }
                 metrics.record_local(&response);
                 (response, true)
             }
@@ -361,17 +396,37 @@ impl ListenerMetrics {
     }
 }
 
+/// Whether the proxy takes `req` at all, and the authority it is for (see [`host_of`]); its
+/// hop-by-hop headers are gone once it is taken.
+fn admit<B>(req: &mut Request<B>, max_headers: usize) -> Result<Option<Authority>, Refusal> {
+    if req.method() == Method::CONNECT {
+        return Err(Refusal::Tunnel);
+    }
+    if req.headers().len() > max_headers {
+        return Err(Refusal::TooManyHeaders);
+    }
+    let host = host_of(req)?;
+    if strip_hop_by_hop(req.headers_mut()) {
+        return Err(Refusal::TransferCoding);
+    }
+    Ok(host)
+}
+
 /// The authority the request is for, from its one `Host` (one lookup for every question asked
-/// of it): `None` when its target names one (absolute form), which then wins (RFC 9112
-/// section 3.2.2).
+/// of it): `None` when its target names one (absolute form, HTTP/2's `:authority`), which then
+/// wins (RFC 9112 section 3.2.2), if `Host` could hold it.
 fn host_of<B>(req: &Request<B>) -> Result<Option<Authority>, Refusal> {
     let mut hosts = req.headers().get_all(HOST).iter();
     let first = hosts.next();
     if hosts.next().is_some() {
         return Err(Refusal::TwoHosts);
     }
-    if req.uri().authority().is_some() {
-        return Ok(None);
+    if let Some(authority) = req.uri().authority() {
+        return if is_host_and_port(authority) {
+            Ok(None)
+        } else {
+            Err(Refusal::BadAuthority)
+        };
     }
     // Origin-form, the usual case: the authority is the Host header's.
     let first = first.ok_or(Refusal::NoHost)?;
@@ -408,17 +463,18 @@ fn is_host_and_port(authority: &Authority) -> bool {
     }
 }
 
-/// Applies the forwarding rules: hop-by-hop headers out, `x-forwarded-for` (with `forwarded`,
-/// the client's element) and (unless a span has set it) `traceparent` in, and an absolute URI
-/// that keeps the caller's authority (the URI's, else `host`'s, from [`host_of`]).
+/// Applies the forwarding rules to a request [`admit`] took: `x-forwarded-for` (with
+/// `forwarded`, the client's element) and (unless a span has set it) `traceparent` in, an
+/// HTTP/2 request's cookies in one field, and an absolute URI that keeps the caller's
+/// authority (the URI's, else `host`'s, from [`host_of`]).
 fn prepare_request<B>(
     req: &mut Request<B>,
     host: Option<Authority>,
     ensure_trace: bool,
     forwarded: HeaderValue,
-) -> Result<(), Refusal> {
-    if strip_hop_by_hop(req.headers_mut()) {
-        return Err(Refusal::TransferCoding);
+) {
+    if req.version() == Version::HTTP_2 {
+        join_cookies(req.headers_mut());
     }
     let from_uri = req.uri().authority().cloned();
     append_forwarded_for(req.headers_mut(), forwarded);
@@ -448,7 +504,6 @@ fn prepare_request<B>(
     }
     // The next hop's protocol is chosen by ALPN (between sidecars) or by the app client.
     *req.version_mut() = Version::HTTP_11;
-    Ok(())
 }
 
 #[cfg(test)]

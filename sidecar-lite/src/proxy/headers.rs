@@ -7,7 +7,7 @@ use super::per_thread;
 use bytes::Bytes;
 use http::{
     HeaderMap, HeaderName, HeaderValue, Request,
-    header::{CONNECTION, CONTENT_LENGTH, Entry, TE, TRAILER, TRANSFER_ENCODING, UPGRADE},
+    header::{CONNECTION, CONTENT_LENGTH, COOKIE, Entry, TE, TRAILER, TRANSFER_ENCODING, UPGRADE},
 };
 use resilience_mtls::Identity;
 use std::{cell::RefCell, net::IpAddr, sync::Arc};
@@ -29,6 +29,25 @@ const HOP_BY_HOP: [HeaderName; 9] = [
     HeaderName::from_static("proxy-authorization"),
     HeaderName::from_static("http2-settings"),
 ];
+
+/// Joins the `cookie` fields of an HTTP/2 request into one, with `"; "` between them: HTTP/2
+/// lets a client split its cookies into fields of their own (browsers do), and they must be
+/// one field again before an HTTP/1.1 hop (RFC 9113 section 8.2.3), where many servers read
+/// only the first.
+pub(crate) fn join_cookies(headers: &mut HeaderMap) {
+    let mut cookies = headers.get_all(COOKIE).iter();
+    let (Some(first), Some(_)) = (cookies.next(), cookies.next()) else {
+        return;
+    };
+    let mut joined = first.as_bytes().to_vec();
+    for cookie in headers.get_all(COOKIE).iter().skip(1) {
+        joined.extend_from_slice(b"; ");
+        joined.extend_from_slice(cookie.as_bytes());
+    }
+    if let Ok(joined) = HeaderValue::from_bytes(&joined) {
+        headers.insert(COOKIE, joined);
+    }
+}
 
 /// Removes the headers that belong to one connection only. `te: trailers` is kept: gRPC needs
 /// it end to end. A message framed by `Transfer-Encoding` loses its `Content-Length` too: it is

@@ -420,7 +420,12 @@ impl Sidecar {
                     let (stop, stopped) = watch::channel(false);
                     let name: Arc<str> = Arc::from(plan.key.as_str());
                     let metrics = Arc::new(ListenerMetrics::new(&name));
-                    let service = edge(name.clone(), state.clone(), metrics.clone());
+                    let service = edge(
+                        name.clone(),
+                        state.clone(),
+                        metrics.clone(),
+                        config.limits.max_headers,
+                    );
                     let setup = Listening {
                         name,
                         admission: Admission::new(&config.limits),

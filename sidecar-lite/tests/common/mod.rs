@@ -98,6 +98,7 @@ pub async fn echo_app() -> (SocketAddr, Arc<AtomicUsize>) {
             "traceparent",
             "x-retry-attempt",
             "connection",
+            "cookie",
         ] {
             if let Some(value) = req.headers().get(name) {
                 summary.push_str(&format!("{name}: {}\n", value.to_str().unwrap()));
