@@ -3,7 +3,7 @@
 use crate::{
     BoxError, Credentials, FailureReason, HandshakeError, Identity,
     credentials::ClientCertResolver, metrics, provider, resumed::verify_resumed,
-    verifier::ServerVerifier,
+    sessions::Sessions, verifier::ServerVerifier,
 };
 use http::Uri;
 use hyper_util::{
@@ -12,9 +12,7 @@ use hyper_util::{
 };
 use rustls::{
     ClientConfig, HandshakeKind,
-    client::{
-        ClientSessionMemoryCache, ClientSessionStore, Resumption, danger::ServerCertVerifier,
-    },
+    client::{Resumption, danger::ServerCertVerifier},
 };
 use rustls_pki_types::{CertificateDer, ServerName};
 use std::{
@@ -97,7 +95,7 @@ impl ConnectorBuilder {
         config.alpn_protocols = self.alpn.clone();
         let sessions = self
             .resumption
-            .then(|| Arc::new(ClientSessionMemoryCache::new(256)));
+            .then(|| Arc::new(Sessions::new(self.credentials.clone())));
         config.resumption = match &sessions {
             Some(sessions) => Resumption::store(sessions.clone()),
             None => Resumption::disabled(),
@@ -219,7 +217,7 @@ struct Handshaker {
     connector: TlsConnector,
     verifier: Arc<ServerVerifier>,
     /// The store of the config's session tickets; `None` with resumption off.
-    sessions: Option<Arc<ClientSessionMemoryCache>>,
+    sessions: Option<Arc<Sessions>>,
     timeout: Duration,
 }
 
@@ -291,8 +289,7 @@ impl Handshaker {
     /// Drops every session kept for `server_name`.
     fn forget(&self, server_name: &ServerName<'static>) {
         if let Some(sessions) = &self.sessions {
-            sessions.remove_tls12_session(server_name);
-            while sessions.take_tls13_ticket(server_name).is_some() {}
+            sessions.forget(server_name);
         }
     }
 }

@@ -45,8 +45,9 @@ impl Identity {
         }
     }
 
-    /// Reads the identity of a certificate: its first SPIFFE URI SAN, or else its first DNS
-    /// SAN that is not a wildcard.
+    /// Reads the identity of a certificate: its SPIFFE URI SAN, or else its first DNS SAN that
+    /// is not a wildcard. A certificate with a SPIFFE URI SAN and another URI SAN is refused:
+    /// an X.509-SVID has exactly one (SPIFFE X509-SVID section 2), and which would it be?
     pub fn from_certificate(cert: &CertificateDer<'_>) -> Result<Self, IdentityError> {
         let (_, cert) = x509_parser::parse_x509_certificate(cert.as_ref())
             .map_err(|e| IdentityError::BadCertificate(e.to_string()))?;
@@ -58,11 +59,18 @@ impl Identity {
             .subject_alternative_name()
             .map_err(|e| IdentityError::BadCertificate(e.to_string()))?;
         let names = sans.map(|ext| &ext.value.general_names[..]).unwrap_or(&[]);
-        let spiffe = names.iter().find_map(|name| match name {
-            GeneralName::URI(uri) if uri.starts_with(SPIFFE_SCHEME) => Some(*uri),
+        let mut uris = names.iter().filter_map(|name| match name {
+            GeneralName::URI(uri) => Some(*uri),
             _ => None,
         });
+        let spiffe = uris.clone().find(|uri| uri.starts_with(SPIFFE_SCHEME));
         if let Some(uri) = spiffe {
+            if uris.nth(1).is_some() {
+                return Err(IdentityError::invalid(
+                    uri,
+                    "an X.509-SVID has exactly one URI SAN, and this certificate has more",
+                ));
+            }
             return SpiffeId::parse(uri).map(Self::Spiffe);
         }
         names
@@ -274,6 +282,14 @@ impl IdentityPattern {
     /// Parses a pattern: an identity in which whole segments may be `*`.
     pub fn parse(text: &str) -> Result<Self, IdentityError> {
         let spiffe = text.starts_with(SPIFFE_SCHEME);
+        if !spiffe && text.contains("://") {
+            // `SPIFFE://...` would otherwise be read as a DNS name, lower-cased into a valid
+            // sample, and match nothing: an allow-list entry that silently allows no one.
+            return Err(IdentityError::invalid(
+                text,
+                "only spiffe:// URIs (the scheme in lower case) and DNS names are identities",
+            ));
+        }
         let (body, separator) = if spiffe {
             (&text[SPIFFE_SCHEME.len()..], '/')
         } else {
@@ -447,9 +463,33 @@ mod tests {
             "spiffe://example.org/ns/*/",
             "a*.svc",
             "http://x/*",
+            // Read as a DNS name before, it matched no one.
+            "SPIFFE://example.org/ns/ops/sa/deployer",
         ] {
             let err = IdentityPattern::parse(bad).unwrap_err();
             assert!(err.to_string().contains(bad), "{err}");
         }
+    }
+
+    #[cfg(feature = "dev-ca")]
+    #[test]
+    fn a_certificate_with_a_spiffe_id_and_another_uri_san_is_refused() {
+        let certificate = |uris: &[&str]| {
+            let mut params = rcgen::CertificateParams::default();
+            params.subject_alt_names = uris
+                .iter()
+                .map(|uri| rcgen::SanType::URI((*uri).try_into().unwrap()))
+                .collect();
+            let key = rcgen::KeyPair::generate().unwrap();
+            params.self_signed(&key).unwrap().der().clone()
+        };
+        let deployer = "spiffe://example.org/ns/ops/sa/deployer";
+        let two = certificate(&[deployer, "spiffe://example.org/ns/shop/sa/web"]);
+        let err = Identity::from_certificate(&two).unwrap_err();
+        assert!(err.to_string().contains("exactly one URI SAN"), "{err}");
+        let other = certificate(&["https://example.org/", deployer]);
+        assert!(Identity::from_certificate(&other).is_err());
+        let one = certificate(&[deployer]);
+        assert_eq!(Identity::from_certificate(&one).unwrap(), id(deployer));
     }
 }

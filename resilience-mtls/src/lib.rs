@@ -94,6 +94,7 @@ mod material;
 mod resumed;
 mod rotation;
 mod server;
+mod sessions;
 mod stream;
 mod verifier;
 

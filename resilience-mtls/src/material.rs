@@ -55,6 +55,8 @@ pub struct Material {
     identity: Identity,
     not_before: SystemTime,
     not_after: SystemTime,
+    /// A fingerprint of the bytes it was made from (see [`MaterialFiles::fingerprint`]).
+    source: u64,
 }
 
 impl fmt::Debug for Material {
@@ -174,7 +176,13 @@ impl Material {
             identity,
             not_before,
             not_after,
+            source: files.fingerprint(),
         })
+    }
+
+    /// Whether this material was made from exactly `files`.
+    pub(crate) fn made_from(&self, files: &MaterialFiles) -> bool {
+        self.source == files.fingerprint()
     }
 
     /// The identity that our leaf certificate carries.
@@ -265,6 +273,15 @@ pub(crate) struct MaterialFiles {
 }
 
 impl MaterialFiles {
+    /// A hash of the three files' bytes, to tell whether material was made from them without
+    /// keeping a copy of the private key.
+    pub(crate) fn fingerprint(&self) -> u64 {
+        use std::hash::{Hash, Hasher};
+        let mut hasher = std::collections::hash_map::DefaultHasher::new();
+        (&self.cert, &self.key, &self.trust).hash(&mut hasher);
+        hasher.finish()
+    }
+
     pub(crate) fn read(paths: &MaterialPaths) -> Result<Self, MaterialError> {
         Ok(Self {
             cert: read(&paths.cert)?,

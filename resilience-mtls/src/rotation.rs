@@ -96,7 +96,13 @@ impl Rotation {
             None
         };
         let watching = watcher.is_some();
-        let last = MaterialFiles::read(&self.paths).ok();
+        // The files as they are now count as loaded only if they are what the credentials
+        // hold: files rewritten since the credentials were loaded are loaded at the first
+        // check, not left until they change again.
+        let current = credentials.current();
+        let last = MaterialFiles::read(&self.paths)
+            .ok()
+            .filter(|files| current.made_from(files));
         let (status_tx, status) = watch::channel(RotationStatus::default());
         let task = tokio::spawn(run(self, credentials.clone(), rx, watcher, last, status_tx));
         RotationHandle {

@@ -507,6 +507,41 @@ async fn a_resumed_session_is_refused_once_its_ca_has_left_the_trust_bundle() {
     assert_eq!(err.reason(), FailureReason::UnknownCa, "{err}");
 }
 
+/// A client that moves to a certificate of a new CA does not resume the sessions of its old
+/// one: they would show the server the old certificate again, which, once the server no
+/// longer trusts its CA, gets every resumption refused.
+#[tokio::test]
+async fn a_client_that_rotates_its_certificate_starts_its_sessions_afresh() {
+    let ca = DevCa::new("example.org").unwrap();
+    let next = DevCa::new("example.org").unwrap();
+    let both = format!("{}{}", ca.trust_pem(), next.trust_pem());
+    let server_cert = ca.workload("ns/shop/sa/orders").unwrap();
+    let server_creds = Credentials::new(server_cert.material(&both).unwrap());
+    let mut server = HandshakeServer::spawn(MtlsAcceptor::new(&server_creds)).await;
+    let client_creds = Credentials::new(
+        ca.workload("ns/shop/sa/frontend")
+            .unwrap()
+            .material(&both)
+            .unwrap(),
+    );
+    let connector = MtlsConnector::new(&client_creds, spiffe("ns/shop/sa/orders"));
+    a_session_is_resumed(&connector, &mut server).await;
+
+    // The client moves to the next CA; then the server stops trusting the first.
+    let moved = next.workload("ns/shop/sa/frontend").unwrap();
+    client_creds.store(moved.material(&both).unwrap());
+    server_creds.store(server_cert.material(next.trust_pem()).unwrap());
+    assert_eq!(
+        handshake_kind(&connector, &server).await,
+        Some(rustls::HandshakeKind::Full),
+        "a session of the old certificate was resumed"
+    );
+    assert!(
+        server.next().await.is_ok(),
+        "the new certificate is accepted"
+    );
+}
+
 #[tokio::test]
 async fn a_resumed_session_is_refused_by_the_client_once_the_servers_ca_has_left_its_trust_bundle()
 {
