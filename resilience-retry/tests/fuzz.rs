@@ -387,7 +387,8 @@ fn model_reason(on: &RetryOn, outcome: &Outcome) -> Option<&'static str> {
             | io::ErrorKind::UnexpectedEof => Some("reset"),
             _ => None,
         }
-        .filter(|name| has(name)),
+        // No response at all: `5xx` and `gateway-error` include it, as Envoy's do.
+        .filter(|name| has(name) || has("5xx") || has("gateway-error")),
         Ok((_, headers)) if is_grpc(headers) => {
             let code = grpc_code(headers.get("grpc-status")?)?;
             GRPC_CODES
@@ -448,9 +449,12 @@ fn check_outcome(on: &RetryOn, outcome: &Outcome) -> Action {
         "{on:?} {outcome:?}"
     );
     if let Action::Retry(reason) = action {
-        // Only a configured condition retries.
+        // Only a configured condition retries; no response at all also under `5xx` and
+        // `gateway-error`.
         let condition: Condition = reason.name.parse().unwrap();
-        assert!(on.contains(condition), "{reason:?} under {on:?}");
+        let umbrella = outcome.result.is_err()
+            && (on.contains(Condition::ServerError) || on.contains(Condition::GatewayError));
+        assert!(on.contains(condition) || umbrella, "{reason:?} under {on:?}");
         if !is_idempotent(outcome) {
             match &outcome.result {
                 // A response came: the server may have acted on it. Only a gRPC call that
