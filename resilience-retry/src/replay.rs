@@ -139,9 +139,11 @@ impl<B> ReplayBody<B> {
     /// A copy that replays the body from the start, or `None` when it can no longer be
     /// replayed (over the cap, or the original failed).
     ///
-    /// The new copy becomes the only one that reads: every copy made before it (the previous
-    /// attempt's included) fails with [`NotReplayable`] from then on. Any copy may be replayed,
-    /// retired or not; the retry layer replays the copy it keeps and never polls.
+    /// While the original is still being read, the new copy becomes the only one that reads:
+    /// every copy made before it (the previous attempt's included) fails with
+    /// [`NotReplayable`] from then on. Once it has been read whole, copies only replay what
+    /// was kept, and go side by side (hedging). Any copy may be replayed, retired or not; the
+    /// retry layer replays the copy it keeps and never polls.
     #[must_use]
     pub fn replay(&self) -> Option<Self> {
         match &self.kind {
@@ -151,6 +153,10 @@ impl<B> ReplayBody<B> {
                 let mut state = lock(shared);
                 if state.spoiled {
                     return None;
+                }
+                if state.body.is_none() {
+                    // Read whole: no copy touches the original again, none need be retired.
+                    return Some(Self::shared(shared.clone(), state.generation, *hint));
                 }
                 state.generation += 1;
                 let generation = state.generation;

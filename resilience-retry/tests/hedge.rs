@@ -226,6 +226,38 @@ async fn a_grpc_call_with_a_body_is_hedged_once_its_body_has_been_read() {
     assert_eq!(calls.load(Ordering::SeqCst), 2);
 }
 
+/// With three attempts, a copy sent while the one before it is still sending its body does
+/// not cut that one's body off: once the body has been read whole, copies replay it side by
+/// side.
+#[tokio::test(start_paused = true)]
+async fn a_copy_does_not_cut_off_the_body_of_the_copy_before_it() {
+    let calls = Arc::new(AtomicU32::new(0));
+    let counted = calls.clone();
+    let upstream = service_fn(
+        move |req: Request<resilience_retry::ReplayBody<Full<bytes::Bytes>>>| {
+            let n = counted.fetch_add(1, Ordering::SeqCst);
+            async move {
+                let mut body = req.into_body();
+                let first = body.frame().await.expect("a frame")?;
+                assert!(first.is_data());
+                // The second copy is still sending when the third goes.
+                let pause = if n == 1 { 100 } else { 0 };
+                tokio::time::sleep(Duration::from_millis(pause)).await;
+                body.collect().await?;
+                let latency = if n == 1 { 0 } else { 1000 };
+                tokio::time::sleep(Duration::from_millis(latency)).await;
+                Ok::<_, BoxError>(Response::new(format!("call {n}")))
+            }
+        },
+    );
+    let mut req = Request::new(Full::new(bytes::Bytes::from_static(b"order")));
+    *req.method_mut() = Method::PUT;
+    let layer = layer().max_attempts(3).unwrap();
+    let response = layer.layer(upstream).oneshot(req).await.unwrap();
+    assert_eq!(response.into_body(), "call 1");
+    assert_eq!(calls.load(Ordering::SeqCst), 3);
+}
+
 #[tokio::test(start_paused = true)]
 async fn max_attempts_caps_the_copies() {
     let upstream = Upstream::default();
