@@ -454,7 +454,10 @@ fn check_outcome(on: &RetryOn, outcome: &Outcome) -> Action {
         let condition: Condition = reason.name.parse().unwrap();
         let umbrella = outcome.result.is_err()
             && (on.contains(Condition::ServerError) || on.contains(Condition::GatewayError));
-        assert!(on.contains(condition) || umbrella, "{reason:?} under {on:?}");
+        assert!(
+            on.contains(condition) || umbrella,
+            "{reason:?} under {on:?}"
+        );
         if !is_idempotent(outcome) {
             match &outcome.result {
                 // A response came: the server may have acted on it. Only a gRPC call that
