@@ -173,6 +173,22 @@ async fn a_route_renamed_on_its_address_takes_the_address_over() {
         .unwrap();
     assert_eq!(sidecar.bound.outbound, [("billing".to_owned(), addr)]);
     assert_eq!(status(addr).await, StatusCode::ACCEPTED);
+
+    // A drain closes the address, for all that it changed hands.
+    let drain = Request::post(format!("http://{}/drain", sidecar.bound.admin.unwrap()))
+        .header("x-sidecar-admin", "drain")
+        .body(full(""))
+        .unwrap();
+    let drained = timeout(STEP, http1().request(drain))
+        .await
+        .unwrap()
+        .unwrap();
+    assert_eq!(drained.status(), StatusCode::ACCEPTED);
+    let closed = async || tokio::net::TcpStream::connect(addr).await.is_err();
+    assert!(
+        eventually(closed).await,
+        "the address still takes connections"
+    );
     sidecar.stop().await;
 }
 

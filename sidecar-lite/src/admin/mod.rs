@@ -263,6 +263,7 @@ pub(crate) async fn serve(
         limits,
         grace: Duration::from_secs(1),
         open,
+        closed: crate::proxy::OnClosed::default(),
     };
     let server = crate::proxy::serve(setup, listener, || None, service, shutdown);
     tokio::select! {

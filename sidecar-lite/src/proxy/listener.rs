@@ -37,6 +37,19 @@ pub(crate) struct Listening {
     pub(crate) admission: Arc<Admission>,
     pub(crate) grace: Duration,
     pub(crate) open: OpenConnections,
+    /// Run when the listener stops accepting, once its socket is closed: whatever else keeps
+    /// the address open (a reload's spare descriptors of it) lets it go too.
+    pub(crate) closed: OnClosed,
+}
+
+/// See [`Listening::closed`]; by default nothing.
+#[derive(Clone, Default)]
+pub(crate) struct OnClosed(pub(crate) Option<Arc<dyn Fn() + Send + Sync>>);
+
+impl std::fmt::Debug for OnClosed {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.debug_tuple("OnClosed").field(&self.0.is_some()).finish()
+    }
 }
 
 /// One connection counted in [`OpenConnections`] while it lives.
@@ -149,6 +162,7 @@ pub(crate) async fn serve<S>(
         admission,
         grace,
         open,
+        closed,
     } = setup;
     let settings = Arc::new(ConnectionSettings::new(&limits));
     let mut connections = JoinSet::new();
@@ -217,6 +231,9 @@ pub(crate) async fn serve<S>(
     }
     // Free the address at once, so a reload can bind it again.
     drop(listener);
+    if let Some(closed) = &closed.0 {
+        closed();
+    }
     tracing::info!(listener = &*name, "draining connections");
     for activity in activities.iter().filter_map(Weak::upgrade) {
         activity.drain();

@@ -43,7 +43,7 @@ pub(crate) use edge::{EdgeBody, ListenerMetrics, edge};
 #[cfg(feature = "proxy")]
 pub(crate) use headers::InboundRules;
 #[cfg(feature = "proxy")]
-pub(crate) use listener::{ClientAddr, Listening, OpenConnections, serve};
+pub(crate) use listener::{ClientAddr, Listening, OnClosed, OpenConnections, serve};
 #[cfg(feature = "proxy")]
 pub(crate) use signals::{Point, Snapshot};
 #[cfg(feature = "proxy")]

@@ -17,7 +17,7 @@ use crate::{
     config::{Config, InboundConfig, OutboundConfig},
     proxy::{
         AccessLog, Admission, EdgeBody, EdgeTracer, InboundRules, ListenerMetrics, ListenerState,
-        Listening, SharedListenerState, edge, serve,
+        Listening, OnClosed, SharedListenerState, edge, serve,
     },
     stack::{self, StackService},
 };
@@ -30,7 +30,7 @@ use std::{
     collections::HashMap,
     net::SocketAddr,
     path::PathBuf,
-    sync::{Arc, atomic::Ordering},
+    sync::{Arc, Mutex, atomic::Ordering},
     time::Duration,
 };
 use telemetry::Telemetry;
@@ -79,8 +79,9 @@ struct Listener {
     addr: SocketAddr,
     /// Its workers' sockets, duplicated: a reload that gives its address to another listener
     /// (a route renamed, or two that swap ports) hands these over, with the connections
-    /// waiting in their queues, rather than bind the address while it is still held.
-    sockets: Vec<std::net::TcpListener>,
+    /// waiting in their queues, rather than bind the address while it is still held. Closed
+    /// when the listener stops accepting (a drain), so that the address closes then.
+    sockets: Spare,
     state: SharedListenerState,
     stop: watch::Sender<bool>,
     metrics: Arc<ListenerMetrics>,
@@ -350,8 +351,11 @@ impl Sidecar {
             .collect();
         let mut fresh = HashMap::new();
         for plan in planned.iter().filter(|plan| !unchanged(plan)) {
-            let sockets = match released.get(&plan.listen) {
-                Some(previous) => duplicate(&previous.sockets),
+            let spare = released
+                .get(&plan.listen)
+                .and_then(|l| l.sockets.duplicate());
+            let sockets = match spare {
+                Some(sockets) => sockets,
                 None => self.workers.bind(plan.listen),
             }
             .and_then(|sockets| Ok((duplicate(&sockets)?, sockets)))
@@ -416,6 +420,7 @@ impl Sidecar {
                 }
                 Some((kept, sockets)) => {
                     let addr = sockets[0].local_addr()?;
+                    let kept = Spare(Arc::new(Mutex::new(Some(kept))));
                     let state: SharedListenerState = Arc::new(ArcSwap::from_pointee(state));
                     let (stop, stopped) = watch::channel(false);
                     let name: Arc<str> = Arc::from(plan.key.as_str());
@@ -432,6 +437,10 @@ impl Sidecar {
                         limits: config.limits.clone(),
                         grace: config.runtime.drain_grace,
                         open: metrics.open.clone(),
+                        closed: {
+                            let kept = kept.clone();
+                            OnClosed(Some(Arc::new(move || kept.close())))
+                        },
                     };
                     for (socket, worker) in sockets.into_iter().zip(self.workers.handles()) {
                         let mut stopped = stopped.clone();
@@ -597,6 +606,29 @@ fn duplicate(sockets: &[std::net::TcpListener]) -> std::io::Result<Vec<std::net:
         .iter()
         .map(std::net::TcpListener::try_clone)
         .collect()
+}
+
+/// A listener's spare descriptors of its sockets (see [`Listener::sockets`]), until it stops
+/// accepting.
+#[derive(Debug, Clone)]
+struct Spare(Arc<Mutex<Option<Vec<std::net::TcpListener>>>>);
+
+impl Spare {
+    /// New descriptors of the sockets, if the listener still accepts.
+    fn duplicate(&self) -> Option<std::io::Result<Vec<std::net::TcpListener>>> {
+        self.lock().as_deref().map(duplicate)
+    }
+
+    /// Closes them: the listener no longer accepts.
+    fn close(&self) {
+        drop(self.lock().take());
+    }
+
+    fn lock(&self) -> std::sync::MutexGuard<'_, Option<Vec<std::net::TcpListener>>> {
+        self.0
+            .lock()
+            .unwrap_or_else(std::sync::PoisonError::into_inner)
+    }
 }
 
 async fn bind(name: &str, addr: SocketAddr) -> Result<TcpListener, BoxError> {
