@@ -2,18 +2,18 @@
 
 use crate::{
     BoxError, Credentials, FailureReason, HandshakeError, Identity,
-    credentials::ClientCertResolver, metrics, provider, resumed::verify_resumed,
-    sessions::Sessions, verifier::ServerVerifier,
+    credentials::ClientCertResolver,
+    metrics, provider,
+    resumed::verify_resumed,
+    sessions::{PerCertificate, Tls},
+    verifier::ServerVerifier,
 };
 use http::Uri;
 use hyper_util::{
     client::legacy::connect::{Connected, Connection, HttpConnector},
     rt::TokioIo,
 };
-use rustls::{
-    ClientConfig, HandshakeKind,
-    client::{Resumption, danger::ServerCertVerifier},
-};
+use rustls::{ClientConfig, HandshakeKind, client::danger::ServerCertVerifier};
 use rustls_pki_types::{CertificateDer, ServerName};
 use std::{
     fmt,
@@ -26,7 +26,7 @@ use std::{
     time::Duration,
 };
 use tokio::io::{AsyncRead, AsyncWrite};
-use tokio_rustls::{TlsConnector, client::TlsStream};
+use tokio_rustls::client::TlsStream;
 use tower_service::Service;
 
 /// Builds an [`MtlsConnector`].
@@ -69,7 +69,7 @@ impl ConnectorBuilder {
     /// The rustls client config these settings describe.
     #[must_use]
     pub fn client_config(&self) -> Arc<ClientConfig> {
-        self.handshaker().connector.config().clone()
+        self.handshaker().tls.current().connector.config().clone()
     }
 
     /// The handshakes these settings describe: the rustls config, with the verifier and the
@@ -93,17 +93,9 @@ impl ConnectorBuilder {
             .with_custom_certificate_verifier(verifier.clone())
             .with_client_cert_resolver(Arc::new(ClientCertResolver(self.credentials.clone())));
         config.alpn_protocols = self.alpn.clone();
-        let sessions = self
-            .resumption
-            .then(|| Arc::new(Sessions::new(self.credentials.clone())));
-        config.resumption = match &sessions {
-            Some(sessions) => Resumption::store(sessions.clone()),
-            None => Resumption::disabled(),
-        };
         Handshaker {
-            connector: TlsConnector::from(Arc::new(config)),
+            tls: PerCertificate::new(self.credentials.clone(), config, self.resumption),
             verifier,
-            sessions,
             timeout: self.handshake_timeout,
         }
     }
@@ -214,10 +206,9 @@ impl<C> MtlsConnector<C> {
 
 /// A connector's client handshakes: its TLS config, and what checks a resumed session again.
 struct Handshaker {
-    connector: TlsConnector,
+    /// The connector for our certificate now, with its sessions.
+    tls: PerCertificate,
     verifier: Arc<ServerVerifier>,
-    /// The store of the config's session tickets; `None` with resumption off.
-    sessions: Option<Arc<Sessions>>,
     timeout: Duration,
 }
 
@@ -247,9 +238,10 @@ impl Handshaker {
     where
         IO: AsyncRead + AsyncWrite + Unpin,
     {
-        let connecting = self.connector.connect(server_name.clone(), io);
+        let tls = self.tls.current();
+        let connecting = tls.connector.connect(server_name.clone(), io);
         let result = match tokio::time::timeout(self.timeout, connecting).await {
-            Ok(Ok(stream)) => self.reverify_resumed(&server_name, stream),
+            Ok(Ok(stream)) => self.reverify_resumed(&tls, &server_name, stream),
             Ok(Err(err)) => Err(Refused::new(HandshakeError::from_io(err))),
             Err(_) => Err(Refused::new(HandshakeError::new(
                 FailureReason::Timeout,
@@ -271,6 +263,7 @@ impl Handshaker {
 
     fn reverify_resumed<IO>(
         &self,
+        tls: &Tls,
         server_name: &ServerName<'static>,
         stream: TlsStream<IO>,
     ) -> Result<TlsStream<IO>, Refused> {
@@ -281,16 +274,9 @@ impl Handshaker {
         })
         .map(|()| stream)
         .map_err(|error| {
-            self.forget(server_name);
+            tls.forget(server_name);
             Refused { error, stale: true }
         })
-    }
-
-    /// Drops every session kept for `server_name`.
-    fn forget(&self, server_name: &ServerName<'static>) {
-        if let Some(sessions) = &self.sessions {
-            sessions.forget(server_name);
-        }
     }
 }
 

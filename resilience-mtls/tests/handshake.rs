@@ -542,6 +542,40 @@ async fn a_client_that_rotates_its_certificate_starts_its_sessions_afresh() {
     );
 }
 
+/// The tickets of a handshake made with the old certificate, read only after the rotation,
+/// are not resumed with the new one's sessions.
+#[tokio::test]
+async fn tickets_that_come_after_a_rotation_stay_with_the_old_certificate() {
+    let ca = DevCa::new("example.org").unwrap();
+    let server_creds = credentials(&ca, "ns/shop/sa/orders");
+    let mut server = HandshakeServer::spawn(MtlsAcceptor::new(&server_creds)).await;
+    let client_creds = credentials(&ca, "ns/shop/sa/frontend");
+    let connector = MtlsConnector::new(&client_creds, spiffe("ns/shop/sa/orders"));
+    let mut before = connector
+        .handshake(name(), tcp(server.addr).await)
+        .await
+        .unwrap();
+    assert!(server.next().await.is_ok());
+    // Rotated while the first connection's tickets are still unread.
+    client_creds.store(
+        ca.workload("ns/shop/sa/frontend")
+            .unwrap()
+            .material(ca.trust_pem())
+            .unwrap(),
+    );
+    let mut text = String::new();
+    tokio::time::timeout(WAIT, before.read_to_string(&mut text))
+        .await
+        .expect("the server answers or closes")
+        .unwrap();
+    assert_eq!(
+        handshake_kind(&connector, &server).await,
+        Some(rustls::HandshakeKind::Full),
+        "a ticket of the old certificate was resumed"
+    );
+    assert!(server.next().await.is_ok());
+}
+
 #[tokio::test]
 async fn a_resumed_session_is_refused_by_the_client_once_the_servers_ca_has_left_its_trust_bundle()
 {
