@@ -82,6 +82,8 @@ pub enum Reason {
     MethodNotAllowed,
     /// A rate limit refused the call: `429`.
     RateLimited,
+    /// More header fields than the proxy takes: `431`.
+    HeadersTooLarge,
 }
 
 impl Reason {
@@ -100,12 +102,13 @@ impl Reason {
             Self::NotFound => StatusCode::NOT_FOUND,
             Self::MethodNotAllowed => StatusCode::METHOD_NOT_ALLOWED,
             Self::RateLimited => StatusCode::TOO_MANY_REQUESTS,
+            Self::HeadersTooLarge => StatusCode::REQUEST_HEADER_FIELDS_TOO_LARGE,
         }
     }
 
     /// The value of the [`SIDECAR_ERROR`] header: `timeout`, `breaker-open`, `no-endpoints`,
     /// `overloaded`, `connect`, `upstream`, `unauthorized`, `bad-request`, `fault-injected`,
-    /// `not-found`, `method-not-allowed` or `rate-limited`.
+    /// `not-found`, `method-not-allowed`, `rate-limited` or `headers-too-large`.
     #[must_use]
     pub const fn flag(self) -> &'static str {
         match self {
@@ -121,6 +124,7 @@ impl Reason {
             Self::NotFound => "not-found",
             Self::MethodNotAllowed => "method-not-allowed",
             Self::RateLimited => "rate-limited",
+            Self::HeadersTooLarge => "headers-too-large",
         }
     }
 
@@ -128,7 +132,7 @@ impl Reason {
     /// for a timeout; `UNAVAILABLE` (14) for an open breaker, no endpoints, overload, a
     /// connect or upstream failure and an injected fault; `PERMISSION_DENIED` (7) for an
     /// unauthorized caller; `RESOURCE_EXHAUSTED` (8) for a rate limit; otherwise the code gRPC maps the reason's HTTP status to
-    /// (`INTERNAL` for `400`, `UNIMPLEMENTED` for `404` and `405`).
+    /// (`INTERNAL` for `400` and `431`, `UNIMPLEMENTED` for `404` and `405`).
     #[must_use]
     pub const fn grpc_status(self) -> u16 {
         match self {
@@ -140,7 +144,7 @@ impl Reason {
             | Self::Upstream
             | Self::FaultInjected => grpc_code::UNAVAILABLE,
             Self::Unauthorized => grpc_code::PERMISSION_DENIED,
-            Self::BadRequest => grpc_code::INTERNAL,
+            Self::BadRequest | Self::HeadersTooLarge => grpc_code::INTERNAL,
             Self::NotFound | Self::MethodNotAllowed => grpc_code::UNIMPLEMENTED,
             Self::RateLimited => grpc_code::RESOURCE_EXHAUSTED,
         }
@@ -164,6 +168,7 @@ impl Reason {
             Self::NotFound => "not found",
             Self::MethodNotAllowed => "method not allowed",
             Self::RateLimited => "too many requests: the rate limit is reached",
+            Self::HeadersTooLarge => "request header fields too large",
         }
     }
 }

@@ -25,11 +25,13 @@ pin_project! {
     /// streaming. A body whose declared length is over the cap is never kept at all, and an
     /// empty body costs nothing.
     ///
-    /// Only the newest copy reads: [`replay`](Self::replay) retires every copy handed out
-    /// before it, and a retired copy fails with [`NotReplayable`] when polled. An HTTP client
-    /// may go on writing the previous attempt's body after an early response; if that copy
-    /// kept reading the original it would steal frames and wakeups from the retry, and could
-    /// push the kept bytes over the cap halfway through the retry.
+    /// While the original is being read, only the newest copy reads: [`replay`](Self::replay)
+    /// retires every copy handed out before it, and a retired copy fails with
+    /// [`NotReplayable`] when polled. An HTTP client may go on writing the previous attempt's
+    /// body after an early response; if that copy kept reading the original it would steal
+    /// frames and wakeups from the retry, and could push the kept bytes over the cap halfway
+    /// through the retry. Once the original has been read whole, copies only replay what was
+    /// kept, and go side by side (hedged copies).
     pub struct ReplayBody<B> {
         #[pin]
         kind: Kind<B>,

@@ -51,7 +51,10 @@ pub enum HedgeDelay {
 ///   idempotent method, an `Idempotency-Key` or a gRPC call, with a body read whole within the
 ///   replay cap).
 /// - As gRPC A6: an answer the policy would retry (a non-fatal status) does not win: the next
-///   copy goes at once, and the last such answer is returned if nothing better comes.
+///   copy goes at once, or once the pause the answer asks for (`Retry-After`,
+///   `grpc-retry-pushback-ms`) is over, and the last such answer is returned if nothing better
+///   comes. A copy refused inside the process (an open breaker: `RefusedLocally`) does not win
+///   either, and gives its retry back to the budget.
 ///
 /// Metrics: `resilience_hedge_sent_total{name}` (copies sent after the first) and
 /// `resilience_hedge_won_total{name}` (calls a later copy answered first); a debug event per

@@ -13,9 +13,7 @@ use super::{
 };
 use crate::stack::Attempts;
 use crate::transport::{ProxyBody, local_response};
-use http::{
-    HeaderValue, Method, Request, Response, StatusCode, Uri, Version, header::HOST, uri::Authority,
-};
+use http::{HeaderValue, Method, Request, Response, Uri, Version, header::HOST, uri::Authority};
 use hyper::{body::Incoming, service::Service};
 use metrics::{Counter, Histogram};
 use resilience_core::{
@@ -101,8 +99,9 @@ fn edge_request(edge: &Arc<EdgeOfConnection>, mut req: Request<Incoming>) -> Edg
     // the access log.
     let attempts = Attempts::default();
     req.extensions_mut().insert(attempts.clone());
-    // Started before the request is rewritten: the span reads it as the caller sent it.
-    // Boxed: the future of every request would otherwise carry room for it.
+    // Started before the request is rewritten (only its hop-by-hop headers are gone): the
+    // span reads it as the caller sent it. Boxed: the future of every request would otherwise
+    // carry room for it.
     let span = current
         .tracer
         .as_ref()
@@ -176,11 +175,11 @@ enum Refusal {
 }
 
 impl Refusal {
-    /// The status of the answer: 400, but 431 for too many header fields (RFC 6585).
-    fn status(self) -> StatusCode {
+    /// Why it is answered: a bad request (400), or too many header fields (431, RFC 6585).
+    fn reason(self) -> Reason {
         match self {
-            Self::TooManyHeaders => StatusCode::REQUEST_HEADER_FIELDS_TOO_LARGE,
-            _ => StatusCode::BAD_REQUEST,
+            Self::TooManyHeaders => Reason::HeadersTooLarge,
+            _ => Reason::BadRequest,
         }
     }
 
@@ -190,7 +189,9 @@ impl Refusal {
                 "bad request: the authority of the request target is not a valid host and port"
             }
             Self::Tunnel => "bad request: CONNECT tunnels are not proxied",
-            Self::TooManyHeaders => "request header fields too large: too many header fields",
+            Self::TooManyHeaders => {
+                "request header fields too large: more header fields than the listener takes"
+            }
             Self::TwoHosts => "bad request: more than one Host header",
             Self::NoHost => "bad request: no Host header, and no authority in the request target",
             Self::BadHost => "bad request: the Host header is not a valid host and port",
@@ -267,13 +268,8 @@ impl Finish {
             }
             None => {
                 let text = self.refusal.map_or("bad request", Refusal::text);
-                let mut response =
-                    local_response(LocalReply::new(Reason::BadRequest).text(text).grpc(grpc));
-                if let Some(refusal) = self.refusal
-                    && !grpc
-                {
-                    *response.status_mut() = refusal.status();
-                }
+                let reason = self.refusal.map_or(Reason::BadRequest, Refusal::reason);
+                let response = local_response(LocalReply::new(reason).text(text).grpc(grpc));
                 metrics.record_local(&response);
                 (response, true)
             }
@@ -397,10 +393,15 @@ impl ListenerMetrics {
 }
 
 /// Whether the proxy takes `req` at all, and the authority it is for (see [`host_of`]); its
-/// hop-by-hop headers are gone once it is taken.
+/// hop-by-hop headers are gone once it is taken, and an HTTP/2 request's cookies are in one
+/// field (RFC 9113 section 8.2.3: as the next hop, HTTP/1.1 or not, may need them).
 fn admit<B>(req: &mut Request<B>, max_headers: usize) -> Result<Option<Authority>, Refusal> {
     if req.method() == Method::CONNECT {
         return Err(Refusal::Tunnel);
+    }
+    if req.version() == Version::HTTP_2 {
+        // Counted as one field, as an HTTP/1.1 client sends them.
+        join_cookies(req.headers_mut());
     }
     if req.headers().len() > max_headers {
         return Err(Refusal::TooManyHeaders);
@@ -464,18 +465,15 @@ fn is_host_and_port(authority: &Authority) -> bool {
 }
 
 /// Applies the forwarding rules to a request [`admit`] took: `x-forwarded-for` (with
-/// `forwarded`, the client's element) and (unless a span has set it) `traceparent` in, an
-/// HTTP/2 request's cookies in one field, and an absolute URI that keeps the caller's
-/// authority (the URI's, else `host`'s, from [`host_of`]).
+/// `forwarded`, the client's element) and (unless a span has set it) `traceparent` in, and an
+/// absolute URI that keeps the caller's authority (the URI's, else `host`'s, from
+/// [`host_of`]).
 fn prepare_request<B>(
     req: &mut Request<B>,
     host: Option<Authority>,
     ensure_trace: bool,
     forwarded: HeaderValue,
 ) {
-    if req.version() == Version::HTTP_2 {
-        join_cookies(req.headers_mut());
-    }
     let from_uri = req.uri().authority().cloned();
     append_forwarded_for(req.headers_mut(), forwarded);
     if ensure_trace {
