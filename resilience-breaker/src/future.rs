@@ -62,11 +62,12 @@ impl PermitGuard {
         Some(self)
     }
 
-    /// Whether this guard's reserved probe was taken by another caller.
-    pub(crate) fn was_taken(&self) -> bool {
+    /// Whether this guard's reserved permit no longer lets its call through
+    /// ([`StateMachine::is_stale`](crate::StateMachine::is_stale)).
+    pub(crate) fn is_stale(&self) -> bool {
         self.permit
             .as_ref()
-            .is_some_and(|permit| self.breaker.was_taken(permit))
+            .is_some_and(|permit| self.breaker.is_stale(permit))
     }
 
     pub(crate) fn breaker(&self) -> &BreakerHandle {

@@ -333,9 +333,9 @@ impl BreakerHandle {
         self.inner.machine.claim(permit)
     }
 
-    /// [`StateMachine::was_taken`].
-    pub(crate) fn was_taken(&self, permit: &Permit) -> bool {
-        self.inner.machine.was_taken(permit)
+    /// [`StateMachine::is_stale`].
+    pub(crate) fn is_stale(&self, permit: &Permit) -> bool {
+        self.inner.machine.is_stale(permit)
     }
 
     pub(crate) fn release(&self, permit: Permit) {

@@ -177,8 +177,9 @@ impl<S, C> CircuitBreaker<S, C> {
     /// Back-pressure: reserve a permit, or arrange to be woken when one may be free.
     fn poll_permit(&mut self, cx: &mut Context<'_>) -> Poll<()> {
         match &self.reserved {
-            // A probe reserved too long ago may have been taken by another caller.
-            Some(guard) if guard.was_taken() => self.reserved = None,
+            // A probe reserved too long ago may have been taken by another caller, and a
+            // reservation made in another state no longer holds: reserve again.
+            Some(guard) if guard.is_stale() => self.reserved = None,
             Some(_) => return Poll::Ready(()),
             None => {}
         }

@@ -427,20 +427,21 @@ impl StateMachine {
         Some(claimed)
     }
 
-    /// Whether `permit` is a reserved probe whose place another caller has taken (see
-    /// [`reserve`](Self::reserve)).
-    pub fn was_taken(&self, permit: &Permit) -> bool {
-        let PermitKind::Probe {
-            round,
-            reserved: Some(ticket),
-        } = permit.0
-        else {
-            return false;
-        };
-        let cold = self.lock();
-        self.state() == State::HalfOpen
-            && cold.round == round
-            && !cold.reserved.iter().any(|&(t, _)| t == ticket)
+    /// Whether a permit from [`reserve`](Self::reserve) no longer lets its call through: a
+    /// probe whose place another caller has taken, or whose half-open round has ended; a pass
+    /// of a breaker that has left the Closed state since (or the Disabled one). Reserve again.
+    pub fn is_stale(&self, permit: &Permit) -> bool {
+        match permit.0 {
+            PermitKind::Pass => !matches!(self.state(), State::Closed | State::MetricsOnly),
+            PermitKind::Untracked => self.state() != State::Disabled,
+            PermitKind::Probe { round, reserved } => {
+                let cold = self.lock();
+                self.state() != State::HalfOpen
+                    || cold.round != round
+                    || reserved
+                        .is_some_and(|ticket| !cold.reserved.iter().any(|&(t, _)| t == ticket))
+            }
+        }
     }
 
     /// Records the outcome of a call made with `permit`, finished at `now`.

@@ -208,6 +208,31 @@ async fn a_call_whose_reserved_probe_was_taken_is_decided_by_the_breaker_then() 
     drop(probe);
 }
 
+/// A back-pressure service made ready while the breaker was closed, and not called before the
+/// breaker opened (another clone's calls tripped it), is unready when asked again: its
+/// reservation no longer holds, and the next call does not reach the endpoint.
+#[tokio::test(start_paused = true)]
+async fn a_reservation_made_before_the_breaker_opened_no_longer_holds() {
+    let (mut svc, mut handle) = spawn(CircuitBreakerLayer::new(policy()).unwrap().back_pressure());
+    let mut idle = mock::Spawn::new(svc.get_ref().clone());
+    assert_ready_ok!(idle.poll_ready());
+    trip(&mut svc, &mut handle).await;
+    assert_pending!(idle.poll_ready());
+
+    // Half-open: a probe reserved in a round that then ends (another probe closed the
+    // breaker) gives way to a pass.
+    time::advance(OPEN_FOR).await;
+    assert_ready_ok!(idle.poll_ready());
+    idle.get_ref().handle().force_closed();
+    assert_ready_ok!(idle.poll_ready());
+    let response = idle.call("after");
+    let (got, send) = handle.next_request().await.unwrap();
+    assert_eq!(got, "after");
+    send.send_response("ok");
+    assert_eq!(response.await.unwrap(), "ok");
+    assert_eq!(idle.get_ref().handle().state(), State::Closed);
+}
+
 #[tokio::test(start_paused = true)]
 async fn a_dropped_probe_hands_its_permit_back() {
     let (mut svc, mut handle) = spawn(CircuitBreakerLayer::new(policy()).unwrap());

@@ -309,8 +309,8 @@ fn a_reserved_probe_is_held_until_it_lapses_then_another_caller_takes_its_place(
     // Then a caller takes the first one's place (not the second's), and no more are admitted.
     let taker = permit(&m, lapses);
     assert_eq!(m.probes_admitted(), 2);
-    assert!(m.was_taken(&first));
-    assert!(!m.was_taken(&second));
+    assert!(m.is_stale(&first));
+    assert!(!m.is_stale(&second));
     assert_eq!(m.claim(first), None, "its place is gone");
     let second = m.claim(second).expect("still held");
     assert_eq!(

@@ -242,7 +242,7 @@ impl Sidecar {
                     ..inbound.clone()
                 }
             });
-            let stack = match self.kept("inbound").filter(|_| same) {
+            let stack = match same.then(|| self.kept("inbound")).flatten() {
                 Some(kept) => kept,
                 None => stack::inbound(inbound)?,
             };
