@@ -215,33 +215,70 @@ async fn two_routes_that_swap_addresses_take_each_others() {
 
 /// A reload keeps what serves a route it leaves as it is: an open breaker stays open (a
 /// SIGHUP for logrotate, or another route's change, does not send traffic back to an endpoint
-/// that is failing). A route whose config changed starts afresh, as Envoy's clusters do.
+/// that is failing). A route whose config changed starts afresh, as Envoy's clusters do: its
+/// breaker is a new one, closed.
 #[tokio::test]
 async fn a_reload_keeps_the_breakers_of_routes_it_leaves_as_they_are() {
-    let (failing, hits) = status_app(500).await;
-    let (other, _) = status_app(200).await;
-    let text = |other_attempts: u32| {
+    let (kept_app, kept_hits) = status_app(500).await;
+    let (changed_app, changed_hits) = status_app(500).await;
+    let text = |changed_attempts: u32| {
+        let route = |name: &str, app: SocketAddr, extra: &str| {
+            format!(
+                "[[outbound]]\nname = \"{name}\"\nlisten = \"127.0.0.1:0\"\nendpoints = [\"{app}\"]\n\
+                 breaker = {{ consecutive_failures = 1, open_for = \"1h\", open_for_max = \"1h\" }}\n{extra}"
+            )
+        };
         Config::parse(&format!(
-            "[admin]\nlisten = \"127.0.0.1:0\"\n\
-             [[outbound]]\nname = \"failing\"\nlisten = \"127.0.0.1:0\"\nendpoints = [\"{failing}\"]\n\
-             breaker = {{ consecutive_failures = 1, open_for = \"1h\", open_for_max = \"1h\" }}\n\
-             [[outbound]]\nname = \"other\"\nlisten = \"127.0.0.1:0\"\nendpoints = [\"{other}\"]\n\
-             retry = {{ attempts = {other_attempts} }}\n"
+            "[admin]\nlisten = \"127.0.0.1:0\"\n{}{}",
+            route("kept", kept_app, ""),
+            route(
+                "changed",
+                changed_app,
+                &format!("retry = {{ attempts = {changed_attempts} }}\n")
+            ),
         ))
         .unwrap()
     };
     let mut sidecar = sidecar_lite::Sidecar::start(&text(1), None).await.unwrap();
-    let addr = outbound_addr(&sidecar);
-    assert_eq!(status(addr).await, StatusCode::INTERNAL_SERVER_ERROR);
-    assert_eq!(status(addr).await, StatusCode::SERVICE_UNAVAILABLE, "open");
-    assert_eq!(hits.load(Ordering::SeqCst), 1);
-
-    for config in [text(1), text(2)] {
-        sidecar.reload(&config).await.unwrap();
-        assert_eq!(outbound_addr(&sidecar), addr);
-        assert_eq!(status(addr).await, StatusCode::SERVICE_UNAVAILABLE);
-        assert_eq!(hits.load(Ordering::SeqCst), 1, "still open: nothing sent");
+    let [(_, kept), (_, changed)] = sidecar.bound.outbound[..] else {
+        panic!("two routes: {:?}", sidecar.bound.outbound);
+    };
+    for addr in [kept, changed] {
+        assert_eq!(status(addr).await, StatusCode::INTERNAL_SERVER_ERROR);
+        assert_eq!(status(addr).await, StatusCode::SERVICE_UNAVAILABLE, "open");
     }
+
+    // The same config (a SIGHUP): both breakers stay open.
+    sidecar.reload(&text(1)).await.unwrap();
+    for addr in [kept, changed] {
+        assert_eq!(status(addr).await, StatusCode::SERVICE_UNAVAILABLE);
+    }
+    assert_eq!(
+        kept_hits.load(Ordering::SeqCst),
+        1,
+        "still open: nothing sent"
+    );
+    assert_eq!(
+        changed_hits.load(Ordering::SeqCst),
+        1,
+        "still open: nothing sent"
+    );
+
+    // Only "changed" changes: its breaker is new, the other's stays open.
+    sidecar.reload(&text(2)).await.unwrap();
+    assert_eq!(sidecar.bound.outbound[0].1, kept);
+    assert_eq!(status(kept).await, StatusCode::SERVICE_UNAVAILABLE);
+    assert_eq!(
+        kept_hits.load(Ordering::SeqCst),
+        1,
+        "still open: nothing sent"
+    );
+    assert_eq!(status(changed).await, StatusCode::INTERNAL_SERVER_ERROR);
+    assert_eq!(
+        changed_hits.load(Ordering::SeqCst),
+        2,
+        "a new breaker: sent"
+    );
     sidecar.stop().await;
 }
 
