@@ -93,11 +93,14 @@ REQUEST_PATH_IF_ANY = (
 
 
 # The inbound sidecar's: its connection's task (TLS and the HTTP/2 connection), the task hyper
-# gives each HTTP/2 stream (the edge and the stack are polled inside it), and the app
-# connection's task.
+# gives each HTTP/2 stream (the edge and the stack are polled inside it; since c6bfe2c spawned
+# by the listener's `StreamTasks`, which counts them, in a `Counted` future that may hold
+# hyper's `poll` inlined), and the app connection's task.
 INBOUND_PATH = (
     REQUEST_PATH[0],
-    r"<hyper::proto::h2::server::H2Stream<F,B,Ex> as core::future::future::Future>::poll \[",
+    r"(<hyper::proto::h2::server::H2Stream<F,B,Ex> as core::future::future::Future>::poll"
+    r"|<sidecar_lite::proxy::stream_tasks::Counted<F> as core::future::future::Future>::poll)"
+    r" \[",
     REQUEST_PATH[1],
 )
 

@@ -35,6 +35,10 @@ const HOP_BY_HOP: [HeaderName; 9] = [
 /// one field again before an HTTP/1.1 hop (RFC 9113 section 8.2.3), where many servers read
 /// only the first.
 pub(crate) fn join_cookies(headers: &mut HeaderMap) {
+    // A field sent twice shows as more values than names; most requests have none.
+    if headers.len() == headers.keys_len() {
+        return;
+    }
     let mut cookies = headers.get_all(COOKIE).iter();
     let (Some(first), Some(_)) = (cookies.next(), cookies.next()) else {
         return;

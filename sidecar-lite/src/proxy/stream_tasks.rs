@@ -7,12 +7,15 @@
 //! (which writes the request's access-log line). That happens on the stream's own worker, at
 //! its next turn: the listener waits for it, so that the stop writes the line out.
 
+use pin_project_lite::pin_project;
 use std::{
     future::Future,
+    pin::Pin,
     sync::{
         Arc,
         atomic::{AtomicUsize, Ordering},
     },
+    task::{Context, Poll},
     time::Duration,
 };
 use tokio::sync::Notify;
@@ -29,13 +32,32 @@ struct Live {
 }
 
 /// One task's place in the count.
-struct Counted(Arc<Live>);
+struct Place(Arc<Live>);
 
-impl Drop for Counted {
+impl Drop for Place {
     fn drop(&mut self) {
         if self.0.count.fetch_sub(1, Ordering::AcqRel) == 1 {
             self.0.none.notify_waiters();
         }
+    }
+}
+
+pin_project! {
+    /// A task, counted until it is dropped. A struct rather than an `async` block, which
+    /// would move the task (hyper's whole stream, request and answer) once more, at its first
+    /// poll.
+    struct Counted<F> {
+        #[pin]
+        task: F,
+        place: Place,
+    }
+}
+
+impl<F: Future> Future for Counted<F> {
+    type Output = F::Output;
+
+    fn poll(self: Pin<&mut Self>, cx: &mut Context<'_>) -> Poll<F::Output> {
+        self.project().task.poll(cx)
     }
 }
 
@@ -46,11 +68,8 @@ where
 {
     fn execute(&self, task: F) {
         self.0.count.fetch_add(1, Ordering::AcqRel);
-        let counted = Counted(self.0.clone());
-        tokio::spawn(async move {
-            let _counted = counted;
-            task.await
-        });
+        let place = Place(self.0.clone());
+        tokio::spawn(Counted { task, place });
     }
 }
 
