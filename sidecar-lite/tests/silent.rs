@@ -263,3 +263,60 @@ async fn the_admin_server_answers_probes_while_its_places_are_held_by_kept_alive
     }
     drop(kept);
 }
+
+/// A caller that asks for a large answer and stops reading it holds its upstream connection
+/// (or an HTTP/2 stream's window) for as long as its connection lives: once no byte has moved
+/// either way for the idle limit, the connection is closed, as Envoy's stream idle timeout
+/// closes such a stream.
+#[tokio::test]
+async fn a_caller_that_stops_reading_its_answer_is_closed_once_nothing_moves() {
+    let big = bytes::Bytes::from(vec![7u8; 64 << 20]);
+    let (app, _) = app(move |_req| {
+        let big = big.clone();
+        async move { http::Response::new(full(big)) }
+    })
+    .await;
+    let sidecar = sidecar(&format!(
+        "{LIMITS}[[outbound]]\nname = \"orders\"\nlisten = \"127.0.0.1:0\"\nendpoints = [\"{app}\"]\n"
+    ))
+    .await;
+    let addr = outbound_addr(&sidecar);
+    let mut tcp = TcpStream::connect(addr).await.unwrap();
+    tcp.write_all(b"GET /big HTTP/1.1\r\nHost: orders.shop\r\n\r\n")
+        .await
+        .unwrap();
+    counted(&sidecar, 1).await;
+    // Never read: the sidecar's writes stop once the socket buffers are full.
+    counted(&sidecar, 0).await;
+    drop(tcp);
+    others_are_served(addr).await;
+}
+
+/// An answer that comes slowly, but whose bytes keep moving, is not cut however long it takes.
+#[tokio::test]
+async fn a_slow_answer_whose_bytes_keep_moving_is_served_whole() {
+    use futures::StreamExt;
+    use http_body_util::{BodyExt, StreamBody};
+    let (app, _) = app(|_req| async {
+        // Six pieces 200 ms apart: longer in all than the 500 ms idle limit.
+        let pieces = futures::stream::iter(0..6).then(|i| async move {
+            tokio::time::sleep(Duration::from_millis(200)).await;
+            Ok::<_, Box<dyn std::error::Error + Send + Sync>>(http_body::Frame::data(
+                bytes::Bytes::from(format!("piece {i};")),
+            ))
+        });
+        http::Response::new(StreamBody::new(pieces).boxed_unsync())
+    })
+    .await;
+    let sidecar = sidecar(&format!(
+        "{LIMITS}[[outbound]]\nname = \"orders\"\nlisten = \"127.0.0.1:0\"\nendpoints = [\"{app}\"]\n"
+    ))
+    .await;
+    let response = get(format!("http://{}/slow", outbound_addr(&sidecar))).await;
+    assert_eq!(response.status(), http::StatusCode::OK);
+    let body = text(response).await;
+    assert_eq!(
+        body, "piece 0;piece 1;piece 2;piece 3;piece 4;piece 5;",
+        "served whole"
+    );
+}

@@ -23,7 +23,9 @@ pub(crate) struct LimitsConfig {
     pub(crate) max_head_bytes: usize,
     /// Time from the end of one request to the next on a kept-alive HTTP/1.1 or HTTP/2
     /// connection; an idle connection is closed after it (HTTP/1.1 also by
-    /// `header_read_timeout`, whichever is shorter). Default 5 min.
+    /// `header_read_timeout`, whichever is shorter). With requests in flight, the time no byte
+    /// may move either way (a caller that stopped reading its answer): as Envoy's
+    /// `stream_idle_timeout`, for the whole connection. Default 5 min.
     #[serde(default = "default_idle_timeout", with = "resilience_core::duration")]
     pub(crate) idle_timeout: Duration,
     /// Open connections per listener. At the limit a new connection takes the place of the

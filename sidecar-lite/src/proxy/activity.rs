@@ -1,6 +1,6 @@
-//! [`Activity`]: what one connection is doing, so that a silent or idle one can be told apart
-//! from a busy one and closed, and a connection that never asked for anything can give its
-//! place to one that will.
+//! [`Activity`]: what one connection is doing, so that a silent, idle or stalled one can be
+//! told apart from a busy one and closed, and a connection that never asked for anything can
+//! give its place to one that will.
 
 use bytes::Bytes;
 use futures::task::AtomicWaker;
@@ -9,15 +9,19 @@ use http_body::{Body, Frame, SizeHint};
 use pin_project_lite::pin_project;
 use std::{
     future::Future,
+    io,
     pin::Pin,
     sync::{
         Arc, Mutex, PoisonError,
-        atomic::{AtomicBool, AtomicUsize, Ordering},
+        atomic::{AtomicBool, AtomicU64, AtomicUsize, Ordering},
     },
     task::{Context, Poll},
     time::Duration,
 };
-use tokio::time::Instant;
+use tokio::{
+    io::{AsyncRead, AsyncWrite, ReadBuf},
+    time::Instant,
+};
 
 /// One connection's requests: how many are in flight, whether there ever was one, and when
 /// the last one ended (or the connection was accepted).
@@ -28,6 +32,10 @@ pub(super) struct Activity {
     /// It has carried an HTTP/2 request (else it speaks HTTP/1).
     http2: AtomicBool,
     last_done: Mutex<Instant>,
+    /// The reads and writes that moved bytes, counted by [`Moving`].
+    moved: AtomicU64,
+    /// The count of `moved` last looked at, and since when it has been that.
+    still: Mutex<(u64, Instant)>,
     evicted: AtomicBool,
     draining: AtomicBool,
     /// Wakes the connection's task when it is evicted or drained. Not a `Notify`: the task
@@ -44,6 +52,8 @@ impl Activity {
             requested: AtomicBool::new(false),
             http2: AtomicBool::new(false),
             last_done: Mutex::new(Instant::now()),
+            moved: AtomicU64::new(0),
+            still: Mutex::new((0, Instant::now())),
             evicted: AtomicBool::new(false),
             draining: AtomicBool::new(false),
             asked: AtomicWaker::new(),
@@ -80,11 +90,25 @@ impl Activity {
         }
     }
 
+    /// Since when no byte has moved either way, as far as the last look can tell (a look
+    /// that finds bytes moved since the one before starts the count again).
+    fn still_since(&self) -> Instant {
+        let moved = self.moved.load(Ordering::Relaxed);
+        let mut still = self.still.lock().unwrap_or_else(PoisonError::into_inner);
+        if still.0 != moved {
+            *still = (moved, Instant::now());
+        }
+        still.1
+    }
+
     /// Why the connection should be closed now, if it should: it never sent a request within
-    /// `first_request` of being accepted, or has had none in flight for its idle limit.
+    /// `first_request` of being accepted, has had none in flight for its idle limit, or has
+    /// had requests in flight while no byte moved either way for `idle` (a caller that stops
+    /// reading its answer holds an upstream connection, or an HTTP/2 stream's window, until
+    /// then; Envoy's `stream_idle_timeout`, also 5 minutes by default, has the same bound).
     pub(super) fn silent(&self, first_request: Duration, idle: Duration) -> Option<&'static str> {
         if self.in_flight.load(Ordering::Acquire) > 0 {
-            return None;
+            return (self.still_since().elapsed() >= idle).then_some("stalled");
         }
         let (limit, why) = if self.requested.load(Ordering::Relaxed) {
             (self.idle_limit(first_request, idle), "idle")
@@ -95,10 +119,10 @@ impl Activity {
     }
 
     /// When to look again: when the connection would become silent, or, while requests are in
-    /// flight, one `idle` period on.
+    /// flight, when it would become stalled.
     pub(super) fn next_check(&self, first_request: Duration, idle: Duration) -> Instant {
         if self.in_flight.load(Ordering::Acquire) > 0 {
-            return Instant::now() + idle;
+            return self.still_since() + idle;
         }
         let limit = if self.requested.load(Ordering::Relaxed) {
             self.idle_limit(first_request, idle)
@@ -155,6 +179,84 @@ impl Activity {
                 Poll::Pending
             }
         })
+    }
+}
+
+/// A connection's bytes, counted as they move (each read or write that moved any), so that
+/// one with requests in flight and nothing moving can be told apart from a busy one.
+pub(super) struct Moving<IO> {
+    io: IO,
+    activity: Arc<Activity>,
+}
+
+impl<IO> Moving<IO> {
+    pub(super) fn new(io: IO, activity: Arc<Activity>) -> Self {
+        Self { io, activity }
+    }
+
+    /// Counted by the connection's task alone: a plain load and store, no atomic increment.
+    fn count(&self) {
+        let moved = &self.activity.moved;
+        moved.store(
+            moved.load(Ordering::Relaxed).wrapping_add(1),
+            Ordering::Relaxed,
+        );
+    }
+}
+
+impl<IO: AsyncRead + Unpin> AsyncRead for Moving<IO> {
+    fn poll_read(
+        self: Pin<&mut Self>,
+        cx: &mut Context<'_>,
+        buf: &mut ReadBuf<'_>,
+    ) -> Poll<io::Result<()>> {
+        let this = self.get_mut();
+        let before = buf.filled().len();
+        let read = Pin::new(&mut this.io).poll_read(cx, buf);
+        if buf.filled().len() > before {
+            this.count();
+        }
+        read
+    }
+}
+
+impl<IO: AsyncWrite + Unpin> AsyncWrite for Moving<IO> {
+    fn poll_write(
+        self: Pin<&mut Self>,
+        cx: &mut Context<'_>,
+        buf: &[u8],
+    ) -> Poll<io::Result<usize>> {
+        let this = self.get_mut();
+        let written = Pin::new(&mut this.io).poll_write(cx, buf);
+        if matches!(written, Poll::Ready(Ok(n)) if n > 0) {
+            this.count();
+        }
+        written
+    }
+
+    fn poll_write_vectored(
+        self: Pin<&mut Self>,
+        cx: &mut Context<'_>,
+        bufs: &[io::IoSlice<'_>],
+    ) -> Poll<io::Result<usize>> {
+        let this = self.get_mut();
+        let written = Pin::new(&mut this.io).poll_write_vectored(cx, bufs);
+        if matches!(written, Poll::Ready(Ok(n)) if n > 0) {
+            this.count();
+        }
+        written
+    }
+
+    fn is_write_vectored(&self) -> bool {
+        self.io.is_write_vectored()
+    }
+
+    fn poll_flush(self: Pin<&mut Self>, cx: &mut Context<'_>) -> Poll<io::Result<()>> {
+        Pin::new(&mut self.get_mut().io).poll_flush(cx)
+    }
+
+    fn poll_shutdown(self: Pin<&mut Self>, cx: &mut Context<'_>) -> Poll<io::Result<()>> {
+        Pin::new(&mut self.get_mut().io).poll_shutdown(cx)
     }
 }
 
@@ -238,18 +340,35 @@ mod tests {
         assert_eq!(activity.silent(FIRST, IDLE), Some("no-request"));
 
         let request = activity.start(Version::HTTP_2);
-        tokio::time::advance(IDLE * 2).await;
-        assert_eq!(
-            activity.silent(FIRST, IDLE),
-            None,
-            "a long request is not silence"
-        );
+        for _ in 0..4 {
+            tokio::time::advance(IDLE / 2).await;
+            activity.moved.fetch_add(1, Ordering::Relaxed);
+            assert_eq!(
+                activity.silent(FIRST, IDLE),
+                None,
+                "a long request whose bytes move is not silence"
+            );
+        }
         drop(request);
         assert_eq!(activity.next_check(FIRST, IDLE), Instant::now() + IDLE);
         tokio::time::advance(IDLE - Duration::from_millis(1)).await;
         assert_eq!(activity.silent(FIRST, IDLE), None);
         tokio::time::advance(Duration::from_millis(1)).await;
         assert_eq!(activity.silent(FIRST, IDLE), Some("idle"));
+    }
+
+    /// A request in flight while no byte moves either way (a caller that stopped reading its
+    /// answer) is closed after the idle limit, counted from the last byte that moved.
+    #[tokio::test(start_paused = true)]
+    async fn a_request_in_flight_with_nothing_moving_is_stalled_after_the_idle_limit() {
+        let activity = Activity::new();
+        let _request = activity.start(Version::HTTP_11);
+        activity.moved.fetch_add(1, Ordering::Relaxed);
+        assert_eq!(activity.next_check(FIRST, IDLE), Instant::now() + IDLE);
+        tokio::time::advance(IDLE - Duration::from_millis(1)).await;
+        assert_eq!(activity.silent(FIRST, IDLE), None);
+        tokio::time::advance(Duration::from_millis(1)).await;
+        assert_eq!(activity.silent(FIRST, IDLE), Some("stalled"));
     }
 
     #[tokio::test(start_paused = true)]

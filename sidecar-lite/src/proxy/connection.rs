@@ -2,7 +2,7 @@
 //! closed gracefully when the listener drains.
 
 use super::{
-    activity::{Activity, InFlight, Tracked},
+    activity::{Activity, InFlight, Moving, Tracked},
     framing::{Framing, FramingGuard},
     stream_tasks::StreamTasks,
 };
@@ -103,7 +103,8 @@ fn hardened_builder(limits: &LimitsConfig, streams: StreamTasks) -> auto::Builde
 /// Serves one accepted connection, plaintext or TLS, until it closes, the drain ends it, or
 /// it is closed for silence: no first request within `header_read_timeout` of the accept (the
 /// protocol sniff and the HTTP/2 handshake included), no request for `idle_timeout` since the
-/// last one ended, or evicted by the listener for a connection that has something to say.
+/// last one ended, requests in flight while no byte moved either way for `idle_timeout`, or
+/// evicted by the listener for a connection that has something to say.
 /// Closing is graceful (an HTTP/2 GOAWAY); a peer that does not let go within
 /// [`CLOSE_GRACE`] is dropped.
 pub(super) async fn serve_connection<IO, S>(
@@ -122,14 +123,14 @@ pub(super) async fn serve_connection<IO, S>(
     S::Future: Send + 'static,
 {
     let framing = Arc::new(Framing::default());
+    let Control { activity } = control;
     let io = FramingGuard::new(
-        io,
+        Moving::new(io, activity.clone()),
         framing.clone(),
         settings.max_head_bytes,
         settings.max_headers,
     );
     let listener: Arc<str> = name.into();
-    let Control { activity } = control;
     let tracked = activity.clone();
     let per_request = hyper::service::service_fn(move |mut req: Request<Incoming>| {
         let in_flight = tracked.start(req.version());
