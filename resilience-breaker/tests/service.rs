@@ -69,6 +69,15 @@ async fn trip(svc: &mut Svc, handle: &mut Handle) {
     assert_eq!(svc.get_ref().handle().state(), State::Open);
 }
 
+/// A back-pressure service tripped open, a clone of it, and the open period over.
+async fn open_period_over() -> (Svc, Handle, Svc) {
+    let (mut svc, mut handle) = spawn(CircuitBreakerLayer::new(policy()).unwrap().back_pressure());
+    trip(&mut svc, &mut handle).await;
+    let other = mock::Spawn::new(svc.get_ref().clone());
+    time::advance(OPEN_FOR).await;
+    (svc, handle, other)
+}
+
 #[tokio::test(start_paused = true)]
 async fn fail_fast_rejects_at_once_without_calling_the_inner_service() {
     let (mut svc, mut handle) = spawn(CircuitBreakerLayer::new(policy()).unwrap());
@@ -142,11 +151,7 @@ async fn back_pressure_wakes_when_the_breaker_is_closed_by_hand() {
 
 #[tokio::test(start_paused = true)]
 async fn back_pressure_waits_for_the_probe_in_flight() {
-    let (mut svc, mut handle) = spawn(CircuitBreakerLayer::new(policy()).unwrap().back_pressure());
-    trip(&mut svc, &mut handle).await;
-    let mut other = mock::Spawn::new(svc.get_ref().clone());
-
-    time::advance(OPEN_FOR).await;
+    let (mut svc, mut handle, mut other) = open_period_over().await;
     assert_ready_ok!(svc.poll_ready());
     // The one probe permit is reserved by `svc`: a clone does not share the reservation.
     assert_pending!(other.poll_ready());
@@ -163,10 +168,7 @@ async fn back_pressure_waits_for_the_probe_in_flight() {
 /// endpoint, and has no request after that, must not hold the probe for ever.
 #[tokio::test(start_paused = true)]
 async fn a_reserved_probe_left_uncalled_is_taken_by_another_service_once_it_lapses() {
-    let (mut svc, mut handle) = spawn(CircuitBreakerLayer::new(policy()).unwrap().back_pressure());
-    trip(&mut svc, &mut handle).await;
-    let mut other = mock::Spawn::new(svc.get_ref().clone());
-    time::advance(OPEN_FOR).await;
+    let (mut svc, mut handle, mut other) = open_period_over().await;
     assert_ready_ok!(svc.poll_ready());
     assert_pending!(other.poll_ready());
 
@@ -188,10 +190,7 @@ async fn a_reserved_probe_left_uncalled_is_taken_by_another_service_once_it_laps
 
 #[tokio::test(start_paused = true)]
 async fn a_call_whose_reserved_probe_was_taken_is_decided_by_the_breaker_then() {
-    let (mut svc, mut handle) = spawn(CircuitBreakerLayer::new(policy()).unwrap().back_pressure());
-    trip(&mut svc, &mut handle).await;
-    let mut other = mock::Spawn::new(svc.get_ref().clone());
-    time::advance(OPEN_FOR).await;
+    let (mut svc, mut handle, mut other) = open_period_over().await;
     assert_ready_ok!(svc.poll_ready());
     time::advance(PROBE_RESERVATION_LAPSE).await;
     assert_ready_ok!(other.poll_ready());
@@ -261,10 +260,7 @@ async fn a_dropped_probe_hands_its_permit_back() {
 
 #[tokio::test(start_paused = true)]
 async fn a_dropped_back_pressure_service_hands_its_reserved_probe_back() {
-    let (mut svc, mut handle) = spawn(CircuitBreakerLayer::new(policy()).unwrap().back_pressure());
-    trip(&mut svc, &mut handle).await;
-    let mut other = mock::Spawn::new(svc.get_ref().clone());
-    time::advance(OPEN_FOR).await;
+    let (mut svc, handle, mut other) = open_period_over().await;
     assert_ready_ok!(svc.poll_ready());
     assert_pending!(other.poll_ready());
     drop(svc);

@@ -220,6 +220,15 @@ async fn polling_alone_sees_changes() {
     assert_eq!(creds.identity(), spiffe("ns/shop/sa/payments"));
 }
 
+/// What a rotation of `files` into `creds`, polling every 20 ms, has done after three checks.
+async fn after_three_checks(files: &MaterialPaths, creds: &Credentials) -> RotationStatus {
+    let rotation = Rotation::new(files.clone())
+        .watch_files(false)
+        .poll_interval(Duration::from_millis(20))
+        .spawn(creds);
+    wait_for(&mut rotation.status(), |s| s.checks >= 3).await
+}
+
 /// Files rewritten between loading the credentials and starting their rotation are loaded at
 /// the first check, not left until they change again (cert-manager's next write may come
 /// after the old certificate has expired).
@@ -228,12 +237,7 @@ async fn files_rewritten_before_the_rotation_starts_are_loaded_at_its_first_chec
     let (_dir, ca, files, creds) = orders_on_disk();
     let next = ca.workload("ns/shop/sa/payments").unwrap();
     next.write(&files, ca.trust_pem()).unwrap();
-    let rotation = Rotation::new(files.clone())
-        .watch_files(false)
-        .poll_interval(Duration::from_millis(20))
-        .spawn(&creds);
-    let mut status = rotation.status();
-    let status = wait_for(&mut status, |s| s.checks >= 3).await;
+    let status = after_three_checks(&files, &creds).await;
     assert_eq!(status.reloads, 1, "{status:?}");
     assert_eq!(creds.identity(), spiffe("ns/shop/sa/payments"));
 }
@@ -242,12 +246,7 @@ async fn files_rewritten_before_the_rotation_starts_are_loaded_at_its_first_chec
 #[tokio::test]
 async fn files_unchanged_since_the_credentials_were_loaded_are_not_loaded_again() {
     let (_dir, _ca, files, creds) = orders_on_disk();
-    let rotation = Rotation::new(files.clone())
-        .watch_files(false)
-        .poll_interval(Duration::from_millis(20))
-        .spawn(&creds);
-    let mut status = rotation.status();
-    let status = wait_for(&mut status, |s| s.checks >= 3).await;
+    let status = after_three_checks(&files, &creds).await;
     assert_eq!(status.reloads, 0, "{status:?}");
     assert_eq!(creds.generation(), 0);
 }

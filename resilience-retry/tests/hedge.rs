@@ -70,6 +70,24 @@ fn get() -> Request<Empty<bytes::Bytes>> {
     Request::new(Empty::new())
 }
 
+/// A service that numbers its calls from 0 and answers call `n` with `answer(n, request)`; and
+/// how many calls it has had.
+fn numbered<Req, F, Fut>(
+    answer: F,
+) -> (
+    Arc<AtomicU32>,
+    impl tower::Service<Req, Response = Response<String>, Error = BoxError, Future = Fut> + Clone,
+)
+where
+    F: Fn(u32, Req) -> Fut + Clone,
+    Fut: std::future::Future<Output = Result<Response<String>, BoxError>>,
+{
+    let calls = Arc::new(AtomicU32::new(0));
+    let counted = calls.clone();
+    let service = service_fn(move |req| answer(counted.fetch_add(1, Ordering::SeqCst), req));
+    (calls, service)
+}
+
 fn layer() -> HedgeLayer<HttpPolicy> {
     HedgeLayer::new(HttpPolicy::default(), HedgeDelay::Fixed(DELAY)).budget(budget())
 }
@@ -135,20 +153,16 @@ async fn a_copy_refused_locally_loses_and_gives_its_retry_back() {
         }
     }
 
-    let calls = Arc::new(AtomicU32::new(0));
-    let counted = calls.clone();
+    let (calls, upstream) = numbered(|n, _| async move {
+        if n > 0 {
+            return Err::<Response<String>, BoxError>(Box::new(Refused));
+        }
+        tokio::time::sleep(DELAY * 2).await;
+        Ok(Response::new("call 0".to_owned()))
+    });
     let layer = layer();
     let before = layer.shared_budget().available();
-    let service = layer.layer(service_fn(move |_| {
-        let n = counted.fetch_add(1, Ordering::SeqCst);
-        async move {
-            if n > 0 {
-                return Err::<Response<String>, BoxError>(Box::new(Refused));
-            }
-            tokio::time::sleep(DELAY * 2).await;
-            Ok(Response::new("call 0".to_owned()))
-        }
-    }));
+    let service = layer.layer(upstream);
     let started = Instant::now();
     let response = service.oneshot(get()).await.unwrap();
     assert_eq!(response.into_body(), "call 0");
@@ -202,19 +216,14 @@ async fn a_post_goes_once_unless_idempotent_or_grpc() {
 /// body had been read, so only empty requests were ever hedged).
 #[tokio::test(start_paused = true)]
 async fn a_grpc_call_with_a_body_is_hedged_once_its_body_has_been_read() {
-    let calls = Arc::new(AtomicU32::new(0));
-    let counted = calls.clone();
-    let upstream = service_fn(
-        move |req: Request<resilience_retry::ReplayBody<Full<bytes::Bytes>>>| {
-            let n = counted.fetch_add(1, Ordering::SeqCst);
-            async move {
-                // Read a moment after the call, as a connection's task reads it.
-                tokio::time::sleep(Duration::from_millis(1)).await;
-                let body = req.into_body().collect().await?.to_bytes();
-                let latency = if n == 0 { 1000 } else { 10 };
-                tokio::time::sleep(Duration::from_millis(latency)).await;
-                Ok::<_, BoxError>(Response::new(format!("call {n}: {} bytes", body.len())))
-            }
+    let (calls, upstream) = numbered(
+        |n, req: Request<resilience_retry::ReplayBody<Full<bytes::Bytes>>>| async move {
+            // Read a moment after the call, as a connection's task reads it.
+            tokio::time::sleep(Duration::from_millis(1)).await;
+            let body = req.into_body().collect().await?.to_bytes();
+            let latency = if n == 0 { 1000 } else { 10 };
+            tokio::time::sleep(Duration::from_millis(latency)).await;
+            Ok::<_, BoxError>(Response::new(format!("call {n}: {} bytes", body.len())))
         },
     );
     let mut req = Request::new(Full::new(bytes::Bytes::from_static(b"\0\0\0\0\x01x")));
@@ -231,23 +240,18 @@ async fn a_grpc_call_with_a_body_is_hedged_once_its_body_has_been_read() {
 /// side.
 #[tokio::test(start_paused = true)]
 async fn a_copy_does_not_cut_off_the_body_of_the_copy_before_it() {
-    let calls = Arc::new(AtomicU32::new(0));
-    let counted = calls.clone();
-    let upstream = service_fn(
-        move |req: Request<resilience_retry::ReplayBody<Full<bytes::Bytes>>>| {
-            let n = counted.fetch_add(1, Ordering::SeqCst);
-            async move {
-                let mut body = req.into_body();
-                let first = body.frame().await.expect("a frame")?;
-                assert!(first.is_data());
-                // The second copy is still sending when the third goes.
-                let pause = if n == 1 { 100 } else { 0 };
-                tokio::time::sleep(Duration::from_millis(pause)).await;
-                body.collect().await?;
-                let latency = if n == 1 { 0 } else { 1000 };
-                tokio::time::sleep(Duration::from_millis(latency)).await;
-                Ok::<_, BoxError>(Response::new(format!("call {n}")))
-            }
+    let (calls, upstream) = numbered(
+        |n, req: Request<resilience_retry::ReplayBody<Full<bytes::Bytes>>>| async move {
+            let mut body = req.into_body();
+            let first = body.frame().await.expect("a frame")?;
+            assert!(first.is_data());
+            // The second copy is still sending when the third goes.
+            let pause = if n == 1 { 100 } else { 0 };
+            tokio::time::sleep(Duration::from_millis(pause)).await;
+            body.collect().await?;
+            let latency = if n == 1 { 0 } else { 1000 };
+            tokio::time::sleep(Duration::from_millis(latency)).await;
+            Ok::<_, BoxError>(Response::new(format!("call {n}")))
         },
     );
     let mut req = Request::new(Full::new(bytes::Bytes::from_static(b"order")));
@@ -304,23 +308,19 @@ async fn a_non_fatal_answer_sends_the_next_copy_at_once() {
 /// copy back until the pause is over (gRPC A6), instead of sending it at once.
 #[tokio::test(start_paused = true)]
 async fn a_non_fatal_answer_that_asks_for_a_pause_holds_the_next_copy_until_then() {
-    let calls = Arc::new(AtomicU32::new(0));
-    let counted = calls.clone();
-    let service = layer().layer(service_fn(move |_| {
-        let n = counted.fetch_add(1, Ordering::SeqCst);
-        async move {
-            if n > 0 {
-                return Ok::<_, BoxError>(Response::new(format!("call {n}")));
-            }
-            tokio::time::sleep(Duration::from_millis(5)).await;
-            let mut response = Response::new("call 0".to_owned());
-            *response.status_mut() = StatusCode::SERVICE_UNAVAILABLE;
-            response
-                .headers_mut()
-                .insert("retry-after", http::HeaderValue::from_static("1"));
-            Ok(response)
+    let (_, upstream) = numbered(|n, _| async move {
+        if n > 0 {
+            return Ok::<_, BoxError>(Response::new(format!("call {n}")));
         }
-    }));
+        tokio::time::sleep(Duration::from_millis(5)).await;
+        let mut response = Response::new("call 0".to_owned());
+        *response.status_mut() = StatusCode::SERVICE_UNAVAILABLE;
+        response
+            .headers_mut()
+            .insert("retry-after", http::HeaderValue::from_static("1"));
+        Ok(response)
+    });
+    let service = layer().layer(upstream);
     let start = Instant::now();
     let response = service.oneshot(get()).await.unwrap();
     assert_eq!(response.into_body(), "call 1");

@@ -43,6 +43,16 @@ async fn lines(path: &Path, n: usize) -> Vec<Value> {
     read
 }
 
+/// The JSON lines `path` holds now, and its text.
+fn written(path: &Path) -> (String, Vec<Value>) {
+    let text = std::fs::read_to_string(path).unwrap();
+    let lines = text
+        .lines()
+        .map(|l| serde_json::from_str(l).unwrap())
+        .collect();
+    (text, lines)
+}
+
 fn access_log(dir: &Path, format: &str) -> (PathBuf, String) {
     let path = dir.join("access.log");
     let section = format!(
@@ -367,11 +377,7 @@ async fn the_last_lines_are_written_at_stop_and_a_caller_gone_early_is_logged() 
     let _ = text(get(format!("http://{}/last", sidecar.bound.outbound[0].1)).await).await;
     // No waiting for the writer's tick: the stop writes it out.
     sidecar.stop().await;
-    let text = std::fs::read_to_string(&log).unwrap();
-    let lines: Vec<Value> = text
-        .lines()
-        .map(|l| serde_json::from_str(l).unwrap())
-        .collect();
+    let (_, lines) = written(&log);
     let by_path = |path: &str| lines.iter().find(|l| l["path"] == path).cloned();
     assert_eq!(by_path("/last").expect("the last request")["status"], 200);
     assert_eq!(
@@ -405,11 +411,7 @@ async fn requests_cut_at_the_end_of_the_drain_get_their_lines() {
     assert!(common::eventually(both_arrived).await);
 
     sidecar.stop().await;
-    let text = std::fs::read_to_string(&log).unwrap();
-    let lines: Vec<Value> = text
-        .lines()
-        .map(|l| serde_json::from_str(l).unwrap())
-        .collect();
+    let (text, lines) = written(&log);
     for (path, protocol) in [("/one", "HTTP/1.1"), ("/two", "HTTP/2.0")] {
         let line = lines
             .iter()
