@@ -231,6 +231,20 @@ impl Cold {
             reserved,
         })
     }
+
+    /// Whether the reservation `ticket` is still held.
+    fn holds(&self, ticket: u64) -> bool {
+        self.reserved.iter().any(|&(t, _)| t == ticket)
+    }
+
+    /// Takes the reservation `ticket` out, for its call or its release: false if it is not
+    /// held any more (another caller took its place once it lapsed).
+    fn unreserve(&mut self, ticket: u64) -> bool {
+        let index = self.reserved.iter().position(|&(t, _)| t == ticket);
+        index
+            .map(|index| self.reserved.swap_remove(index))
+            .is_some()
+    }
 }
 
 /// How a permit is held until its call.
@@ -414,17 +428,19 @@ impl StateMachine {
             return Some(permit);
         };
         let mut cold = self.lock();
-        let claimed = Permit(PermitKind::Probe {
+        // A probe of a round that has ended goes on: its outcome is ignored, as any late one.
+        if self.in_round(&cold, round) && !cold.unreserve(ticket) {
+            return None;
+        }
+        Some(Permit(PermitKind::Probe {
             round,
             reserved: None,
-        });
-        if self.state() != State::HalfOpen || cold.round != round {
-            // A probe of a round that has ended: its outcome will be ignored, as any late one.
-            return Some(claimed);
-        }
-        let index = cold.reserved.iter().position(|&(t, _)| t == ticket)?;
-        cold.reserved.swap_remove(index);
-        Some(claimed)
+        }))
+    }
+
+    /// Whether the breaker is half-open in round `round` (under the lock, `cold`).
+    fn in_round(&self, cold: &Cold, round: u64) -> bool {
+        self.state() == State::HalfOpen && cold.round == round
     }
 
     /// Whether a permit from [`reserve`](Self::reserve) no longer lets its call through: a
@@ -436,10 +452,7 @@ impl StateMachine {
             PermitKind::Untracked => self.state() != State::Disabled,
             PermitKind::Probe { round, reserved } => {
                 let cold = self.lock();
-                self.state() != State::HalfOpen
-                    || cold.round != round
-                    || reserved
-                        .is_some_and(|ticket| !cold.reserved.iter().any(|&(t, _)| t == ticket))
+                !self.in_round(&cold, round) || reserved.is_some_and(|ticket| !cold.holds(ticket))
             }
         }
     }
@@ -482,13 +495,9 @@ impl StateMachine {
                     None
                 }
             }
-            PermitKind::Probe { .. } => match self.claim(permit) {
-                Some(Permit(PermitKind::Probe { round, .. })) => {
-                    self.record_probe(round, &outcome, now())
-                }
-                // Its place was taken: the probe that took it decides.
-                _ => None,
-            },
+            PermitKind::Probe { round, reserved } => {
+                self.record_probe(round, reserved, &outcome, now())
+            }
         }
     }
 
@@ -534,9 +543,20 @@ impl StateMachine {
     }
 
     #[cold]
-    fn record_probe(&self, round: u64, outcome: &Outcome, now: Instant) -> Option<Transition> {
+    fn record_probe(
+        &self,
+        round: u64,
+        reserved: Option<u64>,
+        outcome: &Outcome,
+        now: Instant,
+    ) -> Option<Transition> {
         let mut cold = self.lock();
-        if self.state() != State::HalfOpen || cold.round != round {
+        if !self.in_round(&cold, round) {
+            return None;
+        }
+        // A reservation recorded without its claim: if its place was taken, the probe that
+        // took it decides.
+        if reserved.is_some_and(|ticket| !cold.unreserve(ticket)) {
             return None;
         }
         if outcome.failed || self.is_slow(outcome) {
@@ -556,13 +576,13 @@ impl StateMachine {
     /// Hands back a permit whose call was never made or was cancelled. A half-open breaker
     /// lets another probe through in its place.
     pub fn release(&self, permit: Permit) {
-        if permit.is_probe()
-            && let Some(Permit(PermitKind::Probe { round, .. })) = self.claim(permit)
-        {
-            let mut cold = self.lock();
-            if self.state() == State::HalfOpen && cold.round == round {
-                cold.probes_admitted = cold.probes_admitted.saturating_sub(1);
-            }
+        let PermitKind::Probe { round, reserved } = permit.0 else {
+            return;
+        };
+        let mut cold = self.lock();
+        // A reservation whose place was taken frees nothing: the taker holds that place.
+        if self.in_round(&cold, round) && reserved.is_none_or(|ticket| cold.unreserve(ticket)) {
+            cold.probes_admitted = cold.probes_admitted.saturating_sub(1);
         }
     }
 

@@ -54,16 +54,28 @@ impl<K: Hash + Eq + Clone> StateStore for Bounded<K> {
         F: Fn(Option<Nanos>) -> Result<(T, Nanos), E>,
     {
         let mut callers = self.lock();
-        if !callers.contains_key(key) && callers.len() >= self.max {
+        // A known caller, the usual case: one lookup, and its key is not copied.
+        if let Some(caller) = callers.get(key) {
+            return caller.measure(f);
+        }
+        if callers.len() >= self.max {
             drop(callers);
             return self.overflow.measure_and_replace(&NotKeyed::NonKey, f);
         }
-        let caller = callers.entry(key.clone()).or_default();
-        caller
-            .state
+        callers.entry(key.clone()).or_default().measure(f)
+    }
+}
+
+impl Caller {
+    /// governor's measurement of this caller's state, its arrival time kept aside.
+    fn measure<T, F, E>(&self, f: F) -> Result<T, E>
+    where
+        F: Fn(Option<Nanos>) -> Result<(T, Nanos), E>,
+    {
+        self.state
             .measure_and_replace(&NotKeyed::NonKey, |earlier| {
                 let (outcome, arrival) = f(earlier)?;
-                caller.arrival.store(arrival.as_u64(), Ordering::Relaxed);
+                self.arrival.store(arrival.as_u64(), Ordering::Relaxed);
                 Ok((outcome, arrival))
             })
     }

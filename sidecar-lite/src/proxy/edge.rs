@@ -38,6 +38,7 @@ pub(crate) type EdgeBody = CountedBody<Incoming>;
 /// never fails: errors become local replies flagged with `x-sidecar-error`. With a tracer in
 /// the listener's state, each request gets a span (see [`super::span`]); without, nothing of
 /// tracing is done but keeping or starting `traceparent`.
+///
 /// A request with more than `max_headers` header fields is answered 431: hyper counts them on
 /// HTTP/1.1, and nothing does on HTTP/2.
 pub(crate) fn edge(

@@ -3,9 +3,10 @@
 //!
 //! Each listener has one swap cell, a [`SharedListenerState`]: its stack, TLS acceptor and
 //! tracer. A reload builds every new stack first (a bad config changes nothing; a listener
-//! whose config it leaves as it is keeps its stack), then stores a new state in each cell. Requests in flight finish on the stack they started on; live
-//! connections pick up the new stack with their next request. Listeners whose address changed,
-//! or whose route is gone, drain; new ones are bound.
+//! whose config it leaves as it is keeps its stack), then stores a new state in each cell.
+//! Requests in flight finish on the stack they started on; live connections pick up the new
+//! stack with their next request. Listeners whose address changed, or whose route is gone,
+//! drain; new ones are bound (or take the sockets of the listener that held their address).
 
 mod binary;
 mod signals;
