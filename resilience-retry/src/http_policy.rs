@@ -6,7 +6,10 @@ use crate::{
     replay::DEFAULT_MAX_REPLAY_BODY,
     retry_after,
 };
-use http::{HeaderName, HeaderValue, Method, Request, Response, StatusCode, header::RETRY_AFTER};
+use http::{
+    HeaderName, HeaderValue, Method, Request, Response, StatusCode,
+    header::{RETRY_AFTER, UPGRADE},
+};
 use http_body::Body;
 use resilience_core::{GRPC_RETRY_PUSHBACK_MS, is_grpc};
 use resilience_timeout::HttpDeadline;
@@ -253,9 +256,12 @@ impl<C, B: Body> Replay<Request<B>> for HttpPolicy<C> {
 
     /// gRPC A6's and HTTP's rule: an idempotent method (or an `Idempotency-Key`), or a gRPC
     /// call; and a body read whole already (within the replay cap), so the copies cannot
-    /// disturb one another.
+    /// disturb one another. Never a request asking to switch protocols (`Upgrade`, a WebSocket
+    /// handshake): each copy would open a connection of its own to become the tunnel.
     fn may_hedge(&self, kept: &Self::Request) -> bool {
-        (self.is_idempotent(kept) || is_grpc(kept.headers())) && kept.body().is_complete()
+        (self.is_idempotent(kept) || is_grpc(kept.headers()))
+            && kept.body().is_complete()
+            && !kept.headers().contains_key(UPGRADE)
     }
 }
 

@@ -211,6 +211,19 @@ async fn a_post_goes_once_unless_idempotent_or_grpc() {
     }
 }
 
+#[tokio::test(start_paused = true)]
+async fn a_websocket_handshake_goes_once() {
+    let upstream = Upstream::default();
+    let service = layer().layer(upstream.service(|_| Duration::from_millis(200), |_| 200));
+    let mut req = get();
+    req.headers_mut()
+        .insert("connection", "upgrade".parse().unwrap());
+    req.headers_mut()
+        .insert("upgrade", "websocket".parse().unwrap());
+    service.oneshot(req).await.unwrap();
+    assert_eq!(upstream.calls.load(Ordering::SeqCst), 1);
+}
+
 /// A gRPC call carries a body, which its connection reads after the call is made: the copy
 /// goes once the body is whole, not never (the rule was asked at the first poll, before any
 /// body had been read, so only empty requests were ever hedged).

@@ -49,7 +49,7 @@ pub enum HedgeDelay {
 ///   than the budget allows. Without budget, no copy is sent.
 /// - Only requests the policy says may go twice at once ([`Replay::may_hedge`]: for HTTP, an
 ///   idempotent method, an `Idempotency-Key` or a gRPC call, with a body read whole within the
-///   replay cap).
+///   replay cap; never a request asking to switch protocols, such as a WebSocket handshake).
 /// - As gRPC A6: an answer the policy would retry (a non-fatal status) does not win: the next
 ///   copy goes at once, or once the pause the answer asks for (`Retry-After`,
 ///   `grpc-retry-pushback-ms`) is over, and the last such answer is returned if nothing better

@@ -5,6 +5,7 @@ use super::{
     activity::{Activity, InFlight, Moving, Tracked},
     framing::{Framing, FramingGuard},
     stream_tasks::StreamTasks,
+    upgrade::{ClientUpgrade, TunnelSlot},
 };
 use crate::{
     config::LimitsConfig,
@@ -100,7 +101,8 @@ fn hardened_builder(limits: &LimitsConfig, streams: StreamTasks) -> auto::Builde
     builder
 }
 
-/// Serves one accepted connection, plaintext or TLS, until it closes, the drain ends it, or
+/// Serves one accepted connection, plaintext or TLS, until it closes (or, become a WebSocket
+/// tunnel, until the tunnel ends: see [`super::upgrade`]), the drain ends it, or
 /// it is closed for silence: no first request within `header_read_timeout` of the accept (the
 /// protocol sniff and the HTTP/2 handshake included), no request for `idle_timeout` since the
 /// last one ended, requests in flight while no byte moved either way for `idle_timeout`, or
@@ -132,11 +134,14 @@ pub(super) async fn serve_connection<IO, S>(
     );
     let listener: Arc<str> = name.into();
     let tracked = activity.clone();
+    let tunnel = Arc::new(TunnelSlot::default());
+    let claimed = tunnel.clone();
     let per_request = hyper::service::service_fn(move |mut req: Request<Incoming>| {
         let in_flight = tracked.start(req.version());
         if framing.next_is_ambiguous() {
             return Answer::at_once(ambiguous_framing(&listener, remote), in_flight);
         }
+        ClientUpgrade::mark(&mut req, &claimed);
         if let Some(peer) = &peer {
             req.extensions_mut().insert(peer.clone());
         }
@@ -144,7 +149,7 @@ pub(super) async fn serve_connection<IO, S>(
     });
     let connection = settings
         .builder
-        .serve_connection(TokioIo::new(io), per_request);
+        .serve_connection_with_upgrades(TokioIo::new(io), per_request);
     tokio::pin!(connection);
     let mut draining = false;
     let mut closing_since: Option<Instant> = None;
@@ -160,6 +165,10 @@ pub(super) async fn serve_connection<IO, S>(
             result = connection.as_mut() => {
                 if let Err(error) = result {
                     tracing::debug!(listener = name, %remote, %error, "connection ended with an error");
+                }
+                // A WebSocket handshake answered `101`: hyper has let go of the connection.
+                if let Some(tunnel) = tunnel.take() {
+                    tunnel.run(name, remote, &activity, settings.idle).await;
                 }
                 return;
             }

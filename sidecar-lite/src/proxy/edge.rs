@@ -10,10 +10,13 @@ use super::{
     signals::{ListenerSignals, Outcome},
     span::RequestSpan,
     state::StackCall,
+    upgrade::{ClientUpgrade, UnaskedSwitch, ask_for_websocket},
 };
 use crate::stack::Attempts;
 use crate::transport::{ProxyBody, local_response};
-use http::{HeaderValue, Method, Request, Response, Uri, Version, header::HOST, uri::Authority};
+use http::{
+    HeaderValue, Method, Request, Response, StatusCode, Uri, Version, header::HOST, uri::Authority,
+};
 use hyper::{body::Incoming, service::Service};
 use metrics::{Counter, Histogram};
 use resilience_core::{
@@ -91,6 +94,8 @@ fn edge_request(edge: &Arc<EdgeOfConnection>, mut req: Request<Incoming>) -> Edg
         max_headers,
     } = &**edge;
     let start = Instant::now();
+    // Told before the hop's own headers go, which name it.
+    let upgrade = ClientUpgrade::take_websocket(&mut req);
     // The hop's own headers go before anything reads the request, as Envoy's codec drops
     // them: a `Connection` that names `traceparent` must not take the span's away.
     let admitted = admit(&mut req, *max_headers);
@@ -124,6 +129,9 @@ fn edge_request(edge: &Arc<EdgeOfConnection>, mut req: Request<Incoming>) -> Edg
         .map(|host| prepare_request(&mut req, host, span.is_none(), client.forwarded.clone()));
     let call = match prepared {
         Ok(()) => {
+            if upgrade.is_some() {
+                ask_for_websocket(req.headers_mut());
+            }
             if let Some(inbound) = &current.inbound {
                 inbound.prepare_request(&mut req);
             }
@@ -146,6 +154,7 @@ fn edge_request(edge: &Arc<EdgeOfConnection>, mut req: Request<Incoming>) -> Edg
             attempts,
             grpc,
             refusal: prepared.err(),
+            upgrade,
             method,
             span,
             line,
@@ -221,6 +230,8 @@ struct Finish {
     grpc: bool,
     /// Why the request never reached the stack, if it did not.
     refusal: Option<Refusal>,
+    /// The claim on the client's connection of a WebSocket handshake passed on.
+    upgrade: Option<ClientUpgrade>,
     method: Method,
     // Boxed: the future of every request would otherwise carry room for it.
     span: Option<Box<RequestSpan>>,
@@ -248,8 +259,8 @@ impl Future for EdgeFuture {
 impl Finish {
     /// The response to send: the stack's, or a local reply for its error or for a request
     /// it never saw (`None`: see `refusal`), with the response rules applied. An upstream's
-    /// response that cannot be passed on as it is (a transfer coding other than chunked) is
-    /// answered `502 upstream` instead.
+    /// response that cannot be passed on as it is (a transfer coding other than chunked, a
+    /// `101` that cannot become a tunnel) is answered `502 upstream` instead.
     fn respond(
         self,
         edge: &EdgeOfConnection,
@@ -275,16 +286,26 @@ impl Finish {
                 (response, true)
             }
         };
-        let (mut response, local) = if strip_hop_by_hop(response.headers_mut()) {
-            let response = local_response(
-                LocalReply::new(Reason::Upstream)
-                    .text("bad gateway: the upstream's response used a transfer coding other than chunked")
-                    .grpc(grpc),
-            );
-            metrics.record_local(&response);
-            (response, true)
+        let unpassable = if strip_hop_by_hop(response.headers_mut()) {
+            Some("bad gateway: the upstream's response used a transfer coding other than chunked")
         } else {
-            (response, local)
+            let switched = match self.upgrade {
+                Some(claim) => claim.answer(&mut response),
+                None if response.status() == StatusCode::SWITCHING_PROTOCOLS => Err(UnaskedSwitch),
+                None => Ok(()),
+            };
+            switched.err().map(|UnaskedSwitch| {
+                "bad gateway: the upstream switched protocols, which the request did not ask for"
+            })
+        };
+        let (mut response, local) = match unpassable {
+            Some(text) => {
+                let response =
+                    local_response(LocalReply::new(Reason::Upstream).text(text).grpc(grpc));
+                metrics.record_local(&response);
+                (response, true)
+            }
+            None => (response, local),
         };
         metrics.record(&response, self.start, self.attempts.count());
         if let Some(span) = self.span {

@@ -473,8 +473,10 @@ fn body_of(request: &httparse::Request<'_, '_>) -> Body {
                     .is_some_and(|last| last.trim_ascii().eq_ignore_ascii_case(b"chunked")),
             );
         }
-        // `Upgrade` alone changes nothing: the proxy never switches protocols (it strips the
-        // header as hop-by-hop), so the connection goes on with HTTP/1 requests to follow.
+        // `Upgrade` alone changes nothing: unless the app answers a WebSocket handshake with
+        // `101`, the connection goes on with HTTP/1 requests to follow. After a `101` the
+        // bytes are the tunnel's: the guard may still read them as heads, which ends its watch
+        // (at most `max_head_bytes` later), and no request follows to be refused.
     }
     if request
         .method

@@ -33,6 +33,8 @@ mod span;
 mod state;
 #[cfg(feature = "proxy")]
 mod stream_tasks;
+#[cfg(feature = "proxy")]
+mod upgrade;
 
 #[cfg(feature = "proxy")]
 pub(crate) use access_log::AccessLog;

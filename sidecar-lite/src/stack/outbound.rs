@@ -17,7 +17,7 @@ use crate::{
         ConcurrencyLimit, Config, ConfigProblem, DiscoveryConfig, Endpoint, FaultConfig,
         OutboundConfig, UpstreamProtocol,
     },
-    transport::{AppClient, EndpointTransport, Pool, PooledBody, boxed, mtls_connector, worker},
+    transport::{AppClient, EndpointTransport, PooledBody, boxed, mtls_pool, worker},
 };
 use bytes::Bytes;
 use http::{Request, Response};
@@ -410,10 +410,7 @@ impl<B: StackBody> EndpointFactory<B> {
     /// plaintext, HTTP/1.1, and HTTP/2 with prior knowledge for gRPC (its trailers need it).
     fn transport(&self, addr: SocketAddr) -> Transport<B> {
         match &self.tls {
-            Some(builder) => {
-                let (connector, protocol) = mtls_connector(builder, addr, self.protocol);
-                EndpointTransport::Mtls(Pool::new(connector, protocol))
-            }
+            Some(builder) => EndpointTransport::Mtls(mtls_pool(builder, addr, self.protocol)),
             None => EndpointTransport::Plain(AppClient::endpoint(addr, self.protocol)),
         }
     }

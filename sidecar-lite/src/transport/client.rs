@@ -1,7 +1,7 @@
 //! The connectors of the upstream pools: each dials one fixed address, in plaintext or over
 //! mTLS.
 
-use super::{Coalesced, Protocol};
+use super::{Coalesced, Pool, Protocol};
 use crate::config::UpstreamProtocol;
 use http::Uri;
 use hyper_util::rt::TokioIo;
@@ -58,20 +58,27 @@ impl Service<Uri> for FixedConnector {
     }
 }
 
-/// A connector that dials `addr` and speaks mTLS with the settings of `builder`, checking the
-/// peer's identity and offering by ALPN the HTTP versions `protocol` allows; and how a pool
-/// then speaks over its connections.
-pub(crate) fn mtls_connector(
+/// The pool of connections to `addr` over mTLS with the settings of `builder`, checking the
+/// peer's identity and offering by ALPN the HTTP versions `protocol` allows (a WebSocket
+/// handshake's connection offers HTTP/1.1 alone).
+pub(crate) fn mtls_pool<B>(
     builder: &ConnectorBuilder,
     addr: SocketAddr,
     protocol: UpstreamProtocol,
-) -> (MtlsConnector<FixedConnector>, Protocol) {
-    let builder = builder.clone();
-    // `auto` offers what the connector offers by default: `h2`, then `http/1.1`.
-    let (builder, spoken) = match protocol {
-        UpstreamProtocol::Auto => (builder, Protocol::Negotiated),
-        UpstreamProtocol::Http1 => (builder.alpn([b"http/1.1"]), Protocol::Http1),
-        UpstreamProtocol::Http2 => (builder.alpn([b"h2"]), Protocol::Http2),
+) -> Pool<MtlsConnector<FixedConnector>, B> {
+    let dial = |alpn: &[&[u8]]| {
+        builder
+            .clone()
+            .alpn(alpn.iter().copied())
+            .wrap(FixedConnector::new(addr))
     };
-    (builder.wrap(FixedConnector::new(addr)), spoken)
+    match protocol {
+        // What the connector offers by default: `h2`, then `http/1.1`.
+        UpstreamProtocol::Auto => Pool::negotiated(
+            builder.clone().wrap(FixedConnector::new(addr)),
+            dial(&[b"http/1.1"]),
+        ),
+        UpstreamProtocol::Http1 => Pool::new(dial(&[b"http/1.1"]), Protocol::Http1),
+        UpstreamProtocol::Http2 => Pool::new(dial(&[b"h2"]), Protocol::Http2),
+    }
 }

@@ -16,7 +16,11 @@ use super::{
     worker,
 };
 use bytes::Bytes;
-use http::{HeaderValue, Request, Response, Uri, header::HOST, uri::PathAndQuery};
+use http::{
+    HeaderValue, Request, Response, Uri,
+    header::{CONNECTION, HOST, UPGRADE},
+    uri::PathAndQuery,
+};
 use http_body::{Body, Frame, SizeHint};
 use hyper::{
     body::Incoming,
@@ -108,6 +112,9 @@ impl<C, B> fmt::Debug for Pool<C, B> {
 
 struct Shared<C, B> {
     connector: C,
+    /// What dials a WebSocket handshake's connection: HTTP/1.1, and only that. `None` for a
+    /// pool that speaks HTTP/2 alone.
+    upgrades: Option<C>,
     /// What the connector is asked to dial; it dials its one address whatever this says.
     target: Uri,
     protocol: Protocol,
@@ -137,23 +144,38 @@ enum Checked<B> {
     Http2(http2::SendRequest<B>, StreamSlot),
 }
 
-impl<C, B> Pool<C, B> {
-    /// A pool of connections that `connector` makes, speaking `protocol`.
+impl<C: Clone, B> Pool<C, B> {
+    /// A pool of connections that `connector` makes, speaking HTTP/1.1 or HTTP/2 with prior
+    /// knowledge (`protocol`).
     pub(crate) fn new(connector: C, protocol: Protocol) -> Self {
-        Self::with_flag(connector, protocol, false)
+        let upgrades = (protocol == Protocol::Http1).then(|| connector.clone());
+        Self::build(connector, protocol, upgrades, false)
+    }
+
+    /// A pool that speaks what each connection's TLS handshake chose by ALPN, and dials a
+    /// WebSocket handshake's connection with `http1`, which offers HTTP/1.1 alone.
+    pub(crate) fn negotiated(connector: C, http1: C) -> Self {
+        Self::build(connector, Protocol::Negotiated, Some(http1), false)
     }
 
     /// A pool of connections to an app, which drops the `x-sidecar-error` of its answers: only
     /// the sidecar speaks with it to its callers, and an app that sets it must not pass for
     /// the sidecar (a peer sidecar's is its own reason, and goes on).
     pub(crate) fn for_app(connector: C, protocol: Protocol) -> Self {
-        Self::with_flag(connector, protocol, true)
+        let upgrades = (protocol == Protocol::Http1).then(|| connector.clone());
+        Self::build(connector, protocol, upgrades, true)
     }
 
-    fn with_flag(connector: C, protocol: Protocol, drop_sidecar_flag: bool) -> Self {
+    fn build(
+        connector: C,
+        protocol: Protocol,
+        upgrades: Option<C>,
+        drop_sidecar_flag: bool,
+    ) -> Self {
         Self {
             shared: Arc::new(Shared {
                 connector,
+                upgrades,
                 target: Uri::from_static("http://endpoint/"),
                 protocol,
                 drop_sidecar_flag,
@@ -321,6 +343,78 @@ impl<C: Dial, B: StackBody> Shared<C, B> {
     }
 }
 
+impl<C: Dial, B: StackBody> Shared<C, B> {
+    /// Sends a WebSocket handshake on a new HTTP/1.1 connection of its own, never pooled: a
+    /// `101` hands the connection over to the tunnel (the response's `OnUpgrade`), any other
+    /// answer closes it when its body ends.
+    async fn send_upgrade(
+        self: &Arc<Self>,
+        connector: C,
+        mut req: Request<B>,
+    ) -> Result<Response<PooledBody<B>>, BoxError> {
+        let io = connector
+            .oneshot(self.target.clone())
+            .await
+            .map_err(|e| ConnectFailed::new(e.into()))?;
+        let (mut sender, connection) = http1::handshake(Dedicated(io))
+            .await
+            .map_err(ConnectFailed::new)?;
+        tokio::spawn(async move {
+            if let Err(error) = connection.with_upgrades().await {
+                tracing::debug!(%error, "upstream connection of an upgrade ended with an error");
+            }
+        });
+        origin_form(&mut req);
+        let response = sender.send_request(req).await?;
+        Ok(self.answer(response.map(PooledBody::alone)))
+    }
+}
+
+/// The connection of a WebSocket handshake: a type of its own, so that hyper's code for it is
+/// not the pooled connections' (shared, the compiler no longer inlined that into their task,
+/// which cost about 90 instructions per request).
+struct Dedicated<IO>(IO);
+
+impl<IO: hyper::rt::Read + Unpin> hyper::rt::Read for Dedicated<IO> {
+    fn poll_read(
+        self: Pin<&mut Self>,
+        cx: &mut Context<'_>,
+        buf: hyper::rt::ReadBufCursor<'_>,
+    ) -> Poll<std::io::Result<()>> {
+        Pin::new(&mut self.get_mut().0).poll_read(cx, buf)
+    }
+}
+
+impl<IO: hyper::rt::Write + Unpin> hyper::rt::Write for Dedicated<IO> {
+    fn poll_write(
+        self: Pin<&mut Self>,
+        cx: &mut Context<'_>,
+        buf: &[u8],
+    ) -> Poll<std::io::Result<usize>> {
+        Pin::new(&mut self.get_mut().0).poll_write(cx, buf)
+    }
+
+    fn poll_flush(self: Pin<&mut Self>, cx: &mut Context<'_>) -> Poll<std::io::Result<()>> {
+        Pin::new(&mut self.get_mut().0).poll_flush(cx)
+    }
+
+    fn poll_shutdown(self: Pin<&mut Self>, cx: &mut Context<'_>) -> Poll<std::io::Result<()>> {
+        Pin::new(&mut self.get_mut().0).poll_shutdown(cx)
+    }
+
+    fn is_write_vectored(&self) -> bool {
+        self.0.is_write_vectored()
+    }
+
+    fn poll_write_vectored(
+        self: Pin<&mut Self>,
+        cx: &mut Context<'_>,
+        bufs: &[std::io::IoSlice<'_>],
+    ) -> Poll<std::io::Result<usize>> {
+        Pin::new(&mut self.get_mut().0).poll_write_vectored(cx, bufs)
+    }
+}
+
 /// The future of a pool's call: boxed, so that every pool (whatever its connector) and every
 /// client over pools has this one future type.
 pub(crate) type PoolFuture<B> =
@@ -339,6 +433,21 @@ impl<C: Dial, B: StackBody> Service<Request<B>> for Pool<C, B> {
     fn call(&mut self, mut req: Request<B>) -> Self::Future {
         let shared = self.shared.clone();
         Box::pin(async move {
+            // Only the edge's WebSocket handshakes keep their `Upgrade` this far.
+            if req.headers().contains_key(UPGRADE) {
+                match &shared.upgrades {
+                    // Boxed, as a new connection is: the usual request's future carries no
+                    // room for it.
+                    Some(connector) => {
+                        let connector = connector.clone();
+                        return Box::pin(shared.send_upgrade(connector, req)).await;
+                    }
+                    None => {
+                        req.headers_mut().remove(UPGRADE);
+                        req.headers_mut().remove(CONNECTION);
+                    }
+                }
+            }
             loop {
                 let (checked, reused) = shared.checkout().await?;
                 let refused = match checked {
@@ -446,6 +555,15 @@ impl<B> PooledBody<B> {
         Self {
             inner,
             back: Some(back),
+            stream: None,
+        }
+    }
+
+    /// A body on a connection of its own, which closes when it ends.
+    fn alone(inner: Incoming) -> Self {
+        Self {
+            inner,
+            back: None,
             stream: None,
         }
     }

@@ -1,0 +1,323 @@
+//! WebSocket through the sidecar, over real sockets: a handshake the app accepts becomes a
+//! tunnel that carries bytes both ways, through one sidecar and through an mTLS pair (whose
+//! sidecars speak HTTP/2 to each other); other upgrades (`h2c`) are not passed on; a handshake
+//! the app refuses leaves the connection HTTP; a `101` nobody asked for is a `502`; a tunnel
+//! counts against the connection limit and is closed once silent for `idle_timeout`.
+// The sidecar itself is under test: the `proxy` feature (on by default).
+#![cfg(feature = "proxy")]
+
+mod common;
+
+use common::*;
+use std::{
+    net::SocketAddr,
+    sync::{Arc, Mutex},
+    time::Duration,
+};
+use tokio::{
+    io::{AsyncRead, AsyncReadExt, AsyncWrite, AsyncWriteExt},
+    net::{TcpListener, TcpStream},
+    time::{Instant, timeout},
+};
+
+const HANDSHAKE: &str = "GET /chat HTTP/1.1\r\nHost: chat\r\nConnection: Upgrade\r\nUpgrade: websocket\r\nSec-WebSocket-Key: dGhlIHNhbXBsZSBub25jZQ==\r\nSec-WebSocket-Version: 13\r\n\r\n";
+
+/// How the test app answers a WebSocket handshake.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+enum Mode {
+    /// `101`, then every byte echoed until the client closes.
+    Accept,
+    /// `426`, and the connection stays HTTP.
+    Refuse,
+    /// `101` to every request, whatever it asked for.
+    SwitchAlways,
+}
+
+/// A WebSocket app on 127.0.0.1 that speaks HTTP/1.1 by hand, so that the test sees every
+/// header the sidecar sends: each request head it got, in order.
+async fn websocket_app(mode: Mode) -> (SocketAddr, Arc<Mutex<Vec<String>>>) {
+    let listener = TcpListener::bind("127.0.0.1:0").await.unwrap();
+    let addr = listener.local_addr().unwrap();
+    let heads = Arc::new(Mutex::new(Vec::new()));
+    let seen = heads.clone();
+    tokio::spawn(async move {
+        while let Ok((tcp, _)) = listener.accept().await {
+            let seen = seen.clone();
+            tokio::spawn(async move { serve(tcp, mode, seen).await });
+        }
+    });
+    (addr, heads)
+}
+
+async fn serve(mut tcp: TcpStream, mode: Mode, seen: Arc<Mutex<Vec<String>>>) {
+    loop {
+        let Some(head) = read_head(&mut tcp).await else {
+            return;
+        };
+        seen.lock().unwrap().push(head.clone());
+        let lower = head.to_ascii_lowercase();
+        let handshake = lower.contains("\r\nupgrade: websocket\r\n");
+        let switch = match mode {
+            Mode::Accept => handshake,
+            Mode::Refuse => false,
+            Mode::SwitchAlways => true,
+        };
+        if switch {
+            let answer = "HTTP/1.1 101 Switching Protocols\r\nUpgrade: websocket\r\nConnection: Upgrade\r\nSec-WebSocket-Accept: s3pPLMBiTxaQ9kYGzzhZRbK+xOo=\r\n\r\n";
+            tcp.write_all(answer.as_bytes()).await.unwrap();
+            let (mut read, mut write) = tcp.split();
+            let _ = tokio::io::copy(&mut read, &mut write).await;
+            let _ = write.shutdown().await;
+            return;
+        }
+        let (status, body) = if handshake {
+            ("426 Upgrade Required", "no websocket here")
+        } else {
+            ("200 OK", "plain")
+        };
+        let answer = format!(
+            "HTTP/1.1 {status}\r\ncontent-length: {}\r\n\r\n{body}",
+            body.len()
+        );
+        if tcp.write_all(answer.as_bytes()).await.is_err() {
+            return;
+        }
+    }
+}
+
+/// One HTTP/1.1 head, read a byte at a time so that nothing after it is taken; `None` at the
+/// end of the stream.
+async fn read_head(io: &mut (impl AsyncRead + Unpin)) -> Option<String> {
+    let mut head = Vec::new();
+    while !head.ends_with(b"\r\n\r\n") {
+        let mut byte = [0];
+        if io.read(&mut byte).await.ok()? == 0 {
+            return None;
+        }
+        head.push(byte[0]);
+    }
+    Some(String::from_utf8(head).unwrap())
+}
+
+/// Sends `request` on `io` and reads the head of its answer, within [`STEP`].
+async fn ask(io: &mut (impl AsyncRead + AsyncWrite + Unpin), request: &str) -> String {
+    io.write_all(request.as_bytes()).await.unwrap();
+    timeout(STEP, read_head(io))
+        .await
+        .expect("an answer within STEP")
+        .expect("an answer, not the end of the connection")
+}
+
+/// Reads a response body of `content-length` bytes after `head`.
+async fn body_after(io: &mut (impl AsyncRead + Unpin), head: &str) -> String {
+    let length: usize = head
+        .lines()
+        .find_map(|line| {
+            let (name, value) = line.split_once(':')?;
+            name.eq_ignore_ascii_case("content-length")
+                .then(|| value.trim().parse().unwrap())
+        })
+        .expect("a content-length");
+    let mut body = vec![0; length];
+    timeout(STEP, io.read_exact(&mut body))
+        .await
+        .unwrap()
+        .unwrap();
+    String::from_utf8(body).unwrap()
+}
+
+/// Carries `message` through the tunnel and back.
+async fn echoes(io: &mut (impl AsyncRead + AsyncWrite + Unpin), message: &[u8]) {
+    io.write_all(message).await.unwrap();
+    let mut back = vec![0; message.len()];
+    timeout(STEP, io.read_exact(&mut back))
+        .await
+        .expect("the echo within STEP")
+        .unwrap();
+    assert!(back == message, "the echo differs from what was sent");
+}
+
+/// Checks a tunnel end to end: the `101` with its headers, bytes both ways (a megabyte too),
+/// and a close from the client that reaches the app and comes back.
+async fn tunnel_through(addr: SocketAddr, heads: &Mutex<Vec<String>>) {
+    let mut client = TcpStream::connect(addr).await.unwrap();
+    let head = ask(&mut client, HANDSHAKE).await;
+    println!("{head}");
+    let lower = head.to_ascii_lowercase();
+    assert!(lower.starts_with("http/1.1 101 "), "{head}");
+    assert!(!lower.contains("content-length"), "{head}");
+    assert!(lower.contains("\r\nupgrade: websocket\r\n"), "{head}");
+    assert!(lower.contains("\r\nconnection: upgrade\r\n"), "{head}");
+    assert!(
+        lower.contains("\r\nsec-websocket-accept: s3pplmbitxaq9kygzzhzrbk+xoo=\r\n"),
+        "{head}"
+    );
+    echoes(&mut client, b"hello through the tunnel").await;
+    let big: Vec<u8> = (0..1024 * 1024).map(|i| (i % 251) as u8).collect();
+    let (mut read, mut write) = client.split();
+    let send = async {
+        write.write_all(&big).await.unwrap();
+        write.shutdown().await.unwrap();
+    };
+    let mut back = Vec::new();
+    let receive = timeout(STEP, read.read_to_end(&mut back));
+    let ((), received) = tokio::join!(send, receive);
+    received
+        .expect("the echo and the close within STEP")
+        .unwrap();
+    assert!(back == big, "{} bytes back of {}", back.len(), big.len());
+    // The app saw the handshake with its upgrade, and the sidecar's forwarding headers.
+    let heads = heads.lock().unwrap();
+    let got = heads.last().unwrap().to_ascii_lowercase();
+    assert!(got.contains("\r\nupgrade: websocket\r\n"), "{got}");
+    assert!(got.contains("\r\nconnection: upgrade\r\n"), "{got}");
+    assert!(got.contains("\r\nsec-websocket-key: "), "{got}");
+    assert!(got.contains("\r\nx-forwarded-for: "), "{got}");
+}
+
+fn route_to(app: SocketAddr, extra: &str) -> String {
+    format!(
+        "{extra}[[outbound]]\nname = \"chat\"\nlisten = \"127.0.0.1:0\"\nendpoints = [\"{app}\"]\n"
+    )
+}
+
+#[tokio::test]
+async fn a_websocket_handshake_the_app_accepts_becomes_a_tunnel_through_one_sidecar() {
+    let (app, heads) = websocket_app(Mode::Accept).await;
+    let sidecar = sidecar(&route_to(app, "")).await;
+    tunnel_through(outbound_addr(&sidecar), &heads).await;
+}
+
+#[tokio::test]
+async fn a_websocket_tunnel_crosses_an_mtls_pair_that_speaks_http2_between_its_sidecars() {
+    let (app, heads) = websocket_app(Mode::Accept).await;
+    let path = path_to(app, "upgrade-pair").await;
+    let addr = outbound_addr(&path.outbound);
+    // The pair speaks HTTP/2 to each other for plain requests...
+    let plain = get(format!("http://{addr}/plain")).await;
+    assert_eq!(plain.status(), 200);
+    // ...and the handshake crosses on an HTTP/1.1 connection of its own.
+    tunnel_through(addr, &heads).await;
+    let got = heads.lock().unwrap().last().unwrap().to_ascii_lowercase();
+    assert!(got.contains("\r\nx-forwarded-client-cert: "), "{got}");
+}
+
+#[tokio::test]
+async fn an_upgrade_to_anything_but_websocket_is_not_passed_on() {
+    let (app, heads) = websocket_app(Mode::SwitchAlways).await;
+    let sidecar = sidecar(&route_to(app, "")).await;
+    let mut client = TcpStream::connect(outbound_addr(&sidecar)).await.unwrap();
+    // h2c past the proxy would let a client talk HTTP/2 to the app unchecked.
+    let head = ask(
+        &mut client,
+        "GET / HTTP/1.1\r\nHost: chat\r\nConnection: Upgrade, HTTP2-Settings\r\nUpgrade: h2c\r\nHTTP2-Settings: AAMAAABkAARAAAAAAAIAAAAA\r\n\r\n",
+    )
+    .await;
+    let got = heads.lock().unwrap().last().unwrap().to_ascii_lowercase();
+    assert!(!got.contains("upgrade"), "{got}");
+    assert!(!got.contains("http2-settings"), "{got}");
+    // This app switches whatever it is asked: a 101 to a request that asked for nothing.
+    assert!(head.starts_with("HTTP/1.1 502 "), "{head}");
+    assert!(
+        head.to_ascii_lowercase()
+            .contains("\r\nx-sidecar-error: upstream\r\n"),
+        "{head}"
+    );
+    let body = body_after(&mut client, &head).await;
+    assert!(body.contains("switched protocols"), "{body}");
+}
+
+#[tokio::test]
+async fn a_handshake_the_app_refuses_leaves_the_connection_http() {
+    let (app, heads) = websocket_app(Mode::Refuse).await;
+    let sidecar = sidecar(&route_to(app, "")).await;
+    let mut client = TcpStream::connect(outbound_addr(&sidecar)).await.unwrap();
+    let head = ask(&mut client, HANDSHAKE).await;
+    assert!(head.starts_with("HTTP/1.1 426 "), "{head}");
+    assert_eq!(body_after(&mut client, &head).await, "no websocket here");
+    // The same connection carries the next request as HTTP.
+    let head = ask(&mut client, "GET /next HTTP/1.1\r\nHost: chat\r\n\r\n").await;
+    assert!(head.starts_with("HTTP/1.1 200 "), "{head}");
+    assert_eq!(body_after(&mut client, &head).await, "plain");
+    assert_eq!(heads.lock().unwrap().len(), 2);
+}
+
+#[tokio::test]
+async fn a_post_asking_for_websocket_is_a_plain_request() {
+    let (app, heads) = websocket_app(Mode::Accept).await;
+    let sidecar = sidecar(&route_to(app, "")).await;
+    let mut client = TcpStream::connect(outbound_addr(&sidecar)).await.unwrap();
+    let head = ask(
+        &mut client,
+        "POST /chat HTTP/1.1\r\nHost: chat\r\nConnection: Upgrade\r\nUpgrade: websocket\r\nContent-Length: 2\r\n\r\nhi",
+    )
+    .await;
+    assert!(head.starts_with("HTTP/1.1 200 "), "{head}");
+    let got = heads.lock().unwrap().last().unwrap().to_ascii_lowercase();
+    assert!(!got.contains("upgrade"), "{got}");
+}
+
+#[tokio::test]
+async fn a_tunnel_holds_its_place_under_the_connection_limit() {
+    let (app, heads) = websocket_app(Mode::Accept).await;
+    let sidecar = sidecar(&route_to(app, "[limits]\nmax_connections = 1\n")).await;
+    let addr = outbound_addr(&sidecar);
+    let mut tunnel = TcpStream::connect(addr).await.unwrap();
+    let head = ask(&mut tunnel, HANDSHAKE).await;
+    assert!(head.starts_with("HTTP/1.1 101 "), "{head}");
+    echoes(&mut tunnel, b"first").await;
+    // No place for another connection while the tunnel is open: it is closed unanswered.
+    let mut other = TcpStream::connect(addr).await.unwrap();
+    let _ = other
+        .write_all(b"GET / HTTP/1.1\r\nHost: chat\r\n\r\n")
+        .await;
+    let mut answer = Vec::new();
+    timeout(STEP, other.read_to_end(&mut answer))
+        .await
+        .expect("closed within STEP")
+        .ok();
+    assert!(answer.is_empty(), "{}", String::from_utf8_lossy(&answer));
+    // The tunnel was not evicted for it.
+    echoes(&mut tunnel, b"second").await;
+    drop(tunnel);
+    // Once it has closed, its place is free.
+    assert!(
+        eventually(async || {
+            let Ok(response) = timeout(
+                STEP,
+                http1().get(format!("http://{addr}/").parse().unwrap()),
+            )
+            .await
+            else {
+                return false;
+            };
+            response.is_ok_and(|r| r.status() == 200)
+        })
+        .await,
+        "a new connection is served once the tunnel has closed"
+    );
+    assert_eq!(heads.lock().unwrap().len(), 2);
+}
+
+#[tokio::test]
+async fn a_tunnel_silent_for_the_idle_timeout_is_closed() {
+    const IDLE: Duration = Duration::from_millis(500);
+    let (app, _) = websocket_app(Mode::Accept).await;
+    let sidecar = sidecar(&route_to(app, "[limits]\nidle_timeout = \"500ms\"\n")).await;
+    let mut tunnel = TcpStream::connect(outbound_addr(&sidecar)).await.unwrap();
+    let head = ask(&mut tunnel, HANDSHAKE).await;
+    assert!(head.starts_with("HTTP/1.1 101 "), "{head}");
+    echoes(&mut tunnel, b"then nothing").await;
+    let since = Instant::now();
+    let mut rest = Vec::new();
+    timeout(STEP, tunnel.read_to_end(&mut rest))
+        .await
+        .expect("closed within STEP")
+        .ok();
+    let after = since.elapsed();
+    assert!(
+        after >= IDLE,
+        "closed after {after:?}, before the idle timeout"
+    );
+    assert!(rest.is_empty());
+}
