@@ -2,7 +2,8 @@
 //! tunnel that carries bytes both ways, through one sidecar and through an mTLS pair (whose
 //! sidecars speak HTTP/2 to each other); other upgrades (`h2c`) are not passed on; a handshake
 //! the app refuses leaves the connection HTTP; a `101` nobody asked for is a `502`; a tunnel
-//! counts against the connection limit and is closed once silent for `idle_timeout`.
+//! counts against the connection limit, is closed once silent for `idle_timeout` and is cut at
+//! the end of a drain; in library mode the stack's `101` hands over the connection.
 // The sidecar itself is under test: the `proxy` feature (on by default).
 #![cfg(feature = "proxy")]
 
@@ -320,4 +321,57 @@ async fn a_tunnel_silent_for_the_idle_timeout_is_closed() {
         "closed after {after:?}, before the idle timeout"
     );
     assert!(rest.is_empty());
+}
+
+#[tokio::test]
+async fn a_drain_cuts_an_open_tunnel_at_its_grace() {
+    const GRACE: Duration = Duration::from_millis(500);
+    let (app, _) = websocket_app(Mode::Accept).await;
+    let sidecar = sidecar(&route_to(app, "[runtime]\ndrain_grace = \"500ms\"\n")).await;
+    let mut tunnel = TcpStream::connect(outbound_addr(&sidecar)).await.unwrap();
+    let head = ask(&mut tunnel, HANDSHAKE).await;
+    assert!(head.starts_with("HTTP/1.1 101 "), "{head}");
+    let since = Instant::now();
+    let stopped = tokio::spawn(sidecar.stop());
+    // The tunnel carries on while the drain waits...
+    echoes(&mut tunnel, b"still open while draining").await;
+    // ...and is cut at its end, which ends the drain.
+    let mut rest = Vec::new();
+    timeout(STEP, tunnel.read_to_end(&mut rest))
+        .await
+        .expect("cut within STEP")
+        .ok();
+    timeout(STEP, stopped)
+        .await
+        .expect("the drain ends")
+        .unwrap();
+    let after = since.elapsed();
+    assert!(after >= GRACE, "cut after {after:?}, before the grace");
+}
+
+/// Library mode: the route's stack answers a handshake with the app's `101`, whose `OnUpgrade`
+/// hands over the connection the handshake dialled.
+#[tokio::test]
+async fn in_library_mode_the_101_carries_the_connection_to_upgrade() {
+    use tower::ServiceExt;
+    let (app, heads) = websocket_app(Mode::Accept).await;
+    let config = sidecar_lite::Config::parse(&route_to(app, "")).unwrap();
+    let route = config.outbound_route("chat").unwrap();
+    let stack = sidecar_lite::outbound::<http_body_util::Empty<bytes::Bytes>>(&config, route, None)
+        .unwrap();
+    let req = http::Request::get(format!("http://{app}/chat"))
+        .header("connection", "upgrade")
+        .header("upgrade", "websocket")
+        .body(http_body_util::Empty::new())
+        .unwrap();
+    let response = timeout(STEP, stack.oneshot(req)).await.unwrap().unwrap();
+    assert_eq!(response.status(), 101);
+    let upgraded = timeout(STEP, hyper::upgrade::on(response))
+        .await
+        .unwrap()
+        .unwrap();
+    let mut io = hyper_util::rt::TokioIo::new(upgraded);
+    echoes(&mut io, b"library mode").await;
+    let got = heads.lock().unwrap().last().unwrap().to_ascii_lowercase();
+    assert!(got.contains("\r\nupgrade: websocket\r\n"), "{got}");
 }
