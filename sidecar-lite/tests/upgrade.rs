@@ -184,9 +184,25 @@ fn route_to(app: SocketAddr, extra: &str) -> String {
 
 #[tokio::test]
 async fn a_websocket_handshake_the_app_accepts_becomes_a_tunnel_through_one_sidecar() {
+    let certs = Certs::new("upgrade-one-sidecar");
+    let log = certs.dir.join("access.log");
     let (app, heads) = websocket_app(Mode::Accept).await;
-    let sidecar = sidecar(&route_to(app, "")).await;
+    let section = format!("[access_log]\npath = \"{}\"\n", log.display());
+    let sidecar = sidecar(&route_to(app, &section)).await;
     tunnel_through(outbound_addr(&sidecar), &heads).await;
+    // The handshake's line is written when the tunnel ends, with what it carried: the
+    // message and the megabyte, each way.
+    let mut text = String::new();
+    assert!(
+        eventually(async || {
+            text = std::fs::read_to_string(&log).unwrap_or_default();
+            !text.is_empty()
+        })
+        .await,
+        "no access-log line"
+    );
+    assert!(text.contains("\"GET chat/chat HTTP/1.1\" 101 "), "{text}");
+    assert!(text.contains(" in=1048600 out=1048600 "), "{text}");
 }
 
 #[tokio::test]

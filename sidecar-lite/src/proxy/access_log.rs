@@ -266,6 +266,18 @@ impl PendingLine {
     /// Takes the response head into the line; the line is sent when the returned response's
     /// body ends or is dropped.
     pub(crate) fn finish(mut self, response: Response<ProxyBody>) -> Response<ProxyBody> {
+        self.head(&response);
+        response.map(|body| {
+            LoggedBody {
+                inner: body,
+                line: Some(self),
+            }
+            .boxed_unsync()
+        })
+    }
+
+    /// Takes the response head into the line.
+    pub(crate) fn head<B>(&mut self, response: &Response<B>) {
         let headers = response.headers();
         if let Some(entry) = &mut self.entry {
             entry.status = response.status().as_u16();
@@ -275,13 +287,16 @@ impl PendingLine {
                 .and_then(|v| v.to_str().ok())
                 .map(bounded);
         }
-        response.map(|body| {
-            LoggedBody {
-                inner: body,
-                line: Some(self),
-            }
-            .boxed_unsync()
-        })
+    }
+
+    /// Sends the line of a WebSocket handshake whose tunnel has ended, having carried
+    /// `from_client` and `to_client` bytes; its duration is the tunnel's too, as in Envoy's
+    /// log of an upgraded stream.
+    pub(crate) fn tunnelled(mut self, from_client: u64, to_client: u64) {
+        self.bytes_in.fetch_add(from_client, Ordering::Relaxed);
+        if let Some(entry) = &mut self.entry {
+            entry.bytes_out += to_client;
+        }
     }
 
     /// Sends the line, once: the request is over.

@@ -262,7 +262,7 @@ impl Finish {
     /// response that cannot be passed on as it is (a transfer coding other than chunked, a
     /// `101` that cannot become a tunnel) is answered `502 upstream` instead.
     fn respond(
-        self,
+        mut self,
         edge: &EdgeOfConnection,
         answer: Option<Result<Response<ProxyBody>, BoxError>>,
     ) -> Response<ProxyBody> {
@@ -290,7 +290,7 @@ impl Finish {
             Some("bad gateway: the upstream's response used a transfer coding other than chunked")
         } else {
             let switched = match self.upgrade {
-                Some(claim) => claim.answer(&mut response),
+                Some(claim) => claim.answer(&mut response, &mut self.line),
                 None if response.status() == StatusCode::SWITCHING_PROTOCOLS => Err(UnaskedSwitch),
                 None => Ok(()),
             };

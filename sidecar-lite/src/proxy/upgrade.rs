@@ -12,7 +12,7 @@
 //! still counts against the listener's connection limits, is closed when no byte has moved
 //! either way for `idle_timeout`, and is cut at the end of a drain, as any connection is.
 
-use super::activity::Activity;
+use super::{access_log::PendingLine, activity::Activity};
 use http::{
     HeaderMap, HeaderName, HeaderValue, Method, Request, Response, StatusCode, Version,
     header::{CONNECTION, UPGRADE},
@@ -39,11 +39,13 @@ impl TunnelSlot {
     }
 }
 
-/// The two halves of a tunnel, each handed over by hyper once its side has switched.
+/// The two halves of a tunnel, each handed over by hyper once its side has switched, and the
+/// handshake's access-log line, sent when the tunnel ends.
 #[derive(Debug)]
 pub(super) struct Tunnel {
     client: OnUpgrade,
     upstream: OnUpgrade,
+    line: Option<PendingLine>,
 }
 
 /// A request's claim on its client connection, for the edge: hyper's hand-over of the
@@ -84,9 +86,14 @@ impl ClientUpgrade {
 
     /// The response to pass on for `response`, the answer to the handshake: a `101` from a
     /// connection that switched becomes this connection's tunnel, and says so in its own
-    /// hop-by-hop headers (the edge stripped the upstream's); any other answer leaves the
-    /// connection HTTP. `Err` for a `101` that cannot be a tunnel.
-    pub(super) fn answer<B>(self, response: &mut Response<B>) -> Result<(), UnaskedSwitch> {
+    /// hop-by-hop headers (the edge stripped the upstream's), and takes the request's access-log
+    /// `line`, to send when the tunnel ends; any other answer leaves the connection HTTP.
+    /// `Err` for a `101` that cannot be a tunnel.
+    pub(super) fn answer<B>(
+        self,
+        response: &mut Response<B>,
+        line: &mut Option<PendingLine>,
+    ) -> Result<(), UnaskedSwitch> {
         if response.status() != StatusCode::SWITCHING_PROTOCOLS {
             return Ok(());
         }
@@ -95,9 +102,14 @@ impl ClientUpgrade {
             .remove::<OnUpgrade>()
             .ok_or(UnaskedSwitch)?;
         ask_for_websocket(response.headers_mut());
+        let mut line = line.take();
+        if let Some(line) = &mut line {
+            line.head(response);
+        }
         *self.slot.0.lock().unwrap_or_else(PoisonError::into_inner) = Some(Tunnel {
             client: self.on_upgrade,
             upstream,
+            line,
         });
         Ok(())
     }
@@ -147,19 +159,31 @@ impl Tunnel {
         idle: Duration,
     ) {
         let _in_flight = activity.start(Version::HTTP_11);
+        let Self {
+            client,
+            upstream,
+            line,
+        } = self;
         let carry = async {
-            let (client, upstream) = futures::future::try_join(self.client, self.upstream).await?;
+            let (client, upstream) = futures::future::try_join(client, upstream).await?;
             let (mut client, mut upstream) = (TokioIo::new(client), TokioIo::new(upstream));
-            tokio::io::copy_bidirectional(&mut client, &mut upstream).await?;
-            Ok::<_, Box<dyn std::error::Error + Send + Sync>>(())
+            let carried = tokio::io::copy_bidirectional(&mut client, &mut upstream).await?;
+            Ok::<_, Box<dyn std::error::Error + Send + Sync>>(carried)
         };
         tokio::pin!(carry);
         loop {
             tokio::select! {
                 biased;
                 carried = carry.as_mut() => {
-                    if let Err(error) = carried {
-                        tracing::debug!(listener, %remote, %error, "tunnel ended with an error");
+                    match carried {
+                        Ok((from_client, to_client)) => {
+                            if let Some(line) = line {
+                                line.tunnelled(from_client, to_client);
+                            }
+                        }
+                        Err(error) => {
+                            tracing::debug!(listener, %remote, %error, "tunnel ended with an error");
+                        }
                     }
                     return;
                 }
