@@ -32,9 +32,10 @@ pub(super) struct Activity {
     /// It has carried an HTTP/2 request (else it speaks HTTP/1).
     http2: AtomicBool,
     last_done: Mutex<Instant>,
-    /// The reads and writes that moved bytes, counted by [`Moving`].
-    moved: AtomicU64,
-    /// The count of `moved` last looked at, and since when it has been that.
+    /// The bytes read from the connection and written to it, counted by [`Moving`].
+    read: AtomicU64,
+    written: AtomicU64,
+    /// The bytes moved either way at the last look, and since when it has been that.
     still: Mutex<(u64, Instant)>,
     evicted: AtomicBool,
     draining: AtomicBool,
@@ -52,7 +53,8 @@ impl Activity {
             requested: AtomicBool::new(false),
             http2: AtomicBool::new(false),
             last_done: Mutex::new(Instant::now()),
-            moved: AtomicU64::new(0),
+            read: AtomicU64::new(0),
+            written: AtomicU64::new(0),
             still: Mutex::new((0, Instant::now())),
             evicted: AtomicBool::new(false),
             draining: AtomicBool::new(false),
@@ -93,12 +95,21 @@ impl Activity {
     /// Since when no byte has moved either way, as far as the last look can tell (a look
     /// that finds bytes moved since the one before starts the count again).
     fn still_since(&self) -> Instant {
-        let moved = self.moved.load(Ordering::Relaxed);
+        let (read, written) = self.bytes();
+        let moved = read.wrapping_add(written);
         let mut still = self.still.lock().unwrap_or_else(PoisonError::into_inner);
         if still.0 != moved {
             *still = (moved, Instant::now());
         }
         still.1
+    }
+
+    /// The bytes read from the connection and written to it so far.
+    pub(super) fn bytes(&self) -> (u64, u64) {
+        (
+            self.read.load(Ordering::Relaxed),
+            self.written.load(Ordering::Relaxed),
+        )
     }
 
     /// Why the connection should be closed now, if it should: it never sent a request within
@@ -182,8 +193,9 @@ impl Activity {
     }
 }
 
-/// A connection's bytes, counted as they move (each read or write that moved any), so that
-/// one with requests in flight and nothing moving can be told apart from a busy one.
+/// A connection's bytes, counted as they move each way, so that one with requests in flight
+/// and nothing moving can be told apart from a busy one, and a tunnel's line can say what it
+/// carried.
 pub(super) struct Moving<IO> {
     io: IO,
     activity: Arc<Activity>,
@@ -195,10 +207,9 @@ impl<IO> Moving<IO> {
     }
 
     /// Counted by the connection's task alone: a plain load and store, no atomic increment.
-    fn count(&self) {
-        let moved = &self.activity.moved;
-        moved.store(
-            moved.load(Ordering::Relaxed).wrapping_add(1),
+    fn count(counter: &AtomicU64, bytes: usize) {
+        counter.store(
+            counter.load(Ordering::Relaxed).wrapping_add(bytes as u64),
             Ordering::Relaxed,
         );
     }
@@ -214,7 +225,7 @@ impl<IO: AsyncRead + Unpin> AsyncRead for Moving<IO> {
         let before = buf.filled().len();
         let read = Pin::new(&mut this.io).poll_read(cx, buf);
         if buf.filled().len() > before {
-            this.count();
+            Self::count(&this.activity.read, buf.filled().len() - before);
         }
         read
     }
@@ -228,8 +239,8 @@ impl<IO: AsyncWrite + Unpin> AsyncWrite for Moving<IO> {
     ) -> Poll<io::Result<usize>> {
         let this = self.get_mut();
         let written = Pin::new(&mut this.io).poll_write(cx, buf);
-        if matches!(written, Poll::Ready(Ok(n)) if n > 0) {
-            this.count();
+        if let Poll::Ready(Ok(n)) = written {
+            Self::count(&this.activity.written, n);
         }
         written
     }
@@ -241,8 +252,8 @@ impl<IO: AsyncWrite + Unpin> AsyncWrite for Moving<IO> {
     ) -> Poll<io::Result<usize>> {
         let this = self.get_mut();
         let written = Pin::new(&mut this.io).poll_write_vectored(cx, bufs);
-        if matches!(written, Poll::Ready(Ok(n)) if n > 0) {
-            this.count();
+        if let Poll::Ready(Ok(n)) = written {
+            Self::count(&this.activity.written, n);
         }
         written
     }
@@ -342,7 +353,7 @@ mod tests {
         let request = activity.start(Version::HTTP_2);
         for _ in 0..4 {
             tokio::time::advance(IDLE / 2).await;
-            activity.moved.fetch_add(1, Ordering::Relaxed);
+            activity.read.fetch_add(1, Ordering::Relaxed);
             assert_eq!(
                 activity.silent(FIRST, IDLE),
                 None,
@@ -363,7 +374,7 @@ mod tests {
     async fn a_request_in_flight_with_nothing_moving_is_stalled_after_the_idle_limit() {
         let activity = Activity::new();
         let _request = activity.start(Version::HTTP_11);
-        activity.moved.fetch_add(1, Ordering::Relaxed);
+        activity.read.fetch_add(1, Ordering::Relaxed);
         assert_eq!(activity.next_check(FIRST, IDLE), Instant::now() + IDLE);
         tokio::time::advance(IDLE - Duration::from_millis(1)).await;
         assert_eq!(activity.silent(FIRST, IDLE), None);

@@ -163,12 +163,23 @@ pub(super) async fn serve_connection<IO, S>(
             // connection's own work first.
             biased;
             result = connection.as_mut() => {
-                if let Err(error) = result {
-                    tracing::debug!(listener = name, %remote, %error, "connection ended with an error");
-                }
-                // A WebSocket handshake answered `101`: hyper has let go of the connection.
-                if let Some(tunnel) = tunnel.take() {
-                    tunnel.run(name, remote, &activity, settings.idle).await;
+                let tunnel = tunnel.take();
+                match result {
+                    // A WebSocket handshake answered `101`: hyper has let go of the
+                    // connection. Not on one asked to close: a drain would only cut it.
+                    Ok(()) => {
+                        if let Some(tunnel) = tunnel
+                            && !draining
+                            && closing_since.is_none()
+                        {
+                            tunnel.run(name, remote, &activity, settings.idle).await;
+                        }
+                    }
+                    // Before it let go (the `101` could not be written): nothing to carry,
+                    // and dropping the tunnel closes its upstream half.
+                    Err(error) => {
+                        tracing::debug!(listener = name, %remote, %error, "connection ended with an error");
+                    }
                 }
                 return;
             }

@@ -10,7 +10,7 @@ use super::{
     signals::{ListenerSignals, Outcome},
     span::RequestSpan,
     state::StackCall,
-    upgrade::{ClientUpgrade, UnaskedSwitch, ask_for_websocket},
+    upgrade::{BadSwitch, ClientUpgrade, ask_for_websocket},
 };
 use crate::stack::Attempts;
 use crate::transport::{ProxyBody, local_response};
@@ -286,17 +286,17 @@ impl Finish {
                 (response, true)
             }
         };
-        let unpassable = if strip_hop_by_hop(response.headers_mut()) {
+        // Any other answer to a handshake leaves the connection HTTP: its claim goes.
+        let unpassable = if response.status() == StatusCode::SWITCHING_PROTOCOLS {
+            let switched = match self.upgrade {
+                Some(claim) => claim.switch(&mut response, &mut self.line),
+                None => Err(BadSwitch::Unasked),
+            };
+            switched.err().map(BadSwitch::text)
+        } else if strip_hop_by_hop(response.headers_mut()) {
             Some("bad gateway: the upstream's response used a transfer coding other than chunked")
         } else {
-            let switched = match self.upgrade {
-                Some(claim) => claim.answer(&mut response, &mut self.line),
-                None if response.status() == StatusCode::SWITCHING_PROTOCOLS => Err(UnaskedSwitch),
-                None => Ok(()),
-            };
-            switched.err().map(|UnaskedSwitch| {
-                "bad gateway: the upstream switched protocols, which the request did not ask for"
-            })
+            None
         };
         let (mut response, local) = match unpassable {
             Some(text) => {

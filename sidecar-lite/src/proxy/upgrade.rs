@@ -5,17 +5,20 @@
 //! Linkerd do by default. Any other upgrade (`h2c` above all: a client that upgrades past the
 //! proxy talks to the app unchecked) loses its `Upgrade` as hop-by-hop, as every request did
 //! before. The connection becomes a tunnel only when the upstream answered `101` on a
-//! connection that switched: a handshake the app refuses leaves the client's connection HTTP,
-//! and a `101` to a request that asked for nothing is a `502`.
+//! connection that switched, naming `websocket` and accepting the handshake's key
+//! (`Sec-WebSocket-Accept`, RFC 6455 section 4.2.2): a handshake the app refuses leaves the
+//! client's connection HTTP, and any other `101` (to a request that asked for nothing, or one
+//! that did not accept this handshake) is a `502`, never a raw pipe to the app.
 //!
 //! The tunnel runs in the task of the client's connection, after hyper has let go of it: it
 //! still counts against the listener's connection limits, is closed when no byte has moved
 //! either way for `idle_timeout`, and is cut at the end of a drain, as any connection is.
 
-use super::{access_log::PendingLine, activity::Activity};
+use super::{access_log::PendingLine, activity::Activity, headers::strip_hop_by_hop};
+use base64::Engine;
 use http::{
-    HeaderMap, HeaderName, HeaderValue, Method, Request, Response, StatusCode, Version,
-    header::{CONNECTION, UPGRADE},
+    HeaderMap, HeaderName, HeaderValue, Method, Request, Response, Version,
+    header::{CONNECTION, SEC_WEBSOCKET_ACCEPT, SEC_WEBSOCKET_KEY, UPGRADE},
 };
 use hyper::{body::Body, upgrade::OnUpgrade};
 use hyper_util::rt::TokioIo;
@@ -27,6 +30,8 @@ use std::{
 
 /// The only protocol the edge upgrades to.
 const WEBSOCKET: &str = "websocket";
+/// What a server appends to the key before hashing it into `Sec-WebSocket-Accept`.
+const ACCEPT_GUID: &[u8] = b"258EAFA5-E914-47DA-95CA-C5AB0DC85B11";
 
 /// A connection's place for the tunnel it may become: filled by the edge when it passes a
 /// `101` on, taken by the connection's task once hyper has let go of the connection.
@@ -55,6 +60,8 @@ pub(super) struct Tunnel {
 pub(super) struct ClientUpgrade {
     on_upgrade: OnUpgrade,
     slot: Arc<TunnelSlot>,
+    /// The handshake's `Sec-WebSocket-Key`, once the edge has found it to be one.
+    key: Option<HeaderValue>,
 }
 
 impl ClientUpgrade {
@@ -69,6 +76,7 @@ impl ClientUpgrade {
             req.extensions_mut().insert(Self {
                 on_upgrade,
                 slot: slot.clone(),
+                key: None,
             });
         }
     }
@@ -81,26 +89,38 @@ impl ClientUpgrade {
             return None;
         }
         let claim = req.extensions_mut().remove::<Self>()?;
-        is_websocket_handshake(req).then_some(claim)
+        let key = websocket_key(req)?.clone();
+        Some(Self {
+            key: Some(key),
+            ..claim
+        })
     }
 
-    /// The response to pass on for `response`, the answer to the handshake: a `101` from a
-    /// connection that switched becomes this connection's tunnel, and says so in its own
-    /// hop-by-hop headers (the edge stripped the upstream's), and takes the request's access-log
-    /// `line`, to send when the tunnel ends; any other answer leaves the connection HTTP.
-    /// `Err` for a `101` that cannot be a tunnel.
-    pub(super) fn answer<B>(
+    /// Passes on `response`, the upstream's `101` to the handshake, as this connection's
+    /// tunnel: it must come from a connection that switched, name `websocket` and accept this
+    /// handshake's key. Its hop-by-hop headers are the tunnel's own, and it takes the
+    /// request's access-log `line`, to send when the tunnel ends.
+    pub(super) fn switch<B>(
         self,
         response: &mut Response<B>,
         line: &mut Option<PendingLine>,
-    ) -> Result<(), UnaskedSwitch> {
-        if response.status() != StatusCode::SWITCHING_PROTOCOLS {
-            return Ok(());
+    ) -> Result<(), BadSwitch> {
+        let accepted = self.key.as_ref().is_some_and(|key| {
+            response
+                .headers()
+                .get(SEC_WEBSOCKET_ACCEPT)
+                .is_some_and(|accept| accept.as_bytes() == accept_for(key).as_bytes())
+        });
+        if !names(response.headers(), &UPGRADE, WEBSOCKET) || !accepted {
+            return Err(BadSwitch::NotThisHandshake);
         }
         let upstream = response
             .extensions_mut()
             .remove::<OnUpgrade>()
-            .ok_or(UnaskedSwitch)?;
+            .ok_or(BadSwitch::Unasked)?;
+        // A `101` has no body: whatever it says of its framing goes with the other
+        // hop-by-hop headers.
+        let _ = strip_hop_by_hop(response.headers_mut());
         ask_for_websocket(response.headers_mut());
         let mut line = line.take();
         if let Some(line) = &mut line {
@@ -115,19 +135,52 @@ impl ClientUpgrade {
     }
 }
 
-/// An upstream answered `101` to a request the edge did not pass on as an upgrade, or on a
-/// connection that did not switch: nothing can be tunnelled, and the answer is a `502`.
-#[derive(Debug, Clone, Copy)]
-pub(super) struct UnaskedSwitch;
+/// A `101` that cannot become a tunnel, answered `502` instead.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub(super) enum BadSwitch {
+    /// To a request the edge did not pass on as a handshake, or on a connection that did not
+    /// switch.
+    Unasked,
+    /// Not naming `websocket`, or not accepting the handshake's key.
+    NotThisHandshake,
+}
 
-/// Whether `req` is a WebSocket opening handshake (RFC 6455 section 4.1): HTTP/1.1, `GET`
-/// without a body, `Connection` naming `upgrade` and `Upgrade` naming `websocket`.
-fn is_websocket_handshake<B: Body>(req: &Request<B>) -> bool {
-    req.version() == Version::HTTP_11
+impl BadSwitch {
+    pub(super) fn text(self) -> &'static str {
+        match self {
+            Self::Unasked => {
+                "bad gateway: the upstream switched protocols, which the request did not ask for"
+            }
+            Self::NotThisHandshake => {
+                "bad gateway: the upstream's 101 did not accept this WebSocket handshake"
+            }
+        }
+    }
+}
+
+/// The `Sec-WebSocket-Accept` a server answers `key` with (RFC 6455 section 4.2.2): the
+/// base64 of the SHA-1 of the key and the protocol's GUID.
+fn accept_for(key: &HeaderValue) -> String {
+    let mut sha1 = ring::digest::Context::new(&ring::digest::SHA1_FOR_LEGACY_USE_ONLY);
+    sha1.update(key.as_bytes());
+    sha1.update(ACCEPT_GUID);
+    base64::engine::general_purpose::STANDARD.encode(sha1.finish())
+}
+
+/// The key of `req` if it is a WebSocket opening handshake (RFC 6455 section 4.1): HTTP/1.1,
+/// `GET` without a body, `Connection` naming `upgrade`, `Upgrade` naming `websocket`, and one
+/// `Sec-WebSocket-Key`.
+fn websocket_key<B: Body>(req: &Request<B>) -> Option<&HeaderValue> {
+    let handshake = req.version() == Version::HTTP_11
         && req.method() == Method::GET
         && req.body().is_end_stream()
         && names(req.headers(), &CONNECTION, "upgrade")
-        && names(req.headers(), &UPGRADE, WEBSOCKET)
+        && names(req.headers(), &UPGRADE, WEBSOCKET);
+    let mut keys = req.headers().get_all(SEC_WEBSOCKET_KEY).iter();
+    match (handshake, keys.next(), keys.next()) {
+        (true, Some(key), None) => Some(key),
+        _ => None,
+    }
 }
 
 /// Whether a comma-separated list in `name`'s fields has `token`, in any case. A protocol's
@@ -164,26 +217,26 @@ impl Tunnel {
             upstream,
             line,
         } = self;
+        // However the tunnel ends (both sides closed, an error, silence, or cut by the drain,
+        // which drops this future), its line says what it carried.
+        let _line = line.map(|line| TunnelLine {
+            line: Some(line),
+            activity: activity.clone(),
+            at_start: activity.bytes(),
+        });
         let carry = async {
             let (client, upstream) = futures::future::try_join(client, upstream).await?;
             let (mut client, mut upstream) = (TokioIo::new(client), TokioIo::new(upstream));
-            let carried = tokio::io::copy_bidirectional(&mut client, &mut upstream).await?;
-            Ok::<_, Box<dyn std::error::Error + Send + Sync>>(carried)
+            tokio::io::copy_bidirectional(&mut client, &mut upstream).await?;
+            Ok::<_, Box<dyn std::error::Error + Send + Sync>>(())
         };
         tokio::pin!(carry);
         loop {
             tokio::select! {
                 biased;
                 carried = carry.as_mut() => {
-                    match carried {
-                        Ok((from_client, to_client)) => {
-                            if let Some(line) = line {
-                                line.tunnelled(from_client, to_client);
-                            }
-                        }
-                        Err(error) => {
-                            tracing::debug!(listener, %remote, %error, "tunnel ended with an error");
-                        }
+                    if let Err(error) = carried {
+                        tracing::debug!(listener, %remote, %error, "tunnel ended with an error");
                     }
                     return;
                 }
@@ -200,6 +253,26 @@ impl Tunnel {
     }
 }
 
+/// A tunnel's access-log line, sent when it is dropped with the bytes the client's connection
+/// moved each way since the tunnel started.
+struct TunnelLine {
+    line: Option<PendingLine>,
+    activity: Arc<Activity>,
+    at_start: (u64, u64),
+}
+
+impl Drop for TunnelLine {
+    fn drop(&mut self) {
+        let (read, written) = self.activity.bytes();
+        if let Some(line) = self.line.take() {
+            line.tunnelled(
+                read.wrapping_sub(self.at_start.0),
+                written.wrapping_sub(self.at_start.1),
+            );
+        }
+    }
+}
+
 #[cfg(test)]
 mod tests {
     use super::*;
@@ -207,6 +280,10 @@ mod tests {
 
     fn handshake(headers: &[(&'static str, &'static str)]) -> Request<Full<&'static [u8]>> {
         let mut req = Request::get("/chat").body(Full::new(&b""[..])).unwrap();
+        req.headers_mut().insert(
+            SEC_WEBSOCKET_KEY,
+            HeaderValue::from_static("dGhlIHNhbXBsZSBub25jZQ=="),
+        );
         for (name, value) in headers {
             req.headers_mut()
                 .append(*name, HeaderValue::from_static(value));
@@ -229,7 +306,7 @@ mod tests {
             ],
         ];
         for headers in yes {
-            assert!(is_websocket_handshake(&handshake(&headers)), "{headers:?}");
+            assert!(websocket_key(&handshake(&headers)).is_some(), "{headers:?}");
         }
         let no = [
             vec![("upgrade", "websocket")],
@@ -239,7 +316,7 @@ mod tests {
             vec![("connection", "upgrades"), ("upgrade", "websocket")],
         ];
         for headers in no {
-            assert!(!is_websocket_handshake(&handshake(&headers)), "{headers:?}");
+            assert!(websocket_key(&handshake(&headers)).is_none(), "{headers:?}");
         }
     }
 
@@ -248,12 +325,28 @@ mod tests {
         let headers = [("connection", "upgrade"), ("upgrade", "websocket")];
         let mut post = handshake(&headers);
         *post.method_mut() = Method::POST;
-        assert!(!is_websocket_handshake(&post));
+        assert!(websocket_key(&post).is_none());
         let mut with_body = handshake(&headers);
         *with_body.body_mut() = Full::new(&b"x"[..]);
-        assert!(!is_websocket_handshake(&with_body));
+        assert!(websocket_key(&with_body).is_none());
         let mut http10 = handshake(&headers);
         *http10.version_mut() = Version::HTTP_10;
-        assert!(!is_websocket_handshake(&http10));
+        assert!(websocket_key(&http10).is_none());
+        let mut keyless = handshake(&headers);
+        keyless.headers_mut().remove(SEC_WEBSOCKET_KEY);
+        assert!(websocket_key(&keyless).is_none());
+        let mut two_keys = handshake(&headers);
+        two_keys.headers_mut().append(
+            SEC_WEBSOCKET_KEY,
+            HeaderValue::from_static("b3RoZXIga2V5IGhlcmU="),
+        );
+        assert!(websocket_key(&two_keys).is_none());
+    }
+
+    #[test]
+    fn the_accept_of_a_key_is_rfc_6455s() {
+        // The example of RFC 6455 section 1.3.
+        let key = HeaderValue::from_static("dGhlIHNhbXBsZSBub25jZQ==");
+        assert_eq!(accept_for(&key), "s3pPLMBiTxaQ9kYGzzhZRbK+xOo=");
     }
 }

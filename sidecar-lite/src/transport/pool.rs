@@ -7,8 +7,11 @@
 //! ALPN) shares a connection among as many requests as its peer allows streams, and opens
 //! another when every one is full (`streams.rs`). A request that a pooled connection refuses
 //! before sending any of it (the peer closed it meanwhile) goes again on a new connection, as
-//! hyper-util's client does. A connection that cannot be made fails with [`ConnectFailed`], which retries may
-//! resend for any method.
+//! hyper-util's client does. A connection that cannot be made fails with [`ConnectFailed`],
+//! which retries may resend for any method. A WebSocket handshake (a request that kept its
+//! `Upgrade`) goes on a new HTTP/1.1 connection of its own, which becomes the upstream half of
+//! the tunnel when answered `101` and joins the pool otherwise; over HTTP/2 alone there is no
+//! upgrade, and it goes as a plain request.
 
 use super::{
     StackBody,
@@ -17,7 +20,7 @@ use super::{
 };
 use bytes::Bytes;
 use http::{
-    HeaderValue, Request, Response, Uri,
+    HeaderValue, Request, Response, StatusCode, Uri,
     header::{CONNECTION, HOST, UPGRADE},
     uri::PathAndQuery,
 };
@@ -344,9 +347,9 @@ impl<C: Dial, B: StackBody> Shared<C, B> {
 }
 
 impl<C: Dial, B: StackBody> Shared<C, B> {
-    /// Sends a WebSocket handshake on a new HTTP/1.1 connection of its own, never pooled: a
-    /// `101` hands the connection over to the tunnel (the response's `OnUpgrade`), any other
-    /// answer closes it when its body ends.
+    /// Sends a WebSocket handshake on a new HTTP/1.1 connection of its own: a `101` hands the
+    /// connection over to the tunnel (the response's `OnUpgrade`); after any other answer it
+    /// joins the pool, as a connection the pool dialled would, for the requests that follow.
     async fn send_upgrade(
         self: &Arc<Self>,
         connector: C,
@@ -366,7 +369,14 @@ impl<C: Dial, B: StackBody> Shared<C, B> {
         });
         origin_form(&mut req);
         let response = sender.send_request(req).await?;
-        Ok(self.answer(response.map(PooledBody::alone)))
+        if response.status() == StatusCode::SWITCHING_PROTOCOLS {
+            return Ok(self.answer(response.map(PooledBody::alone)));
+        }
+        let back = PutBack {
+            pool: self.slot().clone(),
+            sender: Some(sender),
+        };
+        Ok(self.answer(response.map(|body| PooledBody::new(body, back))))
     }
 }
 
