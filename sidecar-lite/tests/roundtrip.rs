@@ -95,6 +95,56 @@ async fn post_with_a_body_and_a_chunked_streaming_body() {
     assert!(text(response).await.ends_with("body: one,two,three"));
 }
 
+/// HTTP/1.1 trailers (RFC 9112 section 7.1.2), which the client asked for with `TE: trailers`,
+/// cross both sidecars, HTTP/2 between them: `Trailer` is an end-to-end header, and hyper sends
+/// only the trailer fields it declares.
+#[tokio::test]
+async fn http1_trailers_the_client_asks_for_cross_both_sidecars() {
+    let (app, _) = app(|req: Request<hyper::body::Incoming>| async move {
+        let asked = req.headers().get("te").cloned();
+        let frames: Vec<Result<Frame<Bytes>, std::io::Error>> = vec![
+            Ok(Frame::data(Bytes::from_static(b"payload"))),
+            Ok(Frame::trailers(
+                [(
+                    http::HeaderName::from_static("x-checksum"),
+                    http::HeaderValue::from_static("abc123"),
+                )]
+                .into_iter()
+                .collect(),
+            )),
+        ];
+        let mut response = Response::new(
+            StreamBody::new(stream::iter(frames))
+                .map_err(Into::into)
+                .boxed_unsync(),
+        );
+        response
+            .headers_mut()
+            .insert("trailer", "x-checksum".parse().unwrap());
+        if let Some(te) = asked {
+            response.headers_mut().insert("x-te-seen", te);
+        }
+        response
+    })
+    .await;
+    let path = path_to(app, "trailers").await;
+    let req = Request::builder()
+        .uri(format!("http://{}/report", outbound_addr(&path.outbound)))
+        .header("te", "trailers")
+        .body(full(""))
+        .unwrap();
+    let response = timeout(STEP, http1().request(req)).await.unwrap().unwrap();
+    assert_eq!(response.headers()["x-te-seen"], "trailers");
+    assert_eq!(response.headers()["trailer"], "x-checksum");
+    let body = timeout(STEP, response.into_body().collect())
+        .await
+        .unwrap()
+        .unwrap();
+    let trailers = body.trailers().cloned().expect("the trailers");
+    assert_eq!(trailers["x-checksum"], "abc123");
+    assert_eq!(body.to_bytes(), "payload");
+}
+
 #[tokio::test]
 async fn http2_from_the_app_with_prior_knowledge() {
     let (app, _) = echo_app().await;

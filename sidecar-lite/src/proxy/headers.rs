@@ -7,7 +7,7 @@ use super::per_thread;
 use bytes::Bytes;
 use http::{
     HeaderMap, HeaderName, HeaderValue, Request,
-    header::{CONNECTION, CONTENT_LENGTH, COOKIE, Entry, TE, TRAILER, TRANSFER_ENCODING, UPGRADE},
+    header::{CONNECTION, CONTENT_LENGTH, COOKIE, Entry, TE, TRANSFER_ENCODING, UPGRADE},
 };
 use resilience_mtls::Identity;
 use std::{cell::RefCell, net::IpAddr, sync::Arc};
@@ -18,11 +18,12 @@ pub(crate) const X_FORWARDED_FOR: HeaderName = HeaderName::from_static("x-forwar
 pub(crate) const TRACEPARENT: HeaderName = HeaderName::from_static("traceparent");
 
 /// Hop-by-hop headers that are never forwarded, besides those named in `Connection`.
-const HOP_BY_HOP: [HeaderName; 9] = [
+/// `Trailer` is not one (RFC 9110 section 6.6.2): it names the trailer fields to come, and an
+/// HTTP/1.1 hop sends only those it names.
+const HOP_BY_HOP: [HeaderName; 8] = [
     CONNECTION,
     TRANSFER_ENCODING,
     UPGRADE,
-    TRAILER,
     HeaderName::from_static("keep-alive"),
     HeaderName::from_static("proxy-connection"),
     HeaderName::from_static("proxy-authenticate"),
@@ -259,10 +260,11 @@ mod tests {
         headers.insert("proxy-authorization", "basic x".parse().unwrap());
         headers.insert(TE, "trailers".parse().unwrap());
         headers.insert("x-kept", "yes".parse().unwrap());
+        headers.insert("trailer", "x-checksum".parse().unwrap());
         assert!(!strip_hop_by_hop(&mut headers), "chunked is passed on");
         let mut names: Vec<_> = headers.keys().map(|k| k.as_str().to_owned()).collect();
         names.sort();
-        assert_eq!(names, ["te", "x-kept"]);
+        assert_eq!(names, ["te", "trailer", "x-kept"]);
     }
 
     #[test]
