@@ -39,6 +39,8 @@ enum Mode {
     SwitchAlways,
     /// `101` naming `websocket`, with an accept for some other key.
     WrongAccept,
+    /// As `Accept`, once [`Seen::release`] is notified.
+    AcceptWhenReleased,
 }
 
 /// The request heads a test app got, in order, and the connections it accepted.
@@ -46,6 +48,8 @@ enum Mode {
 struct Seen {
     heads: Mutex<Vec<String>>,
     connections: AtomicUsize,
+    /// Lets an `AcceptWhenReleased` app answer.
+    release: tokio::sync::Notify,
 }
 
 impl Seen {
@@ -86,6 +90,10 @@ async fn serve(mut tcp: TcpStream, mode: Mode, seen: Arc<Seen>) {
         let handshake = lower.contains("\r\nupgrade: websocket\r\n");
         let switch = match mode {
             Mode::Accept => handshake,
+            Mode::AcceptWhenReleased => {
+                seen.release.notified().await;
+                handshake
+            }
             Mode::Refuse => false,
             Mode::SwitchAlways | Mode::WrongAccept => true,
         };
@@ -433,6 +441,49 @@ async fn a_drain_cuts_an_open_tunnel_at_its_grace() {
         .unwrap();
     let after = since.elapsed();
     assert!(after >= GRACE, "cut after {after:?}, before the grace");
+}
+
+/// A handshake answered once the drain has begun gets its `101`, and no tunnel: the drain
+/// would only cut it, and holding it would keep the drain waiting its whole grace.
+#[tokio::test]
+async fn a_handshake_answered_during_a_drain_starts_no_tunnel() {
+    let (app, seen) = websocket_app(Mode::AcceptWhenReleased).await;
+    // A grace far beyond the test: only a connection that ends by itself ends the drain. One
+    // worker: with two, one worker's socket may close (and refuse a connection) before the
+    // other's drain has begun.
+    let sidecar = sidecar(&route_to(
+        app,
+        "[runtime]\ndrain_grace = \"60s\"\nworker_threads = 1\n",
+    ))
+    .await;
+    let addr = outbound_addr(&sidecar);
+    let mut client = TcpStream::connect(addr).await.unwrap();
+    client.write_all(HANDSHAKE.as_bytes()).await.unwrap();
+    assert!(
+        eventually(async || !seen.heads.lock().unwrap().is_empty()).await,
+        "the app got the handshake"
+    );
+    let stopped = tokio::spawn(sidecar.stop());
+    // The drain has begun once the listener takes no new connection.
+    assert!(
+        eventually(async || TcpStream::connect(addr).await.is_err()).await,
+        "the listener closed"
+    );
+    seen.release.notify_one();
+    let head = timeout(STEP, read_head(&mut client))
+        .await
+        .expect("the answer within STEP")
+        .expect("the 101");
+    assert!(head.starts_with("HTTP/1.1 101 "), "{head}");
+    let mut rest = Vec::new();
+    timeout(STEP, client.read_to_end(&mut rest))
+        .await
+        .expect("closed within STEP, not at the end of the grace")
+        .ok();
+    timeout(STEP, stopped)
+        .await
+        .expect("the drain ends within STEP")
+        .unwrap();
 }
 
 /// Library mode: the route's stack answers a handshake with the app's `101`, whose `OnUpgrade`

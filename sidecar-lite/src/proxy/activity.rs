@@ -172,6 +172,11 @@ impl Activity {
         self.asked_for(&self.evicted)
     }
 
+    /// Whether the connection's listener drains (asked, whether or not its task has seen it).
+    pub(super) fn is_draining(&self) -> bool {
+        self.draining.load(Ordering::Acquire)
+    }
+
     /// Completes once the connection's listener drains.
     pub(super) fn drained(&self) -> impl Future<Output = ()> + '_ {
         self.asked_for(&self.draining)

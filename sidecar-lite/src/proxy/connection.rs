@@ -166,10 +166,11 @@ pub(super) async fn serve_connection<IO, S>(
                 let tunnel = tunnel.take();
                 match result {
                     // A WebSocket handshake answered `101`: hyper has let go of the
-                    // connection. Not on one asked to close: a drain would only cut it.
+                    // connection. Not on one asked to close (its drain asked, if not yet
+                    // seen here): a drain would only cut it.
                     Ok(()) => {
                         if let Some(tunnel) = tunnel
-                            && !draining
+                            && !activity.is_draining()
                             && closing_since.is_none()
                         {
                             tunnel.run(name, remote, &activity, settings.idle).await;

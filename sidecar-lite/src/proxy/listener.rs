@@ -229,14 +229,15 @@ pub(crate) async fn serve<S>(
             }
         });
     }
-    // Free the address at once, so a reload can bind it again.
-    drop(listener);
-    if let Some(closed) = &closed.0 {
-        closed();
-    }
     tracing::info!(listener = &*name, "draining connections");
     for activity in activities.iter().filter_map(Weak::upgrade) {
         activity.drain();
+    }
+    // Free the address at once, so a reload can bind it again; after the connections are
+    // told, so that a caller that finds it closed knows they are draining.
+    drop(listener);
+    if let Some(closed) = &closed.0 {
+        closed();
     }
     let drained = async { while connections.join_next().await.is_some() {} };
     if tokio::time::timeout(grace, drained).await.is_err() {
