@@ -7,18 +7,9 @@ mod common;
 
 use common::*;
 use http::{Method, Request, StatusCode};
-use metrics_exporter_prometheus::{PrometheusBuilder, PrometheusHandle};
 use sidecar_lite::{Config, Sidecar};
-use std::{net::SocketAddr, sync::OnceLock};
+use std::net::SocketAddr;
 use tokio::time::timeout;
-
-/// One Prometheus recorder for this test process, as the binary installs one.
-fn recorder() -> PrometheusHandle {
-    static HANDLE: OnceLock<PrometheusHandle> = OnceLock::new();
-    HANDLE
-        .get_or_init(|| PrometheusBuilder::new().install_recorder().unwrap())
-        .clone()
-}
 
 async fn start(failing: SocketAddr, healthy: SocketAddr) -> Sidecar {
     let text = format!(

@@ -14,26 +14,17 @@ use common::{
     *,
 };
 use http::{Request, StatusCode};
-use metrics_exporter_prometheus::{PrometheusBuilder, PrometheusHandle};
 use sidecar_lite::{Config, Sidecar};
 use std::{
     net::{Ipv4Addr, SocketAddr},
     path::{Path, PathBuf},
     sync::{
-        Arc, Mutex, OnceLock,
+        Arc, Mutex,
         atomic::{AtomicBool, AtomicUsize, Ordering},
     },
     time::Duration,
 };
 use tokio::{net::TcpListener, task::JoinHandle, time::timeout};
-
-/// One Prometheus recorder for this test process, as the binary installs one.
-fn recorder() -> PrometheusHandle {
-    static HANDLE: OnceLock<PrometheusHandle> = OnceLock::new();
-    HANDLE
-        .get_or_init(|| PrometheusBuilder::new().install_recorder().unwrap())
-        .clone()
-}
 
 /// `n` apps on one port, at 127.0.0.1, 127.0.0.2, ...: the pods behind a headless Service.
 /// Each answers 200 and counts its requests.

@@ -17,7 +17,7 @@
 mod common;
 
 use bytes::Bytes;
-use common::process::SidecarProcess;
+use common::{process::SidecarProcess, recorder};
 use http::{HeaderMap, Method, Request, Response, StatusCode};
 use http_body_util::{BodyExt, Full, StreamBody};
 use hyper::body::{Frame, Incoming};
@@ -26,13 +26,12 @@ use hyper_util::{
     rt::{TokioExecutor, TokioIo},
     server::conn::auto,
 };
-use metrics_exporter_prometheus::{PrometheusBuilder, PrometheusHandle};
 use sidecar_lite::{Config, local_reply};
 use std::{
     convert::Infallible,
     fmt::Write as _,
     net::SocketAddr,
-    sync::{Arc, Mutex, OnceLock},
+    sync::{Arc, Mutex},
     time::Duration,
 };
 use tokio::{net::TcpListener, time::timeout};
@@ -582,14 +581,6 @@ fn route_config(
         "[[outbound]]\nname = \"{name}\"\nlisten = \"{listen}\"\nendpoints = [{}]\n{route}",
         endpoints.join(", ")
     )
-}
-
-/// A Prometheus recorder for this process, where library mode's breakers report their state.
-fn recorder() -> PrometheusHandle {
-    static HANDLE: OnceLock<PrometheusHandle> = OnceLock::new();
-    HANDLE
-        .get_or_init(|| PrometheusBuilder::new().install_recorder().unwrap())
-        .clone()
 }
 
 fn state_name(value: &str) -> String {

@@ -11,7 +11,6 @@ use common::*;
 use http::{Request, Response, StatusCode, header::CONTENT_TYPE};
 use http_body_util::BodyExt;
 use hyper::body::Incoming;
-use metrics_exporter_prometheus::{PrometheusBuilder, PrometheusHandle};
 use opentelemetry_proto::tonic::{
     collector::trace::v1::{ExportTraceServiceRequest, ExportTraceServiceResponse},
     common::v1::any_value::Value,
@@ -21,19 +20,10 @@ use prost::Message;
 use sidecar_lite::{Config, Sidecar};
 use std::{
     net::SocketAddr,
-    sync::{Arc, Mutex, OnceLock},
+    sync::{Arc, Mutex},
     time::Duration,
 };
 use tokio::time::timeout;
-
-/// One Prometheus recorder for this test process, installed before any sidecar registers
-/// its counters.
-fn recorder() -> PrometheusHandle {
-    static HANDLE: OnceLock<PrometheusHandle> = OnceLock::new();
-    HANDLE
-        .get_or_init(|| PrometheusBuilder::new().install_recorder().unwrap())
-        .clone()
-}
 
 /// A span as the collector received it, with the `service.name` of its resource.
 #[derive(Debug, Clone)]

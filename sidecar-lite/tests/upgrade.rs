@@ -218,9 +218,25 @@ async fn tunnel_through(addr: SocketAddr, seen: &Seen) {
 }
 
 fn route_to(app: SocketAddr, extra: &str) -> String {
+    named_route("chat", app, extra)
+}
+
+/// A route named `name`: metrics are the process's, and each test that reads them needs a
+/// route of its own.
+fn named_route(name: &str, app: SocketAddr, extra: &str) -> String {
     format!(
-        "{extra}[[outbound]]\nname = \"chat\"\nlisten = \"127.0.0.1:0\"\nendpoints = [\"{app}\"]\n"
+        "{extra}[[outbound]]\nname = \"{name}\"\nlisten = \"127.0.0.1:0\"\nendpoints = [\"{app}\"]\n"
     )
+}
+
+/// The value of `sidecar_tunnels_open` for `route`, from the admin listener's `/metrics`.
+async fn tunnels_open(sidecar: &sidecar_lite::Sidecar, route: &str) -> Option<f64> {
+    let metrics = text(get(format!("http://{}/metrics", sidecar.bound.admin.unwrap())).await).await;
+    let series = format!("sidecar_tunnels_open{{listener=\"outbound/{route}\"}} ");
+    metrics
+        .lines()
+        .find_map(|line| line.strip_prefix(&series))
+        .and_then(|value| value.trim().parse().ok())
 }
 
 #[tokio::test]
@@ -387,6 +403,26 @@ async fn a_tunnel_holds_its_place_under_the_connection_limit() {
         "a new connection is served once the tunnel has closed"
     );
     assert_eq!(seen.heads.lock().unwrap().len(), 2);
+}
+
+#[tokio::test]
+async fn open_tunnels_are_a_gauge() {
+    let (app, _) = websocket_app(Mode::Accept).await;
+    let text = named_route("gauged", app, "[admin]\nlisten = \"127.0.0.1:0\"\n");
+    let config = sidecar_lite::Config::parse(&text).unwrap();
+    let sidecar = sidecar_lite::Sidecar::start(&config, Some(recorder()))
+        .await
+        .unwrap();
+    let mut tunnel = TcpStream::connect(outbound_addr(&sidecar)).await.unwrap();
+    let head = ask(&mut tunnel, HANDSHAKE).await;
+    assert!(head.starts_with("HTTP/1.1 101 "), "{head}");
+    echoes(&mut tunnel, b"counted").await;
+    assert_eq!(tunnels_open(&sidecar, "gauged").await, Some(1.0));
+    drop(tunnel);
+    assert!(
+        eventually(async || tunnels_open(&sidecar, "gauged").await == Some(0.0)).await,
+        "the gauge falls back to 0"
+    );
 }
 
 #[tokio::test]

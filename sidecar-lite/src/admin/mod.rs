@@ -216,8 +216,11 @@ pub(crate) async fn serve(
         Scope::All => "admin",
         Scope::Probes => "probes",
     };
-    let open =
-        OpenConnections::new(metrics::gauge!("sidecar_connections_open", "listener" => name));
+    // Its routes answer no WebSocket handshake: no tunnels to count.
+    let open = OpenConnections::new(
+        metrics::gauge!("sidecar_connections_open", "listener" => name),
+        metrics::Gauge::noop(),
+    );
     let recorder = state.metrics.clone().filter(|_| scope == Scope::All);
     let kept = state.clone();
     let touched = open.clone();

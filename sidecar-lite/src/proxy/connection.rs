@@ -2,6 +2,7 @@
 //! closed gracefully when the listener drains.
 
 use super::{
+    OpenConnections,
     activity::{Activity, InFlight, Moving, Tracked},
     framing::{Framing, FramingGuard},
     stream_tasks::StreamTasks,
@@ -42,9 +43,11 @@ const MAX_PENDING_RESETS: usize = 20;
 const KEEP_ALIVE_INTERVAL: Duration = Duration::from_secs(30);
 
 /// What the listener keeps of a connection it serves: its activity, through which it evicts
-/// the connection or drains it (closes it gracefully).
+/// the connection or drains it (closes it gracefully); and its count of open connections, for
+/// the tunnel the connection may become.
 pub(super) struct Control {
     pub(super) activity: Arc<Activity>,
+    pub(super) open: OpenConnections,
 }
 
 /// How long a connection asked to close may take before it is dropped; and how long a
@@ -125,7 +128,7 @@ pub(super) async fn serve_connection<IO, S>(
     S::Future: Send + 'static,
 {
     let framing = Arc::new(Framing::default());
-    let Control { activity } = control;
+    let Control { activity, open } = control;
     let io = FramingGuard::new(
         Moving::new(io, activity.clone()),
         framing.clone(),
@@ -173,6 +176,7 @@ pub(super) async fn serve_connection<IO, S>(
                             && !activity.is_draining()
                             && closing_since.is_none()
                         {
+                            let _open = open.tunnel();
                             tunnel.run(name, remote, &activity, settings.idle).await;
                         }
                     }

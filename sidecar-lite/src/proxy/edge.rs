@@ -352,6 +352,7 @@ impl ListenerMetrics {
             ),
             open: OpenConnections::new(
                 metrics::gauge!("sidecar_connections_open", "listener" => listener.to_owned()),
+                metrics::gauge!("sidecar_tunnels_open", "listener" => listener.to_owned()),
             ),
             signals: ListenerSignals::new(Instant::now()),
         }

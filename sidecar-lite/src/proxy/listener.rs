@@ -63,19 +63,37 @@ impl Drop for OpenConnection<'_> {
 }
 
 /// The open connections of a listener: the `sidecar_connections_open` gauge for `/metrics`,
-/// and the same count by worker for the status page (a gauge cannot be read back).
+/// and the same count by worker for the status page (a gauge cannot be read back); and of
+/// those, the WebSocket tunnels (`sidecar_tunnels_open`).
 #[derive(Debug, Clone)]
 pub(crate) struct OpenConnections {
     gauge: Gauge,
     by_worker: Arc<[AtomicU64]>,
+    tunnels: Gauge,
+}
+
+/// A tunnel counted in [`OpenConnections`] while it lives.
+pub(super) struct OpenTunnel(Gauge);
+
+impl Drop for OpenTunnel {
+    fn drop(&mut self) {
+        self.0.decrement(1.0);
+    }
 }
 
 impl OpenConnections {
-    pub(crate) fn new(gauge: Gauge) -> Self {
+    pub(crate) fn new(gauge: Gauge, tunnels: Gauge) -> Self {
         Self {
             gauge,
             by_worker: (0..worker::slots()).map(|_| AtomicU64::new(0)).collect(),
+            tunnels,
         }
+    }
+
+    /// Counts a tunnel open until the returned guard is dropped.
+    pub(super) fn tunnel(&self) -> OpenTunnel {
+        self.tunnels.increment(1.0);
+        OpenTunnel(self.tunnels.clone())
     }
 
     /// The count of the calling thread's worker.
@@ -108,9 +126,10 @@ impl OpenConnections {
             .collect()
     }
 
-    /// Marks the gauge as in use without changing it (see `[admin] metrics_idle_timeout`).
+    /// Marks the gauges as in use without changing them (see `[admin] metrics_idle_timeout`).
     pub(crate) fn touch(&self) {
         self.gauge.increment(0.0);
+        self.tunnels.increment(0.0);
     }
 }
 
@@ -206,7 +225,10 @@ pub(crate) async fn serve<S>(
             activities.retain(|activity| activity.strong_count() > 0);
         }
         activities.push(Arc::downgrade(&activity));
-        let control = Control { activity };
+        let control = Control {
+            activity,
+            open: open.clone(),
+        };
         let name = name.clone();
         let open = open.clone();
         connections.spawn(async move {

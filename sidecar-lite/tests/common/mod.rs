@@ -16,6 +16,7 @@ use hyper_util::{
     rt::{TokioExecutor, TokioIo},
     server::conn::auto,
 };
+use metrics_exporter_prometheus::{PrometheusBuilder, PrometheusHandle};
 use resilience_mtls::{
     Identity, MaterialPaths,
     dev_ca::{DevCa, IssueOptions},
@@ -27,7 +28,7 @@ use std::{
     net::SocketAddr,
     path::PathBuf,
     sync::{
-        Arc,
+        Arc, OnceLock,
         atomic::{AtomicUsize, Ordering},
     },
     time::Duration,
@@ -35,6 +36,16 @@ use std::{
 use tokio::{net::TcpListener, time::timeout};
 
 pub type BoxBody = UnsyncBoxBody<Bytes, Box<dyn std::error::Error + Send + Sync>>;
+
+/// One Prometheus recorder for this test process, installed before any sidecar registers its
+/// series, as the binary installs one; metrics are the process's, so a test that reads them
+/// needs names (routes, listeners) of its own.
+pub fn recorder() -> PrometheusHandle {
+    static HANDLE: OnceLock<PrometheusHandle> = OnceLock::new();
+    HANDLE
+        .get_or_init(|| PrometheusBuilder::new().install_recorder().unwrap())
+        .clone()
+}
 
 pub fn full(text: impl Into<Bytes>) -> BoxBody {
     Full::new(text.into())
