@@ -217,6 +217,15 @@ async fn tunnel_through(addr: SocketAddr, seen: &Seen) {
     assert!(got.contains("\r\nx-forwarded-for: "), "{got}");
 }
 
+/// A sidecar in front of a `mode` app (the route `extra` sections before it), and a
+/// client's connection to it.
+async fn connected(mode: Mode, extra: &str) -> (Arc<Seen>, sidecar_lite::Sidecar, TcpStream) {
+    let (app, seen) = websocket_app(mode).await;
+    let sidecar = sidecar(&route_to(app, extra)).await;
+    let client = TcpStream::connect(outbound_addr(&sidecar)).await.unwrap();
+    (seen, sidecar, client)
+}
+
 fn route_to(app: SocketAddr, extra: &str) -> String {
     named_route("chat", app, extra)
 }
@@ -278,9 +287,7 @@ async fn a_websocket_tunnel_crosses_an_mtls_pair_that_speaks_http2_between_its_s
 
 #[tokio::test]
 async fn an_upgrade_to_anything_but_websocket_is_not_passed_on() {
-    let (app, seen) = websocket_app(Mode::SwitchAlways).await;
-    let sidecar = sidecar(&route_to(app, "")).await;
-    let mut client = TcpStream::connect(outbound_addr(&sidecar)).await.unwrap();
+    let (seen, _sidecar, mut client) = connected(Mode::SwitchAlways, "").await;
     // h2c past the proxy would let a client talk HTTP/2 to the app unchecked.
     let head = ask(
         &mut client,
@@ -303,9 +310,7 @@ async fn an_upgrade_to_anything_but_websocket_is_not_passed_on() {
 
 #[tokio::test]
 async fn a_handshake_the_app_refuses_leaves_the_connection_http() {
-    let (app, seen) = websocket_app(Mode::Refuse).await;
-    let sidecar = sidecar(&route_to(app, "")).await;
-    let mut client = TcpStream::connect(outbound_addr(&sidecar)).await.unwrap();
+    let (seen, _sidecar, mut client) = connected(Mode::Refuse, "").await;
     let head = ask(&mut client, HANDSHAKE).await;
     assert!(head.starts_with("HTTP/1.1 426 "), "{head}");
     assert_eq!(body_after(&mut client, &head).await, "no websocket here");
@@ -320,9 +325,7 @@ async fn a_handshake_the_app_refuses_leaves_the_connection_http() {
 
 #[tokio::test]
 async fn a_101_that_does_not_accept_this_handshake_is_a_502() {
-    let (app, _) = websocket_app(Mode::WrongAccept).await;
-    let sidecar = sidecar(&route_to(app, "")).await;
-    let mut client = TcpStream::connect(outbound_addr(&sidecar)).await.unwrap();
+    let (_seen, _sidecar, mut client) = connected(Mode::WrongAccept, "").await;
     let head = ask(&mut client, HANDSHAKE).await;
     assert!(head.starts_with("HTTP/1.1 502 "), "{head}");
     let body = body_after(&mut client, &head).await;
@@ -334,9 +337,7 @@ async fn a_101_that_does_not_accept_this_handshake_is_a_502() {
 
 #[tokio::test]
 async fn bytes_sent_with_the_handshake_reach_the_app_through_the_tunnel() {
-    let (app, _) = websocket_app(Mode::Accept).await;
-    let sidecar = sidecar(&route_to(app, "")).await;
-    let mut client = TcpStream::connect(outbound_addr(&sidecar)).await.unwrap();
+    let (_seen, _sidecar, mut client) = connected(Mode::Accept, "").await;
     // One write: the handshake and a first frame's bytes right behind it.
     let head = ask(&mut client, &format!("{HANDSHAKE}early bytes")).await;
     assert!(head.starts_with("HTTP/1.1 101 "), "{head}");
@@ -350,9 +351,7 @@ async fn bytes_sent_with_the_handshake_reach_the_app_through_the_tunnel() {
 
 #[tokio::test]
 async fn a_post_asking_for_websocket_is_a_plain_request() {
-    let (app, seen) = websocket_app(Mode::Accept).await;
-    let sidecar = sidecar(&route_to(app, "")).await;
-    let mut client = TcpStream::connect(outbound_addr(&sidecar)).await.unwrap();
+    let (seen, _sidecar, mut client) = connected(Mode::Accept, "").await;
     let head = ask(
         &mut client,
         "POST /chat HTTP/1.1\r\nHost: chat\r\nConnection: Upgrade\r\nUpgrade: websocket\r\nContent-Length: 2\r\n\r\nhi",
@@ -428,9 +427,8 @@ async fn open_tunnels_are_a_gauge() {
 #[tokio::test]
 async fn a_tunnel_silent_for_the_idle_timeout_is_closed() {
     const IDLE: Duration = Duration::from_secs(1);
-    let (app, _) = websocket_app(Mode::Accept).await;
-    let sidecar = sidecar(&route_to(app, "[limits]\nidle_timeout = \"1s\"\n")).await;
-    let mut tunnel = TcpStream::connect(outbound_addr(&sidecar)).await.unwrap();
+    let (_seen, _sidecar, mut tunnel) =
+        connected(Mode::Accept, "[limits]\nidle_timeout = \"1s\"\n").await;
     let head = ask(&mut tunnel, HANDSHAKE).await;
     assert!(head.starts_with("HTTP/1.1 101 "), "{head}");
     echoes(&mut tunnel, b"then nothing").await;
@@ -456,9 +454,8 @@ async fn a_tunnel_silent_for_the_idle_timeout_is_closed() {
 #[tokio::test]
 async fn a_drain_cuts_an_open_tunnel_at_its_grace() {
     const GRACE: Duration = Duration::from_secs(1);
-    let (app, _) = websocket_app(Mode::Accept).await;
-    let sidecar = sidecar(&route_to(app, "[runtime]\ndrain_grace = \"1s\"\n")).await;
-    let mut tunnel = TcpStream::connect(outbound_addr(&sidecar)).await.unwrap();
+    let (_seen, sidecar, mut tunnel) =
+        connected(Mode::Accept, "[runtime]\ndrain_grace = \"1s\"\n").await;
     let head = ask(&mut tunnel, HANDSHAKE).await;
     assert!(head.starts_with("HTTP/1.1 101 "), "{head}");
     let since = Instant::now();
