@@ -177,7 +177,9 @@ pub(super) async fn serve_connection<IO, S>(
                             && closing_since.is_none()
                         {
                             let _open = open.tunnel();
-                            tunnel.run(name, remote, &activity, settings.idle).await;
+                            // Boxed: a tunnel's state would otherwise make every
+                            // connection's future larger, for the few that become one.
+                            Box::pin(tunnel.run(name, remote, &activity, settings.idle)).await;
                         }
                     }
                     // Before it let go (the `101` could not be written): nothing to carry,
