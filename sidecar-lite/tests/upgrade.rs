@@ -251,24 +251,35 @@ async fn tunnels_open(sidecar: &sidecar_lite::Sidecar, route: &str) -> Option<f6
 #[tokio::test]
 async fn a_websocket_handshake_the_app_accepts_becomes_a_tunnel_through_one_sidecar() {
     let certs = Certs::new("upgrade-one-sidecar");
-    let log = certs.dir.join("access.log");
+    let (section, log) = access_log_in(&certs);
     let (app, seen) = websocket_app(Mode::Accept).await;
-    let section = format!("[access_log]\npath = \"{}\"\n", log.display());
     let sidecar = sidecar(&route_to(app, &section)).await;
     tunnel_through(outbound_addr(&sidecar), &seen).await;
     // The handshake's line is written when the tunnel ends, with what it carried: the
     // message and the megabyte, each way.
+    let text = logged(&log).await;
+    assert!(text.contains("\"GET chat/chat HTTP/1.1\" 101 "), "{text}");
+    assert!(text.contains(" in=1048600 out=1048600 "), "{text}");
+}
+
+/// An `[access_log]` section writing to a file in `certs`' directory, and that file.
+fn access_log_in(certs: &Certs) -> (String, std::path::PathBuf) {
+    let log = certs.dir.join("access.log");
+    (format!("[access_log]\npath = \"{}\"\n", log.display()), log)
+}
+
+/// The text of the access log at `path` once it has a line (bounded by [`STEP`]).
+async fn logged(path: &std::path::Path) -> String {
     let mut text = String::new();
     assert!(
         eventually(async || {
-            text = std::fs::read_to_string(&log).unwrap_or_default();
+            text = std::fs::read_to_string(path).unwrap_or_default();
             !text.is_empty()
         })
         .await,
         "no access-log line"
     );
-    assert!(text.contains("\"GET chat/chat HTTP/1.1\" 101 "), "{text}");
-    assert!(text.contains(" in=1048600 out=1048600 "), "{text}");
+    text
 }
 
 #[tokio::test]
@@ -427,8 +438,13 @@ async fn open_tunnels_are_a_gauge() {
 #[tokio::test]
 async fn a_tunnel_silent_for_the_idle_timeout_is_closed() {
     const IDLE: Duration = Duration::from_secs(1);
-    let (_seen, _sidecar, mut tunnel) =
-        connected(Mode::Accept, "[limits]\nidle_timeout = \"1s\"\n").await;
+    let certs = Certs::new("upgrade-idle");
+    let (section, log) = access_log_in(&certs);
+    let (_seen, _sidecar, mut tunnel) = connected(
+        Mode::Accept,
+        &format!("{section}[limits]\nidle_timeout = \"1s\"\n"),
+    )
+    .await;
     let head = ask(&mut tunnel, HANDSHAKE).await;
     assert!(head.starts_with("HTTP/1.1 101 "), "{head}");
     echoes(&mut tunnel, b"then nothing").await;
@@ -449,6 +465,10 @@ async fn a_tunnel_silent_for_the_idle_timeout_is_closed() {
         "closed after {after:?}"
     );
     assert!(rest.is_empty());
+    // Closed for silence, its line still says what it carried.
+    let text = logged(&log).await;
+    assert!(text.contains(" 101 "), "{text}");
+    assert!(text.contains(" in=12 out=12 "), "{text}");
 }
 
 #[tokio::test]
