@@ -14,6 +14,20 @@ fn echo()
     service_fn(|caller: &'static str| async move { Ok::<_, BoxError>(caller) })
 }
 
+/// A service limited per caller alone, each to 1 a second with `burst`, for a set of at most two
+/// callers.
+fn two_callers_at_most(
+    burst: u32,
+) -> impl Service<&'static str, Response = &'static str, Error = BoxError> + Clone {
+    RateLimitLayer::unlimited()
+        .per_caller(
+            Rate::new(1.0, burst).unwrap(),
+            2,
+            |caller: &&'static str| Some(*caller),
+        )
+        .layer(echo())
+}
+
 async fn refused<S>(service: &S, caller: &'static str) -> Option<RateLimited>
 where
     S: Service<&'static str, Response = &'static str, Error = BoxError> + Clone,
@@ -64,12 +78,7 @@ async fn a_caller_over_its_limit_spends_nothing_of_the_services() {
 
 #[tokio::test(start_paused = true)]
 async fn beyond_max_callers_newcomers_share_one_limit_until_the_idle_are_forgotten() {
-    let layer = RateLimitLayer::unlimited().per_caller(
-        Rate::new(1.0, 1).unwrap(),
-        2,
-        |caller: &&'static str| Some(*caller),
-    );
-    let service = layer.layer(echo());
+    let service = two_callers_at_most(1);
     assert_eq!(refused(&service, "a").await, None);
     assert_eq!(refused(&service, "b").await, None);
     // Full: "c" and "d" share the one overflow limiter.
@@ -85,12 +94,7 @@ async fn beyond_max_callers_newcomers_share_one_limit_until_the_idle_are_forgott
 /// A full set does not throttle the callers already in it: only newcomers share.
 #[tokio::test(start_paused = true)]
 async fn beyond_max_callers_the_callers_in_the_set_keep_their_own_limits() {
-    let layer = RateLimitLayer::unlimited().per_caller(
-        Rate::new(1.0, 2).unwrap(),
-        2,
-        |caller: &&'static str| Some(*caller),
-    );
-    let service = layer.layer(echo());
+    let service = two_callers_at_most(2);
     assert_eq!(refused(&service, "a").await, None);
     assert_eq!(refused(&service, "b").await, None);
     // Newcomers to the full set spend the shared burst of 2.

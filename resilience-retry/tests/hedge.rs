@@ -4,6 +4,8 @@
 //! (gRPC A6); the percentile delay follows recent latencies.
 #![cfg(all(feature = "http", feature = "serde"))]
 
+mod http_support;
+
 use http::{Method, Request, Response, StatusCode};
 use http_body_util::{BodyExt, Empty, Full};
 use resilience_retry::{Budget, HedgeConfig, HedgeDelay, HedgeLayer, HttpPolicy, RetryIf};
@@ -140,22 +142,9 @@ async fn an_answer_before_the_delay_sends_no_copy_and_spends_no_budget() {
 /// back to the budget.
 #[tokio::test(start_paused = true)]
 async fn a_copy_refused_locally_loses_and_gives_its_retry_back() {
-    #[derive(Debug)]
-    struct Refused;
-    impl std::fmt::Display for Refused {
-        fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
-            f.write_str("refused here")
-        }
-    }
-    impl std::error::Error for Refused {
-        fn source(&self) -> Option<&(dyn std::error::Error + 'static)> {
-            Some(&resilience_core::RefusedLocally)
-        }
-    }
-
     let (calls, upstream) = numbered(|n, _| async move {
         if n > 0 {
-            return Err::<Response<String>, BoxError>(Box::new(Refused));
+            return Err::<Response<String>, BoxError>(Box::new(http_support::OpenBreaker));
         }
         tokio::time::sleep(DELAY * 2).await;
         Ok(Response::new("call 0".to_owned()))

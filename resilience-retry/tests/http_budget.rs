@@ -84,23 +84,6 @@ async fn a_retry_refused_inside_the_process_gives_its_budget_back() {
     }
 }
 
-/// What `resilience-breaker`'s `BreakerOpen` is: an error whose sources hold
-/// `resilience_core::RefusedLocally`.
-#[derive(Debug)]
-struct OpenBreaker;
-
-impl std::fmt::Display for OpenBreaker {
-    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
-        f.write_str("circuit breaker is open")
-    }
-}
-
-impl std::error::Error for OpenBreaker {
-    fn source(&self) -> Option<&(dyn std::error::Error + 'static)> {
-        Some(&resilience_core::RefusedLocally)
-    }
-}
-
 /// The default policy, as `RetryConfig::layer()` builds it, recognises a refusal marked
 /// `RefusedLocally` without any setting: a library user's breaker below the retries does not
 /// spend the budget.

@@ -163,3 +163,20 @@ pub(crate) async fn run(
     let seen = log.lock().unwrap().clone();
     (code, seen)
 }
+
+/// What `resilience-breaker`'s `BreakerOpen` is: an error whose sources hold
+/// `resilience_core::RefusedLocally`, a refusal inside the process that sent nothing.
+#[derive(Debug)]
+pub(crate) struct OpenBreaker;
+
+impl std::fmt::Display for OpenBreaker {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.write_str("circuit breaker is open")
+    }
+}
+
+impl std::error::Error for OpenBreaker {
+    fn source(&self) -> Option<&(dyn std::error::Error + 'static)> {
+        Some(&resilience_core::RefusedLocally)
+    }
+}
