@@ -218,6 +218,14 @@ impl<IO> Moving<IO> {
             Ordering::Relaxed,
         );
     }
+
+    /// `written`, a write's outcome, counted.
+    fn wrote(&self, written: Poll<io::Result<usize>>) -> Poll<io::Result<usize>> {
+        if let Poll::Ready(Ok(n)) = written {
+            Self::count(&self.activity.written, n);
+        }
+        written
+    }
 }
 
 impl<IO: AsyncRead + Unpin> AsyncRead for Moving<IO> {
@@ -244,10 +252,7 @@ impl<IO: AsyncWrite + Unpin> AsyncWrite for Moving<IO> {
     ) -> Poll<io::Result<usize>> {
         let this = self.get_mut();
         let written = Pin::new(&mut this.io).poll_write(cx, buf);
-        if let Poll::Ready(Ok(n)) = written {
-            Self::count(&this.activity.written, n);
-        }
-        written
+        this.wrote(written)
     }
 
     fn poll_write_vectored(
@@ -257,10 +262,7 @@ impl<IO: AsyncWrite + Unpin> AsyncWrite for Moving<IO> {
     ) -> Poll<io::Result<usize>> {
         let this = self.get_mut();
         let written = Pin::new(&mut this.io).poll_write_vectored(cx, bufs);
-        if let Poll::Ready(Ok(n)) = written {
-            Self::count(&this.activity.written, n);
-        }
-        written
+        this.wrote(written)
     }
 
     fn is_write_vectored(&self) -> bool {
