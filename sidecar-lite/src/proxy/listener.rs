@@ -191,6 +191,11 @@ pub(crate) async fn serve<S>(
     tokio::pin!(shutdown);
     loop {
         let (tcp, remote) = tokio::select! {
+            // Shutdown first: once a reload has told this listener to stop, it accepts
+            // nothing more, so a connection made after the reload returns is the new
+            // listener's, on an address it took over (both hold the one socket).
+            biased;
+            () = &mut shutdown => break,
             accepted = listener.accept() => match accepted {
                 Ok(accepted) => accepted,
                 Err(error) => {
@@ -202,7 +207,6 @@ pub(crate) async fn serve<S>(
             },
             // Reap finished connections so the set stays as small as what is open.
             Some(_) = connections.join_next(), if !connections.is_empty() => continue,
-            () = &mut shutdown => break,
         };
         let activity = Activity::new();
         let admitted = match admission.admit(remote.ip(), &activity) {
