@@ -9,8 +9,8 @@ use http::{
     HeaderMap, HeaderName, HeaderValue, Request,
     header::{CONNECTION, CONTENT_LENGTH, COOKIE, Entry, TE, TRANSFER_ENCODING, UPGRADE},
 };
-use resilience_mtls::Identity;
-use std::{cell::RefCell, net::IpAddr, sync::Arc};
+use resilience_mtls::{Credentials, Identity, Material};
+use std::{cell::RefCell, net::IpAddr};
 
 /// `x-forwarded-for`: the chain of client addresses.
 pub(crate) const X_FORWARDED_FOR: HeaderName = HeaderName::from_static("x-forwarded-for");
@@ -420,13 +420,16 @@ mod tests {
     }
 
     #[test]
-    fn the_client_cert_header_is_made_once_per_peer_and_our_identity() {
+    fn the_client_cert_header_is_made_once_per_peer_and_names_our_certificate_of_now() {
         let id = |text: &str| Identity::parse(text).unwrap();
+        let ca = resilience_mtls::dev_ca::DevCa::new("example.org").unwrap();
+        let material = |path: &str| ca.workload(path).unwrap().material(ca.trust_pem()).unwrap();
+        let ours = Credentials::new(material("ns/a/sa/app"));
+        let rules = InboundRules::new(Some(ours.clone()));
         let (client, other) = (
             id("spiffe://example.org/ns/a/sa/client"),
             id("db.example.org"),
         );
-        let rules = InboundRules::new(Some(&id("spiffe://example.org/ns/a/sa/app")));
         let forwarded = |rules: &InboundRules, peer: &Identity| {
             let mut req = Request::new(());
             req.headers_mut()
@@ -446,10 +449,10 @@ mod tests {
             forwarded(&rules, &other),
             "By=spiffe://example.org/ns/a/sa/app;DNS=db.example.org"
         );
-        // Our own identity changed (a rotated certificate naming another): made again.
-        let rotated = InboundRules::new(Some(&id("spiffe://example.org/ns/b/sa/app")));
+        // A rotation to a certificate that names another identity: the same rules say so.
+        ours.store(material("ns/b/sa/app"));
         assert_eq!(
-            forwarded(&rotated, &other),
+            forwarded(&rules, &other),
             "By=spiffe://example.org/ns/b/sa/app;DNS=db.example.org"
         );
         assert_eq!(
@@ -497,16 +500,15 @@ const L5D_CLIENT_ID: HeaderName = HeaderName::from_static("l5d-client-id");
 /// names, as Envoy says it (`By=<our identity>;URI=<peer>`, `DNS=` for a DNS identity).
 #[derive(Debug, Clone, Default)]
 pub(crate) struct InboundRules {
-    /// `By=<our identity>;`, when we have one.
-    by: Option<Arc<str>>,
+    /// Our certificate material, read for each request: `By=` names the identity of the
+    /// certificate we hold now, which a rotation may change.
+    ours: Option<Credentials>,
 }
 
 impl InboundRules {
-    /// The rules of a sidecar whose own identity is `ours`.
-    pub(crate) fn new(ours: Option<&Identity>) -> Self {
-        Self {
-            by: ours.map(|id| Arc::from(format!("By={};", id.as_str()))),
-        }
+    /// The rules of a sidecar whose own certificate material is `ours`.
+    pub(crate) fn new(ours: Option<Credentials>) -> Self {
+        Self { ours }
     }
 
     /// Removes `x-forwarded-client-cert`, `l5d-client-id` and every `x-sidecar-*` header
@@ -536,17 +538,20 @@ impl InboundRules {
     /// worker's requests come from few peers, over long-lived connections, and then share one
     /// value instead of each formatting and allocating its own.
     fn forwarded_client_cert(&self, peer: &Identity) -> Option<HeaderValue> {
-        type Made = ((Option<Arc<str>>, Identity), HeaderValue);
+        type Made = ((Option<Identity>, Identity), HeaderValue);
         thread_local! {
             static LAST: RefCell<Option<Made>> = const { RefCell::new(None) };
         }
+        let material = self.ours.as_ref().map(Credentials::current);
+        let ours = material.as_deref().map(Material::identity);
         per_thread::kept_or_made(
             &LAST,
-            |(by, kept), _| by.as_deref() == self.by.as_deref() && kept == peer,
+            |(by, kept), _| by.as_ref() == ours && kept == peer,
             || {
-                let text = format!("{}{}", self.by.as_deref().unwrap_or(""), xfcc_element(peer));
+                let by = ours.map_or_else(String::new, |id| format!("By={};", id.as_str()));
+                let text = format!("{by}{}", xfcc_element(peer));
                 let value = HeaderValue::from_maybe_shared(Bytes::from(text)).ok()?;
-                Some(((self.by.clone(), peer.clone()), value))
+                Some(((ours.cloned(), peer.clone()), value))
             },
         )
     }

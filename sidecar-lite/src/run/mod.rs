@@ -398,14 +398,9 @@ impl Sidecar {
             // Everything a reload replaces, in one value: the mTLS mode may have changed too,
             // and new connections get the new one.
             // Only the inbound listener has an mTLS mode, and only it tells the app who called.
-            let inbound = plan.mtls.map(|_| {
-                InboundRules::new(
-                    self.credentials
-                        .as_ref()
-                        .map(Credentials::identity)
-                        .as_ref(),
-                )
-            });
+            let inbound = plan
+                .mtls
+                .map(|_| InboundRules::new(self.credentials.clone()));
             let state = ListenerState::new(
                 plan.stack,
                 acceptor,
