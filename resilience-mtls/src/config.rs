@@ -6,7 +6,7 @@ use crate::{
 };
 use resilience_core::duration;
 use serde::{Deserialize, Serialize};
-use std::{path::PathBuf, time::Duration};
+use std::{collections::BTreeMap, path::PathBuf, time::Duration};
 
 /// Where our certificate material lives and how it is used, as `sidecar-lite` reads it from
 /// its config file; library users load the very same section.
@@ -17,6 +17,11 @@ use std::{path::PathBuf, time::Duration};
 /// trust = "certs/ca.pem"           # required: the CAs that peers' certificates chain to
 /// tls12 = false                    # also accept and offer TLS 1.2 (default: TLS 1.3 only)
 /// reload_interval = "10s"          # re-read the files this often besides watching them
+///
+/// # SPIFFE federation: each of these trust domains' peers is checked against its own bundle
+/// # alone; `trust` then vouches only for our own trust domain and DNS identities.
+/// [trust_domains]
+/// "partner.example" = "certs/partner-bundle.pem"
 /// ```
 #[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
 #[serde(deny_unknown_fields)]
@@ -33,6 +38,12 @@ pub struct IdentityConfig {
     /// How often the files are re-read besides the file watch. Default 10 s.
     #[serde(default = "default_reload_interval", with = "duration")]
     pub reload_interval: Duration,
+    /// Federated SPIFFE trust domains, each with the file of its own CA bundle. Default none.
+    /// A peer whose SPIFFE ID is of one of them must chain to that bundle, and no other; with
+    /// any listed, `trust` vouches only for our own trust domain and DNS identities, and a
+    /// SPIFFE ID of any other trust domain is refused (as Envoy's SPIFFE validator does).
+    #[serde(default, skip_serializing_if = "BTreeMap::is_empty")]
+    pub trust_domains: BTreeMap<String, PathBuf>,
 }
 
 fn default_reload_interval() -> Duration {
@@ -52,13 +63,16 @@ impl IdentityConfig {
             trust: trust.into(),
             tls12: false,
             reload_interval: default_reload_interval(),
+            trust_domains: BTreeMap::new(),
         }
     }
 
-    /// The three paths.
+    /// The paths: ours, the trust bundle and the federated trust domains' bundles.
     #[must_use]
     pub fn paths(&self) -> MaterialPaths {
-        MaterialPaths::new(&self.cert, &self.key, &self.trust)
+        let mut paths = MaterialPaths::new(&self.cert, &self.key, &self.trust);
+        paths.trust_domains.clone_from(&self.trust_domains);
+        paths
     }
 
     /// Loads and checks the material.

@@ -160,9 +160,10 @@ impl ResolvesClientCert for ClientCertResolver {
 pub(crate) struct ClientVerifier(pub(crate) Credentials);
 
 impl ClientVerifier {
+    /// `f` with the trust bundle's verifier: a signature's check does not depend on the CAs.
     fn with<T>(&self, f: impl FnOnce(&dyn ClientCertVerifier) -> T) -> T {
         let material = self.0.shared.current.load();
-        f(material.client_verifier().as_ref())
+        f(material.trust().bundle().client_verifier.as_ref())
     }
 }
 
@@ -183,7 +184,12 @@ impl ClientCertVerifier for ClientVerifier {
         intermediates: &[CertificateDer<'_>],
         now: UnixTime,
     ) -> Result<ClientCertVerified, rustls::Error> {
-        self.with(|v| v.verify_client_cert(end_entity, intermediates, now))?;
+        let material = self.0.shared.current.load();
+        material
+            .trust()
+            .for_peer(end_entity)?
+            .client_verifier
+            .verify_client_cert(end_entity, intermediates, now)?;
         // A certificate without an identity cannot be authorized: refuse it here, with a
         // reason, rather than later with a 403.
         Identity::from_certificate(end_entity).map_err(|err| {

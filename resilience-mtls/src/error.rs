@@ -202,8 +202,9 @@ impl Error for MaterialError {
 pub enum FailureReason {
     /// The client presented no certificate, and one is required.
     NoClientCertificate,
-    /// The peer's certificate does not chain to our trust bundle: its issuer is unknown, or
-    /// a CA of the same name but another key signed it.
+    /// The peer's certificate does not chain to our trust bundle (or, for a federated trust
+    /// domain, to that domain's bundle): its issuer is unknown, a CA of the same name but
+    /// another key signed it, or no bundle of ours is for its trust domain.
     UnknownCa,
     /// The peer's certificate has expired.
     Expired,
@@ -281,6 +282,14 @@ impl FailureReason {
                 }
                 C::Other(other) if other.0.downcast_ref::<IdentityError>().is_some() => {
                     Self::NoIdentity
+                }
+                C::Other(other)
+                    if other
+                        .0
+                        .downcast_ref::<crate::UnknownTrustDomain>()
+                        .is_some() =>
+                {
+                    Self::UnknownCa
                 }
                 _ => Self::BadCertificate,
             },

@@ -150,6 +150,15 @@ impl SpiffeId {
         })
     }
 
+    /// Checks that `domain` is a trust domain's name, such as `example.org`: not empty, and
+    /// only lowercase letters, digits, `-`, `.` and `_`. The error says what is wrong.
+    pub fn check_trust_domain(domain: &str) -> Result<(), &'static str> {
+        match check_trust_domain(domain, domain) {
+            Err(IdentityError::Invalid { reason, .. }) => Err(reason),
+            _ => Ok(()),
+        }
+    }
+
     /// The trust domain, for example `example.org`.
     #[must_use]
     pub fn trust_domain(&self) -> &str {

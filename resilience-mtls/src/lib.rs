@@ -96,6 +96,7 @@ mod rotation;
 mod server;
 mod sessions;
 mod stream;
+mod trust;
 mod verifier;
 
 #[cfg(feature = "dev-ca")]
@@ -119,6 +120,7 @@ pub use resilience_core::{BoxError, Enforcement, SIDECAR_ERROR};
 pub use rotation::{Rotation, RotationHandle, RotationStatus};
 pub use server::{AcceptorBuilder, MtlsAcceptor, MtlsMode};
 pub use stream::{MtlsStream, Rewind};
+pub use trust::UnknownTrustDomain;
 
 #[cfg(feature = "serde")]
 pub use config::IdentityConfig;

@@ -1,13 +1,11 @@
 //! [`Material`]: our certificate chain, private key and the trust bundle for peers, loaded from
 //! PEM files and checked before use.
 
-use crate::{Identity, MaterialError, clock::wall_clock, provider};
-use rustls::{
-    RootCertStore, server::WebPkiClientVerifier, server::danger::ClientCertVerifier,
-    sign::CertifiedKey,
-};
+use crate::{Identity, MaterialError, clock::wall_clock, provider, trust::Trust};
+use rustls::{RootCertStore, sign::CertifiedKey};
 use rustls_pki_types::{CertificateDer, PrivateKeyDer, pem::PemObject};
 use std::{
+    collections::BTreeMap,
     fmt,
     path::{Path, PathBuf},
     sync::Arc,
@@ -24,6 +22,10 @@ pub struct MaterialPaths {
     pub key: PathBuf,
     /// The CA certificates that peers' certificates must chain to, in PEM.
     pub trust: PathBuf,
+    /// Federated SPIFFE trust domains, each with its own bundle of CAs in PEM: a peer of one
+    /// of these domains must chain to its domain's bundle, and no other. With any listed,
+    /// `trust` vouches only for DNS identities and SPIFFE IDs of our own trust domain.
+    pub trust_domains: BTreeMap<String, PathBuf>,
 }
 
 impl MaterialPaths {
@@ -37,7 +39,23 @@ impl MaterialPaths {
             cert: cert.into(),
             key: key.into(),
             trust: trust.into(),
+            trust_domains: BTreeMap::new(),
         }
+    }
+
+    /// These paths, with the bundle of the federated trust domain `domain` at `bundle`.
+    #[must_use]
+    pub fn trust_domain(mut self, domain: impl Into<String>, bundle: impl Into<PathBuf>) -> Self {
+        self.trust_domains.insert(domain.into(), bundle.into());
+        self
+    }
+
+    /// Every file, ours then the bundles.
+    pub(crate) fn files(&self) -> impl Iterator<Item = &Path> {
+        [&self.cert, &self.key, &self.trust]
+            .into_iter()
+            .chain(self.trust_domains.values())
+            .map(PathBuf::as_path)
     }
 }
 
@@ -50,8 +68,7 @@ impl MaterialPaths {
 #[derive(Clone)]
 pub struct Material {
     certified_key: Arc<CertifiedKey>,
-    roots: Arc<RootCertStore>,
-    client_verifier: Arc<dyn ClientCertVerifier>,
+    trust: Trust,
     identity: Identity,
     not_before: SystemTime,
     not_after: SystemTime,
@@ -64,7 +81,11 @@ impl fmt::Debug for Material {
         f.debug_struct("Material")
             .field("identity", &self.identity)
             .field("chain_len", &self.certified_key.cert.len())
-            .field("trust_anchors", &self.roots.len())
+            .field("trust_anchors", &self.roots().len())
+            .field(
+                "trust_domains",
+                &self.trust.federated().map(|(d, _)| d).collect::<Vec<_>>(),
+            )
             .field("not_before", &self.not_before)
             .field("not_after", &self.not_after)
             .finish_non_exhaustive()
@@ -95,6 +116,7 @@ impl Material {
             cert: cert.as_ref().to_vec(),
             key: key.as_ref().to_vec(),
             trust: trust.as_ref().to_vec(),
+            trust_domains: Vec::new(),
         };
         let paths = MaterialPaths::new("<cert>", "<key>", "<trust>");
         Self::from_files(&files, &paths, now)
@@ -154,25 +176,15 @@ impl Material {
             }
         }
 
-        let mut roots = RootCertStore::empty();
-        for (i, cert) in trust.into_iter().enumerate() {
-            roots.add(cert).map_err(|e| MaterialError::Trust {
-                path: paths.trust.clone(),
-                detail: format!("certificate {} is not a usable trust anchor: {e}", i + 1),
-            })?;
+        let mut federated = Vec::new();
+        for ((domain, path), pem) in paths.trust_domains.iter().zip(&files.trust_domains) {
+            federated.push((domain.as_str(), certificates(pem, path)?, path.as_path()));
         }
-        let roots = Arc::new(roots);
-        let client_verifier = WebPkiClientVerifier::builder_with_provider(roots.clone(), provider)
-            .build()
-            .map_err(|e| MaterialError::Trust {
-                path: paths.trust.clone(),
-                detail: e.to_string(),
-            })?;
+        let trust = Trust::new(trust, &paths.trust, &identity, federated)?;
 
         Ok(Self {
             certified_key: Arc::new(certified_key),
-            roots,
-            client_verifier,
+            trust,
             identity,
             not_before,
             not_after,
@@ -203,32 +215,32 @@ impl Material {
         &self.certified_key
     }
 
-    /// The trust anchors that peers' certificates must chain to.
+    /// The trust bundle's anchors: those that peers' certificates chain to, but for peers of
+    /// a federated trust domain.
     #[must_use]
     pub fn roots(&self) -> &Arc<RootCertStore> {
-        &self.roots
+        &self.trust.bundle().roots
     }
 
-    /// The subjects of the trust anchors, as distinguished names (`CN=..., O=...`); an anchor
-    /// whose subject does not parse is shown as `(unreadable subject)`.
+    /// The subjects of the trust bundle's anchors, as distinguished names (`CN=..., O=...`); an
+    /// anchor whose subject does not parse is shown as `(unreadable subject)`.
     #[must_use]
     pub fn trust_subjects(&self) -> Vec<String> {
-        self.roots
-            .roots
-            .iter()
-            .map(|anchor| {
-                // A trust anchor keeps the contents of the subject's SEQUENCE, not the whole.
-                let der = der_sequence(anchor.subject.as_ref());
-                X509Name::from_der(&der).map_or_else(
-                    |_| "(unreadable subject)".to_owned(),
-                    |(_, name)| name.to_string(),
-                )
-            })
+        subjects(self.roots())
+    }
+
+    /// Each federated trust domain, with the subjects of its bundle's anchors.
+    #[must_use]
+    pub fn trust_domain_subjects(&self) -> BTreeMap<String, Vec<String>> {
+        self.trust
+            .federated()
+            .map(|(domain, anchors)| (domain.to_owned(), subjects(&anchors.roots)))
             .collect()
     }
 
-    pub(crate) fn client_verifier(&self) -> &Arc<dyn ClientCertVerifier> {
-        &self.client_verifier
+    /// Who may vouch for whom.
+    pub(crate) fn trust(&self) -> &Trust {
+        &self.trust
     }
 
     /// When our leaf certificate becomes valid.
@@ -264,21 +276,23 @@ impl Material {
     }
 }
 
-/// The raw contents of the three files, compared by the rotation task to see what changed.
+/// The raw contents of the files, compared by the rotation task to see what changed.
 #[derive(Debug, Clone, PartialEq, Eq)]
 pub(crate) struct MaterialFiles {
     pub(crate) cert: Vec<u8>,
     pub(crate) key: Vec<u8>,
     pub(crate) trust: Vec<u8>,
+    /// The federated trust domains' bundles, in the order of their paths.
+    pub(crate) trust_domains: Vec<Vec<u8>>,
 }
 
 impl MaterialFiles {
-    /// A hash of the three files' bytes, to tell whether material was made from them without
+    /// A hash of the files' bytes, to tell whether material was made from them without
     /// keeping a copy of the private key.
     pub(crate) fn fingerprint(&self) -> u64 {
         use std::hash::{Hash, Hasher};
         let mut hasher = std::collections::hash_map::DefaultHasher::new();
-        (&self.cert, &self.key, &self.trust).hash(&mut hasher);
+        (&self.cert, &self.key, &self.trust, &self.trust_domains).hash(&mut hasher);
         hasher.finish()
     }
 
@@ -287,6 +301,11 @@ impl MaterialFiles {
             cert: read(&paths.cert)?,
             key: read(&paths.key)?,
             trust: read(&paths.trust)?,
+            trust_domains: paths
+                .trust_domains
+                .values()
+                .map(|path| read(path))
+                .collect::<Result<_, _>>()?,
         })
     }
 }
@@ -329,6 +348,22 @@ fn private_key(pem: &[u8], path: &Path) -> Result<PrivateKeyDer<'static>, Materi
             detail: other.to_string(),
         },
     })
+}
+
+/// The subjects of `roots`, as distinguished names.
+fn subjects(roots: &RootCertStore) -> Vec<String> {
+    roots
+        .roots
+        .iter()
+        .map(|anchor| {
+            // A trust anchor keeps the contents of the subject's SEQUENCE, not the whole.
+            let der = der_sequence(anchor.subject.as_ref());
+            X509Name::from_der(&der).map_or_else(
+                |_| "(unreadable subject)".to_owned(),
+                |(_, name)| name.to_string(),
+            )
+        })
+        .collect()
 }
 
 fn system_time(time: ASN1Time) -> SystemTime {

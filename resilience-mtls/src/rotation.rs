@@ -170,8 +170,8 @@ fn watch(
             let _ = tx.try_send(());
         }
     })?;
-    let dirs: BTreeSet<&Path> = [&paths.cert, &paths.key, &paths.trust]
-        .into_iter()
+    let dirs: BTreeSet<&Path> = paths
+        .files()
         .map(|p| match p.parent() {
             Some(dir) if !dir.as_os_str().is_empty() => dir,
             _ => Path::new("."),

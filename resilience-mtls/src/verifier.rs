@@ -60,7 +60,7 @@ impl ServerCertVerifier for ServerVerifier {
         let material = self.credentials.current();
         verify_server_cert_signed_by_trust_anchor(
             &cert,
-            material.roots(),
+            &material.trust().for_identity(&self.expected)?.roots,
             intermediates,
             now,
             self.provider.signature_verification_algorithms.all,

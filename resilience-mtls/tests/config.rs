@@ -45,6 +45,21 @@ fn the_identity_section_reads_with_defaults_and_loads() {
     assert!(config.tls12);
     assert_eq!(config.reload_interval, Duration::from_secs(2));
 
+    let partner = dir.path().join("partner.pem");
+    std::fs::write(&partner, DevCa::new("partner.example").unwrap().trust_pem()).unwrap();
+    let config: IdentityConfig = toml::from_str(&format!(
+        "{text}[trust_domains]\n\"partner.example\" = {partner:?}\n"
+    ))
+    .unwrap();
+    assert_eq!(
+        config.paths(),
+        files.clone().trust_domain("partner.example", &partner)
+    );
+    assert_eq!(
+        config.load().unwrap().current().trust_domain_subjects()["partner.example"].len(),
+        1
+    );
+
     let err = toml::from_str::<IdentityConfig>(&format!("{text}reload_interval = \"soon\"\n"))
         .unwrap_err();
     assert!(err.to_string().contains("soon"), "{err}");
