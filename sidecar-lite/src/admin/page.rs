@@ -201,7 +201,7 @@ fn identity(html: &mut String, identity: Option<&IdentityView>) {
         html,
         "<table id=\"identity\"><tr><th>identity</th><td>{}</td></tr>\
          <tr><th>certificate</th><td{}>valid {} to {}: {left} left ({:.0}% of its lifetime){}</td></tr>\
-         <tr><th>trust bundle</th><td>{}</td></tr></table>",
+         <tr><th>trust bundle</th><td>{}</td></tr>",
         escape(&id.identity),
         if id.expiring_soon {
             " class=\"warn\""
@@ -216,12 +216,26 @@ fn identity(html: &mut String, identity: Option<&IdentityView>) {
         } else {
             ""
         },
-        id.trust
-            .iter()
-            .map(|s| escape(s))
-            .collect::<Vec<_>>()
-            .join("<br>"),
+        subjects(&id.trust),
     );
+    for (domain, trust) in &id.trust_domains {
+        let _ = writeln!(
+            html,
+            "<tr><th>trust domain {}</th><td>{}</td></tr>",
+            escape(domain),
+            subjects(trust)
+        );
+    }
+    html.push_str("</table>\n");
+}
+
+/// CA subjects, one per line.
+fn subjects(subjects: &[String]) -> String {
+    subjects
+        .iter()
+        .map(|s| escape(s))
+        .collect::<Vec<_>>()
+        .join("<br>")
 }
 
 fn peers(html: &mut String, listeners: &[ListenerView]) {

@@ -9,7 +9,7 @@ use resilience_breaker::{BreakerHandle, Transition};
 use resilience_mtls::Credentials;
 use serde::Serialize;
 use std::{
-    collections::{HashMap, VecDeque},
+    collections::{BTreeMap, HashMap, VecDeque},
     net::SocketAddr,
     sync::{Mutex, PoisonError},
     time::SystemTime,
@@ -50,6 +50,9 @@ pub(super) struct IdentityView {
     pub(super) expiring_soon: bool,
     /// The subjects of the CAs we trust.
     pub(super) trust: Vec<String>,
+    /// Each federated trust domain, with the subjects of its bundle's CAs.
+    #[serde(skip_serializing_if = "BTreeMap::is_empty")]
+    pub(super) trust_domains: BTreeMap<String, Vec<String>>,
 }
 
 #[derive(Debug, Serialize)]
@@ -240,6 +243,7 @@ fn identity(credentials: &Credentials) -> IdentityView {
         lifetime_left,
         expiring_soon: lifetime_left < 0.2,
         trust: material.trust_subjects(),
+        trust_domains: material.trust_domain_subjects(),
     }
 }
 

@@ -324,6 +324,21 @@ mod tests {
     /// A limit past what a process can afford is refused with its line, not taken and then
     /// allocated at the first request (4 294 967 296 headers would abort the process).
     #[test]
+    fn a_federated_trust_domain_is_named_as_one() {
+        let text = "[identity]\ncert = \"c.pem\"\nkey = \"k.pem\"\ntrust = \"t.pem\"\n\n\
+                    [identity.trust_domains]\n\"partner.example\" = \"p.pem\"\n\
+                    \"Partner.Example\" = \"q.pem\"\n";
+        let message = error(text);
+        assert!(
+            message.contains("line 8: `identity.trust_domains.\"Partner.Example\"`")
+                && message.contains("`Partner.Example` is not a SPIFFE trust domain")
+                && message.contains("only lowercase letters"),
+            "{message}"
+        );
+        assert!(Config::parse(&text.replace("Partner.Example", "other.example")).is_ok());
+    }
+
+    #[test]
     fn limits_have_ceilings_as_well_as_floors() {
         for (line, field, maximum) in [
             ("max_headers = 4294967296", "limits.max_headers", "10000"),

@@ -6,7 +6,7 @@ use super::{
     endpoints::{Endpoint, MIN_DISCOVERY_INTERVAL, parse_endpoints_file},
     tracing::TracingConfig,
 };
-use resilience_mtls::MtlsMode;
+use resilience_mtls::{MtlsMode, SpiffeId};
 use resilience_timeout::TimeoutConfig;
 use std::{collections::HashSet, net::SocketAddr};
 
@@ -33,6 +33,17 @@ pub(super) fn problems(config: &Config) -> Vec<(String, String)> {
     listen("admin.listen".into(), config.admin.listen, &mut problems);
     if let Some(probes) = config.admin.probes {
         listen("admin.probes".into(), probes, &mut problems);
+    }
+
+    if let Some(identity) = &config.identity {
+        for domain in identity.trust_domains.keys() {
+            if let Err(reason) = SpiffeId::check_trust_domain(domain) {
+                problems.push((
+                    format!("identity.trust_domains.\"{domain}\""),
+                    format!("`{domain}` is not a SPIFFE trust domain: {reason}"),
+                ));
+            }
+        }
     }
 
     if let Some(inbound) = &config.inbound {
