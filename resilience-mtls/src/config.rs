@@ -40,8 +40,8 @@ pub struct IdentityConfig {
     pub reload_interval: Duration,
     /// Federated SPIFFE trust domains, each with the file of its own CA bundle. Default none.
     /// A peer whose SPIFFE ID is of one of them must chain to that bundle, and no other; with
-    /// any listed, `trust` vouches only for our own trust domain and DNS identities, and a
-    /// SPIFFE ID of any other trust domain is refused (as Envoy's SPIFFE validator does).
+    /// any listed, `trust` vouches only for our own trust domain (which must not be listed)
+    /// and DNS identities, and a SPIFFE ID of any other trust domain is refused.
     #[serde(default, skip_serializing_if = "BTreeMap::is_empty")]
     pub trust_domains: BTreeMap<String, PathBuf>,
 }

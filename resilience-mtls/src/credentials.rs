@@ -79,6 +79,12 @@ impl Credentials {
         self.shared.current.load_full()
     }
 
+    /// `f` with the material in use now, without taking a reference count on it: for a look
+    /// made on every request.
+    pub fn with_current<T>(&self, f: impl FnOnce(&Material) -> T) -> T {
+        f(&self.shared.current.load())
+    }
+
     /// Our identity, from the current material.
     #[must_use]
     pub fn identity(&self) -> Identity {

@@ -1,7 +1,12 @@
 //! [`Material`]: our certificate chain, private key and the trust bundle for peers, loaded from
 //! PEM files and checked before use.
 
-use crate::{Identity, MaterialError, clock::wall_clock, provider, trust::Trust};
+use crate::{
+    Identity, MaterialError,
+    clock::wall_clock,
+    provider,
+    trust::{Bundle, Trust},
+};
 use rustls::{RootCertStore, sign::CertifiedKey};
 use rustls_pki_types::{CertificateDer, PrivateKeyDer, pem::PemObject};
 use std::{
@@ -116,7 +121,7 @@ impl Material {
             cert: cert.as_ref().to_vec(),
             key: key.as_ref().to_vec(),
             trust: trust.as_ref().to_vec(),
-            trust_domains: Vec::new(),
+            trust_domains: BTreeMap::new(),
         };
         let paths = MaterialPaths::new("<cert>", "<key>", "<trust>");
         Self::from_files(&files, &paths, now)
@@ -177,10 +182,24 @@ impl Material {
         }
 
         let mut federated = Vec::new();
-        for ((domain, path), pem) in paths.trust_domains.iter().zip(&files.trust_domains) {
-            federated.push((domain.as_str(), certificates(pem, path)?, path.as_path()));
+        for (domain, path) in &paths.trust_domains {
+            // Files read from other paths than these would leave a domain out, and its peers
+            // to the trust bundle: never silently.
+            let pem = files
+                .trust_domains
+                .get(domain)
+                .ok_or_else(|| MaterialError::Trust {
+                    path: path.clone(),
+                    detail: format!("the bundle of `{domain}` was not read"),
+                })?;
+            let certs = certificates(pem, path)?;
+            federated.push((domain.as_str(), Bundle { certs, path }));
         }
-        let trust = Trust::new(trust, &paths.trust, &identity, federated)?;
+        let bundle = Bundle {
+            certs: trust,
+            path: &paths.trust,
+        };
+        let trust = Trust::new(bundle, &identity, federated)?;
 
         Ok(Self {
             certified_key: Arc::new(certified_key),
@@ -216,7 +235,8 @@ impl Material {
     }
 
     /// The trust bundle's anchors: those that peers' certificates chain to, but for peers of
-    /// a federated trust domain.
+    /// a federated trust domain. A verifier made from these alone would not know the
+    /// federated domains: with any, it would let the trust bundle vouch for their peers.
     #[must_use]
     pub fn roots(&self) -> &Arc<RootCertStore> {
         &self.trust.bundle().roots
@@ -282,8 +302,8 @@ pub(crate) struct MaterialFiles {
     pub(crate) cert: Vec<u8>,
     pub(crate) key: Vec<u8>,
     pub(crate) trust: Vec<u8>,
-    /// The federated trust domains' bundles, in the order of their paths.
-    pub(crate) trust_domains: Vec<Vec<u8>>,
+    /// The federated trust domains' bundles, by domain.
+    pub(crate) trust_domains: BTreeMap<String, Vec<u8>>,
 }
 
 impl MaterialFiles {
@@ -303,9 +323,9 @@ impl MaterialFiles {
             trust: read(&paths.trust)?,
             trust_domains: paths
                 .trust_domains
-                .values()
-                .map(|path| read(path))
-                .collect::<Result<_, _>>()?,
+                .iter()
+                .map(|(domain, path)| Ok((domain.clone(), read(path)?)))
+                .collect::<Result<_, MaterialError>>()?,
         })
     }
 }

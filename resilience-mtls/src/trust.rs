@@ -23,17 +23,25 @@ pub(crate) struct Anchors {
 
 /// Who may vouch for whom.
 ///
-/// Without federated trust domains, every CA of the trust bundle vouches for every peer, as
-/// before SPIFFE federation. With them (SPIFFE Trust Domain and Bundle, section 4; Envoy's
-/// SPIFFE validator), a peer's SPIFFE ID is checked against the bundle of its trust domain
-/// only: a federated domain's own bundle, or the trust bundle for our own domain. A SPIFFE ID
-/// of any other domain is refused, and DNS identities are checked against the trust bundle.
+/// Without federated trust domains, every CA of the trust bundle vouches for every peer. With
+/// them, each bundle is scoped to its trust domain, as SPIFFE federation requires (SPIFFE Trust
+/// Domain and Bundle, section 4): a peer's SPIFFE ID is checked against the bundle of its trust
+/// domain only, a federated domain's own bundle or, for our own domain, the trust bundle. A
+/// SPIFFE ID of any other domain is refused. DNS identities are checked against the trust
+/// bundle, as is our own domain without being listed (Envoy's SPIFFE validator would need
+/// both listed).
 #[derive(Clone)]
 pub(crate) struct Trust {
     bundle: Anchors,
-    /// Our own trust domain, when our identity is a SPIFFE ID.
+    /// Our own trust domain, when our identity is a SPIFFE ID; none for a DNS identity.
     ours: Option<String>,
     federated: BTreeMap<String, Anchors>,
+}
+
+/// The certificates of one bundle, and the file they were read from.
+pub(crate) struct Bundle<'a> {
+    pub(crate) certs: Vec<CertificateDer<'static>>,
+    pub(crate) path: &'a Path,
 }
 
 /// Why a peer's certificate found no bundle: its trust domain is neither ours nor federated.
@@ -55,32 +63,43 @@ impl fmt::Display for UnknownTrustDomain {
 impl std::error::Error for UnknownTrustDomain {}
 
 impl Trust {
-    /// The trust bundle `bundle` (read from `path`), and a bundle for each federated trust
-    /// domain (with the file each was read from); `ours` is our own identity.
+    /// The trust bundle `bundle`, and the bundle of each federated trust domain, for a
+    /// workload whose own identity is `ours`.
     pub(crate) fn new(
-        bundle: Vec<CertificateDer<'static>>,
-        path: &Path,
+        bundle: Bundle<'_>,
         ours: &Identity,
-        federated: Vec<(&str, Vec<CertificateDer<'static>>, &Path)>,
+        federated: Vec<(&str, Bundle<'_>)>,
     ) -> Result<Self, MaterialError> {
+        let ours = match ours {
+            Identity::Spiffe(id) => Some(id.trust_domain().to_owned()),
+            Identity::Dns(_) => None,
+        };
         let mut seen = Vec::new();
-        let default = anchors(bundle, path, 0, &mut seen)?;
+        let default = anchors(bundle, 0, &mut seen)?;
         let mut domains = BTreeMap::new();
-        for (i, (domain, certs, path)) in federated.into_iter().enumerate() {
+        for (i, (domain, bundle)) in federated.into_iter().enumerate() {
+            let refuse = |detail: String| MaterialError::Trust {
+                path: bundle.path.to_owned(),
+                detail,
+            };
             if let Err(e) = SpiffeId::check_trust_domain(domain) {
-                return Err(MaterialError::Trust {
-                    path: path.to_owned(),
-                    detail: format!("`{domain}` is not a SPIFFE trust domain: {e}"),
-                });
+                return Err(refuse(format!(
+                    "`{domain}` is not a SPIFFE trust domain: {e}"
+                )));
             }
-            domains.insert(domain.to_owned(), anchors(certs, path, i + 1, &mut seen)?);
+            // Listed, our own domain would take its peers from the trust bundle: say so rather
+            // than leave the trust bundle vouching for DNS names alone.
+            if ours.as_deref() == Some(domain) {
+                return Err(refuse(format!(
+                    "`{domain}` is our own trust domain, whose CAs are the trust bundle's; \
+                     list only the domains we federate with"
+                )));
+            }
+            domains.insert(domain.to_owned(), anchors(bundle, i + 1, &mut seen)?);
         }
         Ok(Self {
             bundle: default,
-            ours: match ours {
-                Identity::Spiffe(id) => Some(id.trust_domain().to_owned()),
-                Identity::Dns(_) => None,
-            },
+            ours,
             federated: domains,
         })
     }
@@ -96,7 +115,7 @@ impl Trust {
     }
 
     /// The bundle that may vouch for a peer that claims `identity`.
-    pub(crate) fn for_identity(&self, identity: &Identity) -> Result<&Anchors, rustls::Error> {
+    fn for_identity(&self, identity: &Identity) -> Result<&Anchors, rustls::Error> {
         let Identity::Spiffe(id) = identity else {
             return Ok(&self.bundle);
         };
@@ -134,57 +153,49 @@ impl Trust {
     }
 }
 
-/// A CA already taken into a bundle: its subject and key, and the bundle's number and file.
+/// A CA already taken into a bundle: its key, and the bundle's number and file.
 struct Seen {
-    subject: Vec<u8>,
     key: Vec<u8>,
     bundle: usize,
     path: PathBuf,
 }
 
-/// One bundle's anchors, the `bundle`th. A CA in two bundles would vouch for both bundles'
-/// peers, which is what federation is there to prevent: refused, naming both files.
+/// The anchors of `bundle`, the `number`th. A CA in two bundles would vouch for both bundles'
+/// peers, which is what federation is there to prevent: refused, naming both files. A CA is
+/// its key: webpki finds an issuer's anchor by the subject's bytes, so the holder of the key
+/// signs as any subject it is listed under (a root renewed with a new name, say).
 fn anchors(
-    certs: Vec<CertificateDer<'static>>,
-    path: &Path,
-    bundle: usize,
+    bundle: Bundle<'_>,
+    number: usize,
     seen: &mut Vec<Seen>,
 ) -> Result<Anchors, MaterialError> {
     let error = |detail: String| MaterialError::Trust {
-        path: path.to_owned(),
+        path: bundle.path.to_owned(),
         detail,
     };
     let mut roots = RootCertStore::empty();
-    for (i, cert) in certs.into_iter().enumerate() {
+    for (i, cert) in bundle.certs.into_iter().enumerate() {
         roots.add(cert).map_err(|e| {
             error(format!(
                 "certificate {} is not a usable trust anchor: {e}",
                 i + 1
             ))
         })?;
-        let Some(anchor) = roots.roots.last() else {
-            continue;
-        };
-        let (subject, key) = (
-            anchor.subject.as_ref(),
-            anchor.subject_public_key_info.as_ref(),
-        );
-        if let Some(other) = seen
-            .iter()
-            .find(|s| s.bundle != bundle && s.subject == subject && s.key == key)
-        {
+        let key = roots.roots[roots.roots.len() - 1]
+            .subject_public_key_info
+            .as_ref();
+        if let Some(other) = seen.iter().find(|s| s.bundle != number && s.key == key) {
             return Err(error(format!(
-                "certificate {} is also in `{}`: a CA in two bundles vouches for the peers of \
-                 both, so each trust domain's CAs go in its own bundle alone",
+                "certificate {} has the key of a CA in `{}`: a CA in two bundles vouches for \
+                 the peers of both, so each trust domain's CAs go in its own bundle alone",
                 i + 1,
                 other.path.display()
             )));
         }
         seen.push(Seen {
-            subject: subject.to_vec(),
             key: key.to_vec(),
-            bundle,
-            path: path.to_owned(),
+            bundle: number,
+            path: bundle.path.to_owned(),
         });
     }
     let roots = Arc::new(roots);

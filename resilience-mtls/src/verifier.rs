@@ -58,9 +58,12 @@ impl ServerCertVerifier for ServerVerifier {
     ) -> Result<ServerCertVerified, rustls::Error> {
         let cert = ParsedCertificate::try_from(end_entity)?;
         let material = self.credentials.current();
+        // The bundle of the identity the certificate claims, not of the one we expect: a
+        // certificate we expect by a DNS name may also claim a federated domain's SPIFFE ID,
+        // which only that domain's bundle may vouch for (and which `TlsInfo` reports).
         verify_server_cert_signed_by_trust_anchor(
             &cert,
-            &material.trust().for_identity(&self.expected)?.roots,
+            &material.trust().for_peer(end_entity)?.roots,
             intermediates,
             now,
             self.provider.signature_verification_algorithms.all,

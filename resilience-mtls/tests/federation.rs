@@ -6,7 +6,8 @@ mod common;
 use common::{HandshakeServer, WAIT, tcp, tempdir};
 use resilience_mtls::{
     Credentials, FailureReason, Identity, Material, MaterialError, MaterialPaths, MtlsAcceptor,
-    MtlsConnector, Rotation, dev_ca::DevCa,
+    MtlsConnector, Rotation,
+    dev_ca::{DevCa, IssueOptions},
 };
 use rustls_pki_types::ServerName;
 use std::{path::Path, time::Duration};
@@ -14,6 +15,7 @@ use tempfile::TempDir;
 use tokio::io::AsyncReadExt;
 
 const PARTNER: &str = "partner.example";
+const PARTNER_API: &str = "spiffe://partner.example/ns/pay/sa/api";
 
 fn id(text: &str) -> Identity {
     text.parse().unwrap()
@@ -98,10 +100,10 @@ async fn a_federated_domains_peer_gets_in_with_its_own_ca() {
     let domains = Domains::new();
     let server = domains.ours_federated(&domains.ours, "ns/shop/sa/orders");
     let mut server = HandshakeServer::spawn(MtlsAcceptor::new(&server)).await;
-    let partner = domains.peer(&domains.partner, "spiffe://partner.example/ns/pay/sa/api");
+    let partner = domains.peer(&domains.partner, PARTNER_API);
     assert_eq!(
         server_sees(&mut server, &partner).await,
-        Ok(id("spiffe://partner.example/ns/pay/sa/api"))
+        Ok(id(PARTNER_API))
     );
     // Our own domain's peers still chain to the trust bundle.
     let frontend = domains.peer(&domains.ours, "spiffe://example.org/ns/shop/sa/frontend");
@@ -153,10 +155,7 @@ async fn our_ca_cannot_vouch_for_a_federated_domain_nor_for_an_unlisted_one() {
     let domains = Domains::new();
     let server = domains.ours_federated(&domains.ours, "ns/shop/sa/orders");
     let mut server = HandshakeServer::spawn(MtlsAcceptor::new(&server)).await;
-    for claimed in [
-        "spiffe://partner.example/ns/pay/sa/api",
-        "spiffe://third.example/ns/x/sa/y",
-    ] {
+    for claimed in [PARTNER_API, "spiffe://third.example/ns/x/sa/y"] {
         let forged = domains.peer(&domains.ours, claimed);
         assert_eq!(
             server_sees(&mut server, &forged).await,
@@ -178,7 +177,7 @@ async fn our_ca_cannot_vouch_for_a_federated_domain_nor_for_an_unlisted_one() {
 async fn a_client_checks_a_federated_servers_chain_against_its_domains_bundle() {
     let domains = Domains::new();
     let client = domains.ours_federated(&domains.ours, "ns/shop/sa/frontend");
-    let expected = "spiffe://partner.example/ns/pay/sa/api";
+    let expected = PARTNER_API;
     for (issuer, passes) in [(&domains.partner, true), (&domains.ours, false)] {
         let server = domains.peer(issuer, expected);
         let mut server = HandshakeServer::spawn(MtlsAcceptor::new(&server)).await;
@@ -209,6 +208,33 @@ async fn a_client_checks_a_federated_servers_chain_against_its_domains_bundle() 
     }
 }
 
+/// A server certificate our CA issued for a DNS name, which also claims the partner's SPIFFE
+/// ID: a client that expects the DNS name checks it against the partner's bundle, since that
+/// is the identity it would report.
+#[tokio::test]
+async fn a_server_expected_by_dns_name_that_claims_a_federated_id_chains_to_its_domain() {
+    let domains = Domains::new();
+    let client = domains.ours_federated(&domains.ours, "ns/shop/sa/frontend");
+    let options = IssueOptions::new().dns_name("orders.example.org");
+    for (issuer, passes) in [(&domains.partner, true), (&domains.ours, false)] {
+        let issued = issuer.issue(&id(PARTNER_API), &options).unwrap();
+        let material = issued.material(domains.ours.trust_pem()).unwrap();
+        let server = HandshakeServer::spawn(MtlsAcceptor::new(&Credentials::new(material))).await;
+        let connector = MtlsConnector::new(&client, id("orders.example.org"));
+        let name = ServerName::try_from("orders.example.org").unwrap();
+        match connector.handshake(name, tcp(server.addr).await).await {
+            Ok(tls) => {
+                assert!(passes, "our CA vouched for {PARTNER_API}");
+                assert_eq!(tls.get_ref().1.peer_certificates().map(<[_]>::len), Some(1));
+            }
+            Err(error) => {
+                assert!(!passes, "the partner's own server was refused: {error}");
+                assert_eq!(error.reason(), FailureReason::UnknownCa);
+            }
+        }
+    }
+}
+
 fn load_error(paths: &MaterialPaths) -> String {
     Material::load(paths).unwrap_err().to_string()
 }
@@ -230,7 +256,10 @@ fn a_ca_in_two_bundles_or_a_bad_domain_name_is_refused_naming_the_file() {
     let twice = load_error(&ours().trust_domain(PARTNER, &also_ours));
     assert!(twice.contains("also-ours.pem"), "{twice}");
     assert!(twice.contains("orders-trust.pem"), "{twice}");
-    assert!(twice.contains("certificate 1 is also in"), "{twice}");
+    assert!(
+        twice.contains("certificate 1 has the key of a CA in"),
+        "{twice}"
+    );
 
     let both = domains.file(
         "both.pem",
@@ -242,7 +271,7 @@ fn a_ca_in_two_bundles_or_a_bad_domain_name_is_refused_naming_the_file() {
     );
     let twice = load_error(&ours().trust_domain(PARTNER, &both));
     assert!(
-        twice.contains("both.pem") && twice.contains("certificate 2 is also in"),
+        twice.contains("both.pem") && twice.contains("certificate 2 has the key of a CA in"),
         "{twice}"
     );
 
@@ -251,6 +280,12 @@ fn a_ca_in_two_bundles_or_a_bad_domain_name_is_refused_naming_the_file() {
         bad.contains("partner-bundle.pem")
             && bad.contains("`Partner.Example` is not a SPIFFE trust domain"),
         "{bad}"
+    );
+
+    let ours_listed = load_error(&ours().trust_domain("example.org", &partner));
+    assert!(
+        ours_listed.contains("`example.org` is our own trust domain"),
+        "{ours_listed}"
     );
 
     let missing =
@@ -291,7 +326,7 @@ async fn a_federated_bundle_rewritten_is_loaded_by_the_rotation() {
     let mut server_tls = HandshakeServer::spawn(MtlsAcceptor::new(&server)).await;
 
     let renewed = DevCa::new(PARTNER).unwrap();
-    let api = domains.peer(&renewed, "spiffe://partner.example/ns/pay/sa/api");
+    let api = domains.peer(&renewed, PARTNER_API);
     assert_eq!(
         server_sees(&mut server_tls, &api).await,
         Err(FailureReason::UnknownCa)
@@ -305,10 +340,43 @@ async fn a_federated_bundle_rewritten_is_loaded_by_the_rotation() {
         .unwrap();
     assert_eq!(
         server_sees(&mut server_tls, &api).await,
-        Ok(id("spiffe://partner.example/ns/pay/sa/api"))
+        Ok(id(PARTNER_API))
     );
 }
 
 fn write(path: &Path, contents: &str) {
     resilience_mtls::dev_ca::write_atomic(path, contents.as_bytes()).unwrap();
+}
+
+/// A root renewed under a new name keeps its key, and with it the power to sign as the old
+/// name: the same key in the trust bundle and a federated bundle is refused.
+#[test]
+fn a_ca_key_in_two_bundles_under_two_names_is_refused() {
+    let domains = Domains::new();
+    let key = rcgen::KeyPair::generate().unwrap();
+    let root = |name: &str| {
+        let mut params = rcgen::CertificateParams::default();
+        params
+            .distinguished_name
+            .push(rcgen::DnType::CommonName, name);
+        params.is_ca = rcgen::IsCa::Ca(rcgen::BasicConstraints::Unconstrained);
+        params.self_signed(&key).unwrap().pem()
+    };
+    let old = format!("{}{}", domains.ours.trust_pem(), root("partner root 2025"));
+    let paths = domains
+        .paths(
+            "orders",
+            &domains.ours,
+            "spiffe://example.org/ns/shop/sa/orders",
+            &old,
+        )
+        .trust_domain(
+            PARTNER,
+            domains.file("renewed.pem", &root("partner root 2026")),
+        );
+    let error = load_error(&paths);
+    assert!(
+        error.contains("renewed.pem") && error.contains("certificate 1 has the key of a CA in"),
+        "{error}"
+    );
 }

@@ -321,8 +321,6 @@ mod tests {
         assert!(Config::parse(&route("per_try_timeout = \"6ms\"")).is_ok());
     }
 
-    /// A limit past what a process can afford is refused with its line, not taken and then
-    /// allocated at the first request (4 294 967 296 headers would abort the process).
     #[test]
     fn a_federated_trust_domain_is_named_as_one() {
         let text = "[identity]\ncert = \"c.pem\"\nkey = \"k.pem\"\ntrust = \"t.pem\"\n\n\
@@ -338,6 +336,8 @@ mod tests {
         assert!(Config::parse(&text.replace("Partner.Example", "other.example")).is_ok());
     }
 
+    /// A limit past what a process can afford is refused with its line, not taken and then
+    /// allocated at the first request (4 294 967 296 headers would abort the process).
     #[test]
     fn limits_have_ceilings_as_well_as_floors() {
         for (line, field, maximum) in [

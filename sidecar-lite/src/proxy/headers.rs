@@ -9,7 +9,7 @@ use http::{
     HeaderMap, HeaderName, HeaderValue, Request,
     header::{CONNECTION, CONTENT_LENGTH, COOKIE, Entry, TE, TRANSFER_ENCODING, UPGRADE},
 };
-use resilience_mtls::{Credentials, Identity, Material};
+use resilience_mtls::{Credentials, Identity};
 use std::{cell::RefCell, net::IpAddr};
 
 /// `x-forwarded-for`: the chain of client addresses.
@@ -542,18 +542,24 @@ impl InboundRules {
         thread_local! {
             static LAST: RefCell<Option<Made>> = const { RefCell::new(None) };
         }
-        let material = self.ours.as_ref().map(Credentials::current);
-        let ours = material.as_deref().map(Material::identity);
-        per_thread::kept_or_made(
-            &LAST,
-            |(by, kept), _| by.as_ref() == ours && kept == peer,
-            || {
-                let by = ours.map_or_else(String::new, |id| format!("By={};", id.as_str()));
-                let text = format!("{by}{}", xfcc_element(peer));
-                let value = HeaderValue::from_maybe_shared(Bytes::from(text)).ok()?;
-                Some(((ours.cloned(), peer.clone()), value))
-            },
-        )
+        let made = |ours: Option<&Identity>| {
+            per_thread::kept_or_made(
+                &LAST,
+                |(by, kept), _| by.as_ref() == ours && kept == peer,
+                || {
+                    let by = ours.map_or_else(String::new, |id| format!("By={};", id.as_str()));
+                    let text = format!("{by}{}", xfcc_element(peer));
+                    let value = HeaderValue::from_maybe_shared(Bytes::from(text)).ok()?;
+                    Some(((ours.cloned(), peer.clone()), value))
+                },
+            )
+        };
+        match &self.ours {
+            Some(credentials) => {
+                credentials.with_current(|material| made(Some(material.identity())))
+            }
+            None => made(None),
+        }
     }
 }
 
