@@ -17,6 +17,7 @@ use std::{collections::BTreeMap, path::PathBuf, time::Duration};
 /// trust = "certs/ca.pem"           # required: the CAs that peers' certificates chain to
 /// tls12 = false                    # also accept and offer TLS 1.2 (default: TLS 1.3 only)
 /// reload_interval = "10s"          # re-read the files this often besides watching them
+/// crls = ["certs/ca.crl.pem"]      # certificate revocation lists of our CAs (default none)
 ///
 /// # SPIFFE federation: each of these trust domains' peers is checked against its own bundle
 /// # alone; `trust` then vouches only for our own trust domain and DNS identities.
@@ -44,6 +45,12 @@ pub struct IdentityConfig {
     /// and DNS identities, and a SPIFFE ID of any other trust domain is refused.
     #[serde(default, skip_serializing_if = "BTreeMap::is_empty")]
     pub trust_domains: BTreeMap<String, PathBuf>,
+    /// Files of certificate revocation lists (PEM `X509 CRL` blocks) for any of our CAs.
+    /// Default none. A peer whose certificate, or a CA of whose chain, a list revokes is
+    /// refused, on either side of a handshake and when a session resumes; a certificate whose
+    /// issuer has no list here is not checked. The files rotate with the others.
+    #[serde(default, skip_serializing_if = "Vec::is_empty")]
+    pub crls: Vec<PathBuf>,
 }
 
 fn default_reload_interval() -> Duration {
@@ -64,6 +71,7 @@ impl IdentityConfig {
             tls12: false,
             reload_interval: default_reload_interval(),
             trust_domains: BTreeMap::new(),
+            crls: Vec::new(),
         }
     }
 
@@ -72,6 +80,7 @@ impl IdentityConfig {
     pub fn paths(&self) -> MaterialPaths {
         let mut paths = MaterialPaths::new(&self.cert, &self.key, &self.trust);
         paths.trust_domains.clone_from(&self.trust_domains);
+        paths.crls.clone_from(&self.crls);
         paths
     }
 

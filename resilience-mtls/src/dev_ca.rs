@@ -15,9 +15,11 @@
 
 use crate::{Identity, IdentityError, Material, MaterialError, MaterialPaths, clock::wall_clock};
 use rcgen::{
-    BasicConstraints, CertificateParams, DnType, ExtendedKeyUsagePurpose, IsCa, Issuer, KeyPair,
-    KeyUsagePurpose, SanType, SignatureAlgorithm, string::Ia5String,
+    BasicConstraints, CertificateParams, CertificateRevocationListParams, DnType,
+    ExtendedKeyUsagePurpose, IsCa, Issuer, KeyIdMethod, KeyPair, KeyUsagePurpose, RevocationReason,
+    RevokedCertParams, SanType, SerialNumber, SignatureAlgorithm, string::Ia5String,
 };
+use rustls_pki_types::pem::PemObject;
 use std::{
     fmt, io,
     path::{Path, PathBuf},
@@ -56,6 +58,8 @@ pub enum DevCaError {
     Rcgen(rcgen::Error),
     /// The workload path does not make a valid SPIFFE ID.
     Identity(IdentityError),
+    /// A certificate to revoke cannot be read.
+    Revoked(String),
 }
 
 impl fmt::Display for DevCaError {
@@ -63,6 +67,7 @@ impl fmt::Display for DevCaError {
         match self {
             Self::Rcgen(err) => write!(f, "cannot create the certificate: {err}"),
             Self::Identity(err) => write!(f, "cannot create the certificate: {err}"),
+            Self::Revoked(err) => write!(f, "cannot read a certificate to revoke: {err}"),
         }
     }
 }
@@ -72,6 +77,7 @@ impl std::error::Error for DevCaError {
         match self {
             Self::Rcgen(err) => Some(err),
             Self::Identity(err) => Some(err),
+            Self::Revoked(_) => None,
         }
     }
 }
@@ -327,6 +333,34 @@ impl DevCa {
     #[must_use]
     pub fn trust_pem(&self) -> &str {
         &self.root_pem
+    }
+
+    /// A certificate revocation list, in PEM, signed by this CA: it revokes `revoked` (each a
+    /// certificate this CA issued, in PEM: its leaf is read), and is valid for a day.
+    pub fn crl(&self, revoked: &[&str]) -> Result<String, DevCaError> {
+        let now = wall_clock();
+        let mut certs = Vec::new();
+        for pem in revoked {
+            let der = rustls_pki_types::CertificateDer::from_pem_slice(pem.as_bytes())
+                .map_err(|e| DevCaError::Revoked(e.to_string()))?;
+            let (_, cert) = x509_parser::parse_x509_certificate(der.as_ref())
+                .map_err(|e| DevCaError::Revoked(e.to_string()))?;
+            certs.push(RevokedCertParams {
+                serial_number: SerialNumber::from_slice(cert.raw_serial()),
+                revocation_time: (now - HOUR).into(),
+                reason_code: Some(RevocationReason::KeyCompromise),
+                invalidity_date: None,
+            });
+        }
+        let params = CertificateRevocationListParams {
+            this_update: (now - HOUR).into(),
+            next_update: (now + DAY).into(),
+            crl_number: SerialNumber::from(1u64),
+            issuing_distribution_point: None,
+            revoked_certs: certs,
+            key_identifier_method: KeyIdMethod::Sha256,
+        };
+        Ok(params.signed_by(&self.issuer)?.pem()?)
     }
 
     /// A certificate for the workload `spiffe://<trust domain>/<path>`, with the default

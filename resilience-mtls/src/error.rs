@@ -113,6 +113,13 @@ pub enum MaterialError {
         /// What is wrong.
         detail: String,
     },
+    /// A file of certificate revocation lists cannot be used.
+    Crl {
+        /// The CRL file.
+        path: PathBuf,
+        /// What is wrong.
+        detail: String,
+    },
 }
 
 impl MaterialError {
@@ -129,7 +136,8 @@ impl MaterialError {
             | Self::Expired { path, .. }
             | Self::NotYetValid { path, .. }
             | Self::Identity { path, .. }
-            | Self::Trust { path, .. } => path,
+            | Self::Trust { path, .. }
+            | Self::Crl { path, .. } => path,
         }
     }
 }
@@ -182,6 +190,13 @@ impl fmt::Display for MaterialError {
             Self::Trust { path, detail } => {
                 write!(f, "unusable trust bundle `{}`: {detail}", path.display())
             }
+            Self::Crl { path, detail } => {
+                write!(
+                    f,
+                    "unusable certificate revocation list `{}`: {detail}",
+                    path.display()
+                )
+            }
         }
     }
 }
@@ -208,6 +223,9 @@ pub enum FailureReason {
     UnknownCa,
     /// The peer's certificate has expired.
     Expired,
+    /// The peer's certificate, or a CA certificate of its chain, is revoked by one of our
+    /// certificate revocation lists.
+    Revoked,
     /// The peer's certificate is not valid yet.
     NotYetValid,
     /// The peer's certificate is valid but names another identity than the expected one.
@@ -238,6 +256,7 @@ impl FailureReason {
             Self::NoClientCertificate => "no-client-certificate",
             Self::UnknownCa => "unknown-ca",
             Self::Expired => "expired",
+            Self::Revoked => "revoked",
             Self::NotYetValid => "not-yet-valid",
             Self::IdentityMismatch => "identity-mismatch",
             Self::NoIdentity => "no-identity",
@@ -275,6 +294,7 @@ impl FailureReason {
             E::InvalidCertificate(cert) => match cert {
                 C::UnknownIssuer | C::BadSignature => Self::UnknownCa,
                 C::Expired | C::ExpiredContext { .. } => Self::Expired,
+                C::Revoked => Self::Revoked,
                 C::NotValidYet | C::NotValidYetContext { .. } => Self::NotYetValid,
                 C::NotValidForName | C::NotValidForNameContext { .. } => Self::IdentityMismatch,
                 C::Other(other) if other.0.downcast_ref::<IdentityMismatch>().is_some() => {

@@ -92,6 +92,7 @@ mod error;
 mod identity;
 mod material;
 mod resumed;
+mod revocation;
 mod rotation;
 mod server;
 mod sessions;

@@ -5,6 +5,7 @@ use crate::{
     Identity, MaterialError,
     clock::wall_clock,
     provider,
+    revocation::Revocation,
     trust::{Bundle, Trust},
 };
 use rustls::{RootCertStore, sign::CertifiedKey};
@@ -31,6 +32,9 @@ pub struct MaterialPaths {
     /// of these domains must chain to its domain's bundle, and no other. With any listed,
     /// `trust` vouches only for DNS identities and SPIFFE IDs of our own trust domain.
     pub trust_domains: BTreeMap<String, PathBuf>,
+    /// Certificate revocation lists in PEM, for any of the CAs above: a peer whose certificate,
+    /// or a CA of whose chain, one of them revokes is refused.
+    pub crls: Vec<PathBuf>,
 }
 
 impl MaterialPaths {
@@ -45,7 +49,15 @@ impl MaterialPaths {
             key: key.into(),
             trust: trust.into(),
             trust_domains: BTreeMap::new(),
+            crls: Vec::new(),
         }
+    }
+
+    /// These paths, with a file of certificate revocation lists at `crl`.
+    #[must_use]
+    pub fn crl(mut self, crl: impl Into<PathBuf>) -> Self {
+        self.crls.push(crl.into());
+        self
     }
 
     /// These paths, with the bundle of the federated trust domain `domain` at `bundle`.
@@ -55,11 +67,12 @@ impl MaterialPaths {
         self
     }
 
-    /// Every file, ours then the bundles.
+    /// Every file: ours, the bundles, the revocation lists.
     pub(crate) fn files(&self) -> impl Iterator<Item = &Path> {
         [&self.cert, &self.key, &self.trust]
             .into_iter()
             .chain(self.trust_domains.values())
+            .chain(&self.crls)
             .map(PathBuf::as_path)
     }
 }
@@ -87,6 +100,7 @@ impl fmt::Debug for Material {
             .field("identity", &self.identity)
             .field("chain_len", &self.certified_key.cert.len())
             .field("trust_anchors", &self.roots().len())
+            .field("crls", &self.trust.crls())
             .field(
                 "trust_domains",
                 &self.trust.federated().map(|(d, _)| d).collect::<Vec<_>>(),
@@ -122,6 +136,7 @@ impl Material {
             key: key.as_ref().to_vec(),
             trust: trust.as_ref().to_vec(),
             trust_domains: BTreeMap::new(),
+            crls: Vec::new(),
         };
         let paths = MaterialPaths::new("<cert>", "<key>", "<trust>");
         Self::from_files(&files, &paths, now)
@@ -199,7 +214,13 @@ impl Material {
             certs: trust,
             path: &paths.trust,
         };
-        let trust = Trust::new(bundle, &identity, federated)?;
+        let revocation = Revocation::new(
+            files
+                .crls
+                .iter()
+                .map(|(path, pem)| (path.as_path(), pem.as_slice())),
+        )?;
+        let trust = Trust::new(bundle, &identity, federated, revocation)?;
 
         Ok(Self {
             certified_key: Arc::new(certified_key),
@@ -258,6 +279,12 @@ impl Material {
             .collect()
     }
 
+    /// How many certificate revocation lists are in force.
+    #[must_use]
+    pub fn revocation_lists(&self) -> usize {
+        self.trust.crls()
+    }
+
     /// Who may vouch for whom.
     pub(crate) fn trust(&self) -> &Trust {
         &self.trust
@@ -304,6 +331,8 @@ pub(crate) struct MaterialFiles {
     pub(crate) trust: Vec<u8>,
     /// The federated trust domains' bundles, by domain.
     pub(crate) trust_domains: BTreeMap<String, Vec<u8>>,
+    /// The revocation lists, each with its file.
+    pub(crate) crls: Vec<(PathBuf, Vec<u8>)>,
 }
 
 impl MaterialFiles {
@@ -312,7 +341,14 @@ impl MaterialFiles {
     pub(crate) fn fingerprint(&self) -> u64 {
         use std::hash::{Hash, Hasher};
         let mut hasher = std::collections::hash_map::DefaultHasher::new();
-        (&self.cert, &self.key, &self.trust, &self.trust_domains).hash(&mut hasher);
+        (
+            &self.cert,
+            &self.key,
+            &self.trust,
+            &self.trust_domains,
+            &self.crls,
+        )
+            .hash(&mut hasher);
         hasher.finish()
     }
 
@@ -325,6 +361,11 @@ impl MaterialFiles {
                 .trust_domains
                 .iter()
                 .map(|(domain, path)| Ok((domain.clone(), read(path)?)))
+                .collect::<Result<_, MaterialError>>()?,
+            crls: paths
+                .crls
+                .iter()
+                .map(|path| Ok((path.clone(), read(path)?)))
                 .collect::<Result<_, MaterialError>>()?,
         })
     }

@@ -1,12 +1,12 @@
 //! [`Trust`]: which CAs may vouch for which peers. The trust bundle, and each federated SPIFFE
 //! trust domain's own bundle, which vouches for that domain alone.
 
-use crate::{Identity, MaterialError, SpiffeId};
+use crate::{Identity, MaterialError, SpiffeId, revocation::Revocation};
 use rustls::{
     CertificateError, OtherError, RootCertStore,
     server::{WebPkiClientVerifier, danger::ClientCertVerifier},
 };
-use rustls_pki_types::CertificateDer;
+use rustls_pki_types::{CertificateDer, SignatureVerificationAlgorithm, UnixTime};
 use std::{
     collections::BTreeMap,
     fmt,
@@ -33,6 +33,7 @@ pub(crate) struct Anchors {
 #[derive(Clone)]
 pub(crate) struct Trust {
     bundle: Anchors,
+    revocation: Revocation,
     /// Our own trust domain, when our identity is a SPIFFE ID; none for a DNS identity.
     ours: Option<String>,
     federated: BTreeMap<String, Anchors>,
@@ -69,13 +70,14 @@ impl Trust {
         bundle: Bundle<'_>,
         ours: &Identity,
         federated: Vec<(&str, Bundle<'_>)>,
+        revocation: Revocation,
     ) -> Result<Self, MaterialError> {
         let ours = match ours {
             Identity::Spiffe(id) => Some(id.trust_domain().to_owned()),
             Identity::Dns(_) => None,
         };
         let mut seen = Vec::new();
-        let default = anchors(bundle, 0, &mut seen)?;
+        let default = anchors(bundle, 0, &mut seen, &revocation)?;
         let mut domains = BTreeMap::new();
         for (i, (domain, bundle)) in federated.into_iter().enumerate() {
             let refuse = |detail: String| MaterialError::Trust {
@@ -95,10 +97,12 @@ impl Trust {
                      list only the domains we federate with"
                 )));
             }
-            domains.insert(domain.to_owned(), anchors(bundle, i + 1, &mut seen)?);
+            let anchors = anchors(bundle, i + 1, &mut seen, &revocation)?;
+            domains.insert(domain.to_owned(), anchors);
         }
         Ok(Self {
             bundle: default,
+            revocation,
             ours,
             federated: domains,
         })
@@ -136,6 +140,25 @@ impl Trust {
         }
     }
 
+    /// Verifies a server's chain against the bundle that may vouch for it, and against the
+    /// revocation lists.
+    pub(crate) fn verify_server(
+        &self,
+        end_entity: &CertificateDer<'_>,
+        intermediates: &[CertificateDer<'_>],
+        now: UnixTime,
+        algorithms: &[&dyn SignatureVerificationAlgorithm],
+    ) -> Result<(), rustls::Error> {
+        let anchors = self.for_peer(end_entity)?;
+        self.revocation
+            .verify_server(&anchors.roots, end_entity, intermediates, now, algorithms)
+    }
+
+    /// How many revocation lists are in force.
+    pub(crate) fn crls(&self) -> usize {
+        self.revocation.ders().len()
+    }
+
     /// The bundle that may vouch for the peer whose leaf certificate is `end_entity`, by the
     /// identity it claims. One without an identity is checked against the trust bundle, and
     /// refused for its missing identity after that check.
@@ -168,6 +191,7 @@ fn anchors(
     bundle: Bundle<'_>,
     number: usize,
     seen: &mut Vec<Seen>,
+    revocation: &Revocation,
 ) -> Result<Anchors, MaterialError> {
     let error = |detail: String| MaterialError::Trust {
         path: bundle.path.to_owned(),
@@ -199,8 +223,11 @@ fn anchors(
         });
     }
     let roots = Arc::new(roots);
+    // As `Revocation::verify_server`: an issuer without a CRL here leaves its certificates be.
     let client_verifier =
         WebPkiClientVerifier::builder_with_provider(roots.clone(), crate::provider())
+            .with_crls(revocation.ders().iter().cloned())
+            .allow_unknown_revocation_status()
             .build()
             .map_err(|e| error(e.to_string()))?;
     Ok(Anchors {

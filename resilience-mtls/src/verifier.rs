@@ -6,7 +6,7 @@ use rustls::{
     CertificateError, DigitallySignedStruct, OtherError, SignatureScheme,
     client::{
         danger::{HandshakeSignatureValid, ServerCertVerified, ServerCertVerifier},
-        verify_server_cert_signed_by_trust_anchor, verify_server_name,
+        verify_server_name,
     },
     crypto::{CryptoProvider, verify_tls12_signature, verify_tls13_signature},
     server::ParsedCertificate,
@@ -58,12 +58,11 @@ impl ServerCertVerifier for ServerVerifier {
     ) -> Result<ServerCertVerified, rustls::Error> {
         let cert = ParsedCertificate::try_from(end_entity)?;
         let material = self.credentials.current();
-        // The bundle of the identity the certificate claims, not of the one we expect: a
-        // certificate we expect by a DNS name may also claim a federated domain's SPIFFE ID,
+        // Against the bundle of the identity the certificate claims, not of the one we expect:
+        // a certificate we expect by a DNS name may also claim a federated domain's SPIFFE ID,
         // which only that domain's bundle may vouch for (and which `TlsInfo` reports).
-        verify_server_cert_signed_by_trust_anchor(
-            &cert,
-            &material.trust().for_peer(end_entity)?.roots,
+        material.trust().verify_server(
+            end_entity,
             intermediates,
             now,
             self.provider.signature_verification_algorithms.all,

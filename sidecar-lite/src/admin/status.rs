@@ -53,6 +53,8 @@ pub(super) struct IdentityView {
     /// Each federated trust domain, with the subjects of its bundle's CAs.
     #[serde(skip_serializing_if = "BTreeMap::is_empty")]
     pub(super) trust_domains: BTreeMap<String, Vec<String>>,
+    /// How many certificate revocation lists are in force.
+    pub(super) crls: usize,
 }
 
 #[derive(Debug, Serialize)]
@@ -244,6 +246,7 @@ fn identity(credentials: &Credentials) -> IdentityView {
         expiring_soon: lifetime_left < 0.2,
         trust: material.trust_subjects(),
         trust_domains: material.trust_domain_subjects(),
+        crls: material.revocation_lists(),
     }
 }
 

@@ -1,0 +1,202 @@
+//! Certificate revocation lists over real sockets on 127.0.0.1: a revoked peer is refused on
+//! either side of a handshake, also when it resumes a session, and a list rewritten applies to
+//! the next handshake.
+
+mod common;
+
+use common::{HandshakeServer, WAIT, credentials, paths, spiffe, tcp, tempdir};
+use resilience_mtls::{
+    Credentials, FailureReason, Material, MaterialError, MaterialPaths, MtlsAcceptor,
+    MtlsConnector, Rotation,
+    dev_ca::{DevCa, IssuedCert},
+};
+use rustls::HandshakeKind;
+use rustls_pki_types::ServerName;
+use std::{path::Path, time::Duration};
+use tokio::io::AsyncReadExt;
+
+fn localhost() -> ServerName<'static> {
+    ServerName::try_from("localhost").unwrap()
+}
+
+fn write(path: &Path, contents: &str) {
+    resilience_mtls::dev_ca::write_atomic(path, contents.as_bytes()).unwrap();
+}
+
+/// The workload `path` of `ca`, written to `dir` with the CRL file `crl.pem`, which holds
+/// `crl`.
+fn with_crl(dir: &Path, ca: &DevCa, path: &str, crl: &str) -> (MaterialPaths, IssuedCert) {
+    let name = path.rsplit('/').next().unwrap();
+    let files = paths(dir, name).crl(dir.join("crl.pem"));
+    let issued = ca.workload(path).unwrap();
+    issued.write(&files, ca.trust_pem()).unwrap();
+    write(&files.crls[0], crl);
+    (files, issued)
+}
+
+/// What the server made of a client's handshake: the reason it refused it, if it did.
+async fn refusal(server: &mut HandshakeServer, client: &Credentials) -> Option<FailureReason> {
+    let connector = MtlsConnector::new(client, spiffe("ns/shop/sa/orders"));
+    let _ = connector
+        .handshake(localhost(), tcp(server.addr).await)
+        .await;
+    server.next().await.err().map(|e| e.reason())
+}
+
+#[tokio::test]
+async fn a_revoked_client_is_refused_and_the_others_get_in() {
+    let dir = tempdir();
+    let ca = DevCa::new("example.org").unwrap();
+    let revoked = ca.workload("ns/shop/sa/frontend").unwrap();
+    let crl = ca.crl(&[&revoked.cert_pem]).unwrap();
+    let (files, _) = with_crl(dir.path(), &ca, "ns/shop/sa/orders", &crl);
+    let server = Credentials::load(&files).unwrap();
+    let mut server = HandshakeServer::spawn(MtlsAcceptor::new(&server)).await;
+
+    let client = Credentials::new(revoked.material(ca.trust_pem()).unwrap());
+    assert_eq!(
+        refusal(&mut server, &client).await,
+        Some(FailureReason::Revoked)
+    );
+    let other = credentials(&ca, "ns/shop/sa/frontend");
+    assert_eq!(refusal(&mut server, &other).await, None);
+}
+
+#[tokio::test]
+async fn a_client_refuses_a_revoked_server() {
+    let dir = tempdir();
+    let ca = DevCa::new("example.org").unwrap();
+    let server_cert = ca.workload("ns/shop/sa/orders").unwrap();
+    let crl = ca.crl(&[&server_cert.cert_pem]).unwrap();
+    let (files, _) = with_crl(dir.path(), &ca, "ns/shop/sa/frontend", &crl);
+    let client = Credentials::load(&files).unwrap();
+    let server = Credentials::new(server_cert.material(ca.trust_pem()).unwrap());
+    let server = HandshakeServer::spawn(MtlsAcceptor::new(&server)).await;
+
+    let connector = MtlsConnector::new(&client, spiffe("ns/shop/sa/orders"));
+    let error = connector
+        .handshake(localhost(), tcp(server.addr).await)
+        .await
+        .expect_err("a revoked server is refused");
+    assert_eq!(error.reason(), FailureReason::Revoked);
+
+    // Another certificate of the same server's, not revoked, gets through.
+    let renewed = credentials(&ca, "ns/shop/sa/orders");
+    let server = HandshakeServer::spawn(MtlsAcceptor::new(&renewed)).await;
+    connector
+        .handshake(localhost(), tcp(server.addr).await)
+        .await
+        .expect("a server that is not revoked");
+}
+
+/// A revocation list rewritten applies from the next handshake, and a session resumed with a
+/// ticket from before it is refused too: rustls does not check a resumed session's chain.
+#[tokio::test]
+async fn a_list_rewritten_revokes_from_the_next_handshake_even_a_resumed_one() {
+    let dir = tempdir();
+    let ca = DevCa::new("example.org").unwrap();
+    let (files, _) = with_crl(dir.path(), &ca, "ns/shop/sa/orders", &ca.crl(&[]).unwrap());
+    let server = Credentials::load(&files).unwrap();
+    let _rotation = Rotation::new(files.clone())
+        .poll_interval(Duration::from_millis(50))
+        .spawn(&server);
+    let mut server_tls = HandshakeServer::spawn(MtlsAcceptor::new(&server)).await;
+
+    let frontend = ca.workload("ns/shop/sa/frontend").unwrap();
+    let client = Credentials::new(frontend.material(ca.trust_pem()).unwrap());
+    let connector = MtlsConnector::new(&client, spiffe("ns/shop/sa/orders"));
+    let mut tls = connector
+        .handshake(localhost(), tcp(server_tls.addr).await)
+        .await
+        .unwrap();
+    // Read to the end, so that the session's tickets have come.
+    let mut text = String::new();
+    tokio::time::timeout(WAIT, tls.read_to_string(&mut text))
+        .await
+        .unwrap()
+        .unwrap();
+    assert_eq!(
+        server_tls.next().await.unwrap(),
+        Some(spiffe("ns/shop/sa/frontend"))
+    );
+
+    write(&files.crls[0], &ca.crl(&[&frontend.cert_pem]).unwrap());
+    let mut generation = server.subscribe();
+    tokio::time::timeout(WAIT, generation.wait_for(|g| *g >= 1))
+        .await
+        .unwrap()
+        .unwrap();
+
+    // The client resumes (its side of the handshake completes), and the server refuses.
+    let resumed = connector
+        .handshake(localhost(), tcp(server_tls.addr).await)
+        .await
+        .expect("the client's side of a resumption completes");
+    assert_eq!(
+        resumed.get_ref().1.handshake_kind(),
+        Some(HandshakeKind::Resumed)
+    );
+    let refused = server_tls
+        .next()
+        .await
+        .expect_err("a revoked client resumed");
+    assert_eq!(refused.reason(), FailureReason::Revoked);
+}
+
+/// A list of one CA's leaves the peers of another CA the bundle trusts alone.
+#[tokio::test]
+async fn a_list_of_one_ca_leaves_another_cas_peers_alone() {
+    let dir = tempdir();
+    let ca = DevCa::new("example.org").unwrap();
+    let other = DevCa::new("other.org").unwrap();
+    let files = paths(dir.path(), "orders").crl(dir.path().join("crl.pem"));
+    ca.workload("ns/shop/sa/orders")
+        .unwrap()
+        .write(&files, &format!("{}{}", ca.trust_pem(), other.trust_pem()))
+        .unwrap();
+    let stranger = other.workload("ns/x/sa/y").unwrap();
+    write(&files.crls[0], &other.crl(&[&stranger.cert_pem]).unwrap());
+    let server = Credentials::load(&files).unwrap();
+    let mut server = HandshakeServer::spawn(MtlsAcceptor::new(&server)).await;
+
+    assert_eq!(
+        refusal(&mut server, &credentials(&ca, "ns/shop/sa/frontend")).await,
+        None
+    );
+    let stranger = Credentials::new(stranger.material(ca.trust_pem()).unwrap());
+    assert_eq!(
+        refusal(&mut server, &stranger).await,
+        Some(FailureReason::Revoked)
+    );
+}
+
+#[test]
+fn a_file_that_holds_no_usable_list_is_named() {
+    let dir = tempdir();
+    let ca = DevCa::new("example.org").unwrap();
+    let load = |crl: &str| {
+        let (files, _) = with_crl(dir.path(), &ca, "ns/shop/sa/orders", crl);
+        Material::load(&files)
+    };
+    let error = load(ca.trust_pem()).unwrap_err();
+    assert!(
+        matches!(&error, MaterialError::Crl { path, .. } if path.ends_with("crl.pem")),
+        "{error}"
+    );
+    assert!(error.to_string().contains("no `X509 CRL` block"), "{error}");
+
+    let garbage = "-----BEGIN X509 CRL-----\nAAAA\n-----END X509 CRL-----\n";
+    let error = load(garbage).unwrap_err().to_string();
+    assert!(
+        error.contains("crl.pem") && error.contains("CRL 1 cannot be read"),
+        "{error}"
+    );
+
+    let (files, _) = with_crl(dir.path(), &ca, "ns/shop/sa/orders", &ca.crl(&[]).unwrap());
+    let missing = Material::load(&files.clone().crl(dir.path().join("nope.pem"))).unwrap_err();
+    assert!(
+        matches!(&missing, MaterialError::Read { path, .. } if path.ends_with("nope.pem")),
+        "{missing}"
+    );
+    assert!(Material::load(&files).is_ok());
+}
