@@ -45,10 +45,11 @@ pub struct IdentityConfig {
     /// and DNS identities, and a SPIFFE ID of any other trust domain is refused.
     #[serde(default, skip_serializing_if = "BTreeMap::is_empty")]
     pub trust_domains: BTreeMap<String, PathBuf>,
-    /// Files of certificate revocation lists (PEM `X509 CRL` blocks) for any of our CAs.
-    /// Default none. A peer whose certificate, or a CA of whose chain, a list revokes is
-    /// refused, on either side of a handshake and when a session resumes; a certificate whose
-    /// issuer has no list here is not checked. The files rotate with the others.
+    /// Files of certificate revocation lists (PEM `X509 CRL` blocks) of the CAs of any bundle
+    /// (ours, and federated domains') or of intermediate CAs under them. Default none. A peer
+    /// whose certificate, or an intermediate CA of whose chain, a list revokes is refused, on
+    /// either side of a handshake and when a session resumes; a certificate whose issuer has
+    /// no list here is not checked. The files rotate with the others.
     #[serde(default, skip_serializing_if = "Vec::is_empty")]
     pub crls: Vec<PathBuf>,
 }

@@ -59,7 +59,7 @@ pub enum DevCaError {
     /// The workload path does not make a valid SPIFFE ID.
     Identity(IdentityError),
     /// A certificate to revoke cannot be read.
-    Revoked(String),
+    BadRevokedCert(String),
 }
 
 impl fmt::Display for DevCaError {
@@ -67,7 +67,7 @@ impl fmt::Display for DevCaError {
         match self {
             Self::Rcgen(err) => write!(f, "cannot create the certificate: {err}"),
             Self::Identity(err) => write!(f, "cannot create the certificate: {err}"),
-            Self::Revoked(err) => write!(f, "cannot read a certificate to revoke: {err}"),
+            Self::BadRevokedCert(err) => write!(f, "cannot read a certificate to revoke: {err}"),
         }
     }
 }
@@ -77,7 +77,7 @@ impl std::error::Error for DevCaError {
         match self {
             Self::Rcgen(err) => Some(err),
             Self::Identity(err) => Some(err),
-            Self::Revoked(_) => None,
+            Self::BadRevokedCert(_) => None,
         }
     }
 }
@@ -342,9 +342,9 @@ impl DevCa {
         let mut certs = Vec::new();
         for pem in revoked {
             let der = rustls_pki_types::CertificateDer::from_pem_slice(pem.as_bytes())
-                .map_err(|e| DevCaError::Revoked(e.to_string()))?;
+                .map_err(|e| DevCaError::BadRevokedCert(e.to_string()))?;
             let (_, cert) = x509_parser::parse_x509_certificate(der.as_ref())
-                .map_err(|e| DevCaError::Revoked(e.to_string()))?;
+                .map_err(|e| DevCaError::BadRevokedCert(e.to_string()))?;
             certs.push(RevokedCertParams {
                 serial_number: SerialNumber::from_slice(cert.raw_serial()),
                 revocation_time: (now - HOUR).into(),

@@ -223,9 +223,12 @@ pub enum FailureReason {
     UnknownCa,
     /// The peer's certificate has expired.
     Expired,
-    /// The peer's certificate, or a CA certificate of its chain, is revoked by one of our
+    /// The peer's certificate, or an intermediate CA of its chain, is revoked by one of our
     /// certificate revocation lists.
     Revoked,
+    /// A revocation list of ours that the peer's chain meets cannot be used: its signature
+    /// does not verify against the CA whose name it bears, or that CA may not sign lists.
+    BadRevocationList,
     /// The peer's certificate is not valid yet.
     NotYetValid,
     /// The peer's certificate is valid but names another identity than the expected one.
@@ -257,6 +260,7 @@ impl FailureReason {
             Self::UnknownCa => "unknown-ca",
             Self::Expired => "expired",
             Self::Revoked => "revoked",
+            Self::BadRevocationList => "bad-revocation-list",
             Self::NotYetValid => "not-yet-valid",
             Self::IdentityMismatch => "identity-mismatch",
             Self::NoIdentity => "no-identity",
@@ -313,6 +317,7 @@ impl FailureReason {
                 }
                 _ => Self::BadCertificate,
             },
+            E::InvalidCertRevocationList(_) => Self::BadRevocationList,
             E::AlertReceived(_) => Self::PeerRejected,
             E::PeerIncompatible(_) | E::NoApplicationProtocol => Self::Incompatible,
             _ => Self::Protocol,

@@ -32,8 +32,9 @@ pub struct MaterialPaths {
     /// of these domains must chain to its domain's bundle, and no other. With any listed,
     /// `trust` vouches only for DNS identities and SPIFFE IDs of our own trust domain.
     pub trust_domains: BTreeMap<String, PathBuf>,
-    /// Certificate revocation lists in PEM, for any of the CAs above: a peer whose certificate,
-    /// or a CA of whose chain, one of them revokes is refused.
+    /// Certificate revocation lists in PEM, of any of the CAs above or of intermediate CAs under
+    /// them: a peer whose certificate, or an intermediate CA of whose chain, one of them revokes
+    /// is refused (a trust anchor is distrusted by taking it out of its bundle).
     pub crls: Vec<PathBuf>,
 }
 
@@ -100,7 +101,7 @@ impl fmt::Debug for Material {
             .field("identity", &self.identity)
             .field("chain_len", &self.certified_key.cert.len())
             .field("trust_anchors", &self.roots().len())
-            .field("crls", &self.trust.crls())
+            .field("crls", &self.trust.revocation_lists())
             .field(
                 "trust_domains",
                 &self.trust.federated().map(|(d, _)| d).collect::<Vec<_>>(),
@@ -214,12 +215,20 @@ impl Material {
             certs: trust,
             path: &paths.trust,
         };
-        let revocation = Revocation::new(
-            files
+        let mut lists = Vec::new();
+        for path in &paths.crls {
+            // As the bundles: a file read from elsewhere would leave its lists out, silently.
+            let (_, pem) = files
                 .crls
                 .iter()
-                .map(|(path, pem)| (path.as_path(), pem.as_slice())),
-        )?;
+                .find(|(read, _)| read == path)
+                .ok_or_else(|| MaterialError::Crl {
+                    path: path.clone(),
+                    detail: "it was not read".to_owned(),
+                })?;
+            lists.push((path.as_path(), pem.as_slice()));
+        }
+        let revocation = Revocation::new(lists)?;
         let trust = Trust::new(bundle, &identity, federated, revocation)?;
 
         Ok(Self {
@@ -282,7 +291,7 @@ impl Material {
     /// How many certificate revocation lists are in force.
     #[must_use]
     pub fn revocation_lists(&self) -> usize {
-        self.trust.crls()
+        self.trust.revocation_lists()
     }
 
     /// Who may vouch for whom.

@@ -2,37 +2,51 @@
 //! on both sides of a handshake.
 
 use crate::MaterialError;
-use rustls::{CertificateError, OtherError, RootCertStore};
+use rustls::{CertRevocationListError, CertificateError, OtherError, RootCertStore};
 use rustls_pki_types::{
     CertificateDer, CertificateRevocationListDer, SignatureVerificationAlgorithm, UnixTime,
     pem::PemObject,
 };
-use std::{path::Path, sync::Arc};
+use std::{
+    path::{Path, PathBuf},
+    sync::Arc,
+};
 use webpki::{
     CertRevocationList, EndEntityCert, OwnedCertRevocationList, RevocationOptionsBuilder,
     UnknownStatusPolicy,
 };
 
-/// The CRLs in force, as rustls's client verifier takes them and as parsed for ours.
+/// One revocation list, as rustls's client verifier takes it and as parsed for ours.
+struct Crl {
+    der: CertificateRevocationListDer<'static>,
+    parsed: CertRevocationList<'static>,
+    /// The file it came from, and its place there, for errors.
+    path: PathBuf,
+    number: usize,
+}
+
+/// Revocation lists: all those loaded, or the share of them one bundle's chains may meet.
 ///
-/// Every certificate of a peer's chain is looked up in the CRL of its issuer. One whose issuer
-/// has no CRL here passes, so that CRLs for some CAs leave the peers of the others alone (as
-/// rustls's `allow_unknown_revocation_status`; webpki's default refuses them). A CRL past its
-/// next update still applies: an old list of revoked certificates is still a list of revoked
-/// certificates, and a stale one is for the rotation to replace.
+/// Every certificate of a peer's chain but the trust anchor is looked up in the list of its
+/// issuer (a list with an issuing distribution point that does not cover the certificate is
+/// not its list). One whose issuer has no list here passes, so that lists of some CAs leave
+/// the peers of the others alone (rustls's `allow_unknown_revocation_status`; webpki's
+/// default refuses them). A list past its next update still applies: an old list of revoked
+/// certificates is still a list of revoked certificates, and a stale one is for the rotation
+/// to replace.
 #[derive(Clone, Default)]
 pub(crate) struct Revocation {
-    ders: Vec<CertificateRevocationListDer<'static>>,
-    parsed: Arc<[CertRevocationList<'static>]>,
+    crls: Vec<Arc<Crl>>,
 }
 
 impl Revocation {
-    /// The CRLs of each file, in PEM (`X509 CRL` blocks); errors name the file.
+    /// The lists of each file, in PEM (`X509 CRL` blocks); errors name the file. webpki takes
+    /// the first list whose issuer has a certificate's issuer's name, so two lists of one name
+    /// are refused.
     pub(crate) fn new<'a>(
         files: impl IntoIterator<Item = (&'a Path, &'a [u8])>,
     ) -> Result<Self, MaterialError> {
-        let mut ders = Vec::new();
-        let mut parsed = Vec::new();
+        let mut crls: Vec<Arc<Crl>> = Vec::new();
         for (path, pem) in files {
             let error = |detail: String| MaterialError::Crl {
                 path: path.to_owned(),
@@ -45,26 +59,79 @@ impl Revocation {
                 return Err(error("no `X509 CRL` block in it".to_owned()));
             }
             for (i, der) in found.into_iter().enumerate() {
-                let crl = OwnedCertRevocationList::from_der(der.as_ref())
-                    .map_err(|e| error(format!("CRL {} cannot be read: {e}", i + 1)))?;
-                parsed.push(CertRevocationList::from(crl));
-                ders.push(der);
+                let parsed = OwnedCertRevocationList::from_der(der.as_ref())
+                    .map_err(|e| error(format!("list {} cannot be read: {e}", i + 1)))?;
+                let parsed = CertRevocationList::from(parsed);
+                if let Some(other) = crls
+                    .iter()
+                    .find(|crl| crl.parsed.issuer() == parsed.issuer())
+                {
+                    return Err(error(format!(
+                        "list {} has the issuer of list {} of `{}`: give each CA one list",
+                        i + 1,
+                        other.number,
+                        other.path.display()
+                    )));
+                }
+                crls.push(Arc::new(Crl {
+                    der,
+                    parsed,
+                    path: path.to_owned(),
+                    number: i + 1,
+                }));
             }
         }
-        Ok(Self {
-            ders,
-            parsed: parsed.into(),
-        })
+        Ok(Self { crls })
     }
 
-    /// The CRLs as rustls's client verifier takes them.
-    pub(crate) fn ders(&self) -> &[CertificateRevocationListDer<'static>] {
-        &self.ders
+    /// How many lists.
+    pub(crate) fn len(&self) -> usize {
+        self.crls.len()
+    }
+
+    /// The lists a chain to `roots` may meet: those of its anchors, and those of CAs that are no
+    /// anchor of any bundle (intermediates), whose names are not in `anchors` (the subjects and
+    /// keys of every bundle's anchors). A list whose issuer's name two anchors of different
+    /// keys share is refused: webpki would check a chain to either against it, and refuse
+    /// every certificate of the other for the list's signature.
+    pub(crate) fn for_roots(
+        &self,
+        roots: &RootCertStore,
+        anchors: &[(&[u8], &[u8])],
+    ) -> Result<Self, MaterialError> {
+        let mut crls = Vec::new();
+        for crl in &self.crls {
+            let issuer = crl.parsed.issuer();
+            let mut keys = anchors.iter().filter(|(subject, _)| *subject == issuer);
+            if let Some((_, first)) = keys.next()
+                && keys.any(|(_, key)| key != first)
+            {
+                return Err(MaterialError::Crl {
+                    path: crl.path.clone(),
+                    detail: format!(
+                        "list {} is of a name that two trusted CAs of different keys share: \
+                         it could be checked against either; give the CAs names of their own",
+                        crl.number
+                    ),
+                });
+            }
+            let ours = roots.roots.iter().any(|a| a.subject.as_ref() == issuer);
+            let anchorless = !anchors.iter().any(|(subject, _)| *subject == issuer);
+            if ours || anchorless {
+                crls.push(crl.clone());
+            }
+        }
+        Ok(Self { crls })
+    }
+
+    /// The lists as rustls's client verifier takes them.
+    pub(crate) fn ders(&self) -> impl Iterator<Item = CertificateRevocationListDer<'static>> {
+        self.crls.iter().map(|crl| crl.der.clone())
     }
 
     /// Verifies a server's chain, `end_entity` and `intermediates`, to `roots` at `now`, and
     /// that none of it is revoked: rustls's `verify_server_cert_signed_by_trust_anchor` with
-    /// revocation, which it offers only inside its own verifier, with its name check.
+    /// revocation, which rustls offers only inside its own verifier, with its name check.
     pub(crate) fn verify_server(
         &self,
         roots: &RootCertStore,
@@ -74,7 +141,9 @@ impl Revocation {
         algorithms: &[&dyn SignatureVerificationAlgorithm],
     ) -> Result<(), rustls::Error> {
         let cert = EndEntityCert::try_from(end_entity).map_err(pki_error)?;
-        let crls: Vec<&CertRevocationList<'_>> = self.parsed.iter().collect();
+        let crls: Vec<&CertRevocationList<'_>> = self.crls.iter().map(|crl| &crl.parsed).collect();
+        // The same policy as the client verifier's (`Trust`'s bundles): the whole chain, an
+        // issuer without a list passes, a list past its next update applies.
         let revocation = RevocationOptionsBuilder::new(&crls).ok().map(|options| {
             options
                 .with_status_policy(UnknownStatusPolicy::Allow)
@@ -94,8 +163,8 @@ impl Revocation {
     }
 }
 
-/// webpki's error as rustls reports it, for the reasons a handshake failure is counted by;
-/// any other is kept whole.
+/// webpki's error as rustls's own verifier reports it (its mapping is private), for the
+/// reasons a handshake failure is counted by; any other is kept whole.
 fn pki_error(error: webpki::Error) -> rustls::Error {
     use webpki::Error as E;
     let reason = match error {
@@ -103,10 +172,17 @@ fn pki_error(error: webpki::Error) -> rustls::Error {
         E::InvalidSignatureForPublicKey => CertificateError::BadSignature,
         E::CertRevoked => CertificateError::Revoked,
         E::CertExpired { time, not_after } => CertificateError::ExpiredContext { time, not_after },
+        E::InvalidCertValidity => CertificateError::Expired,
         E::CertNotValidYet { time, not_before } => {
             CertificateError::NotValidYetContext { time, not_before }
         }
-        E::BadDer | E::BadDerTime => CertificateError::BadEncoding,
+        E::BadDer | E::BadDerTime | E::TrailingData(_) => CertificateError::BadEncoding,
+        E::InvalidCrlSignatureForPublicKey
+        | E::UnsupportedCrlSignatureAlgorithmContext(_)
+        | E::UnsupportedCrlSignatureAlgorithmForPublicKeyContext(_) => {
+            return CertRevocationListError::BadSignature.into();
+        }
+        E::IssuerNotCrlSigner => return CertRevocationListError::IssuerInvalidForCrl.into(),
         other => CertificateError::Other(OtherError(Arc::new(other))),
     };
     rustls::Error::InvalidCertificate(reason)

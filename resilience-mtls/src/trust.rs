@@ -14,11 +14,13 @@ use std::{
     sync::Arc,
 };
 
-/// The CAs of one bundle: as roots for checking a server, and as a verifier of clients.
+/// The CAs of one bundle: as roots for checking a server, and as a verifier of clients; with
+/// the revocation lists its chains may meet.
 #[derive(Clone)]
 pub(crate) struct Anchors {
     pub(crate) roots: Arc<RootCertStore>,
     pub(crate) client_verifier: Arc<dyn ClientCertVerifier>,
+    revocation: Revocation,
 }
 
 /// Who may vouch for whom.
@@ -33,7 +35,8 @@ pub(crate) struct Anchors {
 #[derive(Clone)]
 pub(crate) struct Trust {
     bundle: Anchors,
-    revocation: Revocation,
+    /// How many revocation lists are in force, over all bundles.
+    revocation_lists: usize,
     /// Our own trust domain, when our identity is a SPIFFE ID; none for a DNS identity.
     ours: Option<String>,
     federated: BTreeMap<String, Anchors>,
@@ -77,8 +80,8 @@ impl Trust {
             Identity::Dns(_) => None,
         };
         let mut seen = Vec::new();
-        let default = anchors(bundle, 0, &mut seen, &revocation)?;
-        let mut domains = BTreeMap::new();
+        let default = (roots(&bundle, 0, &mut seen)?, bundle.path);
+        let mut domains = Vec::new();
         for (i, (domain, bundle)) in federated.into_iter().enumerate() {
             let refuse = |detail: String| MaterialError::Trust {
                 path: bundle.path.to_owned(),
@@ -97,14 +100,29 @@ impl Trust {
                      list only the domains we federate with"
                 )));
             }
-            let anchors = anchors(bundle, i + 1, &mut seen, &revocation)?;
-            domains.insert(domain.to_owned(), anchors);
+            domains.push((domain, roots(&bundle, i + 1, &mut seen)?, bundle.path));
         }
+        // Each bundle's revocation lists, once every bundle's anchors are known.
+        let every: Vec<(&[u8], &[u8])> = std::iter::once(&default.0)
+            .chain(domains.iter().map(|(_, roots, _)| roots))
+            .flat_map(|roots| &roots.roots)
+            .map(|a| (a.subject.as_ref(), a.subject_public_key_info.as_ref()))
+            .collect();
+        let anchors = |(roots, path): (RootCertStore, &Path)| {
+            let lists = revocation.for_roots(&roots, &every)?;
+            Anchors::new(roots, lists, path)
+        };
+        let federated = domains
+            .iter()
+            .map(|(domain, roots, path)| {
+                Ok(((*domain).to_owned(), anchors((roots.clone(), path))?))
+            })
+            .collect::<Result<_, MaterialError>>()?;
         Ok(Self {
-            bundle: default,
-            revocation,
+            bundle: anchors(default.clone())?,
+            revocation_lists: revocation.len(),
             ours,
-            federated: domains,
+            federated,
         })
     }
 
@@ -150,13 +168,14 @@ impl Trust {
         algorithms: &[&dyn SignatureVerificationAlgorithm],
     ) -> Result<(), rustls::Error> {
         let anchors = self.for_peer(end_entity)?;
-        self.revocation
+        anchors
+            .revocation
             .verify_server(&anchors.roots, end_entity, intermediates, now, algorithms)
     }
 
     /// How many revocation lists are in force.
-    pub(crate) fn crls(&self) -> usize {
-        self.revocation.ders().len()
+    pub(crate) fn revocation_lists(&self) -> usize {
+        self.revocation_lists
     }
 
     /// The bundle that may vouch for the peer whose leaf certificate is `end_entity`, by the
@@ -187,19 +206,18 @@ struct Seen {
 /// peers, which is what federation is there to prevent: refused, naming both files. A CA is
 /// its key: webpki finds an issuer's anchor by the subject's bytes, so the holder of the key
 /// signs as any subject it is listed under (a root renewed with a new name, say).
-fn anchors(
-    bundle: Bundle<'_>,
+fn roots(
+    bundle: &Bundle<'_>,
     number: usize,
     seen: &mut Vec<Seen>,
-    revocation: &Revocation,
-) -> Result<Anchors, MaterialError> {
+) -> Result<RootCertStore, MaterialError> {
     let error = |detail: String| MaterialError::Trust {
         path: bundle.path.to_owned(),
         detail,
     };
     let mut roots = RootCertStore::empty();
-    for (i, cert) in bundle.certs.into_iter().enumerate() {
-        roots.add(cert).map_err(|e| {
+    for (i, cert) in bundle.certs.iter().enumerate() {
+        roots.add(cert.clone()).map_err(|e| {
             error(format!(
                 "certificate {} is not a usable trust anchor: {e}",
                 i + 1
@@ -222,16 +240,32 @@ fn anchors(
             path: bundle.path.to_owned(),
         });
     }
-    let roots = Arc::new(roots);
-    // As `Revocation::verify_server`: an issuer without a CRL here leaves its certificates be.
-    let client_verifier =
-        WebPkiClientVerifier::builder_with_provider(roots.clone(), crate::provider())
-            .with_crls(revocation.ders().iter().cloned())
-            .allow_unknown_revocation_status()
-            .build()
-            .map_err(|e| error(e.to_string()))?;
-    Ok(Anchors {
-        roots,
-        client_verifier,
-    })
+    Ok(roots)
+}
+
+impl Anchors {
+    /// The anchors `roots` of the bundle at `path`, checked against `revocation`.
+    fn new(
+        roots: RootCertStore,
+        revocation: Revocation,
+        path: &Path,
+    ) -> Result<Self, MaterialError> {
+        let roots = Arc::new(roots);
+        // The same policy as `Revocation::verify_server`'s: the whole chain, an issuer
+        // without a list passes, a list past its next update applies.
+        let client_verifier =
+            WebPkiClientVerifier::builder_with_provider(roots.clone(), crate::provider())
+                .with_crls(revocation.ders())
+                .allow_unknown_revocation_status()
+                .build()
+                .map_err(|e| MaterialError::Trust {
+                    path: path.to_owned(),
+                    detail: e.to_string(),
+                })?;
+        Ok(Self {
+            roots,
+            client_verifier,
+            revocation,
+        })
+    }
 }

@@ -188,7 +188,7 @@ fn a_file_that_holds_no_usable_list_is_named() {
     let garbage = "-----BEGIN X509 CRL-----\nAAAA\n-----END X509 CRL-----\n";
     let error = load(garbage).unwrap_err().to_string();
     assert!(
-        error.contains("crl.pem") && error.contains("CRL 1 cannot be read"),
+        error.contains("crl.pem") && error.contains("list 1 cannot be read"),
         "{error}"
     );
 
@@ -199,4 +199,87 @@ fn a_file_that_holds_no_usable_list_is_named() {
         "{missing}"
     );
     assert!(Material::load(&files).is_ok());
+}
+
+/// An intermediate CA revoked by its root's list: every certificate under it is refused.
+#[tokio::test]
+async fn a_revoked_intermediate_takes_its_leaves_with_it() {
+    let dir = tempdir();
+    let root = DevCa::new("example.org").unwrap();
+    let intermediate = root.intermediate("shop").unwrap();
+    let crl = root.crl(&[intermediate.cert_pem()]).unwrap();
+    let (files, _) = with_crl(dir.path(), &root, "ns/shop/sa/orders", &crl);
+    let server = Credentials::load(&files).unwrap();
+    let mut server = HandshakeServer::spawn(MtlsAcceptor::new(&server)).await;
+
+    let under = intermediate.workload("ns/shop/sa/frontend").unwrap();
+    let under = Credentials::new(under.material(root.trust_pem()).unwrap());
+    assert_eq!(
+        refusal(&mut server, &under).await,
+        Some(FailureReason::Revoked)
+    );
+    let direct = credentials(&root, "ns/shop/sa/frontend");
+    assert_eq!(refusal(&mut server, &direct).await, None);
+}
+
+/// webpki takes the first list of a name: two lists of one name, or a list of a name two
+/// trusted CAs of different keys share, are refused at load rather than refusing one CA's
+/// peers for the other's list.
+#[test]
+fn lists_that_could_be_taken_for_another_cas_are_refused() {
+    let dir = tempdir();
+    let ca = DevCa::new("example.org").unwrap();
+    let twin = DevCa::new("example.org").unwrap(); // the same name, another key
+    let (files, _) = with_crl(dir.path(), &ca, "ns/shop/sa/orders", &ca.crl(&[]).unwrap());
+    let second = dir.path().join("second.pem");
+    write(&second, &twin.crl(&[]).unwrap());
+    let error = Material::load(&files.clone().crl(&second))
+        .unwrap_err()
+        .to_string();
+    assert!(
+        error.contains("second.pem") && error.contains("has the issuer of list 1 of"),
+        "{error}"
+    );
+
+    write(
+        &files.trust,
+        &format!("{}{}", ca.trust_pem(), twin.trust_pem()),
+    );
+    let error = Material::load(&files).unwrap_err().to_string();
+    assert!(
+        error.contains("crl.pem") && error.contains("two trusted CAs of different keys share"),
+        "{error}"
+    );
+}
+
+/// A federated domain's list revokes that domain's peers, and leaves ours alone.
+#[tokio::test]
+async fn a_federated_domains_list_applies_to_its_peers() {
+    let dir = tempdir();
+    let ca = DevCa::new("example.org").unwrap();
+    let partner = DevCa::new("partner.example").unwrap();
+    let revoked = partner.workload("ns/pay/sa/api").unwrap();
+    let bundle = dir.path().join("partner-bundle.pem");
+    write(&bundle, partner.trust_pem());
+    let (files, _) = with_crl(
+        dir.path(),
+        &ca,
+        "ns/shop/sa/orders",
+        &partner.crl(&[&revoked.cert_pem]).unwrap(),
+    );
+    let server = Credentials::load(&files.trust_domain("partner.example", &bundle)).unwrap();
+    let mut server = HandshakeServer::spawn(MtlsAcceptor::new(&server)).await;
+
+    let revoked = Credentials::new(revoked.material(ca.trust_pem()).unwrap());
+    assert_eq!(
+        refusal(&mut server, &revoked).await,
+        Some(FailureReason::Revoked)
+    );
+    let other = partner.workload("ns/pay/sa/other").unwrap();
+    let other = Credentials::new(other.material(ca.trust_pem()).unwrap());
+    assert_eq!(refusal(&mut server, &other).await, None);
+    assert_eq!(
+        refusal(&mut server, &credentials(&ca, "ns/shop/sa/frontend")).await,
+        None
+    );
 }

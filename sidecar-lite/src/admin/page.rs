@@ -201,7 +201,8 @@ fn identity(html: &mut String, identity: Option<&IdentityView>) {
         html,
         "<table id=\"identity\"><tr><th>identity</th><td>{}</td></tr>\
          <tr><th>certificate</th><td{}>valid {} to {}: {left} left ({:.0}% of its lifetime){}</td></tr>\
-         <tr><th>trust bundle</th><td>{}</td></tr>",
+         <tr><th>trust bundle</th><td>{}</td></tr>\
+         <tr><th>revocation lists</th><td>{}</td></tr>",
         escape(&id.identity),
         if id.expiring_soon {
             " class=\"warn\""
@@ -217,6 +218,7 @@ fn identity(html: &mut String, identity: Option<&IdentityView>) {
             ""
         },
         subjects(&id.trust),
+        id.crls,
     );
     for (domain, trust) in &id.trust_domains {
         let _ = writeln!(
