@@ -10,6 +10,7 @@ use futures::stream;
 use http::{Method, Request, Response, StatusCode};
 use http_body::Frame;
 use http_body_util::{BodyExt, StreamBody};
+use sidecar_lite::Config;
 use std::{sync::atomic::Ordering, time::Duration};
 use tokio::time::timeout;
 
@@ -280,6 +281,31 @@ async fn the_client_rejects_a_server_with_the_wrong_identity() {
     assert_eq!(response.status(), StatusCode::BAD_GATEWAY);
     assert_eq!(response.headers()["x-sidecar-error"], "connect");
     assert_eq!(hits.load(Ordering::SeqCst), 0);
+}
+
+/// With `[identity]`, a route to a service outside the mesh speaks plaintext only when it says
+/// so; the mesh's routes beside it keep their mTLS.
+#[tokio::test]
+async fn a_route_outside_the_mesh_speaks_plaintext_when_it_says_so() {
+    let (app, hits) = echo_app().await;
+    let certs = Certs::new("plaintext-route");
+    let route = |plaintext: &str| {
+        format!(
+            "{}\n[[outbound]]\nname = \"legacy\"\nlisten = \"127.0.0.1:0\"\nendpoints = [\"{app}\"]\n{plaintext}\n",
+            certs.identity("frontend")
+        )
+    };
+    let refused = Config::parse(&route("")).unwrap_err().to_string();
+    assert!(
+        refused.contains("`outbound[0].server_identity`")
+            && refused.contains("set `plaintext = true`"),
+        "{refused}"
+    );
+    let sidecar = sidecar(&route("plaintext = true")).await;
+    let response = get(format!("http://{}/legacy", outbound_addr(&sidecar))).await;
+    assert_eq!(response.status(), StatusCode::OK);
+    assert!(text(response).await.starts_with("GET /legacy HTTP/1.1"));
+    assert_eq!(hits.load(Ordering::SeqCst), 1);
 }
 
 #[tokio::test]

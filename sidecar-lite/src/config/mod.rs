@@ -322,6 +322,22 @@ mod tests {
     }
 
     #[test]
+    fn a_plaintext_route_checks_no_identity() {
+        let text = format!(
+            "[identity]\ncert = \"c.pem\"\nkey = \"k.pem\"\ntrust = \"t.pem\"\n\n{}\
+             server_identity = \"spiffe://example.org/ns/a/sa/b\"\nplaintext = true\n",
+            route("\"10.0.0.7:80\"")
+        );
+        let message = error(&text);
+        assert!(
+            message.contains("line 11: `outbound[0].plaintext`")
+                && message.contains("contradicts `server_identity`"),
+            "{message}"
+        );
+        assert!(Config::parse(&text.replace("plaintext = true\n", "")).is_ok());
+    }
+
+    #[test]
     fn a_federated_trust_domain_is_named_as_one() {
         let text = "[identity]\ncert = \"c.pem\"\nkey = \"k.pem\"\ntrust = \"t.pem\"\n\n\
                     [identity.trust_domains]\n\"partner.example\" = \"p.pem\"\n\

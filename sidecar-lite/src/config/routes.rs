@@ -91,6 +91,11 @@ pub struct OutboundConfig {
         with = "super::text::option"
     )]
     pub(crate) server_identity: Option<Identity>,
+    /// Speak plaintext to these endpoints although there is an `[identity]`: for a service
+    /// outside the mesh, which has no identity to check. Default `false`: with `[identity]`,
+    /// a route without `server_identity` is refused rather than sent in plaintext unasked.
+    #[serde(default, skip_serializing_if = "std::ops::Not::not")]
+    pub(crate) plaintext: bool,
     /// How to speak to the endpoints: `auto` (the default), `http1` or `http2`. `auto` is
     /// HTTP/2 to a peer sidecar over mTLS (offered first by ALPN; the faster of the two
     /// between sidecars in `benches/load`), and in plaintext HTTP/2 with prior knowledge for

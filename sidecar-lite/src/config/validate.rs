@@ -91,16 +91,21 @@ pub(super) fn problems(config: &Config) -> Vec<(String, String)> {
             ));
         }
         endpoint_problems(&at("endpoints"), &route.endpoints, &mut problems);
-        match (&route.server_identity, &config.identity) {
-            (Some(_), Some(_)) | (None, None) => {}
-            (Some(_), None) => problems.push((
+        match (&route.server_identity, &config.identity, route.plaintext) {
+            (Some(_), Some(_), false) | (None, None, _) | (None, Some(_), true) => {}
+            (Some(_), None, _) => problems.push((
                 at("server_identity"),
                 "needs an [identity] section to speak mTLS".into(),
             )),
-            (None, Some(_)) => problems.push((
+            (None, Some(_), false) => problems.push((
                 at("server_identity"),
-                "is required with [identity]: the peers' certificates are checked against it"
+                "is required with [identity]: the peers' certificates are checked against it \
+                 (or set `plaintext = true` for endpoints outside the mesh)"
                     .into(),
+            )),
+            (Some(_), Some(_), true) => problems.push((
+                at("plaintext"),
+                "contradicts `server_identity`: a plaintext route checks no identity".into(),
             )),
         }
         timeout_problems(&at("timeout"), &route.timeout, &mut problems);
