@@ -284,7 +284,7 @@ async fn the_client_rejects_a_server_with_the_wrong_identity() {
 }
 
 /// With `[identity]`, a route to a service outside the mesh speaks plaintext only when it says
-/// so; the mesh's routes beside it keep their mTLS.
+/// so.
 #[tokio::test]
 async fn a_route_outside_the_mesh_speaks_plaintext_when_it_says_so() {
     let (app, hits) = echo_app().await;
@@ -301,6 +301,17 @@ async fn a_route_outside_the_mesh_speaks_plaintext_when_it_says_so() {
             && refused.contains("set `plaintext = true`"),
         "{refused}"
     );
+    // Nor does a config that skipped `Config::parse`'s checks go out in plaintext unasked.
+    let unchecked: Config =
+        toml::from_str(&format!("[admin]\nlisten = \"127.0.0.1:0\"\n{}", route(""))).unwrap();
+    let Err(error) = sidecar_lite::Sidecar::start(&unchecked, None).await else {
+        panic!("a mesh route without server_identity started");
+    };
+    assert!(
+        error.to_string().contains("or set `plaintext = true`"),
+        "{error}"
+    );
+
     let sidecar = sidecar(&route("plaintext = true")).await;
     let response = get(format!("http://{}/legacy", outbound_addr(&sidecar))).await;
     assert_eq!(response.status(), StatusCode::OK);

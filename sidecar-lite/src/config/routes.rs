@@ -83,8 +83,8 @@ pub struct OutboundConfig {
     /// The peers' inbound listeners. Required: one or more `IP:PORT` addresses, or one
     /// discovered source, `dns:NAME:PORT` or `file:PATH` (see [`Endpoint`]).
     pub(crate) endpoints: Vec<Endpoint>,
-    /// The identity the peers must present. Required with `[identity]`; without `[identity]`
-    /// the route speaks plaintext.
+    /// The identity the peers must present. Required with `[identity]`, unless `plaintext`;
+    /// without `[identity]` the route speaks plaintext.
     #[serde(
         default,
         skip_serializing_if = "Option::is_none",
@@ -204,6 +204,12 @@ impl OutboundConfig {
     #[must_use]
     pub fn server_identity(&self) -> Option<&Identity> {
         self.server_identity.as_ref()
+    }
+
+    /// Whether the route speaks plaintext to its endpoints although there is an `[identity]`.
+    #[must_use]
+    pub fn plaintext(&self) -> bool {
+        self.plaintext
     }
 
     /// The total timeout, all attempts included.

@@ -268,6 +268,16 @@ impl Sidecar {
                 (Some(identity), Some(credentials), Some(expected)) => {
                     Some(identity.connector(credentials, expected.clone()))
                 }
+                // `Config::parse` refuses this; a `Config` made otherwise must not go out in
+                // plaintext unasked either.
+                (Some(_), _, None) if !route.plaintext => {
+                    return Err(format!(
+                        "outbound `{}`: server_identity is required with [identity] (or set \
+                         `plaintext = true`)",
+                        route.name
+                    )
+                    .into());
+                }
                 _ => None,
             };
             let outbound = stack::outbound_with_endpoints(route, tls.as_ref(), &config.discovery)

@@ -78,6 +78,26 @@ pub fn outbound<B>(
 where
     B: Body<Data = Bytes, Error: Into<BoxError>> + Send + Unpin + 'static,
 {
+    // What `Config::parse` holds a route to, held to the connector given here: mTLS exactly
+    // when there is an identity and the route does not ask for plaintext.
+    match (tls.is_some(), config.identity.is_some() && !route.plaintext) {
+        (true, false) => {
+            return Err(super::field_error(
+                "outbound",
+                "server_identity",
+                "an mTLS connector was given for a route that speaks plaintext",
+            ));
+        }
+        (false, true) => {
+            return Err(super::field_error(
+                "outbound",
+                "server_identity",
+                "the route speaks mTLS with [identity]: give it a connector (or set \
+                 `plaintext = true`)",
+            ));
+        }
+        _ => {}
+    }
     outbound_with_endpoints(route, tls, &config.discovery).map(|outbound| outbound.service)
 }
 
@@ -486,6 +506,26 @@ mod tests {
             .oneshot(())
             .await
             .unwrap_err()
+    }
+
+    /// Library mode holds the connector it is given to what the config says: a mesh route
+    /// with no connector would go out in plaintext unasked.
+    #[tokio::test]
+    async fn a_mesh_route_without_a_connector_is_refused() {
+        let text = "[identity]\ncert = \"c.pem\"\nkey = \"k.pem\"\ntrust = \"t.pem\"\n\n\
+                    [[outbound]]\nname = \"orders\"\nlisten = \"127.0.0.1:15001\"\n\
+                    endpoints = [\"127.0.0.1:1\"]\n";
+        let mesh = Config::parse(&format!(
+            "{text}server_identity = \"spiffe://example.org/ns/a/sa/b\"\n"
+        ))
+        .unwrap();
+        let Err(problem) = outbound::<http_body_util::Empty<Bytes>>(&mesh, &mesh.outbound[0], None)
+        else {
+            panic!("a mesh route was built without a connector");
+        };
+        assert!(problem.message.contains("give it a connector"), "{problem}");
+        let plain = Config::parse(&format!("{text}plaintext = true\n")).unwrap();
+        assert!(outbound::<http_body_util::Empty<Bytes>>(&plain, &plain.outbound[0], None).is_ok());
     }
 
     /// The one route of a config: a route to `endpoints`, plus `extra` keys (in its own
