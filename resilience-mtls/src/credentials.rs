@@ -42,6 +42,8 @@ struct Shared {
     current: ArcSwap<Material>,
     generation: watch::Sender<u64>,
     warned: AtomicBool,
+    /// A warning was logged that a revocation list of the current material is overdue.
+    warned_stale_list: AtomicBool,
 }
 
 impl fmt::Debug for Credentials {
@@ -62,6 +64,7 @@ impl Credentials {
                 current: ArcSwap::from_pointee(material),
                 generation: watch::Sender::new(0),
                 warned: AtomicBool::new(false),
+                warned_stale_list: AtomicBool::new(false),
             }),
         };
         credentials.record_expiry(wall_clock());
@@ -95,6 +98,9 @@ impl Credentials {
     pub fn store(&self, material: Material) {
         self.shared.current.store(Arc::new(material));
         self.shared.warned.store(false, Ordering::Relaxed);
+        self.shared
+            .warned_stale_list
+            .store(false, Ordering::Relaxed);
         self.record_expiry(wall_clock());
         self.shared.generation.send_modify(|g| *g += 1);
     }
@@ -112,12 +118,24 @@ impl Credentials {
         self.shared.generation.subscribe()
     }
 
-    /// Sets the expiry gauge for `now`, and logs a warning (once per certificate) when less
-    /// than 20 % of the certificate's lifetime remains. The rotation task calls this at each
+    /// Sets the expiry gauges for `now`: of the certificate, and of each revocation list's
+    /// next update. Logs a warning (once per material) when less than 20 % of the
+    /// certificate's lifetime remains, and when a revocation list is past its next update: it
+    /// still applies, but revocations since are unknown. The rotation task calls this at each
     /// poll.
     pub fn record_expiry(&self, now: SystemTime) {
         let material = self.shared.current.load();
         metrics::cert_expiry(&material, now);
+        for list in material.revocation_lists() {
+            metrics::crl_next_update(list, now);
+            if list.is_stale(now) && !self.shared.warned_stale_list.swap(true, Ordering::Relaxed) {
+                tracing::warn!(
+                    issuer = list.issuer(),
+                    "a certificate revocation list is past its next update: it still applies, \
+                     but revocations since are unknown; fetch a newer one",
+                );
+            }
+        }
         if material.lifetime_left(now) < 0.2 && !self.shared.warned.swap(true, Ordering::Relaxed) {
             tracing::warn!(
                 identity = %material.identity(),

@@ -336,9 +336,20 @@ impl DevCa {
     }
 
     /// A certificate revocation list, in PEM, signed by this CA: it revokes `revoked` (each a
-    /// certificate this CA issued, in PEM: its leaf is read), and is valid for a day.
+    /// certificate this CA issued, in PEM: its leaf is read), and its next update is in a day.
     pub fn crl(&self, revoked: &[&str]) -> Result<String, DevCaError> {
+        self.crl_until(revoked, wall_clock() + DAY)
+    }
+
+    /// [`crl`](Self::crl), with its next update at `next_update` (in the past, for a list that
+    /// is overdue); issued an hour before that, or before now if sooner.
+    pub fn crl_until(
+        &self,
+        revoked: &[&str],
+        next_update: SystemTime,
+    ) -> Result<String, DevCaError> {
         let now = wall_clock();
+        let this_update = (now - HOUR).min(next_update - HOUR);
         let mut certs = Vec::new();
         for pem in revoked {
             let der = rustls_pki_types::CertificateDer::from_pem_slice(pem.as_bytes())
@@ -347,14 +358,14 @@ impl DevCa {
                 .map_err(|e| DevCaError::BadRevokedCert(e.to_string()))?;
             certs.push(RevokedCertParams {
                 serial_number: SerialNumber::from_slice(cert.raw_serial()),
-                revocation_time: (now - HOUR).into(),
+                revocation_time: this_update.into(),
                 reason_code: Some(RevocationReason::KeyCompromise),
                 invalidity_date: None,
             });
         }
         let params = CertificateRevocationListParams {
-            this_update: (now - HOUR).into(),
-            next_update: (now + DAY).into(),
+            this_update: this_update.into(),
+            next_update: next_update.into(),
             crl_number: SerialNumber::from(1u64),
             issuing_distribution_point: None,
             revoked_certs: certs,

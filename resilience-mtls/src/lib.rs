@@ -118,6 +118,7 @@ pub use error::{FailureReason, HandshakeError, IdentityError, IdentityMismatch, 
 pub use identity::{Identity, IdentityPattern, SpiffeId};
 pub use material::{Material, MaterialPaths};
 pub use resilience_core::{BoxError, Enforcement, SIDECAR_ERROR};
+pub use revocation::RevocationList;
 pub use rotation::{Rotation, RotationHandle, RotationStatus};
 pub use server::{AcceptorBuilder, MtlsAcceptor, MtlsMode};
 pub use stream::{MtlsStream, Rewind};

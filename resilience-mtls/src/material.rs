@@ -5,7 +5,7 @@ use crate::{
     Identity, MaterialError,
     clock::wall_clock,
     provider,
-    revocation::Revocation,
+    revocation::{Revocation, RevocationList},
     trust::{Bundle, Trust},
 };
 use rustls::{RootCertStore, sign::CertifiedKey};
@@ -101,7 +101,7 @@ impl fmt::Debug for Material {
             .field("identity", &self.identity)
             .field("chain_len", &self.certified_key.cert.len())
             .field("trust_anchors", &self.roots().len())
-            .field("crls", &self.trust.revocation_lists())
+            .field("crls", &self.trust.revocation_lists().count())
             .field(
                 "trust_domains",
                 &self.trust.federated().map(|(d, _)| d).collect::<Vec<_>>(),
@@ -288,9 +288,9 @@ impl Material {
             .collect()
     }
 
-    /// How many certificate revocation lists are in force.
-    #[must_use]
-    pub fn revocation_lists(&self) -> usize {
+    /// The certificate revocation lists in force: each one's issuer and next update. A list
+    /// past its next update still applies.
+    pub fn revocation_lists(&self) -> impl Iterator<Item = &RevocationList> {
         self.trust.revocation_lists()
     }
 
@@ -436,7 +436,7 @@ fn subjects(roots: &RootCertStore) -> Vec<String> {
         .collect()
 }
 
-fn system_time(time: ASN1Time) -> SystemTime {
+pub(crate) fn system_time(time: ASN1Time) -> SystemTime {
     let secs = time.timestamp();
     if secs >= 0 {
         UNIX_EPOCH + Duration::from_secs(secs.unsigned_abs())

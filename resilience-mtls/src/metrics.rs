@@ -4,6 +4,7 @@
 //! | --- | --- | --- |
 //! | `resilience_mtls_handshakes_total` | counter | `side` (`server`, `client`), `result` (`ok`, `error`), `reason` (a [`FailureReason`], or `full` / `resumed` when ok) |
 //! | `resilience_mtls_cert_expiry_seconds` | gauge | `identity`: seconds until our certificate expires |
+//! | `resilience_mtls_crl_next_update_seconds` | gauge | `issuer`: seconds until a revocation list's next update is due (below zero once it is overdue) |
 //! | `resilience_mtls_reloads_total` | counter | `result` (`ok`, `error`) |
 //! | `resilience_mtls_denied_total` | counter | `mode` (`enforce`, `shadow`): requests refused by [`Authorize`](crate::Authorize), or that it would refuse in shadow mode |
 
@@ -14,6 +15,8 @@ use std::time::SystemTime;
 pub const HANDSHAKES: &str = "resilience_mtls_handshakes_total";
 /// Gauge: seconds until our certificate expires.
 pub const CERT_EXPIRY: &str = "resilience_mtls_cert_expiry_seconds";
+/// Gauge: seconds until a revocation list's next update is due, negative once overdue.
+pub const CRL_NEXT_UPDATE: &str = "resilience_mtls_crl_next_update_seconds";
 /// Counter: reloads of certificate material by result.
 pub const RELOADS: &str = "resilience_mtls_reloads_total";
 /// Counter: requests refused by the authorization layer.
@@ -32,6 +35,17 @@ pub(crate) fn handshake_failed(side: &'static str, reason: FailureReason) {
 pub(crate) fn cert_expiry(material: &Material, now: SystemTime) {
     metrics::gauge!(CERT_EXPIRY, "identity" => material.identity().to_string())
         .set(material.expires_in(now).as_secs_f64());
+}
+
+pub(crate) fn crl_next_update(list: &crate::RevocationList, now: SystemTime) {
+    let Some(next) = list.next_update() else {
+        return;
+    };
+    let seconds = match next.duration_since(now) {
+        Ok(ahead) => ahead.as_secs_f64(),
+        Err(behind) => -behind.duration().as_secs_f64(),
+    };
+    metrics::gauge!(CRL_NEXT_UPDATE, "issuer" => list.issuer().to_owned()).set(seconds);
 }
 
 pub(crate) fn reload(ok: bool) {

@@ -10,6 +10,7 @@ use rustls_pki_types::{
 use std::{
     path::{Path, PathBuf},
     sync::Arc,
+    time::SystemTime,
 };
 use webpki::{
     CertRevocationList, EndEntityCert, OwnedCertRevocationList, RevocationOptionsBuilder,
@@ -20,6 +21,8 @@ use webpki::{
 struct Crl {
     der: CertificateRevocationListDer<'static>,
     parsed: CertRevocationList<'static>,
+    /// Whose list it is, and when it says the next one comes: for operators.
+    about: RevocationList,
     /// The file it came from, and its place there, for errors.
     path: PathBuf,
     number: usize,
@@ -62,6 +65,8 @@ impl Revocation {
                 let parsed = OwnedCertRevocationList::from_der(der.as_ref())
                     .map_err(|e| error(format!("list {} cannot be read: {e}", i + 1)))?;
                 let parsed = CertRevocationList::from(parsed);
+                let about = RevocationList::of(&der)
+                    .map_err(|e| error(format!("list {} cannot be read: {e}", i + 1)))?;
                 if let Some(other) = crls
                     .iter()
                     .find(|crl| crl.parsed.issuer() == parsed.issuer())
@@ -76,6 +81,7 @@ impl Revocation {
                 crls.push(Arc::new(Crl {
                     der,
                     parsed,
+                    about,
                     path: path.to_owned(),
                     number: i + 1,
                 }));
@@ -84,9 +90,9 @@ impl Revocation {
         Ok(Self { crls })
     }
 
-    /// How many lists.
-    pub(crate) fn len(&self) -> usize {
-        self.crls.len()
+    /// Each list's issuer and next update.
+    pub(crate) fn lists(&self) -> impl Iterator<Item = &RevocationList> {
+        self.crls.iter().map(|crl| &crl.about)
     }
 
     /// The lists a chain to `roots` may meet: those of its anchors, and those of CAs that are no
@@ -160,6 +166,45 @@ impl Revocation {
         )
         .map(|_| ())
         .map_err(pki_error)
+    }
+}
+
+/// What an operator needs to know of a revocation list in force: whose it is, and whether a
+/// newer one is due. A list past its next update still applies (see [`Material`]'s
+/// `revocation_lists`), but whoever fetches lists has stopped: revocations since are unknown.
+///
+/// [`Material`]: crate::Material
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct RevocationList {
+    issuer: String,
+    next_update: Option<SystemTime>,
+}
+
+impl RevocationList {
+    fn of(der: &CertificateRevocationListDer<'_>) -> Result<Self, String> {
+        let (_, crl) = x509_parser::parse_x509_crl(der.as_ref()).map_err(|e| e.to_string())?;
+        Ok(Self {
+            issuer: crl.issuer().to_string(),
+            next_update: crl.next_update().map(crate::material::system_time),
+        })
+    }
+
+    /// The issuer's name, as a distinguished name (`CN=..., O=...`).
+    #[must_use]
+    pub fn issuer(&self) -> &str {
+        &self.issuer
+    }
+
+    /// When the issuer says its next list comes, if it says.
+    #[must_use]
+    pub fn next_update(&self) -> Option<SystemTime> {
+        self.next_update
+    }
+
+    /// Whether the next list was due before `now`.
+    #[must_use]
+    pub fn is_stale(&self, now: SystemTime) -> bool {
+        self.next_update.is_some_and(|next| next < now)
     }
 }
 

@@ -1,7 +1,10 @@
 //! [`Trust`]: which CAs may vouch for which peers. The trust bundle, and each federated SPIFFE
 //! trust domain's own bundle, which vouches for that domain alone.
 
-use crate::{Identity, MaterialError, SpiffeId, revocation::Revocation};
+use crate::{
+    Identity, MaterialError, SpiffeId,
+    revocation::{Revocation, RevocationList},
+};
 use rustls::{
     CertificateError, OtherError, RootCertStore,
     server::{WebPkiClientVerifier, danger::ClientCertVerifier},
@@ -35,8 +38,8 @@ pub(crate) struct Anchors {
 #[derive(Clone)]
 pub(crate) struct Trust {
     bundle: Anchors,
-    /// How many revocation lists are in force, over all bundles.
-    revocation_lists: usize,
+    /// Every revocation list in force, over all bundles.
+    revocation: Revocation,
     /// Our own trust domain, when our identity is a SPIFFE ID; none for a DNS identity.
     ours: Option<String>,
     federated: BTreeMap<String, Anchors>,
@@ -118,9 +121,10 @@ impl Trust {
                 Ok(((*domain).to_owned(), anchors((roots.clone(), path))?))
             })
             .collect::<Result<_, MaterialError>>()?;
+        let bundle = anchors(default.clone())?;
         Ok(Self {
-            bundle: anchors(default.clone())?,
-            revocation_lists: revocation.len(),
+            bundle,
+            revocation,
             ours,
             federated,
         })
@@ -173,9 +177,9 @@ impl Trust {
             .verify_server(&anchors.roots, end_entity, intermediates, now, algorithms)
     }
 
-    /// How many revocation lists are in force.
-    pub(crate) fn revocation_lists(&self) -> usize {
-        self.revocation_lists
+    /// Every revocation list in force.
+    pub(crate) fn revocation_lists(&self) -> impl Iterator<Item = &RevocationList> {
+        self.revocation.lists()
     }
 
     /// The bundle that may vouch for the peer whose leaf certificate is `end_entity`, by the

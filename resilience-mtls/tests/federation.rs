@@ -3,7 +3,7 @@
 
 mod common;
 
-use common::{HandshakeServer, WAIT, tcp, tempdir};
+use common::{HandshakeServer, WAIT, read_all, tcp, tempdir};
 use resilience_mtls::{
     Credentials, FailureReason, Identity, Material, MaterialError, MaterialPaths, MtlsAcceptor,
     MtlsConnector, Rotation,
@@ -12,7 +12,6 @@ use resilience_mtls::{
 use rustls_pki_types::ServerName;
 use std::{path::Path, time::Duration};
 use tempfile::TempDir;
-use tokio::io::AsyncReadExt;
 
 const PARTNER: &str = "partner.example";
 const PARTNER_API: &str = "spiffe://partner.example/ns/pay/sa/api";
@@ -190,11 +189,7 @@ async fn a_client_checks_a_federated_servers_chain_against_its_domains_bundle() 
                     passes,
                     "a server our CA vouched for as {expected} was accepted"
                 );
-                let mut text = String::new();
-                tokio::time::timeout(WAIT, tls.read_to_string(&mut text))
-                    .await
-                    .unwrap()
-                    .unwrap();
+                read_all(&mut tls).await;
                 assert_eq!(
                     server.next().await.unwrap(),
                     Some(id("spiffe://example.org/ns/shop/sa/frontend"))

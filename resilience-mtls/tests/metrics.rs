@@ -8,7 +8,7 @@ use metrics_util::debugging::{DebugValue, DebuggingRecorder, Snapshotter};
 use resilience_mtls::{
     Credentials, MtlsAcceptor, MtlsConnector,
     dev_ca::{DevCa, IssueOptions},
-    metrics::{CERT_EXPIRY, HANDSHAKES},
+    metrics::{CERT_EXPIRY, CRL_NEXT_UPDATE, HANDSHAKES},
 };
 use std::{
     cell::RefCell,
@@ -61,10 +61,14 @@ impl Seen {
     }
 
     fn gauge(&self, name: &str, identity: &str) -> Option<f64> {
+        self.gauge_by(name, "identity", identity)
+    }
+
+    fn gauge_by(&self, name: &str, label: &str, value: &str) -> Option<f64> {
         self.refresh();
         self.gauges
             .borrow()
-            .get(&format!("{name}{{identity={identity}}}"))
+            .get(&format!("{name}{{{label}={value}}}"))
             .copied()
     }
 }
@@ -217,4 +221,25 @@ async fn handshakes_expiry_and_lifetime_warnings_are_recorded() {
     );
     creds.record_expiry(common::now());
     assert_eq!(logs.count("close to expiry"), 2);
+
+    // A revocation list past its next update still applies: its gauge goes below zero, and
+    // one warning says so, however often expiry is recorded.
+    let dir = common::tempdir();
+    let files = common::paths(dir.path(), "orders").crl(dir.path().join("crl.pem"));
+    ca.workload("ns/shop/sa/orders")
+        .unwrap()
+        .write(&files, ca.trust_pem())
+        .unwrap();
+    std::fs::write(&files.crls[0], ca.crl_until(&[], now - hour).unwrap()).unwrap();
+    let creds = Credentials::load(&files).unwrap();
+    creds.record_expiry(common::now());
+    creds.record_expiry(common::now());
+    assert_eq!(logs.count("past its next update"), 1);
+    let material = creds.current();
+    let list = material.revocation_lists().next().unwrap();
+    assert!(list.is_stale(common::now()));
+    let overdue = seen
+        .gauge_by(CRL_NEXT_UPDATE, "issuer", list.issuer())
+        .expect("the list's gauge");
+    assert!((-3700.0..=-3500.0).contains(&overdue), "{overdue}");
 }

@@ -4,7 +4,7 @@
 
 mod common;
 
-use common::{HandshakeServer, WAIT, credentials, paths, spiffe, tcp, tempdir};
+use common::{HandshakeServer, WAIT, credentials, paths, read_all, spiffe, tcp, tempdir};
 use resilience_mtls::{
     Credentials, FailureReason, Material, MaterialError, MaterialPaths, MtlsAcceptor,
     MtlsConnector, Rotation,
@@ -13,7 +13,6 @@ use resilience_mtls::{
 use rustls::HandshakeKind;
 use rustls_pki_types::ServerName;
 use std::{path::Path, time::Duration};
-use tokio::io::AsyncReadExt;
 
 fn localhost() -> ServerName<'static> {
     ServerName::try_from("localhost").unwrap()
@@ -109,12 +108,7 @@ async fn a_list_rewritten_revokes_from_the_next_handshake_even_a_resumed_one() {
         .handshake(localhost(), tcp(server_tls.addr).await)
         .await
         .unwrap();
-    // Read to the end, so that the session's tickets have come.
-    let mut text = String::new();
-    tokio::time::timeout(WAIT, tls.read_to_string(&mut text))
-        .await
-        .unwrap()
-        .unwrap();
+    read_all(&mut tls).await;
     assert_eq!(
         server_tls.next().await.unwrap(),
         Some(spiffe("ns/shop/sa/frontend"))
@@ -166,6 +160,27 @@ async fn a_list_of_one_ca_leaves_another_cas_peers_alone() {
     let stranger = Credentials::new(stranger.material(ca.trust_pem()).unwrap());
     assert_eq!(
         refusal(&mut server, &stranger).await,
+        Some(FailureReason::Revoked)
+    );
+}
+
+/// A list past its next update still applies, and says so.
+#[tokio::test]
+async fn a_list_past_its_next_update_still_revokes() {
+    let dir = tempdir();
+    let ca = DevCa::new("example.org").unwrap();
+    let revoked = ca.workload("ns/shop/sa/frontend").unwrap();
+    let a_day_ago = common::now() - Duration::from_secs(24 * 3600);
+    let crl = ca.crl_until(&[&revoked.cert_pem], a_day_ago).unwrap();
+    let (files, _) = with_crl(dir.path(), &ca, "ns/shop/sa/orders", &crl);
+    let server = Credentials::load(&files).unwrap();
+    let list = server.current().revocation_lists().next().cloned().unwrap();
+    assert!(list.is_stale(common::now()), "{list:?}");
+    assert!(list.issuer().contains("example.org"), "{list:?}");
+    let mut server = HandshakeServer::spawn(MtlsAcceptor::new(&server)).await;
+    let client = Credentials::new(revoked.material(ca.trust_pem()).unwrap());
+    assert_eq!(
+        refusal(&mut server, &client).await,
         Some(FailureReason::Revoked)
     );
 }

@@ -33,6 +33,18 @@ pub fn now() -> std::time::SystemTime {
 /// A bound on every wait in the tests.
 pub const WAIT: Duration = Duration::from_secs(20);
 
+/// What the peer writes, to its end, within [`WAIT`]: read whole, a TLS stream has also taken
+/// in the session tickets that follow a handshake.
+pub async fn read_all(stream: &mut (impl tokio::io::AsyncRead + Unpin)) -> String {
+    use tokio::io::AsyncReadExt;
+    let mut text = String::new();
+    tokio::time::timeout(WAIT, stream.read_to_string(&mut text))
+        .await
+        .expect("the peer writes or closes within the wait")
+        .unwrap();
+    text
+}
+
 /// A fresh directory under the system temp dir, removed when dropped.
 pub fn tempdir() -> tempfile::TempDir {
     tempfile::Builder::new()

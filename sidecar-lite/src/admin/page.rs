@@ -201,8 +201,7 @@ fn identity(html: &mut String, identity: Option<&IdentityView>) {
         html,
         "<table id=\"identity\"><tr><th>identity</th><td>{}</td></tr>\
          <tr><th>certificate</th><td{}>valid {} to {}: {left} left ({:.0}% of its lifetime){}</td></tr>\
-         <tr><th>trust bundle</th><td>{}</td></tr>\
-         <tr><th>revocation lists</th><td>{}</td></tr>",
+         <tr><th>trust bundle</th><td>{}</td></tr>",
         escape(&id.identity),
         if id.expiring_soon {
             " class=\"warn\""
@@ -218,7 +217,6 @@ fn identity(html: &mut String, identity: Option<&IdentityView>) {
             ""
         },
         subjects(&id.trust),
-        id.crls,
     );
     for (domain, trust) in &id.trust_domains {
         let _ = writeln!(
@@ -226,6 +224,20 @@ fn identity(html: &mut String, identity: Option<&IdentityView>) {
             "<tr><th>trust domain {}</th><td>{}</td></tr>",
             escape(domain),
             subjects(trust)
+        );
+    }
+    for crl in &id.crls {
+        let _ = writeln!(
+            html,
+            "<tr><th>revocation list</th><td{}>{}: next update {}{}</td></tr>",
+            if crl.overdue { " class=\"warn\"" } else { "" },
+            escape(&crl.issuer),
+            crl.next_update.as_deref().unwrap_or("not said"),
+            if crl.overdue {
+                ", overdue: revocations since are unknown"
+            } else {
+                ""
+            },
         );
     }
     html.push_str("</table>\n");

@@ -53,8 +53,18 @@ pub(super) struct IdentityView {
     /// Each federated trust domain, with the subjects of its bundle's CAs.
     #[serde(skip_serializing_if = "BTreeMap::is_empty")]
     pub(super) trust_domains: BTreeMap<String, Vec<String>>,
-    /// How many certificate revocation lists are in force.
-    pub(super) crls: usize,
+    /// The certificate revocation lists in force.
+    pub(super) crls: Vec<CrlView>,
+}
+
+/// A certificate revocation list in force.
+#[derive(Debug, Serialize)]
+pub(super) struct CrlView {
+    pub(super) issuer: String,
+    /// When its next update is due (RFC 3339), if it says.
+    pub(super) next_update: Option<String>,
+    /// Past its next update: it still applies, but revocations since are unknown.
+    pub(super) overdue: bool,
 }
 
 #[derive(Debug, Serialize)]
@@ -246,7 +256,16 @@ fn identity(credentials: &Credentials) -> IdentityView {
         expiring_soon: lifetime_left < 0.2,
         trust: material.trust_subjects(),
         trust_domains: material.trust_domain_subjects(),
-        crls: material.revocation_lists(),
+        crls: material
+            .revocation_lists()
+            .map(|list| CrlView {
+                issuer: list.issuer().to_owned(),
+                next_update: list
+                    .next_update()
+                    .map(|t| humantime::format_rfc3339_seconds(t).to_string()),
+                overdue: list.is_stale(now),
+            })
+            .collect(),
     }
 }
 
