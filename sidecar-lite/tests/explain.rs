@@ -36,6 +36,12 @@ struct Case {
 }
 
 #[test]
+fn plaintext_without_an_identity_is_said_to_do_nothing() {
+    let (_, warnings) = explain("plaintext = true\n");
+    assert_eq!(warnings, [("outbound[0].plaintext".to_owned(), Some(5))]);
+}
+
+#[test]
 fn each_policy_has_its_figures_and_warnings() {
     let cases = [
         Case {

@@ -105,7 +105,14 @@ impl Config {
             .enumerate()
             .map(|(i, route)| {
                 let at = |key: &str| format!("outbound[{i}].{key}");
-                for (field, message) in contradictions(route) {
+                let mut found = contradictions(route);
+                if route.plaintext && self.identity.is_none() {
+                    found.push((
+                        "plaintext".into(),
+                        "does nothing without [identity]: every route speaks plaintext then".into(),
+                    ));
+                }
+                for (field, message) in found {
                     let field = at(&field);
                     warnings.push(ConfigProblem {
                         line: locate(text, &field),
