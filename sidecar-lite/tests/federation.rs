@@ -7,7 +7,7 @@ use common::{Certs, app, full, get, outbound_addr, sidecar, spiffe, text};
 use http::{Request, Response, StatusCode};
 use hyper::body::Incoming;
 use resilience_mtls::{Identity, dev_ca::DevCa};
-use sidecar_lite::Sidecar;
+use sidecar_lite::{Config, Sidecar};
 use std::{net::SocketAddr, path::Path, sync::atomic::Ordering};
 
 const PARTNER_API: &str = "spiffe://partner.example/ns/pay/sa/api";
@@ -143,4 +143,53 @@ async fn a_partner_ca_admits_the_partners_workloads_and_cannot_name_ours() {
         page.contains("<th>trust domain partner.example</th>"),
         "{page}"
     );
+}
+
+/// A federated domain added by a reload admits its peers from the next handshake, without a
+/// restart; our own certificate changed by a reload is refused, and changes nothing.
+#[tokio::test]
+async fn a_reload_federates_a_domain_and_keeps_our_certificate() {
+    let (app, _) = whoami_app().await;
+    let certs = Certs::new("federation-reload");
+    let section = certs.identity("orders");
+    let ours = certs.dir.join("ca.pem");
+    let partner = DevCa::new("partner.example").unwrap();
+    let bundle = certs.dir.join("partner-bundle.pem");
+    std::fs::write(&bundle, partner.trust_pem()).unwrap();
+    let text = |identity: &str| {
+        format!(
+            "[admin]\nlisten = \"127.0.0.1:0\"\n{identity}\n[inbound]\nlisten = \"127.0.0.1:0\"\n\
+             app = \"{app}\"\nallow = [\"{PARTNER_API}\"]\n"
+        )
+    };
+    let mut orders = sidecar(&text(&section)).await;
+    let partner_api = client(
+        &identity_of(&certs.dir, &partner, PARTNER_API, &ours),
+        &orders,
+    )
+    .await;
+    assert_eq!(through(&partner_api).await.0, StatusCode::BAD_GATEWAY);
+
+    let federated =
+        format!("{section}[identity.trust_domains]\n\"partner.example\" = {bundle:?}\n");
+    orders
+        .reload(&Config::parse(&text(&federated)).unwrap())
+        .await
+        .unwrap();
+    assert_eq!(
+        through(&partner_api).await,
+        (
+            StatusCode::OK,
+            format!("By={};URI={PARTNER_API}", spiffe("orders"))
+        )
+    );
+
+    let other_cert = federated.replace("orders.pem", "frontend.pem");
+    certs.identity("frontend");
+    let refused = orders
+        .reload(&Config::parse(&text(&other_cert)).unwrap())
+        .await
+        .unwrap_err();
+    assert!(refused.to_string().contains("restart"), "{refused}");
+    assert_eq!(through(&partner_api).await.0, StatusCode::OK);
 }

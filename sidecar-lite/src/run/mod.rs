@@ -25,7 +25,9 @@ use crate::{
 use arc_swap::ArcSwap;
 use metrics_exporter_prometheus::PrometheusHandle;
 use resilience_core::BoxError;
-use resilience_mtls::{Credentials, MtlsAcceptor, MtlsMode, RotationHandle};
+use resilience_mtls::{
+    Credentials, IdentityConfig, Material, MtlsAcceptor, MtlsMode, RotationHandle,
+};
 use signals::{Hangups, StopSignals};
 use std::{
     collections::HashMap,
@@ -186,13 +188,13 @@ impl Sidecar {
 
     /// Applies a new config: every stack is built first, so an invalid config changes
     /// nothing; then stacks are swapped, new listeners bound and removed ones drained. The
-    /// identity files are watched on their own; a changed `[identity]` section needs a
-    /// restart and is refused here, as are changes to `[admin]`, `[runtime]`, `[limits]`,
+    /// identity files are watched on their own. In `[identity]`, what peers are checked
+    /// against (the trust bundle, federated trust domains, revocation lists) and how often
+    /// the files are read may change here; our own certificate, key or TLS versions need a
+    /// restart and are refused, as are changes to `[admin]`, `[runtime]`, `[limits]`,
     /// `[tracing]` and `[log]` (the process's logger is set up once).
     pub async fn reload(&mut self, config: &Config) -> Result<(), BoxError> {
-        if config.identity != self.config.identity {
-            return Err("[identity] changed: restart to use other certificate files".into());
-        }
+        let trust = self.new_trust(config)?;
         if config.admin != self.config.admin
             || config.runtime != self.config.runtime
             || config.limits != self.config.limits
@@ -229,7 +231,35 @@ impl Sidecar {
         {
             self.access_log = previous;
         }
+        if applied.is_ok()
+            && let (Some((material, identity)), Some(credentials)) = (trust, &self.credentials)
+        {
+            // The next handshakes check peers against it; the new files are watched.
+            credentials.store(material);
+            self._rotation = Some(identity.rotation().spawn(credentials));
+        }
         applied
+    }
+
+    /// The material of `config`'s `[identity]` when only what peers are checked against (or
+    /// how often the files are read) changed: loaded now, so that a reload whose files do not
+    /// load changes nothing. `None` when `[identity]` is the same.
+    fn new_trust(&self, config: &Config) -> Result<Option<(Material, IdentityConfig)>, BoxError> {
+        match (&self.config.identity, &config.identity) {
+            (old, new) if old == new => Ok(None),
+            (Some(old), Some(new))
+                if old.cert == new.cert && old.key == new.key && old.tls12 == new.tls12 =>
+            {
+                let material =
+                    Material::load(&new.paths()).map_err(|e| format!("[identity]: {e}"))?;
+                Ok(Some((material, new.clone())))
+            }
+            _ => Err(
+                "[identity] changed our certificate, key or TLS versions: restart to \
+                      use them (its trust settings may change on reload)"
+                    .into(),
+            ),
+        }
     }
 
     /// Builds the stack of every listener in `config`.
