@@ -382,8 +382,8 @@ impl TlsInfo {
     }
 }
 
-/// A client connection made by [`MtlsConnector`]: TLS over the inner connector's stream, ready
-/// for hyper.
+/// A client connection made by [`MtlsConnector`] (or [`OriginConnector`](crate::OriginConnector)):
+/// TLS over the inner connector's stream, ready for hyper.
 #[derive(Debug)]
 pub struct MtlsConnection<T> {
     io: TokioIo<TlsStream<T>>,
@@ -391,7 +391,7 @@ pub struct MtlsConnection<T> {
 }
 
 impl<T> MtlsConnection<T> {
-    fn new(stream: TlsStream<T>) -> Self {
+    pub(crate) fn new(stream: TlsStream<T>) -> Self {
         let conn = stream.get_ref().1;
         let peer_certificate = conn
             .peer_certificates()

@@ -387,7 +387,10 @@ fn read(path: &Path) -> Result<Vec<u8>, MaterialError> {
     })
 }
 
-fn certificates(pem: &[u8], path: &Path) -> Result<Vec<CertificateDer<'static>>, MaterialError> {
+pub(crate) fn certificates(
+    pem: &[u8],
+    path: &Path,
+) -> Result<Vec<CertificateDer<'static>>, MaterialError> {
     let certs = CertificateDer::pem_slice_iter(pem)
         .collect::<Result<Vec<_>, _>>()
         .map_err(|e| MaterialError::BadPem {

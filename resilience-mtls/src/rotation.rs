@@ -148,6 +148,14 @@ impl RotationHandle {
     pub fn status(&self) -> watch::Receiver<RotationStatus> {
         self.status.clone()
     }
+
+    /// Stops the task and waits until it has: once this returns, it stores no more material.
+    /// Dropping the handle stops it too, but a check already running on another thread may
+    /// still store what it read, after whatever was stored since.
+    pub async fn stop(mut self) {
+        self.task.abort();
+        let _ = (&mut self.task).await;
+    }
 }
 
 impl Drop for RotationHandle {

@@ -170,6 +170,17 @@ async fn a_reload_federates_a_domain_and_keeps_our_certificate() {
     .await;
     assert_eq!(through(&partner_api).await.0, StatusCode::BAD_GATEWAY);
 
+    // A bundle that cannot be read refuses the reload, and leaves the trust as it was.
+    let missing = certs.dir.join("missing.pem");
+    let unreadable =
+        format!("{section}[identity.trust_domains]\n\"partner.example\" = {missing:?}\n");
+    let refused = orders
+        .reload(&Config::parse(&text(&unreadable)).unwrap())
+        .await
+        .unwrap_err();
+    assert!(refused.to_string().contains("missing.pem"), "{refused}");
+    assert_eq!(through(&partner_api).await.0, StatusCode::BAD_GATEWAY);
+
     let federated =
         format!("{section}[identity.trust_domains]\n\"partner.example\" = {bundle:?}\n");
     orders

@@ -24,7 +24,7 @@ pub(crate) use limits::ConcurrencyLimit;
 #[cfg(feature = "proxy")]
 pub(crate) use process::log_filter;
 pub(crate) use process::{AdminConfig, LimitsConfig, LogConfig, LogFormat, RuntimeConfig};
-pub(crate) use routes::{FaultConfig, UpstreamProtocol};
+pub(crate) use routes::{FaultConfig, OriginTls, UpstreamProtocol};
 pub use routes::{InboundConfig, OutboundConfig};
 pub(crate) use tracing::TracingConfig;
 

@@ -9,7 +9,7 @@ use resilience_mtls::{AllowList, Identity, IdentityPattern, MtlsMode};
 use resilience_retry::{HedgeConfig, RetryConfig};
 use resilience_timeout::{HttpDeadline, TimeoutConfig, TimeoutLayer};
 use serde::{Deserialize, Serialize};
-use std::{net::SocketAddr, time::Duration};
+use std::{net::SocketAddr, path::PathBuf, time::Duration};
 
 /// `[inbound]`: other sidecars to our app.
 #[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
@@ -96,6 +96,10 @@ pub struct OutboundConfig {
     /// a route without `server_identity` is refused rather than sent in plaintext unasked.
     #[serde(default, skip_serializing_if = "std::ops::Not::not")]
     pub(crate) plaintext: bool,
+    /// One-way TLS to endpoints outside the mesh (an HTTPS API): `{ server_name = "...",
+    /// trust = "ca-bundle.pem" }`. Default: none. Excludes `server_identity` and `plaintext`.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub(crate) tls: Option<OriginTls>,
     /// How to speak to the endpoints: `auto` (the default), `http1` or `http2`. `auto` is
     /// HTTP/2 to a peer sidecar over mTLS (offered first by ALPN; the faster of the two
     /// between sidecars in `benches/load`), and in plaintext HTTP/2 with prior knowledge for
@@ -128,6 +132,21 @@ pub struct OutboundConfig {
     /// Faults to inject, for testing how the app copes. Default: none.
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub(crate) fault: Option<FaultConfig>,
+}
+
+/// `tls = { server_name, trust }` on an outbound route: HTTPS to a server outside the mesh, as
+/// any HTTPS client speaks it.
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub(crate) struct OriginTls {
+    /// The server's name: sent by SNI, checked against its certificate (a DNS name, or an IP
+    /// address for a certificate with an IP address SAN), and the authority (`Host`) of every
+    /// request the route sends.
+    pub(crate) server_name: String,
+    /// The CAs its certificate must chain to, in PEM (the system's bundle, such as
+    /// `/etc/ssl/certs/ca-certificates.crt`, will do). Read when the route is built: at
+    /// start, and at a reload that changes the route.
+    pub(crate) trust: PathBuf,
 }
 
 /// `[outbound.fault]`: abort or delay a share of requests, as Istio's `fault`.
@@ -210,6 +229,13 @@ impl OutboundConfig {
     #[must_use]
     pub fn plaintext(&self) -> bool {
         self.plaintext
+    }
+
+    /// Whether the route speaks mTLS to peer sidecars, given whether there is an
+    /// `[identity]`: unless it asks for plaintext or for one-way TLS to a server outside the
+    /// mesh.
+    pub(crate) fn in_mesh(&self, identity: bool) -> bool {
+        identity && !self.plaintext && self.tls.is_none()
     }
 
     /// The total timeout, all attempts included.

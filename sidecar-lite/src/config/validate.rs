@@ -91,22 +91,38 @@ pub(super) fn problems(config: &Config) -> Vec<(String, String)> {
             ));
         }
         endpoint_problems(&at("endpoints"), &route.endpoints, &mut problems);
-        match (&route.server_identity, &config.identity, route.plaintext) {
-            (Some(_), Some(_), false) | (None, None, _) | (None, Some(_), true) => {}
-            (Some(_), None, _) => problems.push((
+        let outside = route.plaintext || route.tls.is_some();
+        match (&route.server_identity, &config.identity, outside) {
+            (Some(_), _, true) => problems.push((
+                at(if route.plaintext { "plaintext" } else { "tls" }),
+                "contradicts `server_identity`: a route outside the mesh checks no identity"
+                    .into(),
+            )),
+            (Some(_), None, false) => problems.push((
                 at("server_identity"),
                 "needs an [identity] section to speak mTLS".into(),
             )),
             (None, Some(_), false) => problems.push((
                 at("server_identity"),
                 "is required with [identity]: the peers' certificates are checked against it \
-                 (or set `plaintext = true` for endpoints outside the mesh)"
+                 (or set `plaintext = true`, or `tls`, for endpoints outside the mesh)"
                     .into(),
             )),
-            (Some(_), Some(_), true) => problems.push((
-                at("plaintext"),
-                "contradicts `server_identity`: a plaintext route checks no identity".into(),
-            )),
+            _ => {}
+        }
+        if route.plaintext && route.tls.is_some() {
+            problems.push((at("plaintext"), "contradicts `tls`".into()));
+        }
+        if let Some(tls) = &route.tls
+            && rustls_pki_types::ServerName::try_from(tls.server_name.as_str()).is_err()
+        {
+            problems.push((
+                at("tls.server_name"),
+                format!(
+                    "`{}` is neither a DNS name nor an IP address",
+                    tls.server_name
+                ),
+            ));
         }
         timeout_problems(&at("timeout"), &route.timeout, &mut problems);
         if let Err(e) = route.retry.validate() {

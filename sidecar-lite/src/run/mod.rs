@@ -234,31 +234,45 @@ impl Sidecar {
         if applied.is_ok()
             && let (Some((material, identity)), Some(credentials)) = (trust, &self.credentials)
         {
-            // The next handshakes check peers against it; the new files are watched.
-            credentials.store(material);
+            // The old watch stopped first, so that no check of the old files it has running
+            // stores their material after this; then the next handshakes check peers against
+            // the new, and the new files are watched.
+            if let Some(old) = self._rotation.take() {
+                old.stop().await;
+            }
+            if let Some(material) = material {
+                credentials.store(material);
+            }
             self._rotation = Some(identity.rotation().spawn(credentials));
         }
         applied
     }
 
-    /// The material of `config`'s `[identity]` when only what peers are checked against (or
-    /// how often the files are read) changed: loaded now, so that a reload whose files do not
-    /// load changes nothing. `None` when `[identity]` is the same.
-    fn new_trust(&self, config: &Config) -> Result<Option<(Material, IdentityConfig)>, BoxError> {
+    /// `config`'s `[identity]` when only what peers are checked against, or how often the
+    /// files are read, changed; with its material when the files are others, loaded now, so
+    /// that a reload whose files do not load changes nothing. `None` when `[identity]` is the
+    /// same.
+    fn new_trust(
+        &self,
+        config: &Config,
+    ) -> Result<Option<(Option<Material>, IdentityConfig)>, BoxError> {
         match (&self.config.identity, &config.identity) {
             (old, new) if old == new => Ok(None),
             (Some(old), Some(new))
                 if old.cert == new.cert && old.key == new.key && old.tls12 == new.tls12 =>
             {
-                let material =
-                    Material::load(&new.paths()).map_err(|e| format!("[identity]: {e}"))?;
+                let material = if old.paths() == new.paths() {
+                    None
+                } else {
+                    Some(Material::load(&new.paths()).map_err(|e| format!("[identity]: {e}"))?)
+                };
                 Ok(Some((material, new.clone())))
             }
-            _ => Err(
-                "[identity] changed our certificate, key or TLS versions: restart to \
-                      use them (its trust settings may change on reload)"
-                    .into(),
-            ),
+            (Some(_), Some(_)) => Err("[identity] changed our certificate, key or TLS \
+                                       versions: restart to use them (what peers are checked \
+                                       against may change on reload)"
+                .into()),
+            _ => Err("[identity] added or removed: restart to apply".into()),
         }
     }
 
@@ -300,7 +314,7 @@ impl Sidecar {
                 }
                 // `Config::parse` refuses this; a `Config` made otherwise must not go out in
                 // plaintext unasked either.
-                (Some(_), _, None) if !route.plaintext => {
+                (Some(_), _, None) if route.in_mesh(true) => {
                     return Err(format!(
                         "outbound `{}`: server_identity is required with [identity] (or set \
                          `plaintext = true`)",

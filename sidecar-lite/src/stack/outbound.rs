@@ -14,19 +14,21 @@ use super::{
 };
 use crate::{
     config::{
-        ConcurrencyLimit, Config, ConfigProblem, DiscoveryConfig, Endpoint, FaultConfig,
+        ConcurrencyLimit, Config, ConfigProblem, DiscoveryConfig, Endpoint, FaultConfig, OriginTls,
         OutboundConfig, UpstreamProtocol,
     },
-    transport::{AppClient, EndpointTransport, PooledBody, boxed, mtls_pool, worker},
+    transport::{AppClient, EndpointTransport, PooledBody, boxed, mtls_pool, origin_pool, worker},
 };
 use bytes::Bytes;
+use http::uri::Authority;
 use http::{Request, Response};
 use http_body::Body;
 use resilience_breaker::{BreakerHandle, CircuitBreaker, CircuitBreakerLayer, Classify, Mode};
 use resilience_core::{BoxError, CallerBodyFailed, Enforcement, GRPC_STATUS, header_value};
-use resilience_mtls::ConnectorBuilder;
+use resilience_mtls::{ConnectorBuilder, OriginConnector};
 use resilience_retry::{Budget, PeekGrpcTrailersLayer, ReplayBody};
 use resilience_timeout::{Elapsed, HttpDeadline, Timeout, TimeoutLayer};
+use rustls_pki_types::ServerName;
 use std::{fmt, marker::PhantomData, net::SocketAddr, sync::Arc, time::Duration};
 use tower::{
     Layer, ServiceBuilder,
@@ -80,7 +82,7 @@ where
 {
     // What `Config::parse` holds a route to, held to the connector given here: mTLS exactly
     // when there is an identity and the route does not ask for plaintext.
-    match (tls.is_some(), config.identity.is_some() && !route.plaintext) {
+    match (tls.is_some(), route.in_mesh(config.identity.is_some())) {
         (true, false) => {
             return Err(super::field_error(
                 "outbound",
@@ -99,6 +101,25 @@ where
         _ => {}
     }
     outbound_with_endpoints(route, tls, &config.discovery).map(|outbound| outbound.service)
+}
+
+/// The connector of a route's `tls`, and the authority of its requests: its trust bundle read
+/// now; errors name the field.
+fn origin(tls: &OriginTls) -> Result<(OriginConnector, Authority), ConfigProblem> {
+    let name = ServerName::try_from(tls.server_name.clone())
+        .map_err(|e| field_error("tls", "server_name", e))?;
+    let authority = Authority::try_from(tls.server_name.as_str())
+        .map_err(|e| field_error("tls", "server_name", e))?;
+    let pem = std::fs::read(&tls.trust).map_err(|e| {
+        field_error(
+            "tls",
+            "trust",
+            format_args!("cannot read `{}`: {e}", tls.trust.display()),
+        )
+    })?;
+    let roots = OriginConnector::roots_from_pem(&pem, &tls.trust)
+        .map_err(|e| field_error("tls", "trust", e))?;
+    Ok((OriginConnector::new(roots, name), authority))
 }
 
 /// [`outbound`], with the route's endpoints and their breakers, for the admin server.
@@ -128,6 +149,7 @@ pub(crate) fn outbound_with_endpoints<B: StackBody>(
                     .map_err(|e| field_error("breaker", e.field(), &e))?,
             ),
         tls: tls.cloned(),
+        origin: route.tls.as_ref().map(origin).transpose()?,
         protocol: route.endpoint_protocol,
         // It tells the next hop the time left as the endpoint is called: on a balanced route the
         // per-try timeout outside the balancer told it before any wait for a ready endpoint
@@ -382,6 +404,8 @@ struct EndpointFactory<B> {
     route: String,
     breaker: CircuitBreakerLayer<EndpointClassifier>,
     tls: Option<ConnectorBuilder>,
+    /// One-way TLS to a server outside the mesh, and its name as each request's authority.
+    origin: Option<(OriginConnector, Authority)>,
     protocol: UpstreamProtocol,
     /// Inside the breaker, so that an attempt that times out on the endpoint counts against
     /// it; to the outer per-try deadline when there is one (it fires first, being polled
@@ -429,9 +453,13 @@ impl<B: StackBody> EndpointFactory<B> {
     /// `endpoint_protocol`: by default HTTP/2 when the peer's sidecar chooses it by ALPN; in
     /// plaintext, HTTP/1.1, and HTTP/2 with prior knowledge for gRPC (its trailers need it).
     fn transport(&self, addr: SocketAddr) -> Transport<B> {
-        match &self.tls {
-            Some(builder) => EndpointTransport::Mtls(mtls_pool(builder, addr, self.protocol)),
-            None => EndpointTransport::Plain(AppClient::endpoint(addr, self.protocol)),
+        match (&self.tls, &self.origin) {
+            (Some(builder), _) => EndpointTransport::Mtls(mtls_pool(builder, addr, self.protocol)),
+            (None, Some((origin, authority))) => EndpointTransport::Origin {
+                pool: origin_pool(origin, addr, self.protocol),
+                authority: authority.clone(),
+            },
+            (None, None) => EndpointTransport::Plain(AppClient::endpoint(addr, self.protocol)),
         }
     }
 
@@ -445,6 +473,7 @@ impl<B: StackBody> EndpointFactory<B> {
             route: self.route.clone(),
             breaker: self.breaker.clone(),
             tls: self.tls.clone(),
+            origin: self.origin.clone(),
             protocol: self.protocol,
             per_try: self.per_try.clone(),
             body: PhantomData,

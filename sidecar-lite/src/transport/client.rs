@@ -5,7 +5,7 @@ use super::{Coalesced, Pool, Protocol};
 use crate::config::UpstreamProtocol;
 use http::Uri;
 use hyper_util::rt::TokioIo;
-use resilience_mtls::{ConnectorBuilder, MtlsConnector};
+use resilience_mtls::{ConnectorBuilder, MtlsConnector, OriginConnector};
 use std::{
     future::Future,
     io,
@@ -55,6 +55,28 @@ impl Service<Uri> for FixedConnector {
             stream.set_nodelay(true)?;
             Ok(TokioIo::new(Coalesced::new(stream)))
         })
+    }
+}
+
+/// The pool of connections to `addr` over one-way TLS to a server outside the mesh
+/// (`origin`, without ALPN set yet), offering by ALPN the HTTP versions `protocol` allows.
+pub(crate) fn origin_pool<B>(
+    origin: &OriginConnector,
+    addr: SocketAddr,
+    protocol: UpstreamProtocol,
+) -> Pool<OriginConnector<FixedConnector>, B> {
+    let dial = |alpn: &[&[u8]]| {
+        origin
+            .clone()
+            .alpn(alpn.iter().copied())
+            .wrap(FixedConnector::new(addr))
+    };
+    match protocol {
+        UpstreamProtocol::Auto => {
+            Pool::negotiated(dial(&[b"h2", b"http/1.1"]), dial(&[b"http/1.1"]))
+        }
+        UpstreamProtocol::Http1 => Pool::new(dial(&[b"http/1.1"]), Protocol::Http1),
+        UpstreamProtocol::Http2 => Pool::new(dial(&[b"h2"]), Protocol::Http2),
     }
 }
 

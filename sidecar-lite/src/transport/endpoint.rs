@@ -1,11 +1,15 @@
-//! One endpoint's client, over mTLS or in plaintext, as one type with one future type: a
-//! stack over it then needs no `Either` for the choice, and every level a stack has moves
-//! each request, future and response once more.
+//! One endpoint's client, over mTLS, one-way TLS or in plaintext, as one type with one future
+//! type: a stack over it then needs no `Either` for the choice, and every level a stack has
+//! moves each request, future and response once more.
 
 use super::{AppClient, FixedConnector, Pool, PoolFuture, PooledBody, StackBody};
-use http::{Request, Response};
+use http::{
+    HeaderValue, Request, Response, Uri,
+    header::HOST,
+    uri::{Authority, PathAndQuery, Scheme},
+};
 use resilience_core::BoxError;
-use resilience_mtls::MtlsConnector;
+use resilience_mtls::{MtlsConnector, OriginConnector};
 use std::task::{Context, Poll};
 use tower::Service;
 
@@ -13,6 +17,12 @@ use tower::Service;
 pub(crate) enum EndpointTransport<B> {
     /// Over mTLS, to a peer sidecar that must prove the route's `server_identity`.
     Mtls(Pool<MtlsConnector<FixedConnector>, B>),
+    /// Over one-way TLS to a server outside the mesh, each request's authority the server's
+    /// name, which its certificate was checked against.
+    Origin {
+        pool: Pool<OriginConnector<FixedConnector>, B>,
+        authority: Authority,
+    },
     /// In plaintext.
     Plain(AppClient<B>),
 }
@@ -21,9 +31,32 @@ impl<B> Clone for EndpointTransport<B> {
     fn clone(&self) -> Self {
         match self {
             Self::Mtls(pool) => Self::Mtls(pool.clone()),
+            Self::Origin { pool, authority } => Self::Origin {
+                pool: pool.clone(),
+                authority: authority.clone(),
+            },
             Self::Plain(client) => Self::Plain(client.clone()),
         }
     }
+}
+
+/// `req` addressed to `authority` over HTTPS: its URI's scheme and authority (HTTP/2's
+/// `:scheme` and `:authority`) and its `Host`. The caller addressed the sidecar; the server
+/// answers for its own name, the one TLS checked.
+fn addressed<B>(mut req: Request<B>, authority: &Authority) -> Request<B> {
+    let mut parts = std::mem::take(req.uri_mut()).into_parts();
+    parts.scheme = Some(Scheme::HTTPS);
+    parts.authority = Some(authority.clone());
+    if parts.path_and_query.is_none() {
+        parts.path_and_query = Some(PathAndQuery::from_static("/"));
+    }
+    if let Ok(uri) = Uri::from_parts(parts) {
+        *req.uri_mut() = uri;
+    }
+    if let Ok(host) = HeaderValue::from_str(authority.as_str()) {
+        req.headers_mut().insert(HOST, host);
+    }
+    req
 }
 
 impl<B: StackBody> Service<Request<B>> for EndpointTransport<B> {
@@ -39,6 +72,7 @@ impl<B: StackBody> Service<Request<B>> for EndpointTransport<B> {
     fn call(&mut self, req: Request<B>) -> PoolFuture<B> {
         match self {
             Self::Mtls(pool) => pool.call(req),
+            Self::Origin { pool, authority } => pool.call(addressed(req, authority)),
             Self::Plain(client) => client.call(req),
         }
     }

@@ -13,7 +13,7 @@ pub(crate) mod worker;
 pub(crate) use app::AppClient;
 pub use body::ProxyBody;
 pub(crate) use body::{StackBody, boxed, local_response};
-pub(crate) use client::{FixedConnector, mtls_pool};
+pub(crate) use client::{FixedConnector, mtls_pool, origin_pool};
 pub(crate) use coalesce::Coalesced;
 pub(crate) use endpoint::EndpointTransport;
 pub(crate) use pool::{Pool, PoolFuture, PooledBody, Protocol};
