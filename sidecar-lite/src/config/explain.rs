@@ -109,7 +109,9 @@ impl Config {
                 if route.plaintext && self.identity.is_none() {
                     found.push((
                         "plaintext".into(),
-                        "does nothing without [identity]: every route speaks plaintext then".into(),
+                        "does nothing without [identity]: a route without `tls` speaks plaintext \
+                         then"
+                            .into(),
                     ));
                 }
                 for (field, message) in found {

@@ -83,8 +83,8 @@ pub struct OutboundConfig {
     /// The peers' inbound listeners. Required: one or more `IP:PORT` addresses, or one
     /// discovered source, `dns:NAME:PORT` or `file:PATH` (see [`Endpoint`]).
     pub(crate) endpoints: Vec<Endpoint>,
-    /// The identity the peers must present. Required with `[identity]`, unless `plaintext`;
-    /// without `[identity]` the route speaks plaintext.
+    /// The identity the peers must present. Required with `[identity]`, unless `plaintext` or
+    /// `tls`; without `[identity]` (and without `tls`) the route speaks plaintext.
     #[serde(
         default,
         skip_serializing_if = "Option::is_none",

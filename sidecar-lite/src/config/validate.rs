@@ -95,8 +95,7 @@ pub(super) fn problems(config: &Config) -> Vec<(String, String)> {
         match (&route.server_identity, &config.identity, outside) {
             (Some(_), _, true) => problems.push((
                 at(if route.plaintext { "plaintext" } else { "tls" }),
-                "contradicts `server_identity`: a route outside the mesh checks no identity"
-                    .into(),
+                "contradicts `server_identity`: a route outside the mesh checks no identity".into(),
             )),
             (Some(_), None, false) => problems.push((
                 at("server_identity"),

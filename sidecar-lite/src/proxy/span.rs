@@ -27,7 +27,8 @@ pub(crate) struct EdgeTracer {
     tracer: SdkTracer,
     kind: SpanKind,
     listener: Arc<str>,
-    /// On an outbound route, the identity the peers must present.
+    /// On an outbound route, the identity the peers must present, or the name a route to a
+    /// server outside the mesh checks its certificate for.
     peer: Option<Arc<str>>,
     /// On the inbound listener, the callers whose sampling decision is honoured: those let in.
     trusted: Option<Arc<AllowList>>,

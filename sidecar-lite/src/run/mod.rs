@@ -317,7 +317,7 @@ impl Sidecar {
                 (Some(_), _, None) if route.in_mesh(true) => {
                     return Err(format!(
                         "outbound `{}`: server_identity is required with [identity] (or set \
-                         `plaintext = true`)",
+                         `plaintext = true`, or `tls`, for endpoints outside the mesh)",
                         route.name
                     )
                     .into());
@@ -382,10 +382,13 @@ impl Sidecar {
 
     fn outbound_tracer(&self, route: &OutboundConfig, key: &str) -> Option<EdgeTracer> {
         let tracer = self.telemetry.as_ref().map(Telemetry::tracer)?;
+        // Whom the route's requests reach: its server's identity, or the name its TLS checks
+        // (the span then says `https`, and names it as the peer).
+        let peer = route.server_identity.as_ref().map(|id| id.as_str());
         Some(EdgeTracer::outbound(
             tracer.clone(),
             Arc::from(key),
-            route.server_identity.as_ref().map(|id| id.as_str()),
+            peer.or(route.tls.as_ref().map(|tls| tls.server_name.as_str())),
         ))
     }
 

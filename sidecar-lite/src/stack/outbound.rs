@@ -67,8 +67,10 @@ impl<B> fmt::Debug for Outbound<B> {
 }
 
 /// Builds the outbound stack of `route`, one of `config`'s `[[outbound]]` routes: what the
-/// sidecar serves on the route's listener, for library mode. With `tls`, endpoints are dialled
-/// over mTLS and must present the route's `server_identity`; without, in plaintext. `dns:` and
+/// sidecar serves on the route's listener, for library mode. With the connector `tls`,
+/// endpoints are dialled over mTLS and must present the route's `server_identity`; a route
+/// whose config has `tls = { server_name, trust }` speaks HTTPS to servers outside the mesh;
+/// any other, plaintext. `dns:` and
 /// `file:` endpoints are found as `config`'s `[discovery]` says. Must run inside a tokio
 /// runtime for a `dns:` or `file:` source: its discovery gets a task of its own (it ends when
 /// the stack is dropped).
@@ -87,7 +89,8 @@ where
             return Err(super::field_error(
                 "outbound",
                 "server_identity",
-                "an mTLS connector was given for a route that speaks plaintext",
+                "an mTLS connector was given for a route outside the mesh (without \
+                 [identity], or with `plaintext` or `tls`)",
             ));
         }
         (false, true) => {
@@ -95,7 +98,7 @@ where
                 "outbound",
                 "server_identity",
                 "the route speaks mTLS with [identity]: give it a connector (or set \
-                 `plaintext = true`)",
+                 `plaintext = true`, or `tls`, for endpoints outside the mesh)",
             ));
         }
         _ => {}
@@ -103,13 +106,16 @@ where
     outbound_with_endpoints(route, tls, &config.discovery).map(|outbound| outbound.service)
 }
 
-/// The connector of a route's `tls`, and the authority of its requests: its trust bundle read
-/// now; errors name the field.
+/// The connector of a route's `tls`, and the host of its requests' authority (an IPv6
+/// address in brackets): its trust bundle read now; errors name the field.
 fn origin(tls: &OriginTls) -> Result<(OriginConnector, Authority), ConfigProblem> {
     let name = ServerName::try_from(tls.server_name.clone())
         .map_err(|e| field_error("tls", "server_name", e))?;
-    let authority = Authority::try_from(tls.server_name.as_str())
-        .map_err(|e| field_error("tls", "server_name", e))?;
+    let host = match tls.server_name.parse::<std::net::Ipv6Addr>() {
+        Ok(v6) => format!("[{v6}]"),
+        Err(_) => tls.server_name.clone(),
+    };
+    let authority = Authority::try_from(host).map_err(|e| field_error("tls", "server_name", e))?;
     let pem = std::fs::read(&tls.trust).map_err(|e| {
         field_error(
             "tls",
@@ -128,6 +134,15 @@ pub(crate) fn outbound_with_endpoints<B: StackBody>(
     tls: Option<&ConnectorBuilder>,
     discovery: &DiscoveryConfig,
 ) -> Result<Outbound<B>, ConfigProblem> {
+    // A route's own `tls` and mTLS cannot both hold (`Config::parse` refuses it; a config
+    // made otherwise would have one silently dropped).
+    if route.tls.is_some() && (tls.is_some() || route.server_identity.is_some()) {
+        return Err(field_error(
+            "tls",
+            "server_name",
+            "contradicts `server_identity`: a route outside the mesh checks no identity",
+        ));
+    }
     // One fixed endpoint has no balancer to wait for: the per-try timeout inside its
     // breaker is the only one, and tells the next hop its deadline. With a balancer, one outside
     // also covers the wait for it and tells the next hop; the inner one times the
@@ -455,10 +470,18 @@ impl<B: StackBody> EndpointFactory<B> {
     fn transport(&self, addr: SocketAddr) -> Transport<B> {
         match (&self.tls, &self.origin) {
             (Some(builder), _) => EndpointTransport::Mtls(mtls_pool(builder, addr, self.protocol)),
-            (None, Some((origin, authority))) => EndpointTransport::Origin {
-                pool: origin_pool(origin, addr, self.protocol),
-                authority: authority.clone(),
-            },
+            (None, Some((origin, host))) => {
+                // The port too, unless it is HTTPS's own (RFC 9110, section 7.2).
+                let authority = match addr.port() {
+                    443 => host.clone(),
+                    port => Authority::try_from(format!("{host}:{port}"))
+                        .unwrap_or_else(|_| host.clone()),
+                };
+                EndpointTransport::Origin {
+                    pool: origin_pool(origin, addr, &authority, self.protocol),
+                    authority,
+                }
+            }
             (None, None) => EndpointTransport::Plain(AppClient::endpoint(addr, self.protocol)),
         }
     }

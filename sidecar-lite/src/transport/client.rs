@@ -3,7 +3,7 @@
 
 use super::{Coalesced, Pool, Protocol};
 use crate::config::UpstreamProtocol;
-use http::Uri;
+use http::{Uri, uri::Authority};
 use hyper_util::rt::TokioIo;
 use resilience_mtls::{ConnectorBuilder, MtlsConnector, OriginConnector};
 use std::{
@@ -59,10 +59,12 @@ impl Service<Uri> for FixedConnector {
 }
 
 /// The pool of connections to `addr` over one-way TLS to a server outside the mesh
-/// (`origin`, without ALPN set yet), offering by ALPN the HTTP versions `protocol` allows.
+/// (`origin`, without ALPN set yet) whose requests go to `authority`, offering by ALPN the
+/// HTTP versions `protocol` allows.
 pub(crate) fn origin_pool<B>(
     origin: &OriginConnector,
     addr: SocketAddr,
+    authority: &Authority,
     protocol: UpstreamProtocol,
 ) -> Pool<OriginConnector<FixedConnector>, B> {
     let dial = |alpn: &[&[u8]]| {
@@ -71,12 +73,21 @@ pub(crate) fn origin_pool<B>(
             .alpn(alpn.iter().copied())
             .wrap(FixedConnector::new(addr))
     };
-    match protocol {
+    let pool = match protocol {
         UpstreamProtocol::Auto => {
             Pool::negotiated(dial(&[b"h2", b"http/1.1"]), dial(&[b"http/1.1"]))
         }
         UpstreamProtocol::Http1 => Pool::new(dial(&[b"http/1.1"]), Protocol::Http1),
         UpstreamProtocol::Http2 => Pool::new(dial(&[b"h2"]), Protocol::Http2),
+    };
+    let target = Uri::builder()
+        .scheme("https")
+        .authority(authority.clone())
+        .path_and_query("/")
+        .build();
+    match target {
+        Ok(target) => pool.addressed_to(target),
+        Err(_) => pool,
     }
 }
 

@@ -22,7 +22,7 @@ use bytes::Bytes;
 use http::{
     HeaderValue, Request, Response, StatusCode, Uri,
     header::{CONNECTION, HOST, UPGRADE},
-    uri::PathAndQuery,
+    uri::{Authority, PathAndQuery},
 };
 use http_body::{Body, Frame, SizeHint};
 use hyper::{
@@ -167,6 +167,16 @@ impl<C: Clone, B> Pool<C, B> {
     pub(crate) fn for_app(connector: C, protocol: Protocol) -> Self {
         let upgrades = (protocol == Protocol::Http1).then(|| connector.clone());
         Self::build(connector, protocol, upgrades, true)
+    }
+
+    /// This pool, for a server whose requests are addressed to `target`'s scheme and
+    /// authority: an HTTP/2 request that has none (one an HTTP/1.1 connection refused unsent,
+    /// and whose URI it had cut to its path) gets these rather than a placeholder's.
+    pub(crate) fn addressed_to(mut self, target: Uri) -> Self {
+        if let Some(shared) = Arc::get_mut(&mut self.shared) {
+            shared.target = target;
+        }
+        self
     }
 
     fn build(
@@ -459,14 +469,19 @@ impl<C: Dial, B: StackBody> Service<Request<B>> for Pool<C, B> {
 }
 
 /// HTTP/2 wants the scheme and authority in the URI (`:scheme`, `:authority`); a request that
-/// has none gets the endpoint's.
+/// has none gets its `Host` (which an HTTP/1.1 connection that refused it unsent kept, having
+/// cut the URI to its path), or else the endpoint's.
 fn absolute_form<B>(req: &mut Request<B>, target: &Uri) {
     if req.uri().authority().is_some() {
         return;
     }
+    let host = req
+        .headers()
+        .get(HOST)
+        .and_then(|host| Authority::try_from(host.as_bytes()).ok());
     let mut parts = req.uri().clone().into_parts();
     parts.scheme = target.scheme().cloned();
-    parts.authority = target.authority().cloned();
+    parts.authority = host.or_else(|| target.authority().cloned());
     if parts.path_and_query.is_none() {
         parts.path_and_query = Some(PathAndQuery::from_static("/"));
     }
@@ -576,5 +591,27 @@ impl<B> Body for PooledBody<B> {
 impl<B> fmt::Debug for PooledBody<B> {
     fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
         f.debug_struct("PooledBody").finish_non_exhaustive()
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    /// An HTTP/2 request that an HTTP/1.1 connection refused unsent has lost its authority
+    /// to origin form; it gets its `Host` back, not the pool's placeholder.
+    #[test]
+    fn a_request_without_an_authority_takes_its_host_then_the_pools() {
+        let target = Uri::from_static("https://api.example.test/");
+        let mut req = Request::builder()
+            .uri("/v1/charges?x=1")
+            .header(HOST, "api.example.test:8443")
+            .body(())
+            .unwrap();
+        absolute_form(&mut req, &Uri::from_static("http://endpoint/"));
+        assert_eq!(req.uri(), "http://api.example.test:8443/v1/charges?x=1");
+        let mut bare = Request::builder().uri("/").body(()).unwrap();
+        absolute_form(&mut bare, &target);
+        assert_eq!(bare.uri(), "https://api.example.test/");
     }
 }
