@@ -2,7 +2,7 @@
 //! connector for hyper-util's client.
 
 use crate::{
-    BoxError, FailureReason, HandshakeError, MaterialError, client::MtlsConnection,
+    BoxError, ConnectFuture, FailureReason, HandshakeError, MaterialError, client::MtlsConnection,
     material::certificates, metrics, provider,
 };
 use http::Uri;
@@ -10,11 +10,8 @@ use hyper_util::{client::legacy::connect::Connection, rt::TokioIo};
 use rustls::{ClientConfig, RootCertStore};
 use rustls_pki_types::ServerName;
 use std::{
-    fmt,
-    future::Future,
-    io,
+    fmt, io,
     path::Path,
-    pin::Pin,
     sync::Arc,
     task::{Context, Poll},
     time::Duration,
@@ -132,7 +129,7 @@ where
 {
     type Response = MtlsConnection<T>;
     type Error = BoxError;
-    type Future = Pin<Box<dyn Future<Output = Result<MtlsConnection<T>, BoxError>> + Send>>;
+    type Future = ConnectFuture<T>;
 
     fn poll_ready(&mut self, cx: &mut Context<'_>) -> Poll<Result<(), Self::Error>> {
         self.inner.poll_ready(cx).map_err(Into::into)
