@@ -186,8 +186,8 @@ pub(crate) struct ClientVerifier(pub(crate) Credentials);
 impl ClientVerifier {
     /// `f` with the trust bundle's verifier: a signature's check does not depend on the CAs.
     fn with<T>(&self, f: impl FnOnce(&dyn ClientCertVerifier) -> T) -> T {
-        let material = self.0.shared.current.load();
-        f(material.trust().bundle().client_verifier.as_ref())
+        self.0
+            .with_current(|material| f(material.trust().bundle().client_verifier.as_ref()))
     }
 }
 
@@ -208,12 +208,13 @@ impl ClientCertVerifier for ClientVerifier {
         intermediates: &[CertificateDer<'_>],
         now: UnixTime,
     ) -> Result<ClientCertVerified, rustls::Error> {
-        let material = self.0.shared.current.load();
-        material
-            .trust()
-            .for_peer(end_entity)?
-            .client_verifier
-            .verify_client_cert(end_entity, intermediates, now)?;
+        self.0.with_current(|material| {
+            material
+                .trust()
+                .for_peer(end_entity)?
+                .client_verifier
+                .verify_client_cert(end_entity, intermediates, now)
+        })?;
         // A certificate without an identity cannot be authorized: refuse it here, with a
         // reason, rather than later with a 403.
         Identity::from_certificate(end_entity).map_err(|err| {

@@ -197,38 +197,24 @@ impl Material {
             }
         }
 
-        let mut federated = Vec::new();
-        for (domain, path) in &paths.trust_domains {
-            // Files read from other paths than these would leave a domain out, and its peers
-            // to the trust bundle: never silently.
-            let pem = files
-                .trust_domains
-                .get(domain)
-                .ok_or_else(|| MaterialError::Trust {
-                    path: path.clone(),
-                    detail: format!("the bundle of `{domain}` was not read"),
-                })?;
-            let certs = certificates(pem, path)?;
-            federated.push((domain.as_str(), Bundle { certs, path }));
-        }
+        let federated = files
+            .trust_domains
+            .iter()
+            .map(|(domain, (path, pem))| {
+                let certs = certificates(pem, path)?;
+                Ok((domain.as_str(), Bundle { certs, path }))
+            })
+            .collect::<Result<_, MaterialError>>()?;
         let bundle = Bundle {
             certs: trust,
             path: &paths.trust,
         };
-        let mut lists = Vec::new();
-        for path in &paths.crls {
-            // As the bundles: a file read from elsewhere would leave its lists out, silently.
-            let (_, pem) = files
+        let revocation = Revocation::new(
+            files
                 .crls
                 .iter()
-                .find(|(read, _)| read == path)
-                .ok_or_else(|| MaterialError::Crl {
-                    path: path.clone(),
-                    detail: "it was not read".to_owned(),
-                })?;
-            lists.push((path.as_path(), pem.as_slice()));
-        }
-        let revocation = Revocation::new(lists)?;
+                .map(|(path, pem)| (path.as_path(), pem.as_slice())),
+        )?;
         let trust = Trust::new(bundle, &identity, federated, revocation)?;
 
         Ok(Self {
@@ -338,8 +324,8 @@ pub(crate) struct MaterialFiles {
     pub(crate) cert: Vec<u8>,
     pub(crate) key: Vec<u8>,
     pub(crate) trust: Vec<u8>,
-    /// The federated trust domains' bundles, by domain.
-    pub(crate) trust_domains: BTreeMap<String, Vec<u8>>,
+    /// The federated trust domains' bundles, by domain, each with its file.
+    pub(crate) trust_domains: BTreeMap<String, (PathBuf, Vec<u8>)>,
     /// The revocation lists, each with its file.
     pub(crate) crls: Vec<(PathBuf, Vec<u8>)>,
 }
@@ -369,7 +355,7 @@ impl MaterialFiles {
             trust_domains: paths
                 .trust_domains
                 .iter()
-                .map(|(domain, path)| Ok((domain.clone(), read(path)?)))
+                .map(|(domain, path)| Ok((domain.clone(), (path.clone(), read(path)?))))
                 .collect::<Result<_, MaterialError>>()?,
             crls: paths
                 .crls

@@ -111,17 +111,19 @@ impl Trust {
             .flat_map(|roots| &roots.roots)
             .map(|a| (a.subject.as_ref(), a.subject_public_key_info.as_ref()))
             .collect();
-        let anchors = |(roots, path): (RootCertStore, &Path)| {
-            let lists = revocation.for_roots(&roots, &every)?;
-            Anchors::new(roots, lists, path)
-        };
-        let federated = domains
+        let default_lists = revocation.for_roots(&default.0, &every)?;
+        let lists = domains
             .iter()
-            .map(|(domain, roots, path)| {
-                Ok(((*domain).to_owned(), anchors((roots.clone(), path))?))
+            .map(|(_, roots, _)| revocation.for_roots(roots, &every))
+            .collect::<Result<Vec<_>, _>>()?;
+        let federated = domains
+            .into_iter()
+            .zip(lists)
+            .map(|((domain, roots, path), lists)| {
+                Ok((domain.to_owned(), Anchors::new(roots, lists, path)?))
             })
             .collect::<Result<_, MaterialError>>()?;
-        let bundle = anchors(default.clone())?;
+        let bundle = Anchors::new(default.0, default_lists, default.1)?;
         Ok(Self {
             bundle,
             revocation,

@@ -73,7 +73,8 @@ pub struct Sidecar {
     workers: Workers,
     telemetry: Option<Telemetry>,
     access_log: Option<AccessLog>,
-    _rotation: Option<RotationHandle>,
+    /// The watch of the identity files, replaced when a reload changes which they are.
+    rotation: Option<RotationHandle>,
 }
 
 /// One serving listener: its address, its swap cell, its own stop switch, and its metrics.
@@ -159,7 +160,7 @@ impl Sidecar {
             workers,
             telemetry,
             access_log,
-            _rotation: rotation,
+            rotation,
         };
         let planned = sidecar.plan(config)?;
         sidecar.apply(config.clone(), planned).await?;
@@ -237,13 +238,13 @@ impl Sidecar {
             // The old watch stopped first, so that no check of the old files it has running
             // stores their material after this; then the next handshakes check peers against
             // the new, and the new files are watched.
-            if let Some(old) = self._rotation.take() {
+            if let Some(old) = self.rotation.take() {
                 old.stop().await;
             }
             if let Some(material) = material {
                 credentials.store(material);
             }
-            self._rotation = Some(identity.rotation().spawn(credentials));
+            self.rotation = Some(identity.rotation().spawn(credentials));
         }
         applied
     }
@@ -312,19 +313,9 @@ impl Sidecar {
                 (Some(identity), Some(credentials), Some(expected)) => {
                     Some(identity.connector(credentials, expected.clone()))
                 }
-                // `Config::parse` refuses this; a `Config` made otherwise must not go out in
-                // plaintext unasked either.
-                (Some(_), _, None) if route.in_mesh(true) => {
-                    return Err(format!(
-                        "outbound `{}`: server_identity is required with [identity] (or set \
-                         `plaintext = true`, or `tls`, for endpoints outside the mesh)",
-                        route.name
-                    )
-                    .into());
-                }
                 _ => None,
             };
-            let outbound = stack::outbound_with_endpoints(route, tls.as_ref(), &config.discovery)
+            let outbound = stack::outbound_with_endpoints(config, route, tls.as_ref())
                 .map_err(|e| format!("outbound `{}`: {e}", route.name))?;
             planned.push(Planned {
                 tracer: self.outbound_tracer(route, &key),

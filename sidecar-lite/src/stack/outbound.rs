@@ -82,28 +82,7 @@ pub fn outbound<B>(
 where
     B: Body<Data = Bytes, Error: Into<BoxError>> + Send + Unpin + 'static,
 {
-    // What `Config::parse` holds a route to, held to the connector given here: mTLS exactly
-    // when there is an identity and the route does not ask for plaintext.
-    match (tls.is_some(), route.in_mesh(config.identity.is_some())) {
-        (true, false) => {
-            return Err(super::field_error(
-                "outbound",
-                "server_identity",
-                "an mTLS connector was given for a route outside the mesh (without \
-                 [identity], or with `plaintext` or `tls`)",
-            ));
-        }
-        (false, true) => {
-            return Err(super::field_error(
-                "outbound",
-                "server_identity",
-                "the route speaks mTLS with [identity]: give it a connector (or set \
-                 `plaintext = true`, or `tls`, for endpoints outside the mesh)",
-            ));
-        }
-        _ => {}
-    }
-    outbound_with_endpoints(route, tls, &config.discovery).map(|outbound| outbound.service)
+    outbound_with_endpoints(config, route, tls).map(|outbound| outbound.service)
 }
 
 /// The connector of a route's `tls`, and the host of its requests' authority (an IPv6
@@ -128,21 +107,49 @@ fn origin(tls: &OriginTls) -> Result<(OriginConnector, Authority), ConfigProblem
     Ok((OriginConnector::new(roots, name), authority))
 }
 
-/// [`outbound`], with the route's endpoints and their breakers, for the admin server.
-pub(crate) fn outbound_with_endpoints<B: StackBody>(
+/// Whether the connector `tls` is what `config` asks of `route`: mTLS exactly when there is
+/// an `[identity]` and the route does not ask for plaintext or `tls` of its own.
+/// `Config::parse` holds a route to this; a `Config` made otherwise, or a library user's
+/// connector, is held to it here, so that no route goes out in plaintext unasked, nor has
+/// one of two settings silently dropped.
+fn connector_matches(
+    config: &Config,
     route: &OutboundConfig,
     tls: Option<&ConnectorBuilder>,
-    discovery: &DiscoveryConfig,
-) -> Result<Outbound<B>, ConfigProblem> {
-    // A route's own `tls` and mTLS cannot both hold (`Config::parse` refuses it; a config
-    // made otherwise would have one silently dropped).
-    if route.tls.is_some() && (tls.is_some() || route.server_identity.is_some()) {
+) -> Result<(), ConfigProblem> {
+    if route.tls.is_some() && route.server_identity.is_some() {
         return Err(field_error(
             "tls",
             "server_name",
             "contradicts `server_identity`: a route outside the mesh checks no identity",
         ));
     }
+    match (tls.is_some(), route.in_mesh(config.identity.is_some())) {
+        (true, false) => Err(field_error(
+            "outbound",
+            "server_identity",
+            "an mTLS connector was given for a route outside the mesh (without [identity], or \
+             with `plaintext` or `tls`)",
+        )),
+        (false, true) => Err(field_error(
+            "outbound",
+            "server_identity",
+            "the route speaks mTLS with [identity]: give it a connector, with its \
+             server_identity (or set `plaintext = true`, or `tls`, for endpoints outside the \
+             mesh)",
+        )),
+        _ => Ok(()),
+    }
+}
+
+/// [`outbound`], with the route's endpoints and their breakers, for the admin server.
+pub(crate) fn outbound_with_endpoints<B: StackBody>(
+    config: &Config,
+    route: &OutboundConfig,
+    tls: Option<&ConnectorBuilder>,
+) -> Result<Outbound<B>, ConfigProblem> {
+    connector_matches(config, route, tls)?;
+    let discovery = &config.discovery;
     // One fixed endpoint has no balancer to wait for: the per-try timeout inside its
     // breaker is the only one, and tells the next hop its deadline. With a balancer, one outside
     // also covers the wait for it and tells the next hop; the inner one times the
@@ -477,10 +484,10 @@ impl<B: StackBody> EndpointFactory<B> {
                     port => Authority::try_from(format!("{host}:{port}"))
                         .unwrap_or_else(|_| host.clone()),
                 };
-                EndpointTransport::Origin {
-                    pool: origin_pool(origin, addr, &authority, self.protocol),
+                EndpointTransport::origin(
+                    origin_pool(origin, addr, &authority, self.protocol),
                     authority,
-                }
+                )
             }
             (None, None) => EndpointTransport::Plain(AppClient::endpoint(addr, self.protocol)),
         }

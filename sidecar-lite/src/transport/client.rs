@@ -58,6 +58,19 @@ impl Service<Uri> for FixedConnector {
     }
 }
 
+/// A pool whose connections `dial` makes, each offering by ALPN the protocols it is given:
+/// the HTTP versions `protocol` allows (a WebSocket handshake's connection offers HTTP/1.1
+/// alone).
+fn by_alpn<C: Clone, B>(protocol: UpstreamProtocol, dial: impl Fn(&[&[u8]]) -> C) -> Pool<C, B> {
+    match protocol {
+        UpstreamProtocol::Auto => {
+            Pool::negotiated(dial(&[b"h2", b"http/1.1"]), dial(&[b"http/1.1"]))
+        }
+        UpstreamProtocol::Http1 => Pool::new(dial(&[b"http/1.1"]), Protocol::Http1),
+        UpstreamProtocol::Http2 => Pool::new(dial(&[b"h2"]), Protocol::Http2),
+    }
+}
+
 /// The pool of connections to `addr` over one-way TLS to a server outside the mesh
 /// (`origin`, without ALPN set yet) whose requests go to `authority`, offering by ALPN the
 /// HTTP versions `protocol` allows.
@@ -67,19 +80,12 @@ pub(crate) fn origin_pool<B>(
     authority: &Authority,
     protocol: UpstreamProtocol,
 ) -> Pool<OriginConnector<FixedConnector>, B> {
-    let dial = |alpn: &[&[u8]]| {
+    let pool = by_alpn(protocol, |alpn| {
         origin
             .clone()
             .alpn(alpn.iter().copied())
             .wrap(FixedConnector::new(addr))
-    };
-    let pool = match protocol {
-        UpstreamProtocol::Auto => {
-            Pool::negotiated(dial(&[b"h2", b"http/1.1"]), dial(&[b"http/1.1"]))
-        }
-        UpstreamProtocol::Http1 => Pool::new(dial(&[b"http/1.1"]), Protocol::Http1),
-        UpstreamProtocol::Http2 => Pool::new(dial(&[b"h2"]), Protocol::Http2),
-    };
+    });
     let target = Uri::builder()
         .scheme("https")
         .authority(authority.clone())
@@ -92,26 +98,16 @@ pub(crate) fn origin_pool<B>(
 }
 
 /// The pool of connections to `addr` over mTLS with the settings of `builder`, checking the
-/// peer's identity and offering by ALPN the HTTP versions `protocol` allows (a WebSocket
-/// handshake's connection offers HTTP/1.1 alone).
+/// peer's identity and offering by ALPN the HTTP versions `protocol` allows.
 pub(crate) fn mtls_pool<B>(
     builder: &ConnectorBuilder,
     addr: SocketAddr,
     protocol: UpstreamProtocol,
 ) -> Pool<MtlsConnector<FixedConnector>, B> {
-    let dial = |alpn: &[&[u8]]| {
+    by_alpn(protocol, |alpn| {
         builder
             .clone()
             .alpn(alpn.iter().copied())
             .wrap(FixedConnector::new(addr))
-    };
-    match protocol {
-        // What the connector offers by default: `h2`, then `http/1.1`.
-        UpstreamProtocol::Auto => Pool::negotiated(
-            builder.clone().wrap(FixedConnector::new(addr)),
-            dial(&[b"http/1.1"]),
-        ),
-        UpstreamProtocol::Http1 => Pool::new(dial(&[b"http/1.1"]), Protocol::Http1),
-        UpstreamProtocol::Http2 => Pool::new(dial(&[b"h2"]), Protocol::Http2),
-    }
+    })
 }

@@ -22,18 +22,42 @@ pub(crate) enum EndpointTransport<B> {
     Origin {
         pool: Pool<OriginConnector<FixedConnector>, B>,
         authority: Authority,
+        /// The same as a `Host` value, made once rather than per request.
+        host: HeaderValue,
     },
     /// In plaintext.
     Plain(AppClient<B>),
+}
+
+impl<B> EndpointTransport<B> {
+    /// Over one-way TLS, with `pool`, each request addressed to `authority`.
+    pub(crate) fn origin(
+        pool: Pool<OriginConnector<FixedConnector>, B>,
+        authority: Authority,
+    ) -> Self {
+        // An authority is made of bytes a header value may hold.
+        let host = HeaderValue::from_str(authority.as_str())
+            .unwrap_or_else(|_| HeaderValue::from_static(""));
+        Self::Origin {
+            pool,
+            authority,
+            host,
+        }
+    }
 }
 
 impl<B> Clone for EndpointTransport<B> {
     fn clone(&self) -> Self {
         match self {
             Self::Mtls(pool) => Self::Mtls(pool.clone()),
-            Self::Origin { pool, authority } => Self::Origin {
+            Self::Origin {
+                pool,
+                authority,
+                host,
+            } => Self::Origin {
                 pool: pool.clone(),
                 authority: authority.clone(),
+                host: host.clone(),
             },
             Self::Plain(client) => Self::Plain(client.clone()),
         }
@@ -43,7 +67,7 @@ impl<B> Clone for EndpointTransport<B> {
 /// `req` addressed to `authority` over HTTPS: its URI's scheme and authority (HTTP/2's
 /// `:scheme` and `:authority`) and its `Host`. The caller addressed the sidecar; the server
 /// answers for its own name, the one TLS checked.
-fn addressed<B>(mut req: Request<B>, authority: &Authority) -> Request<B> {
+fn addressed<B>(mut req: Request<B>, authority: &Authority, host: &HeaderValue) -> Request<B> {
     let mut parts = std::mem::take(req.uri_mut()).into_parts();
     parts.scheme = Some(Scheme::HTTPS);
     parts.authority = Some(authority.clone());
@@ -53,9 +77,7 @@ fn addressed<B>(mut req: Request<B>, authority: &Authority) -> Request<B> {
     if let Ok(uri) = Uri::from_parts(parts) {
         *req.uri_mut() = uri;
     }
-    if let Ok(host) = HeaderValue::from_str(authority.as_str()) {
-        req.headers_mut().insert(HOST, host);
-    }
+    req.headers_mut().insert(HOST, host.clone());
     req
 }
 
@@ -72,7 +94,11 @@ impl<B: StackBody> Service<Request<B>> for EndpointTransport<B> {
     fn call(&mut self, req: Request<B>) -> PoolFuture<B> {
         match self {
             Self::Mtls(pool) => pool.call(req),
-            Self::Origin { pool, authority } => pool.call(addressed(req, authority)),
+            Self::Origin {
+                pool,
+                authority,
+                host,
+            } => pool.call(addressed(req, authority, host)),
             Self::Plain(client) => client.call(req),
         }
     }
