@@ -300,10 +300,7 @@ async fn retries_and_proxy_errors_are_recorded_on_the_client_span() {
     let _ = recorder();
     let collector = Collector::start().await;
     let (failing, hits) = status_app(503).await;
-    let dead = {
-        let listener = std::net::TcpListener::bind("127.0.0.1:0").unwrap();
-        listener.local_addr().unwrap()
-    };
+    let (_held, dead) = refusing_address();
     let retry = "retry = { attempts = 3, backoff = { base = \"1ms\", max = \"2ms\" } }";
     let sidecar = sidecar(&format!(
         "[[outbound]]\nname = \"flaky\"\nlisten = \"127.0.0.1:0\"\nendpoints = [\"{failing}\"]\n{retry}\n\
@@ -452,16 +449,23 @@ async fn a_connection_header_naming_traceparent_leaves_the_spans_traceparent() {
     sidecar.stop().await;
 }
 
+/// An address on 127.0.0.1 that refuses connections for as long as the socket lives: bound
+/// and never listening, so no other test's server can take the port either (a listener bound
+/// and dropped let one take it, and answer 503, once in CI).
+fn refusing_address() -> (tokio::net::TcpSocket, std::net::SocketAddr) {
+    let socket = tokio::net::TcpSocket::new_v4().unwrap();
+    socket.bind("127.0.0.1:0".parse().unwrap()).unwrap();
+    let addr = socket.local_addr().unwrap();
+    (socket, addr)
+}
+
 /// A collector that is down (nothing listens), or one that takes connections and never
 /// answers: requests are served as if tracing were off, and the lost spans are counted.
 #[tokio::test]
 async fn a_dead_collector_costs_requests_nothing_and_drops_are_counted() {
     let metrics = recorder();
     let (app, hits) = echo_app().await;
-    let refused = {
-        let listener = std::net::TcpListener::bind("127.0.0.1:0").unwrap();
-        listener.local_addr().unwrap()
-    };
+    let (_held, refused) = refusing_address();
     // Accepts, holds every connection open, never reads or answers.
     let black_hole = tokio::net::TcpListener::bind("127.0.0.1:0").await.unwrap();
     let silent = black_hole.local_addr().unwrap();
