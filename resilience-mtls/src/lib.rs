@@ -118,7 +118,7 @@ pub use credentials::Credentials;
 pub use error::{FailureReason, HandshakeError, IdentityError, IdentityMismatch, MaterialError};
 pub use identity::{Identity, IdentityPattern, SpiffeId};
 pub use material::{Material, MaterialPaths};
-pub use origin::OriginConnector;
+pub use origin::{OriginConnector, OriginPaths};
 pub use resilience_core::{BoxError, Enforcement, SIDECAR_ERROR};
 pub use revocation::RevocationList;
 pub use rotation::{Rotation, RotationHandle, RotationStatus};

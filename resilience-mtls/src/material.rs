@@ -17,7 +17,7 @@ use std::{
     sync::Arc,
     time::{Duration, SystemTime, UNIX_EPOCH},
 };
-use x509_parser::{prelude::FromDer, time::ASN1Time, x509::X509Name};
+use x509_parser::{certificate::X509Certificate, prelude::FromDer, time::ASN1Time, x509::X509Name};
 
 /// Where the certificate chain, its private key and the trust bundle live.
 #[derive(Debug, Clone, PartialEq, Eq, Hash)]
@@ -149,53 +149,14 @@ impl Material {
         now: SystemTime,
     ) -> Result<Self, MaterialError> {
         let chain = certificates(&files.cert, &paths.cert)?;
-        let key = private_key(&files.key, &paths.key)?;
-        let trust = certificates(&files.trust, &paths.trust)?;
-
-        let (_, leaf) = x509_parser::parse_x509_certificate(chain[0].as_ref()).map_err(|e| {
-            MaterialError::BadPem {
-                path: paths.cert.clone(),
-                detail: format!("the first certificate cannot be parsed: {e}"),
-            }
-        })?;
-        let validity = leaf.validity();
-        let not_before = system_time(validity.not_before);
-        let not_after = system_time(validity.not_after);
-        if now > not_after {
-            return Err(MaterialError::Expired {
-                path: paths.cert.clone(),
-                not_after: validity.not_after.to_string(),
-            });
-        }
-        if now < not_before {
-            return Err(MaterialError::NotYetValid {
-                path: paths.cert.clone(),
-                not_before: validity.not_before.to_string(),
-                valid_from: not_before,
-            });
-        }
+        let leaf = leaf(&chain, &paths.cert)?;
+        let (not_before, not_after) = leaf_validity(&leaf, &paths.cert, now)?;
         let identity = Identity::from_x509(&leaf).map_err(|source| MaterialError::Identity {
             path: paths.cert.clone(),
             source,
         })?;
-
-        let provider = provider();
-        let signing_key = provider.key_provider.load_private_key(key).map_err(|e| {
-            MaterialError::UnsupportedKey {
-                path: paths.key.clone(),
-                detail: e.to_string(),
-            }
-        })?;
-        let certified_key = CertifiedKey::new(chain, signing_key);
-        match certified_key.keys_match() {
-            Ok(()) | Err(rustls::Error::InconsistentKeys(rustls::InconsistentKeys::Unknown)) => {}
-            Err(_) => {
-                return Err(MaterialError::KeyMismatch {
-                    cert: paths.cert.clone(),
-                    key: paths.key.clone(),
-                });
-            }
-        }
+        let certified_key = certified_key(chain, &files.key, &paths.cert, &paths.key)?;
+        let trust = certificates(&files.trust, &paths.trust)?;
 
         let federated = files
             .trust_domains
@@ -366,7 +327,72 @@ impl MaterialFiles {
     }
 }
 
-fn read(path: &Path) -> Result<Vec<u8>, MaterialError> {
+/// The first certificate of `chain` (read from `path`, and not empty), parsed.
+pub(crate) fn leaf<'a>(
+    chain: &'a [CertificateDer<'static>],
+    path: &Path,
+) -> Result<X509Certificate<'a>, MaterialError> {
+    x509_parser::parse_x509_certificate(chain[0].as_ref())
+        .map(|(_, leaf)| leaf)
+        .map_err(|e| MaterialError::BadPem {
+            path: path.to_owned(),
+            detail: format!("the first certificate cannot be parsed: {e}"),
+        })
+}
+
+/// When `leaf` (read from `path`) is valid, checked to hold at `now`.
+pub(crate) fn leaf_validity(
+    leaf: &X509Certificate<'_>,
+    path: &Path,
+    now: SystemTime,
+) -> Result<(SystemTime, SystemTime), MaterialError> {
+    let validity = leaf.validity();
+    let not_before = system_time(validity.not_before);
+    let not_after = system_time(validity.not_after);
+    if now > not_after {
+        return Err(MaterialError::Expired {
+            path: path.to_owned(),
+            not_after: validity.not_after.to_string(),
+        });
+    }
+    if now < not_before {
+        return Err(MaterialError::NotYetValid {
+            path: path.to_owned(),
+            not_before: validity.not_before.to_string(),
+            valid_from: not_before,
+        });
+    }
+    Ok((not_before, not_after))
+}
+
+/// `chain` with the private key in `key_pem` (read from `key_path`), checked to be a key the
+/// provider supports and the one of the leaf (read from `cert_path`).
+pub(crate) fn certified_key(
+    chain: Vec<CertificateDer<'static>>,
+    key_pem: &[u8],
+    cert_path: &Path,
+    key_path: &Path,
+) -> Result<CertifiedKey, MaterialError> {
+    let key = private_key(key_pem, key_path)?;
+    let signing_key = provider().key_provider.load_private_key(key).map_err(|e| {
+        MaterialError::UnsupportedKey {
+            path: key_path.to_owned(),
+            detail: e.to_string(),
+        }
+    })?;
+    let certified_key = CertifiedKey::new(chain, signing_key);
+    match certified_key.keys_match() {
+        Ok(()) | Err(rustls::Error::InconsistentKeys(rustls::InconsistentKeys::Unknown)) => {
+            Ok(certified_key)
+        }
+        Err(_) => Err(MaterialError::KeyMismatch {
+            cert: cert_path.to_owned(),
+            key: key_path.to_owned(),
+        }),
+    }
+}
+
+pub(crate) fn read(path: &Path) -> Result<Vec<u8>, MaterialError> {
     std::fs::read(path).map_err(|source| MaterialError::Read {
         path: path.to_owned(),
         source,

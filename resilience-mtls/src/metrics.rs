@@ -5,7 +5,7 @@
 //! | `resilience_mtls_handshakes_total` | counter | `side` (`server`, `client`, and `origin` for one-way TLS to a server outside the mesh), `result` (`ok`, `error`), `reason` (a [`FailureReason`], or `full` / `resumed` when ok) |
 //! | `resilience_mtls_cert_expiry_seconds` | gauge | `identity`: seconds until our certificate expires |
 //! | `resilience_mtls_crl_next_update_seconds` | gauge | `issuer`: seconds until a revocation list's next update is due (below zero once it is overdue) |
-//! | `resilience_mtls_reloads_total` | counter | `result` (`ok`, `error`) |
+//! | `resilience_mtls_reloads_total` | counter | `result` (`ok`, `error`): files read again, by a [`Rotation`](crate::Rotation) or an [`OriginConnector`](crate::OriginConnector) |
 //! | `resilience_mtls_denied_total` | counter | `mode` (`enforce`, `shadow`): requests refused by [`Authorize`](crate::Authorize), or that it would refuse in shadow mode |
 
 use crate::{FailureReason, Material};

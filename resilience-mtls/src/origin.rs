@@ -1,20 +1,27 @@
 //! [`OriginConnector`]: one-way TLS to a server outside the mesh (an HTTPS API), as a
-//! connector for hyper-util's client.
+//! connector for hyper-util's client; with a client certificate for a server that asks for
+//! one, and its files read again when they change.
 
 use crate::{
-    BoxError, ConnectFuture, FailureReason, HandshakeError, MaterialError, client::MtlsConnection,
-    material::certificates, metrics, provider,
+    BoxError, ConnectFuture, FailureReason, HandshakeError, MaterialError,
+    client::MtlsConnection,
+    clock::wall_clock,
+    material::{certificates, certified_key, leaf, leaf_validity, read},
+    metrics, provider,
 };
+use arc_swap::ArcSwap;
 use http::Uri;
 use hyper_util::{client::legacy::connect::Connection, rt::TokioIo};
-use rustls::{ClientConfig, RootCertStore};
+use rustls::{
+    ClientConfig, RootCertStore, SignatureScheme, client::ResolvesClientCert, sign::CertifiedKey,
+};
 use rustls_pki_types::ServerName;
 use std::{
     fmt, io,
-    path::Path,
-    sync::Arc,
+    path::{Path, PathBuf},
+    sync::{Arc, Mutex, PoisonError},
     task::{Context, Poll},
-    time::Duration,
+    time::{Duration, SystemTime},
 };
 use tokio::io::{AsyncRead, AsyncWrite};
 use tower_service::Service;
@@ -23,10 +30,12 @@ use tower_service::Service;
 const HANDSHAKE_TIMEOUT: Duration = Duration::from_secs(10);
 
 /// A connector that dials with `inner`, then does TLS as any HTTPS client does: it sends
-/// `server_name` (SNI) and accepts the server only if its certificate chains to `roots` and is
-/// valid for that name, by the web PKI's rules (webpki, through rustls). It presents no
-/// certificate of its own: the server is outside the mesh, and has no identity of ours to
-/// check. TLS 1.2 and 1.3; sessions resume as rustls resumes them.
+/// `server_name` (SNI) and accepts the server only if its certificate chains to the trusted
+/// CAs and is valid for that name, by the web PKI's rules (webpki, through rustls). It presents
+/// a certificate of its own only when given one ([`from_files`](Self::from_files) with
+/// [`OriginPaths::client_certificate`]), to a server that asks for one; the server is outside
+/// the mesh and checks no identity of ours. TLS 1.2 and 1.3; sessions resume as rustls resumes
+/// them.
 ///
 /// ```
 /// use resilience_mtls::{OriginConnector, dev_ca::DevCa};
@@ -41,18 +50,106 @@ const HANDSHAKE_TIMEOUT: Duration = Duration::from_secs(10);
 #[derive(Clone)]
 pub struct OriginConnector<C = ()> {
     inner: C,
-    tls: tokio_rustls::TlsConnector,
     server_name: ServerName<'static>,
-    roots: Arc<RootCertStore>,
-    alpn: Vec<Vec<u8>>,
+    alpn: Arc<[Vec<u8>]>,
+    /// What connections are made with now, shared by the clones: files read again by one
+    /// are used by all.
+    current: Arc<ArcSwap<Loaded>>,
+    /// The files it was read from, looked at again before each connection.
+    files: Option<Arc<Files>>,
 }
 
 impl<C> fmt::Debug for OriginConnector<C> {
     fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        let current = self.current.load();
         f.debug_struct("OriginConnector")
             .field("server_name", &self.server_name)
-            .field("trust_anchors", &self.roots.len())
+            .field("trust_anchors", &current.settings.roots.len())
+            .field("client_certificate", &current.settings.client.is_some())
+            .field("files", &self.files.as_ref().map(|files| &files.paths))
             .finish_non_exhaustive()
+    }
+}
+
+/// Where an [`OriginConnector`]'s files are: the CAs the server's certificate must chain to,
+/// and, for a server that asks for one, our client certificate.
+#[derive(Debug, Clone, PartialEq, Eq, Hash)]
+pub struct OriginPaths {
+    /// The CAs in PEM (a system bundle such as `/etc/ssl/certs/ca-certificates.crt` will do).
+    pub trust: PathBuf,
+    /// Our certificate chain in PEM, leaf first, and its private key in PEM (PKCS#8, PKCS#1
+    /// or SEC1), as [`MaterialPaths`](crate::MaterialPaths)'s `cert` and `key`; the leaf
+    /// needs no identity of the mesh.
+    pub client_certificate: Option<(PathBuf, PathBuf)>,
+}
+
+impl OriginPaths {
+    /// The trust bundle at `trust`, and no client certificate.
+    pub fn new(trust: impl Into<PathBuf>) -> Self {
+        Self {
+            trust: trust.into(),
+            client_certificate: None,
+        }
+    }
+
+    /// These paths, with a client certificate: the chain at `cert`, its key at `key`.
+    #[must_use]
+    pub fn client_certificate(mut self, cert: impl Into<PathBuf>, key: impl Into<PathBuf>) -> Self {
+        self.client_certificate = Some((cert.into(), key.into()));
+        self
+    }
+
+    fn files(&self) -> impl Iterator<Item = &Path> {
+        std::iter::once(self.trust.as_path()).chain(
+            self.client_certificate
+                .iter()
+                .flat_map(|(cert, key)| [cert.as_path(), key.as_path()]),
+        )
+    }
+}
+
+/// The trust anchors and client certificate of a connector.
+#[derive(Clone)]
+struct Settings {
+    roots: Arc<RootCertStore>,
+    client: Option<Arc<CertifiedKey>>,
+}
+
+/// [`Settings`] and the TLS connector made of them.
+struct Loaded {
+    settings: Settings,
+    tls: tokio_rustls::TlsConnector,
+}
+
+impl Loaded {
+    fn new(settings: Settings, alpn: &[Vec<u8>]) -> Self {
+        let builder = ClientConfig::builder_with_provider(provider())
+            .with_safe_default_protocol_versions()
+            .expect("the ring provider supports TLS 1.2 and 1.3")
+            .with_root_certificates(settings.roots.clone());
+        let mut config = match &settings.client {
+            Some(key) => builder.with_client_cert_resolver(Arc::new(Presents(key.clone()))),
+            None => builder.with_no_client_auth(),
+        };
+        config.alpn_protocols = alpn.to_vec();
+        Self {
+            settings,
+            tls: tokio_rustls::TlsConnector::from(Arc::new(config)),
+        }
+    }
+}
+
+/// Presents one certificate to a server that asks for one.
+#[derive(Debug)]
+struct Presents(Arc<CertifiedKey>);
+
+impl ResolvesClientCert for Presents {
+    fn resolve(&self, _: &[&[u8]], _: &[SignatureScheme]) -> Option<Arc<CertifiedKey>> {
+        Some(self.0.clone())
+    }
+
+    fn has_certs(&self) -> bool {
+        true
     }
 }
 
@@ -62,13 +159,48 @@ impl OriginConnector<()> {
     /// [`wrap`](Self::wrap).
     #[must_use]
     pub fn new(roots: RootCertStore, server_name: ServerName<'static>) -> Self {
-        let roots = Arc::new(roots);
+        let settings = Settings {
+            roots: Arc::new(roots),
+            client: None,
+        };
+        Self::with(settings, server_name, None)
+    }
+
+    /// TLS to `server_name` with the files of `paths`, read and checked now. Errors name the
+    /// file at fault: a trust bundle without a usable CA, a client certificate expired or
+    /// not valid yet, a key that is not its own.
+    ///
+    /// Before each new connection the files' metadata (size, modification time, inode) is
+    /// looked at. Files that changed are read again, checked the same way, and used from
+    /// then on, by this connector and its clones; files that do not load (a certificate
+    /// written before its key, say) are logged, counted in
+    /// `resilience_mtls_reloads_total{result="error"}`, and the ones in use kept. Live
+    /// connections are untouched.
+    pub fn from_files(
+        paths: OriginPaths,
+        server_name: ServerName<'static>,
+    ) -> Result<Self, MaterialError> {
+        let stamp = Stamp::of(&paths);
+        let settings = load(&paths)?;
+        let files = Files {
+            paths,
+            seen: Mutex::new(Some(stamp)),
+        };
+        Ok(Self::with(settings, server_name, Some(Arc::new(files))))
+    }
+
+    fn with(
+        settings: Settings,
+        server_name: ServerName<'static>,
+        files: Option<Arc<Files>>,
+    ) -> Self {
+        let alpn: Arc<[Vec<u8>]> = Arc::new([]);
         Self {
             inner: (),
-            tls: tls(&roots, Vec::new()),
             server_name,
-            roots,
-            alpn: Vec::new(),
+            current: Arc::new(ArcSwap::from_pointee(Loaded::new(settings, &alpn))),
+            alpn,
+            files,
         }
     }
 
@@ -94,7 +226,8 @@ impl OriginConnector<()> {
     #[must_use]
     pub fn alpn(mut self, protocols: impl IntoIterator<Item = impl Into<Vec<u8>>>) -> Self {
         self.alpn = protocols.into_iter().map(Into::into).collect();
-        self.tls = tls(&self.roots, self.alpn.clone());
+        let settings = self.current.load().settings.clone();
+        self.current = Arc::new(ArcSwap::from_pointee(Loaded::new(settings, &self.alpn)));
         self
     }
 
@@ -102,22 +235,104 @@ impl OriginConnector<()> {
     pub fn wrap<C>(self, inner: C) -> OriginConnector<C> {
         OriginConnector {
             inner,
-            tls: self.tls,
             server_name: self.server_name,
-            roots: self.roots,
             alpn: self.alpn,
+            current: self.current,
+            files: self.files,
         }
     }
 }
 
-fn tls(roots: &Arc<RootCertStore>, alpn: Vec<Vec<u8>>) -> tokio_rustls::TlsConnector {
-    let mut config = ClientConfig::builder_with_provider(provider())
-        .with_safe_default_protocol_versions()
-        .expect("the ring provider supports TLS 1.2 and 1.3")
-        .with_root_certificates(roots.clone())
-        .with_no_client_auth();
-    config.alpn_protocols = alpn;
-    tokio_rustls::TlsConnector::from(Arc::new(config))
+/// The trust bundle and client certificate of `paths`, read and checked now.
+fn load(paths: &OriginPaths) -> Result<Settings, MaterialError> {
+    let roots = OriginConnector::roots_from_pem(&read(&paths.trust)?, &paths.trust)?;
+    let client = match &paths.client_certificate {
+        None => None,
+        Some((cert, key)) => {
+            let chain = certificates(&read(cert)?, cert)?;
+            leaf_validity(&leaf(&chain, cert)?, cert, wall_clock())?;
+            Some(Arc::new(certified_key(chain, &read(key)?, cert, key)?))
+        }
+    };
+    Ok(Settings {
+        roots: Arc::new(roots),
+        client,
+    })
+}
+
+/// A connector's files, and what was last seen of them.
+struct Files {
+    paths: OriginPaths,
+    /// The stamp of the files last read, whether they loaded or not; `None` to read them
+    /// again whatever they look like (a certificate not valid yet, which becomes valid
+    /// without its file changing).
+    seen: Mutex<Option<Stamp>>,
+}
+
+impl Files {
+    /// Reads the files again if they changed since they were last read, and stores what
+    /// they hold in `current` if it loads.
+    async fn refresh(self: Arc<Self>, current: &ArcSwap<Loaded>, alpn: &[Vec<u8>]) {
+        let stamp = Stamp::of(&self.paths);
+        {
+            let mut seen = self.seen.lock().unwrap_or_else(PoisonError::into_inner);
+            if seen.as_ref() == Some(&stamp) {
+                return;
+            }
+            // Seen from now, so that connections made while this one reads do not read too.
+            *seen = Some(stamp);
+        }
+        let files = self.clone();
+        // Reading and parsing a bundle is blocking file I/O: not on the caller's thread.
+        match tokio::task::spawn_blocking(move || load(&files.paths)).await {
+            Ok(Ok(settings)) => {
+                current.store(Arc::new(Loaded::new(settings, alpn)));
+                metrics::reload(true);
+                tracing::info!(trust = %self.paths.trust.display(), "origin TLS files reloaded");
+            }
+            Ok(Err(error)) => {
+                if matches!(error, MaterialError::NotYetValid { .. }) {
+                    *self.seen.lock().unwrap_or_else(PoisonError::into_inner) = None;
+                }
+                metrics::reload(false);
+                tracing::warn!(%error, "origin TLS files rejected; keeping the ones in use");
+            }
+            Err(error) => {
+                metrics::reload(false);
+                tracing::warn!(%error, "origin TLS files not read; keeping the ones in use");
+            }
+        }
+    }
+}
+
+/// What the metadata of a connector's files says: enough to tell that one was rewritten or
+/// replaced (a Kubernetes secret's files are swapped by a symbolic link) without reading it.
+#[derive(Debug, Clone, PartialEq, Eq)]
+struct Stamp(Vec<Option<(u64, Option<SystemTime>, u64)>>);
+
+impl Stamp {
+    fn of(paths: &OriginPaths) -> Self {
+        Self(
+            paths
+                .files()
+                .map(|path| {
+                    std::fs::metadata(path)
+                        .ok()
+                        .map(|m| (m.len(), m.modified().ok(), inode(&m)))
+                })
+                .collect(),
+        )
+    }
+}
+
+#[cfg(unix)]
+fn inode(metadata: &std::fs::Metadata) -> u64 {
+    std::os::unix::fs::MetadataExt::ino(metadata)
+}
+
+#[cfg(not(unix))]
+fn inode(_: &std::fs::Metadata) -> u64 {
+    0
 }
 
 impl<C, T> Service<Uri> for OriginConnector<C>
@@ -137,9 +352,13 @@ where
 
     fn call(&mut self, uri: Uri) -> Self::Future {
         let connecting = self.inner.call(uri);
-        let tls = self.tls.clone();
         let name = self.server_name.clone();
+        let (current, files, alpn) = (self.current.clone(), self.files.clone(), self.alpn.clone());
         Box::pin(async move {
+            if let Some(files) = files {
+                files.refresh(&current, &alpn).await;
+            }
+            let tls = current.load().tls.clone();
             let io = connecting.await.map_err(Into::into)?.into_inner();
             let handshake = tokio::time::timeout(HANDSHAKE_TIMEOUT, tls.connect(name, io)).await;
             let result = match handshake {

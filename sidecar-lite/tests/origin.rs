@@ -21,6 +21,12 @@ const API: &str = "api.example.test";
 /// An HTTPS server with a certificate `ca` issued for `name`, answering each request with the
 /// `Host` it came with and its HTTP version.
 async fn https_server(ca: &DevCa, name: &str) -> SocketAddr {
+    https_server_asking(ca, name, None).await
+}
+
+/// [`https_server`], asking each client for a certificate of `clients` when given, and naming
+/// the identity of the one it got in `x-client`.
+async fn https_server_asking(ca: &DevCa, name: &str, clients: Option<&DevCa>) -> SocketAddr {
     let issued = ca
         .issue(&Identity::parse(name).unwrap(), &Default::default())
         .unwrap();
@@ -28,14 +34,25 @@ async fn https_server(ca: &DevCa, name: &str) -> SocketAddr {
         .collect::<Result<Vec<_>, _>>()
         .unwrap();
     let key = PrivateKeyDer::from_pem_slice(issued.key_pem.as_bytes()).unwrap();
-    let mut config = rustls::ServerConfig::builder_with_provider(Arc::new(
-        rustls::crypto::ring::default_provider(),
-    ))
-    .with_safe_default_protocol_versions()
-    .unwrap()
-    .with_no_client_auth()
-    .with_single_cert(chain, key)
-    .unwrap();
+    let provider = Arc::new(rustls::crypto::ring::default_provider());
+    let builder = rustls::ServerConfig::builder_with_provider(provider.clone())
+        .with_safe_default_protocol_versions()
+        .unwrap();
+    let builder = match clients {
+        None => builder.with_no_client_auth(),
+        Some(clients) => {
+            let mut roots = rustls::RootCertStore::empty();
+            for cert in CertificateDer::pem_slice_iter(clients.trust_pem().as_bytes()) {
+                roots.add(cert.unwrap()).unwrap();
+            }
+            let verifier =
+                rustls::server::WebPkiClientVerifier::builder_with_provider(roots.into(), provider)
+                    .build()
+                    .unwrap();
+            builder.with_client_cert_verifier(verifier)
+        }
+    };
+    let mut config = builder.with_single_cert(chain, key).unwrap();
     config.alpn_protocols = vec![b"h2".to_vec(), b"http/1.1".to_vec()];
     let acceptor = tokio_rustls::TlsAcceptor::from(Arc::new(config));
     let listener = TcpListener::bind("127.0.0.1:0").await.unwrap();
@@ -47,15 +64,28 @@ async fn https_server(ca: &DevCa, name: &str) -> SocketAddr {
                 let Ok(tls) = acceptor.accept(tcp).await else {
                     return;
                 };
-                let service = hyper::service::service_fn(|req: Request<Incoming>| async move {
-                    let host = req
-                        .headers()
-                        .get("host")
-                        .map_or("none", |h| h.to_str().unwrap_or("?"))
-                        .to_owned();
-                    let authority = req.uri().authority().map_or("none", |a| a.as_str());
-                    let said = format!("host={host} authority={authority} {:?}", req.version());
-                    Ok::<_, Infallible>(Response::new(full(said)))
+                let client = tls
+                    .get_ref()
+                    .1
+                    .peer_certificates()
+                    .and_then(|chain| Identity::from_certificate(&chain[0]).ok())
+                    .map_or("none".to_owned(), |id| id.to_string());
+                let service = hyper::service::service_fn(move |req: Request<Incoming>| {
+                    let client = client.clone();
+                    async move {
+                        let host = req
+                            .headers()
+                            .get("host")
+                            .map_or("none", |h| h.to_str().unwrap_or("?"))
+                            .to_owned();
+                        let authority = req.uri().authority().map_or("none", |a| a.as_str());
+                        let said = format!("host={host} authority={authority} {:?}", req.version());
+                        let mut response = Response::new(full(said));
+                        response
+                            .headers_mut()
+                            .insert("x-client", client.parse().unwrap());
+                        Ok::<_, Infallible>(response)
+                    }
                 });
                 let _ = auto::Builder::new(TokioExecutor::new())
                     .serve_connection(TokioIo::new(tls), service)
@@ -134,6 +164,40 @@ async fn a_server_not_named_so_or_not_trusted_is_refused() {
 }
 
 #[tokio::test]
+async fn a_route_presents_its_client_certificate_to_a_server_that_asks() {
+    let ca = DevCa::new("example.org").unwrap();
+    let partner = DevCa::new("partner.test").unwrap();
+    let certs = Certs::new("origin-client");
+    let server = https_server_asking(&ca, API, Some(&partner)).await;
+    let trust = bundle(&certs, &ca, "api-ca.pem");
+    let ours = partner
+        .issue(
+            &Identity::parse("orders.partner.test").unwrap(),
+            &Default::default(),
+        )
+        .unwrap();
+    let (cert, key) = (
+        certs.dir.join("client.pem"),
+        certs.dir.join("client-key.pem"),
+    );
+    std::fs::write(&cert, &ours.cert_pem).unwrap();
+    std::fs::write(&key, &ours.key_pem).unwrap();
+
+    let without = format!("server_name = \"{API}\", trust = {trust:?}");
+    let refused = sidecar(&route(server, &without, "")).await;
+    let response = get(format!("http://{}/", outbound_addr(&refused))).await;
+    assert_eq!(response.status(), StatusCode::BAD_GATEWAY);
+    refused.stop().await;
+
+    let with = format!("{without}, cert = {cert:?}, key = {key:?}");
+    let sidecar = sidecar(&route(server, &with, "")).await;
+    let response = get(format!("http://{}/", outbound_addr(&sidecar))).await;
+    assert_eq!(response.status(), StatusCode::OK);
+    assert_eq!(response.headers()["x-client"], "orders.partner.test");
+    sidecar.stop().await;
+}
+
+#[tokio::test]
 async fn what_contradicts_tls_or_cannot_be_used_is_named() {
     let server: SocketAddr = "127.0.0.1:1".parse().unwrap();
     let error = |text: &str| Config::parse(text).unwrap_err().to_string();
@@ -158,6 +222,11 @@ async fn what_contradicts_tls_or_cannot_be_used_is_named() {
         "",
     ));
     assert!(bad.contains("`outbound[0].tls.server_name`"), "{bad}");
+    let alone = error(&route(server, &format!("{tls}, cert = \"client.pem\""), ""));
+    assert!(
+        alone.contains("`outbound[0].tls.cert`: needs `key` beside it"),
+        "{alone}"
+    );
 
     let missing = Config::parse(&format!(
         "[admin]\nlisten = \"127.0.0.1:0\"\n{}",

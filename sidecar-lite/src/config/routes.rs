@@ -96,8 +96,9 @@ pub struct OutboundConfig {
     /// a route without `server_identity` is refused rather than sent in plaintext unasked.
     #[serde(default, skip_serializing_if = "std::ops::Not::not")]
     pub(crate) plaintext: bool,
-    /// One-way TLS to endpoints outside the mesh (an HTTPS API): `{ server_name = "...",
-    /// trust = "ca-bundle.pem" }`. Default: none. Excludes `server_identity` and `plaintext`.
+    /// TLS to endpoints outside the mesh (an HTTPS API): `{ server_name = "...", trust =
+    /// "ca-bundle.pem" }`, with `cert` and `key` for a server that asks for a client
+    /// certificate. Default: none. Excludes `server_identity` and `plaintext`.
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub(crate) tls: Option<OriginTls>,
     /// How to speak to the endpoints: `auto` (the default), `http1` or `http2`. `auto` is
@@ -134,8 +135,8 @@ pub struct OutboundConfig {
     pub(crate) fault: Option<FaultConfig>,
 }
 
-/// `tls = { server_name, trust }` on an outbound route: HTTPS to a server outside the mesh, as
-/// any HTTPS client speaks it.
+/// `tls = { server_name, trust, cert, key }` on an outbound route: HTTPS to a server outside
+/// the mesh, as any HTTPS client speaks it.
 #[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
 #[serde(deny_unknown_fields)]
 pub(crate) struct OriginTls {
@@ -144,9 +145,14 @@ pub(crate) struct OriginTls {
     /// request the route sends.
     pub(crate) server_name: String,
     /// The CAs its certificate must chain to, in PEM (the system's bundle, such as
-    /// `/etc/ssl/certs/ca-certificates.crt`, will do). Read when the route is built: at
-    /// start, and at a reload that changes the route.
+    /// `/etc/ssl/certs/ca-certificates.crt`, will do).
     pub(crate) trust: PathBuf,
+    /// Our client certificate chain in PEM, for a server that asks for one; with `key`.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub(crate) cert: Option<PathBuf>,
+    /// The private key of `cert`, in PEM.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub(crate) key: Option<PathBuf>,
 }
 
 /// `[outbound.fault]`: abort or delay a share of requests, as Istio's `fault`.

@@ -112,16 +112,21 @@ pub(super) fn problems(config: &Config) -> Vec<(String, String)> {
         if route.plaintext && route.tls.is_some() {
             problems.push((at("plaintext"), "contradicts `tls`".into()));
         }
-        if let Some(tls) = &route.tls
-            && rustls_pki_types::ServerName::try_from(tls.server_name.as_str()).is_err()
-        {
-            problems.push((
-                at("tls.server_name"),
-                format!(
-                    "`{}` is neither a DNS name nor an IP address",
-                    tls.server_name
-                ),
-            ));
+        if let Some(tls) = &route.tls {
+            if rustls_pki_types::ServerName::try_from(tls.server_name.as_str()).is_err() {
+                problems.push((
+                    at("tls.server_name"),
+                    format!(
+                        "`{}` is neither a DNS name nor an IP address",
+                        tls.server_name
+                    ),
+                ));
+            }
+            match (&tls.cert, &tls.key) {
+                (Some(_), None) => problems.push((at("tls.cert"), "needs `key` beside it".into())),
+                (None, Some(_)) => problems.push((at("tls.key"), "needs `cert` beside it".into())),
+                _ => {}
+            }
         }
         timeout_problems(&at("timeout"), &route.timeout, &mut problems);
         if let Err(e) = route.retry.validate() {

@@ -25,7 +25,7 @@ use http::{Request, Response};
 use http_body::Body;
 use resilience_breaker::{BreakerHandle, CircuitBreaker, CircuitBreakerLayer, Classify, Mode};
 use resilience_core::{BoxError, CallerBodyFailed, Enforcement, GRPC_STATUS, header_value};
-use resilience_mtls::{ConnectorBuilder, OriginConnector};
+use resilience_mtls::{ConnectorBuilder, OriginConnector, OriginPaths};
 use resilience_retry::{Budget, PeekGrpcTrailersLayer, ReplayBody};
 use resilience_timeout::{Elapsed, HttpDeadline, Timeout, TimeoutLayer};
 use rustls_pki_types::ServerName;
@@ -86,7 +86,8 @@ where
 }
 
 /// The connector of a route's `tls`, and the host of its requests' authority (an IPv6
-/// address in brackets): its trust bundle read now; errors name the field.
+/// address in brackets): its files read now (and again before each connection once they
+/// change); errors name the field.
 fn origin(tls: &OriginTls) -> Result<(OriginConnector, Authority), ConfigProblem> {
     let name = ServerName::try_from(tls.server_name.clone())
         .map_err(|e| field_error("tls", "server_name", e))?;
@@ -95,16 +96,34 @@ fn origin(tls: &OriginTls) -> Result<(OriginConnector, Authority), ConfigProblem
         Err(_) => tls.server_name.clone(),
     };
     let authority = Authority::try_from(host).map_err(|e| field_error("tls", "server_name", e))?;
-    let pem = std::fs::read(&tls.trust).map_err(|e| {
-        field_error(
-            "tls",
-            "trust",
-            format_args!("cannot read `{}`: {e}", tls.trust.display()),
-        )
+    let mut paths = OriginPaths::new(&tls.trust);
+    match (&tls.cert, &tls.key) {
+        (Some(cert), Some(key)) => paths = paths.client_certificate(cert, key),
+        (None, None) => {}
+        (cert, _) => {
+            let (field, other) = if cert.is_some() {
+                ("cert", "key")
+            } else {
+                ("key", "cert")
+            };
+            return Err(field_error(
+                "tls",
+                field,
+                format_args!("needs `{other}` beside it"),
+            ));
+        }
+    }
+    let connector = OriginConnector::from_files(paths, name).map_err(|e| {
+        let field = if e.path() == tls.trust {
+            "trust"
+        } else if tls.key.as_deref() == Some(e.path()) {
+            "key"
+        } else {
+            "cert"
+        };
+        field_error("tls", field, e)
     })?;
-    let roots = OriginConnector::roots_from_pem(&pem, &tls.trust)
-        .map_err(|e| field_error("tls", "trust", e))?;
-    Ok((OriginConnector::new(roots, name), authority))
+    Ok((connector, authority))
 }
 
 /// Whether the connector `tls` is what `config` asks of `route`: mTLS exactly when there is

@@ -1,0 +1,245 @@
+//! [`OriginConnector`] over real sockets: one-way TLS to a server outside the mesh, our client
+//! certificate for a server that asks for one, and its files read again when they change.
+
+mod common;
+
+use common::{HandshakeServer, WAIT, now, tempdir};
+use hyper_util::client::legacy::connect::HttpConnector;
+use resilience_mtls::{
+    Credentials, Identity, Material, MaterialError, MtlsAcceptor, OriginConnector, OriginPaths,
+    dev_ca::{DevCa, IssueOptions, IssuedCert, write_atomic, write_private},
+};
+use rustls_pki_types::ServerName;
+use std::{
+    net::SocketAddr,
+    path::{Path, PathBuf},
+    time::Duration,
+};
+use tokio::io::AsyncReadExt;
+use tower::{Service, ServiceExt};
+
+const API: &str = "api.example.test";
+
+/// A server for [`API`] with a certificate of `server_ca`, asking every client for a
+/// certificate of `client_ca`.
+async fn server(server_ca: &DevCa, client_ca: &DevCa) -> HandshakeServer {
+    let issued = server_ca
+        .issue(&Identity::parse(API).unwrap(), &IssueOptions::default())
+        .unwrap();
+    let material = Material::from_pem(
+        &issued.cert_pem,
+        &issued.key_pem,
+        client_ca.trust_pem(),
+        now(),
+    )
+    .unwrap();
+    HandshakeServer::spawn(MtlsAcceptor::new(&Credentials::new(material))).await
+}
+
+fn client_cert(ca: &DevCa, name: &str) -> IssuedCert {
+    ca.issue(&Identity::parse(name).unwrap(), &IssueOptions::default())
+        .unwrap()
+}
+
+/// The files of a connector in `dir`: `trust` as the trust bundle, `client` as our
+/// certificate and key.
+fn write(dir: &Path, trust: &str, client: Option<&IssuedCert>) -> OriginPaths {
+    let paths = OriginPaths::new(dir.join("trust.pem"));
+    write_atomic(&paths.trust, trust.as_bytes()).unwrap();
+    let Some(client) = client else {
+        return paths;
+    };
+    let (cert, key) = (dir.join("client.pem"), dir.join("client-key.pem"));
+    write_atomic(&cert, client.cert_pem.as_bytes()).unwrap();
+    write_private(&key, client.key_pem.as_bytes()).unwrap();
+    paths.client_certificate(cert, key)
+}
+
+fn connector(paths: OriginPaths) -> OriginConnector<HttpConnector> {
+    OriginConnector::from_files(paths, ServerName::try_from(API).unwrap())
+        .unwrap()
+        .wrap(HttpConnector::new())
+}
+
+/// What the server writes to a connection `connector` makes to it, or why there is none.
+async fn hello(connector: &mut OriginConnector<HttpConnector>, server: SocketAddr) -> String {
+    let uri = format!("http://{server}").parse().unwrap();
+    let connecting = async { connector.ready().await?.call(uri).await };
+    let connection = match tokio::time::timeout(WAIT, connecting).await {
+        Ok(Ok(connection)) => connection,
+        Ok(Err(error)) => return format!("error: {error}"),
+        Err(_) => panic!("no connection within the wait"),
+    };
+    let mut text = String::new();
+    let mut stream = connection.into_inner();
+    match tokio::time::timeout(WAIT, stream.read_to_string(&mut text)).await {
+        Ok(Ok(_)) => text,
+        Ok(Err(error)) => format!("error: {error}"),
+        Err(_) => panic!("the server neither wrote nor closed within the wait"),
+    }
+}
+
+#[tokio::test]
+async fn presents_its_client_certificate_to_a_server_that_asks() {
+    let (server_ca, client_ca) = (
+        DevCa::new("api.test").unwrap(),
+        DevCa::new("us.test").unwrap(),
+    );
+    let mut server = server(&server_ca, &client_ca).await;
+    let dir = tempdir();
+    let client = client_cert(&client_ca, "orders.us.test");
+    let mut connector = connector(write(dir.path(), server_ca.trust_pem(), Some(&client)));
+
+    assert_eq!(
+        hello(&mut connector, server.addr).await,
+        "hello orders.us.test\n"
+    );
+    assert_eq!(
+        server.next().await.unwrap(),
+        Some(Identity::parse("orders.us.test").unwrap())
+    );
+}
+
+#[tokio::test]
+async fn without_a_client_certificate_a_server_that_asks_refuses() {
+    let (server_ca, client_ca) = (
+        DevCa::new("api.test").unwrap(),
+        DevCa::new("us.test").unwrap(),
+    );
+    let mut server = server(&server_ca, &client_ca).await;
+    let dir = tempdir();
+    let mut connector = connector(write(dir.path(), server_ca.trust_pem(), None));
+
+    let said = hello(&mut connector, server.addr).await;
+    assert!(said.starts_with("error: "), "{said}");
+    let refused = server.next().await.unwrap_err();
+    assert_eq!(refused.reason().as_str(), "no-client-certificate");
+}
+
+#[tokio::test]
+async fn changed_files_are_read_again_before_the_next_connection() {
+    let (server_ca, client_ca) = (
+        DevCa::new("api.test").unwrap(),
+        DevCa::new("us.test").unwrap(),
+    );
+    let server = server(&server_ca, &client_ca).await;
+    let dir = tempdir();
+    let first = client_cert(&client_ca, "first.us.test");
+    let paths = write(dir.path(), server_ca.trust_pem(), Some(&first));
+    let mut connector = connector(paths.clone());
+    let mut clone = connector.clone();
+    assert_eq!(
+        hello(&mut connector, server.addr).await,
+        "hello first.us.test\n"
+    );
+
+    // A rotated client certificate: used from the next connection on, by every clone.
+    write(
+        dir.path(),
+        server_ca.trust_pem(),
+        Some(&client_cert(&client_ca, "second.us.test")),
+    );
+    assert_eq!(
+        hello(&mut clone, server.addr).await,
+        "hello second.us.test\n"
+    );
+    assert_eq!(
+        hello(&mut connector, server.addr).await,
+        "hello second.us.test\n"
+    );
+
+    // A trust bundle the server does not chain to: the server is refused, then accepted again
+    // once the bundle is back.
+    let other = DevCa::new("other.test").unwrap();
+    write_atomic(&paths.trust, other.trust_pem().as_bytes()).unwrap();
+    let said = hello(&mut connector, server.addr).await;
+    assert!(
+        said.starts_with("error: tls handshake failed (unknown-ca)"),
+        "{said}"
+    );
+    write_atomic(&paths.trust, server_ca.trust_pem().as_bytes()).unwrap();
+    assert_eq!(
+        hello(&mut connector, server.addr).await,
+        "hello second.us.test\n"
+    );
+}
+
+#[tokio::test]
+async fn files_that_do_not_load_leave_the_ones_in_use() {
+    let (server_ca, client_ca) = (
+        DevCa::new("api.test").unwrap(),
+        DevCa::new("us.test").unwrap(),
+    );
+    let server = server(&server_ca, &client_ca).await;
+    let dir = tempdir();
+    let first = client_cert(&client_ca, "first.us.test");
+    let paths = write(dir.path(), server_ca.trust_pem(), Some(&first));
+    let mut connector = connector(paths.clone());
+    let (cert, key) = paths.client_certificate.clone().unwrap();
+
+    // The new certificate written, its key not yet: the pair is refused, the old one kept.
+    let second = client_cert(&client_ca, "second.us.test");
+    write_atomic(&cert, second.cert_pem.as_bytes()).unwrap();
+    assert_eq!(
+        hello(&mut connector, server.addr).await,
+        "hello first.us.test\n"
+    );
+    // A trust bundle cut off part-way is refused too.
+    write_atomic(&paths.trust, b"-----BEGIN CERTIFICATE-----\nMIIB").unwrap();
+    assert_eq!(
+        hello(&mut connector, server.addr).await,
+        "hello first.us.test\n"
+    );
+
+    // Once the key and the bundle are written, the new pair is used.
+    write_private(&key, second.key_pem.as_bytes()).unwrap();
+    write_atomic(&paths.trust, server_ca.trust_pem().as_bytes()).unwrap();
+    assert_eq!(
+        hello(&mut connector, server.addr).await,
+        "hello second.us.test\n"
+    );
+}
+
+#[test]
+fn load_errors_name_the_file_at_fault() {
+    let (server_ca, client_ca) = (
+        DevCa::new("api.test").unwrap(),
+        DevCa::new("us.test").unwrap(),
+    );
+    let dir = tempdir();
+    let name = || ServerName::try_from(API).unwrap();
+    let load = |paths: OriginPaths| OriginConnector::from_files(paths, name()).unwrap_err();
+    let at = |file: &str| -> PathBuf { dir.path().join(file) };
+
+    let missing = OriginPaths::new(at("nowhere.pem"));
+    assert!(matches!(load(missing), MaterialError::Read { path, .. } if path == at("nowhere.pem")));
+
+    let paths = write(
+        dir.path(),
+        server_ca.trust_pem(),
+        Some(&client_cert(&client_ca, "a.us.test")),
+    );
+    let (cert, key) = paths.client_certificate.clone().unwrap();
+    let other = client_cert(&client_ca, "b.us.test");
+    write_private(&key, other.key_pem.as_bytes()).unwrap();
+    assert!(matches!(
+        load(paths.clone()),
+        MaterialError::KeyMismatch { cert: c, key: k } if c == cert && k == key
+    ));
+
+    let day = Duration::from_secs(86_400);
+    let expired = client_ca
+        .issue(
+            &Identity::parse("old.us.test").unwrap(),
+            &IssueOptions::default().valid(now() - 3 * day, now() - day),
+        )
+        .unwrap();
+    let paths = write(dir.path(), server_ca.trust_pem(), Some(&expired));
+    assert!(matches!(load(paths), MaterialError::Expired { path, .. } if path == cert));
+
+    write_atomic(&at("trust.pem"), b"not a certificate").unwrap();
+    let paths = OriginPaths::new(at("trust.pem"));
+    assert!(
+        matches!(load(paths), MaterialError::NoCertificate { path } if path == at("trust.pem"))
+    );
+}
