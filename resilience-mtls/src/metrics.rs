@@ -4,6 +4,7 @@
 //! | --- | --- | --- |
 //! | `resilience_mtls_handshakes_total` | counter | `side` (`server`, `client`, and `origin` for one-way TLS to a server outside the mesh), `result` (`ok`, `error`), `reason` (a [`FailureReason`], or `full` / `resumed` when ok) |
 //! | `resilience_mtls_cert_expiry_seconds` | gauge | `identity`: seconds until our certificate expires |
+//! | `resilience_mtls_origin_cert_not_after_timestamp_seconds` | gauge | `server_name`: when the client certificate an [`OriginConnector`](crate::OriginConnector) presents to that server expires, in seconds since the Unix epoch (set when its files are read) |
 //! | `resilience_mtls_crl_next_update_seconds` | gauge | `issuer`: seconds until a revocation list's next update is due (below zero once it is overdue) |
 //! | `resilience_mtls_reloads_total` | counter | `result` (`ok`, `error`): files read again, by a [`Rotation`](crate::Rotation) or an [`OriginConnector`](crate::OriginConnector) |
 //! | `resilience_mtls_denied_total` | counter | `mode` (`enforce`, `shadow`): requests refused by [`Authorize`](crate::Authorize), or that it would refuse in shadow mode |
@@ -15,6 +16,8 @@ use std::time::SystemTime;
 pub const HANDSHAKES: &str = "resilience_mtls_handshakes_total";
 /// Gauge: seconds until our certificate expires.
 pub const CERT_EXPIRY: &str = "resilience_mtls_cert_expiry_seconds";
+/// Gauge: when an origin's client certificate expires, in seconds since the Unix epoch.
+pub const ORIGIN_CERT_NOT_AFTER: &str = "resilience_mtls_origin_cert_not_after_timestamp_seconds";
 /// Gauge: seconds until a revocation list's next update is due, negative once overdue.
 pub const CRL_NEXT_UPDATE: &str = "resilience_mtls_crl_next_update_seconds";
 /// Counter: reloads of certificate material by result.
@@ -35,6 +38,14 @@ pub(crate) fn handshake_failed(side: &'static str, reason: FailureReason) {
 pub(crate) fn cert_expiry(material: &Material, now: SystemTime) {
     metrics::gauge!(CERT_EXPIRY, "identity" => material.identity().to_string())
         .set(material.expires_in(now).as_secs_f64());
+}
+
+pub(crate) fn origin_cert_not_after(server_name: &str, not_after: SystemTime) {
+    let seconds = match not_after.duration_since(SystemTime::UNIX_EPOCH) {
+        Ok(after) => after.as_secs_f64(),
+        Err(before) => -before.duration().as_secs_f64(),
+    };
+    metrics::gauge!(ORIGIN_CERT_NOT_AFTER, "server_name" => server_name.to_owned()).set(seconds);
 }
 
 pub(crate) fn crl_next_update(list: &crate::RevocationList, now: SystemTime) {

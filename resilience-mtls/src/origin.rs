@@ -113,6 +113,8 @@ impl OriginPaths {
 struct Settings {
     roots: Arc<RootCertStore>,
     client: Option<Arc<CertifiedKey>>,
+    /// When the client certificate expires.
+    client_not_after: Option<SystemTime>,
 }
 
 /// [`Settings`] and the TLS connector made of them.
@@ -162,6 +164,7 @@ impl OriginConnector<()> {
         let settings = Settings {
             roots: Arc::new(roots),
             client: None,
+            client_not_after: None,
         };
         Self::with(settings, server_name, None)
     }
@@ -184,8 +187,10 @@ impl OriginConnector<()> {
         let settings = load(&paths)?;
         let files = Files {
             paths,
+            server: server_name.to_str().into_owned(),
             seen: Mutex::new(Some(stamp)),
         };
+        files.loaded(&settings);
         Ok(Self::with(settings, server_name, Some(Arc::new(files))))
     }
 
@@ -246,23 +251,27 @@ impl OriginConnector<()> {
 /// The trust bundle and client certificate of `paths`, read and checked now.
 fn load(paths: &OriginPaths) -> Result<Settings, MaterialError> {
     let roots = OriginConnector::roots_from_pem(&read(&paths.trust)?, &paths.trust)?;
-    let client = match &paths.client_certificate {
-        None => None,
+    let (client, client_not_after) = match &paths.client_certificate {
+        None => (None, None),
         Some((cert, key)) => {
             let chain = certificates(&read(cert)?, cert)?;
-            leaf_validity(&leaf(&chain, cert)?, cert, wall_clock())?;
-            Some(Arc::new(certified_key(chain, &read(key)?, cert, key)?))
+            let (_, not_after) = leaf_validity(&leaf(&chain, cert)?, cert, wall_clock())?;
+            let client = certified_key(chain, &read(key)?, cert, key)?;
+            (Some(Arc::new(client)), Some(not_after))
         }
     };
     Ok(Settings {
         roots: Arc::new(roots),
         client,
+        client_not_after,
     })
 }
 
 /// A connector's files, and what was last seen of them.
 struct Files {
     paths: OriginPaths,
+    /// The server's name, as the metrics label it.
+    server: String,
     /// The stamp of the files last read, whether they loaded or not; `None` to read them
     /// again whatever they look like (a certificate not valid yet, which becomes valid
     /// without its file changing).
@@ -270,6 +279,13 @@ struct Files {
 }
 
 impl Files {
+    /// Tells the metrics of `settings`, loaded from these files.
+    fn loaded(&self, settings: &Settings) {
+        if let Some(not_after) = settings.client_not_after {
+            metrics::origin_cert_not_after(&self.server, not_after);
+        }
+    }
+
     /// Reads the files again if they changed since they were last read, and stores what
     /// they hold in `current` if it loads.
     async fn refresh(self: Arc<Self>, current: &ArcSwap<Loaded>, alpn: &[Vec<u8>]) {
@@ -286,6 +302,7 @@ impl Files {
         // Reading and parsing a bundle is blocking file I/O: not on the caller's thread.
         match tokio::task::spawn_blocking(move || load(&files.paths)).await {
             Ok(Ok(settings)) => {
+                self.loaded(&settings);
                 current.store(Arc::new(Loaded::new(settings, alpn)));
                 metrics::reload(true);
                 tracing::info!(trust = %self.paths.trust.display(), "origin TLS files reloaded");

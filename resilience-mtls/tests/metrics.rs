@@ -6,9 +6,9 @@ mod common;
 use common::{HandshakeServer, credentials, spiffe, tcp};
 use metrics_util::debugging::{DebugValue, DebuggingRecorder, Snapshotter};
 use resilience_mtls::{
-    Credentials, MtlsAcceptor, MtlsConnector,
-    dev_ca::{DevCa, IssueOptions},
-    metrics::{CERT_EXPIRY, CRL_NEXT_UPDATE, HANDSHAKES},
+    Credentials, Identity, MtlsAcceptor, MtlsConnector, OriginConnector, OriginPaths,
+    dev_ca::{DevCa, IssueOptions, write_atomic},
+    metrics::{CERT_EXPIRY, CRL_NEXT_UPDATE, HANDSHAKES, ORIGIN_CERT_NOT_AFTER, RELOADS},
 };
 use std::{
     cell::RefCell,
@@ -242,4 +242,53 @@ async fn handshakes_expiry_and_lifetime_warnings_are_recorded() {
         .gauge_by(CRL_NEXT_UPDATE, "issuer", list.issuer())
         .expect("the list's gauge");
     assert!((-3700.0..=-3500.0).contains(&overdue), "{overdue}");
+    // The client certificate of an origin: when it expires, by the server's name, set when
+    // its files are read; files that do not load count as a failed reload.
+    let client = ca
+        .issue(
+            &Identity::parse("orders.example.org").unwrap(),
+            &IssueOptions::new().valid(now - hour, now + 2 * hour),
+        )
+        .unwrap();
+    let paths = OriginPaths::new(&files.trust).client_certificate(
+        dir.path().join("client.pem"),
+        dir.path().join("client-key.pem"),
+    );
+    let (cert, key) = paths.client_certificate.clone().unwrap();
+    write_atomic(&cert, client.cert_pem.as_bytes()).unwrap();
+    write_atomic(&key, client.key_pem.as_bytes()).unwrap();
+    let origin = OriginConnector::from_files(paths, "api.example.test".try_into().unwrap())
+        .unwrap()
+        .wrap(hyper_util::client::legacy::connect::HttpConnector::new());
+    let not_after = seen
+        .gauge_by(ORIGIN_CERT_NOT_AFTER, "server_name", "api.example.test")
+        .expect("the origin's gauge");
+    let expected = (now + 2 * hour)
+        .duration_since(std::time::UNIX_EPOCH)
+        .unwrap()
+        .as_secs_f64();
+    assert!(
+        (not_after - expected).abs() <= 1.0,
+        "{not_after} {expected}"
+    );
+    let failed = seen.counter(RELOADS, &[("result", "error")]);
+    write_atomic(
+        &key,
+        ca.workload("ns/shop/sa/other").unwrap().key_pem.as_bytes(),
+    )
+    .unwrap();
+    let refused = tcp_refused().await;
+    let dialled = tower::ServiceExt::oneshot(origin, refused).await;
+    assert!(dialled.is_err());
+    assert_eq!(seen.counter(RELOADS, &[("result", "error")]), failed + 1);
+}
+
+/// An address on 127.0.0.1 that refuses connections: bound, never listening.
+async fn tcp_refused() -> http::Uri {
+    let socket = tokio::net::TcpSocket::new_v4().unwrap();
+    socket.bind("127.0.0.1:0".parse().unwrap()).unwrap();
+    let addr = socket.local_addr().unwrap();
+    // Leaked for the test's life, so that nothing else takes the port.
+    std::mem::forget(socket);
+    format!("http://{addr}").parse().unwrap()
 }
