@@ -63,18 +63,27 @@ fn connector(paths: OriginPaths) -> OriginConnector<HttpConnector> {
 
 /// What the server writes to a connection `connector` makes to it, or why there is none.
 async fn hello(connector: &mut OriginConnector<HttpConnector>, server: SocketAddr) -> String {
+    said(connector, server).await.0
+}
+
+/// [`hello`], and whether the connection resumed a session.
+async fn said(
+    connector: &mut OriginConnector<HttpConnector>,
+    server: SocketAddr,
+) -> (String, bool) {
     let uri = format!("http://{server}").parse().unwrap();
     let connecting = async { connector.ready().await?.call(uri).await };
     let connection = match tokio::time::timeout(WAIT, connecting).await {
         Ok(Ok(connection)) => connection,
-        Ok(Err(error)) => return format!("error: {error}"),
+        Ok(Err(error)) => return (format!("error: {error}"), false),
         Err(_) => panic!("no connection within the wait"),
     };
+    let resumed = connection.info().resumed();
     let mut text = String::new();
     let mut stream = connection.into_inner();
     match tokio::time::timeout(WAIT, stream.read_to_string(&mut text)).await {
-        Ok(Ok(_)) => text,
-        Ok(Err(error)) => format!("error: {error}"),
+        Ok(Ok(_)) => (text, resumed),
+        Ok(Err(error)) => (format!("error: {error}"), resumed),
         Err(_) => panic!("the server neither wrote nor closed within the wait"),
     }
 }
@@ -143,13 +152,12 @@ async fn changed_files_are_read_again_before_the_next_connection() {
         hello(&mut clone, server.addr).await,
         "hello second.us.test\n"
     );
-    assert_eq!(
-        hello(&mut connector, server.addr).await,
-        "hello second.us.test\n"
-    );
+    let resumed = said(&mut connector, server.addr).await;
+    assert_eq!(resumed, ("hello second.us.test\n".to_owned(), true));
 
-    // A trust bundle the server does not chain to: the server is refused, then accepted again
-    // once the bundle is back.
+    // A trust bundle the server does not chain to: the server is refused (the session above
+    // is not resumed past the new bundle: files read again make a TLS config, and a session
+    // store, of their own), then accepted again once the bundle is back.
     let other = DevCa::new("other.test").unwrap();
     write_atomic(&paths.trust, other.trust_pem().as_bytes()).unwrap();
     let said = hello(&mut connector, server.addr).await;
