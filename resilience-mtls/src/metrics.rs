@@ -2,11 +2,12 @@
 //!
 //! | name | kind | labels |
 //! | --- | --- | --- |
-//! | `resilience_mtls_handshakes_total` | counter | `side` (`server`, `client`, and `origin` for one-way TLS to a server outside the mesh), `result` (`ok`, `error`), `reason` (a [`FailureReason`], or `full` / `resumed` when ok) |
+//! | `resilience_mtls_handshakes_total` | counter | `side` (`server`, `client`, and `origin` for TLS to a server outside the mesh), `result` (`ok`, `error`), `reason` (a [`FailureReason`], or `full` / `resumed` when ok) |
 //! | `resilience_mtls_cert_expiry_seconds` | gauge | `identity`: seconds until our certificate expires |
 //! | `resilience_mtls_origin_cert_not_after_timestamp_seconds` | gauge | `server_name`: when the client certificate an [`OriginConnector`](crate::OriginConnector) presents to that server expires, in seconds since the Unix epoch (set when its files are read) |
 //! | `resilience_mtls_crl_next_update_seconds` | gauge | `issuer`: seconds until a revocation list's next update is due (below zero once it is overdue) |
-//! | `resilience_mtls_reloads_total` | counter | `result` (`ok`, `error`): files read again, by a [`Rotation`](crate::Rotation) or an [`OriginConnector`](crate::OriginConnector) |
+//! | `resilience_mtls_reloads_total` | counter | `result` (`ok`, `error`): our material's files read again by a [`Rotation`](crate::Rotation) |
+//! | `resilience_mtls_origin_reloads_total` | counter | `server_name`, `result` (`ok`, `error`): an [`OriginConnector`](crate::OriginConnector)'s files read again |
 //! | `resilience_mtls_denied_total` | counter | `mode` (`enforce`, `shadow`): requests refused by [`Authorize`](crate::Authorize), or that it would refuse in shadow mode |
 
 use crate::{FailureReason, Material};
@@ -22,6 +23,8 @@ pub const ORIGIN_CERT_NOT_AFTER: &str = "resilience_mtls_origin_cert_not_after_t
 pub const CRL_NEXT_UPDATE: &str = "resilience_mtls_crl_next_update_seconds";
 /// Counter: reloads of certificate material by result.
 pub const RELOADS: &str = "resilience_mtls_reloads_total";
+/// Counter: an origin connector's files read again, by server name and result.
+pub const ORIGIN_RELOADS: &str = "resilience_mtls_origin_reloads_total";
 /// Counter: requests refused by the authorization layer.
 pub const DENIED: &str = "resilience_mtls_denied_total";
 
@@ -62,6 +65,12 @@ pub(crate) fn crl_next_update(list: &crate::RevocationList, now: SystemTime) {
 pub(crate) fn reload(ok: bool) {
     let result = if ok { "ok" } else { "error" };
     metrics::counter!(RELOADS, "result" => result).increment(1);
+}
+
+pub(crate) fn origin_reload(server_name: &str, ok: bool) {
+    let result = if ok { "ok" } else { "error" };
+    metrics::counter!(ORIGIN_RELOADS, "server_name" => server_name.to_owned(), "result" => result)
+        .increment(1);
 }
 
 pub(crate) fn denied(enforcement: resilience_core::Enforcement) {

@@ -1,4 +1,4 @@
-//! [`OriginConnector`]: one-way TLS to a server outside the mesh (an HTTPS API), as a
+//! [`OriginConnector`]: TLS to a server outside the mesh (an HTTPS API), as a
 //! connector for hyper-util's client; with a client certificate for a server that asks for
 //! one, and its files read again when they change.
 
@@ -23,7 +23,10 @@ use std::{
     task::{Context, Poll},
     time::{Duration, SystemTime},
 };
-use tokio::io::{AsyncRead, AsyncWrite};
+use tokio::{
+    io::{AsyncRead, AsyncWrite},
+    time::Instant,
+};
 use tower_service::Service;
 
 /// How long a handshake may take, as the mTLS connector's default.
@@ -52,10 +55,12 @@ pub struct OriginConnector<C = ()> {
     inner: C,
     server_name: ServerName<'static>,
     alpn: Arc<[Vec<u8>]>,
-    /// What connections are made with now, shared by the clones: files read again by one
-    /// are used by all.
+    /// The TLS config connections are made with now, for these ALPN protocols; shared by the
+    /// clones.
     current: Arc<ArcSwap<Loaded>>,
-    /// The files it was read from, looked at again before each connection.
+    /// The files it was read from, looked at again before each connection; shared by the
+    /// clones and by copies with other ALPN protocols, each of which makes its TLS config
+    /// again when the files' settings move on.
     files: Option<Arc<Files>>,
 }
 
@@ -120,11 +125,13 @@ struct Settings {
 /// [`Settings`] and the TLS connector made of them.
 struct Loaded {
     settings: Settings,
+    /// The generation of the files' settings it was made of (see [`Files`]).
+    generation: u64,
     tls: tokio_rustls::TlsConnector,
 }
 
 impl Loaded {
-    fn new(settings: Settings, alpn: &[Vec<u8>]) -> Self {
+    fn new(settings: Settings, generation: u64, alpn: &[Vec<u8>]) -> Self {
         let builder = ClientConfig::builder_with_provider(provider())
             .with_safe_default_protocol_versions()
             .expect("the ring provider supports TLS 1.2 and 1.3")
@@ -136,6 +143,7 @@ impl Loaded {
         config.alpn_protocols = alpn.to_vec();
         Self {
             settings,
+            generation,
             tls: tokio_rustls::TlsConnector::from(Arc::new(config)),
         }
     }
@@ -173,12 +181,13 @@ impl OriginConnector<()> {
     /// file at fault: a trust bundle without a usable CA, a client certificate expired or
     /// not valid yet, a key that is not its own.
     ///
-    /// Before each new connection the files' metadata (size, modification time, inode) is
-    /// looked at. Files that changed are read again, checked the same way, and used from
-    /// then on, by this connector and its clones; files that do not load (a certificate
-    /// written before its key, say) are logged, counted in
-    /// `resilience_mtls_reloads_total{result="error"}`, and the ones in use kept. Live
-    /// connections are untouched.
+    /// Before each new connection the files' metadata (size, times, inode) is looked at.
+    /// Files that changed are read again (off the caller's thread), checked the same way, and
+    /// used from then on, by this connector, its clones and its copies; files that do not
+    /// load (a certificate written before its key, say) are logged, counted in
+    /// `resilience_mtls_origin_reloads_total{result="error"}`, and the ones in use kept until
+    /// the files change again (or, for files that could not be read or a certificate not
+    /// valid yet, until a later connection tries again). Live connections are untouched.
     pub fn from_files(
         paths: OriginPaths,
         server_name: ServerName<'static>,
@@ -188,7 +197,13 @@ impl OriginConnector<()> {
         let files = Files {
             paths,
             server: server_name.to_str().into_owned(),
-            seen: Mutex::new(Some(stamp)),
+            state: Mutex::new(FilesState {
+                seen: stamp,
+                retry_at: None,
+                loading: false,
+                generation: 0,
+                settings: settings.clone(),
+            }),
         };
         files.loaded(&settings);
         Ok(Self::with(settings, server_name, Some(Arc::new(files))))
@@ -203,7 +218,7 @@ impl OriginConnector<()> {
         Self {
             inner: (),
             server_name,
-            current: Arc::new(ArcSwap::from_pointee(Loaded::new(settings, &alpn))),
+            current: Arc::new(ArcSwap::from_pointee(Loaded::new(settings, 0, &alpn))),
             alpn,
             files,
         }
@@ -231,8 +246,9 @@ impl OriginConnector<()> {
     #[must_use]
     pub fn alpn(mut self, protocols: impl IntoIterator<Item = impl Into<Vec<u8>>>) -> Self {
         self.alpn = protocols.into_iter().map(Into::into).collect();
-        let settings = self.current.load().settings.clone();
-        self.current = Arc::new(ArcSwap::from_pointee(Loaded::new(settings, &self.alpn)));
+        let current = self.current.load();
+        let loaded = Loaded::new(current.settings.clone(), current.generation, &self.alpn);
+        self.current = Arc::new(ArcSwap::from_pointee(loaded));
         self
     }
 
@@ -267,57 +283,100 @@ fn load(paths: &OriginPaths) -> Result<Settings, MaterialError> {
     })
 }
 
-/// A connector's files, and what was last seen of them.
+/// How long after files that could not be read (or a client certificate not valid yet) a
+/// connection tries them again, although they look the same.
+const RETRY: Duration = Duration::from_secs(10);
+
+/// A connector's files, what was last seen of them, and what they last loaded into.
 struct Files {
     paths: OriginPaths,
     /// The server's name, as the metrics label it.
     server: String,
-    /// The stamp of the files last read, whether they loaded or not; `None` to read them
-    /// again whatever they look like (a certificate not valid yet, which becomes valid
-    /// without its file changing).
-    seen: Mutex<Option<Stamp>>,
+    state: Mutex<FilesState>,
+}
+
+struct FilesState {
+    /// The stamp of the files last read (or being read), whether they loaded or not.
+    seen: Stamp,
+    /// When files that look the same are read again: after an error that a later read may
+    /// not meet (a file that could not be read, a certificate not valid yet).
+    retry_at: Option<Instant>,
+    /// Whether a read is under way: one at a time, so that an older read finishing last
+    /// cannot undo a newer one.
+    loading: bool,
+    /// Counts the settings loaded; a connector copy whose TLS config is of an older one
+    /// makes it again.
+    generation: u64,
+    settings: Settings,
 }
 
 impl Files {
+    /// Reads the files again if they changed since they were last read (or a retry is due),
+    /// and waits for the read: the store is done where the files are read, so a caller that
+    /// gives up waiting loses nothing.
+    async fn refresh(self: &Arc<Self>) {
+        let stamp = Stamp::of(&self.paths);
+        {
+            let mut state = self.state.lock().unwrap_or_else(PoisonError::into_inner);
+            let retry = state.retry_at.is_some_and(|at| Instant::now() >= at);
+            if state.loading || (state.seen == stamp && !retry) {
+                return;
+            }
+            state.loading = true;
+            state.seen = stamp;
+            state.retry_at = None;
+        }
+        let files = self.clone();
+        // Reading and parsing a bundle is blocking file I/O: not on the caller's thread.
+        let read = tokio::task::spawn_blocking(move || {
+            let loaded = load(&files.paths);
+            files.finish(loaded);
+        });
+        if read.await.is_err() {
+            // The read panicked (it does not, but a lost read must not stop the next).
+            let mut state = self.state.lock().unwrap_or_else(PoisonError::into_inner);
+            state.loading = false;
+            state.retry_at = Some(Instant::now() + RETRY);
+        }
+    }
+
+    /// Stores what a read of the files gave.
+    fn finish(&self, loaded: Result<Settings, MaterialError>) {
+        let mut state = self.state.lock().unwrap_or_else(PoisonError::into_inner);
+        state.loading = false;
+        match loaded {
+            Ok(settings) => {
+                self.loaded(&settings);
+                state.settings = settings;
+                state.generation += 1;
+                metrics::origin_reload(&self.server, true);
+                tracing::info!(server_name = %self.server, "origin TLS files read again");
+            }
+            Err(error) => {
+                state.retry_at = match &error {
+                    MaterialError::Read { .. } => Some(Instant::now() + RETRY),
+                    MaterialError::NotYetValid { valid_from, .. } => {
+                        let wait = valid_from.duration_since(wall_clock()).unwrap_or_default();
+                        Some(Instant::now() + wait.max(RETRY))
+                    }
+                    _ => None,
+                };
+                metrics::origin_reload(&self.server, false);
+                tracing::warn!(server_name = %self.server, %error, "origin TLS files rejected; keeping the ones in use");
+            }
+        }
+    }
+
+    /// The settings last loaded, if they are newer than `generation`.
+    fn newer_than(&self, generation: u64) -> Option<(Settings, u64)> {
+        let state = self.state.lock().unwrap_or_else(PoisonError::into_inner);
+        (state.generation != generation).then(|| (state.settings.clone(), state.generation))
+    }
+
     /// Tells the metrics of `settings`, loaded from these files.
     fn loaded(&self, settings: &Settings) {
         if let Some(not_after) = settings.client_not_after {
             metrics::origin_cert_not_after(&self.server, not_after);
-        }
-    }
-
-    /// Reads the files again if they changed since they were last read, and stores what
-    /// they hold in `current` if it loads.
-    async fn refresh(self: Arc<Self>, current: &ArcSwap<Loaded>, alpn: &[Vec<u8>]) {
-        let stamp = Stamp::of(&self.paths);
-        {
-            let mut seen = self.seen.lock().unwrap_or_else(PoisonError::into_inner);
-            if seen.as_ref() == Some(&stamp) {
-                return;
-            }
-            // Seen from now, so that connections made while this one reads do not read too.
-            *seen = Some(stamp);
-        }
-        let files = self.clone();
-        // Reading and parsing a bundle is blocking file I/O: not on the caller's thread.
-        match tokio::task::spawn_blocking(move || load(&files.paths)).await {
-            Ok(Ok(settings)) => {
-                self.loaded(&settings);
-                current.store(Arc::new(Loaded::new(settings, alpn)));
-                metrics::reload(true);
-                tracing::info!(trust = %self.paths.trust.display(), "origin TLS files reloaded");
-            }
-            Ok(Err(error)) => {
-                if matches!(error, MaterialError::NotYetValid { .. }) {
-                    *self.seen.lock().unwrap_or_else(PoisonError::into_inner) = None;
-                }
-                metrics::reload(false);
-                tracing::warn!(%error, "origin TLS files rejected; keeping the ones in use");
-            }
-            Err(error) => {
-                metrics::reload(false);
-                tracing::warn!(%error, "origin TLS files not read; keeping the ones in use");
-            }
         }
     }
 }
@@ -325,9 +384,14 @@ impl Files {
 /// What the metadata of a connector's files says: enough to tell that one was rewritten or
 /// replaced (a Kubernetes secret's files are swapped by a symbolic link) without reading it.
 #[derive(Debug, Clone, PartialEq, Eq)]
-struct Stamp(Vec<Option<(u64, Option<SystemTime>, u64)>>);
+struct Stamp(Vec<Option<FileStamp>>);
+
+/// A file's size, modification time and, on Unix, its device, inode and change time (which
+/// a `chmod` that makes it readable moves).
+type FileStamp = (u64, Option<SystemTime>, [i64; 4]);
 
 impl Stamp {
+    /// The files' metadata, read here: a few `stat` calls before a connection.
     fn of(paths: &OriginPaths) -> Self {
         Self(
             paths
@@ -335,7 +399,7 @@ impl Stamp {
                 .map(|path| {
                     std::fs::metadata(path)
                         .ok()
-                        .map(|m| (m.len(), m.modified().ok(), inode(&m)))
+                        .map(|m| (m.len(), m.modified().ok(), unix(&m)))
                 })
                 .collect(),
         )
@@ -343,13 +407,20 @@ impl Stamp {
 }
 
 #[cfg(unix)]
-fn inode(metadata: &std::fs::Metadata) -> u64 {
-    std::os::unix::fs::MetadataExt::ino(metadata)
+#[allow(clippy::cast_possible_wrap)]
+fn unix(metadata: &std::fs::Metadata) -> [i64; 4] {
+    use std::os::unix::fs::MetadataExt;
+    [
+        metadata.dev() as i64,
+        metadata.ino() as i64,
+        metadata.ctime(),
+        metadata.ctime_nsec(),
+    ]
 }
 
 #[cfg(not(unix))]
-fn inode(_: &std::fs::Metadata) -> u64 {
-    0
+fn unix(_: &std::fs::Metadata) -> [i64; 4] {
+    [0; 4]
 }
 
 impl<C, T> Service<Uri> for OriginConnector<C>
@@ -373,7 +444,10 @@ where
         let (current, files, alpn) = (self.current.clone(), self.files.clone(), self.alpn.clone());
         Box::pin(async move {
             if let Some(files) = files {
-                files.refresh(&current, &alpn).await;
+                files.refresh().await;
+                if let Some((settings, generation)) = files.newer_than(current.load().generation) {
+                    current.store(Arc::new(Loaded::new(settings, generation, &alpn)));
+                }
             }
             let tls = current.load().tls.clone();
             let io = connecting.await.map_err(Into::into)?.into_inner();

@@ -8,7 +8,7 @@ use metrics_util::debugging::{DebugValue, DebuggingRecorder, Snapshotter};
 use resilience_mtls::{
     Credentials, Identity, MtlsAcceptor, MtlsConnector, OriginConnector, OriginPaths,
     dev_ca::{DevCa, IssueOptions, write_atomic},
-    metrics::{CERT_EXPIRY, CRL_NEXT_UPDATE, HANDSHAKES, ORIGIN_CERT_NOT_AFTER, RELOADS},
+    metrics::{CERT_EXPIRY, CRL_NEXT_UPDATE, HANDSHAKES, ORIGIN_CERT_NOT_AFTER, ORIGIN_RELOADS},
 };
 use std::{
     cell::RefCell,
@@ -271,7 +271,8 @@ async fn handshakes_expiry_and_lifetime_warnings_are_recorded() {
         (not_after - expected).abs() <= 1.0,
         "{not_after} {expected}"
     );
-    let failed = seen.counter(RELOADS, &[("result", "error")]);
+    let labels = [("server_name", "api.example.test"), ("result", "error")];
+    assert_eq!(seen.counter(ORIGIN_RELOADS, &labels), 0);
     write_atomic(
         &key,
         ca.workload("ns/shop/sa/other").unwrap().key_pem.as_bytes(),
@@ -280,7 +281,7 @@ async fn handshakes_expiry_and_lifetime_warnings_are_recorded() {
     let refused = tcp_refused().await;
     let dialled = tower::ServiceExt::oneshot(origin, refused).await;
     assert!(dialled.is_err());
-    assert_eq!(seen.counter(RELOADS, &[("result", "error")]), failed + 1);
+    assert_eq!(seen.counter(ORIGIN_RELOADS, &labels), 1);
 }
 
 /// An address on 127.0.0.1 that refuses connections: bound, never listening.

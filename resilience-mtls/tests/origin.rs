@@ -1,4 +1,4 @@
-//! [`OriginConnector`] over real sockets: one-way TLS to a server outside the mesh, our client
+//! [`OriginConnector`] over real sockets: TLS to a server outside the mesh, our client
 //! certificate for a server that asks for one, and its files read again when they change.
 
 mod common;
@@ -250,4 +250,69 @@ fn load_errors_name_the_file_at_fault() {
     assert!(
         matches!(load(paths), MaterialError::NoCertificate { path } if path == at("trust.pem"))
     );
+}
+
+#[tokio::test]
+async fn copies_with_other_protocols_read_changed_files_too() {
+    let (server_ca, client_ca) = (
+        DevCa::new("api.test").unwrap(),
+        DevCa::new("us.test").unwrap(),
+    );
+    let server = server(&server_ca, &client_ca).await;
+    let dir = tempdir();
+    let first = client_cert(&client_ca, "first.us.test");
+    let paths = write(dir.path(), server_ca.trust_pem(), Some(&first));
+    let origin = OriginConnector::from_files(paths, ServerName::try_from(API).unwrap()).unwrap();
+    // As a proxy makes them: one copy for each protocol it offers, from one connector.
+    let mut h2 = origin.clone().alpn([&b"h2"[..]]).wrap(HttpConnector::new());
+    let mut http1 = origin.alpn([&b"http/1.1"[..]]).wrap(HttpConnector::new());
+
+    write(
+        dir.path(),
+        server_ca.trust_pem(),
+        Some(&client_cert(&client_ca, "second.us.test")),
+    );
+    assert_eq!(hello(&mut h2, server.addr).await, "hello second.us.test\n");
+    assert_eq!(
+        hello(&mut http1, server.addr).await,
+        "hello second.us.test\n"
+    );
+}
+
+#[tokio::test]
+async fn a_connection_given_up_while_the_files_are_read_loses_nothing() {
+    let (server_ca, client_ca) = (
+        DevCa::new("api.test").unwrap(),
+        DevCa::new("us.test").unwrap(),
+    );
+    let server = server(&server_ca, &client_ca).await;
+    let dir = tempdir();
+    let first = client_cert(&client_ca, "first.us.test");
+    let mut connector = connector(write(dir.path(), server_ca.trust_pem(), Some(&first)));
+
+    write(
+        dir.path(),
+        server_ca.trust_pem(),
+        Some(&client_cert(&client_ca, "second.us.test")),
+    );
+    // Polled once: the read of the changed files starts; then the caller gives up.
+    let uri: http::Uri = format!("http://{}", server.addr).parse().unwrap();
+    let given_up = tokio::time::timeout(Duration::ZERO, connector.call(uri)).await;
+    assert!(
+        given_up.is_err(),
+        "the connection was not made at its first poll"
+    );
+
+    // The read goes on without it: a later connection presents the new certificate (one made
+    // while the read is still under way may present the old one).
+    let waited = tokio::time::timeout(WAIT, async {
+        loop {
+            let said = hello(&mut connector, server.addr).await;
+            if said != "hello first.us.test\n" {
+                return said;
+            }
+            tokio::task::yield_now().await;
+        }
+    });
+    assert_eq!(waited.await.unwrap(), "hello second.us.test\n");
 }

@@ -1,4 +1,4 @@
-//! One-way TLS to a server outside the mesh (`tls = { server_name, trust }`), over real
+//! HTTPS to a server outside the mesh (`tls = { server_name, trust, cert, key }`), over real
 //! sockets: an HTTPS server on 127.0.0.1 with a certificate for `api.example.test`.
 
 mod common;
@@ -244,5 +244,42 @@ async fn what_contradicts_tls_or_cannot_be_used_is_named() {
     assert!(
         refused.contains("tls.trust") && refused.contains("/nonexistent/ca.pem"),
         "{refused}"
+    );
+
+    // A client certificate with another's key, the two in one file or in two: the key is named.
+    let ca = DevCa::new("partner.test").unwrap();
+    let certs = Certs::new("origin-named");
+    let trust = bundle(&certs, &ca, "ca.pem");
+    let issue = |name: &str| {
+        ca.issue(&Identity::parse(name).unwrap(), &Default::default())
+            .unwrap()
+    };
+    let (ours, other) = (issue("a.partner.test"), issue("b.partner.test"));
+    let (cert, key, both) = (
+        certs.dir.join("a.pem"),
+        certs.dir.join("b-key.pem"),
+        certs.dir.join("both.pem"),
+    );
+    std::fs::write(&cert, &ours.cert_pem).unwrap();
+    std::fs::write(&key, &other.key_pem).unwrap();
+    std::fs::write(&both, format!("{}{}", ours.cert_pem, other.key_pem)).unwrap();
+    for (cert, key) in [(&cert, &key), (&both, &both)] {
+        let tls =
+            format!("server_name = \"{API}\", trust = {trust:?}, cert = {cert:?}, key = {key:?}");
+        let config = Config::parse(&format!(
+            "[admin]\nlisten = \"127.0.0.1:0\"\n{}",
+            route(server, &tls, "")
+        ))
+        .unwrap();
+        let Err(refused) = sidecar_lite::Sidecar::start(&config, None).await else {
+            panic!("a route whose client key is another's started");
+        };
+        let refused = refused.to_string();
+        assert!(refused.contains("tls.key"), "{refused}");
+    }
+    let lone = error(&route(server, &format!("{tls}, key = \"key.pem\""), ""));
+    assert!(
+        lone.contains("`outbound[0].tls.key`: needs `cert` beside it"),
+        "{lone}"
     );
 }

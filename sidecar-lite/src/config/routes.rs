@@ -238,7 +238,7 @@ impl OutboundConfig {
     }
 
     /// Whether the route speaks mTLS to peer sidecars, given whether there is an
-    /// `[identity]`: unless it asks for plaintext or for one-way TLS to a server outside the
+    /// `[identity]`: unless it asks for plaintext or for HTTPS to a server outside the
     /// mesh.
     pub(crate) fn in_mesh(&self, identity: bool) -> bool {
         identity && !self.plaintext && self.tls.is_none()

@@ -25,7 +25,7 @@ use http::{Request, Response};
 use http_body::Body;
 use resilience_breaker::{BreakerHandle, CircuitBreaker, CircuitBreakerLayer, Classify, Mode};
 use resilience_core::{BoxError, CallerBodyFailed, Enforcement, GRPC_STATUS, header_value};
-use resilience_mtls::{ConnectorBuilder, OriginConnector, OriginPaths};
+use resilience_mtls::{ConnectorBuilder, MaterialError, OriginConnector, OriginPaths};
 use resilience_retry::{Budget, PeekGrpcTrailersLayer, ReplayBody};
 use resilience_timeout::{Elapsed, HttpDeadline, Timeout, TimeoutLayer};
 use rustls_pki_types::ServerName;
@@ -113,17 +113,23 @@ fn origin(tls: &OriginTls) -> Result<(OriginConnector, Authority), ConfigProblem
             ));
         }
     }
-    let connector = OriginConnector::from_files(paths, name).map_err(|e| {
-        let field = if e.path() == tls.trust {
-            "trust"
-        } else if tls.key.as_deref() == Some(e.path()) {
-            "key"
-        } else {
-            "cert"
-        };
-        field_error("tls", field, e)
-    })?;
+    let connector = OriginConnector::from_files(paths, name)
+        .map_err(|e| field_error("tls", origin_field(tls, &e), e))?;
     Ok((connector, authority))
+}
+
+/// The key of `tls` whose file `error` is about: by what the error says, since one file may
+/// hold both the certificate and its key.
+fn origin_field(tls: &OriginTls, error: &MaterialError) -> &'static str {
+    match error {
+        MaterialError::NoKey { .. }
+        | MaterialError::UnsupportedKey { .. }
+        | MaterialError::KeyMismatch { .. } => "key",
+        MaterialError::Expired { .. } | MaterialError::NotYetValid { .. } => "cert",
+        _ if error.path() == tls.trust => "trust",
+        _ if tls.key.as_deref() == Some(error.path()) && tls.cert != tls.key => "key",
+        _ => "cert",
+    }
 }
 
 /// Whether the connector `tls` is what `config` asks of `route`: mTLS exactly when there is

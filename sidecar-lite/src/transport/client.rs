@@ -71,7 +71,7 @@ fn by_alpn<C: Clone, B>(protocol: UpstreamProtocol, dial: impl Fn(&[&[u8]]) -> C
     }
 }
 
-/// The pool of connections to `addr` over one-way TLS to a server outside the mesh
+/// The pool of connections to `addr` over HTTPS to a server outside the mesh
 /// (`origin`, without ALPN set yet) whose requests go to `authority`, offering by ALPN the
 /// HTTP versions `protocol` allows.
 pub(crate) fn origin_pool<B>(

@@ -1,4 +1,4 @@
-//! One endpoint's client, over mTLS, one-way TLS or in plaintext, as one type with one future
+//! One endpoint's client, over mTLS, HTTPS or in plaintext, as one type with one future
 //! type: a stack over it then needs no `Either` for the choice, and every level a stack has
 //! moves each request, future and response once more.
 
@@ -17,7 +17,7 @@ use tower::Service;
 pub(crate) enum EndpointTransport<B> {
     /// Over mTLS, to a peer sidecar that must prove the route's `server_identity`.
     Mtls(Pool<MtlsConnector<FixedConnector>, B>),
-    /// Over one-way TLS to a server outside the mesh, each request's authority the server's
+    /// Over HTTPS to a server outside the mesh, each request's authority the server's
     /// name, which its certificate was checked against.
     Origin {
         pool: Pool<OriginConnector<FixedConnector>, B>,
@@ -30,7 +30,7 @@ pub(crate) enum EndpointTransport<B> {
 }
 
 impl<B> EndpointTransport<B> {
-    /// Over one-way TLS, with `pool`, each request addressed to `authority`.
+    /// Over HTTPS, with `pool`, each request addressed to `authority`.
     pub(crate) fn origin(
         pool: Pool<OriginConnector<FixedConnector>, B>,
         authority: Authority,
