@@ -61,6 +61,38 @@ fn connector(paths: OriginPaths) -> OriginConnector<HttpConnector> {
         .wrap(HttpConnector::new())
 }
 
+/// A server for [`API`] with a certificate of `server_ca` that asks every client for one of
+/// `client_ca`, and a directory for a connector's files.
+struct Setup {
+    server_ca: DevCa,
+    client_ca: DevCa,
+    server: HandshakeServer,
+    dir: tempfile::TempDir,
+}
+
+impl Setup {
+    async fn new() -> Self {
+        let (server_ca, client_ca) = (
+            DevCa::new("api.test").unwrap(),
+            DevCa::new("us.test").unwrap(),
+        );
+        let server = server(&server_ca, &client_ca).await;
+        Self {
+            server_ca,
+            client_ca,
+            server,
+            dir: tempdir(),
+        }
+    }
+
+    /// Writes the connector's files: the server's CA as the bundle and, with `client`, a
+    /// certificate of the client CA for that name.
+    fn write(&self, client: Option<&str>) -> OriginPaths {
+        let issued = client.map(|name| client_cert(&self.client_ca, name));
+        write(self.dir.path(), self.server_ca.trust_pem(), issued.as_ref())
+    }
+}
+
 /// What the server writes to a connection `connector` makes to it, or why there is none.
 async fn hello(connector: &mut OriginConnector<HttpConnector>, server: SocketAddr) -> String {
     said(connector, server).await.0
@@ -90,51 +122,35 @@ async fn said(
 
 #[tokio::test]
 async fn presents_its_client_certificate_to_a_server_that_asks() {
-    let (server_ca, client_ca) = (
-        DevCa::new("api.test").unwrap(),
-        DevCa::new("us.test").unwrap(),
-    );
-    let mut server = server(&server_ca, &client_ca).await;
-    let dir = tempdir();
-    let client = client_cert(&client_ca, "orders.us.test");
-    let mut connector = connector(write(dir.path(), server_ca.trust_pem(), Some(&client)));
+    let mut setup = Setup::new().await;
+    let mut connector = connector(setup.write(Some("orders.us.test")));
 
     assert_eq!(
-        hello(&mut connector, server.addr).await,
+        hello(&mut connector, setup.server.addr).await,
         "hello orders.us.test\n"
     );
     assert_eq!(
-        server.next().await.unwrap(),
+        setup.server.next().await.unwrap(),
         Some(Identity::parse("orders.us.test").unwrap())
     );
 }
 
 #[tokio::test]
 async fn without_a_client_certificate_a_server_that_asks_refuses() {
-    let (server_ca, client_ca) = (
-        DevCa::new("api.test").unwrap(),
-        DevCa::new("us.test").unwrap(),
-    );
-    let mut server = server(&server_ca, &client_ca).await;
-    let dir = tempdir();
-    let mut connector = connector(write(dir.path(), server_ca.trust_pem(), None));
+    let mut setup = Setup::new().await;
+    let mut connector = connector(setup.write(None));
 
-    let said = hello(&mut connector, server.addr).await;
+    let said = hello(&mut connector, setup.server.addr).await;
     assert!(said.starts_with("error: "), "{said}");
-    let refused = server.next().await.unwrap_err();
+    let refused = setup.server.next().await.unwrap_err();
     assert_eq!(refused.reason().as_str(), "no-client-certificate");
 }
 
 #[tokio::test]
 async fn changed_files_are_read_again_before_the_next_connection() {
-    let (server_ca, client_ca) = (
-        DevCa::new("api.test").unwrap(),
-        DevCa::new("us.test").unwrap(),
-    );
-    let server = server(&server_ca, &client_ca).await;
-    let dir = tempdir();
-    let first = client_cert(&client_ca, "first.us.test");
-    let paths = write(dir.path(), server_ca.trust_pem(), Some(&first));
+    let setup = Setup::new().await;
+    let server = &setup.server;
+    let paths = setup.write(Some("first.us.test"));
     let mut connector = connector(paths.clone());
     let mut clone = connector.clone();
     assert_eq!(
@@ -143,11 +159,7 @@ async fn changed_files_are_read_again_before_the_next_connection() {
     );
 
     // A rotated client certificate: used from the next connection on, by every clone.
-    write(
-        dir.path(),
-        server_ca.trust_pem(),
-        Some(&client_cert(&client_ca, "second.us.test")),
-    );
+    setup.write(Some("second.us.test"));
     assert_eq!(
         hello(&mut clone, server.addr).await,
         "hello second.us.test\n"
@@ -165,7 +177,7 @@ async fn changed_files_are_read_again_before_the_next_connection() {
         said.starts_with("error: tls handshake failed (unknown-ca)"),
         "{said}"
     );
-    write_atomic(&paths.trust, server_ca.trust_pem().as_bytes()).unwrap();
+    write_atomic(&paths.trust, setup.server_ca.trust_pem().as_bytes()).unwrap();
     assert_eq!(
         hello(&mut connector, server.addr).await,
         "hello second.us.test\n"
@@ -174,19 +186,14 @@ async fn changed_files_are_read_again_before_the_next_connection() {
 
 #[tokio::test]
 async fn files_that_do_not_load_leave_the_ones_in_use() {
-    let (server_ca, client_ca) = (
-        DevCa::new("api.test").unwrap(),
-        DevCa::new("us.test").unwrap(),
-    );
-    let server = server(&server_ca, &client_ca).await;
-    let dir = tempdir();
-    let first = client_cert(&client_ca, "first.us.test");
-    let paths = write(dir.path(), server_ca.trust_pem(), Some(&first));
+    let setup = Setup::new().await;
+    let server = &setup.server;
+    let paths = setup.write(Some("first.us.test"));
     let mut connector = connector(paths.clone());
     let (cert, key) = paths.client_certificate.clone().unwrap();
 
     // The new certificate written, its key not yet: the pair is refused, the old one kept.
-    let second = client_cert(&client_ca, "second.us.test");
+    let second = client_cert(&setup.client_ca, "second.us.test");
     write_atomic(&cert, second.cert_pem.as_bytes()).unwrap();
     assert_eq!(
         hello(&mut connector, server.addr).await,
@@ -201,7 +208,7 @@ async fn files_that_do_not_load_leave_the_ones_in_use() {
 
     // Once the key and the bundle are written, the new pair is used.
     write_private(&key, second.key_pem.as_bytes()).unwrap();
-    write_atomic(&paths.trust, server_ca.trust_pem().as_bytes()).unwrap();
+    write_atomic(&paths.trust, setup.server_ca.trust_pem().as_bytes()).unwrap();
     assert_eq!(
         hello(&mut connector, server.addr).await,
         "hello second.us.test\n"
@@ -254,24 +261,15 @@ fn load_errors_name_the_file_at_fault() {
 
 #[tokio::test]
 async fn copies_with_other_protocols_read_changed_files_too() {
-    let (server_ca, client_ca) = (
-        DevCa::new("api.test").unwrap(),
-        DevCa::new("us.test").unwrap(),
-    );
-    let server = server(&server_ca, &client_ca).await;
-    let dir = tempdir();
-    let first = client_cert(&client_ca, "first.us.test");
-    let paths = write(dir.path(), server_ca.trust_pem(), Some(&first));
+    let setup = Setup::new().await;
+    let server = &setup.server;
+    let paths = setup.write(Some("first.us.test"));
     let origin = OriginConnector::from_files(paths, ServerName::try_from(API).unwrap()).unwrap();
     // As a proxy makes them: one copy for each protocol it offers, from one connector.
     let mut h2 = origin.clone().alpn([&b"h2"[..]]).wrap(HttpConnector::new());
     let mut http1 = origin.alpn([&b"http/1.1"[..]]).wrap(HttpConnector::new());
 
-    write(
-        dir.path(),
-        server_ca.trust_pem(),
-        Some(&client_cert(&client_ca, "second.us.test")),
-    );
+    setup.write(Some("second.us.test"));
     assert_eq!(hello(&mut h2, server.addr).await, "hello second.us.test\n");
     assert_eq!(
         hello(&mut http1, server.addr).await,
@@ -281,20 +279,11 @@ async fn copies_with_other_protocols_read_changed_files_too() {
 
 #[tokio::test]
 async fn a_connection_given_up_while_the_files_are_read_loses_nothing() {
-    let (server_ca, client_ca) = (
-        DevCa::new("api.test").unwrap(),
-        DevCa::new("us.test").unwrap(),
-    );
-    let server = server(&server_ca, &client_ca).await;
-    let dir = tempdir();
-    let first = client_cert(&client_ca, "first.us.test");
-    let mut connector = connector(write(dir.path(), server_ca.trust_pem(), Some(&first)));
+    let setup = Setup::new().await;
+    let server = &setup.server;
+    let mut connector = connector(setup.write(Some("first.us.test")));
 
-    write(
-        dir.path(),
-        server_ca.trust_pem(),
-        Some(&client_cert(&client_ca, "second.us.test")),
-    );
+    setup.write(Some("second.us.test"));
     // Polled once: the read of the changed files starts; then the caller gives up.
     let uri: http::Uri = format!("http://{}", server.addr).parse().unwrap();
     let given_up = tokio::time::timeout(Duration::ZERO, connector.call(uri)).await;
