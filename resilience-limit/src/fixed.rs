@@ -1,9 +1,13 @@
 //! [`FixedConcurrencyLayer`]: at most so many calls in flight; the rest refused at once.
 
-use crate::{error::Overloaded, future::Completion, future::ResponseFuture};
+use crate::{
+    error::Overloaded,
+    future::{AtResponse, Completion, Release, ResponseFuture},
+};
 use resilience_core::BoxError;
 use std::{
     fmt,
+    marker::PhantomData,
     sync::{
         Arc,
         atomic::{AtomicUsize, Ordering},
@@ -48,21 +52,41 @@ use tower_service::Service;
 /// assert_eq!(service.oneshot(()).await.unwrap(), "done");
 /// # }
 /// ```
+///
+/// A call's place is given back when the service answers it, as `R` ([`AtResponse`], the
+/// default) says; with the `http` feature,
+/// [`until_body_end`](FixedConcurrencyLayer::until_body_end) holds it until the response's
+/// body ends, so that a stream counts for as long as it lasts.
 #[derive(Debug, Clone, Copy)]
-pub struct FixedConcurrencyLayer {
+pub struct FixedConcurrencyLayer<R = AtResponse> {
     max: usize,
+    release: PhantomData<fn() -> R>,
 }
 
 impl FixedConcurrencyLayer {
     /// At most `max` calls in flight over each service this layer makes (and its clones).
     #[must_use]
     pub fn new(max: usize) -> Self {
-        Self { max }
+        Self {
+            max,
+            release: PhantomData,
+        }
     }
 }
 
-impl<S> Layer<S> for FixedConcurrencyLayer {
-    type Service = FixedConcurrency<S>;
+impl<R> FixedConcurrencyLayer<R> {
+    /// This limit, each call's place given back as `R` says.
+    #[must_use]
+    pub fn release<R2>(self) -> FixedConcurrencyLayer<R2> {
+        FixedConcurrencyLayer {
+            max: self.max,
+            release: PhantomData,
+        }
+    }
+}
+
+impl<S, R> Layer<S> for FixedConcurrencyLayer<R> {
+    type Service = FixedConcurrency<S, R>;
 
     fn layer(&self, inner: S) -> Self::Service {
         FixedConcurrency {
@@ -71,15 +95,26 @@ impl<S> Layer<S> for FixedConcurrencyLayer {
                 in_flight: AtomicUsize::new(0),
                 max: self.max,
             }),
+            release: PhantomData,
         }
     }
 }
 
 /// The service of a [`FixedConcurrencyLayer`]; its clones share the limit.
-#[derive(Clone)]
-pub struct FixedConcurrency<S> {
+pub struct FixedConcurrency<S, R = AtResponse> {
     inner: S,
     limit: Arc<Limit>,
+    release: PhantomData<fn() -> R>,
+}
+
+impl<S: Clone, R> Clone for FixedConcurrency<S, R> {
+    fn clone(&self) -> Self {
+        Self {
+            inner: self.inner.clone(),
+            limit: self.limit.clone(),
+            release: PhantomData,
+        }
+    }
 }
 
 struct Limit {
@@ -98,7 +133,7 @@ impl Drop for FixedPermit {
 }
 
 impl Completion for FixedPermit {
-    fn complete(self, _: bool) {}
+    fn complete(&mut self, _: bool) {}
 }
 
 impl fmt::Debug for FixedPermit {
@@ -107,14 +142,15 @@ impl fmt::Debug for FixedPermit {
     }
 }
 
-impl<S, Req> Service<Req> for FixedConcurrency<S>
+impl<S, Req, R> Service<Req> for FixedConcurrency<S, R>
 where
     S: Service<Req>,
     S::Error: Into<BoxError>,
+    R: Release<S::Response, FixedPermit>,
 {
-    type Response = S::Response;
+    type Response = R::Response;
     type Error = BoxError;
-    type Future = ResponseFuture<S::Future, FixedPermit>;
+    type Future = ResponseFuture<S::Future, FixedPermit, R>;
 
     fn poll_ready(&mut self, cx: &mut Context<'_>) -> Poll<Result<(), BoxError>> {
         // Ready whatever the limit: excess is refused in `call`, at once, never queued.

@@ -4,17 +4,19 @@ use pin_project_lite::pin_project;
 use resilience_core::BoxError;
 use std::{
     future::Future,
+    marker::PhantomData,
     pin::Pin,
     task::{Context, Poll, ready},
 };
 
 pin_project! {
     /// The future of a limited service: the inner call, holding `G` (a permit, or nothing)
-    /// until it completes, or a refusal, ready at once.
+    /// until it completes and then as long as `R` says, or a refusal, ready at once.
     #[project = Projected]
-    pub struct ResponseFuture<F, G> {
+    pub struct ResponseFuture<F, G, R = AtResponse> {
         #[pin]
         state: State<F, G>,
+        release: PhantomData<fn() -> R>,
     }
 }
 
@@ -30,10 +32,35 @@ pin_project! {
 /// inside this process ([`RefusedLocally`](resilience_core::RefusedLocally): a rate limit, an
 /// open breaker) or whose caller's body broke off
 /// ([`CallerBodyFailed`](resilience_core::CallerBodyFailed)) is not a completion: its guard is
-/// dropped, as a cancelled call's is, since it says nothing of the service's capacity.
+/// dropped, as a cancelled call's is, since it says nothing of the service's capacity. The
+/// guard holds the call's place until it is dropped: at once, or with the response, as the
+/// limit's [`Release`] says.
 pub trait Completion {
     /// The call completed, `Ok` or not.
-    fn complete(self, ok: bool);
+    fn complete(&mut self, ok: bool);
+}
+
+/// When a call gives its place under a concurrency limit back, once the service has answered
+/// it: the response `T` of a call holding `G` becomes the limited service's response.
+pub trait Release<T, G> {
+    /// The limited service's response.
+    type Response;
+    /// The response of a call that holds `guard`.
+    fn release(response: T, guard: G) -> Self::Response;
+}
+
+/// The place is given back when the service answers, as tower's `ConcurrencyLimit` gives it
+/// back: the default. With the `http` feature, [`AtBodyEnd`](crate::AtBodyEnd) holds it
+/// until the response's body ends.
+#[derive(Debug, Clone, Copy, Default)]
+pub struct AtResponse;
+
+impl<T, G> Release<T, G> for AtResponse {
+    type Response = T;
+
+    fn release(response: T, _guard: G) -> T {
+        response
+    }
 }
 
 /// Whether `error` is one that says nothing of the service's capacity.
@@ -43,47 +70,57 @@ fn says_nothing_of_the_service(error: &(dyn std::error::Error + 'static)) -> boo
 }
 
 impl Completion for () {
-    fn complete(self, _: bool) {}
+    fn complete(&mut self, _: bool) {}
 }
 
-impl<F, G> ResponseFuture<F, G> {
+impl<F, G, R> ResponseFuture<F, G, R> {
     pub(crate) fn called(future: F, guard: G) -> Self {
         Self {
             state: State::Called {
                 future,
                 guard: Some(guard),
             },
+            release: PhantomData,
         }
     }
 
     pub(crate) fn refused(error: BoxError) -> Self {
         Self {
             state: State::Refused { error: Some(error) },
+            release: PhantomData,
         }
     }
 }
 
-impl<F, G, T, E> Future for ResponseFuture<F, G>
+impl<F, G, R, T, E> Future for ResponseFuture<F, G, R>
 where
     F: Future<Output = Result<T, E>>,
     E: Into<BoxError>,
     G: Completion,
+    R: Release<T, G>,
 {
-    type Output = Result<T, BoxError>;
+    type Output = Result<R::Response, BoxError>;
 
     fn poll(self: Pin<&mut Self>, cx: &mut Context<'_>) -> Poll<Self::Output> {
-        let Projected { state } = self.project();
+        let Projected { state, .. } = self.project();
         match state.project() {
             StateProjected::Called { future, guard } => {
                 let result = ready!(future.poll(cx)).map_err(Into::into);
-                if let Some(guard) = guard.take() {
-                    match &result {
-                        // Dropped uncompleted, as a cancelled call: it teaches nothing.
-                        Err(error) if says_nothing_of_the_service(&**error) => drop(guard),
-                        _ => guard.complete(result.is_ok()),
+                let Some(mut guard) = guard.take() else {
+                    return Poll::Ready(Err("polled after completion".into()));
+                };
+                Poll::Ready(match result {
+                    Ok(response) => {
+                        guard.complete(true);
+                        Ok(R::release(response, guard))
                     }
-                }
-                Poll::Ready(result)
+                    // Dropped uncompleted, as a cancelled call: it teaches nothing.
+                    Err(error) if says_nothing_of_the_service(&*error) => Err(error),
+                    Err(error) => {
+                        guard.complete(false);
+                        Err(error)
+                    }
+                })
             }
             StateProjected::Refused { error } => Poll::Ready(Err(error
                 .take()

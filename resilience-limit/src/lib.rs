@@ -40,6 +40,8 @@ mod error;
 mod fixed;
 mod future;
 #[cfg(feature = "http")]
+mod held;
+#[cfg(feature = "http")]
 mod http;
 mod rate;
 
@@ -51,7 +53,9 @@ pub use adaptive::{
 pub use adaptive::{AdaptiveConfig, AlgorithmName};
 pub use error::{Overloaded, RateLimited, Scope};
 pub use fixed::{FixedConcurrency, FixedConcurrencyLayer, FixedPermit};
-pub use future::{Completion, ResponseFuture};
+pub use future::{AtResponse, Completion, Release, ResponseFuture};
+#[cfg(feature = "http")]
+pub use held::{AtBodyEnd, HeldBody, Place};
 #[cfg(feature = "http")]
 pub use http::{LimitReply, LimitReplyLayer, reply_to};
 pub use rate::{CallerKey, NoCallers, Rate, RateLimit, RateLimitLayer};

@@ -152,3 +152,51 @@ fn check_refuses_a_per_caller_limit_outbound_and_bad_adaptive_keys() {
     let word = problems("max_concurrent_requests = \"lots\"\n");
     assert!(word.contains("\"lots\" is not a limit"), "{word}");
 }
+
+#[tokio::test]
+async fn a_streamed_response_holds_its_place_until_its_body_ends() {
+    use bytes::Bytes;
+    use http_body_util::{BodyExt, StreamBody};
+    use std::sync::{Arc, Mutex};
+    use tokio::sync::mpsc;
+
+    // Each response streams what the test sends it, and ends when the test lets it go.
+    let streams: Arc<Mutex<Vec<mpsc::Sender<Bytes>>>> = Arc::default();
+    let senders = streams.clone();
+    let (app, _) = app(move |_req| {
+        let (tx, rx) = mpsc::channel::<Bytes>(4);
+        senders.lock().unwrap().push(tx);
+        async move {
+            let frames = futures::stream::unfold(rx, |mut rx| async move {
+                let chunk = rx.recv().await?;
+                Some((Ok(hyper::body::Frame::data(chunk)), rx))
+            });
+            http::Response::new(StreamBody::new(frames).boxed_unsync())
+        }
+    })
+    .await;
+    let end = |text: &'static str| {
+        let stream = streams.lock().unwrap().pop().expect("a stream open");
+        async move { stream.send(Bytes::from(text)).await.unwrap() }
+    };
+
+    for limit in ["1", "{ initial_limit = 1, min_limit = 1, max_limit = 1 }"] {
+        let sidecar = route_to(app, &format!("max_concurrent_requests = {limit}\n")).await;
+        let addr = outbound_addr(&sidecar);
+        // Its head answered, its body still streaming: the one place is taken.
+        let streaming = get(format!("http://{addr}/stream")).await;
+        assert_eq!(streaming.status(), StatusCode::OK, "{limit}");
+        let shed = get(format!("http://{addr}/shed")).await;
+        assert_eq!(shed.status(), StatusCode::SERVICE_UNAVAILABLE, "{limit}");
+        assert_eq!(shed.headers()[SIDECAR_ERROR], "overloaded", "{limit}");
+
+        // The end of its body gives the place back.
+        end("the end").await;
+        assert_eq!(text(streaming).await, "the end");
+        let next = get(format!("http://{addr}/next")).await;
+        assert_eq!(next.status(), StatusCode::OK, "{limit}");
+        end("next").await;
+        assert_eq!(text(next).await, "next");
+        sidecar.stop().await;
+    }
+}

@@ -1,8 +1,9 @@
 //! [`AdaptiveConcurrencyLayer`]: a concurrency limit that finds itself from latency.
 
 use super::{AdaptiveConcurrency, Algorithm, limiter::Admission};
+use crate::future::AtResponse;
 use resilience_core::{ConfigError, Enforcement};
-use std::{fmt, sync::Arc};
+use std::{fmt, marker::PhantomData, sync::Arc};
 use tower_layer::Layer;
 
 /// Admits as many calls at once as the limit allows and refuses the rest at once with
@@ -34,11 +35,26 @@ use tower_layer::Layer;
 /// # Ok(())
 /// # }
 /// ```
-#[derive(Clone)]
+///
+/// A call's place is given back when the service answers it, as `R` ([`AtResponse`], the
+/// default) says; with the `http` feature,
+/// [`until_body_end`](AdaptiveConcurrencyLayer::until_body_end) holds it until the
+/// response's body ends. The latency the algorithm reads is still the answer's.
 #[must_use]
-pub struct AdaptiveConcurrencyLayer {
+pub struct AdaptiveConcurrencyLayer<R = AtResponse> {
     settings: Settings,
     limiter: Arc<Admission>,
+    release: PhantomData<fn() -> R>,
+}
+
+impl<R> Clone for AdaptiveConcurrencyLayer<R> {
+    fn clone(&self) -> Self {
+        Self {
+            settings: self.settings.clone(),
+            limiter: self.limiter.clone(),
+            release: PhantomData,
+        }
+    }
 }
 
 /// What an [`AdaptiveConcurrencyLayer`] was built with.
@@ -65,10 +81,25 @@ impl AdaptiveConcurrencyLayer {
             max: 1000,
         })
     }
+}
 
+impl<R> AdaptiveConcurrencyLayer<R> {
     fn with(settings: Settings) -> Self {
         let limiter = Arc::new(Admission::new(&settings));
-        Self { settings, limiter }
+        Self {
+            settings,
+            limiter,
+            release: PhantomData,
+        }
+    }
+
+    /// This limit (the same one, shared), each call's place given back as `R2` says.
+    pub fn release<R2>(self) -> AdaptiveConcurrencyLayer<R2> {
+        AdaptiveConcurrencyLayer {
+            settings: self.settings,
+            limiter: self.limiter,
+            release: PhantomData,
+        }
     }
 
     /// Starts at `initial`, and stays between `min` (at least 1) and `max`.
@@ -122,8 +153,8 @@ impl AdaptiveConcurrencyLayer {
     }
 }
 
-impl<S> Layer<S> for AdaptiveConcurrencyLayer {
-    type Service = AdaptiveConcurrency<S>;
+impl<S, R> Layer<S> for AdaptiveConcurrencyLayer<R> {
+    type Service = AdaptiveConcurrency<S, R>;
 
     fn layer(&self, inner: S) -> Self::Service {
         self.limiter.publish();
@@ -131,7 +162,7 @@ impl<S> Layer<S> for AdaptiveConcurrencyLayer {
     }
 }
 
-impl fmt::Debug for AdaptiveConcurrencyLayer {
+impl<R> fmt::Debug for AdaptiveConcurrencyLayer<R> {
     fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
         f.debug_struct("AdaptiveConcurrencyLayer")
             .field("settings", &self.settings)

@@ -304,7 +304,7 @@ pub struct Permit {
 }
 
 impl Completion for Permit {
-    fn complete(self, ok: bool) {
+    fn complete(&mut self, ok: bool) {
         if self.start.is_some() || !ok {
             self.record(ok);
         }
@@ -405,7 +405,7 @@ mod tests {
         // window, and one more after it closes the window.
         let permits: Vec<_> = (0..8 * TIMED_PER_WINDOW).map(|_| call()).collect();
         assert!(permits.iter().all(|p| p.start.is_some()));
-        for permit in permits {
+        for mut permit in permits {
             permit.complete(true);
         }
         tokio::time::advance(MIN_WINDOW).await;

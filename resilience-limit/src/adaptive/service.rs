@@ -2,10 +2,11 @@
 //! [`AdaptiveConcurrencyLayer`](super::AdaptiveConcurrencyLayer).
 
 use super::limiter::{Admission, Permit, UNSET};
-use crate::future::ResponseFuture;
+use crate::future::{AtResponse, Release, ResponseFuture};
 use resilience_core::BoxError;
 use std::{
     fmt,
+    marker::PhantomData,
     sync::Arc,
     task::{Context, Poll},
 };
@@ -13,31 +14,34 @@ use tower_service::Service;
 
 /// Refuses calls over the adaptive limit with [`Overloaded`](crate::Overloaded); see
 /// [`AdaptiveConcurrencyLayer`](super::AdaptiveConcurrencyLayer).
-pub struct AdaptiveConcurrency<S> {
+pub struct AdaptiveConcurrency<S, R = AtResponse> {
     inner: S,
     limiter: Arc<Admission>,
     /// Calls until this service times one (see [`Admission::timed`]).
     countdown: u64,
+    release: PhantomData<fn() -> R>,
 }
 
-impl<S> AdaptiveConcurrency<S> {
+impl<S, R> AdaptiveConcurrency<S, R> {
     pub(crate) fn new(inner: S, limiter: Arc<Admission>) -> Self {
         Self {
             inner,
             limiter,
             countdown: UNSET,
+            release: PhantomData,
         }
     }
 }
 
-impl<S, Req> Service<Req> for AdaptiveConcurrency<S>
+impl<S, Req, R> Service<Req> for AdaptiveConcurrency<S, R>
 where
     S: Service<Req>,
     S::Error: Into<BoxError>,
+    R: Release<S::Response, Permit>,
 {
-    type Response = S::Response;
+    type Response = R::Response;
     type Error = BoxError;
-    type Future = ResponseFuture<S::Future, Permit>;
+    type Future = ResponseFuture<S::Future, Permit, R>;
 
     fn poll_ready(&mut self, cx: &mut Context<'_>) -> Poll<Result<(), BoxError>> {
         // Ready whatever the limit: excess is refused in `call`, at once, never queued.
@@ -53,17 +57,18 @@ where
     }
 }
 
-impl<S: Clone> Clone for AdaptiveConcurrency<S> {
+impl<S: Clone, R> Clone for AdaptiveConcurrency<S, R> {
     fn clone(&self) -> Self {
         Self {
             inner: self.inner.clone(),
             limiter: self.limiter.clone(),
             countdown: UNSET,
+            release: PhantomData,
         }
     }
 }
 
-impl<S: fmt::Debug> fmt::Debug for AdaptiveConcurrency<S> {
+impl<S: fmt::Debug, R> fmt::Debug for AdaptiveConcurrency<S, R> {
     fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
         f.debug_struct("AdaptiveConcurrency")
             .field("inner", &self.inner)

@@ -5,14 +5,17 @@ use super::field_error;
 use crate::config::{ConcurrencyLimit, ConfigProblem};
 use http::Request;
 use resilience_limit::{
-    AdaptiveConcurrencyLayer, FixedConcurrencyLayer, RateLimitConfig, RateLimitLayer,
+    AdaptiveConcurrencyLayer, AtBodyEnd, FixedConcurrencyLayer, RateLimitConfig, RateLimitLayer,
 };
 use tower::util::Either;
 
 /// A concurrency limit, fixed or adaptive; both shed over it at once, never queueing (a
 /// worker's stack is kept between requests, so a shed request must leave nothing queued in
-/// it: the permit released next would go to that idle waiter).
-pub(super) type ConcurrencyLayer = Either<AdaptiveConcurrencyLayer, FixedConcurrencyLayer>;
+/// it: the permit released next would go to that idle waiter). A request holds its place
+/// until its response's body ends, as Envoy counts a request until its stream ends: a
+/// stream (a download, server-sent events, a gRPC stream) counts for as long as it lasts.
+pub(super) type ConcurrencyLayer =
+    Either<AdaptiveConcurrencyLayer<AtBodyEnd>, FixedConcurrencyLayer<AtBodyEnd>>;
 
 /// The concurrency limit of `limit`, named `name` in metrics; errors name `field`.
 pub(super) fn concurrency(
@@ -26,14 +29,15 @@ pub(super) fn concurrency(
             config
                 .layer()
                 .map_err(|e| field_error(field, e.field(), &e))?
-                .named(name.to_owned()),
+                .named(name.to_owned())
+                .until_body_end(),
         ),
     })
 }
 
 /// A fixed limit of `limit` requests at once, shedding over it.
-pub(super) fn fixed(limit: usize) -> FixedConcurrencyLayer {
-    FixedConcurrencyLayer::new(limit)
+pub(super) fn fixed(limit: usize) -> FixedConcurrencyLayer<AtBodyEnd> {
+    FixedConcurrencyLayer::new(limit).until_body_end()
 }
 
 /// The rate limit of a route, named `name` in metrics; errors name `field`.

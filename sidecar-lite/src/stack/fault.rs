@@ -80,9 +80,8 @@ where
             && chance(delay.percent)
         {
             metrics::counter!("sidecar_faults_injected_total", "fault" => "delay").increment(1);
-            // The ready service (and whatever it reserved, such as a concurrency permit) carries
-            // the request after the delay, as real latency would; `self` goes on with a fresh
-            // clone that has reserved nothing.
+            // The ready service (and whatever it reserved) carries the request after the
+            // delay; `self` goes on with a fresh clone that has reserved nothing.
             let clone = self.inner.clone();
             return FaultFuture::new(State::Delayed {
                 sleep: tokio::time::sleep(delay.duration),

@@ -228,8 +228,8 @@ pub(crate) fn outbound_with_endpoints<B: StackBody>(
         let breaker = factory.make_plain(addr);
         live.insert(addr, breaker.handle().clone());
         let service = ServiceBuilder::new()
-            .layer(admission::fixed(limit))
             .map_response(|response: Response<_>| response.map(boxed))
+            .layer(admission::fixed(limit))
             .layer(total)
             .layer(retry)
             .map_request(count_attempt)
@@ -260,11 +260,13 @@ pub(crate) fn outbound_with_endpoints<B: StackBody>(
     )?;
     let rate_limit = admission::route_rate(route.rate_limit.as_ref(), &route.name, "rate_limit")?;
     let service = ServiceBuilder::new()
-        // First: a request over the rate takes no place in the concurrency limit.
+        // First: a request over the rate takes no place in the concurrency limit, nor does
+        // an injected fault (as Envoy's fault filter comes before the upstream's limits).
         .option_layer(rate_limit)
-        .layer(concurrency)
         .option_layer(faults(route).cloned().map(FaultLayer::new))
+        // Above the limit, which holds each request's place in its response's body.
         .map_response(|response: Response<_>| response.map(boxed))
+        .layer(concurrency)
         .layer(body_timeout.unwrap_or_default())
         .layer(total)
         .layer(retry_or_hedge)

@@ -1,0 +1,111 @@
+//! [`AtBodyEnd`]: a call's place under a concurrency limit held until its response's body
+//! ends, so that a stream (a download, server-sent events, a gRPC stream) counts for as long
+//! as it lasts, as Envoy counts a request until its stream ends.
+
+use crate::{
+    AdaptiveConcurrencyLayer, FixedConcurrencyLayer, FixedPermit, Permit, future::Release,
+};
+use http::Response;
+use http_body::{Body, Frame, SizeHint};
+use pin_project_lite::pin_project;
+use std::{
+    pin::Pin,
+    task::{Context, Poll, ready},
+};
+
+/// Holds a call's place until its response's body ends (its last frame, an error, or the
+/// body dropped unfinished), rather than until the service answers. A body that is over from
+/// the start (a `204`, a `101` whose tunnel is no longer HTTP) gives it back at once.
+#[derive(Debug, Clone, Copy, Default)]
+pub struct AtBodyEnd;
+
+/// A call's place under one of this crate's concurrency limits, given back when dropped.
+#[derive(Debug)]
+pub struct Place {
+    _held: Held,
+}
+
+#[derive(Debug)]
+enum Held {
+    Fixed(#[allow(dead_code, reason = "held for its drop")] FixedPermit),
+    Adaptive(#[allow(dead_code, reason = "held for its drop")] Permit),
+}
+
+impl From<FixedPermit> for Place {
+    fn from(permit: FixedPermit) -> Self {
+        Self {
+            _held: Held::Fixed(permit),
+        }
+    }
+}
+
+impl From<Permit> for Place {
+    fn from(permit: Permit) -> Self {
+        Self {
+            _held: Held::Adaptive(permit),
+        }
+    }
+}
+
+impl<B: Body, G: Into<Place>> Release<Response<B>, G> for AtBodyEnd {
+    type Response = Response<HeldBody<B>>;
+
+    fn release(response: Response<B>, guard: G) -> Self::Response {
+        response.map(|body| {
+            let place = (!body.is_end_stream()).then(|| guard.into());
+            HeldBody { body, place }
+        })
+    }
+}
+
+pin_project! {
+    /// A response body that holds its call's [`Place`] until it ends.
+    #[derive(Debug)]
+    pub struct HeldBody<B> {
+        #[pin]
+        body: B,
+        place: Option<Place>,
+    }
+}
+
+impl<B: Body> Body for HeldBody<B> {
+    type Data = B::Data;
+    type Error = B::Error;
+
+    fn poll_frame(
+        self: Pin<&mut Self>,
+        cx: &mut Context<'_>,
+    ) -> Poll<Option<Result<Frame<B::Data>, B::Error>>> {
+        let this = self.project();
+        let frame = ready!(this.body.poll_frame(cx));
+        if !matches!(frame, Some(Ok(_))) {
+            // The end, or an error that ends it: the place is free for the next call.
+            *this.place = None;
+        }
+        Poll::Ready(frame)
+    }
+
+    fn is_end_stream(&self) -> bool {
+        self.body.is_end_stream()
+    }
+
+    fn size_hint(&self) -> SizeHint {
+        self.body.size_hint()
+    }
+}
+
+impl FixedConcurrencyLayer {
+    /// This limit, holding each call's place until its response's body ends ([`AtBodyEnd`]).
+    #[must_use]
+    pub fn until_body_end(self) -> FixedConcurrencyLayer<AtBodyEnd> {
+        self.release()
+    }
+}
+
+impl AdaptiveConcurrencyLayer {
+    /// This limit, holding each call's place until its response's body ends ([`AtBodyEnd`]);
+    /// the latency the algorithm reads is still the answer's (to the response's head).
+    pub fn until_body_end(self) -> AdaptiveConcurrencyLayer<AtBodyEnd> {
+        self.release()
+    }
+}
