@@ -324,13 +324,17 @@ where
     let _guard = rt.enter();
     let service = ServiceBuilder::new()
         .map_response(|response: Response<_>| response.map(boxed))
-        // The sidecar's fixed limit: refused at once, nothing queued (tower's below sheds
-        // with `LoadShed` over `ConcurrencyLimit`).
-        .layer(FixedConcurrencyLayer::new(
-            route
-                .max_concurrent_requests()
-                .expect("the bench's route has a fixed limit"),
-        ))
+        // The sidecar's fixed limit: refused at once, nothing queued, each place held until
+        // the response's body ends (tower's below sheds with `LoadShed` over
+        // `ConcurrencyLimit`, and gives the place back at the answer).
+        .layer(
+            FixedConcurrencyLayer::new(
+                route
+                    .max_concurrent_requests()
+                    .expect("the bench's route has a fixed limit"),
+            )
+            .until_body_end(),
+        )
         .layer(total)
         .layer(retry)
         .layer(PeekGrpcTrailersLayer::new())

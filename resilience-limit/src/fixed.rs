@@ -54,13 +54,27 @@ use tower_service::Service;
 /// ```
 ///
 /// A call's place is given back when the service answers it, as `R` ([`AtResponse`], the
-/// default) says; with the `http` feature,
-/// [`until_body_end`](FixedConcurrencyLayer::until_body_end) holds it until the response's
+/// default) says; with the `http` feature, `until_body_end` holds it until the response's
 /// body ends, so that a stream counts for as long as it lasts.
-#[derive(Debug, Clone, Copy)]
 pub struct FixedConcurrencyLayer<R = AtResponse> {
     max: usize,
     release: PhantomData<fn() -> R>,
+}
+
+impl<R> Clone for FixedConcurrencyLayer<R> {
+    fn clone(&self) -> Self {
+        *self
+    }
+}
+
+impl<R> Copy for FixedConcurrencyLayer<R> {}
+
+impl<R> fmt::Debug for FixedConcurrencyLayer<R> {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        f.debug_struct("FixedConcurrencyLayer")
+            .field("max", &self.max)
+            .finish()
+    }
 }
 
 impl FixedConcurrencyLayer {
@@ -75,9 +89,8 @@ impl FixedConcurrencyLayer {
 }
 
 impl<R> FixedConcurrencyLayer<R> {
-    /// This limit, each call's place given back as `R` says.
-    #[must_use]
-    pub fn release<R2>(self) -> FixedConcurrencyLayer<R2> {
+    /// This limit, each call's place given back as `R2` says.
+    pub(crate) fn release<R2>(self) -> FixedConcurrencyLayer<R2> {
         FixedConcurrencyLayer {
             max: self.max,
             release: PhantomData,
@@ -175,7 +188,7 @@ where
     }
 }
 
-impl<S: fmt::Debug> fmt::Debug for FixedConcurrency<S> {
+impl<S: fmt::Debug, R> fmt::Debug for FixedConcurrency<S, R> {
     fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
         f.debug_struct("FixedConcurrency")
             .field("inner", &self.inner)

@@ -28,6 +28,8 @@ pin_project! {
     }
 }
 
+const POLLED_AFTER_COMPLETION: &str = "polled after completion";
+
 /// What a call's guard learns when the call completes: whether it succeeded. A call refused
 /// inside this process ([`RefusedLocally`](resilience_core::RefusedLocally): a rate limit, an
 /// open breaker) or whose caller's body broke off
@@ -50,8 +52,8 @@ pub trait Release<T, G> {
 }
 
 /// The place is given back when the service answers, as tower's `ConcurrencyLimit` gives it
-/// back: the default. With the `http` feature, [`AtBodyEnd`](crate::AtBodyEnd) holds it
-/// until the response's body ends.
+/// back: the default. With the `http` feature, `AtBodyEnd` holds it until the response's body
+/// ends.
 #[derive(Debug, Clone, Copy, Default)]
 pub struct AtResponse;
 
@@ -105,9 +107,13 @@ where
         let Projected { state, .. } = self.project();
         match state.project() {
             StateProjected::Called { future, guard } => {
+                // Not the inner future again, once it has completed.
+                if guard.is_none() {
+                    return Poll::Ready(Err(POLLED_AFTER_COMPLETION.into()));
+                }
                 let result = ready!(future.poll(cx)).map_err(Into::into);
                 let Some(mut guard) = guard.take() else {
-                    return Poll::Ready(Err("polled after completion".into()));
+                    return Poll::Ready(Err(POLLED_AFTER_COMPLETION.into()));
                 };
                 Poll::Ready(match result {
                     Ok(response) => {
@@ -124,7 +130,7 @@ where
             }
             StateProjected::Refused { error } => Poll::Ready(Err(error
                 .take()
-                .unwrap_or_else(|| "polled after completion".into()))),
+                .unwrap_or_else(|| POLLED_AFTER_COMPLETION.into()))),
         }
     }
 }

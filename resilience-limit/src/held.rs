@@ -16,6 +16,12 @@ use std::{
 /// Holds a call's place until its response's body ends (its last frame, an error, or the
 /// body dropped unfinished), rather than until the service answers. A body that is over from
 /// the start (a `204`, a `101` whose tunnel is no longer HTTP) gives it back at once.
+///
+/// An adaptive limit still reads each call's latency to the answer (the response's head),
+/// not to the body's end: a stream's length, or a slow reader's pace, says nothing of the
+/// service's capacity. (Envoy's adaptive concurrency filter and Netflix's gRPC interceptor
+/// time the whole stream, which suits unary calls only.) A reader that stops reading holds
+/// its place until its body is dropped: bound it with a timeout on the body.
 #[derive(Debug, Clone, Copy, Default)]
 pub struct AtBodyEnd;
 
@@ -76,10 +82,17 @@ impl<B: Body> Body for HeldBody<B> {
         self: Pin<&mut Self>,
         cx: &mut Context<'_>,
     ) -> Poll<Option<Result<Frame<B::Data>, B::Error>>> {
-        let this = self.project();
-        let frame = ready!(this.body.poll_frame(cx));
-        if !matches!(frame, Some(Ok(_))) {
-            // The end, or an error that ends it: the place is free for the next call.
+        let mut this = self.project();
+        let frame = ready!(this.body.as_mut().poll_frame(cx));
+        let over = match &frame {
+            // The last frame: trailers, or data after which the body says it is over (a
+            // reader may stop there, and keep the body).
+            Some(Ok(frame)) => frame.is_trailers() || this.body.is_end_stream(),
+            // The end, or an error that ends it.
+            _ => true,
+        };
+        if over {
+            // The place is free for the next call.
             *this.place = None;
         }
         Poll::Ready(frame)

@@ -37,9 +37,8 @@ use tower_layer::Layer;
 /// ```
 ///
 /// A call's place is given back when the service answers it, as `R` ([`AtResponse`], the
-/// default) says; with the `http` feature,
-/// [`until_body_end`](AdaptiveConcurrencyLayer::until_body_end) holds it until the
-/// response's body ends. The latency the algorithm reads is still the answer's.
+/// default) says; with the `http` feature, `until_body_end` holds it until the response's
+/// body ends. The latency the algorithm reads is still the answer's.
 #[must_use]
 pub struct AdaptiveConcurrencyLayer<R = AtResponse> {
     settings: Settings,
@@ -94,7 +93,7 @@ impl<R> AdaptiveConcurrencyLayer<R> {
     }
 
     /// This limit (the same one, shared), each call's place given back as `R2` says.
-    pub fn release<R2>(self) -> AdaptiveConcurrencyLayer<R2> {
+    pub(crate) fn release<R2>(self) -> AdaptiveConcurrencyLayer<R2> {
         AdaptiveConcurrencyLayer {
             settings: self.settings,
             limiter: self.limiter,

@@ -1,4 +1,4 @@
-//! The outbound stack of one route: shedding, faults, the total timeout, retries and the
+//! The outbound stack of one route: faults, shedding, the total timeout, retries and the
 //! per-try timeout, over one endpoint behind a fail-fast breaker or a p2c peak-EWMA balancer
 //! over endpoints each behind its own breaker.
 
