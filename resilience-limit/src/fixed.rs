@@ -90,7 +90,8 @@ impl FixedConcurrencyLayer {
 
 impl<R> FixedConcurrencyLayer<R> {
     /// This limit, each call's place given back as `R2` says.
-    pub(crate) fn release<R2>(self) -> FixedConcurrencyLayer<R2> {
+    #[must_use]
+    pub fn release<R2>(self) -> FixedConcurrencyLayer<R2> {
         FixedConcurrencyLayer {
             max: self.max,
             release: PhantomData,
@@ -159,7 +160,7 @@ impl<S, Req, R> Service<Req> for FixedConcurrency<S, R>
 where
     S: Service<Req>,
     S::Error: Into<BoxError>,
-    R: Release<S::Response, FixedPermit>,
+    R: Release<S::Response>,
 {
     type Response = R::Response;
     type Error = BoxError;

@@ -1,5 +1,6 @@
 //! [`ResponseFuture`]: the inner service's future, or the refusal of a limit.
 
+use crate::Place;
 use pin_project_lite::pin_project;
 use resilience_core::BoxError;
 use std::{
@@ -43,12 +44,13 @@ pub trait Completion {
 }
 
 /// When a call gives its place under a concurrency limit back, once the service has answered
-/// it: the response `T` of a call holding `G` becomes the limited service's response.
-pub trait Release<T, G> {
+/// it (and the answer has been recorded): the response `T` of a call holding a [`Place`]
+/// becomes the limited service's response, which may hold the place for as long as it likes.
+pub trait Release<T> {
     /// The limited service's response.
     type Response;
-    /// The response of a call that holds `guard`.
-    fn release(response: T, guard: G) -> Self::Response;
+    /// The response of a call that holds `place`.
+    fn release(response: T, place: Place) -> Self::Response;
 }
 
 /// The place is given back when the service answers, as tower's `ConcurrencyLimit` gives it
@@ -57,10 +59,10 @@ pub trait Release<T, G> {
 #[derive(Debug, Clone, Copy, Default)]
 pub struct AtResponse;
 
-impl<T, G> Release<T, G> for AtResponse {
+impl<T> Release<T> for AtResponse {
     type Response = T;
 
-    fn release(response: T, _guard: G) -> T {
+    fn release(response: T, _place: Place) -> T {
         response
     }
 }
@@ -98,8 +100,8 @@ impl<F, G, R, T, E> Future for ResponseFuture<F, G, R>
 where
     F: Future<Output = Result<T, E>>,
     E: Into<BoxError>,
-    G: Completion,
-    R: Release<T, G>,
+    G: Completion + Into<Place>,
+    R: Release<T>,
 {
     type Output = Result<R::Response, BoxError>;
 
@@ -118,7 +120,7 @@ where
                 Poll::Ready(match result {
                     Ok(response) => {
                         guard.complete(true);
-                        Ok(R::release(response, guard))
+                        Ok(R::release(response, guard.into()))
                     }
                     // Dropped uncompleted, as a cancelled call: it teaches nothing.
                     Err(error) if says_nothing_of_the_service(&*error) => Err(error),

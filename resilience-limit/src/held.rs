@@ -2,9 +2,7 @@
 //! ends, so that a stream (a download, server-sent events, a gRPC stream) counts for as long
 //! as it lasts, as Envoy counts a request until its stream ends.
 
-use crate::{
-    AdaptiveConcurrencyLayer, FixedConcurrencyLayer, FixedPermit, Permit, future::Release,
-};
+use crate::{AdaptiveConcurrencyLayer, FixedConcurrencyLayer, Place, future::Release};
 use http::Response;
 use http_body::{Body, Frame, SizeHint};
 use pin_project_lite::pin_project;
@@ -25,42 +23,11 @@ use std::{
 #[derive(Debug, Clone, Copy, Default)]
 pub struct AtBodyEnd;
 
-/// A call's place under one of this crate's concurrency limits, given back when dropped.
-#[derive(Debug)]
-pub struct Place {
-    _held: Held,
-}
-
-#[derive(Debug)]
-enum Held {
-    Fixed(#[allow(dead_code, reason = "held for its drop")] FixedPermit),
-    Adaptive(#[allow(dead_code, reason = "held for its drop")] Permit),
-}
-
-impl From<FixedPermit> for Place {
-    fn from(permit: FixedPermit) -> Self {
-        Self {
-            _held: Held::Fixed(permit),
-        }
-    }
-}
-
-impl From<Permit> for Place {
-    fn from(permit: Permit) -> Self {
-        Self {
-            _held: Held::Adaptive(permit),
-        }
-    }
-}
-
-impl<B: Body, G: Into<Place>> Release<Response<B>, G> for AtBodyEnd {
+impl<B: Body> Release<Response<B>> for AtBodyEnd {
     type Response = Response<HeldBody<B>>;
 
-    fn release(response: Response<B>, guard: G) -> Self::Response {
-        response.map(|body| {
-            let place = (!body.is_end_stream()).then(|| guard.into());
-            HeldBody { body, place }
-        })
+    fn release(response: Response<B>, place: Place) -> Self::Response {
+        response.map(|body| HeldBody::new(body, place))
     }
 }
 
@@ -71,6 +38,14 @@ pin_project! {
         #[pin]
         body: B,
         place: Option<Place>,
+    }
+}
+
+impl<B: Body> HeldBody<B> {
+    /// `body`, holding `place` until it ends: not at all if it is over already.
+    pub fn new(body: B, place: Place) -> Self {
+        let place = (!body.is_end_stream()).then_some(place);
+        Self { body, place }
     }
 }
 

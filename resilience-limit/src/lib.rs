@@ -43,6 +43,7 @@ mod future;
 mod held;
 #[cfg(feature = "http")]
 mod http;
+mod place;
 mod rate;
 
 pub use adaptive::{
@@ -55,9 +56,10 @@ pub use error::{Overloaded, RateLimited, Scope};
 pub use fixed::{FixedConcurrency, FixedConcurrencyLayer, FixedPermit};
 pub use future::{AtResponse, Completion, Release, ResponseFuture};
 #[cfg(feature = "http")]
-pub use held::{AtBodyEnd, HeldBody, Place};
+pub use held::{AtBodyEnd, HeldBody};
 #[cfg(feature = "http")]
 pub use http::{LimitReply, LimitReplyLayer, reply_to};
+pub use place::Place;
 pub use rate::{CallerKey, NoCallers, Rate, RateLimit, RateLimitLayer};
 #[cfg(feature = "serde")]
 pub use rate::{CallerRateConfig, RateLimitConfig};

@@ -93,7 +93,7 @@ impl<R> AdaptiveConcurrencyLayer<R> {
     }
 
     /// This limit (the same one, shared), each call's place given back as `R2` says.
-    pub(crate) fn release<R2>(self) -> AdaptiveConcurrencyLayer<R2> {
+    pub fn release<R2>(self) -> AdaptiveConcurrencyLayer<R2> {
         AdaptiveConcurrencyLayer {
             settings: self.settings,
             limiter: self.limiter,

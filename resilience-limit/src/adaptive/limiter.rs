@@ -311,7 +311,18 @@ impl Completion for Permit {
     }
 }
 
+/// A completed call's place under an adaptive limit, still held: its share of the limiter,
+/// without what the call's completion needed (see [`Admission::in_flight`]).
+#[derive(Debug)]
+pub(crate) struct HeldPlace(#[allow(dead_code, reason = "held for its count")] Arc<Limiter>);
+
 impl Permit {
+    /// The place this permit holds, once its call has completed: smaller, for a response
+    /// body to carry.
+    pub(crate) fn into_place(self) -> HeldPlace {
+        HeldPlace(self.limiter)
+    }
+
     #[inline(never)]
     fn record(&self, ok: bool) {
         let now = Instant::now();

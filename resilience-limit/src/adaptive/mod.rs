@@ -12,5 +12,6 @@ pub use algorithm::{Aimd, Algorithm, Gradient2, Vegas};
 #[cfg(feature = "serde")]
 pub use config::{AdaptiveConfig, AlgorithmName};
 pub use layer::{AdaptiveConcurrencyLayer, AdaptiveHandle};
+pub(crate) use limiter::HeldPlace;
 pub use limiter::Permit;
 pub use service::AdaptiveConcurrency;

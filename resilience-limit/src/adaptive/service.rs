@@ -37,7 +37,7 @@ impl<S, Req, R> Service<Req> for AdaptiveConcurrency<S, R>
 where
     S: Service<Req>,
     S::Error: Into<BoxError>,
-    R: Release<S::Response, Permit>,
+    R: Release<S::Response>,
 {
     type Response = R::Response;
     type Error = BoxError;

@@ -3,9 +3,10 @@
 
 use super::field_error;
 use crate::config::{ConcurrencyLimit, ConfigProblem};
+use crate::transport::HeldUntilBodyEnd;
 use http::Request;
 use resilience_limit::{
-    AdaptiveConcurrencyLayer, AtBodyEnd, FixedConcurrencyLayer, RateLimitConfig, RateLimitLayer,
+    AdaptiveConcurrencyLayer, FixedConcurrencyLayer, RateLimitConfig, RateLimitLayer,
 };
 use tower::util::Either;
 
@@ -14,8 +15,9 @@ use tower::util::Either;
 /// it: the permit released next would go to that idle waiter). A request holds its place
 /// until its response's body ends, as Envoy counts a request until its stream ends: a
 /// stream (a download, server-sent events, a gRPC stream) counts for as long as it lasts.
+/// The response leaves the limit boxed ([`HeldUntilBodyEnd`]).
 pub(super) type ConcurrencyLayer =
-    Either<AdaptiveConcurrencyLayer<AtBodyEnd>, FixedConcurrencyLayer<AtBodyEnd>>;
+    Either<AdaptiveConcurrencyLayer<HeldUntilBodyEnd>, FixedConcurrencyLayer<HeldUntilBodyEnd>>;
 
 /// The concurrency limit of `limit`, named `name` in metrics; errors name `field`.
 pub(super) fn concurrency(
@@ -30,14 +32,14 @@ pub(super) fn concurrency(
                 .layer()
                 .map_err(|e| field_error(field, e.field(), &e))?
                 .named(name.to_owned())
-                .until_body_end(),
+                .release(),
         ),
     })
 }
 
 /// A fixed limit of `limit` requests at once, shedding over it.
-pub(super) fn fixed(limit: usize) -> FixedConcurrencyLayer<AtBodyEnd> {
-    FixedConcurrencyLayer::new(limit).until_body_end()
+pub(super) fn fixed(limit: usize) -> FixedConcurrencyLayer<HeldUntilBodyEnd> {
+    FixedConcurrencyLayer::new(limit).release()
 }
 
 /// The rate limit of a route, named `name` in metrics; errors name `field`.

@@ -3,10 +3,9 @@
 use super::{NoteEndpoint, StackService, admission, count_attempt, field_error};
 use crate::{
     config::{ConcurrencyLimit, ConfigProblem, InboundConfig},
-    transport::{AppClient, boxed},
+    transport::AppClient,
 };
 use bytes::Bytes;
-use http::Response;
 use http_body::Body;
 use resilience_core::BoxError;
 use resilience_mtls::AuthorizeLayer;
@@ -39,7 +38,6 @@ where
         // The usual inbound gets a stack of its own, without the levels that would pass its
         // requests by the layers it has not (see the outbound one).
         let service = ServiceBuilder::new()
-            .map_response(|response: Response<_>| response.map(boxed))
             .layer(admission::fixed(*limit))
             .layer(timeout)
             .layer(authorize)
@@ -55,7 +53,6 @@ where
     )?;
     let rate_limit = admission::inbound_rate(inbound.rate_limit.as_ref())?;
     let service = ServiceBuilder::new()
-        .map_response(|response: Response<_>| response.map(boxed))
         .layer(concurrency)
         .layer(body_timeout.unwrap_or_default())
         .layer(timeout)

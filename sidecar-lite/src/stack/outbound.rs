@@ -17,7 +17,7 @@ use crate::{
         ConcurrencyLimit, Config, ConfigProblem, DiscoveryConfig, Endpoint, FaultConfig, OriginTls,
         OutboundConfig, UpstreamProtocol,
     },
-    transport::{AppClient, EndpointTransport, PooledBody, boxed, mtls_pool, origin_pool, worker},
+    transport::{AppClient, EndpointTransport, PooledBody, mtls_pool, origin_pool, worker},
 };
 use bytes::Bytes;
 use http::uri::Authority;
@@ -228,7 +228,6 @@ pub(crate) fn outbound_with_endpoints<B: StackBody>(
         let breaker = factory.make_plain(addr);
         live.insert(addr, breaker.handle().clone());
         let service = ServiceBuilder::new()
-            .map_response(|response: Response<_>| response.map(boxed))
             .layer(admission::fixed(limit))
             .layer(total)
             .layer(retry)
@@ -264,8 +263,7 @@ pub(crate) fn outbound_with_endpoints<B: StackBody>(
         // an injected fault (as Envoy's fault filter comes before the upstream's limits).
         .option_layer(rate_limit)
         .option_layer(faults(route).cloned().map(FaultLayer::new))
-        // Above the limit, which holds each request's place in its response's body.
-        .map_response(|response: Response<_>| response.map(boxed))
+        // It holds each request's place in its response's body, boxed there.
         .layer(concurrency)
         .layer(body_timeout.unwrap_or_default())
         .layer(total)

@@ -12,7 +12,9 @@ pub(crate) mod worker;
 
 pub(crate) use app::AppClient;
 pub use body::ProxyBody;
-pub(crate) use body::{StackBody, boxed, local_response};
+#[cfg(feature = "proxy")]
+pub(crate) use body::boxed;
+pub(crate) use body::{HeldUntilBodyEnd, StackBody, local_response};
 pub(crate) use client::{FixedConnector, mtls_pool, origin_pool};
 pub(crate) use coalesce::Coalesced;
 pub(crate) use endpoint::EndpointTransport;
