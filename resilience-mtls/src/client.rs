@@ -1,8 +1,9 @@
 //! [`MtlsConnector`]: the client side of mutual TLS, as a connector for hyper-util's client.
 
 use crate::{
-    BoxError, Credentials, FailureReason, HandshakeError, Identity,
+    BoxError, Credentials, HandshakeError, Identity,
     credentials::ClientCertResolver,
+    error::HANDSHAKE_TIMEOUT,
     metrics, provider,
     resumed::verify_resumed,
     sessions::{PerCertificate, Tls},
@@ -161,7 +162,7 @@ impl MtlsConnector {
             expected,
             tls12: false,
             alpn: vec![b"h2".to_vec(), b"http/1.1".to_vec()],
-            handshake_timeout: Duration::from_secs(10),
+            handshake_timeout: HANDSHAKE_TIMEOUT,
             resumption: true,
         }
     }
@@ -240,13 +241,10 @@ impl Handshaker {
     {
         let tls = self.tls.current();
         let connecting = tls.connector.connect(server_name.clone(), io);
-        let result = match tokio::time::timeout(self.timeout, connecting).await {
-            Ok(Ok(stream)) => self.reverify_resumed(&tls, &server_name, stream),
-            Ok(Err(err)) => Err(Refused::new(HandshakeError::from_io(err))),
-            Err(_) => Err(Refused::new(HandshakeError::new(
-                FailureReason::Timeout,
-                io::Error::new(io::ErrorKind::TimedOut, "tls handshake timed out"),
-            ))),
+        let connecting = async { connecting.await.map_err(HandshakeError::from_io) };
+        let result = match HandshakeError::within(self.timeout, connecting).await {
+            Ok(stream) => self.reverify_resumed(&tls, &server_name, stream),
+            Err(error) => Err(Refused::new(error)),
         };
         match &result {
             Ok(stream) => {

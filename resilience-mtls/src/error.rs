@@ -1,6 +1,11 @@
 //! Error types: bad identities, bad certificate material, failed handshakes.
 
-use std::{error::Error, fmt, io, path::PathBuf, time::SystemTime};
+use std::{
+    error::Error,
+    fmt, io,
+    path::PathBuf,
+    time::{Duration, SystemTime},
+};
 
 /// A string that is not a valid identity or identity pattern, or a certificate without one.
 #[derive(Debug, Clone, PartialEq, Eq)]
@@ -338,6 +343,9 @@ pub struct HandshakeError {
     source: io::Error,
 }
 
+/// How long a handshake may take by default, on either side.
+pub(crate) const HANDSHAKE_TIMEOUT: Duration = Duration::from_secs(10);
+
 impl HandshakeError {
     pub(crate) fn new(reason: FailureReason, source: io::Error) -> Self {
         Self { reason, source }
@@ -345,6 +353,21 @@ impl HandshakeError {
 
     pub(crate) fn from_io(source: io::Error) -> Self {
         Self::new(FailureReason::of_io(&source), source)
+    }
+
+    /// `handshake`, failing as [`FailureReason::Timeout`] once it has taken `limit`.
+    pub(crate) async fn within<T>(
+        limit: Duration,
+        handshake: impl Future<Output = Result<T, Self>>,
+    ) -> Result<T, Self> {
+        tokio::time::timeout(limit, handshake)
+            .await
+            .unwrap_or_else(|_| {
+                Err(Self::new(
+                    FailureReason::Timeout,
+                    io::Error::new(io::ErrorKind::TimedOut, "tls handshake timed out"),
+                ))
+            })
     }
 
     /// Why the handshake failed.

@@ -3,9 +3,10 @@
 //! one, and its files read again when they change.
 
 use crate::{
-    BoxError, ConnectFuture, FailureReason, HandshakeError, MaterialError,
+    BoxError, ConnectFuture, HandshakeError, MaterialError,
     client::MtlsConnection,
     clock::wall_clock,
+    error::HANDSHAKE_TIMEOUT,
     material::{certificates, certified_key, leaf, leaf_validity, read},
     metrics, provider,
 };
@@ -17,7 +18,7 @@ use rustls::{
 };
 use rustls_pki_types::ServerName;
 use std::{
-    fmt, io,
+    fmt,
     path::{Path, PathBuf},
     sync::{Arc, Mutex, PoisonError},
     task::{Context, Poll},
@@ -28,9 +29,6 @@ use tokio::{
     time::Instant,
 };
 use tower_service::Service;
-
-/// How long a handshake may take, as the mTLS connector's default.
-const HANDSHAKE_TIMEOUT: Duration = Duration::from_secs(10);
 
 /// A connector that dials with `inner`, then does TLS as any HTTPS client does: it sends
 /// `server_name` (SNI) and accepts the server only if its certificate chains to the trusted
@@ -451,16 +449,8 @@ where
             }
             let tls = current.load().tls.clone();
             let io = connecting.await.map_err(Into::into)?.into_inner();
-            let handshake = tokio::time::timeout(HANDSHAKE_TIMEOUT, tls.connect(name, io)).await;
-            let result = match handshake {
-                Ok(Ok(stream)) => Ok(stream),
-                Ok(Err(error)) => Err(HandshakeError::from_io(error)),
-                Err(_) => Err(HandshakeError::new(
-                    FailureReason::Timeout,
-                    io::Error::new(io::ErrorKind::TimedOut, "tls handshake timed out"),
-                )),
-            };
-            match result {
+            let handshake = async { tls.connect(name, io).await.map_err(HandshakeError::from_io) };
+            match HandshakeError::within(HANDSHAKE_TIMEOUT, handshake).await {
                 Ok(stream) => {
                     let resumed =
                         stream.get_ref().1.handshake_kind() == Some(rustls::HandshakeKind::Resumed);

@@ -3,6 +3,7 @@
 use crate::{
     Credentials, FailureReason, HandshakeError, Identity, MtlsStream, Rewind,
     credentials::{ClientVerifier, ServerCertResolver},
+    error::HANDSHAKE_TIMEOUT,
     metrics, provider,
     resumed::verify_resumed,
 };
@@ -184,7 +185,7 @@ impl MtlsAcceptor {
             mode: MtlsMode::Strict,
             tls12: false,
             alpn: vec![b"h2".to_vec(), b"http/1.1".to_vec()],
-            handshake_timeout: Duration::from_secs(10),
+            handshake_timeout: HANDSHAKE_TIMEOUT,
             session_cache: 1024,
         }
     }
@@ -213,14 +214,7 @@ impl MtlsAcceptor {
         if self.mode == MtlsMode::Disabled {
             return Ok(MtlsStream::plain(Rewind::new(io, None)));
         }
-        let result = tokio::time::timeout(self.handshake_timeout, self.handshake(io))
-            .await
-            .unwrap_or_else(|_| {
-                Err(HandshakeError::new(
-                    FailureReason::Timeout,
-                    io::Error::new(io::ErrorKind::TimedOut, "tls handshake timed out"),
-                ))
-            });
+        let result = HandshakeError::within(self.handshake_timeout, self.handshake(io)).await;
         match &result {
             Ok(stream) => {
                 if let Some(conn) = stream.tls_connection() {
